@@ -1,0 +1,43 @@
+# gputuned: the two set-up commands are `make run` and `make test`.
+VENV        ?= .venv
+PYTHON      ?= python3
+PY          := $(VENV)/bin/python
+# The CPU build of torch is enough for the simulated node and CI. On a GPU host pass
+# TORCH_SPEC=torch (or keep an existing torch in the venv) to get the usual CUDA build.
+TORCH_SPEC  ?= torch==2.13.0
+STAMP       := $(VENV)/.installed
+CONFIG      ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench clean dashboards prometheus
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q '$(TORCH_SPEC)'
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/gputuned run $(if $(CONFIG),--config $(CONFIG),--default-config)
+
+# Debian's prometheus package (server and promtool) for the integration tests.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "prometheus/promtool missing and not root: integration tests will be skipped" >&2; fi; }
+
+test: $(STAMP) prometheus
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy collectors daemon
+
+bench: $(STAMP)
+	$(PY) bench/daemon_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,236 @@
+"""The GPU device interface every part of gputuned talks to, and its error tree.
+
+Reads return base units (watts, joules, hertz, bytes, celsius, ratios 0-1, seconds);
+writes take NVML's own units where NVML defines them (milliwatts, megahertz) and say so
+in the argument name, because those are the values NVML reports as constraints.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+
+
+class GPUError(Exception):
+    """Base of every error raised by the device layer."""
+
+
+class NotSupportedError(GPUError):
+    """The GPU or driver does not support this query or setting."""
+
+
+class NoPermissionError(GPUError):
+    """The setting needs privileges the process does not have (usually root)."""
+
+
+class GPULostError(GPUError):
+    """The GPU fell off the bus or stopped answering; it stays down until restart."""
+
+
+class DriverMissingError(GPUError):
+    """The NVML library or the NVIDIA kernel driver is not present."""
+
+
+class InvalidArgumentError(GPUError):
+    """NVML rejected a value (out of range, unsupported clock pair)."""
+
+
+class ClockEventReason(enum.IntFlag):
+    """NVML clock-event (throttle) reason bits, as nvmlClocksEventReason* defines them."""
+
+    GPU_IDLE = 0x1
+    APPLICATIONS_CLOCKS_SETTING = 0x2
+    SW_POWER_CAP = 0x4
+    HW_SLOWDOWN = 0x8
+    SYNC_BOOST = 0x10
+    SW_THERMAL_SLOWDOWN = 0x20
+    HW_THERMAL_SLOWDOWN = 0x40
+    HW_POWER_BRAKE_SLOWDOWN = 0x80
+    DISPLAY_CLOCK_SETTING = 0x100
+
+
+#: Label values for each reason, in the order they are exported.
+CLOCK_EVENT_LABELS: dict[ClockEventReason, str] = {
+    ClockEventReason.GPU_IDLE: "gpu_idle",
+    ClockEventReason.APPLICATIONS_CLOCKS_SETTING: "applications_clocks_setting",
+    ClockEventReason.SW_POWER_CAP: "sw_power_cap",
+    ClockEventReason.HW_SLOWDOWN: "hw_slowdown",
+    ClockEventReason.SYNC_BOOST: "sync_boost",
+    ClockEventReason.SW_THERMAL_SLOWDOWN: "sw_thermal_slowdown",
+    ClockEventReason.HW_THERMAL_SLOWDOWN: "hw_thermal_slowdown",
+    ClockEventReason.HW_POWER_BRAKE_SLOWDOWN: "hw_power_brake_slowdown",
+    ClockEventReason.DISPLAY_CLOCK_SETTING: "display_clock_setting",
+}
+
+
+@dataclass(frozen=True)
+class GPUIdentity:
+    """What identifies a GPU in labels."""
+
+    index: int
+    uuid: str
+    model: str
+    pci_bus_id: str
+    memory_total_bytes: int
+
+
+@dataclass(frozen=True)
+class PowerLimitConstraints:
+    """NVML's allowed power-limit range and default, in milliwatts."""
+
+    min_mw: int
+    max_mw: int
+    default_mw: int
+
+
+@dataclass(frozen=True)
+class Utilization:
+    gpu_ratio: float
+    memory_ratio: float
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class EccCounts:
+    corrected: int
+    uncorrected: int
+
+
+@dataclass(frozen=True)
+class RemappedRows:
+    correctable: int
+    uncorrectable: int
+    pending: bool
+    failed: bool
+
+
+class GPUDevice(abc.ABC):
+    """One GPU: typed reads in base units, the writes tuning needs, and their resets.
+
+    Every method may raise a :class:`GPUError` subclass; callers decide whether a
+    :class:`NotSupportedError` means "skip this series" or "refuse this knob".
+    """
+
+    @property
+    @abc.abstractmethod
+    def identity(self) -> GPUIdentity:
+        """Index, UUID, model, PCI bus id and memory size (read once)."""
+
+    # -- reads -------------------------------------------------------------
+    @abc.abstractmethod
+    def utilization(self) -> Utilization: ...
+
+    @abc.abstractmethod
+    def memory(self) -> MemoryInfo: ...
+
+    @abc.abstractmethod
+    def sm_clock_hz(self) -> float: ...
+
+    @abc.abstractmethod
+    def memory_clock_hz(self) -> float: ...
+
+    @abc.abstractmethod
+    def graphics_clock_hz(self) -> float: ...
+
+    @abc.abstractmethod
+    def max_sm_clock_hz(self) -> float: ...
+
+    @abc.abstractmethod
+    def power_w(self) -> float: ...
+
+    @abc.abstractmethod
+    def power_limit_w(self) -> float:
+        """The enforced power limit."""
+
+    @abc.abstractmethod
+    def power_limit_constraints(self) -> PowerLimitConstraints: ...
+
+    @abc.abstractmethod
+    def energy_j(self) -> float:
+        """Energy consumed since the driver loaded."""
+
+    @abc.abstractmethod
+    def temperature_c(self) -> float: ...
+
+    @abc.abstractmethod
+    def memory_temperature_c(self) -> float: ...
+
+    @abc.abstractmethod
+    def fan_ratio(self) -> float: ...
+
+    @abc.abstractmethod
+    def pcie_throughput_bps(self) -> tuple[float, float]:
+        """(transmit, receive) bytes per second over the last sampling window."""
+
+    @abc.abstractmethod
+    def nvlink_bytes(self) -> tuple[float, float]:
+        """(transmitted, received) bytes since the counters started."""
+
+    @abc.abstractmethod
+    def ecc_errors(self) -> EccCounts:
+        """Aggregate corrected and uncorrected ECC error counts."""
+
+    @abc.abstractmethod
+    def remapped_rows(self) -> RemappedRows: ...
+
+    @abc.abstractmethod
+    def clock_event_reasons(self) -> ClockEventReason: ...
+
+    @abc.abstractmethod
+    def pstate(self) -> int: ...
+
+    @abc.abstractmethod
+    def encoder_decoder_utilization(self) -> tuple[float, float]:
+        """(encoder, decoder) utilization ratios."""
+
+    @abc.abstractmethod
+    def violation_seconds(self) -> tuple[float, float]:
+        """(power, thermal) violation time since the driver loaded."""
+
+    @abc.abstractmethod
+    def dram_bandwidth_ratio(self) -> float:
+        """DRAM bandwidth utilization from GPM; NotSupportedError where GPM is absent."""
+
+    @abc.abstractmethod
+    def poll_xid_events(self) -> list[int]:
+        """XID error codes raised since the last poll (never blocks)."""
+
+    @abc.abstractmethod
+    def supported_sm_clocks_mhz(self) -> list[int]:
+        """SM clocks supported at the highest memory clock, descending."""
+
+    @abc.abstractmethod
+    def supported_memory_clocks_mhz(self) -> list[int]: ...
+
+    @abc.abstractmethod
+    def applications_clocks_mhz(self) -> tuple[int, int]:
+        """(memory, graphics) application clocks."""
+
+    # -- writes ------------------------------------------------------------
+    @abc.abstractmethod
+    def set_power_limit_mw(self, limit_mw: int) -> None: ...
+
+    @abc.abstractmethod
+    def set_locked_sm_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None: ...
+
+    @abc.abstractmethod
+    def reset_locked_sm_clocks(self) -> None: ...
+
+    @abc.abstractmethod
+    def set_locked_memory_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None: ...
+
+    @abc.abstractmethod
+    def reset_locked_memory_clocks(self) -> None: ...
+
+    @abc.abstractmethod
+    def set_applications_clocks_mhz(self, memory_mhz: int, graphics_mhz: int) -> None: ...
+
+    @abc.abstractmethod
+    def reset_applications_clocks(self) -> None: ...

@@ -1,0 +1,171 @@
+"""Metric families: the names, types and help texts of every series gputuned serves.
+
+A sample is a plain tuple ``(family, labels, value)`` where labels is a tuple of
+``(name, value)`` pairs; plain tuples keep the per-tick cost of 8 GPUs small. Each
+family is declared once here (or by the module that produces it, through
+:func:`declare`) with its Prometheus type and, where dcgm-exporter has an equivalent,
+the DCGM name, unit scale and the labels that select it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Labels = tuple[tuple[str, str], ...]
+Sample = tuple[str, Labels, float]
+Kind = Literal["gauge", "counter"]
+
+
+@dataclass(frozen=True)
+class DcgmName:
+    """A dcgm-exporter equivalent: ``dcgm_value = value * scale`` for samples matching ``where``."""
+
+    name: str
+    scale: float = 1.0
+    where: tuple[tuple[str, str], ...] = ()
+    counter: bool = False
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    kind: Kind
+    help: str
+    dcgm: tuple[DcgmName, ...] = field(default_factory=tuple)
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def declare(name: str, kind: Kind, help: str, *dcgm: DcgmName) -> str:  # noqa: A002
+    """Declare a family; returns its name so modules can keep it as a constant."""
+    if kind == "counter" and not name.endswith("_total"):
+        raise ValueError(f"counter {name} must end in _total")
+    if kind == "gauge" and name.endswith("_total"):
+        raise ValueError(f"gauge {name} must not end in _total")
+    existing = FAMILIES.get(name)
+    if existing is not None and (existing.kind != kind):
+        raise ValueError(f"family {name} declared twice with different types")
+    FAMILIES[name] = Family(name, kind, help, tuple(dcgm))
+    return name
+
+
+G = "gauge"
+C = "counter"
+
+# --- per GPU (labels gpu, uuid, model, pci_bus_id [+ extra]) ----------------------------
+GPU_UP = declare("gputuned_gpu_up", G, "1 when the GPU answers NVML, 0 once it is lost.")
+GPU_UTIL = declare(
+    "gputuned_gpu_utilization_ratio", G, "Fraction of time a kernel ran on the GPU (nvmlDeviceGetUtilizationRates.gpu).",
+    DcgmName("DCGM_FI_DEV_GPU_UTIL", 100.0),
+)
+GPU_MEM_ACTIVITY = declare(
+    "gputuned_gpu_memory_activity_ratio", G, "Fraction of time device memory was read or written.",
+    DcgmName("DCGM_FI_DEV_MEM_COPY_UTIL", 100.0),
+)
+GPU_DRAM_BW = declare(
+    "gputuned_gpu_dram_bandwidth_ratio", G, "DRAM bandwidth used over its peak (GPM; Hopper and later).",
+    DcgmName("DCGM_FI_PROF_DRAM_ACTIVE", 1.0),
+)
+GPU_MEM_USED = declare(
+    "gputuned_gpu_memory_used_bytes", G, "Device memory in use.",
+    DcgmName("DCGM_FI_DEV_FB_USED", 1.0 / 2**20),
+)
+GPU_MEM_FREE = declare(
+    "gputuned_gpu_memory_free_bytes", G, "Device memory free.",
+    DcgmName("DCGM_FI_DEV_FB_FREE", 1.0 / 2**20),
+)
+GPU_MEM_TOTAL = declare("gputuned_gpu_memory_total_bytes", G, "Device memory size.")
+GPU_SM_CLOCK = declare(
+    "gputuned_gpu_sm_clock_hertz", G, "Current SM clock.", DcgmName("DCGM_FI_DEV_SM_CLOCK", 1e-6)
+)
+GPU_SM_CLOCK_MAX = declare("gputuned_gpu_sm_clock_max_hertz", G, "Highest SM clock the GPU supports.")
+GPU_MEM_CLOCK = declare(
+    "gputuned_gpu_memory_clock_hertz", G, "Current memory clock.", DcgmName("DCGM_FI_DEV_MEM_CLOCK", 1e-6)
+)
+GPU_GFX_CLOCK = declare("gputuned_gpu_graphics_clock_hertz", G, "Current graphics clock.")
+GPU_POWER = declare(
+    "gputuned_gpu_power_watts", G, "Board power draw.", DcgmName("DCGM_FI_DEV_POWER_USAGE", 1.0)
+)
+GPU_POWER_LIMIT = declare(
+    "gputuned_gpu_power_limit_watts", G, "Enforced power limit.", DcgmName("DCGM_FI_DEV_POWER_MGMT_LIMIT", 1.0)
+)
+GPU_POWER_LIMIT_MIN = declare("gputuned_gpu_power_limit_min_watts", G, "Lowest power limit NVML accepts.")
+GPU_POWER_LIMIT_MAX = declare("gputuned_gpu_power_limit_max_watts", G, "Highest power limit NVML accepts.")
+GPU_POWER_LIMIT_DEFAULT = declare("gputuned_gpu_power_limit_default_watts", G, "Default power limit.")
+GPU_ENERGY = declare(
+    "gputuned_gpu_energy_joules_total", C, "Energy consumed since the driver loaded.",
+    DcgmName("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 1000.0, counter=True),
+)
+GPU_TEMP = declare(
+    "gputuned_gpu_temperature_celsius", G, "GPU core temperature.", DcgmName("DCGM_FI_DEV_GPU_TEMP", 1.0)
+)
+GPU_MEM_TEMP = declare(
+    "gputuned_gpu_memory_temperature_celsius", G, "Device memory (HBM) temperature.",
+    DcgmName("DCGM_FI_DEV_MEMORY_TEMP", 1.0),
+)
+GPU_FAN = declare(
+    "gputuned_gpu_fan_speed_ratio", G, "Fan speed as a fraction of its maximum.", DcgmName("DCGM_FI_DEV_FAN_SPEED", 100.0)
+)
+GPU_PCIE_TX = declare(
+    "gputuned_gpu_pcie_transmit_bytes_per_second", G, "PCIe transmit throughput (NVML 20 ms window).",
+    DcgmName("DCGM_FI_PROF_PCIE_TX_BYTES", 1.0),
+)
+GPU_PCIE_RX = declare(
+    "gputuned_gpu_pcie_receive_bytes_per_second", G, "PCIe receive throughput (NVML 20 ms window).",
+    DcgmName("DCGM_FI_PROF_PCIE_RX_BYTES", 1.0),
+)
+GPU_NVLINK_TX = declare("gputuned_gpu_nvlink_transmit_bytes_total", C, "NVLink data bytes transmitted.")
+GPU_NVLINK_RX = declare("gputuned_gpu_nvlink_receive_bytes_total", C, "NVLink data bytes received.")
+GPU_ECC = declare(
+    "gputuned_gpu_ecc_errors_total", C, "ECC errors since the counters were reset, by type (corrected, uncorrected).",
+    DcgmName("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", 1.0, (("type", "corrected"),), counter=True),
+    DcgmName("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", 1.0, (("type", "uncorrected"),), counter=True),
+)
+GPU_REMAPPED = declare(
+    "gputuned_gpu_remapped_rows", G, "Memory rows remapped, by cause (correctable, uncorrectable).",
+    DcgmName("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", 1.0, (("cause", "correctable"),)),
+    DcgmName("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", 1.0, (("cause", "uncorrectable"),)),
+)
+GPU_REMAP_PENDING = declare("gputuned_gpu_row_remap_pending", G, "1 when a row remap waits for a GPU reset.")
+GPU_REMAP_FAILED = declare(
+    "gputuned_gpu_row_remap_failed", G, "1 when a row remap failed.", DcgmName("DCGM_FI_DEV_ROW_REMAP_FAILURE", 1.0)
+)
+GPU_CLOCK_EVENT = declare(
+    "gputuned_gpu_clock_event_active", G, "1 while a clock-event (throttle) reason holds, one series per reason."
+)
+GPU_CLOCK_EVENT_MASK = declare(
+    "gputuned_gpu_clock_event_reasons_mask", G, "Bitmask of active clock-event reasons as NVML reports it.",
+    DcgmName("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", 1.0),
+)
+GPU_PSTATE = declare("gputuned_gpu_performance_state", G, "Performance state P0 (fastest) to P15.")
+GPU_XID = declare("gputuned_gpu_xid_events_total", C, "XID error events, by XID code.")
+GPU_LAST_XID = declare(
+    "gputuned_gpu_last_xid", G, "Code of the most recent XID error, 0 if none since start.",
+    DcgmName("DCGM_FI_DEV_XID_ERRORS", 1.0),
+)
+GPU_ENC = declare(
+    "gputuned_gpu_encoder_utilization_ratio", G, "Video encoder utilization.", DcgmName("DCGM_FI_DEV_ENC_UTIL", 100.0)
+)
+GPU_DEC = declare(
+    "gputuned_gpu_decoder_utilization_ratio", G, "Video decoder utilization.", DcgmName("DCGM_FI_DEV_DEC_UTIL", 100.0)
+)
+GPU_POWER_VIOLATION = declare(
+    "gputuned_gpu_power_violation_seconds_total", C, "Time clocks were held down by the power limit.",
+    DcgmName("DCGM_FI_DEV_POWER_VIOLATION", 1e6, counter=True),
+)
+GPU_THERMAL_VIOLATION = declare(
+    "gputuned_gpu_thermal_violation_seconds_total", C, "Time clocks were held down by temperature.",
+    DcgmName("DCGM_FI_DEV_THERMAL_VIOLATION", 1e6, counter=True),
+)
+GPU_INFO = declare("gputuned_gpu_info", G, "Constant 1 with the GPU's driver version and backend as labels.")
+
+# --- daemon self-metrics -----------------------------------------------------------------
+COLLECTOR_UP = declare("gputuned_collector_up", G, "1 when the collector's last run succeeded.")
+COLLECTOR_DURATION = declare("gputuned_collector_duration_seconds", G, "Duration of the collector's last run.")
+COLLECTOR_ERRORS = declare("gputuned_collector_errors_total", C, "Collector runs that raised.")
+TICKS = declare("gputuned_ticks_total", C, "Collection ticks run.")
+TICK_OVERRUNS = declare("gputuned_tick_overruns_total", C, "Ticks that ran past their deadline (never stacked).")
+TICK_DURATION = declare("gputuned_tick_duration_seconds", G, "Duration of the last collection tick.")
+BUILD_INFO = declare("gputuned_build_info", G, "Constant 1 with the gputuned version as a label.")

@@ -1,0 +1,209 @@
+"""GPU collector: 30-odd NVML readings per GPU, each read isolated from the others.
+
+A reading the GPU does not support is dropped for that GPU after its first failure; a
+lost GPU stops being polled and is reported by ``gputuned_gpu_up 0`` alone; any other
+error skips that reading for one tick and is counted. One GPU never hides another.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Sequence
+
+from gputuned.collectors import families as F
+from gputuned.collectors.base import register
+from gputuned.collectors.device import (
+    CLOCK_EVENT_LABELS,
+    GPUDevice,
+    GPUError,
+    GPULostError,
+    NotSupportedError,
+)
+from gputuned.collectors.families import Labels, Sample
+
+logger = logging.getLogger(__name__)
+
+Reading = Callable[[GPUDevice, Labels], list[Sample]]
+
+
+def _one(family: str, read: Callable[[GPUDevice], float]) -> Reading:
+    def reading(dev: GPUDevice, labels: Labels) -> list[Sample]:
+        return [(family, labels, float(read(dev)))]
+
+    reading.__name__ = family
+    return reading
+
+
+def _memory(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    m = dev.memory()
+    return [
+        (F.GPU_MEM_USED, labels, float(m.used_bytes)),
+        (F.GPU_MEM_FREE, labels, float(m.free_bytes)),
+        (F.GPU_MEM_TOTAL, labels, float(m.total_bytes)),
+    ]
+
+
+def _utilization(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    u = dev.utilization()
+    return [(F.GPU_UTIL, labels, u.gpu_ratio), (F.GPU_MEM_ACTIVITY, labels, u.memory_ratio)]
+
+
+def _power_limits(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    c = dev.power_limit_constraints()
+    return [
+        (F.GPU_POWER_LIMIT_MIN, labels, c.min_mw / 1000.0),
+        (F.GPU_POWER_LIMIT_MAX, labels, c.max_mw / 1000.0),
+        (F.GPU_POWER_LIMIT_DEFAULT, labels, c.default_mw / 1000.0),
+    ]
+
+
+def _pcie(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    tx, rx = dev.pcie_throughput_bps()
+    return [(F.GPU_PCIE_TX, labels, tx), (F.GPU_PCIE_RX, labels, rx)]
+
+
+def _nvlink(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    tx, rx = dev.nvlink_bytes()
+    return [(F.GPU_NVLINK_TX, labels, tx), (F.GPU_NVLINK_RX, labels, rx)]
+
+
+def _ecc(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    e = dev.ecc_errors()
+    return [
+        (F.GPU_ECC, (*labels, ("type", "corrected")), float(e.corrected)),
+        (F.GPU_ECC, (*labels, ("type", "uncorrected")), float(e.uncorrected)),
+    ]
+
+
+def _remapped(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    r = dev.remapped_rows()
+    return [
+        (F.GPU_REMAPPED, (*labels, ("cause", "correctable")), float(r.correctable)),
+        (F.GPU_REMAPPED, (*labels, ("cause", "uncorrectable")), float(r.uncorrectable)),
+        (F.GPU_REMAP_PENDING, labels, float(r.pending)),
+        (F.GPU_REMAP_FAILED, labels, float(r.failed)),
+    ]
+
+
+def _clock_events(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    mask = dev.clock_event_reasons()
+    out: list[Sample] = [(F.GPU_CLOCK_EVENT_MASK, labels, float(int(mask)))]
+    for bit, name in CLOCK_EVENT_LABELS.items():
+        out.append((F.GPU_CLOCK_EVENT, (*labels, ("reason", name)), 1.0 if mask & bit else 0.0))
+    return out
+
+
+def _codec(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    enc, dec = dev.encoder_decoder_utilization()
+    return [(F.GPU_ENC, labels, enc), (F.GPU_DEC, labels, dec)]
+
+
+def _violations(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    p, t = dev.violation_seconds()
+    return [(F.GPU_POWER_VIOLATION, labels, p), (F.GPU_THERMAL_VIOLATION, labels, t)]
+
+
+READINGS: tuple[Reading, ...] = (
+    _utilization,
+    _memory,
+    _one(F.GPU_SM_CLOCK, lambda d: d.sm_clock_hz()),
+    _one(F.GPU_SM_CLOCK_MAX, lambda d: d.max_sm_clock_hz()),
+    _one(F.GPU_MEM_CLOCK, lambda d: d.memory_clock_hz()),
+    _one(F.GPU_GFX_CLOCK, lambda d: d.graphics_clock_hz()),
+    _one(F.GPU_POWER, lambda d: d.power_w()),
+    _one(F.GPU_POWER_LIMIT, lambda d: d.power_limit_w()),
+    _power_limits,
+    _one(F.GPU_ENERGY, lambda d: d.energy_j()),
+    _one(F.GPU_TEMP, lambda d: d.temperature_c()),
+    _one(F.GPU_MEM_TEMP, lambda d: d.memory_temperature_c()),
+    _one(F.GPU_FAN, lambda d: d.fan_ratio()),
+    _pcie,
+    _nvlink,
+    _ecc,
+    _remapped,
+    _clock_events,
+    _one(F.GPU_PSTATE, lambda d: d.pstate()),
+    _codec,
+    _violations,
+    _one(F.GPU_DRAM_BW, lambda d: d.dram_bandwidth_ratio()),
+)
+
+
+class _GPUState:
+    def __init__(self, dev: GPUDevice) -> None:
+        ident = dev.identity
+        self.dev = dev
+        self.labels: Labels = (
+            ("gpu", str(ident.index)),
+            ("uuid", ident.uuid),
+            ("model", ident.model),
+            ("pci_bus_id", ident.pci_bus_id),
+        )
+        self.readings: list[Reading] = list(READINGS)
+        self.lost = False
+        self.xid_counts: dict[int, int] = {}
+        self.last_xid = 0
+        self.errors = 0
+
+
+@register("gpu")
+class GPUCollector:
+    """Reads every GPU through the :class:`GPUDevice` interface."""
+
+    name = "gpu"
+
+    def __init__(self, devices: Sequence[GPUDevice], driver_version: str = "", backend: str = "nvml") -> None:
+        self._gpus = [_GPUState(d) for d in devices]
+        self._info = (("driver_version", driver_version), ("backend", backend), ("hostname", socket.gethostname()))
+
+    @property
+    def devices(self) -> list[GPUDevice]:
+        return [g.dev for g in self._gpus]
+
+    def lost_gpus(self) -> list[int]:
+        return [g.dev.identity.index for g in self._gpus if g.lost]
+
+    def collect(self) -> list[Sample]:
+        out: list[Sample] = []
+        for g in self._gpus:
+            out.extend(self._collect_one(g))
+        return out
+
+    def _collect_one(self, g: _GPUState) -> list[Sample]:
+        labels = g.labels
+        if g.lost:
+            return [(F.GPU_UP, labels, 0.0)]
+        out: list[Sample] = []
+        dropped: list[Reading] = []
+        for reading in g.readings:
+            try:
+                out.extend(reading(g.dev, labels))
+            except NotSupportedError:
+                dropped.append(reading)
+            except GPULostError as e:
+                logger.error("gpu %s lost: %s; its series stop until restart", labels[0][1], e)
+                g.lost = True
+                return [(F.GPU_UP, labels, 0.0)]
+            except GPUError as e:
+                g.errors += 1
+                logger.warning("gpu %s reading %s failed: %s", labels[0][1], reading.__name__, e)
+        for reading in dropped:
+            logger.info("gpu %s does not support %s; not read again", labels[0][1], reading.__name__)
+            g.readings.remove(reading)
+        try:
+            for xid in g.dev.poll_xid_events():
+                g.xid_counts[xid] = g.xid_counts.get(xid, 0) + 1
+                g.last_xid = xid
+                logger.error("gpu %s XID %d", labels[0][1], xid)
+        except GPUError as e:
+            logger.debug("gpu %s xid poll failed: %s", labels[0][1], e)
+        for xid, n in g.xid_counts.items():
+            out.append((F.GPU_XID, (*labels, ("xid", str(xid))), float(n)))
+        out.append((F.GPU_LAST_XID, labels, float(g.last_xid)))
+        out.append((F.GPU_INFO, (*labels, *self._info), 1.0))
+        out.append((F.GPU_UP, labels, 1.0))
+        return out
+
+    def close(self) -> None:
+        """Nothing to release; NVML is shut down by its owner."""

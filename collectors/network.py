@@ -1,0 +1,149 @@
+"""Network collectors: InfiniBand/RoCE port counters from sysfs, and RTT to peer nodes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from gputuned.collectors.base import register
+from gputuned.collectors.families import G, C, Sample, declare
+
+logger = logging.getLogger(__name__)
+
+IB_RX_BYTES = declare("gputuned_infiniband_port_receive_bytes_total", C, "Data bytes received on the port.")
+IB_TX_BYTES = declare("gputuned_infiniband_port_transmit_bytes_total", C, "Data bytes sent on the port.")
+IB_RX_PACKETS = declare("gputuned_infiniband_port_receive_packets_total", C, "Packets received on the port.")
+IB_TX_PACKETS = declare("gputuned_infiniband_port_transmit_packets_total", C, "Packets sent on the port.")
+IB_RX_ERRORS = declare("gputuned_infiniband_port_receive_errors_total", C, "Malformed packets received.")
+IB_TX_DISCARDS = declare("gputuned_infiniband_port_transmit_discards_total", C, "Outbound packets discarded.")
+IB_SYMBOL_ERRORS = declare("gputuned_infiniband_port_symbol_errors_total", C, "Physical-layer symbol errors.")
+IB_LINK_DOWNED = declare("gputuned_infiniband_port_link_downed_total", C, "Times the link went down.")
+IB_STATE = declare("gputuned_infiniband_port_active", G, "1 when the port state is ACTIVE.")
+IB_RATE = declare("gputuned_infiniband_port_rate_bytes_per_second", G, "Negotiated port rate.")
+PEER_RTT = declare("gputuned_peer_rtt_seconds", G, "TCP connect round-trip time to a peer node.")
+PEER_UP = declare("gputuned_peer_up", G, "1 when the last connect to the peer succeeded.")
+
+# counter file -> (family, multiplier); port_*_data counts 4-byte words.
+_IB_COUNTERS = {
+    "port_rcv_data": (IB_RX_BYTES, 4.0),
+    "port_xmit_data": (IB_TX_BYTES, 4.0),
+    "port_rcv_packets": (IB_RX_PACKETS, 1.0),
+    "port_xmit_packets": (IB_TX_PACKETS, 1.0),
+    "port_rcv_errors": (IB_RX_ERRORS, 1.0),
+    "port_xmit_discards": (IB_TX_DISCARDS, 1.0),
+    "symbol_error": (IB_SYMBOL_ERRORS, 1.0),
+    "link_downed": (IB_LINK_DOWNED, 1.0),
+}
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+@register("infiniband")
+class InfinibandCollector:
+    """Port counters of every InfiniBand or RoCE device under ``sysfs``/class/infiniband."""
+
+    name = "infiniband"
+
+    def __init__(self, sysfs: str | os.PathLike[str] = "/sys") -> None:
+        self._root = Path(sysfs) / "class" / "infiniband"
+
+    def collect(self) -> list[Sample]:
+        out: list[Sample] = []
+        if not self._root.is_dir():
+            return out
+        for dev in sorted(self._root.iterdir()):
+            for port in sorted((dev / "ports").glob("*")):
+                labels = (("device", dev.name), ("port", port.name))
+                for fname, (family, mult) in _IB_COUNTERS.items():
+                    text = _read(port / "counters" / fname)
+                    if text is not None and text.isdigit():
+                        out.append((family, labels, int(text) * mult))
+                state = _read(port / "state")  # e.g. "4: ACTIVE"
+                if state is not None:
+                    out.append((IB_STATE, labels, 1.0 if "ACTIVE" in state else 0.0))
+                rate = _read(port / "rate")  # e.g. "200 Gb/sec (4X HDR)"
+                if rate:
+                    try:
+                        out.append((IB_RATE, labels, float(rate.split()[0]) * 1e9 / 8))
+                    except ValueError:
+                        pass
+        return out
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def parse_peer(peer: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) into a tuple; raises ValueError naming the peer."""
+    host, sep, port = peer.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"peer {peer!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+@register("peers")
+class PeerRTTCollector:
+    """Measures TCP connect time to each peer on a background thread.
+
+    Connects can take up to ``timeout_seconds``; they never run inside a collection tick.
+    ``collect`` returns the last measurement of each peer.
+    """
+
+    name = "peers"
+
+    def __init__(self, peers: Sequence[str], interval_seconds: float = 5.0, timeout_seconds: float = 1.0) -> None:
+        self._peers = [(p, parse_peer(p)) for p in peers]
+        self._interval = interval_seconds
+        self._timeout = timeout_seconds
+        self._results: dict[str, tuple[float, bool]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self._peers:
+            self._thread = threading.Thread(target=self._run, name="gputuned-peers", daemon=True)
+            self._thread.start()
+
+    def measure(self, host: str, port: int) -> float | None:
+        """Seconds to complete a TCP handshake, or None on failure."""
+        t0 = time.perf_counter()
+        try:
+            with socket.create_connection((host, port), timeout=self._timeout):
+                return time.perf_counter() - t0
+        except OSError:
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            deadline = time.monotonic() + self._interval
+            for name, (host, port) in self._peers:
+                rtt = self.measure(host, port)
+                with self._lock:
+                    prev = self._results.get(name, (float("nan"), False))
+                    self._results[name] = (rtt, True) if rtt is not None else (prev[0], False)
+            self._stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def collect(self) -> list[Sample]:
+        out: list[Sample] = []
+        with self._lock:
+            results = dict(self._results)
+        for name, (rtt, ok) in results.items():
+            lab = (("peer", name),)
+            out.append((PEER_UP, lab, 1.0 if ok else 0.0))
+            if ok:
+                out.append((PEER_RTT, lab, rtt))
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._timeout + 1)

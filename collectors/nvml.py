@@ -1,0 +1,369 @@
+"""The one module that imports pynvml: NVML loading and the NVML-backed GPUDevice.
+
+:func:`open_nvml` returns an NVML API module, the real ``pynvml`` or the simulated one,
+and :class:`NvmlGPU` implements :class:`GPUDevice` on whichever it is given, so the real
+and the simulated node run the same code. NVML error codes become the device layer's
+own exceptions, raised ``from`` the NVML error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Literal, TypeVar
+
+from gputuned.collectors.device import (
+    ClockEventReason,
+    DriverMissingError,
+    EccCounts,
+    GPUDevice,
+    GPUError,
+    GPUIdentity,
+    GPULostError,
+    InvalidArgumentError,
+    MemoryInfo,
+    NoPermissionError,
+    NotSupportedError,
+    PowerLimitConstraints,
+    RemappedRows,
+    Utilization,
+)
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "nvml", "sim"]
+
+# NVML return codes (nvml.h); identical in pynvml and the simulated module.
+_NOT_SUPPORTED = 3
+_NO_PERMISSION = 4
+_INVALID_ARGUMENT = 2
+_DRIVER_NOT_LOADED = 9
+_TIMEOUT = 10
+_LIBRARY_NOT_FOUND = 12
+_FUNCTION_NOT_FOUND = 13
+_GPU_IS_LOST = 15
+_GPU_NOT_FOUND = 28
+
+_CODE_TO_ERROR: dict[int, type[GPUError]] = {
+    _NOT_SUPPORTED: NotSupportedError,
+    _FUNCTION_NOT_FOUND: NotSupportedError,
+    _NO_PERMISSION: NoPermissionError,
+    _INVALID_ARGUMENT: InvalidArgumentError,
+    _DRIVER_NOT_LOADED: DriverMissingError,
+    _LIBRARY_NOT_FOUND: DriverMissingError,
+    _GPU_IS_LOST: GPULostError,
+    _GPU_NOT_FOUND: GPULostError,
+}
+
+T = TypeVar("T")
+
+
+def map_nvml_error(err: Exception, what: str) -> GPUError:
+    """Translate an NVMLError (real or simulated) into the project's exception."""
+    code = getattr(err, "value", None)
+    cls = _CODE_TO_ERROR.get(code, GPUError) if isinstance(code, int) else GPUError
+    return cls(f"{what}: {err} (NVML code {code})")
+
+
+def _import_pynvml() -> ModuleType:
+    try:
+        import pynvml  # the only import of pynvml in gputuned
+    except ImportError as e:  # pragma: no cover - nvidia-ml-py is a dependency
+        raise DriverMissingError("nvidia-ml-py is not installed") from e
+    return pynvml
+
+
+def open_nvml(backend: Backend = "auto", sim_module: ModuleType | None = None) -> tuple[ModuleType, str]:
+    """Initialise NVML and return ``(module, kind)`` where kind is "nvml" or "sim".
+
+    ``auto`` tries the real library and falls back to the simulated module when the
+    library or driver is missing. The simulated module must have a backend attached.
+    """
+    if backend in ("auto", "nvml"):
+        nvml = _import_pynvml()
+        try:
+            nvml.nvmlInit()
+            return nvml, "nvml"
+        except nvml.NVMLError as e:
+            err = map_nvml_error(e, "nvmlInit")
+            if backend == "nvml" or not isinstance(err, DriverMissingError):
+                raise err from e
+            logger.info("no NVIDIA driver found (%s); using the simulated GPU node", e)
+    if sim_module is None:
+        from gputuned.collectors.sim import nvml as sim_module
+    try:
+        sim_module.nvmlInit()
+    except sim_module.NVMLError as e:
+        raise map_nvml_error(e, "simulated nvmlInit") from e
+    return sim_module, "sim"
+
+
+def _nvml_call(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorate a device method so NVML errors become device-layer errors."""
+
+    def deco(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def wrapper(self: NvmlGPU, *args: Any) -> T:
+            try:
+                return fn(self, *args)
+            except self._nvml.NVMLError as e:
+                raise map_nvml_error(e, f"gpu {self._index} {what}") from e
+
+        return wrapper
+
+    return deco
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class NvmlGPU(GPUDevice):
+    """A GPU read and set through an NVML API module."""
+
+    def __init__(self, nvml: ModuleType, index: int) -> None:
+        self._nvml = nvml
+        self._index = index
+        try:
+            self._h = nvml.nvmlDeviceGetHandleByIndex(index)
+            mem = nvml.nvmlDeviceGetMemoryInfo(self._h)
+            self._identity = GPUIdentity(
+                index=index,
+                uuid=_text(nvml.nvmlDeviceGetUUID(self._h)),
+                model=_text(nvml.nvmlDeviceGetName(self._h)),
+                pci_bus_id=_text(nvml.nvmlDeviceGetPciInfo(self._h).busId),
+                memory_total_bytes=int(mem.total),
+            )
+        except nvml.NVMLError as e:
+            raise map_nvml_error(e, f"gpu {index} open") from e
+        self._events: Any = None
+        self._gpm: bool | None = None
+
+    @property
+    def identity(self) -> GPUIdentity:
+        return self._identity
+
+    @_nvml_call("utilization")
+    def utilization(self) -> Utilization:
+        u = self._nvml.nvmlDeviceGetUtilizationRates(self._h)
+        return Utilization(u.gpu / 100.0, u.memory / 100.0)
+
+    @_nvml_call("memory")
+    def memory(self) -> MemoryInfo:
+        m = self._nvml.nvmlDeviceGetMemoryInfo(self._h)
+        return MemoryInfo(int(m.total), int(m.used), int(m.free))
+
+    @_nvml_call("sm clock")
+    def sm_clock_hz(self) -> float:
+        return self._nvml.nvmlDeviceGetClockInfo(self._h, self._nvml.NVML_CLOCK_SM) * 1e6
+
+    @_nvml_call("memory clock")
+    def memory_clock_hz(self) -> float:
+        return self._nvml.nvmlDeviceGetClockInfo(self._h, self._nvml.NVML_CLOCK_MEM) * 1e6
+
+    @_nvml_call("graphics clock")
+    def graphics_clock_hz(self) -> float:
+        return self._nvml.nvmlDeviceGetClockInfo(self._h, self._nvml.NVML_CLOCK_GRAPHICS) * 1e6
+
+    @_nvml_call("max sm clock")
+    def max_sm_clock_hz(self) -> float:
+        return self._nvml.nvmlDeviceGetMaxClockInfo(self._h, self._nvml.NVML_CLOCK_SM) * 1e6
+
+    @_nvml_call("power")
+    def power_w(self) -> float:
+        return self._nvml.nvmlDeviceGetPowerUsage(self._h) / 1000.0
+
+    @_nvml_call("power limit")
+    def power_limit_w(self) -> float:
+        return self._nvml.nvmlDeviceGetEnforcedPowerLimit(self._h) / 1000.0
+
+    @_nvml_call("power limit constraints")
+    def power_limit_constraints(self) -> PowerLimitConstraints:
+        lo, hi = self._nvml.nvmlDeviceGetPowerManagementLimitConstraints(self._h)
+        default = self._nvml.nvmlDeviceGetPowerManagementDefaultLimit(self._h)
+        return PowerLimitConstraints(int(lo), int(hi), int(default))
+
+    @_nvml_call("energy")
+    def energy_j(self) -> float:
+        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._h) / 1000.0
+
+    @_nvml_call("temperature")
+    def temperature_c(self) -> float:
+        return float(self._nvml.nvmlDeviceGetTemperature(self._h, self._nvml.NVML_TEMPERATURE_GPU))
+
+    def _field(self, field_id: int) -> float:
+        (fv,) = self._nvml.nvmlDeviceGetFieldValues(self._h, [field_id])
+        if fv.nvmlReturn != 0:
+            raise self._nvml.NVMLError(fv.nvmlReturn)
+        vt = fv.valueType
+        if vt == self._nvml.NVML_VALUE_TYPE_DOUBLE:
+            return float(fv.value.dVal)
+        if vt == self._nvml.NVML_VALUE_TYPE_UNSIGNED_INT:
+            return float(fv.value.uiVal)
+        return float(fv.value.ullVal)
+
+    @_nvml_call("memory temperature")
+    def memory_temperature_c(self) -> float:
+        return self._field(self._nvml.NVML_FI_DEV_MEMORY_TEMP)
+
+    @_nvml_call("fan")
+    def fan_ratio(self) -> float:
+        return self._nvml.nvmlDeviceGetFanSpeed(self._h) / 100.0
+
+    @_nvml_call("pcie throughput")
+    def pcie_throughput_bps(self) -> tuple[float, float]:
+        n = self._nvml
+        tx = n.nvmlDeviceGetPcieThroughput(self._h, n.NVML_PCIE_UTIL_TX_BYTES)
+        rx = n.nvmlDeviceGetPcieThroughput(self._h, n.NVML_PCIE_UTIL_RX_BYTES)
+        return tx * 1000.0, rx * 1000.0  # NVML reports KB/s
+
+    @_nvml_call("nvlink throughput")
+    def nvlink_bytes(self) -> tuple[float, float]:
+        n = self._nvml
+        tx = self._field(n.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX)
+        rx = self._field(n.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX)
+        return tx * 1024.0, rx * 1024.0  # NVML reports KiB
+
+    @_nvml_call("ecc errors")
+    def ecc_errors(self) -> EccCounts:
+        n = self._nvml
+        c = n.nvmlDeviceGetTotalEccErrors(self._h, n.NVML_MEMORY_ERROR_TYPE_CORRECTED, n.NVML_AGGREGATE_ECC)
+        u = n.nvmlDeviceGetTotalEccErrors(self._h, n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_AGGREGATE_ECC)
+        return EccCounts(int(c), int(u))
+
+    @_nvml_call("remapped rows")
+    def remapped_rows(self) -> RemappedRows:
+        corr, unc, pending, failed = self._nvml.nvmlDeviceGetRemappedRows(self._h)
+        return RemappedRows(int(corr), int(unc), bool(pending), bool(failed))
+
+    @_nvml_call("clock event reasons")
+    def clock_event_reasons(self) -> ClockEventReason:
+        n = self._nvml
+        fn = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or n.nvmlDeviceGetCurrentClocksThrottleReasons
+        return ClockEventReason(int(fn(self._h)) & 0x1FF)
+
+    @_nvml_call("pstate")
+    def pstate(self) -> int:
+        return int(self._nvml.nvmlDeviceGetPerformanceState(self._h))
+
+    @_nvml_call("encoder/decoder utilization")
+    def encoder_decoder_utilization(self) -> tuple[float, float]:
+        enc = self._nvml.nvmlDeviceGetEncoderUtilization(self._h)[0]
+        dec = self._nvml.nvmlDeviceGetDecoderUtilization(self._h)[0]
+        return enc / 100.0, dec / 100.0
+
+    @_nvml_call("violation status")
+    def violation_seconds(self) -> tuple[float, float]:
+        n = self._nvml
+        p = n.nvmlDeviceGetViolationStatus(self._h, n.NVML_PERF_POLICY_POWER).violationTime
+        t = n.nvmlDeviceGetViolationStatus(self._h, n.NVML_PERF_POLICY_THERMAL).violationTime
+        return p / 1e9, t / 1e9
+
+    @_nvml_call("dram bandwidth")
+    def dram_bandwidth_ratio(self) -> float:
+        if self._gpm is None:
+            try:
+                self._gpm = bool(self._nvml.nvmlGpmQueryDeviceSupport(self._h).isSupportedDevice)
+            except (self._nvml.NVMLError, AttributeError):
+                self._gpm = False
+        if not self._gpm:
+            raise NotSupportedError(f"gpu {self._index}: GPM (DRAM bandwidth) not supported")
+        return self._gpm_dram_bandwidth()
+
+    def _gpm_dram_bandwidth(self) -> float:
+        n = self._nvml
+        if not hasattr(self, "_gpm_prev"):
+            self._gpm_prev = n.nvmlGpmSampleAlloc()
+            n.nvmlGpmSampleGet(self._h, self._gpm_prev)
+            raise NotSupportedError(f"gpu {self._index}: first GPM sample taken, no rate yet")
+        cur = n.nvmlGpmSampleAlloc()
+        n.nvmlGpmSampleGet(self._h, cur)
+        req = n.c_nvmlGpmMetricsGet_t()
+        req.version = n.NVML_GPM_METRICS_GET_VERSION
+        req.numMetrics = 1
+        req.sample1 = self._gpm_prev
+        req.sample2 = cur
+        req.metrics[0].metricId = n.NVML_GPM_METRIC_DRAM_BW_UTIL
+        n.nvmlGpmMetricsGet(req)
+        n.nvmlGpmSampleFree(self._gpm_prev)
+        self._gpm_prev = cur
+        return float(req.metrics[0].value) / 100.0
+
+    def poll_xid_events(self) -> list[int]:
+        n = self._nvml
+        try:
+            if self._events is None:
+                self._events = n.nvmlEventSetCreate()
+                n.nvmlDeviceRegisterEvents(self._h, n.nvmlEventTypeXidCriticalError, self._events)
+            xids = []
+            while True:
+                try:
+                    data = n.nvmlEventSetWait_v2(self._events, 0)
+                except n.NVMLError as e:
+                    if getattr(e, "value", None) == _TIMEOUT:
+                        return xids
+                    raise
+                xids.append(int(data.eventData))
+        except n.NVMLError as e:
+            raise map_nvml_error(e, f"gpu {self._index} xid events") from e
+
+    @_nvml_call("supported sm clocks")
+    def supported_sm_clocks_mhz(self) -> list[int]:
+        mem = max(self._nvml.nvmlDeviceGetSupportedMemoryClocks(self._h))
+        return sorted(self._nvml.nvmlDeviceGetSupportedGraphicsClocks(self._h, mem), reverse=True)
+
+    @_nvml_call("supported memory clocks")
+    def supported_memory_clocks_mhz(self) -> list[int]:
+        return sorted(self._nvml.nvmlDeviceGetSupportedMemoryClocks(self._h), reverse=True)
+
+    @_nvml_call("applications clocks")
+    def applications_clocks_mhz(self) -> tuple[int, int]:
+        n = self._nvml
+        mem = n.nvmlDeviceGetApplicationsClock(self._h, n.NVML_CLOCK_MEM)
+        gfx = n.nvmlDeviceGetApplicationsClock(self._h, n.NVML_CLOCK_GRAPHICS)
+        return int(mem), int(gfx)
+
+    @_nvml_call("set power limit")
+    def set_power_limit_mw(self, limit_mw: int) -> None:
+        self._nvml.nvmlDeviceSetPowerManagementLimit(self._h, int(limit_mw))
+
+    @_nvml_call("lock sm clocks")
+    def set_locked_sm_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None:
+        self._nvml.nvmlDeviceSetGpuLockedClocks(self._h, int(min_mhz), int(max_mhz))
+
+    @_nvml_call("reset locked sm clocks")
+    def reset_locked_sm_clocks(self) -> None:
+        self._nvml.nvmlDeviceResetGpuLockedClocks(self._h)
+
+    @_nvml_call("lock memory clocks")
+    def set_locked_memory_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None:
+        self._nvml.nvmlDeviceSetMemoryLockedClocks(self._h, int(min_mhz), int(max_mhz))
+
+    @_nvml_call("reset locked memory clocks")
+    def reset_locked_memory_clocks(self) -> None:
+        self._nvml.nvmlDeviceResetMemoryLockedClocks(self._h)
+
+    @_nvml_call("set applications clocks")
+    def set_applications_clocks_mhz(self, memory_mhz: int, graphics_mhz: int) -> None:
+        self._nvml.nvmlDeviceSetApplicationsClocks(self._h, int(memory_mhz), int(graphics_mhz))
+
+    @_nvml_call("reset applications clocks")
+    def reset_applications_clocks(self) -> None:
+        self._nvml.nvmlDeviceResetApplicationsClocks(self._h)
+
+
+def open_gpus(nvml: ModuleType) -> list[NvmlGPU]:
+    """Open every GPU NVML reports; a GPU that fails to open is logged and skipped."""
+    try:
+        count = nvml.nvmlDeviceGetCount()
+    except nvml.NVMLError as e:
+        raise map_nvml_error(e, "device count") from e
+    gpus = []
+    for i in range(count):
+        try:
+            gpus.append(NvmlGPU(nvml, i))
+        except GPUError as e:
+            logger.error("gpu %d not opened: %s", i, e)
+    return gpus

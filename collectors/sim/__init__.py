@@ -1,0 +1,1 @@
+"""Simulated GPU node: an NVML look-alike module and the backends that drive it."""

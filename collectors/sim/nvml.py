@@ -1,0 +1,515 @@
+"""A simulated NVML with nvidia-ml-py's names, signatures, return structures and errors.
+
+The device layer receives either the real ``pynvml`` module or this one and cannot tell
+them apart: functions take the same arguments, return the same shapes (objects with
+``.total/.used/.free``, ``.gpu/.memory``, field-value arrays, event data), use the same
+units (mW, mJ, MHz, KB/s, bytes) and raise ``NVMLError`` subclasses with NVML's codes.
+Values come from an attached backend (:mod:`gputuned.collectors.sim.state`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gputuned.collectors.sim.state import SimBackend, SimDevice
+
+# --- constants (values as in nvml.h) -------------------------------------------------
+NVML_SUCCESS = 0
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_ALREADY_INITIALIZED = 5
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_UNKNOWN = 999
+
+NVML_TEMPERATURE_GPU = 0
+NVML_CLOCK_GRAPHICS = 0
+NVML_CLOCK_SM = 1
+NVML_CLOCK_MEM = 2
+NVML_PCIE_UTIL_TX_BYTES = 0
+NVML_PCIE_UTIL_RX_BYTES = 1
+NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+NVML_VOLATILE_ECC = 0
+NVML_AGGREGATE_ECC = 1
+NVML_PERF_POLICY_POWER = 0
+NVML_PERF_POLICY_THERMAL = 1
+NVML_VALUE_TYPE_DOUBLE = 0
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
+NVML_FI_DEV_MEMORY_TEMP = 82
+NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX = 138
+NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX = 139
+nvmlEventTypeXidCriticalError = 0x0000000000000008
+
+_ERROR_NAMES = {
+    NVML_ERROR_UNINITIALIZED: "Uninitialized",
+    NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
+    NVML_ERROR_NOT_SUPPORTED: "Not Supported",
+    NVML_ERROR_NO_PERMISSION: "Insufficient Permissions",
+    NVML_ERROR_ALREADY_INITIALIZED: "Already Initialized",
+    NVML_ERROR_NOT_FOUND: "Not Found",
+    NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
+    NVML_ERROR_TIMEOUT: "Timeout",
+    NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
+    NVML_ERROR_FUNCTION_NOT_FOUND: "Function Not Found",
+    NVML_ERROR_GPU_IS_LOST: "GPU is lost",
+    NVML_ERROR_UNKNOWN: "Unknown Error",
+}
+
+
+class NVMLError(Exception):
+    """NVML error carrying its code in ``.value``; construction picks the subclass."""
+
+    _value_class: dict[int, type[NVMLError]] = {}
+    value: int
+
+    def __new__(cls, value: int) -> NVMLError:
+        if cls is NVMLError:
+            cls = NVMLError._value_class.get(value, cls)
+        obj = Exception.__new__(cls)
+        obj.value = value
+        return obj
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+
+    def __str__(self) -> str:
+        return _ERROR_NAMES.get(self.value, f"Unknown Error ({self.value})")
+
+
+def _error_class(name: str, code: int) -> type[NVMLError]:
+    cls = type(f"NVMLError_{name}", (NVMLError,), {})
+    NVMLError._value_class[code] = cls
+    return cls
+
+
+NVMLError_Uninitialized = _error_class("Uninitialized", NVML_ERROR_UNINITIALIZED)
+NVMLError_InvalidArgument = _error_class("InvalidArgument", NVML_ERROR_INVALID_ARGUMENT)
+NVMLError_NotSupported = _error_class("NotSupported", NVML_ERROR_NOT_SUPPORTED)
+NVMLError_NoPermission = _error_class("NoPermission", NVML_ERROR_NO_PERMISSION)
+NVMLError_AlreadyInitialized = _error_class("AlreadyInitialized", NVML_ERROR_ALREADY_INITIALIZED)
+NVMLError_NotFound = _error_class("NotFound", NVML_ERROR_NOT_FOUND)
+NVMLError_DriverNotLoaded = _error_class("DriverNotLoaded", NVML_ERROR_DRIVER_NOT_LOADED)
+NVMLError_Timeout = _error_class("Timeout", NVML_ERROR_TIMEOUT)
+NVMLError_LibraryNotFound = _error_class("LibraryNotFound", NVML_ERROR_LIBRARY_NOT_FOUND)
+NVMLError_FunctionNotFound = _error_class("FunctionNotFound", NVML_ERROR_FUNCTION_NOT_FOUND)
+NVMLError_GpuIsLost = _error_class("GpuIsLost", NVML_ERROR_GPU_IS_LOST)
+NVMLError_Unknown = _error_class("Unknown", NVML_ERROR_UNKNOWN)
+
+
+# --- return structures ---------------------------------------------------------------
+@dataclass
+class c_nvmlMemory_t:  # noqa: N801 - NVML's name
+    total: int
+    free: int
+    used: int
+
+
+@dataclass
+class c_nvmlUtilization_t:  # noqa: N801
+    gpu: int
+    memory: int
+
+
+@dataclass
+class c_nvmlPciInfo_t:  # noqa: N801
+    busId: str  # noqa: N815
+    busIdLegacy: str  # noqa: N815
+    domain: int
+    bus: int
+    device: int
+    pciDeviceId: int  # noqa: N815
+
+
+@dataclass
+class c_nvmlViolationTime_t:  # noqa: N801
+    referenceTime: int  # noqa: N815
+    violationTime: int  # noqa: N815
+
+
+@dataclass
+class c_nvmlValue_t:  # noqa: N801
+    dVal: float = 0.0  # noqa: N815
+    uiVal: int = 0  # noqa: N815
+    ullVal: int = 0  # noqa: N815
+
+
+@dataclass
+class c_nvmlFieldValue_t:  # noqa: N801
+    fieldId: int  # noqa: N815
+    scopeId: int  # noqa: N815
+    timestamp: int
+    latencyUsec: int  # noqa: N815
+    valueType: int  # noqa: N815
+    nvmlReturn: int  # noqa: N815
+    value: c_nvmlValue_t
+
+
+@dataclass
+class c_nvmlEventData_t:  # noqa: N801
+    device: Any
+    eventType: int  # noqa: N815
+    eventData: int  # noqa: N815
+    gpuInstanceId: int = 0  # noqa: N815
+    computeInstanceId: int = 0  # noqa: N815
+
+
+@dataclass
+class c_nvmlGpmSupport_t:  # noqa: N801
+    version: int
+    isSupportedDevice: int  # noqa: N815
+
+
+@dataclass(frozen=True)
+class _Handle:
+    index: int
+
+
+@dataclass
+class _EventSet:
+    registered: dict[int, int]  # device index -> event mask
+
+
+# --- module state --------------------------------------------------------------------
+_backend: SimBackend | None = None
+_init_count = 0
+
+
+def attach(backend: SimBackend | None) -> None:
+    """Select the backend the module reads (``None`` acts like a host without a driver)."""
+    global _backend, _init_count
+    _backend = backend
+    _init_count = 0
+
+
+def backend() -> SimBackend | None:
+    return _backend
+
+
+def _require_init() -> SimBackend:
+    if _backend is None:
+        raise NVMLError(NVML_ERROR_LIBRARY_NOT_FOUND)
+    if _init_count <= 0:
+        raise NVMLError(NVML_ERROR_UNINITIALIZED)
+    return _backend
+
+
+def _dev(handle: _Handle, func: str) -> SimDevice:
+    be = _require_init()
+    be.sync()
+    try:
+        dev = be.devices[handle.index]
+    except (IndexError, AttributeError):
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT) from None
+    if dev.lost:
+        raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+    if func in dev.unsupported:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    return dev
+
+
+def _privileged(be: SimBackend) -> None:
+    if not be.is_privileged():
+        raise NVMLError(NVML_ERROR_NO_PERMISSION)
+
+
+# --- init and system -----------------------------------------------------------------
+def nvmlInit() -> None:
+    global _init_count
+    if _backend is None:
+        raise NVMLError(NVML_ERROR_LIBRARY_NOT_FOUND)
+    _init_count += 1
+
+
+def nvmlInitWithFlags(flags: int) -> None:
+    nvmlInit()
+
+
+def nvmlShutdown() -> None:
+    global _init_count
+    _require_init()
+    _init_count -= 1
+
+
+def nvmlSystemGetDriverVersion() -> str:
+    return _require_init().driver_version
+
+
+def nvmlDeviceGetCount() -> int:
+    return len(_require_init().devices)
+
+
+def nvmlDeviceGetHandleByIndex(index: int) -> _Handle:
+    be = _require_init()
+    if not 0 <= index < len(be.devices):
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    if be.devices[index].lost:
+        raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+    return _Handle(index)
+
+
+# --- identity ------------------------------------------------------------------------
+def nvmlDeviceGetName(handle: _Handle) -> str:
+    return _dev(handle, "nvmlDeviceGetName").profile.name
+
+
+def nvmlDeviceGetUUID(handle: _Handle) -> str:
+    return _dev(handle, "nvmlDeviceGetUUID").uuid
+
+
+def nvmlDeviceGetPciInfo(handle: _Handle) -> c_nvmlPciInfo_t:
+    dev = _dev(handle, "nvmlDeviceGetPciInfo")
+    bus = int(dev.pci_bus_id.split(":")[1], 16)
+    return c_nvmlPciInfo_t(dev.pci_bus_id, dev.pci_bus_id[4:], 0, bus, 0, 0x233010DE)
+
+
+# --- readings ------------------------------------------------------------------------
+def nvmlDeviceGetMemoryInfo(handle: _Handle, version: int | None = None) -> c_nvmlMemory_t:
+    dev = _dev(handle, "nvmlDeviceGetMemoryInfo")
+    total = dev.profile.memory_total_bytes
+    used = min(dev.memory_used_bytes, total)
+    return c_nvmlMemory_t(total=total, free=total - used, used=used)
+
+
+def nvmlDeviceGetUtilizationRates(handle: _Handle) -> c_nvmlUtilization_t:
+    dev = _dev(handle, "nvmlDeviceGetUtilizationRates")
+    return c_nvmlUtilization_t(gpu=dev.util_gpu_pct, memory=dev.util_mem_pct)
+
+
+def nvmlDeviceGetClockInfo(handle: _Handle, type: int) -> int:  # noqa: A002 - NVML's name
+    dev = _dev(handle, "nvmlDeviceGetClockInfo")
+    if type == NVML_CLOCK_SM:
+        return dev.sm_clock_mhz
+    if type == NVML_CLOCK_GRAPHICS:
+        return dev.graphics_clock_mhz
+    if type == NVML_CLOCK_MEM:
+        return dev.memory_clock_mhz
+    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+
+
+def nvmlDeviceGetMaxClockInfo(handle: _Handle, type: int) -> int:  # noqa: A002
+    dev = _dev(handle, "nvmlDeviceGetMaxClockInfo")
+    if type in (NVML_CLOCK_SM, NVML_CLOCK_GRAPHICS):
+        return dev.profile.sm_clock_max_mhz
+    if type == NVML_CLOCK_MEM:
+        return max(dev.profile.memory_clocks_mhz)
+    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+
+
+def nvmlDeviceGetApplicationsClock(handle: _Handle, type: int) -> int:  # noqa: A002
+    dev = _dev(handle, "nvmlDeviceGetApplicationsClock")
+    mem, gfx = dev.applications_clocks_mhz or dev.default_applications_clocks_mhz
+    if type in (NVML_CLOCK_SM, NVML_CLOCK_GRAPHICS):
+        return gfx
+    if type == NVML_CLOCK_MEM:
+        return mem
+    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+
+
+def nvmlDeviceGetSupportedMemoryClocks(handle: _Handle) -> list[int]:
+    return sorted(_dev(handle, "nvmlDeviceGetSupportedMemoryClocks").profile.memory_clocks_mhz, reverse=True)
+
+
+def nvmlDeviceGetSupportedGraphicsClocks(handle: _Handle, memoryClockMHz: int) -> list[int]:  # noqa: N803
+    dev = _dev(handle, "nvmlDeviceGetSupportedGraphicsClocks")
+    if memoryClockMHz not in dev.profile.memory_clocks_mhz:
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+    return dev.profile.sm_clocks_mhz
+
+
+def nvmlDeviceGetPowerUsage(handle: _Handle) -> int:
+    return _dev(handle, "nvmlDeviceGetPowerUsage").power_mw
+
+
+def nvmlDeviceGetEnforcedPowerLimit(handle: _Handle) -> int:
+    return _dev(handle, "nvmlDeviceGetEnforcedPowerLimit").power_limit_mw
+
+
+def nvmlDeviceGetPowerManagementLimit(handle: _Handle) -> int:
+    return _dev(handle, "nvmlDeviceGetPowerManagementLimit").power_limit_mw
+
+
+def nvmlDeviceGetPowerManagementDefaultLimit(handle: _Handle) -> int:
+    dev = _dev(handle, "nvmlDeviceGetPowerManagementDefaultLimit")
+    return int(dev.profile.power_limit_default_w * 1000)
+
+
+def nvmlDeviceGetPowerManagementLimitConstraints(handle: _Handle) -> list[int]:
+    dev = _dev(handle, "nvmlDeviceGetPowerManagementLimitConstraints")
+    return [int(dev.profile.power_limit_min_w * 1000), int(dev.profile.power_limit_max_w * 1000)]
+
+
+def nvmlDeviceGetTotalEnergyConsumption(handle: _Handle) -> int:
+    return _dev(handle, "nvmlDeviceGetTotalEnergyConsumption").energy_mj
+
+
+def nvmlDeviceGetTemperature(handle: _Handle, sensor: int) -> int:
+    dev = _dev(handle, "nvmlDeviceGetTemperature")
+    if sensor != NVML_TEMPERATURE_GPU:
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return dev.temperature_c
+
+
+def nvmlDeviceGetFanSpeed(handle: _Handle) -> int:
+    return _dev(handle, "nvmlDeviceGetFanSpeed").fan_pct
+
+
+def nvmlDeviceGetPcieThroughput(device: _Handle, counter: int) -> int:
+    dev = _dev(device, "nvmlDeviceGetPcieThroughput")
+    if counter == NVML_PCIE_UTIL_TX_BYTES:
+        return dev.pcie_tx_kbps
+    if counter == NVML_PCIE_UTIL_RX_BYTES:
+        return dev.pcie_rx_kbps
+    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+
+
+def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int]) -> list[c_nvmlFieldValue_t]:  # noqa: N803
+    dev = _dev(handle, "nvmlDeviceGetFieldValues")
+    out = []
+    for fid in fieldIds:
+        ret, vtype, val = NVML_SUCCESS, NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, c_nvmlValue_t()
+        if f"field:{fid}" in dev.unsupported:
+            ret = NVML_ERROR_NOT_SUPPORTED
+        elif fid == NVML_FI_DEV_MEMORY_TEMP:
+            vtype, val = NVML_VALUE_TYPE_UNSIGNED_INT, c_nvmlValue_t(uiVal=dev.memory_temperature_c)
+        elif fid == NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX:
+            val = c_nvmlValue_t(ullVal=dev.nvlink_tx_kib)
+        elif fid == NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX:
+            val = c_nvmlValue_t(ullVal=dev.nvlink_rx_kib)
+        else:
+            ret = NVML_ERROR_NOT_SUPPORTED
+        out.append(c_nvmlFieldValue_t(fid, 0, 0, 0, vtype, ret, val))
+    return out
+
+
+def nvmlDeviceGetTotalEccErrors(handle: _Handle, errorType: int, counterType: int) -> int:  # noqa: N803
+    dev = _dev(handle, "nvmlDeviceGetTotalEccErrors")
+    if errorType == NVML_MEMORY_ERROR_TYPE_CORRECTED:
+        return dev.ecc_corrected
+    if errorType == NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
+        return dev.ecc_uncorrected
+    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+
+
+def nvmlDeviceGetRemappedRows(device: _Handle) -> tuple[int, int, int, int]:
+    dev = _dev(device, "nvmlDeviceGetRemappedRows")
+    return (dev.remapped_correctable, dev.remapped_uncorrectable, dev.remap_pending, dev.remap_failure)
+
+
+def nvmlDeviceGetCurrentClocksEventReasons(handle: _Handle) -> int:
+    return _dev(handle, "nvmlDeviceGetCurrentClocksEventReasons").clock_event_reasons
+
+
+def nvmlDeviceGetPerformanceState(handle: _Handle) -> int:
+    return _dev(handle, "nvmlDeviceGetPerformanceState").pstate
+
+
+def nvmlDeviceGetEncoderUtilization(handle: _Handle) -> list[int]:
+    return [_dev(handle, "nvmlDeviceGetEncoderUtilization").encoder_pct, 167000]
+
+
+def nvmlDeviceGetDecoderUtilization(handle: _Handle) -> list[int]:
+    return [_dev(handle, "nvmlDeviceGetDecoderUtilization").decoder_pct, 167000]
+
+
+def nvmlDeviceGetViolationStatus(device: _Handle, perfPolicyType: int) -> c_nvmlViolationTime_t:  # noqa: N803
+    dev = _dev(device, "nvmlDeviceGetViolationStatus")
+    if perfPolicyType == NVML_PERF_POLICY_POWER:
+        return c_nvmlViolationTime_t(0, dev.power_violation_ns)
+    if perfPolicyType == NVML_PERF_POLICY_THERMAL:
+        return c_nvmlViolationTime_t(0, dev.thermal_violation_ns)
+    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+
+
+def nvmlGpmQueryDeviceSupport(device: _Handle) -> c_nvmlGpmSupport_t:
+    # GPM sampling is not simulated; report it unsupported so the DRAM series is skipped.
+    _dev(device, "nvmlGpmQueryDeviceSupport")
+    return c_nvmlGpmSupport_t(version=1, isSupportedDevice=0)
+
+
+# --- events --------------------------------------------------------------------------
+def nvmlEventSetCreate() -> _EventSet:
+    _require_init()
+    return _EventSet(registered={})
+
+
+def nvmlDeviceRegisterEvents(handle: _Handle, eventTypes: int, eventSet: _EventSet) -> None:  # noqa: N803
+    _dev(handle, "nvmlDeviceRegisterEvents")
+    eventSet.registered[handle.index] = eventSet.registered.get(handle.index, 0) | eventTypes
+
+
+def nvmlEventSetWait_v2(eventSet: _EventSet, timeoutms: int) -> c_nvmlEventData_t:  # noqa: N802
+    be = _require_init()
+    be.sync()
+    for index, mask in eventSet.registered.items():
+        dev = be.devices[index]
+        if mask & nvmlEventTypeXidCriticalError and dev.pending_xids:
+            xid = dev.pending_xids.pop(0)
+            return c_nvmlEventData_t(_Handle(index), nvmlEventTypeXidCriticalError, xid)
+    raise NVMLError(NVML_ERROR_TIMEOUT)
+
+
+def nvmlEventSetFree(eventSet: _EventSet) -> None:  # noqa: N803
+    eventSet.registered.clear()
+
+
+# --- settings ------------------------------------------------------------------------
+def nvmlDeviceSetPowerManagementLimit(handle: _Handle, limit: int) -> None:
+    dev = _dev(handle, "nvmlDeviceSetPowerManagementLimit")
+    _privileged(_require_init())
+    p = dev.profile
+    if not p.power_limit_min_w * 1000 <= limit <= p.power_limit_max_w * 1000:
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    dev.power_limit_mw = int(limit)
+
+
+def nvmlDeviceSetGpuLockedClocks(handle: _Handle, minGpuClockMHz: int, maxGpuClockMHz: int) -> None:  # noqa: N803
+    dev = _dev(handle, "nvmlDeviceSetGpuLockedClocks")
+    _privileged(_require_init())
+    p = dev.profile
+    if not (p.sm_clock_min_mhz <= minGpuClockMHz <= maxGpuClockMHz <= p.sm_clock_max_mhz):
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    dev.locked_sm_clocks_mhz = (int(minGpuClockMHz), int(maxGpuClockMHz))
+
+
+def nvmlDeviceResetGpuLockedClocks(handle: _Handle) -> None:
+    dev = _dev(handle, "nvmlDeviceResetGpuLockedClocks")
+    _privileged(_require_init())
+    dev.locked_sm_clocks_mhz = None
+
+
+def nvmlDeviceSetMemoryLockedClocks(handle: _Handle, minMemClockMHz: int, maxMemClockMHz: int) -> None:  # noqa: N803
+    dev = _dev(handle, "nvmlDeviceSetMemoryLockedClocks")
+    _privileged(_require_init())
+    clocks = dev.profile.memory_clocks_mhz
+    if not (min(clocks) <= minMemClockMHz <= maxMemClockMHz <= max(clocks)):
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    dev.locked_memory_clocks_mhz = (int(minMemClockMHz), int(maxMemClockMHz))
+
+
+def nvmlDeviceResetMemoryLockedClocks(handle: _Handle) -> None:
+    dev = _dev(handle, "nvmlDeviceResetMemoryLockedClocks")
+    _privileged(_require_init())
+    dev.locked_memory_clocks_mhz = None
+
+
+def nvmlDeviceSetApplicationsClocks(handle: _Handle, maxMemClockMHz: int, maxGraphicsClockMHz: int) -> None:  # noqa: N803
+    dev = _dev(handle, "nvmlDeviceSetApplicationsClocks")
+    _privileged(_require_init())
+    if maxMemClockMHz not in dev.profile.memory_clocks_mhz or maxGraphicsClockMHz not in dev.profile.sm_clocks_mhz:
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    dev.applications_clocks_mhz = (int(maxMemClockMHz), int(maxGraphicsClockMHz))
+
+
+def nvmlDeviceResetApplicationsClocks(handle: _Handle) -> None:
+    dev = _dev(handle, "nvmlDeviceResetApplicationsClocks")
+    _privileged(_require_init())
+    dev.applications_clocks_mhz = None

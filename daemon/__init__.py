@@ -1,0 +1,1 @@
+"""The daemon: config, CLI, main loop, sample store, exporter, control socket, actuation."""

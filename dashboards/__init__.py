@@ -1,0 +1,1 @@
+"""Grafana dashboards (grafanalib sources), provisioning files and Prometheus alert rules."""

@@ -1,0 +1,5 @@
+"""Allow ``python -m gputuned``."""
+
+from gputuned.daemon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The mixed-precision distributed trainer and the plugin connecting any PyTorch loop to gputuned."""

@@ -1,0 +1,1 @@
+"""The brain: degradation forecasting, the RL environment and agent, baselines, the safety guard."""

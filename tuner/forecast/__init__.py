@@ -1,0 +1,1 @@
+"""Degradation forecasting (Prophet, in a worker process) and online anomaly detection."""
