@@ -1,0 +1,249 @@
+"""Online anomaly detector: a streaming robust baseline plus an optional forecast interval.
+
+Pure standard library (``math``) so it runs in the daemon's lean core process at a few
+microseconds per sample. Each new sample is judged only against state built from the
+samples before it, then folded into that state; nothing looks ahead.
+
+The baseline is scale-free: a Huber-clipped EWMA of the level and of the mean absolute
+deviation (sigma = 1.2533 * MAD for normal noise), with time constants counted in typical
+sample spacings so irregular sampling and gaps are handled (a gap speeds adaptation, up to a
+cap). Three deviations are scored, each in its own sigmas:
+
+* point: ``x - level`` (spikes),
+* short mean: a fast EWMA of ``x`` against the level, normalised by how far that fast mean
+  usually strays (self-calibrating under autocorrelation; catches small level shifts),
+* spread: log of the short-term mean absolute deviation over the long one, normalised the
+  same way (variance increases only).
+
+With a forecast (Prophet's yhat and its interval turned into a sigma) the forecast deviation
+beyond 2 sigma is scored too, and combined with the baseline by a geometric mean, so
+expected seasonality does not alarm while both views must agree. Scores map to [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gputuned.tuner.forecast.alerts import AlertState, Transition
+
+logger = logging.getLogger(__name__)
+
+Direction = Literal["both", "up", "down"]
+_SIGMA_PER_MAD = 1.2533  # sigma / mean absolute deviation for normal noise
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Tuning of one series' detector; all counts are in typical sample spacings."""
+
+    warmup: int = 30
+    tau_long: float = 300.0
+    tau_short: float = 5.0
+    tau_spread: float = 20.0
+    clip: float = 3.0
+    gap_factor: float = 4.0
+    gap_cap: float = 20.0
+    z_start: float = 2.0
+    z_half: float = 5.0
+    spread_weight: float = 0.8
+    direction: Direction = "both"
+    accept_after: float = 200.0
+    raise_at: float = 0.5
+    raise_now: float = 0.97
+    confirm: int = 2
+    clear_at: float = 0.15
+    clear_after: int = 30
+
+    def __post_init__(self) -> None:
+        if self.warmup < 3:
+            raise ValueError("warmup must be at least 3 samples")
+        for name in ("tau_long", "tau_short", "tau_spread", "clip", "gap_factor", "gap_cap"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0.0 <= self.z_start < self.z_half:
+            raise ValueError("need 0 <= z_start < z_half")
+        if self.direction not in ("both", "up", "down"):
+            raise ValueError(f"direction must be both, up or down, not {self.direction!r}")
+
+
+def score_of(z: float, z_start: float, z_half: float) -> float:
+    """Map a deviation in sigmas to [0, 1]: 0 up to z_start, 0.5 at z_half, towards 1 beyond."""
+    excess = z - z_start
+    if excess <= 0.0:
+        return 0.0
+    r = excess / (z_half - z_start)
+    return 1.0 - math.exp(-math.log(2.0) * r * r)
+
+
+@dataclass
+class Judgement:
+    """What the detector concluded about one sample."""
+
+    score: float
+    alert: bool
+    transition: Transition | None
+    z: float
+
+
+@dataclass
+class _State:
+    n: int = 0
+    t_last: float = math.nan
+    log_dt: float = math.nan
+    warm: list[float] = field(default_factory=list)
+    level: float = 0.0
+    mad: float = 0.0
+    short: float = 0.0
+    short_mad: float = 0.0
+    spread: float = 0.0
+    spread_mad: float = 0.0
+    resolution: float = math.inf
+    x_last: float = math.nan
+    anomalous_run: float = 0.0
+
+
+class OnlineDetector:
+    """Streaming anomaly score and stateful alert for one series."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self._s = _State()
+        self.alert = AlertState(
+            self.config.raise_at, self.config.raise_now, self.config.confirm,
+            self.config.clear_at, self.config.clear_after,
+        )
+
+    @property
+    def samples_seen(self) -> int:
+        """Samples folded into the baseline so far."""
+        return self._s.n
+
+    def level(self) -> float:
+        """Current baseline level (NaN during warm-up)."""
+        return self._s.level if self._s.n >= self.config.warmup else math.nan
+
+    def update(self, t: float, x: float, forecast: tuple[float, float] | None = None) -> Judgement:
+        """Judge sample ``x`` at time ``t`` (seconds), then learn from it.
+
+        ``forecast`` is ``(yhat, sigma)`` at ``t`` when a fresh forecast exists.
+        """
+        if not math.isfinite(x):
+            return Judgement(0.0, self.alert.active, None, 0.0)
+        s, c = self._s, self.config
+        w = self._weight(t)
+        if s.n < c.warmup:
+            self._warm(x)
+            s.n += 1
+            return Judgement(0.0, False, None, 0.0)
+        z, base = self._baseline_score(x, w)
+        score = base
+        if forecast is not None and forecast[1] > 0.0 and math.isfinite(forecast[0]):
+            zf = self._directed((x - forecast[0]) / forecast[1])
+            score = math.sqrt(base * score_of(zf, c.z_start, c.z_half))
+        transition = self.alert.step(t, score)
+        self._learn(x, w, score)
+        s.n += 1
+        return Judgement(score, self.alert.active, transition, z)
+
+    # --- internals ---------------------------------------------------------------------
+    def _weight(self, t: float) -> float:
+        """Elapsed time in typical sample spacings (1 for regular sampling), capped for gaps."""
+        s, c = self._s, self.config
+        dt = t - s.t_last if math.isfinite(s.t_last) else math.nan
+        s.t_last = t
+        if not math.isfinite(dt) or dt <= 0.0:
+            return 1.0
+        if not math.isfinite(s.log_dt):
+            s.log_dt = math.log(dt)
+            return 1.0
+        typical = math.exp(s.log_dt)
+        w = dt / typical
+        if w < c.gap_factor:  # gaps do not teach the spacing
+            s.log_dt += 0.05 * (math.log(dt) - s.log_dt)
+        return min(max(w, 0.05), c.gap_cap)
+
+    def _floor(self) -> float:
+        s = self._s
+        res = s.resolution if math.isfinite(s.resolution) else 0.0
+        return max(0.5 * res, 1e-6 * abs(s.level), 1e-12)
+
+    def _directed(self, z: float) -> float:
+        d = self.config.direction
+        if d == "up":
+            return z
+        if d == "down":
+            return -z
+        return abs(z)
+
+    def _baseline_score(self, x: float, w: float) -> tuple[float, float]:
+        s, c = self._s, self.config
+        floor = self._floor()
+        sigma = max(_SIGMA_PER_MAD * s.mad, floor)
+        z_point = (x - s.level) / sigma
+        a_short = 1.0 - math.exp(-w / c.tau_short)
+        short = s.short + a_short * (x - s.short)
+        z_short = (short - s.level) / max(_SIGMA_PER_MAD * s.short_mad, floor)
+        best = max(self._directed(z_point), self._directed(z_short))
+        zs = 0.0
+        if s.spread_mad > 0.0 and s.mad > 0.0:
+            a_sp = 1.0 - math.exp(-w / c.tau_spread)
+            dev = min(abs(x - s.level), 10.0 * sigma)
+            spread = s.spread + a_sp * (dev - s.spread)
+            log_ratio = math.log(max(spread, 1e-300) / s.mad)
+            zs = c.spread_weight * log_ratio / (_SIGMA_PER_MAD * s.spread_mad)
+        z = max(best, zs)
+        return z, score_of(z, c.z_start, c.z_half)
+
+    def _warm(self, x: float) -> None:
+        s, c = self._s, self.config
+        self._note_resolution(x)
+        s.warm.append(x)
+        if len(s.warm) < c.warmup:
+            return
+        xs = sorted(s.warm)
+        mid = len(xs) // 2
+        med = xs[mid] if len(xs) % 2 else 0.5 * (xs[mid - 1] + xs[mid])
+        s.level = s.short = med
+        s.mad = sum(abs(v - med) for v in xs) / len(xs)
+        s.spread = s.mad
+        tail = s.warm[-c.warmup // 2 :]
+        short_dev = abs(sum(tail) / len(tail) - med)
+        s.short_mad = max(short_dev, s.mad / math.sqrt(2.0 * c.tau_short))
+        s.spread_mad = 0.25
+        s.warm = []
+
+    def _note_resolution(self, x: float) -> None:
+        s = self._s
+        if math.isfinite(s.x_last):
+            d = abs(x - s.x_last)
+            if 0.0 < d < s.resolution:
+                s.resolution = d
+        s.x_last = x
+
+    def _learn(self, x: float, w: float, score: float) -> None:
+        s, c = self._s, self.config
+        self._note_resolution(x)
+        floor = self._floor()
+        sigma = max(_SIGMA_PER_MAD * s.mad, floor)
+        a_long = 1.0 - math.exp(-w / c.tau_long)
+        a_short = 1.0 - math.exp(-w / c.tau_short)
+        a_sp = 1.0 - math.exp(-w / c.tau_spread)
+        s.anomalous_run = s.anomalous_run + w if score >= c.clear_at else 0.0
+        err = x - s.level
+        bound = c.clip * sigma
+        if s.anomalous_run > c.accept_after:
+            # a regime that has lasted this long is the new normal: follow it quickly
+            s.level += a_short * err
+        else:
+            s.level += a_long * max(-bound, min(bound, err))
+        s.mad += a_long * (min(abs(err), bound) - s.mad)
+        s.short += a_short * (x - s.short)
+        short_sigma = max(_SIGMA_PER_MAD * s.short_mad, floor)
+        s.short_mad += a_long * (min(abs(s.short - s.level), c.clip * short_sigma) - s.short_mad)
+        s.spread += a_sp * (min(abs(err), 10.0 * sigma) - s.spread)
+        if s.mad > 0.0 and s.spread > 0.0:
+            lr = abs(math.log(s.spread / s.mad))
+            s.spread_mad += a_long * (min(lr, 3.0 * s.spread_mad + 0.05) - s.spread_mad)
