@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from gputuned.collectors.base import register
-from gputuned.collectors.families import G, C, Sample, declare
+from gputuned.collectors.families import C, G, Sample, declare
 
 CPU_SECONDS = declare("gputuned_host_cpu_seconds_total", C, "CPU time spent in each mode, all CPUs together.")
 CPU_COUNT = declare("gputuned_host_cpus", G, "Logical CPUs.")

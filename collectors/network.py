@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gputuned.collectors.base import register
-from gputuned.collectors.families import G, C, Sample, declare
+from gputuned.collectors.families import C, G, Sample, declare
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +74,8 @@ class InfinibandCollector:
                     out.append((IB_STATE, labels, 1.0 if "ACTIVE" in state else 0.0))
                 rate = _read(port / "rate")  # e.g. "200 Gb/sec (4X HDR)"
                 if rate:
-                    try:
+                    with contextlib.suppress(ValueError):
                         out.append((IB_RATE, labels, float(rate.split()[0]) * 1e9 / 8))
-                    except ValueError:
-                        pass
         return out
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import bisect
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,6 +79,14 @@ class GPUProfile:
     pcie_gen: int
     nvlink_links: int
     gpm: bool
+    # physics constants (optional; see docs/simulator.md); calibration.json overrides them
+    active_idle_power_w: float = 0.0  # P0-state power with no kernel running; 0: 2.5 x idle
+    voltage_floor_ratio: float = 0.5  # V(f)/V(fmax) extrapolated to f = 0
+    power_cap_min_clock_mhz: int = 0  # lowest clock power capping goes down to; 0: min clock
+    ambient_c: float = 30.0  # inlet air temperature
+    thermal_resistance_c_per_w: float = 0.12  # steady-state rise per watt at full fan
+    thermal_time_constant_s: float = 40.0  # first-order time constant of the die temperature
+    nvlink_bandwidth_bytes_per_s: float = 0.0  # per direction, all links together
 
     @property
     def sm_clocks_mhz(self) -> list[int]:
@@ -94,6 +102,8 @@ PROFILE_ALIASES = {
     "h100": "h100-sxm5-80gb",
     "v100": "v100-sxm2-32gb",
     "a40": "a40",
+    "rtx6000": "quadro-rtx-6000",
+    "p100": "p100-pcie-16gb",
 }
 
 
@@ -120,8 +130,9 @@ def load_profile(name: str) -> GPUProfile:
         where = f"profile {key}"
     raw = tomllib.loads(text)
     known = {f.name for f in fields(GPUProfile)}
+    required = {f.name for f in fields(GPUProfile) if f.default is MISSING}
     unknown = sorted(set(raw) - known)
-    missing = sorted(known - set(raw))
+    missing = sorted(required - set(raw))
     if unknown or missing:
         raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}")
     raw["memory_clocks_mhz"] = tuple(int(x) for x in raw["memory_clocks_mhz"])

@@ -1,0 +1,72 @@
+"""``gputuned run``: the daemon in the foreground (systemd runs it this way)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from gputuned import __version__
+from gputuned.daemon.config import Config, ConfigError, load_config, resolve_config_path
+
+logger = logging.getLogger(__name__)
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by commands that build a daemon: config file and common overrides."""
+    p.add_argument("--config", metavar="PATH", help="TOML config (default /etc/gputuned/gputuned.toml if present)")
+    p.add_argument("--sim", action="store_true", help="use the simulated GPU node even if a driver is present")
+    p.add_argument("--gpus", type=int, metavar="N", help="number of simulated GPUs")
+    p.add_argument("--profile", metavar="NAME", help="simulated GPU profile (h100, a100, v100, a40)")
+    p.add_argument("--listen", metavar="ADDR", help="address for /metrics")
+    p.add_argument("--port", type=int, metavar="PORT", help="port for /metrics (0: any free port)")
+    p.add_argument("--interval", type=float, metavar="SECONDS", help="collection period")
+    p.add_argument("--metric-names", choices=["gputuned", "dcgm"], help="also serve dcgm-exporter names")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Load the config file and apply command-line overrides; raises ConfigError."""
+    cfg = load_config(resolve_config_path(getattr(args, "config", None)))
+    data: dict[str, Any] = cfg.model_dump()
+    if getattr(args, "sim", False):
+        data["gpu"]["backend"] = "sim"
+    for flag, (section, key) in {
+        "gpus": ("sim", "gpus"),
+        "profile": ("sim", "profile"),
+        "listen": ("exporter", "listen_address"),
+        "port": ("exporter", "listen_port"),
+        "interval": ("daemon", "interval_seconds"),
+        "metric_names": ("exporter", "metric_names"),
+    }.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            data[section][key] = value
+    from gputuned.daemon.config import parse_config
+
+    return parse_config(data, "command line")
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        print(f"gputuned: config error: {e}", file=sys.stderr)
+        return 2
+    logging.getLogger().setLevel(args.log_level.upper() if args.log_level else cfg.daemon.log_level.upper())
+    from gputuned.daemon.service import Daemon
+
+    try:
+        daemon = Daemon(cfg)
+    except OSError as e:
+        print(f"gputuned: cannot serve /metrics on {cfg.exporter.listen_address}:{cfg.exporter.listen_port}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"gputuned {__version__}: {daemon.describe()}", flush=True)
+    daemon.run_until_signal()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    add_config_flags(p)
+    p.set_defaults(func=_run)

@@ -1,0 +1,204 @@
+"""The daemon: wires GPUs, collectors, store, exporter and loop together from a Config.
+
+Parts are built here and handed to each other by constructor; nothing reaches for a
+global. Optional parts (control socket, actuation, forecasting, tuner) attach as
+components with ``start()``, ``tick(now)`` and ``stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import tomllib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Protocol
+
+from gputuned.collectors import base as collector_base
+from gputuned.collectors.base import Collector
+from gputuned.collectors.device import DriverMissingError, GPUDevice
+from gputuned.collectors.gpu import GPUCollector
+from gputuned.collectors.host import HostCollector
+from gputuned.collectors.network import InfinibandCollector, PeerRTTCollector
+from gputuned.collectors.nvml import open_gpus, open_nvml
+from gputuned.collectors.sim.state import RealClock, SimBackend, scripted_from_spec
+from gputuned.daemon.config import Config
+from gputuned.daemon.exporter import MetricsRenderer, MetricsServer
+from gputuned.daemon.loop import CollectionLoop
+from gputuned.daemon.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    """An optional part of the daemon driven by the loop."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class GPUSetup:
+    nvml: ModuleType | None
+    kind: str  # "nvml", "sim" or "none"
+    devices: list[GPUDevice] = field(default_factory=list)
+    sim_backend: SimBackend | None = None
+    driver_version: str = ""
+
+
+def build_sim_backend(cfg: Config) -> SimBackend:
+    """The simulated node the config asks for: scripted values, or the physics model."""
+    sim = cfg.sim
+    if sim.script is not None:
+        spec = tomllib.loads(sim.script.read_text())
+        return scripted_from_spec(spec, privileged=sim.privileged)
+    try:
+        from gputuned.collectors.sim.physics import build_sim_node
+    except ImportError:  # physics model not installed: an idle scripted node
+        return scripted_from_spec({"profile": sim.profile, "gpus": sim.gpus}, privileged=sim.privileged)
+    return build_sim_node(  # type: ignore[no-any-return]
+        profile=sim.profile,
+        gpus=sim.gpus,
+        workload=sim.workload,
+        scenario=sim.scenario,
+        clock=RealClock(),
+        seed=sim.seed,
+    )
+
+
+def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
+    """Open NVML (real or simulated per config) and every GPU it reports."""
+    from gputuned.collectors.sim import nvml as sim_nvml
+
+    backend = cfg.gpu.backend
+    sim_be = sim_backend
+    if backend == "sim" or backend == "auto":
+        if sim_be is None:
+            sim_be = build_sim_backend(cfg)
+        sim_nvml.attach(sim_be)
+    try:
+        nvml, kind = open_nvml(backend, sim_module=sim_nvml)
+    except DriverMissingError as e:
+        logger.error("no GPUs: %s", e)
+        return GPUSetup(None, "none")
+    if kind == "nvml":
+        sim_nvml.attach(None)
+        sim_be = None
+    version = nvml.nvmlSystemGetDriverVersion()
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return GPUSetup(nvml, kind, list(open_gpus(nvml)), sim_be, version)
+
+
+def build_collectors(cfg: Config, gpus: GPUSetup) -> list[Collector]:
+    """The enabled collectors, in tick order."""
+    c = cfg.collectors
+    out: list[Collector] = []
+    if c.gpu.enabled and gpus.devices:
+        out.append(GPUCollector(gpus.devices, gpus.driver_version, gpus.kind))
+    if c.host.enabled:
+        out.append(HostCollector(proc=c.host.proc_path, skip_interfaces=tuple(c.host.skip_interfaces)))
+    if c.infiniband.enabled:
+        out.append(InfinibandCollector(sysfs=c.infiniband.sysfs_path))
+    if c.peers.enabled and c.peers.peers:
+        out.append(PeerRTTCollector(c.peers.peers, c.peers.interval_seconds, c.peers.timeout_seconds))
+    assert set(collector_base.registered()) >= {x.name for x in out}
+    return out
+
+
+class Daemon:
+    """One node's gputuned: collection loop, store, exporter and attached components."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        gpus: GPUSetup | None = None,
+        collectors: list[Collector] | None = None,
+        serve: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.gpus = gpus if gpus is not None else setup_gpus(cfg)
+        self.store = Store(cfg.store.history_samples)
+        self.collectors = collectors if collectors is not None else build_collectors(cfg, self.gpus)
+        self.loop = CollectionLoop(self.collectors, self.store, cfg.daemon.interval_seconds)
+        self.renderer = MetricsRenderer(self.store, dcgm=cfg.exporter.metric_names == "dcgm")
+        self.server: MetricsServer | None = None
+        if serve:
+            self.server = MetricsServer((cfg.exporter.listen_address, cfg.exporter.listen_port), self.renderer)
+        self.components: list[Component] = []
+        self._thread: threading.Thread | None = None
+
+    def attach(self, component: Component) -> None:
+        self.components.append(component)
+        self.loop.add_hook(component.tick)
+
+    def describe(self) -> str:
+        """One line saying what runs and where."""
+        g = self.gpus
+        if g.kind == "sim":
+            what = "simulated GPU node (no NVIDIA driver found)" if self.cfg.gpu.backend == "auto" else "simulated GPU node"
+        elif g.kind == "nvml":
+            what = f"NVIDIA driver {g.driver_version}"
+        else:
+            what = "no GPUs"
+        models = sorted({d.identity.model for d in g.devices})
+        gpus = f"{len(g.devices)} x {', '.join(models)}" if g.devices else "0 GPUs"
+        where = self.server.url if self.server else "(not serving)"
+        return f"{what}: {gpus}; serving {where}"
+
+    def start(self) -> None:
+        """Start components, the HTTP server and the loop thread (first tick runs here)."""
+        for comp in self.components:
+            comp.start()
+        self.loop.tick()  # one full collection before serving: no empty first scrape
+        if self.server:
+            self.server.start()
+        self._thread = threading.Thread(target=self._run_loop, name="gputuned-loop", daemon=True)
+        self._thread.start()
+
+    def _run_loop(self) -> None:
+        # The first tick already ran in start(); wait one period before the next.
+        if not self.loop.stop_event.wait(self.cfg.daemon.interval_seconds):
+            self.loop.run()
+
+    def stop(self) -> None:
+        self.loop.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for comp in reversed(self.components):
+            try:
+                comp.stop()
+            except Exception:  # noqa: BLE001 - stopping must go on for the others
+                logger.exception("stopping %s failed", comp.name)
+        if self.server:
+            self.server.stop()
+        self.loop.close()
+        if self.gpus.nvml is not None:
+            try:
+                self.gpus.nvml.nvmlShutdown()
+            except Exception:  # noqa: BLE001
+                logger.debug("nvmlShutdown failed", exc_info=True)
+
+    def run_until_signal(self) -> None:
+        """Block until SIGTERM or SIGINT, then stop cleanly."""
+        stop = threading.Event()
+
+        def _on_signal(signum: int, _frame: object) -> None:
+            logger.info("received %s, stopping", signal.Signals(signum).name)
+            stop.set()
+
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
