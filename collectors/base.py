@@ -50,3 +50,21 @@ def create(name: str, **kwargs: Any) -> Collector:
     except KeyError:
         raise ValueError(f"unknown collector {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
     return factory(**kwargs)
+
+
+class UnavailableCollector:
+    """Stands in for a collector whose source could not be opened (no NVML library).
+
+    Every run raises the original error, so the loop serves the collector as down and
+    logs why once, while the other collectors go on.
+    """
+
+    def __init__(self, name: str, error: Exception) -> None:
+        self.name = name
+        self.error = error
+
+    def collect(self) -> list[Sample]:
+        raise self.error
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Protocol
 
 from gputuned.collectors import base as collector_base
-from gputuned.collectors.base import Collector
+from gputuned.collectors.base import Collector, UnavailableCollector
 from gputuned.collectors.device import DriverMissingError, GPUDevice
 from gputuned.collectors.gpu import GPUCollector
 from gputuned.collectors.host import HostCollector
@@ -50,6 +50,7 @@ class GPUSetup:
     devices: list[GPUDevice] = field(default_factory=list)
     sim_backend: SimBackend | None = None
     driver_version: str = ""
+    error: Exception | None = None  # why there is no NVML, when kind is "none"
 
 
 def build_sim_backend(cfg: Config) -> SimBackend:
@@ -86,7 +87,7 @@ def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
         nvml, kind = open_nvml(backend, sim_module=sim_nvml)
     except DriverMissingError as e:
         logger.error("no GPUs: %s", e)
-        return GPUSetup(None, "none")
+        return GPUSetup(None, "none", error=e)
     if kind == "nvml":
         sim_nvml.attach(None)
         sim_be = None
@@ -101,6 +102,8 @@ def build_collectors(cfg: Config, gpus: GPUSetup) -> list[Collector]:
     out: list[Collector] = []
     if c.gpu.enabled and gpus.devices:
         out.append(GPUCollector(gpus.devices, gpus.driver_version, gpus.kind))
+    elif c.gpu.enabled and gpus.error is not None:
+        out.append(UnavailableCollector("gpu", gpus.error))
     if c.host.enabled:
         out.append(HostCollector(proc=c.host.proc_path, skip_interfaces=tuple(c.host.skip_interfaces)))
     if c.infiniband.enabled:
