@@ -39,10 +39,12 @@ _SIGMA_PER_MAD = 1.2533  # sigma / mean absolute deviation for normal noise
 class DetectorConfig:
     """Tuning of one series' detector; all counts are in typical sample spacings."""
 
-    warmup: int = 30
+    warmup: int = 60
     tau_long: float = 300.0
     tau_short: float = 5.0
     tau_spread: float = 20.0
+    tau_scale: float = 900.0
+    tail_ref: float = 5.0
     clip: float = 3.0
     gap_factor: float = 4.0
     gap_cap: float = 20.0
@@ -103,6 +105,8 @@ class _State:
     resolution: float = math.inf
     x_last: float = math.nan
     anomalous_run: float = 0.0
+    z_short: float = 0.0
+    tail: float = 0.0
 
 
 class OnlineDetector:
@@ -183,9 +187,13 @@ class OnlineDetector:
         floor = self._floor()
         sigma = max(_SIGMA_PER_MAD * s.mad, floor)
         z_point = (x - s.level) / sigma
+        # heavy-tailed series: a point counts in units of the largest recent normal deviation
+        z_point *= c.tail_ref / max(c.tail_ref, s.tail)
         a_short = 1.0 - math.exp(-w / c.tau_short)
-        short = s.short + a_short * (x - s.short)
+        bound = c.clip * sigma
+        short = s.short + a_short * max(-bound, min(bound, x - s.short))
         z_short = (short - s.level) / max(_SIGMA_PER_MAD * s.short_mad, floor)
+        s.z_short = abs(z_short)
         best = max(self._directed(z_point), self._directed(z_short))
         zs = 0.0
         if s.spread_mad > 0.0 and s.mad > 0.0:
@@ -231,6 +239,7 @@ class OnlineDetector:
         a_long = 1.0 - math.exp(-w / c.tau_long)
         a_short = 1.0 - math.exp(-w / c.tau_short)
         a_sp = 1.0 - math.exp(-w / c.tau_spread)
+        a_scale = 1.0 - math.exp(-w / c.tau_scale)
         s.anomalous_run = s.anomalous_run + w if score >= c.clear_at else 0.0
         err = x - s.level
         bound = c.clip * sigma
@@ -239,11 +248,14 @@ class OnlineDetector:
             s.level += a_short * err
         else:
             s.level += a_long * max(-bound, min(bound, err))
-        s.mad += a_long * (min(abs(err), bound) - s.mad)
-        s.short += a_short * (x - s.short)
-        short_sigma = max(_SIGMA_PER_MAD * s.short_mad, floor)
-        s.short_mad += a_long * (min(abs(s.short - s.level), c.clip * short_sigma) - s.short_mad)
+        s.short += a_short * max(-bound, min(bound, x - s.short))
         s.spread += a_sp * (min(abs(err), 10.0 * sigma) - s.spread)
+        s.tail = max(s.tail * math.exp(-w / (2.0 * c.tau_scale)), abs(err) / sigma)
+        if s.z_short >= c.clip or score >= c.clear_at:
+            return  # scales learn only from normal stretches, so a drift cannot hide in them
+        s.mad += a_scale * (min(abs(err), bound) - s.mad)
+        short_sigma = max(_SIGMA_PER_MAD * s.short_mad, floor)
+        s.short_mad += a_scale * (min(abs(s.short - s.level), c.clip * short_sigma) - s.short_mad)
         if s.mad > 0.0 and s.spread > 0.0:
             lr = abs(math.log(s.spread / s.mad))
-            s.spread_mad += a_long * (min(lr, 3.0 * s.spread_mad + 0.05) - s.spread_mad)
+            s.spread_mad += a_scale * (min(lr, 3.0 * s.spread_mad + 0.05) - s.spread_mad)
