@@ -1,0 +1,311 @@
+"""The forecast service the daemon wires in: online detection in-process, Prophet in a worker.
+
+Per tick the daemon calls :meth:`ForecastService.observe` with the tick's samples. That call
+is cheap and never blocks: it runs each configured series' online detector and
+degradation-ahead estimate (pure Python), folds the sample into a bounded downsampled
+history, drains finished forecasts from the worker without waiting, and, when a refit is
+due and none is in flight, hands the histories to the worker through a queue
+(``put_nowait``: the queue's feeder thread does the writing). :meth:`samples` returns the
+forecast, anomaly, alert and time-to-degradation series for the exporter;
+:meth:`active_alerts` the alerts for the tuner's guard. Hooks added with
+:meth:`add_alert_hook` run on every raised alert (e.g. to ask the trainer plugin for a
+profile capture when a trainer series alerts).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import math
+import multiprocessing as mp
+import queue
+from collections import deque
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+from gputuned.collectors.families import Labels, Sample, declare
+from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
+from gputuned.tuner.forecast.config import ForecastConfig, SeriesSpec
+from gputuned.tuner.forecast.detector import OnlineDetector
+from gputuned.tuner.forecast.eta import DegradationEta
+from gputuned.tuner.forecast.hardware import HardwareAlert, HardwareWatch, gpu_labels
+from gputuned.tuner.forecast.worker import worker_main
+
+logger = logging.getLogger(__name__)
+
+FORECAST_VALUE = declare(
+    "gputuned_forecast_value", "gauge",
+    "Prophet forecast of a series at now + horizon seconds; bound is yhat, lower or upper.",
+)
+ANOMALY_SCORE = declare("gputuned_anomaly_score", "gauge", "Online anomaly score of the series' last sample, 0 to 1.")
+ALERT_ACTIVE = declare("gputuned_alert_active", "gauge", "1 while the alert holds, by alert kind and series.")
+ALERTS_RAISED = declare("gputuned_alerts_raised_total", "counter", "Alerts raised, by alert kind.")
+ETA = declare(
+    "gputuned_degradation_eta_seconds", "gauge",
+    "Predicted seconds until the series crosses its limit; +Inf when no trend heads there.",
+)
+FIT_SECONDS = declare("gputuned_forecast_fit_duration_seconds", "gauge", "CPU seconds of the last refit of all series.")
+FITS = declare("gputuned_forecast_fits_total", "counter", "Forecast refits completed by the worker.")
+WORKER_UP = declare("gputuned_forecast_worker_up", "gauge", "1 while the forecast worker process is alive.")
+
+SeriesKey = tuple[str, Labels]
+
+
+@dataclass
+class _Track:
+    spec: SeriesSpec
+    detector: OnlineDetector
+    eta: DegradationEta | None
+    history: deque[tuple[float, float]]
+    bucket_start: float = math.nan
+    bucket_sum: float = 0.0
+    bucket_n: int = 0
+    score: float = 0.0
+    forecast: dict[str, list[float]] = field(default_factory=dict)
+
+
+class ForecastService:
+    """Online detection, degradation ETAs, hardware alerts and Prophet forecasts for the daemon."""
+
+    def __init__(self, config: ForecastConfig | None = None, fitter: str | None = None) -> None:
+        self.config = config or ForecastConfig()
+        self._fitter = fitter or ("prophet" if self.config.prophet else "linear")
+        self._specs = {s.family: s for s in self.config.series}
+        self._refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
+        self._tracks: dict[SeriesKey, _Track] = {}
+        self._hw = HardwareWatch(self.config.hardware_hold_s, self.config.thermal_clear_s)
+        self._hooks: list[AlertHook] = []
+        self._raised: dict[str, int] = {}
+        self._z_iw = NormalDist().inv_cdf(0.5 + self.config.interval_width / 2)
+        self._proc: Any = None
+        self._jobs: Any = None
+        self._results: Any = None
+        self._job_id = 0
+        self._in_flight = False
+        self._first_seen = math.nan
+        self._now = math.nan
+        self._next_fit = math.nan
+        self._fits = 0
+        self._fit_seconds = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker process (spawned, so the core's threads and sockets stay its own)."""
+        if not self.config.enabled or self._proc is not None:
+            return
+        ctx = mp.get_context("spawn")
+        self._jobs, self._results = ctx.Queue(), ctx.Queue()
+        self._proc = ctx.Process(
+            target=worker_main, args=(self._jobs, self._results, self.config.worker_nice),
+            name="gputuned-forecast", daemon=True,
+        )
+        self._proc.start()
+        self._in_flight = False
+        logger.info("forecast worker started (pid %s, fitter %s)", self._proc.pid, self._fitter)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker: ask politely, then terminate."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            self._jobs.put_nowait(None)
+        proc.join(timeout_s)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout_s)
+        for q in (self._jobs, self._results):
+            q.cancel_join_thread()
+            q.close()
+        logger.info("forecast worker stopped")
+
+    def add_alert_hook(self, hook: AlertHook) -> None:
+        """Call ``hook(alert)`` on every raised alert (root-cause capture, notifications)."""
+        self._hooks.append(hook)
+
+    # --- per tick ------------------------------------------------------------------------
+    def observe(self, now: float, samples: list[Sample]) -> None:
+        """Fold in one tick (``now`` in unix seconds); never waits on the worker."""
+        if not self.config.enabled:
+            return
+        self._now = now
+        if math.isnan(self._first_seen):
+            self._first_seen = now
+            self._next_fit = now + self.config.first_fit_after_s
+        for transition, hw in self._hw.observe(now, samples):
+            self._on_transition(transition, self._hw_alert(hw))
+        refs = {(f, gpu_labels(lb)): v for f, lb, v in samples if f in self._refs} if self._refs else {}
+        for family, labels, value in samples:
+            spec = self._specs.get(family)
+            if spec is not None:
+                self._observe_one(now, spec, (family, labels), value, refs)
+        self._drain()
+        if self._proc is not None and not self._in_flight and now >= self._next_fit:
+            self._submit(now)
+
+    def _observe_one(self, now: float, spec: SeriesSpec, key: SeriesKey, value: float, refs: dict) -> None:
+        tr = self._tracks.get(key)
+        if tr is None:
+            tr = self._tracks[key] = self._new_track(spec)
+        j = tr.detector.update(now, value, self._forecast_at(tr, now))
+        tr.score = j.score
+        if j.transition:
+            self._on_transition(j.transition, self._series_alert("anomaly", key, tr.detector.alert.since, j.score))
+        if tr.eta is not None:
+            ref = refs.get((spec.limit.reference, gpu_labels(key[1]))) if spec.limit else None
+            t = tr.eta.update(now, value, ref)
+            if t:
+                alert = self._series_alert("degradation", key, tr.eta.since, j.score)
+                self._on_transition(t, alert)
+        self._downsample(tr, now, value)
+
+    def _new_track(self, spec: SeriesSpec) -> _Track:
+        det_cfg = self.config.detector
+        if det_cfg.direction != spec.direction:
+            from dataclasses import replace
+
+            det_cfg = replace(det_cfg, direction=spec.direction)
+        eta = DegradationEta(spec.limit, self.config.eta) if spec.limit else None
+        return _Track(spec, OnlineDetector(det_cfg), eta, deque(maxlen=self.config.history_points))
+
+    def _downsample(self, tr: _Track, now: float, value: float) -> None:
+        step = self.config.downsample_s
+        if math.isnan(tr.bucket_start):
+            tr.bucket_start = now - now % step
+        if now >= tr.bucket_start + step and tr.bucket_n:
+            tr.history.append((tr.bucket_start + 0.5 * step, tr.bucket_sum / tr.bucket_n))
+            tr.bucket_start = now - now % step
+            tr.bucket_sum, tr.bucket_n = 0.0, 0
+        if math.isfinite(value):
+            tr.bucket_sum += value
+            tr.bucket_n += 1
+
+    def _forecast_at(self, tr: _Track, t: float) -> tuple[float, float] | None:
+        f = tr.forecast
+        if not f:
+            return None
+        ts = f["t"]
+        i = bisect.bisect_left(ts, t)
+        if i >= len(ts) or (i == 0 and t < ts[0] - self.config.downsample_s):
+            return None
+        i = max(i, 1) if len(ts) > 1 else 0
+        a = 0.0 if i == 0 else min(max((t - ts[i - 1]) / (ts[i] - ts[i - 1]), 0.0), 1.0)
+        lo, hi = (0 if i == 0 else i - 1), i
+
+        def at(name: str) -> float:
+            return f[name][lo] + a * (f[name][hi] - f[name][lo])
+
+        sigma = (at("hi") - at("lo")) / (2.0 * self._z_iw)
+        return (at("yhat"), sigma) if sigma > 0 else None
+
+    # --- worker traffic ------------------------------------------------------------------
+    def _submit(self, now: float) -> None:
+        cfg = self.config
+        series = {
+            key: ([p[0] for p in tr.history], [p[1] for p in tr.history])
+            for key, tr in self._tracks.items()
+            if tr.spec.prophet and len(tr.history) >= cfg.min_history_points
+        }
+        self._next_fit = now + cfg.refit_period_s
+        if not series:
+            return
+        self._job_id += 1
+        job = {
+            "id": self._job_id, "fitter": self._fitter, "series": series, "step_s": cfg.downsample_s,
+            "until": now + cfg.refit_period_s + max(cfg.horizons_s) + cfg.downsample_s,
+            "interval_width": cfg.interval_width,
+        }
+        self._jobs.put_nowait(job)
+        self._in_flight = True
+        logger.debug("forecast job %d sent: %d series", self._job_id, len(series))
+
+    def _drain(self) -> None:
+        if self._results is None:
+            return
+        while True:
+            try:
+                msg = self._results.get_nowait()
+            except queue.Empty:
+                break
+            except (OSError, EOFError, ValueError):
+                break
+            kind = msg[0]
+            if kind == "forecast":
+                tr = self._tracks.get(msg[1])
+                if tr is not None:
+                    tr.forecast = msg[2]
+            elif kind == "error":
+                logger.warning("forecast of %s failed: %s", msg[1][0], msg[2])
+            elif kind == "done":
+                self._in_flight = False
+                self._fits += 1
+                self._fit_seconds = msg[2]["fit_seconds"]
+                logger.info(
+                    "forecast refit %d: %d series in %.1f s CPU", msg[1], msg[2]["series"], msg[2]["fit_seconds"]
+                )
+        if self._in_flight and self._proc is not None and not self._proc.is_alive():
+            logger.warning("forecast worker died (exit %s); restarting", self._proc.exitcode)
+            self._proc = None
+            self.start()
+
+    @property
+    def refit_in_flight(self) -> bool:
+        """True while the worker holds a job."""
+        return self._in_flight
+
+    # --- alerts --------------------------------------------------------------------------
+    def _series_alert(self, kind: str, key: SeriesKey, since: float, score: float) -> Alert:
+        what = "deviates from its baseline" if kind == "anomaly" else "heads for its limit"
+        return Alert(kind, key[0], key[1], since, score, f"{key[0]}{dict(key[1])} {what}")
+
+    def _hw_alert(self, hw: HardwareAlert) -> Alert:
+        return Alert(hw.kind, "", hw.labels, hw.since, 1.0, f"{hw.kind} on GPU {dict(hw.labels)}: {hw.message}")
+
+    def _on_transition(self, transition: str, alert: Alert) -> None:
+        if transition == "raised":
+            self._raised[alert.kind] = self._raised.get(alert.kind, 0) + 1
+            logger.warning("alert raised: %s: %s", alert.kind, alert.message)
+            call_hooks(self._hooks, alert)
+        else:
+            logger.info("alert cleared: %s: %s", alert.kind, alert.message)
+
+    def active_alerts(self) -> list[Alert]:
+        """Alerts now active: hardware (thermal, ecc, xid), anomaly and degradation per series."""
+        out = [self._hw_alert(a) for a in self._hw.alerts.values() if a.active]
+        for key, tr in self._tracks.items():
+            if tr.detector.alert.active:
+                out.append(self._series_alert("anomaly", key, tr.detector.alert.since, tr.score))
+            if tr.eta is not None and tr.eta.active:
+                out.append(self._series_alert("degradation", key, tr.eta.since, tr.score))
+        return out
+
+    # --- exporter ------------------------------------------------------------------------
+    def samples(self) -> list[Sample]:
+        """Current forecast, anomaly, alert, ETA and worker samples for the exporter."""
+        now = self._now
+        out: list[Sample] = []
+        for (family, labels), tr in self._tracks.items():
+            sl: Labels = (("series", family), *labels)
+            out.append((ANOMALY_SCORE, sl, tr.score))
+            out.append((ALERT_ACTIVE, (("alert", "anomaly"), *sl), 1.0 if tr.detector.alert.active else 0.0))
+            if tr.eta is not None:
+                out.append((ETA, sl, float(tr.eta.eta_s)))
+                out.append((ALERT_ACTIVE, (("alert", "degradation"), *sl), 1.0 if tr.eta.active else 0.0))
+            if tr.forecast and math.isfinite(now):
+                for h in self.config.horizons_s:
+                    f = tr.forecast
+                    i = bisect.bisect_left(f["t"], now + h)
+                    if i < len(f["t"]):
+                        for bound, name in (("yhat", "yhat"), ("lower", "lo"), ("upper", "hi")):
+                            out.append((FORECAST_VALUE, (*sl, ("horizon", f"{h:g}"), ("bound", bound)), f[name][i]))
+        for a in self._hw.alerts.values():
+            out.append((ALERT_ACTIVE, (("alert", a.kind), ("series", ""), *a.labels), 1.0 if a.active else 0.0))
+        for kind in ("anomaly", "degradation", "thermal", "ecc", "xid"):
+            out.append((ALERTS_RAISED, (("alert", kind),), float(self._raised.get(kind, 0))))
+        alive = self._proc is not None and self._proc.is_alive()
+        out.append((WORKER_UP, (), 1.0 if alive else 0.0))
+        out.append((FITS, (), float(self._fits)))
+        out.append((FIT_SECONDS, (), self._fit_seconds))
+        return out
