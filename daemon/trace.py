@@ -5,7 +5,7 @@ Format, version 1 (all integers little-endian; see docs/trace-format.md)::
     header  b"GPUTRACE" | u16 version | u16 flags | u32 meta_len | meta (UTF-8 JSON)
     frame   u8 kind | u32 payload_len | u32 crc32(payload) | payload
 
-    kind 1 DEFINE   JSON {"sources": {name: id}, "series": [[id, family, [[k, v], ...]], ...]}
+    kind 1 DEFINE   zlib(JSON {"sources": {name: id}, "series": [[id, family, [[k, v], ...]], ...]})
     kind 2 PUBLISH  zlib( u16 source | f64 t | u32 n | u8 flags | [u32 ids x n] | u64 bits x n )
     kind 3 DROP     u16 source | f64 t
 
@@ -101,7 +101,8 @@ class TraceWriter:
                 new_series.append([k, name, [list(p) for p in labels]])
             ids[i] = k
         if new_sources or new_series:
-            self._frame(DEFINE, json.dumps({"sources": new_sources, "series": new_series}).encode())
+            body = json.dumps({"sources": new_sources, "series": new_series}, separators=(",", ":"))
+            self._frame(DEFINE, zlib.compress(body.encode(), 9))
         return sid, ids
 
     def publish(self, source: str, t: float, samples: list[Sample]) -> None:
@@ -196,7 +197,10 @@ def _decode_frames(data: bytes, pos: int, trace: Trace) -> None:
         if zlib.crc32(payload) != crc:
             raise TraceError(f"{where}: checksum mismatch")
         if kind == DEFINE:
-            d = json.loads(payload)
+            try:
+                d = json.loads(zlib.decompress(payload))
+            except (zlib.error, ValueError) as e:
+                raise TraceError(f"{where}: damaged series definitions: {e}") from None
             for name, sid in d["sources"].items():
                 sources[int(sid)] = name
             for sid, name, labels in d["series"]:

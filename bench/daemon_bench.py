@@ -1,0 +1,155 @@
+"""Monitoring-core benchmark: daemon CPU and RSS, /metrics latency, trace size and load rate.
+
+Runs `gputuned run --sim --gpus 8 --interval 1` as a real subprocess and measures:
+  1. CPU seconds per second and RSS over a quiet window (collection only, plus one
+     Prometheus-like scrape every 15 s),
+  2. /metrics latency p50/p99 over sequential scrapes from one client,
+  3. trace bytes per sample and load rate for an hour of an 8-GPU node.
+
+Usage: .venv/bin/python bench/daemon_bench.py [--seconds 60] [--scrapes 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND  # utime + stime
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def scrape(url: str) -> float:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+        r.read()
+    return time.perf_counter() - t0
+
+
+def daemon_figures(seconds: float, scrapes: int) -> dict[str, float]:
+    port = free_port()
+    gputuned = Path(sys.executable).with_name("gputuned")
+    proc = subprocess.Popen(
+        [str(gputuned), "--log-level", "warning", "run", "--sim", "--gpus", "8", "--interval", "1",
+         "--listen", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        proc.stdout.readline()  # the "serving ..." line: the first collection is done
+        time.sleep(5)  # warm up
+        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        next_scrape = t0
+        while time.monotonic() - t0 < seconds:
+            if time.monotonic() >= next_scrape:
+                scrape(url)
+                next_scrape += 15
+            time.sleep(0.2)
+        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        rss = rss_bytes(proc.pid)
+        latencies = sorted(scrape(url) for _ in range(scrapes))
+        body = urllib.request.urlopen(url, timeout=5).read()  # noqa: S310
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {
+        "cpu_per_s": (c1 - c0) / (t1 - t0),
+        "rss_mb": rss / 2**20,
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": latencies[int(0.99 * len(latencies)) - 1] * 1e3,
+        "metrics_bytes": len(body),
+        "series": sum(1 for line in body.decode().splitlines() if line and not line.startswith("#")),
+    }
+
+
+def trace_figures(ticks: int) -> dict[str, float]:
+    from gputuned.collectors.gpu import GPUCollector
+    from gputuned.collectors.host import HostCollector
+    from gputuned.collectors.nvml import open_gpus, open_nvml
+    from gputuned.collectors.sim import nvml as sim_nvml
+    from gputuned.collectors.sim.state import VirtualClock
+    from gputuned.daemon.config import parse_config
+    from gputuned.daemon.loop import CollectionLoop
+    from gputuned.daemon.service import build_sim_backend
+    from gputuned.daemon.store import Store
+    from gputuned.daemon.trace import Recorder, TraceWriter, read_trace
+
+    clock = VirtualClock()
+    cfg = parse_config({"sim": {"gpus": 8}})
+    backend = build_sim_backend(cfg)
+    if hasattr(backend, "clock"):
+        backend.clock = clock  # type: ignore[attr-defined]
+    sim_nvml.attach(backend)
+    nvml, _ = open_nvml("sim")
+    store = Store(0)
+    loop = CollectionLoop([GPUCollector(open_gpus(nvml)), HostCollector()], store, 1.0, wallclock=lambda: 1.7e9 + clock.now())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "hour.gttrace"
+        writer = TraceWriter(path)
+        store.subscribe(Recorder(writer))
+        for _ in range(ticks):
+            loop.tick()
+            clock.advance(1.0)
+        writer.close()
+        size = path.stat().st_size
+        loads = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            trace = read_trace(path)
+            loads.append(time.perf_counter() - t0)
+        n = trace.sample_count
+        t0 = time.perf_counter()
+        tuples = sum(len(trace.samples(e)) for e in trace.events if hasattr(e, "ids"))
+        to_tuples = time.perf_counter() - t0
+    return {
+        "samples": n,
+        "bytes_per_sample": size / n,
+        "load_samples_per_s": n / statistics.median(loads),
+        "load_to_tuples_samples_per_s": tuples / (statistics.median(loads) + to_tuples),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--scrapes", type=int, default=2000)
+    ap.add_argument("--trace-ticks", type=int, default=3600)
+    args = ap.parse_args()
+    d = daemon_figures(args.seconds, args.scrapes)
+    t = trace_figures(args.trace_ticks)
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}; date {time.strftime('%Y-%m-%d', time.gmtime())}")
+    print(f"daemon, 8 simulated H100, 1 s interval, {args.seconds:.0f} s window: "
+          f"CPU {d['cpu_per_s'] * 100:.3f}% of one core, RSS {d['rss_mb']:.1f} MB; /metrics {d['series']} series, {d['metrics_bytes']} bytes")
+    print(f"/metrics latency over {args.scrapes} sequential scrapes: p50 {d['p50_ms']:.3f} ms, p99 {d['p99_ms']:.3f} ms")
+    print(f"trace, {args.trace_ticks} ticks of 8 GPUs + host: {t['samples']:.0f} samples, {t['bytes_per_sample']:.2f} bytes/sample, "
+          f"load {t['load_samples_per_s'] / 1e6:.1f} M samples/s (columnar), "
+          f"{t['load_to_tuples_samples_per_s'] / 1e6:.2f} M samples/s (to store tuples)")
+
+
+if __name__ == "__main__":
+    main()

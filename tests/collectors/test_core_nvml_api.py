@@ -1,0 +1,89 @@
+"""The NVML calls gputuned makes exist in nvidia-ml-py, and the simulated NVML matches them."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pynvml
+import pytest
+
+from gputuned.collectors import nvml as nvml_layer
+from gputuned.collectors.sim import nvml as sim_nvml
+
+SOURCE = Path(nvml_layer.__file__)
+
+
+def _nvml_names() -> tuple[set[str], set[str]]:
+    """Functions (nvml*) and constants (NVML_*, nvmlEvent*) the device layer uses."""
+    funcs, consts = set(), set()
+    for node in ast.walk(ast.parse(SOURCE.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("nvml"):
+            funcs.add(node.func.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("nvmlDevice"):
+            funcs.add(node.value)  # looked up with getattr
+        elif isinstance(node, ast.Attribute) and (node.attr.startswith("NVML_") or node.attr.startswith("nvmlEventType")):
+            consts.add(node.attr)
+    return funcs, consts
+
+
+FUNCS, CONSTS = _nvml_names()
+# GPM is not simulated (the simulated node reports it unsupported); these are only
+# called on real hardware after nvmlGpmQueryDeviceSupport says yes.
+REAL_ONLY = {"nvmlGpmSampleAlloc", "nvmlGpmSampleGet", "nvmlGpmMetricsGet", "nvmlGpmSampleFree",
+             "nvmlDeviceGetCurrentClocksThrottleReasons"}
+
+
+def test_device_layer_uses_many_nvml_functions() -> None:
+    assert len(FUNCS) >= 30, sorted(FUNCS)
+
+
+def test_only_one_module_imports_pynvml() -> None:
+    repo = SOURCE.parents[1]
+    importers = []
+    for path in repo.rglob("*.py"):
+        if ".venv" in path.parts or "tests" in path.parts:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if "pynvml" in names:
+                importers.append(path.relative_to(repo))
+    assert importers == [Path("collectors/nvml.py")]
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+def test_function_exists_in_nvidia_ml_py_with_compatible_signature(name: str) -> None:
+    real = getattr(pynvml, name, None)
+    assert real is not None, f"pynvml has no {name}"
+    if name in REAL_ONLY:
+        return
+    sim = getattr(sim_nvml, name, None)
+    assert sim is not None, f"the simulated NVML lacks {name}"
+    real_params = list(inspect.signature(real).parameters.values())
+    sim_params = list(inspect.signature(sim).parameters.values())
+    assert [p.name for p in sim_params] == [p.name for p in real_params], name
+    assert [p.default is inspect.Parameter.empty for p in sim_params] == [
+        p.default is inspect.Parameter.empty for p in real_params
+    ], name
+
+
+@pytest.mark.parametrize("name", sorted(CONSTS))
+def test_constants_match_nvidia_ml_py(name: str) -> None:
+    assert getattr(pynvml, name) == getattr(sim_nvml, name, getattr(pynvml, name))
+    if name not in {"NVML_GPM_METRICS_GET_VERSION", "NVML_GPM_METRIC_DRAM_BW_UTIL"}:
+        assert getattr(sim_nvml, name) == getattr(pynvml, name)
+
+
+def test_error_codes_match_nvidia_ml_py() -> None:
+    for name in dir(sim_nvml):
+        if name.startswith("NVML_ERROR_"):
+            assert getattr(sim_nvml, name) == getattr(pynvml, name), name
+    err = sim_nvml.NVMLError(sim_nvml.NVML_ERROR_NOT_SUPPORTED)
+    assert isinstance(err, sim_nvml.NVMLError_NotSupported)
+    assert str(err) == str(pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED))

@@ -1,0 +1,52 @@
+"""Shared fixtures: a scripted simulated node, a real Prometheus server, promtool."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testkit import Prometheus
+
+from gputuned.collectors.sim import nvml as sim_nvml
+from gputuned.collectors.sim.state import ScriptedBackend, VirtualClock, scripted_from_spec
+
+
+@pytest.fixture
+def sim_node() -> Iterator[Callable[..., ScriptedBackend]]:
+    """Factory attaching a scripted simulated node to the simulated NVML module."""
+
+    def make(spec: dict[str, Any] | None = None, *, clock: Any = None, privileged: bool = True) -> ScriptedBackend:
+        backend = scripted_from_spec(spec or {"profile": "h100", "gpus": 8}, clock=clock or VirtualClock(), privileged=privileged)
+        sim_nvml.attach(backend)
+        return backend
+
+    yield make
+    sim_nvml.attach(None)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    """Factory starting real Prometheus servers; skipped where Debian's package is missing."""
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus not installed (make test installs Debian's package as root)")
+    started: list[Prometheus] = []
+
+    def start(targets: list[str], **kwargs: Any) -> Prometheus:
+        p = Prometheus(tmp_path / f"prom{len(started)}", targets, **kwargs)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+
+
+@pytest.fixture
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool not installed (make test installs Debian's package as root)")
+    return path
