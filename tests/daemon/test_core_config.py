@@ -21,7 +21,7 @@ def test_shipped_example_lists_every_key_with_its_default() -> None:
 
     def keys(model: object, prefix: str = "") -> list[str]:
         out = []
-        for name, field in type(model).model_fields.items():
+        for name in type(model).model_fields:
             value = getattr(model, name)
             if hasattr(type(value), "model_fields"):
                 out += keys(value, f"{prefix}{name}.")
