@@ -19,6 +19,7 @@ from gputuned import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "gputuned.daemon.cmd_run",
     "gputuned.daemon.cmd_trace",
+    "gputuned.daemon.cmd_status",
     "gputuned.tuner.forecast.commands",
 )
 

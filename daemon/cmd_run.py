@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gputuned: cannot serve /metrics on {cfg.exporter.listen_address}:{cfg.exporter.listen_port}: {e.strerror}", file=sys.stderr)
         return 1
     print(f"gputuned {__version__}: {daemon.describe()}", flush=True)
-    daemon.run_until_signal()
+    daemon.run_until_signal(reload=lambda: config_from_args(args))
     return 0
 
 

@@ -48,6 +48,9 @@ class SimConfig(_Section):
     scenario: Path | None = None
     seed: int = 0
     privileged: bool = Field(True, description="whether simulated set calls are allowed")
+    settings_file: Path | None = Field(
+        None, description="keep simulated GPU settings in this JSON file, as hardware keeps them across a crash"
+    )
 
 
 class ToggleConfig(_Section):
@@ -89,6 +92,40 @@ class StoreConfig(_Section):
     history_samples: int = Field(600, ge=0, le=1_000_000, description="ring-buffer length per series")
 
 
+class ControlConfig(_Section):
+    enabled: bool = True
+    socket_path: Path = Path("/run/gputuned/control.sock")
+    socket_mode: int = Field(0o660, ge=0, le=0o777, description="permission bits of the socket")
+    socket_group: str = Field("", description="group owning the socket (name or gid); empty: the daemon's")
+    allowed_uids: list[int] = Field([], description="uids that may connect, besides root and the daemon's own")
+    allowed_gids: list[int] = Field([], description="gids (primary or supplementary) that may connect")
+    admin_uids: list[int] = Field([0], description="uids that may ask for status and set knobs by hand")
+    max_message_bytes: int = Field(65536, ge=256, le=65536)
+    hello_timeout_s: float = Field(5.0, gt=0, le=300)
+    frame_timeout_s: float = Field(5.0, gt=0, le=300)
+    idle_timeout_s: float = Field(600.0, gt=0, le=86400, description="close connections silent this long")
+    max_messages_per_second: int = Field(200, ge=1, le=100_000)
+    max_connections: int = Field(256, ge=1, le=65536)
+    report_interval_s: float = Field(1.0, gt=0, le=3600, description="told to clients in welcome")
+    job_ttl_s: float = Field(60.0, gt=0, le=86400, description="keep a disconnected job's series this long")
+
+
+Knob = Literal["power_limit", "locked_sm_clocks", "locked_memory_clocks", "applications_clocks"]
+
+
+class ActuationConfig(_Section):
+    enabled: bool = True
+    dry_run: bool = Field(False, description="log what would change, change nothing")
+    knobs: list[Knob] = ["power_limit", "locked_sm_clocks", "locked_memory_clocks", "applications_clocks"]
+    power_limit_min_w: float = Field(0.0, ge=0, description="0: NVML's minimum")
+    power_limit_max_w: float = Field(0.0, ge=0, description="0: NVML's maximum")
+    sm_clock_min_mhz: int = Field(0, ge=0)
+    sm_clock_max_mhz: int = Field(0, ge=0)
+    memory_clock_min_mhz: int = Field(0, ge=0)
+    memory_clock_max_mhz: int = Field(0, ge=0)
+    restore_on_stop: bool = True
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     exporter: ExporterConfig = ExporterConfig()
@@ -96,6 +133,8 @@ class Config(_Section):
     sim: SimConfig = SimConfig()
     collectors: CollectorsConfig = CollectorsConfig()
     store: StoreConfig = StoreConfig()
+    control: ControlConfig = ControlConfig()
+    actuation: ActuationConfig = ActuationConfig()
 
 
 def _describe(err: ValidationError, where: str) -> str:

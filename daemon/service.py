@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Protocol
@@ -23,9 +25,14 @@ from gputuned.collectors.host import HostCollector
 from gputuned.collectors.network import InfinibandCollector, PeerRTTCollector
 from gputuned.collectors.nvml import open_gpus, open_nvml
 from gputuned.collectors.sim.state import RealClock, SimBackend, scripted_from_spec
-from gputuned.daemon.config import Config
+from gputuned.daemon.actuation import Actuator
+from gputuned.daemon.config import Config, ConfigError
+from gputuned.daemon.control import ControlServer
 from gputuned.daemon.exporter import MetricsRenderer, MetricsServer
 from gputuned.daemon.loop import CollectionLoop
+from gputuned.daemon.notify import Notifier
+from gputuned.daemon.runtime import RuntimeAdmin
+from gputuned.daemon.statefile import StateFile
 from gputuned.daemon.store import Store
 
 logger = logging.getLogger(__name__)
@@ -82,6 +89,10 @@ def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
     if backend == "sim" or backend == "auto":
         if sim_be is None:
             sim_be = build_sim_backend(cfg)
+            if cfg.sim.settings_file is not None:
+                from gputuned.daemon.simnode import persist_settings
+
+                persist_settings(sim_be, cfg.sim.settings_file)
         sim_nvml.attach(sim_be)
     try:
         nvml, kind = open_nvml(backend, sim_module=sim_nvml)
@@ -124,6 +135,7 @@ class Daemon:
         gpus: GPUSetup | None = None,
         collectors: list[Collector] | None = None,
         serve: bool = True,
+        notifier: Notifier | None = None,
     ) -> None:
         self.cfg = cfg
         self.gpus = gpus if gpus is not None else setup_gpus(cfg)
@@ -136,6 +148,18 @@ class Daemon:
             self.server = MetricsServer((cfg.exporter.listen_address, cfg.exporter.listen_port), self.renderer)
         self.components: list[Component] = []
         self._thread: threading.Thread | None = None
+        self.started_at = 0.0
+        # Runtime parts: actuation (the only way GPU settings change), the control socket,
+        # sd_notify. Attached first, so they stop last: the actuator restores after the
+        # tuner (attached later) has stopped.
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.actuator = Actuator(self.gpus.devices, cfg.actuation, StateFile(cfg.daemon.state_file), self.store)
+        self.attach(self.actuator)
+        self.control: ControlServer | None = None
+        if cfg.control.enabled:
+            self.control = ControlServer(cfg.control, self.store, admin=RuntimeAdmin(self))
+            self.attach(self.control)
+        self.loop.add_hook(self._notify_tick)
 
     def attach(self, component: Component) -> None:
         self.components.append(component)
@@ -157,13 +181,55 @@ class Daemon:
 
     def start(self) -> None:
         """Start components, the HTTP server and the loop thread (first tick runs here)."""
+        self.started_at = time.monotonic()
         for comp in self.components:
-            comp.start()
+            try:
+                comp.start()
+            except OSError as e:  # e.g. the control socket cannot be bound: monitor on
+                logger.error("%s not started: %s", comp.name, e)
+                if comp is self.control:
+                    self.components.remove(comp)
+                    self.control = None
         self.loop.tick()  # one full collection before serving: no empty first scrape
         if self.server:
             self.server.start()
         self._thread = threading.Thread(target=self._run_loop, name="gputuned-loop", daemon=True)
         self._thread.start()
+        wd = self.notifier.watchdog_s
+        if wd is not None and self.cfg.daemon.interval_seconds > wd / 2:
+            logger.warning("collection interval %.3g s is more than half of WatchdogSec (%.3g s)", self.cfg.daemon.interval_seconds, wd)
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what is collected, jobs, changed GPUs."""
+        up = sum(1 for r in self.loop.runners if r.up)
+        jobs = len(self.control.connected_jobs()) if self.control else 0
+        changed = sum(1 for g in self.actuator.describe() if g["changed"]) if self.gpus.devices else 0
+        return (f"{len(self.gpus.devices)} GPUs ({self.gpus.kind}), {up}/{len(self.loop.runners)} collectors up, "
+                f"{jobs} jobs, {changed} GPUs tuned")
+
+    def _notify_tick(self, now: float) -> None:
+        self.notifier.watchdog()
+        if self.notifier.enabled:
+            self.notifier.status(self.status_line())
+
+    def reload(self, cfg: Config) -> None:
+        """Apply a reloaded config: actuation and control settings now, the rest at restart."""
+        self.notifier.reloading()
+        for section in ("daemon", "exporter", "gpu", "sim", "collectors", "store"):
+            if getattr(cfg, section) != getattr(self.cfg, section):
+                logger.warning("config section [%s] changed: takes effect at the next restart", section)
+        logging.getLogger().setLevel(cfg.daemon.log_level.upper())
+        self.actuator.reload(cfg.actuation)
+        if self.control is not None:
+            self.control.reload(cfg.control)
+        for comp in self.components:
+            hook = getattr(comp, "reload_config", None)
+            if hook is not None:
+                hook(cfg)
+        self.cfg = cfg
+        logger.info("config reloaded")
+        self.notifier.ready(self.status_line())
 
     def _run_loop(self) -> None:
         # The first tick already ran in start(); wait one period before the next.
@@ -171,6 +237,7 @@ class Daemon:
             self.loop.run()
 
     def stop(self) -> None:
+        self.notifier.stopping()
         self.loop.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -188,20 +255,38 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 logger.debug("nvmlShutdown failed", exc_info=True)
 
-    def run_until_signal(self) -> None:
-        """Block until SIGTERM or SIGINT, then stop cleanly."""
+    def run_until_signal(self, reload: Callable[[], Config] | None = None) -> None:
+        """Block until SIGTERM or SIGINT, then stop cleanly (restoring GPUs); SIGHUP reloads."""
         stop = threading.Event()
+        hup = threading.Event()
 
         def _on_signal(signum: int, _frame: object) -> None:
             logger.info("received %s, stopping", signal.Signals(signum).name)
             stop.set()
 
+        def _on_hup(_signum: int, _frame: object) -> None:
+            hup.set()
+
         old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hup if reload else signal.SIG_IGN)
         try:
             self.start()
-            while not stop.wait(0.5):
-                pass
+            while not stop.wait(0.2):
+                if hup.is_set():
+                    hup.clear()
+                    self._reload_from(reload)
         finally:
             self.stop()
             for s, h in old.items():
                 signal.signal(s, h)
+
+    def _reload_from(self, load: Callable[[], Config] | None) -> None:
+        if load is None:
+            return
+        logger.info("received SIGHUP, reloading config")
+        try:
+            cfg = load()
+        except ConfigError as e:
+            logger.error("config reload failed, keeping the running config: %s", e)
+            return
+        self.reload(cfg)

@@ -1,0 +1,531 @@
+"""The control socket: trainer reports in, batch-size decisions out, on one selector thread.
+
+A Unix stream socket (docs/protocol.md). Each connection's peer credentials
+(SO_PEERCRED) are checked against the config when it is accepted. Input is read
+non-blocking into a frame decoder with a size limit, so one slow, malformed, oversized
+or flooding client costs the others nothing: it is answered with an error, rate-limited
+or disconnected, and counted in ``gputuned_control_rejected_total{reason}``. Reports
+update the job table, published under source ``trainer`` each collection tick.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import grp
+import logging
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from gputuned.collectors.families import Sample
+from gputuned.daemon import control_frames as P
+from gputuned.daemon.config import ControlConfig
+from gputuned.daemon.control_reports import (
+    CONNECTIONS,
+    DECISIONS,
+    JOBS,
+    REJECTED,
+    REPORTS,
+    JobTable,
+)
+from gputuned.daemon.store import Store
+
+logger = logging.getLogger(__name__)
+
+_CRED = struct.Struct("3i")
+MAX_OUTPUT_BYTES = 1 << 20
+MAX_ERRORS = 10
+AckCallback = Callable[[str, dict[str, Any]], None]
+
+
+class NoLeaderError(LookupError):
+    """No leader rank of the job is connected, so a decision cannot be delivered."""
+
+
+class AdminHandler(Protocol):
+    """What admin messages (``gputuned status``/``set``/``restore``) act on."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def set(self, gpu: int, knob: str, value: Any) -> dict[str, Any]: ...
+
+    def restore(self, gpu: int | None) -> dict[str, Any]: ...
+
+
+class _Conn:
+    __slots__ = ("sock", "cid", "pid", "uid", "gid", "accepted", "last_seen", "decoder", "out", "kind",
+                 "job", "rank", "leader", "seq_out", "tokens", "refilled", "drops", "drop_window", "errors")
+
+    def __init__(self, sock: socket.socket, cid: int, cred: tuple[int, int, int], now: float, max_bytes: int, burst: float) -> None:
+        self.sock = sock
+        self.cid = cid
+        self.pid, self.uid, self.gid = cred
+        self.accepted = self.last_seen = now
+        self.decoder = P.FrameDecoder(max_bytes)
+        self.out = bytearray()
+        self.kind = "new"  # new, client, admin
+        self.job = ""
+        self.rank = -1
+        self.leader = False
+        self.seq_out = 0
+        self.tokens = burst
+        self.refilled = now
+        self.drops = 0
+        self.drop_window = now
+        self.errors = 0
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    return _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))  # type: ignore[return-value]
+
+
+def supplementary_groups(pid: int) -> set[int]:
+    """The peer's supplementary groups from /proc (empty when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
+class ControlServer:
+    """Control-socket server; a daemon component (start/tick/stop) and the tuner's decision API."""
+
+    name = "control"
+
+    def __init__(self, cfg: ControlConfig, store: Store | None = None, admin: AdminHandler | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.admin = admin
+        self.jobs = JobTable(cfg.job_ttl_s)
+        self.reports_total = 0
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.decisions: collections.Counter[str] = collections.Counter()
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._conns: dict[int, _Conn] = {}
+        self._next_cid = 0
+        self._next_decision = 0
+        self._lock = threading.Lock()
+        self._outbox: list[tuple[int, dict[str, Any]]] = []
+        self._pending: dict[str, tuple[str, int]] = {}  # decision id -> (job, connection id)
+        self._acks: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._acked = threading.Condition(self._lock)
+        self._ack_callbacks: list[AckCallback] = []
+        self.profile_results: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_sweep = 0.0
+
+    # -- component ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the socket (refusing to steal a live daemon's) and start serving."""
+        path = Path(self.cfg.socket_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # stale socket of a dead daemon
+            else:
+                raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o777 & ~self.cfg.socket_mode)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, self.cfg.socket_mode)
+        gid = self._socket_gid()
+        if gid is not None:
+            os.chown(path, -1, gid)
+        sock.listen(128)
+        sock.setblocking(False)
+        self._listener = sock
+        self._sel.register(sock, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._serve, name="gputuned-control", daemon=True)
+        self._thread.start()
+        logger.info("control socket listening on %s", path)
+
+    def _socket_gid(self) -> int | None:
+        g = self.cfg.socket_group
+        if not g:
+            return None
+        return int(g) if g.isdigit() else grp.getgrnam(g).gr_gid
+
+    def tick(self, now: float) -> None:
+        self.jobs.expire(now)
+        if self.store is not None:
+            self.store.publish("trainer", now, self.samples())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for conn in list(self._conns.values()):
+            self._close(conn, None)
+        if self._listener is not None:
+            self._listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.cfg.socket_path)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def reload(self, cfg: ControlConfig) -> None:
+        """Take new limits and allowed peers; the socket path, mode and group need a restart."""
+        if (cfg.socket_path, cfg.socket_mode, cfg.socket_group) != (self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group):
+            logger.warning("control socket path, mode or group changed: takes effect at the next restart")
+        self.cfg = cfg
+        self.jobs.ttl_s = cfg.job_ttl_s
+
+    @property
+    def url(self) -> str:
+        return str(self.cfg.socket_path)
+
+    # -- the tuner's API -----------------------------------------------------------------
+    def send_decision(self, job: str, payload: dict[str, Any]) -> str:
+        """Queue a decision for ``job``'s leader; returns its id. Raises NoLeaderError, ValueError."""
+        kinds = [k for k in ("batch_size", "profile_steps") if k in payload]
+        if len(kinds) != 1:
+            raise ValueError("decision: needs exactly one of batch_size, profile_steps")
+        value = payload[kinds[0]]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"decision.{kinds[0]}: not a positive integer ({value!r})")
+        with self._lock:
+            leaders = [c for c in self._conns.values() if c.kind == "client" and c.job == job and c.leader]
+            if not leaders:
+                raise NoLeaderError(f"no leader of job {job!r} is connected")
+            conn = max(leaders, key=lambda c: c.accepted)
+            self._next_decision += 1
+            ident = f"d-{self._next_decision}"
+            self._pending[ident] = (job, conn.cid)
+            self._outbox.append((conn.cid, {"type": "decision", "id": ident, kinds[0]: value}))
+        self.decisions["sent"] += 1
+        self._wake()
+        return ident
+
+    def on_ack(self, callback: AckCallback) -> None:
+        """Call ``callback(job, ack)`` on the control thread for every ack received."""
+        self._ack_callbacks.append(callback)
+
+    def wait_ack(self, ident: str, timeout: float) -> dict[str, Any] | None:
+        """The ack of decision ``ident``, waiting up to ``timeout`` seconds; None if none came."""
+        deadline = time.monotonic() + timeout
+        with self._acked:
+            while ident not in self._acks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._acked.wait(left)
+            return self._acks[ident]
+
+    def connected_jobs(self) -> dict[str, list[int]]:
+        """Connected ranks per job."""
+        return self.jobs.jobs()
+
+    def samples(self) -> list[Sample]:
+        out = self.jobs.samples()
+        out.append((REPORTS, (), float(self.reports_total)))
+        out.append((CONNECTIONS, (), float(len(self._conns))))
+        out.append((JOBS, (), float(len(self.jobs.jobs()))))
+        for reason, n in sorted(self.rejected.items()):
+            out.append((REJECTED, (("reason", reason),), float(n)))
+        for result, n in sorted(self.decisions.items()):
+            out.append((DECISIONS, (("result", result),), float(n)))
+        return out
+
+    # -- the selector thread --------------------------------------------------------------
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                events = self._sel.select(timeout=0.25)
+            except OSError:
+                if self._stop.is_set():
+                    return
+                raise
+            now = time.monotonic()
+            for key, mask in events:
+                fobj = key.fileobj
+                if fobj is self._listener:
+                    self._accept(now)
+                elif fobj is self._wake_r:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                else:
+                    conn = key.data
+                    if mask & selectors.EVENT_READ and conn.cid in self._conns:
+                        self._read(conn, now)
+                    if mask & selectors.EVENT_WRITE and conn.cid in self._conns:
+                        self._flush(conn)
+            self._deliver()
+            if now - self._last_sweep >= 0.1:
+                self._sweep(now)
+                self._last_sweep = now
+
+    def _accept(self, now: float) -> None:
+        assert self._listener is not None
+        for _ in range(64):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                logger.warning("control accept failed: %s", e)
+                return
+            sock.setblocking(False)
+            cred = peer_credentials(sock)
+            why = self._refuse(cred)
+            if why is not None:
+                self.rejected[why[0]] += 1
+                logger.warning("control: refused pid %d uid %d gid %d: %s", cred[0], cred[1], cred[2], why[1])
+                self._send_now(sock, {"v": 1, "type": "error", "seq": 0, "error": why[1]})
+                sock.close()
+                continue
+            self._next_cid += 1
+            burst = 2.0 * self.cfg.max_messages_per_second
+            conn = _Conn(sock, self._next_cid, cred, now, self.cfg.max_message_bytes, burst)
+            with self._lock:
+                self._conns[conn.cid] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _refuse(self, cred: tuple[int, int, int]) -> tuple[str, str] | None:
+        pid, uid, gid = cred
+        cfg = self.cfg
+        if len(self._conns) >= cfg.max_connections:
+            return "too_many_connections", f"too many connections (max {cfg.max_connections})"
+        if uid in (0, os.getuid()) or uid in cfg.allowed_uids or uid in cfg.admin_uids:
+            return None
+        gids = set(cfg.allowed_gids)
+        sock_gid = self._socket_gid()
+        if sock_gid is not None:
+            gids.add(sock_gid)
+        if gid in gids or (gids and supplementary_groups(pid) & gids):
+            return None
+        return "not_allowed", f"uid {uid} gid {gid} is not allowed (control.allowed_uids, control.allowed_gids)"
+
+    def _send_now(self, sock: socket.socket, msg: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            sock.send(P.encode(msg))
+
+    def _read(self, conn: _Conn, now: float) -> None:
+        try:
+            data = conn.sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn, None)
+            return
+        if not data:
+            self._close(conn, None)
+            return
+        conn.last_seen = now
+        try:
+            for body in conn.decoder.feed(data, now):
+                if not self._admit(conn, now):
+                    if conn.cid not in self._conns:
+                        return
+                    continue
+                self._handle(conn, body)
+                if conn.cid not in self._conns or conn.kind == "closing":
+                    return
+        except P.FrameTooLarge as e:
+            self._reject(conn, "oversized", str(e), close=True)
+
+    def _admit(self, conn: _Conn, now: float) -> bool:
+        """Token bucket per connection; a client flooding past twice the rate is cut off."""
+        rate = float(self.cfg.max_messages_per_second)
+        conn.tokens = min(2.0 * rate, conn.tokens + (now - conn.refilled) * rate)
+        conn.refilled = now
+        if conn.tokens >= 1.0:
+            conn.tokens -= 1.0
+            return True
+        self.rejected["rate_limited"] += 1
+        if now - conn.drop_window > 1.0:
+            conn.drop_window, conn.drops = now, 0
+        conn.drops += 1
+        if conn.drops > rate:
+            self._reject(conn, "flooding", f"more than {int(rate)} messages/s over the limit", close=True)
+        return False
+
+    def _handle(self, conn: _Conn, body: bytes) -> None:
+        try:
+            msg = P.decode(body)
+            kind = msg["type"]
+            if conn.kind == "new":
+                if kind == "hello":
+                    self._hello(conn, msg)
+                elif kind == "admin":
+                    self._admin(conn, msg)
+                else:
+                    raise P.MessageError(f"{kind}: expected hello first")
+            elif kind == "report":
+                if conn.kind != "client":
+                    raise P.MessageError("report: only after hello")
+                stats = P.check_report(msg)
+                t = msg.get("time")
+                self.jobs.update(conn.job, conn.rank, int(msg["step"]), float(t) if t else time.time(), stats)
+                self.reports_total += 1
+            elif kind == "ack":
+                self._ack(conn, msg)
+            elif kind == "profile_result":
+                ident, summary = P.check_profile_result(msg)
+                self.profile_results[ident] = summary
+                while len(self.profile_results) > 256:
+                    self.profile_results.popitem(last=False)
+            elif kind == "admin" and conn.kind == "admin":
+                self._admin(conn, msg)
+            elif kind == "error":
+                logger.info("control: job %s rank %d reported an error: %.200s", conn.job, conn.rank, msg.get("error"))
+            else:
+                raise P.MessageError(f"{kind}: not expected now")
+        except P.MessageError as e:
+            self._reject(conn, "malformed", str(e), close=conn.kind == "new")
+
+    def _hello(self, conn: _Conn, msg: dict[str, Any]) -> None:
+        P.check_hello(msg)
+        if msg["pid"] != conn.pid and conn.pid:
+            logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
+        conn.kind = "client"
+        conn.job = msg["job"]
+        conn.rank = msg["rank"]
+        conn.leader = bool(msg["leader"])
+        self.jobs.connect(conn.job, conn.rank)
+        self._queue(conn, {"type": "welcome", "session": f"c{conn.cid}",
+                           "report_interval_s": self.cfg.report_interval_s, "decisions": conn.leader})
+        logger.info("control: job %s rank %d/%d connected (pid %d uid %d%s)", conn.job, conn.rank,
+                    msg["world_size"], conn.pid, conn.uid, ", leader" if conn.leader else "")
+
+    def _ack(self, conn: _Conn, msg: dict[str, Any]) -> None:
+        ident, ok = P.check_ack(msg)
+        with self._lock:
+            pending = self._pending.pop(ident, None)
+            if pending is None or pending[1] != conn.cid:
+                if pending is not None:
+                    self._pending[ident] = pending
+                raise P.MessageError(f"ack.id: {ident} is not a decision sent on this connection")
+            self._acks[ident] = msg
+            while len(self._acks) > 1024:
+                self._acks.popitem(last=False)
+            self._acked.notify_all()
+        self.decisions["acked" if ok else "refused"] += 1
+        for cb in self._ack_callbacks:
+            try:
+                cb(conn.job, msg)
+            except Exception:  # noqa: BLE001 - a consumer's bug must not stop the socket
+                logger.exception("ack callback failed")
+
+    def _admin(self, conn: _Conn, msg: dict[str, Any]) -> None:
+        if conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
+            self.rejected["not_admin"] += 1
+            self._queue(conn, {"type": "error", "error": f"uid {conn.uid} is not in control.admin_uids"})
+            conn.kind = "closing"
+            return
+        op = P.check_admin(msg)
+        conn.kind = "admin"
+        if self.admin is None:
+            reply: dict[str, Any] = {"ok": False, "error": "no admin handler"}
+        elif op == "status":
+            reply = {"ok": True, "status": self.admin.status()}
+        elif op == "set":
+            reply = self.admin.set(int(msg["gpu"]), str(msg["knob"]), msg["value"])
+        else:
+            reply = self.admin.restore(msg.get("gpu"))
+        self._queue(conn, {"type": "admin_reply", "op": op, **reply})
+
+    def _reject(self, conn: _Conn, reason: str, text: str, *, close: bool) -> None:
+        self.rejected[reason] += 1
+        conn.errors += 1
+        if conn.errors <= 3 or close:
+            logger.warning("control: %s from pid %d uid %d: %s", reason, conn.pid, conn.uid, text)
+        self._queue(conn, {"type": "error", "error": text[:500]})
+        if close or conn.errors > MAX_ERRORS:
+            self._flush(conn)
+            self._close(conn, None)
+
+    def _queue(self, conn: _Conn, msg: dict[str, Any]) -> None:
+        frame = P.encode({"v": P.VERSION, "seq": conn.seq_out, **msg})
+        conn.seq_out += 1
+        if len(conn.out) + len(frame) > MAX_OUTPUT_BYTES:
+            self.rejected["slow_reader"] += 1
+            self._close(conn, "slow_reader")
+            return
+        conn.out += frame
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        if conn.cid not in self._conns:
+            return
+        while conn.out:
+            try:
+                n = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._close(conn, None)
+                return
+            del conn.out[:n]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.modify(conn.sock, events, conn)
+        if not conn.out and conn.kind == "closing":
+            self._close(conn, None)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            outbox, self._outbox = self._outbox, []
+        for cid, msg in outbox:
+            conn = self._conns.get(cid)
+            if conn is None:
+                self.decisions["undelivered"] += 1
+                continue
+            self._queue(conn, msg)
+
+    def _sweep(self, now: float) -> None:
+        cfg = self.cfg
+        for conn in list(self._conns.values()):
+            if conn.kind == "new" and now - conn.accepted > cfg.hello_timeout_s:
+                self._reject(conn, "hello_timeout", f"no hello within {cfg.hello_timeout_s:g} s", close=True)
+            elif conn.decoder.partial_since is not None and now - conn.decoder.partial_since > cfg.frame_timeout_s:
+                self._reject(conn, "frame_timeout", f"frame not complete within {cfg.frame_timeout_s:g} s", close=True)
+            elif now - conn.last_seen > cfg.idle_timeout_s:
+                self._reject(conn, "idle", f"silent for {cfg.idle_timeout_s:g} s", close=True)
+
+    def _close(self, conn: _Conn, reason: str | None) -> None:
+        with self._lock:
+            if self._conns.pop(conn.cid, None) is None:
+                return
+        if reason:
+            logger.warning("control: closing connection of pid %d: %s", conn.pid, reason)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.sock)
+        conn.sock.close()
+        if conn.kind == "client":
+            self.jobs.disconnect(conn.job, conn.rank, time.time())
