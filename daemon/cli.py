@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gputuned.daemon.cmd_trace",
     "gputuned.daemon.cmd_status",
     "gputuned.tuner.forecast.commands",
+    "gputuned.dashboards.commands",
+    "gputuned.tuner.commands",
 )
 
 #: Exit code for bad input (config, flags, files), as argparse uses.

@@ -1,0 +1,167 @@
+"""Tuner: what it changed (against the originals), what the guard stopped, and what it bought."""
+
+from __future__ import annotations
+
+from grafanalib import core as g
+
+from gputuned.dashboards.panels import (
+    GPU,
+    NODE,
+    RANGE,
+    RATE,
+    Query,
+    dashboard,
+    high_bad,
+    info_only,
+    stat,
+    steps,
+    timeline,
+    timeseries,
+    value_text,
+)
+
+UID = "gputuned-tuner"
+
+
+def knob_panels() -> list[g.Panel]:
+    """Knob values set by the tuner against the GPUs' original settings."""
+    return [
+        timeseries(
+            "Power limit against default", "watt",
+            [
+                Query(f'gputuned_tuner_knob_value{{{GPU}, knob="power_limit"}}', "GPU {{gpu}} tuner target"),
+                Query(f"gputuned_gpu_power_limit_watts{{{GPU}}}", "GPU {{gpu}} enforced"),
+                Query(f"gputuned_gpu_power_limit_default_watts{{{GPU}}}", "GPU {{gpu}} default"),
+            ],
+            info_only(), "The tuner's power-limit target, the limit NVML enforces, and the GPU's default limit.",
+            min_value=0,
+        ),
+        timeseries(
+            "Power limit as fraction of default", "percentunit",
+            [Query(f"gputuned_gpu_power_limit_watts{{{GPU}}} / gputuned_gpu_power_limit_default_watts{{{GPU}}}", "GPU {{gpu}}")],
+            steps("orange", ("green", 0.5)), "Enforced over default power limit; 1 is untouched, below 0.5 is an aggressive cap.",
+            min_value=0, max_value=1,
+        ),
+        timeseries(
+            "SM clock against maximum", "hertz",
+            [
+                Query(f'gputuned_tuner_knob_value{{{GPU}, knob="sm_clock"}}', "GPU {{gpu}} tuner target"),
+                Query(f"gputuned_gpu_sm_clock_hertz{{{GPU}}}", "GPU {{gpu}} current"),
+                Query(f"gputuned_gpu_sm_clock_max_hertz{{{GPU}}}", "GPU {{gpu}} maximum"),
+            ],
+            info_only(), "The tuner's locked SM clock target, the current SM clock and the highest the GPU supports.",
+            min_value=0,
+        ),
+        timeseries(
+            "Batch size: tuner against trainer", "short",
+            [
+                Query(f'max by (instance) (gputuned_tuner_knob_value{{{NODE}, knob="batch_size"}})', "{{instance}} tuner target"),
+                Query(f"max by (instance, job) (gputuned_trainer_batch_size{{{NODE}}})", "{{instance}} {{job}} in use"),
+            ],
+            info_only(), "Batch size the tuner decided and the global batch size the job reports using.", min_value=0,
+        ),
+        stat(
+            "GPUs changed from original", "none",
+            [Query(f"sum by (instance) (gputuned_actuation_gpu_changed{{{NODE}}})", "{{instance}}")],
+            steps("green", ("orange", 1)), "GPUs whose settings may differ from the originals saved in the state file.",
+        ),
+        stat(
+            "Tuner paused / dry run", "none",
+            [
+                Query(f"gputuned_tuner_paused{{{NODE}}}", "{{instance}} paused"),
+                Query(f"gputuned_actuation_dry_run{{{NODE}}}", "{{instance}} dry run"),
+            ],
+            steps("green", ("orange", 1)), "1 while the kill switch holds the tuner, or while actuation only logs.",
+            mappings=value_text({0: ("no", "green"), 1: ("yes", "orange")}),
+        ),
+    ]
+
+
+def action_panels() -> list[g.Panel]:
+    """Actions, guard interventions, rollbacks and actuation results."""
+    return [
+        timeseries(
+            "Tuner actions by knob", "short",
+            [Query(f"sum by (knob) (increase(gputuned_tuner_actions_total{{{NODE}}}[{RATE}]))", "{{knob}}")],
+            info_only(), "Knob changes the tuner applied in each interval.", min_value=0, stack=True,
+        ),
+        timeseries(
+            "Guard interventions by reason", "short",
+            [Query(f"sum by (reason) (increase(gputuned_tuner_guard_interventions_total{{{NODE}}}[{RATE}]))", "{{reason}}")],
+            high_bad(1, 5), "Tuner proposals the safety guard refused or undid, by reason.", min_value=0, stack=True,
+        ),
+        stat(
+            "Rollbacks in range", "short",
+            [Query(f"sum by (instance) (increase(gputuned_tuner_rollbacks_total{{{NODE}}}[{RANGE}]))", "{{instance}}")],
+            high_bad(1, 5), "Actions undone because the objective got worse, over the dashboard's time range.",
+        ),
+        timeseries(
+            "Actuation results", "short",
+            [
+                Query(f"sum by (knob) (increase(gputuned_actuation_changes_total{{{NODE}}}[{RATE}]))", "{{knob}} applied"),
+                Query(f"sum by (knob, reason) (increase(gputuned_actuation_refusals_total{{{NODE}}}[{RATE}]))", "{{knob}} refused: {{reason}}"),
+            ],
+            high_bad(1, 5), "GPU setting changes applied and verified, and those NVML refused or that failed.",
+            min_value=0,
+        ),
+        stat(
+            "Restores to original", "short",
+            [Query(f"sum by (instance) (gputuned_actuation_restores_total{{{NODE}}})", "{{instance}}")],
+            info_only(), "Knobs put back to their recorded originals since the daemon started.", reduce="max",
+        ),
+        timeline(
+            "Tuner frozen by hardware alerts", [
+                Query(f'max by (alert) (gputuned_alert_active{{{NODE}, alert=~"thermal|ecc|xid"}})', "{{alert}}"),
+            ],
+            steps("green", ("red", 1)), "Thermal, ECC and XID alerts; the guard freezes the tuner while one is active.",
+            mappings=value_text({0: ("clear", "green"), 1: ("frozen", "red")}),
+        ),
+    ]
+
+
+def outcome_panels() -> list[g.Panel]:
+    """What the changes bought: power and energy against throughput."""
+    return [
+        timeseries(
+            "GPU power (sum)", "watt",
+            [Query(f"sum by (instance) (rate(gputuned_gpu_energy_joules_total{{{GPU}}}[{RATE}]))", "{{instance}}")],
+            info_only(), "Mean board power over each interval, from the energy counters of the selected GPUs.",
+            min_value=0,
+        ),
+        timeseries(
+            "Energy per sample", "suffix: J/sample",
+            [Query(
+                f"sum by (instance) (rate(gputuned_gpu_energy_joules_total{{{GPU}}}[{RATE}]))"
+                f" / on (instance) clamp_min(sum by (instance) (gputuned_trainer_samples_per_second{{{NODE}}}), 1e-9)",
+                "{{instance}}",
+            )],
+            info_only(), "GPU energy per trained sample on each node: what the power and clock knobs trade off.",
+            min_value=0,
+        ),
+        timeseries(
+            "Throughput", "suffix: samples/s",
+            [Query(f"sum by (instance) (gputuned_trainer_samples_per_second{{{NODE}}})", "{{instance}}")],
+            info_only(), "Samples per second of all jobs on each node, to set against the energy saved.", min_value=0,
+        ),
+        stat(
+            "GPU energy in range", "joule",
+            [Query(f"sum by (instance) (increase(gputuned_gpu_energy_joules_total{{{GPU}}}[{RANGE}]))", "{{instance}}")],
+            info_only(), "Energy the selected GPUs used over the dashboard's time range.",
+        ),
+    ]
+
+
+def build() -> g.Dashboard:
+    """The tuner dashboard."""
+    return dashboard(
+        "gputuned / Tuner",
+        UID,
+        "Knob values against the GPUs' originals, tuner actions, guard interventions, rollbacks, actuation results, "
+        "and energy against throughput.",
+        [
+            ("Knobs against originals", knob_panels()),
+            ("Actions and the guard", action_panels()),
+            ("What it bought", outcome_panels()),
+        ],
+        tags=["tuner"],
+    )
