@@ -13,7 +13,7 @@ cap). Three deviations are scored, each in its own sigmas:
 * short mean: a fast EWMA of ``x`` against the level, normalised by how far that fast mean
   usually strays (self-calibrating under autocorrelation; catches small level shifts),
 * spread: log of the short-term mean absolute deviation over the long one, normalised the
-  same way (variance increases only).
+  same way (variance increases only; scored only when both directions count).
 
 With a forecast (Prophet's yhat and its interval turned into a sigma) the forecast deviation
 beyond 2 sigma is scored too, and combined with the baseline by a geometric mean, so
@@ -196,7 +196,7 @@ class OnlineDetector:
         s.z_short = abs(z_short)
         best = max(self._directed(z_point), self._directed(z_short))
         zs = 0.0
-        if s.spread_mad > 0.0 and s.mad > 0.0:
+        if c.direction == "both" and s.spread_mad > 0.0 and s.mad > 0.0:
             a_sp = 1.0 - math.exp(-w / c.tau_spread)
             dev = min(abs(x - s.level), 10.0 * sigma)
             spread = s.spread + a_sp * (dev - s.spread)

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 Job = dict[str, Any]
 Grid = dict[str, list[float]]
+MAX_GRID = 2000
 
 
 def prophet_fit(t: list[float], y: list[float], grid: list[float], interval_width: float) -> Grid:
@@ -76,6 +77,9 @@ def run_job(job: Job, send: Any) -> dict[str, float]:
         step = job["step_s"]
         start = t[-1] + step
         n = int(math.ceil((job["until"] - start) / step)) + 1
+        if n > MAX_GRID:  # a long refit period: coarser grid, bounded predict cost
+            step *= n / MAX_GRID
+            n = MAX_GRID
         grid = [start + i * step for i in range(max(n, 2))]
         began = time.process_time()
         try:
