@@ -324,6 +324,7 @@ class ControlServer:
         if uid in (0, os.getuid()) or uid in cfg.allowed_uids or uid in cfg.admin_uids:
             return None
         gids = set(cfg.allowed_gids)
+        gids.add(os.getgid())  # the unit's Group=: members may connect
         sock_gid = self._socket_gid()
         if sock_gid is not None:
             gids.add(sock_gid)

@@ -38,6 +38,8 @@ class Notifier:
         self._last_status = ""
         self.sent: list[str] = []  # what was sent, for status and tests
         self._last_watchdog = 0.0
+        self.is_ready = False
+        self.is_stopping = False
 
     @property
     def enabled(self) -> bool:
@@ -62,6 +64,7 @@ class Notifier:
 
     def ready(self, status: str = "") -> None:
         """READY=1 (after the first full collection), with an optional STATUS= line."""
+        self.is_ready = True
         lines = ["READY=1", f"MAINPID={os.getpid()}"]
         if status:
             lines.append(f"STATUS={status}")
@@ -69,8 +72,8 @@ class Notifier:
         self.send(*lines)
 
     def watchdog(self, now: float | None = None) -> None:
-        """WATCHDOG=1; sent at most four times per watchdog period."""
-        if self.address is None:
+        """WATCHDOG=1 between READY and STOPPING; at most four times per watchdog period."""
+        if self.address is None or not self.is_ready or self.is_stopping:
             return
         t = time.monotonic() if now is None else now
         if self.watchdog_s is not None and t - self._last_watchdog < self.watchdog_s / 4:
@@ -79,8 +82,8 @@ class Notifier:
         self.send("WATCHDOG=1")
 
     def status(self, text: str) -> None:
-        """STATUS=text, only when it changed."""
-        if text != self._last_status:
+        """STATUS=text, only when it changed (and not once stopping)."""
+        if text != self._last_status and not self.is_stopping:
             self._last_status = text
             self.send(f"STATUS={text}")
 
@@ -88,6 +91,7 @@ class Notifier:
         self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def stopping(self, status: str = "stopping, restoring GPU settings") -> None:
+        self.is_stopping = True
         self.send("STOPPING=1", f"STATUS={status}")
 
     def close(self) -> None:

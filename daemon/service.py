@@ -210,7 +210,7 @@ class Daemon:
 
     def _notify_tick(self, now: float) -> None:
         self.notifier.watchdog()
-        if self.notifier.enabled:
+        if self.notifier.enabled and self.notifier.is_ready:
             self.notifier.status(self.status_line())
 
     def reload(self, cfg: Config) -> None:
