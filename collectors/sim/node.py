@@ -1,0 +1,88 @@
+"""Assemble a simulated GPU node: devices of one profile, a training job, a scenario.
+
+``make run`` (no NVIDIA driver found) does::
+
+    from gputuned.collectors.sim import nvml as sim_nvml
+    from gputuned.collectors.sim.node import build_sim_node
+    from gputuned.collectors.sim.state import RealClock
+    backend = build_sim_node("a100", 4, "imagenet-resnet50", None, RealClock(), seed=0)
+    sim_nvml.attach(backend)
+
+and the daemon goes on with ``open_nvml("sim")`` like on a real host.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from gputuned.collectors.sim.gpu_model import PCIE_BANDWIDTH, interconnect_bandwidth
+from gputuned.collectors.sim.job import SimJob
+from gputuned.collectors.sim.physics import PhysicsBackend
+from gputuned.collectors.sim.scenarios import Scenario, load_scenario
+from gputuned.collectors.sim.state import Clock, VirtualClock, load_profile, make_devices
+from gputuned.collectors.sim.workload import (
+    load_calibration,
+    load_workload,
+    power_params,
+    resolve_timing,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORKLOAD = "imagenet-resnet50"
+
+
+def build_sim_node(
+    profile: str = "a100",
+    gpus: int = 4,
+    workload: str | Path | None = DEFAULT_WORKLOAD,
+    scenario: str | Path | Scenario | None = None,
+    clock: Clock | None = None,
+    seed: int = 0,
+    *,
+    nodes: int = 1,
+    batch_size: int | None = None,
+    step_s: float = 1.0,
+    labels_path: str | Path | None = None,
+    calibration: dict[str, Any] | None = None,
+    privileged: bool = True,
+    node_id: int = 0,
+) -> PhysicsBackend:
+    """A physics-backed simulated node, synced to time 0; writes the scenario's label file.
+
+    ``workload`` names a shipped workload or a TOML path (None: GPUs idle); ``scenario``
+    a shipped scenario, a TOML path or a :class:`Scenario`; ``nodes`` how many identical
+    nodes the data-parallel job spans (only this one is simulated in detail).
+    """
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    prof = load_profile(profile)
+    cal = load_calibration() if calibration is None else calibration
+    devices = make_devices(prof, gpus, node_id=node_id)
+    pp = power_params(profile, cal)
+    job = None
+    if workload is not None:
+        wl = load_workload(workload)
+        timing, source = resolve_timing(wl, profile, cal)
+        fitted = cal.get("workloads", {}).get(wl.name, {})
+        job = SimJob(
+            wl, timing, gpus, nodes=nodes, batch_size=batch_size, memory_total_bytes=prof.memory_total_bytes,
+            intra_bw=interconnect_bandwidth(prof), pcie_bw=PCIE_BANDWIDTH.get(prof.pcie_gen, 12.0e9),
+            seed=seed, noise_scale=fitted.get("grad_noise_scale"),
+        )
+        logger.info("simulated job %s on %d x %s (timing %s)", wl.name, gpus, prof.name, source)
+    scen = load_scenario(scenario) if isinstance(scenario, str | Path) else scenario
+    backend = PhysicsBackend(
+        devices, clock or VirtualClock(), [pp] * gpus, job=job, scenario=scen, step_s=step_s,
+        privileged=privileged, seed=seed,
+    )
+    backend.sync()
+    if scen is not None and labels_path is not None:
+        origin = time.time() - backend.clock.now()
+        scen.write_labels(labels_path, gpus, origin_unix=origin)
+    return backend
