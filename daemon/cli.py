@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gputuned.tuner.forecast.commands",
     "gputuned.dashboards.commands",
     "gputuned.tuner.commands",
+    "gputuned.collectors.sim.commands",
 )
 
 #: Exit code for bad input (config, flags, files), as argparse uses.
