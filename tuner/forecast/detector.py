@@ -44,13 +44,13 @@ class DetectorConfig:
     tau_short: float = 5.0
     tau_spread: float = 20.0
     tau_scale: float = 900.0
-    tail_ref: float = 5.0
+    tail_ref: float = 4.0
     clip: float = 3.0
     gap_factor: float = 4.0
     gap_cap: float = 20.0
     z_start: float = 2.0
     z_half: float = 5.0
-    spread_weight: float = 0.8
+    spread_weight: float = 1.0
     direction: Direction = "both"
     accept_after: float = 200.0
     raise_at: float = 0.5
@@ -107,6 +107,8 @@ class _State:
     anomalous_run: float = 0.0
     z_short: float = 0.0
     tail: float = 0.0
+    n_scale: int = 0
+    z_spread: float = 0.0
 
 
 class OnlineDetector:
@@ -202,6 +204,7 @@ class OnlineDetector:
             spread = s.spread + a_sp * (dev - s.spread)
             log_ratio = math.log(max(spread, 1e-300) / s.mad)
             zs = c.spread_weight * log_ratio / (_SIGMA_PER_MAD * s.spread_mad)
+        s.z_spread = zs
         z = max(best, zs)
         return z, score_of(z, c.z_start, c.z_half)
 
@@ -222,6 +225,7 @@ class OnlineDetector:
         s.short_mad = max(short_dev, s.mad / math.sqrt(2.0 * c.tau_short))
         s.spread_mad = 0.25
         s.warm = []
+        s.n_scale = c.warmup
 
     def _note_resolution(self, x: float) -> None:
         s = self._s
@@ -239,7 +243,8 @@ class OnlineDetector:
         a_long = 1.0 - math.exp(-w / c.tau_long)
         a_short = 1.0 - math.exp(-w / c.tau_short)
         a_sp = 1.0 - math.exp(-w / c.tau_spread)
-        a_scale = 1.0 - math.exp(-w / c.tau_scale)
+        # warm start: the scales average their first samples plainly, then forget slowly
+        a_scale = max(1.0 - math.exp(-w / c.tau_scale), 1.0 / (s.n_scale + 2.0))
         s.anomalous_run = s.anomalous_run + w if score >= c.clear_at else 0.0
         err = x - s.level
         bound = c.clip * sigma
@@ -250,9 +255,12 @@ class OnlineDetector:
             s.level += a_long * max(-bound, min(bound, err))
         s.short += a_short * max(-bound, min(bound, x - s.short))
         s.spread += a_sp * (min(abs(err), 10.0 * sigma) - s.spread)
-        s.tail = max(s.tail * math.exp(-w / (2.0 * c.tau_scale)), abs(err) / sigma)
+        s.tail *= math.exp(-w / (2.0 * c.tau_scale))
+        if s.z_spread < c.clip:  # a spread increase is an anomaly, not a heavier tail
+            s.tail = max(s.tail, abs(err) / sigma)
         if s.z_short >= c.clip or score >= c.clear_at:
             return  # scales learn only from normal stretches, so a drift cannot hide in them
+        s.n_scale += 1
         s.mad += a_scale * (min(abs(err), bound) - s.mad)
         short_sigma = max(_SIGMA_PER_MAD * s.short_mad, floor)
         s.short_mad += a_scale * (min(abs(s.short - s.level), c.clip * short_sigma) - s.short_mad)
