@@ -239,3 +239,55 @@ def crash_trial(tmp: Path, seed: int, data: dict[str, Any] | None = None, gpus: 
     finally:
         d.close()
     return out
+
+
+def fuzz_strategies() -> Any:
+    """Hypothesis strategy of one fuzz case: (say_hello_first, [raw chunks to send])."""
+    from hypothesis import strategies as st
+
+    json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
+                          st.text(max_size=30))
+    json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                                 st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                              max_leaves=12)
+    types = st.sampled_from(["hello", "report", "ack", "profile_result", "error", "admin", "decision", "welcome", "", "x"])
+    envelope = st.fixed_dictionaries(
+        {"v": st.one_of(st.just(1), json_value), "type": st.one_of(types, json_value), "seq": st.one_of(st.integers(-5, 10), json_value)},
+        optional={"stats": st.one_of(json_value, st.dictionaries(st.sampled_from(list(P.STAT_KEYS)), json_value, max_size=5)),
+                  "step": json_value, "steps": json_value, "job": json_value, "rank": json_value, "world_size": json_value,
+                  "leader": json_value, "id": json_value, "ok": json_value, "op": st.one_of(st.sampled_from(P.ADMIN_OPS), json_value),
+                  "gpu": json_value, "knob": json_value, "value": json_value, "summary": json_value},
+    )
+    framed_json = st.one_of(envelope, json_value).map(lambda o: _frame_bytes(json.dumps(o).encode()))
+    framed_binary = st.binary(max_size=300).map(_frame_bytes)
+    oversized = st.integers(65537, 2**32 - 1).map(lambda n: struct.pack(">I", n) + b"{")
+    truncated = st.tuples(st.integers(10, 65536), st.binary(max_size=9)).map(lambda t: struct.pack(">I", t[0]) + t[1])
+    deep = st.integers(1000, 30000).map(lambda n: _frame_bytes(b"[" * n + b"]" * n))
+    garbage = st.binary(min_size=1, max_size=200)
+    chunk = st.one_of(framed_json, framed_json, framed_binary, oversized, truncated, deep, garbage)
+    return st.tuples(st.booleans(), st.lists(chunk, min_size=1, max_size=8))
+
+
+def _frame_bytes(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def send_fuzz_case(path: Path | str, case: tuple[bool, list[bytes]], timeout: float = 0.5) -> int:
+    """Send one fuzz case on a fresh connection; returns the number of chunks sent."""
+    say_hello, chunks = case
+    n = 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        try:
+            if say_hello:
+                s.sendall(P.encode(hello(job="fuzz")))
+            for c in chunks:
+                s.sendall(c)
+                n += 1
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):  # drain answers until the daemon closes or goes quiet
+                pass
+        except OSError:
+            pass
+    return n
