@@ -1,0 +1,53 @@
+"""``gputuned tuner bench|pause|resume`` through the real CLI: JSON shape and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gputuned.daemon.cli import main
+from gputuned.tuner.zeus_bench import POLICIES, savings
+from gputuned.tuner.zeus_traces import PACKAGED_TRACES
+
+
+def test_bench_prints_the_issue_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["tuner", "bench", "--zeus-traces", str(PACKAGED_TRACES), "--gpu", "p100", "--eta-knob", "0.3",
+               "--seeds", "1", "--recurrences", "4", "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["gpu"] == "p100" and doc["eta_knob"] == 0.3
+    jobs = {r["job"] for r in doc["results"]}
+    assert jobs == {"cifar100", "movielens-1m"}  # the only p100 jobs whose default exists
+    assert {(r["job"], r["policy"]) for r in doc["results"]} == {(j, p) for j in jobs for p in POLICIES}
+    for r in doc["results"]:
+        assert set(r) == {"job", "policy", "energy_j", "time_s", "cost"}
+        assert r["energy_j"] > 0 and r["time_s"] > 0
+        assert r["cost"] == pytest.approx(0.3 * r["energy_j"] + 0.7 * 250 * r["time_s"])
+    saved = savings(doc)
+    assert saved["oracle"] > 0.3  # both p100 jobs have large savings at the oracle
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--zeus-traces", "/nonexistent", "--gpu", "a40"], "not a directory"),
+        (["--gpu", "h100"], "summary_power_h100.csv missing"),
+        (["--gpu", "a40", "--eta-knob", "1.5"], "--eta-knob"),
+        (["--gpu", "a40", "--seeds", "0"], "--seeds"),
+        (["--gpu", "a40", "--policy", "/nonexistent.npz"], "--policy"),
+    ],
+)
+def test_bench_bad_input_exits_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tuner", "bench", *argv, "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_pause_and_resume_toggle_the_flag_file(tmp_path: Path) -> None:
+    flag = tmp_path / "run" / "tuner.paused"
+    assert main(["tuner", "pause", "--pause-file", str(flag)]) == 0
+    assert flag.exists()
+    assert main(["tuner", "resume", "--pause-file", str(flag)]) == 0
+    assert not flag.exists()

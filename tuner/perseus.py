@@ -1,0 +1,81 @@
+"""Perseus-style slack reclaiming for data-parallel jobs: slow only the GPUs off the critical path.
+
+In synchronous data parallelism every step waits for the slowest rank. A rank that computes
+faster than the slowest one waits (its "wait time" from the trainer plugin); its GPU can run
+at a lower power limit without lengthening the step (Perseus, SOSP'24). This controller, run
+once per decision interval, lowers the limit of a rank by one step while its slack stays above
+``min_slack`` and raises it back when its slack falls under ``min_slack / 2``; the critical rank
+(least slack) is never lowered and is raised towards its maximum if it was lowered before.
+Batch size is decided for the whole job elsewhere, never per rank.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankTiming:
+    """One rank's mean step statistics over the last interval, from the trainer plugin."""
+
+    rank: int
+    gpu: str
+    compute_s: float
+    wait_s: float
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    """Controller settings: slack thresholds (fractions of the step) and the power step in watts."""
+
+    min_slack: float = 0.05
+    step_w: float = 10.0
+
+
+def slack(timings: Sequence[RankTiming]) -> dict[str, float]:
+    """Each GPU's slack: the fraction of the slowest rank's compute time it spends idle."""
+    if not timings:
+        return {}
+    critical = max(t.compute_s for t in timings)
+    if critical <= 0:
+        return {t.gpu: 0.0 for t in timings}
+    return {t.gpu: max(0.0, (critical - t.compute_s) / critical) for t in timings}
+
+
+def critical_gpu(timings: Sequence[RankTiming]) -> str:
+    """The GPU on the critical path (longest compute)."""
+    return max(timings, key=lambda t: t.compute_s).gpu
+
+
+def plan_power_limits(
+    timings: Sequence[RankTiming],
+    limits_w: Mapping[str, float],
+    bounds_w: Mapping[str, tuple[float, float]],
+    config: SlackConfig | None = None,
+) -> dict[str, float]:
+    """New power limit per GPU; only GPUs with slack are lowered, never the critical one."""
+    cfg = config or SlackConfig()
+    if not timings:
+        return dict(limits_w)
+    s = slack(timings)
+    crit = critical_gpu(timings)
+    out: dict[str, float] = {}
+    for t in timings:
+        lo, hi = bounds_w[t.gpu]
+        cur = limits_w[t.gpu]
+        if t.gpu == crit:
+            new = min(hi, cur + cfg.step_w) if cur < hi else cur
+        elif s[t.gpu] > cfg.min_slack:
+            new = max(lo, cur - cfg.step_w)
+        elif s[t.gpu] < cfg.min_slack / 2:
+            new = min(hi, cur + cfg.step_w)
+        else:
+            new = cur
+        if new != cur:
+            logger.debug("gpu %s: slack %.3f, power limit %.0f -> %.0f W", t.gpu, s[t.gpu], cur, new)
+        out[t.gpu] = new
+    return out
