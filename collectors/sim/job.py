@@ -27,7 +27,7 @@ class JobFaults:
     loader_factor: float = 1.0
     straggle: dict[int, float] = field(default_factory=dict)  # gpu -> compute multiplier
     intra_bw_factor: float = 1.0  # <= 1: share of NVLink/PCIe bandwidth left
-    pcie_bw_factor: float = 1.0
+    pcie_gpu: dict[int, float] = field(default_factory=dict)  # gpu -> share of PCIe bandwidth left
     inter_bw_factor: float = 1.0
     rtt_factor: float = 1.0
 
@@ -128,11 +128,12 @@ class SimJob:
         """Compute one step's timing for every rank given the GPUs' clock ratios."""
         b = self.local_batch()
         host, sm, mem = self.timing.at(b)
-        pcie = self.workload.input_bytes_per_sample * b / (self.pcie_bw * faults.pcie_bw_factor)
+        h2d = self.workload.input_bytes_per_sample * b / self.pcie_bw
         loader = self.workload.loader_sample_s * b * faults.loader_factor
         ready = []
         for i in range(self.gpus):
             st = faults.straggle.get(i, 1.0)
+            pcie = h2d / faults.pcie_gpu.get(i, 1.0)
             sm_i = sm / max(sm_ratio[i], 1e-3) * st
             busy = sm_i + mem / max(mem_ratio[i], 1e-3) * st
             r = self.ranks[i]

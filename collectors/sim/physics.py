@@ -120,8 +120,9 @@ class PhysicsBackend:
             elif k == "dataloader_stall":
                 jf.loader_factor *= 1.0 + s
             elif k == "pcie_bandwidth_loss":
-                jf.pcie_bw_factor *= max(1.0 - s, 0.01)
-                if not any(d.profile.nvlink_links for d in self.devices):
+                for i in e.targets(n):
+                    jf.pcie_gpu[i] = jf.pcie_gpu.get(i, 1.0) * max(1.0 - s, 0.01)
+                if not any(d.profile.nvlink_links for d in self.devices):  # the ring runs over PCIe
                     jf.intra_bw_factor *= max(1.0 - s, 0.01)
             elif k == "nvlink_bandwidth_loss":
                 jf.intra_bw_factor *= max(1.0 - s, 0.01)
