@@ -85,12 +85,14 @@ def render_status(st: dict[str, Any]) -> None:
     from rich.table import Table
 
     con = Console()
+    if not con.is_terminal:  # piped: do not wrap cells at 80 columns
+        con = Console(width=160)
     con.print(f"[bold]gputuned {st['version']}[/] pid {st['pid']}, up {st['uptime_s']:.0f} s: {st['node']}")
     con.print(f"ticks {st['ticks']} every {st['interval_s']:g} s, {st['tick_overruns']} overruns; "
               f"actuation {'dry-run' if st['actuation']['dry_run'] else ('on' if st['actuation']['enabled'] else 'off')}")
     gpus = Table(title="GPUs (current / original)")
     for col in ("gpu", "model", "power limit", "locked SM clocks", "locked mem clocks", "app clocks", "changed"):
-        gpus.add_column(col)
+        gpus.add_column(col, no_wrap=col != "model")
     for g in st["gpus"]:
         orig = g["originals"] or {}
         cells = []

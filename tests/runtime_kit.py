@@ -16,6 +16,8 @@ from typing import Any
 
 from gputuned.daemon import control_frames as P
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 def toml_dump(data: dict[str, Any]) -> str:
     """A TOML text for nested tables of plain values (enough for gputuned configs)."""

@@ -1,0 +1,69 @@
+"""`gputuned status`, `set` and `restore` against a daemon running in this process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from testkit import config
+
+from gputuned.daemon.cli import main
+from gputuned.daemon.service import Daemon
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    cfg = config(
+        daemon={"state_file": str(tmp_path / "state.json"), "interval_seconds": 0.2},
+        control={"socket_path": str(tmp_path / "control.sock")},
+        sim={"gpus": 2, "script": None},
+        collectors={"infiniband": {"enabled": False}},
+    )
+    d = Daemon(cfg, serve=False)
+    d.start()
+    yield d
+    d.stop()
+
+
+def test_status_json_shows_gpus_knobs_collectors_and_jobs(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = str(daemon.cfg.control.socket_path)
+    assert main(["set", "--socket", sock, "--gpu", "1", "--power-limit-w", "400", "--sm-clocks", "900:1300"]) == 0
+    capsys.readouterr()
+    assert main(["status", "--socket", sock, "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["running"] is True and st["backend"] == "sim"
+    g1 = st["gpus"][1]
+    assert g1["current"]["power_limit"] == 400_000 and g1["originals"]["power_limit"] == 700_000
+    assert g1["current"]["locked_sm_clocks"] == [900, 1300]
+    assert g1["changed"] == ["power_limit", "locked_sm_clocks"]
+    assert st["gpus"][0]["changed"] == []
+    assert {c["name"] for c in st["collectors"]} >= {"gpu", "host"}
+    assert st["jobs"] == {}
+    assert main(["status", "--socket", sock]) == 0
+    table = capsys.readouterr().out
+    assert "GPUs (current / original)" in table and "400 W / 700 W" in table
+
+
+def test_set_out_of_bounds_is_refused_with_reason(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = str(daemon.cfg.control.socket_path)
+    assert main(["set", "--socket", sock, "--gpu", "0", "--power-limit-w", "5000"]) == 1
+    assert "outside 200-700 W" in capsys.readouterr().err
+    assert main(["set", "--socket", sock, "--gpu", "0"]) == 2
+
+
+def test_restore_through_the_running_daemon(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = str(daemon.cfg.control.socket_path)
+    assert main(["set", "--socket", sock, "--gpu", "0", "--power-limit-w", "300"]) == 0
+    assert daemon.cfg.daemon.state_file.exists()
+    assert main(["restore", "--socket", sock]) == 0
+    assert "restored power_limit" in capsys.readouterr().out
+    assert not daemon.cfg.daemon.state_file.exists()
+    assert daemon.actuator.describe()[0]["current"]["power_limit"] == 700_000
+
+
+def test_status_without_a_daemon_exits_3_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--socket", str(tmp_path / "none.sock"), "--json"]) == 3
+    out = json.loads(capsys.readouterr().out)
+    assert out["running"] is False and "cannot reach the daemon" in out["error"]
