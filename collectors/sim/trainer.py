@@ -1,0 +1,114 @@
+"""The simulated job's voice on the control socket: reports out, decisions in.
+
+:class:`SimTrainerReporter` does what the trainer plugin does inside a real PyTorch loop,
+for the simulated job: it sends ``report`` messages with the job's step statistics and
+applies ``decision`` messages (batch size, profile) to the job, acknowledging each. It
+talks through any client with the :class:`ReportClient` methods; :func:`connect` builds the
+torch-free :class:`gputuned.trainer_plugin.client.DaemonClient`, so the daemon sees a
+simulated job exactly as it sees a real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+from gputuned.collectors.sim.physics import PhysicsBackend
+
+logger = logging.getLogger(__name__)
+
+
+class ReportClient(Protocol):
+    """What the reporter needs from a control-socket client (DaemonClient has it)."""
+
+    def report(self, step: int, steps: int, stats: dict[str, Any]) -> None: ...
+
+    def poll_decision(self) -> dict[str, Any] | None: ...
+
+    def ack(self, id: str, ok: bool, applied_step: int | None = None, error: str | None = None) -> None: ...  # noqa: A002
+
+    def profile_result(self, id: str, summary: dict[str, Any]) -> None: ...  # noqa: A002
+
+
+def report_message_stats(backend: PhysicsBackend) -> dict[str, Any]:
+    """The ``report.stats`` dict of rank 0 since the last call (syncs the backend first)."""
+    if backend.job is None:
+        raise ValueError("the simulated node runs no job")
+    backend.sync()
+    return backend.job.report_stats()
+
+
+def profile_summary(backend: PhysicsBackend) -> dict[str, Any]:
+    """A ``profile_result.summary`` from the job's last step: where its time goes."""
+    job = backend.job
+    if job is None or job.step_s <= 0:
+        return {"top_ops": [], "data_loader_share": 0.0, "comm_share": 0.0, "suggestions": []}
+    r = job.ranks[0]
+    step = job.step_s
+    data_share, comm_share = r.data_wait_s / step, job.comm_s / step
+    suggestions = []
+    if data_share > 0.1:
+        suggestions.append("data loading stalls the GPU: add loader workers or prefetch")
+    if comm_share > 0.2:
+        suggestions.append("gradient all-reduce dominates: larger batch or gradient compression")
+    return {
+        "top_ops": [["gemm/conv (SM-bound)", r.sm_s / step], ["memory-bound kernels", (r.busy_s - r.sm_s) / step],
+                    ["host (python, launches, optimizer)", r.host_s / step]],
+        "data_loader_share": data_share, "comm_share": comm_share, "suggestions": suggestions,
+    }
+
+
+class SimTrainerReporter:
+    """Pumps the simulated job's reports into a client and its decisions into the job."""
+
+    def __init__(self, backend: PhysicsBackend, client: ReportClient) -> None:
+        if backend.job is None:
+            raise ValueError("the simulated node runs no job")
+        self.backend = backend
+        self.client = client
+        self._last_steps = 0.0
+
+    def pump(self) -> None:
+        """Send one report for the steps since the last pump and apply pending decisions."""
+        job = self.backend.job
+        assert job is not None
+        stats = report_message_stats(self.backend)
+        steps = max(1, int(job.steps_total - self._last_steps))
+        self._last_steps = job.steps_total
+        self.client.report(int(job.steps_total), steps, stats)
+        while (d := self.client.poll_decision()) is not None:
+            self._apply(d)
+
+    def _apply(self, decision: dict[str, Any]) -> None:
+        job = self.backend.job
+        assert job is not None
+        did = str(decision.get("id", ""))
+        if "batch_size" in decision:
+            ok, err = job.set_batch_size(int(decision["batch_size"]))
+            self.client.ack(did, ok, applied_step=int(job.steps_total) + 1 if ok else None, error=err or None)
+        elif "profile_steps" in decision:
+            self.client.ack(did, True, applied_step=int(job.steps_total) + 1)
+            self.client.profile_result(did, profile_summary(self.backend))
+        else:
+            self.client.ack(did, False, error="unknown decision")
+
+    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+        """Pump every ``interval_s`` seconds of wall time until ``stop`` is set (live nodes)."""
+        while not stop.wait(interval_s):
+            try:
+                self.pump()
+            except Exception:  # the simulated job must never take the daemon down
+                logger.exception("simulated trainer report failed")
+
+
+def connect(backend: PhysicsBackend, socket_path: str, job_name: str = "sim-job") -> SimTrainerReporter:
+    """A reporter speaking to the daemon at ``socket_path`` through the real client (rank 0)."""
+    from gputuned.trainer_plugin.client import DaemonClient
+
+    job = backend.job
+    if job is None:
+        raise ValueError("the simulated node runs no job")
+    client = DaemonClient(socket_path, job=job_name, rank=0, world_size=job.world_size,
+                          batch_size=job.batch_size, batch_mode="global")
+    return SimTrainerReporter(backend, client)
