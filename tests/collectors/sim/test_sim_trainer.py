@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from gputuned.collectors.sim.node import build_sim_node
@@ -23,11 +24,17 @@ def test_reports_reach_daemon_and_batch_decisions_apply() -> None:
             reporter = connect(backend, path, job_name="sim-resnet")
             try:
                 assert reporter.client.wait_connected(5.0)
-                for _ in range(12):
+                def done(fd: FakeDaemon) -> bool:
+                    return len(fd.of_type("ack")) >= 3 and bool(fd.of_type("profile_result"))
+
+                for i in range(100):
                     clock.advance(5.0)
                     reporter.pump()
-                    daemon.wait_for(lambda fd: len(fd.of_type("report")) >= 1, 1.0)
-                assert daemon.wait_for(lambda fd: len(fd.of_type("ack")) >= 3 and fd.of_type("profile_result"), 5.0)
+                    daemon.wait_for(lambda fd, n=i + 1: len(fd.of_type("report")) >= n, 1.0)
+                    if done(daemon):
+                        break
+                    time.sleep(0.02)  # let the client thread receive scripted decisions
+                assert daemon.wait_for(done, 5.0)
             finally:
                 reporter.client.close()
             reports = daemon.of_type("report")
