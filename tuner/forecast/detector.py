@@ -117,6 +117,7 @@ class OnlineDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._s = _State()
+        self._cache: dict[float, tuple[float, float, float, float, float]] = {}
         self.alert = AlertState(
             self.config.raise_at, self.config.raise_now, self.config.confirm,
             self.config.clear_at, self.config.clear_after,
@@ -169,7 +170,22 @@ class OnlineDetector:
         w = dt / typical
         if w < c.gap_factor:  # gaps do not teach the spacing
             s.log_dt += 0.05 * (math.log(dt) - s.log_dt)
-        return min(max(w, 0.05), c.gap_cap)
+        return round(min(max(w, 0.05), c.gap_cap), 3)  # quantised: the smoothing factors are cached
+
+    def _alphas(self, w: float) -> tuple[float, float, float, float, float]:
+        """Smoothing factors (long, short, spread, scale, tail decay) for weight ``w``."""
+        a = self._cache.get(w)
+        if a is None:
+            c = self.config
+            a = (
+                1.0 - math.exp(-w / c.tau_long), 1.0 - math.exp(-w / c.tau_short),
+                1.0 - math.exp(-w / c.tau_spread), 1.0 - math.exp(-w / c.tau_scale),
+                math.exp(-w / (2.0 * c.tau_scale)),
+            )
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[w] = a
+        return a
 
     def _floor(self) -> float:
         s = self._s
@@ -191,7 +207,7 @@ class OnlineDetector:
         z_point = (x - s.level) / sigma
         # heavy-tailed series: a point counts in units of the largest recent normal deviation
         z_point *= c.tail_ref / max(c.tail_ref, s.tail)
-        a_short = 1.0 - math.exp(-w / c.tau_short)
+        _, a_short, a_sp, _, _ = self._alphas(w)
         bound = c.clip * sigma
         short = s.short + a_short * max(-bound, min(bound, x - s.short))
         z_short = (short - s.level) / max(_SIGMA_PER_MAD * s.short_mad, floor)
@@ -199,7 +215,6 @@ class OnlineDetector:
         best = max(self._directed(z_point), self._directed(z_short))
         zs = 0.0
         if c.direction == "both" and s.spread_mad > 0.0 and s.mad > 0.0:
-            a_sp = 1.0 - math.exp(-w / c.tau_spread)
             dev = min(abs(x - s.level), 10.0 * sigma)
             spread = s.spread + a_sp * (dev - s.spread)
             log_ratio = math.log(max(spread, 1e-300) / s.mad)
@@ -240,11 +255,9 @@ class OnlineDetector:
         self._note_resolution(x)
         floor = self._floor()
         sigma = max(_SIGMA_PER_MAD * s.mad, floor)
-        a_long = 1.0 - math.exp(-w / c.tau_long)
-        a_short = 1.0 - math.exp(-w / c.tau_short)
-        a_sp = 1.0 - math.exp(-w / c.tau_spread)
+        a_long, a_short, a_sp, a_scale, tail_decay = self._alphas(w)
         # warm start: the scales average their first samples plainly, then forget slowly
-        a_scale = max(1.0 - math.exp(-w / c.tau_scale), 1.0 / (s.n_scale + 2.0))
+        a_scale = max(a_scale, 1.0 / (s.n_scale + 2.0))
         s.anomalous_run = s.anomalous_run + w if score >= c.clear_at else 0.0
         err = x - s.level
         bound = c.clip * sigma
@@ -255,7 +268,7 @@ class OnlineDetector:
             s.level += a_long * max(-bound, min(bound, err))
         s.short += a_short * max(-bound, min(bound, x - s.short))
         s.spread += a_sp * (min(abs(err), 10.0 * sigma) - s.spread)
-        s.tail *= math.exp(-w / (2.0 * c.tau_scale))
+        s.tail *= tail_decay
         if s.z_spread < c.clip:  # a spread increase is an anomaly, not a heavier tail
             s.tail = max(s.tail, abs(err) / sigma)
         if s.z_short >= c.clip or score >= c.clear_at:

@@ -22,6 +22,8 @@ ECC = "gputuned_gpu_ecc_errors_total"
 REMAP_PENDING = "gputuned_gpu_row_remap_pending"
 REMAP_FAILED = "gputuned_gpu_row_remap_failed"
 XID = "gputuned_gpu_xid_events_total"
+#: Families the watch reads; callers may pass only these.
+FAMILIES = frozenset({CLOCK_EVENT, ECC, REMAP_PENDING, REMAP_FAILED, XID})
 
 
 def gpu_labels(labels: Labels) -> Labels:
@@ -56,8 +58,8 @@ class HardwareWatch:
         pending: set[Labels] = set()
         for family, labels, value in samples:
             if family == CLOCK_EVENT:
-                if value >= 1.0 and dict(labels).get("reason") in THERMAL_REASONS:
-                    events[("thermal", gpu_labels(labels))] = f"clock event {dict(labels)['reason']}"
+                if value >= 1.0 and labels[-1][1] in THERMAL_REASONS and labels[-1][0] == "reason":
+                    events[("thermal", gpu_labels(labels))] = f"clock event {labels[-1][1]}"
             elif family in (ECC, XID):
                 if family == ECC and dict(labels).get("type") != "uncorrected":
                     continue

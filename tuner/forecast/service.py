@@ -30,6 +30,7 @@ from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
 from gputuned.tuner.forecast.config import ForecastConfig, SeriesSpec
 from gputuned.tuner.forecast.detector import OnlineDetector
 from gputuned.tuner.forecast.eta import DegradationEta
+from gputuned.tuner.forecast.hardware import FAMILIES as HW_FAMILIES
 from gputuned.tuner.forecast.hardware import HardwareAlert, HardwareWatch, gpu_labels
 from gputuned.tuner.forecast.worker import worker_main
 
@@ -74,6 +75,7 @@ class ForecastService:
         self._fitter = fitter or ("prophet" if self.config.prophet else "linear")
         self._specs = {s.family: s for s in self.config.series}
         self._refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
+        self._wanted = frozenset(self._specs) | self._refs | HW_FAMILIES
         self._tracks: dict[SeriesKey, _Track] = {}
         self._hw = HardwareWatch(self.config.hardware_hold_s, self.config.thermal_clear_s)
         self._hooks: list[AlertHook] = []
@@ -134,11 +136,14 @@ class ForecastService:
         if math.isnan(self._first_seen):
             self._first_seen = now
             self._next_fit = now + self.config.first_fit_after_s
-        for transition, hw in self._hw.observe(now, samples):
+        wanted = self._wanted
+        mine = [s for s in samples if s[0] in wanted]
+        for transition, hw in self._hw.observe(now, [s for s in mine if s[0] in HW_FAMILIES]):
             self._on_transition(transition, self._hw_alert(hw))
-        refs = {(f, gpu_labels(lb)): v for f, lb, v in samples if f in self._refs} if self._refs else {}
-        for family, labels, value in samples:
-            spec = self._specs.get(family)
+        refs = {(f, gpu_labels(lb)): v for f, lb, v in mine if f in self._refs} if self._refs else {}
+        specs = self._specs
+        for family, labels, value in mine:
+            spec = specs.get(family)
             if spec is not None:
                 self._observe_one(now, spec, (family, labels), value, refs)
         self._drain()

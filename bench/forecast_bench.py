@@ -1,0 +1,156 @@
+"""Cost of forecasting: Prophet refit of an 8-GPU node on one core, detector and per-tick cost.
+
+    /work/main/.venv/bin/python bench/forecast_bench.py [--ticks 600] [--history-days 3]
+
+1. Prophet refit of every default series of an 8-GPU node (5 per GPU, 2 trainer node series,
+   3 peers' RTT = 45 series) with ``history_days`` of 60 s points, pinned to one core
+   (cmdstan's child processes inherit the pinning), against the default refit period.
+2. Online detector cost per sample.
+3. The daemon core's tick on a simulated 8-GPU node (GPU + host collectors, plus trainer
+   and peer samples) with and without ``ForecastService.observe`` as a tick hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import statistics
+import time
+
+from gputuned.collectors.families import Sample
+from gputuned.tuner.forecast.config import ForecastConfig
+from gputuned.tuner.forecast.detector import OnlineDetector
+from gputuned.tuner.forecast.service import ForecastService
+from gputuned.tuner.forecast.worker import run_job
+
+GPU_SERIES = (
+    "gputuned_trainer_samples_per_second", "gputuned_gpu_power_watts", "gputuned_gpu_sm_clock_hertz",
+    "gputuned_gpu_temperature_celsius", "gputuned_gpu_memory_used_bytes",
+)
+NODE_SERIES = ("gputuned_trainer_communication_seconds", "gputuned_trainer_dataloader_wait_seconds")
+
+
+def gpu_labels(i: int) -> tuple[tuple[str, str], ...]:
+    return (("gpu", str(i)), ("uuid", f"GPU-{i:08d}"), ("model", "NVIDIA H100"), ("pci_bus_id", f"0000:{i + 1:02x}:00.0"))
+
+
+def refit_cost(history_days: float) -> dict[str, float]:
+    """Wall time of one refit of all 45 series, on one pinned core."""
+    cfg = ForecastConfig()
+    rng = random.Random(0)
+    n = int(history_days * 86400 / cfg.downsample_s)
+    t = [1.7e9 + cfg.downsample_s * k for k in range(n)]
+    keys = [(f, gpu_labels(i)) for i in range(8) for f in GPU_SERIES]
+    keys += [(f, ()) for f in NODE_SERIES] + [("gputuned_peer_rtt_seconds", (("peer", f"node{p}"),)) for p in range(3)]
+    series = {
+        k: (t, [100.0 + 10 * math.sin(2 * math.pi * x / 86400) + rng.gauss(0, 1) for x in t]) for k in keys
+    }
+    job = {
+        "id": 1, "fitter": "prophet", "series": series, "step_s": cfg.downsample_s,
+        "until": t[-1] + cfg.refit_period_s + max(cfg.horizons_s), "interval_width": cfg.interval_width,
+    }
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import logging
+
+    for name in ("cmdstanpy", "prophet"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    run_job({**job, "series": dict(list(series.items())[:1])}, lambda m: None)  # import and compile warm-up
+    t0 = time.perf_counter()
+    stats = run_job(job, lambda m: None)
+    wall = time.perf_counter() - t0
+    return {"series": stats["series"], "points": n, "wall_s": wall, "period_s": cfg.refit_period_s}
+
+
+def detector_cost(n: int = 200_000) -> float:
+    """Microseconds per OnlineDetector.update on noisy samples."""
+    rng = random.Random(1)
+    xs = [100.0 + rng.gauss(0, 1) for _ in range(n)]
+    det = OnlineDetector()
+    t0 = time.perf_counter()
+    for i, x in enumerate(xs):
+        det.update(float(i), x)
+    return 1e6 * (time.perf_counter() - t0) / n
+
+
+class NodeExtras:
+    """Trainer per-rank throughput, node trainer series and peer RTTs, as the daemon would hold them."""
+
+    name = "extras"
+
+    def __init__(self) -> None:
+        self._rng = random.Random(2)
+
+    def collect(self) -> list[Sample]:
+        g = self._rng.gauss
+        out: list[Sample] = [(GPU_SERIES[0], gpu_labels(i), 1000.0 + g(0, 10)) for i in range(8)]
+        out += [(f, (), 0.05 + abs(g(0, 0.005))) for f in NODE_SERIES]
+        out += [("gputuned_peer_rtt_seconds", (("peer", f"node{p}"),), 1e-4 + abs(g(0, 1e-5))) for p in range(3)]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def tick_cost(ticks: int) -> dict[str, float]:
+    """Median daemon tick with and without the forecast hook, simulated 8-GPU node."""
+    from gputuned.collectors.gpu import GPUCollector
+    from gputuned.collectors.host import HostCollector
+    from gputuned.collectors.nvml import open_gpus, open_nvml
+    from gputuned.collectors.sim import nvml as sim_nvml
+    from gputuned.collectors.sim.state import VirtualClock
+    from gputuned.daemon.config import parse_config
+    from gputuned.daemon.loop import CollectionLoop
+    from gputuned.daemon.service import build_sim_backend
+    from gputuned.daemon.store import Store
+
+    clock = VirtualClock()
+    backend = build_sim_backend(parse_config({"sim": {"gpus": 8}}))
+    if hasattr(backend, "clock"):
+        backend.clock = clock  # type: ignore[attr-defined]
+    sim_nvml.attach(backend)
+    nvml, _ = open_nvml("sim")
+    out: dict[str, float] = {}
+    observe_times: list[float] = []
+    for mode in ("off", "on", "off2", "on2"):
+        store = Store(0)
+        loop = CollectionLoop([GPUCollector(open_gpus(nvml)), HostCollector(), NodeExtras()], store, 1.0,
+                              wallclock=lambda: 1.7e9 + clock.now())
+        if mode.startswith("on"):
+            svc = ForecastService(ForecastConfig(prophet=False))
+
+            def hook(now: float, svc: ForecastService = svc, store: Store = store) -> None:
+                t0 = time.perf_counter()
+                svc.observe(now, store.latest())
+                observe_times.append(time.perf_counter() - t0)
+
+            loop.add_hook(hook)
+        durations = []
+        for _ in range(ticks):
+            loop.tick()
+            durations.append(loop.last_tick_duration)
+            clock.advance(1.0)
+        out[f"tick_{mode}_ms"] = 1e3 * statistics.median(durations)
+        out["samples_per_tick"] = float(len(store.latest()))
+    out["observe_ms"] = 1e3 * statistics.median(observe_times)
+    return out
+
+
+def main() -> int:
+    """Run all three measurements and print them."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ticks", type=int, default=600)
+    ap.add_argument("--history-days", type=float, default=3.0)
+    args = ap.parse_args()
+    tick = tick_cost(args.ticks)
+    print("tick:", {k: round(v, 3) for k, v in tick.items()})
+    print(f"detector: {detector_cost():.2f} us/sample")
+    refit = refit_cost(args.history_days)
+    print("refit:", {k: round(v, 2) for k, v in refit.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
