@@ -37,6 +37,29 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    import time
+
+    from gputuned.dashboards.build import all_dashboards
+    from gputuned.dashboards.check import PrometheusAPI, check
+    from gputuned.dashboards.rules import all_rules
+
+    if not args.since > 0:
+        print(f"gputuned: --since {args.since}: must be positive", file=sys.stderr)
+        return 2
+    end = time.time()
+    try:
+        problems = check(PrometheusAPI(args.prometheus), all_dashboards(), all_rules(), end - args.since, end,
+                         step=max(1.0, args.since / 300), rate_interval=args.rate_interval)
+    except (OSError, ValueError) as e:
+        print(f"gputuned: --prometheus {args.prometheus}: {e}", file=sys.stderr)
+        return 2
+    for e, why in problems:
+        print(f"{e.where}: {why}: {' '.join(e.expr.split())}")
+    print(f"{len(problems)} expressions without data", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("dashboards", help="Grafana dashboards and provisioning files")
     dsub = p.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
@@ -52,3 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     b.add_argument("--docs", metavar="FILE", help="also write the panel listing (docs/dashboards.md)")
     b.set_defaults(func=_build)
+    c = dsub.add_parser("check", help="list panel and rule expressions that return no data from a Prometheus")
+    c.add_argument("--prometheus", default=DEFAULT_PROMETHEUS_URL, metavar="URL", help="Prometheus to query")
+    c.add_argument("--since", type=float, default=3600.0, metavar="SECONDS", help="time range to check (default 3600)")
+    c.add_argument("--rate-interval", default="1m", metavar="DURATION", help="value of $__rate_interval (default 1m)")
+    c.set_defaults(func=_check)

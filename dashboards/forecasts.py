@@ -33,10 +33,10 @@ def forecast_panels() -> list[g.Panel]:
         timeseries(
             "Series and forecast band", "short",
             [
-                Query(f'{{__name__=~"$series", {NODE}}}', "{{__name__}} {{gpu}}{{job}}{{rank}} actual"),
-                Query(f'gputuned_forecast_value{{{band}, bound="yhat"}}', "{{series}} {{gpu}}{{job}}{{rank}} forecast"),
-                Query(f'gputuned_forecast_value{{{band}, bound="lower"}}', "{{series}} {{gpu}}{{job}}{{rank}} lower"),
-                Query(f'gputuned_forecast_value{{{band}, bound="upper"}}', "{{series}} {{gpu}}{{job}}{{rank}} upper"),
+                Query(f'{{__name__=~"$series", {NODE}}}', "{{__name__}} {{gpu}}{{exported_job}}{{rank}} actual"),
+                Query(f'gputuned_forecast_value{{{band}, bound="yhat"}}', "{{series}} {{gpu}}{{exported_job}}{{rank}} forecast"),
+                Query(f'gputuned_forecast_value{{{band}, bound="lower"}}', "{{series}} {{gpu}}{{exported_job}}{{rank}} lower"),
+                Query(f'gputuned_forecast_value{{{band}, bound="upper"}}', "{{series}} {{gpu}}{{exported_job}}{{rank}} upper"),
             ],
             info_only(),
             "The selected series now, and Prophet's forecast with its interval for now + horizon seconds.",
@@ -47,7 +47,7 @@ def forecast_panels() -> list[g.Panel]:
             [Query(
                 f'(gputuned_forecast_value{{{band}, bound="upper"}} - ignoring (bound) gputuned_forecast_value{{{band}, bound="lower"}})'
                 f' / ignoring (bound) clamp_min(abs(gputuned_forecast_value{{{band}, bound="yhat"}}), 1e-9)',
-                "{{series}} {{gpu}}{{job}}{{rank}} +{{horizon}}s",
+                "{{series}} {{gpu}}{{exported_job}}{{rank}} +{{horizon}}s",
             )],
             high_bad(0.2, 0.5), "Interval width over the forecast value: how unsure the forecast is.", min_value=0,
         ),
@@ -59,7 +59,7 @@ def anomaly_panels() -> list[g.Panel]:
     return [
         timeseries(
             "Anomaly score", "percentunit",
-            [Query(f"gputuned_anomaly_score{{{SERIES}}}", "{{series}} {{gpu}}{{job}}{{rank}}")],
+            [Query(f"gputuned_anomaly_score{{{SERIES}}}", "{{series}} {{gpu}}{{exported_job}}{{rank}}")],
             high_bad(0.5, 0.8), "Online anomaly score of each series' newest sample, 0 (normal) to 1.",
             min_value=0, max_value=1,
         ),
@@ -83,7 +83,7 @@ def degradation_panels() -> list[g.Panel]:
     return [
         timeseries(
             "Predicted time to degradation", "s",
-            [Query(f"clamp_max(gputuned_degradation_eta_seconds{{{SERIES}}}, {ETA_CAP_S})", "{{series}} {{gpu}}{{job}}{{rank}}")],
+            [Query(f"clamp_max(gputuned_degradation_eta_seconds{{{SERIES}}}, {ETA_CAP_S})", "{{series}} {{gpu}}{{exported_job}}{{rank}}")],
             low_bad(1800, 7200), "Seconds until the series is predicted to cross its limit (capped at one day: no trend).",
             min_value=0,
         ),
@@ -118,7 +118,8 @@ def build() -> g.Dashboard:
     d.templating.list += [
         g.Template(
             name="series", label="Series", query='label_values(gputuned_anomaly_score{instance=~"$instance"}, series)',
-            dataSource=DATASOURCE, includeAll=True, multi=True, allValue=".*", default="$__all", refresh=2,
+            # no allValue: "All" must expand to the listed names, since the panel selects by __name__
+            dataSource=DATASOURCE, includeAll=True, multi=True, default="$__all", refresh=2,
         ),
         g.Template(
             name="horizon", label="Horizon (s)", query='label_values(gputuned_forecast_value{instance=~"$instance"}, horizon)',

@@ -19,7 +19,10 @@ from gputuned.dashboards.panels import (
 )
 
 UID = "gputuned-training"
-JOB = f'{NODE}, job=~"$job"'
+# The trainer's series carry a label named job (the training job). Prometheus keeps its own
+# target label job, so with the default honor_labels: false a scraped job label is stored as
+# exported_job; the queries below select and group by that.
+JOB = f'{NODE}, exported_job=~"$job"'
 SAMPLES = "suffix: samples/s"
 
 
@@ -28,21 +31,21 @@ def throughput_panels() -> list[g.Panel]:
     return [
         timeseries(
             "Throughput", SAMPLES,
-            [Query(f"sum by (job) (gputuned_trainer_samples_per_second{{{JOB}}})", "{{job}}")],
+            [Query(f"sum by (exported_job) (gputuned_trainer_samples_per_second{{{JOB}}})", "{{exported_job}}")],
             info_only(), "Samples per second summed over the job's ranks on the selected nodes.", min_value=0,
         ),
         timeseries(
             "Goodput", SAMPLES,
-            [Query(f"sum by (job) (gputuned_trainer_goodput_samples_per_second{{{JOB}}})", "{{job}}")],
+            [Query(f"sum by (exported_job) (gputuned_trainer_goodput_samples_per_second{{{JOB}}})", "{{exported_job}}")],
             info_only(), "Throughput times statistical efficiency: progress per second that larger batches do not waste.",
             min_value=0,
         ),
         timeseries(
             "Statistical efficiency", "percentunit",
             [Query(
-                f"sum by (job) (gputuned_trainer_goodput_samples_per_second{{{JOB}}})"
-                f" / clamp_min(sum by (job) (gputuned_trainer_samples_per_second{{{JOB}}}), 1e-9)",
-                "{{job}}",
+                f"sum by (exported_job) (gputuned_trainer_goodput_samples_per_second{{{JOB}}})"
+                f" / clamp_min(sum by (exported_job) (gputuned_trainer_samples_per_second{{{JOB}}}), 1e-9)",
+                "{{exported_job}}",
             )],
             low_bad(0.5, 0.8), "Goodput over throughput; low means the batch is far above the gradient noise scale.",
             min_value=0, max_value=1,
@@ -56,9 +59,9 @@ def step_panels() -> list[g.Panel]:
         timeseries(
             "Step time breakdown", "s",
             [
-                Query(f"avg by (job) (gputuned_trainer_compute_seconds{{{JOB}}})", "{{job}} compute"),
-                Query(f"avg by (job) (gputuned_trainer_communication_seconds{{{JOB}}})", "{{job}} communication"),
-                Query(f"avg by (job) (gputuned_trainer_dataloader_wait_seconds{{{JOB}}})", "{{job}} data wait"),
+                Query(f"avg by (exported_job) (gputuned_trainer_compute_seconds{{{JOB}}})", "{{exported_job}} compute"),
+                Query(f"avg by (exported_job) (gputuned_trainer_communication_seconds{{{JOB}}})", "{{exported_job}} communication"),
+                Query(f"avg by (exported_job) (gputuned_trainer_dataloader_wait_seconds{{{JOB}}})", "{{exported_job}} data wait"),
             ],
             info_only(), "Mean time per step in forward/backward compute, gradient communication and waiting for data.",
             min_value=0, stack=True,
@@ -67,14 +70,14 @@ def step_panels() -> list[g.Panel]:
             "Share of step waiting", "percentunit",
             [
                 Query(
-                    f"avg by (job) (gputuned_trainer_communication_seconds{{{JOB}}})"
-                    f" / clamp_min(avg by (job) (gputuned_trainer_step_time_seconds{{{JOB}}}), 1e-9)",
-                    "{{job}} communication",
+                    f"avg by (exported_job) (gputuned_trainer_communication_seconds{{{JOB}}})"
+                    f" / clamp_min(avg by (exported_job) (gputuned_trainer_step_time_seconds{{{JOB}}}), 1e-9)",
+                    "{{exported_job}} communication",
                 ),
                 Query(
-                    f"avg by (job) (gputuned_trainer_dataloader_wait_seconds{{{JOB}}})"
-                    f" / clamp_min(avg by (job) (gputuned_trainer_step_time_seconds{{{JOB}}}), 1e-9)",
-                    "{{job}} data wait",
+                    f"avg by (exported_job) (gputuned_trainer_dataloader_wait_seconds{{{JOB}}})"
+                    f" / clamp_min(avg by (exported_job) (gputuned_trainer_step_time_seconds{{{JOB}}}), 1e-9)",
+                    "{{exported_job}} data wait",
                 ),
             ],
             high_bad(0.2, 0.4), "Communication and data-loader wait as fractions of the step time.",
@@ -82,26 +85,26 @@ def step_panels() -> list[g.Panel]:
         ),
         timeseries(
             "Step time per rank", "s",
-            [Query(f"gputuned_trainer_step_time_seconds{{{JOB}}}", "{{job}} rank {{rank}}")],
+            [Query(f"gputuned_trainer_step_time_seconds{{{JOB}}}", "{{exported_job}} rank {{rank}}")],
             info_only(), "Mean step time each rank reported; one rank above the rest is a straggler.", min_value=0,
         ),
         timeseries(
             "Straggler ratio", "short",
             [Query(
-                f"max by (job) (gputuned_trainer_step_time_seconds{{{JOB}}})"
-                f" / clamp_min(avg by (job) (gputuned_trainer_step_time_seconds{{{JOB}}}), 1e-9)",
-                "{{job}}",
+                f"max by (exported_job) (gputuned_trainer_step_time_seconds{{{JOB}}})"
+                f" / clamp_min(avg by (exported_job) (gputuned_trainer_step_time_seconds{{{JOB}}}), 1e-9)",
+                "{{exported_job}}",
             )],
             high_bad(1.1, 1.3), "Slowest rank's step time over the mean of the job's ranks.", min_value=1,
         ),
         stat(
             "Ranks connected", "none",
-            [Query(f"sum by (job) (gputuned_trainer_rank_connected{{{JOB}}})", "{{job}}")],
+            [Query(f"sum by (exported_job) (gputuned_trainer_rank_connected{{{JOB}}})", "{{exported_job}}")],
             steps("red", ("green", 1)), "Ranks of the job with a live control-socket connection on the selected nodes.",
         ),
         stat(
             "Seconds since last report", "s",
-            [Query(f"time() - max by (job) (gputuned_trainer_last_report_timestamp_seconds{{{JOB}}})", "{{job}}")],
+            [Query(f"time() - max by (exported_job) (gputuned_trainer_last_report_timestamp_seconds{{{JOB}}})", "{{exported_job}}")],
             high_bad(30, 120), "Age of the job's newest report; growing means the job hangs or its plugin lost the daemon.",
         ),
     ]
@@ -112,24 +115,24 @@ def numerics_panels() -> list[g.Panel]:
     return [
         timeseries(
             "Loss", "short",
-            [Query(f"avg by (job) (gputuned_trainer_loss{{{JOB}}})", "{{job}}")],
+            [Query(f"avg by (exported_job) (gputuned_trainer_loss{{{JOB}}})", "{{exported_job}}")],
             info_only(), "Mean training loss over the ranks' last reports.",
         ),
         timeseries(
             "Loss scale", "short",
-            [Query(f"min by (job) (gputuned_trainer_loss_scale{{{JOB}}})", "{{job}}")],
+            [Query(f"min by (exported_job) (gputuned_trainer_loss_scale{{{JOB}}})", "{{exported_job}}")],
             low_bad(1, 128), "Mixed-precision loss scale; a collapse toward 1 means gradients keep overflowing.",
         ),
         timeseries(
             "Overflow steps", "short",
-            [Query(f"sum by (job) (increase(gputuned_trainer_overflows_total{{{JOB}}}[{RATE}]))", "{{job}}")],
+            [Query(f"sum by (exported_job) (increase(gputuned_trainer_overflows_total{{{JOB}}}[{RATE}]))", "{{exported_job}}")],
             high_bad(1, 10), "Steps skipped for gradient overflow in each interval.", min_value=0,
         ),
         timeseries(
             "Batch size and gradient noise scale", "short",
             [
-                Query(f"max by (job) (gputuned_trainer_batch_size{{{JOB}}})", "{{job}} global batch"),
-                Query(f"avg by (job) (gputuned_trainer_grad_noise_scale{{{JOB}}})", "{{job}} gradient noise scale"),
+                Query(f"max by (exported_job) (gputuned_trainer_batch_size{{{JOB}}})", "{{exported_job}} global batch"),
+                Query(f"avg by (exported_job) (gputuned_trainer_grad_noise_scale{{{JOB}}})", "{{exported_job}} gradient noise scale"),
             ],
             info_only(), "Global batch size against the gradient noise scale (the critical batch size estimate).",
             min_value=0,
@@ -137,19 +140,19 @@ def numerics_panels() -> list[g.Panel]:
         timeseries(
             "Micro-batch and accumulation", "short",
             [
-                Query(f"max by (job) (gputuned_trainer_micro_batch_size{{{JOB}}})", "{{job}} micro-batch"),
-                Query(f"max by (job) (gputuned_trainer_accumulation_steps{{{JOB}}})", "{{job}} accumulation steps"),
+                Query(f"max by (exported_job) (gputuned_trainer_micro_batch_size{{{JOB}}})", "{{exported_job}} micro-batch"),
+                Query(f"max by (exported_job) (gputuned_trainer_accumulation_steps{{{JOB}}})", "{{exported_job}} accumulation steps"),
             ],
             info_only(), "Per-rank micro-batch size and gradient accumulation steps per optimizer step.", min_value=0,
         ),
         timeseries(
             "Gradient norm", "short",
-            [Query(f"avg by (job) (gputuned_trainer_grad_norm{{{JOB}}})", "{{job}}")],
+            [Query(f"avg by (exported_job) (gputuned_trainer_grad_norm{{{JOB}}})", "{{exported_job}}")],
             info_only(), "Mean global gradient norm; spikes precede divergence.", min_value=0,
         ),
         stat(
             "Out-of-memory recoveries", "short",
-            [Query(f"sum by (job) (gputuned_trainer_oom_total{{{JOB}}})", "{{job}}")],
+            [Query(f"sum by (exported_job) (gputuned_trainer_oom_total{{{JOB}}})", "{{exported_job}}")],
             high_bad(1, 3), "Out-of-memory errors the trainer recovered from since it started.", reduce="max",
         ),
     ]
@@ -180,10 +183,10 @@ def resource_panels() -> list[g.Panel]:
         timeseries(
             "Gradient communication", "Bps",
             [
-                Query(f"sum by (job) (rate(gputuned_trainer_comm_bytes_total{{{JOB}}}[{RATE}]))", "{{job}} sent"),
+                Query(f"sum by (exported_job) (rate(gputuned_trainer_comm_bytes_total{{{JOB}}}[{RATE}]))", "{{exported_job}} sent"),
                 Query(
-                    f"sum by (job) (rate(gputuned_trainer_comm_bytes_uncompressed_total{{{JOB}}}[{RATE}]))",
-                    "{{job}} uncompressed",
+                    f"sum by (exported_job) (rate(gputuned_trainer_comm_bytes_uncompressed_total{{{JOB}}}[{RATE}]))",
+                    "{{exported_job}} uncompressed",
                 ),
             ],
             info_only(), "Bytes per second sent by gradient communication, and what it would be uncompressed.",
@@ -209,7 +212,7 @@ def build() -> g.Dashboard:
     )
     d.templating.list.append(
         g.Template(
-            name="job", label="Job", query='label_values(gputuned_trainer_step{instance=~"$instance"}, job)',
+            name="job", label="Job", query='label_values(gputuned_trainer_step{instance=~"$instance"}, exported_job)',
             dataSource={"type": "prometheus", "uid": "${datasource}"}, includeAll=True, multi=True, allValue=".*",
             default="$__all", refresh=2,
         )

@@ -56,7 +56,7 @@ def knob_panels() -> list[g.Panel]:
             "Batch size: tuner against trainer", "short",
             [
                 Query(f'max by (instance) (gputuned_tuner_knob_value{{{NODE}, knob="batch_size"}})', "{{instance}} tuner target"),
-                Query(f"max by (instance, job) (gputuned_trainer_batch_size{{{NODE}}})", "{{instance}} {{job}} in use"),
+                Query(f"max by (instance, exported_job) (gputuned_trainer_batch_size{{{NODE}}})", "{{instance}} {{exported_job}} in use"),
             ],
             info_only(), "Batch size the tuner decided and the global batch size the job reports using.", min_value=0,
         ),
