@@ -34,6 +34,9 @@ from gputuned.collectors.sim.workload import (
 logger = logging.getLogger(__name__)
 
 #: Zeus file suffix -> simulator profile key.
+#: Weight of squared relative epoch-time error against that of average power in the fit.
+TIME_WEIGHT = 2.0
+
 ZEUS_GPUS = {"a40": "a40", "rtx6000": "quadro-rtx-6000", "p100": "p100-pcie-16gb"}
 
 
@@ -134,28 +137,37 @@ def _fit_pair(
         m = bidx == b
         rho[b] = np.clip((yy[m] * zz[m]).sum(0) / np.maximum((zz[m] ** 2).sum(0), 1e-12), 0.0, 1.0)
     pp = gp.active_idle_w + gx * (sr * r + rho[bidx] * cr) / pred
-    valid = ok[bidx]
-    err = (((pred - y[:, None]) / y[:, None]) ** 2 + ((pp - p) / p) ** 2)[valid].mean(0)
-    j = int(np.nanargmin(err))
+    se = TIME_WEIGHT * ((pred - y[:, None]) / y[:, None]) ** 2 + ((pp - p) / p) ** 2
+    best_j = np.zeros(len(sizes), dtype=int)
+    total = 0.0
+    for b in np.flatnonzero(ok):
+        m = bidx == b
+        eb = se[m].sum(0)
+        best_j[b] = int(np.argmin(eb))
+        total += float(eb[best_j[b]])
+    rows_ok = int(ok[bidx].sum())
+    k = np.flatnonzero(ok)
+    jj = best_j[k]
     table = {
-        "batch_sizes": [float(b) for b in sizes[ok]],
-        "host_s": [float(v) for v in (c[ok, j] * (1 - rho[ok, j]))],
-        "sm_s": [float(v) for v in s[ok, j]],
-        "mem_s": [float(v) for v in (c[ok, j] * rho[ok, j])],
-        "dynamic_power_w": float(a_grid[j]),
+        "batch_sizes": [float(v) for v in sizes[k]],
+        "host_s": [float(v) for v in c[k, jj] * (1 - rho[k, jj])],
+        "sm_s": [float(v) for v in s[k, jj]],
+        "mem_s": [float(v) for v in c[k, jj] * rho[k, jj]],
+        "dynamic_power_w": [float(a_grid[j]) for j in jj],
     }
-    return float(err[j]), table
+    return total / max(rows_ok, 1), table
 
 
 def predict(rows: Rows, n: int, prof: GPUProfile, gp: PowerParams, timing: StepTiming) -> tuple[np.ndarray, np.ndarray]:
     """Epoch time and average power of each row, as the simulator computes them."""
-    x = cap_clock_ratio_array(rows.limit_w, np.full_like(rows.limit_w, timing.dynamic_power_w),
-                              gp.active_idle_w, gp.voltage_floor, gp.voltage_knee, gp.cap_floor_ratio)
+    dyn = np.array([timing.power_at(b) for b in rows.batch])
+    x = cap_clock_ratio_array(rows.limit_w, dyn, gp.active_idle_w, gp.voltage_floor, gp.voltage_knee,
+                              gp.cap_floor_ratio)
     x = _snap(x, prof)
     parts = np.array([timing.at(b) for b in rows.batch])
     host, sm, mem = parts[:, 0], parts[:, 1] / x, parts[:, 2]
     step = host + sm + mem
-    power = gp.active_idle_w + timing.dynamic_power_w * dvfs_factor_array(x, gp.voltage_floor, gp.voltage_knee) * (sm + mem) / step
+    power = gp.active_idle_w + dyn * dvfs_factor_array(x, gp.voltage_floor, gp.voltage_knee) * (sm + mem) / step
     return n / rows.batch * step, power
 
 
@@ -227,20 +239,37 @@ def fit_noise_scale(data_dir: Path, wl: Workload) -> tuple[float, float] | None:
     return best[1], best[2]
 
 
-def calibrate(data_dir: Path, holdout: float = 0.2, seed: int = 0) -> dict[str, Any]:
+def holdout_mask(rows: Rows, mode: str, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """True for rows used in fitting: ``random`` holds out a seeded fraction of rows,
+    ``power_limit`` every 5th power limit of the GPU's grid (the 3rd, 8th, ...)."""
+    if mode == "random":
+        return rng.random(len(rows.batch)) >= fraction
+    if mode == "power_limit":
+        grid = np.unique(rows.limit_w)
+        held = grid[2::5]
+        return ~np.isin(rows.limit_w, held)
+    raise ValueError(f"holdout mode must be random or power_limit, got {mode!r}")
+
+
+def calibrate(data_dir: Path, holdout: float = 0.2, seed: int = 0, mode: str = "random") -> dict[str, Any]:
     """Fit every Zeus workload on every traced GPU; return the calibration document."""
     wls = zeus_workloads()
     rng = np.random.default_rng(seed)
     doc: dict[str, Any] = {
         "version": 1,
         "source": "Zeus NSDI'23 traces (ml-energy/zeus, examples/research_reproducibility/zeus_nsdi23/trace)",
-        "holdout": {"fraction": holdout, "seed": seed},
+        "holdout": {"mode": mode, "fraction": holdout, "seed": seed},
         "gpus": {}, "workloads": {}, "errors": {},
     }
     for zname, key in ZEUS_GPUS.items():
         prof = load_profile(key)
         pairs = load_rows(data_dir, zname, wls)
-        train = {w: rng.random(len(r.batch)) >= holdout for w, r in pairs.items()}
+        if mode == "power_limit":  # one grid per GPU, shared by its workloads
+            grid = np.unique(np.concatenate([r.limit_w for r in pairs.values()]))
+            held_pl = grid[2::5]
+            train = {w: ~np.isin(r.limit_w, held_pl) for w, r in pairs.items()}
+        else:
+            train = {w: holdout_mask(r, mode, holdout, rng) for w, r in pairs.items()}
         sizes = {w.name: w.dataset_samples for w in wls.values()}
         gp, tables = fit_gpu(pairs, train, sizes, prof)
         doc["gpus"][key] = gp.as_dict()
@@ -248,8 +277,8 @@ def calibrate(data_dir: Path, holdout: float = 0.2, seed: int = 0) -> dict[str, 
         p_err: list[float] = []
         for w, rows in pairs.items():
             doc["workloads"].setdefault(w, {"gpus": {}})["gpus"][key] = tables[w]
-            timing = StepTiming(*(tuple(tables[w][k]) for k in ("batch_sizes", "host_s", "sm_s", "mem_s")),
-                                tables[w]["dynamic_power_w"])
+            timing = StepTiming(*(tuple(tables[w][k]) for k in ("batch_sizes", "host_s", "sm_s", "mem_s",
+                                                                "dynamic_power_w")))
             t, p = predict(rows, sizes[w], prof, gp, timing)
             held = ~train[w]
             t_err += list(np.abs(t[held] - rows.epoch_s[held]) / rows.epoch_s[held])

@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 XID_ROW_REMAP = 63
 XID_DBE = 48
+#: SW thermal controller: clock ratio removed per second per degree over target, and regained
+#: per second once a degree below it.
+THERMAL_GAIN = 0.004
+THERMAL_RECOVERY = 0.01
 
 
 class _GPUFaults:
@@ -67,6 +71,7 @@ class PhysicsBackend:
         self._rng = random.Random(seed)
         n = len(devices)
         self.temp_c = [d.profile.ambient_c + 5.0 for d in devices]
+        self.thermal_cap = [1.0] * n  # SW thermal clock ceiling, ratio of the maximum
         self.energy_j = [0.0] * n
         self._viol_power_s = [0.0] * n
         self._viol_thermal_s = [0.0] * n
@@ -143,7 +148,7 @@ class PhysicsBackend:
         self.job_faults = jf
         return gf
 
-    def _clock_ratio(self, i: int, dev: SimDevice, gf: _GPUFaults, dynamic_w: float) -> tuple[float, int]:
+    def _clock_ratio(self, i: int, dev: SimDevice, gf: _GPUFaults, dynamic_w: float, dt: float) -> tuple[float, int]:
         """SM clock ratio and clock-event reason bits for one GPU this step."""
         p = dev.profile
         fmax, fmin = p.sm_clock_max_mhz, p.sm_clock_min_mhz
@@ -160,8 +165,18 @@ class PhysicsBackend:
             ceiling = min(ceiling, fmax - gf.brake * (fmax - fmin))
             reasons |= R.HW_SLOWDOWN | R.HW_POWER_BRAKE_SLOWDOWN
         temp = self.temp_c[i]
-        if temp > p.max_operating_temp_c:  # driver's SW thermal controller: -8 % per degree over
-            ceiling = min(ceiling, max(fmin, fmax * (1.0 - 0.08 * (temp - p.max_operating_temp_c))))
+        over = temp - p.max_operating_temp_c
+        cap = self.thermal_cap[i]
+        if over > 0 and dt > 0:  # SW thermal controller: integral action from the current clock
+            cap = min(cap, dev.sm_clock_mhz / fmax) - THERMAL_GAIN * over * dt
+        elif over < -1.0 and dt > 0:
+            cap += THERMAL_RECOVERY * dt
+        cap = min(1.0, max(cap, fmin / fmax))
+        self.thermal_cap[i] = cap
+        thermal_binding = cap * fmax < ceiling
+        if thermal_binding:
+            ceiling = cap * fmax
+        if over > 0 or (thermal_binding and dynamic_w > 0):
             reasons |= R.SW_THERMAL_SLOWDOWN
         if temp >= p.slowdown_temp_c:  # hardware slowdown halves the clock
             ceiling = min(ceiling, max(fmin, 0.5 * ceiling))
@@ -191,10 +206,10 @@ class PhysicsBackend:
         job = self.job
         active = job is not None and job.running(t)
         n = len(self.devices)
-        dyn = job.timing.dynamic_power_w if (job is not None and active) else 0.0
+        dyn = job.timing.power_at(job.local_batch()) if (job is not None and active) else 0.0
         ratios, mem_ratios, reasons = [], [], []
         for i, dev in enumerate(self.devices):
-            x, bits = self._clock_ratio(i, dev, gfs[i], dyn)
+            x, bits = self._clock_ratio(i, dev, gfs[i], dyn, dt)
             mem = self._memory_clock(dev)
             ratios.append(x)
             mem_ratios.append(mem / max(dev.profile.memory_clocks_mhz))
@@ -221,7 +236,7 @@ class PhysicsBackend:
             step = max(job.step_s, 1e-9)
             u_busy = min(1.0, r.busy_s / step)
             u_comm = min(1.0 - u_busy, job.comm_s / step) if job.world_size > 1 else 0.0
-            power = pp.active_idle_w * mem_scale + job.timing.dynamic_power_w * dvfs_factor(x, pp) * (
+            power = pp.active_idle_w * mem_scale + job.timing.power_at(job.local_batch()) * dvfs_factor(x, pp) * (
                 u_busy + 0.15 * u_comm)
             util = min(100, round(100 * (u_busy + u_comm)))
             dev.util_mem_pct = min(100, round(100 * ((r.busy_s - r.sm_s) / step + 0.5 * u_comm)))

@@ -38,7 +38,7 @@ class StepTiming:
     host_s: tuple[float, ...]
     sm_s: tuple[float, ...]
     mem_s: tuple[float, ...]
-    dynamic_power_w: float
+    dynamic_power_w: tuple[float, ...]  # per batch size
 
     def at(self, batch: float) -> tuple[float, float, float]:
         """(host, sm, mem) seconds for one step of ``batch`` samples on one GPU.
@@ -46,17 +46,34 @@ class StepTiming:
         Linear in log2(batch) between measured sizes; below the smallest the step is
         latency-bound (held); above the largest it grows in proportion to the batch.
         """
-        bs = self.batch_sizes
-        if batch <= bs[0]:
+        i, w = self._where(batch)
+        if i < 0:
             return self.host_s[0], self.sm_s[0], self.mem_s[0]
-        if batch >= bs[-1]:
-            k = batch / bs[-1]
+        if i >= len(self.batch_sizes):
+            k = batch / self.batch_sizes[-1]
             return self.host_s[-1] * k, self.sm_s[-1] * k, self.mem_s[-1] * k
-        i = bisect.bisect_right(bs, batch)
-        w = (math.log2(batch) - math.log2(bs[i - 1])) / (math.log2(bs[i]) - math.log2(bs[i - 1]))
         return tuple(  # type: ignore[return-value]
             s[i - 1] + (s[i] - s[i - 1]) * w for s in (self.host_s, self.sm_s, self.mem_s)
         )
+
+    def power_at(self, batch: float) -> float:
+        """Dynamic power (W) of the kernels at full clock and full activity for a local batch."""
+        i, w = self._where(batch)
+        p = self.dynamic_power_w
+        if i < 0:
+            return p[0]
+        if i >= len(p):
+            return p[-1]
+        return p[i - 1] + (p[i] - p[i - 1]) * w
+
+    def _where(self, batch: float) -> tuple[int, float]:
+        bs = self.batch_sizes
+        if batch <= bs[0]:
+            return -1, 0.0
+        if batch >= bs[-1]:
+            return len(bs), 0.0
+        i = bisect.bisect_right(bs, batch)
+        return i, (math.log2(batch) - math.log2(bs[i - 1])) / (math.log2(bs[i]) - math.log2(bs[i - 1]))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,7 +81,7 @@ class StepTiming:
             "host_s": list(self.host_s),
             "sm_s": list(self.sm_s),
             "mem_s": list(self.mem_s),
-            "dynamic_power_w": self.dynamic_power_w,
+            "dynamic_power_w": list(self.dynamic_power_w),
         }
 
 
@@ -135,8 +152,14 @@ def parse_timing(raw: dict[str, Any], where: str) -> StepTiming:
     n = len(bs)
     return StepTiming(
         bs, _table(raw, "host_s", where, n), _table(raw, "sm_s", where, n), _table(raw, "mem_s", where, n),
-        _num(raw, "dynamic_power_w", where),
+        _power_table(raw, where, n),
     )
+
+
+def _power_table(raw: dict[str, Any], where: str, n: int) -> tuple[float, ...]:
+    if isinstance(raw.get("dynamic_power_w"), list):
+        return _table(raw, "dynamic_power_w", where, n)
+    return (_num(raw, "dynamic_power_w", where),) * n
 
 
 _TOP = {"name", "description", "dataset_samples", "default_batch_size", "min_batch_size", "max_batch_size",
@@ -264,7 +287,7 @@ def transfer_timing(
         timing.host_s,
         tuple(s * k_sm for s in timing.sm_s),
         tuple(m * k_mem for m in timing.mem_s),
-        timing.dynamic_power_w * k_pow,
+        tuple(p * k_pow for p in timing.dynamic_power_w),
     )
 
 

@@ -67,7 +67,7 @@ def test_power_cap_bit_iff_limit_binds() -> None:
     for limit in (300, 250, 200, 150, 100, 300):
         d.power_limit_mw = limit * 1000
         _run(b, clock, 3)
-        busy_w = b.power[0].active_idle_w + b.job.timing.dynamic_power_w
+        busy_w = b.power[0].active_idle_w + b.job.timing.power_at(b.job.local_batch())
         capped = bool(d.clock_event_reasons & R.SW_POWER_CAP)
         assert capped == (busy_w > limit), limit
         assert capped == (d.sm_clock_mhz < 1740)
@@ -86,7 +86,11 @@ def test_thermal_bits_iff_hot() -> None:
         clock.advance(1.0)
         b.sync()
         bits = b.devices[0].clock_event_reasons
-        assert bool(bits & R.SW_THERMAL_SLOWDOWN) == (t_before > prof.max_operating_temp_c)
+        thermal_limited = b.devices[0].sm_clock_mhz <= b.thermal_cap[0] * prof.sm_clock_max_mhz + 1
+        if t_before > prof.max_operating_temp_c:
+            assert bits & R.SW_THERMAL_SLOWDOWN
+        if bits & R.SW_THERMAL_SLOWDOWN:  # hot now, or the controller's ceiling still holds the clock
+            assert t_before > prof.max_operating_temp_c or (thermal_limited and b.thermal_cap[0] < 1)
         assert bool(bits & R.HW_THERMAL_SLOWDOWN) == (t_before >= prof.slowdown_temp_c)
         seen_sw |= bool(bits & R.SW_THERMAL_SLOWDOWN)
         seen_hw |= bool(bits & R.HW_THERMAL_SLOWDOWN)
