@@ -78,6 +78,10 @@ def render_markdown(dashboards: Mapping[str, Mapping[str, Any]], rules: list[Rul
         "*Instance*; those with per-GPU panels have *GPU* too. Every panel below shows data from a real",
         "Prometheus scraping a replayed trace (tests/dashboards/test_dashboards_live.py).",
         "",
+        "The trainer's series carry a `job` label (the training job); Prometheus keeps its own target label",
+        "`job`, so with the default `honor_labels: false` it stores the trainer's as `exported_job`, which the",
+        "training and tuner dashboards select and group by.",
+        "",
         "Each line: **panel title**: unit; threshold colours.",
     ]
     for stem, d in dashboards.items():

@@ -1,0 +1,415 @@
+"""Record tests/data/dashboard_node.gttrace: the trace the dashboard and alert-rule check replays.
+
+    .venv/bin/python bench/make_dashboard_trace.py [-o tests/data/dashboard_node.gttrace]
+
+Two parts, kept apart on purpose:
+
+1. **Recorded**: ``gputuned record --config CFG --sim --duration 2m`` runs the real daemon
+   (collectors, loop, store, recorder) on a 4-GPU simulated H100 node whose NVML values follow
+   a scripted scenario with the faults the alert rules exist for: load ramps, a thermally
+   throttled GPU (1), ECC errors, row remapping and a hardware slowdown (2), XID 79 and the
+   GPU falling off the bus (3), a power limit the tuner lowers and rolls back. The host
+   collector reads this machine through psutil; its /proc/net/snmp comes from a copy the
+   script refreshes and withholds from t=70 s to t=95 s, so the collector really goes down
+   and recovers. InfiniBand counters come from a synthetic sysfs tree (this machine has no
+   HCA) read by the real collector; peer RTT is measured to a listening and a closed
+   loopback port.
+2. **Synthesized**: the trainer (``gputuned_trainer_*``), tuner (``gputuned_tuner_*``),
+   actuation (``gputuned_actuation_*``) and forecaster (``gputuned_forecast_*``,
+   ``gputuned_anomaly_*``, ``gputuned_alert*``, ``gputuned_degradation_*``) series are not
+   yet produced by a closed loop that can be recorded (job + tuner + forecaster wired
+   together), so this script writes them into the trace beside the recorded samples, one
+   publish per recorded tick, with plausible values consistent with the scripted scenario.
+   They exist only so every dashboard panel and rule has series to select; replace them by
+   a real closed-loop recording once the daemon runs one.
+
+The output is checked to stay small (well under 1 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "tests" / "data" / "dashboard_node.gttrace"
+DURATION_S = 120
+GPUS = 4
+MAX_BYTES = 1 << 20
+HOST_DOWN = (70.0, 95.0)
+
+# NVML clock-event reason bits
+SW_POWER_CAP, HW_SLOWDOWN, SW_THERMAL, HW_THERMAL = 0x4, 0x8, 0x20, 0x40
+
+
+def _series(gpu: int, field: str, points: list[tuple[float, float]], linear: bool = True) -> dict[str, object]:
+    return {"gpu": gpu, "field": field, "points": [list(p) for p in points], "interpolate": "linear" if linear else "step"}
+
+
+def scenario() -> dict[str, object]:
+    """The scripted NVML scenario (times in seconds from the daemon's start)."""
+    s: list[dict[str, object]] = []
+    for g in range(GPUS):
+        s += [
+            _series(g, "util_gpu_pct", [(0, 0), (5, 0), (15, 93 + g), (120, 95)]),
+            _series(g, "util_mem_pct", [(0, 0), (5, 0), (15, 55 + 2 * g), (120, 58)]),
+            _series(g, "power_mw", [(0, 72_000), (5, 75_000), (15, 640_000 + 5_000 * g), (30, 590_000), (60, 545_000),
+                                    (80, 590_000), (120, 590_000)]),
+            _series(g, "power_limit_mw", [(0, 700_000), (30, 600_000), (60, 550_000), (80, 600_000)], linear=False),
+            _series(g, "sm_clock_mhz", [(0, 345), (5, 345), (15, 1980), (30, 1830), (60, 1710), (80, 1830)], linear=False),
+            _series(g, "graphics_clock_mhz", [(0, 345), (5, 345), (15, 1980), (30, 1830), (60, 1710), (80, 1830)], linear=False),
+            _series(g, "memory_used_bytes", [(0, 600e6), (5, 600e6), (12, 61e9 + 1e9 * g), (120, 63e9)]),
+            _series(g, "temperature_c", [(0, 34), (5, 34), (40, 68 + g), (120, 70 + g)]),
+            _series(g, "memory_temperature_c", [(0, 38), (5, 38), (40, 74 + g), (120, 76 + g)]),
+            _series(g, "pcie_tx_kbps", [(0, 100), (5, 100), (10, 1_800_000), (120, 1_900_000)]),
+            _series(g, "pcie_rx_kbps", [(0, 100), (5, 100), (10, 9_500_000), (120, 9_800_000)]),
+            _series(g, "nvlink_tx_kib", [(0, 0), (5, 0), (120, 115 * 90_000_000)]),
+            _series(g, "nvlink_rx_kib", [(0, 0), (5, 0), (120, 115 * 90_000_000)]),
+            _series(g, "pstate", [(0, 8), (5, 0)], linear=False),
+        ]
+    # GPU 1 overheats: thermal slowdown from t=55 s, clocks drop, violation time accrues.
+    s += [
+        _series(1, "temperature_c", [(0, 34), (5, 34), (40, 72), (55, 89), (120, 91)]),
+        _series(1, "clock_event_reasons", [(0, 0), (55, SW_THERMAL | HW_THERMAL), (100, SW_THERMAL)], linear=False),
+        _series(1, "sm_clock_mhz", [(0, 345), (5, 345), (15, 1980), (30, 1830), (55, 1305)], linear=False),
+        _series(1, "thermal_violation_ns", [(0, 0), (55, 0), (120, 60e9)]),
+    ]
+    # GPU 2: corrected ECC errors pile up, one uncorrectable, rows remapped, a remap fails,
+    # a hardware slowdown; the power limit caps it for a while.
+    s += [
+        _series(2, "ecc_corrected", [(0, 0), (30, 0), (90, 400)]),
+        _series(2, "ecc_uncorrected", [(0, 0), (75, 1)], linear=False),
+        _series(2, "remapped_correctable", [(0, 0), (80, 2)], linear=False),
+        _series(2, "remapped_uncorrectable", [(0, 0), (80, 1)], linear=False),
+        _series(2, "remap_pending", [(0, 0), (80, 1)], linear=False),
+        _series(2, "remap_failure", [(0, 0), (100, 1)], linear=False),
+        _series(2, "clock_event_reasons", [(0, 0), (35, SW_POWER_CAP), (90, HW_SLOWDOWN), (110, 0)], linear=False),
+        _series(2, "power_violation_ns", [(0, 0), (35, 0), (90, 40e9)]),
+    ]
+    return {"profile": "h100", "gpus": GPUS, "series": s, "xids": {"3": [[60.0, 79]]}, "lost": {"3": 80.0}}
+
+
+def _toml_value(v: object) -> str:
+    return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
+
+
+def scenario_toml(spec: dict[str, object]) -> str:
+    """The scenario as TOML (``sim.script`` reads TOML)."""
+    lines = [f'profile = "{spec["profile"]}"', f"gpus = {spec['gpus']}", "", "[xids]"]
+    lines += [f'"{k}" = {json.dumps(v)}' for k, v in dict(spec["xids"]).items()]  # type: ignore[call-overload]
+    lines += ["", "[lost]"] + [f'"{k}" = {v}' for k, v in dict(spec["lost"]).items()]  # type: ignore[call-overload]
+    for s in spec["series"]:  # type: ignore[attr-defined]
+        lines += ["", "[[series]]"] + [f"{k} = {_toml_value(v)}" for k, v in s.items()]
+    return "\n".join(lines) + "\n"
+
+
+class FakeSysfs(threading.Thread):
+    """Keeps a /proc/net/snmp copy (withheld during HOST_DOWN) and an InfiniBand sysfs tree current."""
+
+    def __init__(self, root: Path, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.proc = root / "proc"
+        self.sys = root / "sys"
+        self.t0 = t0
+        self.stop = threading.Event()
+        (self.proc / "net").mkdir(parents=True)
+        self.ports = {}
+        for dev, port, state in (("mlx5_0", "1", "4: ACTIVE"), ("mlx5_1", "1", "4: ACTIVE"), ("mlx5_2", "1", "1: DOWN")):
+            p = self.sys / "class" / "infiniband" / dev / "ports" / port
+            (p / "counters").mkdir(parents=True)
+            (p / "rate").write_text("400 Gb/sec (4X NDR)\n")
+            (p / "state").write_text(state + "\n")
+            self.ports[dev] = p
+        self.tick()
+
+    def tick(self) -> None:
+        t = time.monotonic() - self.t0
+        snmp = self.proc / "net" / "snmp"
+        if HOST_DOWN[0] <= t < HOST_DOWN[1]:
+            snmp.unlink(missing_ok=True)
+        else:
+            tmp = snmp.with_suffix(".tmp")  # replace atomically: the collector never sees half a file
+            shutil.copyfile("/proc/net/snmp", tmp)
+            os.replace(tmp, snmp)
+        busy = max(0.0, t - 5)
+        for i, (dev, p) in enumerate(self.ports.items()):
+            up = dev != "mlx5_2"
+            words = int(busy * 10e9 / 4) if up else 0  # port_*_data counts 4-byte words
+            symbol = int(max(0.0, t - 50) * 2) if dev == "mlx5_1" else 0
+            for name, v in (("port_rcv_data", words), ("port_xmit_data", words), ("port_rcv_packets", words // 1024),
+                            ("port_xmit_packets", words // 1024), ("port_rcv_errors", i), ("port_xmit_discards", 0),
+                            ("symbol_error", symbol), ("link_downed", 0 if up else 1)):
+                tmp = p / "counters" / f".{name}.tmp"
+                tmp.write_text(f"{v}\n")
+                os.replace(tmp, p / "counters" / name)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.25):
+            self.tick()
+
+
+def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
+    """Run ``gputuned record`` on the scripted node with the fake sysfs trees kept current."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+    (work / "scenario.toml").write_text(scenario_toml(scenario()))
+    t0 = time.monotonic()
+    fake = FakeSysfs(work, t0)
+    cfg = {
+        "daemon": {"interval_seconds": 1.0},
+        "gpu": {"backend": "sim"},
+        "sim": {"script": str(work / "scenario.toml"), "gpus": GPUS},
+        "collectors": {
+            "host": {"proc_path": str(fake.proc)},
+            "infiniband": {"sysfs_path": str(fake.sys)},
+            "peers": {"peers": [f"127.0.0.1:{listener.getsockname()[1]}", f"127.0.0.1:{closed.getsockname()[1]}"],
+                      "interval_seconds": 2.0, "timeout_seconds": 0.5},
+        },
+    }
+    lines = []
+    for section, values in cfg.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+        for k, v in values.items():
+            if isinstance(v, dict):
+                lines += [f"[{section}.{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+    (work / "gputuned.toml").write_text("\n".join(lines) + "\n")
+    fake.start()
+    accept = threading.Thread(target=lambda: [listener.accept()[0].close() for _ in iter(int, 1)], daemon=True)
+    accept.start()
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "gputuned.daemon.cli", "record", "--config", str(work / "gputuned.toml"), "--sim",
+             "--duration", f"{duration_s:g}s", "-o", str(out)],
+            check=True,
+        )
+    finally:
+        fake.stop.set()
+        listener.close()
+        closed.close()
+
+
+# --- synthesized families (see the module docstring) ------------------------------------------
+JOB = "llama-7b-ddp"
+RANKS = 4
+Lab = tuple[tuple[str, str], ...]
+
+
+def _ramp(t: float, points: list[tuple[float, float]]) -> float:
+    """Piecewise-linear value at t."""
+    if t <= points[0][0]:
+        return points[0][1]
+    for (t0, v0), (t1, v1) in zip(points, points[1:], strict=False):
+        if t <= t1:
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return points[-1][1]
+
+
+class Synth:
+    """Trainer, tuner, actuation and forecaster samples consistent with the recorded node."""
+
+    def __init__(self, gpu_labels: dict[str, Lab]) -> None:
+        self.gpu_labels = gpu_labels
+        self.samples_total = [0.0] * RANKS
+        self.comm_bytes = [0.0] * RANKS
+        self.step = [0] * RANKS
+        self.last_rel: float | None = None
+        self.temps: dict[str, list[tuple[float, float]]] = {g: [] for g in gpu_labels}
+        self.tput: list[tuple[float, float]] = []
+
+    def trainer(self, rel: float, t: float, latest: dict[tuple[str, Lab], float]) -> list[tuple[str, Lab, float]]:
+        dt = 0.0 if self.last_rel is None else rel - self.last_rel
+        batch = 512.0 if rel < 40 else 1024.0
+        micro = batch / RANKS
+        gns = _ramp(rel, [(0, 300), (120, 900)])
+        clock = {g: latest.get(("gputuned_gpu_sm_clock_hertz", lab), 1.98e9) for g, lab in self.gpu_labels.items()}
+        loaded = rel >= 15
+        out: list[tuple[str, Lab, float]] = []
+        # DDP ranks run in lockstep: the job's step is the slowest rank's compute plus communication.
+        compute = {str(r): (micro / 600.0) * (1.98e9 / max(clock.get(str(r), 1.98e9), 1e8)) ** 0.8 for r in range(RANKS)}
+        slowest = max(compute.values())
+        for r in range(RANKS):
+            connected = not (r == 3 and rel >= 80)
+            lab: Lab = (("job", JOB), ("rank", str(r)))
+            out.append(("gputuned_trainer_rank_connected", lab, 1.0 if connected else 0.0))
+            if not connected or not loaded:
+                continue
+            comm = 0.12 * slowest + (slowest - compute[str(r)])
+            wait = 0.02 * slowest if not (HOST_DOWN[0] <= rel < HOST_DOWN[1]) else 0.25 * slowest
+            step_t = compute[str(r)] + comm + wait
+            sps = micro / step_t
+            self.samples_total[r] += sps * dt
+            self.comm_bytes[r] += 2 * 13.5e9 / step_t * dt / 4  # fp16 grads of 7B params, 4x compressed
+            self.step[r] += int(dt / step_t)
+            overflow = 1.0 if rel >= 50 else 0.0
+            overflow += 1.0 if rel >= 51 else 0.0
+            eff = gns / (gns + batch / 2)
+            out += [
+                ("gputuned_trainer_step_time_seconds", lab, step_t),
+                ("gputuned_trainer_compute_seconds", lab, compute[str(r)]),
+                ("gputuned_trainer_communication_seconds", lab, comm),
+                ("gputuned_trainer_dataloader_wait_seconds", lab, wait),
+                ("gputuned_trainer_samples_per_second", lab, sps),
+                ("gputuned_trainer_goodput_samples_per_second", lab, sps * eff),
+                ("gputuned_trainer_loss", lab, 1.6 + 4.0 * math.exp(-(rel - 15) / 60) + 0.02 * math.sin(rel + r)),
+                ("gputuned_trainer_loss_scale", lab, 65536.0 / 2 ** overflow),
+                ("gputuned_trainer_overflows_total", lab, overflow),
+                ("gputuned_trainer_grad_norm", lab, 1.1 + 0.3 * math.exp(-(rel - 15) / 30) + (2.0 if 50 <= rel < 52 else 0.0)),
+                ("gputuned_trainer_grad_noise_scale", lab, gns),
+                ("gputuned_trainer_batch_size", lab, batch),
+                ("gputuned_trainer_micro_batch_size", lab, micro),
+                ("gputuned_trainer_accumulation_steps", lab, 1.0),
+                ("gputuned_trainer_samples_total", lab, self.samples_total[r]),
+                ("gputuned_trainer_comm_bytes_total", lab, self.comm_bytes[r]),
+                ("gputuned_trainer_comm_bytes_uncompressed_total", lab, 4 * self.comm_bytes[r]),
+                ("gputuned_trainer_oom_total", lab, 0.0),
+                ("gputuned_trainer_step", lab, float(self.step[r])),
+                ("gputuned_trainer_last_report_timestamp_seconds", lab, t - 0.3),
+            ]
+            if r == 0:
+                self.tput.append((rel, sps * RANKS))
+        self.last_rel = rel
+        return out
+
+    def tuner(self, rel: float) -> list[tuple[str, Lab, float]]:
+        pl = 700.0 if rel < 30 else 600.0 if rel < 60 else 550.0 if rel < 80 else 600.0
+        sm = 1.98e9 if rel < 30 else 1.83e9 if rel < 60 else 1.71e9 if rel < 80 else 1.83e9
+        actions = {"power_limit": (rel >= 30) + (rel >= 60) + (rel >= 80), "sm_clock": (rel >= 30) + (rel >= 60) + (rel >= 80),
+                   "batch_size": float(rel >= 40)}
+        out: list[tuple[str, Lab, float]] = [
+            ("gputuned_tuner_guard_interventions_total", (("reason", "bounds"),), float(rel >= 45)),
+            ("gputuned_tuner_guard_interventions_total", (("reason", "hardware_alert"),), float(max(0, int((rel - 55) // 10) + 1) if rel >= 55 else 0)),
+            ("gputuned_tuner_rollbacks_total", (), float(rel >= 80)),
+            ("gputuned_tuner_knob_value", (("knob", "batch_size"),), 512.0 if rel < 40 else 1024.0),
+            ("gputuned_tuner_paused", (), 0.0),
+            ("gputuned_actuation_refusals_total", (("knob", "sm_clock"), ("reason", "gpu_lost")), float(rel >= 80)),
+        ]
+        out += [("gputuned_tuner_actions_total", (("knob", k),), float(n)) for k, n in actions.items()]
+        out += [("gputuned_actuation_changes_total", (("knob", k),), float(n) * (GPUS if k != "batch_size" else 1))
+                for k, n in actions.items()]
+        for g, lab in self.gpu_labels.items():
+            uuid = dict(lab)["uuid"]
+            out += [
+                ("gputuned_tuner_knob_value", (("knob", "power_limit"), ("gpu", g)), pl),
+                ("gputuned_tuner_knob_value", (("knob", "sm_clock"), ("gpu", g)), sm),
+                ("gputuned_actuation_gpu_changed", (("gpu", g), ("uuid", uuid)), float(rel >= 30)),
+            ]
+        return out
+
+    def forecast(self, rel: float, latest: dict[tuple[str, Lab], float]) -> list[tuple[str, Lab, float]]:
+        out: list[tuple[str, Lab, float]] = []
+        fits = sum(rel >= f for f in (20, 50, 80, 110))
+        raised = {"anomaly": float(rel >= 52), "degradation": float(rel >= 45), "thermal": float(rel >= 57),
+                  "ecc": float(rel >= 76), "xid": float(rel >= 61)}
+        tracked: list[tuple[str, Lab, list[tuple[float, float]]]] = []
+        for g, lab in self.gpu_labels.items():
+            v = latest.get(("gputuned_gpu_temperature_celsius", lab))
+            if v is not None and g != "3":
+                self.temps[g].append((rel, v))
+                tracked.append(("gputuned_gpu_temperature_celsius", lab, self.temps[g]))
+        if self.tput:
+            tracked.append(("gputuned_trainer_samples_per_second", (("job", JOB), ("rank", "0")), self.tput))
+        for family, lab, hist in tracked:
+            sl: Lab = (("series", family), *lab)
+            hot = family.endswith("celsius") and dict(lab).get("gpu") == "1"
+            score = _ramp(rel, [(0, 0.05), (48, 0.1), (56, 0.92), (70, 0.75), (120, 0.7)]) if hot else 0.08 + 0.04 * math.sin(rel / 7)
+            out.append(("gputuned_anomaly_score", sl, score))
+            out.append(("gputuned_alert_active", (("alert", "anomaly"), *sl), float(hot and rel >= 52)))
+            if family.endswith("celsius"):
+                eta = _ramp(rel, [(40, 1200), (55, 60), (120, 45)]) if hot and rel >= 40 else math.inf
+                out.append(("gputuned_degradation_eta_seconds", sl, eta))
+                out.append(("gputuned_alert_active", (("alert", "degradation"), *sl), float(hot and rel >= 45)))
+            if fits and len(hist) >= 2:
+                (t0, v0), (t1, v1) = hist[max(0, len(hist) - 10)], hist[-1]
+                slope = (v1 - v0) / max(t1 - t0, 1.0)
+                for h in (300, 1800, 3600):
+                    yhat = v1 + slope * min(h, 120) * 0.5
+                    width = abs(v1) * (0.02 + 0.03 * h / 3600)
+                    for bound, val in (("yhat", yhat), ("lower", yhat - width), ("upper", yhat + width)):
+                        out.append(("gputuned_forecast_value", (*sl, ("horizon", str(h)), ("bound", bound)), val))
+        for kind, gpu, since in (("thermal", "1", 57), ("ecc", "2", 76), ("xid", "3", 61)):
+            if gpu in self.gpu_labels:
+                lab = (("alert", kind), *self.gpu_labels[gpu])
+                out.append(("gputuned_alert_active", lab, float(rel >= since)))
+        out += [("gputuned_alerts_raised_total", (("alert", k),), v) for k, v in raised.items()]
+        out += [
+            ("gputuned_forecast_worker_up", (), 0.0 if 100 <= rel < 112 else 1.0),
+            ("gputuned_forecast_fits_total", (), float(fits)),
+            ("gputuned_forecast_fit_duration_seconds", (), 11.5 if fits else 0.0),
+        ]
+        return out
+
+
+#: Source names of the synthesized samples, apart from the daemon's own (which may publish
+#: empty ``trainer`` or ``tuner`` sources when nothing is connected).
+SYNTH_SOURCES = ("synth-trainer", "synth-tuner", "synth-forecast")
+
+
+def synthesize(raw: Path, out: Path) -> None:
+    """Copy the recorded trace to ``out`` with the synthesized sources published at each GPU tick.
+
+    A synthesized series the recording already holds (the daemon produced it itself) is left out.
+    """
+    from gputuned.daemon.trace import Publish, TraceWriter, read_trace
+
+    trace = read_trace(raw)
+    recorded = set(trace.series)
+    gpu_labels = {dict(lab)["gpu"]: lab for name, lab in trace.series if name == "gputuned_gpu_up"}
+    synth = Synth(gpu_labels)
+    meta = dict(trace.meta)
+    meta["synthesized_sources"] = list(SYNTH_SOURCES)
+    meta["note"] = ("trainer/tuner/actuation/forecast samples synthesized by bench/make_dashboard_trace.py for the "
+                    "dashboard check; replace with a closed-loop recording")
+    writer = TraceWriter(out, meta)
+    latest: dict[tuple[str, Lab], float] = {}
+    t_first = trace.events[0].t
+    for ev in trace.events:
+        if not isinstance(ev, Publish):
+            writer.drop(ev.source, ev.t)
+            continue
+        samples = trace.samples(ev)
+        writer.publish(ev.source, ev.t, samples)
+        for name, lab, v in samples:
+            latest[(name, lab)] = v
+        if ev.source == "gpu":
+            rel = ev.t - t_first
+            made = (synth.trainer(rel, ev.t, latest), synth.tuner(rel), synth.forecast(rel, latest))
+            for source, samples in zip(SYNTH_SOURCES, made, strict=True):
+                writer.publish(source, ev.t, [x for x in samples if (x[0], x[1]) not in recorded])
+    writer.close()
+    print(f"{out}: {writer.samples_written} samples, {writer.bytes_written} bytes", file=sys.stderr)
+    if writer.bytes_written > MAX_BYTES:
+        raise SystemExit(f"{out} is {writer.bytes_written} bytes, over the {MAX_BYTES} byte budget")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--raw", type=Path, help="keep the recorded trace here; if it exists, only re-synthesize from it")
+    p.add_argument("--duration", type=float, default=DURATION_S, help="seconds to record (the scenario spans 120)")
+    args = p.parse_args()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gputuned-dash-") as tmp:
+        work = Path(tmp)
+        raw = args.raw or work / "raw.gttrace"
+        if not raw.exists():
+            record(raw, work, args.duration)
+        synthesize(raw, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""Every panel, variable and alert rule returns data from a real Prometheus scraping a replayed node.
+
+The daemon's store, exporter and replayer serve tests/data/dashboard_node.gttrace on
+loopback (made by bench/make_dashboard_trace.py: a recorded 2-minute run of the simulated
+node with hardware faults, plus synthesized trainer/tuner/forecast series until the closed
+loop can be recorded). The trace is replayed at SPEED x while Prometheus scrapes every
+SCRAPE; a second target nobody listens on stands for a dead daemon. Then every expression
+is run as a range query over the replay, with template variables resolved as Grafana
+would, and the test lists every one that returns no data. Alert rules are loaded into the
+same Prometheus: each must have been pending or firing at some point (its ALERTS series).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from testkit import REPO, Prometheus, free_port
+
+from gputuned.daemon.exporter import MetricsRenderer, MetricsServer
+from gputuned.daemon.replay import Replayer
+from gputuned.daemon.store import Store
+from gputuned.daemon.trace import read_trace
+from gputuned.dashboards.build import all_dashboards
+from gputuned.dashboards.check import PrometheusAPI, check
+from gputuned.dashboards.rules import all_rules, rule_files
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TRACE = REPO / "tests" / "data" / "dashboard_node.gttrace"
+SPEED = 6.0
+SCRAPE = "500ms"
+
+
+@dataclass
+class Replayed:
+    prom: Prometheus
+    api: PrometheusAPI
+    start: float
+    end: float
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
+    import shutil
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus not installed (make test installs Debian's package as root)")
+    trace = read_trace(TRACE)
+    store = Store(0)
+    server = MetricsServer(("127.0.0.1", 0), MetricsRenderer(store))
+    server.start()
+    target = f"127.0.0.1:{server.server_address[1]}"
+    dead = f"127.0.0.1:{free_port()}"
+    prom = Prometheus(tmp_path_factory.mktemp("prom"), [target, dead], scrape_interval=SCRAPE, rule_files=rule_files())
+    api = PrometheusAPI(prom.url)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(t["health"] == "up" for t in prom.targets_up()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        start = time.time()
+        replayer = Replayer(trace, store, SPEED)
+        thread = threading.Thread(target=replayer.run, daemon=True)
+        thread.start()
+        thread.join(timeout=trace.events[-1].t - trace.events[0].t + 30)
+        assert replayer.published == len(trace.events)
+        time.sleep(1.5)  # a few more scrapes and rule evaluations of the final state
+        yield Replayed(prom, api, start, time.time())
+    finally:
+        prom.close()
+        server.stop()
+
+
+def test_trace_is_small_and_marks_its_synthesized_sources() -> None:
+    assert TRACE.stat().st_size < 1 << 20
+    trace = read_trace(TRACE)
+    synthesized = set(trace.meta["synthesized_sources"])
+    assert synthesized == {"synth-trainer", "synth-tuner", "synth-forecast"}
+    sources = {e.source for e in trace.events}
+    assert {"gpu", "host", "infiniband", "peers"} <= sources - synthesized
+
+
+def test_every_panel_variable_and_rule_expression_returns_data(replayed: Replayed) -> None:
+    problems = check(replayed.api, all_dashboards(), all_rules(), replayed.start, replayed.end, step=0.5, rate_interval="3s")
+    listing = "\n".join(f"{e.where}: {why}: {' '.join(e.expr.split())}" for e, why in problems)
+    assert not problems, f"{len(problems)} expressions without data:\n{listing}"
+
+
+def test_prometheus_loaded_exactly_the_rules_we_check(replayed: Replayed) -> None:
+    loaded = replayed.api.rules()
+    assert sorted(r["name"] for r in loaded) == sorted(r.name for r in all_rules())
+    assert all(r["health"] == "ok" for r in loaded), [(r["name"], r.get("lastError")) for r in loaded]
+
+
+def test_every_alert_rule_went_pending_or_firing_during_the_replay(replayed: Replayed) -> None:
+    result: list[dict[str, Any]] = replayed.api.query_range(
+        "count by (alertname) (ALERTS)", replayed.start, replayed.end, 0.5
+    )
+    active = {r["metric"]["alertname"] for r in result}
+    alerts = {r.name for r in all_rules() if r.kind == "alert"}
+    assert alerts - active == set(), f"alerts never active on the faulty trace: {sorted(alerts - active)}"
