@@ -1,0 +1,126 @@
+"""Trainer configuration: a TOML file validated before any training starts."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    kind: Literal["mlp", "cnn"] = "mlp"
+    hidden: int = Field(128, ge=1)
+
+
+class DataConfig(_Section):
+    dataset: Literal["digits"] = "digits"
+    batch_size: int = Field(64, ge=1, description="global batch per optimizer step")
+    batch_mode: Literal["global", "micro"] = "global"
+    min_batch_size: int = Field(1, ge=1)
+    max_batch_size: int = Field(4096, ge=1)
+    prefetch: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class OptimConfig(_Section):
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scaling: Literal["none", "linear", "sqrt", "adascale"] = "linear"
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    accumulation_steps: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+    eval_every_epoch: bool = True
+
+
+class CompressionConfig(_Section):
+    hook: Literal["none", "topk", "int8", "powersgd"] = "none"
+    topk_ratio: float = Field(0.05, gt=0, le=1)
+    powersgd_rank: int = Field(2, ge=1)
+    powersgd_start_iter: int = Field(10, ge=2)
+
+
+class CheckpointConfig(_Section):
+    dir: str | None = None
+    every_steps: int = Field(1000, ge=1)
+    keep: int = Field(3, ge=1)
+    asynchronous: bool = True
+    resume: bool = True
+
+
+class PluginConfig(_Section):
+    enabled: bool = True
+    socket: str = "/run/gputuned/control.sock"
+    job: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    sync_interval: int = Field(10, ge=1)
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    compression: CompressionConfig = CompressionConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    plugin: PluginConfig = PluginConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.data.min_batch_size > self.data.max_batch_size:
+            raise ValueError("data.min_batch_size exceeds data.max_batch_size")
+        if not self.data.min_batch_size <= self.data.batch_size <= self.data.max_batch_size:
+            raise ValueError("data.batch_size outside [data.min_batch_size, data.max_batch_size]")
+        return self
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    return f"{key}: {first['msg']}"
+
+
+def parse_config(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """Validate a config mapping (plus dotted-key overrides); raise ConfigError naming the key."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not isinstance(merged.setdefault(section, {}), dict):
+            raise ConfigError(f"{section}: not a table")
+        merged[section][key] = value
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return parse_config(data, overrides)

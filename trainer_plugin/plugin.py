@@ -1,0 +1,391 @@
+"""The tuning plugin: measures training steps, reports to the daemon, applies its decisions.
+
+Usable from any loop::
+
+    plugin = TrainingPlugin(job="resnet", batch_size=256, on_batch_size=resize)
+    plugin.instrument(ddp_model)                  # comm timing, bytes, gradient norms
+    for x, y in plugin.wrap_loader(loader):       # data-loader wait
+        with plugin.step():
+            loss = ...; scaler.scale(loss).backward(); ...
+            plugin.record(loss=loss, scaler=scaler)
+
+Rank 0 polls decisions and broadcasts them every ``sync_interval`` steps so all ranks switch
+batch size at the same step. Nothing here blocks on the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gputuned.trainer_plugin import compression
+from gputuned.trainer_plugin.client import DEFAULT_SOCKET, DaemonClient
+from gputuned.trainer_plugin.noise_scale import LR_RULES, NoiseScaleEstimator, scaled_lr
+from gputuned.trainer_plugin.profiling import ProfileCapture
+
+logger = logging.getLogger(__name__)
+
+#: Called on every rank with (global_batch, micro_batch, accumulation_steps) before the next step.
+BatchSizeCallback = Callable[[int, int, int], None]
+_NONE, _BATCH, _PROFILE = 0, 1, 2
+
+
+class TrainingPlugin:
+    """Step statistics, daemon reports and synchronised decisions for one rank."""
+
+    def __init__(self, job: str, batch_size: int, socket_path: str = DEFAULT_SOCKET,
+                 batch_mode: str = "global", accumulation_steps: int = 1,
+                 on_batch_size: BatchSizeCallback | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 lr_scaling: str = "none", min_batch_size: int = 1, max_batch_size: int = 1 << 20,
+                 sync_interval: int = 10, connect: bool = True, client: DaemonClient | None = None,
+                 context: dict[str, Any] | None = None) -> None:
+        if lr_scaling not in LR_RULES:
+            raise ValueError(f"lr_scaling: unknown rule {lr_scaling!r} (expected one of {', '.join(LR_RULES)})")
+        if batch_mode not in ("global", "micro"):
+            raise ValueError(f"batch_mode: expected global or micro ({batch_mode!r})")
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.leader = self.rank == 0
+        self.batch_mode = batch_mode
+        self.batch_size = batch_size
+        self.base_batch_size = batch_size
+        self.accumulation_steps = accumulation_steps
+        self.micro_batch_size = batch_size // (self.world_size * accumulation_steps)
+        self.on_batch_size = on_batch_size
+        self.optimizer = optimizer
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups] if optimizer else []
+        self.lr_scaling = lr_scaling
+        self.lr_factor = 1.0
+        self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
+        self.sync_interval = max(1, sync_interval)
+        self.context = dict(context or {})
+        self.noise = NoiseScaleEstimator()
+        self.counters = compression.CommCounters()
+        self.step_count = 0
+        self.samples_total = 0
+        self.overflows_total = 0
+        self.decisions_applied = 0
+        self.decisions_refused = 0
+        self.stop_requested = False
+        self.stop_agreed = False
+        self.client = client
+        if client is None and connect:
+            self.client = DaemonClient(socket_path, job=job, rank=self.rank, world_size=self.world_size,
+                                       leader=self.leader, batch_size=batch_size, batch_mode=batch_mode)
+        self._sync_device = torch.device("cpu")
+        if self.distributed and dist.get_backend() == "nccl":
+            self._sync_device = torch.device("cuda", torch.cuda.current_device())
+        self._profile: ProfileCapture | None = None
+        self._pending_profile: dict[str, Any] | None = None
+        self._pending_ack: dict[str, Any] | None = None
+        self._reset_interval()
+        self._last_report = time.monotonic()
+        self._local_sq: list[torch.Tensor] = []
+        self._global_sq: list[torch.Tensor] = []
+        self._last_hook = 0.0
+        self._last_done = 0.0
+        self._t0 = 0.0
+        self._armed = False
+        self._data_wait = 0.0
+        self._step_samples: int | None = None
+        self._scale_before: torch.Tensor | None = None
+        self._scale_used: torch.Tensor | None = None
+
+    def _reset_interval(self) -> None:
+        self._n = 0
+        self._sum_step = self._sum_data = self._sum_comm = 0.0
+        self._samples = 0
+        self._losses: list[torch.Tensor] = []
+        self._norms: list[tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None, int]] = []
+        self._scale_last: torch.Tensor | None = None
+        self._overflow_flags: list[torch.Tensor] = []
+
+    # -- measurement --------------------------------------------------------------------
+
+    def instrument(self, model: torch.nn.parallel.DistributedDataParallel, hook: str = "none",
+                   **hook_kwargs: Any) -> None:
+        """Register a (possibly compressing) comm hook on a DDP model, timed and counted."""
+        inner, state = compression.make_hook(hook, self.counters, **hook_kwargs)
+        self.context["compression"] = hook
+
+        # DDP checks the hook's annotations at runtime, and postponed (string) annotations
+        # fail that check, so this closure is left unannotated.
+        def timed(_, bucket):  # type: ignore[no-untyped-def]
+            buf = bucket.buffer()
+            self._last_hook = time.perf_counter()
+            self._local_sq.append(torch.dot(buf, buf))
+            fut = inner(state, bucket)
+
+            def done(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+                out = f.value()
+                self._last_done = time.perf_counter()
+                self._global_sq.append(torch.dot(out, out))
+                return out
+
+            return fut.then(done)
+
+        model.register_comm_hook(None, timed)
+
+    def wrap_loader(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """Yield from a loader, counting the time spent waiting for each batch."""
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self._data_wait += time.perf_counter() - t
+            yield item
+
+    def add_data_wait(self, seconds: float) -> None:
+        """Add data-loader wait measured by the caller for the coming step."""
+        self._data_wait += seconds
+
+    def __enter__(self) -> TrainingPlugin:
+        return self if self._armed else self.step()
+
+    def step(self, samples: int | None = None) -> TrainingPlugin:
+        """Start timing a step (use as ``with plugin.step(): ...``); samples defaults to the global batch."""
+        self._t0 = time.perf_counter()
+        self._armed = True
+        self._step_samples = samples
+        if self._pending_profile is not None and self._profile is None:
+            d = self._pending_profile
+            self._pending_profile = None
+            self._profile = ProfileCapture(d["id"], d["profile_steps"])
+        return self
+
+    def record(self, loss: torch.Tensor | float | None = None, scaler: Any = None) -> None:
+        """Record this step's loss (tensor, no sync) and loss-scaler state (after scaler.update())."""
+        if loss is not None:
+            self._losses.append(loss.detach().float().reshape(()) if isinstance(loss, torch.Tensor)
+                                else torch.tensor(float(loss)))
+        if scaler is not None and scaler.is_enabled():
+            scale = getattr(scaler, "_scale", None)
+            scale = scale.detach().clone() if isinstance(scale, torch.Tensor) else torch.tensor(scaler.get_scale())
+            before = self._scale_before
+            if before is None and isinstance(getattr(scaler, "_init_scale", None), float):
+                before = torch.tensor(scaler._init_scale, device=scale.device)
+            if before is not None:
+                self._overflow_flags.append(scale < before.to(scale.device))
+            self._scale_used = before
+            self._scale_before = scale
+            self._scale_last = scale
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if exc_type is None:
+            self.end_step()
+
+    def end_step(self) -> None:
+        """Close the step: aggregate, maybe report, and at sync points poll/broadcast decisions."""
+        now = time.perf_counter()
+        self._armed = False
+        step_time = now - self._t0
+        comm = max(0.0, self._last_done - self._last_hook) if self._local_sq else 0.0
+        samples = self._step_samples if self._step_samples is not None else self.batch_size
+        self._n += 1
+        self._sum_step += step_time
+        self._sum_data += self._data_wait
+        self._sum_comm += comm
+        self._samples += samples
+        self.samples_total += samples
+        if self._local_sq:
+            used = self._scale_used
+            self._norms.append((self._local_sq, self._global_sq, used, self.batch_size))
+            self._local_sq, self._global_sq = [], []
+        if self._profile is not None and self._profile.add_step(step_time, self._data_wait, comm):
+            self._finish_profile()
+        self._data_wait = 0.0
+        self.step_count += 1
+        if self.step_count % self.sync_interval == 0:
+            self._sync_decisions()
+        if time.monotonic() - self._last_report >= (self.client.report_interval_s if self.client else 1.0):
+            self._report()
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def _report(self) -> None:
+        self._last_report = time.monotonic()
+        stats = self.interval_stats()
+        if self.client is not None and self.client.connected:
+            self.client.report(self.step_count, stats.pop("steps", 0), stats)
+        self._reset_interval()
+
+    def interval_stats(self) -> dict[str, Any]:
+        """Means over the steps since the last report, in the protocol's stat names."""
+        n = max(self._n, 1)
+        stats: dict[str, Any] = {"steps": self._n}
+        if self._n:
+            stats.update(step_time_s=self._sum_step / n, data_wait_s=self._sum_data / n,
+                         comm_time_s=self._sum_comm / n,
+                         compute_time_s=max(0.0, (self._sum_step - self._sum_data - self._sum_comm) / n),
+                         samples_per_s=self._samples / self._sum_step if self._sum_step > 0 else 0.0)
+        if self._losses:
+            stats["loss"] = float(torch.stack(self._losses).mean())
+        if self._overflow_flags:
+            self.overflows_total += int(torch.stack(self._overflow_flags).sum())
+        if self._scale_last is not None:
+            stats["loss_scale"] = float(self._scale_last)
+        self._fold_norms(stats)
+        stats.update(overflows_total=self.overflows_total, batch_size=self.batch_size,
+                     micro_batch_size=self.micro_batch_size, accumulation_steps=self.accumulation_steps,
+                     samples_total=self.samples_total, comm_bytes_total=self.counters.bytes_sent,
+                     comm_bytes_uncompressed_total=self.counters.bytes_uncompressed)
+        if "samples_per_s" in stats:
+            eff = self.noise.efficiency(self.batch_size, self.base_batch_size)
+            stats["goodput"] = stats["samples_per_s"] * eff
+        return stats
+
+    def _fold_norms(self, stats: dict[str, Any]) -> None:
+        small_sum = big_sum = 0.0
+        count = 0
+        for local, glob, scale, batch in self._norms:
+            if len(local) != len(glob):
+                continue
+            inv = 1.0 / float(scale) ** 2 if scale is not None else 1.0
+            small = float(torch.stack(local).sum()) * inv
+            big = float(torch.stack(glob).sum()) * inv
+            if not (math.isfinite(small) and math.isfinite(big)):
+                continue
+            small_sum += small
+            big_sum += big
+            count += 1
+            batch_used = batch
+        if not count:
+            return
+        stats["grad_norm"] = math.sqrt(big_sum / count)
+        if self.world_size > 1:
+            self.noise.update(small_sum / count, batch_used / self.world_size, big_sum / count, batch_used)
+            if self.noise.noise_scale is not None:
+                stats["grad_noise_scale"] = self.noise.noise_scale
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def _sync_decisions(self) -> None:
+        kind, value = _NONE, 0
+        decision = None
+        if self.leader and self.client is not None:
+            decision = self.client.poll_decision()
+            if decision is not None:
+                kind, value = self._vet(decision)
+        if self.lr_scaling == "adascale" and self.batch_mode == "global":
+            self.lr_factor = self.noise.adascale_gain(self.batch_size, self.base_batch_size)
+        factor = self.lr_factor
+        stop = 1.0 if self.stop_requested else 0.0
+        if self.distributed and self.world_size > 1:
+            # Non-leaders send zeros for the decision fields, so a sum carries rank 0's decision
+            # and LR factor plus how many ranks want to stop, in one small collective.
+            row = [float(kind), float(value), factor] if self.leader else [0.0, 0.0, 0.0]
+            msg = torch.tensor([*row, stop], dtype=torch.float64, device=self._sync_device)
+            dist.all_reduce(msg)
+            kind, value, factor, stop = int(msg[0].item()), int(msg[1].item()), float(msg[2].item()), float(msg[3].item())
+        self.lr_factor = factor
+        self.stop_agreed = stop > 0
+        if kind == _BATCH:
+            self._apply_batch(value)
+            if decision is not None and self.client is not None:
+                self.client.ack(decision["id"], True, applied_step=self.step_count)
+        elif kind == _PROFILE and decision is not None:
+            self._pending_profile = decision
+        self._set_lr()
+
+    def request_stop(self) -> None:
+        """Ask all ranks to stop together at the next sync point (e.g. on SIGTERM)."""
+        self.stop_requested = True
+
+    def overflow_count(self) -> int:
+        """Overflows (loss-scale backoffs) so far, including those not yet reported."""
+        pending = int(torch.stack(self._overflow_flags).sum()) if self._overflow_flags else 0
+        return self.overflows_total + pending
+
+    def _vet(self, decision: dict[str, Any]) -> tuple[int, int]:
+        """Check a decision on the leader; refuse (ack ok=false) what cannot be applied."""
+        if "profile_steps" in decision:
+            if self._profile is not None or self._pending_profile is not None:
+                return self._refuse(decision, "a profile capture is already running")
+            return _PROFILE, min(int(decision["profile_steps"]), 1000)
+        size = int(decision["batch_size"])
+        if self.batch_mode == "global":
+            if not self.min_batch_size <= size <= self.max_batch_size:
+                return self._refuse(decision, f"batch_size {size} outside [{self.min_batch_size}, {self.max_batch_size}]")
+            if size % (self.world_size * self.accumulation_steps):
+                return self._refuse(decision, f"batch_size {size} not divisible by world_size x accumulation "
+                                              f"({self.world_size * self.accumulation_steps})")
+        elif size < 1 or self.batch_size % (size * self.world_size):
+            return self._refuse(decision, f"micro batch_size {size} does not divide the global batch "
+                                          f"{self.batch_size} over {self.world_size} ranks")
+        return _BATCH, size
+
+    def _refuse(self, decision: dict[str, Any], why: str) -> tuple[int, int]:
+        self.decisions_refused += 1
+        logger.warning("refusing decision %s: %s", decision["id"], why)
+        if self.client is not None:
+            self.client.ack(decision["id"], False, error=why)
+        return _NONE, 0
+
+    def _apply_batch(self, size: int) -> None:
+        if self.batch_mode == "global":
+            self.batch_size = size
+            self.micro_batch_size = size // (self.world_size * self.accumulation_steps)
+            if self.lr_scaling != "adascale":
+                self.lr_factor = scaled_lr(self.lr_scaling, 1.0, size, self.base_batch_size, self.noise)
+        else:
+            self.micro_batch_size = size
+            self.accumulation_steps = self.batch_size // (size * self.world_size)
+        self.decisions_applied += 1
+        logger.info("batch size now %d (micro %d x %d accumulation) from step %d", self.batch_size,
+                    self.micro_batch_size, self.accumulation_steps, self.step_count)
+        if self.on_batch_size is not None:
+            self.on_batch_size(self.batch_size, self.micro_batch_size, self.accumulation_steps)
+
+    def _set_lr(self) -> None:
+        if self.optimizer is not None:
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                group["lr"] = base * self.lr_factor
+
+    def _finish_profile(self) -> None:
+        capture, self._profile = self._profile, None
+        assert capture is not None
+        summary = capture.finish(self.context)
+        logger.info("profile %s: %s", capture.decision_id, summary["suggestions"])
+        self.last_profile = summary
+        if self.client is not None:
+            self.client.profile_result(capture.decision_id, summary)
+            self.client.ack(capture.decision_id, True, applied_step=self.step_count)
+
+    # -- state --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep to resume with the same batch size and LR factor."""
+        return {"batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size,
+                "accumulation_steps": self.accumulation_steps, "lr_factor": self.lr_factor,
+                "step_count": self.step_count, "samples_total": self.samples_total,
+                "overflows_total": self.overflows_total,
+                "noise": (self.noise.g2, self.noise.s)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.batch_size = int(state["batch_size"])
+        self.micro_batch_size = int(state["micro_batch_size"])
+        self.accumulation_steps = int(state["accumulation_steps"])
+        self.lr_factor = float(state["lr_factor"])
+        self.step_count = int(state["step_count"])
+        self.samples_total = int(state["samples_total"])
+        self.overflows_total = int(state["overflows_total"])
+        self.noise.g2, self.noise.s = state["noise"]
+        self._set_lr()
+
+    def close(self) -> None:
+        """Send a last report and close the daemon connection."""
+        if self._n:
+            self._report()
+        if self.client is not None:
+            self.client.close()

@@ -1,0 +1,138 @@
+"""Scripted distributed runs proving the trainer's properties; each rank writes a JSON result.
+
+Run with ``torchrun --nproc-per-node 2 -m gputuned.trainer_plugin.scenarios NAME OUT.json [CONFIG]``;
+tests and bench/ scripts read ``OUT.json.rank<r>``. Faults are injected through the trainer's
+callbacks (a loss made infinite on one rank, a SIGKILL half-way through a checkpoint write).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gputuned.trainer_plugin.config import Config, load_config, parse_config
+from gputuned.trainer_plugin.trainer import Callbacks, Trainer
+
+logger = logging.getLogger(__name__)
+
+#: Settings of the example task used by every scenario unless a config file is given.
+BASE: dict[str, Any] = {
+    "train": {"epochs": 12, "log_every": 1000},
+    "data": {"batch_size": 64},
+    "optim": {"lr": 0.1, "lr_scaling": "none"},
+    "plugin": {"enabled": False},
+}
+
+
+def _config(path: str | None, overrides: dict[str, Any]) -> Config:
+    if path:
+        return load_config(path, overrides)
+    return parse_config(BASE, overrides)
+
+
+def compression(cfg_path: str | None) -> dict[str, Any]:
+    """Train the example once per hook in one process group; accuracy and bytes per hook."""
+    out: dict[str, Any] = {}
+    for hook in ("none", "topk", "int8", "powersgd"):
+        trainer = Trainer(_config(cfg_path, {"compression.hook": hook}))
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        c = trainer.plugin.counters
+        out[hook] = {"accuracy": result.test_accuracy, "loss": result.test_loss, "steps": result.steps,
+                     "seconds": time.perf_counter() - t0, "bytes_sent": c.bytes_sent,
+                     "bytes_uncompressed": c.bytes_uncompressed}
+        trainer.close()
+    return out
+
+
+def overflow(cfg_path: str | None) -> dict[str, Any]:
+    """fp16 with a loss scaler; rank 1's loss becomes inf at step 5: all ranks must skip it."""
+    seen: dict[str, Any] = {"scales": [], "param_sums": []}
+
+    def on_loss(tr: Trainer, loss: torch.Tensor) -> torch.Tensor:
+        if tr.step == 5 and tr.rank == 1:
+            return loss * float("inf")
+        return loss
+
+    def on_step_end(tr: Trainer) -> None:
+        seen["scales"].append(tr.scaler.get_scale())
+        seen["param_sums"].append(float(sum(p.double().sum() for p in tr.model.parameters())))
+
+    trainer = Trainer(_config(cfg_path, {"train.precision": "fp16", "train.max_steps": 10,
+                                         "optim.momentum": 0.0}),
+                      Callbacks(on_loss=on_loss, on_step_end=on_step_end))
+    result = trainer.fit()
+    trainer.close()
+    return {**seen, "overflows": result.overflows, "precision": trainer.precision}
+
+
+def batch_switch(cfg_path: str | None) -> dict[str, Any]:
+    """A daemon's batch-size decision mid-epoch; the log of indices each rank trained on."""
+    def slow(tr: Trainer) -> None:
+        if tr.epoch == 0:
+            time.sleep(0.02)  # leave time for reports and the decision to travel within epoch 0
+
+    trainer = Trainer(_config(cfg_path, {"train.epochs": 2, "plugin.sync_interval": 4}),
+                      Callbacks(on_step_end=slow), record_batches=True)
+    result = trainer.fit()
+    trainer.close()
+    return {"batch_log": result.batch_log, "applied": trainer.plugin.decisions_applied,
+            "refused": trainer.plugin.decisions_refused, "lr_factor": trainer.plugin.lr_factor,
+            "num_samples": len(trainer.y_train), "accuracy": result.test_accuracy}
+
+
+def resume(cfg_path: str | None) -> dict[str, Any]:
+    """Train with checkpoints; env GPUTUNED_KILL_AT_STEP makes rank 0 SIGKILL itself mid-write.
+
+    The kill fires only in the first attempt (TORCHELASTIC_RESTART_COUNT 0), so torchrun's
+    restart resumes from the last complete checkpoint.
+    """
+    kill_at = int(os.environ.get("GPUTUNED_KILL_AT_STEP", "-1"))
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    holder: dict[str, Trainer] = {}
+
+    def partial(tmp: Path, written: int) -> None:
+        if holder["t"].step == kill_at and attempt == 0:
+            logger.warning("fault injection: SIGKILL rank 0 with %s half written (%d bytes)", tmp, written)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    cfg = _config(cfg_path, {})
+    trainer = Trainer(cfg, Callbacks(on_partial_checkpoint=partial))
+    holder["t"] = trainer
+    result = trainer.fit()
+    trainer.close()
+    return {"accuracy": result.test_accuracy, "loss": result.test_loss, "steps": result.steps,
+            "attempt": attempt, "resumed_checkpoints": trainer.ckpt.written if trainer.ckpt else 0}
+
+
+SCENARIOS = {"compression": compression, "overflow": overflow, "batch_switch": batch_switch, "resume": resume}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one scenario; write its result to OUT.rank<r>."""
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=os.environ.get("GPUTUNED_LOG", "WARNING"),
+                        format="%(asctime)s rank" + os.environ.get("RANK", "0") + " %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    name, out = args[0], args[1]
+    cfg_path = args[2] if len(args) > 2 else None
+    result = SCENARIOS[name](cfg_path)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    Path(f"{out}.rank{rank}").write_text(json.dumps(result))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""The data-parallel mixed-precision trainer (run under torchrun; gloo on CPU, NCCL on GPUs)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gputuned.trainer_plugin.checkpoint import CheckpointManager, PartialWriteHook
+from gputuned.trainer_plugin.config import Config, ConfigError
+from gputuned.trainer_plugin.data import Prefetcher, ResizableBatchSampler, load_digits
+from gputuned.trainer_plugin.models import build_model
+from gputuned.trainer_plugin.plugin import TrainingPlugin
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Callbacks:
+    """Optional hooks into the loop (tests use them to script faults and observe steps)."""
+
+    on_loss: Callable[[Trainer, torch.Tensor], torch.Tensor] | None = None
+    on_step_end: Callable[[Trainer], None] | None = None
+    on_partial_checkpoint: PartialWriteHook | None = None
+
+
+@dataclass
+class Result:
+    """What a finished run reports."""
+
+    steps: int
+    epochs: int
+    test_accuracy: float
+    test_loss: float
+    overflows: int
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+    batch_log: list[tuple[int, int, list[int]]] = field(default_factory=list)
+
+
+def init_distributed() -> bool:
+    """Initialise the process group from torchrun's environment (once); True if distributed."""
+    if dist.is_initialized():
+        return True
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """Pick fp32/fp16/bf16 from the config and the hardware; enable TF32 on Ampere and later."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if requested == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision: bf16 is not supported by this GPU")
+    return requested
+
+
+class Trainer:
+    """DDP training of a config's model with AMP, compression hooks, checkpoints and the plugin."""
+
+    def __init__(self, config: Config, callbacks: Callbacks | None = None, record_batches: bool = False) -> None:
+        self.cfg = config
+        self.cb = callbacks or Callbacks()
+        self.record_batches = record_batches
+        self.distributed = init_distributed()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        want_cuda = config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda", torch.cuda.current_device()) if want_cuda else torch.device("cpu")
+        self.precision = resolve_precision(config.train.precision, self.device)
+        d = config.data
+        accum = config.train.accumulation_steps
+        if d.batch_size % (self.world * accum):
+            raise ConfigError(f"data.batch_size: {d.batch_size} not divisible by world size x "
+                              f"train.accumulation_steps ({self.world * accum})")
+        torch.manual_seed(config.train.seed)
+        self.x_train, self.y_train, self.x_test, self.y_test = load_digits(d.seed)
+        self.model = build_model(config.model).to(self.device)
+        self.ddp = DDP(self.model) if self.distributed else None
+        self.net = self.ddp or self.model
+        o = config.optim
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                         weight_decay=o.weight_decay)
+        self.samples_seen = 0
+        self.total_samples = config.train.epochs * len(self.y_train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        self.accumulation = accum
+        self.sampler = ResizableBatchSampler(len(self.y_train), d.batch_size, self.rank, self.world, seed=d.seed)
+        tensors = (self.x_train, self.y_train)
+        if record_batches:  # carry each sample's index so tests can check coverage
+            tensors = (*tensors, torch.arange(len(self.y_train)))
+        self.prefetcher = Prefetcher(self.sampler, tensors, self.device, depth=d.prefetch)
+        p = config.plugin
+        job = p.job or f"gputuned-train-{os.environ.get('TORCHELASTIC_RUN_ID', os.getpid())}"[:128]
+        self.plugin = TrainingPlugin(
+            job=job, batch_size=d.batch_size, socket_path=p.socket, batch_mode=d.batch_mode,
+            accumulation_steps=accum, on_batch_size=self._on_batch_size, lr_scaling=o.lr_scaling,
+            min_batch_size=d.min_batch_size, max_batch_size=d.max_batch_size, sync_interval=p.sync_interval,
+            connect=p.enabled and os.path.exists(os.path.dirname(p.socket) or "."),
+            context={"precision": self.precision, "device": self.device.type})
+        if self.ddp is not None:
+            c = config.compression
+            kw: dict[str, Any] = {"topk_ratio": c.topk_ratio} if c.hook == "topk" else {}
+            if c.hook == "powersgd":
+                kw = {"powersgd_rank": c.powersgd_rank, "powersgd_start_iter": c.powersgd_start_iter}
+            self.plugin.instrument(self.ddp, c.hook, **kw)
+        ck = config.checkpoint
+        self.ckpt = (CheckpointManager(ck.dir, keep=ck.keep, asynchronous=ck.asynchronous,
+                                       on_partial_write=self.cb.on_partial_checkpoint) if ck.dir else None)
+        self.step = 0
+        self.epoch = 0
+        self._sigterm = False
+        self.batch_log: list[tuple[int, int, list[int]]] = []
+
+    # -- schedule and decisions ------------------------------------------------------------
+
+    def _lr_lambda(self, _: int) -> float:
+        o = self.cfg.optim
+        base = 1.0
+        if o.warmup_steps and self.step < o.warmup_steps:
+            base = (self.step + 1) / o.warmup_steps
+        if o.schedule == "cosine":
+            base *= 0.5 * (1 + math.cos(math.pi * min(1.0, self.samples_seen / self.total_samples)))
+        plugin = getattr(self, "plugin", None)
+        return base * (plugin.lr_factor if plugin is not None else 1.0)
+
+    def _on_batch_size(self, global_batch: int, micro: int, accumulation: int) -> None:
+        self.accumulation = accumulation
+        self.prefetcher.rewind(global_batch)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _rng_state(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs (RNG states of every rank included)."""
+        rngs: list[Any] = [None] * self.world
+        if self.distributed:
+            dist.all_gather_object(rngs, self._rng_state())
+        else:
+            rngs = [self._rng_state()]
+        return {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "sampler": self.prefetcher.consumed_state, "accumulation": self.accumulation,
+                "plugin": self.plugin.state_dict(), "rng": rngs, "world_size": self.world}
+
+    def save_checkpoint(self) -> None:
+        """Collective: gather RNG states, then rank 0 writes (asynchronously by config)."""
+        state = self.state_dict()
+        if self.ckpt is not None and self.rank == 0:
+            self.ckpt.save(self.step, state)
+
+    def _resume(self) -> bool:
+        if self.ckpt is None or not self.cfg.checkpoint.resume:
+            return False
+        chosen: list[Any] = [None]
+        if self.rank == 0:
+            self.ckpt.clean_temporaries()
+            found = self.ckpt.latest()
+            chosen = [str(self.ckpt.path_for(found[0])) if found else None]
+        if self.distributed:
+            dist.broadcast_object_list(chosen, src=0)
+        if chosen[0] is None:
+            return False
+        st = CheckpointManager.read(self.ckpt.path_for(int(os.path.basename(chosen[0])[5:14])))
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.plugin.load_state_dict(st["plugin"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.step, self.epoch, self.samples_seen = st["step"], st["epoch"], st["samples_seen"]
+        self.accumulation = st["accumulation"]
+        self.sampler.load_state_dict(st["sampler"])
+        self.prefetcher.consumed_state = self.sampler.state_dict()
+        rng = st["rng"][self.rank] if st["world_size"] == self.world else st["rng"][0]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        logger.info("rank %d resumed from %s at step %d", self.rank, chosen[0], self.step)
+        return True
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _train_step(self, parts: list[torch.Tensor], global_n: int) -> torch.Tensor:
+        x, y = parts[0], parts[1]
+        chunks = list(zip(torch.tensor_split(x, self.accumulation), torch.tensor_split(y, self.accumulation),
+                          strict=True))
+        total = torch.zeros((), device=self.device)
+        for i, (xc, yc) in enumerate(chunks):
+            sync = i == len(chunks) - 1 or self.ddp is None
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()  # type: ignore[union-attr]
+            with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                     enabled=self.amp_dtype is not None):
+                out = self.net(xc)
+                # sum over local samples scaled so DDP's average is the exact global-batch mean
+                loss = F.cross_entropy(out.float(), yc, reduction="sum") * (self.world / global_n)
+            if self.cb.on_loss is not None:
+                loss = self.cb.on_loss(self, loss)
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.samples_seen += global_n
+        self.scheduler.step()
+        return total
+
+    def evaluate(self) -> tuple[float, float]:
+        """Accuracy and mean loss on the held-out digits."""
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(self.x_test.to(self.device)).float()
+            y = self.y_test.to(self.device)
+            loss = float(F.cross_entropy(out, y))
+            acc = float((out.argmax(1) == y).float().mean())
+        self.model.train()
+        return acc, loss
+
+    def fit(self) -> Result:
+        """Train to the configured epochs or steps; checkpoint; stop cleanly on SIGTERM."""
+        resumed = self._resume()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        history: list[dict[str, float]] = []
+        tc = self.cfg.train
+        stopped = False
+        self.prefetcher.start()
+        logger.info("rank %d/%d training on %s in %s (resumed: %s)", self.rank, self.world, self.device,
+                    self.precision, resumed)
+        while self.epoch < tc.epochs and not stopped:
+            while True:
+                if tc.max_steps is not None and self.step >= tc.max_steps:
+                    stopped = True
+                    break
+                t = _now()
+                item = self.prefetcher.next()
+                self.plugin.add_data_wait(_now() - t)
+                if item is None:
+                    break
+                parts, global_n = item
+                if self.record_batches:
+                    self.batch_log.append((self.step, global_n, parts[2].tolist()))
+                with self.plugin.step(samples=global_n):
+                    loss = self._train_step(parts, global_n)
+                    self.plugin.record(loss=loss, scaler=self.scaler)
+                self.step += 1
+                if self.rank == 0 and self.step % tc.log_every == 0:
+                    logger.info("step %d loss %.4f lr %.4g batch %d", self.step, float(loss),
+                                self.optimizer.param_groups[0]["lr"], self.plugin.batch_size)
+                if self.cb.on_step_end is not None:
+                    self.cb.on_step_end(self)
+                if self._sigterm:
+                    self.plugin.request_stop()
+                if self.plugin.stop_agreed or (self._sigterm and self.world == 1):
+                    logger.info("rank %d: stop requested (SIGTERM); checkpointing at step %d", self.rank, self.step)
+                    self.save_checkpoint()
+                    stopped = True
+                    break
+                if self.ckpt is not None and self.step % self.cfg.checkpoint.every_steps == 0:
+                    self.save_checkpoint()
+            if stopped:
+                break
+            acc, tloss = self.evaluate()
+            history.append({"epoch": self.epoch, "step": self.step, "test_accuracy": acc, "test_loss": tloss})
+            if self.rank == 0 and tc.eval_every_epoch:
+                logger.info("epoch %d step %d test accuracy %.4f loss %.4f", self.epoch, self.step, acc, tloss)
+            self.epoch += 1
+            self.prefetcher.stop()
+            self.sampler.new_epoch()
+            self.prefetcher.consumed_state = self.sampler.state_dict()
+            self.prefetcher.start()
+        self.prefetcher.stop()
+        if self.ckpt is not None:
+            self.ckpt.wait()
+        acc, tloss = self.evaluate()
+        return Result(self.step, self.epoch, acc, tloss, self.plugin.overflow_count(), stopped and self._sigterm,
+                      history, self.batch_log)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._sigterm = True
+
+    def close(self) -> None:
+        """Close the plugin's connection (the process group is left to the caller)."""
+        self.plugin.close()
+
+
+_now = time.perf_counter
