@@ -14,6 +14,7 @@ and the daemon goes on with ``open_nvml("sim")`` like on a real host.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ def build_sim_node(
 ) -> PhysicsBackend:
     """A physics-backed simulated node, synced to time 0; writes the scenario's label file.
 
+    The label file goes to ``labels_path``, by default ``<tmp>/gputuned-sim-<scenario>-labels.json``
+    (its path is kept in ``backend.labels_path``).
+
     ``workload`` names a shipped workload or a TOML path (None: GPUs idle); ``scenario``
     a shipped scenario, a TOML path or a :class:`Scenario`; ``nodes`` how many identical
     nodes the data-parallel job spans (only this one is simulated in detail).
@@ -82,7 +86,11 @@ def build_sim_node(
         privileged=privileged, seed=seed,
     )
     backend.sync()
-    if scen is not None and labels_path is not None:
+    if scen is not None:
+        if labels_path is None:
+            labels_path = Path(tempfile.gettempdir()) / f"gputuned-sim-{scen.name}-labels.json"
         origin = time.time() - backend.clock.now()
         scen.write_labels(labels_path, gpus, origin_unix=origin)
+        logger.info("scenario %s: ground-truth labels in %s", scen.name, labels_path)
+    backend.labels_path = Path(labels_path) if scen is not None and labels_path is not None else None
     return backend

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
+from typing import Any
 
 from gputuned.collectors.device import ClockEventReason as R
 from gputuned.collectors.sim.gpu_model import (
@@ -80,6 +82,7 @@ class PhysicsBackend:
         self._ecc_dbe = [0.0] * n
         self.leak_bytes = [0.0] * n
         self._t: float | None = None
+        self.labels_path: Path | None = None  # where build_sim_node wrote the scenario labels
         self.job_faults = JobFaults()
         self.peers = peers if peers is not None else [f"node-{i}" for i in range(1, max(2, job.nodes if job else 2))]
         self.base_rtt_s = job.base_rtt_s if job else 5.0e-5
@@ -300,3 +303,10 @@ class PhysicsBackend:
 def pcie_bandwidth(gen: int) -> float:
     """Effective x16 PCIe bandwidth per direction for a generation (bytes/s)."""
     return PCIE_BANDWIDTH.get(gen, 12.0e9)
+
+
+def build_sim_node(*args: Any, **kwargs: Any) -> PhysicsBackend:
+    """Same as :func:`gputuned.collectors.sim.node.build_sim_node` (kept here for callers)."""
+    from gputuned.collectors.sim.node import build_sim_node as build
+
+    return build(*args, **kwargs)

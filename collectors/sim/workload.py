@@ -29,6 +29,21 @@ logger = logging.getLogger(__name__)
 
 _PKG = "gputuned.collectors.sim"
 
+#: Short names accepted for shipped workloads.
+WORKLOAD_ALIASES = {
+    "resnet50": "imagenet-resnet50",
+    "shufflenet": "cifar100-shufflenetv2",
+    "shufflenetv2": "cifar100-shufflenetv2",
+    "bert": "squad-bert",
+    "squad": "squad-bert",
+    "deepspeech2": "librispeech-deepspeech2",
+    "ncf": "movielens-ncf",
+    "sentiment140": "sentiment140-bert",
+    "gpt2": "gpt2-small-openwebtext",
+    "dlrm": "dlrm-criteo",
+    "vit": "vit-b16-imagenet",
+}
+
 
 @dataclass(frozen=True)
 class StepTiming:
@@ -240,6 +255,7 @@ def load_workload(name: str | Path) -> Workload:
     if path.suffix == ".toml" and path.exists():
         text, where = path.read_text(), str(path)
     else:
+        name = WORKLOAD_ALIASES.get(str(name), str(name))
         res = resources.files(_PKG) / "workloads" / f"{name}.toml"
         if not res.is_file():
             raise ValueError(f"unknown workload {str(name)!r}; known: {', '.join(available_workloads())}")
