@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "tests" / "data" / "dashboard_node.gttrace"
@@ -168,7 +169,7 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
     (work / "scenario.toml").write_text(scenario_toml(scenario()))
     t0 = time.monotonic()
     fake = FakeSysfs(work, t0)
-    cfg = {
+    cfg: dict[str, dict[str, Any]] = {
         "daemon": {"interval_seconds": 1.0},
         "gpu": {"backend": "sim"},
         "sim": {"script": str(work / "scenario.toml"), "gpus": GPUS},
@@ -188,7 +189,14 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
                 lines += [f"[{section}.{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
     (work / "gputuned.toml").write_text("\n".join(lines) + "\n")
     fake.start()
-    accept = threading.Thread(target=lambda: [listener.accept()[0].close() for _ in iter(int, 1)], daemon=True)
+    def accept_forever() -> None:
+        while True:
+            try:
+                listener.accept()[0].close()
+            except OSError:
+                return
+
+    accept = threading.Thread(target=accept_forever, daemon=True)
     accept.start()
     try:
         subprocess.run(

@@ -54,13 +54,13 @@ def _check(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"gputuned: --prometheus {args.prometheus}: {e}", file=sys.stderr)
         return 2
-    for e, why in problems:
-        print(f"{e.where}: {why}: {' '.join(e.expr.split())}")
+    for expr, why in problems:
+        print(f"{expr.where}: {why}: {' '.join(expr.expr.split())}")
     print(f"{len(problems)} expressions without data", file=sys.stderr)
     return 1 if problems else 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dashboards", help="Grafana dashboards and provisioning files")
     dsub = p.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
     b = dsub.add_parser("build", help="write the dashboards' JSON and Grafana provisioning files")

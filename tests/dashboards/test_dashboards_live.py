@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 from testkit import REPO, Prometheus, free_port
 
+from gputuned.daemon.cli import main
 from gputuned.daemon.exporter import MetricsRenderer, MetricsServer
 from gputuned.daemon.replay import Replayer
 from gputuned.daemon.store import Store
 from gputuned.daemon.trace import read_trace
 from gputuned.dashboards.build import all_dashboards
 from gputuned.dashboards.check import PrometheusAPI, check
-from gputuned.dashboards.rules import all_rules, rule_files
+from gputuned.dashboards.rules import Rule, all_rules, rule_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -103,3 +104,21 @@ def test_every_alert_rule_went_pending_or_firing_during_the_replay(replayed: Rep
     active = {r["metric"]["alertname"] for r in result}
     alerts = {r.name for r in all_rules() if r.kind == "alert"}
     assert alerts - active == set(), f"alerts never active on the faulty trace: {sorted(alerts - active)}"
+
+
+def test_check_lists_expressions_without_data_or_with_errors(replayed: Replayed) -> None:
+    rules = [
+        Rule("x.yml", "alert", "NoSuchGPU", 'gputuned_gpu_up{gpu="99"} == 0'),
+        Rule("x.yml", "alert", "Broken", "gputuned_gpu_up == (0"),
+        Rule("x.yml", "alert", "Fine", "gputuned_gpu_up == 0"),
+    ]
+    problems = check(replayed.api, {}, rules, replayed.start, replayed.end, step=0.5)
+    assert [(e.where, why.split(":")[0]) for e, why in problems] == [("x.yml: NoSuchGPU", "no data"), ("x.yml: Broken", "bad_data")]
+
+
+def test_cli_check_passes_against_the_live_prometheus(replayed: Replayed, capsys: pytest.CaptureFixture[str]) -> None:
+    since = time.time() - replayed.start + 1
+    args = ["dashboards", "check", "--prometheus", replayed.prom.url, "--since", f"{since:.0f}", "--rate-interval", "3s"]
+    assert main(args) == 0, capsys.readouterr().out
+    assert "0 expressions without data" in capsys.readouterr().err
+    assert main(["dashboards", "check", "--prometheus", "http://127.0.0.1:1", "--since", "60"]) == 2
