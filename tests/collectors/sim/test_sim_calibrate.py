@@ -1,0 +1,56 @@
+"""The calibration command is repeatable and fits the Zeus traces on held-out rows."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gputuned.collectors.sim.calibrate import fit_noise_scale
+from gputuned.collectors.sim.workload import load_calibration, load_workload
+from gputuned.daemon.cli import main
+
+CANDIDATES = [
+    Path(str(resources.files("gputuned.tuner") / "data" / "zeus-nsdi23")),
+    Path("/work/shared/data/zeus-nsdi23"),
+]
+DATA = next((p for p in CANDIDATES if (p / "summary_power_a40.csv").is_file()), None)
+
+
+@pytest.mark.skipif(DATA is None, reason="Zeus traces not present")
+def test_calibrate_command_reproduces_shipped_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cal.json"
+    assert main(["sim", "calibrate", "--data", str(DATA), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    shipped = load_calibration()
+    assert set(doc["gpus"]) == {"a40", "quadro-rtx-6000", "p100-pcie-16gb"}
+    for gpu, err in doc["errors"].items():
+        assert err["heldout_rows"] > 40
+        assert err["epoch_time_median"] < 0.05 and err["power_median"] < 0.05, gpu
+        assert err["epoch_time_median"] == pytest.approx(shipped["errors"][gpu]["epoch_time_median"])
+    assert doc["gpus"] == shipped["gpus"]
+    assert "time median" in capsys.readouterr().out
+
+
+def test_calibrate_rejects_bad_data_dir(tmp_path: Path) -> None:
+    assert main(["sim", "calibrate", "--data", str(tmp_path / "nope")]) == 2
+    assert main(["sim", "calibrate", "--data", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_noise_scale_fit_recovers_pollux_curve(tmp_path: Path) -> None:
+    wl = load_workload("imagenet-resnet50")
+    bn_true, e0 = 700.0, 20.0
+    lines = ["dataset,network,batch_size,optimizer,learning_rate,run,target_metric,target_epoch"]
+    for b in (64, 128, 256, 512, 1024, 2048):
+        epochs = e0 * (bn_true + b) / (bn_true + wl.default_batch_size)
+        for run in range(3):
+            lines.append(f"imagenet,resnet50,{b},adadelta,1e-3,{run},0.65,{epochs:.4f}")
+    (tmp_path / "summary_train.csv").write_text("\n".join(lines) + "\n")
+    fit = fit_noise_scale(tmp_path, wl)
+    assert fit is not None
+    assert fit[0] == pytest.approx(bn_true, rel=0.05) and fit[1] == pytest.approx(e0, rel=0.01)
+    assert np.isfinite(fit[0])
