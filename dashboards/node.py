@@ -26,6 +26,46 @@ _G = "GPU {{gpu}}"
 _THROTTLE = 'reason!~"gpu_idle|applications_clocks_setting|display_clock_setting|sync_boost"'
 
 
+def glance_panels() -> list[g.Panel]:
+    """One number each: lost GPUs, throttled GPUs, hottest GPU, mean load, power, collectors down."""
+    return [
+        stat(
+            "GPUs lost", "none",
+            [Query(f"sum by (instance) (1 - gputuned_gpu_up{{{GPU}}})", "{{instance}}")],
+            steps("green", ("red", 1)), "GPUs that stopped answering NVML (fell off the bus) on each node.", width=4,
+        ),
+        stat(
+            "GPUs throttled now", "none",
+            [Query(f"sum by (instance) (max by (instance, gpu) (gputuned_gpu_clock_event_active{{{GPU}, {_THROTTLE}}}))", "{{instance}}")],
+            steps("green", ("orange", 1), ("red", 2)), "GPUs with a power, thermal or hardware clock-event reason active.",
+            width=4,
+        ),
+        stat(
+            "Hottest GPU", "celsius",
+            [Query(f"max by (instance) (gputuned_gpu_temperature_celsius{{{GPU}}})", "{{instance}}")],
+            high_bad(80, 87), "Highest GPU core temperature on each node.", width=4,
+        ),
+        stat(
+            "Mean GPU utilization", "percentunit",
+            [Query(f"avg by (instance) (gputuned_gpu_utilization_ratio{{{GPU}}})", "{{instance}}")],
+            low_bad(0.3, 0.7), "Mean utilization over the selected GPUs of each node.", width=4,
+        ),
+        stat(
+            "Power against limits", "percentunit",
+            [Query(
+                f"sum by (instance) (gputuned_gpu_power_watts{{{GPU}}}) / sum by (instance) (gputuned_gpu_power_limit_watts{{{GPU}}})",
+                "{{instance}}",
+            )],
+            high_bad(0.9, 0.98), "Board power of the selected GPUs over the sum of their enforced limits.", width=4,
+        ),
+        stat(
+            "Collectors down", "none",
+            [Query(f"sum by (instance) (1 - gputuned_collector_up{{{NODE}}})", "{{instance}}")],
+            steps("green", ("red", 1)), "gputuned collectors whose last run failed (their series are not served).", width=4,
+        ),
+    ]
+
+
 def gpu_panels() -> list[g.Panel]:
     """Per-GPU load, power, clocks, temperature and memory."""
     return [
@@ -265,6 +305,23 @@ def fabric_panels() -> list[g.Panel]:
             info_only(), "Data bytes per second per InfiniBand or RoCE port.", min_value=0,
         ),
         timeseries(
+            "InfiniBand link utilization", "percentunit",
+            [
+                Query(
+                    f"rate(gputuned_infiniband_port_receive_bytes_total{{{NODE}}}[{RATE}])"
+                    f" / gputuned_infiniband_port_rate_bytes_per_second{{{NODE}}}",
+                    "{{device}}/{{port}} rx",
+                ),
+                Query(
+                    f"rate(gputuned_infiniband_port_transmit_bytes_total{{{NODE}}}[{RATE}])"
+                    f" / gputuned_infiniband_port_rate_bytes_per_second{{{NODE}}}",
+                    "{{device}}/{{port}} tx",
+                ),
+            ],
+            high_bad(0.7, 0.9), "Throughput over the negotiated port rate; near 1 the fabric limits communication.",
+            min_value=0, max_value=1,
+        ),
+        timeseries(
             "InfiniBand port errors", "short",
             [Query(
                 f"sum by (instance, device, port) (increase(gputuned_infiniband_port_symbol_errors_total{{{NODE}}}[{RATE}])"
@@ -330,6 +387,7 @@ def build() -> g.Dashboard:
         UID,
         "Per-GPU load, power, clocks, temperature, memory, throttling, interconnect and errors; host and daemon health.",
         [
+            ("At a glance", glance_panels()),
             ("GPU load, power and clocks", gpu_panels()),
             ("Throttling", throttle_panels()),
             ("PCIe and NVLink", interconnect_panels()),

@@ -132,7 +132,7 @@ def stat(
         graphMode="area",
         reduceCalc=reduce,
         mappings=mappings or [],
-        noValue="0",
+        noValue="No data",
         gridPos=g.GridPos(h=PANEL_HEIGHT, w=width, x=0, y=0),
     )
 
