@@ -27,10 +27,12 @@ GRACE_S = 900.0
 
 
 def evaluate(seeds: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Per-kind recall, false alerts per series-day and median lead time; plus cost figures."""
+    """Per-kind recall, false alerts per series-day and median lead time; plus cost figures
+    and false alerts per series-day by background (``bg:<name>`` keys)."""
     rows: dict[str, dict[str, list[float]]] = {
         k: {"hit": [], "false": [], "lead": [], "days": []} for k in KINDS
     }
+    by_bg: dict[str, list[float]] = {b: [0.0, 0.0] for b in BACKGROUNDS}
     samples = 0
     elapsed = 0.0
     for kind in KINDS:
@@ -54,6 +56,8 @@ def evaluate(seeds: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]
                         r["lead"].append(s.cost_t - float(raised[inside][0]))
                 r["false"].append(float((~inside).sum()) if kind != "none" else float(len(raised)))
                 r["days"].append((s.t[-1] - s.t[0]) / DAY_S)
+                by_bg[bg][0] += r["false"][-1]
+                by_bg[bg][1] += r["days"][-1]
     out: dict[str, dict[str, float]] = {}
     for kind, r in rows.items():
         out[kind] = {
@@ -62,7 +66,9 @@ def evaluate(seeds: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]
             "false_per_day": sum(r["false"]) / sum(r["days"]),
             "lead_s": statistics.median(r["lead"]) if r["lead"] else float("nan"),
         }
-    return out, {"samples": samples, "us_per_sample": 1e6 * elapsed / samples}
+    cost = {"samples": samples, "us_per_sample": 1e6 * elapsed / samples}
+    cost.update({f"bg:{b}": f / d for b, (f, d) in by_bg.items()})
+    return out, cost
 
 
 def main() -> int:
@@ -77,7 +83,10 @@ def main() -> int:
         rec = "-" if kind == "none" else f"{m['recall']:.3f}"
         lead = "-" if kind == "none" else f"{m['lead_s']:.0f}"
         print(f"| {kind} | {m['series']:.0f} | {rec} | {m['false_per_day']:.2f} | {lead} |")
-    print(f"\n{cost['samples']} samples, detector {cost['us_per_sample']:.1f} us/sample")
+    print("\n| background | false alerts / series-day (all kinds) |\n|---|---|")
+    for b in BACKGROUNDS:
+        print(f"| {b} | {cost['bg:' + b]:.2f} |")
+    print(f"\n{cost['samples']:.0f} samples, detector {cost['us_per_sample']:.1f} us/sample")
     return 0
 
 

@@ -43,8 +43,9 @@ class DetectorConfig:
     tau_long: float = 300.0
     tau_short: float = 5.0
     tau_spread: float = 20.0
-    tau_scale: float = 900.0
+    tau_scale: float = 1800.0
     tail_ref: float = 4.0
+    learn_below: float = 3.0
     clip: float = 3.0
     gap_factor: float = 4.0
     gap_cap: float = 20.0
@@ -271,7 +272,7 @@ class OnlineDetector:
         s.tail *= tail_decay
         if s.z_spread < c.clip:  # a spread increase is an anomaly, not a heavier tail
             s.tail = max(s.tail, abs(err) / sigma)
-        if s.z_short >= c.clip or score >= c.clear_at:
+        if s.z_short >= c.learn_below or score >= c.clear_at:
             return  # scales learn only from normal stretches, so a drift cannot hide in them
         s.n_scale += 1
         s.mad += a_scale * (min(abs(err), bound) - s.mad)
