@@ -122,3 +122,32 @@ def test_cli_check_passes_against_the_live_prometheus(replayed: Replayed, capsys
     assert main(args) == 0, capsys.readouterr().out
     assert "0 expressions without data" in capsys.readouterr().err
     assert main(["dashboards", "check", "--prometheus", "http://127.0.0.1:1", "--since", "60"]) == 2
+
+
+#: On the faulty trace each hardware alert must name exactly the faulty part (label -> values).
+EXPECTED_HARDWARE_ALERTS: dict[str, tuple[str, set[str]]] = {
+    "GPULost": ("gpu", {"3"}),
+    "GPUXidError": ("gpu", {"3"}),
+    "GPUUncorrectableECC": ("gpu", {"2"}),
+    "GPUCorrectableECCHigh": ("gpu", {"2"}),
+    "GPURowRemapFailed": ("gpu", {"2"}),
+    "GPURowRemapPending": ("gpu", {"2"}),
+    "GPUThermalThrottling": ("gpu", {"1"}),
+    "GPUHardwareSlowdown": ("gpu", {"2"}),
+    "InfinibandPortDown": ("device", {"mlx5_2"}),
+    "InfinibandSymbolErrors": ("device", {"mlx5_1"}),
+    "GputunedCollectorDown": ("collector", {"host"}),
+}
+
+
+def test_hardware_alerts_name_only_the_faulty_parts(replayed: Replayed) -> None:
+    hardware = {r.name for r in all_rules() if r.file == "hardware.yml"}
+    assert set(EXPECTED_HARDWARE_ALERTS) | {"PeerUnreachable", "GputunedDown"} == hardware
+    for alert, (label, expected) in EXPECTED_HARDWARE_ALERTS.items():
+        result = replayed.api.query_range(f'ALERTS{{alertname="{alert}"}}', replayed.start, replayed.end, 0.5)
+        assert {r["metric"].get(label) for r in result} == expected, alert
+    peers = replayed.api.query_range('ALERTS{alertname="PeerUnreachable"}', replayed.start, replayed.end, 0.5)
+    assert len({r["metric"]["peer"] for r in peers}) == 1  # the closed port, not the listening one
+    down = replayed.api.query_range('ALERTS{alertname="GputunedDown"}', replayed.start, replayed.end, 0.5)
+    targets = {t["labels"]["instance"]: t["health"] for t in replayed.prom.targets_up()}
+    assert {r["metric"]["instance"] for r in down} == {i for i, h in targets.items() if h == "down"}

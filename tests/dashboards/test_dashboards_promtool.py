@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from gputuned.dashboards.rules import PROMETHEUS_CONFIG, RULES_DIR, rule_files
+from gputuned.dashboards.rules import PROMETHEUS_CONFIG, RULES_DIR, read_rules, rule_files
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +38,52 @@ def test_promtool_check_would_catch_a_broken_rule(promtool: str, tmp_path: Path)
     bad.write_text(bad.read_text().replace("expr: gputuned_gpu_up == 0", "expr: gputuned_gpu_up == (0"))
     r = _promtool(promtool, "check", "rules", str(bad))
     assert r.returncode != 0
+
+
+def test_no_hardware_alert_fires_on_a_healthy_busy_node(promtool: str, tmp_path: Path) -> None:
+    """promtool test rules: 30 minutes of a healthy node (power capping and a few corrected
+    ECC errors are normal) raise none of the hardware rules."""
+    node = 'instance="n1:9735", job="gputuned"'
+    series = {
+        f'up{{{node}}}': "1x30",
+        f'gputuned_collector_up{{{node}, collector="gpu"}}': "1x30",
+        f'gputuned_collector_up{{{node}, collector="host"}}': "1x30",
+        f'gputuned_peer_up{{{node}, peer="n2:22"}}': "1x30",
+        f'gputuned_infiniband_port_active{{{node}, device="mlx5_0", port="1"}}': "1x30",
+        f'gputuned_infiniband_port_symbol_errors_total{{{node}, device="mlx5_0", port="1"}}': "3x30",
+    }
+    for gpu in ("0", "1"):
+        g = f'{node}, gpu="{gpu}"'
+        series |= {
+            f"gputuned_gpu_up{{{g}}}": "1x30",
+            f"gputuned_gpu_last_xid{{{g}}}": "0x30",
+            f'gputuned_gpu_ecc_errors_total{{{g}, type="corrected"}}': "0+1x30",
+            f'gputuned_gpu_ecc_errors_total{{{g}, type="uncorrected"}}': "0x30",
+            f"gputuned_gpu_row_remap_failed{{{g}}}": "0x30",
+            f"gputuned_gpu_row_remap_pending{{{g}}}": "0x30",
+            f'gputuned_gpu_clock_event_active{{{g}, reason="sw_power_cap"}}': "1x30",
+            f'gputuned_gpu_clock_event_active{{{g}, reason="sw_thermal_slowdown"}}': "0x30",
+            f'gputuned_gpu_clock_event_active{{{g}, reason="hw_thermal_slowdown"}}': "0x30",
+            f'gputuned_gpu_clock_event_active{{{g}, reason="hw_slowdown"}}': "0x30",
+        }
+    alerts = [r.name for r in read_rules(RULES_DIR / "hardware.yml") if r.kind == "alert"]
+    spec = {
+        "rule_files": [str(RULES_DIR / "hardware.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in series.items()],
+            "alert_rule_test": [{"eval_time": t, "alertname": a, "exp_alerts": []} for a in alerts for t in ("5m", "30m")],
+        }],
+    }
+    test_file = tmp_path / "healthy_test.yml"
+    test_file.write_text(json.dumps(spec))  # JSON is valid YAML
+    r = _promtool(promtool, "test", "rules", str(test_file))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the same file with one uncorrectable ECC error must fail: the test can tell
+    spec["tests"][0]["input_series"].append(
+        {"series": f'gputuned_gpu_ecc_errors_total{{{node}, gpu="2", type="uncorrected"}}', "values": "0 0 0 1x27"}
+    )
+    test_file.write_text(json.dumps(spec))
+    r = _promtool(promtool, "test", "rules", str(test_file))
+    assert r.returncode != 0 and "GPUUncorrectableECC" in r.stdout + r.stderr
