@@ -70,7 +70,7 @@ def _targets(queries: Sequence[Query]) -> list[g.Target]:
     if not queries:
         raise ValueError("a panel needs at least one query")
     return [
-        g.Target(expr=q.expr, legendFormat=q.legend, refId=chr(ord("A") + i), datasource=DATASOURCE)
+        g.Target(expr=q.expr, legendFormat=q.legend, refId=chr(ord("A") + i), datasource=DATASOURCE, intervalFactor=1)
         for i, q in enumerate(queries)
     ]
 
@@ -106,6 +106,7 @@ def timeseries(
         legendDisplayMode="table",
         legendCalcs=["lastNotNull", "max"],
         gridPos=g.GridPos(h=PANEL_HEIGHT, w=width, x=0, y=0),
+        maxDataPoints=None,  # Grafana picks the resolution from the panel's width
     )
 
 
@@ -128,12 +129,14 @@ def stat(
         targets=_targets(queries),
         format=unit,
         thresholds=thresholds,
+        color={"mode": "thresholds"},
         colorMode="background",
         graphMode="area",
         reduceCalc=reduce,
         mappings=mappings or [],
         noValue="No data",
         gridPos=g.GridPos(h=PANEL_HEIGHT, w=width, x=0, y=0),
+        maxDataPoints=None,  # Grafana picks the resolution from the panel's width
     )
 
 
@@ -156,6 +159,7 @@ def timeline(
         thresholds=thresholds,
         mappings=mappings or [],
         gridPos=g.GridPos(h=PANEL_HEIGHT, w=width, x=0, y=0),
+        maxDataPoints=None,  # Grafana picks the resolution from the panel's width
         extraJson={"fieldConfig": {"defaults": {"unit": unit}}},
     )
 
