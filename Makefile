@@ -8,6 +8,7 @@ TORCH_SPEC  ?= torch==2.13.0
 STAMP       := $(VENV)/.installed
 CONFIG      ?=
 PYTEST_ARGS ?=
+RUN_ARGS    ?=
 
 .PHONY: run test lint bench clean dashboards prometheus
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/gputuned run $(if $(CONFIG),--config $(CONFIG),--default-config)
+	$(VENV)/bin/gputuned run $(if $(CONFIG),--config $(CONFIG)) $(RUN_ARGS)
 
 # Debian's prometheus package (server and promtool) for the integration tests.
 prometheus:
