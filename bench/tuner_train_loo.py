@@ -21,7 +21,7 @@ def main() -> int:
     gpus = available_gpus(PACKAGED_TRACES)
     for held in which:
         train_gpus = [g for g in gpus if g != held]
-        traces = [t for g in train_gpus for t in load_gpu(PACKAGED_TRACES, g).values()]
+        traces = [t for g in train_gpus for t in load_gpu(PACKAGED_TRACES, g, substitute_default=True).values()]
         t0 = time.process_time()
         train(traces, steps, out / f"heldout-{held}", progress_bar=False)
         print(f"{held}: trained on {train_gpus} for {steps} steps, {time.process_time() - t0:.0f} s CPU", flush=True)

@@ -10,11 +10,12 @@ What it does, per recurrence of a job (it never reads the trace tables):
    one so far, whether tried, its normalised mean cost to target, its measured cost per epoch
    relative to the best's; global counters) and ask the chooser (the learned policy, numpy
    inference) for a move: run the size at an offset of -3..+3 places from the best one in
-   the trainer's list of sizes, offset 0 (or a stopped or absent size) meaning exploit, which
+   the trainer's list of sizes, offset 0 (or an absent size) meaning exploit, which
    Thompson-samples the finished sizes' mean costs.
 3. The chosen size gets its power limit by JIT profiling (cached per size). If the run's cost
    passes ``switch_beta`` x the best mean run cost, it switches to the best size, keeping the
-   progress made (unlike Zeus, which stops and restarts), and the size is marked stopped.
+   progress made (unlike Zeus, which stops and restarts), and the size is marked stopped
+   (excluded from exploiting until a later explicit try of it finishes).
 
 Every knob change goes through the safety guard when one is given.
 """
@@ -30,13 +31,13 @@ import numpy as np
 
 from gputuned.tuner.guard import SafetyGuard
 from gputuned.tuner.objectives import Objective
-from gputuned.tuner.zeus_run import OutOfMemory, TraceRun, profile_window_s
+from gputuned.tuner.zeus_run import OutOfMemory, TraceRun
 
 logger = logging.getLogger(__name__)
 
 #: Slots observed around the best batch size so far (offsets -SLOTS..+SLOTS in the size list).
 SLOTS = 3
-PER_SLOT = 6
+PER_SLOT = 7
 N_GLOBAL = 7
 OBS_DIM = (2 * SLOTS + 1) * PER_SLOT + N_GLOBAL
 #: Moves: run the size at offset (action - SLOTS) from the best one; offset 0 exploits.
@@ -104,6 +105,7 @@ def observe(mem: ArmMemory) -> np.ndarray:
         obs[o + 3] = _log_ratio(mem.mean_cost(b), mem.norm)
         obs[o + 4] = _log_ratio(mem.epoch_cost.get(b, math.inf), mem.epoch_cost.get(best, math.inf))
         obs[o + 5] = math.log2(b / best) / 4.0
+        obs[o + 6] = min(len(mem.run_costs.get(b, ())), 10) / 10.0
     g = (2 * SLOTS + 1) * PER_SLOT
     obs[g] = min(mem.recurrences, 50) / 50.0
     obs[g + 1] = _log_ratio(best_cost, mem.norm)
@@ -129,10 +131,10 @@ def thompson(mem: ArmMemory, rng: np.random.Generator) -> int:
 
 
 def apply_move(mem: ArmMemory, move: int, rng: np.random.Generator | None = None) -> int:
-    """Batch size for a move: offset ``move - SLOTS`` from the best size; 0, absent or stopped exploits."""
+    """Batch size for a move: offset ``move - SLOTS`` from the best size; offset 0 or absent exploits."""
     sizes = mem.usable()
     j = sizes.index(mem.best()) + int(move) - SLOTS
-    if move != SLOTS and 0 <= j < len(sizes) and sizes[j] not in mem.stopped:
+    if move != SLOTS and 0 <= j < len(sizes):
         return sizes[j]
     return thompson(mem, rng) if rng is not None else mem.best()
 
@@ -208,16 +210,12 @@ class GputunedPolicy:
         if b not in self.mem.power_limit:
             run = knobs.run
             profile: dict[int, tuple[float, float]] = {}
-            best_rate, worse = math.inf, 0
             for p in sorted(run.power_limits_w, reverse=True):
                 if not knobs.set(b, p):
                     continue
-                r = run.measure(profile_window_s(run.epoch_time_hint()))
+                r = run.measure(run.profile_window_s())
                 profile[p] = (r.epoch_time_s, r.power_w)
-                rate = objective.cost(r.epoch_time_s * r.power_w, r.epoch_time_s, run.max_power_w)
-                worse = worse + 1 if rate > best_rate else 0
-                best_rate = min(best_rate, rate)
-                if run.done or worse >= 99:  # past the optimum of a unimodal cost curve
+                if run.done:
                     break
             best = objective.pick_power_limit(profile, run.max_power_w) if profile else run.max_power_w
             self.mem.power_limit[b] = best
@@ -239,7 +237,7 @@ class GputunedPolicy:
         baseline = rate(*profile[run.max_power_w])
         if not knobs.set(b, p, baseline=baseline):
             return run.max_power_w
-        r = run.measure(max(self.guard.config.settle_s, profile_window_s(run.epoch_time_hint())))
+        r = run.measure(max(self.guard.config.settle_s, run.profile_window_s()))
         undo = self.guard.evaluate(rate(r.epoch_time_s, r.power_w), run.time_s, noise=run_noise(r))
         if undo is not None:
             run.set_config(b, int(undo[2]))
@@ -255,7 +253,7 @@ class GputunedPolicy:
                 if knobs.oom_from is not None:
                     self.mem.oom_from = knobs.oom_from
                 continue
-            r = run.measure(profile_window_s(run.epoch_time_hint()))
+            r = run.measure(run.profile_window_s())
             self.mem.epoch_cost[b] = objective.cost(r.epoch_time_s * r.power_w, r.epoch_time_s, run.max_power_w)
 
     def run_recurrence(self, run: TraceRun, objective: Objective, ref_time_s: float | None) -> None:
@@ -269,18 +267,17 @@ class GputunedPolicy:
         else:
             self.last_move = int(self.chooser(observe(self.mem)))
             b = apply_move(self.mem, self.last_move, self.rng)
-        start = run.cost(objective, ref_time_s)
         p = self._power_limit(knobs, b, objective)
         knobs.set(b, p)
         b = run.batch_size  # what actually runs (the guard may have refused the change)
+        start = run.cost(objective, ref_time_s)  # one-time profiling is not the size's own cost
         best_cost = self.mem.mean_cost(self.mem.best())
         # Only an untried size is switched away from; a known size runs to the end (noise is not failure).
-        exploring = self.mem.untried(b)
+        exploring = b not in self.mem.run_costs or b in self.mem.stopped
         limit = start + self.switch_beta * best_cost if exploring and math.isfinite(best_cost) else math.inf
         run.run(objective, cost_limit=limit, ref_time_s=ref_time_s)
         if not run.done:
             self.mem.stopped.add(b)
-            self.mem.run_costs.setdefault(b, []).append(run.cost(objective, ref_time_s) - start)
             best = self.mem.best()
             knobs.set(best, self._power_limit(knobs, best, objective))
             run.run(objective, ref_time_s=ref_time_s)
@@ -288,6 +285,7 @@ class GputunedPolicy:
                 run.restart()
                 run.run(objective, ref_time_s=ref_time_s)
         else:
+            self.mem.stopped.discard(b)
             self.mem.run_costs.setdefault(b, []).append(run.cost(objective, ref_time_s) - start)
         if self.mem.recurrences == 0:
             self.mem.norm = run.cost(objective, ref_time_s)

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from gputuned.tuner.objectives import Objective
-from gputuned.tuner.zeus_traces import JobTrace
+from gputuned.tuner.zeus_traces import JOBS, JobTrace
 
 logger = logging.getLogger(__name__)
+
+
+#: Training steps measured per profiled configuration (after the change settles).
+PROFILE_STEPS = 30
 
 
 class OutOfMemory(RuntimeError):
@@ -117,9 +121,14 @@ class TraceRun:
         self.failed = False
         self._epochs_at.clear()
 
-    def epoch_time_hint(self) -> float:
-        """Seconds per epoch at the current configuration, as the trainer's step timer reports it."""
-        return self._trace.epoch[(self.batch_size, self.power_limit_w)][0]
+    def step_time_s(self) -> float:
+        """Seconds per training step at the current configuration (the trainer's step timer)."""
+        t_ep = self._trace.epoch[(self.batch_size, self.power_limit_w)][0]
+        return t_ep * self.batch_size / JOBS[self._trace.job].dataset_size
+
+    def profile_window_s(self) -> float:
+        """Seconds to measure one configuration: 30 steps, at least 0.5 s, at most 10 s."""
+        return min(10.0, max(0.5, PROFILE_STEPS * self.step_time_s()))
 
     def run(
         self,
@@ -147,17 +156,12 @@ class TraceRun:
         return objective.cost(self.energy_j, self.time_s, self.max_power_w, ref_time_s)
 
 
-def profile_window_s(epoch_time_s: float) -> float:
-    """Seconds to measure one configuration: 5% of an epoch, between 0.5 and 10 s."""
-    return min(10.0, max(0.5, 0.05 * epoch_time_s))
-
-
 def profile_power_limits(run: TraceRun, batch_size: int, objective: Objective) -> int:
     """Just-in-time power-limit profiling (Zeus): measure each limit briefly, return the best."""
     profile: dict[int, tuple[float, float]] = {}
     for p in sorted(run.power_limits_w, reverse=True):
         run.set_config(batch_size, p)
-        reading = run.measure(profile_window_s(run.epoch_time_hint()))
+        reading = run.measure(run.profile_window_s())
         profile[p] = (reading.epoch_time_s, reading.power_w)
         if run.done:
             break

@@ -23,15 +23,17 @@ class JobSpec:
     optimizer: str
     target_metric: float
     default_batch_size: int
+    #: Training samples per epoch (public dataset sizes), to turn epoch time into step time.
+    dataset_size: int
 
 
 JOBS: dict[str, JobSpec] = {
-    "cifar100": JobSpec("cifar100", "shufflenetv2", "adadelta", 0.60, 1024),
-    "imagenet": JobSpec("imagenet", "resnet50", "adadelta", 0.65, 256),
-    "squad": JobSpec("squad", "bert_base_uncased", "adamw", 84.0, 32),
-    "librispeech": JobSpec("librispeech", "deepspeech2", "adamw", 40.0, 192),
-    "movielens-1m": JobSpec("movielens-1m", "ncf", "adam", 0.41, 1024),
-    "sentiment140": JobSpec("sentiment140", "bert_base_uncased", "adamw", 0.84, 128),
+    "cifar100": JobSpec("cifar100", "shufflenetv2", "adadelta", 0.60, 1024, 50_000),
+    "imagenet": JobSpec("imagenet", "resnet50", "adadelta", 0.65, 256, 1_281_167),
+    "squad": JobSpec("squad", "bert_base_uncased", "adamw", 84.0, 32, 88_641),
+    "librispeech": JobSpec("librispeech", "deepspeech2", "adamw", 40.0, 192, 281_241),
+    "movielens-1m": JobSpec("movielens-1m", "ncf", "adam", 0.41, 1024, 1_000_209),
+    "sentiment140": JobSpec("sentiment140", "bert_base_uncased", "adamw", 0.84, 128, 1_600_000),
 }
 
 
@@ -87,8 +89,12 @@ def available_gpus(trace_dir: Path) -> list[str]:
     return sorted(p.stem.removeprefix("summary_power_") for p in Path(trace_dir).glob("summary_power_*.csv"))
 
 
-def load_gpu(trace_dir: Path, gpu: str) -> dict[str, JobTrace]:
-    """Load every job of ``gpu`` whose default (b0, max power limit) exists, keyed by job name."""
+def load_gpu(trace_dir: Path, gpu: str, substitute_default: bool = False) -> dict[str, JobTrace]:
+    """Load every job of ``gpu`` whose default (b0, max power limit) exists, keyed by job name.
+
+    With ``substitute_default`` (training only), a job whose b0 was not measured on this GPU is
+    kept with the measured size nearest to b0 as its default, for more varied training domains.
+    """
     trace_dir = Path(trace_dir)
     train_path = trace_dir / "summary_train.csv"
     power_path = trace_dir / f"summary_power_{gpu.lower()}.csv"
@@ -116,21 +122,24 @@ def load_gpu(trace_dir: Path, gpu: str) -> dict[str, JobTrace]:
             )
         if not epoch:
             continue
-        pmax = max(p for _, p in epoch)
-        if (spec.default_batch_size, pmax) not in epoch or spec.default_batch_size not in seeds:
-            logger.info("%s/%s: default (b=%d, %d W) missing; job skipped", gpu, name, spec.default_batch_size, pmax)
-            continue
         limits = tuple(sorted({p for _, p in epoch}))
         # Keep batch sizes measured at every power limit and present in the training trace.
         sizes = tuple(
             sorted(b for b in {b for b, _ in epoch} if b in seeds and all((b, p) in epoch for p in limits))
         )
-        if spec.default_batch_size not in sizes:
-            continue
+        b0 = spec.default_batch_size
+        if b0 not in sizes or not all(math.isfinite(e) for e in seeds[b0]):
+            if not substitute_default or not sizes:
+                logger.info("%s/%s: default (b=%d, %d W) missing; job skipped", gpu, name, b0, max(limits))
+                continue
+            finite = [b for b in sizes if all(math.isfinite(e) for e in seeds[b])]
+            if not finite:
+                continue
+            b0 = min(finite, key=lambda b: abs(math.log2(b / spec.default_batch_size)))
         out[name] = JobTrace(
             gpu=gpu.lower(),
             job=name,
-            default_batch_size=spec.default_batch_size,
+            default_batch_size=b0,
             batch_sizes=sizes,
             power_limits_w=limits,
             epoch={k: v for k, v in epoch.items() if k[0] in sizes},
