@@ -4,26 +4,28 @@
 
 Two parts, kept apart on purpose:
 
-1. **Recorded**: ``gputuned record --config CFG --sim --duration 2m`` runs the real daemon
-   (collectors, loop, store, recorder) on a 4-GPU simulated H100 node whose NVML values follow
-   a scripted scenario with the faults the alert rules exist for: load ramps, a thermally
-   throttled GPU (1), ECC errors, row remapping and a hardware slowdown (2), XID 79 and the
-   GPU falling off the bus (3), a power limit the tuner lowers and rolls back. The host
-   collector reads this machine through psutil; its /proc/net/snmp comes from a copy the
-   script refreshes and withholds from t=70 s to t=95 s, so the collector really goes down
-   and recovers. InfiniBand counters come from a synthetic sysfs tree (this machine has no
-   HCA) read by the real collector; peer RTT is measured to a listening and a closed
-   loopback port.
-2. **Synthesized**: the trainer (``gputuned_trainer_*``), tuner (``gputuned_tuner_*``),
-   actuation (``gputuned_actuation_*``) and forecaster (``gputuned_forecast_*``,
-   ``gputuned_anomaly_*``, ``gputuned_alert*``, ``gputuned_degradation_*``) series are not
-   yet produced by a closed loop that can be recorded (job + tuner + forecaster wired
-   together), so this script writes them into the trace beside the recorded samples, one
-   publish per recorded tick, with plausible values consistent with the scripted scenario.
-   They exist only so every dashboard panel and rule has series to select; replace them by
-   a real closed-loop recording once the daemon runs one.
+1. **Recorded**: the real daemon (``Daemon.start()`` as ``gputuned run`` does, without HTTP:
+   collectors, loop, store, control socket, actuation, with a recorder on the store) runs for
+   2 minutes on a 4-GPU simulated H100 node whose NVML values follow a scripted scenario with
+   the faults the alert rules exist for: load ramps, a thermally throttled GPU (1), ECC
+   errors, row remapping and a hardware slowdown (2), XID 79 and the GPU falling off the bus
+   (3), power limits a tuner would lower and roll back. The host collector reads this machine
+   through psutil; its /proc/net/snmp comes from a copy the script refreshes and withholds
+   from t=70 s to t=95 s, so the collector really goes down and recovers. InfiniBand counters
+   come from a synthetic sysfs tree (this machine has no HCA) read by the real collector; peer
+   RTT is measured to a listening and a closed loopback port. Four ranks of a DDP job report
+   scripted step statistics through the real plugin client and control socket from t=15 s;
+   rank 3 disconnects when its GPU is lost.
+2. **Synthesized**: the tuner (``gputuned_tuner_*``, ``gputuned_actuation_changes_total`` and
+   ``..._refusals_total``) and forecaster (``gputuned_forecast_*``, ``gputuned_anomaly_*``,
+   ``gputuned_alert*``, ``gputuned_degradation_*``) series are not produced by a daemon run
+   yet (the tuner and forecaster are not wired into the daemon), so this script writes them
+   into the trace beside the recorded samples under the sources ``synth-tuner`` and
+   ``synth-forecast``, one publish per recorded GPU tick, consistent with the scenario. A
+   series the recording already holds is never synthesized. Replace them by a closed-loop
+   recording once the daemon runs the tuner and forecaster.
 
-The output is checked to stay small (well under 1 MB).
+The output is checked to stay small (under 1 MB; about 110 kB).
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ import math
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +162,16 @@ class FakeSysfs(threading.Thread):
 
 
 def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
-    """Run ``gputuned record`` on the scripted node with the fake sysfs trees kept current."""
+    """Run the daemon on the scripted node for ``duration_s`` and record every sample to ``out``.
+
+    Like ``gputuned record --config CFG --sim``, but through ``Daemon.start()`` as ``gputuned run``
+    does, so the components start too (``gputuned record`` only runs the collection loop, and
+    its control socket is never bound, so no trainer could report).
+    """
+    from gputuned.daemon.config import load_config
+    from gputuned.daemon.service import Daemon
+    from gputuned.daemon.trace import Recorder, TraceWriter
+
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
@@ -170,9 +181,10 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
     t0 = time.monotonic()
     fake = FakeSysfs(work, t0)
     cfg: dict[str, dict[str, Any]] = {
-        "daemon": {"interval_seconds": 1.0},
+        "daemon": {"interval_seconds": 1.0, "state_file": str(work / "state.json")},
         "gpu": {"backend": "sim"},
         "sim": {"script": str(work / "scenario.toml"), "gpus": GPUS},
+        "control": {"socket_path": str(work / "control.sock")},
         "collectors": {
             "host": {"proc_path": str(fake.proc)},
             "infiniband": {"sysfs_path": str(fake.sys)},
@@ -189,6 +201,9 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
                 lines += [f"[{section}.{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
     (work / "gputuned.toml").write_text("\n".join(lines) + "\n")
     fake.start()
+    ranks = ScriptedRanks(work / "control.sock", t0)
+    ranks.start()
+
     def accept_forever() -> None:
         while True:
             try:
@@ -198,13 +213,19 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
 
     accept = threading.Thread(target=accept_forever, daemon=True)
     accept.start()
+    daemon = Daemon(load_config(work / "gputuned.toml"), serve=False)
+    writer = TraceWriter(out, {"interval_seconds": 1.0, "source": daemon.describe(),
+                               "recorded_by": "bench/make_dashboard_trace.py (Daemon.start without HTTP)"})
+    daemon.store.subscribe(Recorder(writer))
+    print(f"recording {duration_s:g} s of {daemon.describe()}", file=sys.stderr)
     try:
-        subprocess.run(
-            [sys.executable, "-m", "gputuned.daemon.cli", "record", "--config", str(work / "gputuned.toml"), "--sim",
-             "--duration", f"{duration_s:g}s", "-o", str(out)],
-            check=True,
-        )
+        daemon.start()
+        time.sleep(duration_s)
     finally:
+        daemon.stop()
+        writer.close()
+        ranks.stop.set()
+        ranks.join(timeout=5)
         fake.stop.set()
         listener.close()
         closed.close()
@@ -226,71 +247,98 @@ def _ramp(t: float, points: list[tuple[float, float]]) -> float:
     return points[-1][1]
 
 
-class Synth:
-    """Trainer, tuner, actuation and forecaster samples consistent with the recorded node."""
+def _scripted(gpu: int, field: str) -> Callable[[float], float]:
+    """The scenario's (last) series for one GPU field, as a function of time."""
+    from gputuned.collectors.sim.state import linear_series, step_series
 
-    def __init__(self, gpu_labels: dict[str, Lab]) -> None:
-        self.gpu_labels = gpu_labels
+    found = [x for x in scenario()["series"] if x["gpu"] == gpu and x["field"] == field]  # type: ignore[attr-defined]
+    x = found[-1]
+    make = linear_series if x["interpolate"] == "linear" else step_series
+    return make([(float(t), float(v)) for t, v in x["points"]])
+
+
+class ScriptedRanks(threading.Thread):
+    """Four ranks of a DDP job reporting over the daemon's real control socket while it records.
+
+    The statistics are scripted from the scenario (an SM clock drop slows a rank and, in
+    lockstep, the job; the host outage shows as data-loader wait), but they reach the trace
+    through the real path: plugin client, control socket, job table, store, recorder.
+    """
+
+    def __init__(self, socket_path: Path, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.socket_path = socket_path
+        self.t0 = t0
+        self.stop = threading.Event()
+        self.clock = {r: _scripted(r, "sm_clock_mhz") for r in range(RANKS)}
         self.samples_total = [0.0] * RANKS
         self.comm_bytes = [0.0] * RANKS
         self.step = [0] * RANKS
-        self.last_rel: float | None = None
-        self.temps: dict[str, list[tuple[float, float]]] = {g: [] for g in gpu_labels}
-        self.tput: list[tuple[float, float]] = []
 
-    def trainer(self, rel: float, t: float, latest: dict[tuple[str, Lab], float]) -> list[tuple[str, Lab, float]]:
-        dt = 0.0 if self.last_rel is None else rel - self.last_rel
+    def stats(self, rel: float, dt: float) -> dict[int, dict[str, float]]:
+        """Each rank's report at ``rel`` seconds, ``dt`` after the previous one."""
         batch = 512.0 if rel < 40 else 1024.0
         micro = batch / RANKS
         gns = _ramp(rel, [(0, 300), (120, 900)])
-        clock = {g: latest.get(("gputuned_gpu_sm_clock_hertz", lab), 1.98e9) for g, lab in self.gpu_labels.items()}
-        loaded = rel >= 15
-        out: list[tuple[str, Lab, float]] = []
-        # DDP ranks run in lockstep: the job's step is the slowest rank's compute plus communication.
-        compute = {str(r): (micro / 600.0) * (1.98e9 / max(clock.get(str(r), 1.98e9), 1e8)) ** 0.8 for r in range(RANKS)}
+        # DDP ranks run in lockstep: every rank waits in communication for the slowest one.
+        compute = {r: (micro / 600.0) * (1980.0 / max(self.clock[r](rel), 100.0)) ** 0.8 for r in range(RANKS)}
         slowest = max(compute.values())
+        overflows = float(rel >= 50) + float(rel >= 51)
+        out = {}
         for r in range(RANKS):
-            connected = not (r == 3 and rel >= 80)
-            lab: Lab = (("job", JOB), ("rank", str(r)))
-            out.append(("gputuned_trainer_rank_connected", lab, 1.0 if connected else 0.0))
-            if not connected or not loaded:
-                continue
-            comm = 0.12 * slowest + (slowest - compute[str(r)])
-            wait = 0.02 * slowest if not (HOST_DOWN[0] <= rel < HOST_DOWN[1]) else 0.25 * slowest
-            step_t = compute[str(r)] + comm + wait
+            comm = 0.12 * slowest + (slowest - compute[r])
+            wait = (0.25 if HOST_DOWN[0] <= rel < HOST_DOWN[1] else 0.02) * slowest
+            step_t = compute[r] + comm + wait
             sps = micro / step_t
+            steps = max(1, int(dt / step_t))
             self.samples_total[r] += sps * dt
-            self.comm_bytes[r] += 2 * 13.5e9 / step_t * dt / 4  # fp16 grads of 7B params, 4x compressed
-            self.step[r] += int(dt / step_t)
-            overflow = 1.0 if rel >= 50 else 0.0
-            overflow += 1.0 if rel >= 51 else 0.0
-            eff = gns / (gns + batch / 2)
-            out += [
-                ("gputuned_trainer_step_time_seconds", lab, step_t),
-                ("gputuned_trainer_compute_seconds", lab, compute[str(r)]),
-                ("gputuned_trainer_communication_seconds", lab, comm),
-                ("gputuned_trainer_dataloader_wait_seconds", lab, wait),
-                ("gputuned_trainer_samples_per_second", lab, sps),
-                ("gputuned_trainer_goodput_samples_per_second", lab, sps * eff),
-                ("gputuned_trainer_loss", lab, 1.6 + 4.0 * math.exp(-(rel - 15) / 60) + 0.02 * math.sin(rel + r)),
-                ("gputuned_trainer_loss_scale", lab, 65536.0 / 2 ** overflow),
-                ("gputuned_trainer_overflows_total", lab, overflow),
-                ("gputuned_trainer_grad_norm", lab, 1.1 + 0.3 * math.exp(-(rel - 15) / 30) + (2.0 if 50 <= rel < 52 else 0.0)),
-                ("gputuned_trainer_grad_noise_scale", lab, gns),
-                ("gputuned_trainer_batch_size", lab, batch),
-                ("gputuned_trainer_micro_batch_size", lab, micro),
-                ("gputuned_trainer_accumulation_steps", lab, 1.0),
-                ("gputuned_trainer_samples_total", lab, self.samples_total[r]),
-                ("gputuned_trainer_comm_bytes_total", lab, self.comm_bytes[r]),
-                ("gputuned_trainer_comm_bytes_uncompressed_total", lab, 4 * self.comm_bytes[r]),
-                ("gputuned_trainer_oom_total", lab, 0.0),
-                ("gputuned_trainer_step", lab, float(self.step[r])),
-                ("gputuned_trainer_last_report_timestamp_seconds", lab, t - 0.3),
-            ]
-            if r == 0:
-                self.tput.append((rel, sps * RANKS))
-        self.last_rel = rel
+            self.comm_bytes[r] += 2 * 13.5e9 / step_t * dt / 4  # fp16 gradients of 7B parameters, 4x compressed
+            self.step[r] += steps
+            out[r] = {
+                "step_time_s": step_t, "compute_time_s": compute[r], "comm_time_s": comm, "data_wait_s": wait,
+                "samples_per_s": sps, "goodput": sps * gns / (gns + batch / 2),
+                "loss": 1.6 + 4.0 * math.exp(-(rel - 15) / 60) + 0.02 * math.sin(rel + r),
+                "loss_scale": 65536.0 / 2**overflows, "overflows_total": overflows,
+                "grad_norm": 1.1 + 0.3 * math.exp(-(rel - 15) / 30) + (2.0 if 50 <= rel < 52 else 0.0),
+                "grad_noise_scale": gns, "batch_size": batch, "micro_batch_size": micro, "accumulation_steps": 1.0,
+                "samples_total": self.samples_total[r], "comm_bytes_total": self.comm_bytes[r],
+                "comm_bytes_uncompressed_total": 4 * self.comm_bytes[r], "oom_total": 0.0,
+            }
         return out
+
+    def run(self) -> None:
+        from gputuned.trainer_plugin.client import DaemonClient
+
+        while not self.socket_path.exists() and not self.stop.wait(0.1):
+            pass
+        while time.monotonic() - self.t0 < 15 and not self.stop.wait(0.2):
+            pass  # the job starts once the GPUs are loaded
+        clients = {r: DaemonClient(str(self.socket_path), job=JOB, rank=r, world_size=RANKS, batch_size=512)
+                   for r in range(RANKS)}
+        for c in clients.values():
+            c.wait_connected(5.0)
+        last = time.monotonic() - self.t0
+        while not self.stop.wait(0.5):
+            rel = time.monotonic() - self.t0
+            for r, st in self.stats(rel, rel - last).items():
+                c = clients.get(r)
+                if c is not None and r == 3 and rel >= 80:  # rank 3's GPU fell off the bus
+                    c.close()
+                    del clients[r]
+                elif c is not None:
+                    c.report(self.step[r], max(1, int((rel - last) / st["step_time_s"])), st)
+            last = rel
+        for c in clients.values():
+            c.close()
+
+
+class Synth:
+    """Tuner, actuation and forecaster samples consistent with the recorded node."""
+
+    def __init__(self, gpu_labels: dict[str, Lab]) -> None:
+        self.gpu_labels = gpu_labels
+        self.temps: dict[str, list[tuple[float, float]]] = {g: [] for g in gpu_labels}
+        self.tput: list[tuple[float, float]] = []
 
     def tuner(self, rel: float) -> list[tuple[str, Lab, float]]:
         pl = 700.0 if rel < 30 else 600.0 if rel < 60 else 550.0 if rel < 80 else 600.0
@@ -328,7 +376,9 @@ class Synth:
             if v is not None and g != "3":
                 self.temps[g].append((rel, v))
                 tracked.append(("gputuned_gpu_temperature_celsius", lab, self.temps[g]))
-        if self.tput:
+        tput = latest.get(("gputuned_trainer_samples_per_second", (("job", JOB), ("rank", "0"))))
+        if tput is not None:
+            self.tput.append((rel, tput))
             tracked.append(("gputuned_trainer_samples_per_second", (("job", JOB), ("rank", "0")), self.tput))
         for family, lab, hist in tracked:
             sl: Lab = (("series", family), *lab)
@@ -363,7 +413,7 @@ class Synth:
 
 #: Source names of the synthesized samples, apart from the daemon's own (which may publish
 #: empty ``trainer`` or ``tuner`` sources when nothing is connected).
-SYNTH_SOURCES = ("synth-trainer", "synth-tuner", "synth-forecast")
+SYNTH_SOURCES = ("synth-tuner", "synth-forecast")
 
 
 def synthesize(raw: Path, out: Path) -> None:
@@ -379,7 +429,7 @@ def synthesize(raw: Path, out: Path) -> None:
     synth = Synth(gpu_labels)
     meta = dict(trace.meta)
     meta["synthesized_sources"] = list(SYNTH_SOURCES)
-    meta["note"] = ("trainer/tuner/actuation/forecast samples synthesized by bench/make_dashboard_trace.py for the "
+    meta["note"] = ("tuner/actuation/forecast samples synthesized by bench/make_dashboard_trace.py for the "
                     "dashboard check; replace with a closed-loop recording")
     writer = TraceWriter(out, meta)
     latest: dict[tuple[str, Lab], float] = {}
@@ -394,7 +444,7 @@ def synthesize(raw: Path, out: Path) -> None:
             latest[(name, lab)] = v
         if ev.source == "gpu":
             rel = ev.t - t_first
-            made = (synth.trainer(rel, ev.t, latest), synth.tuner(rel), synth.forecast(rel, latest))
+            made = (synth.tuner(rel), synth.forecast(rel, latest))
             for source, samples in zip(SYNTH_SOURCES, made, strict=True):
                 writer.publish(source, ev.t, [x for x in samples if (x[0], x[1]) not in recorded])
     writer.close()

@@ -2,8 +2,8 @@
 
 The daemon's store, exporter and replayer serve tests/data/dashboard_node.gttrace on
 loopback (made by bench/make_dashboard_trace.py: a recorded 2-minute run of the simulated
-node with hardware faults, plus synthesized trainer/tuner/forecast series until the closed
-loop can be recorded). The trace is replayed at SPEED x while Prometheus scrapes every
+node with hardware faults and a 4-rank job reporting over the control socket, plus
+synthesized tuner/forecast series until the closed loop can be recorded). The trace is replayed at SPEED x while Prometheus scrapes every
 SCRAPE; a second target nobody listens on stands for a dead daemon. Then every expression
 is run as a range query over the replay, with template variables resolved as Grafana
 would, and the test lists every one that returns no data. Alert rules are loaded into the
@@ -80,9 +80,11 @@ def test_trace_is_small_and_marks_its_synthesized_sources() -> None:
     assert TRACE.stat().st_size < 1 << 20
     trace = read_trace(TRACE)
     synthesized = set(trace.meta["synthesized_sources"])
-    assert synthesized == {"synth-trainer", "synth-tuner", "synth-forecast"}
+    assert synthesized == {"synth-tuner", "synth-forecast"}
     sources = {e.source for e in trace.events}
-    assert {"gpu", "host", "infiniband", "peers"} <= sources - synthesized
+    assert {"gpu", "host", "infiniband", "peers", "trainer", "actuation"} <= sources - synthesized
+    recorded = {name for name, _ in trace.series if name.startswith("gputuned_trainer_")}
+    assert "gputuned_trainer_samples_per_second" in recorded  # reported over the real control socket
 
 
 def test_every_panel_variable_and_rule_expression_returns_data(replayed: Replayed) -> None:
