@@ -18,7 +18,6 @@ import logging
 import os
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 from gputuned.collectors.families import Sample
 from gputuned.daemon import control_frames as P
 from gputuned.daemon.config import ControlConfig
+from gputuned.daemon.control_conn import Connection, peer_credentials, supplementary_groups
 from gputuned.daemon.control_reports import (
     CONNECTIONS,
     DECISIONS,
@@ -40,8 +40,6 @@ from gputuned.daemon.store import Store
 
 logger = logging.getLogger(__name__)
 
-_CRED = struct.Struct("3i")
-MAX_OUTPUT_BYTES = 1 << 20
 MAX_ERRORS = 10
 AckCallback = Callable[[str, dict[str, Any]], None]
 
@@ -60,46 +58,6 @@ class AdminHandler(Protocol):
     def restore(self, gpu: int | None) -> dict[str, Any]: ...
 
 
-class _Conn:
-    __slots__ = ("sock", "cid", "pid", "uid", "gid", "accepted", "last_seen", "decoder", "out", "kind",
-                 "job", "rank", "leader", "seq_out", "tokens", "refilled", "drops", "drop_window", "errors")
-
-    def __init__(self, sock: socket.socket, cid: int, cred: tuple[int, int, int], now: float, max_bytes: int, burst: float) -> None:
-        self.sock = sock
-        self.cid = cid
-        self.pid, self.uid, self.gid = cred
-        self.accepted = self.last_seen = now
-        self.decoder = P.FrameDecoder(max_bytes)
-        self.out = bytearray()
-        self.kind = "new"  # new, client, admin
-        self.job = ""
-        self.rank = -1
-        self.leader = False
-        self.seq_out = 0
-        self.tokens = burst
-        self.refilled = now
-        self.drops = 0
-        self.drop_window = now
-        self.errors = 0
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket."""
-    return _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))  # type: ignore[return-value]
-
-
-def supplementary_groups(pid: int) -> set[int]:
-    """The peer's supplementary groups from /proc (empty when it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
-
-
 class ControlServer:
     """Control-socket server; a daemon component (start/tick/stop) and the tuner's decision API."""
 
@@ -115,7 +73,7 @@ class ControlServer:
         self.decisions: collections.Counter[str] = collections.Counter()
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
-        self._conns: dict[int, _Conn] = {}
+        self._conns: dict[int, Connection] = {}
         self._next_cid = 0
         self._next_decision = 0
         self._lock = threading.Lock()
@@ -311,7 +269,7 @@ class ControlServer:
                 continue
             self._next_cid += 1
             burst = 2.0 * self.cfg.max_messages_per_second
-            conn = _Conn(sock, self._next_cid, cred, now, self.cfg.max_message_bytes, burst)
+            conn = Connection(sock, self._next_cid, cred, now, self.cfg.max_message_bytes, burst)
             with self._lock:
                 self._conns[conn.cid] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
@@ -336,7 +294,7 @@ class ControlServer:
         with contextlib.suppress(OSError):
             sock.send(P.encode(msg))
 
-    def _read(self, conn: _Conn, now: float) -> None:
+    def _read(self, conn: Connection, now: float) -> None:
         try:
             data = conn.sock.recv(262144)
         except (BlockingIOError, InterruptedError):
@@ -360,23 +318,16 @@ class ControlServer:
         except P.FrameTooLarge as e:
             self._reject(conn, "oversized", str(e), close=True)
 
-    def _admit(self, conn: _Conn, now: float) -> bool:
-        """Token bucket per connection; a client flooding past twice the rate is cut off."""
-        rate = float(self.cfg.max_messages_per_second)
-        conn.tokens = min(2.0 * rate, conn.tokens + (now - conn.refilled) * rate)
-        conn.refilled = now
-        if conn.tokens >= 1.0:
-            conn.tokens -= 1.0
+    def _admit(self, conn: Connection, now: float) -> bool:
+        verdict = conn.admit(now, float(self.cfg.max_messages_per_second))
+        if verdict is None:
             return True
         self.rejected["rate_limited"] += 1
-        if now - conn.drop_window > 1.0:
-            conn.drop_window, conn.drops = now, 0
-        conn.drops += 1
-        if conn.drops > rate:
-            self._reject(conn, "flooding", f"more than {int(rate)} messages/s over the limit", close=True)
+        if verdict == "flooding":
+            self._reject(conn, "flooding", f"more than {self.cfg.max_messages_per_second} messages/s over the limit", close=True)
         return False
 
-    def _handle(self, conn: _Conn, body: bytes) -> None:
+    def _handle(self, conn: Connection, body: bytes) -> None:
         try:
             msg = P.decode(body)
             kind = msg["type"]
@@ -410,7 +361,7 @@ class ControlServer:
         except P.MessageError as e:
             self._reject(conn, "malformed", str(e), close=conn.kind == "new")
 
-    def _hello(self, conn: _Conn, msg: dict[str, Any]) -> None:
+    def _hello(self, conn: Connection, msg: dict[str, Any]) -> None:
         P.check_hello(msg)
         if msg["pid"] != conn.pid and conn.pid:
             logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
@@ -424,7 +375,7 @@ class ControlServer:
         logger.info("control: job %s rank %d/%d connected (pid %d uid %d%s)", conn.job, conn.rank,
                     msg["world_size"], conn.pid, conn.uid, ", leader" if conn.leader else "")
 
-    def _ack(self, conn: _Conn, msg: dict[str, Any]) -> None:
+    def _ack(self, conn: Connection, msg: dict[str, Any]) -> None:
         ident, ok = P.check_ack(msg)
         with self._lock:
             pending = self._pending.pop(ident, None)
@@ -443,7 +394,7 @@ class ControlServer:
             except Exception:  # noqa: BLE001 - a consumer's bug must not stop the socket
                 logger.exception("ack callback failed")
 
-    def _admin(self, conn: _Conn, msg: dict[str, Any]) -> None:
+    def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
         if conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
             self.rejected["not_admin"] += 1
             self._queue(conn, {"type": "error", "error": f"uid {conn.uid} is not in control.admin_uids"})
@@ -461,7 +412,7 @@ class ControlServer:
             reply = self.admin.restore(msg.get("gpu"))
         self._queue(conn, {"type": "admin_reply", "op": op, **reply})
 
-    def _reject(self, conn: _Conn, reason: str, text: str, *, close: bool) -> None:
+    def _reject(self, conn: Connection, reason: str, text: str, *, close: bool) -> None:
         self.rejected[reason] += 1
         conn.errors += 1
         if conn.errors <= 3 or close:
@@ -471,17 +422,14 @@ class ControlServer:
             self._flush(conn)
             self._close(conn, None)
 
-    def _queue(self, conn: _Conn, msg: dict[str, Any]) -> None:
-        frame = P.encode({"v": P.VERSION, "seq": conn.seq_out, **msg})
-        conn.seq_out += 1
-        if len(conn.out) + len(frame) > MAX_OUTPUT_BYTES:
+    def _queue(self, conn: Connection, msg: dict[str, Any]) -> None:
+        if not conn.queue(msg):
             self.rejected["slow_reader"] += 1
             self._close(conn, "slow_reader")
             return
-        conn.out += frame
         self._flush(conn)
 
-    def _flush(self, conn: _Conn) -> None:
+    def _flush(self, conn: Connection) -> None:
         if conn.cid not in self._conns:
             return
         while conn.out:
@@ -510,16 +458,12 @@ class ControlServer:
             self._queue(conn, msg)
 
     def _sweep(self, now: float) -> None:
-        cfg = self.cfg
         for conn in list(self._conns.values()):
-            if conn.kind == "new" and now - conn.accepted > cfg.hello_timeout_s:
-                self._reject(conn, "hello_timeout", f"no hello within {cfg.hello_timeout_s:g} s", close=True)
-            elif conn.decoder.partial_since is not None and now - conn.decoder.partial_since > cfg.frame_timeout_s:
-                self._reject(conn, "frame_timeout", f"frame not complete within {cfg.frame_timeout_s:g} s", close=True)
-            elif now - conn.last_seen > cfg.idle_timeout_s:
-                self._reject(conn, "idle", f"silent for {cfg.idle_timeout_s:g} s", close=True)
+            expired = conn.expired(now, self.cfg)
+            if expired is not None:
+                self._reject(conn, expired[0], expired[1], close=True)
 
-    def _close(self, conn: _Conn, reason: str | None) -> None:
+    def _close(self, conn: Connection, reason: str | None) -> None:
         with self._lock:
             if self._conns.pop(conn.cid, None) is None:
                 return

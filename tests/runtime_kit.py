@@ -49,12 +49,15 @@ def toml_dump(data: dict[str, Any]) -> str:
 
 
 def runtime_config(tmp: Path, gpus: int = 4, interval: float = 0.2, **sections: dict[str, Any]) -> dict[str, Any]:
-    """Config mapping for a test daemon: loopback, simulated node persisted under ``tmp``."""
+    """Config mapping for a test daemon: loopback, a scripted simulated node persisted under ``tmp``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    script = tmp / "sim-script.toml"
+    script.write_text(f'profile = "h100"\ngpus = {gpus}\n')
     data: dict[str, Any] = {
         "daemon": {"interval_seconds": interval, "state_file": str(tmp / "state" / "state.json")},
         "exporter": {"listen_address": "127.0.0.1", "listen_port": 0},
         "gpu": {"backend": "sim"},
-        "sim": {"gpus": gpus, "settings_file": str(tmp / "sim-settings.json")},
+        "sim": {"gpus": gpus, "script": str(script), "settings_file": str(tmp / "sim-settings.json")},
         "collectors": {"peers": {"enabled": False}, "infiniband": {"enabled": False}},
         "control": {"socket_path": str(tmp / "run" / "control.sock")},
     }

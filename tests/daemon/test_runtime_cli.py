@@ -15,10 +15,12 @@ from gputuned.daemon.service import Daemon
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    script = tmp_path / "node.toml"
+    script.write_text('profile = "h100"\ngpus = 2\n')
     cfg = config(
         daemon={"state_file": str(tmp_path / "state.json"), "interval_seconds": 0.2},
         control={"socket_path": str(tmp_path / "control.sock")},
-        sim={"gpus": 2, "script": None},
+        sim={"gpus": 2, "script": str(script)},
         collectors={"infiniband": {"enabled": False}},
     )
     d = Daemon(cfg, serve=False)

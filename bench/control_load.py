@@ -1,0 +1,180 @@
+"""Control-socket load: N simulated ranks report R times a second for T seconds to a real
+`gputuned run` (simulated GPU node) while a scraper GETs /metrics S times a second.
+
+Counts every report sent and compares with the daemon's gputuned_control_reports_total (no
+lost reports), reads gputuned_tick_overruns_total (no overruns) and records scrape latency
+percentiles and the daemon's CPU and RSS. Usage:
+
+    .venv/bin/python bench/control_load.py [--ranks 64] [--rate 100] [--seconds 60] [--scrape-hz 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from runtime_kit import DaemonProcess, read_frame, runtime_config  # noqa: E402
+
+from gputuned.daemon import control_frames as P  # noqa: E402
+
+
+def ranks_main(path: str, ranks: int, rate: float, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """Open one connection per rank, say hello, then send reports on a fixed schedule."""
+    socks = []
+    for r in range(ranks):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(P.encode({"v": 1, "type": "hello", "seq": 0, "job": f"load-{r // 8}", "rank": r % 8, "local_rank": r % 8,
+                            "world_size": 8, "pid": os.getpid(), "leader": r % 8 == 0, "batch_size": 256,
+                            "batch_mode": "global"}))
+        assert read_frame(s)["type"] == "welcome"
+        socks.append(s)
+    sent = 0
+    late = 0
+    period = 1.0 / rate
+    t0 = time.monotonic()
+    k = 0
+    while True:
+        now = time.monotonic()
+        if now - t0 >= seconds:
+            break
+        k += 1
+        for i, s in enumerate(socks):
+            step = k * 10
+            stats = {"step_time_s": 0.1 + 0.001 * (i % 7), "samples_per_s": 2560.0, "loss": 2.0 / (1 + k * 1e-3),
+                     "loss_scale": 65536.0, "grad_norm": 1.2, "data_wait_s": 0.004, "comm_time_s": 0.02,
+                     "batch_size": 256, "overflows_total": k // 1000, "samples_total": step * 256}
+            s.sendall(P.encode({"v": 1, "type": "report", "seq": k, "step": step, "steps": 10, "time": time.time(),
+                                "stats": stats}))
+            sent += 1
+        deadline = t0 + k * period
+        wait = deadline - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        else:
+            late += 1
+    elapsed = time.monotonic() - t0
+    for s in socks:
+        s.close()
+    out.put({"sent": sent, "late_rounds": late, "rounds": k, "elapsed_s": elapsed})
+
+
+def scraper_main(url: str, hz: float, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    lat = []
+    errors = 0
+    t0 = time.monotonic()
+    k = 0
+    while time.monotonic() - t0 < seconds:
+        k += 1
+        a = time.perf_counter()
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+                r.read()
+            lat.append(time.perf_counter() - a)
+        except OSError:
+            errors += 1
+        wait = t0 + k / hz - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+    out.put({"latencies": lat, "errors": errors})
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    return total if found else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] if s else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ranks", type=int, default=64)
+    ap.add_argument("--rate", type=float, default=100.0, help="reports per second per rank")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--scrape-hz", type=float, default=10.0)
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="gputuned-load-"))
+    d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=args.gpus, interval=1.0))
+    try:
+        status = d.wait_ready()
+        url = re.search(r"(http://\S+/metrics)", status["node"]).group(1)  # type: ignore[union-attr]
+        q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+        cpu0, w0 = cpu_seconds(d.proc.pid), time.monotonic()
+        overruns0 = metric(urllib.request.urlopen(url).read().decode(), "gputuned_tick_overruns_total")  # noqa: S310
+        ranks = mp.Process(target=ranks_main, args=(str(d.socket_path), args.ranks, args.rate, args.seconds, q))
+        scraper = mp.Process(target=scraper_main, args=(url, args.scrape_hz, args.seconds, q))
+        ranks.start()
+        scraper.start()
+        results = [q.get(timeout=args.seconds + 120) for _ in range(2)]
+        ranks.join()
+        scraper.join()
+        cpu1, w1 = cpu_seconds(d.proc.pid), time.monotonic()
+        time.sleep(2.5)  # let the last reports land and one more tick publish them
+        final = urllib.request.urlopen(url).read().decode()  # noqa: S310
+        rank_res = next(r for r in results if "sent" in r)
+        scr = next(r for r in results if "latencies" in r)
+        received = metric(final, "gputuned_control_reports_total")
+        lat = scr["latencies"]
+        summary = {
+            "ranks": args.ranks, "rate_per_rank": args.rate, "seconds": args.seconds, "scrape_hz": args.scrape_hz,
+            "reports_sent": rank_res["sent"], "reports_received": int(received),
+            "lost_reports": rank_res["sent"] - int(received),
+            "achieved_reports_per_s": round(rank_res["sent"] / rank_res["elapsed_s"], 1),
+            "late_send_rounds": rank_res["late_rounds"],
+            "rejected_total": metric(final, "gputuned_control_rejected_total"),
+            "tick_overruns": metric(final, "gputuned_tick_overruns_total") - overruns0,
+            "tick_duration_s_last": metric(final, "gputuned_tick_duration_seconds"),
+            "scrapes": len(lat), "scrape_errors": scr["errors"],
+            "scrape_p50_ms": round(pct(lat, 0.5) * 1e3, 2), "scrape_p99_ms": round(pct(lat, 0.99) * 1e3, 2),
+            "scrape_max_ms": round(max(lat) * 1e3, 2) if lat else None,
+            "metrics_bytes": len(final),
+            "daemon_cpu_ratio": round((cpu1 - cpu0) / (w1 - w0), 3),
+            "daemon_rss_mib": round(rss_bytes(d.proc.pid) / 2**20, 1),
+        }
+        if summary["rejected_total"] != summary["rejected_total"]:  # NaN: nothing rejected, family absent
+            summary["rejected_total"] = 0.0
+    finally:
+        d.stop()
+        d.close()
+    print(json.dumps(summary, indent=1))
+    ok = summary["lost_reports"] == 0 and summary["tick_overruns"] == 0 and summary["scrape_errors"] == 0
+    print("PASS" if ok else "FAIL", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
