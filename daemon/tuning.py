@@ -1,0 +1,418 @@
+"""The live tuner: a daemon component closing the loop from the store to the GPUs and the job.
+
+Every ``interval_s`` it measures the last interval from the store (GPU energy counters, power,
+clocks, limits; the job leader's reports: samples, goodput, batch size), builds the
+observation of :class:`gputuned.tuner.sim_env.SimNodeEnv` against a reference interval measured
+at the job's own settings, asks the chooser for a move (power limit one step of 5% of the range
+down/keep/up on every GPU, global batch size halve/keep/double), passes each knob value
+through the :class:`SafetyGuard`, applies power limits through the :class:`Actuator` and batch
+sizes as control-socket decisions, and asks the guard to judge the previous move (rollback).
+Every action, refusal and rollback becomes an event (``on_event``) and a sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from gputuned.collectors import families as F
+from gputuned.collectors.device import ClockEventReason
+from gputuned.collectors.families import Labels, Sample, declare
+from gputuned.daemon.store import Store
+from gputuned.daemon.tuning_policy import Chooser, make_chooser
+from gputuned.tuner.guard import GuardConfig, SafetyGuard
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("energy_slowdown", "energy", "throughput", "cost")
+EPS = declare("gputuned_tuner_energy_per_sample_joules", "gauge",
+              "GPU energy per effective (goodput) sample over the tuner's last interval.")
+EPS_REF = declare("gputuned_tuner_reference_energy_per_sample_joules", "gauge",
+                  "Energy per effective sample at the job's own settings (the tuner's reference interval).")
+GOODPUT_RATIO = declare("gputuned_tuner_goodput_ratio", "gauge", "Goodput over the last interval / the reference interval's.")
+LAST_ACTION = declare("gputuned_tuner_last_action_timestamp_seconds", "gauge", "When the tuner last changed a knob.")
+DECISIONS = declare("gputuned_tuner_decisions_total", "counter", "Tuner decision intervals run, by chosen move.")
+TRAINER_LABEL_RANK = "0"
+POWER_CAP = int(ClockEventReason.SW_POWER_CAP)
+
+
+@dataclass
+class TuningConfig:
+    """What the live tuner optimises and how often it acts."""
+
+    objective: str = "energy_slowdown"
+    interval_s: float = 20.0
+    max_slowdown: float = 0.03
+    job: str | None = None  # None: the first job with a connected leader
+    policy: Path | None = None  # a SimNodeEnv numpy policy; None: the packaged one if any, else the climber
+    chooser: str = "auto"  # auto, policy or climb
+    tune_power: bool = True
+    tune_batch: bool = True
+    pause_file: Path | None = None
+    horizon: int = 30
+    eta: float = 0.5  # weight of energy in the ``cost`` objective (Zeus)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"tuner.objective: unknown {self.objective!r} ({', '.join(OBJECTIVES)})")
+        if not self.interval_s > 0:
+            raise ValueError(f"tuner.interval_s: must be positive, got {self.interval_s}")
+        if not 0.0 <= self.max_slowdown < 1.0:
+            raise ValueError(f"tuner.max_slowdown: must be in [0, 1), got {self.max_slowdown}")
+
+
+class BatchDecider(Protocol):
+    """Where batch-size decisions go (the control server in the daemon)."""
+
+    def send_decision(self, job: str, payload: dict[str, Any]) -> str: ...
+
+    def wait_ack(self, ident: str, timeout: float) -> dict[str, Any] | None: ...
+
+    def connected_jobs(self) -> dict[str, list[int]]: ...
+
+
+class PowerActuator(Protocol):
+    """What the tuner needs of :class:`gputuned.daemon.actuation.Actuator`."""
+
+    def set_power_limit(self, gpu: int, watts: float) -> Any: ...
+
+    def bounds(self, gpu: int) -> dict[str, tuple[int, int]]: ...
+
+
+@dataclass
+class Interval:
+    """One decision interval as measured from the store."""
+
+    energy_j: float
+    samples: float
+    seconds: float
+    goodput: float
+    power_w: float
+    sm_ratio: float
+    capped: bool
+    batch: int
+
+    @property
+    def throughput(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eff(self) -> float:
+        return min(1.5, self.goodput / self.throughput) if self.throughput > 0 else 1.0
+
+    @property
+    def eps(self) -> float:
+        """Energy per effective sample (J)."""
+        good = self.goodput * self.seconds
+        return self.energy_j / good if good > 0 else math.inf
+
+
+@dataclass
+class _Pending:
+    ident: str
+    batch: int
+    previous: int
+    sent_at: float
+
+
+@dataclass
+class _GPU:
+    index: int
+    labels: Labels
+    lo_w: float
+    hi_w: float
+    max_sm_hz: float
+
+
+@dataclass
+class _Run:
+    """What the tuner knows of the job it tunes."""
+
+    job: str
+    b0: int = 0
+    ref: Interval | None = None
+    limit_w: float = 0.0
+    t: int = 0
+    oom: bool = False
+    mark_t: float = 0.0
+    mark_energy: float = 0.0
+    mark_samples: float = 0.0
+    moves: dict[str, int] = field(default_factory=dict)
+
+
+class TuningComponent:
+    """Daemon component running the tuner live (see module doc)."""
+
+    name = "tuner"
+
+    def __init__(
+        self, store: Store, actuator: PowerActuator, decider: BatchDecider | None, gpus: list[int],
+        config: TuningConfig | None = None, *, chooser: Chooser | None = None, guard: SafetyGuard | None = None,
+        alerts: Callable[[], list[str]] | None = None, on_event: Callable[[dict[str, Any]], None] | None = None,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
+        self.store = store
+        self.actuator = actuator
+        self.decider = decider
+        self.gpu_indices = list(gpus)
+        self.cfg = config or TuningConfig()
+        self.chooser = chooser or make_chooser(self.cfg.chooser, self.cfg.policy, self.cfg.objective, self.cfg.max_slowdown)
+        self.guard = guard or SafetyGuard(GuardConfig(pause_file=self.cfg.pause_file, min_interval_s={
+            "power_limit": self.cfg.interval_s * 0.9, "sm_clock": self.cfg.interval_s * 0.9,
+            "batch_size": self.cfg.interval_s * 0.9}, settle_s=self.cfg.interval_s * 0.9), alerts=alerts)
+        self.on_event = on_event or (lambda e: None)
+        self._mono = monotonic
+        self._gpus: list[_GPU] = []
+        self._run: _Run | None = None
+        self._pending: _Pending | None = None
+        self._last: Interval | None = None
+        self._last_action_t = 0.0
+        self.decisions: dict[str, int] = {}
+
+    # -- component ------------------------------------------------------------------
+    def start(self) -> None:
+        logger.info("tuner: objective %s every %g s, chooser %s", self.cfg.objective, self.cfg.interval_s, self.chooser.name)
+
+    def stop(self) -> None:
+        """Give the job its own batch size back (the actuator restores the GPUs)."""
+        run = self._run
+        if run is None or self.decider is None or not run.b0 or self._last is None or self._last.batch == run.b0:
+            return
+        try:
+            ident = self.decider.send_decision(run.job, {"batch_size": run.b0})
+        except (LookupError, ValueError) as e:
+            logger.info("tuner: batch size not restored: %s", e)
+            return
+        self._emit(self._last_t, "restore", "batch_size", "job", run.b0, ident=ident)
+
+    def tick(self, now: float) -> None:
+        self._last_t = now
+        if not self._gpus:
+            self._discover()
+        self._check_pending(now)
+        run = self._run
+        if run is None:
+            self._start_run(now)
+        elif now - run.mark_t >= self.cfg.interval_s - 1e-6:
+            self._decide(now, run)
+        self.store.publish(self.name, now, self.samples())
+
+    _last_t = 0.0
+
+    # -- reading the store ------------------------------------------------------------
+    def _discover(self) -> None:
+        for labels in self.store.series(F.GPU_POWER_LIMIT):
+            idx = int(dict(labels).get("gpu", -1))
+            if idx not in self.gpu_indices:
+                continue
+            lo = self.store.value(F.GPU_POWER_LIMIT_MIN, labels) or 0.0
+            hi = self.store.value(F.GPU_POWER_LIMIT_MAX, labels) or 0.0
+            sm = self.store.value(F.GPU_SM_CLOCK_MAX, labels) or 1.0
+            b = self.actuator.bounds(idx).get("power_limit")
+            if b is not None:  # config bounds intersected with NVML's
+                lo, hi = max(lo, b[0] / 1000.0), min(hi, b[1] / 1000.0)
+            self._gpus.append(_GPU(idx, labels, lo, hi, sm))
+        self._gpus.sort(key=lambda g: g.index)
+
+    def _job(self) -> str | None:
+        if self.cfg.job is not None:
+            return self.cfg.job
+        jobs = self.decider.connected_jobs() if self.decider is not None else {}
+        for job, ranks in jobs.items():
+            if 0 in ranks:
+                return job
+        return None
+
+    def _trainer(self, family: str, job: str) -> float | None:
+        return self.store.value(family, (("job", job), ("rank", TRAINER_LABEL_RANK)))
+
+    def _totals(self, job: str) -> tuple[float, float] | None:
+        energy = [self.store.value(F.GPU_ENERGY, g.labels) for g in self._gpus]
+        samples = self._trainer("gputuned_trainer_samples_total", job)
+        if samples is None or not energy or any(e is None for e in energy):
+            return None
+        return float(sum(e for e in energy if e is not None)), samples
+
+    def _measure(self, now: float, run: _Run) -> Interval | None:
+        tot = self._totals(run.job)
+        if tot is None:
+            return None
+        seconds = now - run.mark_t
+        tps, gps = [], []
+        for name, out in (("gputuned_trainer_samples_per_second", tps), ("gputuned_trainer_goodput_samples_per_second", gps)):
+            _, vs = self.store.window(name, (("job", run.job), ("rank", TRAINER_LABEL_RANK)), seconds, now)
+            out.extend(vs)
+        samples = tot[1] - run.mark_samples
+        tput = samples / seconds if seconds > 0 else 0.0
+        eff = (float(np.mean(gps)) / float(np.mean(tps))) if tps and gps and np.mean(tps) > 0 else 1.0
+        power = [self.store.value(F.GPU_POWER, g.labels) or 0.0 for g in self._gpus]
+        sm = [(self.store.value(F.GPU_SM_CLOCK, g.labels) or 0.0) / g.max_sm_hz for g in self._gpus]
+        masks = [int(self.store.value(F.GPU_CLOCK_EVENT_MASK, g.labels) or 0) for g in self._gpus]
+        batch = int(self._trainer("gputuned_trainer_batch_size", run.job) or run.b0)
+        return Interval(tot[0] - run.mark_energy, samples, seconds, tput * eff, float(np.mean(power)),
+                        float(np.mean(sm)), any(m & POWER_CAP for m in masks), batch)
+
+    def _mark(self, now: float, run: _Run) -> None:
+        tot = self._totals(run.job)
+        if tot is not None:
+            run.mark_t, run.mark_energy, run.mark_samples = now, tot[0], tot[1]
+
+    # -- deciding -----------------------------------------------------------------------
+    def _start_run(self, now: float) -> None:
+        job = self._job()
+        if job is None or not self._gpus or self._totals(job) is None:
+            return
+        run = _Run(job)
+        run.b0 = int(self._trainer("gputuned_trainer_batch_size", job) or 0)
+        run.limit_w = float(self.store.value(F.GPU_POWER_LIMIT, self._gpus[0].labels) or self._gpus[0].hi_w)
+        self._mark(now, run)
+        self._run = run
+        self._emit(now, "job", "batch_size", "job", run.b0, job=job, power_limit_w=run.limit_w)
+
+    def observation(self, m: Interval, run: _Run) -> np.ndarray:
+        """The SimNodeEnv observation of one measured interval."""
+        ref = run.ref or m
+        g0 = self._gpus[0]
+        ref_eps = ref.eps if math.isfinite(ref.eps) and ref.eps > 0 else 1.0
+        eps = m.eps if math.isfinite(m.eps) else 5.0 * ref_eps
+        energy_like = self.cfg.objective != "throughput"
+        obs = [
+            run.limit_w / g0.hi_w, m.power_w / max(run.limit_w, 1e-9), m.power_w / g0.hi_w, m.sm_ratio, float(m.capped),
+            math.log2(max(m.batch, 1) / max(run.b0, 1)) / 4.0,
+            m.throughput / max(ref.throughput, 1e-9) - 1.0, m.goodput / max(ref.goodput, 1e-9) - 1.0,
+            eps / ref_eps - 1.0, m.eff - 1.0, min(run.t, self.cfg.horizon) / self.cfg.horizon, float(run.oom),
+            1.0 if energy_like else 0.0, self.cfg.max_slowdown * 10.0,
+        ]
+        return np.clip(np.asarray(obs, dtype=np.float32), -5.0, 5.0)
+
+    def cost_rate(self, m: Interval, run: _Run) -> float:
+        """What the objective minimises, per effective sample (lower is better)."""
+        ref = run.ref or m
+        if self.cfg.objective == "throughput":
+            return 1.0 / max(m.goodput, 1e-9)
+        if self.cfg.objective == "cost":
+            pmax = sum(g.hi_w for g in self._gpus)
+            return self.cfg.eta * m.eps + (1.0 - self.cfg.eta) * pmax / max(m.goodput, 1e-9)
+        short = max(0.0, (1.0 - self.cfg.max_slowdown) - m.goodput / max(ref.goodput, 1e-9))
+        return m.eps * (1.0 + 10.0 * short)
+
+    def _decide(self, now: float, run: _Run) -> None:
+        m = self._measure(now, run)
+        self._mark(now, run)
+        if m is None or m.samples <= 0 or m.energy_j <= 0:
+            return
+        if run.ref is None:
+            run.ref = m
+            self._last = m
+            self._emit(now, "reference", "batch_size", "job", m.batch, eps_j=m.eps, goodput=m.goodput)
+            return
+        self._last = m
+        rate = self.cost_rate(m, run)
+        back = self.guard.evaluate(rate, now, noise=0.02)
+        if back is not None:
+            self._rollback(now, run, back)
+            return
+        run.t += 1
+        action = int(self.chooser(self.observation(m, run)))
+        dp, db = action // 3 - 1, action % 3 - 1
+        key = f"p{dp:+d}b{db:+d}"
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+        run.oom = False
+        if dp and self.cfg.tune_power:
+            g0 = self._gpus[0]
+            step = 0.05 * (g0.hi_w - g0.lo_w)
+            target = float(np.clip(run.limit_w + dp * step, g0.lo_w, g0.hi_w))
+            if target != run.limit_w:
+                self._set_power(now, run, target, rate)
+        if db and self.cfg.tune_batch and self.decider is not None and self._pending is None:
+            self._set_batch(now, run, int(m.batch * (2.0 if db > 0 else 0.5)), m.batch, rate)
+
+    def _set_power(self, now: float, run: _Run, watts: float, rate: float, rollback: bool = False) -> None:
+        d = self.guard.propose("power_limit", "all", watts, now) if not rollback else None
+        if d is not None and not d.allowed:
+            self._emit(now, "refused", "power_limit", "all", watts, reason=d.reason)
+            return
+        done = [g.index for g in self._gpus if getattr(self.actuator.set_power_limit(g.index, watts), "ok", False)]
+        if not done:
+            self._emit(now, "failed", "power_limit", "all", watts)
+            return
+        previous, run.limit_w = run.limit_w, watts
+        if not rollback:
+            self.guard.commit("power_limit", "all", watts, now, baseline=rate)
+        self._last_action_t = now
+        self._emit(now, "rollback" if rollback else "action", "power_limit", "all", watts, previous=previous, gpus=done)
+
+    def _set_batch(self, now: float, run: _Run, batch: int, previous: int, rate: float, rollback: bool = False) -> None:
+        assert self.decider is not None
+        if not rollback:
+            d = self.guard.propose("batch_size", "job", batch, now)
+            if not d.allowed:
+                self._emit(now, "refused", "batch_size", "job", batch, reason=d.reason)
+                return
+        try:
+            ident = self.decider.send_decision(run.job, {"batch_size": batch})
+        except (LookupError, ValueError) as e:
+            self._emit(now, "failed", "batch_size", "job", batch, reason=str(e))
+            return
+        self._pending = _Pending(ident, batch, previous, now)
+        self._rate_before = None if rollback else rate
+        self._emit(now, "rollback" if rollback else "decision", "batch_size", "job", batch, previous=previous, ident=ident)
+
+    def _check_pending(self, now: float) -> None:
+        p, run = self._pending, self._run
+        if p is None or self.decider is None or run is None:
+            return
+        ack = self.decider.wait_ack(p.ident, 0.0)
+        if ack is None:
+            if now - p.sent_at > 3 * self.cfg.interval_s:
+                self._pending = None
+                self._emit(now, "failed", "batch_size", "job", p.batch, reason="no ack")
+            return
+        self._pending = None
+        if ack.get("ok"):
+            if self._rate_before is not None:
+                self.guard.commit("batch_size", "job", p.batch, now, baseline=self._rate_before)
+            self._last_action_t = now
+            self._emit(now, "applied", "batch_size", "job", p.batch, previous=p.previous)
+        else:
+            err = str(ack.get("error") or "")
+            if "memory" in err.lower():
+                self.guard.record_oom(p.batch)
+                run.oom = True
+            self._emit(now, "nack", "batch_size", "job", p.batch, reason=err)
+
+    _rate_before: float | None = None
+
+    def _rollback(self, now: float, run: _Run, back: tuple[str, str, float]) -> None:
+        knob, _gpu, value = back
+        hook = getattr(self.chooser, "rolled_back", None)
+        if hook is not None:
+            hook(knob)
+        if knob == "power_limit":
+            self._set_power(now, run, value, 0.0, rollback=True)
+        elif knob == "batch_size" and self.decider is not None and self._last is not None:
+            self._set_batch(now, run, int(value), self._last.batch, 0.0, rollback=True)
+
+    # -- output -----------------------------------------------------------------------
+    def _emit(self, t: float, kind: str, knob: str, target: str, value: float, **extra: Any) -> None:
+        event = {"t": t, "kind": kind, "knob": knob, "target": target, "value": value, **extra}
+        logger.info("tuner %s %s=%s on %s %s", kind, knob, value, target, extra or "")
+        self.on_event(event)
+
+    def samples(self) -> list[Sample]:
+        """Guard counters, knob values and the tuner's own measurements."""
+        out = self.guard.samples()
+        run, m = self._run, self._last
+        if run is not None and m is not None and run.ref is not None and math.isfinite(m.eps):
+            out.append((EPS, (("job", run.job),), m.eps))
+            out.append((EPS_REF, (("job", run.job),), run.ref.eps))
+            out.append((GOODPUT_RATIO, (("job", run.job),), m.goodput / max(run.ref.goodput, 1e-9)))
+        out.append((LAST_ACTION, (), self._last_action_t))
+        out += [(DECISIONS, (("move", k),), float(n)) for k, n in sorted(self.decisions.items())]
+        return out
