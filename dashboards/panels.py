@@ -39,9 +39,6 @@ class Query:
     legend: str = ""
 
 
-Step = tuple[str, float | None]
-
-
 def steps(base: str, *rest: tuple[str, float]) -> list[dict[str, Any]]:
     """Grafana threshold steps: ``base`` colour from -inf, then (colour, from value) ascending."""
     values = [v for _, v in rest]
@@ -50,9 +47,8 @@ def steps(base: str, *rest: tuple[str, float]) -> list[dict[str, Any]]:
     return [{"color": base, "value": None}] + [{"color": c, "value": v} for c, v in rest]
 
 
-#: Higher is worse (temperature, errors, memory pressure).
 def high_bad(warn: float, crit: float) -> list[dict[str, Any]]:
-    """Green below ``warn``, orange from ``warn``, red from ``crit``."""
+    """Green below ``warn``, orange from ``warn``, red from ``crit`` (temperature, errors, pressure)."""
     return steps("green", ("orange", warn), ("red", crit))
 
 
