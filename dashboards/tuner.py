@@ -83,7 +83,8 @@ def action_panels() -> list[g.Panel]:
         timeseries(
             "Tuner actions by knob", "short",
             [Query(f"sum by (knob) (increase(gputuned_tuner_actions_total{{{NODE}}}[{RATE}]))", "{{knob}}")],
-            info_only(), "Knob changes the tuner applied in each interval.", min_value=0, stack=True,
+            high_bad(5, 15), "Knob changes the tuner applied in each interval; many in a row mean it oscillates.",
+            min_value=0, stack=True,
         ),
         timeseries(
             "Guard interventions by reason", "short",
