@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gputuned.dashboards.commands",
     "gputuned.tuner.commands",
     "gputuned.collectors.sim.commands",
+    "gputuned.daemon.cmd_loop",
 )
 
 #: Exit code for bad input (config, flags, files), as argparse uses.

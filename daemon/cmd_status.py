@@ -122,6 +122,10 @@ def _status(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
+    if getattr(args, "watch", False):  # live view: gputuned.daemon.watch (closed-loop issue)
+        from gputuned.daemon.watch import watch
+
+        return watch(args, cfg)
     path = _socket_path(args, cfg)
     try:
         reply = admin_request(path, "status", timeout=args.timeout)
@@ -238,6 +242,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_config_flags(p)
     p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    # --watch: the live view in gputuned.daemon.watch
+    p.add_argument("--watch", action="store_true", help="live view: GPUs, knobs, job, alerts, tuner (Ctrl-C ends)")
+    p.add_argument("--watch-interval", type=float, default=2.0, metavar="S", help="seconds between refreshes")
+    p.add_argument("--metrics-url", help="/metrics to read for --watch (default from the config)")
+    p.add_argument("--watch-count", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_status)
 
