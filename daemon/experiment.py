@@ -97,8 +97,14 @@ def _wait(cond: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-def run_once(spec: ExperimentSpec, tuned: bool, out_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the job once (tuner on or off), write trace, events and summary to ``out_dir``."""
+def run_once(
+    spec: ExperimentSpec, tuned: bool, out_dir: Path, progress: Progress | None = None,
+    backend_hook: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run the job once (tuner on or off), write trace, events and summary to ``out_dir``.
+
+    ``backend_hook(backend)`` sees the simulated node before NVML opens it (tests watch its devices).
+    """
     from gputuned.collectors.gpu import GPUCollector
     from gputuned.collectors.nvml import open_gpus, open_nvml
     from gputuned.collectors.sim import nvml as sim_nvml
@@ -126,6 +132,8 @@ def run_once(spec: ExperimentSpec, tuned: bool, out_dir: Path, progress: Progres
     job = backend.job
     if job is None:
         raise ValueError(f"workload {spec.workload!r} gives no job")
+    if backend_hook is not None:
+        backend_hook(backend)
     sim_nvml.attach(backend)
     nvml, _ = open_nvml("sim", sim_module=sim_nvml)
     devices = open_gpus(nvml)
@@ -223,10 +231,13 @@ def compare(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_experiment(spec: ExperimentSpec, out_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+def run_experiment(
+    spec: ExperimentSpec, out_dir: Path, progress: Progress | None = None,
+    backend_hook: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
     """Both runs and their comparison (``out_dir``/off, /on, comparison.json)."""
-    off = run_once(spec, False, out_dir / "off", progress)
-    on = run_once(spec, True, out_dir / "on", progress)
+    off = run_once(spec, False, out_dir / "off", progress, backend_hook)
+    on = run_once(spec, True, out_dir / "on", progress, backend_hook)
     doc = compare(off, on)
     (out_dir / "comparison.json").write_text(json.dumps(doc, indent=1))
     return doc

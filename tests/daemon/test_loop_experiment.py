@@ -1,0 +1,102 @@
+"""The whole loop on the simulated node: NVML writes, plugin decisions, restore, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gputuned.collectors.sim import nvml as sim_nvml
+from gputuned.daemon.experiment import ExperimentSpec, run_experiment
+from gputuned.daemon.report import build_report, energy_per_sample, load_runs
+
+
+class _Watched:
+    """Records every write of a simulated device's settings (what NVML set calls change)."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, int, Any]] = []
+        self.devices: list[Any] = []
+
+    def __call__(self, backend: Any) -> None:
+        log = self.writes
+        self.devices = list(backend.devices)
+        for dev in backend.devices:
+            base = type(dev)
+
+            def __setattr__(self: Any, name: str, value: Any, _base: type = base) -> None:  # noqa: N807
+                if name in ("power_limit_mw", "locked_sm_clocks_mhz"):
+                    log.append((name, self.index, value))
+                _base.__setattr__(self, name, value)
+
+            dev.__class__ = type(f"Watched{base.__name__}", (base,), {"__setattr__": __setattr__})
+
+
+@pytest.fixture(scope="module")
+def loop_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], _Watched]:
+    out = tmp_path_factory.mktemp("exp")
+    watched = _Watched()
+    spec = ExperimentSpec(workload="imagenet-resnet50", objective="energy_slowdown", duration_s=600.0, gpus=2,
+                          profile="a100", tick_s=2.0, interval_s=10.0, chooser="climb", seed=3)
+    try:
+        doc = run_experiment(spec, out, backend_hook=watched)
+    finally:
+        sim_nvml.attach(None)
+    return out, doc, watched
+
+
+def test_tuner_lowers_power_limits_through_nvml_and_restores_them(loop_run: tuple[Path, dict[str, Any], _Watched]) -> None:
+    out, doc, watched = loop_run
+    limits = [(i, v) for name, i, v in watched.writes if name == "power_limit_mw"]
+    default = watched.devices[0].profile.power_limit_default_w * 1000
+    assert any(v < default for _, v in limits), "the tuner never lowered a power limit through NVML"
+    assert {i for i, v in limits if v < default} == {0, 1}  # every GPU of the job
+    # restored on stop: the last write to each GPU is its original limit, the state file is gone
+    for gpu in (0, 1):
+        assert [v for i, v in limits if i == gpu][-1] == default
+        assert watched.devices[gpu].power_limit_mw == default
+    assert doc["restored"] is True
+    assert not (out / "on" / "state.json").exists()
+    events = [json.loads(line) for line in (out / "on" / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["kind"] == "restored"
+    assert any(e["kind"] == "action" and e["knob"] == "power_limit" for e in events)
+
+
+def test_batch_size_decisions_reach_the_job_through_the_plugin_protocol(loop_run: tuple[Path, dict[str, Any], _Watched]) -> None:
+    out, _doc, _ = loop_run
+    on = json.loads((out / "on" / "summary.json").read_text())
+    off = json.loads((out / "off" / "summary.json").read_text())
+    assert on["decisions_applied"] >= 1 and off["decisions_applied"] == 0
+    runs = {r.name: r for r in load_runs(out)}
+    # the batch size the job reported back over the socket changed during the tuned run only
+    (_, _, batch_on), = runs["on"].get("gputuned_trainer_batch_size", rank="0")
+    (_, _, batch_off), = runs["off"].get("gputuned_trainer_batch_size", rank="0")
+    assert len(set(batch_on.tolist())) > 1
+    assert set(batch_off.tolist()) == {256.0}
+    events = [json.loads(line) for line in (out / "on" / "events.jsonl").read_text().splitlines()]
+    applied = [e for e in events if e["kind"] == "applied" and e["knob"] == "batch_size"]
+    assert applied and all(e["value"] in batch_on.tolist() for e in applied)
+
+
+def test_tuned_run_spends_less_energy_per_sample_within_the_budget(loop_run: tuple[Path, dict[str, Any], _Watched]) -> None:
+    _, doc, _ = loop_run
+    assert doc["energy_saving"] > 0.03
+    assert doc["slowdown"] < 0.06
+    assert doc["off"]["energy_j"] > 0 and doc["on"]["time_to_target_s"] > 0
+
+
+def test_report_draws_the_runs_and_compares_them(loop_run: tuple[Path, dict[str, Any], _Watched], tmp_path: Path) -> None:
+    out, doc, _ = loop_run
+    html_path = tmp_path / "report.html"
+    pngs = build_report(out, html_path)
+    names = {p.stem for p in pngs}
+    assert {"throughput", "power", "sm_clock", "batch_size", "energy_per_sample"} <= names
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+    page = html_path.read_text()
+    assert page.count("data:image/png;base64,") == len(pngs)
+    assert f"{doc['ratio']['energy_to_target_j']:.3f}" in page  # the summary table carries the measured ratio
+    t, eps = energy_per_sample(load_runs(out)[0])
+    assert len(t) > 10 and (eps > 0).all()
