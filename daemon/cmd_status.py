@@ -237,7 +237,7 @@ def _set(args: argparse.Namespace) -> int:
     return code
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show the running daemon: GPUs, knobs vs originals, collectors, jobs")
     add_config_flags(p)
     p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")

@@ -57,7 +57,7 @@ class _Persister:
 
 def _persisting_class(base: type[SimDevice]) -> type[SimDevice]:
     def __setattr__(self: SimDevice, name: str, value: Any) -> None:  # noqa: N807
-        base.__setattr__(self, name, value)
+        object.__setattr__(self, name, value)
         if name in SETTINGS:
             persister = self.__dict__.get("_persister")
             if persister is not None:

@@ -296,3 +296,49 @@ def send_fuzz_case(path: Path | str, case: tuple[bool, list[bytes]], timeout: fl
         except OSError:
             pass
     return n
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from gputuned.daemon.statefile import GPURecord, State, StateFile
+sf = StateFile(Path(sys.argv[1]))
+k = 0
+while True:
+    k += 1
+    gpus = {f"GPU-{i:04d}": GPURecord(i, f"GPU-{i:04d}", {"power_limit": 700000, "applications_clocks": [2619, 1590],
+            "locked_sm_clocks": None, "locked_memory_clocks": None}, ["power_limit", "locked_sm_clocks"],
+            {"power_limit": 300000 + k, "locked_sm_clocks": [900, 1400]}) for i in range(64)}
+    sf.save(State(gpus=gpus))
+    if k == 1:
+        print("first", flush=True)
+"""
+
+
+def writer_kill_trial(tmp: Path, seed: int) -> dict[str, Any]:
+    """SIGKILL a process that does nothing but rewrite a 64-GPU state file, at a random moment.
+
+    Returns whether the state file parsed afterwards and whether the kill landed inside a
+    write (a temp file was left behind)."""
+    import random
+
+    from gputuned.daemon.statefile import StateFileError, parse_state
+
+    rng = random.Random(seed)
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "state.json"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the first complete write is in place
+    time.sleep(rng.uniform(0.0, 0.05))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    mid_write = any(p.name.endswith(".tmp") for p in tmp.iterdir())
+    try:
+        state = parse_state(path.read_text())
+        ok = len(state.gpus) == 64
+    except (StateFileError, OSError):
+        ok = False
+    for p in tmp.iterdir():
+        p.unlink()
+    return {"seed": seed, "complete": ok, "killed_mid_write": mid_write}
