@@ -16,12 +16,13 @@ Two parts, kept apart on purpose:
    RTT is measured to a listening and a closed loopback port. Four ranks of a DDP job report
    scripted step statistics through the real plugin client and control socket from t=15 s;
    rank 3 disconnects when its GPU is lost.
-2. **Synthesized**: the tuner (``gputuned_tuner_*``, ``gputuned_actuation_changes_total`` and
-   ``..._refusals_total``) and forecaster (``gputuned_forecast_*``, ``gputuned_anomaly_*``,
-   ``gputuned_alert*``, ``gputuned_degradation_*``) series are not produced by a daemon run
-   yet (the tuner and forecaster are not wired into the daemon), so this script writes them
-   into the trace beside the recorded samples under the sources ``synth-tuner`` and
-   ``synth-forecast``, one publish per recorded GPU tick, consistent with the scenario. A
+2. **Synthesized**: the tuner (``gputuned_tuner_*`` with the labels daemon/tuning.py's
+   component publishes, ``gputuned_actuation_changes_total`` and ``..._refusals_total``) and
+   forecaster (``gputuned_forecast_*``, ``gputuned_anomaly_*``, ``gputuned_alert*``,
+   ``gputuned_degradation_*``) series are not produced by a daemon run yet (the daemon does not
+   attach the tuner or the forecaster from its config), so this script writes them into the
+   trace beside the recorded samples under the sources ``synth-tuner`` and ``synth-forecast``,
+   one publish per recorded GPU tick, consistent with the scenario. A
    series the recording already holds is never synthesized. Replace them by a closed-loop
    recording once the daemon runs the tuner and forecaster.
 
@@ -340,28 +341,40 @@ class Synth:
         self.temps: dict[str, list[tuple[float, float]]] = {g: [] for g in gpu_labels}
         self.tput: list[tuple[float, float]] = []
 
-    def tuner(self, rel: float) -> list[tuple[str, Lab, float]]:
+    def tuner(self, rel: float, t: float) -> list[tuple[str, Lab, float]]:
+        """What daemon/tuning.py's TuningComponent and the actuator would publish for the scripted moves.
+
+        Labels follow the live tuner: one power limit for every GPU (gpu="all"), the batch size
+        per job (gpu="job"), measurements per job from the reference interval (t=20 s) on.
+        """
         pl = 700.0 if rel < 30 else 600.0 if rel < 60 else 550.0 if rel < 80 else 600.0
-        sm = 1.98e9 if rel < 30 else 1.83e9 if rel < 60 else 1.71e9 if rel < 80 else 1.83e9
-        actions = {"power_limit": (rel >= 30) + (rel >= 60) + (rel >= 80), "sm_clock": (rel >= 30) + (rel >= 60) + (rel >= 80),
-                   "batch_size": float(rel >= 40)}
+        moves = [(30, "p-1b+0"), (40, "p+0b+1"), (60, "p-1b+0"), (100, "p+0b+0")]
+        actions = {"power_limit": (rel >= 30) + (rel >= 60) + (rel >= 80), "batch_size": float(rel >= 40)}
+        last_action = max((t - rel + m for m in (30, 40, 60, 80) if rel >= m), default=0.0)
         out: list[tuple[str, Lab, float]] = [
-            ("gputuned_tuner_guard_interventions_total", (("reason", "bounds"),), float(rel >= 45)),
-            ("gputuned_tuner_guard_interventions_total", (("reason", "hardware_alert"),), float(max(0, int((rel - 55) // 10) + 1) if rel >= 55 else 0)),
+            ("gputuned_tuner_guard_interventions_total", (("reason", "min_interval"),), float(rel >= 45)),
+            ("gputuned_tuner_guard_interventions_total", (("reason", "hardware_alert"),),
+             float(int((rel - 55) // 10) + 1) if rel >= 55 else 0.0),
             ("gputuned_tuner_rollbacks_total", (), float(rel >= 80)),
-            ("gputuned_tuner_knob_value", (("knob", "batch_size"),), 512.0 if rel < 40 else 1024.0),
+            ("gputuned_tuner_knob_value", (("knob", "power_limit"), ("gpu", "all")), pl),
+            ("gputuned_tuner_knob_value", (("knob", "batch_size"), ("gpu", "job")), 512.0 if rel < 40 else 1024.0),
             ("gputuned_tuner_paused", (), 0.0),
-            ("gputuned_actuation_refusals_total", (("knob", "sm_clock"), ("reason", "gpu_lost")), float(rel >= 80)),
+            ("gputuned_tuner_last_action_timestamp_seconds", (), last_action),
+            ("gputuned_actuation_refusals_total", (("knob", "power_limit"), ("reason", "gpu_lost")), float(rel >= 80)),
         ]
+        for move in sorted({m for _, m in moves}):
+            out.append(("gputuned_tuner_decisions_total", (("move", move),), float(sum(rel >= w for w, m in moves if m == move))))
         out += [("gputuned_tuner_actions_total", (("knob", k),), float(n)) for k, n in actions.items()]
         out += [("gputuned_actuation_changes_total", (("knob", k),), float(n) * (GPUS if k != "batch_size" else 1))
                 for k, n in actions.items()]
-        for g, lab in self.gpu_labels.items():
-            uuid = dict(lab)["uuid"]
+        if rel >= 20:
+            job: Lab = (("job", JOB),)
+            eps = 2.40 if rel < 30 else 2.21 if rel < 60 else 2.12 if rel < 80 else 2.26
+            ratio = 1.0 if rel < 30 else 0.988 if rel < 60 else 0.955 if rel < 80 else 0.984
             out += [
-                ("gputuned_tuner_knob_value", (("knob", "power_limit"), ("gpu", g)), pl),
-                ("gputuned_tuner_knob_value", (("knob", "sm_clock"), ("gpu", g)), sm),
-                ("gputuned_actuation_gpu_changed", (("gpu", g), ("uuid", uuid)), float(rel >= 30)),
+                ("gputuned_tuner_energy_per_sample_joules", job, eps + 0.01 * math.sin(rel)),
+                ("gputuned_tuner_reference_energy_per_sample_joules", job, 2.40),
+                ("gputuned_tuner_goodput_ratio", job, ratio),
             ]
         return out
 
@@ -444,7 +457,7 @@ def synthesize(raw: Path, out: Path) -> None:
             latest[(name, lab)] = v
         if ev.source == "gpu":
             rel = ev.t - t_first
-            made = (synth.tuner(rel), synth.forecast(rel, latest))
+            made = (synth.tuner(rel, ev.t), synth.forecast(rel, latest))
             for source, samples in zip(SYNTH_SOURCES, made, strict=True):
                 writer.publish(source, ev.t, [x for x in samples if (x[0], x[1]) not in recorded])
     writer.close()

@@ -13,6 +13,7 @@ from gputuned.dashboards.panels import (
     dashboard,
     high_bad,
     info_only,
+    low_bad,
     stat,
     steps,
     timeline,
@@ -29,7 +30,8 @@ def knob_panels() -> list[g.Panel]:
         timeseries(
             "Power limit against default", "watt",
             [
-                Query(f'gputuned_tuner_knob_value{{{GPU}, knob="power_limit"}}', "GPU {{gpu}} tuner target"),
+                # the live tuner sets one power limit for every GPU: gpu="all"
+                Query(f'gputuned_tuner_knob_value{{{NODE}, gpu=~"$gpu|all", knob="power_limit"}}', "tuner target ({{gpu}})"),
                 Query(f"gputuned_gpu_power_limit_watts{{{GPU}}}", "GPU {{gpu}} enforced"),
                 Query(f"gputuned_gpu_power_limit_default_watts{{{GPU}}}", "GPU {{gpu}} default"),
             ],
@@ -45,11 +47,10 @@ def knob_panels() -> list[g.Panel]:
         timeseries(
             "SM clock against maximum", "hertz",
             [
-                Query(f'gputuned_tuner_knob_value{{{GPU}, knob="sm_clock"}}', "GPU {{gpu}} tuner target"),
                 Query(f"gputuned_gpu_sm_clock_hertz{{{GPU}}}", "GPU {{gpu}} current"),
                 Query(f"gputuned_gpu_sm_clock_max_hertz{{{GPU}}}", "GPU {{gpu}} maximum"),
             ],
-            info_only(), "The tuner's locked SM clock target, the current SM clock and the highest the GPU supports.",
+            info_only(), "The current SM clock against the highest the GPU supports (power caps pull it down).",
             min_value=0,
         ),
         timeseries(
@@ -73,6 +74,42 @@ def knob_panels() -> list[g.Panel]:
             ],
             steps("green", ("orange", 1)), "1 while the kill switch holds the tuner, or while actuation only logs.",
             mappings=value_text({0: ("no", "green"), 1: ("yes", "orange")}),
+        ),
+    ]
+
+
+def objective_panels() -> list[g.Panel]:
+    """The tuner's objective against its reference interval at the job's own settings."""
+    eps = f"gputuned_tuner_energy_per_sample_joules{{{NODE}}}"
+    ref = f"gputuned_tuner_reference_energy_per_sample_joules{{{NODE}}}"
+    return [
+        timeseries(
+            "Energy per effective sample against reference", "suffix: J/sample",
+            [
+                Query(eps, "{{exported_job}} now"),
+                Query(ref, "{{exported_job}} reference"),
+            ],
+            info_only(), "GPU energy per goodput sample over the tuner's last interval, and at the job's own settings.",
+            min_value=0,
+        ),
+        timeseries(
+            "Energy saved per sample", "percentunit",
+            [Query(f"1 - {eps} / {ref}", "{{exported_job}}")],
+            steps("red", ("orange", 0), ("green", 0.05)),
+            "Energy per effective sample saved against the reference; below 0 the tuner costs energy.",
+            max_value=1,
+        ),
+        timeseries(
+            "Goodput against reference", "percentunit",
+            [Query(f"gputuned_tuner_goodput_ratio{{{NODE}}}", "{{exported_job}}")],
+            low_bad(0.9, 0.97), "Goodput over the last interval relative to the reference; the default budget is a 3% slowdown.",
+            min_value=0,
+        ),
+        timeseries(
+            "Tuner decisions by move", "short",
+            [Query(f"sum by (move) (increase(gputuned_tuner_decisions_total{{{NODE}}}[{RATE}]))", "{{move}}")],
+            info_only(), "Decision intervals by chosen move: p power-limit step, b batch-size step (-1, 0, +1).",
+            min_value=0, stack=True,
         ),
     ]
 
@@ -157,10 +194,11 @@ def build() -> g.Dashboard:
     return dashboard(
         "gputuned / Tuner",
         UID,
-        "Knob values against the GPUs' originals, tuner actions, guard interventions, rollbacks, actuation results, "
-        "and energy against throughput.",
+        "Knob values against the GPUs' originals, the objective (energy per effective sample and goodput against "
+        "the reference interval, energy saved), tuner actions, guard interventions, rollbacks and actuation results.",
         [
             ("Knobs against originals", knob_panels()),
+            ("Objective", objective_panels()),
             ("Actions and the guard", action_panels()),
             ("What it bought", outcome_panels()),
         ],
