@@ -26,8 +26,8 @@ MAGIC = b"GPTUCK01"
 _HEAD = struct.Struct(">8s32sQ")
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
-#: Called with (temp path, bytes written so far) half-way through a write; a fault-injection seam.
-PartialWriteHook = Callable[[Path, int], None]
+#: Called with (step, temp path, bytes written so far) half-way through a write; a fault-injection seam.
+PartialWriteHook = Callable[[int, Path, int], None]
 
 
 def snapshot(obj: Any) -> Any:
@@ -101,7 +101,7 @@ class CheckpointManager:
                 f.write(payload[:half])
                 if self.on_partial_write is not None:
                     f.flush()
-                    self.on_partial_write(tmp, len(head) + half)
+                    self.on_partial_write(step, tmp, len(head) + half)
                 f.write(payload[half:])
                 f.flush()
                 os.fsync(f.fileno())

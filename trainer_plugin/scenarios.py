@@ -13,13 +13,14 @@ import os
 import signal
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from gputuned.trainer_plugin.config import Config, load_config, parse_config
+from gputuned.trainer_plugin.config import Config, parse_config
 from gputuned.trainer_plugin.trainer import Callbacks, Trainer
 
 logger = logging.getLogger(__name__)
@@ -34,9 +35,13 @@ BASE: dict[str, Any] = {
 
 
 def _config(path: str | None, overrides: dict[str, Any]) -> Config:
+    """BASE, updated table by table from the TOML file at path (if any), then overrides."""
+    data = {k: dict(v) for k, v in BASE.items()}
     if path:
-        return load_config(path, overrides)
-    return parse_config(BASE, overrides)
+        with open(path, "rb") as f:
+            for section, table in tomllib.load(f).items():
+                data.setdefault(section, {}).update(table)
+    return parse_config(data, overrides)
 
 
 def compression(cfg_path: str | None) -> dict[str, Any]:
@@ -98,16 +103,14 @@ def resume(cfg_path: str | None) -> dict[str, Any]:
     """
     kill_at = int(os.environ.get("GPUTUNED_KILL_AT_STEP", "-1"))
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    holder: dict[str, Trainer] = {}
 
-    def partial(tmp: Path, written: int) -> None:
-        if holder["t"].step == kill_at and attempt == 0:
+    def partial(step: int, tmp: Path, written: int) -> None:
+        if step == kill_at and attempt == 0:
             logger.warning("fault injection: SIGKILL rank 0 with %s half written (%d bytes)", tmp, written)
             os.kill(os.getpid(), signal.SIGKILL)
 
     cfg = _config(cfg_path, {})
     trainer = Trainer(cfg, Callbacks(on_partial_checkpoint=partial))
-    holder["t"] = trainer
     result = trainer.fit()
     trainer.close()
     return {"accuracy": result.test_accuracy, "loss": result.test_loss, "steps": result.steps,

@@ -61,7 +61,12 @@ def init_distributed() -> bool:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
+    # torchrun keeps one TCP store across elastic restarts; a per-attempt prefix stops a restarted
+    # worker from reading the dead attempt's gloo/NCCL addresses (seen as connectFullMesh failures).
+    store, rank, world = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"gputuned/attempt{attempt}/", store),
+                            rank=rank, world_size=world)
     return True
 
 
