@@ -21,6 +21,7 @@ UNIT_NAMES: dict[str, str] = {
     "bytes": "bytes (IEC)",
     "Bps": "bytes per second",
     "pps": "packets per second",
+    "ops": "per second",
     "s": "seconds",
     "joule": "joules (J)",
     "short": "count",
