@@ -164,6 +164,7 @@ def main() -> int:
             "metrics_bytes": len(final),
             "daemon_cpu_ratio": round((cpu1 - cpu0) / (w1 - w0), 3),
             "daemon_rss_mib": round(rss_bytes(d.proc.pid) / 2**20, 1),
+            "host_load_average_1m_at_end": round(os.getloadavg()[0], 2),
         }
         if summary["rejected_total"] != summary["rejected_total"]:  # NaN: nothing rejected, family absent
             summary["rejected_total"] = 0.0

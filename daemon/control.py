@@ -179,7 +179,7 @@ class ControlServer:
             ident = f"d-{self._next_decision}"
             self._pending[ident] = (job, conn.cid)
             self._outbox.append((conn.cid, {"type": "decision", "id": ident, kinds[0]: value}))
-        self.decisions["sent"] += 1
+            self.decisions["sent"] += 1
         self._wake()
         return ident
 
@@ -207,9 +207,11 @@ class ControlServer:
         out.append((REPORTS, (), float(self.reports_total)))
         out.append((CONNECTIONS, (), float(len(self._conns))))
         out.append((JOBS, (), float(len(self.jobs.jobs()))))
-        for reason, n in sorted(self.rejected.items()):
+        with self._lock:
+            decisions = dict(self.decisions)
+        for reason, n in sorted(dict(self.rejected).items()):  # dict(): one atomic copy
             out.append((REJECTED, (("reason", reason),), float(n)))
-        for result, n in sorted(self.decisions.items()):
+        for result, n in sorted(decisions.items()):
             out.append((DECISIONS, (("result", result),), float(n)))
         return out
 
@@ -387,7 +389,7 @@ class ControlServer:
             while len(self._acks) > 1024:
                 self._acks.popitem(last=False)
             self._acked.notify_all()
-        self.decisions["acked" if ok else "refused"] += 1
+            self.decisions["acked" if ok else "refused"] += 1
         for cb in self._ack_callbacks:
             try:
                 cb(conn.job, msg)
@@ -453,7 +455,9 @@ class ControlServer:
         for cid, msg in outbox:
             conn = self._conns.get(cid)
             if conn is None:
-                self.decisions["undelivered"] += 1
+                with self._lock:
+                    self.decisions["undelivered"] += 1
+                    self._pending.pop(str(msg.get("id")), None)
                 continue
             self._queue(conn, msg)
 
@@ -467,6 +471,8 @@ class ControlServer:
         with self._lock:
             if self._conns.pop(conn.cid, None) is None:
                 return
+            for ident in [i for i, (_, cid) in self._pending.items() if cid == conn.cid]:
+                del self._pending[ident]  # never acked: the leader went away
         if reason:
             logger.warning("control: closing connection of pid %d: %s", conn.pid, reason)
         with contextlib.suppress(KeyError, ValueError):
