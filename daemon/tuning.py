@@ -163,9 +163,10 @@ class TuningComponent:
         self.gpu_indices = list(gpus)
         self.cfg = config or TuningConfig()
         self.chooser = chooser or make_chooser(self.cfg.chooser, self.cfg.policy, self.cfg.objective, self.cfg.max_slowdown)
+        # a batch size counts as changed when the job acks it, a tick or so after the decision
+        half = self.cfg.interval_s * 0.5
         self.guard = guard or SafetyGuard(GuardConfig(pause_file=self.cfg.pause_file, min_interval_s={
-            "power_limit": self.cfg.interval_s * 0.9, "sm_clock": self.cfg.interval_s * 0.9,
-            "batch_size": self.cfg.interval_s * 0.9}, settle_s=self.cfg.interval_s * 0.9), alerts=alerts)
+            "power_limit": half, "sm_clock": half, "batch_size": half}, settle_s=half), alerts=alerts)
         self.on_event = on_event or (lambda e: None)
         self._mono = monotonic
         self._gpus: list[_GPU] = []
@@ -249,13 +250,14 @@ class TuningComponent:
             _, vs = self.store.window(name, (("job", run.job), ("rank", TRAINER_LABEL_RANK)), seconds, now)
             out.extend(vs)
         samples = tot[1] - run.mark_samples
-        tput = samples / seconds if seconds > 0 else 0.0
-        eff = (float(np.mean(gps)) / float(np.mean(tps))) if tps and gps and np.mean(tps) > 0 else 1.0
+        # the job's own rates: a counter delta between ticks jitters with report timing
+        tput = float(np.mean(tps)) if tps else (samples / seconds if seconds > 0 else 0.0)
+        eff = float(np.mean(gps)) / tput if gps and tput > 0 else 1.0
         power = [self.store.value(F.GPU_POWER, g.labels) or 0.0 for g in self._gpus]
         sm = [(self.store.value(F.GPU_SM_CLOCK, g.labels) or 0.0) / g.max_sm_hz for g in self._gpus]
         masks = [int(self.store.value(F.GPU_CLOCK_EVENT_MASK, g.labels) or 0) for g in self._gpus]
         batch = int(self._trainer("gputuned_trainer_batch_size", run.job) or run.b0)
-        return Interval(tot[0] - run.mark_energy, samples, seconds, tput * eff, float(np.mean(power)),
+        return Interval(tot[0] - run.mark_energy, tput * seconds, seconds, tput * eff, float(np.mean(power)),
                         float(np.mean(sm)), any(m & POWER_CAP for m in masks), batch)
 
     def _mark(self, now: float, run: _Run) -> None:

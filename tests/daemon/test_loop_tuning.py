@@ -1,0 +1,168 @@
+"""The live tuner against a scripted node: climber moves, guard refusals, OOM, rollback hook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gputuned.collectors import families as F
+from gputuned.daemon.store import Store
+from gputuned.daemon.tuning import TuningComponent, TuningConfig
+from gputuned.daemon.tuning_policy import ClimbChooser, PolicyChooser, make_chooser, move
+
+GPU = (("gpu", "0"), ("uuid", "GPU-0"))
+RANK0 = (("job", "j"), ("rank", "0"))
+
+
+@dataclass
+class Node:
+    """A one-GPU node: throughput 1000 x (p / 400) ** 0.3 x (b / 64) ** 0.1 at power limit p, batch b."""
+
+    limit_w: float = 400.0
+    batch: int = 64
+    energy: float = 0.0
+    samples: float = 0.0
+    oom_from: int = 10**9
+    set_calls: list[float] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    acks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # -- the actuator the tuner sees
+    def set_power_limit(self, gpu: int, watts: float) -> Any:
+        self.set_calls.append(watts)
+        self.limit_w = watts
+        return type("R", (), {"ok": True})()
+
+    def bounds(self, gpu: int) -> dict[str, tuple[int, int]]:
+        return {"power_limit": (100_000, 400_000)}
+
+    # -- the control server the tuner sees
+    def send_decision(self, job: str, payload: dict[str, Any]) -> str:
+        ident = f"d-{len(self.sent) + 1}"
+        self.sent.append(payload)
+        b = payload["batch_size"]
+        if b >= self.oom_from:
+            self.acks[ident] = {"ok": False, "error": f"CUDA out of memory at batch_size {b}"}
+        else:
+            self.batch = b
+            self.acks[ident] = {"ok": True}
+        return ident
+
+    def wait_ack(self, ident: str, timeout: float) -> dict[str, Any] | None:
+        return self.acks.get(ident)
+
+    def connected_jobs(self) -> dict[str, list[int]]:
+        return {"j": [0]}
+
+    def step(self, store: Store, t: float, dt: float) -> None:
+        tput = 1000.0 * (self.limit_w / 400.0) ** 0.3 * (self.batch / 64) ** 0.1
+        power = min(self.limit_w, 300.0 * (self.limit_w / 400.0) ** 0.5 + 60.0)
+        self.energy += power * dt
+        self.samples += tput * dt
+        store.publish("gpu", t, [
+            (F.GPU_POWER_LIMIT, GPU, self.limit_w), (F.GPU_POWER_LIMIT_MIN, GPU, 100.0), (F.GPU_POWER_LIMIT_MAX, GPU, 400.0),
+            (F.GPU_SM_CLOCK_MAX, GPU, 1.4e9), (F.GPU_SM_CLOCK, GPU, 1.4e9 * (self.limit_w / 400.0) ** 0.5),
+            (F.GPU_POWER, GPU, power), (F.GPU_ENERGY, GPU, self.energy), (F.GPU_CLOCK_EVENT_MASK, GPU, 4.0),
+        ])
+        store.publish("trainer", t, [
+            ("gputuned_trainer_samples_total", RANK0, self.samples), ("gputuned_trainer_samples_per_second", RANK0, tput),
+            ("gputuned_trainer_goodput_samples_per_second", RANK0, tput), ("gputuned_trainer_batch_size", RANK0, float(self.batch)),
+        ])
+
+
+def drive(node: Node, tuner: TuningComponent, store: Store, seconds: float, dt: float = 1.0) -> None:
+    t = 1000.0
+    for _ in range(int(seconds / dt)):
+        t += dt
+        node.step(store, t, dt)
+        tuner.tick(t)
+
+
+def make(tmp_path: Path, node: Node, objective: str = "energy_slowdown", **cfg: Any) -> tuple[TuningComponent, Store, list]:
+    store = Store(100)
+    events: list[dict[str, Any]] = []
+    conf = TuningConfig(objective=objective, interval_s=5.0, chooser="climb", pause_file=tmp_path / "paused", **cfg)
+    return TuningComponent(store, node, node, [0], conf, on_event=events.append), store, events
+
+
+def test_energy_objective_lowers_the_limit_until_the_slowdown_budget(tmp_path: Path) -> None:
+    node = Node()
+    tuner, store, events = make(tmp_path, node, max_slowdown=0.03, tune_batch=False)
+    drive(node, tuner, store, 300)
+    # t(p) / t(400) >= 0.97 needs p >= 400 x 0.97 ** (1 / 0.3) = 361 W: it stops at the lowest 15 W step above
+    assert 355.0 <= node.limit_w <= 385.0
+    assert min(node.set_calls) >= 355.0
+    assert [e["kind"] for e in events][:2] == ["job", "reference"]
+    samples = {s[0]: s[2] for s in tuner.samples()}
+    assert samples["gputuned_tuner_goodput_ratio"] >= 0.97 - 0.005
+
+
+def test_throughput_objective_keeps_the_limit_at_its_maximum(tmp_path: Path) -> None:
+    node = Node(limit_w=300.0)
+    tuner, store, _ = make(tmp_path, node, objective="throughput", tune_batch=False)
+    drive(node, tuner, store, 120)
+    assert node.limit_w == 400.0
+
+
+def test_kill_switch_refuses_every_change(tmp_path: Path) -> None:
+    node = Node()
+    (tmp_path / "paused").write_text("x")
+    tuner, store, events = make(tmp_path, node)
+    drive(node, tuner, store, 120)
+    assert node.set_calls == [] and node.sent == []
+    assert {e["reason"] for e in events if e["kind"] == "refused"} == {"paused"}
+    assert tuner.guard.interventions["paused"] > 0
+
+
+def test_out_of_memory_batch_is_never_proposed_again(tmp_path: Path) -> None:
+    node = Node(oom_from=128)
+    tuner, store, events = make(tmp_path, node, objective="throughput")
+    drive(node, tuner, store, 600)
+    doubled = [d["batch_size"] for d in node.sent if d["batch_size"] >= 128]
+    assert doubled == [128]  # tried once, refused by the job, then the guard's ceiling holds
+    assert tuner.guard.oom_ceiling == 128
+    assert any(e["kind"] == "nack" for e in events)
+
+
+def test_stop_gives_the_job_its_batch_size_back(tmp_path: Path) -> None:
+    node = Node()
+    tuner, store, events = make(tmp_path, node, objective="throughput")
+    drive(node, tuner, store, 200)
+    assert node.batch > 64  # larger batches are faster here: the climber keeps one
+    tuner.stop()
+    assert node.sent[-1] == {"batch_size": 64} and events[-1]["kind"] == "restore"
+
+
+def test_climber_probes_a_batch_size_and_undoes_a_bad_one() -> None:
+    c = ClimbChooser("energy_slowdown", 0.03)
+    obs = np.zeros(14, dtype=np.float32)
+    obs[0] = 0.8  # limit share; goodput exactly at budget: hold the power
+    obs[7] = -0.03
+    assert c(obs) == move(0, 0)
+    first = c(obs)
+    assert first in (move(0, +1), move(0, -1))
+    worse = obs.copy()
+    worse[8] = 0.2  # energy per sample 20% up: undo
+    undo = c(worse)
+    assert undo == move(0, -(first % 3 - 1))
+
+
+def test_make_chooser_reads_a_numpy_policy(tmp_path: Path) -> None:
+    from gputuned.tuner.policy_numpy import NumpyPolicy
+
+    w = [np.zeros((9, 14))]
+    b = [np.eye(9)[7] * 5.0]
+    path = tmp_path / "p.npz"
+    NumpyPolicy(w, b).save(path)
+    chooser = make_chooser("policy", path, "energy_slowdown", 0.03)
+    assert isinstance(chooser, PolicyChooser) and chooser(np.zeros(14)) == 7
+    NumpyPolicy([np.zeros((7, 56))], [np.zeros(7)]).save(tmp_path / "zeus.npz")
+    with pytest.raises(ValueError, match="expects 56 observations"):
+        make_chooser("policy", tmp_path / "zeus.npz", "energy", 0.1)
+    assert isinstance(make_chooser("auto", tmp_path / "zeus.npz", "energy", 0.1), ClimbChooser)
+    with pytest.raises(ValueError, match="tuner.objective"):
+        TuningConfig(objective="speed")
