@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gputuned.tuner.commands",
     "gputuned.collectors.sim.commands",
     "gputuned.daemon.cmd_loop",
+    "gputuned.trainer_plugin.commands",
 )
 
 #: Exit code for bad input (config, flags, files), as argparse uses.

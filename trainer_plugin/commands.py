@@ -1,0 +1,88 @@
+"""``gputuned train CONFIG.toml``: validate a trainer config, then train (launching torchrun if asked)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tomllib
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` subcommand."""
+    p = subparsers.add_parser("train", help="train a model with the gputuned trainer (DDP, AMP, checkpoints)")
+    p.add_argument("config", help="trainer config (TOML), e.g. examples/digits.toml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set compression.hook=\"topk\" (TOML value)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes to launch with torchrun when not already under torchrun (default 1)")
+    p.add_argument("--max-restarts", type=int, default=3, help="torchrun elastic restarts (with --nproc)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_train)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn KEY=VALUE strings into a mapping; VALUE is TOML (bare words are strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Validate, then train here (single process or torchrun worker) or launch torchrun."""
+    from gputuned.trainer_plugin.config import ConfigError, load_config
+
+    try:
+        overrides = parse_overrides(args.overrides)
+        config = load_config(args.config, overrides)
+    except (ConfigError, ValueError) as e:
+        print(f"gputuned train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.nproc > 1 and "RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
+               "--max-restarts", str(args.max_restarts), "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
+               "-m", "gputuned.daemon.cli", "train", args.config, *sum((["--set", o] for o in args.overrides), [])]
+        if args.json:
+            cmd.append("--json")
+        return subprocess.call(cmd)
+    return _train_here(config, args.json)
+
+
+def _train_here(config: Any, as_json: bool) -> int:
+    import torch.distributed as dist
+
+    from gputuned.trainer_plugin.config import ConfigError
+    from gputuned.trainer_plugin.trainer import Trainer
+
+    try:
+        trainer = Trainer(config)
+    except ConfigError as e:
+        print(f"gputuned train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    result = trainer.fit()
+    trainer.close()
+    if trainer.rank == 0:
+        summary = {"steps": result.steps, "epochs": result.epochs, "test_accuracy": round(result.test_accuracy, 4),
+                   "test_loss": round(result.test_loss, 4), "overflows": result.overflows,
+                   "stopped_by_sigterm": result.stopped_early, "precision": trainer.precision,
+                   "world_size": trainer.world}
+        print(json.dumps(summary) if as_json else
+              " ".join(f"{k}={v}" for k, v in summary.items()))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
