@@ -99,7 +99,7 @@ class ControlConfig(_Section):
     socket_group: str = Field("", description="group owning the socket (name or gid); empty: the daemon's")
     allowed_uids: list[int] = Field([], description="uids that may connect, besides root and the daemon's own")
     allowed_gids: list[int] = Field([], description="gids (primary or supplementary) that may connect")
-    admin_uids: list[int] = Field([0], description="uids that may ask for status and set knobs by hand")
+    admin_uids: list[int] = Field([0], description="uids that may set knobs by hand and restore (status is open to allowed peers)")
     max_message_bytes: int = Field(65536, ge=256, le=65536)
     hello_timeout_s: float = Field(5.0, gt=0, le=300)
     frame_timeout_s: float = Field(5.0, gt=0, le=300)

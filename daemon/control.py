@@ -397,12 +397,13 @@ class ControlServer:
                 logger.exception("ack callback failed")
 
     def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
-        if conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
+        op = P.check_admin(msg)
+        # status is read-only: any allowed peer may ask; changes need an admin uid.
+        if op != "status" and conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
             self.rejected["not_admin"] += 1
             self._queue(conn, {"type": "error", "error": f"uid {conn.uid} is not in control.admin_uids"})
             conn.kind = "closing"
             return
-        op = P.check_admin(msg)
         conn.kind = "admin"
         if self.admin is None:
             reply: dict[str, Any] = {"ok": False, "error": "no admin handler"}

@@ -232,11 +232,13 @@ def test_a_client_from_a_uid_not_allowed_is_refused(server: Make, open_dir: Path
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
-def test_an_allowed_uid_reports_but_may_not_use_admin(server: Make, open_dir: Path) -> None:
+def test_an_allowed_uid_reports_and_reads_status_but_may_not_set(server: Make, open_dir: Path) -> None:
     srv = server(open_dir, socket_mode=0o666, allowed_uids=[65534])
     hello = {"v": 1, "type": "hello", "seq": 0, "job": "x", "rank": 0, "local_rank": 0, "world_size": 1,
              "pid": 1, "leader": True, "batch_size": 1, "batch_mode": "global"}
     assert _as_uid(65534, srv.cfg.socket_path, hello)["type"] == "welcome"
+    status = _as_uid(65534, srv.cfg.socket_path, {"v": 1, "type": "admin", "seq": 0, "op": "status"})
+    assert status["type"] == "admin_reply" and status["op"] == "status"  # read-only: allowed
     got = _as_uid(65534, srv.cfg.socket_path, {"v": 1, "type": "admin", "seq": 0, "op": "set", "gpu": 0,
                                                "knob": "power_limit", "value": 100000})
     assert got["type"] == "error" and "admin_uids" in got["error"]
