@@ -2,8 +2,8 @@
 
 ``gputuned status`` asks the daemon over the control socket (an ``admin`` message with
 ``op: status``) and renders what :func:`node_status` returns; ``gputuned set`` and
-``gputuned restore`` use ``op: set`` / ``op: restore`` the same way. Only uids in
-``control.admin_uids`` (root by default) may send admin messages.
+``gputuned restore`` use ``op: set`` / ``op: restore`` the same way. Status is open to every
+allowed peer; set and restore only to uids in ``control.admin_uids`` (root by default).
 """
 
 from __future__ import annotations
