@@ -11,7 +11,8 @@ What it does, per recurrence of a job (it never reads the trace tables):
    relative to the best's; global counters) and ask the chooser (the learned policy, numpy
    inference) for a move: run the size at an offset of -3..+3 places from the best one in
    the trainer's list of sizes, offset 0 (or an absent size) meaning exploit, which
-   Thompson-samples the finished sizes' mean costs.
+   Thompson-samples the finished sizes' mean costs, once the local search is done (an untried
+   immediate neighbour of the best size is run first, :meth:`GputunedPolicy._local_search`).
 3. The chosen size gets its power limit by JIT profiling (cached per size). If the run's cost
    passes ``switch_beta`` x the best mean run cost, it switches to the best size, keeping the
    progress made (unlike Zeus, which stops and restarts), and the size is marked stopped
@@ -198,13 +199,25 @@ class GputunedPolicy:
         switch_beta: float = 1.3,
         guard: SafetyGuard | None = None,
         rng: np.random.Generator | None = None,
+        local_search: bool = True,
     ) -> None:
         self.chooser = chooser
+        self.local_search = local_search
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.switch_beta = switch_beta
         self.guard = guard
         self.mem = ArmMemory()
         self.last_move = SLOTS
+
+    def _local_search(self) -> int | None:
+        """An untried neighbour of the best size, toward where the best moved from b0 first."""
+        sizes = self.mem.usable()
+        i = sizes.index(self.mem.best())
+        order = (i + 1, i - 1) if sizes[i] > self.mem.default_batch_size else (i - 1, i + 1)
+        for j in order:
+            if 0 <= j < len(sizes) and self.mem.untried(sizes[j]):
+                return sizes[j]
+        return None
 
     def _power_limit(self, knobs: GuardedKnobs, b: int, objective: Objective) -> int:
         if b not in self.mem.power_limit:
@@ -266,7 +279,9 @@ class GputunedPolicy:
             b = run.default_batch_size
         else:
             self.last_move = int(self.chooser(observe(self.mem)))
-            b = apply_move(self.mem, self.last_move, self.rng)
+            b = self._local_search() if self.last_move == SLOTS and self.local_search else None
+            if b is None:
+                b = apply_move(self.mem, self.last_move, self.rng)
         p = self._power_limit(knobs, b, objective)
         knobs.set(b, p)
         b = run.batch_size  # what actually runs (the guard may have refused the change)

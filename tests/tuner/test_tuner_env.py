@@ -110,3 +110,16 @@ def test_baselines_reach_target_and_oracle_is_cheapest_in_expectation(a40: dict)
             run = TraceRun(trace, np.random.default_rng(seed))
             policy.run_recurrence(run, objective, None)
             assert run.done
+
+
+def test_local_search_walks_to_a_better_neighbour_even_when_the_policy_only_exploits(a40: dict) -> None:
+    trace = a40["librispeech"]  # b0 = 192; smaller sizes are much cheaper to target
+    policy = GputunedPolicy(lambda o: SLOTS, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        policy.run_recurrence(TraceRun(trace, rng), ZeusCost(0.5), None)
+    sizes = trace.batch_sizes
+    best = policy.mem.best()
+    assert best < trace.default_batch_size
+    i = sizes.index(best)
+    assert all(not policy.mem.untried(sizes[j]) for j in (i - 1, i + 1) if 0 <= j < len(sizes))
