@@ -183,11 +183,11 @@ def run_once(
                 progress("on" if tuned else "off", (k + 1) / n_ticks)
         duration = clock.now()
         energy = sum(backend.energy_j) - energy0
+        final = {"power_limit_w": [d.power_limit_mw / 1000.0 for d in backend.devices], "batch_size": job.batch_size}
         if tuner is not None:
             tuner.stop()
             endpoint.apply(1.0)
             time.sleep(0.01)
-        final = {"power_limit_w": [d.power_limit_mw / 1000.0 for d in backend.devices], "batch_size": job.batch_size}
         actuator.stop()
         restored = [d.power_limit_mw for d in backend.devices] == default_limits and all(
             d.locked_sm_clocks_mhz is None for d in backend.devices)
@@ -227,7 +227,7 @@ def compare(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
         "spec": on["spec"], "off": {k: off[k] for k in keys}, "on": {k: on[k] for k in keys}, "ratio": ratios,
         "energy_saving": 1.0 - ratios["energy_to_target_j"], "energy_per_sample_saving": 1.0 - ratios["energy_per_sample_j"],
         "slowdown": ratios["time_to_target_s"] - 1.0, "restored": on["restored"] and off["restored"],
-        "tuner": on.get("tuner"),
+        "tuner": on.get("tuner"), "final": on.get("final"),
     }
 
 

@@ -146,6 +146,20 @@ class _Run:
     moves: dict[str, int] = field(default_factory=dict)
 
 
+class JsonlEvents:
+    """An ``on_event`` sink appending one JSON line per tuner event (``gputuned report`` reads it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        import json
+
+        with self.path.open("a") as f:
+            f.write(json.dumps(event, default=float) + "\n")
+
+
 class TuningComponent:
     """Daemon component running the tuner live (see module doc)."""
 

@@ -93,6 +93,8 @@ class ClimbChooser(Chooser):
 
     def rolled_back(self, knob: str) -> None:
         """The guard undid the last move of ``knob``: a batch probe ends there, its direction spent."""
+        if knob == "power_limit" and self.last_dp < 0 and self.prev_limit is not None and self.step > 0:
+            self.floor = self.prev_limit - self.step  # the limit it came down to cost too much: not again
         if knob == "batch_size" and self.state == "probe":
             self.probes[self.direction] = self.max_probes
             self.direction = -self.direction

@@ -1,0 +1,151 @@
+"""The closed loop's headline: tuner off versus on over the workloads and objectives.
+
+Usage:
+  python bench/loop_headline.py [--duration S] [--gpus N] [--profile P] [--jobs J]
+                                [--workloads a,b] [--objectives x,y] [--chooser auto|policy|climb]
+                                [--out DIR] [--write-docs]
+
+Each (workload, objective) pair runs ``gputuned experiment``'s code (the same job twice on a
+virtual clock, tuner off and on, same seed) in a worker process. The table gives, tuned over
+baseline, energy per sample, energy to target (energy per sample corrected by statistical
+efficiency: what reaching the target costs) and time to target; the per-objective medians
+are checked against the goal (energy: >= 30% less energy to target at <= 3% slowdown;
+throughput: faster time to target). ``--write-docs`` puts the table in docs/benchmarks.md,
+section "Closed loop (headline)", with the command, machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINED = ("cifar100-shufflenetv2", "imagenet-resnet50", "librispeech-deepspeech2", "movielens-ncf",
+           "sentiment140-bert", "squad-bert")
+HELD_OUT = ("vit-b16-imagenet", "gpt2-small-openwebtext", "dlrm-criteo")
+OBJECTIVES = ("energy_slowdown", "throughput", "energy", "cost")
+SECTION = "## Closed loop (headline)"
+
+
+def one(args: tuple[str, str, dict[str, Any], str]) -> dict[str, Any]:
+    workload, objective, opts, out = args
+    import logging
+
+    logging.disable(logging.WARNING)
+    from gputuned.daemon.experiment import ExperimentSpec, run_experiment
+
+    spec = ExperimentSpec(workload=workload, objective=objective, **opts)
+    t = time.process_time()
+    doc = run_experiment(spec, Path(out) / f"{workload}-{objective}")
+    doc["cpu_s"] = time.process_time() - t
+    return doc
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    try:
+        osname = subprocess.run(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"], capture_output=True, text=True,
+                                check=False).stdout.strip()
+    except OSError:
+        osname = platform.platform()
+    return f"{cores} cores, {osname}, Python {platform.python_version()}, no GPU (simulated node)"
+
+
+def table(docs: list[dict[str, Any]]) -> list[str]:
+    lines = ["| workload | objective | energy/sample on/off | energy to target on/off | time to target on/off | "
+             "final power limit, batch | actions (rollbacks) |", "|---|---|---|---|---|---|---|"]
+    for d in docs:
+        s, r, t = d["spec"], d["ratio"], d.get("tuner") or {}
+        wl = s["workload"] + (" (held out)" if s["workload"] in HELD_OUT else "")
+        fin = d.get("final", {})
+        acts = sum(t.get("actions", {}).values())
+        lines.append(f"| {wl} | {s['objective']} | {r['energy_per_sample_j']:.3f} | {r['energy_to_target_j']:.3f} | "
+                     f"{r['time_to_target_s']:.3f} | {fin.get('power_limit_w', '-')} W, {fin.get('batch_size', '-')} | "
+                     f"{acts} ({t.get('rollbacks', 0)}) |")
+    return lines
+
+
+def medians(docs: list[dict[str, Any]]) -> list[str]:
+    out = ["| objective | workloads | median energy to target on/off | median time to target on/off | "
+           "goal | met in |", "|---|---|---|---|---|---|"]
+    for obj in OBJECTIVES:
+        ds = [d for d in docs if d["spec"]["objective"] == obj]
+        if not ds:
+            continue
+        e = statistics.median(d["ratio"]["energy_to_target_j"] for d in ds)
+        t = statistics.median(d["ratio"]["time_to_target_s"] for d in ds)
+        if obj == "energy_slowdown":
+            goal, ok = ">= 30% less energy at <= 3% slowdown", [d for d in ds if d["energy_saving"] >= 0.30
+                                                                   and d["slowdown"] <= 0.03]
+        elif obj == "throughput":
+            goal, ok = "faster time to target", [d for d in ds if d["slowdown"] < 0]
+        else:
+            goal, ok = "less energy to target", [d for d in ds if d["energy_saving"] > 0]
+        out.append(f"| {obj} | {len(ds)} | {e:.3f} | {t:.3f} | {goal} | {len(ok)} of {len(ds)} |")
+    return out
+
+
+def write_docs(text: str) -> None:
+    path = REPO / "docs" / "benchmarks.md"
+    doc = path.read_text()
+    start = doc.index(SECTION)
+    nxt = doc.find("\n## ", start + len(SECTION))
+    end = len(doc) if nxt < 0 else nxt + 1
+    path.write_text(doc[:start] + SECTION + "\n\n" + text.strip() + "\n\n" + doc[end:].lstrip("\n") if nxt >= 0
+                    else doc[:start] + SECTION + "\n\n" + text.strip() + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=3600.0)
+    ap.add_argument("--gpus", type=int, default=4)
+    ap.add_argument("--profile", default="a100")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workloads", default=",".join(TRAINED + HELD_OUT))
+    ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+    ap.add_argument("--chooser", default="auto", choices=["auto", "policy", "climb"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="/tmp/gputuned-headline")
+    ap.add_argument("--write-docs", action="store_true")
+    a = ap.parse_args()
+    opts = {"duration_s": a.duration, "gpus": a.gpus, "profile": a.profile, "chooser": a.chooser, "seed": a.seed}
+    work = [(w, o, opts, a.out) for o in a.objectives.split(",") for w in a.workloads.split(",")]
+    t0 = time.time()
+    with ProcessPoolExecutor(max_workers=a.jobs) as pool:
+        docs = list(pool.map(one, work))
+    wall = time.time() - t0
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "headline.json").write_text(json.dumps(docs, indent=1))
+    cmd = "python bench/loop_headline.py " + " ".join(sys.argv[1:])
+    choosers = sorted({(d.get("tuner") or {}).get("chooser", "?") for d in docs})
+    cpu = statistics.median(d["cpu_s"] for d in docs)
+    text = "\n".join([
+        f"Command: `{cmd}` (date {time.strftime('%Y-%m-%d', time.gmtime())}; machine: {machine()}; "
+        f"wall {wall:.0f} s for {len(docs)} experiments, median {cpu:.1f} CPU s of the main process per experiment "
+        f"of 2 x {a.duration:g} simulated s).",
+        "",
+        f"Each row: the same simulated job ({a.gpus} x {a.profile}, seed {a.seed}, {a.duration / 60:g} simulated minutes) "
+        f"run tuner off, then tuner on (chooser: {', '.join(choosers)}), through the real NVML/actuation/control-socket "
+        "path. Ratios are tuned / baseline: below 1 is less energy or less time. Energy to target and time to target "
+        "account for statistical efficiency (a batch size change alters the samples needed); the tuner-on run includes "
+        "its reference interval and every probe.",
+        "",
+        *medians(docs), "", *table(docs),
+    ])
+    print(text)
+    if a.write_docs:
+        write_docs(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
