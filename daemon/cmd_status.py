@@ -23,7 +23,11 @@ EXIT_NOT_RUNNING = 3
 
 
 class AdminError(RuntimeError):
-    """The daemon could not be reached or answered with an error."""
+    """The daemon could not be reached (``reached`` False) or answered with an error."""
+
+    def __init__(self, text: str, reached: bool = False) -> None:
+        super().__init__(text)
+        self.reached = reached
 
 
 def admin_request(path: str | Path, op: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
@@ -45,7 +49,7 @@ def admin_request(path: str | Path, op: str, timeout: float = 5.0, **fields: Any
     finally:
         sock.close()
     if reply.get("type") == "error":
-        raise AdminError(f"daemon refused: {reply.get('error')}")
+        raise AdminError(f"daemon refused: {reply.get('error')}", reached=True)
     return dict(reply)
 
 
@@ -184,8 +188,11 @@ def _restore(args: argparse.Namespace) -> int:
     if path.exists() and not args.offline:
         try:
             reply = admin_request(path, "restore", timeout=args.timeout, **({"gpu": args.gpu} if args.gpu is not None else {}))
-        except AdminError:
-            pass  # daemon gone (the ExecStopPost case): restore directly
+        except AdminError as e:
+            if e.reached:  # a running daemon said no: do not restore behind its back
+                print(f"gputuned: {e}", file=sys.stderr)
+                return 1
+            # no daemon (the ExecStopPost case): restore directly
         else:
             for uuid, knobs in reply.get("restored", {}).items():
                 print(f"restored {', '.join(knobs) or 'nothing'} on {uuid}")
