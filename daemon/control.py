@@ -131,6 +131,8 @@ class ControlServer:
         return int(g) if g.isdigit() else grp.getgrnam(g).gr_gid
 
     def tick(self, now: float) -> None:
+        if self._listener is None:  # not started (or could not bind): nothing to publish
+            return
         self.jobs.expire(now)
         if self.store is not None:
             self.store.publish("trainer", now, self.samples())
