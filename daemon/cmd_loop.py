@@ -44,7 +44,7 @@ def print_comparison(doc: dict[str, Any]) -> None:
         table.add_row(label, f"{doc['off'][key]:.4g}", f"{doc['on'][key]:.4g}", f"{doc['ratio'][key]:.3f}")
     con.print(table)
     t = doc.get("tuner") or {}
-    con.print(f"energy saved {100 * doc['energy_saving']:.1f}% at {100 * doc['slowdown']:+.1f}% time to target; "
+    print(f"energy saved {100 * doc['energy_saving']:.1f}% at {100 * doc['slowdown']:+.1f}% time to target; "
               f"tuner actions {t.get('actions', {})}, rollbacks {t.get('rollbacks', 0)}, chooser {t.get('chooser')}; "
               f"GPUs restored: {'yes' if doc['restored'] else 'NO'}")
 
@@ -61,6 +61,7 @@ def _experiment(args: argparse.Namespace) -> int:
         workload=args.workload, objective=args.objective, scenario=args.scenario, seed=args.seed,
         duration_s=args.duration, gpus=args.gpus, profile=args.profile, tick_s=args.tick, interval_s=args.interval,
         max_slowdown=args.max_slowdown, chooser=args.chooser, policy=args.policy,
+        forecast=None if args.forecast == "none" else args.forecast,
     )
     out = Path(args.output)
     try:
@@ -112,9 +113,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--policy", metavar="NPZ", help="numpy policy file for the simulated-node observation")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
-    p.set_defaults(func=_experiment)
+    p.add_argument("--forecast", default="linear", choices=["linear", "prophet", "none"],
+                   help="forecaster fitter in the worker (prophet is slower); none: no forecasts, no alerts")
+    p.set_defaults(func=_experiment, default_log_level="warning")
 
     p = sub.add_parser("report", help="figures and an HTML report of an experiment or a recorded run")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-o", "--output", default="report.html", metavar="HTML")
-    p.set_defaults(func=_report)
+    p.set_defaults(func=_report, default_log_level="warning")

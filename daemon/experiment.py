@@ -48,6 +48,7 @@ class ExperimentSpec:
     max_slowdown: float | None = None
     chooser: str = "auto"
     policy: str | None = None
+    forecast: str | None = "linear"  # forecast fitter (linear, prophet); None: no forecasting, no alerts
 
     def slowdown(self) -> float:
         return DEFAULT_SLOWDOWN[self.objective] if self.max_slowdown is None else self.max_slowdown
@@ -86,6 +87,34 @@ class _JobEndpoint:
             self.client.ack(str(d["id"]), ok, applied_step=int(job.steps_total) + 1 if ok else None, error=err or None)
             self.decisions += 1
             n += 1
+
+
+class _Forecasting:
+    """The forecast service as a loop component: observes each tick, publishes bands and alerts."""
+
+    name = "forecast"
+
+    def __init__(self, store: Any, fitter: str, emit: Callable[[dict[str, Any]], None]) -> None:
+        from gputuned.tuner.forecast.config import ForecastConfig
+        from gputuned.tuner.forecast.service import ForecastService
+
+        self.store = store
+        self.service = ForecastService(ForecastConfig(prophet=fitter == "prophet"), fitter=fitter)
+        self.service.add_alert_hook(lambda a: emit({"t": a.since, "kind": "alert", "knob": a.kind, "target": a.series,
+                                                    "value": round(a.score, 3), "reason": a.message}))
+
+    def start(self) -> None:
+        self.service.start()
+
+    def tick(self, now: float) -> None:
+        self.service.observe(now, self.store.latest())
+        self.store.publish(self.name, now, self.service.samples())
+
+    def stop(self) -> None:
+        self.service.close()
+
+    def alert_kinds(self) -> list[str]:
+        return [a.kind for a in self.service.active_alerts()]
 
 
 def _wait(cond: Callable[[], bool], timeout: float) -> bool:
@@ -148,11 +177,15 @@ def run_once(
                         StateFile(out_dir / "state.json"), store)
     control = ControlServer(ControlConfig(socket_path=sockdir / "control.sock"), store)
     components: list[Any] = [actuator, control]
+    forecasting = _Forecasting(store, spec.forecast, emit) if spec.forecast else None
+    if forecasting is not None:
+        components.append(forecasting)
     tuner = None
     if tuned:
         cfg = TuningConfig(objective=spec.objective, interval_s=spec.interval_s, max_slowdown=spec.slowdown(),
                            chooser=spec.chooser, policy=Path(spec.policy) if spec.policy else None, pause_file=None)
-        tuner = TuningComponent(store, actuator, control, [d.identity.index for d in devices], cfg, on_event=emit)
+        tuner = TuningComponent(store, actuator, control, [d.identity.index for d in devices], cfg, on_event=emit,
+                                alerts=forecasting.alert_kinds if forecasting else None)
         components.append(tuner)
     for c in components:
         c.start()
@@ -196,6 +229,8 @@ def run_once(
     finally:
         client.close()
         control.stop()
+        if forecasting is not None:
+            forecasting.stop()
         writer.close()
         events_f.close()
         shutil.rmtree(sockdir, ignore_errors=True)

@@ -29,7 +29,12 @@ WANTED = (
     "gputuned_trainer_samples_per_second", "gputuned_trainer_goodput_samples_per_second", "gputuned_trainer_batch_size",
     "gputuned_trainer_samples_total", "gputuned_gpu_power_watts", "gputuned_gpu_power_limit_watts",
     "gputuned_gpu_sm_clock_hertz", "gputuned_gpu_energy_joules_total", "gputuned_forecast_value", "gputuned_alert_active",
+    "gputuned_gpu_temperature_celsius",
 )
+HARDWARE_ALERTS = ("thermal", "ecc", "xid")
+#: Forecast series shown first, when the trace has bands for them.
+FORECAST_PREFERENCE = ("gputuned_gpu_temperature_celsius", "gputuned_gpu_power_watts", "gputuned_trainer_samples_per_second",
+                       "gputuned_gpu_sm_clock_hertz")
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], tuple[np.ndarray, np.ndarray]]
 
 
@@ -133,12 +138,20 @@ def _mark(ax: Any, run: RunData) -> None:
             ax.axvline(x, color="#2ca02c", alpha=0.35, lw=0.8)
         elif kind == "rollback":
             ax.axvline(x, color="#d62728", alpha=0.7, lw=1.2, ls="--")
-        elif kind == "alert":
-            ax.axvline(x, color="#ff7f0e", alpha=0.8, lw=1.2, ls=":")
-    for _, t, v in run.get("gputuned_alert_active"):
-        on = v > 0.5
+        elif kind == "alert" and e.get("knob") in HARDWARE_ALERTS:
+            ax.axvline(x, color="#ff7f0e", alpha=0.9, lw=1.2, ls=":")
+    # spans: any hardware alert (orange, full height); any anomaly/degradation alert (thin band on top)
+    for kinds, lo, alpha in ((HARDWARE_ALERTS, 0.0, 0.15), (("anomaly", "degradation"), 0.94, 0.5)):
+        found = [(t, v) for lab, t, v in run.get("gputuned_alert_active") if lab.get("alert") in kinds]
+        if not found:
+            continue
+        t = np.unique(np.concatenate([f[0] for f in found]))
+        on = np.zeros(len(t), dtype=bool)
+        for tt, vv in found:
+            on |= np.interp(t, tt, vv) > 0.5
         if on.any():
-            ax.fill_between(t, 0, 1, where=on, transform=ax.get_xaxis_transform(), color="#ff7f0e", alpha=0.12, lw=0)
+            ax.fill_between(t, lo, 1, where=on, transform=ax.get_xaxis_transform(), color="#ff7f0e", alpha=alpha, lw=0,
+                            step="post")
 
 
 def _plot(name: str, runs: list[RunData], draw: Callable[[Any, RunData, str], None], ylabel: str, out: Path) -> Path:
@@ -214,7 +227,7 @@ def figures(runs: list[RunData], out: Path, step: Callable[[str], None] | None =
     for name, draw, ylabel in specs:
         paths.append(_plot(name, runs, draw, ylabel, out))
         done(name)
-    fc = [r for r in runs if r.get("gputuned_forecast_value")]
+    fc = [r for r in runs if r.name in ("on", "run") and r.get("gputuned_forecast_value")]
     if fc:
         paths.append(_plot("Forecast bands", fc, _forecast_draw, "value", out))
         done("Forecast bands")
@@ -223,16 +236,28 @@ def figures(runs: list[RunData], out: Path, step: Callable[[str], None] | None =
 
 def _forecast_draw(ax: Any, run: RunData, color: str) -> None:
     found = run.get("gputuned_forecast_value")
-    by: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    by: dict[tuple[str, str, float], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for lab, t, v in found:
-        key = lab.get("series", "") + " " + lab.get("gpu", "")
+        key = (lab.get("series", ""), lab.get("gpu", ""), float(lab.get("horizon", "0")))
         by.setdefault(key, {})[lab.get("bound", "yhat")] = (t, v)
-    for key, bounds in list(by.items())[:3]:
-        if "yhat" in bounds:
-            ax.plot(*bounds["yhat"], lw=1.0, label=f"forecast {key.strip()}")
-        if "lower" in bounds and "upper" in bounds:
-            t = bounds["lower"][0]
-            ax.fill_between(t, bounds["lower"][1], np.interp(t, *bounds["upper"]), alpha=0.2)
+    rank = {f: i for i, f in enumerate(FORECAST_PREFERENCE)}
+    keys = sorted(by, key=lambda k: (rank.get(k[0], 99), k[2], k[1]))
+    chosen: list[tuple[str, str, float]] = []
+    for k in keys:  # one band per series family, the shortest horizon, first GPU
+        if all(c[0] != k[0] for c in chosen) and len(chosen) < 2:
+            chosen.append(k)
+    for i, (family, gpu, horizon) in enumerate(chosen):
+        c = ("#1f77b4", "#9467bd")[i]
+        b = by[(family, gpu, horizon)]
+        actual = run.get(family, gpu=gpu) if gpu else run.get(family)
+        if actual:
+            ax.plot(actual[0][1], actual[0][2], color=c, lw=0.8, alpha=0.6, label=f"{family} gpu {gpu}")
+        shift = horizon / 60.0  # a value published at t forecasts t + horizon
+        if "yhat" in b:
+            ax.plot(b["yhat"][0] + shift, b["yhat"][1], color=c, lw=1.3, ls="--", label=f"forecast {horizon:g} s ahead")
+        if "lower" in b and "upper" in b:
+            t = b["lower"][0]
+            ax.fill_between(t + shift, b["lower"][1], np.interp(t, *b["upper"]), color=c, alpha=0.2, lw=0)
 
 
 ROWS = (("energy_to_target_j", "energy to target (J)", True), ("energy_per_sample_j", "energy per sample (J)", True),
@@ -271,7 +296,7 @@ def write_html(runs: list[RunData], pngs: list[Path], out_html: Path) -> None:
 <style>body{{font-family:sans-serif;max-width:1050px;margin:auto}}td,th{{padding:2px 10px;border-bottom:1px solid #ddd}}
 img{{max-width:100%}}</style></head><body><h1>gputuned closed-loop report</h1><p>{html.escape(what)}</p>
 <h2>Tuner off versus on</h2><table><tr><th>metric</th><th>tuner off</th><th>tuner on</th><th>on / off</th></tr>{rows}</table>
-<p>Green marks: tuner actions; red dashed: rollbacks; orange: alerts.</p>{imgs}
+<p>Green marks: tuner actions; red dashed: rollbacks; orange dotted lines and shading: hardware alerts (thermal, ECC, XID; the guard freezes the tuner); thin orange band on top: anomaly or degradation alerts.</p>{imgs}
 <h2>Tuner events</h2><table><tr><th>minute</th><th>kind</th><th>knob</th><th>value</th><th>reason / previous</th></tr>
 {ev_rows}</table></body></html>"""
     out_html.write_text(page)
