@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from gputuned.trainer_plugin.config import Config, parse_config
-from gputuned.trainer_plugin.trainer import Callbacks, Trainer
+from gputuned.trainer_plugin.trainer import Callbacks, Trainer, init_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +96,21 @@ def batch_switch(cfg_path: str | None) -> dict[str, Any]:
 
 
 def resume(cfg_path: str | None) -> dict[str, Any]:
-    """Train with checkpoints; env GPUTUNED_KILL_AT_STEP makes rank 0 SIGKILL itself mid-write.
+    """Train with checkpoints, killing a rank with SIGKILL in the first attempt as the env says.
 
+    GPUTUNED_KILL_AT_STEP=s: rank 0 dies half-way through writing checkpoint s.
+    GPUTUNED_KILL_AFTER_STEP=s with GPUTUNED_KILL_RANK=r: rank r dies right after step s.
     The kill fires only in the first attempt (TORCHELASTIC_RESTART_COUNT 0), so torchrun's
     restart resumes from the last complete checkpoint.
     """
     kill_at = int(os.environ.get("GPUTUNED_KILL_AT_STEP", "-1"))
+    kill_after = int(os.environ.get("GPUTUNED_KILL_AFTER_STEP", "-1"))
+    kill_rank = int(os.environ.get("GPUTUNED_KILL_RANK", "0"))
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+    def after_step(tr: Trainer) -> None:
+        if tr.step == kill_after and tr.rank == kill_rank and attempt == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def partial(step: int, tmp: Path, written: int) -> None:
         if step == kill_at and attempt == 0:
@@ -110,14 +118,65 @@ def resume(cfg_path: str | None) -> dict[str, Any]:
             os.kill(os.getpid(), signal.SIGKILL)
 
     cfg = _config(cfg_path, {})
-    trainer = Trainer(cfg, Callbacks(on_partial_checkpoint=partial))
+    trainer = Trainer(cfg, Callbacks(on_partial_checkpoint=partial, on_step_end=after_step))
     result = trainer.fit()
     trainer.close()
     return {"accuracy": result.test_accuracy, "loss": result.test_loss, "steps": result.steps,
-            "attempt": attempt, "resumed_checkpoints": trainer.ckpt.written if trainer.ckpt else 0}
+            "attempt": attempt, "resumed_from": trainer.resumed_from,
+            "checkpoints_written": trainer.ckpt.written if trainer.ckpt else 0}
 
 
-SCENARIOS = {"compression": compression, "overflow": overflow, "batch_switch": batch_switch, "resume": resume}
+def throughput(cfg_path: str | None) -> dict[str, Any]:
+    """Samples/s of a hand-written DDP loop and of the trainer (plugin on), same model, alternated."""
+    cfg = _config(cfg_path, {"train.eval_every_epoch": False, "train.epochs": 1000})
+    steps = cfg.train.max_steps or 300
+    plain, ours = [], []
+    for _ in range(3):
+        plain.append(_plain_ddp(cfg, steps))
+        trainer = Trainer(cfg)
+        dist.barrier()
+        t0 = time.perf_counter()
+        trainer.fit()
+        ours.append(steps * cfg.data.batch_size / (time.perf_counter() - t0))
+        report = trainer.plugin.interval_stats()
+        trainer.close()
+    return {"plain_samples_per_s": plain, "trainer_samples_per_s": ours, "steps": steps,
+            "connected": bool(trainer.plugin.client and trainer.plugin.client.connects_total),
+            "last_stats": report}
+
+
+def _plain_ddp(cfg: Config, steps: int) -> float:
+    """The loop a practitioner would write by hand: DDP, SGD, in-memory tensors, no extras."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from gputuned.trainer_plugin.data import load_digits
+    from gputuned.trainer_plugin.models import build_model
+
+    init_distributed()
+    torch.manual_seed(cfg.train.seed)
+    x, y, _, _ = load_digits(cfg.data.seed)
+    model = DDP(build_model(cfg.model))
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    per_rank = cfg.data.batch_size // world
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    dist.barrier()
+    t0 = time.perf_counter()
+    pos = 0
+    for _ in range(steps):
+        if pos + cfg.data.batch_size > len(y):
+            pos = 0
+        idx = perm[pos + rank * per_rank:pos + (rank + 1) * per_rank]
+        pos += cfg.data.batch_size
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * cfg.data.batch_size / (time.perf_counter() - t0)
+
+
+SCENARIOS = {"compression": compression, "overflow": overflow, "batch_switch": batch_switch, "resume": resume,
+             "throughput": throughput}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self._sigterm = False
+        self.resumed_from: int | None = None
         self.batch_log: list[tuple[int, int, list[int]]] = []
 
     # -- schedule and decisions ------------------------------------------------------------
@@ -214,6 +215,7 @@ class Trainer:
         random.setstate(rng["python"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.resumed_from = self.step
         logger.info("rank %d resumed from %s at step %d", self.rank, chosen[0], self.step)
         return True
 
@@ -298,10 +300,11 @@ class Trainer:
                     self.save_checkpoint()
             if stopped:
                 break
-            acc, tloss = self.evaluate()
-            history.append({"epoch": self.epoch, "step": self.step, "test_accuracy": acc, "test_loss": tloss})
-            if self.rank == 0 and tc.eval_every_epoch:
-                logger.info("epoch %d step %d test accuracy %.4f loss %.4f", self.epoch, self.step, acc, tloss)
+            if tc.eval_every_epoch:
+                acc, tloss = self.evaluate()
+                history.append({"epoch": self.epoch, "step": self.step, "test_accuracy": acc, "test_loss": tloss})
+                if self.rank == 0:
+                    logger.info("epoch %d step %d test accuracy %.4f loss %.4f", self.epoch, self.step, acc, tloss)
             self.epoch += 1
             self.prefetcher.stop()
             self.sampler.new_epoch()

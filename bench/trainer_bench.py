@@ -1,0 +1,137 @@
+"""Trainer and plugin benchmarks: plugin overhead, bytes per hook, trainer vs a plain DDP loop.
+
+    .venv/bin/python bench/trainer_bench.py [--steps 300] [--hidden 512] [--out runs/trainer_bench.json]
+
+Prints a markdown table for docs/benchmarks.md ("Trainer and plugin") and writes the raw JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gputuned.trainer_plugin.data import load_digits
+from gputuned.trainer_plugin.plugin import TrainingPlugin
+from gputuned.trainer_plugin.testing import FakeDaemon
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def plugin_overhead(hidden: int, blocks: int = 7, per_block: int = 300) -> dict:
+    """Median step time of a single-process training step with and without the plugin (daemon connected)."""
+    torch.set_num_threads(1)
+    x, y, _, _ = load_digits()
+    model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                                torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    xb, yb = x[:64], y[:64]
+
+    def step() -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    with tempfile.TemporaryDirectory() as d:
+        sock = os.path.join(d, "c.sock")
+        with FakeDaemon(sock, report_interval_s=0.1) as daemon:
+            plugin = TrainingPlugin(job="bench", batch_size=64, socket_path=sock)
+            assert plugin.client is not None and plugin.client.wait_connected(5)
+            plain_med, with_med = [], []
+            for _ in range(blocks):
+                ts = []
+                for _ in range(per_block):
+                    t = time.perf_counter()
+                    step()
+                    ts.append(time.perf_counter() - t)
+                plain_med.append(statistics.median(ts))
+                ts = []
+                for _ in range(per_block):
+                    t = time.perf_counter()
+                    with plugin.step(samples=64):
+                        loss = step()
+                        plugin.record(loss=loss)
+                    ts.append(time.perf_counter() - t)
+                with_med.append(statistics.median(ts))
+            # the plugin's own cost: an empty step body
+            loss = torch.tensor(1.0)
+            ts = []
+            for _ in range(5000):
+                t = time.perf_counter()
+                with plugin.step(samples=64):
+                    plugin.record(loss=loss)
+                ts.append(time.perf_counter() - t)
+            reports = len(daemon.of_type("report"))
+            plugin.close()
+    plain, withp = statistics.median(plain_med), statistics.median(with_med)
+    return {"step_plain_s": plain, "step_with_plugin_s": withp, "plugin_only_us": statistics.median(ts) * 1e6,
+            "plugin_only_p99_us": sorted(ts)[int(len(ts) * 0.99)] * 1e6, "reports_received": reports,
+            "overhead_fraction": (withp - plain) / plain}
+
+
+def torchrun(name: str, toml: str, tmp: Path) -> list[dict]:
+    """Run a trainer scenario on 2 gloo ranks; return per-rank results."""
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(toml)
+    out = tmp / f"{name}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(_free_port()), "-m", "gputuned.trainer_plugin.scenarios", name, str(out), str(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--out", default="runs/trainer_bench.json")
+    args = ap.parse_args()
+    res: dict = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "torch": torch.__version__}
+    res["overhead"] = plugin_overhead(args.hidden)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        res["compression"] = torchrun("compression", "", tmp)[0]
+        sock = str(tmp / "c.sock")
+        toml = (f'[model]\nhidden = {args.hidden}\n[train]\nmax_steps = {args.steps}\n'
+                f'[plugin]\nenabled = true\nsocket = "{sock}"\njob = "bench"\n')
+        with FakeDaemon(sock, report_interval_s=0.5) as daemon:
+            res["throughput"] = torchrun("throughput", toml, tmp)[0]
+            res["throughput"]["reports_received"] = len(daemon.of_type("report"))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    o, c, t = res["overhead"], res["compression"], res["throughput"]
+    print(f"plugin overhead, hidden={args.hidden} MLP step on 1 thread, daemon connected:")
+    print(f"| step without plugin | with plugin | overhead | plugin alone (median, p99) |\n|---|---|---|---|\n"
+          f"| {o['step_plain_s'] * 1e6:.0f} us | {o['step_with_plugin_s'] * 1e6:.0f} us | "
+          f"{o['overhead_fraction']:.2%} | {o['plugin_only_us']:.1f} us, {o['plugin_only_p99_us']:.1f} us |")
+    print("\n| hook | bytes/step sent | uncompressed | ratio | test accuracy |\n|---|---|---|---|---|")
+    for hook, r in c.items():
+        print(f"| {hook} | {r['bytes_sent'] / r['steps']:.0f} | {r['bytes_uncompressed'] / r['steps']:.0f} | "
+              f"{r['bytes_uncompressed'] / r['bytes_sent']:.2f}x | {r['accuracy']:.4f} |")
+    plain = statistics.median(t["plain_samples_per_s"])
+    ours = statistics.median(t["trainer_samples_per_s"])
+    print(f"\nthroughput (2 gloo ranks, hidden={args.hidden}, {t['steps']} steps x 3 alternated runs): plain DDP "
+          f"{plain:.0f} samples/s, trainer with plugin {ours:.0f} samples/s, ratio {ours / plain:.3f} "
+          f"(daemon connected: {t['connected']}, reports {t['reports_received']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
