@@ -135,6 +135,18 @@ def restore_from_state(devices: Sequence[GPUDevice], state_file: StateFile) -> R
     return report
 
 
+def _shape_error(knob_name: str, value: Value) -> str | None:
+    """Why ``value`` has the wrong shape for the knob (mW int, or a pair of MHz ints)."""
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if knob_name == "power_limit":
+        return None if is_int(value) else f"power_limit: expected an integer in mW, got {value!r}"
+    if isinstance(value, list | tuple) and len(value) == 2 and all(is_int(x) for x in value):
+        return None
+    return f"{knob_name}: expected a pair of integers in MHz, got {value!r}"
+
+
 class Actuator:
     """The only way the daemon changes GPU settings; a daemon component (start/tick/stop)."""
 
@@ -224,6 +236,9 @@ class Actuator:
         knob = KNOBS.get(knob_name)
         if knob is None:
             return Result(False, "disabled", f"unknown knob {knob_name!r}")
+        why = _shape_error(knob_name, value)
+        if why is not None:
+            return Result(False, "out_of_bounds", why, value)
         if not cfg.enabled:
             return Result(False, "disabled", "actuation disabled in config")
         if knob_name not in cfg.knobs:

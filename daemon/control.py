@@ -243,10 +243,14 @@ class ControlServer:
                         pass
                 else:
                     conn = key.data
-                    if mask & selectors.EVENT_READ and conn.cid in self._conns:
-                        self._read(conn, now)
-                    if mask & selectors.EVENT_WRITE and conn.cid in self._conns:
-                        self._flush(conn)
+                    try:
+                        if mask & selectors.EVENT_READ and conn.cid in self._conns:
+                            self._read(conn, now)
+                        if mask & selectors.EVENT_WRITE and conn.cid in self._conns:
+                            self._flush(conn)
+                    except Exception:  # noqa: BLE001 - drop the connection, keep serving the others
+                        logger.exception("control: connection of pid %d failed", conn.pid)
+                        self._close(conn, "internal error")
             self._deliver()
             if now - self._last_sweep >= 0.1:
                 self._sweep(now)
@@ -364,6 +368,9 @@ class ControlServer:
                 raise P.MessageError(f"{kind}: not expected now")
         except P.MessageError as e:
             self._reject(conn, "malformed", str(e), close=conn.kind == "new")
+        except Exception as e:  # noqa: BLE001 - a bug reached by one message must not stop the socket
+            logger.exception("control: internal error handling a %s message", conn.kind)
+            self._reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
 
     def _hello(self, conn: Connection, msg: dict[str, Any]) -> None:
         P.check_hello(msg)

@@ -71,6 +71,9 @@ def test_bounds_are_nvml_constraints_intersected_with_config(sim_node: SimNode, 
         (act.set_locked_sm_clocks(0, 1500, 1000), "min 1500 MHz above max 1000 MHz"),
         (act.set_applications_clocks(0, 1234, 1200), "not a supported clock"),
         (act.set_power_limit(7, 300), "no gpu 7"),
+        (act.change(0, "power_limit", [300000, 1]), "expected an integer in mW"),
+        (act.change(0, "locked_sm_clocks", 900), "expected a pair of integers"),
+        (act.change(0, "fan_speed", 50), "unknown knob"),
     ):
         assert not res.ok and words in res.reason, res
     assert act.set_power_limit(0, 650).ok

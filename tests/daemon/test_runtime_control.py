@@ -269,3 +269,35 @@ def test_fuzzed_malformed_input_never_stops_the_server(server: Make) -> None:
     s.sendall(_report(1))
     assert wait_for(lambda: srv.reports_total == before + 1)
     s.close()
+
+
+class BrokenAdmin:
+    """An admin handler whose status raises, as a bug deep in a status read would."""
+
+    def status(self) -> dict[str, Any]:
+        raise KeyError("boom")
+
+    def set(self, gpu: int, knob: str, value: Any) -> dict[str, Any]:
+        return {"ok": False, "code": "disabled", "reason": "scripted"}
+
+    def restore(self, gpu: int | None) -> dict[str, Any]:
+        return {"ok": True, "restored": {}, "failures": []}
+
+
+def test_a_bug_reached_by_one_message_drops_that_connection_only(tmp_path: Path) -> None:
+    srv = ControlServer(ControlConfig(socket_path=tmp_path / "c.sock"), Store(10), admin=BrokenAdmin())
+    srv.start()
+    try:
+        for _ in range(3):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            s.connect(str(srv.cfg.socket_path))
+            s.sendall(P.encode({"v": 1, "type": "admin", "seq": 0, "op": "status"}))
+            assert read_frame(s)["error"] == "internal error: KeyError"
+            assert _closed(s)
+        assert srv.rejected["internal_error"] == 3
+        c, welcome = connect_client(srv.cfg.socket_path)
+        assert welcome["type"] == "welcome"
+        c.close()
+    finally:
+        srv.stop()
