@@ -261,7 +261,12 @@ def fuzz_strategies() -> Any:
         optional={"stats": st.one_of(json_value, st.dictionaries(st.sampled_from(list(P.STAT_KEYS)), json_value, max_size=5)),
                   "step": json_value, "steps": json_value, "job": json_value, "rank": json_value, "world_size": json_value,
                   "leader": json_value, "id": json_value, "ok": json_value, "op": st.one_of(st.sampled_from(P.ADMIN_OPS), json_value),
-                  "gpu": json_value, "knob": json_value, "value": json_value, "summary": json_value},
+                  "gpu": st.one_of(st.integers(-1, 10), json_value),
+                  "knob": st.one_of(st.sampled_from(["power_limit", "locked_sm_clocks", "locked_memory_clocks",
+                                                     "applications_clocks"]), json_value),
+                  "value": st.one_of(st.integers(-(2**40), 2**40), st.lists(st.integers(-(2**40), 2**40), min_size=2, max_size=2),
+                                     json_value),
+                  "summary": json_value},
     )
     framed_json = st.one_of(envelope, json_value).map(lambda o: _frame_bytes(json.dumps(o).encode()))
     framed_binary = st.binary(max_size=300).map(_frame_bytes)
