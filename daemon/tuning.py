@@ -176,7 +176,8 @@ class TuningComponent:
         self.decider = decider
         self.gpu_indices = list(gpus)
         self.cfg = config or TuningConfig()
-        self.chooser = chooser or make_chooser(self.cfg.chooser, self.cfg.policy, self.cfg.objective, self.cfg.max_slowdown)
+        self._own_chooser = chooser is None
+        self.chooser = chooser or self._new_chooser()
         # a batch size counts as changed when the job acks it, a tick or so after the decision
         half = self.cfg.interval_s * 0.5
         self.guard = guard or SafetyGuard(GuardConfig(pause_file=self.cfg.pause_file, min_interval_s={
@@ -212,6 +213,14 @@ class TuningComponent:
             self._discover()
         self._check_pending(now)
         run = self._run
+        if run is not None and self._job_gone(run):
+            self._emit(now, "job_gone", "batch_size", "job", 0, job=run.job)
+            restore = getattr(self.actuator, "restore_gpu", None)
+            if restore is not None and run.limit_w and self.cfg.tune_power:  # no job left to tune for
+                for g in self._gpus:
+                    restore(g.index)
+                self._emit(now, "restore", "power_limit", "all", 0)
+            self._run = run = self._last = self._pending = None
         if run is None:
             self._start_run(now)
         elif now - run.mark_t >= self.cfg.interval_s - 1e-6:
@@ -280,11 +289,23 @@ class TuningComponent:
             run.mark_t, run.mark_energy, run.mark_samples = now, tot[0], tot[1]
 
     # -- deciding -----------------------------------------------------------------------
+    def _new_chooser(self) -> Chooser:
+        return make_chooser(self.cfg.chooser, self.cfg.policy, self.cfg.objective, self.cfg.max_slowdown)
+
+    def _job_gone(self, run: _Run) -> bool:
+        """The tuned job's leader disconnected (a job named in the config is waited for instead)."""
+        if self.cfg.job is not None or self.decider is None:
+            return False
+        return 0 not in self.decider.connected_jobs().get(run.job, [])
+
     def _start_run(self, now: float) -> None:
         job = self._job()
         if job is None or not self._gpus or self._totals(job) is None:
             return
         run = _Run(job)
+        if self._own_chooser and self.decisions:  # a new job: a fresh chooser and OOM ceiling
+            self.chooser = self._new_chooser()
+            self.guard.oom_ceiling = None
         run.b0 = int(self._trainer("gputuned_trainer_batch_size", job) or 0)
         run.limit_w = float(self.store.value(F.GPU_POWER_LIMIT, self._gpus[0].labels) or self._gpus[0].hi_w)
         self._mark(now, run)

@@ -27,6 +27,9 @@ class Node:
     energy: float = 0.0
     samples: float = 0.0
     oom_from: int = 10**9
+    connected: bool = True
+    t: float = 1000.0
+    restored: list[int] = field(default_factory=list)
     set_calls: list[float] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
     acks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -36,6 +39,10 @@ class Node:
         self.set_calls.append(watts)
         self.limit_w = watts
         return type("R", (), {"ok": True})()
+
+    def restore_gpu(self, gpu: int) -> None:
+        self.restored.append(gpu)
+        self.limit_w = 400.0
 
     def bounds(self, gpu: int) -> dict[str, tuple[int, int]]:
         return {"power_limit": (100_000, 400_000)}
@@ -56,7 +63,7 @@ class Node:
         return self.acks.get(ident)
 
     def connected_jobs(self) -> dict[str, list[int]]:
-        return {"j": [0]}
+        return {"j": [0]} if self.connected else {}
 
     def step(self, store: Store, t: float, dt: float) -> None:
         tput = 1000.0 * (self.limit_w / 400.0) ** 0.3 * (self.batch / 64) ** 0.1
@@ -75,11 +82,10 @@ class Node:
 
 
 def drive(node: Node, tuner: TuningComponent, store: Store, seconds: float, dt: float = 1.0) -> None:
-    t = 1000.0
     for _ in range(int(seconds / dt)):
-        t += dt
-        node.step(store, t, dt)
-        tuner.tick(t)
+        node.t += dt
+        node.step(store, node.t, dt)
+        tuner.tick(node.t)
 
 
 def make(tmp_path: Path, node: Node, objective: str = "energy_slowdown", **cfg: Any) -> tuple[TuningComponent, Store, list]:
@@ -135,6 +141,21 @@ def test_stop_gives_the_job_its_batch_size_back(tmp_path: Path) -> None:
     assert node.batch > 64  # larger batches are faster here: the climber keeps one
     tuner.stop()
     assert node.sent[-1] == {"batch_size": 64} and events[-1]["kind"] == "restore"
+
+
+def test_a_job_that_leaves_gets_its_gpus_restored_and_the_next_one_a_fresh_start(tmp_path: Path) -> None:
+    node = Node()
+    tuner, store, events = make(tmp_path, node, tune_batch=False)
+    drive(node, tuner, store, 100)
+    assert node.limit_w < 400.0
+    node.connected = False
+    drive(node, tuner, store, 5)
+    assert node.restored == [0] and node.limit_w == 400.0
+    assert [e["kind"] for e in events if e["kind"] in ("job_gone", "restore")] == ["job_gone", "restore"]
+    node.connected = True
+    drive(node, tuner, store, 60)
+    assert [e["kind"] for e in events].count("reference") == 2
+    assert node.limit_w < 400.0
 
 
 def test_climber_probes_a_batch_size_and_undoes_a_bad_one() -> None:
