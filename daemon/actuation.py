@@ -340,6 +340,11 @@ class Actuator:
                 return d
         return None
 
+    def changed_gpus(self) -> int:
+        """How many GPUs may differ from their recorded originals (no NVML call)."""
+        with self._lock:
+            return len(self._state.gpus)
+
     def describe(self) -> list[dict[str, Any]]:
         """Per GPU: current knob values, recorded originals and changed knobs (for status)."""
         with self._lock:

@@ -204,7 +204,7 @@ class Daemon:
         """One line for systemd's STATUS=: what is collected, jobs, changed GPUs."""
         up = sum(1 for r in self.loop.runners if r.up)
         jobs = len(self.control.connected_jobs()) if self.control else 0
-        changed = sum(1 for g in self.actuator.describe() if g["changed"]) if self.gpus.devices else 0
+        changed = self.actuator.changed_gpus()
         return (f"{len(self.gpus.devices)} GPUs ({self.gpus.kind}), {up}/{len(self.loop.runners)} collectors up, "
                 f"{jobs} jobs, {changed} GPUs tuned")
 
