@@ -2,8 +2,9 @@
 
 Samples are averaged into fixed buckets; when a bucket closes, a least-squares line through
 the last ``window`` bucket means gives the trend and its standard error. Only a trend that is
-significant (``|slope| / se >= t_min``) and heads towards the limit yields a finite time;
-otherwise the time is +inf. A series already past its limit has time 0.
+significant (``|slope| / se >= t_min``) and heads towards the limit yields a finite time,
+unless the trend decelerates towards a plateau short of the limit (a temperature settling
+after a load change); otherwise the time is +inf. A series already past its limit has time 0.
 
 Limits are absolute (temperature to its slowdown point), relative to another series of the
 same device (memory used to memory total) or a fraction of the series' own baseline
@@ -144,7 +145,29 @@ class DegradationEta:
         toward = slope > 0.0 if up else slope < 0.0
         if not toward or (se > 0.0 and abs(slope) / se < c.t_min):
             return math.inf
+        if self._plateau_short_of(y, lim, up):
+            return math.inf
         return max((lim - now_fit) / slope, 0.0)
+
+    @staticmethod
+    def _plateau_short_of(y: np.ndarray, lim: float, up: bool) -> bool:
+        """True when a decelerating trend levels off before the limit.
+
+        A temperature settling after a load change approaches its plateau exponentially;
+        a straight line through it would cross any limit. With the window's thirds' means
+        m1, m2, m3 and steps d1, d2 shrinking by r = d2 / d1, the plateau is
+        m3 + d2 * r / (1 - r) (a geometric series).
+        """
+        k = len(y) // 3
+        if k < 3:
+            return False
+        m1, m2, m3 = float(y[:k].mean()), float(y[k : 2 * k].mean()), float(y[-k:].mean())
+        d1, d2 = m2 - m1, m3 - m2
+        if d1 == 0.0 or d2 / d1 <= 0.0 or d2 / d1 >= 0.9:
+            return False
+        r = d2 / d1
+        plateau = m3 + d2 * r / (1.0 - r)
+        return plateau < lim if up else plateau > lim
 
     def _step(self, t: float) -> Transition | None:
         c = self.config
