@@ -30,6 +30,7 @@ def test_prophet_worker_never_blocks_observe_and_serves_forecasts() -> None:
     svc.start()
     rng = random.Random(0)
     worst = 0.0
+    in_flight: list[float] = []
     try:
         t0 = 1.7e9
         i = 0
@@ -38,7 +39,10 @@ def test_prophet_worker_never_blocks_observe_and_serves_forecasts() -> None:
             samples = [(TEMP, GPU, 60.0 + rng.gauss(0, 0.5)), (POWER, GPU, 300.0 + rng.gauss(0, 3))]
             began = time.perf_counter()
             svc.observe(t0 + i, samples)
-            worst = max(worst, time.perf_counter() - began) if i > 40 else worst
+            took = time.perf_counter() - began
+            if svc.refit_in_flight:
+                in_flight.append(took)
+                worst = max(worst, took)
             i += 1
             if i > 41:
                 assert svc.refit_in_flight or svc.samples()
@@ -48,7 +52,11 @@ def test_prophet_worker_never_blocks_observe_and_serves_forecasts() -> None:
         values = [s for s in svc.samples() if s[0] == "gputuned_forecast_value"]
     finally:
         svc.close()
-    assert worst < 0.05, f"observe took {worst * 1e3:.1f} ms while the worker fitted"
+    # the worker imports prophet and fits for seconds: an observe that waited for it would
+    # take that long; the bound leaves room for a loaded CI machine's scheduling hiccups
+    assert in_flight, "no observe ran while a refit was in flight"
+    assert worst < 0.5, f"observe took {worst * 1e3:.1f} ms while the worker fitted"
+    assert sorted(in_flight)[len(in_flight) // 2] < 0.005
     assert values, "no forecast arrived within 60 s"
     temp = {dict(lb)["bound"]: v for _, lb, v in values if dict(lb)["series"] == TEMP and dict(lb)["horizon"] == "5"}
     assert temp["lower"] < temp["yhat"] < temp["upper"] and 55.0 < temp["yhat"] < 65.0
