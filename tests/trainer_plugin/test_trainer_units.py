@@ -228,3 +228,19 @@ def test_plugin_overhead_per_step_is_small_with_a_connected_daemon(tmp_path):
         plugin.close()
     times.sort()
     assert times[len(times) // 2] < 200e-6  # bench/trainer_bench.py reports the figure itself
+
+
+def test_micro_batch_mode_keeps_the_global_batch_and_changes_accumulation(tmp_path):
+    sock = str(tmp_path / "m.sock")
+    applied = []
+    script = [(1, {"id": "odd", "batch_size": 48}), (1, {"id": "m-1", "batch_size": 16})]
+    with FakeDaemon(sock, script=script, report_interval_s=0.02) as daemon:
+        plugin = TrainingPlugin(job="micro", batch_size=64, socket_path=sock, batch_mode="micro",
+                                sync_interval=1, on_batch_size=lambda g, m, a: applied.append((g, m, a)))
+        assert plugin.client.wait_connected(5)
+        _steps(plugin, torch.nn.Linear(8, 4), lambda: len(daemon.of_type("ack")) >= 2)
+        plugin.close()
+        acks = {a["id"]: a for a in daemon.of_type("ack")}
+    assert daemon.hellos[0]["batch_mode"] == "micro"
+    assert acks["odd"]["ok"] is False and acks["m-1"]["ok"] is True
+    assert applied == [(64, 16, 4)] and plugin.batch_size == 64 and plugin.lr_factor == 1.0
