@@ -78,7 +78,9 @@ def run_scenario(name: str, workload: str, seed: int, gpus: int = 8, tick_s: flo
     end = start + (ev.duration_s if ev.duration_s is not None else ev.ramp_s + after_s)
     horizon = end + 1800.0
     svc = ForecastService(ForecastConfig(prophet=False))
-    result = RunResult(ev.kind, workload, seed, T0 + start, T0 + end, None, horizon, gpus, ev.ramp_s)
+    # a fault without a duration persists to the end of the run: so does its window
+    window_end = end if ev.duration_s is not None else horizon
+    result = RunResult(ev.kind, workload, seed, T0 + start, T0 + window_end, None, horizon, gpus, ev.ramp_s)
     svc.add_alert_hook(lambda a: result.alerts.append((now, a)))
     baseline: list[float] = []
     t = 0.0
