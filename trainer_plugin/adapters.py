@@ -24,7 +24,7 @@ def lightning_callback(**plugin_kwargs: Any) -> Any:
     except ImportError:  # the older package name
         from pytorch_lightning import Callback
 
-    class GputunedCallback(Callback):  # type: ignore[misc, valid-type]
+    class GputunedCallback(Callback):
         """Times Lightning's training batches and reports them through the plugin."""
 
         def __init__(self) -> None:
@@ -55,7 +55,7 @@ def hf_callback(**plugin_kwargs: Any) -> Any:
     """A ``transformers.TrainerCallback`` driving a TrainingPlugin (needs transformers installed)."""
     from transformers import TrainerCallback
 
-    class GputunedHFCallback(TrainerCallback):  # type: ignore[misc, valid-type]
+    class GputunedHFCallback(TrainerCallback):
         """Times Hugging Face Trainer steps and reports them through the plugin."""
 
         def __init__(self) -> None:

@@ -212,13 +212,13 @@ class DaemonClient:
                     self._report = None
             for msg in batch:
                 self._send(sock, msg)
-            readable, _, _ = select.select([sock, self._wake_r], [], [], 0.5)
+            readable, _, _ = select.select([sock.fileno(), self._wake_r], [], [], 0.5)
             if self._wake_r in readable:
                 try:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
-            if sock in readable:
+            if sock.fileno() in readable:
                 self._receive(sock, protocol.read_body(sock))
 
     def _receive(self, sock: socket.socket, body: bytes) -> None:

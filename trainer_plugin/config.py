@@ -19,50 +19,50 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     kind: Literal["mlp", "cnn"] = "mlp"
-    hidden: int = Field(128, ge=1)
+    hidden: int = Field(default=128, ge=1)
 
 
 class DataConfig(_Section):
     dataset: Literal["digits"] = "digits"
-    batch_size: int = Field(64, ge=1, description="global batch per optimizer step")
+    batch_size: int = Field(default=64, ge=1, description="global batch per optimizer step")
     batch_mode: Literal["global", "micro"] = "global"
-    min_batch_size: int = Field(1, ge=1)
-    max_batch_size: int = Field(4096, ge=1)
-    prefetch: int = Field(2, ge=1)
+    min_batch_size: int = Field(default=1, ge=1)
+    max_batch_size: int = Field(default=4096, ge=1)
+    prefetch: int = Field(default=2, ge=1)
     seed: int = 0
 
 
 class OptimConfig(_Section):
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
     lr_scaling: Literal["none", "linear", "sqrt", "adascale"] = "linear"
     schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    accumulation_steps: int = Field(1, ge=1)
+    accumulation_steps: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
-    log_every: int = Field(50, ge=1)
+    log_every: int = Field(default=50, ge=1)
     eval_every_epoch: bool = True
 
 
 class CompressionConfig(_Section):
     hook: Literal["none", "topk", "int8", "powersgd"] = "none"
-    topk_ratio: float = Field(0.05, gt=0, le=1)
-    powersgd_rank: int = Field(2, ge=1)
-    powersgd_start_iter: int = Field(10, ge=2)
+    topk_ratio: float = Field(default=0.05, gt=0, le=1)
+    powersgd_rank: int = Field(default=2, ge=1)
+    powersgd_start_iter: int = Field(default=10, ge=2)
 
 
 class CheckpointConfig(_Section):
     dir: str | None = None
-    every_steps: int = Field(1000, ge=1)
-    keep: int = Field(3, ge=1)
+    every_steps: int = Field(default=1000, ge=1)
+    keep: int = Field(default=3, ge=1)
     asynchronous: bool = True
     resume: bool = True
 
@@ -70,18 +70,18 @@ class CheckpointConfig(_Section):
 class PluginConfig(_Section):
     enabled: bool = True
     socket: str = "/run/gputuned/control.sock"
-    job: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
-    sync_interval: int = Field(10, ge=1)
+    job: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    sync_interval: int = Field(default=10, ge=1)
 
 
 class Config(_Section):
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    compression: CompressionConfig = CompressionConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    plugin: PluginConfig = PluginConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    plugin: PluginConfig = Field(default_factory=PluginConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

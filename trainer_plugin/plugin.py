@@ -117,7 +117,7 @@ class TrainingPlugin:
 
         # DDP checks the hook's annotations at runtime, and postponed (string) annotations
         # fail that check, so this closure is left unannotated.
-        def timed(_, bucket):  # type: ignore[no-untyped-def]
+        def timed(_, bucket):
             buf = bucket.buffer()
             self._last_hook = time.perf_counter()
             self._local_sq.append(torch.dot(buf, buf))

@@ -127,13 +127,15 @@ class FakeDaemon:
             logger.debug("fake daemon: bad hello: %s", e)
             conn.close()
             return
-        conn.sendall(protocol.encode({"v": 1, "type": "welcome", "seq": 0, "session": f"s{self.connections}",
-                                      "report_interval_s": self.report_interval_s, "decisions": self.decisions}))
         with self._changed:
             self.connections += 1
             self.hellos.append(hello)
             self._conns.append((conn, hello))
             self._changed.notify_all()
+            session = f"s{self.connections}"
+        # recorded before the welcome, so a client that is connected has its hello on record
+        conn.sendall(protocol.encode({"v": 1, "type": "welcome", "seq": 0, "session": session,
+                                      "report_interval_s": self.report_interval_s, "decisions": self.decisions}))
         conn.settimeout(None)
         reports = 0
         script = list(self.script) if hello.get("leader") else []

@@ -117,7 +117,7 @@ class Trainer:
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         self.accumulation = accum
         self.sampler = ResizableBatchSampler(len(self.y_train), d.batch_size, self.rank, self.world, seed=d.seed)
-        tensors = (self.x_train, self.y_train)
+        tensors: tuple[torch.Tensor, ...] = (self.x_train, self.y_train)
         if record_batches:  # carry each sample's index so tests can check coverage
             tensors = (*tensors, torch.arange(len(self.y_train)))
         self.prefetcher = Prefetcher(self.sampler, tensors, self.device, depth=d.prefetch)
