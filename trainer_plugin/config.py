@@ -46,6 +46,8 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(default=None, ge=1)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     accumulation_steps: int = Field(default=1, ge=1)
+    init_loss_scale: float = Field(default=65536.0, gt=0)
+    loss_scale_growth_interval: int = Field(default=2000, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     log_every: int = Field(default=50, ge=1)

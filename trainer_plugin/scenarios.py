@@ -60,7 +60,7 @@ def compression(cfg_path: str | None) -> dict[str, Any]:
 
 
 def overflow(cfg_path: str | None) -> dict[str, Any]:
-    """fp16 with a loss scaler; rank 1's loss becomes inf at step 5: all ranks must skip it."""
+    """fp16 with a loss scaler growing every 4 clean steps; rank 1's loss becomes inf at step 5."""
     seen: dict[str, Any] = {"scales": [], "param_sums": []}
 
     def on_loss(tr: Trainer, loss: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ def overflow(cfg_path: str | None) -> dict[str, Any]:
         seen["param_sums"].append(float(sum(p.double().sum() for p in tr.model.parameters())))
 
     trainer = Trainer(_config(cfg_path, {"train.precision": "fp16", "train.max_steps": 10,
-                                         "optim.momentum": 0.0}),
+                                         "train.loss_scale_growth_interval": 4, "optim.momentum": 0.0}),
                       Callbacks(on_loss=on_loss, on_step_end=on_step_end))
     result = trainer.fit()
     trainer.close()

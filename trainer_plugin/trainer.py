@@ -113,7 +113,9 @@ class Trainer:
         self.samples_seen = 0
         self.total_samples = config.train.epochs * len(self.y_train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=config.train.init_loss_scale,
+                                           growth_interval=config.train.loss_scale_growth_interval,
+                                           enabled=self.precision == "fp16")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         self.accumulation = accum
         self.sampler = ResizableBatchSampler(len(self.y_train), d.batch_size, self.rank, self.world, seed=d.seed)
