@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 #: Zeus file suffix -> simulator profile key.
 #: Weight of squared relative epoch-time error against that of average power in the fit.
 TIME_WEIGHT = 2.0
+#: Largest relative change of kernel power per doubling of the batch size the fit considers.
+POWER_SLOPE_MAX = 0.3
 
 ZEUS_GPUS = {"a40": "a40", "rtx6000": "quadro-rtx-6000", "p100": "p100-pcie-16gb"}
 
@@ -120,7 +122,7 @@ def _fit_pair(
     bidx = np.searchsorted(sizes, bt)
     a_grid = np.linspace(2.0, 1.6 * prof.power_limit_max_w, 60)
     x = cap_clock_ratio_array(rows.limit_w[train, None], a_grid[None, :], gp.active_idle_w,
-                              gp.voltage_floor, gp.voltage_knee, gp.cap_floor_ratio)
+                              gp.voltage_floor, gp.voltage_knee, gp.cap_floor_ratio, gp.cap_floor_w)
     x = _snap(x, prof)
     r = 1.0 / x
     y = rows.epoch_s[train] * bt / n
@@ -138,15 +140,20 @@ def _fit_pair(
         rho[b] = np.clip((yy[m] * zz[m]).sum(0) / np.maximum((zz[m] ** 2).sum(0), 1e-12), 0.0, 1.0)
     pp = gp.active_idle_w + gx * (sr * r + rho[bidx] * cr) / pred
     se = TIME_WEIGHT * ((pred - y[:, None]) / y[:, None]) ** 2 + ((pp - p) / p) ** 2
-    best_j = np.zeros(len(sizes), dtype=int)
-    total = 0.0
-    for b in np.flatnonzero(ok):
-        m = bidx == b
-        eb = se[m].sum(0)
-        best_j[b] = int(np.argmin(eb))
-        total += float(eb[best_j[b]])
-    rows_ok = int(ok[bidx].sum())
+    # kernel power linear in log2(batch): A(b) = A0 (1 + slope log2(b / b_mid)), the best line on the grid
     k = np.flatnonzero(ok)
+    eb = np.stack([se[bidx == b].sum(0) for b in k])  # batches x A grid
+    lb = np.log2(sizes[k]) - np.log2(sizes[k]).mean()
+    slopes = np.linspace(-POWER_SLOPE_MAX, POWER_SLOPE_MAX, 25)
+    a_line = a_grid[None, :, None] * (1.0 + slopes[None, None, :] * lb[:, None, None])  # b x A0 x slope
+    step_a = a_grid[1] - a_grid[0]
+    jj_all = np.clip(np.rint((a_line - a_grid[0]) / step_a), 0, len(a_grid) - 1).astype(int)
+    cost = np.take_along_axis(eb[:, :, None], jj_all, axis=1).sum(0)  # A0 x slope
+    i0, i1 = np.unravel_index(int(np.argmin(cost)), cost.shape)
+    best_j = np.zeros(len(sizes), dtype=int)
+    best_j[k] = jj_all[:, i0, i1]
+    total = float(cost[i0, i1])
+    rows_ok = int(ok[bidx].sum())
     jj = best_j[k]
     table = {
         "batch_sizes": [float(v) for v in sizes[k]],
@@ -162,7 +169,7 @@ def predict(rows: Rows, n: int, prof: GPUProfile, gp: PowerParams, timing: StepT
     """Epoch time and average power of each row, as the simulator computes them."""
     dyn = np.array([timing.power_at(b) for b in rows.batch])
     x = cap_clock_ratio_array(rows.limit_w, dyn, gp.active_idle_w, gp.voltage_floor, gp.voltage_knee,
-                              gp.cap_floor_ratio)
+                              gp.cap_floor_ratio, gp.cap_floor_w)
     x = _snap(x, prof)
     parts = np.array([timing.at(b) for b in rows.batch])
     host, sm, mem = parts[:, 0], parts[:, 1] / x, parts[:, 2]
@@ -182,18 +189,19 @@ def fit_gpu(
         "voltage_floor": list(np.linspace(0.4, 1.0, 13)),
         "voltage_knee": list(np.linspace(0.1, 0.9, 17)),
         "cap_floor_ratio": sorted({floor_min, *[v for v in np.linspace(0.15, 0.7, 12) if v > floor_min]}),
+        "cap_floor_w": [0.0, *list(prof.power_limit_min_w * np.linspace(1.0, 1.3, 7))],
     }
 
     def loss(gp: PowerParams) -> float:
         return sum(_fit_pair(pairs[w], train[w], sizes[w], prof, gp)[0] for w in pairs)
 
-    coarse = {k: v[:: max(1, len(v) // 3)] for k, v in grids.items()}
+    coarse = {k: [v[int(i)] for i in np.unique(np.linspace(0, len(v) - 1, 3).round())] for k, v in grids.items()}
     best = min(
         (PowerParams(*vals) for vals in itertools.product(*coarse.values())),
         key=loss,
     )
     best_loss = loss(best)
-    for _ in range(6):
+    for _ in range(4):
         improved = False
         for key, values in grids.items():
             for v in values:
@@ -251,17 +259,24 @@ def holdout_mask(rows: Rows, mode: str, fraction: float, rng: np.random.Generato
     raise ValueError(f"holdout mode must be random or power_limit, got {mode!r}")
 
 
-def calibrate(data_dir: Path, holdout: float = 0.2, seed: int = 0, mode: str = "random") -> dict[str, Any]:
-    """Fit every Zeus workload on every traced GPU; return the calibration document."""
+def calibrate(
+    data_dir: Path, holdout: float = 0.2, seed: int = 0, mode: str = "random", gpus: list[str] | None = None
+) -> dict[str, Any]:
+    """Fit every Zeus workload on every traced GPU (or the Zeus GPU names given); return the document."""
     wls = zeus_workloads()
-    rng = np.random.default_rng(seed)
+    unknown = sorted(set(gpus or []) - set(ZEUS_GPUS))
+    if unknown:
+        raise ValueError(f"unknown GPU {unknown[0]!r}; the traces have {', '.join(ZEUS_GPUS)}")
     doc: dict[str, Any] = {
         "version": 1,
         "source": "Zeus NSDI'23 traces (ml-energy/zeus, examples/research_reproducibility/zeus_nsdi23/trace)",
         "holdout": {"mode": mode, "fraction": holdout, "seed": seed},
         "gpus": {}, "workloads": {}, "errors": {},
     }
-    for zname, key in ZEUS_GPUS.items():
+    for gi, (zname, key) in enumerate(ZEUS_GPUS.items()):
+        if gpus and zname not in gpus:
+            continue
+        rng = np.random.default_rng([seed, gi])  # each GPU's draw is independent of the others
         prof = load_profile(key)
         pairs = load_rows(data_dir, zname, wls)
         if mode == "power_limit":  # one grid per GPU, shared by its workloads

@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     cal.add_argument("--out", type=Path, default=None, help="where to write the fitted JSON (default: the shipped calibration.json)")
     cal.add_argument("--holdout", type=float, default=0.2, help="fraction of rows held out from fitting (default 0.2)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the held-out row draw (default 0)")
+    cal.add_argument("--gpu", action="append", choices=["a40", "rtx6000", "p100"], default=None,
+                     help="fit only this traced GPU (repeatable; default all three)")
     cal.add_argument("--holdout-mode", choices=["random", "power_limit"], default="random",
                      help="random: a seeded --holdout fraction of rows; power_limit: every 5th power limit "
                           "of each GPU's grid (default random)")
@@ -59,7 +61,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         print(f"gputuned sim calibrate: --holdout {args.holdout}: must be in (0, 0.9)")
         return EXIT_USAGE
     try:
-        doc = calibrate(data, holdout=args.holdout, seed=args.seed, mode=args.holdout_mode)
+        doc = calibrate(data, holdout=args.holdout, seed=args.seed, mode=args.holdout_mode, gpus=args.gpu)
     except ValueError as e:
         print(f"gputuned sim calibrate: {e}")
         return EXIT_USAGE

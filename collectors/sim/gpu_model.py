@@ -31,6 +31,7 @@ class PowerParams:
     voltage_floor: float  # v_min: V(x)/V(1) below the knee
     voltage_knee: float  # clock ratio where voltage starts to rise
     cap_floor_ratio: float  # lowest clock ratio power capping goes down to
+    cap_floor_w: float = 0.0  # lowest busy power the capping loop regulates to (overshoot below it)
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -38,6 +39,7 @@ class PowerParams:
             "voltage_floor": self.voltage_floor,
             "voltage_knee": self.voltage_knee,
             "cap_floor_ratio": self.cap_floor_ratio,
+            "cap_floor_w": self.cap_floor_w,
         }
 
 
@@ -67,7 +69,8 @@ def dvfs_factor_array(x: np.ndarray, vmin: float, knee: float) -> np.ndarray:
 
 
 def cap_clock_ratio(limit_w: float, dynamic_w: float, p: PowerParams, ceiling: float) -> float:
-    """Highest clock ratio <= ceiling whose busy power fits the limit (not below the cap floor)."""
+    """Highest clock ratio <= ceiling whose busy power fits the limit (not below the cap floors)."""
+    limit_w = max(limit_w, p.cap_floor_w)
     if dynamic_w <= 0 or p.active_idle_w + dynamic_w * dvfs_factor(ceiling, p) <= limit_w:
         return ceiling
     floor = min(p.cap_floor_ratio, ceiling)
@@ -85,9 +88,11 @@ def cap_clock_ratio(limit_w: float, dynamic_w: float, p: PowerParams, ceiling: f
 
 
 def cap_clock_ratio_array(
-    limit_w: np.ndarray, dynamic_w: np.ndarray, p0: float, vmin: float, knee: float, floor: float
+    limit_w: np.ndarray, dynamic_w: np.ndarray, p0: float, vmin: float, knee: float, floor: float,
+    floor_w: float = 0.0,
 ) -> np.ndarray:
     """Vectorised :func:`cap_clock_ratio` with ceiling 1 (broadcasts limit against dynamic)."""
+    limit_w = np.maximum(limit_w, floor_w)
     xs = np.linspace(0.0, 1.0, 2001)
     gs = dvfs_factor_array(xs, vmin, knee)
     need = (limit_w - p0) / np.maximum(dynamic_w, 1e-9)

@@ -23,15 +23,17 @@ DATA = next((p for p in CANDIDATES if (p / "summary_power_a40.csv").is_file()), 
 @pytest.mark.skipif(DATA is None, reason="Zeus traces not present")
 def test_calibrate_command_reproduces_shipped_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cal.json"
-    assert main(["sim", "calibrate", "--data", str(DATA), "--out", str(out)]) == 0
+    assert main(["sim", "calibrate", "--data", str(DATA), "--out", str(out), "--gpu", "p100"]) == 0
     doc = json.loads(out.read_text())
     shipped = load_calibration()
-    assert set(doc["gpus"]) == {"a40", "quadro-rtx-6000", "p100-pcie-16gb"}
-    for gpu, err in doc["errors"].items():
-        assert err["heldout_rows"] > 40
-        assert err["epoch_time_median"] < 0.05 and err["power_median"] < 0.05, gpu
-        assert err["epoch_time_median"] == pytest.approx(shipped["errors"][gpu]["epoch_time_median"])
-    assert doc["gpus"] == shipped["gpus"]
+    assert set(doc["gpus"]) == {"p100-pcie-16gb"}
+    err = doc["errors"]["p100-pcie-16gb"]
+    assert err["heldout_rows"] > 30
+    assert err["epoch_time_median"] < 0.05 and err["power_median"] < 0.05
+    assert err == shipped["errors"]["p100-pcie-16gb"]
+    assert doc["gpus"]["p100-pcie-16gb"] == shipped["gpus"]["p100-pcie-16gb"]
+    assert doc["workloads"]["squad-bert"]["gpus"]["p100-pcie-16gb"] == (
+        shipped["workloads"]["squad-bert"]["gpus"]["p100-pcie-16gb"])
     assert "time median" in capsys.readouterr().out
 
 
