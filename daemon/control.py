@@ -35,6 +35,7 @@ from gputuned.daemon.control_reports import (
     REJECTED,
     REPORTS,
     JobTable,
+    series_keys,
 )
 from gputuned.daemon.store import Store
 
@@ -133,9 +134,11 @@ class ControlServer:
     def tick(self, now: float) -> None:
         if self._listener is None:  # not started (or could not bind): nothing to publish
             return
-        self.jobs.expire(now)
+        gone = self.jobs.expire(now)
         if self.store is not None:
             self.store.publish("trainer", now, self.samples())
+            if gone:  # their ring buffers would otherwise stay for the daemon's lifetime
+                self.store.forget(k for job, rank in gone for k in series_keys(job, rank))
 
     def stop(self) -> None:
         self._stop.set()
@@ -376,11 +379,13 @@ class ControlServer:
         P.check_hello(msg)
         if msg["pid"] != conn.pid and conn.pid:
             logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
+        if not self.jobs.connect(msg["job"], msg["rank"]):
+            self._reject(conn, "too_many_ranks", f"more than {self.jobs.max_ranks} ranks known", close=True)
+            return
         conn.kind = "client"
         conn.job = msg["job"]
         conn.rank = msg["rank"]
         conn.leader = bool(msg["leader"])
-        self.jobs.connect(conn.job, conn.rank)
         self._queue(conn, {"type": "welcome", "session": f"c{conn.cid}",
                            "report_interval_s": self.cfg.report_interval_s, "decisions": conn.leader})
         logger.info("control: job %s rank %d/%d connected (pid %d uid %d%s)", conn.job, conn.rank,

@@ -54,28 +54,40 @@ class RankState:
     step: int = 0
     t: float = 0.0
     connected: bool = True
+    gone_at: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
+
+
+def series_keys(job: str, rank: int) -> list[tuple[str, Labels]]:
+    """Every series a rank can have, for forgetting its history once it expired."""
+    lab: Labels = (("job", job), ("rank", str(rank)))
+    return [(name, lab) for name in (*STAT_FAMILIES.values(), STEP, LAST_REPORT, RANK_CONNECTED)]
 
 
 class JobTable:
     """Latest statistics per (job, rank); thread-safe."""
 
-    def __init__(self, ttl_s: float = 60.0) -> None:
+    def __init__(self, ttl_s: float = 60.0, max_ranks: int = 4096) -> None:
         self.ttl_s = ttl_s
+        self.max_ranks = max_ranks
         self._lock = threading.Lock()
         self._ranks: dict[tuple[str, int], RankState] = {}
 
-    def connect(self, job: str, rank: int) -> None:
+    def connect(self, job: str, rank: int) -> bool:
+        """Mark a rank connected; False when the table is full (too many distinct ranks)."""
         with self._lock:
+            if (job, rank) not in self._ranks and len(self._ranks) >= self.max_ranks:
+                return False
             st = self._ranks.setdefault((job, rank), RankState())
             st.connected = True
+            return True
 
     def disconnect(self, job: str, rank: int, now: float) -> None:
         with self._lock:
             st = self._ranks.get((job, rank))
             if st is not None:
                 st.connected = False
-                st.t = st.t or now
+                st.gone_at = now
 
     def update(self, job: str, rank: int, step: int, t: float, stats: dict[str, float]) -> None:
         with self._lock:
@@ -93,11 +105,13 @@ class JobTable:
                     out.setdefault(job, []).append(rank)
         return {j: sorted(r) for j, r in sorted(out.items())}
 
-    def expire(self, now: float) -> None:
-        """Forget ranks disconnected for longer than the TTL."""
+    def expire(self, now: float) -> list[tuple[str, int]]:
+        """Forget ranks disconnected for longer than the TTL; returns them."""
         with self._lock:
-            for key in [k for k, st in self._ranks.items() if not st.connected and now - st.t > self.ttl_s]:
+            gone = [k for k, st in self._ranks.items() if not st.connected and now - st.gone_at > self.ttl_s]
+            for key in gone:
                 del self._ranks[key]
+        return gone
 
     def samples(self) -> list[Sample]:
         with self._lock:

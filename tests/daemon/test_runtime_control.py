@@ -301,3 +301,31 @@ def test_a_bug_reached_by_one_message_drops_that_connection_only(tmp_path: Path)
         c.close()
     finally:
         srv.stop()
+
+
+def test_departed_ranks_expire_with_their_history_and_the_table_is_bounded(server: Make) -> None:
+    srv = server(job_ttl_s=0.2)
+    srv.jobs.max_ranks = 2
+    a, _ = connect_client(srv.cfg.socket_path, job="a")
+    a.sendall(_report(1, loss=1.0))
+    assert wait_for(lambda: srv.reports_total == 1)
+    b, _ = connect_client(srv.cfg.socket_path, job="b")
+    c = socket.socket(socket.AF_UNIX)
+    c.settimeout(5)
+    c.connect(str(srv.cfg.socket_path))
+    c.sendall(P.encode({"v": 1, "type": "hello", "seq": 0, "job": "c", "rank": 0, "local_rank": 0, "world_size": 1,
+                        "pid": os.getpid(), "leader": True, "batch_size": 1, "batch_mode": "global"}))
+    assert "ranks known" in read_frame(c)["error"] and srv.rejected["too_many_ranks"] == 1
+    assert srv.store is not None
+    lab = (("job", "a"), ("rank", "0"))
+    srv.tick(time.time())
+    assert srv.store.value("gputuned_trainer_loss", lab) == 1.0
+    assert srv.store.series("gputuned_trainer_loss") == [lab]
+    a.close()
+    assert wait_for(lambda: srv.connected_jobs() == {"b": [0]})
+    time.sleep(0.3)
+    srv.tick(time.time())
+    assert srv.store.value("gputuned_trainer_loss", lab) is None
+    assert srv.store.series("gputuned_trainer_loss") == []  # ring buffer forgotten too
+    b.close()
+    c.close()
