@@ -242,8 +242,9 @@ def run_once(
         "goodput_samples_per_s": job.progress * need / duration,
         "energy_per_sample_j": energy / max(job.samples_total, 1e-9),
         "energy_to_target_j": energy / max(job.progress, 1e-12),
-        "time_to_target_s": reached_at if reached_at is not None else duration / max(job.progress, 1e-12),
-        "target_reached": reached_at is not None,
+        # the run's pace (seconds per target): a short job may reach its target before the tuner acts
+        "time_to_target_s": duration / max(job.progress, 1e-12),
+        "first_target_s": reached_at,
         "final": final, "restored": restored, "decisions_applied": endpoint.decisions,
         "tuner": ({"actions": dict(tuner.guard.actions), "rollbacks": tuner.guard.rollbacks,
                    "interventions": dict(tuner.guard.interventions), "chooser": tuner.chooser.name}

@@ -104,6 +104,8 @@ class ClimbChooser(Chooser):
     def _energy_power(self, limit: float, goodput: float, eps: float) -> int:
         if self.prev_limit is not None and abs(limit - self.prev_limit) > 1e-6:
             self.step = abs(limit - self.prev_limit)
+        elif self.last_dp < 0 and self.prev_limit is not None:
+            self.floor = limit  # a step down did not move the limit: its minimum is reached
         self.prev_limit = limit
         if goodput < self.budget - 0.002:
             self.floor = limit  # over the slowdown budget here: never step down to this limit again
