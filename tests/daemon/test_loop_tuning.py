@@ -187,3 +187,13 @@ def test_make_chooser_reads_a_numpy_policy(tmp_path: Path) -> None:
     assert isinstance(make_chooser("auto", tmp_path / "zeus.npz", "energy", 0.1), ClimbChooser)
     with pytest.raises(ValueError, match="tuner.objective"):
         TuningConfig(objective="speed")
+
+
+def test_climber_at_the_lowest_limit_goes_on_to_batch_probes() -> None:
+    c = ClimbChooser("energy_slowdown", 0.03)
+    obs = np.zeros(14, dtype=np.float32)
+    obs[0], obs[7] = 0.25, 0.2  # goodput far above budget: it wants lower limits
+    assert c(obs) == move(-1, 0)
+    moves = [c(obs) for _ in range(3)]  # the limit did not move: its minimum is reached
+    assert moves[0] == move(0, 0)
+    assert move(0, +1) in moves or move(0, -1) in moves
