@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
-import grp
 import logging
 import os
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gputuned.collectors.families import Sample
 from gputuned.daemon import control_frames as P
 from gputuned.daemon.config import ControlConfig
-from gputuned.daemon.control_conn import Connection, peer_credentials, supplementary_groups
+from gputuned.daemon.control_conn import Connection, bind_socket, peer_credentials, refuse_peer
 from gputuned.daemon.control_reports import (
     CONNECTIONS,
     DECISIONS,
@@ -37,26 +33,12 @@ from gputuned.daemon.control_reports import (
     JobTable,
     series_keys,
 )
+from gputuned.daemon.decisions import AckCallback, AdminHandler, DecisionBook, NoLeaderError
 from gputuned.daemon.store import Store
 
 logger = logging.getLogger(__name__)
 
 MAX_ERRORS = 10
-AckCallback = Callable[[str, dict[str, Any]], None]
-
-
-class NoLeaderError(LookupError):
-    """No leader rank of the job is connected, so a decision cannot be delivered."""
-
-
-class AdminHandler(Protocol):
-    """What admin messages (``gputuned status``/``set``/``restore``) act on."""
-
-    def status(self) -> dict[str, Any]: ...
-
-    def set(self, gpu: int, knob: str, value: Any) -> dict[str, Any]: ...
-
-    def restore(self, gpu: int | None) -> dict[str, Any]: ...
 
 
 class ControlServer:
@@ -71,19 +53,14 @@ class ControlServer:
         self.jobs = JobTable(cfg.job_ttl_s)
         self.reports_total = 0
         self.rejected: collections.Counter[str] = collections.Counter()
-        self.decisions: collections.Counter[str] = collections.Counter()
+        self.book = DecisionBook()
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._conns: dict[int, Connection] = {}
         self._next_cid = 0
-        self._next_decision = 0
         self._lock = threading.Lock()
         self._outbox: list[tuple[int, dict[str, Any]]] = []
-        self._pending: dict[str, tuple[str, int]] = {}  # decision id -> (job, connection id)
-        self._acks: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self._acked = threading.Condition(self._lock)
-        self._ack_callbacks: list[AckCallback] = []
-        self.profile_results: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.profile_results = self.book.profile_results
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -94,28 +71,7 @@ class ControlServer:
     # -- component ---------------------------------------------------------------------
     def start(self) -> None:
         """Bind the socket (refusing to steal a live daemon's) and start serving."""
-        path = Path(self.cfg.socket_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(path))
-            except OSError:
-                path.unlink()  # stale socket of a dead daemon
-            else:
-                raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o777 & ~self.cfg.socket_mode)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old)
-        os.chmod(path, self.cfg.socket_mode)
-        gid = self._socket_gid()
-        if gid is not None:
-            os.chown(path, -1, gid)
+        sock = bind_socket(self.cfg)
         sock.listen(128)
         sock.setblocking(False)
         self._listener = sock
@@ -123,13 +79,7 @@ class ControlServer:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._serve, name="gputuned-control", daemon=True)
         self._thread.start()
-        logger.info("control socket listening on %s", path)
-
-    def _socket_gid(self) -> int | None:
-        g = self.cfg.socket_group
-        if not g:
-            return None
-        return int(g) if g.isdigit() else grp.getgrnam(g).gr_gid
+        logger.info("control socket listening on %s", self.cfg.socket_path)
 
     def tick(self, now: float) -> None:
         if self._listener is None:  # not started (or could not bind): nothing to publish
@@ -180,28 +130,23 @@ class ControlServer:
             if not leaders:
                 raise NoLeaderError(f"no leader of job {job!r} is connected")
             conn = max(leaders, key=lambda c: c.accepted)
-            self._next_decision += 1
-            ident = f"d-{self._next_decision}"
-            self._pending[ident] = (job, conn.cid)
+            ident = self.book.new(job, conn.cid)
             self._outbox.append((conn.cid, {"type": "decision", "id": ident, kinds[0]: value}))
-            self.decisions["sent"] += 1
         self._wake()
         return ident
 
     def on_ack(self, callback: AckCallback) -> None:
         """Call ``callback(job, ack)`` on the control thread for every ack received."""
-        self._ack_callbacks.append(callback)
+        self.book.on_ack(callback)
 
     def wait_ack(self, ident: str, timeout: float) -> dict[str, Any] | None:
         """The ack of decision ``ident``, waiting up to ``timeout`` seconds; None if none came."""
-        deadline = time.monotonic() + timeout
-        with self._acked:
-            while ident not in self._acks:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._acked.wait(left)
-            return self._acks[ident]
+        return self.book.wait(ident, timeout)
+
+    @property
+    def decisions(self) -> dict[str, int]:
+        """Decisions by result: sent, acked, refused, undelivered."""
+        return self.book.snapshot()
 
     def connected_jobs(self) -> dict[str, list[int]]:
         """Connected ranks per job."""
@@ -212,8 +157,7 @@ class ControlServer:
         out.append((REPORTS, (), float(self.reports_total)))
         out.append((CONNECTIONS, (), float(len(self._conns))))
         out.append((JOBS, (), float(len(self.jobs.jobs()))))
-        with self._lock:
-            decisions = dict(self.decisions)
+        decisions = self.book.snapshot()
         for reason, n in sorted(dict(self.rejected).items()):  # dict(): one atomic copy
             out.append((REJECTED, (("reason", reason),), float(n)))
         for result, n in sorted(decisions.items()):
@@ -286,20 +230,10 @@ class ControlServer:
             self._sel.register(sock, selectors.EVENT_READ, conn)
 
     def _refuse(self, cred: tuple[int, int, int]) -> tuple[str, str] | None:
-        pid, uid, gid = cred
         cfg = self.cfg
         if len(self._conns) >= cfg.max_connections:
             return "too_many_connections", f"too many connections (max {cfg.max_connections})"
-        if uid in (0, os.getuid()) or uid in cfg.allowed_uids or uid in cfg.admin_uids:
-            return None
-        gids = set(cfg.allowed_gids)
-        gids.add(os.getgid())  # the unit's Group=: members may connect
-        sock_gid = self._socket_gid()
-        if sock_gid is not None:
-            gids.add(sock_gid)
-        if gid in gids or (gids and supplementary_groups(pid) & gids):
-            return None
-        return "not_allowed", f"uid {uid} gid {gid} is not allowed (control.allowed_uids, control.allowed_gids)"
+        return refuse_peer(cred, cfg)
 
     def _send_now(self, sock: socket.socket, msg: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -359,10 +293,7 @@ class ControlServer:
             elif kind == "ack":
                 self._ack(conn, msg)
             elif kind == "profile_result":
-                ident, summary = P.check_profile_result(msg)
-                self.profile_results[ident] = summary
-                while len(self.profile_results) > 256:
-                    self.profile_results.popitem(last=False)
+                self.book.profile_result(*P.check_profile_result(msg))
             elif kind == "admin" and conn.kind == "admin":
                 self._admin(conn, msg)
             elif kind == "error":
@@ -392,23 +323,9 @@ class ControlServer:
                     msg["world_size"], conn.pid, conn.uid, ", leader" if conn.leader else "")
 
     def _ack(self, conn: Connection, msg: dict[str, Any]) -> None:
-        ident, ok = P.check_ack(msg)
-        with self._lock:
-            pending = self._pending.pop(ident, None)
-            if pending is None or pending[1] != conn.cid:
-                if pending is not None:
-                    self._pending[ident] = pending
-                raise P.MessageError(f"ack.id: {ident} is not a decision sent on this connection")
-            self._acks[ident] = msg
-            while len(self._acks) > 1024:
-                self._acks.popitem(last=False)
-            self._acked.notify_all()
-            self.decisions["acked" if ok else "refused"] += 1
-        for cb in self._ack_callbacks:
-            try:
-                cb(conn.job, msg)
-            except Exception:  # noqa: BLE001 - a consumer's bug must not stop the socket
-                logger.exception("ack callback failed")
+        ident, _ = P.check_ack(msg)
+        if not self.book.acked(ident, conn.cid, msg):
+            raise P.MessageError(f"ack.id: {ident} is not a decision sent on this connection")
 
     def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
         op = P.check_admin(msg)
@@ -470,9 +387,7 @@ class ControlServer:
         for cid, msg in outbox:
             conn = self._conns.get(cid)
             if conn is None:
-                with self._lock:
-                    self.decisions["undelivered"] += 1
-                    self._pending.pop(str(msg.get("id")), None)
+                self.book.undelivered(str(msg.get("id")))
                 continue
             self._queue(conn, msg)
 
@@ -486,8 +401,7 @@ class ControlServer:
         with self._lock:
             if self._conns.pop(conn.cid, None) is None:
                 return
-            for ident in [i for i, (_, cid) in self._pending.items() if cid == conn.cid]:
-                del self._pending[ident]  # never acked: the leader went away
+        self.book.forget_connection(conn.cid)  # never acked: the leader went away
         if reason:
             logger.warning("control: closing connection of pid %d: %s", conn.pid, reason)
         with contextlib.suppress(KeyError, ValueError):

@@ -1,14 +1,20 @@
-"""One control-socket connection: peer credentials, frame decoder, output buffer and limits.
+"""Control-socket plumbing: binding the socket, checking peers, and one connection's state.
 
-The server owns the sockets and the selector; this holds what it knows of each peer and
-decides the per-connection limits: a token bucket (``max_messages_per_second``, burst of
-twice that) and the hello, frame (slowloris) and idle timeouts.
+The server owns the sockets and the selector; this binds the listening socket (never
+stealing a live daemon's), decides which peers may connect from their credentials
+(SO_PEERCRED), and holds what the server knows of each connection and its limits: a token
+bucket (``max_messages_per_second``, burst of twice that) and the hello, frame (slowloris)
+and idle timeouts.
 """
 
 from __future__ import annotations
 
+import errno
+import grp
+import os
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 from gputuned.daemon import control_frames as P
@@ -91,3 +97,57 @@ def supplementary_groups(pid: int) -> set[int]:
     except (OSError, ValueError):
         pass
     return set()
+
+
+def socket_gid(cfg: ControlConfig) -> int | None:
+    """The gid of ``control.socket_group`` (None when unset)."""
+    g = cfg.socket_group
+    if not g:
+        return None
+    return int(g) if g.isdigit() else grp.getgrnam(g).gr_gid
+
+
+def bind_socket(cfg: ControlConfig) -> socket.socket:
+    """Bind and listen on ``cfg.socket_path`` with its mode and group; raises OSError.
+
+    A socket file nobody answers on is a dead daemon's and is replaced; one that answers
+    belongs to a live daemon and is left alone (EADDRINUSE).
+    """
+    path = Path(cfg.socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o777 & ~cfg.socket_mode)  # no window with looser permissions
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, cfg.socket_mode)
+    gid = socket_gid(cfg)
+    if gid is not None:
+        os.chown(path, -1, gid)
+    return sock
+
+
+def refuse_peer(cred: tuple[int, int, int], cfg: ControlConfig) -> tuple[str, str] | None:
+    """(reason, text) when the peer with credentials (pid, uid, gid) may not connect."""
+    pid, uid, gid = cred
+    if uid in (0, os.getuid()) or uid in cfg.allowed_uids or uid in cfg.admin_uids:
+        return None
+    gids = set(cfg.allowed_gids)
+    gids.add(os.getgid())  # the unit's Group=: members may connect
+    sock_gid = socket_gid(cfg)
+    if sock_gid is not None:
+        gids.add(sock_gid)
+    if gid in gids or (gids and supplementary_groups(pid) & gids):
+        return None
+    return "not_allowed", f"uid {uid} gid {gid} is not allowed (control.allowed_uids, control.allowed_gids)"
