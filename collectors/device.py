@@ -150,6 +150,10 @@ class GPUDevice(abc.ABC):
         """The enforced power limit."""
 
     @abc.abstractmethod
+    def power_management_limit_w(self) -> float:
+        """The power limit set through NVML (may be above the enforced one under an external cap)."""
+
+    @abc.abstractmethod
     def power_limit_constraints(self) -> PowerLimitConstraints: ...
 
     @abc.abstractmethod

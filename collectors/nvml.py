@@ -179,6 +179,10 @@ class NvmlGPU(GPUDevice):
     def power_limit_w(self) -> float:
         return self._nvml.nvmlDeviceGetEnforcedPowerLimit(self._h) / 1000.0
 
+    @_nvml_call("power management limit")
+    def power_management_limit_w(self) -> float:
+        return self._nvml.nvmlDeviceGetPowerManagementLimit(self._h) / 1000.0
+
     @_nvml_call("power limit constraints")
     def power_limit_constraints(self) -> PowerLimitConstraints:
         lo, hi = self._nvml.nvmlDeviceGetPowerManagementLimitConstraints(self._h)

@@ -63,11 +63,8 @@ class PowerLimitKnob(Knob):
 
     def read(self, dev: GPUDevice) -> Value:
         # The management limit is what a set call changes and restore must put back; the
-        # enforced limit can be lower (an out-of-band cap). GPUDevice exposes only the
-        # enforced one so far; a device offering ``power_management_limit_w`` is preferred.
-        management = getattr(dev, "power_management_limit_w", None)
-        watts = management() if callable(management) else dev.power_limit_w()
-        return int(round(watts * 1000))
+        # enforced limit can be lower (an out-of-band cap).
+        return int(round(dev.power_management_limit_w() * 1000))
 
     def bounds(self, dev: GPUDevice, cfg: Any) -> Bounds:
         c = dev.power_limit_constraints()
