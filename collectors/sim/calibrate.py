@@ -185,7 +185,7 @@ def fit_gpu(
     floor_min = prof.sm_clock_min_mhz / prof.sm_clock_max_mhz
     p_min = min(float(r.power_w.min()) for r in pairs.values())
     grids = {
-        "active_idle_w": list(np.linspace(0.5, 1.05, 23) * p_min),
+        "active_idle_w": list(np.linspace(0.5, 1.3, 33) * p_min),
         "voltage_floor": list(np.linspace(0.4, 1.0, 13)),
         "voltage_knee": list(np.linspace(0.1, 0.9, 17)),
         "cap_floor_ratio": sorted({floor_min, *[v for v in np.linspace(0.15, 0.7, 12) if v > floor_min]}),
