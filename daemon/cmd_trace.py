@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,13 +37,17 @@ def _record(args: argparse.Namespace) -> int:
     daemon = Daemon(cfg, serve=False)
     writer = TraceWriter(args.output, {"interval_seconds": cfg.daemon.interval_seconds, "source": daemon.describe()})
     daemon.store.subscribe(Recorder(writer))
-    ticks = max(1, int(round(args.duration / cfg.daemon.interval_seconds)))
-    print(f"gputuned {__version__}: recording {ticks} ticks of {daemon.describe()} to {args.output}", file=sys.stderr)
+    print(f"gputuned {__version__}: recording {args.duration:g} s of {daemon.describe()} to {args.output}", file=sys.stderr)
+    # The whole daemon runs (control socket included), so trainer reports are recorded too.
+    done = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
-        daemon.loop.run(max_ticks=ticks)
+        daemon.start()
+        done.wait(args.duration)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         daemon.stop()
         writer.close()
     print(

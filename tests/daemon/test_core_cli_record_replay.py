@@ -23,7 +23,7 @@ def test_record_then_replay_serves_the_recorded_gpus(tmp_path: Path) -> None:
     trace = read_trace(out)
     sources = {e.source for e in trace.events}
     assert {"gpu", "host", "daemon"} <= sources
-    assert len([e for e in trace.events if e.source == "gpu"]) == 5  # 1 s at 0.2 s
+    assert 4 <= len([e for e in trace.events if e.source == "gpu"]) <= 7  # about 1 s at 0.2 s
 
     port = free_port()
     proc = subprocess.Popen([*GPUTUNED, "replay", str(out), "--speed", "2", "--listen", "127.0.0.1", "--port", str(port)],
