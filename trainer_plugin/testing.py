@@ -134,9 +134,14 @@ class FakeDaemon:
             self._changed.notify_all()
             session = f"s{self.connections}"
         # recorded before the welcome, so a client that is connected has its hello on record
-        conn.sendall(protocol.encode({"v": 1, "type": "welcome", "seq": 0, "session": session,
-                                      "report_interval_s": self.report_interval_s, "decisions": self.decisions}))
-        conn.settimeout(None)
+        try:
+            conn.sendall(protocol.encode({"v": 1, "type": "welcome", "seq": 0, "session": session,
+                                          "report_interval_s": self.report_interval_s,
+                                          "decisions": self.decisions}))
+            conn.settimeout(None)
+        except OSError:
+            conn.close()
+            return
         reports = 0
         script = list(self.script) if hello.get("leader") else []
         while True:
