@@ -31,10 +31,10 @@ KINDS: dict[str, tuple[str, float, tuple[str, ...]]] = {
     "cooling_loss": ("relative rise of the thermal resistance (1.0 doubles it)", 1.0, (
         "gputuned_gpu_temperature_celsius", "gputuned_gpu_memory_temperature_celsius",
         "gputuned_gpu_fan_speed_ratio", "gputuned_gpu_sm_clock_hertz", "gputuned_gpu_clock_event_active",
-        "gputuned_gpu_thermal_violation_seconds_total", f"{_T}step_time_seconds")),
+        "gputuned_gpu_thermal_violation_seconds_total", f"{_T}step_time_seconds", f"{_T}samples_per_second")),
     "power_brake": ("share of the clock range removed by the brake signal", 1.0, (
         "gputuned_gpu_sm_clock_hertz", "gputuned_gpu_power_watts", "gputuned_gpu_clock_event_active",
-        f"{_T}step_time_seconds")),
+        f"{_T}step_time_seconds", f"{_T}samples_per_second")),
     "memory_leak": ("bytes leaked per second on each target GPU", 2.0e8, (
         "gputuned_gpu_memory_used_bytes", "gputuned_gpu_memory_free_bytes", f"{_T}oom_total")),
     "ecc_storm": ("corrected ECC errors per second (one row remap per 100)", 20.0, (
@@ -42,19 +42,19 @@ KINDS: dict[str, tuple[str, float, tuple[str, ...]]] = {
         "gputuned_gpu_xid_events_total")),
     "pcie_bandwidth_loss": ("share of PCIe bandwidth lost (0.75: x16 trained down to x4)", 0.75, (
         "gputuned_gpu_pcie_receive_bytes_per_second", "gputuned_gpu_pcie_transmit_bytes_per_second",
-        "gputuned_gpu_utilization_ratio", f"{_T}step_time_seconds")),
+        "gputuned_gpu_utilization_ratio", f"{_T}step_time_seconds", f"{_T}samples_per_second")),
     "nvlink_bandwidth_loss": ("share of NVLink bandwidth lost", 0.75, (
         "gputuned_gpu_nvlink_transmit_bytes_total", "gputuned_gpu_nvlink_receive_bytes_total",
-        "gputuned_gpu_utilization_ratio", f"{_T}comm_time_seconds", f"{_T}step_time_seconds")),
+        "gputuned_gpu_utilization_ratio", f"{_T}communication_seconds", f"{_T}step_time_seconds", f"{_T}samples_per_second")),
     "nic_degradation": ("relative rise of peer RTT; inter-node bandwidth divided by (1 + m)", 4.0, (
-        "gputuned_peer_rtt_seconds", f"{_T}comm_time_seconds", f"{_T}step_time_seconds")),
+        "gputuned_peer_rtt_seconds", f"{_T}communication_seconds", f"{_T}step_time_seconds", f"{_T}samples_per_second")),
     "dataloader_stall": ("relative rise of data-loader time per sample", 20.0, (
-        "gputuned_gpu_utilization_ratio", "gputuned_gpu_power_watts", f"{_T}data_wait_seconds",
-        f"{_T}step_time_seconds")),
+        "gputuned_gpu_utilization_ratio", "gputuned_gpu_power_watts", f"{_T}dataloader_wait_seconds",
+        f"{_T}step_time_seconds", f"{_T}samples_per_second")),
     "straggler": ("relative rise of the target GPU's kernel time", 0.5, (
-        "gputuned_gpu_utilization_ratio", "gputuned_gpu_power_watts", f"{_T}step_time_seconds")),
+        "gputuned_gpu_utilization_ratio", "gputuned_gpu_power_watts", f"{_T}step_time_seconds", f"{_T}samples_per_second")),
     "clock_stuck_low": ("share of the clock range lost, no throttle reason reported", 0.7, (
-        "gputuned_gpu_sm_clock_hertz", "gputuned_gpu_power_watts", f"{_T}step_time_seconds")),
+        "gputuned_gpu_sm_clock_hertz", "gputuned_gpu_power_watts", f"{_T}step_time_seconds", f"{_T}samples_per_second")),
 }
 _NODE_WIDE = {"nic_degradation"}
 

@@ -163,3 +163,14 @@ def test_malformed_workload_names_file_and_field(edit: tuple[str, str], field: s
     with pytest.raises(ValueError, match=field) as info:
         load_workload(path)
     assert str(path) in str(info.value)
+
+
+def test_label_series_are_declared_families() -> None:
+    import gputuned.collectors.gpu  # noqa: F401 - declares the GPU families
+    import gputuned.collectors.network  # noqa: F401 - declares the peer RTT family
+    import gputuned.daemon.control_reports  # noqa: F401 - declares the trainer families
+    from gputuned.collectors.families import FAMILIES
+
+    for kind, (_, _, series) in KINDS.items():
+        missing = [s for s in series if s not in FAMILIES]
+        assert not missing, (kind, missing)
