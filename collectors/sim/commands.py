@@ -26,7 +26,7 @@ def _default_out() -> Path:
     return Path(str(resources.files("gputuned.collectors.sim") / "data" / "calibration.json"))
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gputuned sim calibrate``."""
     sim = subparsers.add_parser("sim", help="simulated GPU node tools")
     sub = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
@@ -72,7 +72,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     tmp.replace(out)
     print(f"wrote {out}")
     print(f"{'gpu':18} {'held-out rows':>13} {'time median':>11} {'time worst':>10} {'power median':>12} {'power worst':>11}")
-    for gpu, e in doc["errors"].items():
-        print(f"{gpu:18} {e['heldout_rows']:>13d} {e['epoch_time_median']:>11.1%} {e['epoch_time_worst']:>10.1%} "
-              f"{e['power_median']:>12.1%} {e['power_worst']:>11.1%}")
+    for gpu, err in doc["errors"].items():
+        print(f"{gpu:18} {err['heldout_rows']:>13d} {err['epoch_time_median']:>11.1%} {err['epoch_time_worst']:>10.1%} "
+              f"{err['power_median']:>12.1%} {err['power_worst']:>11.1%}")
     return 0

@@ -79,7 +79,7 @@ def build_sim_node(
             intra_bw=interconnect_bandwidth(prof), pcie_bw=PCIE_BANDWIDTH.get(prof.pcie_gen, 12.0e9),
             seed=seed, noise_scale=fitted.get("grad_noise_scale"),
         )
-        logger.info("simulated job %s on %d x %s (timing %s)", wl.name, gpus, prof.name, source)
+        logger.debug("simulated job %s on %d x %s (timing %s)", wl.name, gpus, prof.name, source)
     scen = load_scenario(scenario) if isinstance(scenario, str | Path) else scenario
     backend = PhysicsBackend(
         devices, clock or VirtualClock(), [pp] * gpus, job=job, scenario=scen, step_s=step_s,
@@ -91,6 +91,6 @@ def build_sim_node(
             labels_path = Path(tempfile.gettempdir()) / f"gputuned-sim-{scen.name}-labels.json"
         origin = time.time() - backend.clock.now()
         scen.write_labels(labels_path, gpus, origin_unix=origin)
-        logger.info("scenario %s: ground-truth labels in %s", scen.name, labels_path)
+        logger.debug("scenario %s: ground-truth labels in %s", scen.name, labels_path)
     backend.labels_path = Path(labels_path) if scen is not None and labels_path is not None else None
     return backend
