@@ -1,0 +1,54 @@
+"""Workload files: shipped set, timing resolution across GPUs, readings at time 0."""
+
+from __future__ import annotations
+
+from gputuned.collectors.sim.node import build_sim_node
+from gputuned.collectors.sim.state import RealClock
+from gputuned.collectors.sim.workload import (
+    available_workloads,
+    load_calibration,
+    load_workload,
+    resolve_timing,
+)
+
+ZEUS = {"cifar100-shufflenetv2", "imagenet-resnet50", "squad-bert", "librispeech-deepspeech2",
+        "movielens-ncf", "sentiment140-bert"}
+
+
+def test_shipped_workloads_cover_zeus_jobs_extras_and_held_out() -> None:
+    names = set(available_workloads())
+    assert names >= ZEUS and len(names) >= len(ZEUS) + 2
+    wls = [load_workload(n) for n in names]
+    assert any(w.held_out for w in wls) and not all(w.held_out for w in wls)
+    cal = load_calibration()
+    for name in ZEUS:
+        fitted = cal["workloads"][name]
+        assert set(fitted["gpus"]) == {"a40", "quadro-rtx-6000", "p100-pcie-16gb"}
+        assert fitted["grad_noise_scale"] > 0
+    dlrm, _ = resolve_timing(load_workload("dlrm-criteo"), "a40", cal)
+    gpt2, _ = resolve_timing(load_workload("gpt2-small-openwebtext"), "a40", cal)
+    _, sm, mem = dlrm.at(8192)
+    assert mem > 3 * sm  # memory-bound
+    _, sm, mem = gpt2.at(16)
+    assert sm > 3 * mem  # compute-bound
+    assert load_workload("resnet50").name == "imagenet-resnet50"
+
+
+def test_uncalibrated_gpu_gets_timing_transferred_by_peak_throughput() -> None:
+    cal = load_calibration()
+    wl = load_workload("squad-bert")
+    a40, src_a40 = resolve_timing(wl, "a40", cal)
+    h100, src_h100 = resolve_timing(wl, "h100", cal)
+    assert src_a40 == "fitted on a40" and src_h100 == "transferred from a40"
+    assert h100.at(32)[1] < a40.at(32)[1] / 5  # 989 vs 149.7 TFLOP/s
+    assert h100.at(32)[0] == a40.at(32)[0]  # host time does not move with the GPU
+
+
+def test_live_node_has_readings_before_first_step() -> None:
+    backend = build_sim_node("v100", 4, "bert", None, RealClock(), seed=2)
+    for dev in backend.devices:
+        assert dev.util_gpu_pct > 0 and dev.power_mw > dev.profile.idle_power_w * 1000
+        assert dev.memory_used_bytes > 0 and dev.sm_clock_mhz > 0 and dev.pstate == 0
+    idle = build_sim_node("v100", 2, None, None, RealClock())
+    assert all(d.util_gpu_pct == 0 and d.pstate == 8 and d.memory_used_bytes == 0 for d in idle.devices)
+    assert idle.devices[0].power_mw == int(idle.devices[0].profile.idle_power_w * 1000)
