@@ -244,3 +244,12 @@ def test_micro_batch_mode_keeps_the_global_batch_and_changes_accumulation(tmp_pa
     assert daemon.hellos[0]["batch_mode"] == "micro"
     assert acks["odd"]["ok"] is False and acks["m-1"]["ok"] is True
     assert applied == [(64, 16, 4)] and plugin.batch_size == 64 and plugin.lr_factor == 1.0
+
+
+def test_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    from gputuned.trainer_plugin.config import load_config
+
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "digits.toml")
+    assert cfg.data.dataset == "digits" and cfg.compression.hook == "none" and cfg.train.epochs == 12
