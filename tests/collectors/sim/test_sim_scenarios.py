@@ -15,6 +15,7 @@ from gputuned.collectors.gpu import GPUCollector
 from gputuned.collectors.nvml import open_gpus, open_nvml
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.node import build_sim_node
+from gputuned.collectors.sim.peers import SimPeerRTTCollector
 from gputuned.collectors.sim.scenarios import KINDS, available_scenarios, load_scenario
 from gputuned.collectors.sim.state import VirtualClock
 
@@ -78,7 +79,8 @@ def test_scenario_moves_its_series_and_writes_labels(name: str, tmp_path: Path) 
         clock.set(ev.start_s - 60)
         before = _index(collector.collect())
         stats_before = backend.job.report_stats()
-        rtt_before = backend.peer_rtt_s()
+        peers = SimPeerRTTCollector(backend)
+        rtt_before = {dict(lab)["peer"]: v for f, lab, v in peers.collect() if f == "gputuned_peer_rtt_seconds"}
         after_t = ev.start_s + ev.ramp_s + 120
         if ev.duration_s is not None:
             after_t = min(after_t, ev.start_s + ev.duration_s - 1)
@@ -87,7 +89,7 @@ def test_scenario_moves_its_series_and_writes_labels(name: str, tmp_path: Path) 
         clock.set(after_t)
         after = _index(collector.collect())
         stats_after = backend.job.report_stats()
-        rtt_after = backend.peer_rtt_s()
+        rtt_after = {dict(lab)["peer"]: v for f, lab, v in peers.collect() if f == "gputuned_peer_rtt_seconds"}
     finally:
         sim_nvml.attach(None)
     doc = json.loads(labels.read_text())
