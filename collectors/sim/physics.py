@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class PhysicsBackend:
         self._ecc_dbe = [0.0] * n
         self.leak_bytes = [0.0] * n
         self._t: float | None = None
+        self._lock = threading.RLock()
         self.labels_path: Path | None = None  # where build_sim_node wrote the scenario labels
         self.job_faults = JobFaults()
         self.peers = peers if peers is not None else [f"node-{i}" for i in range(1, max(2, job.nodes if job else 2))]
@@ -97,14 +99,15 @@ class PhysicsBackend:
         return self._t or 0.0
 
     def sync(self) -> None:
-        now = self.clock.now()
-        if self._t is None:
-            self._t = now
-            self._step(0.0)
-            return
-        while now - self._t >= self.step_s - 1e-9:
-            self._step(self.step_s)
-            self._t += self.step_s
+        with self._lock:  # the collector thread and a simulated-trainer thread may both sync
+            now = self.clock.now()
+            if self._t is None:
+                self._t = now
+                self._step(0.0)
+                return
+            while now - self._t >= self.step_s - 1e-9:
+                self._step(self.step_s)
+                self._t += self.step_s
 
     def peer_rtt_s(self) -> dict[str, float]:
         """Simulated TCP round-trip time to each peer node (what a peer collector would measure)."""
