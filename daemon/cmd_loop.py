@@ -96,7 +96,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="run a simulated job twice, tuner off and on, and compare")
     p.add_argument("--workload", default="imagenet-resnet50", help="shipped workload name or TOML file")
     p.add_argument("--objective", default="energy_slowdown", choices=["energy", "throughput", "cost", "energy_slowdown"])

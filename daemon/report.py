@@ -280,7 +280,7 @@ def summary_rows(runs: list[RunData]) -> list[list[str]]:
 
 def write_html(runs: list[RunData], pngs: list[Path], out_html: Path) -> None:
     """The self-contained page: summary table, figures embedded, events listed."""
-    spec = next((r.summary.get("spec") for r in runs if r.summary.get("spec")), {}) or {}
+    spec: dict[str, Any] = next((r.summary["spec"] for r in runs if r.summary.get("spec")), {})
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(runs))
     imgs = "".join(
         f'<h3>{html.escape(p.stem.replace("_", " "))}</h3><img alt="{html.escape(p.stem)}" '

@@ -268,7 +268,8 @@ class TuningComponent:
         if tot is None:
             return None
         seconds = now - run.mark_t
-        tps, gps = [], []
+        tps: list[float] = []
+        gps: list[float] = []
         for name, out in (("gputuned_trainer_samples_per_second", tps), ("gputuned_trainer_goodput_samples_per_second", gps)):
             _, vs = self.store.window(name, (("job", run.job), ("rank", TRAINER_LABEL_RANK)), seconds, now)
             out.extend(vs)
