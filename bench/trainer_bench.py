@@ -84,14 +84,14 @@ def plugin_overhead(hidden: int, blocks: int = 7, per_block: int = 300) -> dict:
             "overhead_fraction": (withp - plain) / plain}
 
 
-def torchrun(name: str, toml: str, tmp: Path) -> list[dict]:
+def torchrun(name: str, toml: str, tmp: Path, env: dict[str, str] | None = None) -> list[dict]:
     """Run a trainer scenario on 2 gloo ranks; return per-rank results."""
     cfg = tmp / f"{name}.toml"
     cfg.write_text(toml)
     out = tmp / f"{name}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
            str(_free_port()), "-m", "gputuned.trainer_plugin.scenarios", name, str(out), str(cfg)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]
@@ -101,6 +101,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=3, help="alternated plain/trainer runs")
     ap.add_argument("--out", default="runs/trainer_bench.json")
     args = ap.parse_args()
     res: dict = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "torch": torch.__version__}
@@ -112,7 +113,7 @@ def main() -> int:
         toml = (f'[model]\nhidden = {args.hidden}\n[train]\nmax_steps = {args.steps}\n'
                 f'[plugin]\nenabled = true\nsocket = "{sock}"\njob = "bench"\n')
         with FakeDaemon(sock, report_interval_s=0.5) as daemon:
-            res["throughput"] = torchrun("throughput", toml, tmp)[0]
+            res["throughput"] = torchrun("throughput", toml, tmp, {"GPUTUNED_BENCH_ROUNDS": str(args.rounds)})[0]
             res["throughput"]["reports_received"] = len(daemon.of_type("report"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
@@ -127,9 +128,11 @@ def main() -> int:
               f"{r['bytes_uncompressed'] / r['bytes_sent']:.2f}x | {r['accuracy']:.4f} |")
     plain = statistics.median(t["plain_samples_per_s"])
     ours = statistics.median(t["trainer_samples_per_s"])
-    print(f"\nthroughput (2 gloo ranks, hidden={args.hidden}, {t['steps']} steps x 3 alternated runs): plain DDP "
-          f"{plain:.0f} samples/s, trainer with plugin {ours:.0f} samples/s, ratio {ours / plain:.3f} "
-          f"(daemon connected: {t['connected']}, reports {t['reports_received']})")
+    paired = statistics.median(o / p for o, p in zip(t["trainer_samples_per_s"], t["plain_samples_per_s"], strict=True))
+    print(f"\nthroughput (2 gloo ranks, hidden={args.hidden}, {t['steps']} steps x {args.rounds} alternated runs): "
+          f"plain DDP {plain:.0f} samples/s, trainer with plugin {ours:.0f} samples/s, ratio of medians "
+          f"{ours / plain:.3f}, median paired ratio {paired:.3f} (daemon connected: {t['connected']}, "
+          f"reports {t['reports_received']})")
     return 0
 
 

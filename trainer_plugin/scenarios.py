@@ -131,7 +131,7 @@ def throughput(cfg_path: str | None) -> dict[str, Any]:
     cfg = _config(cfg_path, {"train.eval_every_epoch": False, "train.epochs": 1000})
     steps = cfg.train.max_steps or 300
     plain, ours = [], []
-    for _ in range(3):
+    for _ in range(int(os.environ.get("GPUTUNED_BENCH_ROUNDS", "3"))):
         plain.append(_plain_ddp(cfg, steps))
         trainer = Trainer(cfg)
         dist.barrier()
