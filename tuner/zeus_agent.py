@@ -126,7 +126,7 @@ def thompson(mem: ArmMemory, rng: np.random.Generator) -> int:
         if not costs or b in mem.stopped:
             continue
         mean = float(np.mean(costs))
-        sd = float(np.std(costs)) if len(costs) > 2 else 0.2 * mean
+        sd = float(np.std(costs)) if len(costs) > 2 else 0.1 * mean
         draws[b] = float(rng.normal(mean, sd / math.sqrt(len(costs))))
     return min(draws, key=draws.__getitem__) if draws else mem.best()
 
