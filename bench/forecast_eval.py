@@ -8,7 +8,8 @@ several seeds, through the daemon's ``ForecastService`` (see forecast_simrun.py)
 raised between the labelled start and the end plus a grace period, on a series the label
 names as affected (or the matching hardware alert), detects the event; alerts raised outside
 any event window after the job's first 15 minutes are false. Lead time: the time the event
-first costs 5 % throughput (else its labelled start) minus the first detecting alert.
+first costs 5 % throughput (else first puts a GPU past a limit: 98 % memory, 85 C; else its
+labelled start) minus the first detecting alert.
 
 ``synthetic``: step, ramp, spike and variance events on four backgrounds (forecast_synth.py),
 one series each, scored with ``gputuned detect``'s function.

@@ -40,7 +40,7 @@ def score(r: RunResult) -> tuple[bool, int, float | None]:
             first = when if first is None else min(first, when)
         elif not inside and when >= T0 + BURN_IN_S:
             false += 1
-    ref = r.cost_t if r.cost_t is not None else r.start
+    ref = r.cost_t if r.cost_t is not None else r.limit_t if r.limit_t is not None else r.start
     return first is not None, false, None if first is None else ref - first
 
 

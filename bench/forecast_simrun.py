@@ -28,7 +28,8 @@ T0 = 1.7e9
 
 @dataclass
 class RunResult:
-    """Alerts of one run, its event window, when it first cost 5 % throughput, and its size."""
+    """Alerts of one run, its event window, when it first cost 5 % throughput or crossed a
+    limit (memory full, 85 C), and its size."""
 
     kind: str
     workload: str
@@ -39,6 +40,7 @@ class RunResult:
     duration: float
     gpus: int
     ramp_s: float = 0.0
+    limit_t: float | None = None
     alerts: list[tuple[float, Alert]] = field(default_factory=list)
 
 
@@ -50,6 +52,15 @@ def _calibration() -> dict[str, Any]:
         if isinstance(g, dict):
             g.setdefault("cap_floor_w", 0.0)
     return cal
+
+
+def _past_limit(samples: list[Sample]) -> bool:
+    """A GPU at 98 % of its memory (out of memory next) or at 85 C (slowdown near)."""
+    used = {lb: v for f, lb, v in samples if f == "gputuned_gpu_memory_used_bytes"}
+    total = {lb: v for f, lb, v in samples if f == "gputuned_gpu_memory_total_bytes"}
+    if any(total.get(lb, 0.0) > 0 and v >= 0.98 * total[lb] for lb, v in used.items()):
+        return True
+    return any(f == "gputuned_gpu_temperature_celsius" and v >= 85.0 for f, _, v in samples)
 
 
 def run_scenario(name: str, workload: str, seed: int, gpus: int = 8, tick_s: float = 5.0,
@@ -94,6 +105,8 @@ def run_scenario(name: str, workload: str, seed: int, gpus: int = 8, tick_s: flo
         samples += [(fam, labels, float(stats[k])) for k, fam in TRAINER_KEYS.items() if k in stats]
         samples += [("gputuned_peer_rtt_seconds", (("peer", p),), v) for p, v in backend.peer_rtt_s().items()]
         svc.observe(now, samples)
+        if result.limit_t is None and t >= start and _past_limit(samples):
+            result.limit_t = now
         thr = stats.get("samples_per_s")
         if thr is not None:
             if start - 600.0 <= t < start:
