@@ -37,7 +37,7 @@ def detect_series(times: list[float], values: list[float], direction: str = "bot
     """Scores and alert flags of a whole series, streamed through one detector."""
     from gputuned.tuner.forecast.detector import DetectorConfig, OnlineDetector
 
-    det = OnlineDetector(DetectorConfig(direction=direction))  # type: ignore[arg-type]
+    det = OnlineDetector(DetectorConfig(direction=direction))
     scores: list[float] = []
     alerts: list[bool] = []
     for t, v in zip(times, values, strict=True):

@@ -159,9 +159,10 @@ class DegradationEta:
         m3 + d2 * r / (1 - r) (a geometric series).
         """
         k = len(y) // 3
-        if k < 3:
+        if k < 2:
             return False
-        m1, m2, m3 = float(y[:k].mean()), float(y[k : 2 * k].mean()), float(y[-k:].mean())
+        y = y[-3 * k :]  # equal thirds, so both steps span the same time
+        m1, m2, m3 = float(y[:k].mean()), float(y[k : 2 * k].mean()), float(y[2 * k :].mean())
         d1, d2 = m2 - m1, m3 - m2
         if d1 == 0.0 or d2 / d1 <= 0.0 or d2 / d1 >= 0.9:
             return False

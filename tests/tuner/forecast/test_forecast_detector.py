@@ -116,3 +116,15 @@ def test_eta_is_infinite_without_a_trend() -> None:
     for i in range(3000):
         eta.update(float(i), 1000.0 + rng.gauss(0, 5))
     assert math.isinf(eta.eta_s) and not eta.active
+
+
+def test_eta_ignores_a_temperature_settling_below_its_limit() -> None:
+    # after a load change the temperature climbs exponentially towards 75 C; a straight line
+    # through the climb would cross the 85 C limit, the plateau does not
+    eta = DegradationEta(Limit("up", "absolute", 85.0), EtaConfig(bucket_s=60, horizon_s=1800))
+    rng = random.Random(4)
+    transitions = []
+    for i in range(0, 3600, 5):
+        x = 75.0 - 30.0 * math.exp(-i / 900.0) + rng.gauss(0, 0.2)
+        transitions.append(eta.update(float(i), x))
+    assert "raised" not in transitions and math.isinf(eta.eta_s)
