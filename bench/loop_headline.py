@@ -3,7 +3,7 @@
 Usage:
   python bench/loop_headline.py [--duration S] [--gpus N] [--profile P] [--jobs J]
                                 [--workloads a,b] [--objectives x,y] [--chooser auto|policy|climb]
-                                [--out DIR] [--write-docs]
+                                [--policy NPZ] [--no-sweep] [--out DIR] [--write-docs]
 
 Each (workload, objective) pair runs ``gputuned experiment``'s code (the same job twice on a
 virtual clock, tuner off and on, same seed) in a worker process. The table gives, tuned over
@@ -74,8 +74,8 @@ def sweep(workload: str, profile: str, gpus: int, seed: int, budget: float) -> d
             "batch_multiplier": best[0], "power_limit_w": best[1]}
 
 
-def one(args: tuple[str, str, dict[str, Any], str]) -> dict[str, Any]:
-    workload, objective, opts, out = args
+def one(args: tuple[str, str, dict[str, Any], str, bool]) -> dict[str, Any]:
+    workload, objective, opts, out, with_sweep = args
     import logging
 
     logging.disable(logging.WARNING)
@@ -85,7 +85,7 @@ def one(args: tuple[str, str, dict[str, Any], str]) -> dict[str, Any]:
     t = time.process_time()
     doc = run_experiment(spec, Path(out) / f"{workload}-{objective}")
     doc["cpu_s"] = time.process_time() - t
-    if objective == "energy_slowdown":
+    if objective == "energy_slowdown" and with_sweep:
         doc["sweep"] = sweep(workload, spec.profile, spec.gpus, spec.seed, spec.slowdown())
     return doc
 
@@ -161,12 +161,15 @@ def main() -> int:
     ap.add_argument("--workloads", default=",".join(TRAINED + HELD_OUT))
     ap.add_argument("--objectives", default=",".join(OBJECTIVES))
     ap.add_argument("--chooser", default="auto", choices=["auto", "policy", "climb"])
+    ap.add_argument("--policy", help="numpy policy file for --chooser policy (SimNodeEnv observation)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the hindsight sweep")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/gputuned-headline")
     ap.add_argument("--write-docs", action="store_true")
     a = ap.parse_args()
-    opts = {"duration_s": a.duration, "gpus": a.gpus, "profile": a.profile, "chooser": a.chooser, "seed": a.seed}
-    work = [(w, o, opts, a.out) for o in a.objectives.split(",") for w in a.workloads.split(",")]
+    opts = {"duration_s": a.duration, "gpus": a.gpus, "profile": a.profile, "chooser": a.chooser, "seed": a.seed,
+            "policy": a.policy}
+    work = [(w, o, opts, a.out, not a.no_sweep) for o in a.objectives.split(",") for w in a.workloads.split(",")]
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
         docs = list(pool.map(one, work))
