@@ -56,7 +56,7 @@ def run_detect(args: argparse.Namespace) -> int:
         if name == "-":
             series = read_series(sys.stdin, "stdin")
         else:
-            with open(name, newline="", encoding="utf-8") as f:
+            with open(name, newline="", encoding="utf-8-sig") as f:
                 series = read_series(f, name)
     except SeriesInputError as e:
         print(f"gputuned detect: {e}", file=sys.stderr)
