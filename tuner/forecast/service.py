@@ -64,6 +64,7 @@ class _Track:
     bucket_sum: float = 0.0
     bucket_n: int = 0
     score: float = 0.0
+    last_t: float = 0.0
     forecast: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -88,6 +89,7 @@ class ForecastService:
         self._in_flight = False
         self._first_seen = math.nan
         self._now = math.nan
+        self._next_sweep = -math.inf
         self._next_fit = math.nan
         self._fits = 0
         self._fit_seconds = 0.0
@@ -147,6 +149,8 @@ class ForecastService:
             if spec is not None:
                 self._observe_one(now, spec, (family, labels), value, refs)
         self._drain()
+        if now >= self._next_sweep:
+            self._sweep(now)
         if self._proc is not None and not self._in_flight and now >= self._next_fit:
             self._submit(now)
 
@@ -154,6 +158,7 @@ class ForecastService:
         tr = self._tracks.get(key)
         if tr is None:
             tr = self._tracks[key] = self._new_track(spec)
+        tr.last_t = now
         j = tr.detector.update(now, value, self._forecast_at(tr, now))
         tr.score = j.score
         if j.transition:
@@ -165,6 +170,15 @@ class ForecastService:
                 alert = self._series_alert("degradation", key, tr.eta.since, j.score)
                 self._on_transition(t, alert)
         self._downsample(tr, now, value)
+
+    def _sweep(self, now: float) -> None:
+        """Forget series gone quiet (a finished job's ranks) so state stays bounded."""
+        self._next_sweep = now + 60.0
+        stale = [k for k, tr in self._tracks.items() if now - tr.last_t > self.config.forget_after_s]
+        for key in stale:
+            del self._tracks[key]
+        if stale:
+            logger.info("forgot %d series silent for over %.0f s", len(stale), self.config.forget_after_s)
 
     def _new_track(self, spec: SeriesSpec) -> _Track:
         det_cfg = self.config.detector

@@ -143,3 +143,14 @@ def test_config_from_mapping_builds_nested_parts() -> None:
     })
     assert cfg.horizons_s == (60.0, 600.0) and cfg.detector.z_half == 6.0
     assert cfg.series[0].limit is not None and cfg.series[0].limit.value == 83.0
+
+
+def test_series_silent_for_long_are_forgotten() -> None:
+    svc = ForecastService(small_config(forget_after_s=100.0))
+    rank1 = (("job", "a"), ("rank", "1"))
+    for i in range(50):
+        svc.observe(float(i), [(POWER, GPU, 300.0), ("gputuned_trainer_samples_per_second", rank1, 10.0)])
+    for i in range(50, 300):
+        svc.observe(float(i), [(POWER, GPU, 300.0)])
+    series = {dict(s[1])["series"] for s in svc.samples() if s[0] == "gputuned_anomaly_score"}
+    assert series == {POWER}
