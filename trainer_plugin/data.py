@@ -85,6 +85,9 @@ class ResizableBatchSampler:
 class Prefetcher:
     """Background thread gathering the next batches (pinned, non-blocking copy on GPU).
 
+    With ``threaded=False`` batches are gathered inline instead: for in-memory CPU training
+    the thread only adds GIL hand-offs (measured at about 0.5 ms per step on dev-2c).
+
     Each item remembers the sampler state after it, so :meth:`rewind` can drop what was
     prefetched and put the sampler back to the first batch not yet consumed (used when the
     batch size changes).
@@ -93,8 +96,9 @@ class Prefetcher:
     _END = object()
 
     def __init__(self, sampler: ResizableBatchSampler, tensors: tuple[torch.Tensor, ...],
-                 device: torch.device, depth: int = 2) -> None:
+                 device: torch.device, depth: int = 2, threaded: bool = True) -> None:
         self.sampler = sampler
+        self.threaded = threaded
         self.tensors = tensors
         self.device = device
         self.depth = depth
@@ -106,6 +110,8 @@ class Prefetcher:
 
     def start(self) -> None:
         """Start gathering from the sampler's current position."""
+        if not self.threaded:
+            return
         self._stop.clear()
         self._queue = queue.Queue(maxsize=self.depth)
         self._thread = threading.Thread(target=self._run, name="gputuned-prefetch", daemon=True)
@@ -132,6 +138,12 @@ class Prefetcher:
 
     def next(self) -> tuple[list[torch.Tensor], int] | None:
         """Next (tensors on device, global batch size), or None at the end of the epoch."""
+        if not self.threaded:
+            nxt = self.sampler.next_batch()
+            if nxt is None:
+                return None
+            self.consumed_state = self.sampler.state_dict()
+            return [t[nxt[0]] for t in self.tensors], nxt[1]
         item = self._queue.get()
         if item is self._END:
             return None

@@ -122,7 +122,8 @@ class Trainer:
         tensors: tuple[torch.Tensor, ...] = (self.x_train, self.y_train)
         if record_batches:  # carry each sample's index so tests can check coverage
             tensors = (*tensors, torch.arange(len(self.y_train)))
-        self.prefetcher = Prefetcher(self.sampler, tensors, self.device, depth=d.prefetch)
+        self.prefetcher = Prefetcher(self.sampler, tensors, self.device, depth=d.prefetch,
+                                     threaded=self.device.type == "cuda")
         p = config.plugin
         job = p.job or f"gputuned-train-{os.environ.get('TORCHELASTIC_RUN_ID', os.getpid())}"[:128]
         self.plugin = TrainingPlugin(

@@ -50,10 +50,11 @@ def test_sampler_resizing_never_loses_or_repeats_a_sample(world, sizes, n):
     assert sorted(seen) == list(range(n))
 
 
-def test_prefetcher_rewind_keeps_epoch_exact_after_resize():
+@pytest.mark.parametrize("threaded", [True, False])
+def test_prefetcher_rewind_keeps_epoch_exact_after_resize(threaded):
     x = torch.arange(100).float().unsqueeze(1)
     sampler = ResizableBatchSampler(100, 8, seed=1)
-    pf = Prefetcher(sampler, (x,), torch.device("cpu"), depth=3)
+    pf = Prefetcher(sampler, (x,), torch.device("cpu"), depth=3, threaded=threaded)
     pf.start()
     seen = []
     for _ in range(3):
