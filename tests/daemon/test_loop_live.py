@@ -52,9 +52,13 @@ def test_daemon_tunes_a_live_job_and_watch_shows_it(tmp_path: Path, capsys: pyte
         assert all(d.power_limit_mw < default for d in backend.devices), [(e["kind"], e["knob"], e["value"], e.get("reason"), e.get("goodput"), e.get("eps_j")) for e in events]
         assert any(e["kind"] == "action" and e["knob"] == "power_limit" for e in events)
         assert daemon.server is not None
-        code = main(["status", "--watch", "--watch-count", "1", "--socket", str(sock),
-                     "--metrics-url", daemon.server.url])
-        out = capsys.readouterr().out
+        for _ in range(20):  # the exporter serves the lowered limit from the next collection on
+            code = main(["status", "--watch", "--watch-count", "1", "--socket", str(sock),
+                         "--metrics-url", daemon.server.url])
+            out = capsys.readouterr().out
+            if "/ 400 W" in out:
+                break
+            time.sleep(0.1)
         assert code == 0
         assert "GPUs" in out and "live-job" in out
         assert "/ 400 W" in out  # a lowered limit is shown against its original
