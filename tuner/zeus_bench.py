@@ -101,7 +101,7 @@ def bench_gpu(
             results.append({"job": job, "policy": name, "energy_j": e, "time_s": t, "cost": c})
             if progress is not None:
                 progress(f"{gpu}/{job}/{name}")
-    return {"gpu": gpu, "eta_knob": eta, "seeds": seeds, "recurrences": recurrences, "results": results}
+    return {"gpu": gpu, "eta_knob": eta, "results": results}
 
 
 def savings(doc: dict) -> dict[str, float]:

@@ -17,6 +17,7 @@ def test_bench_prints_the_issue_json_shape(capsys: pytest.CaptureFixture[str]) -
                "--seeds", "1", "--recurrences", "4", "--json"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
+    assert set(doc) == {"gpu", "eta_knob", "results"}
     assert doc["gpu"] == "p100" and doc["eta_knob"] == 0.3
     jobs = {r["job"] for r in doc["results"]}
     assert jobs == {"cifar100", "movielens-1m"}  # the only p100 jobs whose default exists
