@@ -61,9 +61,41 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"gputuned: cannot serve /metrics on {cfg.exporter.listen_address}:{cfg.exporter.listen_port}: {e.strerror}", file=sys.stderr)
         return 1
+    from gputuned.daemon.components import attach_configured
+
+    try:
+        attach_configured(daemon)
+    except (OSError, ValueError) as e:
+        print(f"gputuned: {e}", file=sys.stderr)
+        return 2
     print(f"gputuned {__version__}: {daemon.describe()}", flush=True)
+    for line in describe_parts(daemon):
+        print(f"  {line}", flush=True)
     daemon.run_until_signal(reload=lambda: config_from_args(args))
     return 0
+
+
+def describe_parts(daemon: Any) -> list[str]:
+    """Lines saying what else runs and where: socket, job, forecaster, tuner, logs."""
+    cfg = daemon.cfg
+    names = {c.name: c for c in daemon.components}
+    lines = []
+    if daemon.control is not None:
+        lines.append(f"control socket: {cfg.control.socket_path}")
+    if "sim-job" in names:
+        job = getattr(daemon.gpus.sim_backend, "job", None)
+        workload = getattr(getattr(job, "workload", None), "name", cfg.sim.workload)
+        lines.append(f"simulated job: {workload} as job {cfg.sim.job_name!r}, reporting over the control socket")
+    if "forecast" in names:
+        lines.append("forecaster: on (detector in the daemon, Prophet fits in a worker process)")
+    if "tuner" in names:
+        tuner = names["tuner"]
+        lines.append(f"tuner: on, objective {tuner.cfg.objective}, acting every {tuner.cfg.interval_s:g} s; "
+                     f"GPU settings are restored on stop (state file {cfg.daemon.state_file})")
+    else:
+        lines.append("tuner: off")
+    lines.append("logs: stderr (journald under systemd)")
+    return lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

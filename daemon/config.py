@@ -51,6 +51,8 @@ class SimConfig(_Section):
     settings_file: Path | None = Field(
         None, description="keep simulated GPU settings in this JSON file, as hardware keeps them across a crash"
     )
+    job: bool = Field(True, description="run the workload as a job reporting over the control socket")
+    job_name: str = Field("sim-job", pattern=r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class ToggleConfig(_Section):
@@ -135,6 +137,42 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     control: ControlConfig = ControlConfig()
     actuation: ActuationConfig = ActuationConfig()
+    # The forecaster's and tuner's own dataclasses validate these tables (names in errors).
+    forecast: dict[str, Any] = {}
+    tuner: dict[str, Any] = {}
+
+    @field_validator("forecast")
+    @classmethod
+    def _forecast_table(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from gputuned.tuner.forecast.config import ForecastConfig
+
+        ForecastConfig.from_mapping(v)
+        return v
+
+    @field_validator("tuner")
+    @classmethod
+    def _tuner_table(cls, v: dict[str, Any]) -> dict[str, Any]:
+        enabled = v.get("enabled", "auto")
+        if enabled not in (True, False, "auto"):
+            raise ValueError(f"tuner.enabled: expected true, false or \"auto\", got {enabled!r}")
+        from gputuned.daemon.tuning import TuningConfig
+
+        fields = TuningConfig.__dataclass_fields__
+        for key, value in v.items():
+            if key == "enabled":
+                continue
+            if key not in fields:
+                raise ValueError(f"tuner.{key}: unknown key")
+            default = fields[key].default
+            if isinstance(default, bool) or default is None or isinstance(default, Path):
+                ok = isinstance(value, bool) if isinstance(default, bool) else isinstance(value, str)
+            else:
+                ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+            if not ok or (isinstance(value, bool) and not isinstance(default, bool)):
+                expected = "a path" if default is None or isinstance(default, Path) else type(default).__name__
+                raise ValueError(f"tuner.{key}: expected {expected}, got {value!r}")
+        TuningConfig(**{k: x for k, x in v.items() if k != "enabled"})
+        return v
 
 
 def _describe(err: ValidationError, where: str) -> str:
@@ -143,6 +181,10 @@ def _describe(err: ValidationError, where: str) -> str:
     kind = first["type"]
     if kind == "extra_forbidden":
         msg = "unknown key"
+    elif kind == "value_error":  # our validators' messages usually name the key already
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        if msg.startswith(str(first["loc"][0]) if first["loc"] else "\0"):
+            return f"{where}: {msg}"
     else:
         msg = first["msg"]
         if "input" in first and not isinstance(first["input"], dict):

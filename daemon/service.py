@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Protocol
 
-from gputuned.collectors import base as collector_base
 from gputuned.collectors.base import Collector, UnavailableCollector
 from gputuned.collectors.device import DriverMissingError, GPUDevice
 from gputuned.collectors.gpu import GPUCollector
@@ -121,7 +120,11 @@ def build_collectors(cfg: Config, gpus: GPUSetup) -> list[Collector]:
         out.append(InfinibandCollector(sysfs=c.infiniband.sysfs_path))
     if c.peers.enabled and c.peers.peers:
         out.append(PeerRTTCollector(c.peers.peers, c.peers.interval_seconds, c.peers.timeout_seconds))
-    assert set(collector_base.registered()) >= {x.name for x in out}
+    elif c.peers.enabled and hasattr(gpus.sim_backend, "peer_rtt_s"):
+        # the simulated node models its network: no peer hosts to connect to
+        from gputuned.collectors.sim.peers import SimPeerRTTCollector
+
+        out.append(SimPeerRTTCollector(gpus.sim_backend))  # type: ignore[arg-type]
     return out
 
 

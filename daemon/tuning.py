@@ -26,7 +26,7 @@ from gputuned.collectors.device import ClockEventReason
 from gputuned.collectors.families import Labels, Sample, declare
 from gputuned.daemon.store import Store
 from gputuned.daemon.tuning_policy import Chooser, make_chooser
-from gputuned.tuner.guard import GuardConfig, SafetyGuard
+from gputuned.tuner.guard import DEFAULT_PAUSE_FILE, GuardConfig, SafetyGuard
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class TuningConfig:
     chooser: str = "auto"  # auto, policy or climb
     tune_power: bool = True
     tune_batch: bool = True
-    pause_file: Path | None = None
+    pause_file: Path | None = DEFAULT_PAUSE_FILE  # the kill switch `gputuned tuner pause` sets
     horizon: int = 30
     eta: float = 0.5  # weight of energy in the ``cost`` objective (Zeus)
 

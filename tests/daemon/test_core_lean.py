@@ -11,6 +11,8 @@ CHECK = f"""
 import sys
 from gputuned.daemon.cli import build_parser
 from gputuned.daemon.service import Daemon
+import gputuned.daemon.components, gputuned.daemon.tuning, gputuned.tuner.forecast.service
+import gputuned.collectors.sim.physics, gputuned.trainer_plugin.client
 build_parser()
 heavy = [m for m in {HEAVY!r} if m in sys.modules]
 print(",".join(heavy))

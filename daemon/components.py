@@ -1,0 +1,112 @@
+"""The optional parts a daemon attaches from its config: forecaster, tuner, simulated job.
+
+Each is a :class:`~gputuned.daemon.service.Component`; :func:`attach_configured` attaches
+them in the order they must start (after actuation and the control socket, which the
+Daemon attaches itself, so they stop first and the actuator restores last).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gputuned.daemon.store import Store
+
+if TYPE_CHECKING:
+    from gputuned.daemon.service import Daemon
+    from gputuned.tuner.forecast.service import ForecastService
+
+logger = logging.getLogger(__name__)
+
+
+class ForecastComponent:
+    """Feeds every tick's samples to the forecaster and publishes what it serves."""
+
+    name = "forecast"
+
+    def __init__(self, store: Store, service: ForecastService) -> None:
+        self.store = store
+        self.service = service
+
+    def start(self) -> None:
+        self.service.start()
+
+    def tick(self, now: float) -> None:
+        self.service.observe(now, self.store.latest())
+        self.store.publish(self.name, now, self.service.samples())
+
+    def alert_kinds(self) -> list[str]:
+        """Kinds of the active alerts (thermal, ecc, xid, series anomalies), for the guard."""
+        return [a.kind for a in self.service.active_alerts()]
+
+    def stop(self) -> None:
+        self.service.close()
+
+
+class SimJobComponent:
+    """Runs the simulated node's training job as a client of the daemon's control socket.
+
+    The job reports and takes decisions through the same protocol and client as the
+    trainer plugin, so the daemon cannot tell it from a real job.
+    """
+
+    name = "sim-job"
+
+    def __init__(self, backend: Any, socket_path: str, job_name: str) -> None:
+        self.backend = backend
+        self.socket_path = socket_path
+        self.job_name = job_name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from gputuned.collectors.sim.trainer import connect
+
+        reporter = connect(self.backend, self.socket_path, self.job_name)
+        self._thread = threading.Thread(target=reporter.run, args=(self._stop,), name="gputuned-sim-job", daemon=True)
+        self._thread.start()
+
+    def tick(self, now: float) -> None:
+        """The job paces itself on its own thread."""
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def attach_configured(daemon: Daemon) -> None:
+    """Attach the forecaster, the simulated job and the tuner as the daemon's config asks."""
+    cfg = daemon.cfg
+    forecast: ForecastComponent | None = None
+    if cfg.forecast.get("enabled", True):
+        from gputuned.tuner.forecast.config import ForecastConfig
+        from gputuned.tuner.forecast.service import ForecastService
+
+        forecast = ForecastComponent(daemon.store, ForecastService(ForecastConfig.from_mapping(cfg.forecast)))
+        daemon.attach(forecast)
+    backend = daemon.gpus.sim_backend
+    if cfg.sim.job and daemon.control is not None and getattr(backend, "job", None) is not None:
+        daemon.attach(SimJobComponent(backend, str(cfg.control.socket_path), cfg.sim.job_name))
+    if tuner_enabled(daemon):
+        from gputuned.daemon.tuning import TuningComponent, TuningConfig
+
+        table = {k: v for k, v in cfg.tuner.items() if k != "enabled"}
+        for key in ("policy", "pause_file"):
+            if table.get(key):
+                table[key] = Path(table[key])
+        tcfg = TuningConfig(**table)
+        daemon.attach(TuningComponent(
+            daemon.store, daemon.actuator, daemon.control, [d.identity.index for d in daemon.gpus.devices], tcfg,
+            alerts=forecast.alert_kinds if forecast is not None else None,
+        ))
+
+
+def tuner_enabled(daemon: Daemon) -> bool:
+    """``tuner.enabled``: true, false, or "auto" (on for a simulated node only)."""
+    enabled = daemon.cfg.tuner.get("enabled", "auto")
+    if enabled == "auto":
+        return daemon.gpus.kind == "sim"
+    return bool(enabled)
