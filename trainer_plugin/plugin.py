@@ -44,7 +44,7 @@ class TrainingPlugin:
                  on_batch_size: BatchSizeCallback | None = None, optimizer: torch.optim.Optimizer | None = None,
                  lr_scaling: str = "none", min_batch_size: int = 1, max_batch_size: int = 1 << 20,
                  sync_interval: int = 10, connect: bool = True, client: DaemonClient | None = None,
-                 context: dict[str, Any] | None = None) -> None:
+                 context: dict[str, Any] | None = None, norm_every: int = 8) -> None:
         if lr_scaling not in LR_RULES:
             raise ValueError(f"lr_scaling: unknown rule {lr_scaling!r} (expected one of {', '.join(LR_RULES)})")
         if batch_mode not in ("global", "micro"):
@@ -65,6 +65,10 @@ class TrainingPlugin:
         self.lr_factor = 1.0
         self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
         self.sync_interval = max(1, sync_interval)
+        # gradient norms (for grad_norm and the noise scale) cost two dot products per bucket,
+        # which is measurable on CPU; sampling every few steps is enough for the EMA estimates
+        self.norm_every = max(1, norm_every)
+        self._measure = False
         self.context = dict(context or {})
         self.noise = NoiseScaleEstimator()
         self.counters = compression.CommCounters()
@@ -93,6 +97,7 @@ class TrainingPlugin:
         self._last_done = 0.0
         self._t0 = 0.0
         self._armed = False
+        self._hooked = False
         self._data_wait = 0.0
         self._step_samples: int | None = None
         self._scale_before: torch.Tensor | None = None
@@ -120,13 +125,17 @@ class TrainingPlugin:
         def timed(_, bucket):
             buf = bucket.buffer()
             self._last_hook = time.perf_counter()
-            self._local_sq.append(torch.dot(buf, buf))
+            self._hooked = True
+            measure = self._measure
+            if measure:
+                self._local_sq.append(torch.dot(buf, buf))
             fut = inner(state, bucket)
 
             def done(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
                 out = f.value()
                 self._last_done = time.perf_counter()
-                self._global_sq.append(torch.dot(out, out))
+                if measure:
+                    self._global_sq.append(torch.dot(out, out))
                 return out
 
             return fut.then(done)
@@ -156,6 +165,7 @@ class TrainingPlugin:
         """Start timing a step (use as ``with plugin.step(): ...``); samples defaults to the global batch."""
         self._t0 = time.perf_counter()
         self._armed = True
+        self._measure = self.step_count % self.norm_every == 0
         self._step_samples = samples
         if self._pending_profile is not None and self._profile is None:
             d = self._pending_profile
@@ -189,7 +199,8 @@ class TrainingPlugin:
         now = time.perf_counter()
         self._armed = False
         step_time = now - self._t0
-        comm = max(0.0, self._last_done - self._last_hook) if self._local_sq else 0.0
+        comm = max(0.0, self._last_done - self._last_hook) if self._hooked else 0.0
+        self._hooked = False
         samples = self._step_samples if self._step_samples is not None else self.batch_size
         self._n += 1
         self._sum_step += step_time
