@@ -26,9 +26,12 @@ class ForecastComponent:
 
     name = "forecast"
 
-    def __init__(self, store: Store, service: ForecastService) -> None:
+    def __init__(self, store: Store, service: ForecastService, profiler: ProfileOnAlert | None = None) -> None:
         self.store = store
         self.service = service
+        self.profiler = profiler
+        if profiler is not None:
+            service.add_alert_hook(profiler)
 
     def start(self) -> None:
         self.service.start()
@@ -36,6 +39,8 @@ class ForecastComponent:
     def tick(self, now: float) -> None:
         self.service.observe(now, self.store.latest())
         self.store.publish(self.name, now, self.service.samples())
+        if self.profiler is not None:
+            self.profiler.collect()
 
     def alert_kinds(self) -> list[str]:
         """Kinds of the active alerts (thermal, ecc, xid, series anomalies), for the guard."""
@@ -43,6 +48,48 @@ class ForecastComponent:
 
     def stop(self) -> None:
         self.service.close()
+
+
+class ProfileOnAlert:
+    """The root-cause hint: an alert on a trainer series asks that job for a profile capture.
+
+    The job's leader runs a short torch.profiler capture (the plugin does it) and answers
+    with a summary; it is logged with the alert that asked for it. At most one capture per
+    job is in flight, and a job is asked again only after ``cooldown_s``.
+    """
+
+    def __init__(self, control: Any, steps: int = 20, cooldown_s: float = 600.0) -> None:
+        self.control = control
+        self.steps = steps
+        self.cooldown_s = cooldown_s
+        self._asked: dict[str, float] = {}  # job -> when
+        self._pending: dict[str, str] = {}  # decision id -> alert message
+        self.summaries: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, alert: Any) -> None:
+        if not str(alert.series).startswith("gputuned_trainer_"):
+            return
+        job = dict(alert.labels).get("job")
+        if not job or alert.since - self._asked.get(job, float("-inf")) < self.cooldown_s:
+            return
+        self._asked[job] = alert.since
+        try:
+            ident = self.control.send_decision(job, {"profile_steps": self.steps})
+        except (LookupError, ValueError) as e:
+            logger.info("alert on %s: no profile capture from job %s: %s", alert.series, job, e)
+            return
+        self._pending[ident] = f"{alert.kind} on {alert.series} ({alert.message})"
+
+    def collect(self) -> None:
+        """Log the summaries that arrived since the last call."""
+        for ident in [i for i in self._pending if i in self.control.profile_results]:
+            summary = self.control.profile_results[ident]
+            why = self._pending.pop(ident)
+            self.summaries.append((why, summary))
+            logger.warning("root-cause hint for %s: data loader %.0f%%, communication %.0f%% of step time; "
+                           "top operators %s; suggestions: %s", why, 100 * float(summary.get("data_loader_share", 0)),
+                           100 * float(summary.get("comm_share", 0)), summary.get("top_ops", [])[:3],
+                           "; ".join(summary.get("suggestions", [])) or "none")
 
 
 class SimJobComponent:
@@ -85,7 +132,8 @@ def attach_configured(daemon: Daemon) -> None:
         from gputuned.tuner.forecast.config import ForecastConfig
         from gputuned.tuner.forecast.service import ForecastService
 
-        forecast = ForecastComponent(daemon.store, ForecastService(ForecastConfig.from_mapping(cfg.forecast)))
+        profiler = ProfileOnAlert(daemon.control) if daemon.control is not None else None
+        forecast = ForecastComponent(daemon.store, ForecastService(ForecastConfig.from_mapping(cfg.forecast)), profiler)
         daemon.attach(forecast)
     backend = daemon.gpus.sim_backend
     if cfg.sim.job and daemon.control is not None and getattr(backend, "job", None) is not None:
