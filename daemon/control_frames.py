@@ -11,23 +11,15 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
 from collections.abc import Iterator
 from typing import Any
 
-VERSION = 1
-HEADER = struct.Struct(">I")
-JOB_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# One definition of the wire format for both ends: the plugin's torch-free protocol module.
+from gputuned.trainer_plugin.protocol import HEADER, JOB_RE, STAT_KEYS, VERSION
+
 ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CLIENT_TYPES = ("hello", "report", "ack", "profile_result", "error", "admin")
 ADMIN_OPS = ("status", "set", "restore")
-#: Report stats the daemon turns into series (others are accepted and ignored).
-STAT_KEYS = (
-    "step_time_s", "compute_time_s", "comm_time_s", "data_wait_s", "samples_per_s", "loss",
-    "loss_scale", "overflows_total", "grad_norm", "grad_noise_scale", "batch_size",
-    "micro_batch_size", "accumulation_steps", "goodput", "samples_total", "comm_bytes_total",
-    "comm_bytes_uncompressed_total", "oom_total",
-)
 
 
 class MessageError(ValueError):

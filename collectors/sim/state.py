@@ -230,13 +230,16 @@ class SimBackend(Protocol):
 Series = Callable[[float], float]
 
 
-def step_series(points: Iterable[tuple[float, float]]) -> Series:
-    """A piecewise-constant series: value of the last point at or before t."""
+def _points(points: Iterable[tuple[float, float]]) -> tuple[list[float], list[float]]:
     pts = sorted(points)
     if not pts:
         raise ValueError("a series needs at least one point")
-    ts = [p[0] for p in pts]
-    vs = [p[1] for p in pts]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def step_series(points: Iterable[tuple[float, float]]) -> Series:
+    """A piecewise-constant series: value of the last point at or before t."""
+    ts, vs = _points(points)
 
     def at(t: float) -> float:
         i = bisect.bisect_right(ts, t) - 1
@@ -247,11 +250,7 @@ def step_series(points: Iterable[tuple[float, float]]) -> Series:
 
 def linear_series(points: Iterable[tuple[float, float]]) -> Series:
     """A piecewise-linear series, held constant outside its points."""
-    pts = sorted(points)
-    if not pts:
-        raise ValueError("a series needs at least one point")
-    ts = [p[0] for p in pts]
-    vs = [p[1] for p in pts]
+    ts, vs = _points(points)
 
     def at(t: float) -> float:
         i = bisect.bisect_right(ts, t)
