@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from gputuned import __version__
@@ -64,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     from gputuned.daemon.components import attach_configured
 
     try:
-        attach_configured(daemon)
+        attach_configured(daemon, trainer=args.trainer, trainer_config=args.trainer_config)
     except (OSError, ValueError) as e:
         print(f"gputuned: {e}", file=sys.stderr)
         return 2
@@ -82,12 +83,15 @@ def describe_parts(daemon: Any) -> list[str]:
     lines = []
     if daemon.control is not None:
         lines.append(f"control socket: {cfg.control.socket_path}")
+    if "trainer" in names:
+        lines.append("trainer: gputuned train with 2 CPU processes, plugin connected; batch-size changes show in its log")
     if "sim-job" in names:
         job = getattr(daemon.gpus.sim_backend, "job", None)
         workload = getattr(getattr(job, "workload", None), "name", cfg.sim.workload)
         lines.append(f"simulated job: {workload} as job {cfg.sim.job_name!r}, reporting over the control socket")
     if "forecast" in names:
-        lines.append("forecaster: on (detector in the daemon, Prophet fits in a worker process)")
+        fits = "Prophet fits in a worker process" if cfg.forecast.get("prophet", True) else "trend fits in a worker process"
+        lines.append(f"forecaster: on (detector in the daemon, {fits})")
     if "tuner" in names:
         tuner = names["tuner"]
         lines.append(f"tuner: on, objective {tuner.cfg.objective}, acting every {tuner.cfg.interval_s:g} s; "
@@ -101,4 +105,9 @@ def describe_parts(daemon: Any) -> list[str]:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("run", help="run the daemon in the foreground")
     add_config_flags(p)
+    p.add_argument("--trainer", choices=["sim", "real", "none"], default="sim",
+                   help="the job on a simulated node: the simulated job (sim), the shipped trainer with "
+                        "2 CPU processes and the plugin connected (real), or none")
+    p.add_argument("--trainer-config", type=Path, default=Path("examples/digits.toml"), metavar="TOML",
+                   help="trainer config for --trainer real (default examples/digits.toml)")
     p.set_defaults(func=_run)

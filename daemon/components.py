@@ -1,4 +1,4 @@
-"""The optional parts a daemon attaches from its config: forecaster, tuner, simulated job.
+"""The optional parts a daemon attaches from its config: forecaster, tuner, the job.
 
 Each is a :class:`~gputuned.daemon.service.Component`; :func:`attach_configured` attaches
 them in the order they must start (after actuation and the control socket, which the
@@ -7,7 +7,12 @@ Daemon attaches itself, so they stop first and the actuator restores last).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,7 +129,47 @@ class SimJobComponent:
             self._thread.join(timeout=5)
 
 
-def attach_configured(daemon: Daemon) -> None:
+class RealTrainerComponent:
+    """Runs the shipped trainer (``gputuned train``) beside the daemon, its plugin connected.
+
+    For the demo's ``--trainer real``: torchrun starts ``nproc`` processes on this machine
+    (gloo on the CPU); rank 0's plugin reports to the daemon's socket and applies the tuner's
+    batch-size decisions, which the trainer logs as they take effect. Its output goes to the
+    daemon's stderr.
+    """
+
+    name = "trainer"
+
+    def __init__(self, config_path: Path, socket_path: str, nproc: int = 2, job: str = "digits",
+                 epochs: int = 3000) -> None:
+        if not config_path.is_file():
+            raise ValueError(f"--trainer real: trainer config {config_path} not found")
+        self.cmd = [sys.executable, "-m", "gputuned", "train", "--nproc", str(nproc), str(config_path),
+                    "--set", f"plugin.socket={json.dumps(socket_path)}", "--set", f"plugin.job={json.dumps(job)}",
+                    "--set", f"train.epochs={epochs}"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, start_new_session=True)
+        logger.info("trainer started (pid %d): %s", self.proc.pid, " ".join(self.cmd))
+
+    def tick(self, now: float) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            logger.info("trainer exited with %d", self.proc.returncode)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)  # the trainer checkpoints on SIGTERM
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: Path | None = None) -> None:
     """Attach the forecaster, the simulated job and the tuner as the daemon's config asks."""
     cfg = daemon.cfg
     forecast: ForecastComponent | None = None
@@ -136,7 +181,9 @@ def attach_configured(daemon: Daemon) -> None:
         forecast = ForecastComponent(daemon.store, ForecastService(ForecastConfig.from_mapping(cfg.forecast)), profiler)
         daemon.attach(forecast)
     backend = daemon.gpus.sim_backend
-    if cfg.sim.job and daemon.control is not None and getattr(backend, "job", None) is not None:
+    if trainer == "real" and daemon.control is not None:
+        daemon.attach(RealTrainerComponent(trainer_config or Path("examples/digits.toml"), str(cfg.control.socket_path)))
+    elif trainer == "sim" and cfg.sim.job and daemon.control is not None and getattr(backend, "job", None) is not None:
         daemon.attach(SimJobComponent(backend, str(cfg.control.socket_path), cfg.sim.job_name))
     if tuner_enabled(daemon):
         from gputuned.daemon.tuning import TuningComponent, TuningConfig
@@ -145,6 +192,8 @@ def attach_configured(daemon: Daemon) -> None:
         for key in ("policy", "pause_file"):
             if table.get(key):
                 table[key] = Path(table[key])
+        if trainer == "real":  # the CPU trainer draws nothing from the simulated GPUs: tune its batch only
+            table.setdefault("tune_power", False)
         tcfg = TuningConfig(**table)
         daemon.attach(TuningComponent(
             daemon.store, daemon.actuator, daemon.control, [d.identity.index for d in daemon.gpus.devices], tcfg,
