@@ -169,7 +169,6 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
     does, so the components start too (``gputuned record`` only runs the collection loop, and
     its control socket is never bound, so no trainer could report).
     """
-    from gputuned.daemon.components import attach_configured
     from gputuned.daemon.config import load_config
     from gputuned.daemon.service import Daemon
     from gputuned.daemon.trace import Recorder, TraceWriter
@@ -187,11 +186,6 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
         "gpu": {"backend": "sim"},
         "sim": {"script": str(work / "scenario.toml"), "gpus": GPUS},
         "control": {"socket_path": str(work / "control.sock")},
-        # the live tuner and forecaster, as `gputuned run` attaches them; short periods so a
-        # 2-minute recording holds tuner decisions and Prophet forecasts
-        "tuner": {"enabled": True, "interval_s": 10.0, "pause_file": str(work / "tuner.paused")},
-        "forecast": {"downsample_s": 2.0, "first_fit_after_s": 30.0, "refit_period_s": 40.0,
-                     "min_history_points": 10, "history_s": 600.0},
         "collectors": {
             "host": {"proc_path": str(fake.proc)},
             "infiniband": {"sysfs_path": str(fake.sys)},
@@ -221,7 +215,6 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
     accept = threading.Thread(target=accept_forever, daemon=True)
     accept.start()
     daemon = Daemon(load_config(work / "gputuned.toml"), serve=False)
-    attach_configured(daemon)
     writer = TraceWriter(out, {"interval_seconds": 1.0, "source": daemon.describe(),
                                "recorded_by": "bench/make_dashboard_trace.py (Daemon.start without HTTP)"})
     daemon.store.subscribe(Recorder(writer))
