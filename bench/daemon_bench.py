@@ -51,12 +51,26 @@ def scrape(url: str) -> float:
     return time.perf_counter() - t0
 
 
-def daemon_figures(seconds: float, scrapes: int) -> dict[str, float]:
+MONITORING_ONLY = """
+[sim]
+job = false
+[forecast]
+enabled = false
+[tuner]
+enabled = false
+"""
+
+
+def daemon_figures(seconds: float, scrapes: int, full: bool) -> dict[str, float]:
+    """Figures of a `gputuned run` on 8 simulated H100s: monitoring only, or the full loop."""
     port = free_port()
     gputuned = Path(sys.executable).with_name("gputuned")
+    tmp = Path(tempfile.mkdtemp())
+    body = "" if full else MONITORING_ONLY
+    (tmp / "g.toml").write_text(f'[daemon]\nstate_file = "{tmp}/state.json"\n[control]\nsocket_path = "{tmp}/c.sock"\n' + body)
     proc = subprocess.Popen(
-        [str(gputuned), "--log-level", "warning", "run", "--sim", "--gpus", "8", "--interval", "1",
-         "--listen", "127.0.0.1", "--port", str(port)],
+        [str(gputuned), "--log-level", "warning", "run", "--config", str(tmp / "g.toml"), "--sim", "--gpus", "8",
+         "--interval", "1", "--listen", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     url = f"http://127.0.0.1:{port}/metrics"
@@ -140,12 +154,14 @@ def main() -> None:
     ap.add_argument("--scrapes", type=int, default=2000)
     ap.add_argument("--trace-ticks", type=int, default=3600)
     args = ap.parse_args()
-    d = daemon_figures(args.seconds, args.scrapes)
-    t = trace_figures(args.trace_ticks)
     print(f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}; date {time.strftime('%Y-%m-%d', time.gmtime())}")
-    print(f"daemon, 8 simulated H100, 1 s interval, {args.seconds:.0f} s window: "
-          f"CPU {d['cpu_per_s'] * 100:.3f}% of one core, RSS {d['rss_mb']:.1f} MB; /metrics {d['series']} series, {d['metrics_bytes']} bytes")
-    print(f"/metrics latency over {args.scrapes} sequential scrapes: p50 {d['p50_ms']:.3f} ms, p99 {d['p99_ms']:.3f} ms")
+    for full in (False, True):
+        d = daemon_figures(args.seconds, args.scrapes, full)
+        what = "full loop (simulated job, forecaster, tuner; physics in-process)" if full else "monitoring only"
+        print(f"daemon, 8 simulated H100, 1 s interval, {what}, {args.seconds:.0f} s window: "
+              f"CPU {d['cpu_per_s'] * 100:.3f}% of one core, RSS {d['rss_mb']:.1f} MB; /metrics {d['series']} series, {d['metrics_bytes']} bytes")
+        print(f"  /metrics latency over {args.scrapes} sequential scrapes: p50 {d['p50_ms']:.3f} ms, p99 {d['p99_ms']:.3f} ms")
+    t = trace_figures(args.trace_ticks)
     print(f"trace, {args.trace_ticks} ticks of 8 GPUs + host: {t['samples']:.0f} samples, {t['bytes_per_sample']:.2f} bytes/sample, "
           f"load {t['load_samples_per_s'] / 1e6:.1f} M samples/s (columnar), "
           f"{t['load_to_tuples_samples_per_s'] / 1e6:.2f} M samples/s (to store tuples)")
