@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import time
 from typing import Any
 
@@ -97,6 +98,8 @@ def run_job(job: Job, send: Any) -> dict[str, float]:
 
 def worker_main(jobs: Any, results: Any, nice: int) -> None:
     """Child process entry: lower priority, then serve jobs until ``None`` arrives."""
+    # Ctrl-C in a terminal reaches the whole process group; the daemon stops the worker itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(nice)
     _quiet()
