@@ -29,13 +29,16 @@ prometheus:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "prometheus/promtool missing and not root: integration tests will be skipped" >&2; fi; }
 
+PACKAGES := pkg collectors daemon tuner trainer_plugin dashboards
+
 test: $(STAMP) prometheus
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(PACKAGES)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy collectors daemon
+	$(VENV)/bin/mypy $(PACKAGES)
 
 bench: $(STAMP)
 	$(PY) bench/daemon_bench.py

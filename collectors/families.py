@@ -51,8 +51,8 @@ def declare(name: str, kind: Kind, help: str, *dcgm: DcgmName) -> str:  # noqa: 
     return name
 
 
-G = "gauge"
-C = "counter"
+G: Kind = "gauge"
+C: Kind = "counter"
 
 # --- per GPU (labels gpu, uuid, model, pci_bus_id [+ extra]) ----------------------------
 GPU_UP = declare("gputuned_gpu_up", G, "1 when the GPU answers NVML, 0 once it is lost.")

@@ -9,6 +9,7 @@ own exceptions, raised ``from`` the NVML error.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from collections.abc import Callable
 from types import ModuleType
@@ -92,12 +93,14 @@ def open_nvml(backend: Backend = "auto", sim_module: ModuleType | None = None) -
                 raise err from e
             logger.info("no NVIDIA driver found (%s); using the simulated GPU node", e)
     if sim_module is None:
-        from gputuned.collectors.sim import nvml as sim_module
+        sim: ModuleType = importlib.import_module("gputuned.collectors.sim.nvml")
+    else:
+        sim = sim_module
     try:
-        sim_module.nvmlInit()
-    except sim_module.NVMLError as e:
+        sim.nvmlInit()
+    except sim.NVMLError as e:
         raise map_nvml_error(e, "simulated nvmlInit") from e
-    return sim_module, "sim"
+    return sim, "sim"
 
 
 def _nvml_call(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -301,7 +304,7 @@ class NvmlGPU(GPUDevice):
             if self._events is None:
                 self._events = n.nvmlEventSetCreate()
                 n.nvmlDeviceRegisterEvents(self._h, n.nvmlEventTypeXidCriticalError, self._events)
-            xids = []
+            xids: list[int] = []
             while True:
                 try:
                     data = n.nvmlEventSetWait_v2(self._events, 0)

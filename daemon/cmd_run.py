@@ -102,7 +102,7 @@ def describe_parts(daemon: Any) -> list[str]:
     return lines
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the daemon in the foreground")
     add_config_flags(p)
     p.add_argument("--trainer", choices=["sim", "real", "none"], default="sim",

@@ -140,7 +140,7 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="run the collectors and write every sample to a trace file")
     add_config_flags(p)
     p.add_argument("--duration", type=parse_duration, default=60.0, help="how long, e.g. 30s, 10m (default 60s)")

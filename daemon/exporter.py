@@ -88,7 +88,7 @@ class MetricsRenderer:
     def __init__(self, store: Store, *, dcgm: bool = False, hostname: str | None = None) -> None:
         self._store = store
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(store, dcgm=dcgm, hostname=hostname))  # type: ignore[arg-type]
+        self.registry.register(StoreCollector(store, dcgm=dcgm, hostname=hostname))
         self._lock = threading.Lock()
         self._generation = -1
         self._body = b""

@@ -69,7 +69,7 @@ def build_sim_backend(cfg: Config) -> SimBackend:
         from gputuned.collectors.sim.physics import build_sim_node
     except ImportError:  # physics model not installed: an idle scripted node
         return scripted_from_spec({"profile": sim.profile, "gpus": sim.gpus}, privileged=sim.privileged)
-    return build_sim_node(  # type: ignore[no-any-return]
+    return build_sim_node(
         profile=sim.profile,
         gpus=sim.gpus,
         workload=sim.workload,
@@ -124,7 +124,7 @@ def build_collectors(cfg: Config, gpus: GPUSetup) -> list[Collector]:
         # the simulated node models its network: no peer hosts to connect to
         from gputuned.collectors.sim.peers import SimPeerRTTCollector
 
-        out.append(SimPeerRTTCollector(gpus.sim_backend))  # type: ignore[arg-type]
+        out.append(SimPeerRTTCollector(gpus.sim_backend))
     return out
 
 

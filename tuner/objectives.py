@@ -17,7 +17,8 @@ Profile = dict[int, tuple[float, float]]
 class Objective(Protocol):
     """What the tuner minimises."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def cost(self, energy_j: float, time_s: float, max_power_w: float, ref_time_s: float | None = None) -> float:
         """Cost of work that took ``time_s`` and ``energy_j``."""

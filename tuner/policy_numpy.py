@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -12,10 +14,11 @@ logger = logging.getLogger(__name__)
 #: The policy shipped with the package (trained by ``gputuned tuner train`` on all three GPUs).
 PACKAGED_POLICY = Path(__file__).parent / "data" / "policy_zeus.npz"
 
-_ACTIVATIONS = {
-    "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, 0.0),
-}
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"tanh": np.tanh, "relu": _relu}
 
 
 class NumpyPolicy:
@@ -54,8 +57,10 @@ class NumpyPolicy:
 
     def save(self, path: Path) -> None:
         """Write the weights to an .npz file."""
-        arrays = {f"w{i}": w for i, w in enumerate(self.weights)} | {f"b{i}": b for i, b in enumerate(self.biases)}
-        np.savez(Path(path), activation=np.array(self.activation), **arrays)
+        arrays: dict[str, Any] = {f"w{i}": w for i, w in enumerate(self.weights)}
+        arrays |= {f"b{i}": b for i, b in enumerate(self.biases)}
+        arrays["activation"] = np.array(self.activation)
+        np.savez(Path(path), **arrays)
 
     @classmethod
     def load(cls, path: Path = PACKAGED_POLICY) -> NumpyPolicy:

@@ -63,7 +63,7 @@ class SimNodeEnv(gym.Env):
         self.action_space = spaces.Discrete(9)  # (power move, batch move) in {-1, 0, +1}^2
 
     # -- measurement ---------------------------------------------------------------
-    def _interval(self) -> dict[str, float]:
+    def _interval(self) -> dict[str, Any]:
         devs = self.backend.devices
         e0 = sum(self.backend.energy_j)
         self.clock.advance(self.interval_s)
@@ -82,7 +82,7 @@ class SimNodeEnv(gym.Env):
             "energy": energy, "samples": samples, "goodput": goodput, "cap": float(cap),
             "power": float(np.mean([d.power_mw for d in devs])) / 1000.0,
             "sm": float(np.mean([d.sm_clock_mhz for d in devs])), "eff": stats.get("statistical_efficiency", 1.0),
-            "timings": timings,  # type: ignore[dict-item]
+            "timings": timings,
         }
 
     def _obs(self, m: dict[str, Any]) -> np.ndarray:
