@@ -67,7 +67,7 @@ def _train_here(config: Any, as_json: bool) -> int:
     import torch.distributed as dist
 
     from gputuned.trainer_plugin.config import ConfigError
-    from gputuned.trainer_plugin.trainer import Trainer
+    from gputuned.trainer_plugin.trainer import Trainer, exit_distributed
 
     try:
         trainer = Trainer(config)
@@ -84,5 +84,5 @@ def _train_here(config: Any, as_json: bool) -> int:
         print(json.dumps(summary) if as_json else
               " ".join(f"{k}={v}" for k, v in summary.items()))
     if dist.is_initialized():
-        dist.destroy_process_group()
+        exit_distributed(0)
     return 0

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from gputuned.trainer_plugin.config import Config, parse_config
-from gputuned.trainer_plugin.trainer import Callbacks, Trainer, init_distributed
+from gputuned.trainer_plugin.trainer import Callbacks, Trainer, exit_distributed, init_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = dist.get_rank() if dist.is_initialized() else 0
     Path(f"{out}.rank{rank}").write_text(json.dumps(result))
     if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        exit_distributed(0)
     return 0
 
 

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -329,3 +330,18 @@ class Trainer:
 
 
 _now = time.perf_counter
+
+
+def exit_distributed(code: int = 0) -> None:
+    """End a torchrun worker whose work and output are complete, skipping teardown.
+
+    Destroying a gloo process group (or the interpreter's teardown after it) now and then
+    aborts a finished rank ("terminate called without an active exception", exit -6), which
+    torchrun reports as a failed run. After a barrier every rank is done, so exit directly.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
