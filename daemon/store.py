@@ -10,6 +10,7 @@ whether anything changed since their last look.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from array import array
@@ -59,9 +60,7 @@ class RingBuffer:
     def since(self, t0: float) -> tuple[list[float], list[float]]:
         """(timestamps, values) with timestamp >= t0, oldest first."""
         ts, vs = self.items()
-        lo = 0
-        while lo < len(ts) and ts[lo] < t0:
-            lo += 1
+        lo = bisect.bisect_left(ts, t0)
         return ts[lo:], vs[lo:]
 
 
@@ -74,6 +73,7 @@ class Store:
         self._latest: dict[str, tuple[float, list[Sample]]] = {}
         self._rings: dict[SeriesKey, RingBuffer] = {}
         self._listeners: list[Listener] = []
+        self._index: dict[SeriesKey, float] | None = None  # latest value per series, built on demand
         self.generation = 0
 
     def subscribe(self, listener: Listener) -> None:
@@ -93,6 +93,7 @@ class Store:
                         ring = rings[key] = RingBuffer(self._history)
                     ring.append(t, value)
             self.generation += 1
+            self._index = None
         for listener in self._listeners:
             listener(source, t, samples)
 
@@ -102,6 +103,7 @@ class Store:
             dropped = self._latest.pop(source, None) is not None
             if dropped:
                 self.generation += 1
+                self._index = None
         if dropped:
             when = time.time() if t is None else t
             for listener in self._listeners:
@@ -124,11 +126,9 @@ class Store:
     def value(self, name: str, labels: Labels) -> float | None:
         """The latest value of one series, or None if not served."""
         with self._lock:
-            for _, smp in self._latest.values():
-                for n, lab, v in smp:
-                    if n == name and lab == labels:
-                        return v
-        return None
+            if self._index is None:  # rebuilt at most once per store generation
+                self._index = {(n, lab): v for _, smp in self._latest.values() for n, lab, v in smp}
+            return self._index.get((name, labels))
 
     def window(self, name: str, labels: Labels, seconds: float, now: float) -> tuple[list[float], list[float]]:
         """(timestamps, values) of one series over the last ``seconds`` before ``now``."""
