@@ -48,11 +48,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return parse_config(data, "command line")
 
 
-def _run(args: argparse.Namespace) -> int:
+def load_or_report(args: argparse.Namespace) -> Config | None:
+    """The config for a command, or None after printing the one-line error (exit 2 follows)."""
     try:
-        cfg = config_from_args(args)
+        return config_from_args(args)
     except ConfigError as e:
         print(f"gputuned: config error: {e}", file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_or_report(args)
+    if cfg is None:
         return 2
     logging.getLogger().setLevel(args.log_level.upper() if args.log_level else cfg.daemon.log_level.upper())
     from gputuned.daemon.service import Daemon

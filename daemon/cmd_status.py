@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gputuned.daemon.cmd_run import add_config_flags, config_from_args
-from gputuned.daemon.config import Config, ConfigError
+from gputuned.daemon.cmd_run import add_config_flags, load_or_report
+from gputuned.daemon.config import Config
 
 EXIT_NOT_RUNNING = 3
 
@@ -62,13 +62,6 @@ def _recv(sock: socket.socket, n: int) -> bytes:
         buf += chunk
     return buf
 
-
-def _load(args: argparse.Namespace) -> Config | None:
-    try:
-        return config_from_args(args)
-    except ConfigError as e:
-        print(f"gputuned: config error: {e}", file=sys.stderr)
-        return None
 
 
 def _socket_path(args: argparse.Namespace, cfg: Config) -> Path:
@@ -123,7 +116,7 @@ def render_status(st: dict[str, Any]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load_or_report(args)
     if cfg is None:
         return 2
     if getattr(args, "watch", False):  # live view: gputuned.daemon.watch (closed-loop issue)
@@ -181,7 +174,7 @@ def restore_offline(cfg: Config) -> tuple[int, list[str]]:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load_or_report(args)
     if cfg is None:
         return 2
     path = _socket_path(args, cfg)
@@ -214,7 +207,7 @@ def _pair(text: str) -> list[int]:
 
 
 def _set(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load_or_report(args)
     if cfg is None:
         return 2
     wanted: list[tuple[str, Any]] = []

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from gputuned import __version__
-from gputuned.daemon.cmd_run import add_config_flags, config_from_args
+from gputuned.daemon.cmd_run import add_config_flags, load_or_report
 from gputuned.daemon.config import ConfigError
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -26,10 +26,8 @@ def parse_duration(text: str) -> float:
 
 
 def _record(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as e:
-        print(f"gputuned: config error: {e}", file=sys.stderr)
+    cfg = load_or_report(args)
+    if cfg is None:
         return 2
     from gputuned.daemon.service import Daemon
     from gputuned.daemon.trace import Recorder, TraceWriter
