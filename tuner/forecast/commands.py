@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--direction", choices=["both", "up", "down"], default="both",
         help="which deviations count (default: both)",
     )
+    p.add_argument(
+        "--allow-unsorted", action="store_true",
+        help="judge rows in file order even where a timestamp steps back (default: error naming the row)",
+    )
     p.set_defaults(func=run_detect, default_log_level="warning")
 
 
@@ -54,10 +58,10 @@ def run_detect(args: argparse.Namespace) -> int:
     name = args.input
     try:
         if name == "-":
-            series = read_series(sys.stdin, "stdin")
+            series = read_series(sys.stdin, "stdin", args.allow_unsorted)
         else:
             with open(name, newline="", encoding="utf-8-sig") as f:
-                series = read_series(f, name)
+                series = read_series(f, name, args.allow_unsorted)
     except SeriesInputError as e:
         print(f"gputuned detect: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -2,7 +2,7 @@
 
 Accepted timestamps: unix seconds (integer or decimal) or ISO 8601 date-times
 (``2024-01-31T12:00:00``, ``2024-01-31 12:00:00.5``, with ``Z`` or ``+hh:mm`` offsets; a
-time without an offset is taken as UTC). Timestamps must not decrease; equal ones are kept.
+time without an offset is taken as UTC). Timestamps must not decrease (unless allowed, then rows keep file order); equal ones are kept.
 """
 
 from __future__ import annotations
@@ -52,8 +52,12 @@ class Series:
     values: list[float]
 
 
-def read_series(stream: TextIO, name: str = "input") -> Series:
-    """Rows of a CSV with a header naming ``timestamp`` and ``value`` (other columns ignored)."""
+def read_series(stream: TextIO, name: str = "input", allow_unsorted: bool = False) -> Series:
+    """Rows of a CSV with a header naming ``timestamp`` and ``value`` (other columns ignored).
+
+    A timestamp earlier than the row before is an error unless ``allow_unsorted`` (real exports
+    sometimes step back, e.g. a clock change); then rows are kept in file order.
+    """
     reader = csv.reader(stream)
     try:
         header = next(reader)
@@ -90,7 +94,7 @@ def read_series(stream: TextIO, name: str = "input") -> Series:
                 raise SeriesInputError(f"{name}: row {row_no}: value {row[vi]!r} is not a number") from None
             if not math.isfinite(v):
                 raise SeriesInputError(f"{name}: row {row_no}: value {row[vi]!r} is not finite")
-            if times and t < times[-1]:
+            if times and t < times[-1] and not allow_unsorted:
                 raise SeriesInputError(
                     f"{name}: row {row_no}: timestamp {row[ti].strip()!r} is earlier than the row before"
                     " (timestamps must be sorted)"
