@@ -21,20 +21,23 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from forecast_nab import parse_sets  # noqa: E402
 from forecast_synth import BACKGROUNDS, DAY_S, KINDS, make_series  # noqa: E402
 
 from gputuned.tuner.forecast.commands import detect_series  # noqa: E402
+from gputuned.tuner.forecast.detector import DetectorConfig  # noqa: E402
 
 GRACE_S = 900.0
 
 
-def evaluate(seeds: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+def evaluate(seeds: int, config: DetectorConfig | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Per-kind recall, false alerts per series-day and median lead time; plus cost figures
     and false alerts per series-day by background (``bg:<name>`` keys)."""
     rows: dict[str, dict[str, list[float]]] = {
@@ -49,7 +52,7 @@ def evaluate(seeds: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]
                 rng = np.random.default_rng(1000 * seed + 17 * KINDS.index(kind) + BACKGROUNDS.index(bg))
                 s = make_series(rng, kind, bg)
                 t0 = time.perf_counter()
-                _, alerts = detect_series(s.t.tolist(), s.x.tolist())
+                _, alerts = detect_series(s.t.tolist(), s.x.tolist(), config=config)
                 elapsed += time.perf_counter() - t0
                 samples += len(s.t)
                 a = np.asarray(alerts, bool)
@@ -84,13 +87,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", choices=["sim", "synthetic"], default="sim")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DetectorConfig override (synthetic)")
     args = ap.parse_args()
     if args.source == "sim":
         from forecast_simeval import print_sim_eval
 
         print_sim_eval(args.seeds or 3)
         return 0
-    table, cost = evaluate(args.seeds or 12)
+    table, cost = evaluate(args.seeds or 12, replace(DetectorConfig(), **parse_sets(args.set)))
     print("| kind | series | recall | false alerts / series-day | median lead time (s) |")
     print("|---|---|---|---|---|")
     for kind, m in table.items():

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_detect, default_log_level="warning")
 
 
-def detect_series(times: list[float], values: list[float], direction: str = "both") -> tuple[list[float], list[bool]]:
-    """Scores and alert flags of a whole series, streamed through one detector."""
+def detect_series(
+    times: list[float], values: list[float], direction: str = "both", config: Any = None
+) -> tuple[list[float], list[bool]]:
+    """Scores and alert flags of a whole series, streamed through one detector.
+
+    ``config`` is a :class:`DetectorConfig` (default settings when None); ``direction`` wins.
+    """
+    from dataclasses import replace
+
     from gputuned.tuner.forecast.detector import DetectorConfig, OnlineDetector
 
-    det = OnlineDetector(DetectorConfig(direction=direction))
+    det = OnlineDetector(replace(config or DetectorConfig(), direction=direction))
     scores: list[float] = []
     alerts: list[bool] = []
     for t, v in zip(times, values, strict=True):

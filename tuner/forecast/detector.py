@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+from bisect import bisect_left, insort
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,6 +61,12 @@ class DetectorConfig:
     confirm: int = 2
     clear_at: float = 0.15
     clear_after: int = 30
+    window: int = 1024
+    window_lag: int = 128
+    gate_q: float = 0.002
+    gate_margin: float = 0.5
+    gate_gain: float = 4.0
+    gate_span: float = 0.05
 
     def __post_init__(self) -> None:
         if self.warmup < 3:
@@ -68,6 +76,8 @@ class DetectorConfig:
                 raise ValueError(f"{name} must be positive")
         if not 0.0 <= self.z_start < self.z_half:
             raise ValueError("need 0 <= z_start < z_half")
+        if not 0 <= self.window_lag < self.window or not 0.0 <= self.gate_q < 0.5:
+            raise ValueError("need 0 <= window_lag < window and 0 <= gate_q < 0.5")
         if self.direction not in ("both", "up", "down"):
             raise ValueError(f"direction must be both, up or down, not {self.direction!r}")
 
@@ -112,12 +122,45 @@ class _State:
     z_spread: float = 0.0
 
 
+class _LaggedRange:
+    """Sorted values of the samples from ``window`` to ``lag`` samples ago, for the seen-before gate."""
+
+    def __init__(self, window: int, lag: int) -> None:
+        self.size, self.lag = window - lag, lag
+        self.pending: deque[float] = deque()
+        self.order: deque[float] = deque()
+        self.sorted: list[float] = []
+
+    def push(self, x: float) -> None:
+        pending = self.pending
+        pending.append(x)
+        if len(pending) > self.lag:
+            y = pending.popleft()
+            insort(self.sorted, y)
+            self.order.append(y)
+            if len(self.order) > self.size:
+                old = self.order.popleft()
+                del self.sorted[bisect_left(self.sorted, old)]
+
+    def bounds(self, q: float) -> tuple[float, float] | None:
+        """The q and 1-q quantiles (by rank), or None until a quarter of the window is filled."""
+        vals = self.sorted
+        n = len(vals)
+        if n < max(16, self.size // 4):
+            return None
+        k = int(q * n)
+        return vals[k], vals[n - 1 - k]
+
+
 class OnlineDetector:
     """Streaming anomaly score and stateful alert for one series."""
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._s = _State()
+        c = self.config
+        self._values = _LaggedRange(c.window, c.window_lag)
+        self._shorts = _LaggedRange(c.window, c.window_lag)
         self._cache: dict[float, tuple[float, float, float, float, float]] = {}
         self.alert = AlertState(
             self.config.raise_at, self.config.raise_now, self.config.confirm,
@@ -208,11 +251,14 @@ class OnlineDetector:
         z_point = (x - s.level) / sigma
         # heavy-tailed series: a point counts in units of the largest recent normal deviation
         z_point *= c.tail_ref / max(c.tail_ref, s.tail)
+        z_point = self._gate(z_point, x, self._values, sigma)
         _, a_short, a_sp, _, _ = self._alphas(w)
         bound = c.clip * sigma
         short = s.short + a_short * max(-bound, min(bound, x - s.short))
-        z_short = (short - s.level) / max(_SIGMA_PER_MAD * s.short_mad, floor)
+        short_sigma = max(_SIGMA_PER_MAD * s.short_mad, floor)
+        z_short = (short - s.level) / short_sigma
         s.z_short = abs(z_short)
+        z_short = self._gate(z_short, short, self._shorts, short_sigma)
         best = max(self._directed(z_point), self._directed(z_short))
         zs = 0.0
         if c.direction == "both" and s.spread_mad > 0.0 and s.mad > 0.0:
@@ -221,12 +267,31 @@ class OnlineDetector:
             log_ratio = math.log(max(spread, 1e-300) / s.mad)
             zs = c.spread_weight * log_ratio / (_SIGMA_PER_MAD * s.spread_mad)
         s.z_spread = zs
+        if zs > 0.0:  # a wider spread made of values seen before is not news either
+            zs = min(zs, self._gate(zs, x, self._values, sigma), -self._gate(-zs, x, self._values, sigma))
         z = max(best, zs)
         return z, score_of(z, c.z_start, c.z_half)
+
+    def _gate(self, z: float, x: float, seen: _LaggedRange, sigma: float) -> float:
+        """Cap a deviation by how far ``x`` lies beyond the range of values seen recently.
+
+        A value within what the series did between ``window`` and ``window_lag`` samples ago
+        (a daily cycle, a recurring load pattern, a regime already accepted) is not news,
+        whatever the baseline level says; beyond it, the cap grows with the distance.
+        """
+        c = self.config
+        b = seen.bounds(c.gate_q)
+        if b is None:
+            return z
+        margin = max(c.gate_margin * sigma, c.gate_span * (b[1] - b[0]))
+        if z > 0.0:
+            return min(z, c.z_start + c.gate_gain * max(x - b[1] - margin, 0.0) / sigma)
+        return max(z, -(c.z_start + c.gate_gain * max(b[0] - margin - x, 0.0) / sigma))
 
     def _warm(self, x: float) -> None:
         s, c = self._s, self.config
         self._note_resolution(x)
+        self._values.push(x)
         s.warm.append(x)
         if len(s.warm) < c.warmup:
             return
@@ -254,6 +319,7 @@ class OnlineDetector:
     def _learn(self, x: float, w: float, score: float) -> None:
         s, c = self._s, self.config
         self._note_resolution(x)
+        self._values.push(x)
         floor = self._floor()
         sigma = max(_SIGMA_PER_MAD * s.mad, floor)
         a_long, a_short, a_sp, a_scale, tail_decay = self._alphas(w)
@@ -268,6 +334,7 @@ class OnlineDetector:
         else:
             s.level += a_long * max(-bound, min(bound, err))
         s.short += a_short * max(-bound, min(bound, x - s.short))
+        self._shorts.push(s.short)
         s.spread += a_sp * (min(abs(err), 10.0 * sigma) - s.spread)
         s.tail *= tail_decay
         if s.z_spread < c.clip:  # a spread increase is an anomaly, not a heavier tail
