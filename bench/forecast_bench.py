@@ -7,7 +7,9 @@
    (cmdstan's child processes inherit the pinning), against the default refit period.
 2. Online detector cost per sample.
 3. The daemon core's tick on a simulated 8-GPU node (GPU + host collectors, plus trainer
-   and peer samples) with and without ``ForecastService.observe`` as a tick hook.
+   and peer samples) without forecasting, with ``ForecastService.observe`` inline as a tick
+   hook, and with ``OffloadedForecastService.observe`` (detection in a child process, the
+   daemon's default), interleaved; median tick and core-process CPU per tick.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import random
 import statistics
 import time
+from typing import Any
 
 from gputuned.collectors.families import Sample
 from gputuned.tuner.forecast.config import ForecastConfig
@@ -94,8 +97,13 @@ class NodeExtras:
         pass
 
 
-def tick_cost(ticks: int) -> dict[str, float]:
-    """Median daemon tick with and without the forecast hook, simulated 8-GPU node."""
+def tick_cost(ticks: int, rounds: int = 2, pause_s: float = 0.01) -> dict[str, float]:
+    """Median daemon tick and core-process CPU per tick, without forecasting, with it inline
+    and with detection in its child process, interleaved in ``rounds`` on one simulated node.
+
+    The loop pauses ``pause_s`` between ticks (the daemon ticks every second), so threads that
+    work after a tick (the child queue's feeder, the reader) run inside the measured CPU time.
+    """
     from gputuned.collectors.gpu import GPUCollector
     from gputuned.collectors.host import HostCollector
     from gputuned.collectors.nvml import open_gpus, open_nvml
@@ -105,6 +113,7 @@ def tick_cost(ticks: int) -> dict[str, float]:
     from gputuned.daemon.loop import CollectionLoop
     from gputuned.daemon.service import build_sim_backend
     from gputuned.daemon.store import Store
+    from gputuned.tuner.forecast.offload import OffloadedForecastService
 
     clock = VirtualClock()
     backend = build_sim_backend(parse_config({"sim": {"gpus": 8}}))
@@ -112,29 +121,46 @@ def tick_cost(ticks: int) -> dict[str, float]:
         backend.clock = clock  # type: ignore[attr-defined]
     sim_nvml.attach(backend)
     nvml, _ = open_nvml("sim")
-    out: dict[str, float] = {}
-    observe_times: list[float] = []
-    for mode in ("off", "on", "off2", "on2"):
-        store = Store(0)
-        loop = CollectionLoop([GPUCollector(open_gpus(nvml)), HostCollector(), NodeExtras()], store, 1.0,
-                              wallclock=lambda: 1.7e9 + clock.now())
-        if mode.startswith("on"):
-            svc = ForecastService(ForecastConfig(prophet=False))
+    cfg = ForecastConfig(prophet=False)
+    services = {"inline": ForecastService(cfg), "child": OffloadedForecastService(cfg)}
+    services["child"].start()
+    time.sleep(3.0)  # let the child import and settle
+    ticks_ms: dict[str, list[float]] = {m: [] for m in ("off", "inline", "child")}
+    cpu_ms: dict[str, list[float]] = {m: [] for m in ticks_ms}
+    hook_ms: dict[str, list[float]] = {m: [] for m in ("inline", "child")}
+    try:
+        for _ in range(rounds):
+            for mode in ("off", "inline", "child"):
+                store = Store(0)
+                loop = CollectionLoop([GPUCollector(open_gpus(nvml)), HostCollector(), NodeExtras()], store, 1.0,
+                                      wallclock=lambda: 1.7e9 + clock.now())
+                if mode != "off":
+                    svc = services[mode]
 
-            def hook(now: float, svc: ForecastService = svc, store: Store = store) -> None:
-                t0 = time.perf_counter()
-                svc.observe(now, store.latest())
-                observe_times.append(time.perf_counter() - t0)
+                    def hook(now: float, svc: Any = svc, store: Store = store, mode: str = mode) -> None:
+                        t0 = time.perf_counter()
+                        svc.observe(now, store.latest())
+                        hook_ms[mode].append(1e3 * (time.perf_counter() - t0))
 
-            loop.add_hook(hook)
-        durations = []
-        for _ in range(ticks):
-            loop.tick()
-            durations.append(loop.last_tick_duration)
-            clock.advance(1.0)
-        out[f"tick_{mode}_ms"] = 1e3 * statistics.median(durations)
-        out["samples_per_tick"] = float(len(store.latest()))
-    out["observe_ms"] = 1e3 * statistics.median(observe_times)
+                    loop.add_hook(hook)
+                cpu0 = time.process_time()
+                for _ in range(ticks):
+                    loop.tick()
+                    ticks_ms[mode].append(1e3 * loop.last_tick_duration)
+                    clock.advance(1.0)
+                    time.sleep(pause_s)
+                cpu_ms[mode].append(1e3 * (time.process_time() - cpu0) / ticks)
+        time.sleep(1.0)
+        alive = services["child"].alive
+        got_state = bool(services["child"].samples())
+    finally:
+        services["child"].close()
+    out: dict[str, float] = {"child_alive": float(alive), "child_state": float(got_state)}
+    for m in ticks_ms:
+        out[f"tick_{m}_ms"] = statistics.median(ticks_ms[m])
+        out[f"cpu_{m}_ms"] = statistics.median(cpu_ms[m])
+    for m in hook_ms:
+        out[f"observe_{m}_ms"] = statistics.median(hook_ms[m])
     return out
 
 
@@ -143,10 +169,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ticks", type=int, default=600)
     ap.add_argument("--history-days", type=float, default=3.0)
+    ap.add_argument("--no-refit", action="store_true", help="skip the Prophet refit measurement")
     args = ap.parse_args()
     tick = tick_cost(args.ticks)
     print("tick:", {k: round(v, 3) for k, v in tick.items()})
     print(f"detector: {detector_cost():.2f} us/sample")
+    if args.no_refit:
+        return 0
     refit = refit_cost(args.history_days)
     print("refit:", {k: round(v, 2) for k, v in refit.items()})
     return 0

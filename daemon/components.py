@@ -21,6 +21,7 @@ from gputuned.daemon.store import Store
 
 if TYPE_CHECKING:
     from gputuned.daemon.service import Daemon
+    from gputuned.tuner.forecast.offload import OffloadedForecastService
     from gputuned.tuner.forecast.service import ForecastService
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ class ForecastComponent:
 
     name = "forecast"
 
-    def __init__(self, store: Store, service: ForecastService, profiler: ProfileOnAlert | None = None) -> None:
+    def __init__(
+        self, store: Store, service: ForecastService | OffloadedForecastService, profiler: ProfileOnAlert | None = None
+    ) -> None:
         self.store = store
         self.service = service
         self.profiler = profiler
@@ -175,10 +178,10 @@ def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: P
     forecast: ForecastComponent | None = None
     if cfg.forecast.get("enabled", True):
         from gputuned.tuner.forecast.config import ForecastConfig
-        from gputuned.tuner.forecast.service import ForecastService
+        from gputuned.tuner.forecast.offload import open_service
 
         profiler = ProfileOnAlert(daemon.control) if daemon.control is not None else None
-        forecast = ForecastComponent(daemon.store, ForecastService(ForecastConfig.from_mapping(cfg.forecast)), profiler)
+        forecast = ForecastComponent(daemon.store, open_service(ForecastConfig.from_mapping(cfg.forecast)), profiler)
         daemon.attach(forecast)
     backend = daemon.gpus.sim_backend
     if trainer == "real" and daemon.control is not None:

@@ -66,6 +66,7 @@ class ForecastConfig:
     hardware_hold_s: float = 600.0
     thermal_clear_s: float = 60.0
     forget_after_s: float = 3600.0
+    detect_in_child: bool = True
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     eta: EtaConfig = field(default_factory=EtaConfig)
 

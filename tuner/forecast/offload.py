@@ -1,0 +1,188 @@
+"""The forecast service with its online detection moved out of the daemon's core process.
+
+:class:`OffloadedForecastService` has :class:`ForecastService`'s interface. Per tick,
+:meth:`~OffloadedForecastService.observe` keeps the samples of the forecast families and
+hands them to a child process with ``put_nowait`` (the queue's feeder thread pickles them
+after the tick). The child runs an ordinary :class:`ForecastService` (detectors, ETAs,
+hardware alerts, and its own Prophet worker) on the ticks in order, exactly as the daemon
+would in-process, and sends back raised alerts at once and its exported series and active
+alerts every ``STATE_EVERY_S`` seconds of tick time (and on every transition). A reader
+thread in the core receives them, so the tick thread only reads the last state and runs the
+alert hooks (the profile capture) for raised alerts. Log records of the child are forwarded
+and handled by the core's loggers. Results come one tick late or more; nothing the core does
+waits on the child.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import logging.handlers
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+from collections import deque
+from typing import Any
+
+from gputuned.collectors.families import Sample
+from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
+from gputuned.tuner.forecast.config import ForecastConfig
+from gputuned.tuner.forecast.hardware import FAMILIES as HW_FAMILIES
+from gputuned.tuner.forecast.service import ForecastService
+
+logger = logging.getLogger(__name__)
+
+STATE_EVERY_S = 5.0
+PARENT_CHECK_S = 2.0
+
+
+class _ChildService(ForecastService):
+    """The child's service: every transition also goes back to the core."""
+
+    def __init__(self, config: ForecastConfig, fitter: str | None, out: Any) -> None:
+        super().__init__(config, fitter)
+        self._out = out
+        self.changed = False
+
+    def _on_transition(self, transition: str, alert: Alert) -> None:
+        super()._on_transition(transition, alert)
+        self.changed = True
+        if transition == "raised":
+            self._out.put(("raised", alert))
+
+
+def detect_main(ticks: Any, out: Any, config: ForecastConfig, fitter: str | None, parent: int) -> None:
+    """Child process entry: serve ticks until ``None`` arrives or the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(out)]
+    root.setLevel(logging.INFO)
+    svc = _ChildService(config, fitter, out)
+    svc.start()
+    next_state = float("-inf")
+    try:
+        while True:
+            try:
+                item = ticks.get(timeout=PARENT_CHECK_S)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    return
+                continue
+            if item is None:
+                return
+            now, samples = item
+            svc.observe(now, samples)
+            if svc.changed or now >= next_state:
+                svc.changed = False
+                next_state = now + STATE_EVERY_S
+                out.put(("state", svc.samples(), svc.active_alerts()))
+    finally:
+        svc.close()
+
+
+class OffloadedForecastService:
+    """ForecastService's interface, its work done in a child process (see the module doc)."""
+
+    def __init__(self, config: ForecastConfig | None = None, fitter: str | None = None) -> None:
+        self.config = config or ForecastConfig()
+        self._fitter = fitter
+        refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
+        self._wanted = frozenset(s.family for s in self.config.series) | refs | HW_FAMILIES
+        self._proc: Any = None
+        self._ticks: Any = None
+        self._out: Any = None
+        self._reader: threading.Thread | None = None
+        self._hooks: list[AlertHook] = []
+        self._raised: deque[Alert] = deque()
+        self._state: tuple[list[Sample], list[Alert]] = ([], [])
+        self._dropped = 0
+
+    def start(self) -> None:
+        """Start the child (spawned) and the thread that reads what it sends back."""
+        if not self.config.enabled or self._proc is not None:
+            return
+        ctx = mp.get_context("spawn")
+        self._ticks, self._out = ctx.Queue(), ctx.Queue()
+        self._proc = ctx.Process(
+            target=detect_main, args=(self._ticks, self._out, self.config, self._fitter, os.getpid()),
+            name="gputuned-detect",
+        )
+        self._proc.start()
+        self._reader = threading.Thread(target=self._read, args=(self._out,), name="forecast-reader", daemon=True)
+        self._reader.start()
+        atexit.register(self.close)
+        logger.info("forecast detection process started (pid %s)", self._proc.pid)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the child (it stops its Prophet worker), then the reader."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            self._ticks.put_nowait(None)
+        proc.join(timeout_s)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout_s)
+        with contextlib.suppress(ValueError, OSError):
+            self._out.put(None)
+        if self._reader is not None:
+            self._reader.join(timeout_s)
+        for q in (self._ticks, self._out):
+            q.cancel_join_thread()
+            q.close()
+        with contextlib.suppress(ValueError):
+            atexit.unregister(self.close)
+        logger.info("forecast detection process stopped")
+
+    def add_alert_hook(self, hook: AlertHook) -> None:
+        """Call ``hook(alert)`` on every raised alert, on the tick thread."""
+        self._hooks.append(hook)
+
+    def observe(self, now: float, samples: list[Sample]) -> None:
+        """Hand the tick's forecast samples to the child; run hooks of alerts raised since."""
+        if self._proc is None:
+            return
+        wanted = self._wanted
+        try:
+            self._ticks.put_nowait((now, [s for s in samples if s[0] in wanted]))
+        except (queue.Full, ValueError, OSError):
+            self._dropped += 1
+        while self._raised:
+            call_hooks(self._hooks, self._raised.popleft())
+
+    def _read(self, out: Any) -> None:
+        while True:
+            try:
+                msg = out.get()
+            except (EOFError, OSError, ValueError):
+                return
+            if msg is None:
+                return
+            if isinstance(msg, logging.LogRecord):
+                logging.getLogger(msg.name).handle(msg)
+            elif msg[0] == "raised":
+                self._raised.append(msg[1])
+            elif msg[0] == "state":
+                self._state = (msg[1], msg[2])
+
+    def samples(self) -> list[Sample]:
+        """The child's last exported series (scores, alerts, ETAs, forecasts, worker)."""
+        return self._state[0]
+
+    def active_alerts(self) -> list[Alert]:
+        """The child's active alerts as of its last state."""
+        return self._state[1]
+
+    @property
+    def alive(self) -> bool:
+        """True while the child process runs."""
+        return self._proc is not None and self._proc.is_alive()
+
+
+def open_service(config: ForecastConfig) -> ForecastService | OffloadedForecastService:
+    """The service the daemon attaches: detection offloaded unless the config keeps it inline."""
+    return OffloadedForecastService(config) if config.detect_in_child else ForecastService(config)
