@@ -2,8 +2,8 @@
 
 Usage:
   python bench/loop_headline.py [--duration S] [--gpus N] [--profile P] [--jobs J]
-                                [--workloads a,b] [--objectives x,y] [--chooser auto|policy|climb]
-                                [--policy NPZ] [--no-sweep] [--out DIR] [--write-docs]
+                                [--workloads a,b] [--objectives x,y] [--chooser auto|learned|climber]
+                                [--policy NPZ] [--compare CHOOSER] [--no-sweep] [--out DIR] [--write-docs]
 
 Each (workload, objective) pair runs ``gputuned experiment``'s code (the same job twice on a
 virtual clock, tuner off and on, same seed) in a worker process. The table gives, tuned over
@@ -11,7 +11,9 @@ baseline, energy per sample, energy to target (energy per sample corrected by st
 efficiency: what reaching the target costs) and time to target; the per-objective medians
 are checked against the goal (energy: >= 30% less energy to target at <= 3% slowdown;
 throughput: faster time to target). ``--write-docs`` puts the table in docs/benchmarks.md,
-section "Closed loop (headline)", with the command, machine and date.
+section "Closed loop (headline)", with the command, machine and date. ``--compare climber`` runs
+the same experiments under energy_slowdown and throughput with that chooser too (same seeds, same
+run) and adds a table of both choosers side by side.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def sweep(workload: str, profile: str, gpus: int, seed: int, budget: float) -> d
 
 def one(args: tuple[str, str, dict[str, Any], str, bool]) -> dict[str, Any]:
     workload, objective, opts, out, with_sweep = args
+    if opts.get("chooser") != "auto":
+        out = str(Path(out) / opts["chooser"])
     import logging
 
     logging.disable(logging.WARNING)
@@ -142,6 +146,45 @@ def medians(docs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def versus(docs: list[dict[str, Any]], other: list[dict[str, Any]], name: str) -> list[str]:
+    """Side by side: the main chooser and ``name`` on the same experiments (energy, time to target on/off)."""
+    theirs = {(d["spec"]["workload"], d["spec"]["objective"]): d for d in other}
+    mine = [d for d in docs if (d["spec"]["workload"], d["spec"]["objective"]) in theirs]
+    main = sorted({(d.get("tuner") or {}).get("chooser", "?") for d in mine})
+    head = ", ".join(main)
+    out = [f"| workload | objective | {head}: energy, time to target | {name}: energy, time to target | "
+           f"{head} actions (rollbacks) | {name} actions (rollbacks) | goal met ({head} / {name}) |",
+           "|---|---|---|---|---|---|---|"]
+    for d in mine:
+        o = theirs[(d["spec"]["workload"], d["spec"]["objective"])]
+        wl = d["spec"]["workload"] + (" (held out)" if d["spec"]["workload"] in HELD_OUT else "")
+        cells = []
+        for x in (d, o):
+            t = x.get("tuner") or {}
+            cells.append((f"{x['ratio']['energy_to_target_j']:.3f}, {x['ratio']['time_to_target_s']:.3f}",
+                          f"{sum(t.get('actions', {}).values())} ({t.get('rollbacks', 0)})", _goal(x)))
+        out.append(f"| {wl} | {d['spec']['objective']} | {cells[0][0]} | {cells[1][0]} | {cells[0][1]} | {cells[1][1]} | "
+                   f"{'yes' if cells[0][2] else 'no'} / {'yes' if cells[1][2] else 'no'} |")
+    for obj in ("energy_slowdown", "throughput"):
+        a = [d for d in mine if d["spec"]["objective"] == obj]
+        b = [theirs[(d["spec"]["workload"], obj)] for d in a]
+        if not a:
+            continue
+        out.append(f"| **median** | {obj} | " + " | ".join(
+            f"{statistics.median(x['ratio']['energy_to_target_j'] for x in xs):.3f}, "
+            f"{statistics.median(x['ratio']['time_to_target_s'] for x in xs):.3f}" for xs in (a, b))
+            + f" | | | {sum(map(_goal, a))} of {len(a)} / {sum(map(_goal, b))} of {len(b)} |")
+    return out
+
+
+def _goal(d: dict[str, Any]) -> bool:
+    if d["spec"]["objective"] == "throughput":
+        return bool(d["slowdown"] < 0)
+    if d["spec"]["objective"] == "energy_slowdown":
+        return bool(d["energy_saving"] >= 0.30 and d["slowdown"] <= 0.03)
+    return bool(d["energy_saving"] > 0)
+
+
 def write_docs(text: str) -> None:
     path = REPO / "docs" / "benchmarks.md"
     doc = path.read_text()
@@ -160,7 +203,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workloads", default=",".join(TRAINED + HELD_OUT))
     ap.add_argument("--objectives", default=",".join(OBJECTIVES))
-    ap.add_argument("--chooser", default="auto", choices=["auto", "policy", "climb"])
+    ap.add_argument("--chooser", default="auto", choices=["auto", "learned", "climber"])
+    ap.add_argument("--compare", choices=["learned", "climber"], help="also run this chooser (energy_slowdown, throughput)")
     ap.add_argument("--policy", help="numpy policy file for --chooser policy (SimNodeEnv observation)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the hindsight sweep")
     ap.add_argument("--seed", type=int, default=0)
@@ -170,18 +214,21 @@ def main() -> int:
     opts = {"duration_s": a.duration, "gpus": a.gpus, "profile": a.profile, "chooser": a.chooser, "seed": a.seed,
             "policy": a.policy}
     work = [(w, o, opts, a.out, not a.no_sweep) for o in a.objectives.split(",") for w in a.workloads.split(",")]
+    extra = [(w, o, opts | {"chooser": a.compare}, a.out, False) for o in a.objectives.split(",")
+             if o in ("energy_slowdown", "throughput") for w in a.workloads.split(",")] if a.compare else []
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
-        docs = list(pool.map(one, work))
+        got = list(pool.map(one, work + extra))
+    docs, other = got[:len(work)], got[len(work):]
     wall = time.time() - t0
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "headline.json").write_text(json.dumps(docs, indent=1))
+    (Path(a.out) / "headline.json").write_text(json.dumps(docs + other, indent=1))
     cmd = "python bench/loop_headline.py " + " ".join(sys.argv[1:])
     choosers = sorted({(d.get("tuner") or {}).get("chooser", "?") for d in docs})
     cpu = statistics.median(d["cpu_s"] for d in docs)
     text = "\n".join([
         f"Command: `{cmd}` (date {time.strftime('%Y-%m-%d', time.gmtime())}; machine: {machine()}; "
-        f"wall {wall:.0f} s for {len(docs)} experiments, median {cpu:.1f} CPU s of the main process per experiment "
+        f"wall {wall:.0f} s for {len(docs) + len(other)} experiments, median {cpu:.1f} CPU s of the main process per experiment "
         f"of 2 x {a.duration:g} simulated s).",
         "",
         f"Each row: the same simulated job ({a.gpus} x {a.profile}, seed {a.seed}, {a.duration / 60:g} simulated minutes) "
@@ -191,6 +238,8 @@ def main() -> int:
         "its reference interval and every probe.",
         "",
         *medians(docs), "", *table(docs),
+        *(["", f"Same run, the same experiments with the {a.compare} chooser (energy to target and time to target, "
+               "tuned / baseline):", "", *versus(docs, other, a.compare)] if other else []),
     ])
     print(text)
     if a.write_docs:

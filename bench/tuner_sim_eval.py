@@ -1,69 +1,116 @@
-"""Train and evaluate the simulated-node policy on held-out workloads.
+"""Train the simulated-node policy, and compare it with the climber and the default on SimNodeEnv.
 
 Usage:
-  python bench/tuner_sim_eval.py train OUT_DIR TIMESTEPS
-  python bench/tuner_sim_eval.py eval POLICY.npz
-"eval" runs each held-out workload on a100, v100 and a40 (1 and 2 GPUs), once with the
-default configuration held and once under the policy, and reports the ratios over the last
-half of the episode (energy per effective sample, throughput in samples/s, goodput).
+  python bench/tuner_sim_eval.py train OUT_DIR TIMESTEPS [CLONE_STEPS]
+  python bench/tuner_sim_eval.py eval POLICY.npz [POLICY2.npz ...] [--horizon N] [--json]
+  python bench/tuner_sim_eval.py export CHECKPOINT.zip OUT.npz
+
+"eval" runs every workload (training and held-out) on a100 x4 (the headline's node), and the
+held-out ones also on v100 x1 and a40 x2, under ``energy_slowdown`` (3%) and ``throughput``, with
+the default configuration held, the climber, and each policy, on the same node seeds. Figures
+are over the whole episode, probes and rollbacks included: energy to target (energy per effective
+sample) and time to target (1 / goodput), each over the reference interval's.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
+from gputuned.daemon.tuning_policy import STAY
 from gputuned.tuner.policy_numpy import NumpyPolicy
-from gputuned.tuner.sim_env import HELD_OUT_WORKLOADS, SimNodeEnv
-
-STAY = 4  # power move 0, batch move 0
+from gputuned.tuner.sim_env import HELD_OUT_WORKLOADS, TRAINING_WORKLOADS, SimNodeEnv
 
 
-def episode(env: SimNodeEnv, options: dict, policy: NumpyPolicy | None, seed: int) -> dict[str, float]:
+def episode(env: SimNodeEnv, options: dict[str, Any], chooser: Any, seed: int) -> dict[str, float]:
+    """One episode; ``chooser`` is None (default held), "climber" or a policy."""
     obs, _ = env.reset(seed=seed, options=options)
-    rows = []
+    energy = eff = 0.0
+    n = 0
     done = False
+    info: dict[str, Any] = {}
     while not done:
-        action = STAY if policy is None else policy(obs)
-        obs, _, done, _, info = env.step(action)
-        rows.append(info)
-    tail = rows[len(rows) // 2 :]
-    return {k: float(np.mean([r[k] for r in tail])) for k in tail[0]}
+        action = STAY if chooser is None else env.suggested if chooser == "climber" else chooser(obs)
+        obs, _, term, trunc, info = env.step(action)
+        energy += info["energy_j"]
+        eff += info["effective_samples"]
+        n += info["intervals"]
+        done = term or trunc
+    return {"energy": energy / max(eff, 1e-9) / info["reference_eps"],
+            "time": info["reference_goodput"] * n * env.interval_s / max(eff, 1e-9)}
 
 
-def evaluate(policy_path: Path) -> dict:
-    policy = NumpyPolicy.load(policy_path)
-    env = SimNodeEnv(workloads=HELD_OUT_WORKLOADS)
-    out: dict = {"cases": []}
+def cases() -> list[dict[str, Any]]:
+    out = []
     for objective in ("energy_slowdown", "throughput"):
+        for wl in TRAINING_WORKLOADS + HELD_OUT_WORKLOADS:
+            out.append({"workload": wl, "profile": "a100", "gpus": 4, "objective": objective})
         for wl in HELD_OUT_WORKLOADS:
-            for prof in ("a100", "v100", "a40"):
-                for gpus in (1, 2):
-                    opts = {"workload": wl, "profile": prof, "objective": objective, "gpus": gpus}
-                    base = episode(env, opts, None, seed=7)
-                    tuned = episode(env, opts, policy, seed=7)
-                    out["cases"].append({**opts, "default": base, "gputuned": tuned})
-    for objective in ("energy_slowdown", "throughput"):
-        cases = [c for c in out["cases"] if c["objective"] == objective]
-        out[objective] = {
-            key: float(np.median([c["gputuned"][key] / c["default"][key] for c in cases]))
-            for key in ("energy_per_sample_ratio", "throughput_ratio", "goodput_ratio")
-        }
+            for prof, g in (("v100", 1), ("a40", 2)):
+                out.append({"workload": wl, "profile": prof, "gpus": g, "objective": objective})
     return out
 
 
+def evaluate(paths: list[Path], horizon: int) -> dict[str, Any]:
+    choosers: dict[str, Any] = {"climber": "climber"} | {p.stem if len(paths) == 1 else str(p): NumpyPolicy.load(p)
+                                                           for p in paths}
+    env = SimNodeEnv(horizon=horizon, workloads=TRAINING_WORKLOADS + HELD_OUT_WORKLOADS)
+    rows = []
+    for c in cases():
+        opts = c | {"noise": 0.0} | ({"max_slowdown": 0.03} if c["objective"] != "throughput" else {})
+        base = episode(env, opts, None, seed=11)
+        row = dict(c)
+        for name, ch in choosers.items():
+            r = episode(env, opts, ch, seed=11)
+            row[name] = {"energy": r["energy"] / base["energy"], "time": r["time"] / base["time"]}
+        rows.append(row)
+    summary: dict[str, Any] = {}
+    for objective in ("energy_slowdown", "throughput"):
+        for group, wls in (("trained", TRAINING_WORKLOADS), ("held_out", HELD_OUT_WORKLOADS)):
+            sel = [r for r in rows if r["objective"] == objective and r["workload"] in wls]
+            for name in choosers:
+                e = statistics.median(r[name]["energy"] for r in sel)
+                t = statistics.median(r[name]["time"] for r in sel)
+                if objective == "throughput":
+                    met = sum(r[name]["time"] < 1.0 for r in sel)
+                else:
+                    met = sum(r[name]["energy"] <= 0.70 and r[name]["time"] <= 1.03 for r in sel)
+                summary[f"{objective}/{group}/{name}"] = {"energy": round(e, 3), "time": round(t, 3),
+                                                          "goal_met": f"{met} of {len(sel)}"}
+    return {"summary": summary, "rows": rows}
+
+
 def main() -> int:
-    if len(sys.argv) >= 4 and sys.argv[1] == "train":
+    args = sys.argv[1:]
+    if len(args) >= 3 and args[0] == "train":
+        import logging
+
         from gputuned.tuner.train import train_sim
 
-        train_sim(int(sys.argv[3]), Path(sys.argv[2]), progress_bar=False)
+        logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("gputuned.tuner.train").setLevel(logging.INFO)
+        logging.getLogger("gputuned.tuner.guard").setLevel(logging.ERROR)
+        train_sim(int(args[2]), Path(args[1]), progress_bar=False, clone_steps=int(args[3]) if len(args) > 3 else 12_000)
         return 0
-    if len(sys.argv) == 3 and sys.argv[1] == "eval":
-        doc = evaluate(Path(sys.argv[2]))
-        print(json.dumps({k: v for k, v in doc.items() if k != "cases"}, indent=1))
+    if len(args) == 3 and args[0] == "export":
+        from stable_baselines3 import PPO
+
+        from gputuned.tuner.policy_numpy import from_sb3
+
+        from_sb3(PPO.load(args[1], device="cpu")).save(Path(args[2]))
+        return 0
+    if len(args) >= 2 and args[0] == "eval":
+        horizon = int(args[args.index("--horizon") + 1]) if "--horizon" in args else 90
+        paths = [Path(a) for a in args[1:] if a.endswith(".npz")]
+        doc = evaluate(paths, horizon)
+        if "--json" in args:
+            print(json.dumps(doc, indent=1))
+        else:
+            for k, v in doc["summary"].items():
+                print(f"{k:45s} energy {v['energy']:.3f} time {v['time']:.3f} goal {v['goal_met']}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -49,6 +49,7 @@ class ExperimentSpec:
     chooser: str = "auto"
     policy: str | None = None
     forecast: str | None = "linear"  # forecast fitter (linear, prophet); None: no forecasting, no alerts
+    all_ranks: bool = False  # every rank reports (per-rank compute times: the tuner's Perseus controller acts)
 
     def slowdown(self) -> float:
         return DEFAULT_SLOWDOWN[self.objective] if self.max_slowdown is None else self.max_slowdown
@@ -57,12 +58,14 @@ class ExperimentSpec:
 class _JobEndpoint:
     """The simulated job's side of the control socket: reports out, batch decisions in."""
 
-    def __init__(self, backend: Any, client: Any) -> None:
+    def __init__(self, backend: Any, client: Any, others: list[Any] | None = None) -> None:
         self.backend, self.client = backend, client
+        self.others = others or []  # clients of ranks 1.. (their own compute times)
         self.last_steps = 0.0
         self.decisions = 0
 
-    def report(self) -> None:
+    def report(self) -> int:
+        """Send every rank's report; returns how many were sent."""
         from gputuned.collectors.sim.trainer import report_message_stats
 
         job = self.backend.job
@@ -70,6 +73,12 @@ class _JobEndpoint:
         steps = max(1, int(job.steps_total - self.last_steps))
         self.last_steps = job.steps_total
         self.client.report(int(job.steps_total), steps, stats)
+        for rank, client in enumerate(self.others, start=1):
+            r = job.rank_stats()[rank]
+            client.report(int(job.steps_total), steps, {
+                "step_time_s": job.step_s, "compute_time_s": r["compute_time_s"], "data_wait_s": r["data_wait_s"],
+                "batch_size": float(job.batch_size)})
+        return 1 + len(self.others)
 
     def apply(self, wait_s: float) -> int:
         """Apply decisions, waiting up to ``wait_s`` for the first; returns how many."""
@@ -192,20 +201,23 @@ def run_once(
         loop.add_hook(c.tick)
     client = DaemonClient(str(sockdir / "control.sock"), job=JOB, rank=0, world_size=job.world_size,
                           batch_size=job.batch_size, batch_mode="global", backoff_s=(0.01, 0.1))
-    endpoint = _JobEndpoint(backend, client)
+    others = [DaemonClient(str(sockdir / "control.sock"), job=JOB, rank=r, world_size=job.world_size,
+                           batch_size=job.batch_size, batch_mode="global", backoff_s=(0.01, 0.1))
+              for r in range(1, job.world_size)] if spec.all_ranks else []
+    endpoint = _JobEndpoint(backend, client, others)
     reached_at: float | None = None
     energy0 = sum(backend.energy_j)
     emit({"t": ORIGIN, "kind": "start", "tuned": tuned, "spec": asdict(spec)})
     try:
-        if not client.wait_connected(10.0):
+        if not all(c.wait_connected(10.0) for c in [client, *others]):
             raise RuntimeError("the simulated job could not connect to the control socket")
         n_ticks = int(round(spec.duration_s / spec.tick_s))
         for k in range(n_ticks):
             clock.advance(spec.tick_s)
             backend.sync()
             before = control.reports_total
-            endpoint.report()
-            _wait(lambda b=before: control.reports_total > b, 2.0)  # type: ignore[misc]
+            sent = endpoint.report()
+            _wait(lambda b=before + sent - 1: control.reports_total > b, 2.0)  # type: ignore[misc]
             loop.tick()
             pending = getattr(tuner, "_pending", None) if tuner else None
             if pending is not None and endpoint.apply(2.0):
@@ -216,7 +228,8 @@ def run_once(
                 progress("on" if tuned else "off", (k + 1) / n_ticks)
         duration = clock.now()
         energy = sum(backend.energy_j) - energy0
-        final = {"power_limit_w": [d.power_limit_mw / 1000.0 for d in backend.devices], "batch_size": job.batch_size}
+        final = {"power_limit_w": [d.power_limit_mw / 1000.0 for d in backend.devices], "batch_size": job.batch_size,
+                 "sm_clock_mhz": [d.sm_clock_mhz for d in backend.devices]}
         if tuner is not None:
             tuner.stop()
             endpoint.apply(1.0)
@@ -227,7 +240,8 @@ def run_once(
         emit({"t": ORIGIN + duration, "kind": "restored" if restored else "restore_failed", "knob": "power_limit",
               "target": "all", "value": backend.devices[0].power_limit_mw / 1000.0})
     finally:
-        client.close()
+        for c in [client, *others]:
+            c.close()
         control.stop()
         if forecasting is not None:
             forecasting.stop()

@@ -2,12 +2,16 @@
 
 Every ``interval_s`` it measures the last interval from the store (GPU energy counters, power,
 clocks, limits; the job leader's reports: samples, goodput, batch size), builds the
-observation of :class:`gputuned.tuner.sim_env.SimNodeEnv` against a reference interval measured
-at the job's own settings, asks the chooser for a move (power limit one step of 5% of the range
-down/keep/up on every GPU, global batch size halve/keep/double), passes each knob value
-through the :class:`SafetyGuard`, applies power limits through the :class:`Actuator` and batch
-sizes as control-socket decisions, and asks the guard to judge the previous move (rollback).
-Every action, refusal and rollback becomes an event (``on_event``) and a sample.
+observation (:class:`gputuned.daemon.tuning_policy.LiveObserver`, the one
+:class:`gputuned.tuner.sim_env.SimNodeEnv` trains on) against a reference interval measured at
+the job's own settings, asks the chooser (the learned policy, or the climber) for a move (power
+limit one step of 5% of the range down/keep/up on every GPU, global batch size
+halve/keep/double), passes each knob value through the :class:`SafetyGuard`, applies power
+limits through the :class:`Actuator` and batch sizes as control-socket decisions, and asks the
+guard to judge the previous move (rollback). With more than one rank reporting compute times,
+the Perseus controller (:mod:`gputuned.tuner.perseus`) lowers the limits of GPUs with slack
+below the job-wide limit; the critical GPU keeps it. Every action, refusal and rollback becomes
+an event (``on_event``) and a sample.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from gputuned.collectors import families as F
 from gputuned.collectors.device import ClockEventReason
 from gputuned.collectors.families import Labels, Sample, declare
 from gputuned.daemon.store import Store
-from gputuned.daemon.tuning_policy import Chooser, make_chooser
+from gputuned.daemon.tuning_policy import Chooser, LiveObserver, make_chooser, split
 from gputuned.tuner.guard import DEFAULT_PAUSE_FILE, GuardConfig, SafetyGuard
+from gputuned.tuner.perseus import RankTiming, SlackConfig, plan_power_limits
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ GOODPUT_RATIO = declare("gputuned_tuner_goodput_ratio", "gauge", "Goodput over t
 LAST_ACTION = declare("gputuned_tuner_last_action_timestamp_seconds", "gauge", "When the tuner last changed a knob.")
 DECISIONS = declare("gputuned_tuner_decisions_total", "counter", "Tuner decision intervals run, by chosen move.")
 TRAINER_LABEL_RANK = "0"
+CHOOSERS = ("learned", "climber")
 POWER_CAP = int(ClockEventReason.SW_POWER_CAP)
 
 
@@ -50,12 +56,14 @@ class TuningConfig:
     interval_s: float = 20.0
     max_slowdown: float = 0.03
     job: str | None = None  # None: the first job with a connected leader
-    policy: Path | None = None  # a SimNodeEnv numpy policy; None: the packaged one if any, else the climber
-    chooser: str = "auto"  # auto, policy or climb
+    # "learned" (the packaged numpy policy), "climber", or a policy file (.npz); None: ``chooser`` decides
+    policy: str | Path | None = None
+    chooser: str = "auto"  # auto (learned if the packaged policy loads and is the default), learned, climber
+    perseus: bool = True  # lower GPUs with slack when several ranks report compute times
     tune_power: bool = True
     tune_batch: bool = True
     pause_file: Path | None = DEFAULT_PAUSE_FILE  # the kill switch `gputuned tuner pause` sets
-    horizon: int = 30
+    horizon: int = 30  # unused since the observation's early-phase feature (kept so configs still load)
     eta: float = 0.5  # weight of energy in the ``cost`` objective (Zeus)
 
     def __post_init__(self) -> None:
@@ -65,6 +73,18 @@ class TuningConfig:
             raise ValueError(f"tuner.interval_s: must be positive, got {self.interval_s}")
         if not 0.0 <= self.max_slowdown < 1.0:
             raise ValueError(f"tuner.max_slowdown: must be in [0, 1), got {self.max_slowdown}")
+        if self.chooser not in ("auto", "policy", "climb", *CHOOSERS):
+            raise ValueError(f"tuner.chooser: unknown {self.chooser!r} (auto, {', '.join(CHOOSERS)})")
+        if isinstance(self.policy, str) and not self.policy.endswith(".npz") and self.policy not in CHOOSERS:
+            raise ValueError(f"tuner.policy: expected \"learned\", \"climber\" or a .npz file, got {self.policy!r}")
+
+    def chooser_kind(self) -> tuple[str, Path | None]:
+        """(auto | learned | climber, policy file or None) from ``policy`` and ``chooser``."""
+        if self.policy is None:
+            return self.chooser, None
+        if str(self.policy) in CHOOSERS:
+            return str(self.policy), None
+        return "learned", Path(self.policy)
 
 
 class BatchDecider(Protocol):
@@ -190,6 +210,8 @@ class TuningComponent:
         self._last: Interval | None = None
         self._last_action_t = 0.0
         self.decisions: dict[str, int] = {}
+        self.observer = self._new_observer()
+        self._slack_w: dict[int, float] = {}  # Perseus: watts below the job-wide limit, per GPU
 
     # -- component ------------------------------------------------------------------
     def start(self) -> None:
@@ -291,7 +313,11 @@ class TuningComponent:
 
     # -- deciding -----------------------------------------------------------------------
     def _new_chooser(self) -> Chooser:
-        return make_chooser(self.cfg.chooser, self.cfg.policy, self.cfg.objective, self.cfg.max_slowdown)
+        kind, path = self.cfg.chooser_kind()
+        return make_chooser(kind, path, self.cfg.objective, self.cfg.max_slowdown)
+
+    def _new_observer(self) -> LiveObserver:
+        return LiveObserver(self.cfg.objective != "throughput", self.cfg.max_slowdown)
 
     def _job_gone(self, run: _Run) -> bool:
         """The tuned job's leader disconnected (a job named in the config is waited for instead)."""
@@ -307,6 +333,8 @@ class TuningComponent:
         if self._own_chooser and self.decisions:  # a new job: a fresh chooser and OOM ceiling
             self.chooser = self._new_chooser()
             self.guard.oom_ceiling = None
+        self.observer = self._new_observer()
+        self._slack_w = {}
         run.b0 = int(self._trainer("gputuned_trainer_batch_size", job) or 0)
         run.limit_w = float(self.store.value(F.GPU_POWER_LIMIT, self._gpus[0].labels) or self._gpus[0].hi_w)
         self._mark(now, run)
@@ -314,20 +342,17 @@ class TuningComponent:
         self._emit(now, "job", "batch_size", "job", run.b0, job=job, power_limit_w=run.limit_w)
 
     def observation(self, m: Interval, run: _Run) -> np.ndarray:
-        """The SimNodeEnv observation of one measured interval."""
+        """The observation of one measured interval (advances the observer's memory)."""
         ref = run.ref or m
         g0 = self._gpus[0]
         ref_eps = ref.eps if math.isfinite(ref.eps) and ref.eps > 0 else 1.0
         eps = m.eps if math.isfinite(m.eps) else 5.0 * ref_eps
-        energy_like = self.cfg.objective != "throughput"
-        obs = [
-            run.limit_w / g0.hi_w, m.power_w / max(run.limit_w, 1e-9), m.power_w / g0.hi_w, m.sm_ratio, float(m.capped),
-            math.log2(max(m.batch, 1) / max(run.b0, 1)) / 4.0,
-            m.throughput / max(ref.throughput, 1e-9) - 1.0, m.goodput / max(ref.goodput, 1e-9) - 1.0,
-            eps / ref_eps - 1.0, m.eff - 1.0, min(run.t, self.cfg.horizon) / self.cfg.horizon, float(run.oom),
-            1.0 if energy_like else 0.0, self.cfg.max_slowdown * 10.0,
-        ]
-        return np.clip(np.asarray(obs, dtype=np.float32), -5.0, 5.0)
+        return self.observer.observe(
+            limit_share=run.limit_w / g0.hi_w, power_w=m.power_w, limit_w=run.limit_w, max_w=g0.hi_w,
+            sm_ratio=m.sm_ratio, capped=m.capped, batch=m.batch, b0=run.b0,
+            throughput_ratio=m.throughput / max(ref.throughput, 1e-9), goodput_ratio=m.goodput / max(ref.goodput, 1e-9),
+            eps_ratio=eps / ref_eps, eff=m.eff, oom=run.oom,
+        )
 
     def cost_rate(self, m: Interval, run: _Run) -> float:
         """What the objective minimises, per effective sample (lower is better)."""
@@ -358,49 +383,97 @@ class TuningComponent:
             return
         run.t += 1
         action = int(self.chooser(self.observation(m, run)))
-        dp, db = action // 3 - 1, action % 3 - 1
+        dp, db = split(action)
         key = f"p{dp:+d}b{db:+d}"
         self.decisions[key] = self.decisions.get(key, 0) + 1
         run.oom = False
+        done_p = done_b = 0
         if dp and self.cfg.tune_power:
             g0 = self._gpus[0]
             step = 0.05 * (g0.hi_w - g0.lo_w)
             target = float(np.clip(run.limit_w + dp * step, g0.lo_w, g0.hi_w))
-            if target != run.limit_w:
-                self._set_power(now, run, target, rate)
-        if db and self.cfg.tune_batch and self.decider is not None and self._pending is None:
-            self._set_batch(now, run, int(m.batch * (2.0 if db > 0 else 0.5)), m.batch, rate)
+            if target != run.limit_w and self._set_power(now, run, target, rate):
+                done_p = dp
+        if (db and self.cfg.tune_batch and self.decider is not None and self._pending is None
+                and self._set_batch(now, run, int(m.batch * (2.0 if db > 0 else 0.5)), m.batch, rate)):
+            done_b = db
+        self.observer.moved(done_p, done_b)
+        if self.cfg.perseus and self.cfg.tune_power and not done_p:
+            self._perseus(now, run)
 
-    def _set_power(self, now: float, run: _Run, watts: float, rate: float, rollback: bool = False) -> None:
+    # -- Perseus: GPUs off the critical path ----------------------------------------------
+    def rank_timings(self, job: str) -> list[RankTiming]:
+        """Per-rank compute time from the job's reports; the k-th rank reporting here runs on the k-th GPU."""
+        ranks = []
+        for labels in self.store.series("gputuned_trainer_compute_seconds"):
+            d = dict(labels)
+            if d.get("job") == job and "rank" in d:
+                v = self.store.value("gputuned_trainer_compute_seconds", labels)
+                if v is not None and v > 0:
+                    ranks.append((int(d["rank"]), float(v)))
+        ranks.sort()
+        if len(ranks) < 2 or len(ranks) != len(self._gpus):
+            return []
+        return [RankTiming(r, str(g.index), c, 0.0) for (r, c), g in zip(ranks, self._gpus, strict=True)]
+
+    def _perseus(self, now: float, run: _Run) -> None:
+        timings = self.rank_timings(run.job)
+        if not timings:
+            return
+        g0 = self._gpus[0]
+        step = 0.05 * (g0.hi_w - g0.lo_w)
+        by = {str(g.index): g for g in self._gpus}
+        current = {k: run.limit_w - self._slack_w.get(g.index, 0.0) for k, g in by.items()}
+        bounds = {k: (g.lo_w, run.limit_w) for k, g in by.items()}
+        new = plan_power_limits(timings, current, bounds, SlackConfig(step_w=step))
+        for k, watts in new.items():
+            g = by[k]
+            if abs(watts - current[k]) < 1e-6:
+                continue
+            d = self.guard.propose("power_limit", k, watts, now)
+            if not d.allowed:
+                self._emit(now, "refused", "power_limit", k, watts, reason=d.reason)
+                continue
+            if getattr(self.actuator.set_power_limit(g.index, watts), "ok", False):
+                self.guard.commit("power_limit", k, watts, now)
+                self._slack_w[g.index] = run.limit_w - watts
+                self._last_action_t = now
+                self._emit(now, "action", "power_limit", k, watts, previous=current[k], reason="perseus_slack")
+
+    def _set_power(self, now: float, run: _Run, watts: float, rate: float, rollback: bool = False) -> bool:
         d = self.guard.propose("power_limit", "all", watts, now) if not rollback else None
         if d is not None and not d.allowed:
             self._emit(now, "refused", "power_limit", "all", watts, reason=d.reason)
-            return
-        done = [g.index for g in self._gpus if getattr(self.actuator.set_power_limit(g.index, watts), "ok", False)]
+            return False
+        done = [g.index for g in self._gpus
+                if getattr(self.actuator.set_power_limit(g.index, max(g.lo_w, watts - self._slack_w.get(g.index, 0.0))),
+                           "ok", False)]
         if not done:
             self._emit(now, "failed", "power_limit", "all", watts)
-            return
+            return False
         previous, run.limit_w = run.limit_w, watts
         if not rollback:
             self.guard.commit("power_limit", "all", watts, now, baseline=rate)
         self._last_action_t = now
         self._emit(now, "rollback" if rollback else "action", "power_limit", "all", watts, previous=previous, gpus=done)
+        return True
 
-    def _set_batch(self, now: float, run: _Run, batch: int, previous: int, rate: float, rollback: bool = False) -> None:
+    def _set_batch(self, now: float, run: _Run, batch: int, previous: int, rate: float, rollback: bool = False) -> bool:
         assert self.decider is not None
         if not rollback:
             d = self.guard.propose("batch_size", "job", batch, now)
             if not d.allowed:
                 self._emit(now, "refused", "batch_size", "job", batch, reason=d.reason)
-                return
+                return False
         try:
             ident = self.decider.send_decision(run.job, {"batch_size": batch})
         except (LookupError, ValueError) as e:
             self._emit(now, "failed", "batch_size", "job", batch, reason=str(e))
-            return
+            return False
         self._pending = _Pending(ident, batch, previous, now)
         self._rate_before = None if rollback else rate
         self._emit(now, "rollback" if rollback else "decision", "batch_size", "job", batch, previous=previous, ident=ident)
+        return True
 
     def _check_pending(self, now: float) -> None:
         p, run = self._pending, self._run
@@ -432,6 +505,7 @@ class TuningComponent:
         hook = getattr(self.chooser, "rolled_back", None)
         if hook is not None:
             hook(knob)
+        self.observer.rolled_back()
         if knob == "power_limit":
             self._set_power(now, run, value, 0.0, rollback=True)
         elif knob == "batch_size" and self.decider is not None and self._last is not None:

@@ -1,19 +1,26 @@
-"""Choosers for the live tuner: the learned numpy policy, or an explicit climber.
+"""Choosers for the live tuner: the learned numpy policy, or an explicit climber, on one observation.
 
-Both map the :class:`gputuned.tuner.sim_env.SimNodeEnv` observation (14 floats) to one of its
-9 moves, ``action = 3 * (power move + 1) + (batch move + 1)``, moves in {-1, 0, +1}.
+The observation is built by :class:`LiveObserver` from one measured decision interval, the same
+way in the daemon (:class:`gputuned.daemon.tuning.TuningComponent`) and in training
+(:class:`gputuned.tuner.sim_env.SimNodeEnv`); a move is one of 9 actions,
+``action = 3 * (power move + 1) + (batch move + 1)``, moves in {-1, 0, +1} (power limit one
+step of 5% of the range on every GPU; global batch size halve/keep/double).
 
-:class:`ClimbChooser` is a small state machine for when no policy for that observation ships
-(or to compare against one). Energy objectives: the power limit steps down while goodput stays
-above the slowdown budget and energy per sample keeps falling, and steps up when goodput falls
-under it; once the limit has settled, a doubled batch size is tried once (kept if energy per
-sample falls and goodput stays within budget, undone otherwise), then a halved one. Throughput:
-the limit goes to its maximum, then batch size climbs while goodput rises.
+:class:`ClimbChooser` is a small state machine. Energy objectives: the power limit steps down
+while goodput stays above the slowdown budget and energy per sample keeps falling, and steps up
+when goodput falls under it; once the limit has settled, a doubled batch size is tried (kept if
+energy per sample falls and goodput stays within budget, undone otherwise), then a halved one.
+Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
+
+:class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
+climber's proposal (2 features, a residual design: the policy learns when to follow the rule
+and when to overrule it) and picks the move; the guard keeps its bounds, rate limits and rollback.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +29,15 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 STAY = 4
-#: Where ``gputuned tuner train --sim`` puts the simulated-node policy in the package.
+N_ACTIONS = 9
+#: Where ``bench/tuner_sim_eval.py train`` puts the simulated-node policy in the package.
 PACKAGED_SIM_POLICY = Path(__file__).resolve().parent.parent / "tuner" / "data" / "policy_sim.npz"
-SIM_OBS_DIM = 14
+#: Observation features measured from one interval (see :class:`LiveObserver`).
+BASE_OBS_DIM = 19
+#: The learned policy's input: the base observation and the climber's proposed (power, batch) move.
+SIM_OBS_DIM = BASE_OBS_DIM + 2
+#: Intervals after which the observation's "early phase" feature saturates.
+EARLY_INTERVALS = 20
 
 
 def move(dp: int, db: int) -> int:
@@ -32,8 +45,61 @@ def move(dp: int, db: int) -> int:
     return 3 * (dp + 1) + (db + 1)
 
 
+def split(action: int) -> tuple[int, int]:
+    """The (power move, batch move) of an action index."""
+    return action // 3 - 1, action % 3 - 1
+
+
+class LiveObserver:
+    """The observation of one decision interval, and the memory of the move that led to it.
+
+    Features (all relative to the reference interval at the job's own settings): 0 limit / max
+    limit, 1 power / limit, 2 power / max limit, 3 SM clock / max, 4 power-cap throttle bit,
+    5 log2(batch / b0) / 4, 6 throughput ratio - 1, 7 goodput ratio - 1, 8 energy per effective
+    sample ratio - 1, 9 statistical efficiency - 1, 10 early phase (intervals / 20, capped at 1),
+    11 out-of-memory on the last batch move, 12 energy objective, 13 slowdown budget x 10, 14-15
+    the last (power, batch) move made, 16-17 change of energy per sample and goodput ratios since
+    the previous interval (x 10), 18 the guard rolled the last move back.
+    """
+
+    def __init__(self, energy_objective: bool, max_slowdown: float) -> None:
+        self.energy = energy_objective
+        self.max_slowdown = max_slowdown
+        self.t = 0
+        self.last = (0, 0)
+        self.rolled = False
+        self.prev: tuple[float, float] | None = None
+
+    def observe(
+        self, *, limit_share: float, power_w: float, limit_w: float, max_w: float, sm_ratio: float, capped: bool,
+        batch: int, b0: int, throughput_ratio: float, goodput_ratio: float, eps_ratio: float, eff: float, oom: bool,
+    ) -> np.ndarray:
+        """The base observation (``BASE_OBS_DIM`` floats in [-5, 5])."""
+        eps_ratio = eps_ratio if math.isfinite(eps_ratio) else 5.0
+        d_eps, d_good = (0.0, 0.0) if self.prev is None else (eps_ratio - self.prev[0], goodput_ratio - self.prev[1])
+        obs = [
+            limit_share, power_w / max(limit_w, 1e-9), power_w / max(max_w, 1e-9), sm_ratio, float(capped),
+            math.log2(max(batch, 1) / max(b0, 1)) / 4.0, throughput_ratio - 1.0, goodput_ratio - 1.0, eps_ratio - 1.0,
+            eff - 1.0, min(self.t, EARLY_INTERVALS) / EARLY_INTERVALS, float(oom), 1.0 if self.energy else 0.0,
+            self.max_slowdown * 10.0, float(self.last[0]), float(self.last[1]), 10.0 * d_eps, 10.0 * d_good,
+            float(self.rolled),
+        ]
+        self.prev = (eps_ratio, goodput_ratio)
+        self.t += 1
+        self.last, self.rolled = (0, 0), False
+        return np.clip(np.asarray(obs, dtype=np.float32), -5.0, 5.0)
+
+    def moved(self, dp: int, db: int) -> None:
+        """The move made after the last observation (what the guard let through)."""
+        self.last = (dp, db)
+
+    def rolled_back(self) -> None:
+        """The guard undid the last move: the next observation says so."""
+        self.last, self.rolled = (0, 0), True
+
+
 class Chooser:
-    """Maps an observation to an action index."""
+    """Maps a base observation to an action index."""
 
     name = "chooser"
 
@@ -41,22 +107,10 @@ class Chooser:
         raise NotImplementedError
 
 
-class PolicyChooser(Chooser):
-    """The learned policy (numpy inference of weights exported from stable-baselines3)."""
-
-    name = "policy"
-
-    def __init__(self, policy: Callable[[np.ndarray], int]) -> None:
-        self.policy = policy
-
-    def __call__(self, obs: np.ndarray) -> int:
-        return int(self.policy(obs))
-
-
 class ClimbChooser(Chooser):
     """Explicit hill climber over the power limit and the batch size (see module doc)."""
 
-    name = "climb"
+    name = "climber"
 
     def __init__(self, objective: str, max_slowdown: float, margin: float = 0.004, max_probes: int = 2) -> None:
         self.energy = objective != "throughput"
@@ -100,6 +154,16 @@ class ClimbChooser(Chooser):
             self.direction = -self.direction
             self.state, self.probe_from = "power", None
         self.last_dp = 0
+
+    def taken(self, action: int, suggested: int) -> None:
+        """The move actually made was ``action`` (a learned policy overruled ``suggested``): resync the state."""
+        if action == suggested:
+            return
+        if self.state == "probe" and suggested != action:  # the probe it asked for did not happen
+            self.probes[self.direction] = max(0, self.probes[self.direction] - 1)
+            self.state, self.probe_from = "power", None
+        self.last_dp = action // 3 - 1
+        self.settled = 0
 
     def _energy_power(self, limit: float, goodput: float, eps: float) -> int:
         if self.prev_limit is not None and abs(limit - self.prev_limit) > 1e-6:
@@ -148,22 +212,72 @@ class ClimbChooser(Chooser):
         return move(0, -d)
 
 
-def make_chooser(kind: str, policy: Path | None, objective: str, max_slowdown: float) -> Chooser:
-    """``policy``: the numpy policy (``policy`` or the packaged one); ``climb``; ``auto``: policy if one exists."""
-    if kind not in ("auto", "policy", "climb"):
-        raise ValueError(f"tuner.chooser: unknown {kind!r} (auto, policy, climb)")
-    if kind != "climb":
-        path = policy or PACKAGED_SIM_POLICY
-        if path.is_file():
-            from gputuned.tuner.policy_numpy import NumpyPolicy
+class LearnedChooser(Chooser):
+    """The learned policy (numpy weights exported from stable-baselines3), the climber as its adviser."""
 
-            pol = NumpyPolicy.load(path)
-            if pol.obs_dim == SIM_OBS_DIM:
-                logger.info("tuner: numpy policy %s", path)
-                return PolicyChooser(pol)
-            if kind == "policy":
-                raise ValueError(f"{path}: policy expects {pol.obs_dim} observations, the live tuner gives {SIM_OBS_DIM}")
-        elif kind == "policy":
-            raise FileNotFoundError(f"{path}: no such policy file")
+    name = "learned"
+
+    def __init__(self, policy: Callable[[np.ndarray], int], objective: str, max_slowdown: float) -> None:
+        self.policy = policy
+        self.adviser = ClimbChooser(objective, max_slowdown)
+
+    def __call__(self, obs: np.ndarray) -> int:
+        full, suggested = advise(self.adviser, obs)
+        action = int(self.policy(full))
+        if not 0 <= action < N_ACTIONS:
+            action = STAY
+        self.adviser.taken(action, suggested)
+        return action
+
+    def rolled_back(self, knob: str) -> None:
+        """Forward the guard's rollback to the adviser."""
+        self.adviser.rolled_back(knob)
+
+
+#: Kept for callers of the first live-tuner version.
+PolicyChooser = LearnedChooser
+
+
+def advise(climber: ClimbChooser, obs: np.ndarray) -> tuple[np.ndarray, int]:
+    """The policy input: ``obs`` (base features) and the climber's proposed move; returns it and the proposal."""
+    suggested = int(climber(obs))
+    dp, db = split(suggested)
+    return np.concatenate([obs[:BASE_OBS_DIM], np.asarray([dp, db], dtype=np.float32)]).astype(np.float32), suggested
+
+
+def load_learned(path: Path | None = None) -> Callable[[np.ndarray], int]:
+    """The numpy policy at ``path`` (default: the packaged one); raises ValueError on a wrong input size."""
+    from gputuned.tuner.policy_numpy import NumpyPolicy
+
+    path = path or PACKAGED_SIM_POLICY
+    pol = NumpyPolicy.load(path)
+    if pol.obs_dim != SIM_OBS_DIM:
+        raise ValueError(f"{path}: policy expects {pol.obs_dim} observations, the live tuner gives {SIM_OBS_DIM}")
+    return pol
+
+
+def make_chooser(kind: str, policy: Path | None, objective: str, max_slowdown: float) -> Chooser:
+    """``learned``: the numpy policy (``policy`` or the packaged one); ``climber``; ``auto``: learned if it loads.
+
+    ``policy`` and ``climb`` are accepted as the older names of ``learned`` and ``climber``.
+    """
+    kind = {"policy": "learned", "climb": "climber"}.get(kind, kind)
+    if kind not in ("auto", "learned", "climber"):
+        raise ValueError(f"tuner.policy: unknown {kind!r} (learned, climber)")
+    if kind == "learned" or (kind == "auto" and LEARNED_BY_DEFAULT):
+        try:
+            pol = load_learned(policy)
+        except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+            if kind == "learned":
+                raise
+            logger.warning("tuner: learned policy not used (%s); climbing chooser instead", e)
+        else:
+            logger.info("tuner: learned policy %s", policy or PACKAGED_SIM_POLICY)
+            return LearnedChooser(pol, objective, max_slowdown)
     logger.info("tuner: climbing chooser (objective %s)", objective)
     return ClimbChooser(objective, max_slowdown)
+
+
+#: Whether ``auto`` picks the packaged learned policy (true only while it is at least as good as
+#: the climber on the closed-loop headline, docs/benchmarks.md).
+LEARNED_BY_DEFAULT = False

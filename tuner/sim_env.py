@@ -1,21 +1,28 @@
 """Gymnasium environment on the simulated GPU node (physics backend), with domain randomisation.
 
 An episode builds a node with ``build_sim_node`` from a random GPU profile, workload, GPU
-count and seed, measures the default configuration for one interval (the baseline the daemon
-records when a job starts), then lets the agent move the power limit (all GPUs, one step of
-5% of the range) and the global batch size (halve, keep, double) every interval. Ranks with
-slack additionally get the Perseus controller's lower limits. Observations are normalised
-NVML readings and trainer report statistics only. Rewards:
+count, seed, objective, slowdown budget and measurement noise, measures the default
+configuration for one interval (the reference the daemon records when a job starts), then
+each step is one decision of the live tuner: the move (power limit one step of 5% of the range
+on every GPU, global batch size halve/keep/double) goes through a :class:`SafetyGuard` set up
+as in the daemon (an oversize batch is an OOM event, and that size is never proposed again),
+one interval runs, and the guard judges the move against the cost rate before it: a move that
+made the cost rate worse beyond noise is rolled back and another interval runs at the restored
+setting (both intervals count in the reward). Observations are built by the daemon's own
+:class:`gputuned.daemon.tuning_policy.LiveObserver` from what the daemon measures, plus the
+climber's proposal (:func:`gputuned.daemon.tuning_policy.advise`). Reward per interval:
 
-- ``energy_slowdown``: 1 - energy per effective sample / baseline's, minus 10 x the throughput
-  shortfall beyond the allowed slowdown;
-- ``throughput``: goodput / baseline goodput - 1.
+- ``energy_slowdown``: 1 - energy per effective sample / reference's, minus 10 x the goodput
+  shortfall beyond the slowdown budget (the objective the headline judges: energy to target at
+  a bounded time to target);
+- ``throughput``: goodput / reference goodput - 1.
+
+Episodes are truncated (not terminated) at ``horizon``: a live job has no end the policy sees.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,33 +31,45 @@ import numpy as np
 from gymnasium import spaces
 
 from gputuned.collectors.device import ClockEventReason
+from gputuned.daemon.tuning_policy import (
+    N_ACTIONS,
+    SIM_OBS_DIM,
+    ClimbChooser,
+    LiveObserver,
+    advise,
+    split,
+)
+from gputuned.tuner.guard import GuardConfig, SafetyGuard
 from gputuned.tuner.perseus import RankTiming, SlackConfig, plan_power_limits
 
 logger = logging.getLogger(__name__)
 
 SIM_OBJECTIVES = ("energy_slowdown", "throughput")
-SIM_OBS_DIM = 14
+#: Slowdown budgets drawn for ``energy_slowdown`` (the daemon runs ``energy`` and ``cost`` at 10%).
+BUDGETS = (0.03, 0.05, 0.10)
+TRAINING_WORKLOADS = (
+    "cifar100-shufflenetv2", "imagenet-resnet50", "librispeech-deepspeech2", "movielens-ncf", "sentiment140-bert",
+    "squad-bert",
+)
 #: Held out of training, to judge generalisation to workloads never seen.
 HELD_OUT_WORKLOADS = ("vit-b16-imagenet", "gpt2-small-openwebtext", "dlrm-criteo")
+NOISE_GUARD = 0.02  # the noise the daemon assumes when judging a move
 
 
 class SimNodeEnv(gym.Env):
-    """Power-limit and batch-size tuning on a simulated node; one step is one decision interval."""
+    """The live tuner's decisions on a simulated node; one step is one decision interval."""
 
     metadata = {"render_modes": []}
 
     def __init__(
         self,
         profiles: Sequence[str] = ("a100", "h100", "v100", "a40", "rtx6000", "p100"),
-        workloads: Sequence[str] = (
-            "cifar100-shufflenetv2", "imagenet-resnet50", "librispeech-deepspeech2",
-            "movielens-ncf", "sentiment140-bert", "squad-bert",
-        ),
+        workloads: Sequence[str] = TRAINING_WORKLOADS,
         objectives: Sequence[str] = SIM_OBJECTIVES,
         gpus: Sequence[int] = (1, 2, 4),
         interval_s: float = 20.0,
-        horizon: int = 30,
-        max_slowdown: float = 0.03,
+        horizon: int = 60,
+        max_slowdown: float | None = None,
         noise: float = 0.02,
     ) -> None:
         for name in objectives:
@@ -58,9 +77,11 @@ class SimNodeEnv(gym.Env):
                 raise ValueError(f"unknown sim objective {name!r} ({', '.join(SIM_OBJECTIVES)})")
         self.profiles, self.workloads, self.objectives = tuple(profiles), tuple(workloads), tuple(objectives)
         self.gpus, self.interval_s, self.horizon = tuple(gpus), interval_s, horizon
-        self.max_slowdown, self.noise = max_slowdown, noise
+        self.fixed_slowdown, self.noise_max = max_slowdown, noise
+        self.max_slowdown, self.noise = max_slowdown or 0.03, noise
         self.observation_space = spaces.Box(-5.0, 5.0, shape=(SIM_OBS_DIM,), dtype=np.float32)
-        self.action_space = spaces.Discrete(9)  # (power move, batch move) in {-1, 0, +1}^2
+        self.action_space = spaces.Discrete(N_ACTIONS)  # (power move, batch move) in {-1, 0, +1}^2
+        self.suggested = 4
 
     # -- measurement ---------------------------------------------------------------
     def _interval(self) -> dict[str, Any]:
@@ -78,33 +99,44 @@ class SimNodeEnv(gym.Env):
             RankTiming(int(r["rank"]), str(i), r["compute_time_s"], r["sync_wait_s"])
             for i, r in enumerate(self.backend.job.rank_stats())
         ]
+        eps = energy / max(goodput * self.interval_s, 1e-9)
         return {
-            "energy": energy, "samples": samples, "goodput": goodput, "cap": float(cap),
+            "energy": energy, "samples": samples, "goodput": goodput, "cap": cap, "eps": eps,
             "power": float(np.mean([d.power_mw for d in devs])) / 1000.0,
-            "sm": float(np.mean([d.sm_clock_mhz for d in devs])), "eff": stats.get("statistical_efficiency", 1.0),
+            "sm": float(np.mean([d.sm_clock_mhz for d in devs])), "eff": min(1.5, goodput / max(samples / self.interval_s, 1e-9)),
             "timings": timings,
         }
 
+    def _ratios(self, m: dict[str, Any]) -> tuple[float, float, float]:
+        """(throughput, goodput, energy per effective sample) over the reference's."""
+        return (m["samples"] / max(self.ref["samples"], 1e-9), m["goodput"] / max(self.ref["goodput"], 1e-9),
+                m["eps"] / self.ref_eps)
+
+    def cost_rate(self, m: dict[str, Any]) -> float:
+        """The daemon's cost rate for the guard (:meth:`TuningComponent.cost_rate`)."""
+        if self.objective == "throughput":
+            return 1.0 / max(m["goodput"], 1e-9)
+        short = max(0.0, (1.0 - self.max_slowdown) - self._ratios(m)[1])
+        return m["eps"] * (1.0 + 10.0 * short)
+
+    def reward(self, m: dict[str, Any]) -> float:
+        """Per-interval reward of the objective (see module doc)."""
+        _, good, eps = self._ratios(m)
+        if self.objective == "throughput":
+            return good - 1.0
+        return 1.0 - eps - 10.0 * max(0.0, (1.0 - self.max_slowdown) - good)
+
     def _obs(self, m: dict[str, Any]) -> np.ndarray:
         p = self.profile
-        eps = m["energy"] / max(m["goodput"] * self.interval_s, 1e-9)
-        obs = [
-            self.limit_w / p.power_limit_max_w,
-            m["power"] / self.limit_w,
-            m["power"] / p.power_limit_max_w,
-            m["sm"] / p.sm_clock_max_mhz,
-            m["cap"],
-            math.log2(self.job.batch_size / self.b0) / 4.0,
-            m["samples"] / max(self.ref["samples"], 1e-9) - 1.0,
-            m["goodput"] / max(self.ref["goodput"], 1e-9) - 1.0,
-            eps / self.ref_eps - 1.0,
-            m["eff"] - 1.0,
-            self.t / self.horizon,
-            float(self.oom),
-            1.0 if self.objective == "energy_slowdown" else 0.0,
-            self.max_slowdown * 10.0,
-        ]
-        return np.clip(np.asarray(obs, dtype=np.float32), -5.0, 5.0)
+        tput, good, eps = self._ratios(m)
+        base = self.observer.observe(
+            limit_share=self.limit_w / p.power_limit_max_w, power_w=m["power"], limit_w=self.limit_w,
+            max_w=p.power_limit_max_w, sm_ratio=m["sm"] / p.sm_clock_max_mhz, capped=m["cap"],
+            batch=self.job.batch_size, b0=self.b0, throughput_ratio=tput, goodput_ratio=good, eps_ratio=eps,
+            eff=m["eff"], oom=self.oom,
+        )
+        obs, self.suggested = advise(self.adviser, base)
+        return obs
 
     # -- gym API -------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
@@ -118,6 +150,11 @@ class SimNodeEnv(gym.Env):
         self.profile_name = opts.get("profile") or self.profiles[int(rng.integers(len(self.profiles)))]
         self.workload = opts.get("workload") or self.workloads[int(rng.integers(len(self.workloads)))]
         self.objective = opts.get("objective") or self.objectives[int(rng.integers(len(self.objectives)))]
+        if self.objective == "throughput":
+            self.max_slowdown = 0.03
+        else:
+            self.max_slowdown = float(opts.get("max_slowdown") or self.fixed_slowdown or BUDGETS[int(rng.integers(len(BUDGETS)))])
+        self.noise = float(opts["noise"]) if "noise" in opts else float(rng.uniform(0.0, self.noise_max))
         n_gpus = int(opts.get("gpus") or self.gpus[int(rng.integers(len(self.gpus)))])
         node_seed = int(rng.integers(1 << 30))
         batch: int | None = None
@@ -141,44 +178,86 @@ class SimNodeEnv(gym.Env):
         self.b0 = self.job.batch_size
         self.limit_w = self.profile.power_limit_default_w
         self.t, self.oom = 0, False
+        half = self.interval_s * 0.5
+        self.guard = SafetyGuard(GuardConfig(pause_file=None, settle_s=half, min_interval_s={
+            "power_limit": half, "sm_clock": half, "batch_size": half}))
+        energy_like = self.objective != "throughput"
+        self.observer = LiveObserver(energy_like, self.max_slowdown)
+        self.adviser = ClimbChooser(self.objective, self.max_slowdown)
+        self._slack_w: dict[int, float] = {}
         self.ref = self._interval()
-        self._last_timings: list[RankTiming] = self.ref["timings"]
-        self.ref_eps = self.ref["energy"] / max(self.ref["goodput"] * self.interval_s, 1e-9)
-        info = {"profile": self.profile_name, "workload": self.workload, "objective": self.objective}
+        self.ref_eps = self.ref["eps"]
+        self._last = self.ref
+        info = {"profile": self.profile_name, "workload": self.workload, "objective": self.objective,
+                "max_slowdown": self.max_slowdown}
         return self._obs(self.ref), info
 
-    def _apply(self, action: int, timings: list[RankTiming]) -> None:
+    def _set_limits(self) -> None:
         p = self.profile
-        dp, db = action // 3 - 1, action % 3 - 1
-        step = 0.05 * (p.power_limit_max_w - p.power_limit_min_w)
-        self.limit_w = float(np.clip(self.limit_w + dp * step, p.power_limit_min_w, p.power_limit_max_w))
-        limits = {str(i): self.limit_w for i in range(len(self.backend.devices))}
-        if len(timings) > 1:
-            bounds = {g: (p.power_limit_min_w, self.limit_w) for g in limits}
-            current = {g: d.power_limit_mw / 1000.0 for g, d in zip(limits, self.backend.devices, strict=True)}
-            limits = plan_power_limits(timings, current, bounds, SlackConfig(step_w=step))
-        for g, d in zip(limits, self.backend.devices, strict=True):
-            d.power_limit_mw = int(min(limits[g], self.limit_w) * 1000)
+        for i, d in enumerate(self.backend.devices):
+            d.power_limit_mw = int(max(p.power_limit_min_w, self.limit_w - self._slack_w.get(i, 0.0)) * 1000)
+
+    def _apply(self, action: int) -> tuple[int, int]:
+        """Apply a move through the guard, as the daemon does; returns the (power, batch) move made."""
+        p, now = self.profile, self.clock.now()
+        dp, db = split(action)
+        rate = self.cost_rate(self._last)
         self.oom = False
+        done_p = done_b = 0
+        step = 0.05 * (p.power_limit_max_w - p.power_limit_min_w)
+        target = float(np.clip(self.limit_w + dp * step, p.power_limit_min_w, p.power_limit_max_w))
+        if dp and target != self.limit_w and self.guard.propose("power_limit", "all", target, now).allowed:
+            self.limit_w = target
+            self.guard.commit("power_limit", "all", target, now, baseline=rate)
+            done_p = dp
+        elif len(self._last["timings"]) > 1:  # Perseus when the job-wide limit holds
+            timings = self._last["timings"]
+            current = {t.gpu: self.limit_w - self._slack_w.get(int(t.gpu), 0.0) for t in timings}
+            bounds = {t.gpu: (p.power_limit_min_w, self.limit_w) for t in timings}
+            for g, w in plan_power_limits(timings, current, bounds, SlackConfig(step_w=step)).items():
+                self._slack_w[int(g)] = self.limit_w - w
+        self._set_limits()
         if db:
-            target = int(self.job.batch_size * (2.0 if db > 0 else 0.5))
-            ok, _ = self.job.set_batch_size(target)
-            self.oom = not ok
+            size = int(self.job.batch_size * (2.0 if db > 0 else 0.5))
+            if self.guard.propose("batch_size", "job", size, now).allowed:
+                ok, err = self.job.set_batch_size(size)
+                if ok:
+                    self.guard.commit("batch_size", "job", size, now, baseline=rate)
+                    done_b = db
+                elif "memory" in err:
+                    self.oom = True
+                    self.guard.record_oom(size)
+        return done_p, done_b
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Apply a move, run one interval, reward by the objective."""
+        """Apply a move, run one interval (two if the guard rolls the move back), reward by the objective."""
         if not self.action_space.contains(int(action)):
             raise ValueError(f"action {action!r} outside {self.action_space}")
-        self._apply(int(action), self._last_timings)
+        action = int(action)
+        self.adviser.taken(action, self.suggested)
+        self.observer.moved(*self._apply(action))
         m = self._interval()
-        self._last_timings = m["timings"]
+        rewards = [self.reward(m)]
+        spent = [m]
+        back = self.guard.evaluate(self.cost_rate(m), self.clock.now(), noise=NOISE_GUARD)
+        if back is not None:
+            knob, _gpu, value = back
+            self.adviser.rolled_back(knob)
+            self.observer.rolled_back()
+            if knob == "power_limit":
+                self.limit_w = value
+                self._set_limits()
+            else:
+                self.job.set_batch_size(int(value))
+            m = self._interval()
+            rewards.append(self.reward(m))
+            spent.append(m)
+        self._last = m
         self.t += 1
-        eps = m["energy"] / max(m["goodput"] * self.interval_s, 1e-9)
-        tput = m["samples"] / max(self.ref["samples"], 1e-9)
-        if self.objective == "energy_slowdown":
-            reward = 1.0 - eps / self.ref_eps - 10.0 * max(0.0, (1.0 - self.max_slowdown) - tput)
-        else:
-            reward = m["goodput"] / max(self.ref["goodput"], 1e-9) - 1.0
-        info = {"energy_per_sample_ratio": eps / self.ref_eps, "throughput_ratio": tput,
-                "goodput_ratio": m["goodput"] / max(self.ref["goodput"], 1e-9)}
-        return self._obs(m), float(np.clip(reward, -5.0, 5.0)), self.t >= self.horizon, False, info
+        tput, good, eps = self._ratios(m)
+        info = {"energy_per_sample_ratio": eps, "throughput_ratio": tput, "goodput_ratio": good,
+                "intervals": len(rewards), "rolled_back": back is not None, "suggested": self.suggested,
+                "energy_j": sum(x["energy"] for x in spent), "effective_samples": sum(x["goodput"] for x in spent) * self.interval_s,
+                "reference_eps": self.ref_eps, "reference_goodput": self.ref["goodput"]}
+        obs = self._obs(m)
+        return obs, float(np.clip(sum(rewards), -5.0, 5.0)), False, self.t >= self.horizon, info

@@ -101,3 +101,26 @@ def test_report_draws_the_runs_and_compares_them(loop_run: tuple[Path, dict[str,
     assert f"{doc['ratio']['energy_to_target_j']:.3f}" in page  # the summary table carries the measured ratio
     t, eps = energy_per_sample(load_runs(out)[0])
     assert len(t) > 10 and (eps > 0).all()
+
+
+def test_perseus_slows_only_the_gpus_waiting_for_a_straggler(tmp_path: Path) -> None:
+    scenario = tmp_path / "straggler.toml"
+    scenario.write_text('name = "slow-gpu-2"\ndescription = "GPU 2 computes 50% slower from the start"\n'
+                        '[[event]]\nkind = "straggler"\nstart_s = 0\nramp_s = 1\nmagnitude = 0.5\ngpus = [2]\n')
+    watched = _Watched()
+    spec = ExperimentSpec(workload="imagenet-resnet50", objective="throughput", scenario=str(scenario), duration_s=400.0,
+                          gpus=4, profile="a100", tick_s=2.0, interval_s=10.0, chooser="climber", seed=1,
+                          forecast=None, all_ranks=True)
+    try:
+        doc = run_experiment(spec, tmp_path / "run", backend_hook=watched)
+    finally:
+        sim_nvml.attach(None)
+    default = watched.devices[0].profile.power_limit_default_w * 1000
+    tuned = [e for e in watched.writes if e[0] == "power_limit_mw"]
+    lowest = {g: min([v for _, i, v in tuned if i == g], default=default) for g in range(4)}
+    assert lowest[2] == default  # the critical GPU is never slowed
+    assert all(lowest[g] < default * 0.85 for g in (0, 1, 3))  # the ones waiting for it are
+    events = [json.loads(line) for line in (tmp_path / "run" / "on" / "events.jsonl").read_text().splitlines()]
+    assert {e["target"] for e in events if e.get("reason") == "perseus_slack"} == {"0", "1", "3"}
+    assert doc["ratio"]["energy_j"] < 0.97 and doc["slowdown"] < 0.01  # less energy, the step no slower
+    assert doc["restored"] is True

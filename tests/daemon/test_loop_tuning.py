@@ -12,7 +12,14 @@ import pytest
 from gputuned.collectors import families as F
 from gputuned.daemon.store import Store
 from gputuned.daemon.tuning import TuningComponent, TuningConfig
-from gputuned.daemon.tuning_policy import ClimbChooser, PolicyChooser, make_chooser, move
+from gputuned.daemon.tuning_policy import (
+    BASE_OBS_DIM,
+    SIM_OBS_DIM,
+    ClimbChooser,
+    LearnedChooser,
+    make_chooser,
+    move,
+)
 
 GPU = (("gpu", "0"), ("uuid", "GPU-0"))
 RANK0 = (("job", "j"), ("rank", "0"))
@@ -175,18 +182,67 @@ def test_climber_probes_a_batch_size_and_undoes_a_bad_one() -> None:
 def test_make_chooser_reads_a_numpy_policy(tmp_path: Path) -> None:
     from gputuned.tuner.policy_numpy import NumpyPolicy
 
-    w = [np.zeros((9, 14))]
+    w = [np.zeros((9, SIM_OBS_DIM))]
     b = [np.eye(9)[7] * 5.0]
     path = tmp_path / "p.npz"
     NumpyPolicy(w, b).save(path)
-    chooser = make_chooser("policy", path, "energy_slowdown", 0.03)
-    assert isinstance(chooser, PolicyChooser) and chooser(np.zeros(14)) == 7
+    chooser = make_chooser("learned", path, "energy_slowdown", 0.03)
+    assert isinstance(chooser, LearnedChooser) and chooser(np.zeros(BASE_OBS_DIM)) == 7
     NumpyPolicy([np.zeros((7, 56))], [np.zeros(7)]).save(tmp_path / "zeus.npz")
     with pytest.raises(ValueError, match="expects 56 observations"):
-        make_chooser("policy", tmp_path / "zeus.npz", "energy", 0.1)
+        make_chooser("learned", tmp_path / "zeus.npz", "energy", 0.1)
     assert isinstance(make_chooser("auto", tmp_path / "zeus.npz", "energy", 0.1), ClimbChooser)
+    assert isinstance(make_chooser("climber", path, "energy", 0.1), ClimbChooser)
     with pytest.raises(ValueError, match="tuner.objective"):
         TuningConfig(objective="speed")
+    with pytest.raises(ValueError, match="tuner.policy"):
+        TuningConfig(policy="greedy")
+    assert TuningConfig(policy="climber").chooser_kind() == ("climber", None)
+    assert TuningConfig(policy=str(path)).chooser_kind() == ("learned", path)
+
+
+def test_the_learned_policy_reads_the_climbers_proposal_and_its_move_is_applied(tmp_path: Path) -> None:
+    from gputuned.tuner.policy_numpy import NumpyPolicy
+
+    # a linear policy doing what the adviser proposes: the logit of move g is -|proposal - g|^2 (+ a constant)
+    grid = np.array([[i // 3 - 1, i % 3 - 1] for i in range(9)], dtype=float)
+    w = np.zeros((9, SIM_OBS_DIM))
+    w[:, BASE_OBS_DIM:] = 2.0 * grid
+    path = tmp_path / "follow.npz"
+    NumpyPolicy([w], [-(grid ** 2).sum(axis=1)]).save(path)
+    follow = make_chooser("learned", path, "energy_slowdown", 0.03)
+    twin = ClimbChooser("energy_slowdown", 0.03)
+    obs = np.zeros(BASE_OBS_DIM, dtype=np.float32)
+    obs[0], obs[7] = 1.0, 0.05
+    for _ in range(5):
+        assert follow(obs) == twin(obs)
+
+    follow = make_chooser("learned", path, "energy_slowdown", 0.03)
+    node = Node()
+    seen: list[np.ndarray] = []
+    store = Store(100)
+
+    def recorder(o: np.ndarray) -> int:
+        seen.append(o.copy())
+        return follow(o)
+
+    conf = TuningConfig(objective="energy_slowdown", interval_s=5.0, pause_file=tmp_path / "paused", tune_batch=False)
+    tuner = TuningComponent(store, node, node, [0], conf, chooser=recorder)  # type: ignore[arg-type]
+    drive(node, tuner, store, 200)
+    assert node.limit_w < 400.0 and all(o.shape == (BASE_OBS_DIM,) for o in seen)
+    moved = [i for i in range(1, len(seen)) if seen[i][14] == -1.0]  # the observation carries the move just made
+    assert moved and all(seen[i - 1][0] > seen[i][0] for i in moved)
+
+
+def test_default_config_loads_the_packaged_learned_policy() -> None:
+    from gputuned.daemon import tuning_policy as tp
+
+    chooser = make_chooser("auto", None, "energy_slowdown", 0.03)
+    if tp.LEARNED_BY_DEFAULT:
+        assert isinstance(chooser, LearnedChooser) and tp.PACKAGED_SIM_POLICY.is_file()
+        assert make_chooser("learned", None, "throughput", 0.03).name == "learned"
+    else:
+        assert isinstance(chooser, ClimbChooser)
 
 
 def test_climber_at_the_lowest_limit_goes_on_to_batch_probes() -> None:

@@ -1,44 +1,85 @@
-"""The simulated-node environment on the physics backend: gymnasium API, actions reach the node."""
+"""The simulated-node environment: gymnasium API, the daemon's observation and guard, moves reach the node."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from stable_baselines3.common.env_checker import check_env
 
+from gputuned.daemon.tuning_policy import BASE_OBS_DIM, SIM_OBS_DIM, STAY, ClimbChooser, move
 from gputuned.tuner.sim_env import SimNodeEnv
 
 
 def test_sim_env_passes_check_env() -> None:
     env = SimNodeEnv(profiles=("a100",), workloads=("imagenet-resnet50",), horizon=4)
     check_env(env)
+    obs, info = env.reset(seed=1)
+    assert obs.shape == (SIM_OBS_DIM,) and info["max_slowdown"] in (0.03, 0.05, 0.10)
 
 
 def test_power_moves_reach_every_gpu_and_lower_energy_per_sample() -> None:
     env = SimNodeEnv(profiles=("a100",), workloads=("imagenet-resnet50",), gpus=(2,), horizon=12, noise=0.0)
-    env.reset(seed=0, options={"objective": "energy_slowdown"})
+    obs, _ = env.reset(seed=0, options={"objective": "energy_slowdown", "max_slowdown": 0.10})
     start = env.limit_w
-    info = {}
+    info: dict = {}
     for _ in range(6):
-        _, _, _, _, info = env.step(1)  # power down, batch kept
+        obs, _, _, _, info = env.step(move(-1, 0))
+        assert obs[14] == -1.0 or obs[18] == 1.0  # the last move as made, or its rollback, is in the observation
     assert env.limit_w < start
     assert all(d.power_limit_mw <= env.limit_w * 1000 for d in env.backend.devices)
     assert info["energy_per_sample_ratio"] < 1.0 and info["throughput_ratio"] < 1.0
 
 
-def test_oversize_batch_is_reported_as_oom_not_applied() -> None:
+def test_oversize_batch_is_an_oom_event_and_never_proposed_again() -> None:
     env = SimNodeEnv(profiles=("p100",), workloads=("imagenet-resnet50",), gpus=(1,), horizon=20, noise=0.0)
     env.reset(seed=0, options={"objective": "throughput"})
-    seen_oom = False
-    for _ in range(10):
+    sizes = []
+    for _ in range(12):
         before = env.job.batch_size
-        obs, _, _, _, _ = env.step(5)  # batch doubles each step until memory runs out
+        obs, _, _, _, _ = env.step(move(0, +1))  # batch doubles each step until memory runs out
+        sizes.append(env.job.batch_size)
         if obs[11] == 1.0:
-            seen_oom = True
             assert env.job.batch_size == before
+            ceiling = env.guard.oom_ceiling
             break
-    assert seen_oom
+    else:
+        pytest.fail("no OOM seen")
+    for _ in range(3):  # the guard refuses that size from now on: no second OOM
+        obs, _, _, _, _ = env.step(move(0, +1))
+        assert obs[11] == 0.0 and env.job.batch_size < ceiling
+
+
+def test_a_harmful_move_is_rolled_back_and_costs_an_extra_interval() -> None:
+    env = SimNodeEnv(profiles=("a100",), workloads=("squad-bert",), gpus=(1,), horizon=40, noise=0.0)
+    env.reset(seed=0, options={"objective": "throughput"})
+    env.step(STAY)
+    seen = None
+    for _ in range(8):  # halving the batch of a job that scales with it costs goodput
+        before = env.job.batch_size
+        obs, _, _, _, info = env.step(move(0, -1))
+        if info["rolled_back"]:
+            seen = (before, obs, info)
+            break
+    assert seen is not None, "the guard never rolled a halved batch back"
+    before, obs, info = seen
+    assert env.job.batch_size == before and info["intervals"] == 2 and obs[18] == 1.0
+
+
+def test_adviser_features_are_the_climbers_move() -> None:
+    env = SimNodeEnv(profiles=("a100",), workloads=("imagenet-resnet50",), gpus=(1,), horizon=30, noise=0.0)
+    obs, _ = env.reset(seed=3, options={"objective": "energy_slowdown", "max_slowdown": 0.03})
+    twin = ClimbChooser("energy_slowdown", 0.03)
+    for _ in range(15):  # following the adviser: its proposal is what a climber on the same readings says
+        assert env.suggested == twin(obs[:BASE_OBS_DIM])
+        dp, db = obs[BASE_OBS_DIM:]
+        assert move(int(dp), int(db)) == env.suggested
+        obs, _, _, _, info = env.step(env.suggested)
+        if info["rolled_back"]:
+            twin.rolled_back("power_limit" if env.suggested // 3 != 1 else "batch_size")
+    assert env.limit_w < env.profile.power_limit_default_w
 
 
 def test_sim_env_rejects_unknown_objective() -> None:
     with pytest.raises(ValueError, match="unknown sim objective"):
         SimNodeEnv(objectives=("speed",))
+    assert np.isfinite(SimNodeEnv().observation_space.high).all()
