@@ -29,7 +29,8 @@ T0 = 1.7e9
 @dataclass
 class RunResult:
     """Alerts of one run, its event window, when it first cost 5 % throughput or crossed a
-    limit (memory full, 85 C), and its size."""
+    limit (memory full, 85 C, an uncorrectable ECC error), its size, and whether the event
+    moved any series the label names at all (``observable``)."""
 
     kind: str
     workload: str
@@ -41,6 +42,7 @@ class RunResult:
     gpus: int
     ramp_s: float = 0.0
     limit_t: float | None = None
+    observable: bool = False
     alerts: list[tuple[float, Alert]] = field(default_factory=list)
 
 
@@ -60,7 +62,41 @@ def _past_limit(samples: list[Sample]) -> bool:
     total = {lb: v for f, lb, v in samples if f == "gputuned_gpu_memory_total_bytes"}
     if any(total.get(lb, 0.0) > 0 and v >= 0.98 * total[lb] for lb, v in used.items()):
         return True
+    if any(f == "gputuned_gpu_ecc_errors_total" and dict(lb).get("type") == "uncorrected" and v > 0
+           for f, lb, v in samples):
+        return True  # data lost: the first uncorrectable error is what an ECC storm costs
     return any(f == "gputuned_gpu_temperature_celsius" and v >= 85.0 for f, _, v in samples)
+
+
+def _watched(kind: str) -> frozenset[str]:
+    """Families the label names for ``kind`` (throughput for step time, counters for ECC)."""
+    from gputuned.collectors.sim.scenarios import KINDS
+
+    fams = set(KINDS[kind][2])
+    if "gputuned_trainer_step_time_seconds" in fams:
+        fams.add("gputuned_trainer_samples_per_second")
+    if kind == "ecc_storm":
+        fams.add("gputuned_gpu_ecc_errors_total")
+    return frozenset(fams)
+
+
+def _note_observable(result: RunResult, before: dict, samples: list[Sample], watched: frozenset[str],
+                     t: float, start: float, end: float) -> None:
+    """Observable: a watched series leaves its range of the 10 minutes before the event by more
+    than half that range plus 2 % of its level (noise alone does not)."""
+    for f, lb, v in samples:
+        if f not in watched:
+            continue
+        key = (f, lb)
+        if start - 600.0 <= t < start:
+            lo, hi = before.get(key, (v, v))
+            before[key] = (min(lo, v), max(hi, v))
+        elif start <= t <= end and key in before:
+            lo, hi = before[key]
+            margin = 0.5 * (hi - lo) + 0.02 * max(abs(lo), abs(hi))
+            if v < lo - margin or v > hi + margin:
+                result.observable = True
+                return
 
 
 def run_scenario(name: str, workload: str, seed: int, gpus: int = 8, tick_s: float = 5.0,
@@ -94,6 +130,8 @@ def run_scenario(name: str, workload: str, seed: int, gpus: int = 8, tick_s: flo
     result = RunResult(ev.kind, workload, seed, T0 + start, T0 + window_end, None, horizon, gpus, ev.ramp_s)
     svc.add_alert_hook(lambda a: result.alerts.append((now, a)))
     baseline: list[float] = []
+    watched = _watched(ev.kind)
+    before: dict[tuple, tuple[float, float]] = {}
     t = 0.0
     while t < horizon:
         clock.advance(tick_s)
@@ -105,6 +143,8 @@ def run_scenario(name: str, workload: str, seed: int, gpus: int = 8, tick_s: flo
         samples += [(fam, labels, float(stats[k])) for k, fam in TRAINER_KEYS.items() if k in stats]
         samples += [("gputuned_peer_rtt_seconds", (("peer", p),), v) for p, v in backend.peer_rtt_s().items()]
         svc.observe(now, samples)
+        if not result.observable:
+            _note_observable(result, before, samples, watched, t, start, window_end)
         if result.limit_t is None and t >= start and _past_limit(samples):
             result.limit_t = now
         thr = stats.get("samples_per_s")

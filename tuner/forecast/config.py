@@ -65,13 +65,16 @@ class ForecastConfig:
     worker_nice: int = 10
     hardware_hold_s: float = 600.0
     thermal_clear_s: float = 60.0
+    ecc_corrected_burst: float = 10.0
+    ecc_burst_window_s: float = 60.0
     forget_after_s: float = 3600.0
     detect_in_child: bool = True
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     eta: EtaConfig = field(default_factory=EtaConfig)
 
     def __post_init__(self) -> None:
-        for name in ("downsample_s", "history_s", "refit_period_s", "hardware_hold_s", "thermal_clear_s", "forget_after_s"):
+        for name in ("downsample_s", "history_s", "refit_period_s", "hardware_hold_s", "thermal_clear_s", "forget_after_s",
+                     "ecc_corrected_burst", "ecc_burst_window_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"forecast.{name} must be positive")
         if not 0.0 < self.interval_width < 1.0:

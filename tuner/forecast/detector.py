@@ -143,10 +143,10 @@ class _LaggedRange:
                 del self.sorted[bisect_left(self.sorted, old)]
 
     def bounds(self, q: float) -> tuple[float, float] | None:
-        """The q and 1-q quantiles (by rank), or None until a quarter of the window is filled."""
+        """The q and 1-q quantiles (by rank), or None before 32 samples."""
         vals = self.sorted
         n = len(vals)
-        if n < max(16, self.size // 4):
+        if n < 32:
             return None
         k = int(q * n)
         return vals[k], vals[n - 1 - k]
@@ -305,6 +305,8 @@ class OnlineDetector:
         short_dev = abs(sum(tail) / len(tail) - med)
         s.short_mad = max(short_dev, s.mad / math.sqrt(2.0 * c.tau_short))
         s.spread_mad = 0.25
+        # the warm-up's own extremes start the tail estimate: a heavy tail seen early is known
+        s.tail = max(abs(v - med) for v in xs) / max(_SIGMA_PER_MAD * s.mad, self._floor())
         s.warm = []
         s.n_scale = c.warmup
 

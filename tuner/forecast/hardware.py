@@ -1,7 +1,9 @@
 """Hardware alerts from collector samples: thermal slowdown, uncorrectable ECC, XID events.
 
 * thermal: a thermal clock-event reason active; clears after ``thermal_clear_s`` without one;
-* ecc: the uncorrected ECC counter grew, or a row remap is pending or failed;
+* ecc: the uncorrected ECC counter grew, a row remap is pending or failed, or the corrected
+  counter grew by ``corrected_burst`` or more within ``burst_window_s`` (a storm of corrected
+  errors comes before the uncorrectable ones: a failing memory row);
 * xid: the XID counter grew.
 ECC and XID alerts clear ``hold_s`` after the last new event (and no pending remap).
 """
@@ -9,6 +11,7 @@ ECC and XID alerts clear ``hold_s`` after the last new event (and no pending rem
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 from gputuned.collectors.families import Labels, Sample
@@ -46,11 +49,16 @@ class HardwareAlert:
 class HardwareWatch:
     """Turns per-tick hardware samples into raised and cleared hardware alerts."""
 
-    def __init__(self, hold_s: float, thermal_clear_s: float) -> None:
+    def __init__(
+        self, hold_s: float, thermal_clear_s: float, corrected_burst: float = 10.0, burst_window_s: float = 60.0
+    ) -> None:
         self.hold_s = hold_s
         self.thermal_clear_s = thermal_clear_s
+        self.corrected_burst = corrected_burst
+        self.burst_window_s = burst_window_s
         self.alerts: dict[tuple[str, Labels], HardwareAlert] = {}
         self._counters: dict[tuple[str, Labels], float] = {}
+        self._corrected: dict[Labels, deque[tuple[float, float]]] = {}
 
     def observe(self, now: float, samples: list[Sample]) -> list[tuple[str, HardwareAlert]]:
         """Fold in one tick of samples; return ``(transition, alert)`` for each change."""
@@ -62,6 +70,8 @@ class HardwareWatch:
                     events[("thermal", gpu_labels(labels))] = f"clock event {labels[-1][1]}"
             elif family in (ECC, XID):
                 if family == ECC and dict(labels).get("type") != "uncorrected":
+                    if dict(labels).get("type") == "corrected":
+                        self._corrected_burst(now, labels, value, events)
                     continue
                 key = (family, labels)
                 before = self._counters.get(key)
@@ -89,3 +99,14 @@ class HardwareWatch:
                 a.active = False
                 out.append(("cleared", a))
         return out
+
+    def _corrected_burst(self, now: float, labels: Labels, value: float, events: dict) -> None:
+        """Note an ``ecc`` event when the corrected counter grew by the burst within the window."""
+        hist = self._corrected.setdefault(labels, deque())
+        hist.append((now, value))
+        while len(hist) > 1 and hist[1][0] <= now - self.burst_window_s:
+            hist.popleft()
+        grown = value - hist[0][1]
+        if grown >= self.corrected_burst:
+            g = gpu_labels(labels)
+            events.setdefault(("ecc", g), f"{grown:g} corrected ECC errors in {now - hist[0][0]:g} s")

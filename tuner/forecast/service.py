@@ -78,7 +78,8 @@ class ForecastService:
         self._refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
         self._wanted = frozenset(self._specs) | self._refs | HW_FAMILIES
         self._tracks: dict[SeriesKey, _Track] = {}
-        self._hw = HardwareWatch(self.config.hardware_hold_s, self.config.thermal_clear_s)
+        cfg = self.config
+        self._hw = HardwareWatch(cfg.hardware_hold_s, cfg.thermal_clear_s, cfg.ecc_corrected_burst, cfg.ecc_burst_window_s)
         self._hooks: list[AlertHook] = []
         self._raised: dict[str, int] = {}
         self._z_iw = NormalDist().inv_cdf(0.5 + self.config.interval_width / 2)

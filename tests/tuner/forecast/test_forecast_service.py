@@ -154,3 +154,21 @@ def test_series_silent_for_long_are_forgotten() -> None:
         svc.observe(float(i), [(POWER, GPU, 300.0)])
     series = {dict(s[1])["series"] for s in svc.samples() if s[0] == "gputuned_anomaly_score"}
     assert series == {POWER}
+
+
+def test_corrected_ecc_storm_raises_ecc_but_a_trickle_does_not() -> None:
+    svc = ForecastService(small_config(hardware_hold_s=100.0))
+    ecc = "gputuned_gpu_ecc_errors_total"
+
+    def tick(t: float, corrected: float) -> None:
+        svc.observe(t, [(ecc, (*GPU, ("type", "corrected")), corrected), (ecc, (*GPU, ("type", "uncorrected")), 0.0)])
+
+    for t in range(0, 3600, 5):  # one corrected error a minute: normal wear, no alert
+        tick(t, t // 60)
+    assert svc.active_alerts() == []
+    base = 3600 // 60
+    for k, t in enumerate(range(3600, 3660, 5)):  # then 2 per second
+        tick(t, base + 10 * k)
+    alerts = svc.active_alerts()
+    assert [a.kind for a in alerts] == ["ecc"] and "corrected ECC errors" in alerts[0].message
+    assert alerts[0].since <= 3610
