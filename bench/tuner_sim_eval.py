@@ -4,6 +4,8 @@ Usage:
   python bench/tuner_sim_eval.py train OUT_DIR TIMESTEPS [CLONE_STEPS]
   python bench/tuner_sim_eval.py eval POLICY.npz [POLICY2.npz ...] [--horizon N] [--json]
   python bench/tuner_sim_eval.py export CHECKPOINT.zip OUT.npz
+  python bench/tuner_sim_eval.py inference [POLICY.npz] [N]
+  python bench/tuner_sim_eval.py resume CHECKPOINT.zip OUT_DIR TIMESTEPS [LEARNING_RATE] [N_EPOCHS]
 
 "eval" runs every workload (training and held-out) on a100 x4 (the headline's node), and the
 held-out ones also on v100 x1 and a40 x2, under ``energy_slowdown`` (3%) and ``throughput``, with
@@ -83,6 +85,35 @@ def evaluate(paths: list[Path], horizon: int) -> dict[str, Any]:
     return {"summary": summary, "rows": rows}
 
 
+def inference(path: Path | None, n: int) -> int:
+    """Time one live decision (climber adviser + numpy MLP) over observations from real episodes."""
+    import logging
+    import time
+
+    import numpy as np
+
+    from gputuned.daemon.tuning_policy import BASE_OBS_DIM, make_chooser
+
+    logging.disable(logging.WARNING)
+    chooser = make_chooser("learned", path, "energy_slowdown", 0.03)
+    env = SimNodeEnv(horizon=50)
+    obs_l = []
+    for k in range(4):
+        o, _ = env.reset(seed=k)
+        for _ in range(50):
+            obs_l.append(o[:BASE_OBS_DIM].copy())
+            o, *_ = env.step(env.suggested)
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        chooser(obs_l[i % len(obs_l)])
+        times.append(time.perf_counter() - t)
+    us = np.asarray(times) * 1e6
+    print(f"{n} decisions: median {np.median(us):.1f} us, p99 {np.percentile(us, 99):.1f} us, "
+          f"torch imported: {'torch' in sys.modules}")
+    return 0
+
+
 def main() -> int:
     args = sys.argv[1:]
     if len(args) >= 3 and args[0] == "train":
@@ -95,6 +126,18 @@ def main() -> int:
         logging.getLogger("gputuned.tuner.guard").setLevel(logging.ERROR)
         train_sim(int(args[2]), Path(args[1]), progress_bar=False, clone_steps=int(args[3]) if len(args) > 3 else 12_000)
         return 0
+    if len(args) >= 4 and args[0] == "resume":
+        from gputuned.tuner.train import resume_sim
+
+        over: dict[str, float | int] = {}
+        if len(args) > 4:
+            over["learning_rate"] = float(args[4])
+        if len(args) > 5:
+            over["n_epochs"] = int(args[5])
+        resume_sim(Path(args[1]), int(args[3]), Path(args[2]), **over)
+        return 0
+    if args and args[0] == "inference":
+        return inference(Path(args[1]) if len(args) > 1 else None, int(args[2]) if len(args) > 2 else 20000)
     if len(args) == 3 and args[0] == "export":
         from stable_baselines3 import PPO
 

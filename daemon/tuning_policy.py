@@ -9,8 +9,9 @@ step of 5% of the range on every GPU; global batch size halve/keep/double).
 :class:`ClimbChooser` is a small state machine. Energy objectives: the power limit steps down
 while goodput stays above the slowdown budget and energy per sample keeps falling, and steps up
 when goodput falls under it; once the limit has settled, a doubled batch size is tried (kept if
-energy per sample falls and goodput stays within budget, undone otherwise), then a halved one.
-Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
+energy per sample falls and goodput stays within budget, undone otherwise), then a halved one; a
+probe that is neither better nor clearly worse looks one step further (4x or 1/4) before it is
+undone. Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
 
 :class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
 climber's proposal (2 features, a residual design: the policy learns when to follow the rule
@@ -127,12 +128,17 @@ class ClimbChooser(Chooser):
         self.last_dp = 0
         self.prev_limit: float | None = None
         self.step = 0.0
+        self.depth = 0  # 1 while a probe looks one more batch step ahead
+        self.undo = 0  # the batch move still owed to undo a two-step probe
 
     def __call__(self, obs: np.ndarray) -> int:
         limit, goodput, eps, oom = float(obs[0]), float(obs[7]) + 1.0, float(obs[8]) + 1.0, obs[11] > 0.5
         if oom and self.state == "probe":  # the doubled batch did not fit: nothing to undo
             self.state, self.probes[+1] = "power", self.max_probes
             self.probe_from = None
+        if self.state == "undo":  # the second half of undoing a two-step probe
+            self.state = "power"
+            return move(0, self.undo)
         if self.state == "probe":
             return self._judge_probe(eps, goodput)
         dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps)
@@ -151,8 +157,10 @@ class ClimbChooser(Chooser):
             self.floor = self.prev_limit - self.step  # the limit it came down to cost too much: not again
         if knob == "batch_size" and self.state == "probe":
             self.probes[self.direction] = self.max_probes
+            # the guard undid the look-ahead step only: the first step is still to undo
+            self.state, self.undo = ("undo", -self.direction) if self.depth else ("power", 0)
             self.direction = -self.direction
-            self.state, self.probe_from = "power", None
+            self.probe_from, self.depth = None, 0
         self.last_dp = 0
 
     def taken(self, action: int, suggested: int) -> None:
@@ -161,7 +169,9 @@ class ClimbChooser(Chooser):
             return
         if self.state == "probe" and suggested != action:  # the probe it asked for did not happen
             self.probes[self.direction] = max(0, self.probes[self.direction] - 1)
-            self.state, self.probe_from = "power", None
+            self.state, self.probe_from, self.depth = "power", None, 0
+        elif self.state == "undo":
+            self.state = "power"
         self.last_dp = action // 3 - 1
         self.settled = 0
 
@@ -196,19 +206,27 @@ class ClimbChooser(Chooser):
     def _judge_probe(self, eps: float, goodput: float) -> int:
         assert self.probe_from is not None
         eps0, g0 = self.probe_from
-        self.state, self.probe_from = "power", None
         if self.energy:
             # less energy, or more goodput (headroom the power limit then trades for energy)
             better = goodput >= self.budget and (eps < eps0 * 0.995 or (goodput > g0 * 1.02 and eps < eps0 * 1.01))
+            close = goodput >= self.budget and eps <= eps0 * 1.02
         else:
             better = goodput > g0 * 1.01
+            close = goodput >= g0 * 0.985
+        d = self.direction
+        if not better and close and not self.depth:  # flat here: one more step may pay (e.g. 4x, not 2x)
+            self.depth = 1
+            return move(0, d)
+        two, self.depth = self.depth, 0
+        self.state, self.probe_from = "power", None
         self.prev_eps, self.last_dp = (eps if better else eps0), 0
         if better:
             self.floor = None  # a new batch size: the limits left to explore change
             return STAY
-        d = self.direction
         self.probes[d] = self.max_probes  # this direction does not pay: undo it, try the other
         self.direction = -d
+        if two:
+            self.state, self.undo = "undo", -d
         return move(0, -d)
 
 

@@ -144,6 +144,39 @@ def clone(
     return acc
 
 
+def resume_sim(checkpoint: Path, timesteps: int, out_dir: Path, seed: int = 0, n_envs: int = 4,
+               checkpoint_every: int = 20_000, **ppo: float | int) -> NumpyPolicy:
+    """Continue a simulated-node PPO run from ``checkpoint`` (optionally with other PPO settings, e.g. learning_rate)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CheckpointCallback
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from gputuned.tuner.sim_env import SimNodeEnv
+
+    torch.set_num_threads(1)
+    out_dir = Path(out_dir)
+
+    def make(i: int):  # noqa: ANN202
+        env = Monitor(SimNodeEnv())
+        env.reset(seed=seed + 100 + i)
+        return env
+
+    venv = DummyVecEnv([lambda i=i: make(i) for i in range(n_envs)])  # type: ignore[misc]
+    custom: dict[str, Any] = dict(ppo)
+    if "learning_rate" in ppo:
+        lr = float(ppo["learning_rate"])
+        custom["lr_schedule"] = lambda _: lr
+    model = PPO.load(checkpoint, env=venv, device="cpu", custom_objects=custom)
+    callbacks = CheckpointCallback(max(checkpoint_every // n_envs, 1), str(out_dir / "checkpoints"), name_prefix="ppo")
+    model.learn(total_timesteps=timesteps, callback=callbacks, reset_num_timesteps=False)
+    model.save(out_dir / "ppo_sim.zip")
+    policy = from_sb3(model)
+    policy.save(out_dir / "policy_sim.npz")
+    return policy
+
+
 def train_env(
     make: Callable[[int], object],
     timesteps: int,

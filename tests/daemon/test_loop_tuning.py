@@ -253,3 +253,24 @@ def test_climber_at_the_lowest_limit_goes_on_to_batch_probes() -> None:
     moves = [c(obs) for _ in range(3)]  # the limit did not move: its minimum is reached
     assert moves[0] == move(0, 0)
     assert move(0, +1) in moves or move(0, -1) in moves
+
+
+def test_climber_looks_one_step_further_when_a_probe_is_flat_and_undoes_both() -> None:
+    c = ClimbChooser("throughput", 0.03)
+    obs = np.zeros(BASE_OBS_DIM, dtype=np.float32)
+    obs[0] = 1.0  # at the maximum limit: throughput holds the power and probes the batch
+    moves = [c(obs) for _ in range(2)]
+    assert moves[-1] == move(0, +1)
+    flat = obs.copy()
+    flat[7] = -0.01  # 2x: 1% less goodput, within noise: look at 4x before giving up
+    assert c(flat) == move(0, +1)
+    worse = obs.copy()
+    worse[7] = -0.05  # 4x is worse too: undo both doublings, one per decision
+    assert c(worse) == move(0, -1)
+    assert c(obs) == move(0, -1)
+    better = obs.copy()
+    c2 = ClimbChooser("throughput", 0.03)
+    [c2(obs) for _ in range(2)]
+    c2(flat)
+    better[7] = 0.03  # 4x pays: kept
+    assert c2(better) == move(0, 0)
