@@ -2,6 +2,8 @@
 
 Usage: python bench/tuner_train_loo.py OUT_DIR TIMESTEPS [all|a40|rtx6000|p100 ...]
 "all" trains on every GPU (the shipped policy); a GPU name trains on the other GPUs only.
+Each training GPU also contributes SYNTH synthetic GPUs warped from it (tuner/zeus_synth.py,
+seeds 500 and up, distinct from the dev-check seeds), never from the held-out GPU.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import time
 from pathlib import Path
 
 from gputuned.tuner.train import train
+from gputuned.tuner.zeus_synth import synthetic_gpu
 from gputuned.tuner.zeus_traces import PACKAGED_TRACES, available_gpus, load_gpu
+
+SYNTH = 3
 
 
 def main() -> int:
@@ -21,10 +26,15 @@ def main() -> int:
     gpus = available_gpus(PACKAGED_TRACES)
     for held in which:
         train_gpus = [g for g in gpus if g != held]
-        traces = [t for g in train_gpus for t in load_gpu(PACKAGED_TRACES, g, substitute_default=True).values()]
+        traces = []
+        for i, g in enumerate(train_gpus):
+            base = load_gpu(PACKAGED_TRACES, g, substitute_default=True)
+            traces += list(base.values())
+            for k in range(SYNTH):
+                traces += list(synthetic_gpu(base, 500 + 10 * i + k, f"{g}-synth{k}").values())
         t0 = time.process_time()
         train(traces, steps, out / f"heldout-{held}", progress_bar=False)
-        print(f"{held}: trained on {train_gpus} for {steps} steps, {time.process_time() - t0:.0f} s CPU", flush=True)
+        print(f"{held}: trained on {train_gpus} (+{SYNTH} synthetic each) for {steps} steps, {time.process_time() - t0:.0f} s CPU", flush=True)
     return 0
 
 

@@ -102,6 +102,37 @@ class EnergyWithSlowdown:
         return min(ok, key=lambda p: ok[p][0] * ok[p][1])
 
 
+def _isotonic(values: list[float], weights: list[float]) -> list[float]:
+    """Least-squares non-decreasing fit (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, w in zip(values, weights, strict=True):
+        blocks.append([v, w, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    out: list[float] = []
+    for m, _, n in blocks:
+        out.extend([m] * int(n))
+    return out
+
+
+def smooth_profile(profile: Profile, samples: dict[int, int] | None = None) -> Profile:
+    """Denoise a measured power-limit profile with the shapes physics guarantees.
+
+    Time per unit of work does not rise with the power limit and board power does not fall
+    with it, so each is replaced by its least-squares monotone fit over the limits (weighted by
+    how many readings each limit's value averages). Noise then moves the pick much less.
+    """
+    limits = sorted(profile)
+    if len(limits) < 3:
+        return dict(profile)
+    weights = [float((samples or {}).get(p, 1)) for p in limits]
+    neg_time = _isotonic([-profile[p][0] for p in limits], weights)
+    watts = _isotonic([profile[p][1] for p in limits], weights)
+    return {p: (-t, w) for p, t, w in zip(limits, neg_time, watts, strict=True)}
+
+
 def make_objective(name: str, eta: float = 0.5, max_slowdown: float = 0.10) -> Objective:
     """Build an objective from its config name."""
     if name == "zeus_cost":

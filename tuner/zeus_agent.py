@@ -10,13 +10,19 @@ What it does, per recurrence of a job (it never reads the trace tables):
    one so far, whether tried, its normalised mean cost to target, its measured cost per epoch
    relative to the best's; global counters) and ask the chooser (the learned policy, numpy
    inference) for a move: run the size at an offset of -3..+3 places from the best one in
-   the trainer's list of sizes, offset 0 (or an absent size) meaning exploit, which
-   Thompson-samples the finished sizes' mean costs, once the local search is done (an untried
-   immediate neighbour of the best size is run first, :meth:`GputunedPolicy._local_search`).
-3. The chosen size gets its power limit by JIT profiling (cached per size). If the run's cost
-   passes ``switch_beta`` x the best mean run cost, it switches to the best size, keeping the
-   progress made (unlike Zeus, which stops and restarts), and the size is marked stopped
-   (excluded from exploiting until a later explicit try of it finishes).
+   the trainer's list of sizes; offset 0 exploits once the local search is done (an untried
+   immediate neighbour of the best size is run first, :meth:`GputunedPolicy._local_search`),
+   an offset to an absent size exploits at once. Exploiting is Thompson sampling (:func:`thompson`)
+   on log-normal beliefs: a finished size's from its runs with the job's pooled run-to-run
+   noise; an untried size's from its measured cost per epoch relative to the best size, with a
+   critical-batch-size drift (larger sizes need more epochs) and a spread growing with the
+   distance in doublings, considered only when it predicts a clear (5%) saving.
+3. The chosen size gets its power limit by JIT profiling (cached per size), picked from the
+   profile after a monotone fit (time falls, power rises with the limit; :func:`smooth_profile`).
+   The size's run cost counts that profiling. If the run's cost passes ``switch_beta`` x the
+   best mean run cost, it switches to the best size, keeping the progress made (unlike Zeus,
+   which stops and restarts), and the size is marked stopped (excluded from exploiting until a
+   later explicit try of it finishes).
 
 Every knob change goes through the safety guard when one is given.
 """
@@ -31,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gputuned.tuner.guard import SafetyGuard
-from gputuned.tuner.objectives import Objective
+from gputuned.tuner.objectives import Objective, smooth_profile
 from gputuned.tuner.zeus_run import OutOfMemory, TraceRun
 
 logger = logging.getLogger(__name__)
@@ -118,17 +124,69 @@ def observe(mem: ArmMemory) -> np.ndarray:
     return obs
 
 
-def thompson(mem: ArmMemory, rng: np.random.Generator) -> int:
-    """Exploit by Thompson sampling over finished sizes: a Gaussian belief on each mean cost."""
+def pooled_log_sd(mem: ArmMemory, floor: float = 0.03, prior: float = 0.1, prior_weight: float = 2.0) -> float:
+    """Run-to-run noise of a job's cost, in log space, pooled over every size with repeat runs.
+
+    One noise level per job (its epochs to target vary between runs the same way at every
+    size), shrunk toward ``prior`` with ``prior_weight`` pseudo-degrees of freedom and floored.
+    """
+    ss, dof = prior_weight * prior**2, prior_weight
+    for b, costs in mem.run_costs.items():
+        if len(costs) > 1 and b not in mem.stopped:
+            logs = np.log(np.maximum(np.asarray(costs), 1e-12))
+            ss += float(np.sum((logs - logs.mean()) ** 2))
+            dof += len(costs) - 1
+    return max(floor, math.sqrt(ss / dof))
+
+
+#: Prior spread of an untried size's epochs to target, in log units per doubling of the batch
+#: size away from the size it is predicted from (statistical efficiency is not measured live).
+PRIOR_SD_PER_DOUBLING = 0.15
+#: Expected rise of an untried larger size's epochs to target, in log units per doubling.
+PRIOR_DRIFT_PER_DOUBLING = 0.4
+#: An untried size is explored only when its prior mean is at least this much (log) cheaper.
+PRIOR_MARGIN = 0.05
+
+
+def _prior(mem: ArmMemory, b: int, ref: int, sd_run: float) -> tuple[float, float]:
+    """Belief (log mean cost, sd) on an untried size: the reference's cost scaled by measured cost per epoch."""
+    ratio = mem.epoch_cost.get(b, math.inf) / mem.epoch_cost.get(ref, math.inf)
+    if not math.isfinite(ratio) or ratio <= 0:
+        return math.inf, 0.0
+    doublings = math.log2(b / ref)
+    # Critical-batch-size model (McCandlish et al. 2018): epochs to target grow with the batch
+    # size, so a larger size is expected to need more epochs than the reference; a smaller one
+    # at most as many (the spread covers the exceptions).
+    mean = math.log(mem.mean_cost(ref)) + math.log(ratio) + PRIOR_DRIFT_PER_DOUBLING * max(doublings, 0.0)
+    return mean, math.hypot(sd_run, PRIOR_SD_PER_DOUBLING * abs(math.log2(b / ref)))
+
+
+def thompson(mem: ArmMemory, rng: np.random.Generator, untried: bool = True) -> int:
+    """Exploit by Thompson sampling: a log-normal belief on each size's mean cost to target.
+
+    A finished size's belief is centred on its runs' mean log cost with spread sd / sqrt(runs),
+    sd being the job's pooled run-to-run noise (:func:`pooled_log_sd`), so a size that happened
+    to repeat one value is not taken as certain, nor a lucky single run. With ``untried``, a
+    size never run gets a prior from its measured cost per epoch relative to the best size
+    (:func:`_prior`): cheaper per epoch means probably cheaper to target, with a spread that
+    grows with its distance from the best size in doublings.
+    """
+    sd = pooled_log_sd(mem)
     draws: dict[int, float] = {}
+    best = mem.best()
+    known = math.isfinite(mem.mean_cost(best))
     for b in mem.usable():
         costs = mem.run_costs.get(b)
-        if not costs or b in mem.stopped:
+        if b in mem.stopped:
             continue
-        mean = float(np.mean(costs))
-        sd = float(np.std(costs)) if len(costs) > 2 else 0.1 * mean
-        draws[b] = float(rng.normal(mean, sd / math.sqrt(len(costs))))
-    return min(draws, key=draws.__getitem__) if draws else mem.best()
+        if costs:
+            mean = float(np.mean(np.log(np.maximum(np.asarray(costs), 1e-12))))
+            draws[b] = float(rng.normal(mean, sd / math.sqrt(len(costs))))
+        elif untried and known:
+            mean, spread = _prior(mem, b, best, sd)
+            if mean < math.log(mem.mean_cost(best)) - PRIOR_MARGIN:
+                draws[b] = float(rng.normal(mean, spread))
+    return min(draws, key=draws.__getitem__) if draws else best
 
 
 def apply_move(mem: ArmMemory, move: int, rng: np.random.Generator | None = None) -> int:
@@ -230,7 +288,7 @@ class GputunedPolicy:
                 profile[p] = (r.epoch_time_s, r.power_w)
                 if run.done:
                     break
-            best = objective.pick_power_limit(profile, run.max_power_w) if profile else run.max_power_w
+            best = objective.pick_power_limit(smooth_profile(profile), run.max_power_w) if profile else run.max_power_w
             self.mem.power_limit[b] = best
             if self.guard is not None and run.max_power_w in profile and not run.done:
                 best = self._checked(knobs, b, best, profile, objective)
@@ -282,10 +340,12 @@ class GputunedPolicy:
             b = self._local_search() if self.last_move == SLOTS and self.local_search else None
             if b is None:
                 b = apply_move(self.mem, self.last_move, self.rng)
+        # The size's run cost includes its own power-limit profiling: that time trains at this size
+        # (progress the trainer keeps), so leaving it out would flatter a size first tried on a short job.
+        start = run.cost(objective, ref_time_s)
         p = self._power_limit(knobs, b, objective)
         knobs.set(b, p)
         b = run.batch_size  # what actually runs (the guard may have refused the change)
-        start = run.cost(objective, ref_time_s)  # one-time profiling is not the size's own cost
         best_cost = self.mem.mean_cost(self.mem.best())
         # Only an untried size is switched away from; a known size runs to the end (noise is not failure).
         exploring = b not in self.mem.run_costs or b in self.mem.stopped
