@@ -47,6 +47,8 @@ class DetectorConfig:
     tau_spread: float = 20.0
     tau_scale: float = 1800.0
     tail_ref: float = 4.0
+    tail_cap: float = 30.0
+    tail_tau: float = 6000.0
     learn_below: float = 3.0
     clip: float = 3.0
     gap_factor: float = 4.0
@@ -120,6 +122,9 @@ class _State:
     tail: float = 0.0
     n_scale: int = 0
     z_spread: float = 0.0
+    z_innovation: float = 0.0
+    local_mad: float = 0.0
+    in_range: bool = False
 
 
 class _LaggedRange:
@@ -224,7 +229,7 @@ class OnlineDetector:
             a = (
                 1.0 - math.exp(-w / c.tau_long), 1.0 - math.exp(-w / c.tau_short),
                 1.0 - math.exp(-w / c.tau_spread), 1.0 - math.exp(-w / c.tau_scale),
-                math.exp(-w / (2.0 * c.tau_scale)),
+                math.exp(-w / c.tail_tau),
             )
             if len(self._cache) > 4096:
                 self._cache.clear()
@@ -250,10 +255,21 @@ class OnlineDetector:
         sigma = max(_SIGMA_PER_MAD * s.mad, floor)
         z_point = (x - s.level) / sigma
         # heavy-tailed series: a point counts in units of the largest recent normal deviation
-        z_point *= c.tail_ref / max(c.tail_ref, s.tail)
         z_point = self._gate(z_point, x, self._values, sigma)
+        # the same sample against the fast mean, in the short-term noise's own scale: a jump
+        # stands out even where a slow pattern (a daily cycle) has widened the level's scale
+        local_sigma = max(_SIGMA_PER_MAD * s.local_mad, floor)
+        z_local = (x - s.short) / local_sigma
+        s.z_innovation = abs(z_local)
+        z_local = self._gate(z_local, x, self._values, local_sigma)
+        if self._directed(z_local) > self._directed(z_point):
+            z_point = z_local
+        z_point *= c.tail_ref / max(c.tail_ref, s.tail)
         _, a_short, a_sp, _, _ = self._alphas(w)
-        bound = c.clip * sigma
+        b = self._values.bounds(c.gate_q)
+        # the fast mean resists outliers (Huber clip), but not values the series has shown before
+        s.in_range = b is not None and b[0] <= x <= b[1]
+        bound = math.inf if s.in_range else c.clip * sigma
         short = s.short + a_short * max(-bound, min(bound, x - s.short))
         short_sigma = max(_SIGMA_PER_MAD * s.short_mad, floor)
         z_short = (short - s.level) / short_sigma
@@ -305,6 +321,8 @@ class OnlineDetector:
         short_dev = abs(sum(tail) / len(tail) - med)
         s.short_mad = max(short_dev, s.mad / math.sqrt(2.0 * c.tau_short))
         s.spread_mad = 0.25
+        steps = [abs(b - a) for a, b in zip(s.warm, s.warm[1:], strict=False)]
+        s.local_mad = max(0.8 * sum(steps) / len(steps), s.mad / math.sqrt(2.0 * c.tau_short))
         # the warm-up's own extremes start the tail estimate: a heavy tail seen early is known
         s.tail = max(abs(v - med) for v in xs) / max(_SIGMA_PER_MAD * s.mad, self._floor())
         s.warm = []
@@ -335,16 +353,20 @@ class OnlineDetector:
             s.level += a_short * err
         else:
             s.level += a_long * max(-bound, min(bound, err))
-        s.short += a_short * max(-bound, min(bound, x - s.short))
+        innovation = abs(x - s.short)
+        s.short += a_short * max(-bound, min(bound, x - s.short)) if not s.in_range else a_short * (x - s.short)
         self._shorts.push(s.short)
         s.spread += a_sp * (min(abs(err), 10.0 * sigma) - s.spread)
         s.tail *= tail_decay
         if s.z_spread < c.clip:  # a spread increase is an anomaly, not a heavier tail
-            s.tail = max(s.tail, abs(err) / sigma)
+            # the tail is that of the jumps from the fast mean: a slow pattern is not a heavy tail
+            s.tail = max(s.tail, min(s.z_innovation, c.tail_cap))
         if s.z_short >= c.learn_below or score >= c.clear_at:
             return  # scales learn only from normal stretches, so a drift cannot hide in them
         s.n_scale += 1
         s.mad += a_scale * (min(abs(err), bound) - s.mad)
+        local_sigma = max(_SIGMA_PER_MAD * s.local_mad, floor)
+        s.local_mad += a_scale * (min(innovation, c.clip * local_sigma) - s.local_mad)
         short_sigma = max(_SIGMA_PER_MAD * s.short_mad, floor)
         s.short_mad += a_scale * (min(abs(s.short - s.level), c.clip * short_sigma) - s.short_mad)
         if s.mad > 0.0 and s.spread > 0.0:

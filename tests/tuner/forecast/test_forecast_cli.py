@@ -79,3 +79,13 @@ def test_bad_input_names_the_row_and_exits_2(
 def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["detect", str(tmp_path / "nope.csv")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_allow_unsorted_judges_rows_in_file_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = "".join(f"{t},{1.0 + 0.01 * (t % 3)}\n" for t in [*range(100, 200), *range(150, 250)])
+    src = write(tmp_path / "back.csv", "timestamp,value\n" + rows)
+    assert main(["detect", str(src)]) == 2
+    assert "row 102" in capsys.readouterr().err
+    out = tmp_path / "o.csv"
+    assert main(["detect", str(src), "--allow-unsorted", "-o", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 201

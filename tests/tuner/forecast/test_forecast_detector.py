@@ -128,3 +128,36 @@ def test_eta_ignores_a_temperature_settling_below_its_limit() -> None:
         x = 75.0 - 30.0 * math.exp(-i / 900.0) + rng.gauss(0, 0.2)
         transitions.append(eta.update(float(i), x))
     assert "raised" not in transitions and math.isinf(eta.eta_s)
+
+
+def test_a_repeating_daily_pattern_alarms_at_most_while_first_learned() -> None:
+    # a noiseless square-ish daily cycle at 5 min (288 samples a day), 12 days
+    day = [20.0] * 110 + [20.0 + 60.0 * (1 - 0.2 ** k) for k in range(1, 90)] + [32.0 - 12.0 * (1 - 0.2 ** k) for k in range(88)]
+    x = (day * 12)[: 12 * 288]
+    times = [300.0 * i for i in range(len(x))]
+    _, alerts, _ = run(times, x)
+    raises = [i for i in range(1, len(x)) if alerts[i] and not alerts[i - 1]]
+    assert all(i < 2 * 288 for i in raises), f"alerts on days {sorted({i // 288 for i in raises})}"
+
+
+def test_a_level_never_seen_still_alerts_after_a_daily_cycle_was_learned() -> None:
+    x = [50.0 + 10.0 * math.sin(2 * math.pi * i / 288) + 0.3 * random.Random(i).gauss(0, 1) for i in range(6 * 288)]
+    x += [75.0 + 0.3 * random.Random(i).gauss(0, 1) for i in range(100)]  # above every value seen
+    _, alerts, raised = run([300.0 * i for i in range(len(x))], x)
+    assert raised == 1 and alerts.index(True) >= 6 * 288
+
+
+def test_a_value_within_the_recent_range_is_not_a_spike_but_one_beyond_it_is() -> None:
+    rng = random.Random(3)
+    base = [100.0 + (30.0 if (i // 50) % 2 else 0.0) + rng.gauss(0, 1) for i in range(2000)]  # two regimes
+    _, quiet, _ = run([float(i) for i in range(2000)], base)
+    spiked = base[:1990] + [200.0] + base[1991:]
+    _, alerts, _ = run([float(i) for i in range(2000)], spiked)
+    assert not any(quiet[300:])  # once both regimes are in the window (lagged 128 samples)
+    assert alerts[1990] and alerts[300:1990] == quiet[300:1990]
+
+
+def test_constant_series_with_a_step_alerts_once() -> None:
+    x = [42.0] * 1000 + [43.0] * 1000
+    _, alerts, raised = run([float(i) for i in range(2000)], x)
+    assert raised == 1 and 1000 <= alerts.index(True) <= 1002
