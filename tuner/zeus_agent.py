@@ -151,7 +151,7 @@ PRIOR_MARGIN = 0.05
 def _prior(mem: ArmMemory, b: int, ref: int, sd_run: float) -> tuple[float, float]:
     """Belief (log mean cost, sd) on an untried size: the reference's cost scaled by measured cost per epoch."""
     ratio = mem.epoch_cost.get(b, math.inf) / mem.epoch_cost.get(ref, math.inf)
-    if not math.isfinite(ratio) or ratio <= 0:
+    if not math.isfinite(ratio) or ratio <= 0 or not 0 < mem.mean_cost(ref) < math.inf:
         return math.inf, 0.0
     doublings = math.log2(b / ref)
     # Critical-batch-size model (McCandlish et al. 2018): epochs to target grow with the batch
@@ -184,7 +184,7 @@ def thompson(mem: ArmMemory, rng: np.random.Generator, untried: bool = True) -> 
             draws[b] = float(rng.normal(mean, sd / math.sqrt(len(costs))))
         elif untried and known:
             mean, spread = _prior(mem, b, best, sd)
-            if mean < math.log(mem.mean_cost(best)) - PRIOR_MARGIN:
+            if math.isfinite(mean) and mean < math.log(mem.mean_cost(best)) - PRIOR_MARGIN:
                 draws[b] = float(rng.normal(mean, spread))
     return min(draws, key=draws.__getitem__) if draws else best
 
@@ -343,6 +343,7 @@ class GputunedPolicy:
         # The size's run cost includes its own power-limit profiling: that time trains at this size
         # (progress the trainer keeps), so leaving it out would flatter a size first tried on a short job.
         start = run.cost(objective, ref_time_s)
+        done_before = run.done  # a short job can reach its target while recurrence 1 profiles sizes
         p = self._power_limit(knobs, b, objective)
         knobs.set(b, p)
         b = run.batch_size  # what actually runs (the guard may have refused the change)
@@ -359,7 +360,7 @@ class GputunedPolicy:
             if not run.done:  # even the best size failed this time: restart there from scratch
                 run.restart()
                 run.run(objective, ref_time_s=ref_time_s)
-        else:
+        elif not done_before:  # a run that never trained at b says nothing about b's cost
             self.mem.stopped.discard(b)
             self.mem.run_costs.setdefault(b, []).append(run.cost(objective, ref_time_s) - start)
         if self.mem.recurrences == 0:

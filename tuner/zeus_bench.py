@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,16 +88,31 @@ def bench_gpu(
 ) -> dict:
     """Run every policy on every job of ``gpu``; returns the bench JSON document."""
     traces = load_gpu(trace_dir, gpu)
+    return bench_traces(traces, gpu, eta, range(seeds), recurrences, chooser, policies, progress)
+
+
+def bench_traces(
+    traces: dict[str, JobTrace],
+    gpu: str,
+    eta: float = 0.5,
+    seeds: Iterable[int] = range(3),
+    recurrences: int = DEFAULT_RECURRENCES,
+    chooser: Chooser | None = None,
+    policies: tuple[str, ...] = POLICIES,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run every policy on every given job (measured or synthetic GPU); the bench JSON document."""
     objective = ZeusCost(eta)
+    seeds = list(seeds)
     results: list[dict] = []
     for job, trace in traces.items():
         for name in policies:
             sums = np.zeros(3)
-            for seed in range(seeds):
+            for seed in seeds:
                 rng = np.random.default_rng(seed)
                 policy = make_policy(name, trace, np.random.default_rng(10_000 + seed), chooser)
                 sums += run_job(trace, policy, objective, recurrences, rng)
-            e, t, c = sums / seeds
+            e, t, c = sums / len(seeds)
             results.append({"job": job, "policy": name, "energy_j": e, "time_s": t, "cost": c})
             if progress is not None:
                 progress(f"{gpu}/{job}/{name}")
