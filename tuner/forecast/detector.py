@@ -130,31 +130,28 @@ class _State:
 class _LaggedRange:
     """Sorted values of the samples from ``window`` to ``lag`` samples ago, for the seen-before gate."""
 
-    def __init__(self, window: int, lag: int) -> None:
+    def __init__(self, window: int, lag: int, q: float) -> None:
         self.size, self.lag = window - lag, lag
         self.pending: deque[float] = deque()
         self.order: deque[float] = deque()
         self.sorted: list[float] = []
+        self.q = q
+        self.range: tuple[float, float] | None = None
 
     def push(self, x: float) -> None:
         pending = self.pending
         pending.append(x)
         if len(pending) > self.lag:
             y = pending.popleft()
-            insort(self.sorted, y)
+            vals = self.sorted
+            insort(vals, y)
             self.order.append(y)
             if len(self.order) > self.size:
-                old = self.order.popleft()
-                del self.sorted[bisect_left(self.sorted, old)]
-
-    def bounds(self, q: float) -> tuple[float, float] | None:
-        """The q and 1-q quantiles (by rank), or None before 32 samples."""
-        vals = self.sorted
-        n = len(vals)
-        if n < 32:
-            return None
-        k = int(q * n)
-        return vals[k], vals[n - 1 - k]
+                del vals[bisect_left(vals, self.order.popleft())]
+            n = len(vals)
+            if n >= 32:  # the q and 1-q quantiles by rank, kept for the samples until the next push
+                k = int(self.q * n)
+                self.range = (vals[k], vals[n - 1 - k])
 
 
 class OnlineDetector:
@@ -164,8 +161,8 @@ class OnlineDetector:
         self.config = config or DetectorConfig()
         self._s = _State()
         c = self.config
-        self._values = _LaggedRange(c.window, c.window_lag)
-        self._shorts = _LaggedRange(c.window, c.window_lag)
+        self._values = _LaggedRange(c.window, c.window_lag, c.gate_q)
+        self._shorts = _LaggedRange(c.window, c.window_lag, c.gate_q)
         self._cache: dict[float, tuple[float, float, float, float, float]] = {}
         self.alert = AlertState(
             self.config.raise_at, self.config.raise_now, self.config.confirm,
@@ -266,7 +263,7 @@ class OnlineDetector:
             z_point = z_local
         z_point *= c.tail_ref / max(c.tail_ref, s.tail)
         _, a_short, a_sp, _, _ = self._alphas(w)
-        b = self._values.bounds(c.gate_q)
+        b = self._values.range
         # the fast mean resists outliers (Huber clip), but not values the series has shown before
         s.in_range = b is not None and b[0] <= x <= b[1]
         bound = math.inf if s.in_range else c.clip * sigma
@@ -296,7 +293,7 @@ class OnlineDetector:
         whatever the baseline level says; beyond it, the cap grows with the distance.
         """
         c = self.config
-        b = seen.bounds(c.gate_q)
+        b = seen.range
         if b is None:
             return z
         margin = max(c.gate_margin * sigma, c.gate_span * (b[1] - b[0]))
