@@ -35,7 +35,7 @@ from gputuned.tuner.forecast.service import ForecastService
 
 logger = logging.getLogger(__name__)
 
-STATE_EVERY_S = 5.0
+STATE_EVERY_S = 10.0
 PARENT_CHECK_S = 2.0
 
 

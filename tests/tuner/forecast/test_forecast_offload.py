@@ -41,11 +41,11 @@ def test_child_raises_the_same_alert_as_inline_and_runs_hooks_on_the_tick_thread
     caplog.set_level(logging.INFO)
     svc.start()
     try:
-        worst = 0.0
+        took = []
         for now, samples in ticks():
             began = time.perf_counter()
             svc.observe(now, samples)
-            worst = max(worst, time.perf_counter() - began)
+            took.append(time.perf_counter() - began)
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline and not (got and svc.samples()):
             svc.observe(2400.0, [])  # hooks run from observe, on the caller's thread
@@ -55,7 +55,8 @@ def test_child_raises_the_same_alert_as_inline_and_runs_hooks_on_the_tick_thread
         svc.close()
     assert not svc.alive
     assert [(a.kind, a.series, a.since) for a in got] == [(a.kind, a.series, a.since) for a in want]
-    assert worst < 0.05, f"observe took {worst * 1e3:.1f} ms"
+    # never waits on the child: a loaded CI machine's scheduling hiccups stay far below this
+    assert max(took) < 0.5 and sorted(took)[len(took) // 2] < 0.002
     names = {s[0] for s in svc.samples()}
     assert "gputuned_anomaly_score" in names and "gputuned_alerts_raised_total" in names
     assert "alert raised: anomaly" in caplog.text  # the child's log records reach the core's loggers
