@@ -143,7 +143,7 @@ class Prefetcher:
             if nxt is None:
                 return None
             self.consumed_state = self.sampler.state_dict()
-            return [t[nxt[0]] for t in self.tensors], nxt[1]
+            return [t.index_select(0, nxt[0]) for t in self.tensors], nxt[1]
         item = self._queue.get()
         if item is self._END:
             return None

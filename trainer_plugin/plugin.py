@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from gputuned.trainer_plugin import compression
 from gputuned.trainer_plugin.client import DEFAULT_SOCKET, DaemonClient
+from gputuned.trainer_plugin.ddp_probe import DDPProbe
 from gputuned.trainer_plugin.noise_scale import LR_RULES, NoiseScaleEstimator, scaled_lr
 from gputuned.trainer_plugin.profiling import ProfileCapture
 
@@ -92,6 +93,11 @@ class TrainingPlugin:
         self._reset_interval()
         self._last_report = time.monotonic()
         self._local_sq: list[torch.Tensor] = []
+        self._probe: DDPProbe | None = None
+        self._comm_estimate = 0.0
+        self._sync_work: Any = None
+        self._sync_msg: torch.Tensor | None = None
+        self._sync_decision: dict[str, Any] | None = None
         self._global_sq: list[torch.Tensor] = []
         self._last_hook = 0.0
         self._last_done = 0.0
@@ -116,9 +122,16 @@ class TrainingPlugin:
 
     def instrument(self, model: torch.nn.parallel.DistributedDataParallel, hook: str = "none",
                    **hook_kwargs: Any) -> None:
-        """Register a (possibly compressing) comm hook on a DDP model, timed and counted."""
-        inner, state = compression.make_hook(hook, self.counters, **hook_kwargs)
+        """Measure a DDP model: comm time, bytes and gradient norms; ``hook`` picks a compression hook.
+
+        With ``none`` DDP keeps its built-in all-reduce and :class:`DDPProbe` measures around
+        it; a compression hook is wrapped in a timed, counted Python hook.
+        """
         self.context["compression"] = hook
+        if hook == "none":
+            self._probe = DDPProbe(model, self.norm_every)
+            return
+        inner, state = compression.make_hook(hook, self.counters, **hook_kwargs)
 
         # DDP checks the hook's annotations at runtime, and postponed (string) annotations
         # fail that check, so this closure is left unannotated.
@@ -129,7 +142,6 @@ class TrainingPlugin:
             measure = self._measure
             if measure:
                 self._local_sq.append(torch.dot(buf, buf))
-            fut = inner(state, bucket)
 
             def done(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
                 out = f.value()
@@ -138,7 +150,7 @@ class TrainingPlugin:
                     self._global_sq.append(torch.dot(out, out))
                 return out
 
-            return fut.then(done)
+            return inner(state, bucket).then(done)
 
         model.register_comm_hook(None, timed)
 
@@ -166,6 +178,8 @@ class TrainingPlugin:
         self._t0 = time.perf_counter()
         self._armed = True
         self._measure = self.step_count % self.norm_every == 0
+        if self._measure and self._probe is not None:
+            self._probe.arm()
         self._step_samples = samples
         if self._pending_profile is not None and self._profile is None:
             d = self._pending_profile
@@ -201,6 +215,19 @@ class TrainingPlugin:
         step_time = now - self._t0
         comm = max(0.0, self._last_done - self._last_hook) if self._hooked else 0.0
         self._hooked = False
+        probe = self._probe
+        if probe is not None:
+            self.counters.bytes_sent += probe.grad_bytes
+            self.counters.bytes_uncompressed += probe.grad_bytes
+            self.counters.calls += 1
+            if self._measure:
+                norms = probe.disarm()
+                if norms is not None:
+                    self._local_sq, self._global_sq = norms
+                sampled = probe.exposed_comm_s()
+                if sampled is not None:
+                    self._comm_estimate = sampled
+            comm = self._comm_estimate
         samples = self._step_samples if self._step_samples is not None else self.batch_size
         self._n += 1
         self._sum_step += step_time
@@ -216,8 +243,10 @@ class TrainingPlugin:
             self._finish_profile()
         self._data_wait = 0.0
         self.step_count += 1
+        if self._sync_work is not None:
+            self._finish_sync()
         if self.step_count % self.sync_interval == 0:
-            self._sync_decisions()
+            self._start_sync()
         if time.monotonic() - self._last_report >= (self.client.report_interval_s if self.client else 1.0):
             self._report()
 
@@ -280,7 +309,12 @@ class TrainingPlugin:
 
     # -- decisions ----------------------------------------------------------------------
 
-    def _sync_decisions(self) -> None:
+    def _start_sync(self) -> None:
+        """Poll (leader) and start exchanging the decision; it applies when the exchange ends.
+
+        Distributed, the exchange is an asynchronous all-reduce finished at the end of the
+        next step, so no rank ever blocks on it: every rank applies it at that same step.
+        """
         kind, value = _NONE, 0
         decision = None
         if self.leader and self.client is not None:
@@ -289,24 +323,39 @@ class TrainingPlugin:
                 kind, value = self._vet(decision)
         if self.lr_scaling == "adascale" and self.batch_mode == "global":
             self.lr_factor = self.noise.adascale_gain(self.batch_size, self.base_batch_size)
-        factor = self.lr_factor
         stop = 1.0 if self.stop_requested else 0.0
+        # Non-leaders send zeros for the decision fields, so a sum carries rank 0's decision
+        # and LR factor plus how many ranks want to stop, in one small collective.
+        row = [float(kind), float(value), self.lr_factor] if self.leader else [0.0, 0.0, 0.0]
+        self._sync_msg = torch.tensor([*row, stop], dtype=torch.float64, device=self._sync_device)
+        self._sync_decision = decision
         if self.distributed and self.world_size > 1:
-            # Non-leaders send zeros for the decision fields, so a sum carries rank 0's decision
-            # and LR factor plus how many ranks want to stop, in one small collective.
-            row = [float(kind), float(value), factor] if self.leader else [0.0, 0.0, 0.0]
-            msg = torch.tensor([*row, stop], dtype=torch.float64, device=self._sync_device)
-            dist.all_reduce(msg)
-            kind, value, factor, stop = int(msg[0].item()), int(msg[1].item()), float(msg[2].item()), float(msg[3].item())
+            self._sync_work = dist.all_reduce(self._sync_msg, async_op=True)
+        else:
+            self._sync_work = True
+            self._finish_sync()
+
+    def _finish_sync(self) -> None:
+        work, msg, decision = self._sync_work, self._sync_msg, self._sync_decision
+        self._sync_work = self._sync_msg = self._sync_decision = None
+        if work is not True:
+            work.wait()
+        assert msg is not None
+        kind, value, factor, stop = (float(v) for v in msg.tolist())
         self.lr_factor = factor
         self.stop_agreed = stop > 0
-        if kind == _BATCH:
-            self._apply_batch(value)
+        if int(kind) == _BATCH:
+            self._apply_batch(int(value))
             if decision is not None and self.client is not None:
                 self.client.ack(decision["id"], True, applied_step=self.step_count)
-        elif kind == _PROFILE and decision is not None:
+        elif int(kind) == _PROFILE and decision is not None:
             self._pending_profile = decision
         self._set_lr()
+
+    def settle(self) -> None:
+        """Finish a decision exchange in flight now (all ranks together, e.g. before a checkpoint)."""
+        if self._sync_work is not None:
+            self._finish_sync()
 
     def request_stop(self) -> None:
         """Ask all ranks to stop together at the next sync point (e.g. on SIGTERM)."""

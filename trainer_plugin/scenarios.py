@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from gputuned.trainer_plugin.config import Config, parse_config
 from gputuned.trainer_plugin.trainer import Callbacks, Trainer, exit_distributed, init_distributed
@@ -56,7 +57,35 @@ def compression(cfg_path: str | None) -> dict[str, Any]:
                      "seconds": time.perf_counter() - t0, "bytes_sent": c.bytes_sent,
                      "bytes_uncompressed": c.bytes_uncompressed}
         trainer.close()
+    out["grad_check"] = _grad_check(cfg_path)
     return out
+
+
+def _grad_check(cfg_path: str | None) -> dict[str, float]:
+    """One step with DDP's own all-reduce: the plugin's squared gradient norms vs direct ones."""
+    import copy
+
+    from gputuned.trainer_plugin.data import ResizableBatchSampler
+
+    trainer = Trainer(_config(cfg_path, {"train.max_steps": 1}))
+    plugin = trainer.plugin
+    plugin.norm_every = 1
+    plugin._last_report = time.monotonic() + 3600  # keep this step's norms for inspection
+    model = copy.deepcopy(trainer.model)
+    chunk, _ = ResizableBatchSampler(len(trainer.y_train), trainer.cfg.data.batch_size, 0, 1,
+                                     seed=trainer.cfg.data.seed).next_batch()
+    expected = {}
+    for name, idx in (("global", chunk), ("local", chunk[trainer.rank::trainer.world])):
+        model.zero_grad()
+        F.cross_entropy(model(trainer.x_train[idx]), trainer.y_train[idx]).backward()
+        expected[name] = float(sum((p.grad.double() ** 2).sum() for p in model.parameters()))
+    trainer.fit()
+    local, glob, _, _ = plugin._norms[0]
+    measured = {"local": float(torch.stack(local).sum()),
+                "global": float(torch.stack(glob).sum())}
+    trainer.close()
+    return {"expected_global_sq": expected["global"], "expected_local_sq": expected["local"],
+            "global_sq": measured["global"], "local_sq": measured["local"]}
 
 
 def overflow(cfg_path: str | None) -> dict[str, Any]:
@@ -127,26 +156,40 @@ def resume(cfg_path: str | None) -> dict[str, Any]:
 
 
 def throughput(cfg_path: str | None) -> dict[str, Any]:
-    """Samples/s of a hand-written DDP loop and of the trainer (plugin on), same model, alternated."""
+    """Samples/s of a hand-written DDP loop and of the trainer (plugin on) on the same samples.
+
+    Rounds alternate which loop runs first, so a machine getting busier or quieter during the
+    run favours neither; both count the samples they trained on (epochs end in a partial batch).
+    """
     cfg = _config(cfg_path, {"train.eval_every_epoch": False, "train.epochs": 1000})
     steps = cfg.train.max_steps or 300
-    plain, ours = [], []
-    for _ in range(int(os.environ.get("GPUTUNED_BENCH_ROUNDS", "3"))):
-        plain.append(_plain_ddp(cfg, steps))
-        trainer = Trainer(cfg)
-        dist.barrier()
-        t0 = time.perf_counter()
-        trainer.fit()
-        ours.append(steps * cfg.data.batch_size / (time.perf_counter() - t0))
-        report = trainer.plugin.interval_stats()
-        trainer.close()
+    plain: list[float] = []
+    ours: list[float] = []
+    report: dict[str, Any] = {}
+    connected = False
+    for r in range(int(os.environ.get("GPUTUNED_BENCH_ROUNDS", "3"))):
+        for which in ("plain", "trainer") if r % 2 == 0 else ("trainer", "plain"):
+            if which == "plain":
+                plain.append(_plain_ddp(cfg, steps))
+                continue
+            trainer = Trainer(cfg)
+            dist.barrier()
+            t0 = time.perf_counter()
+            trainer.fit()
+            ours.append(trainer.samples_seen / (time.perf_counter() - t0))
+            report = trainer.plugin.interval_stats()
+            connected = connected or bool(trainer.plugin.client and trainer.plugin.client.connects_total)
+            trainer.close()
     return {"plain_samples_per_s": plain, "trainer_samples_per_s": ours, "steps": steps,
-            "connected": bool(trainer.plugin.client and trainer.plugin.client.connects_total),
-            "last_stats": report}
+            "connected": connected, "last_stats": report}
 
 
 def _plain_ddp(cfg: Config, steps: int) -> float:
-    """The loop a practitioner would write by hand: DDP, SGD, in-memory tensors, no extras."""
+    """The loop a practitioner would write by hand: DDP, SGD, in-memory tensors, nothing else.
+
+    Same model, data, optimizer and fp32 as the trainer, and the same sample stream shape:
+    a fresh permutation per epoch cut into global batches, the last one partial.
+    """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from gputuned.trainer_plugin.data import load_digits
@@ -158,21 +201,24 @@ def _plain_ddp(cfg: Config, steps: int) -> float:
     model = DDP(build_model(cfg.model))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     rank, world = dist.get_rank(), dist.get_world_size()
-    per_rank = cfg.data.batch_size // world
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    n, bs = len(y), cfg.data.batch_size
+    gen = torch.Generator().manual_seed(cfg.data.seed)
+    done = seen = 0
     dist.barrier()
     t0 = time.perf_counter()
-    pos = 0
-    for _ in range(steps):
-        if pos + cfg.data.batch_size > len(y):
-            pos = 0
-        idx = perm[pos + rank * per_rank:pos + (rank + 1) * per_rank]
-        pos += cfg.data.batch_size
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return steps * cfg.data.batch_size / (time.perf_counter() - t0)
+    while done < steps:
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, bs):
+            if done == steps:
+                break
+            idx = perm[start:start + bs][rank::world]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            seen += min(bs, n - start)
+            done += 1
+    return seen / (time.perf_counter() - t0)
 
 
 SCENARIOS = {"compression": compression, "overflow": overflow, "batch_switch": batch_switch, "resume": resume,

@@ -106,7 +106,8 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.x_train, self.y_train, self.x_test, self.y_test = load_digits(d.seed)
         self.model = build_model(config.model).to(self.device)
-        self.ddp = DDP(self.model) if self.distributed else None
+        # gradients as views of DDP's buckets: no copy from the reduced buckets back into .grad
+        self.ddp = DDP(self.model, gradient_as_bucket_view=True) if self.distributed else None
         self.net = self.ddp or self.model
         o = config.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
@@ -187,6 +188,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Collective: gather RNG states, then rank 0 writes (asynchronously by config)."""
+        self.plugin.settle()  # a decision in flight is applied before the snapshot, not lost
         state = self.state_dict()
         if self.ckpt is not None and self.rank == 0:
             self.ckpt.save(self.step, state)
@@ -227,27 +229,37 @@ class Trainer:
 
     def _train_step(self, parts: list[torch.Tensor], global_n: int) -> torch.Tensor:
         x, y = parts[0], parts[1]
-        chunks = list(zip(torch.tensor_split(x, self.accumulation), torch.tensor_split(y, self.accumulation),
-                          strict=True))
-        total = torch.zeros((), device=self.device)
+        if self.accumulation == 1:
+            chunks = [(x, y)]
+        else:
+            chunks = list(zip(torch.tensor_split(x, self.accumulation), torch.tensor_split(y, self.accumulation),
+                              strict=True))
+        # sum over local samples scaled so DDP's average is the exact global-batch mean
+        factor = self.world / global_n
+        total: torch.Tensor | None = None
         for i, (xc, yc) in enumerate(chunks):
             sync = i == len(chunks) - 1 or self.ddp is None
-            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()  # type: ignore[union-attr]
-            with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                     enabled=self.amp_dtype is not None):
-                out = self.net(xc)
-                # sum over local samples scaled so DDP's average is the exact global-batch mean
-                loss = F.cross_entropy(out.float(), yc, reduction="sum") * (self.world / global_n)
-            if self.cb.on_loss is not None:
-                loss = self.cb.on_loss(self, loss)
-            self.scaler.scale(loss).backward()
-            total += loss.detach()
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():  # type: ignore[union-attr]
+                loss = self._loss(xc, yc) * factor
+                if self.cb.on_loss is not None:
+                    loss = self.cb.on_loss(self, loss)
+                self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.samples_seen += global_n
         self.scheduler.step()
+        assert total is not None
         return total
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of a micro-batch, under autocast when training in fp16/bf16."""
+        if self.amp_dtype is None:
+            return F.cross_entropy(self.net(x), y, reduction="sum")
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):
+            out = self.net(x)
+        return F.cross_entropy(out.float(), y, reduction="sum")
 
     def evaluate(self) -> tuple[float, float]:
         """Accuracy and mean loss on the held-out digits."""
