@@ -45,7 +45,8 @@ class TrainingPlugin:
                  on_batch_size: BatchSizeCallback | None = None, optimizer: torch.optim.Optimizer | None = None,
                  lr_scaling: str = "none", min_batch_size: int = 1, max_batch_size: int = 1 << 20,
                  sync_interval: int = 10, connect: bool = True, client: DaemonClient | None = None,
-                 context: dict[str, Any] | None = None, norm_every: int = 8) -> None:
+                 context: dict[str, Any] | None = None, norm_every: int = 8,
+                 vet_batch_size: Callable[[int], str | None] | None = None) -> None:
         if lr_scaling not in LR_RULES:
             raise ValueError(f"lr_scaling: unknown rule {lr_scaling!r} (expected one of {', '.join(LR_RULES)})")
         if batch_mode not in ("global", "micro"):
@@ -60,6 +61,8 @@ class TrainingPlugin:
         self.accumulation_steps = accumulation_steps
         self.micro_batch_size = batch_size // (self.world_size * accumulation_steps)
         self.on_batch_size = on_batch_size
+        # the loop's own veto: a reason why it cannot take a batch size now (refused, logged)
+        self.vet_batch_size = vet_batch_size
         self.optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups] if optimizer else []
         self.lr_scaling = lr_scaling
@@ -382,6 +385,8 @@ class TrainingPlugin:
         elif size < 1 or self.batch_size % (size * self.world_size):
             return self._refuse(decision, f"micro batch_size {size} does not divide the global batch "
                                           f"{self.batch_size} over {self.world_size} ranks")
+        if self.vet_batch_size is not None and (why := self.vet_batch_size(size)):
+            return self._refuse(decision, why)
         return _BATCH, size
 
     def _refuse(self, decision: dict[str, Any], why: str) -> tuple[int, int]:
