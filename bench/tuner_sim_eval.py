@@ -5,6 +5,7 @@ Usage:
   python bench/tuner_sim_eval.py eval POLICY.npz [POLICY2.npz ...] [--horizon N] [--json]
   python bench/tuner_sim_eval.py export CHECKPOINT.zip OUT.npz
   python bench/tuner_sim_eval.py inference [POLICY.npz] [N]
+  python bench/tuner_sim_eval.py clocks WORKLOAD [WORKLOAD ...]
   python bench/tuner_sim_eval.py resume CHECKPOINT.zip OUT_DIR TIMESTEPS [LEARNING_RATE] [N_EPOCHS]
 
 "eval" runs every workload (training and held-out) on a100 x4 (the headline's node), and the
@@ -85,17 +86,68 @@ def evaluate(paths: list[Path], horizon: int) -> dict[str, Any]:
     return {"summary": summary, "rows": rows}
 
 
+def _fixed(wl: str, mult: float, limit_w: float, clock_mhz: int | None) -> tuple[float, float] | None:
+    """Energy and seconds per target of a fixed (batch multiple, power limit, locked SM clock) on a100 x4."""
+    from gputuned.collectors.sim.node import build_sim_node
+    from gputuned.collectors.sim.state import VirtualClock
+
+    clock = VirtualClock()
+    be = build_sim_node("a100", 4, wl, None, clock, seed=0)
+    job, prof = be.job, be.devices[0].profile
+    if mult != 1.0 and not job.set_batch_size(int(job.batch_size * mult))[0]:
+        return None
+    for d in be.devices:
+        d.power_limit_mw = int(limit_w * 1000)
+        if clock_mhz:
+            d.locked_sm_clocks_mhz = (prof.sm_clock_min_mhz, clock_mhz)
+    clock.advance(30.0)
+    be.sync()
+    e0, p0 = sum(be.energy_j), job.progress
+    clock.advance(300.0)
+    be.sync()
+    dp = job.progress - p0
+    return (sum(be.energy_j) - e0) / dp, 300.0 / dp
+
+
+def clocks(workloads: list[str]) -> int:
+    """Best energy to target within 3% of the default's time: power limits alone vs locked SM clocks."""
+    from gputuned.collectors.sim.state import load_profile
+
+    prof = load_profile("a100")
+    for wl in workloads:
+        base = _fixed(wl, 1.0, prof.power_limit_default_w, None)
+        assert base is not None
+        best: dict[str, tuple[float, float, str]] = {}
+        for mult in (1.0, 0.5, 2.0, 0.25, 4.0):
+            limits = range(int(prof.power_limit_max_w), int(prof.power_limit_min_w) - 1, -15)
+            for limit in limits:
+                for clk in [None, *range(prof.sm_clock_max_mhz, prof.sm_clock_min_mhz, -105)]:
+                    r = _fixed(wl, mult, limit, clk)
+                    if r is None or r[1] > base[1] * 1.03:
+                        continue
+                    key = "locked clock" if clk else "power limit"
+                    if key not in best or r[0] < best[key][0]:
+                        best[key] = (r[0], r[1], f"batch x{mult:g}, {limit} W" + (f", {clk} MHz" if clk else ""))
+        for key, (e, t, what) in best.items():
+            print(f"{wl}: best with {key}: energy {e / base[0]:.3f}, time {t / base[1]:.3f} ({what})")
+    return 0
+
+
 def inference(path: Path | None, n: int) -> int:
     """Time one live decision (climber adviser + numpy MLP) over observations from real episodes."""
     import logging
     import time
 
     import numpy as np
+    import psutil
 
     from gputuned.daemon.tuning_policy import BASE_OBS_DIM, make_chooser
 
     logging.disable(logging.WARNING)
+    proc = psutil.Process()
+    rss0 = proc.memory_info().rss
     chooser = make_chooser("learned", path, "energy_slowdown", 0.03)
+    rss_kib = (proc.memory_info().rss - rss0) / 1024
     env = SimNodeEnv(horizon=50)
     obs_l = []
     for k in range(4):
@@ -110,7 +162,7 @@ def inference(path: Path | None, n: int) -> int:
         times.append(time.perf_counter() - t)
     us = np.asarray(times) * 1e6
     print(f"{n} decisions: median {np.median(us):.1f} us, p99 {np.percentile(us, 99):.1f} us, "
-          f"torch imported: {'torch' in sys.modules}")
+          f"RSS added by loading the policy {rss_kib:.0f} KiB, torch imported: {'torch' in sys.modules}")
     return 0
 
 
@@ -136,6 +188,8 @@ def main() -> int:
             over["n_epochs"] = int(args[5])
         resume_sim(Path(args[1]), int(args[3]), Path(args[2]), **over)
         return 0
+    if len(args) >= 2 and args[0] == "clocks":
+        return clocks(args[1:])
     if args and args[0] == "inference":
         return inference(Path(args[1]) if len(args) > 1 else None, int(args[2]) if len(args) > 2 else 20000)
     if len(args) == 3 and args[0] == "export":
