@@ -212,6 +212,7 @@ class TuningComponent:
         self.decisions: dict[str, int] = {}
         self.observer = self._new_observer()
         self._slack_w: dict[int, float] = {}  # Perseus: watts below the job-wide limit, per GPU
+        self._batch_max: int | None = None  # largest batch the job accepted before refusing a larger one
 
     # -- component ------------------------------------------------------------------
     def start(self) -> None:
@@ -335,6 +336,7 @@ class TuningComponent:
             self.guard.oom_ceiling = None
         self.observer = self._new_observer()
         self._slack_w = {}
+        self._batch_max = None
         run.b0 = int(self._trainer("gputuned_trainer_batch_size", job) or 0)
         run.limit_w = float(self.store.value(F.GPU_POWER_LIMIT, self._gpus[0].labels) or self._gpus[0].hi_w)
         self._mark(now, run)
@@ -388,15 +390,20 @@ class TuningComponent:
         self.decisions[key] = self.decisions.get(key, 0) + 1
         run.oom = False
         done_p = done_b = 0
+        if db and self.cfg.tune_batch and self.decider is not None and self._pending is None:
+            size = int(m.batch * (2.0 if db > 0 else 0.5))
+            if db > 0 and self._batch_max is not None and size > self._batch_max:
+                self._emit(now, "refused", "batch_size", "job", size, reason="batch_max")
+            elif self._set_batch(now, run, size, m.batch, rate):
+                done_b = db
+        if dp and db and not done_b:
+            dp = 0  # a two-knob move is made whole or not at all (half of one is how a policy oscillates)
         if dp and self.cfg.tune_power:
             g0 = self._gpus[0]
             step = 0.05 * (g0.hi_w - g0.lo_w)
             target = float(np.clip(run.limit_w + dp * step, g0.lo_w, g0.hi_w))
             if target != run.limit_w and self._set_power(now, run, target, rate):
                 done_p = dp
-        if (db and self.cfg.tune_batch and self.decider is not None and self._pending is None
-                and self._set_batch(now, run, int(m.batch * (2.0 if db > 0 else 0.5)), m.batch, rate)):
-            done_b = db
         self.observer.moved(done_p, done_b)
         if self.cfg.perseus and self.cfg.tune_power and not done_p:
             self._perseus(now, run)
@@ -496,6 +503,8 @@ class TuningComponent:
             if "memory" in err.lower():
                 self.guard.record_oom(p.batch)
                 run.oom = True
+            elif p.batch > p.previous:  # the job refuses sizes this large (its max_batch_size)
+                self._batch_max = p.previous if self._batch_max is None else min(self._batch_max, p.previous)
             self._emit(now, "nack", "batch_size", "job", p.batch, reason=err)
 
     _rate_before: float | None = None

@@ -238,12 +238,19 @@ class LearnedChooser(Chooser):
     def __init__(self, policy: Callable[[np.ndarray], int], objective: str, max_slowdown: float) -> None:
         self.policy = policy
         self.adviser = ClimbChooser(objective, max_slowdown)
+        self.overruled_reversals = 0
 
     def __call__(self, obs: np.ndarray) -> int:
         full, suggested = advise(self.adviser, obs)
         action = int(self.policy(full))
         if not 0 <= action < N_ACTIONS:
             action = STAY
+        dp, last_dp = split(action)[0], int(obs[14])
+        if action != suggested and dp and dp == -last_dp:
+            # overruling the adviser only to undo the last power step is how a policy oscillates
+            # (seen outside its training range, e.g. 32x the batch): follow the adviser there
+            action = suggested
+            self.overruled_reversals += 1
         self.adviser.taken(action, suggested)
         return action
 

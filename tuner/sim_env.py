@@ -205,6 +205,18 @@ class SimNodeEnv(gym.Env):
         self.oom = False
         done_p = done_b = 0
         step = 0.05 * (p.power_limit_max_w - p.power_limit_min_w)
+        if db:
+            size = int(self.job.batch_size * (2.0 if db > 0 else 0.5))
+            if self.guard.propose("batch_size", "job", size, now).allowed:
+                ok, err = self.job.set_batch_size(size)
+                if ok:
+                    self.guard.commit("batch_size", "job", size, now, baseline=rate)
+                    done_b = db
+                elif "memory" in err:
+                    self.oom = True
+                    self.guard.record_oom(size)
+        if dp and db and not done_b:
+            dp = 0  # a two-knob move is made whole or not at all, as in the daemon
         target = float(np.clip(self.limit_w + dp * step, p.power_limit_min_w, p.power_limit_max_w))
         if dp and target != self.limit_w and self.guard.propose("power_limit", "all", target, now).allowed:
             self.limit_w = target
@@ -217,16 +229,6 @@ class SimNodeEnv(gym.Env):
             for g, w in plan_power_limits(timings, current, bounds, SlackConfig(step_w=step)).items():
                 self._slack_w[int(g)] = self.limit_w - w
         self._set_limits()
-        if db:
-            size = int(self.job.batch_size * (2.0 if db > 0 else 0.5))
-            if self.guard.propose("batch_size", "job", size, now).allowed:
-                ok, err = self.job.set_batch_size(size)
-                if ok:
-                    self.guard.commit("batch_size", "job", size, now, baseline=rate)
-                    done_b = db
-                elif "memory" in err:
-                    self.oom = True
-                    self.guard.record_oom(size)
         return done_p, done_b
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:

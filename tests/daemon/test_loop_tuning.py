@@ -34,6 +34,7 @@ class Node:
     energy: float = 0.0
     samples: float = 0.0
     oom_from: int = 10**9
+    max_batch: int = 10**9
     connected: bool = True
     t: float = 1000.0
     restored: list[int] = field(default_factory=list)
@@ -59,7 +60,9 @@ class Node:
         ident = f"d-{len(self.sent) + 1}"
         self.sent.append(payload)
         b = payload["batch_size"]
-        if b >= self.oom_from:
+        if b > self.max_batch:
+            self.acks[ident] = {"ok": False, "error": f"batch_size {b} outside [1, {self.max_batch}]"}
+        elif b >= self.oom_from:
             self.acks[ident] = {"ok": False, "error": f"CUDA out of memory at batch_size {b}"}
         else:
             self.batch = b
@@ -274,3 +277,16 @@ def test_climber_looks_one_step_further_when_a_probe_is_flat_and_undoes_both() -
     c2(flat)
     better[7] = 0.03  # 4x pays: kept
     assert c2(better) == move(0, 0)
+
+
+def test_a_two_knob_move_is_made_whole_or_not_at_all(tmp_path: Path) -> None:
+    node = Node(limit_w=250.0, max_batch=128)
+    store = Store(100)
+    conf = TuningConfig(objective="throughput", interval_s=5.0, pause_file=tmp_path / "paused")
+    tuner = TuningComponent(store, node, node, [0], conf, chooser=lambda obs: move(+1, +1))  # type: ignore[arg-type]
+    drive(node, tuner, store, 120)
+    # 64 -> 128 with +15 W, 128 -> 256 refused by the job (not memory): from then on the batch half
+    # is refused by the tuner and the power half is not made alone
+    assert [d["batch_size"] for d in node.sent] == [128, 256]
+    assert node.set_calls == [265.0, 280.0]
+    assert tuner.guard.oom_ceiling is None
