@@ -305,4 +305,4 @@ def make_chooser(kind: str, policy: Path | None, objective: str, max_slowdown: f
 
 #: Whether ``auto`` picks the packaged learned policy (true only while it is at least as good as
 #: the climber on the closed-loop headline, docs/benchmarks.md).
-LEARNED_BY_DEFAULT = False
+LEARNED_BY_DEFAULT = True
