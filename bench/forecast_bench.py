@@ -97,12 +97,13 @@ class NodeExtras:
         pass
 
 
-def tick_cost(ticks: int, rounds: int = 2, pause_s: float = 0.01) -> dict[str, float]:
+def tick_cost(ticks: int, rounds: int = 3, pause_s: float = 0.05, settle_s: float = 5.0) -> dict[str, float]:
     """Median daemon tick and core-process CPU per tick, without forecasting, with it inline
     and with detection in its child process, interleaved in ``rounds`` on one simulated node.
 
     The loop pauses ``pause_s`` between ticks (the daemon ticks every second), so threads that
-    work after a tick (the child queue's feeder, the reader) run inside the measured CPU time.
+    work after a tick (the child queue's feeder, the reader) run inside the measured CPU time;
+    after each child round it waits ``settle_s`` so the child's backlog does not load the next.
     """
     from gputuned.collectors.gpu import GPUCollector
     from gputuned.collectors.host import HostCollector
@@ -128,6 +129,7 @@ def tick_cost(ticks: int, rounds: int = 2, pause_s: float = 0.01) -> dict[str, f
     ticks_ms: dict[str, list[float]] = {m: [] for m in ("off", "inline", "child")}
     cpu_ms: dict[str, list[float]] = {m: [] for m in ticks_ms}
     hook_ms: dict[str, list[float]] = {m: [] for m in ("inline", "child")}
+    rounds_ms: dict[str, list[float]] = {m: [] for m in ticks_ms}
     try:
         for _ in range(rounds):
             for mode in ("off", "inline", "child"):
@@ -144,12 +146,17 @@ def tick_cost(ticks: int, rounds: int = 2, pause_s: float = 0.01) -> dict[str, f
 
                     loop.add_hook(hook)
                 cpu0 = time.process_time()
+                this_round = []
                 for _ in range(ticks):
                     loop.tick()
-                    ticks_ms[mode].append(1e3 * loop.last_tick_duration)
+                    this_round.append(1e3 * loop.last_tick_duration)
                     clock.advance(1.0)
                     time.sleep(pause_s)
                 cpu_ms[mode].append(1e3 * (time.process_time() - cpu0) / ticks)
+                if mode == "child":
+                    time.sleep(settle_s)  # let the child finish the round's ticks before the next mode
+                ticks_ms[mode] += this_round
+                rounds_ms[mode].append(statistics.median(this_round))
         time.sleep(1.0)
         alive = services["child"].alive
         got_state = bool(services["child"].samples())
@@ -159,6 +166,8 @@ def tick_cost(ticks: int, rounds: int = 2, pause_s: float = 0.01) -> dict[str, f
     for m in ticks_ms:
         out[f"tick_{m}_ms"] = statistics.median(ticks_ms[m])
         out[f"cpu_{m}_ms"] = statistics.median(cpu_ms[m])
+        for r, v in enumerate(rounds_ms[m]):
+            out[f"tick_{m}_round{r}_ms"] = v
     for m in hook_ms:
         out[f"observe_{m}_ms"] = statistics.median(hook_ms[m])
     return out
@@ -169,9 +178,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ticks", type=int, default=600)
     ap.add_argument("--history-days", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three tick modes")
     ap.add_argument("--no-refit", action="store_true", help="skip the Prophet refit measurement")
     args = ap.parse_args()
-    tick = tick_cost(args.ticks)
+    tick = tick_cost(args.ticks, args.rounds)
     print("tick:", {k: round(v, 3) for k, v in tick.items()})
     print(f"detector: {detector_cost():.2f} us/sample")
     if args.no_refit:

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 STATE_EVERY_S = 10.0
 PARENT_CHECK_S = 2.0
+DETECT_NICE = 5
 
 
 class _ChildService(ForecastService):
@@ -57,6 +58,8 @@ class _ChildService(ForecastService):
 def detect_main(ticks: Any, out: Any, config: ForecastConfig, fitter: str | None, parent: int) -> None:
     """Child process entry: serve ticks until ``None`` arrives or the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(DETECT_NICE)  # the core's collection comes first; detection may lag a tick
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(out)]
     root.setLevel(logging.INFO)
