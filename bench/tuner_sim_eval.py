@@ -6,6 +6,7 @@ Usage:
   python bench/tuner_sim_eval.py export CHECKPOINT.zip OUT.npz
   python bench/tuner_sim_eval.py inference [POLICY.npz] [N]
   python bench/tuner_sim_eval.py clocks WORKLOAD [WORKLOAD ...]
+  python bench/tuner_sim_eval.py batches WORKLOAD [WORKLOAD ...]
   python bench/tuner_sim_eval.py resume CHECKPOINT.zip OUT_DIR TIMESTEPS [LEARNING_RATE] [N_EPOCHS]
 
 "eval" runs every workload (training and held-out) on a100 x4 (the headline's node), and the
@@ -133,6 +134,22 @@ def clocks(workloads: list[str]) -> int:
     return 0
 
 
+def batches(workloads: list[str]) -> int:
+    """Time to target of batch x1/4..x4 at the maximum power limit (a100 x4) over the default's."""
+    from gputuned.collectors.sim.state import load_profile
+
+    top = load_profile("a100").power_limit_max_w
+    for wl in workloads:
+        base = _fixed(wl, 1.0, top, None)
+        assert base is not None
+        cells = []
+        for mult in (0.25, 0.5, 1.0, 2.0, 4.0):
+            r = _fixed(wl, mult, top, None)
+            cells.append(f"x{mult:g} {r[1] / base[1]:.3f}" if r else f"x{mult:g} -")
+        print(f"{wl}: time to target at {top:.0f} W: " + ", ".join(cells))
+    return 0
+
+
 def inference(path: Path | None, n: int) -> int:
     """Time one live decision (climber adviser + numpy MLP) over observations from real episodes."""
     import logging
@@ -188,6 +205,8 @@ def main() -> int:
             over["n_epochs"] = int(args[5])
         resume_sim(Path(args[1]), int(args[3]), Path(args[2]), **over)
         return 0
+    if len(args) >= 2 and args[0] == "batches":
+        return batches(args[1:])
     if len(args) >= 2 and args[0] == "clocks":
         return clocks(args[1:])
     if args and args[0] == "inference":
