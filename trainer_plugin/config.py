@@ -74,6 +74,7 @@ class PluginConfig(_Section):
     socket: str = "/run/gputuned/control.sock"
     job: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
     sync_interval: int = Field(default=10, ge=1)
+    norm_every: int = Field(default=32, ge=1, description="steps between gradient-norm / comm-time samples")
 
 
 class Config(_Section):

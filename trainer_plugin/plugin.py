@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from gputuned.trainer_plugin import compression
 from gputuned.trainer_plugin.client import DEFAULT_SOCKET, DaemonClient
-from gputuned.trainer_plugin.ddp_probe import DDPProbe
+from gputuned.trainer_plugin.ddp_probe import DDPProbe, HookProbe
+from gputuned.trainer_plugin.exchange import DecisionExchange, batch_size_problem
 from gputuned.trainer_plugin.noise_scale import LR_RULES, NoiseScaleEstimator, scaled_lr
 from gputuned.trainer_plugin.profiling import ProfileCapture
 
@@ -45,7 +46,7 @@ class TrainingPlugin:
                  on_batch_size: BatchSizeCallback | None = None, optimizer: torch.optim.Optimizer | None = None,
                  lr_scaling: str = "none", min_batch_size: int = 1, max_batch_size: int = 1 << 20,
                  sync_interval: int = 10, connect: bool = True, client: DaemonClient | None = None,
-                 context: dict[str, Any] | None = None, norm_every: int = 8,
+                 context: dict[str, Any] | None = None, norm_every: int = 32,
                  vet_batch_size: Callable[[int], str | None] | None = None) -> None:
         if lr_scaling not in LR_RULES:
             raise ValueError(f"lr_scaling: unknown rule {lr_scaling!r} (expected one of {', '.join(LR_RULES)})")
@@ -69,8 +70,9 @@ class TrainingPlugin:
         self.lr_factor = 1.0
         self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
         self.sync_interval = max(1, sync_interval)
-        # gradient norms (for grad_norm and the noise scale) cost two dot products per bucket,
-        # which is measurable on CPU; sampling every few steps is enough for the EMA estimates
+        # Gradient norms (grad_norm, noise scale) are sampled: a sampled step costs about 0.45 ms of
+        # CPU on the 2-rank CPU bench (hooks, dot products); every 32 steps keeps that near 0.3%
+        # of a step, and the EMA-smoothed estimates move slowly anyway.
         self.norm_every = max(1, norm_every)
         self._measure = False
         self.context = dict(context or {})
@@ -87,26 +89,18 @@ class TrainingPlugin:
         if client is None and connect:
             self.client = DaemonClient(socket_path, job=job, rank=self.rank, world_size=self.world_size,
                                        leader=self.leader, batch_size=batch_size, batch_mode=batch_mode)
-        self._sync_device = torch.device("cpu")
+        sync_device = torch.device("cpu")
         if self.distributed and dist.get_backend() == "nccl":
-            self._sync_device = torch.device("cuda", torch.cuda.current_device())
+            sync_device = torch.device("cuda", torch.cuda.current_device())
+        self._exchange = DecisionExchange(self.distributed and self.world_size > 1, self.leader, sync_device)
         self._profile: ProfileCapture | None = None
         self._pending_profile: dict[str, Any] | None = None
         self._pending_ack: dict[str, Any] | None = None
         self._reset_interval()
         self._last_report = time.monotonic()
-        self._local_sq: list[torch.Tensor] = []
-        self._probe: DDPProbe | None = None
-        self._comm_estimate = 0.0
-        self._sync_work: Any = None
-        self._sync_msg: torch.Tensor | None = None
-        self._sync_decision: dict[str, Any] | None = None
-        self._global_sq: list[torch.Tensor] = []
-        self._last_hook = 0.0
-        self._last_done = 0.0
+        self._probe: DDPProbe | HookProbe | None = None
         self._t0 = 0.0
         self._armed = False
-        self._hooked = False
         self._data_wait = 0.0
         self._step_samples: int | None = None
         self._scale_before: torch.Tensor | None = None
@@ -128,34 +122,13 @@ class TrainingPlugin:
         """Measure a DDP model: comm time, bytes and gradient norms; ``hook`` picks a compression hook.
 
         With ``none`` DDP keeps its built-in all-reduce and :class:`DDPProbe` measures around
-        it; a compression hook is wrapped in a timed, counted Python hook.
+        it; a compression hook is wrapped in a timed, counted Python hook (:class:`HookProbe`).
         """
         self.context["compression"] = hook
         if hook == "none":
-            self._probe = DDPProbe(model, self.norm_every)
-            return
-        inner, state = compression.make_hook(hook, self.counters, **hook_kwargs)
-
-        # DDP checks the hook's annotations at runtime, and postponed (string) annotations
-        # fail that check, so this closure is left unannotated.
-        def timed(_, bucket):
-            buf = bucket.buffer()
-            self._last_hook = time.perf_counter()
-            self._hooked = True
-            measure = self._measure
-            if measure:
-                self._local_sq.append(torch.dot(buf, buf))
-
-            def done(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
-                out = f.value()
-                self._last_done = time.perf_counter()
-                if measure:
-                    self._global_sq.append(torch.dot(out, out))
-                return out
-
-            return inner(state, bucket).then(done)
-
-        model.register_comm_hook(None, timed)
+            self._probe = DDPProbe(model, self.norm_every, self.counters)
+        else:
+            self._probe = HookProbe(model, hook, self.counters, **hook_kwargs)
 
     def wrap_loader(self, loader: Iterable[Any]) -> Iterator[Any]:
         """Yield from a loader, counting the time spent waiting for each batch."""
@@ -216,21 +189,14 @@ class TrainingPlugin:
         now = time.perf_counter()
         self._armed = False
         step_time = now - self._t0
-        comm = max(0.0, self._last_done - self._last_hook) if self._hooked else 0.0
-        self._hooked = False
+        comm = 0.0
         probe = self._probe
         if probe is not None:
-            self.counters.bytes_sent += probe.grad_bytes
-            self.counters.bytes_uncompressed += probe.grad_bytes
-            self.counters.calls += 1
             if self._measure:
                 norms = probe.disarm()
                 if norms is not None:
-                    self._local_sq, self._global_sq = norms
-                sampled = probe.exposed_comm_s()
-                if sampled is not None:
-                    self._comm_estimate = sampled
-            comm = self._comm_estimate
+                    self._norms.append((*norms, self._scale_used, self.batch_size))
+            comm = probe.end_step()
         samples = self._step_samples if self._step_samples is not None else self.batch_size
         self._n += 1
         self._sum_step += step_time
@@ -238,15 +204,11 @@ class TrainingPlugin:
         self._sum_comm += comm
         self._samples += samples
         self.samples_total += samples
-        if self._local_sq:
-            used = self._scale_used
-            self._norms.append((self._local_sq, self._global_sq, used, self.batch_size))
-            self._local_sq, self._global_sq = [], []
         if self._profile is not None and self._profile.add_step(step_time, self._data_wait, comm):
             self._finish_profile()
         self._data_wait = 0.0
         self.step_count += 1
-        if self._sync_work is not None:
+        if self._exchange.pending:
             self._finish_sync()
         if self.step_count % self.sync_interval == 0:
             self._start_sync()
@@ -313,11 +275,7 @@ class TrainingPlugin:
     # -- decisions ----------------------------------------------------------------------
 
     def _start_sync(self) -> None:
-        """Poll (leader) and start exchanging the decision; it applies when the exchange ends.
-
-        Distributed, the exchange is an asynchronous all-reduce finished at the end of the
-        next step, so no rank ever blocks on it: every rank applies it at that same step.
-        """
+        """Poll (leader) and start exchanging the decision; it applies when the exchange ends."""
         kind, value = _NONE, 0
         decision = None
         if self.leader and self.client is not None:
@@ -326,38 +284,23 @@ class TrainingPlugin:
                 kind, value = self._vet(decision)
         if self.lr_scaling == "adascale" and self.batch_mode == "global":
             self.lr_factor = self.noise.adascale_gain(self.batch_size, self.base_batch_size)
-        stop = 1.0 if self.stop_requested else 0.0
-        # Non-leaders send zeros for the decision fields, so a sum carries rank 0's decision
-        # and LR factor plus how many ranks want to stop, in one small collective.
-        row = [float(kind), float(value), self.lr_factor] if self.leader else [0.0, 0.0, 0.0]
-        self._sync_msg = torch.tensor([*row, stop], dtype=torch.float64, device=self._sync_device)
-        self._sync_decision = decision
-        if self.distributed and self.world_size > 1:
-            self._sync_work = dist.all_reduce(self._sync_msg, async_op=True)
-        else:
-            self._sync_work = True
+        self._exchange.start(kind, value, self.lr_factor, self.stop_requested, decision)
+        if not self._exchange.distributed:
             self._finish_sync()
 
     def _finish_sync(self) -> None:
-        work, msg, decision = self._sync_work, self._sync_msg, self._sync_decision
-        self._sync_work = self._sync_msg = self._sync_decision = None
-        if work is not True:
-            work.wait()
-        assert msg is not None
-        kind, value, factor, stop = (float(v) for v in msg.tolist())
-        self.lr_factor = factor
-        self.stop_agreed = stop > 0
-        if int(kind) == _BATCH:
-            self._apply_batch(int(value))
+        kind, value, self.lr_factor, self.stop_agreed, decision = self._exchange.finish()
+        if kind == _BATCH:
+            self._apply_batch(value)
             if decision is not None and self.client is not None:
                 self.client.ack(decision["id"], True, applied_step=self.step_count)
-        elif int(kind) == _PROFILE and decision is not None:
+        elif kind == _PROFILE and decision is not None:
             self._pending_profile = decision
         self._set_lr()
 
     def settle(self) -> None:
         """Finish a decision exchange in flight now (all ranks together, e.g. before a checkpoint)."""
-        if self._sync_work is not None:
+        if self._exchange.pending:
             self._finish_sync()
 
     def request_stop(self) -> None:
@@ -376,18 +319,11 @@ class TrainingPlugin:
                 return self._refuse(decision, "a profile capture is already running")
             return _PROFILE, min(int(decision["profile_steps"]), 1000)
         size = int(decision["batch_size"])
-        if self.batch_mode == "global":
-            if not self.min_batch_size <= size <= self.max_batch_size:
-                return self._refuse(decision, f"batch_size {size} outside [{self.min_batch_size}, {self.max_batch_size}]")
-            if size % (self.world_size * self.accumulation_steps):
-                return self._refuse(decision, f"batch_size {size} not divisible by world_size x accumulation "
-                                              f"({self.world_size * self.accumulation_steps})")
-        elif size < 1 or self.batch_size % (size * self.world_size):
-            return self._refuse(decision, f"micro batch_size {size} does not divide the global batch "
-                                          f"{self.batch_size} over {self.world_size} ranks")
-        if self.vet_batch_size is not None and (why := self.vet_batch_size(size)):
-            return self._refuse(decision, why)
-        return _BATCH, size
+        why = batch_size_problem(size, self.batch_mode, self.batch_size, self.min_batch_size, self.max_batch_size,
+                                 self.world_size, self.accumulation_steps)
+        if why is None and self.vet_batch_size is not None:
+            why = self.vet_batch_size(size)
+        return self._refuse(decision, why) if why else (_BATCH, size)
 
     def _refuse(self, decision: dict[str, Any], why: str) -> tuple[int, int]:
         self.decisions_refused += 1

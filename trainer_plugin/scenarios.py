@@ -158,8 +158,11 @@ def resume(cfg_path: str | None) -> dict[str, Any]:
 def throughput(cfg_path: str | None) -> dict[str, Any]:
     """Samples/s of a hand-written DDP loop and of the trainer (plugin on) on the same samples.
 
-    Rounds alternate which loop runs first, so a machine getting busier or quieter during the
-    run favours neither; both count the samples they trained on (epochs end in a partial batch).
+    Two comparisons. Whole runs: rounds of one plain run and one trainer run of max_steps
+    each (which goes first alternates), each counting the samples it trained on. Interleaved
+    blocks: one trainer run whose step-end callback runs the plain loop for a block of steps
+    after every block of trainer steps, so both see the same machine load within seconds;
+    blocks are 40 steps, a multiple of the plugin's sync (10) and norm (8) intervals.
     """
     cfg = _config(cfg_path, {"train.eval_every_epoch": False, "train.epochs": 1000})
     steps = cfg.train.max_steps or 300
@@ -170,7 +173,10 @@ def throughput(cfg_path: str | None) -> dict[str, Any]:
     for r in range(int(os.environ.get("GPUTUNED_BENCH_ROUNDS", "3"))):
         for which in ("plain", "trainer") if r % 2 == 0 else ("trainer", "plain"):
             if which == "plain":
-                plain.append(_plain_ddp(cfg, steps))
+                loop = _PlainLoop(cfg)
+                dist.barrier()
+                t0 = time.perf_counter()
+                plain.append(loop.run(steps) / (time.perf_counter() - t0))
                 continue
             trainer = Trainer(cfg)
             dist.barrier()
@@ -180,45 +186,80 @@ def throughput(cfg_path: str | None) -> dict[str, Any]:
             report = trainer.plugin.interval_stats()
             connected = connected or bool(trainer.plugin.client and trainer.plugin.client.connects_total)
             trainer.close()
+    blocks = _interleaved(cfg, int(os.environ.get("GPUTUNED_BENCH_BLOCKS", "40")))
     return {"plain_samples_per_s": plain, "trainer_samples_per_s": ours, "steps": steps,
-            "connected": connected, "last_stats": report}
+            "connected": connected, "last_stats": report, **blocks}
 
 
-def _plain_ddp(cfg: Config, steps: int) -> float:
+def _interleaved(cfg: Config, blocks: int, block: int = 40) -> dict[str, Any]:
+    """Alternate blocks of trainer and plain-loop steps in one run; samples/s of each block."""
+    plain = _PlainLoop(cfg)
+    plain.run(block)  # warm-up, as the trainer's first block is dropped
+    out: dict[str, Any] = {"block_steps": block, "plain_block_samples_per_s": [], "trainer_block_samples_per_s": [],
+                           "plain_block_cpu_s": [], "trainer_block_cpu_s": []}
+    mark = {"t": 0.0, "cpu": 0.0, "samples": 0}
+
+    def on_step_end(tr: Trainer) -> None:
+        if tr.step % block:
+            return
+        now, cpu = time.perf_counter(), time.process_time()  # process CPU: all threads, gloo's too
+        if tr.step > block:  # the first block includes start-up
+            out["trainer_block_samples_per_s"].append((tr.samples_seen - mark["samples"]) / (now - mark["t"]))
+            out["trainer_block_cpu_s"].append(cpu - mark["cpu"])
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = plain.run(block)
+        out["plain_block_samples_per_s"].append(n / (time.perf_counter() - t0))
+        out["plain_block_cpu_s"].append(time.process_time() - c0)
+        mark.update(t=time.perf_counter(), cpu=time.process_time(), samples=tr.samples_seen)
+
+    trainer = Trainer(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": (blocks + 1) * block})}),
+                      Callbacks(on_step_end=on_step_end))
+    dist.barrier()
+    trainer.fit()
+    trainer.close()
+    for key in ("plain_block_samples_per_s", "plain_block_cpu_s"):
+        out[key] = out[key][1:]  # pair trainer block k with the plain block right after it
+    return out
+
+
+class _PlainLoop:
     """The loop a practitioner would write by hand: DDP, SGD, in-memory tensors, nothing else.
 
     Same model, data, optimizer and fp32 as the trainer, and the same sample stream shape:
     a fresh permutation per epoch cut into global batches, the last one partial.
     """
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from gputuned.trainer_plugin.data import load_digits
-    from gputuned.trainer_plugin.models import build_model
+    def __init__(self, cfg: Config) -> None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-    init_distributed()
-    torch.manual_seed(cfg.train.seed)
-    x, y, _, _ = load_digits(cfg.data.seed)
-    model = DDP(build_model(cfg.model))
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    n, bs = len(y), cfg.data.batch_size
-    gen = torch.Generator().manual_seed(cfg.data.seed)
-    done = seen = 0
-    dist.barrier()
-    t0 = time.perf_counter()
-    while done < steps:
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, bs):
-            if done == steps:
-                break
-            idx = perm[start:start + bs][rank::world]
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        from gputuned.trainer_plugin.data import load_digits
+        from gputuned.trainer_plugin.models import build_model
+
+        init_distributed()
+        torch.manual_seed(cfg.train.seed)
+        self.x, self.y, _, _ = load_digits(cfg.data.seed)
+        self.model = DDP(build_model(cfg.model))
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.bs = cfg.data.batch_size
+        self.gen = torch.Generator().manual_seed(cfg.data.seed)
+        self.perm = torch.randperm(len(self.y), generator=self.gen)
+        self.start = 0
+
+    def run(self, steps: int) -> int:
+        """Train ``steps`` steps; return the (global) samples trained on."""
+        n, seen = len(self.y), 0
+        for _ in range(steps):
+            if self.start >= n:
+                self.perm, self.start = torch.randperm(n, generator=self.gen), 0
+            idx = self.perm[self.start:self.start + self.bs][self.rank::self.world]
+            loss = F.cross_entropy(self.model(self.x[idx]), self.y[idx])
             loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            seen += min(bs, n - start)
-            done += 1
-    return seen / (time.perf_counter() - t0)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            seen += min(self.bs, n - self.start)
+            self.start += self.bs
+        return seen
 
 
 SCENARIOS = {"compression": compression, "overflow": overflow, "batch_switch": batch_switch, "resume": resume,

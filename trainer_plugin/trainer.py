@@ -132,7 +132,7 @@ class Trainer:
             job=job, batch_size=d.batch_size, socket_path=p.socket, batch_mode=d.batch_mode,
             accumulation_steps=accum, on_batch_size=self._on_batch_size, lr_scaling=o.lr_scaling,
             min_batch_size=d.min_batch_size, max_batch_size=d.max_batch_size, sync_interval=p.sync_interval,
-            connect=p.enabled,
+            norm_every=p.norm_every, connect=p.enabled,
             context={"precision": self.precision, "device": self.device.type})
         if self.ddp is not None:
             c = config.compression

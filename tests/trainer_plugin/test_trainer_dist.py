@@ -78,12 +78,16 @@ def test_fp16_overflow_backs_off_scale_and_skips_the_step_on_every_rank(tmp_path
 
 def test_batch_size_decision_switches_all_ranks_at_one_step_losing_no_sample(tmp_path):
     sock = str(tmp_path / "control.sock")
-    toml = (f'[plugin]\nenabled = true\nsocket = "{sock}"\njob = "bs-test"\n'
+    toml = (f'[plugin]\nenabled = true\nsocket = "{sock}"\njob = "bs-test"\nnorm_every = 4\n'
             '[optim]\nlr_scaling = "linear"\n')
     script = [(1, {"id": "bad", "batch_size": 99}), (2, {"id": "d-1", "batch_size": 128})]
     with FakeDaemon(sock, script=script, report_interval_s=0.05) as daemon:
         r0, r1 = run_scenario("batch_switch", tmp_path, toml)
         acks = {a["id"]: a for a in daemon.of_type("ack")}
+        stats = [m["stats"] for m in daemon.of_type("report") if m["steps"]]
+    # with DDP's own all-reduce the plugin still reports exposed comm time and gradient norms
+    assert any(s.get("comm_time_s", 0) > 0 for s in stats), [s.get("comm_time_s") for s in stats]
+    assert any(s.get("grad_norm", 0) > 0 for s in stats), stats
     assert acks["bad"]["ok"] is False and "divisible" in acks["bad"]["error"]
     assert acks["d-1"]["ok"] is True
     applied = acks["d-1"]["applied_step"]
