@@ -31,22 +31,22 @@ def main() -> int:
         for r in doc["results"]:
             print(f"| {gpu} | {r['job']} | {r['policy']} | {r['energy_j']:.4g} | {r['time_s']:.4g} | {r['cost']:.4g} |")
         s = savings(doc)
-        row = [gpu, s["oracle"], s["zeus"], s["gputuned"], s["gputuned"] / s["oracle"]]
+        row = [gpu, s["oracle"], s["zeus"], s["zeus"] / s["oracle"], s["gputuned"], s["gputuned"] / s["oracle"]]
         if args.loo is not None:
             held = NumpyPolicy.load(args.loo / f"heldout-{gpu}" / "policy_zeus.npz")
             s2 = savings(bench_gpu(PACKAGED_TRACES, gpu, args.eta, args.seeds, chooser=held, policies=("default", "gputuned")))
             row += [s2["gputuned"], s2["gputuned"] / s["oracle"]]
         summary.append(row)
     print()
-    head = "| GPU | oracle saving | zeus saving | gputuned saving | gputuned / oracle |"
-    sep = "|---|---:|---:|---:|---:|"
+    head = "| GPU | oracle saving | zeus saving | zeus / oracle | gputuned saving | gputuned / oracle |"
+    sep = "|---|---:|---:|---:|---:|---:|"
     if args.loo is not None:
         head += " gputuned held-out-GPU saving | held-out / oracle |"
         sep += "---:|---:|"
     print(head)
     print(sep)
     for row in summary:
-        print("| " + row[0] + " | " + " | ".join(f"{v:.1%}" if i in (0, 1, 2, 4) else f"{v:.2f}" for i, v in enumerate(row[1:], 0)) + " |")
+        print("| " + row[0] + " | " + " | ".join(f"{v:.1%}" if i in (0, 1, 3, 5) else f"{v:.2f}" for i, v in enumerate(row[1:], 0)) + " |")
     return 0
 
 
