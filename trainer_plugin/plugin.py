@@ -165,9 +165,11 @@ class TrainingPlugin:
 
     def record(self, loss: torch.Tensor | float | None = None, scaler: Any = None) -> None:
         """Record this step's loss (tensor, no sync) and loss-scaler state (after scaler.update())."""
-        if loss is not None:
-            self._losses.append(loss.detach().float().reshape(()) if isinstance(loss, torch.Tensor)
-                                else torch.tensor(float(loss)))
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+            self._losses.append(loss if loss.dtype == torch.float32 and loss.dim() == 0 else loss.float().reshape(()))
+        elif loss is not None:
+            self._losses.append(torch.tensor(float(loss)))
         if scaler is not None and scaler.is_enabled():
             scale = getattr(scaler, "_scale", None)
             scale = scale.detach().clone() if isinstance(scale, torch.Tensor) else torch.tensor(scaler.get_scale())

@@ -240,7 +240,10 @@ class Trainer:
         for i, (xc, yc) in enumerate(chunks):
             sync = i == len(chunks) - 1 or self.ddp is None
             with contextlib.nullcontext() if sync else self.ddp.no_sync():  # type: ignore[union-attr]
-                loss = self._loss(xc, yc) * factor
+                if len(chunks) == 1 and len(yc) * self.world == global_n:  # even split: mean == sum x factor
+                    loss = self._loss(xc, yc, "mean")
+                else:
+                    loss = self._loss(xc, yc, "sum") * factor
                 if self.cb.on_loss is not None:
                     loss = self.cb.on_loss(self, loss)
                 self.scaler.scale(loss).backward()
@@ -253,13 +256,13 @@ class Trainer:
         assert total is not None
         return total
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Summed cross-entropy of a micro-batch, under autocast when training in fp16/bf16."""
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+        """Cross-entropy of a micro-batch, under autocast when training in fp16/bf16."""
         if self.amp_dtype is None:
-            return F.cross_entropy(self.net(x), y, reduction="sum")
+            return F.cross_entropy(self.net(x), y, reduction=reduction)
         with torch.autocast(self.device.type, dtype=self.amp_dtype):
             out = self.net(x)
-        return F.cross_entropy(out.float(), y, reduction="sum")
+        return F.cross_entropy(out.float(), y, reduction=reduction)
 
     def evaluate(self) -> tuple[float, float]:
         """Accuracy and mean loss on the held-out digits."""
