@@ -1,6 +1,6 @@
 """Train the shipped policy (all GPUs) and leave-one-GPU-out policies on the Zeus traces.
 
-Usage: python bench/tuner_train_loo.py OUT_DIR TIMESTEPS [all|a40|rtx6000|p100 ...]
+Usage: python bench/tuner_train_loo.py OUT_DIR TIMESTEPS [all|a40|rtx6000|p100 ...] [--seed N]
 "all" trains on every GPU (the shipped policy); a GPU name trains on the other GPUs only.
 Each training GPU also contributes SYNTH synthetic GPUs warped from it (tuner/zeus_synth.py,
 seeds 500 and up, distinct from the dev-check seeds), never from the held-out GPU.
@@ -21,7 +21,13 @@ SYNTH = 3
 
 
 def main() -> int:
-    out, steps, which = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] or ["all"]
+    args = sys.argv[1:]
+    seed = 0
+    if "--seed" in args:
+        i = args.index("--seed")
+        seed = int(args[i + 1])
+        del args[i : i + 2]
+    out, steps, which = Path(args[0]), int(args[1]), args[2:] or ["all"]
     logging.basicConfig(level=logging.INFO)
     gpus = available_gpus(PACKAGED_TRACES)
     for held in which:
@@ -33,7 +39,7 @@ def main() -> int:
             for k in range(SYNTH):
                 traces += list(synthetic_gpu(base, 500 + 10 * i + k, f"{g}-synth{k}").values())
         t0 = time.process_time()
-        train(traces, steps, out / f"heldout-{held}", progress_bar=False)
+        train(traces, steps, out / f"heldout-{held}", seed=seed, progress_bar=False)
         print(f"{held}: trained on {train_gpus} (+{SYNTH} synthetic each) for {steps} steps, {time.process_time() - t0:.0f} s CPU", flush=True)
     return 0
 
