@@ -24,6 +24,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 STATE_EVERY_S = 10.0
 PARENT_CHECK_S = 2.0
+QUEUE_TICKS = 600  # ticks buffered for a slow child before new ones are dropped (and counted)
+RESTART_AFTER_S = 30.0  # a dead child is started again at most this often
 DETECT_NICE = 5
 
 
@@ -89,8 +92,10 @@ def detect_main(ticks: Any, out: Any, config: ForecastConfig, fitter: str | None
 class OffloadedForecastService:
     """ForecastService's interface, its work done in a child process (see the module doc)."""
 
-    def __init__(self, config: ForecastConfig | None = None, fitter: str | None = None) -> None:
+    def __init__(self, config: ForecastConfig | None = None, fitter: str | None = None,
+                 backlog: int = QUEUE_TICKS) -> None:
         self.config = config or ForecastConfig()
+        self.backlog = backlog
         self._fitter = fitter
         refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
         self._wanted = frozenset(s.family for s in self.config.series) | refs | HW_FAMILIES
@@ -101,14 +106,16 @@ class OffloadedForecastService:
         self._hooks: list[AlertHook] = []
         self._raised: deque[Alert] = deque()
         self._state: tuple[list[Sample], list[Alert]] = ([], [])
-        self._dropped = 0
+        self.dropped = 0
+        self.restarts = 0
+        self._next_restart = 0.0
 
     def start(self) -> None:
         """Start the child (spawned) and the thread that reads what it sends back."""
         if not self.config.enabled or self._proc is not None:
             return
         ctx = mp.get_context("spawn")
-        self._ticks, self._out = ctx.Queue(), ctx.Queue()
+        self._ticks, self._out = ctx.Queue(self.backlog), ctx.Queue()
         self._proc = ctx.Process(
             target=detect_main, args=(self._ticks, self._out, self.config, self._fitter, os.getpid()),
             name="gputuned-detect",
@@ -124,7 +131,7 @@ class OffloadedForecastService:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        with contextlib.suppress(ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError, queue.Full):
             self._ticks.put_nowait(None)
         proc.join(timeout_s)
         if proc.is_alive():
@@ -149,13 +156,30 @@ class OffloadedForecastService:
         """Hand the tick's forecast samples to the child; run hooks of alerts raised since."""
         if self._proc is None:
             return
+        if self._proc.exitcode is not None:
+            self._restart()
+            return
         wanted = self._wanted
         try:
             self._ticks.put_nowait((now, [s for s in samples if s[0] in wanted]))
         except (queue.Full, ValueError, OSError):
-            self._dropped += 1
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % self.backlog == 0:
+                logger.warning("forecast detection is behind: %d ticks dropped so far", self.dropped)
         while self._raised:
             call_hooks(self._hooks, self._raised.popleft())
+
+    def _restart(self) -> None:
+        """The child died: serve no stale state, and start a new one at most every RESTART_AFTER_S."""
+        now = time.monotonic()
+        if now < self._next_restart:
+            return
+        logger.error("forecast detection process exited (code %s); restarting it", self._proc.exitcode)
+        self._next_restart = now + RESTART_AFTER_S
+        self.close(timeout_s=1.0)
+        self._state = ([], [])
+        self.restarts += 1
+        self.start()
 
     def _read(self, out: Any) -> None:
         while True:
