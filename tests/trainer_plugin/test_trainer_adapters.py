@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import pytest
 import torch
@@ -51,7 +52,10 @@ def test_lightning_trainer_reports_and_applies_a_batch_size_from_the_next_epoch(
 
         def training_step(self, batch, _):
             x, y = batch
+            if not seen:  # the decision must find the plugin connected, however slow the start
+                assert cb.plugin.client is not None and cb.plugin.client.wait_connected(10)
             seen.append((self.current_epoch, len(x)))
+            time.sleep(0.005)  # 40 ms an epoch: the decision lands well before the last one
             return torch.nn.functional.cross_entropy(self.lin(x), y)
 
         def configure_optimizers(self):
@@ -60,7 +64,7 @@ def test_lightning_trainer_reports_and_applies_a_batch_size_from_the_next_epoch(
     script = [(2, {"id": "bs-16", "batch_size": 16})]
     with FakeDaemon(sock, script=script, report_interval_s=0.01) as daemon:
         cb = lightning_callback(job="pl", batch_size=8, socket_path=sock, sync_interval=2)
-        trainer = pl.Trainer(max_epochs=3, callbacks=[cb], logger=False, enable_checkpointing=False,
+        trainer = pl.Trainer(max_epochs=6, callbacks=[cb], logger=False, enable_checkpointing=False,
                              accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
                              reload_dataloaders_every_n_epochs=1)
         trainer.fit(Tiny())
@@ -69,7 +73,8 @@ def test_lightning_trainer_reports_and_applies_a_batch_size_from_the_next_epoch(
         reports = daemon.of_type("report")
     assert ack["id"] == "bs-16" and ack["ok"] is True, ack
     # the decision lands mid-epoch; Lightning's reload at the next epoch start picks it up
-    switch = next(e for e, n in seen if n == 16)
+    switch = next((e for e, n in seen if n == 16), None)
+    assert switch is not None and 0 < switch < 6, seen
     assert all(n == 8 for e, n in seen if e < switch) and all(n == 16 for e, n in seen if e >= switch)
     assert cb.plugin.step_count == len(seen)
     assert reports and all(_plausible(r) for r in reports if r["steps"]), reports[:2]
