@@ -30,6 +30,13 @@ def _data(n: int = 64) -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())
 
 
+def _paced(plugin, first: bool) -> None:
+    """Training steps slow and connected enough for a scripted decision to land mid-run."""
+    if first:
+        assert plugin.client is not None and plugin.client.wait_connected(10)
+    time.sleep(0.005)
+
+
 def _plausible(report: dict) -> bool:
     s = report["stats"]
     return (0 < s["step_time_s"] < 5 and s["samples_per_s"] > 0 and math.isfinite(s["loss"]) and 0 < s["loss"] < 5
@@ -52,10 +59,8 @@ def test_lightning_trainer_reports_and_applies_a_batch_size_from_the_next_epoch(
 
         def training_step(self, batch, _):
             x, y = batch
-            if not seen:  # the decision must find the plugin connected, however slow the start
-                assert cb.plugin.client is not None and cb.plugin.client.wait_connected(10)
+            _paced(cb.plugin, first=not seen)  # 40 ms an epoch: the decision lands well before the last one
             seen.append((self.current_epoch, len(x)))
-            time.sleep(0.005)  # 40 ms an epoch: the decision lands well before the last one
             return torch.nn.functional.cross_entropy(self.lin(x), y)
 
         def configure_optimizers(self):
@@ -91,7 +96,8 @@ def test_lightning_decision_is_refused_with_the_reason_when_loaders_are_not_relo
             self.lin = torch.nn.Linear(4, 2)
             self.batch_size = 8
 
-        def training_step(self, batch, _):
+        def training_step(self, batch, i):
+            _paced(cb.plugin, first=self.current_epoch == 0 and i == 0)
             return torch.nn.functional.cross_entropy(self.lin(batch[0]), batch[1])
 
         def configure_optimizers(self):
@@ -99,7 +105,7 @@ def test_lightning_decision_is_refused_with_the_reason_when_loaders_are_not_relo
 
     with FakeDaemon(sock, script=[(1, {"id": "bs-16", "batch_size": 16})], report_interval_s=0.01) as daemon:
         cb = lightning_callback(job="pl", batch_size=8, socket_path=sock, sync_interval=1)
-        trainer = pl.Trainer(max_epochs=2, callbacks=[cb], logger=False, enable_checkpointing=False,
+        trainer = pl.Trainer(max_epochs=4, callbacks=[cb], logger=False, enable_checkpointing=False,
                              accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
         with caplog.at_level(logging.WARNING, logger="gputuned.trainer_plugin.plugin"):
             trainer.fit(Tiny(), torch.utils.data.DataLoader(_data(), batch_size=8))
@@ -114,6 +120,7 @@ def test_hf_trainer_reports_steps_and_refuses_batch_size_with_the_reason(tmp_pat
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     sock = str(tmp_path / "c.sock")
+    calls: list[int] = []
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:
@@ -121,6 +128,8 @@ def test_hf_trainer_reports_steps_and_refuses_batch_size_with_the_reason(tmp_pat
             self.lin = torch.nn.Linear(4, 2)
 
         def forward(self, x, labels=None):
+            _paced(cb.plugin, first=not calls)
+            calls.append(len(x))
             logits = self.lin(x)
             return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
 
