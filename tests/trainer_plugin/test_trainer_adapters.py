@@ -16,14 +16,6 @@ from gputuned.trainer_plugin.adapters import HF_BATCH_REFUSAL, hf_callback, ligh
 from gputuned.trainer_plugin.testing import FakeDaemon
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(n: int = 64) -> torch.utils.data.TensorDataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 4, generator=g)

@@ -20,15 +20,6 @@ from gputuned.trainer_plugin.plugin import TrainingPlugin
 from gputuned.trainer_plugin.testing import FakeDaemon
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two OpenMP threads on a busy 2-core machine turn a 1 ms step into 100 ms; use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 4), st.lists(st.integers(1, 40), min_size=1, max_size=30), st.integers(30, 120))
 def test_sampler_resizing_never_loses_or_repeats_a_sample(world, sizes, n):
