@@ -1,16 +1,18 @@
 """The forecast service with its online detection moved out of the daemon's core process.
 
 :class:`OffloadedForecastService` has :class:`ForecastService`'s interface. Per tick,
-:meth:`~OffloadedForecastService.observe` keeps the samples of the forecast families and
-hands them to a child process with ``put_nowait`` (the queue's feeder thread pickles them
-after the tick). The child runs an ordinary :class:`ForecastService` (detectors, ETAs,
+:meth:`~OffloadedForecastService.observe` keeps the samples of the forecast families, and
+every ``BATCH_TICKS`` ticks hands that batch to a child process with ``put_nowait`` (the
+queue's feeder thread pickles it after the tick; one hand-off per batch keeps the thread
+wake-ups and pipe writes off most ticks). The child runs an ordinary :class:`ForecastService` (detectors, ETAs,
 hardware alerts, and its own Prophet worker) on the ticks in order, exactly as the daemon
 would in-process, and sends back raised alerts at once and its exported series and active
 alerts every ``STATE_EVERY_S`` seconds of tick time (and on every transition). A reader
 thread in the core receives them, so the tick thread only reads the last state and runs the
 alert hooks (the profile capture) for raised alerts. Log records of the child are forwarded
-and handled by the core's loggers. Results come one tick late or more; nothing the core does
-waits on the child.
+and handled by the core's loggers. Results come up to a batch late (5 s at a 1 s tick); every
+sample keeps its own time, so the child judges exactly what the in-process service would.
+Nothing the core does waits on the child.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ STATE_EVERY_S = 10.0
 PARENT_CHECK_S = 2.0
 QUEUE_TICKS = 600  # ticks buffered for a slow child before new ones are dropped (and counted)
 RESTART_AFTER_S = 30.0  # a dead child is started again at most this often
+BATCH_TICKS = 5  # ticks handed over together: one queue hand-off (feeder wake-up, pipe write) per batch
 DETECT_NICE = 5
 
 
@@ -79,12 +82,12 @@ def detect_main(ticks: Any, out: Any, config: ForecastConfig, fitter: str | None
                 continue
             if item is None:
                 return
-            now, samples = item
-            svc.observe(now, samples)
-            if svc.changed or now >= next_state:
-                svc.changed = False
-                next_state = now + STATE_EVERY_S
-                out.put(("state", svc.samples(), svc.active_alerts()))
+            for now, samples in item:
+                svc.observe(now, samples)
+                if svc.changed or now >= next_state:
+                    svc.changed = False
+                    next_state = now + STATE_EVERY_S
+                    out.put(("state", svc.samples(), svc.active_alerts()))
     finally:
         svc.close()
 
@@ -93,9 +96,11 @@ class OffloadedForecastService:
     """ForecastService's interface, its work done in a child process (see the module doc)."""
 
     def __init__(self, config: ForecastConfig | None = None, fitter: str | None = None,
-                 backlog: int = QUEUE_TICKS) -> None:
+                 backlog: int = QUEUE_TICKS, batch_ticks: int = BATCH_TICKS) -> None:
         self.config = config or ForecastConfig()
         self.backlog = backlog
+        self.batch_ticks = max(1, batch_ticks)
+        self._batch: list[tuple[float, list[Sample]]] = []
         self._fitter = fitter
         refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
         self._wanted = frozenset(s.family for s in self.config.series) | refs | HW_FAMILIES
@@ -115,7 +120,7 @@ class OffloadedForecastService:
         if not self.config.enabled or self._proc is not None:
             return
         ctx = mp.get_context("spawn")
-        self._ticks, self._out = ctx.Queue(self.backlog), ctx.Queue()
+        self._ticks, self._out = ctx.Queue(max(1, self.backlog // self.batch_ticks)), ctx.Queue()
         self._proc = ctx.Process(
             target=detect_main, args=(self._ticks, self._out, self.config, self._fitter, os.getpid()),
             name="gputuned-detect",
@@ -131,7 +136,10 @@ class OffloadedForecastService:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        batch, self._batch = self._batch, []
         with contextlib.suppress(ValueError, OSError, queue.Full):
+            if batch:
+                self._ticks.put_nowait(batch)
             self._ticks.put_nowait(None)
         proc.join(timeout_s)
         if proc.is_alive():
@@ -160,12 +168,16 @@ class OffloadedForecastService:
             self._restart()
             return
         wanted = self._wanted
-        try:
-            self._ticks.put_nowait((now, [s for s in samples if s[0] in wanted]))
-        except (queue.Full, ValueError, OSError):
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % self.backlog == 0:
-                logger.warning("forecast detection is behind: %d ticks dropped so far", self.dropped)
+        self._batch.append((now, [s for s in samples if s[0] in wanted]))
+        if len(self._batch) >= self.batch_ticks:
+            batch, self._batch = self._batch, []
+            try:
+                self._ticks.put_nowait(batch)
+            except (queue.Full, ValueError, OSError):
+                before = self.dropped
+                self.dropped += len(batch)
+                if before == 0 or before // self.backlog != self.dropped // self.backlog:
+                    logger.warning("forecast detection is behind: %d ticks dropped so far", self.dropped)
         while self._raised:
             call_hooks(self._hooks, self._raised.popleft())
 
