@@ -97,8 +97,9 @@ def describe_parts(daemon: Any) -> list[str]:
         workload = getattr(getattr(job, "workload", None), "name", cfg.sim.workload)
         lines.append(f"simulated job: {workload} as job {cfg.sim.job_name!r}, reporting over the control socket")
     if "forecast" in names:
-        fits = "Prophet fits in a worker process" if cfg.forecast.get("prophet", True) else "trend fits in a worker process"
-        lines.append(f"forecaster: on (detector in the daemon, {fits})")
+        fits = "Prophet fits" if cfg.forecast.get("prophet", True) else "trend fits"
+        where = "a child process" if cfg.forecast.get("detect_in_child", True) else "the daemon"
+        lines.append(f"forecaster: on (detection in {where}, {fits} in a worker process)")
     if "tuner" in names:
         tuner = names["tuner"]
         lines.append(f"tuner: on, objective {tuner.cfg.objective}, acting every {tuner.cfg.interval_s:g} s; "
