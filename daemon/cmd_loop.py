@@ -108,9 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tick", type=_positive, default=2.0, metavar="S", help="collection period (simulated seconds)")
     p.add_argument("--interval", type=_positive, default=20.0, metavar="S", help="tuner decision interval")
     p.add_argument("--max-slowdown", type=float, default=None, help="slowdown budget (default 0.03; 0.10 for energy, cost)")
-    p.add_argument("--chooser", default="auto", choices=["auto", "learned", "climber", "policy", "climb"],
+    p.add_argument("--chooser", default="auto", choices=["auto", "learned", "climber"],
                    help="learned: the shipped numpy RL policy; climber: the rule-based climber; "
-                        "auto: learned if its file loads (policy and climb are the old names)")
+                        "auto: learned if its file loads")
     p.add_argument("--policy", metavar="NPZ", help="numpy policy file for the simulated-node observation")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR")

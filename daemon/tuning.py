@@ -63,7 +63,6 @@ class TuningConfig:
     tune_power: bool = True
     tune_batch: bool = True
     pause_file: Path | None = DEFAULT_PAUSE_FILE  # the kill switch `gputuned tuner pause` sets
-    horizon: int = 30  # unused since the observation's early-phase feature (kept so configs still load)
     eta: float = 0.5  # weight of energy in the ``cost`` objective (Zeus)
 
     def __post_init__(self) -> None:
@@ -73,7 +72,7 @@ class TuningConfig:
             raise ValueError(f"tuner.interval_s: must be positive, got {self.interval_s}")
         if not 0.0 <= self.max_slowdown < 1.0:
             raise ValueError(f"tuner.max_slowdown: must be in [0, 1), got {self.max_slowdown}")
-        if self.chooser not in ("auto", "policy", "climb", *CHOOSERS):
+        if self.chooser not in ("auto", *CHOOSERS):
             raise ValueError(f"tuner.chooser: unknown {self.chooser!r} (auto, {', '.join(CHOOSERS)})")
         if isinstance(self.policy, str) and not self.policy.endswith(".npz") and self.policy not in CHOOSERS:
             raise ValueError(f"tuner.policy: expected \"learned\", \"climber\" or a .npz file, got {self.policy!r}")

@@ -39,6 +39,9 @@ BASE_OBS_DIM = 19
 SIM_OBS_DIM = BASE_OBS_DIM + 2
 #: Intervals after which the observation's "early phase" feature saturates.
 EARLY_INTERVALS = 20
+#: Whether ``auto`` picks the packaged learned policy (true only while it is at least as good as
+#: the climber on the closed-loop headline, docs/benchmarks.md).
+LEARNED_BY_DEFAULT = True
 
 
 def move(dp: int, db: int) -> int:
@@ -167,7 +170,7 @@ class ClimbChooser(Chooser):
         """The move actually made was ``action`` (a learned policy overruled ``suggested``): resync the state."""
         if action == suggested:
             return
-        if self.state == "probe" and suggested != action:  # the probe it asked for did not happen
+        if self.state == "probe":  # the probe it asked for did not happen
             self.probes[self.direction] = max(0, self.probes[self.direction] - 1)
             self.state, self.probe_from, self.depth = "power", None, 0
         elif self.state == "undo":
@@ -259,10 +262,6 @@ class LearnedChooser(Chooser):
         self.adviser.rolled_back(knob)
 
 
-#: Kept for callers of the first live-tuner version.
-PolicyChooser = LearnedChooser
-
-
 def advise(climber: ClimbChooser, obs: np.ndarray) -> tuple[np.ndarray, int]:
     """The policy input: ``obs`` (base features) and the climber's proposed move; returns it and the proposal."""
     suggested = int(climber(obs))
@@ -282,11 +281,7 @@ def load_learned(path: Path | None = None) -> Callable[[np.ndarray], int]:
 
 
 def make_chooser(kind: str, policy: Path | None, objective: str, max_slowdown: float) -> Chooser:
-    """``learned``: the numpy policy (``policy`` or the packaged one); ``climber``; ``auto``: learned if it loads.
-
-    ``policy`` and ``climb`` are accepted as the older names of ``learned`` and ``climber``.
-    """
-    kind = {"policy": "learned", "climb": "climber"}.get(kind, kind)
+    """``learned``: the numpy policy (``policy`` or the packaged one); ``climber``; ``auto``: learned if it loads."""
     if kind not in ("auto", "learned", "climber"):
         raise ValueError(f"tuner.policy: unknown {kind!r} (learned, climber)")
     if kind == "learned" or (kind == "auto" and LEARNED_BY_DEFAULT):
@@ -302,7 +297,3 @@ def make_chooser(kind: str, policy: Path | None, objective: str, max_slowdown: f
     logger.info("tuner: climbing chooser (objective %s)", objective)
     return ClimbChooser(objective, max_slowdown)
 
-
-#: Whether ``auto`` picks the packaged learned policy (true only while it is at least as good as
-#: the climber on the closed-loop headline, docs/benchmarks.md).
-LEARNED_BY_DEFAULT = True

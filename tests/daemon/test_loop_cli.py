@@ -45,7 +45,7 @@ def test_experiment_with_forecasting_writes_both_runs_and_the_comparison(tmp_pat
         (["experiment", "--workload", "no-such-job", "-o", "X"], "unknown workload 'no-such-job'"),
         (["experiment", "--profile", "b200", "--duration", "60", "-o", "X"], "b200"),
         (["experiment", "--scenario", "/nonexistent/s.toml", "-o", "X"], "--scenario: no such file"),
-        (["experiment", "--policy", "/nonexistent/p.npz", "--chooser", "policy", "--duration", "60", "-o", "X"],
+        (["experiment", "--policy", "/nonexistent/p.npz", "--chooser", "learned", "--duration", "60", "-o", "X"],
          "no such policy file"),
     ],
 )

@@ -39,7 +39,7 @@ def loop_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     out = tmp_path_factory.mktemp("exp")
     watched = _Watched()
     spec = ExperimentSpec(workload="imagenet-resnet50", objective="energy_slowdown", duration_s=600.0, gpus=2,
-                          profile="a100", tick_s=2.0, interval_s=10.0, chooser="climb", seed=3,
+                          profile="a100", tick_s=2.0, interval_s=10.0, chooser="climber", seed=3,
                           forecast=None)
     try:
         doc = run_experiment(spec, out, backend_hook=watched)

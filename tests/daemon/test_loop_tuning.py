@@ -101,7 +101,7 @@ def drive(node: Node, tuner: TuningComponent, store: Store, seconds: float, dt: 
 def make(tmp_path: Path, node: Node, objective: str = "energy_slowdown", **cfg: Any) -> tuple[TuningComponent, Store, list]:
     store = Store(100)
     events: list[dict[str, Any]] = []
-    conf = TuningConfig(objective=objective, interval_s=5.0, chooser="climb", pause_file=tmp_path / "paused", **cfg)
+    conf = TuningConfig(objective=objective, interval_s=5.0, chooser="climber", pause_file=tmp_path / "paused", **cfg)
     return TuningComponent(store, node, node, [0], conf, on_event=events.append), store, events
 
 
