@@ -1,6 +1,6 @@
 """Cost of forecasting: Prophet refit of an 8-GPU node on one core, detector and per-tick cost.
 
-    /work/main/.venv/bin/python bench/forecast_bench.py [--ticks 600] [--history-days 3]
+    .venv/bin/python bench/forecast_bench.py [--ticks 600] [--history-days 3]
 
 1. Prophet refit of every default series of an 8-GPU node (5 per GPU, 2 trainer node series,
    3 peers' RTT = 45 series) with ``history_days`` of 60 s points, pinned to one core

@@ -1,7 +1,7 @@
 """Evaluate the detector on labelled data: recall, false alerts per day, lead time, per kind.
 
-    /work/main/.venv/bin/python bench/forecast_eval.py --source sim [--seeds 3]
-    /work/main/.venv/bin/python bench/forecast_eval.py --source synthetic [--seeds 12]
+    .venv/bin/python bench/forecast_eval.py --source sim [--seeds 3]
+    .venv/bin/python bench/forecast_eval.py --source synthetic [--seeds 12]
 
 ``sim``: every shipped degradation scenario of the simulated node, on two workloads, over
 several seeds, through the daemon's ``ForecastService`` (see forecast_simrun.py). An alert

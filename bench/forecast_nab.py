@@ -1,6 +1,6 @@
 """Score the streaming detector on the Numenta Anomaly Benchmark's labelled real series.
 
-    /work/main/.venv/bin/python bench/forecast_nab.py [--nab /work/.mirror/numenta+NAB/repo]
+    .venv/bin/python bench/forecast_nab.py [--nab /work/.mirror/numenta+NAB/repo]
         [--corpora realKnownCause,...] [--set key=value ...] [--files]
 
 NAB (https://github.com/numenta/NAB, MIT licence) is read from a bare git mirror and its
@@ -231,11 +231,14 @@ def run(nab: str, corpora: tuple[str, ...], config: DetectorConfig) -> tuple[lis
 def main() -> int:
     """Run and print markdown tables per corpus and half."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nab", default=DEFAULT_NAB, help="bare git directory of NAB")
+    ap.add_argument("--nab", default=DEFAULT_NAB,
+                    help="a git clone of https://github.com/numenta/NAB (bare or with a work tree)")
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DetectorConfig override")
     ap.add_argument("--files", action="store_true", help="also print one row per file")
     args = ap.parse_args()
+    if not Path(args.nab).is_dir():
+        ap.error(f"--nab: {args.nab} is not a directory (clone https://github.com/numenta/NAB and pass its path)")
     config = replace(DetectorConfig(), **parse_sets(args.set))
     corpora = tuple(c for c in args.corpora.split(",") if c)
     scores, elapsed, rows = run(args.nab, corpora, config)
