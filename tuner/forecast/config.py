@@ -108,11 +108,27 @@ class ForecastConfig:
             elif key == "horizons_s":
                 kwargs[key] = tuple(float(h) for h in value)
             else:
-                kwargs[key] = value
+                kwargs[key] = _typed(cls, key, value, "forecast")
         try:
             return cls(**kwargs)
         except TypeError as e:
             raise ValueError(f"forecast: {e}") from None
+
+
+def _typed(kind: type, key: str, value: Any, where: str) -> Any:
+    """``value`` if it has the type of the field's scalar default (an int is a float too), else ValueError."""
+    default = next(f.default for f in dataclasses.fields(kind) if f.name == key)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int | float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and (isinstance(default, float) or isinstance(value, int))
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:  # tables and lists are checked where they are built
+        return value
+    if not ok:
+        raise ValueError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
+    return value
 
 
 def _sub(kind: type, value: Any, where: str) -> Any:
@@ -123,7 +139,7 @@ def _sub(kind: type, value: Any, where: str) -> Any:
         if key not in known:
             raise ValueError(f"{where}: unknown key {key!r}")
     try:
-        return kind(**value)
+        return kind(**{key: _typed(kind, key, v, where) for key, v in value.items()})
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from None
 

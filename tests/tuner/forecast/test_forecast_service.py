@@ -128,6 +128,10 @@ def test_memory_eta_served_in_seconds() -> None:
         ({"detector": {"tau": 3}}, "forecast.detector: unknown key 'tau'"),
         ({"downsample_s": -1}, "downsample_s must be positive"),
         ({"series": [{"family": "x", "direction": "sideways"}]}, "series[0].direction"),
+        ({"detect_in_child": "maybe"}, "forecast.detect_in_child: expected bool, got 'maybe'"),
+        ({"ecc_burst_window_s": "60"}, "forecast.ecc_burst_window_s: expected float, got '60'"),
+        ({"worker_nice": 1.5}, "forecast.worker_nice: expected int, got 1.5"),
+        ({"detector": {"warmup": True}}, "forecast.detector.warmup: expected int, got True"),
     ],
 )
 def test_config_errors_name_the_key(table: dict, needle: str) -> None:
