@@ -7,7 +7,10 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gputuned.tuner.forecast.detector import DetectorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def detect_series(
-    times: list[float], values: list[float], direction: str = "both", config: Any = None
+    times: list[float], values: list[float], direction: str = "both", config: DetectorConfig | None = None
 ) -> tuple[list[float], list[bool]]:
-    """Scores and alert flags of a whole series, streamed through one detector.
-
-    ``config`` is a :class:`DetectorConfig` (default settings when None); ``direction`` wins.
-    """
+    """Scores and alert flags of a whole series, streamed through one detector (default settings when
+    ``config`` is None; ``direction`` wins over the config's)."""
     from dataclasses import replace
 
     from gputuned.tuner.forecast.detector import DetectorConfig, OnlineDetector
