@@ -6,7 +6,8 @@ Prints markdown tables for docs/benchmarks.md ("Trainer and plugin"), writes the
 ends with one line giving the trainer/plain throughput ratio against the 0.98x goal. The
 throughput part alternates plain-DDP and trainer runs in one process group (which one goes
 first alternates per round) and reports the median of the per-round ratios; then it alternates
-blocks of 40 steps of each loop within one run (finer interleaving, less exposed to load drift).
+blocks of each loop within one run (finer interleaving, less exposed to load drift); a block is a
+common multiple of the plugin's sync and norm-sampling intervals, so each carries its sampled steps.
 """
 
 from __future__ import annotations
@@ -106,7 +107,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=6, help="rounds of one plain and one trainer run")
-    ap.add_argument("--blocks", type=int, default=40, help="interleaved blocks of 40 steps of each loop")
+    ap.add_argument("--blocks", type=int, default=40, help="interleaved blocks of each loop")
+    ap.add_argument("--norm-every", type=int, default=None,
+                    help="[plugin] norm_every for the trainer (default: the trainer's default)")
+    ap.add_argument("--sync-interval", type=int, default=None,
+                    help="[plugin] sync_interval for the trainer (default: the trainer's default)")
     ap.add_argument("--parts", default="overhead,compression,throughput",
                     help="comma-separated subset of overhead,compression,throughput")
     ap.add_argument("--out", default="runs/trainer_bench.json")
@@ -126,6 +131,10 @@ def main() -> int:
             sock = str(tmp / "c.sock")
             toml = (f'[model]\nhidden = {args.hidden}\n[train]\nmax_steps = {args.steps}\n'
                     f'[plugin]\nenabled = true\nsocket = "{sock}"\njob = "bench"\n')
+            if args.norm_every:
+                toml += f"norm_every = {args.norm_every}\n"
+            if args.sync_interval:
+                toml += f"sync_interval = {args.sync_interval}\n"
             with FakeDaemon(sock, report_interval_s=0.5) as daemon:
                 res["throughput"] = torchrun("throughput", toml, tmp, {"GPUTUNED_BENCH_ROUNDS": str(args.rounds),
                                                                       "GPUTUNED_BENCH_BLOCKS": str(args.blocks)})[0]

@@ -102,11 +102,21 @@ class Prefetcher:
         self.tensors = tensors
         self.device = device
         self.depth = depth
-        self.consumed_state = sampler.state_dict()
+        self._consumed = sampler.state_dict()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pin = device.type == "cuda"
+
+    @property
+    def consumed_state(self) -> dict[str, int]:
+        """The sampler state after the last batch handed out (what a checkpoint must record)."""
+        # gathering inline, the sampler is never ahead of the loop: read it only when asked
+        return self.sampler.state_dict() if not self.threaded else self._consumed
+
+    @consumed_state.setter
+    def consumed_state(self, state: dict[str, int]) -> None:
+        self._consumed = state
 
     def start(self) -> None:
         """Start gathering from the sampler's current position."""
@@ -142,13 +152,12 @@ class Prefetcher:
             nxt = self.sampler.next_batch()
             if nxt is None:
                 return None
-            self.consumed_state = self.sampler.state_dict()
             return [t.index_select(0, nxt[0]) for t in self.tensors], nxt[1]
         item = self._queue.get()
         if item is self._END:
             return None
         parts, global_n, state = item
-        self.consumed_state = state
+        self._consumed = state
         return [p.to(self.device, non_blocking=True) for p in parts], global_n
 
     def stop(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -113,8 +112,10 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay)
         self.samples_seen = 0
+        self.step = 0
+        self.epoch = 0
         self.total_samples = config.train.epochs * len(self.y_train)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=config.train.init_loss_scale,
                                            growth_interval=config.train.loss_scale_growth_interval,
                                            enabled=self.precision == "fp16")
@@ -134,6 +135,7 @@ class Trainer:
             min_batch_size=d.min_batch_size, max_batch_size=d.max_batch_size, sync_interval=p.sync_interval,
             norm_every=p.norm_every, connect=p.enabled,
             context={"precision": self.precision, "device": self.device.type})
+        self._set_lr()
         if self.ddp is not None:
             c = config.compression
             kw: dict[str, Any] = {"topk_ratio": c.topk_ratio} if c.hook == "topk" else {}
@@ -143,23 +145,26 @@ class Trainer:
         ck = config.checkpoint
         self.ckpt = (CheckpointManager(ck.dir, keep=ck.keep, asynchronous=ck.asynchronous,
                                        on_partial_write=self.cb.on_partial_checkpoint) if ck.dir else None)
-        self.step = 0
-        self.epoch = 0
         self._sigterm = False
         self.resumed_from: int | None = None
         self.batch_log: list[tuple[int, int, list[int]]] = []
 
     # -- schedule and decisions ------------------------------------------------------------
 
-    def _lr_lambda(self, _: int) -> float:
+    def _set_lr(self) -> None:
+        """Set the next step's learning rate: warm-up, cosine decay over the samples, the plugin's factor.
+
+        A function of (step, samples seen, plugin factor), all checkpointed, set directly: an LR
+        scheduler object around it cost about 10 us per step of Python for nothing more.
+        """
         o = self.cfg.optim
-        base = 1.0
+        factor = self.plugin.lr_factor
         if o.warmup_steps and self.step < o.warmup_steps:
-            base = (self.step + 1) / o.warmup_steps
+            factor *= (self.step + 1) / o.warmup_steps
         if o.schedule == "cosine":
-            base *= 0.5 * (1 + math.cos(math.pi * min(1.0, self.samples_seen / self.total_samples)))
-        plugin = getattr(self, "plugin", None)
-        return base * (plugin.lr_factor if plugin is not None else 1.0)
+            factor *= 0.5 * (1 + math.cos(math.pi * min(1.0, self.samples_seen / self.total_samples)))
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
 
     def _on_batch_size(self, global_batch: int, micro: int, accumulation: int) -> None:
         self.accumulation = accumulation
@@ -182,7 +187,7 @@ class Trainer:
             rngs = [self._rng_state()]
         return {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "sampler": self.prefetcher.consumed_state, "accumulation": self.accumulation,
                 "plugin": self.plugin.state_dict(), "rng": rngs, "world_size": self.world}
 
@@ -210,7 +215,6 @@ class Trainer:
         self.optimizer.load_state_dict(st["optimizer"])
         self.scaler.load_state_dict(st["scaler"])
         self.plugin.load_state_dict(st["plugin"])
-        self.scheduler.load_state_dict(st["scheduler"])
         self.step, self.epoch, self.samples_seen = st["step"], st["epoch"], st["samples_seen"]
         self.accumulation = st["accumulation"]
         self.sampler.load_state_dict(st["sampler"])
@@ -229,32 +233,38 @@ class Trainer:
 
     def _train_step(self, parts: list[torch.Tensor], global_n: int) -> torch.Tensor:
         x, y = parts[0], parts[1]
-        if self.accumulation == 1:
-            chunks = [(x, y)]
+        acc = self.accumulation
+        if acc == 1:  # the common case: no split, no no_sync bookkeeping
+            total = self._backward(x, y, global_n, whole=True)
         else:
-            chunks = list(zip(torch.tensor_split(x, self.accumulation), torch.tensor_split(y, self.accumulation),
-                              strict=True))
-        # sum over local samples scaled so DDP's average is the exact global-batch mean
-        factor = self.world / global_n
-        total: torch.Tensor | None = None
-        for i, (xc, yc) in enumerate(chunks):
-            sync = i == len(chunks) - 1 or self.ddp is None
-            with contextlib.nullcontext() if sync else self.ddp.no_sync():  # type: ignore[union-attr]
-                if len(chunks) == 1 and len(yc) * self.world == global_n:  # even split: mean == sum x factor
-                    loss = self._loss(xc, yc, "mean")
-                else:
-                    loss = self._loss(xc, yc, "sum") * factor
-                if self.cb.on_loss is not None:
-                    loss = self.cb.on_loss(self, loss)
-                self.scaler.scale(loss).backward()
-            total = loss.detach() if total is None else total + loss.detach()
+            xs, ys = torch.tensor_split(x, acc), torch.tensor_split(y, acc)
+            total = self._backward(xs[0], ys[0], global_n, whole=False, sync=False)
+            for i in range(1, acc):
+                total = total + self._backward(xs[i], ys[i], global_n, whole=False, sync=i == acc - 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.samples_seen += global_n
-        self.scheduler.step()
-        assert total is not None
+        self._set_lr()
         return total
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, global_n: int, whole: bool, sync: bool = True) -> torch.Tensor:
+        """Forward and backward of one micro-batch (gradients all-reduced when ``sync``); its detached loss.
+
+        The loss is this rank's sum scaled so DDP's average is the exact global-batch mean;
+        a whole, evenly split batch uses the plain mean, which is the same number.
+        """
+        if not sync and self.ddp is not None:
+            with self.ddp.no_sync():  # DDP's forward already reads it: both passes go inside
+                return self._backward(x, y, global_n, whole)
+        if whole and len(y) * self.world == global_n:
+            loss = self._loss(x, y, "mean")
+        else:
+            loss = self._loss(x, y, "sum") * (self.world / global_n)
+        if self.cb.on_loss is not None:
+            loss = self.cb.on_loss(self, loss)
+        self.scaler.scale(loss).backward()
+        return loss.detach()
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
         """Cross-entropy of a micro-batch, under autocast when training in fp16/bf16."""

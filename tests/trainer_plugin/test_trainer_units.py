@@ -245,3 +245,35 @@ def test_shipped_example_config_is_valid():
 
     cfg = load_config(Path(__file__).parents[2] / "examples" / "digits.toml")
     assert cfg.data.dataset == "digits" and cfg.compression.hook == "none" and cfg.train.epochs == 12
+
+
+def _single_process_trainer(**overrides):
+    from gputuned.trainer_plugin.trainer import Trainer
+
+    base = {"plugin.enabled": False, "train.eval_every_epoch": False, "train.epochs": 2,
+            "data.batch_size": 64, "optim.lr": 0.1}
+    return Trainer(parse_config({}, {**base, **overrides}))
+
+
+def test_accumulation_takes_the_same_step_as_the_whole_batch():
+    whole = _single_process_trainer(**{"train.max_steps": 3})
+    split = _single_process_trainer(**{"train.max_steps": 3, "train.accumulation_steps": 4})
+    whole.fit()
+    split.fit()
+    for a, b in zip(whole.model.parameters(), split.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert split.samples_seen == whole.samples_seen == 3 * 64
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine_over_samples():
+    tr = _single_process_trainer(**{"optim.warmup_steps": 4, "train.max_steps": 30})
+    lrs = []
+    tr.cb.on_step_end = lambda t: lrs.append(t.optimizer.param_groups[0]["lr"])
+    tr.fit()
+    first_epoch_steps = len(tr.y_train) // 64
+    # the lr set after step k serves step k+1: warm-up (k / 4) counts k - 1 finished steps, and the
+    # cosine the k * 64 samples seen (in the first epoch every batch is whole)
+    for k, lr in enumerate(lrs[:first_epoch_steps], start=1):
+        warm = k / 4 if k - 1 < 4 else 1.0
+        assert lr == pytest.approx(0.1 * warm * 0.5 * (1 + math.cos(math.pi * k * 64 / tr.total_samples)))
+    assert lrs[-1] < lrs[4] < 0.1
