@@ -73,8 +73,10 @@ class PluginConfig(_Section):
     enabled: bool = True
     socket: str = "/run/gputuned/control.sock"
     job: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
-    sync_interval: int = Field(default=10, ge=1)
-    norm_every: int = Field(default=32, ge=1, description="steps between gradient-norm / comm-time samples")
+    sync_interval: int | None = Field(default=None, ge=1, description="fixed steps between decision exchanges")
+    sync_period_s: float = Field(default=1.0, gt=0, description="time between decision exchanges (no sync_interval)")
+    norm_every: int | None = Field(default=None, ge=1, description="fixed steps between gradient-norm samples")
+    norm_period_s: float = Field(default=0.5, gt=0, description="time between gradient-norm samples (no norm_every)")
 
 
 class Config(_Section):

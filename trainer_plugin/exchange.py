@@ -1,8 +1,9 @@
 """How ranks agree on decisions: one small asynchronous all-reduce, and the batch-size checks.
 
-Every ``sync_interval`` steps each rank contributes a row: rank 0 its decision (kind, value)
-and LR factor, every rank whether it wants to stop. Non-leaders send zeros for the decision
-fields, so the sum carries rank 0's decision plus how many ranks want to stop. The all-reduce
+At agreed steps each rank contributes a row: rank 0 its decision (kind, value), LR factor and
+the number of steps until the next exchange, every rank whether it wants to stop. Non-leaders
+send zeros for the leader's fields, so the sum carries rank 0's values plus how many ranks
+want to stop; every rank therefore also agrees on when the next exchange starts. The all-reduce
 is started at the end of one step and finished at the end of the next, so no rank blocks on it
 (a blocking one cost about 5 ms per exchange on a loaded 2-core machine) and every rank still
 applies the result at the same step.
@@ -10,10 +11,21 @@ applies the result at the same step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
+
+
+class Agreed(NamedTuple):
+    """What every rank gets from one exchange."""
+
+    kind: int
+    value: int
+    lr_factor: float
+    interval: int  # steps from this exchange's start to the next one's
+    stop: bool  # some rank asked to stop
+    decision: dict[str, Any] | None  # the leader's decision message (None elsewhere)
 
 
 class DecisionExchange:
@@ -32,22 +44,23 @@ class DecisionExchange:
         """True while an exchange was started and not finished."""
         return self._msg is not None
 
-    def start(self, kind: int, value: int, lr_factor: float, stop: bool, decision: dict[str, Any] | None) -> None:
-        """Contribute this rank's row (decision fields only count on the leader)."""
-        row = [float(kind), float(value), lr_factor] if self.leader else [0.0, 0.0, 0.0]
+    def start(self, kind: int, value: int, lr_factor: float, interval: int, stop: bool,
+              decision: dict[str, Any] | None) -> None:
+        """Contribute this rank's row (the leader's fields only count on the leader)."""
+        row = [float(kind), float(value), lr_factor, float(interval)] if self.leader else [0.0] * 4
         self._msg = torch.tensor([*row, 1.0 if stop else 0.0], dtype=torch.float64, device=self.device)
         self._decision = decision
         self._work = dist.all_reduce(self._msg, async_op=True) if self.distributed else None
 
-    def finish(self) -> tuple[int, int, float, bool, dict[str, Any] | None]:
-        """Wait for the sum; (kind, value, lr_factor, any rank wants to stop, the leader's decision)."""
+    def finish(self) -> Agreed:
+        """Wait for the sum: the leader's decision, LR factor and next interval, and the stop vote."""
         work, msg, decision = self._work, self._msg, self._decision
         self._work = self._msg = self._decision = None
         assert msg is not None, "no exchange in flight"
         if work is not None:
             work.wait()
-        kind, value, factor, stop = msg.tolist()
-        return int(kind), int(value), float(factor), stop > 0, decision
+        kind, value, factor, interval, stop = msg.tolist()
+        return Agreed(int(kind), int(value), float(factor), int(interval), stop > 0, decision)
 
 
 def batch_size_problem(size: int, mode: str, batch_size: int, min_batch: int, max_batch: int,

@@ -9,8 +9,9 @@ Usable from any loop::
             loss = ...; scaler.scale(loss).backward(); ...
             plugin.record(loss=loss, scaler=scaler)
 
-Rank 0 polls decisions and broadcasts them every ``sync_interval`` steps so all ranks switch
-batch size at the same step. Nothing here blocks on the daemon.
+Rank 0 polls decisions and broadcasts them at agreed steps (about every ``sync_period_s``
+seconds, or every ``sync_interval`` steps when that is set) so all ranks switch batch size at
+the same step. Nothing here blocks on the daemon.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ logger = logging.getLogger(__name__)
 #: Called on every rank with (global_batch, micro_batch, accumulation_steps) before the next step.
 BatchSizeCallback = Callable[[int, int, int], None]
 _NONE, _BATCH, _PROFILE = 0, 1, 2
+#: Steps before the first exchange, while the step time is not known yet.
+_FIRST_SYNC = 10
+#: Longest spacing of exchanges and norm samples, in steps.
+_MAX_SPACING = 10_000
 
 
 class TrainingPlugin:
@@ -45,9 +50,10 @@ class TrainingPlugin:
                  batch_mode: str = "global", accumulation_steps: int = 1,
                  on_batch_size: BatchSizeCallback | None = None, optimizer: torch.optim.Optimizer | None = None,
                  lr_scaling: str = "none", min_batch_size: int = 1, max_batch_size: int = 1 << 20,
-                 sync_interval: int = 10, connect: bool = True, client: DaemonClient | None = None,
-                 context: dict[str, Any] | None = None, norm_every: int = 32,
-                 vet_batch_size: Callable[[int], str | None] | None = None) -> None:
+                 sync_interval: int | None = None, connect: bool = True, client: DaemonClient | None = None,
+                 context: dict[str, Any] | None = None, norm_every: int | None = None,
+                 vet_batch_size: Callable[[int], str | None] | None = None,
+                 sync_period_s: float = 1.0, norm_period_s: float = 0.5) -> None:
         if lr_scaling not in LR_RULES:
             raise ValueError(f"lr_scaling: unknown rule {lr_scaling!r} (expected one of {', '.join(LR_RULES)})")
         if batch_mode not in ("global", "micro"):
@@ -69,11 +75,18 @@ class TrainingPlugin:
         self.lr_scaling = lr_scaling
         self.lr_factor = 1.0
         self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
-        self.sync_interval = max(1, sync_interval)
-        # Gradient norms (grad_norm, noise scale) are sampled: a sampled step costs about 0.45 ms of
-        # CPU on the 2-rank CPU bench (hooks, dot products); every 32 steps keeps that near 0.3%
-        # of a step, and the EMA-smoothed estimates move slowly anyway.
-        self.norm_every = max(1, norm_every)
+        # Exchanges and gradient-norm samples are spaced in time, not steps: each costs about the
+        # same whatever the step (a small all-reduce; two dot products over every gradient), so a
+        # fixed step count made them several percent of a 2 ms CPU step and rare on a 1 s GPU step.
+        # An explicit step count (tests, reproducible runs) overrides the period.
+        self.sync_interval = max(1, sync_interval) if sync_interval else None
+        self.sync_period_s = sync_period_s
+        self._next_sync = self.sync_interval or _FIRST_SYNC
+        self._sync_started = 0
+        self.norm_every = max(1, norm_every) if norm_every else None
+        self.norm_period_s = norm_period_s
+        self._next_norm = 0
+        self._step_ema: float | None = None
         self._measure = False
         self.context = dict(context or {})
         self.noise = NoiseScaleEstimator()
@@ -126,7 +139,7 @@ class TrainingPlugin:
         """
         self.context["compression"] = hook
         if hook == "none":
-            self._probe = DDPProbe(model, self.norm_every, self.counters)
+            self._probe = DDPProbe(model, self.norm_every or 32, self.counters)
         else:
             self._probe = HookProbe(model, hook, self.counters, **hook_kwargs)
 
@@ -153,9 +166,11 @@ class TrainingPlugin:
         """Start timing a step (use as ``with plugin.step(): ...``); samples defaults to the global batch."""
         self._t0 = time.perf_counter()
         self._armed = True
-        self._measure = self.step_count % self.norm_every == 0
-        if self._measure and self._probe is not None:
-            self._probe.arm()
+        self._measure = self.step_count >= self._next_norm
+        if self._measure:
+            self._next_norm = self.step_count + self._spacing(self.norm_every, self.norm_period_s)
+            if self._probe is not None:
+                self._probe.arm()
         self._step_samples = samples
         if self._pending_profile is not None and self._profile is None:
             d = self._pending_profile
@@ -191,6 +206,8 @@ class TrainingPlugin:
         now = time.perf_counter()
         self._armed = False
         step_time = now - self._t0
+        ema = self._step_ema
+        self._step_ema = step_time if ema is None else ema + 0.1 * (step_time - ema)
         comm = 0.0
         probe = self._probe
         if probe is not None:
@@ -212,7 +229,7 @@ class TrainingPlugin:
         self.step_count += 1
         if self._exchange.pending:
             self._finish_sync()
-        if self.step_count % self.sync_interval == 0:
+        if self.step_count >= self._next_sync and not self._exchange.pending:
             self._start_sync()
         if time.monotonic() - self._last_report >= (self.client.report_interval_s if self.client else 1.0):
             self._report()
@@ -286,19 +303,32 @@ class TrainingPlugin:
                 kind, value = self._vet(decision)
         if self.lr_scaling == "adascale" and self.batch_mode == "global":
             self.lr_factor = self.noise.adascale_gain(self.batch_size, self.base_batch_size)
-        self._exchange.start(kind, value, self.lr_factor, self.stop_requested, decision)
+        self._sync_started = self.step_count
+        interval = self._spacing(self.sync_interval, self.sync_period_s)
+        self._exchange.start(kind, value, self.lr_factor, interval, self.stop_requested, decision)
         if not self._exchange.distributed:
             self._finish_sync()
 
     def _finish_sync(self) -> None:
-        kind, value, self.lr_factor, self.stop_agreed, decision = self._exchange.finish()
-        if kind == _BATCH:
-            self._apply_batch(value)
+        agreed = self._exchange.finish()
+        self.lr_factor, self.stop_agreed = agreed.lr_factor, agreed.stop
+        self._next_sync = self._sync_started + max(1, agreed.interval)
+        decision = agreed.decision
+        if agreed.kind == _BATCH:
+            self._apply_batch(agreed.value)
             if decision is not None and self.client is not None:
                 self.client.ack(decision["id"], True, applied_step=self.step_count)
-        elif kind == _PROFILE and decision is not None:
+        elif agreed.kind == _PROFILE and decision is not None:
             self._pending_profile = decision
         self._set_lr()
+
+    def _spacing(self, steps: int | None, period_s: float) -> int:
+        """Steps to the next exchange or sample: the fixed count, else period_s at the recent step time."""
+        if steps:
+            return steps
+        if not self._step_ema:
+            return _FIRST_SYNC
+        return max(1, min(_MAX_SPACING, round(period_s / self._step_ema)))
 
     def settle(self) -> None:
         """Finish a decision exchange in flight now (all ranks together, e.g. before a checkpoint)."""
@@ -384,6 +414,9 @@ class TrainingPlugin:
         self.samples_total = int(state["samples_total"])
         self.overflows_total = int(state["overflows_total"])
         self.noise.g2, self.noise.s = state["noise"]
+        # every rank resumes at the same step, so they agree on the first exchange again
+        self._next_sync = self.step_count + (self.sync_interval or _FIRST_SYNC)
+        self._next_norm = self.step_count
         self._set_lr()
 
     def close(self) -> None:

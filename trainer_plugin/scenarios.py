@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -163,8 +162,9 @@ def throughput(cfg_path: str | None) -> dict[str, Any]:
     each (which goes first alternates), each counting the samples it trained on. Interleaved
     blocks: one trainer run whose step-end callback runs the plain loop for a block of steps
     after every block of trainer steps, so both see the same machine load within seconds;
-    a block is a common multiple of the plugin's sync and norm-sampling intervals (and at
-    least 40 steps), so every trainer block carries its share of the sampled steps.
+    blocks are GPUTUNED_BENCH_BLOCK_STEPS steps (default 500, about a second here, so that a
+    block carries its share of the plugin's exchanges and norm samples, which are spaced in
+    time).
     """
     cfg = _config(cfg_path, {"train.eval_every_epoch": False, "train.epochs": 1000})
     steps = cfg.train.max_steps or 300
@@ -188,15 +188,14 @@ def throughput(cfg_path: str | None) -> dict[str, Any]:
             report = trainer.plugin.interval_stats()
             connected = connected or bool(trainer.plugin.client and trainer.plugin.client.connects_total)
             trainer.close()
-    blocks = _interleaved(cfg, int(os.environ.get("GPUTUNED_BENCH_BLOCKS", "40")))
+    blocks = _interleaved(cfg, int(os.environ.get("GPUTUNED_BENCH_BLOCKS", "40")),
+                          int(os.environ.get("GPUTUNED_BENCH_BLOCK_STEPS", "500")))
     return {"plain_samples_per_s": plain, "trainer_samples_per_s": ours, "steps": steps,
             "connected": connected, "last_stats": report, **blocks}
 
 
-def _interleaved(cfg: Config, blocks: int) -> dict[str, Any]:
+def _interleaved(cfg: Config, blocks: int, block: int) -> dict[str, Any]:
     """Alternate blocks of trainer and plain-loop steps in one run; samples/s of each block."""
-    block = math.lcm(cfg.plugin.sync_interval, cfg.plugin.norm_every)
-    block *= math.ceil(40 / block)
     plain = _PlainLoop(cfg)
     plain.run(block)  # warm-up, as the trainer's first block is dropped
     out: dict[str, Any] = {"block_steps": block, "plain_block_samples_per_s": [], "trainer_block_samples_per_s": [],

@@ -133,7 +133,8 @@ class Trainer:
             job=job, batch_size=d.batch_size, socket_path=p.socket, batch_mode=d.batch_mode,
             accumulation_steps=accum, on_batch_size=self._on_batch_size, lr_scaling=o.lr_scaling,
             min_batch_size=d.min_batch_size, max_batch_size=d.max_batch_size, sync_interval=p.sync_interval,
-            norm_every=p.norm_every, connect=p.enabled,
+            norm_every=p.norm_every, sync_period_s=p.sync_period_s, norm_period_s=p.norm_period_s,
+            connect=p.enabled,
             context={"precision": self.precision, "device": self.device.type})
         self._set_lr()
         if self.ddp is not None:

@@ -277,3 +277,34 @@ def test_learning_rate_warms_up_then_follows_the_cosine_over_samples():
         warm = k / 4 if k - 1 < 4 else 1.0
         assert lr == pytest.approx(0.1 * warm * 0.5 * (1 + math.cos(math.pi * k * 64 / tr.total_samples)))
     assert lrs[-1] < lrs[4] < 0.1
+
+
+@pytest.mark.parametrize("step_s, exchanges, samples", [(0.002, (4, 5), (8, 11)), (0.5, (990, 1000), (1985, 2000))])
+def test_exchanges_and_norm_samples_are_spaced_in_time_not_steps(monkeypatch, step_s, exchanges, samples):
+    """2000 steps of step_s on a scripted clock: one exchange per second, one norm sample per 0.5 s,
+    at most one of each per step (the first exchange comes after 10 steps, before any step time)."""
+    import gputuned.trainer_plugin.plugin as plugin_module
+
+    clock = [0.0]
+    monkeypatch.setattr(plugin_module.time, "perf_counter", lambda: clock[0])
+    plugin = TrainingPlugin(job="spacing", batch_size=32, connect=False)
+    started, sampled = [], []
+    start = plugin._exchange.start
+    monkeypatch.setattr(plugin._exchange, "start", lambda *a: (started.append(plugin.step_count), start(*a))[1])
+    for _ in range(2000):
+        with plugin.step():
+            sampled.append(plugin._measure)
+            clock[0] += step_s
+    assert exchanges[0] <= len(started) <= exchanges[1]
+    assert samples[0] <= sum(sampled) <= samples[1]
+    assert started[0] == 10 and len(set(started)) == len(started)
+
+
+def test_a_fixed_sync_interval_and_norm_every_override_the_periods():
+    plugin = TrainingPlugin(job="fixed", batch_size=32, connect=False, sync_interval=7, norm_every=3)
+    sampled = []
+    for _ in range(30):
+        with plugin.step():
+            sampled.append(plugin._measure)
+    assert [i for i, m in enumerate(sampled) if m] == list(range(0, 30, 3))
+    assert plugin._next_sync == 35  # exchanges at 7, 14, 21, 28, the next at 35
