@@ -110,6 +110,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6, help="rounds of one plain and one trainer run")
     ap.add_argument("--blocks", type=int, default=40, help="interleaved blocks of each loop")
     ap.add_argument("--block-steps", type=int, default=500, help="steps per interleaved block")
+    ap.add_argument("--aa", action="store_true",
+                    help="also alternate the plain loop with an identical copy (the measurement's own spread)")
     ap.add_argument("--norm-every", type=int, default=None,
                     help="[plugin] norm_every for the trainer (default: the trainer's default)")
     ap.add_argument("--sync-interval", type=int, default=None,
@@ -140,7 +142,8 @@ def main() -> int:
             with FakeDaemon(sock, report_interval_s=0.5) as daemon:
                 res["throughput"] = torchrun("throughput", toml, tmp, {"GPUTUNED_BENCH_ROUNDS": str(args.rounds),
                                                                       "GPUTUNED_BENCH_BLOCKS": str(args.blocks),
-                                                                      "GPUTUNED_BENCH_BLOCK_STEPS": str(args.block_steps)})[0]
+                                                                      "GPUTUNED_BENCH_BLOCK_STEPS": str(args.block_steps),
+                                                                      **({"GPUTUNED_BENCH_AA": "1"} if args.aa else {})})[0]
                 res["throughput"]["reports_received"] = len(daemon.of_type("report"))
     res["loadavg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +184,11 @@ def main() -> int:
         # blocks have (nearly) equal sample counts, so the harmonic mean is the pooled samples/s
         pooled = statistics.harmonic_mean(bt) / statistics.harmonic_mean(bp)
         print(f"pooled over all blocks (total samples / total time of each loop): ratio {pooled:.3f}")
+        if "aa_block_ratios" in t:
+            aa = t["aa_block_ratios"]
+            qa = statistics.quantiles(aa, n=4)
+            print(f"A/A (plain loop against an identical copy, same alternation): median paired ratio "
+                  f"{statistics.median(aa):.3f} (quartiles {qa[0]:.3f}-{qa[2]:.3f})")
         cpu = [p / o for o, p in zip(t["trainer_block_cpu_s"], t["plain_block_cpu_s"], strict=True)]
         print(f"CPU time per block (this rank's process, all threads): plain/trainer median ratio "
               f"{statistics.median(cpu):.3f} (above 1: the trainer does less CPU work per step)")

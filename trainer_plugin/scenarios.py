@@ -188,10 +188,31 @@ def throughput(cfg_path: str | None) -> dict[str, Any]:
             report = trainer.plugin.interval_stats()
             connected = connected or bool(trainer.plugin.client and trainer.plugin.client.connects_total)
             trainer.close()
-    blocks = _interleaved(cfg, int(os.environ.get("GPUTUNED_BENCH_BLOCKS", "40")),
-                          int(os.environ.get("GPUTUNED_BENCH_BLOCK_STEPS", "500")))
+    n_blocks = int(os.environ.get("GPUTUNED_BENCH_BLOCKS", "40"))
+    block = int(os.environ.get("GPUTUNED_BENCH_BLOCK_STEPS", "500"))
+    blocks = _interleaved(cfg, n_blocks, block)
+    if os.environ.get("GPUTUNED_BENCH_AA"):
+        blocks["aa_block_ratios"] = _plain_against_itself(cfg, n_blocks, block)
     return {"plain_samples_per_s": plain, "trainer_samples_per_s": ours, "steps": steps,
             "connected": connected, "last_stats": report, **blocks}
+
+
+def _plain_against_itself(cfg: Config, blocks: int, block: int) -> list[float]:
+    """The same block alternation with two identical plain loops: the measurement's own spread.
+
+    Ratio of each block of the first loop to the block of the second right after it, as the
+    trainer/plain pairs are formed; any departure from 1 is the machine, not a loop.
+    """
+    a, b = _PlainLoop(cfg), _PlainLoop(cfg)
+    b.run(block)
+    ratios = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        na = a.run(block)
+        t1 = time.perf_counter()
+        nb = b.run(block)
+        ratios.append((na / (t1 - t0)) / (nb / (time.perf_counter() - t1)))
+    return ratios
 
 
 def _interleaved(cfg: Config, blocks: int, block: int) -> dict[str, Any]:
