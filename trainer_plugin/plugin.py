@@ -37,8 +37,11 @@ logger = logging.getLogger(__name__)
 #: Called on every rank with (global_batch, micro_batch, accumulation_steps) before the next step.
 BatchSizeCallback = Callable[[int, int, int], None]
 _NONE, _BATCH, _PROFILE = 0, 1, 2
-#: Steps before the first exchange, while the step time is not known yet.
-_FIRST_SYNC = 10
+#: Spacing, in steps, of the first exchange or norm sample, while the step time is not known yet.
+_FIRST_SPACING = 10
+#: DDP records its runtime statistics (read for the exposed comm time) every this many iterations
+#: unless ``norm_every`` fixes the sampling; a sampled iteration costs it a few timer records.
+_DDP_STATS_EVERY = 32
 #: Longest spacing of exchanges and norm samples, in steps.
 _MAX_SPACING = 10_000
 
@@ -58,6 +61,9 @@ class TrainingPlugin:
             raise ValueError(f"lr_scaling: unknown rule {lr_scaling!r} (expected one of {', '.join(LR_RULES)})")
         if batch_mode not in ("global", "micro"):
             raise ValueError(f"batch_mode: expected global or micro ({batch_mode!r})")
+        for name, period in (("sync_period_s", sync_period_s), ("norm_period_s", norm_period_s)):
+            if not period > 0:
+                raise ValueError(f"{name}: must be positive, got {period!r}")
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
@@ -81,7 +87,7 @@ class TrainingPlugin:
         # An explicit step count (tests, reproducible runs) overrides the period.
         self.sync_interval = max(1, sync_interval) if sync_interval else None
         self.sync_period_s = sync_period_s
-        self._next_sync = self.sync_interval or _FIRST_SYNC
+        self._next_sync = self.sync_interval or _FIRST_SPACING
         self._sync_started = 0
         self.norm_every = max(1, norm_every) if norm_every else None
         self.norm_period_s = norm_period_s
@@ -139,7 +145,7 @@ class TrainingPlugin:
         """
         self.context["compression"] = hook
         if hook == "none":
-            self._probe = DDPProbe(model, self.norm_every or 32, self.counters)
+            self._probe = DDPProbe(model, self.norm_every or _DDP_STATS_EVERY, self.counters)
         else:
             self._probe = HookProbe(model, hook, self.counters, **hook_kwargs)
 
@@ -327,7 +333,7 @@ class TrainingPlugin:
         if steps:
             return steps
         if not self._step_ema:
-            return _FIRST_SYNC
+            return _FIRST_SPACING
         return max(1, min(_MAX_SPACING, round(period_s / self._step_ema)))
 
     def settle(self) -> None:
@@ -415,7 +421,7 @@ class TrainingPlugin:
         self.overflows_total = int(state["overflows_total"])
         self.noise.g2, self.noise.s = state["noise"]
         # every rank resumes at the same step, so they agree on the first exchange again
-        self._next_sync = self.step_count + (self.sync_interval or _FIRST_SYNC)
+        self._next_sync = self.step_count + (self.sync_interval or _FIRST_SPACING)
         self._next_norm = self.step_count
         self._set_lr()
 

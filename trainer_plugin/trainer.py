@@ -239,9 +239,8 @@ class Trainer:
             total = self._backward(x, y, global_n, whole=True)
         else:
             xs, ys = torch.tensor_split(x, acc), torch.tensor_split(y, acc)
-            total = self._backward(xs[0], ys[0], global_n, whole=False, sync=False)
-            for i in range(1, acc):
-                total = total + self._backward(xs[i], ys[i], global_n, whole=False, sync=i == acc - 1)
+            total = torch.stack([self._backward(xs[i], ys[i], global_n, whole=False, sync=i == acc - 1)
+                                 for i in range(acc)]).sum()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

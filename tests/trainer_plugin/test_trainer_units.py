@@ -300,11 +300,21 @@ def test_exchanges_and_norm_samples_are_spaced_in_time_not_steps(monkeypatch, st
     assert started[0] == 10 and len(set(started)) == len(started)
 
 
-def test_a_fixed_sync_interval_and_norm_every_override_the_periods():
+def test_a_fixed_sync_interval_and_norm_every_override_the_periods(monkeypatch):
     plugin = TrainingPlugin(job="fixed", batch_size=32, connect=False, sync_interval=7, norm_every=3)
-    sampled = []
+    started, sampled = [], []
+    start = plugin._exchange.start
+    monkeypatch.setattr(plugin._exchange, "start", lambda *a: (started.append(plugin.step_count), start(*a))[1])
     for _ in range(30):
         with plugin.step():
             sampled.append(plugin._measure)
     assert [i for i, m in enumerate(sampled) if m] == list(range(0, 30, 3))
-    assert plugin._next_sync == 35  # exchanges at 7, 14, 21, 28, the next at 35
+    assert started == [7, 14, 21, 28]
+
+
+@pytest.mark.parametrize("key", ["sync_period_s", "norm_period_s"])
+def test_a_period_that_is_not_positive_is_refused_naming_it(key):
+    with pytest.raises(ValueError, match=key):
+        TrainingPlugin(job="bad", batch_size=32, connect=False, **{key: 0.0})
+    with pytest.raises(ConfigError, match=f"plugin.{key}"):
+        parse_config({}, {f"plugin.{key}": -1})
