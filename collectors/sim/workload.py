@@ -58,10 +58,12 @@ class StepTiming:
     def at(self, batch: float) -> tuple[float, float, float]:
         """(host, sm, mem) seconds for one step of ``batch`` samples on one GPU.
 
-        Linear in log2(batch) between measured sizes; below the smallest the step is
-        latency-bound (held); above the largest it grows in proportion to the batch.
+        Linear in the batch between measured sizes (a step is a fixed cost plus a cost per
+        sample, so samples per second never dips between two sizes that both run faster);
+        below the smallest the step is latency-bound (held); above the largest it grows in
+        proportion to the batch.
         """
-        i, w = self._where(batch)
+        i, w = self._where(batch, log=False)
         if i < 0:
             return self.host_s[0], self.sm_s[0], self.mem_s[0]
         if i >= len(self.batch_sizes):
@@ -81,13 +83,16 @@ class StepTiming:
             return p[-1]
         return p[i - 1] + (p[i] - p[i - 1]) * w
 
-    def _where(self, batch: float) -> tuple[int, float]:
+    def _where(self, batch: float, log: bool = True) -> tuple[int, float]:
+        """Index of the next measured size above ``batch`` and the weight towards it."""
         bs = self.batch_sizes
         if batch <= bs[0]:
             return -1, 0.0
         if batch >= bs[-1]:
             return len(bs), 0.0
         i = bisect.bisect_right(bs, batch)
+        if not log:
+            return i, (batch - bs[i - 1]) / (bs[i] - bs[i - 1])
         return i, (math.log2(batch) - math.log2(bs[i - 1])) / (math.log2(bs[i]) - math.log2(bs[i - 1]))
 
     def as_dict(self) -> dict[str, Any]:

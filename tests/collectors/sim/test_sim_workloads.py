@@ -52,3 +52,22 @@ def test_live_node_has_readings_before_first_step() -> None:
     idle = build_sim_node("v100", 2, None, None, RealClock())
     assert all(d.util_gpu_pct == 0 and d.pstate == 8 and d.memory_used_bytes == 0 for d in idle.devices)
     assert idle.devices[0].power_mw == int(idle.devices[0].profile.idle_power_w * 1000)
+
+
+def test_step_time_between_measured_sizes_never_makes_a_throughput_dip() -> None:
+    # A step is a fixed cost plus a cost per sample, so between two measured sizes the
+    # samples per second of the whole step must move monotonically; interpolating in
+    # log2(batch) overstated the middle by up to 25% of the per-sample part and put a
+    # false throughput valley at dlrm's default (8192, between 4096 and 16384).
+    cal = load_calibration()
+    for name in ("dlrm-criteo", "vit-b16-imagenet", "gpt2-small-openwebtext"):
+        timing, _ = resolve_timing(load_workload(name), "a40", cal)
+        sizes = timing.batch_sizes
+        for lo, hi in zip(sizes, sizes[1:]):
+            grid = [lo + (hi - lo) * k / 16 for k in range(17)]
+            rates = [b / sum(timing.at(b)) for b in grid]
+            rising = all(b >= a * (1 - 1e-9) for a, b in zip(rates, rates[1:]))
+            falling = all(b <= a * (1 + 1e-9) for a, b in zip(rates, rates[1:]))
+            assert rising or falling, (name, lo, hi, [round(r) for r in rates])
+        mid = (sizes[1] + sizes[2]) / 2
+        assert abs(sum(timing.at(mid)) - (sum(timing.at(sizes[1])) + sum(timing.at(sizes[2]))) / 2) < 1e-12
