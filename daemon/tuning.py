@@ -29,7 +29,7 @@ from gputuned.collectors import families as F
 from gputuned.collectors.device import ClockEventReason
 from gputuned.collectors.families import Labels, Sample, declare
 from gputuned.daemon.store import Store
-from gputuned.daemon.tuning_policy import Chooser, LiveObserver, make_chooser, split
+from gputuned.daemon.tuning_policy import Chooser, LiveObserver, make_chooser, power_target, split
 from gputuned.tuner.guard import DEFAULT_PAUSE_FILE, GuardConfig, SafetyGuard
 from gputuned.tuner.perseus import RankTiming, SlackConfig, plan_power_limits
 
@@ -116,6 +116,7 @@ class Interval:
     sm_ratio: float
     capped: bool
     batch: int
+    draw_w: float = 0.0  # the most any GPU drew: the reading or its mean over the interval
 
     @property
     def throughput(self) -> float:
@@ -303,8 +304,9 @@ class TuningComponent:
         sm = [(self.store.value(F.GPU_SM_CLOCK, g.labels) or 0.0) / g.max_sm_hz for g in self._gpus]
         masks = [int(self.store.value(F.GPU_CLOCK_EVENT_MASK, g.labels) or 0) for g in self._gpus]
         batch = int(self._trainer("gputuned_trainer_batch_size", run.job) or run.b0)
+        mean_draw = (tot[0] - run.mark_energy) / seconds / len(self._gpus) if seconds > 0 else 0.0
         return Interval(tot[0] - run.mark_energy, tput * seconds, seconds, tput * eff, float(np.mean(power)),
-                        float(np.mean(sm)), any(m & POWER_CAP for m in masks), batch)
+                        float(np.mean(sm)), any(m & POWER_CAP for m in masks), batch, max(*power, mean_draw))
 
     def _mark(self, now: float, run: _Run) -> None:
         tot = self._totals(run.job)
@@ -399,8 +401,7 @@ class TuningComponent:
             dp = 0  # a two-knob move is made whole or not at all (half of one is how a policy oscillates)
         if dp and self.cfg.tune_power:
             g0 = self._gpus[0]
-            step = 0.05 * (g0.hi_w - g0.lo_w)
-            target = float(np.clip(run.limit_w + dp * step, g0.lo_w, g0.hi_w))
+            target = power_target(run.limit_w, dp, m.draw_w, m.capped, g0.lo_w, g0.hi_w)
             if target != run.limit_w and self._set_power(now, run, target, rate):
                 done_p = dp
         self.observer.moved(done_p, done_b)

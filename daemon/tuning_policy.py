@@ -11,7 +11,9 @@ while goodput stays above the slowdown budget and energy per sample keeps fallin
 when goodput falls under it; once the limit has settled, a doubled batch size is tried (kept if
 energy per sample falls and goodput stays within budget, undone otherwise), then a halved one; a
 probe that is neither better nor clearly worse looks one step further (4x or 1/4) before it is
-undone. Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
+undone; a probe that costs energy but gains more goodput than that buys back on the power limit
+(at the exchange rate measured on the last step down) is kept, and undone once the limit has
+settled again if energy per sample did not end lower. Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
 
 :class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
 climber's proposal (2 features, a residual design: the policy learns when to follow the rule
@@ -37,6 +39,9 @@ PACKAGED_SIM_POLICY = Path(__file__).resolve().parent.parent / "tuner" / "data" 
 BASE_OBS_DIM = 19
 #: The learned policy's input: the base observation and the climber's proposed (power, batch) move.
 SIM_OBS_DIM = BASE_OBS_DIM + 2
+#: Share of the measured energy-for-goodput exchange rate a batch probe must beat to be kept
+#: for the goodput it gains (the rate falls as the limit comes down, so only half is counted).
+TRADE_SHARE = 0.5
 #: Intervals after which the observation's "early phase" feature saturates.
 EARLY_INTERVALS = 20
 #: Whether ``auto`` picks the packaged learned policy (true only while it is at least as good as
@@ -52,6 +57,20 @@ def move(dp: int, db: int) -> int:
 def split(action: int) -> tuple[int, int]:
     """The (power move, batch move) of an action index."""
     return action // 3 - 1, action % 3 - 1
+
+
+def power_target(limit_w: float, dp: int, draw_w: float, capped: bool, lo_w: float, hi_w: float) -> float:
+    """The power limit after a power move ``dp`` from ``limit_w``: one step of 5% of the range.
+
+    A step down from a limit the GPUs do not reach (not capped, drawing more than a step under
+    it) lands on the lowest limit of the step grid (``hi_w`` minus whole steps) at least one step
+    above the draw: the steps in between change nothing but cost a decision interval each.
+    """
+    step = 0.05 * (hi_w - lo_w)
+    target = limit_w + dp * step
+    if dp < 0 and not capped and step > 0 and draw_w + step < limit_w - step:
+        target = min(target, hi_w - math.floor((hi_w - draw_w - step) / step) * step)
+    return float(min(max(target, lo_w), hi_w))
 
 
 class LiveObserver:
@@ -133,6 +152,9 @@ class ClimbChooser(Chooser):
         self.step = 0.0
         self.depth = 0  # 1 while a probe looks one more batch step ahead
         self.undo = 0  # the batch move still owed to undo a two-step probe
+        self.prev_good: float | None = None
+        self.rate: float | None = None  # energy saved per goodput given up, on the last step down
+        self.traded: tuple[float, int] | None = None  # (eps before, batch steps) of a probe kept on trade
 
     def __call__(self, obs: np.ndarray) -> int:
         limit, goodput, eps, oom = float(obs[0]), float(obs[7]) + 1.0, float(obs[8]) + 1.0, obs[11] > 0.5
@@ -145,8 +167,17 @@ class ClimbChooser(Chooser):
         if self.state == "probe":
             return self._judge_probe(eps, goodput)
         dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps)
-        self.prev_eps, self.last_dp = eps, dp
+        self.prev_eps, self.prev_good, self.last_dp = eps, goodput, dp
         self.settled = self.settled + 1 if dp == 0 else 0
+        if dp == 0 and self.settled >= 2 and self.traded is not None:
+            eps0, steps = self.traded
+            self.traded = None
+            if eps > eps0 * 0.995:  # the lower limit did not buy back the batch's energy: undo the batch move
+                d = self.direction
+                self.probes[d], self.direction, self.settled = self.max_probes, -d, 0
+                if steps > 1:
+                    self.state, self.undo = "undo", -d
+                return move(0, -d)
         if dp == 0 and self.settled >= 2:
             db = self._next_probe()
             if db:
@@ -183,6 +214,9 @@ class ClimbChooser(Chooser):
             self.step = abs(limit - self.prev_limit)
         elif self.last_dp < 0 and self.prev_limit is not None:
             self.floor = limit  # a step down did not move the limit: its minimum is reached
+        if (self.last_dp < 0 and self.prev_eps is not None and self.prev_good is not None
+                and self.prev_good - goodput > 0.003 * self.prev_good and eps < self.prev_eps):
+            self.rate = ((self.prev_eps - eps) / self.prev_eps) / ((self.prev_good - goodput) / self.prev_good)
         self.prev_limit = limit
         if goodput < self.budget - 0.002:
             self.floor = limit  # over the slowdown budget here: never step down to this limit again
@@ -209,9 +243,14 @@ class ClimbChooser(Chooser):
     def _judge_probe(self, eps: float, goodput: float) -> int:
         assert self.probe_from is not None
         eps0, g0 = self.probe_from
+        traded = False
         if self.energy:
             # less energy, or more goodput (headroom the power limit then trades for energy)
             better = goodput >= self.budget and (eps < eps0 * 0.995 or (goodput > g0 * 1.02 and eps < eps0 * 1.01))
+            if not better and self.rate and goodput >= self.budget and goodput > g0 * 1.02:
+                # more energy now, but the goodput gained buys more than that back on the power
+                # limit at half the exchange rate measured on the last step down
+                traded = better = eps / eps0 - 1.0 < TRADE_SHARE * self.rate * (goodput / g0 - 1.0)
             close = goodput >= self.budget and eps <= eps0 * 1.02
         else:
             better = goodput > g0 * 1.01
@@ -225,6 +264,7 @@ class ClimbChooser(Chooser):
         self.prev_eps, self.last_dp = (eps if better else eps0), 0
         if better:
             self.floor = None  # a new batch size: the limits left to explore change
+            self.traded = (eps0, 1 + two) if traded else None  # judged again once the limit settles
             return STAY
         self.probes[d] = self.max_probes  # this direction does not pay: undo it, try the other
         self.direction = -d

@@ -37,6 +37,7 @@ from gputuned.daemon.tuning_policy import (
     ClimbChooser,
     LiveObserver,
     advise,
+    power_target,
     split,
 )
 from gputuned.tuner.guard import GuardConfig, SafetyGuard
@@ -103,6 +104,7 @@ class SimNodeEnv(gym.Env):
         return {
             "energy": energy, "samples": samples, "goodput": goodput, "cap": cap, "eps": eps,
             "power": float(np.mean([d.power_mw for d in devs])) / 1000.0,
+            "draw": max(max(d.power_mw for d in devs) / 1000.0, energy / self.interval_s / len(devs)),
             "sm": float(np.mean([d.sm_clock_mhz for d in devs])), "eff": min(1.5, goodput / max(samples / self.interval_s, 1e-9)),
             "timings": timings,
         }
@@ -217,7 +219,8 @@ class SimNodeEnv(gym.Env):
                     self.guard.record_oom(size)
         if dp and db and not done_b:
             dp = 0  # a two-knob move is made whole or not at all, as in the daemon
-        target = float(np.clip(self.limit_w + dp * step, p.power_limit_min_w, p.power_limit_max_w))
+        target = power_target(self.limit_w, dp, self._last["draw"], self._last["cap"], p.power_limit_min_w,
+                              p.power_limit_max_w)
         if dp and target != self.limit_w and self.guard.propose("power_limit", "all", target, now).allowed:
             self.limit_w = target
             self.guard.commit("power_limit", "all", target, now, baseline=rate)

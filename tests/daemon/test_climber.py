@@ -1,0 +1,71 @@
+"""The climbing chooser's moves on scripted readings, and the power move's step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gputuned.daemon.tuning_policy import BASE_OBS_DIM, STAY, ClimbChooser, move, power_target
+from gputuned.tuner.sim_env import SimNodeEnv
+
+
+def reading(limit: float, goodput: float, eps: float) -> np.ndarray:
+    """A base observation with the climber's inputs: limit share, goodput and energy-per-sample ratios."""
+    obs = np.zeros(BASE_OBS_DIM, dtype=np.float32)
+    obs[0], obs[7], obs[8] = limit, goodput - 1.0, eps - 1.0
+    return obs
+
+
+def climb_to_first_probe(c: ClimbChooser) -> None:
+    """Three steps down (the third over the 3% budget), one back up, settle, probe a doubled batch."""
+    assert c(reading(1.0, 1.0, 1.0)) == move(-1, 0)
+    assert c(reading(0.9625, 0.995, 0.987)) == move(-1, 0)
+    assert c(reading(0.925, 0.978, 0.955)) == move(-1, 0)
+    assert c(reading(0.8875, 0.966, 0.930)) == move(+1, 0)  # under 0.97 of the reference goodput
+    assert c(reading(0.925, 0.978, 0.955)) == STAY
+    assert c(reading(0.925, 0.978, 0.955)) == move(0, +1)
+
+
+def test_a_probe_that_costs_energy_but_buys_more_goodput_than_that_is_kept() -> None:
+    # the last step down gave 2.6% energy for 1.2% goodput (rate 2.1): a doubled batch at +4.2%
+    # energy for +8.8% goodput is worth it once the limit comes down again
+    c = ClimbChooser("energy_slowdown", 0.03)
+    climb_to_first_probe(c)
+    assert c(reading(0.925, 1.064, 0.995)) == STAY
+    assert c(reading(0.925, 1.064, 0.995)) == move(-1, 0)  # the floor is gone: the limit comes down
+    for limit, good, eps in ((0.8875, 1.04, 0.95), (0.85, 1.015, 0.91), (0.8125, 0.99, 0.875)):
+        assert c(reading(limit, good, eps)) == move(-1, 0)
+    assert c(reading(0.775, 0.966, 0.85)) == move(+1, 0)  # over budget: back up one and stay
+    assert c(reading(0.8125, 0.99, 0.875)) == STAY
+    assert c(reading(0.8125, 0.99, 0.875)) == move(0, +1)  # the trade paid (0.875 < 0.955): probe on
+
+
+def test_a_kept_trade_that_the_power_limit_does_not_pay_back_is_undone() -> None:
+    c = ClimbChooser("energy_slowdown", 0.03)
+    climb_to_first_probe(c)
+    assert c(reading(0.925, 1.064, 0.995)) == STAY
+    assert c(reading(0.925, 1.064, 0.995)) == move(-1, 0)
+    assert c(reading(0.925, 1.064, 0.995)) == STAY  # the step down did not move the limit: its minimum
+    assert c(reading(0.925, 1.064, 0.995)) == move(0, -1)  # settled at more energy than before: undone
+
+
+def test_without_a_measured_exchange_rate_a_costlier_probe_is_undone() -> None:
+    c = ClimbChooser("energy_slowdown", 0.03)
+    assert c(reading(1.0, 1.0, 1.0)) == move(-1, 0)
+    assert c(reading(1.0, 1.0, 1.0)) == STAY  # the limit did not move: nothing measured
+    assert c(reading(1.0, 1.0, 1.0)) == move(0, +1)
+    assert c(reading(1.0, 1.09, 1.04)) == move(0, -1)
+
+
+def test_a_step_down_from_a_limit_the_gpus_do_not_reach_lands_a_step_above_the_draw() -> None:
+    lo, hi = 150.0, 300.0  # a V100: steps of 7.5 W
+    assert power_target(300.0, -1, 174.0, False, lo, hi) == 187.5  # lowest grid limit >= 174 + 7.5
+    assert power_target(300.0, -1, 174.0, True, lo, hi) == 292.5  # capped: the limit binds, one step
+    assert power_target(187.5, -1, 174.0, False, lo, hi) == 180.0  # within two steps of the draw: one step
+    assert power_target(180.0, +1, 100.0, False, lo, hi) == 187.5  # up: always one step
+    assert power_target(160.0, -1, 40.0, False, lo, hi) == lo
+    # the memory-bound job on the simulated V100 draws ~175 W under a 300 W limit: the first
+    # step down skips the 14 steps that would change nothing, and costs no goodput
+    env = SimNodeEnv(profiles=("v100",), workloads=("dlrm-criteo",), gpus=(1,), horizon=4, noise=0.0)
+    env.reset(seed=0, options={"objective": "energy_slowdown", "max_slowdown": 0.03})
+    _, _, _, _, info = env.step(move(-1, 0))
+    assert 180.0 <= env.limit_w <= 195.0 and info["goodput_ratio"] > 0.99
