@@ -13,7 +13,9 @@ Usage:
 held-out ones also on v100 x1 and a40 x2, under ``energy_slowdown`` (3%) and ``throughput``, with
 the default configuration held, the climber, and each policy, on the same node seeds. Figures
 are over the whole episode, probes and rollbacks included: energy to target (energy per effective
-sample) and time to target (1 / goodput), each over the reference interval's.
+sample) and time to target (1 / goodput), each over the reference interval's. Each case also
+gets the best fixed setting in hindsight (``best_fixed``): what a tuner that knew the node could
+reach without ever probing, so a goal it cannot meet is out of reach for any chooser.
 """
 
 from __future__ import annotations
@@ -47,6 +49,49 @@ def episode(env: SimNodeEnv, options: dict[str, Any], chooser: Any, seed: int) -
             "time": info["reference_goodput"] * n * env.interval_s / max(eff, 1e-9)}
 
 
+def best_fixed(env: SimNodeEnv, options: dict[str, Any], seed: int) -> dict[str, float]:
+    """The best fixed setting in hindsight on the episode's node: every batch size the tuner can
+    reach (b0 x 2^k, |k| <= 3) at every limit of its power grid, each measured over 300 s after
+    30 s of warm-up; for ``energy_slowdown`` the least energy per effective sample with goodput
+    within the budget, for ``throughput`` the most goodput. Ratios to the default's."""
+    def measure(mult: float, limit_w: float | None) -> tuple[float, float] | None:
+        env.reset(seed=seed, options=options)
+        be, job, p = env.backend, env.job, env.profile
+        if mult != 1.0 and not job.set_batch_size(int(env.b0 * mult))[0]:
+            return None
+        for d in be.devices:
+            d.power_limit_mw = int((limit_w or p.power_limit_default_w) * 1000)
+        env.clock.advance(30.0)
+        be.sync()
+        e0 = sum(be.energy_j)
+        env.clock.advance(300.0)
+        be.sync()
+        good = job.report_stats()["goodput"]
+        return (sum(be.energy_j) - e0) / max(good * 300.0, 1e-9), 1.0 / max(good, 1e-9)
+
+    base = measure(1.0, None)
+    assert base is not None
+    env.reset(seed=seed, options=options)
+    p = env.profile
+    step = 0.05 * (p.power_limit_max_w - p.power_limit_min_w)
+    limits = [p.power_limit_max_w - k * step for k in range(21)]
+    best: tuple[float, float] | None = None
+    for k in range(-3, 4):
+        for limit in limits if options["objective"] != "throughput" else [p.power_limit_max_w]:
+            r = measure(2.0 ** k, limit)
+            if r is None:
+                continue
+            e, t = r[0] / base[0], r[1] / base[1]
+            if options["objective"] == "throughput":
+                better = best is None or t < best[1]
+            else:
+                better = t <= 1.0 + options["max_slowdown"] and (best is None or e < best[0])
+            if better:
+                best = (e, t)
+    assert best is not None
+    return {"energy": best[0], "time": best[1]}
+
+
 def cases() -> list[dict[str, Any]]:
     out = []
     for objective in ("energy_slowdown", "throughput"):
@@ -66,7 +111,7 @@ def evaluate(paths: list[Path], horizon: int) -> dict[str, Any]:
     for c in cases():
         opts = c | {"noise": 0.0} | ({"max_slowdown": 0.03} if c["objective"] != "throughput" else {})
         base = episode(env, opts, None, seed=11)
-        row = dict(c)
+        row = dict(c) | {"best_fixed": best_fixed(env, opts, seed=11)}
         for name, ch in choosers.items():
             r = episode(env, opts, ch, seed=11)
             row[name] = {"energy": r["energy"] / base["energy"], "time": r["time"] / base["time"]}
@@ -75,15 +120,20 @@ def evaluate(paths: list[Path], horizon: int) -> dict[str, Any]:
     for objective in ("energy_slowdown", "throughput"):
         for group, wls in (("trained", TRAINING_WORKLOADS), ("held_out", HELD_OUT_WORKLOADS)):
             sel = [r for r in rows if r["objective"] == objective and r["workload"] in wls]
-            for name in choosers:
+            for name in ["best_fixed", *choosers]:
                 e = statistics.median(r[name]["energy"] for r in sel)
                 t = statistics.median(r[name]["time"] for r in sel)
                 if objective == "throughput":
                     met = sum(r[name]["time"] < 1.0 for r in sel)
+                    saving = [(1 - r[name]["time"], 1 - r["best_fixed"]["time"]) for r in sel]
                 else:
                     met = sum(r[name]["energy"] <= 0.70 and r[name]["time"] <= 1.03 for r in sel)
-                summary[f"{objective}/{group}/{name}"] = {"energy": round(e, 3), "time": round(t, 3),
-                                                          "goal_met": f"{met} of {len(sel)}"}
+                    saving = [(1 - r[name]["energy"], 1 - r["best_fixed"]["energy"]) for r in sel]
+                # share of the best fixed setting's saving, over the cases where it saves >= 2%
+                share = [got / top for got, top in saving if top >= 0.02]
+                summary[f"{objective}/{group}/{name}"] = {
+                    "energy": round(e, 3), "time": round(t, 3), "goal_met": f"{met} of {len(sel)}",
+                    "share_of_best_fixed": round(statistics.median(share), 3) if share else None}
     return {"summary": summary, "rows": rows}
 
 
@@ -226,7 +276,8 @@ def main() -> int:
             print(json.dumps(doc, indent=1))
         else:
             for k, v in doc["summary"].items():
-                print(f"{k:45s} energy {v['energy']:.3f} time {v['time']:.3f} goal {v['goal_met']}")
+                print(f"{k:45s} energy {v['energy']:.3f} time {v['time']:.3f} goal {v['goal_met']}, "
+                      f"median share of the best fixed setting's saving {v['share_of_best_fixed']}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2
