@@ -51,7 +51,7 @@ def episode(env: SimNodeEnv, options: dict[str, Any], chooser: Any, seed: int) -
 
 def best_fixed(env: SimNodeEnv, options: dict[str, Any], seed: int) -> dict[str, float]:
     """The best fixed setting in hindsight on the episode's node: every batch size the tuner can
-    reach (b0 x 2^k, |k| <= 3) at every limit of its power grid, each measured over 300 s after
+    reach (b0 x 2^k, -4 <= k <= 6) at every limit of its power grid, each measured over 300 s after
     30 s of warm-up; for ``energy_slowdown`` the least energy per effective sample with goodput
     within the budget, for ``throughput`` the most goodput. Ratios to the default's."""
     def measure(mult: float, limit_w: float | None) -> tuple[float, float] | None:
@@ -76,7 +76,7 @@ def best_fixed(env: SimNodeEnv, options: dict[str, Any], seed: int) -> dict[str,
     step = 0.05 * (p.power_limit_max_w - p.power_limit_min_w)
     limits = [p.power_limit_max_w - k * step for k in range(21)]
     best: tuple[float, float] | None = None
-    for k in range(-3, 4):
+    for k in range(-4, 7):
         for limit in limits if options["objective"] != "throughput" else [p.power_limit_max_w]:
             r = measure(2.0 ** k, limit)
             if r is None:

@@ -158,9 +158,13 @@ class ClimbChooser(Chooser):
 
     def __call__(self, obs: np.ndarray) -> int:
         limit, goodput, eps, oom = float(obs[0]), float(obs[7]) + 1.0, float(obs[8]) + 1.0, obs[11] > 0.5
-        if oom and self.state == "probe":  # the doubled batch did not fit: nothing to undo
-            self.state, self.probes[+1] = "power", self.max_probes
-            self.probe_from = None
+        if self.state == "probe" and (oom or obs[15] == 0):
+            # the batch move asked for was not made (out of memory, refused, at the job's bound):
+            # that direction is spent; a look-ahead step not made leaves the first one to undo
+            self.probes[self.direction] = self.max_probes
+            self.state, self.probe_from = ("undo", "power")[not self.depth], None
+            self.undo, self.depth = -self.direction if self.depth else 0, 0
+            self.direction = -self.direction
         if self.state == "undo":  # the second half of undoing a two-step probe
             self.state = "power"
             return move(0, self.undo)
@@ -264,6 +268,8 @@ class ClimbChooser(Chooser):
         self.prev_eps, self.last_dp = (eps if better else eps0), 0
         if better:
             self.floor = None  # a new batch size: the limits left to explore change
+            # keep going while it pays; the size it came from is known to be worse
+            self.probes[d], self.probes[-d] = 0, self.max_probes
             self.traded = (eps0, 1 + two) if traded else None  # judged again once the limit settles
             return STAY
         self.probes[d] = self.max_probes  # this direction does not pay: undo it, try the other

@@ -8,10 +8,11 @@ from gputuned.daemon.tuning_policy import BASE_OBS_DIM, STAY, ClimbChooser, move
 from gputuned.tuner.sim_env import SimNodeEnv
 
 
-def reading(limit: float, goodput: float, eps: float) -> np.ndarray:
-    """A base observation with the climber's inputs: limit share, goodput and energy-per-sample ratios."""
+def reading(limit: float, goodput: float, eps: float, batch_moved: int = 0) -> np.ndarray:
+    """A base observation with the climber's inputs: limit share, goodput and energy-per-sample
+    ratios, and the batch move made since the last one."""
     obs = np.zeros(BASE_OBS_DIM, dtype=np.float32)
-    obs[0], obs[7], obs[8] = limit, goodput - 1.0, eps - 1.0
+    obs[0], obs[7], obs[8], obs[15] = limit, goodput - 1.0, eps - 1.0, batch_moved
     return obs
 
 
@@ -30,7 +31,7 @@ def test_a_probe_that_costs_energy_but_buys_more_goodput_than_that_is_kept() -> 
     # energy for +8.8% goodput is worth it once the limit comes down again
     c = ClimbChooser("energy_slowdown", 0.03)
     climb_to_first_probe(c)
-    assert c(reading(0.925, 1.064, 0.995)) == STAY
+    assert c(reading(0.925, 1.064, 0.995, +1)) == STAY
     assert c(reading(0.925, 1.064, 0.995)) == move(-1, 0)  # the floor is gone: the limit comes down
     for limit, good, eps in ((0.8875, 1.04, 0.95), (0.85, 1.015, 0.91), (0.8125, 0.99, 0.875)):
         assert c(reading(limit, good, eps)) == move(-1, 0)
@@ -42,7 +43,7 @@ def test_a_probe_that_costs_energy_but_buys_more_goodput_than_that_is_kept() -> 
 def test_a_kept_trade_that_the_power_limit_does_not_pay_back_is_undone() -> None:
     c = ClimbChooser("energy_slowdown", 0.03)
     climb_to_first_probe(c)
-    assert c(reading(0.925, 1.064, 0.995)) == STAY
+    assert c(reading(0.925, 1.064, 0.995, +1)) == STAY
     assert c(reading(0.925, 1.064, 0.995)) == move(-1, 0)
     assert c(reading(0.925, 1.064, 0.995)) == STAY  # the step down did not move the limit: its minimum
     assert c(reading(0.925, 1.064, 0.995)) == move(0, -1)  # settled at more energy than before: undone
@@ -53,7 +54,7 @@ def test_without_a_measured_exchange_rate_a_costlier_probe_is_undone() -> None:
     assert c(reading(1.0, 1.0, 1.0)) == move(-1, 0)
     assert c(reading(1.0, 1.0, 1.0)) == STAY  # the limit did not move: nothing measured
     assert c(reading(1.0, 1.0, 1.0)) == move(0, +1)
-    assert c(reading(1.0, 1.09, 1.04)) == move(0, -1)
+    assert c(reading(1.0, 1.09, 1.04, +1)) == move(0, -1)
 
 
 def test_a_step_down_from_a_limit_the_gpus_do_not_reach_lands_a_step_above_the_draw() -> None:

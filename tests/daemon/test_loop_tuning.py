@@ -170,7 +170,7 @@ def test_a_job_that_leaves_gets_its_gpus_restored_and_the_next_one_a_fresh_start
 
 def test_climber_probes_a_batch_size_and_undoes_a_bad_one() -> None:
     c = ClimbChooser("energy_slowdown", 0.03)
-    obs = np.zeros(14, dtype=np.float32)
+    obs = np.zeros(BASE_OBS_DIM, dtype=np.float32)
     obs[0] = 0.8  # limit share; goodput exactly at budget: hold the power
     obs[7] = -0.03
     assert c(obs) == move(0, 0)
@@ -178,6 +178,7 @@ def test_climber_probes_a_batch_size_and_undoes_a_bad_one() -> None:
     assert first in (move(0, +1), move(0, -1))
     worse = obs.copy()
     worse[8] = 0.2  # energy per sample 20% up: undo
+    worse[15] = first % 3 - 1  # the batch move was made
     undo = c(worse)
     assert undo == move(0, -(first % 3 - 1))
 
@@ -250,7 +251,7 @@ def test_default_config_loads_the_packaged_learned_policy() -> None:
 
 def test_climber_at_the_lowest_limit_goes_on_to_batch_probes() -> None:
     c = ClimbChooser("energy_slowdown", 0.03)
-    obs = np.zeros(14, dtype=np.float32)
+    obs = np.zeros(BASE_OBS_DIM, dtype=np.float32)
     obs[0], obs[7] = 0.25, 0.2  # goodput far above budget: it wants lower limits
     assert c(obs) == move(-1, 0)
     moves = [c(obs) for _ in range(3)]  # the limit did not move: its minimum is reached
@@ -265,18 +266,34 @@ def test_climber_looks_one_step_further_when_a_probe_is_flat_and_undoes_both() -
     moves = [c(obs) for _ in range(2)]
     assert moves[-1] == move(0, +1)
     flat = obs.copy()
-    flat[7] = -0.01  # 2x: 1% less goodput, within noise: look at 4x before giving up
+    flat[7], flat[15] = -0.01, +1  # 2x: 1% less goodput, within noise: look at 4x before giving up
     assert c(flat) == move(0, +1)
-    worse = obs.copy()
+    worse = flat.copy()
     worse[7] = -0.05  # 4x is worse too: undo both doublings, one per decision
     assert c(worse) == move(0, -1)
     assert c(obs) == move(0, -1)
-    better = obs.copy()
+    better = flat.copy()
     c2 = ClimbChooser("throughput", 0.03)
     [c2(obs) for _ in range(2)]
     c2(flat)
     better[7] = 0.03  # 4x pays: kept
     assert c2(better) == move(0, 0)
+
+
+def test_climber_keeps_doubling_while_it_pays_and_a_refused_probe_is_not_undone() -> None:
+    c = ClimbChooser("throughput", 0.03)
+    obs = np.zeros(BASE_OBS_DIM, dtype=np.float32)
+    obs[0] = 1.0
+    assert [c(obs) for _ in range(2)][-1] == move(0, +1)
+    for k in range(1, 5):  # each doubling gains 5%: the next is tried, however many came before
+        up = obs.copy()
+        up[7], up[15] = 0.05 * k, +1
+        assert c(up) == move(0, 0)
+        held = up.copy()
+        held[15] = 0
+        assert [c(held) for _ in range(2)] == [move(0, 0), move(0, +1)]  # settles, then probes
+    refused = held.copy()  # the job's largest batch: the move was not made, so nothing to undo
+    assert all(c(refused) != move(0, -1) for _ in range(6))
 
 
 def test_a_two_knob_move_is_made_whole_or_not_at_all(tmp_path: Path) -> None:

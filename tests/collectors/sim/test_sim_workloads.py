@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from gputuned.collectors.sim.node import build_sim_node
 from gputuned.collectors.sim.state import RealClock
 from gputuned.collectors.sim.workload import (
@@ -63,11 +65,11 @@ def test_step_time_between_measured_sizes_never_makes_a_throughput_dip() -> None
     for name in ("dlrm-criteo", "vit-b16-imagenet", "gpt2-small-openwebtext"):
         timing, _ = resolve_timing(load_workload(name), "a40", cal)
         sizes = timing.batch_sizes
-        for lo, hi in zip(sizes, sizes[1:]):
+        for lo, hi in pairwise(sizes):
             grid = [lo + (hi - lo) * k / 16 for k in range(17)]
             rates = [b / sum(timing.at(b)) for b in grid]
-            rising = all(b >= a * (1 - 1e-9) for a, b in zip(rates, rates[1:]))
-            falling = all(b <= a * (1 + 1e-9) for a, b in zip(rates, rates[1:]))
+            rising = all(b >= a * (1 - 1e-9) for a, b in pairwise(rates))
+            falling = all(b <= a * (1 + 1e-9) for a, b in pairwise(rates))
             assert rising or falling, (name, lo, hi, [round(r) for r in rates])
         mid = (sizes[1] + sizes[2]) / 2
         assert abs(sum(timing.at(mid)) - (sum(timing.at(sizes[1])) + sum(timing.at(sizes[2]))) / 2) < 1e-12
