@@ -41,15 +41,15 @@ SECTION = "## Closed loop (headline)"
 def sweep(workload: str, profile: str, gpus: int, seed: int, budget: float) -> dict[str, Any]:
     """Hindsight bound: the best fixed (batch size, power limit) within the slowdown budget.
 
-    Every batch size at x1/2, x2, x1/4, x4 the default and every power limit on the tuner's
-    grid (5% of the range) run 300 simulated seconds after a 30 s warm-up, read from the
-    simulator directly (an oracle, not something the daemon could do).
+    Every batch size the tuner reaches by doubling or halving (b0/16 to 64 b0) and every power
+    limit on the tuner's grid (5% of the range) run 300 simulated seconds after a 30 s warm-up,
+    read from the simulator directly (an oracle, not something the daemon could do).
     """
     from gputuned.collectors.sim.node import build_sim_node
     from gputuned.collectors.sim.state import VirtualClock
 
     rows = []
-    for mult in (1.0, 0.5, 2.0, 0.25, 4.0):
+    for mult in (1.0, *(2.0 ** k for k in range(-4, 7) if k)):
         for k in range(21):
             clock = VirtualClock()
             be = build_sim_node(profile, gpus, workload, None, clock, seed=seed)

@@ -29,7 +29,14 @@ from gputuned.collectors import families as F
 from gputuned.collectors.device import ClockEventReason
 from gputuned.collectors.families import Labels, Sample, declare
 from gputuned.daemon.store import Store
-from gputuned.daemon.tuning_policy import Chooser, LiveObserver, make_chooser, power_target, split
+from gputuned.daemon.tuning_policy import (
+    Chooser,
+    LiveObserver,
+    busy_power,
+    make_chooser,
+    power_target,
+    split,
+)
 from gputuned.tuner.guard import DEFAULT_PAUSE_FILE, GuardConfig, SafetyGuard
 from gputuned.tuner.perseus import RankTiming, SlackConfig, plan_power_limits
 
@@ -116,7 +123,7 @@ class Interval:
     sm_ratio: float
     capped: bool
     batch: int
-    draw_w: float = 0.0  # the most any GPU drew: the reading or its mean over the interval
+    busy_w: float = math.inf  # the most any GPU draws while busy (:func:`busy_power`)
 
     @property
     def throughput(self) -> float:
@@ -304,9 +311,10 @@ class TuningComponent:
         sm = [(self.store.value(F.GPU_SM_CLOCK, g.labels) or 0.0) / g.max_sm_hz for g in self._gpus]
         masks = [int(self.store.value(F.GPU_CLOCK_EVENT_MASK, g.labels) or 0) for g in self._gpus]
         batch = int(self._trainer("gputuned_trainer_batch_size", run.job) or run.b0)
-        mean_draw = (tot[0] - run.mark_energy) / seconds / len(self._gpus) if seconds > 0 else 0.0
+        util = [self.store.value(F.GPU_UTIL, g.labels) or 0.0 for g in self._gpus]
         return Interval(tot[0] - run.mark_energy, tput * seconds, seconds, tput * eff, float(np.mean(power)),
-                        float(np.mean(sm)), any(m & POWER_CAP for m in masks), batch, max(*power, mean_draw))
+                        float(np.mean(sm)), any(m & POWER_CAP for m in masks), batch,
+                        busy_power(list(zip(power, util, strict=True))))
 
     def _mark(self, now: float, run: _Run) -> None:
         tot = self._totals(run.job)
@@ -381,7 +389,7 @@ class TuningComponent:
         self._last = m
         rate = self.cost_rate(m, run)
         back = self.guard.evaluate(rate, now, noise=0.02)
-        if back is not None:
+        if back:
             self._rollback(now, run, back)
             return
         run.t += 1
@@ -401,7 +409,7 @@ class TuningComponent:
             dp = 0  # a two-knob move is made whole or not at all (half of one is how a policy oscillates)
         if dp and self.cfg.tune_power:
             g0 = self._gpus[0]
-            target = power_target(run.limit_w, dp, m.draw_w, m.capped, g0.lo_w, g0.hi_w)
+            target = power_target(run.limit_w, dp, m.busy_w, m.capped, g0.lo_w, g0.hi_w)
             if target != run.limit_w and self._set_power(now, run, target, rate):
                 done_p = dp
         self.observer.moved(done_p, done_b)
@@ -460,7 +468,7 @@ class TuningComponent:
             return False
         previous, run.limit_w = run.limit_w, watts
         if not rollback:
-            self.guard.commit("power_limit", "all", watts, now, baseline=rate)
+            self.guard.commit("power_limit", "all", watts, now, baseline=rate, previous=previous)
         self._last_action_t = now
         self._emit(now, "rollback" if rollback else "action", "power_limit", "all", watts, previous=previous, gpus=done)
         return True
@@ -495,7 +503,7 @@ class TuningComponent:
         self._pending = None
         if ack.get("ok"):
             if self._rate_before is not None:
-                self.guard.commit("batch_size", "job", p.batch, now, baseline=self._rate_before)
+                self.guard.commit("batch_size", "job", p.batch, now, baseline=self._rate_before, previous=p.previous)
             self._last_action_t = now
             self._emit(now, "applied", "batch_size", "job", p.batch, previous=p.previous)
         else:
@@ -509,16 +517,17 @@ class TuningComponent:
 
     _rate_before: float | None = None
 
-    def _rollback(self, now: float, run: _Run, back: tuple[str, str, float]) -> None:
-        knob, _gpu, value = back
+    def _rollback(self, now: float, run: _Run, back: list[tuple[str, str, float]]) -> None:
+        """Restore every knob the judged action changed."""
         hook = getattr(self.chooser, "rolled_back", None)
-        if hook is not None:
-            hook(knob)
+        for knob, gpu, value in back:
+            if hook is not None:
+                hook(knob)
+            if knob == "power_limit" and gpu == "all":
+                self._set_power(now, run, value, 0.0, rollback=True)
+            elif knob == "batch_size" and self.decider is not None and self._last is not None:
+                self._set_batch(now, run, int(value), self._last.batch, 0.0, rollback=True)
         self.observer.rolled_back()
-        if knob == "power_limit":
-            self._set_power(now, run, value, 0.0, rollback=True)
-        elif knob == "batch_size" and self.decider is not None and self._last is not None:
-            self._set_batch(now, run, int(value), self._last.batch, 0.0, rollback=True)
 
     # -- output -----------------------------------------------------------------------
     def _emit(self, t: float, kind: str, knob: str, target: str, value: float, **extra: Any) -> None:

@@ -59,18 +59,27 @@ def split(action: int) -> tuple[int, int]:
     return action // 3 - 1, action % 3 - 1
 
 
-def power_target(limit_w: float, dp: int, draw_w: float, capped: bool, lo_w: float, hi_w: float) -> float:
+def power_target(limit_w: float, dp: int, busy_w: float, capped: bool, lo_w: float, hi_w: float) -> float:
     """The power limit after a power move ``dp`` from ``limit_w``: one step of 5% of the range.
 
-    A step down from a limit the GPUs do not reach (not capped, drawing more than a step under
-    it) lands on the lowest limit of the step grid (``hi_w`` minus whole steps) at least one step
-    above the draw: the steps in between change nothing but cost a decision interval each.
+    ``busy_w`` bounds what the GPUs draw while their kernels run (a power reading over the
+    utilisation it was taken at: the cap acts on kernels, not on the average with the gaps
+    between them). A step down from a limit they do not reach (not capped, ``busy_w`` more than
+    two steps under it) lands on the lowest limit of the step grid (``hi_w`` minus whole steps)
+    at least one step above ``busy_w``: the steps in between change nothing but cost a decision
+    interval each.
     """
     step = 0.05 * (hi_w - lo_w)
     target = limit_w + dp * step
-    if dp < 0 and not capped and step > 0 and draw_w + step < limit_w - step:
-        target = min(target, hi_w - math.floor((hi_w - draw_w - step) / step) * step)
+    if dp < 0 and not capped and step > 0 and busy_w + step < limit_w - step:
+        target = min(target, hi_w - math.floor((hi_w - busy_w - step) / step) * step)
     return float(min(max(target, lo_w), hi_w))
+
+
+def busy_power(readings: list[tuple[float, float]]) -> float:
+    """The most any GPU draws while busy, from (watts, utilisation 0-1) readings; infinite when a
+    GPU shows no kernel time to scale by (no step down may then skip ahead)."""
+    return max((w / u if u > 0.05 else math.inf for w, u in readings), default=math.inf)
 
 
 class LiveObserver:
@@ -191,8 +200,10 @@ class ClimbChooser(Chooser):
 
     def rolled_back(self, knob: str) -> None:
         """The guard undid the last move of ``knob``: a batch probe ends there, its direction spent."""
-        if knob == "power_limit" and self.last_dp < 0 and self.prev_limit is not None and self.step > 0:
-            self.floor = self.prev_limit - self.step  # the limit it came down to cost too much: not again
+        if knob == "power_limit" and self.last_dp < 0 and self.prev_limit is not None:
+            # the limit it came down to cost too much: not again (with no step seen yet, the move
+            # may have skipped several: no lower limit at all from here)
+            self.floor = self.prev_limit - self.step if self.step > 0 else self.prev_limit
         if knob == "batch_size" and self.state == "probe":
             self.probes[self.direction] = self.max_probes
             # the guard undid the look-ahead step only: the first step is still to undo

@@ -5,7 +5,10 @@ Checks, in order, for each proposed knob value: the kill switch (a pause-flag fi
 bounds, the out-of-memory ceiling for batch sizes (after an OOM at b, never b or larger again),
 and a minimum interval between changes of one knob. After an action it watches the objective:
 when the cost rate measured after the change is worse than before by more than the noise
-tolerance, it asks for a rollback to the previous value. Every intervention is counted by
+tolerance, it asks for a rollback to the previous values. Every change committed within the
+settling time of the action's first one belongs to it (a move of two knobs, or a batch size
+acknowledged a tick after the power limit moved) and is rolled back with it: undoing one half of a harmful move
+leaves the other half in place, and a policy repeating that move walks the job down. Every intervention is counted by
 reason and logged; counters and knob values are exposed as samples.
 """
 
@@ -64,11 +67,10 @@ class GuardConfig:
 
 @dataclass
 class _Watch:
-    knob: str
-    gpu: str
-    previous: float
+    previous: dict[tuple[str, str], float]  # (knob, gpu) -> value before the action
     baseline: float
-    since: float
+    opened: float  # the action's first change
+    since: float  # its last change
 
 
 class SafetyGuard:
@@ -116,17 +118,26 @@ class SafetyGuard:
             return self._refuse("rate_limit", knob, gpu, value)
         return Decision(True)
 
-    def commit(self, knob: str, gpu: str, value: float, now: float, baseline: float | None = None) -> None:
-        """Record an applied value; with ``baseline`` (the cost rate before), watch it for rollback."""
+    def commit(self, knob: str, gpu: str, value: float, now: float, baseline: float | None = None,
+               previous: float | None = None) -> None:
+        """Record an applied value; with ``baseline`` (the cost rate before), watch it for rollback.
+
+        ``previous`` is the value before, for a knob the guard has not seen set yet (its first
+        change would otherwise have nothing to roll back to).
+        """
         key = (knob, gpu)
-        previous = self._values.get(key)
+        previous = self._values.get(key, previous)
         if previous == value:
             return
         self._values[key] = value
         self._last_change[key] = now
         self.actions[knob] += 1
-        if baseline is not None and previous is not None:
-            self._watch = _Watch(knob, gpu, previous, baseline, now)
+        if baseline is None or previous is None:
+            return
+        if self._watch is None or now - self._watch.opened > self.config.settle_s:
+            self._watch = _Watch({}, baseline, now, now)  # a new action (an unjudged old one is dropped)
+        self._watch.previous.setdefault(key, previous)  # the value before the action, not before its first half
+        self._watch.since = now
 
     def record_oom(self, batch_size: int) -> None:
         """An out-of-memory at ``batch_size``: never propose it or anything larger again."""
@@ -135,23 +146,23 @@ class SafetyGuard:
         self.interventions["oom"] += 1
         logger.warning("out of memory at batch size %d; ceiling set", batch_size)
 
-    def evaluate(self, cost_rate: float, now: float, noise: float = 0.0) -> tuple[str, str, float] | None:
-        """Judge the watched action with the cost rate measured since; returns (knob, gpu, value) to restore."""
+    def evaluate(self, cost_rate: float, now: float, noise: float = 0.0) -> list[tuple[str, str, float]]:
+        """Judge the watched action with the cost rate measured since; returns the (knob, gpu, value)
+        to restore, every knob the action changed, or nothing."""
         w = self._watch
         if w is None or now - w.since < self.config.settle_s:
-            return None
+            return []
         self._watch = None
         tolerance = max(self.config.rollback_tolerance, 3.0 * noise)
         if cost_rate <= w.baseline * (1.0 + tolerance):
-            return None
+            return []
         self.rollbacks += 1
         self.interventions["rollback"] += 1
-        self._values[(w.knob, w.gpu)] = w.previous
-        self._last_change[(w.knob, w.gpu)] = now
-        logger.warning(
-            "rollback %s on gpu %s to %s: cost rate %.4g vs %.4g before", w.knob, w.gpu, w.previous, cost_rate, w.baseline
-        )
-        return w.knob, w.gpu, w.previous
+        for key, value in w.previous.items():
+            self._values[key] = value
+            self._last_change[key] = now
+            logger.warning("rollback %s on gpu %s to %s: cost rate %.4g vs %.4g before", *key, value, cost_rate, w.baseline)
+        return [(knob, gpu, value) for (knob, gpu), value in w.previous.items()]
 
     def samples(self) -> list[Sample]:
         """Counters and knob values as samples."""

@@ -37,6 +37,7 @@ from gputuned.daemon.tuning_policy import (
     ClimbChooser,
     LiveObserver,
     advise,
+    busy_power,
     power_target,
     split,
 )
@@ -104,7 +105,7 @@ class SimNodeEnv(gym.Env):
         return {
             "energy": energy, "samples": samples, "goodput": goodput, "cap": cap, "eps": eps,
             "power": float(np.mean([d.power_mw for d in devs])) / 1000.0,
-            "draw": max(max(d.power_mw for d in devs) / 1000.0, energy / self.interval_s / len(devs)),
+            "busy_w": busy_power([(d.power_mw / 1000.0, d.util_gpu_pct / 100.0) for d in devs]),
             "sm": float(np.mean([d.sm_clock_mhz for d in devs])), "eff": min(1.5, goodput / max(samples / self.interval_s, 1e-9)),
             "timings": timings,
         }
@@ -208,22 +209,23 @@ class SimNodeEnv(gym.Env):
         done_p = done_b = 0
         step = 0.05 * (p.power_limit_max_w - p.power_limit_min_w)
         if db:
-            size = int(self.job.batch_size * (2.0 if db > 0 else 0.5))
+            before = self.job.batch_size
+            size = int(before * (2.0 if db > 0 else 0.5))
             if self.guard.propose("batch_size", "job", size, now).allowed:
                 ok, err = self.job.set_batch_size(size)
                 if ok:
-                    self.guard.commit("batch_size", "job", size, now, baseline=rate)
+                    self.guard.commit("batch_size", "job", size, now, baseline=rate, previous=before)
                     done_b = db
                 elif "memory" in err:
                     self.oom = True
                     self.guard.record_oom(size)
         if dp and db and not done_b:
             dp = 0  # a two-knob move is made whole or not at all, as in the daemon
-        target = power_target(self.limit_w, dp, self._last["draw"], self._last["cap"], p.power_limit_min_w,
+        target = power_target(self.limit_w, dp, self._last["busy_w"], self._last["cap"], p.power_limit_min_w,
                               p.power_limit_max_w)
         if dp and target != self.limit_w and self.guard.propose("power_limit", "all", target, now).allowed:
+            self.guard.commit("power_limit", "all", target, now, baseline=rate, previous=self.limit_w)
             self.limit_w = target
-            self.guard.commit("power_limit", "all", target, now, baseline=rate)
             done_p = dp
         elif len(self._last["timings"]) > 1:  # Perseus when the job-wide limit holds
             timings = self._last["timings"]
@@ -245,15 +247,15 @@ class SimNodeEnv(gym.Env):
         rewards = [self.reward(m)]
         spent = [m]
         back = self.guard.evaluate(self.cost_rate(m), self.clock.now(), noise=NOISE_GUARD)
-        if back is not None:
-            knob, _gpu, value = back
-            self.adviser.rolled_back(knob)
+        if back:
+            for knob, _gpu, value in back:  # every knob the move changed
+                self.adviser.rolled_back(knob)
+                if knob == "power_limit":
+                    self.limit_w = value
+                    self._set_limits()
+                else:
+                    self.job.set_batch_size(int(value))
             self.observer.rolled_back()
-            if knob == "power_limit":
-                self.limit_w = value
-                self._set_limits()
-            else:
-                self.job.set_batch_size(int(value))
             m = self._interval()
             rewards.append(self.reward(m))
             spent.append(m)
@@ -261,7 +263,7 @@ class SimNodeEnv(gym.Env):
         self.t += 1
         tput, good, eps = self._ratios(m)
         info = {"energy_per_sample_ratio": eps, "throughput_ratio": tput, "goodput_ratio": good,
-                "intervals": len(rewards), "rolled_back": back is not None, "suggested": self.suggested,
+                "intervals": len(rewards), "rolled_back": bool(back), "suggested": self.suggested,
                 "energy_j": sum(x["energy"] for x in spent), "effective_samples": sum(x["goodput"] for x in spent) * self.interval_s,
                 "reference_eps": self.ref_eps, "reference_goodput": self.ref["goodput"]}
         obs = self._obs(m)

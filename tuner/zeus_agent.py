@@ -309,10 +309,11 @@ class GputunedPolicy:
         if not knobs.set(b, p, baseline=baseline):
             return run.max_power_w
         r = run.measure(max(self.guard.config.settle_s, run.profile_window_s()))
-        undo = self.guard.evaluate(rate(r.epoch_time_s, r.power_w), run.time_s, noise=run_noise(r))
-        if undo is not None:
-            run.set_config(b, int(undo[2]))
-            return int(undo[2])
+        undo = dict(((k, v) for k, _gpu, v in self.guard.evaluate(rate(r.epoch_time_s, r.power_w), run.time_s,
+                                                                   noise=run_noise(r))))
+        if "power_limit" in undo:  # only the limit moved here: the batch size was set before the baseline
+            run.set_config(b, int(undo["power_limit"]))
+            return int(undo["power_limit"])
         return p
 
     def _profile_sizes(self, knobs: GuardedKnobs, objective: Objective) -> None:

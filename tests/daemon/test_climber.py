@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from gputuned.daemon.tuning_policy import BASE_OBS_DIM, STAY, ClimbChooser, move, power_target
+from gputuned.daemon.tuning_policy import (
+    BASE_OBS_DIM,
+    STAY,
+    ClimbChooser,
+    busy_power,
+    move,
+    power_target,
+)
 from gputuned.tuner.sim_env import SimNodeEnv
 
 
@@ -57,16 +66,21 @@ def test_without_a_measured_exchange_rate_a_costlier_probe_is_undone() -> None:
     assert c(reading(1.0, 1.09, 1.04, +1)) == move(0, -1)
 
 
-def test_a_step_down_from_a_limit_the_gpus_do_not_reach_lands_a_step_above_the_draw() -> None:
+def test_a_step_down_from_a_limit_the_gpus_do_not_reach_lands_a_step_above_their_busy_power() -> None:
     lo, hi = 150.0, 300.0  # a V100: steps of 7.5 W
     assert power_target(300.0, -1, 174.0, False, lo, hi) == 187.5  # lowest grid limit >= 174 + 7.5
     assert power_target(300.0, -1, 174.0, True, lo, hi) == 292.5  # capped: the limit binds, one step
-    assert power_target(187.5, -1, 174.0, False, lo, hi) == 180.0  # within two steps of the draw: one step
+    assert power_target(187.5, -1, 174.0, False, lo, hi) == 180.0  # within two steps: one step
     assert power_target(180.0, +1, 100.0, False, lo, hi) == 187.5  # up: always one step
     assert power_target(160.0, -1, 40.0, False, lo, hi) == lo
+    # the cap acts while kernels run: 150 W at 60% utilisation may be 250 W busy
+    assert busy_power([(150.0, 0.6), (140.0, 0.9)]) == 250.0
+    assert busy_power([(150.0, 0.0)]) == math.inf and power_target(300.0, -1, math.inf, False, lo, hi) == 292.5
     # the memory-bound job on the simulated V100 draws ~175 W under a 300 W limit: the first
-    # step down skips the 14 steps that would change nothing, and costs no goodput
+    # step down skips the steps that would change nothing, and costs no goodput
     env = SimNodeEnv(profiles=("v100",), workloads=("dlrm-criteo",), gpus=(1,), horizon=4, noise=0.0)
     env.reset(seed=0, options={"objective": "energy_slowdown", "max_slowdown": 0.03})
+    busy = env._last["busy_w"]
     _, _, _, _, info = env.step(move(-1, 0))
-    assert 180.0 <= env.limit_w <= 195.0 and info["goodput_ratio"] > 0.99
+    assert busy + 7.5 <= env.limit_w <= busy + 15.0 and env.limit_w <= 240.0
+    assert info["goodput_ratio"] > 0.999 and not info["rolled_back"]

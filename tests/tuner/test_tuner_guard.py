@@ -48,13 +48,31 @@ def test_guard_rolls_back_an_action_that_made_the_objective_worse(tmp_path: Path
     guard = make_guard(tmp_path)
     guard.commit("power_limit", "0", 300.0, now=0.0)
     guard.commit("power_limit", "0", 150.0, now=10.0, baseline=1.00)
-    assert guard.evaluate(1.30, now=11.0) is None  # not settled yet
-    assert guard.evaluate(1.30, now=13.0) == ("power_limit", "0", 300.0)
+    assert guard.evaluate(1.30, now=11.0) == []  # not settled yet
+    assert guard.evaluate(1.30, now=13.0) == [("power_limit", "0", 300.0)]
     assert guard.rollbacks == 1 and guard.interventions["rollback"] == 1
     # A change within noise is kept.
     guard.commit("power_limit", "0", 250.0, now=30.0, baseline=1.00)
-    assert guard.evaluate(1.02, now=33.0, noise=0.01) is None
+    assert guard.evaluate(1.02, now=33.0, noise=0.01) == []
     assert guard.rollbacks == 1
+
+
+def test_guard_rolls_back_every_knob_an_action_changed(tmp_path: Path) -> None:
+    # a move of two knobs (or a batch size acknowledged a tick after the limit moved) is one
+    # action: undoing only its last half left the batch halved each time a policy repeated it
+    guard = make_guard(tmp_path)
+    guard.commit("power_limit", "0", 300.0, now=0.0)
+    guard.commit("batch_size", "0", 512, now=0.0)
+    guard.commit("power_limit", "0", 250.0, now=10.0, baseline=1.00)
+    guard.commit("batch_size", "0", 256, now=11.0, baseline=1.00)
+    guard.commit("batch_size", "0", 128, now=11.5, baseline=1.10)  # changed twice: restored to the first value
+    assert guard.evaluate(1.30, now=12.0) == []  # settling counts from the last change
+    assert sorted(guard.evaluate(1.30, now=14.0)) == [("batch_size", "0", 512.0), ("power_limit", "0", 300.0)]
+    assert guard.rollbacks == 1
+    assert guard.evaluate(1.30, now=30.0) == []  # judged once
+    guard.commit("power_limit", "0", 200.0, now=40.0, baseline=1.00)
+    guard.commit("batch_size", "0", 256, now=60.0, baseline=1.20)  # long after: an action of its own
+    assert guard.evaluate(1.30, now=63.0) == [("batch_size", "0", 512.0)]
 
 
 def test_guard_freezes_on_thermal_alert_and_on_kill_switch(tmp_path: Path) -> None:

@@ -83,3 +83,17 @@ def test_sim_env_rejects_unknown_objective() -> None:
     with pytest.raises(ValueError, match="unknown sim objective"):
         SimNodeEnv(objectives=("speed",))
     assert np.isfinite(SimNodeEnv().observation_space.high).all()
+
+
+def test_a_harmful_two_knob_move_is_rolled_back_whole() -> None:
+    # ViT at half its batch and a lower limit is 9% slower: the move must come back entirely (the
+    # batch too, not only the limit committed last), or a policy repeating it walks the job down;
+    # it is the first change of both knobs, which the guard must still be able to undo
+    env = SimNodeEnv(profiles=("a100",), workloads=("vit-b16-imagenet",), gpus=(1,), horizon=40, noise=0.0)
+    env.reset(seed=0, options={"objective": "throughput"})
+    env.step(STAY)
+    before = (env.job.batch_size, env.limit_w)
+    _, _, _, _, info = env.step(move(-1, -1))
+    assert info["rolled_back"] and info["intervals"] == 2
+    assert (env.job.batch_size, env.limit_w) == before
+    assert all(d.power_limit_mw == int(before[1] * 1000) for d in env.backend.devices)
