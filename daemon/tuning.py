@@ -508,6 +508,7 @@ class TuningComponent:
             self._emit(now, "applied", "batch_size", "job", p.batch, previous=p.previous)
         else:
             err = str(ack.get("error") or "")
+            self.observer.moved(self.observer.last[0], 0)  # the next observation: no batch move made
             if "memory" in err.lower():
                 self.guard.record_oom(p.batch)
                 run.oom = True

@@ -144,6 +144,18 @@ def test_out_of_memory_batch_is_never_proposed_again(tmp_path: Path) -> None:
     assert any(e["kind"] == "nack" for e in events)
 
 
+def test_a_batch_size_the_job_refuses_is_not_undone_as_if_it_had_been_made(tmp_path: Path) -> None:
+    # larger batches are faster here up to the job's largest (256): the climber doubles to it,
+    # is refused above it, and must keep 256 (before, the refusal read as a flat probe: it looked
+    # one step further, was refused again and then halved twice a batch that had never moved)
+    node = Node(max_batch=256)
+    tuner, store, events = make(tmp_path, node, objective="throughput")
+    drive(node, tuner, store, 600)
+    assert any(e["kind"] == "nack" for e in events)
+    assert node.batch == 256 and min(d["batch_size"] for d in node.sent) >= 128
+    assert [d["batch_size"] for d in node.sent].count(512) == 1
+
+
 def test_stop_gives_the_job_its_batch_size_back(tmp_path: Path) -> None:
     node = Node()
     tuner, store, events = make(tmp_path, node, objective="throughput")
