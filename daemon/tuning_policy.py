@@ -9,11 +9,12 @@ step of 5% of the range on every GPU; global batch size halve/keep/double).
 :class:`ClimbChooser` is a small state machine. Energy objectives: the power limit steps down
 while goodput stays above the slowdown budget and energy per sample keeps falling, and steps up
 when goodput falls under it; once the limit has settled, a doubled batch size is tried (kept if
-energy per sample falls and goodput stays within budget, undone otherwise), then a halved one; a
-probe that is neither better nor clearly worse looks one step further (4x or 1/4) before it is
-undone; a probe that costs energy but gains more goodput than that buys back on the power limit
-(at the exchange rate measured on the last step down) is kept, and undone once the limit has
-settled again if energy per sample did not end lower. Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
+energy per sample falls and goodput stays within budget, undone otherwise), then a halved one,
+going on in a direction while it pays; a probe that is neither better nor clearly worse looks
+one step further (4x or 1/4) before it is undone; a probe that costs energy but gains more
+goodput than that buys back on the power limit (at the exchange rate measured on the last step
+down) is kept, and undone once the limit has settled again if energy per sample did not end
+lower. Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
 
 :class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
 climber's proposal (2 features, a residual design: the policy learns when to follow the rule
@@ -171,8 +172,11 @@ class ClimbChooser(Chooser):
             # the batch move asked for was not made (out of memory, refused, at the job's bound):
             # that direction is spent; a look-ahead step not made leaves the first one to undo
             self.probes[self.direction] = self.max_probes
-            self.state, self.probe_from = ("undo", "power")[not self.depth], None
-            self.undo, self.depth = -self.direction if self.depth else 0, 0
+            if self.depth:
+                self.state, self.undo = "undo", -self.direction
+            else:
+                self.state = "power"
+            self.probe_from, self.depth = None, 0
             self.direction = -self.direction
         if self.state == "undo":  # the second half of undoing a two-step probe
             self.state = "power"

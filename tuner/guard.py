@@ -7,9 +7,10 @@ and a minimum interval between changes of one knob. After an action it watches t
 when the cost rate measured after the change is worse than before by more than the noise
 tolerance, it asks for a rollback to the previous values. Every change committed within the
 settling time of the action's first one belongs to it (a move of two knobs, or a batch size
-acknowledged a tick after the power limit moved) and is rolled back with it: undoing one half of a harmful move
-leaves the other half in place, and a policy repeating that move walks the job down. Every intervention is counted by
-reason and logged; counters and knob values are exposed as samples.
+acknowledged a tick after the power limit moved) and is rolled back with it: undoing one half
+of a harmful move leaves the other half in place, and a policy repeating that move walks the
+job down. Every intervention is counted by reason and logged; counters and knob values are
+exposed as samples.
 """
 
 from __future__ import annotations
