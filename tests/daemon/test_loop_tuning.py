@@ -156,6 +156,21 @@ def test_a_batch_size_the_job_refuses_is_not_undone_as_if_it_had_been_made(tmp_p
     assert [d["batch_size"] for d in node.sent].count(512) == 1
 
 
+def test_a_harmful_move_of_both_knobs_is_rolled_back_whole_even_as_their_first_change(tmp_path: Path) -> None:
+    # a chooser that lowers the limit and halves the batch at every decision: here that costs
+    # 8% goodput, beyond the 3% budget. The batch is acknowledged a tick after the limit moved;
+    # both must come back, the first time and every time (before, the guard had no value to
+    # restore for a knob's first change, and watched only the last knob of a move)
+    node = Node()
+    store = Store(100)
+    conf = TuningConfig(objective="energy_slowdown", interval_s=5.0, pause_file=tmp_path / "paused")
+    tuner = TuningComponent(store, node, node, [0], conf, chooser=lambda obs: move(-1, -1))  # type: ignore[arg-type]
+    drive(node, tuner, store, 120)
+    assert tuner.guard.rollbacks >= 2
+    assert node.batch == 64 and node.limit_w == 400.0
+    assert min(d["batch_size"] for d in node.sent) == 32 and min(node.set_calls) >= 385.0
+
+
 def test_stop_gives_the_job_its_batch_size_back(tmp_path: Path) -> None:
     node = Node()
     tuner, store, events = make(tmp_path, node, objective="throughput")
