@@ -2,7 +2,7 @@
 
 Usage:
   python bench/tuner_sim_eval.py train OUT_DIR TIMESTEPS [CLONE_STEPS]
-  python bench/tuner_sim_eval.py eval POLICY.npz [POLICY2.npz ...] [--horizon N] [--json]
+  python bench/tuner_sim_eval.py eval POLICY.npz [POLICY2.npz ...] [--horizon N] [--noise X] [--seeds N] [--json]
   python bench/tuner_sim_eval.py export CHECKPOINT.zip OUT.npz
   python bench/tuner_sim_eval.py inference [POLICY.npz] [N]
   python bench/tuner_sim_eval.py clocks WORKLOAD [WORKLOAD ...]
@@ -16,6 +16,9 @@ are over the whole episode, probes and rollbacks included: energy to target (ene
 sample) and time to target (1 / goodput), each over the reference interval's. Each case also
 gets the best fixed setting in hindsight (``best_fixed``): what a tuner that knew the node could
 reach without ever probing, so a goal it cannot meet is out of reach for any chooser.
+``--noise X`` adds measurement noise (relative standard deviation per interval, independently on
+energy, samples and goodput); ``--seeds N`` runs each case on N node seeds (11, 12, ...), and
+medians and goal counts are over every (case, seed).
 """
 
 from __future__ import annotations
@@ -103,19 +106,20 @@ def cases() -> list[dict[str, Any]]:
     return out
 
 
-def evaluate(paths: list[Path], horizon: int) -> dict[str, Any]:
+def evaluate(paths: list[Path], horizon: int, noise: float = 0.0, seeds: int = 1) -> dict[str, Any]:
     choosers: dict[str, Any] = {"climber": "climber"} | {p.stem if len(paths) == 1 else str(p): NumpyPolicy.load(p)
                                                            for p in paths}
     env = SimNodeEnv(horizon=horizon, workloads=TRAINING_WORKLOADS + HELD_OUT_WORKLOADS)
     rows = []
     for c in cases():
-        opts = c | {"noise": 0.0} | ({"max_slowdown": 0.03} if c["objective"] != "throughput" else {})
-        base = episode(env, opts, None, seed=11)
-        row = dict(c) | {"best_fixed": best_fixed(env, opts, seed=11)}
-        for name, ch in choosers.items():
-            r = episode(env, opts, ch, seed=11)
-            row[name] = {"energy": r["energy"] / base["energy"], "time": r["time"] / base["time"]}
-        rows.append(row)
+        opts = c | {"noise": noise} | ({"max_slowdown": 0.03} if c["objective"] != "throughput" else {})
+        for seed in range(11, 11 + seeds):
+            base = episode(env, opts, None, seed=seed)
+            row = dict(c) | {"seed": seed, "best_fixed": best_fixed(env, opts, seed=seed)}
+            for name, ch in choosers.items():
+                r = episode(env, opts, ch, seed=seed)
+                row[name] = {"energy": r["energy"] / base["energy"], "time": r["time"] / base["time"]}
+            rows.append(row)
     summary: dict[str, Any] = {}
     for objective in ("energy_slowdown", "throughput"):
         for group, wls in (("trained", TRAINING_WORKLOADS), ("held_out", HELD_OUT_WORKLOADS)):
@@ -270,8 +274,10 @@ def main() -> int:
         return 0
     if len(args) >= 2 and args[0] == "eval":
         horizon = int(args[args.index("--horizon") + 1]) if "--horizon" in args else 90
+        noise = float(args[args.index("--noise") + 1]) if "--noise" in args else 0.0
+        seeds = int(args[args.index("--seeds") + 1]) if "--seeds" in args else 1
         paths = [Path(a) for a in args[1:] if a.endswith(".npz")]
-        doc = evaluate(paths, horizon)
+        doc = evaluate(paths, horizon, noise, seeds)
         if "--json" in args:
             print(json.dumps(doc, indent=1))
         else:

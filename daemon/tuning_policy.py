@@ -183,7 +183,7 @@ class ClimbChooser(Chooser):
             return move(0, self.undo)
         if self.state == "probe":
             return self._judge_probe(eps, goodput)
-        dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps)
+        dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps, obs[4] > 0.5)
         self.prev_eps, self.prev_good, self.last_dp = eps, goodput, dp
         self.settled = self.settled + 1 if dp == 0 else 0
         if dp == 0 and self.settled >= 2 and self.traded is not None:
@@ -228,7 +228,7 @@ class ClimbChooser(Chooser):
         self.last_dp = action // 3 - 1
         self.settled = 0
 
-    def _energy_power(self, limit: float, goodput: float, eps: float) -> int:
+    def _energy_power(self, limit: float, goodput: float, eps: float, capped: bool) -> int:
         if self.prev_limit is not None and abs(limit - self.prev_limit) > 1e-6:
             self.step = abs(limit - self.prev_limit)
         elif self.last_dp < 0 and self.prev_limit is not None:
@@ -240,7 +240,8 @@ class ClimbChooser(Chooser):
         if goodput < self.budget - 0.002:
             self.floor = limit  # over the slowdown budget here: never step down to this limit again
             return +1 if limit < 0.999 else 0
-        if self.last_dp < 0 and self.prev_eps is not None and eps > self.prev_eps * 1.01 and goodput >= self.budget:
+        if (capped and self.last_dp < 0 and self.prev_eps is not None and eps > self.prev_eps * 1.01
+                and goodput >= self.budget):  # (uncapped, the limit changed nothing: a rise is noise)
             self.floor = limit  # the last step down cost energy: stop there
             return +1
         if goodput > self.budget + self.margin and limit > 0.0 and (

@@ -84,3 +84,16 @@ def test_a_step_down_from_a_limit_the_gpus_do_not_reach_lands_a_step_above_their
     _, _, _, _, info = env.step(move(-1, 0))
     assert busy + 7.5 <= env.limit_w <= busy + 15.0 and env.limit_w <= 240.0
     assert info["goodput_ratio"] > 0.999 and not info["rolled_back"]
+
+
+def test_an_energy_rise_after_a_step_down_stops_the_descent_only_where_the_limit_binds() -> None:
+    # uncapped, a lower limit changes nothing: a 1.4% rise of energy per sample is measurement
+    # noise (with 0.5% noise per interval this stopped dlrm at its first limit and saved nothing)
+    for capped, expected in ((False, move(-1, 0)), (True, move(+1, 0))):
+        c = ClimbChooser("energy_slowdown", 0.03)
+        first = reading(1.0, 1.0, 0.986)
+        first[4] = capped
+        assert c(first) == move(-1, 0)
+        after = reading(0.95, 0.999, 1.000)
+        after[4] = capped
+        assert c(after) == expected
