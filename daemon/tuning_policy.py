@@ -165,9 +165,12 @@ class ClimbChooser(Chooser):
         self.prev_good: float | None = None
         self.rate: float | None = None  # energy saved per goodput given up, on the last step down
         self.traded: tuple[float, int] | None = None  # (eps before, batch steps) of a probe kept on trade
+        self.spread = 0.0  # mean absolute change of goodput between intervals with no move (noise)
 
     def __call__(self, obs: np.ndarray) -> int:
         limit, goodput, eps, oom = float(obs[0]), float(obs[7]) + 1.0, float(obs[8]) + 1.0, obs[11] > 0.5
+        if obs[14] == 0 and obs[15] == 0 and obs[18] == 0 and obs[10] > 0:
+            self.spread = 0.8 * self.spread + 0.2 * abs(float(obs[17])) / 10.0
         if self.state == "probe" and (oom or obs[15] == 0):
             # the batch move asked for was not made (out of memory, refused, at the job's bound):
             # that direction is spent; a look-ahead step not made leaves the first one to undo
@@ -237,14 +240,15 @@ class ClimbChooser(Chooser):
                 and self.prev_good - goodput > 0.003 * self.prev_good and eps < self.prev_eps):
             self.rate = ((self.prev_eps - eps) / self.prev_eps) / ((self.prev_good - goodput) / self.prev_good)
         self.prev_limit = limit
-        if goodput < self.budget - 0.002:
+        noise = 0.886 * self.spread  # one reading's standard deviation, from the mean absolute change
+        if goodput < self.budget - max(0.002, 1.0 * noise):
             self.floor = limit  # over the slowdown budget here: never step down to this limit again
             return +1 if limit < 0.999 else 0
         if (capped and self.last_dp < 0 and self.prev_eps is not None and eps > self.prev_eps * 1.01
                 and goodput >= self.budget):  # (uncapped, the limit changed nothing: a rise is noise)
             self.floor = limit  # the last step down cost energy: stop there
             return +1
-        if goodput > self.budget + self.margin and limit > 0.0 and (
+        if goodput > self.budget + max(self.margin, 1.5 * noise) and limit > 0.0 and (
                 self.floor is None or limit - self.step > self.floor + 1e-6):
             return -1
         return 0

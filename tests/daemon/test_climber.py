@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from gputuned.daemon.tuning_policy import (
     BASE_OBS_DIM,
@@ -13,6 +14,7 @@ from gputuned.daemon.tuning_policy import (
     busy_power,
     move,
     power_target,
+    split,
 )
 from gputuned.tuner.sim_env import SimNodeEnv
 
@@ -97,3 +99,18 @@ def test_an_energy_rise_after_a_step_down_stops_the_descent_only_where_the_limit
         after = reading(0.95, 0.999, 1.000)
         after[4] = capped
         assert c(after) == expected
+
+
+def test_the_slowdown_budget_is_judged_against_the_measured_noise() -> None:
+    # readings that move by 1.2% between intervals with no move (1% noise): one reading 0.8%
+    # under the budget is not evidence of a slowdown and sets no floor; noise-free it is
+    noisy = ClimbChooser("energy_slowdown", 0.03)
+    obs = reading(0.9, 0.972, 0.95)  # within the budget and its margin: the limit holds
+    obs[10] = 0.5  # past the reference interval
+    for k in range(12):  # no move made between these readings; goodput alternates +-1.2%
+        obs[17] = 0.12 if k % 2 else -0.12
+        assert split(noisy(obs))[0] == 0
+    assert noisy.spread > 0.01
+    assert noisy(reading(0.9, 0.962, 0.90)) != move(+1, 0) and noisy.floor is None
+    quiet = ClimbChooser("energy_slowdown", 0.03)
+    assert quiet(reading(0.9, 0.962, 0.90)) == move(+1, 0) and quiet.floor == pytest.approx(0.9)
