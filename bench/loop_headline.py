@@ -45,30 +45,20 @@ def sweep(workload: str, profile: str, gpus: int, seed: int, budget: float) -> d
     limit on the tuner's grid (5% of the range) run 300 simulated seconds after a 30 s warm-up,
     read from the simulator directly (an oracle, not something the daemon could do).
     """
-    from gputuned.collectors.sim.node import build_sim_node
-    from gputuned.collectors.sim.state import VirtualClock
+    from gputuned.collectors.sim.node import measure_fixed
+    from gputuned.collectors.sim.state import load_profile
+    from gputuned.collectors.sim.workload import load_workload
 
+    prof, b0 = load_profile(profile), load_workload(workload).default_batch_size
+    step = 0.05 * (prof.power_limit_max_w - prof.power_limit_min_w)
+    limits = [prof.power_limit_default_w] + [prof.power_limit_max_w - k * step for k in range(1, 21)]
     rows = []
     for mult in (1.0, *(2.0 ** k for k in range(-4, 7) if k)):
-        for k in range(21):
-            clock = VirtualClock()
-            be = build_sim_node(profile, gpus, workload, None, clock, seed=seed)
-            job, prof = be.job, be.devices[0].profile
-            if mult != 1.0 and not job.set_batch_size(max(1, int(job.batch_size * mult)))[0]:
+        for limit in limits:
+            r = measure_fixed(profile, gpus, workload, seed, batch_size=max(1, int(b0 * mult)), power_limit_w=limit)
+            if r is None:
                 break
-            limit = prof.power_limit_default_w if k == 0 else prof.power_limit_max_w - k * 0.05 * (
-                prof.power_limit_max_w - prof.power_limit_min_w)
-            if limit < prof.power_limit_min_w:
-                break
-            for d in be.devices:
-                d.power_limit_mw = int(limit * 1000)
-            clock.advance(30.0)
-            be.sync()
-            e0, p0 = sum(be.energy_j), job.progress
-            clock.advance(300.0)
-            be.sync()
-            dp = max(job.progress - p0, 1e-12)
-            rows.append((mult, limit, (sum(be.energy_j) - e0) / dp, 300.0 / dp))
+            rows.append((mult, limit, *r))
     base = rows[0]
     ok = [r for r in rows if r[3] <= base[3] * (1.0 + budget)]
     best = min(ok, key=lambda r: r[2])

@@ -54,34 +54,22 @@ def episode(env: SimNodeEnv, options: dict[str, Any], chooser: Any, seed: int) -
 
 def best_fixed(env: SimNodeEnv, options: dict[str, Any], seed: int) -> dict[str, float]:
     """The best fixed setting in hindsight on the episode's node: every batch size the tuner can
-    reach (b0 x 2^k, -4 <= k <= 6) at every limit of its power grid, each measured over 300 s after
-    30 s of warm-up; for ``energy_slowdown`` the least energy per effective sample with goodput
-    within the budget, for ``throughput`` the most goodput. Ratios to the default's."""
-    def measure(mult: float, limit_w: float | None) -> tuple[float, float] | None:
-        env.reset(seed=seed, options=options)
-        be, job, p = env.backend, env.job, env.profile
-        if mult != 1.0 and not job.set_batch_size(int(env.b0 * mult))[0]:
-            return None
-        for d in be.devices:
-            d.power_limit_mw = int((limit_w or p.power_limit_default_w) * 1000)
-        env.clock.advance(30.0)
-        be.sync()
-        e0 = sum(be.energy_j)
-        env.clock.advance(300.0)
-        be.sync()
-        good = job.report_stats()["goodput"]
-        return (sum(be.energy_j) - e0) / max(good * 300.0, 1e-9), 1.0 / max(good, 1e-9)
+    reach (b0 x 2^k, -4 <= k <= 6) at every limit of its power grid (``measure_fixed``); for
+    ``energy_slowdown`` the least energy to target with time to target within the budget, for
+    ``throughput`` the shortest time to target. Ratios to the default's."""
+    from gputuned.collectors.sim.node import measure_fixed
 
-    base = measure(1.0, None)
-    assert base is not None
-    env.reset(seed=seed, options=options)
+    env.reset(seed=seed, options=options)  # the episode's node: profile, GPUs, seed, default batch
     p = env.profile
+    node = (env.profile_name, len(env.backend.devices), env.workload, env.node_seed)
+    base = measure_fixed(*node, batch_size=env.b0)
+    assert base is not None
     step = 0.05 * (p.power_limit_max_w - p.power_limit_min_w)
     limits = [p.power_limit_max_w - k * step for k in range(21)]
     best: tuple[float, float] | None = None
     for k in range(-4, 7):
         for limit in limits if options["objective"] != "throughput" else [p.power_limit_max_w]:
-            r = measure(2.0 ** k, limit)
+            r = measure_fixed(*node, batch_size=int(env.b0 * 2.0 ** k), power_limit_w=limit)
             if r is None:
                 continue
             e, t = r[0] / base[0], r[1] / base[1]
@@ -143,25 +131,11 @@ def evaluate(paths: list[Path], horizon: int, noise: float = 0.0, seeds: int = 1
 
 def _fixed(wl: str, mult: float, limit_w: float, clock_mhz: int | None) -> tuple[float, float] | None:
     """Energy and seconds per target of a fixed (batch multiple, power limit, locked SM clock) on a100 x4."""
-    from gputuned.collectors.sim.node import build_sim_node
-    from gputuned.collectors.sim.state import VirtualClock
+    from gputuned.collectors.sim.node import measure_fixed
+    from gputuned.collectors.sim.workload import load_workload
 
-    clock = VirtualClock()
-    be = build_sim_node("a100", 4, wl, None, clock, seed=0)
-    job, prof = be.job, be.devices[0].profile
-    if mult != 1.0 and not job.set_batch_size(int(job.batch_size * mult))[0]:
-        return None
-    for d in be.devices:
-        d.power_limit_mw = int(limit_w * 1000)
-        if clock_mhz:
-            d.locked_sm_clocks_mhz = (prof.sm_clock_min_mhz, clock_mhz)
-    clock.advance(30.0)
-    be.sync()
-    e0, p0 = sum(be.energy_j), job.progress
-    clock.advance(300.0)
-    be.sync()
-    dp = job.progress - p0
-    return (sum(be.energy_j) - e0) / dp, 300.0 / dp
+    b0 = load_workload(wl).default_batch_size
+    return measure_fixed("a100", 4, wl, 0, batch_size=int(b0 * mult), power_limit_w=limit_w, sm_clock_mhz=clock_mhz)
 
 
 def clocks(workloads: list[str]) -> int:

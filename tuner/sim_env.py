@@ -159,7 +159,7 @@ class SimNodeEnv(gym.Env):
             self.max_slowdown = float(opts.get("max_slowdown") or self.fixed_slowdown or BUDGETS[int(rng.integers(len(BUDGETS)))])
         self.noise = float(opts["noise"]) if "noise" in opts else float(rng.uniform(0.0, self.noise_max))
         n_gpus = int(opts.get("gpus") or self.gpus[int(rng.integers(len(self.gpus)))])
-        node_seed = int(rng.integers(1 << 30))
+        node_seed = self.node_seed = int(rng.integers(1 << 30))
         batch: int | None = None
         while True:  # a default batch that does not fit this GPU is halved, as a user would
             self.clock = VirtualClock()

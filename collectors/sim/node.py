@@ -94,3 +94,36 @@ def build_sim_node(
         logger.debug("scenario %s: ground-truth labels in %s", scen.name, labels_path)
     backend.labels_path = Path(labels_path) if scen is not None and labels_path is not None else None
     return backend
+
+
+def measure_fixed(
+    profile: str, gpus: int, workload: str, seed: int = 0, *, batch_size: int | None = None,
+    power_limit_w: float | None = None, sm_clock_mhz: int | None = None, warmup_s: float = 30.0,
+    window_s: float = 300.0,
+) -> tuple[float, float] | None:
+    """Steady state of one fixed setting on a fresh simulated node: (joules, seconds) per whole
+    target of training progress, over ``window_s`` after ``warmup_s``; None when the job refuses
+    the batch size (outside its range, or out of memory). The benchmarks' "best fixed setting in
+    hindsight" sweeps this; the daemon cannot measure a setting without running it."""
+    clock = VirtualClock()
+    try:
+        be = build_sim_node(profile, gpus, workload, None, clock, seed=seed, batch_size=batch_size)
+    except ValueError as e:
+        if "does not fit" in str(e):
+            return None
+        raise
+    job, prof = be.job, be.devices[0].profile
+    assert job is not None
+    if batch_size is not None and not job.set_batch_size(batch_size)[0]:
+        return None
+    for d in be.devices:
+        d.power_limit_mw = int((power_limit_w or prof.power_limit_default_w) * 1000)
+        if sm_clock_mhz:
+            d.locked_sm_clocks_mhz = (prof.sm_clock_min_mhz, sm_clock_mhz)
+    clock.advance(warmup_s)
+    be.sync()
+    e0, p0 = sum(be.energy_j), job.progress
+    clock.advance(window_s)
+    be.sync()
+    done = max(job.progress - p0, 1e-12)
+    return (sum(be.energy_j) - e0) / done, window_s / done

@@ -73,3 +73,15 @@ def test_step_time_between_measured_sizes_never_makes_a_throughput_dip() -> None
             assert rising or falling, (name, lo, hi, [round(r) for r in rates])
         mid = (sizes[1] + sizes[2]) / 2
         assert abs(sum(timing.at(mid)) - (sum(timing.at(sizes[1])) + sum(timing.at(sizes[2]))) / 2) < 1e-12
+
+
+def test_a_fixed_setting_is_measured_per_target_and_a_refused_batch_gives_none() -> None:
+    from gputuned.collectors.sim.node import measure_fixed
+
+    full = measure_fixed("a100", 1, "imagenet-resnet50", 0, power_limit_w=400.0, window_s=60.0)
+    capped = measure_fixed("a100", 1, "imagenet-resnet50", 0, power_limit_w=200.0, window_s=60.0)
+    assert full is not None and capped is not None
+    assert capped[0] < full[0] and capped[1] > full[1]  # less energy to target, more time
+    wl = load_workload("imagenet-resnet50")
+    assert measure_fixed("a100", 1, wl.name, 0, batch_size=wl.max_batch_size * 2) is None  # outside its range
+    assert measure_fixed("p100", 1, wl.name, 0, batch_size=wl.max_batch_size) is None  # out of memory
