@@ -279,6 +279,14 @@ def test_learning_rate_warms_up_then_follows_the_cosine_over_samples():
     assert lrs[-1] < lrs[4] < 0.1
 
 
+def exchange_starts(monkeypatch, plugin: TrainingPlugin) -> list[int]:
+    """The steps at which the plugin starts a decision exchange, recorded as it runs."""
+    started: list[int] = []
+    start = plugin._exchange.start
+    monkeypatch.setattr(plugin._exchange, "start", lambda *a: (started.append(plugin.step_count), start(*a))[1])
+    return started
+
+
 @pytest.mark.parametrize("step_s, exchanges, samples", [(0.002, (4, 5), (8, 11)), (0.5, (990, 1000), (1985, 2000))])
 def test_exchanges_and_norm_samples_are_spaced_in_time_not_steps(monkeypatch, step_s, exchanges, samples):
     """2000 steps of step_s on a scripted clock: one exchange per second, one norm sample per 0.5 s,
@@ -288,9 +296,7 @@ def test_exchanges_and_norm_samples_are_spaced_in_time_not_steps(monkeypatch, st
     clock = [0.0]
     monkeypatch.setattr(plugin_module.time, "perf_counter", lambda: clock[0])
     plugin = TrainingPlugin(job="spacing", batch_size=32, connect=False)
-    started, sampled = [], []
-    start = plugin._exchange.start
-    monkeypatch.setattr(plugin._exchange, "start", lambda *a: (started.append(plugin.step_count), start(*a))[1])
+    started, sampled = exchange_starts(monkeypatch, plugin), []
     for _ in range(2000):
         with plugin.step():
             sampled.append(plugin._measure)
@@ -302,9 +308,7 @@ def test_exchanges_and_norm_samples_are_spaced_in_time_not_steps(monkeypatch, st
 
 def test_a_fixed_sync_interval_and_norm_every_override_the_periods(monkeypatch):
     plugin = TrainingPlugin(job="fixed", batch_size=32, connect=False, sync_interval=7, norm_every=3)
-    started, sampled = [], []
-    start = plugin._exchange.start
-    monkeypatch.setattr(plugin._exchange, "start", lambda *a: (started.append(plugin.step_count), start(*a))[1])
+    started, sampled = exchange_starts(monkeypatch, plugin), []
     for _ in range(30):
         with plugin.step():
             sampled.append(plugin._measure)
