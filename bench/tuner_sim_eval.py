@@ -211,6 +211,18 @@ def inference(path: Path | None, n: int) -> int:
     return 0
 
 
+def _option(args: list[str], name: str, kind: type, default: Any) -> Any:
+    """The value after ``name`` in ``args`` as ``kind``, or ``default``; exits naming a bad one."""
+    if name not in args:
+        return default
+    i = args.index(name) + 1
+    try:
+        return kind(args[i])
+    except (IndexError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise SystemExit(f"eval: {name} needs {what}, got {args[i] if i < len(args) else 'nothing'}") from None
+
+
 def main() -> int:
     args = sys.argv[1:]
     if len(args) >= 3 and args[0] == "train":
@@ -247,10 +259,15 @@ def main() -> int:
         from_sb3(PPO.load(args[1], device="cpu")).save(Path(args[2]))
         return 0
     if len(args) >= 2 and args[0] == "eval":
-        horizon = int(args[args.index("--horizon") + 1]) if "--horizon" in args else 90
-        noise = float(args[args.index("--noise") + 1]) if "--noise" in args else 0.0
-        seeds = int(args[args.index("--seeds") + 1]) if "--seeds" in args else 1
+        horizon = _option(args, "--horizon", int, 90)
+        noise = _option(args, "--noise", float, 0.0)
+        seeds = _option(args, "--seeds", int, 1)
+        if horizon < 1 or seeds < 1 or not 0.0 <= noise < 1.0:
+            raise SystemExit("eval: --horizon and --seeds must be >= 1, --noise in [0, 1)")
         paths = [Path(a) for a in args[1:] if a.endswith(".npz")]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise SystemExit(f"eval: no policy file {', '.join(missing)}")
         doc = evaluate(paths, horizon, noise, seeds)
         if "--json" in args:
             print(json.dumps(doc, indent=1))
