@@ -123,7 +123,7 @@ class Interval:
     sm_ratio: float
     capped: bool
     batch: int
-    busy_w: float = math.inf  # the most any GPU draws while busy (:func:`busy_power`)
+    busy_w: float  # the most any GPU draws while busy (:func:`busy_power`)
 
     @property
     def throughput(self) -> float:
