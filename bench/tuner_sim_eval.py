@@ -5,6 +5,7 @@ Usage:
   python bench/tuner_sim_eval.py eval POLICY.npz [POLICY2.npz ...] [--horizon N] [--noise X] [--seeds N] [--json]
   python bench/tuner_sim_eval.py export CHECKPOINT.zip OUT.npz
   python bench/tuner_sim_eval.py inference [POLICY.npz] [N]
+  python bench/tuner_sim_eval.py agreement POLICY.npz [--episodes N]
   python bench/tuner_sim_eval.py clocks WORKLOAD [WORKLOAD ...]
   python bench/tuner_sim_eval.py batches WORKLOAD [WORKLOAD ...]
   python bench/tuner_sim_eval.py resume CHECKPOINT.zip OUT_DIR TIMESTEPS [LEARNING_RATE] [N_EPOCHS]
@@ -178,6 +179,25 @@ def batches(workloads: list[str]) -> int:
     return 0
 
 
+def agreement(path: Path, episodes: int = 20) -> int:
+    """How often the policy's move differs from the climber's, on states the climber visits
+    (SimNodeEnv's own randomisation, 60 decisions per episode, seeds 1000 on)."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    policy = NumpyPolicy.load(path)
+    env = SimNodeEnv(horizon=60)
+    states = differ = 0
+    for k in range(episodes):
+        obs, _ = env.reset(seed=1000 + k)
+        for _ in range(60):
+            states += 1
+            differ += int(policy(obs)) != env.suggested
+            obs, *_ = env.step(env.suggested)
+    print(f"{path}: its move differs from the climber's on {differ} of {states} states")
+    return 0
+
+
 def inference(path: Path | None, n: int) -> int:
     """Time one live decision (climber adviser + numpy MLP) over observations from real episodes."""
     import logging
@@ -249,6 +269,8 @@ def main() -> int:
         return batches(args[1:])
     if len(args) >= 2 and args[0] == "clocks":
         return clocks(args[1:])
+    if len(args) >= 2 and args[0] == "agreement":
+        return agreement(Path(args[1]), _option(args, "--episodes", int, 20))
     if args and args[0] == "inference":
         return inference(Path(args[1]) if len(args) > 1 else None, int(args[2]) if len(args) > 2 else 20000)
     if len(args) == 3 and args[0] == "export":
