@@ -107,11 +107,11 @@ def trace_figures(ticks: int) -> dict[str, float]:
     from gputuned.collectors.nvml import open_gpus, open_nvml
     from gputuned.collectors.sim import nvml as sim_nvml
     from gputuned.collectors.sim.state import VirtualClock
-    from gputuned.daemon.config import parse_config
-    from gputuned.daemon.loop import CollectionLoop
-    from gputuned.daemon.service import build_sim_backend
-    from gputuned.daemon.store import Store
-    from gputuned.daemon.trace import Recorder, TraceWriter, read_trace
+    from gputuned.daemon.app.daemon import build_sim_backend
+    from gputuned.daemon.core.config import parse_config
+    from gputuned.daemon.core.loop import CollectionLoop
+    from gputuned.daemon.core.store import Store
+    from gputuned.daemon.record.trace import Recorder, TraceWriter, read_trace
 
     clock = VirtualClock()
     cfg = parse_config({"sim": {"gpus": 8}})

@@ -110,10 +110,10 @@ def tick_cost(ticks: int, rounds: int = 3, pause_s: float = 0.05, settle_s: floa
     from gputuned.collectors.nvml import open_gpus, open_nvml
     from gputuned.collectors.sim import nvml as sim_nvml
     from gputuned.collectors.sim.state import VirtualClock
-    from gputuned.daemon.config import parse_config
-    from gputuned.daemon.loop import CollectionLoop
-    from gputuned.daemon.service import build_sim_backend
-    from gputuned.daemon.store import Store
+    from gputuned.daemon.app.daemon import build_sim_backend
+    from gputuned.daemon.core.config import parse_config
+    from gputuned.daemon.core.loop import CollectionLoop
+    from gputuned.daemon.core.store import Store
     from gputuned.tuner.forecast.offload import OffloadedForecastService
 
     clock = VirtualClock()

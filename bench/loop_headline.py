@@ -73,7 +73,7 @@ def one(args: tuple[str, str, dict[str, Any], str, bool]) -> dict[str, Any]:
     import logging
 
     logging.disable(logging.WARNING)
-    from gputuned.daemon.experiment import ExperimentSpec, run_experiment
+    from gputuned.daemon.record.experiment import ExperimentSpec, run_experiment
 
     spec = ExperimentSpec(workload=workload, objective=objective, **opts)
     t = time.process_time()

@@ -14,9 +14,9 @@ from gputuned.collectors.host import HostCollector
 from gputuned.collectors.nvml import open_gpus, open_nvml
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import VirtualClock, scripted_from_spec
-from gputuned.daemon.loop import CollectionLoop
-from gputuned.daemon.store import Store
-from gputuned.daemon.trace import Recorder, TraceWriter
+from gputuned.daemon.core.loop import CollectionLoop
+from gputuned.daemon.core.store import Store
+from gputuned.daemon.record.trace import Recorder, TraceWriter
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z

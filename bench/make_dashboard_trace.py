@@ -16,7 +16,7 @@ Two parts, kept apart on purpose:
    RTT is measured to a listening and a closed loopback port. Four ranks of a DDP job report
    scripted step statistics through the real plugin client and control socket from t=15 s;
    rank 3 disconnects when its GPU is lost.
-2. **Synthesized**: the tuner (``gputuned_tuner_*`` with the labels daemon/tuning.py's
+2. **Synthesized**: the tuner (``gputuned_tuner_*`` with the labels daemon/app/tuning.py's
    component publishes, ``gputuned_actuation_changes_total`` and ``..._refusals_total``) and
    forecaster (``gputuned_forecast_*``, ``gputuned_anomaly_*``, ``gputuned_alert*``,
    ``gputuned_degradation_*``) series are not produced by a daemon run yet (the daemon does not
@@ -169,9 +169,9 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
     does, so the components start too (``gputuned record`` only runs the collection loop, and
     its control socket is never bound, so no trainer could report).
     """
-    from gputuned.daemon.config import load_config
-    from gputuned.daemon.service import Daemon
-    from gputuned.daemon.trace import Recorder, TraceWriter
+    from gputuned.daemon.app.daemon import Daemon
+    from gputuned.daemon.core.config import load_config
+    from gputuned.daemon.record.trace import Recorder, TraceWriter
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -342,7 +342,7 @@ class Synth:
         self.tput: list[tuple[float, float]] = []
 
     def tuner(self, rel: float, t: float) -> list[tuple[str, Lab, float]]:
-        """What daemon/tuning.py's TuningComponent and the actuator would publish for the scripted moves.
+        """What daemon/app/tuning.py's TuningComponent and the actuator would publish for the scripted moves.
 
         Labels follow the live tuner: one power limit for every GPU (gpu="all"), the batch size
         per job (gpu="job"), measurements per job from the reference interval (t=20 s) on.
@@ -434,7 +434,7 @@ def synthesize(raw: Path, out: Path) -> None:
 
     A synthesized series the recording already holds (the daemon produced it itself) is left out.
     """
-    from gputuned.daemon.trace import Publish, TraceWriter, read_trace
+    from gputuned.daemon.record.trace import Publish, TraceWriter, read_trace
 
     trace = read_trace(raw)
     recorded = set(trace.series)

@@ -23,10 +23,10 @@ def rss_kib() -> int:
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    from gputuned.tuner.zeus_agent import ArmMemory, apply_move, observe
+    from gputuned.tuner.zeus.agent import ArmMemory, apply_move, observe
 
     before = rss_kib()
-    from gputuned.tuner.policy_numpy import NumpyPolicy
+    from gputuned.tuner.decision.policy_numpy import NumpyPolicy
 
     policy = NumpyPolicy.load()
     after = rss_kib()

@@ -30,8 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gputuned.daemon.tuning_policy import STAY
-from gputuned.tuner.policy_numpy import NumpyPolicy
+from gputuned.tuner.decision.choosers import STAY
+from gputuned.tuner.decision.policy_numpy import NumpyPolicy
 from gputuned.tuner.sim_env import HELD_OUT_WORKLOADS, TRAINING_WORKLOADS, SimNodeEnv
 
 
@@ -206,7 +206,7 @@ def inference(path: Path | None, n: int) -> int:
     import numpy as np
     import psutil
 
-    from gputuned.daemon.tuning_policy import BASE_OBS_DIM, make_chooser
+    from gputuned.tuner.decision.choosers import BASE_OBS_DIM, make_chooser
 
     logging.disable(logging.WARNING)
     proc = psutil.Process()
@@ -252,7 +252,7 @@ def main() -> int:
 
         logging.basicConfig(level=logging.WARNING)
         logging.getLogger("gputuned.tuner.train").setLevel(logging.INFO)
-        logging.getLogger("gputuned.tuner.guard").setLevel(logging.ERROR)
+        logging.getLogger("gputuned.tuner.decision.guard").setLevel(logging.ERROR)
         train_sim(int(args[2]), Path(args[1]), progress_bar=False, clone_steps=int(args[3]) if len(args) > 3 else 12_000)
         return 0
     if len(args) >= 4 and args[0] == "resume":
@@ -276,7 +276,7 @@ def main() -> int:
     if len(args) == 3 and args[0] == "export":
         from stable_baselines3 import PPO
 
-        from gputuned.tuner.policy_numpy import from_sb3
+        from gputuned.tuner.decision.policy_numpy import from_sb3
 
         from_sb3(PPO.load(args[1], device="cpu")).save(Path(args[2]))
         return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from gputuned.tuner.zeus_traces import PACKAGED_TRACES, JobTrace, available_gpus, load_gpu
+from gputuned.tuner.zeus.traces import PACKAGED_TRACES, JobTrace, available_gpus, load_gpu
 
 
 def bound(trace: JobTrace, max_slowdown: float, batch_sizes: tuple[int, ...]) -> tuple[float, int, int, float]:

@@ -2,7 +2,7 @@
 
 Usage: python bench/tuner_train_loo.py OUT_DIR TIMESTEPS [all|a40|rtx6000|p100 ...] [--seed N]
 "all" trains on every GPU (the shipped policy); a GPU name trains on the other GPUs only.
-Each training GPU also contributes SYNTH synthetic GPUs warped from it (tuner/zeus_synth.py,
+Each training GPU also contributes SYNTH synthetic GPUs warped from it (tuner/zeus/synth.py,
 seeds 500 and up, distinct from the dev-check seeds), never from the held-out GPU.
 """
 
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from gputuned.tuner.train import train
-from gputuned.tuner.zeus_synth import synthetic_gpu
-from gputuned.tuner.zeus_traces import PACKAGED_TRACES, available_gpus, load_gpu
+from gputuned.tuner.zeus.synth import synthetic_gpu
+from gputuned.tuner.zeus.traces import PACKAGED_TRACES, available_gpus, load_gpu
 
 SYNTH = 3
 

@@ -1,4 +1,4 @@
-"""Share of the oracle's saving on synthetic GPUs warped from a measured one (tuner/zeus_synth.py).
+"""Share of the oracle's saving on synthetic GPUs warped from a measured one (tuner/zeus/synth.py).
 
 Usage: python bench/tuner_unseen_gpu.py --base GPU[,GPU...] [--policy NPZ] [--warps 4] [--seeds 5] [--first-warp 100]
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gputuned.tuner.policy_numpy import NumpyPolicy
-from gputuned.tuner.zeus_bench import bench_traces, savings
-from gputuned.tuner.zeus_synth import synthetic_gpu
-from gputuned.tuner.zeus_traces import PACKAGED_TRACES, load_gpu
+from gputuned.tuner.decision.policy_numpy import NumpyPolicy
+from gputuned.tuner.zeus.bench import bench_traces, savings
+from gputuned.tuner.zeus.synth import synthetic_gpu
+from gputuned.tuner.zeus.traces import PACKAGED_TRACES, load_gpu
 
 
 def main() -> int:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gputuned.tuner.policy_numpy import NumpyPolicy
-from gputuned.tuner.zeus_bench import bench_gpu, savings
-from gputuned.tuner.zeus_traces import PACKAGED_TRACES
+from gputuned.tuner.decision.policy_numpy import NumpyPolicy
+from gputuned.tuner.zeus.bench import bench_gpu, savings
+from gputuned.tuner.zeus.traces import PACKAGED_TRACES
 
 GPUS = ("a40", "rtx6000", "p100")
 

@@ -1,5 +1,5 @@
 """Allow ``python -m gputuned``."""
 
-from gputuned.daemon.cli import main
+from gputuned.daemon.commands.cli import main
 
 raise SystemExit(main())

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gputuned.daemon import control_frames as P
+from gputuned.daemon.control import frames as P
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ def crash_trial(tmp: Path, seed: int, data: dict[str, Any] | None = None, gpus: 
     import random
     import threading
 
-    from gputuned.daemon.statefile import StateFileError, parse_state
+    from gputuned.daemon.actuation.statefile import StateFileError, parse_state
 
     rng = random.Random(seed)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -306,7 +306,7 @@ def send_fuzz_case(path: Path | str, case: tuple[bool, list[bytes]], timeout: fl
 _WRITER = """
 import sys
 from pathlib import Path
-from gputuned.daemon.statefile import GPURecord, State, StateFile
+from gputuned.daemon.actuation.statefile import GPURecord, State, StateFile
 sf = StateFile(Path(sys.argv[1]))
 k = 0
 while True:
@@ -327,7 +327,7 @@ def writer_kill_trial(tmp: Path, seed: int) -> dict[str, Any]:
     write (a temp file was left behind)."""
     import random
 
-    from gputuned.daemon.statefile import StateFileError, parse_state
+    from gputuned.daemon.actuation.statefile import StateFileError, parse_state
 
     rng = random.Random(seed)
     tmp.mkdir(parents=True, exist_ok=True)

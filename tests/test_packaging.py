@@ -18,7 +18,7 @@ def test_normal_install_imports_and_finds_its_data(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     check = (
-        "import gputuned, gputuned.daemon.cli, gputuned.collectors.sim.nvml;"
+        "import gputuned, gputuned.daemon.commands.cli, gputuned.collectors.sim.nvml;"
         "from gputuned.collectors.sim.state import available_profiles;"
         "print(gputuned.__file__); print(','.join(available_profiles()))"
     )

@@ -56,7 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
                "--max-restarts", str(args.max_restarts), "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
-               "-m", "gputuned.daemon.cli", "train", args.config, *sum((["--set", o] for o in args.overrides), [])]
+               "-m", "gputuned.daemon.commands.cli", "train", args.config, *sum((["--set", o] for o in args.overrides), [])]
         if args.json:
             cmd.append("--json")
         return subprocess.call(cmd)

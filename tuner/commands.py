@@ -34,9 +34,9 @@ def _check_traces(trace_dir: Path, gpus: list[str]) -> str | None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run default, oracle, Zeus-style and gputuned policies on one GPU's traces."""
-    from gputuned.tuner.policy_numpy import NumpyPolicy
-    from gputuned.tuner.zeus_bench import bench_gpu, savings
-    from gputuned.tuner.zeus_traces import TraceError
+    from gputuned.tuner.decision.policy_numpy import NumpyPolicy
+    from gputuned.tuner.zeus.bench import bench_gpu, savings
+    from gputuned.tuner.zeus.traces import TraceError
 
     trace_dir = Path(args.zeus_traces)
     problem = _check_traces(trace_dir, [args.gpu])
@@ -75,7 +75,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train PPO on the Zeus-trace environment and export the numpy policy."""
     from gputuned.tuner.train import train
-    from gputuned.tuner.zeus_traces import TraceError, available_gpus, load_gpu
+    from gputuned.tuner.zeus.traces import TraceError, available_gpus, load_gpu
 
     trace_dir = Path(args.zeus_traces)
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else available_gpus(trace_dir)
@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_pause(args: argparse.Namespace) -> int:
     """Set (pause) or clear (resume) the tuner kill switch."""
-    from gputuned.tuner.guard import set_paused
+    from gputuned.tuner.decision.guard import set_paused
 
     try:
         set_paused(Path(args.pause_file), args.command_name == "pause")
@@ -109,8 +109,8 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gputuned tuner ...``."""
-    from gputuned.tuner.guard import DEFAULT_PAUSE_FILE
-    from gputuned.tuner.zeus_traces import PACKAGED_TRACES
+    from gputuned.tuner.decision.guard import DEFAULT_PAUSE_FILE
+    from gputuned.tuner.zeus.traces import PACKAGED_TRACES
 
     tuner = subparsers.add_parser("tuner", help="RL tuner: bench, train, pause/resume")
     sub = tuner.add_subparsers(dest="tuner_command", metavar="ACTION", required=True)

@@ -9,8 +9,8 @@ as in the daemon (an oversize batch is an OOM event, and that size is never prop
 one interval runs, and the guard judges the move against the cost rate before it: a move that
 made the cost rate worse beyond noise is rolled back and another interval runs at the restored
 setting (both intervals count in the reward). Observations are built by the daemon's own
-:class:`gputuned.daemon.tuning_policy.LiveObserver` from what the daemon measures, plus the
-climber's proposal (:func:`gputuned.daemon.tuning_policy.advise`). Reward per interval:
+:class:`gputuned.tuner.decision.choosers.LiveObserver` from what the daemon measures, plus the
+climber's proposal (:func:`gputuned.tuner.decision.choosers.advise`). Reward per interval:
 
 - ``energy_slowdown``: 1 - energy per effective sample / reference's, minus 10 x the goodput
   shortfall beyond the slowdown budget (the objective the headline judges: energy to target at
@@ -31,7 +31,7 @@ import numpy as np
 from gymnasium import spaces
 
 from gputuned.collectors.device import ClockEventReason
-from gputuned.daemon.tuning_policy import (
+from gputuned.tuner.decision.choosers import (
     N_ACTIONS,
     SIM_OBS_DIM,
     ClimbChooser,
@@ -41,8 +41,8 @@ from gputuned.daemon.tuning_policy import (
     power_target,
     split,
 )
-from gputuned.tuner.guard import GuardConfig, SafetyGuard
-from gputuned.tuner.perseus import RankTiming, SlackConfig, plan_power_limits
+from gputuned.tuner.decision.guard import GuardConfig, SafetyGuard
+from gputuned.tuner.decision.perseus import RankTiming, SlackConfig, plan_power_limits
 
 logger = logging.getLogger(__name__)
 

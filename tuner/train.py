@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gputuned.tuner.policy_numpy import NumpyPolicy, from_sb3
-from gputuned.tuner.zeus_traces import JobTrace
+from gputuned.tuner.decision.policy_numpy import NumpyPolicy, from_sb3
+from gputuned.tuner.zeus.traces import JobTrace
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ def make_env(traces: Sequence[JobTrace], objectives: Sequence[str] = ("zeus_cost
     """A checked, monitored ZeusTraceEnv over ``traces``."""
     from stable_baselines3.common.monitor import Monitor
 
-    from gputuned.tuner.zeus_env import ZeusTraceEnv
+    from gputuned.tuner.zeus.env import ZeusTraceEnv
 
     env = Monitor(ZeusTraceEnv(traces, objectives=objectives))
     env.reset(seed=seed)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gputuned.daemon.tuning_policy import (
+from gputuned.tuner.decision.choosers import (
     BASE_OBS_DIM,
     STAY,
     ClimbChooser,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from testkit import free_port, http_get
 
-from gputuned.daemon.trace import read_trace
+from gputuned.daemon.record.trace import read_trace
 
 GPUTUNED = [sys.executable, "-m", "gputuned", "--log-level", "warning"]
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from testkit import config
 
-from gputuned.daemon.components import ProfileOnAlert, attach_configured, tuner_enabled
-from gputuned.daemon.service import Daemon
+from gputuned.daemon.app.components import ProfileOnAlert, attach_configured, tuner_enabled
+from gputuned.daemon.app.daemon import Daemon
 from gputuned.tuner.forecast.alerts import Alert
 
 

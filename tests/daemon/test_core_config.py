@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from testkit import REPO
 
-from gputuned.daemon.config import Config, ConfigError, load_config
+from gputuned.daemon.core.config import Config, ConfigError, load_config
 
 GPUTUNED = [sys.executable, "-m", "gputuned"]
 
 
 def test_shipped_example_lists_every_key_with_its_default() -> None:
-    from gputuned.daemon.tuning import TuningConfig
+    from gputuned.daemon.app.tuning import TuningConfig
     from gputuned.tuner.forecast.config import ForecastConfig
 
     example = load_config(REPO / "systemd" / "gputuned.toml")

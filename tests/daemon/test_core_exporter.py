@@ -10,7 +10,7 @@ import pytest
 from testkit import config, http_get
 
 from gputuned.collectors import families as F
-from gputuned.daemon.service import Daemon, build_collectors, setup_gpus
+from gputuned.daemon.app.daemon import Daemon, build_collectors, setup_gpus
 
 
 def _parse(text: str) -> dict[str, list[str]]:

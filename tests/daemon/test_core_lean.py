@@ -9,9 +9,9 @@ HEAVY = ("torch", "pandas", "prophet", "stable_baselines3", "gymnasium", "matplo
 
 CHECK = f"""
 import sys
-from gputuned.daemon.cli import build_parser
-from gputuned.daemon.service import Daemon
-import gputuned.daemon.components, gputuned.daemon.tuning, gputuned.tuner.forecast.service
+from gputuned.daemon.commands.cli import build_parser
+from gputuned.daemon.app.daemon import Daemon
+import gputuned.daemon.app.components, gputuned.daemon.app.tuning, gputuned.tuner.forecast.service
 import gputuned.collectors.sim.physics, gputuned.trainer_plugin.client
 build_parser()
 heavy = [m for m in {HEAVY!r} if m in sys.modules]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from testkit import config
 
-from gputuned.daemon.service import Daemon, setup_gpus
+from gputuned.daemon.app.daemon import Daemon, setup_gpus
 
 
 def test_prometheus_scrapes_gpu_and_host_series(sim_node, prometheus) -> None:

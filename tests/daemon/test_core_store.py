@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gputuned.daemon.store import RingBuffer, Store
+from gputuned.daemon.core.store import RingBuffer, Store
 
 A = (("gpu", "0"),)
 B = (("gpu", "1"),)

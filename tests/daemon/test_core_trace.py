@@ -11,10 +11,10 @@ import pytest
 from testkit import REPO
 
 from gputuned.collectors import families as F
-from gputuned.daemon.exporter import MetricsRenderer
-from gputuned.daemon.replay import Replayer
-from gputuned.daemon.store import Store
-from gputuned.daemon.trace import (
+from gputuned.daemon.core.exporter import MetricsRenderer
+from gputuned.daemon.core.store import Store
+from gputuned.daemon.record.replay import Replayer
+from gputuned.daemon.record.trace import (
     Recorder,
     TraceError,
     TraceWriter,

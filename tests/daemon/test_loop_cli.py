@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gputuned.collectors.sim import nvml as sim_nvml
-from gputuned.daemon.cli import main
+from gputuned.daemon.commands.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def test_experiment_with_forecasting_writes_both_runs_and_the_comparison(tmp_pat
         summary = json.loads((out / run / "summary.json").read_text())
         assert summary["restored"] and summary["samples"] > 0
     # the forecast service ran beside the loop: its series are in the trace
-    from gputuned.daemon.trace import read_trace
+    from gputuned.daemon.record.trace import read_trace
 
     names = {name for name, _ in read_trace(out / "on" / "trace.gtrace").series}
     assert "gputuned_anomaly_score" in names and "gputuned_tuner_knob_value" in names

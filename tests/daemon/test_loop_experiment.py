@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from gputuned.collectors.sim import nvml as sim_nvml
-from gputuned.daemon.experiment import ExperimentSpec, run_experiment
-from gputuned.daemon.report import build_report, energy_per_sample, load_runs
+from gputuned.daemon.record.experiment import ExperimentSpec, run_experiment
+from gputuned.daemon.record.report import build_report, energy_per_sample, load_runs
 
 
 class _Watched:

@@ -12,9 +12,9 @@ from testkit import config
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.node import build_sim_node
 from gputuned.collectors.sim.trainer import connect
-from gputuned.daemon.cli import main
-from gputuned.daemon.service import Daemon, setup_gpus
-from gputuned.daemon.tuning import TuningComponent, TuningConfig
+from gputuned.daemon.app.daemon import Daemon, setup_gpus
+from gputuned.daemon.app.tuning import TuningComponent, TuningConfig
+from gputuned.daemon.commands.cli import main
 
 
 class FastClock:

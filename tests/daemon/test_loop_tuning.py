@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from gputuned.collectors import families as F
-from gputuned.daemon.store import Store
-from gputuned.daemon.tuning import TuningComponent, TuningConfig
-from gputuned.daemon.tuning_policy import (
+from gputuned.daemon.app.tuning import TuningComponent, TuningConfig
+from gputuned.daemon.core.store import Store
+from gputuned.tuner.decision.choosers import (
     BASE_OBS_DIM,
     SIM_OBS_DIM,
     ClimbChooser,
@@ -211,7 +211,7 @@ def test_climber_probes_a_batch_size_and_undoes_a_bad_one() -> None:
 
 
 def test_make_chooser_reads_a_numpy_policy(tmp_path: Path) -> None:
-    from gputuned.tuner.policy_numpy import NumpyPolicy
+    from gputuned.tuner.decision.policy_numpy import NumpyPolicy
 
     w = [np.zeros((9, SIM_OBS_DIM))]
     b = [np.eye(9)[7] * 5.0]
@@ -233,7 +233,7 @@ def test_make_chooser_reads_a_numpy_policy(tmp_path: Path) -> None:
 
 
 def test_the_learned_policy_reads_the_climbers_proposal_and_its_move_is_applied(tmp_path: Path) -> None:
-    from gputuned.tuner.policy_numpy import NumpyPolicy
+    from gputuned.tuner.decision.policy_numpy import NumpyPolicy
 
     # a linear policy doing what the adviser proposes: the logit of move g is -|proposal - g|^2 (+ a constant)
     grid = np.array([[i // 3 - 1, i % 3 - 1] for i in range(9)], dtype=float)
@@ -266,7 +266,7 @@ def test_the_learned_policy_reads_the_climbers_proposal_and_its_move_is_applied(
 
 
 def test_default_config_loads_the_packaged_learned_policy() -> None:
-    from gputuned.daemon import tuning_policy as tp
+    from gputuned.tuner.decision import choosers as tp
 
     chooser = make_chooser("auto", None, "energy_slowdown", 0.03)
     if tp.LEARNED_BY_DEFAULT:

@@ -13,10 +13,10 @@ import pytest
 from gputuned.collectors.device import GPUDevice
 from gputuned.collectors.nvml import NvmlGPU, open_gpus, open_nvml
 from gputuned.collectors.sim.state import ScriptedBackend
-from gputuned.daemon.actuation import Actuator, restore_from_state
-from gputuned.daemon.config import ActuationConfig
-from gputuned.daemon.statefile import State, StateFile, parse_state
-from gputuned.daemon.store import Store
+from gputuned.daemon.actuation.actuator import Actuator, restore_from_state
+from gputuned.daemon.actuation.statefile import State, StateFile, parse_state
+from gputuned.daemon.core.config import ActuationConfig
+from gputuned.daemon.core.store import Store
 
 SimNode = Callable[..., ScriptedBackend]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from testkit import config
 
-from gputuned.daemon.cli import main
-from gputuned.daemon.service import Daemon
+from gputuned.daemon.app.daemon import Daemon
+from gputuned.daemon.commands.cli import main
 
 
 @pytest.fixture

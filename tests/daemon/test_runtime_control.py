@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from runtime_kit import connect_client, read_frame, wait_for
 
-from gputuned.daemon import control_frames as P
-from gputuned.daemon.config import ControlConfig
-from gputuned.daemon.control import ControlServer, NoLeaderError
-from gputuned.daemon.store import Store
+from gputuned.daemon.control import frames as P
+from gputuned.daemon.control.server import ControlServer, NoLeaderError
+from gputuned.daemon.core.config import ControlConfig
+from gputuned.daemon.core.store import Store
 from gputuned.trainer_plugin.client import DaemonClient
 
 Make = Callable[..., ControlServer]

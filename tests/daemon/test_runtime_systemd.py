@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from runtime_kit import REPO_ROOT, DaemonProcess
 
-from gputuned.daemon.notify import Notifier
+from gputuned.daemon.core.notify import Notifier
 
 UNIT = REPO_ROOT / "systemd" / "gputuned.service"
 
@@ -112,7 +112,7 @@ def test_unit_has_what_the_daemon_relies_on() -> None:
                  "DeviceAllow=char-nvidia-frontend rw", "Conflicts=", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert line in text, line
     # paths the unit grants are the config's defaults
-    from gputuned.daemon.config import Config
+    from gputuned.daemon.core.config import Config
 
     cfg = Config()
     assert str(cfg.control.socket_path).startswith("/run/gputuned/")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from testkit import REPO
 
-from gputuned.daemon.cli import main
+from gputuned.daemon.commands.cli import main
 from gputuned.dashboards.build import GENERATED, all_dashboards, build
 from gputuned.dashboards.docs import panel_thresholds, panel_unit, panels, render_markdown
 from gputuned.dashboards.promql import variables
@@ -110,6 +110,6 @@ def test_cli_builds_into_a_directory_and_rejects_a_file(tmp_path: Path, capsys: 
 
 
 def test_cli_module_defers_grafanalib() -> None:
-    code = "import sys; from gputuned.daemon.cli import build_parser; build_parser(); print('grafanalib' in sys.modules)"
+    code = "import sys; from gputuned.daemon.commands.cli import build_parser; build_parser(); print('grafanalib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from testkit import REPO, Prometheus, free_port
 
-from gputuned.daemon.cli import main
-from gputuned.daemon.exporter import MetricsRenderer, MetricsServer
-from gputuned.daemon.replay import Replayer
-from gputuned.daemon.store import Store
-from gputuned.daemon.trace import read_trace
+from gputuned.daemon.commands.cli import main
+from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
+from gputuned.daemon.core.store import Store
+from gputuned.daemon.record.replay import Replayer
+from gputuned.daemon.record.trace import read_trace
 from gputuned.dashboards.build import all_dashboards
 from gputuned.dashboards.check import PrometheusAPI, check
 from gputuned.dashboards.rules import Rule, all_rules, rule_files

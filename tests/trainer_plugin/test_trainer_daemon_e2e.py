@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from gputuned.daemon.config import ControlConfig
-from gputuned.daemon.control import ControlServer, NoLeaderError
-from gputuned.daemon.store import Store
+from gputuned.daemon.control.server import ControlServer, NoLeaderError
+from gputuned.daemon.core.config import ControlConfig
+from gputuned.daemon.core.store import Store
 from gputuned.trainer_plugin.plugin import TrainingPlugin
 
 

@@ -22,7 +22,7 @@ def test_sigterm_checkpoints_and_the_next_run_resumes(tmp_path):
     cfg.write_text(f'[train]\nepochs = 400\nlog_every = 1\n[checkpoint]\ndir = "{ck}"\nevery_steps = 100000\n'
                    f'[plugin]\nenabled = false\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "gputuned.daemon.cli", "train", str(cfg), "--json"]
+    cmd = [sys.executable, "-m", "gputuned.daemon.commands.cli", "train", str(cfg), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 90
     for line in proc.stderr:

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gputuned.daemon.cli import main as cli_main
+from gputuned.daemon.commands.cli import main as cli_main
 from gputuned.trainer_plugin.checkpoint import CheckpointManager
 from gputuned.trainer_plugin.config import ConfigError, parse_config
 from gputuned.trainer_plugin.data import Prefetcher, ResizableBatchSampler, load_digits

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gputuned.daemon.cli import main
-from gputuned.tuner.zeus_bench import POLICIES, savings
-from gputuned.tuner.zeus_traces import PACKAGED_TRACES
+from gputuned.daemon.commands.cli import main
+from gputuned.tuner.zeus.bench import POLICIES, savings
+from gputuned.tuner.zeus.traces import PACKAGED_TRACES
 
 
 def test_bench_prints_the_issue_json_shape(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,18 +9,23 @@ import numpy as np
 import pytest
 from stable_baselines3.common.env_checker import check_env
 
-from gputuned.tuner.baselines import DefaultPolicy, OraclePolicy, ZeusStylePolicy, expected_cost
-from gputuned.tuner.objectives import (
+from gputuned.tuner.zeus.agent import OBS_DIM, PER_SLOT, SLOTS, GputunedPolicy, observe
+from gputuned.tuner.zeus.baselines import (
+    DefaultPolicy,
+    OraclePolicy,
+    ZeusStylePolicy,
+    expected_cost,
+)
+from gputuned.tuner.zeus.env import ZeusTraceEnv
+from gputuned.tuner.zeus.objectives import (
     EnergyWithSlowdown,
     MaxThroughput,
     MinEnergy,
     ZeusCost,
     make_objective,
 )
-from gputuned.tuner.zeus_agent import OBS_DIM, PER_SLOT, SLOTS, GputunedPolicy, observe
-from gputuned.tuner.zeus_env import ZeusTraceEnv
-from gputuned.tuner.zeus_run import TraceRun
-from gputuned.tuner.zeus_traces import PACKAGED_TRACES, load_gpu
+from gputuned.tuner.zeus.run import TraceRun
+from gputuned.tuner.zeus.traces import PACKAGED_TRACES, load_gpu
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from gputuned.tuner.objectives import ZeusCost, smooth_profile
-from gputuned.tuner.zeus_agent import ArmMemory, pooled_log_sd, thompson
-from gputuned.tuner.zeus_synth import GpuWarp, synthetic_gpu, warp_trace
-from gputuned.tuner.zeus_traces import PACKAGED_TRACES, load_gpu
+from gputuned.tuner.zeus.agent import ArmMemory, pooled_log_sd, thompson
+from gputuned.tuner.zeus.objectives import ZeusCost, smooth_profile
+from gputuned.tuner.zeus.synth import GpuWarp, synthetic_gpu, warp_trace
+from gputuned.tuner.zeus.traces import PACKAGED_TRACES, load_gpu
 
 
 @pytest.fixture(scope="module")

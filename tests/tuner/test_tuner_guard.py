@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from gputuned.collectors.families import FAMILIES
-from gputuned.tuner.guard import GuardConfig, SafetyGuard, set_paused
-from gputuned.tuner.objectives import ZeusCost
-from gputuned.tuner.zeus_agent import SLOTS, GputunedPolicy
-from gputuned.tuner.zeus_run import TraceRun
-from gputuned.tuner.zeus_traces import PACKAGED_TRACES, load_gpu
+from gputuned.tuner.decision.guard import GuardConfig, SafetyGuard, set_paused
+from gputuned.tuner.zeus.agent import SLOTS, GputunedPolicy
+from gputuned.tuner.zeus.objectives import ZeusCost
+from gputuned.tuner.zeus.run import TraceRun
+from gputuned.tuner.zeus.traces import PACKAGED_TRACES, load_gpu
 
 
 def make_guard(tmp_path: Path, alerts: list[str] | None = None) -> SafetyGuard:

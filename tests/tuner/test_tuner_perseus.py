@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gputuned.tuner.perseus import RankTiming, SlackConfig, plan_power_limits, slack
+from gputuned.tuner.decision.perseus import RankTiming, SlackConfig, plan_power_limits, slack
 
 
 def step(work: dict[str, float], limits: dict[str, float]) -> list[RankTiming]:

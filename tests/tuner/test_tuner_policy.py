@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gputuned.tuner.policy_numpy import PACKAGED_POLICY, NumpyPolicy
-from gputuned.tuner.zeus_agent import N_ACTIONS, OBS_DIM
-from gputuned.tuner.zeus_traces import PACKAGED_TRACES, load_gpu
+from gputuned.tuner.decision.policy_numpy import PACKAGED_POLICY, NumpyPolicy
+from gputuned.tuner.zeus.agent import N_ACTIONS, OBS_DIM
+from gputuned.tuner.zeus.traces import PACKAGED_TRACES, load_gpu
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_packaged_policy_loads_without_torch() -> None:
 
     code = (
         "import sys, numpy as np\n"
-        "from gputuned.tuner.policy_numpy import NumpyPolicy\n"
+        "from gputuned.tuner.decision.policy_numpy import NumpyPolicy\n"
         "p = NumpyPolicy.load()\n"
         "a = p(np.zeros(p.obs_dim))\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from stable_baselines3.common.env_checker import check_env
 
-from gputuned.daemon.tuning_policy import BASE_OBS_DIM, SIM_OBS_DIM, STAY, ClimbChooser, move
+from gputuned.tuner.decision.choosers import BASE_OBS_DIM, SIM_OBS_DIM, STAY, ClimbChooser, move
 from gputuned.tuner.sim_env import SimNodeEnv
 
 

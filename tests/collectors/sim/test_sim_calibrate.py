@@ -11,7 +11,7 @@ import pytest
 
 from gputuned.collectors.sim.calibrate import fit_noise_scale
 from gputuned.collectors.sim.workload import load_calibration, load_workload
-from gputuned.daemon.cli import main
+from gputuned.daemon.commands.cli import main
 
 CANDIDATES = [
     Path(str(resources.files("gputuned.tuner") / "data" / "zeus-nsdi23")),

@@ -170,7 +170,7 @@ def test_malformed_workload_names_file_and_field(edit: tuple[str, str], field: s
 def test_label_series_are_declared_families() -> None:
     import gputuned.collectors.gpu  # noqa: F401 - declares the GPU families
     import gputuned.collectors.network  # noqa: F401 - declares the peer RTT family
-    import gputuned.daemon.control_reports  # noqa: F401 - declares the trainer families
+    import gputuned.daemon.control.reports  # noqa: F401 - declares the trainer families
     from gputuned.collectors.families import FAMILIES
 
     for kind, (_, _, series) in KINDS.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gputuned.daemon.cli import main
+from gputuned.daemon.commands.cli import main
 from gputuned.tuner.forecast.detector import OnlineDetector
 
 

@@ -1,0 +1,212 @@
+"""The optional parts a daemon attaches from its config: forecaster, tuner, the job.
+
+Each is a :class:`~gputuned.daemon.app.daemon.Component`; :func:`attach_configured` attaches
+them in the order they must start (after actuation and the control socket, which the
+Daemon attaches itself, so they stop first and the actuator restores last).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gputuned.daemon.core.store import Store
+
+if TYPE_CHECKING:
+    from gputuned.daemon.app.daemon import Daemon
+    from gputuned.tuner.forecast.offload import OffloadedForecastService
+    from gputuned.tuner.forecast.service import ForecastService
+
+logger = logging.getLogger(__name__)
+
+
+class ForecastComponent:
+    """Feeds every tick's samples to the forecaster and publishes what it serves."""
+
+    name = "forecast"
+
+    def __init__(
+        self, store: Store, service: ForecastService | OffloadedForecastService, profiler: ProfileOnAlert | None = None
+    ) -> None:
+        self.store = store
+        self.service = service
+        self.profiler = profiler
+        if profiler is not None:
+            service.add_alert_hook(profiler)
+
+    def start(self) -> None:
+        self.service.start()
+
+    def tick(self, now: float) -> None:
+        self.service.observe(now, self.store.latest())
+        self.store.publish(self.name, now, self.service.samples())
+        if self.profiler is not None:
+            self.profiler.collect()
+
+    def alert_kinds(self) -> list[str]:
+        """Kinds of the active alerts (thermal, ecc, xid, series anomalies), for the guard."""
+        return [a.kind for a in self.service.active_alerts()]
+
+    def stop(self) -> None:
+        self.service.close()
+
+
+class ProfileOnAlert:
+    """The root-cause hint: an alert on a trainer series asks that job for a profile capture.
+
+    The job's leader runs a short torch.profiler capture (the plugin does it) and answers
+    with a summary; it is logged with the alert that asked for it. At most one capture per
+    job is in flight, and a job is asked again only after ``cooldown_s``.
+    """
+
+    def __init__(self, control: Any, steps: int = 20, cooldown_s: float = 600.0) -> None:
+        self.control = control
+        self.steps = steps
+        self.cooldown_s = cooldown_s
+        self._asked: dict[str, float] = {}  # job -> when
+        self._pending: dict[str, str] = {}  # decision id -> alert message
+        self.summaries: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, alert: Any) -> None:
+        if not str(alert.series).startswith("gputuned_trainer_"):
+            return
+        job = dict(alert.labels).get("job")
+        if not job or alert.since - self._asked.get(job, float("-inf")) < self.cooldown_s:
+            return
+        self._asked[job] = alert.since
+        try:
+            ident = self.control.send_decision(job, {"profile_steps": self.steps})
+        except (LookupError, ValueError) as e:
+            logger.info("alert on %s: no profile capture from job %s: %s", alert.series, job, e)
+            return
+        self._pending[ident] = f"{alert.kind} on {alert.series} ({alert.message})"
+
+    def collect(self) -> None:
+        """Log the summaries that arrived since the last call."""
+        for ident in [i for i in self._pending if i in self.control.profile_results]:
+            summary = self.control.profile_results[ident]
+            why = self._pending.pop(ident)
+            self.summaries.append((why, summary))
+            logger.warning("root-cause hint for %s: data loader %.0f%%, communication %.0f%% of step time; "
+                           "top operators %s; suggestions: %s", why, 100 * float(summary.get("data_loader_share", 0)),
+                           100 * float(summary.get("comm_share", 0)), summary.get("top_ops", [])[:3],
+                           "; ".join(summary.get("suggestions", [])) or "none")
+
+
+class SimJobComponent:
+    """Runs the simulated node's training job as a client of the daemon's control socket.
+
+    The job reports and takes decisions through the same protocol and client as the
+    trainer plugin, so the daemon cannot tell it from a real job.
+    """
+
+    name = "sim-job"
+
+    def __init__(self, backend: Any, socket_path: str, job_name: str) -> None:
+        self.backend = backend
+        self.socket_path = socket_path
+        self.job_name = job_name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from gputuned.collectors.sim.trainer import connect
+
+        reporter = connect(self.backend, self.socket_path, self.job_name)
+        self._thread = threading.Thread(target=reporter.run, args=(self._stop,), name="gputuned-sim-job", daemon=True)
+        self._thread.start()
+
+    def tick(self, now: float) -> None:
+        """The job paces itself on its own thread."""
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class RealTrainerComponent:
+    """Runs the shipped trainer (``gputuned train``) beside the daemon, its plugin connected.
+
+    For the demo's ``--trainer real``: torchrun starts ``nproc`` processes on this machine
+    (gloo on the CPU); rank 0's plugin reports to the daemon's socket and applies the tuner's
+    batch-size decisions, which the trainer logs as they take effect. Its output goes to the
+    daemon's stderr.
+    """
+
+    name = "trainer"
+
+    def __init__(self, config_path: Path, socket_path: str, nproc: int = 2, job: str = "digits",
+                 epochs: int = 3000) -> None:
+        if not config_path.is_file():
+            raise ValueError(f"--trainer real: trainer config {config_path} not found")
+        self.cmd = [sys.executable, "-m", "gputuned", "train", "--nproc", str(nproc), str(config_path),
+                    "--set", f"plugin.socket={json.dumps(socket_path)}", "--set", f"plugin.job={json.dumps(job)}",
+                    "--set", f"train.epochs={epochs}"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, start_new_session=True)
+        logger.info("trainer started (pid %d): %s", self.proc.pid, " ".join(self.cmd))
+
+    def tick(self, now: float) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            logger.info("trainer exited with %d", self.proc.returncode)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)  # the trainer checkpoints on SIGTERM
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: Path | None = None) -> None:
+    """Attach the forecaster, the simulated job and the tuner as the daemon's config asks."""
+    cfg = daemon.cfg
+    forecast: ForecastComponent | None = None
+    if cfg.forecast.get("enabled", True):
+        from gputuned.tuner.forecast.config import ForecastConfig
+        from gputuned.tuner.forecast.offload import open_service
+
+        profiler = ProfileOnAlert(daemon.control) if daemon.control is not None else None
+        forecast = ForecastComponent(daemon.store, open_service(ForecastConfig.from_mapping(cfg.forecast)), profiler)
+        daemon.attach(forecast)
+    backend = daemon.gpus.sim_backend
+    if trainer == "real" and daemon.control is not None:
+        daemon.attach(RealTrainerComponent(trainer_config or Path("examples/digits.toml"), str(cfg.control.socket_path)))
+    elif trainer == "sim" and cfg.sim.job and daemon.control is not None and getattr(backend, "job", None) is not None:
+        daemon.attach(SimJobComponent(backend, str(cfg.control.socket_path), cfg.sim.job_name))
+    if tuner_enabled(daemon):
+        from gputuned.daemon.app.tuning import TuningComponent, TuningConfig
+
+        table = {k: v for k, v in cfg.tuner.items() if k != "enabled"}
+        for key in ("policy", "pause_file"):
+            if table.get(key):
+                table[key] = Path(table[key])
+        if trainer == "real":  # the CPU trainer draws nothing from the simulated GPUs: tune its batch only
+            table.setdefault("tune_power", False)
+        tcfg = TuningConfig(**table)
+        daemon.attach(TuningComponent(
+            daemon.store, daemon.actuator, daemon.control, [d.identity.index for d in daemon.gpus.devices], tcfg,
+            alerts=forecast.alert_kinds if forecast is not None else None,
+        ))
+
+
+def tuner_enabled(daemon: Daemon) -> bool:
+    """``tuner.enabled``: true, false, or "auto" (on for a simulated node only)."""
+    enabled = daemon.cfg.tuner.get("enabled", "auto")
+    if enabled == "auto":
+        return daemon.gpus.kind == "sim"
+    return bool(enabled)

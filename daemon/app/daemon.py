@@ -1,0 +1,295 @@
+"""The daemon: wires GPUs, collectors, store, exporter and loop together from a Config.
+
+Parts are built here and handed to each other by constructor; nothing reaches for a
+global. Optional parts (control socket, actuation, forecasting, tuner) attach as
+components with ``start()``, ``tick(now)`` and ``stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Protocol
+
+from gputuned.collectors.base import Collector, UnavailableCollector
+from gputuned.collectors.device import DriverMissingError, GPUDevice
+from gputuned.collectors.gpu import GPUCollector
+from gputuned.collectors.host import HostCollector
+from gputuned.collectors.network import InfinibandCollector, PeerRTTCollector
+from gputuned.collectors.nvml import open_gpus, open_nvml
+from gputuned.collectors.sim.state import RealClock, SimBackend, scripted_from_spec
+from gputuned.daemon.actuation.actuator import Actuator
+from gputuned.daemon.actuation.statefile import StateFile
+from gputuned.daemon.app.runtime import RuntimeAdmin
+from gputuned.daemon.control.server import ControlServer
+from gputuned.daemon.core.config import Config, ConfigError
+from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
+from gputuned.daemon.core.loop import CollectionLoop
+from gputuned.daemon.core.notify import Notifier
+from gputuned.daemon.core.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    """An optional part of the daemon driven by the loop."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class GPUSetup:
+    nvml: ModuleType | None
+    kind: str  # "nvml", "sim" or "none"
+    devices: list[GPUDevice] = field(default_factory=list)
+    sim_backend: SimBackend | None = None
+    driver_version: str = ""
+    error: Exception | None = None  # why there is no NVML, when kind is "none"
+
+
+def build_sim_backend(cfg: Config) -> SimBackend:
+    """The simulated node the config asks for: scripted values, or the physics model."""
+    sim = cfg.sim
+    if sim.script is not None:
+        spec = tomllib.loads(sim.script.read_text())
+        return scripted_from_spec(spec, privileged=sim.privileged)
+    try:
+        from gputuned.collectors.sim.physics import build_sim_node
+    except ImportError:  # physics model not installed: an idle scripted node
+        return scripted_from_spec({"profile": sim.profile, "gpus": sim.gpus}, privileged=sim.privileged)
+    return build_sim_node(
+        profile=sim.profile,
+        gpus=sim.gpus,
+        workload=sim.workload,
+        scenario=sim.scenario,
+        clock=RealClock(),
+        seed=sim.seed,
+    )
+
+
+def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
+    """Open NVML (real or simulated per config) and every GPU it reports."""
+    from gputuned.collectors.sim import nvml as sim_nvml
+
+    backend = cfg.gpu.backend
+    sim_be = sim_backend
+    if backend == "sim" or backend == "auto":
+        if sim_be is None:
+            sim_be = build_sim_backend(cfg)
+            if cfg.sim.settings_file is not None:
+                from gputuned.daemon.app.simnode import persist_settings
+
+                persist_settings(sim_be, cfg.sim.settings_file)
+        sim_nvml.attach(sim_be)
+    try:
+        nvml, kind = open_nvml(backend, sim_module=sim_nvml)
+    except DriverMissingError as e:
+        logger.error("no GPUs: %s", e)
+        return GPUSetup(None, "none", error=e)
+    if kind == "nvml":
+        sim_nvml.attach(None)
+        sim_be = None
+    version = nvml.nvmlSystemGetDriverVersion()
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return GPUSetup(nvml, kind, list(open_gpus(nvml)), sim_be, version)
+
+
+def build_collectors(cfg: Config, gpus: GPUSetup) -> list[Collector]:
+    """The enabled collectors, in tick order."""
+    c = cfg.collectors
+    out: list[Collector] = []
+    if c.gpu.enabled and gpus.devices:
+        out.append(GPUCollector(gpus.devices, gpus.driver_version, gpus.kind))
+    elif c.gpu.enabled and gpus.error is not None:
+        out.append(UnavailableCollector("gpu", gpus.error))
+    if c.host.enabled:
+        out.append(HostCollector(proc=c.host.proc_path, skip_interfaces=tuple(c.host.skip_interfaces)))
+    if c.infiniband.enabled:
+        out.append(InfinibandCollector(sysfs=c.infiniband.sysfs_path))
+    if c.peers.enabled and c.peers.peers:
+        out.append(PeerRTTCollector(c.peers.peers, c.peers.interval_seconds, c.peers.timeout_seconds))
+    elif c.peers.enabled and hasattr(gpus.sim_backend, "peer_rtt_s"):
+        # the simulated node models its network: no peer hosts to connect to
+        from gputuned.collectors.sim.peers import SimPeerRTTCollector
+
+        out.append(SimPeerRTTCollector(gpus.sim_backend))
+    return out
+
+
+class Daemon:
+    """One node's gputuned: collection loop, store, exporter and attached components."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        gpus: GPUSetup | None = None,
+        collectors: list[Collector] | None = None,
+        serve: bool = True,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.gpus = gpus if gpus is not None else setup_gpus(cfg)
+        self.store = Store(cfg.store.history_samples)
+        self.collectors = collectors if collectors is not None else build_collectors(cfg, self.gpus)
+        self.loop = CollectionLoop(self.collectors, self.store, cfg.daemon.interval_seconds)
+        self.renderer = MetricsRenderer(self.store, dcgm=cfg.exporter.metric_names == "dcgm")
+        self.server: MetricsServer | None = None
+        if serve:
+            self.server = MetricsServer((cfg.exporter.listen_address, cfg.exporter.listen_port), self.renderer)
+        self.components: list[Component] = []
+        self._thread: threading.Thread | None = None
+        self.started_at = 0.0
+        # Runtime parts: actuation (the only way GPU settings change), the control socket,
+        # sd_notify. Attached first, so they stop last: the actuator restores after the
+        # tuner (attached later) has stopped.
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.actuator = Actuator(self.gpus.devices, cfg.actuation, StateFile(cfg.daemon.state_file), self.store)
+        self.attach(self.actuator)
+        self.control: ControlServer | None = None
+        if cfg.control.enabled:
+            self.control = ControlServer(cfg.control, self.store, admin=RuntimeAdmin(self))
+            self.attach(self.control)
+        self.loop.add_hook(self._notify_tick)
+
+    def attach(self, component: Component) -> None:
+        self.components.append(component)
+        self.loop.add_hook(component.tick)
+
+    def describe(self) -> str:
+        """One line saying what runs and where."""
+        g = self.gpus
+        if g.kind == "sim":
+            what = "simulated GPU node (no NVIDIA driver found)" if self.cfg.gpu.backend == "auto" else "simulated GPU node"
+        elif g.kind == "nvml":
+            what = f"NVIDIA driver {g.driver_version}"
+        else:
+            what = "no GPUs"
+        models = sorted({d.identity.model for d in g.devices})
+        gpus = f"{len(g.devices)} x {', '.join(models)}" if g.devices else "0 GPUs"
+        where = self.server.url if self.server else "(not serving)"
+        return f"{what}: {gpus}; serving {where}"
+
+    def start(self) -> None:
+        """Start components, the HTTP server and the loop thread (first tick runs here)."""
+        self.started_at = time.monotonic()
+        for comp in self.components:
+            try:
+                comp.start()
+            except OSError as e:  # e.g. the control socket cannot be bound: monitor on
+                logger.error("%s not started: %s", comp.name, e)
+                if comp is self.control:
+                    self.components.remove(comp)
+                    self.control = None
+        self.loop.tick()  # one full collection before serving: no empty first scrape
+        if self.server:
+            self.server.start()
+        self._thread = threading.Thread(target=self._run_loop, name="gputuned-loop", daemon=True)
+        self._thread.start()
+        wd = self.notifier.watchdog_s
+        if wd is not None and self.cfg.daemon.interval_seconds > wd / 2:
+            logger.warning("collection interval %.3g s is more than half of WatchdogSec (%.3g s)", self.cfg.daemon.interval_seconds, wd)
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what is collected, jobs, changed GPUs."""
+        up = sum(1 for r in self.loop.runners if r.up)
+        jobs = len(self.control.connected_jobs()) if self.control else 0
+        changed = self.actuator.changed_gpus()
+        return (f"{len(self.gpus.devices)} GPUs ({self.gpus.kind}), {up}/{len(self.loop.runners)} collectors up, "
+                f"{jobs} jobs, {changed} GPUs tuned")
+
+    def _notify_tick(self, now: float) -> None:
+        self.notifier.watchdog()
+        if self.notifier.enabled and self.notifier.is_ready:
+            self.notifier.status(self.status_line())
+
+    def reload(self, cfg: Config) -> None:
+        """Apply a reloaded config: actuation and control settings now, the rest at restart."""
+        self.notifier.reloading()
+        for section in ("daemon", "exporter", "gpu", "sim", "collectors", "store"):
+            if getattr(cfg, section) != getattr(self.cfg, section):
+                logger.warning("config section [%s] changed: takes effect at the next restart", section)
+        logging.getLogger().setLevel(cfg.daemon.log_level.upper())
+        self.actuator.reload(cfg.actuation)
+        if self.control is not None:
+            self.control.reload(cfg.control)
+        for comp in self.components:
+            hook = getattr(comp, "reload_config", None)
+            if hook is not None:
+                hook(cfg)
+        self.cfg = cfg
+        logger.info("config reloaded")
+        self.notifier.ready(self.status_line())
+
+    def _run_loop(self) -> None:
+        # The first tick already ran in start(); wait one period before the next.
+        if not self.loop.stop_event.wait(self.cfg.daemon.interval_seconds):
+            self.loop.run()
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        self.loop.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for comp in reversed(self.components):
+            try:
+                comp.stop()
+            except Exception:  # noqa: BLE001 - stopping must go on for the others
+                logger.exception("stopping %s failed", comp.name)
+        if self.server:
+            self.server.stop()
+        self.loop.close()
+        if self.gpus.nvml is not None:
+            try:
+                self.gpus.nvml.nvmlShutdown()
+            except Exception:  # noqa: BLE001
+                logger.debug("nvmlShutdown failed", exc_info=True)
+
+    def run_until_signal(self, reload: Callable[[], Config] | None = None) -> None:
+        """Block until SIGTERM or SIGINT, then stop cleanly (restoring GPUs); SIGHUP reloads."""
+        stop = threading.Event()
+        hup = threading.Event()
+
+        def _on_signal(signum: int, _frame: object) -> None:
+            logger.info("received %s, stopping", signal.Signals(signum).name)
+            stop.set()
+
+        def _on_hup(_signum: int, _frame: object) -> None:
+            hup.set()
+
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hup if reload else signal.SIG_IGN)
+        try:
+            self.start()
+            while not stop.wait(0.2):
+                if hup.is_set():
+                    hup.clear()
+                    self._reload_from(reload)
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _reload_from(self, load: Callable[[], Config] | None) -> None:
+        if load is None:
+            return
+        logger.info("received SIGHUP, reloading config")
+        try:
+            cfg = load()
+        except ConfigError as e:
+            logger.error("config reload failed, keeping the running config: %s", e)
+            return
+        self.reload(cfg)

@@ -1,0 +1,121 @@
+"""``gputuned run``: the daemon in the foreground (systemd runs it this way)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from gputuned import __version__
+from gputuned.daemon.core.config import Config, ConfigError, load_config, resolve_config_path
+
+logger = logging.getLogger(__name__)
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by commands that build a daemon: config file and common overrides."""
+    p.add_argument("--config", metavar="PATH", help="TOML config (default /etc/gputuned/gputuned.toml if present)")
+    p.add_argument("--sim", action="store_true", help="use the simulated GPU node even if a driver is present")
+    p.add_argument("--gpus", type=int, metavar="N", help="number of simulated GPUs")
+    p.add_argument("--profile", metavar="NAME", help="simulated GPU profile (h100, a100, v100, a40)")
+    p.add_argument("--listen", metavar="ADDR", help="address for /metrics")
+    p.add_argument("--port", type=int, metavar="PORT", help="port for /metrics (0: any free port)")
+    p.add_argument("--interval", type=float, metavar="SECONDS", help="collection period")
+    p.add_argument("--metric-names", choices=["gputuned", "dcgm"], help="also serve dcgm-exporter names")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Load the config file and apply command-line overrides; raises ConfigError."""
+    cfg = load_config(resolve_config_path(getattr(args, "config", None)))
+    data: dict[str, Any] = cfg.model_dump()
+    if getattr(args, "sim", False):
+        data["gpu"]["backend"] = "sim"
+    for flag, (section, key) in {
+        "gpus": ("sim", "gpus"),
+        "profile": ("sim", "profile"),
+        "listen": ("exporter", "listen_address"),
+        "port": ("exporter", "listen_port"),
+        "interval": ("daemon", "interval_seconds"),
+        "metric_names": ("exporter", "metric_names"),
+    }.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            data[section][key] = value
+    from gputuned.daemon.core.config import parse_config
+
+    return parse_config(data, "command line")
+
+
+def load_or_report(args: argparse.Namespace) -> Config | None:
+    """The config for a command, or None after printing the one-line error (exit 2 follows)."""
+    try:
+        return config_from_args(args)
+    except ConfigError as e:
+        print(f"gputuned: config error: {e}", file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_or_report(args)
+    if cfg is None:
+        return 2
+    logging.getLogger().setLevel(args.log_level.upper() if args.log_level else cfg.daemon.log_level.upper())
+    from gputuned.daemon.app.daemon import Daemon
+
+    try:
+        daemon = Daemon(cfg)
+    except OSError as e:
+        print(f"gputuned: cannot serve /metrics on {cfg.exporter.listen_address}:{cfg.exporter.listen_port}: {e.strerror}", file=sys.stderr)
+        return 1
+    from gputuned.daemon.app.components import attach_configured
+
+    try:
+        attach_configured(daemon, trainer=args.trainer, trainer_config=args.trainer_config)
+    except (OSError, ValueError) as e:
+        print(f"gputuned: {e}", file=sys.stderr)
+        return 2
+    print(f"gputuned {__version__}: {daemon.describe()}", flush=True)
+    for line in describe_parts(daemon):
+        print(f"  {line}", flush=True)
+    daemon.run_until_signal(reload=lambda: config_from_args(args))
+    return 0
+
+
+def describe_parts(daemon: Any) -> list[str]:
+    """Lines saying what else runs and where: socket, job, forecaster, tuner, logs."""
+    cfg = daemon.cfg
+    names = {c.name: c for c in daemon.components}
+    lines = []
+    if daemon.control is not None:
+        lines.append(f"control socket: {cfg.control.socket_path}")
+    if "trainer" in names:
+        lines.append("trainer: gputuned train with 2 CPU processes, plugin connected; batch-size changes show in its log")
+    if "sim-job" in names:
+        job = getattr(daemon.gpus.sim_backend, "job", None)
+        workload = getattr(getattr(job, "workload", None), "name", cfg.sim.workload)
+        lines.append(f"simulated job: {workload} as job {cfg.sim.job_name!r}, reporting over the control socket")
+    if "forecast" in names:
+        fits = "Prophet fits" if cfg.forecast.get("prophet", True) else "trend fits"
+        where = "a child process" if cfg.forecast.get("detect_in_child", True) else "the daemon"
+        lines.append(f"forecaster: on (detection in {where}, {fits} in a worker process)")
+    if "tuner" in names:
+        tuner = names["tuner"]
+        lines.append(f"tuner: on, objective {tuner.cfg.objective}, acting every {tuner.cfg.interval_s:g} s; "
+                     f"GPU settings are restored on stop (state file {cfg.daemon.state_file})")
+    else:
+        lines.append("tuner: off")
+    lines.append("logs: stderr (journald under systemd)")
+    return lines
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    add_config_flags(p)
+    p.add_argument("--trainer", choices=["sim", "real", "none"], default="sim",
+                   help="the job on a simulated node: the simulated job (sim), the shipped trainer with "
+                        "2 CPU processes and the plugin connected (real), or none")
+    p.add_argument("--trainer-config", type=Path, default=Path("examples/digits.toml"), metavar="TOML",
+                   help="trainer config for --trainer real (default examples/digits.toml)")
+    p.set_defaults(func=_run)

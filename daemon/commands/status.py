@@ -1,0 +1,270 @@
+"""``gputuned status``, ``gputuned restore`` and ``gputuned set``: talk to the node's daemon.
+
+All three speak the control socket's ``admin`` message (root, or a uid in
+``control.admin_uids``). ``restore`` also works with no daemon running: it reads the
+state file and restores the GPUs itself, which is what the unit's ExecStopPost does
+after a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from gputuned.daemon.commands.run import add_config_flags, load_or_report
+from gputuned.daemon.core.config import Config
+
+EXIT_NOT_RUNNING = 3
+
+
+class AdminError(RuntimeError):
+    """The daemon could not be reached (``reached`` False) or answered with an error."""
+
+    def __init__(self, text: str, reached: bool = False) -> None:
+        super().__init__(text)
+        self.reached = reached
+
+
+def admin_request(path: str | Path, op: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    """Send one admin message and return the daemon's ``admin_reply``. Raises AdminError."""
+    from gputuned.daemon.control import frames as P
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+        sock.sendall(P.encode({"v": P.VERSION, "type": "admin", "seq": 0, "op": op, **fields}))
+        header = _recv(sock, 4)
+        (n,) = struct.unpack(">I", header)
+        if n > 16 << 20:
+            raise AdminError(f"reply of {n} bytes is too large")
+        reply = json.loads(_recv(sock, n))
+    except OSError as e:
+        raise AdminError(f"cannot reach the daemon at {path}: {e.strerror or e}") from None
+    finally:
+        sock.close()
+    if reply.get("type") == "error":
+        raise AdminError(f"daemon refused: {reply.get('error')}", reached=True)
+    return dict(reply)
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise AdminError("daemon closed the connection")
+        buf += chunk
+    return buf
+
+
+
+def _socket_path(args: argparse.Namespace, cfg: Config) -> Path:
+    return Path(args.socket) if args.socket else Path(cfg.control.socket_path)
+
+
+def _fmt(value: Any, knob: str) -> str:
+    if value is None:
+        return "-"
+    if knob == "power_limit":
+        return f"{value / 1000:g} W"
+    return f"{value[0]}-{value[1]} MHz" if knob != "applications_clocks" else f"mem {value[0]} / gfx {value[1]} MHz"
+
+
+def render_status(st: dict[str, Any]) -> None:
+    """Print the node status as tables (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    if not con.is_terminal:  # piped: do not wrap cells at 80 columns
+        con = Console(width=160)
+    con.print(f"[bold]gputuned {st['version']}[/] pid {st['pid']}, up {st['uptime_s']:.0f} s: {st['node']}")
+    con.print(f"ticks {st['ticks']} every {st['interval_s']:g} s, {st['tick_overruns']} overruns; "
+              f"actuation {'dry-run' if st['actuation']['dry_run'] else ('on' if st['actuation']['enabled'] else 'off')}")
+    gpus = Table(title="GPUs (current / original)")
+    for col in ("gpu", "model", "power limit", "locked SM clocks", "locked mem clocks", "app clocks", "changed"):
+        gpus.add_column(col, no_wrap=col != "model")
+    for g in st["gpus"]:
+        orig = g["originals"] or {}
+        cells = []
+        for knob in ("power_limit", "locked_sm_clocks", "locked_memory_clocks", "applications_clocks"):
+            cur = _fmt(g["current"].get(knob), knob)
+            cells.append(f"{cur} / {_fmt(orig.get(knob), knob)}" if knob in g["changed"] else cur)
+        gpus.add_row(str(g["index"]), g["model"], *cells, ", ".join(g["changed"]) or "no")
+    con.print(gpus)
+    cols = Table(title="Collectors")
+    for col in ("collector", "up", "errors", "last duration"):
+        cols.add_column(col)
+    for c in st["collectors"]:
+        cols.add_row(c["name"], "up" if c["up"] else "[red]down[/]", str(c["errors"]), f"{c['duration_s'] * 1000:.1f} ms")
+    con.print(cols)
+    jobs = Table(title="Connected jobs")
+    jobs.add_column("job")
+    jobs.add_column("ranks")
+    for job, ranks in st["jobs"].items():
+        jobs.add_row(job, ", ".join(map(str, ranks)))
+    con.print(jobs if st["jobs"] else "no training jobs connected")
+    ctl = st["control"]
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(ctl["rejected"].items())) or "none"
+    con.print(f"control socket {ctl['socket']}: {ctl['reports_total']} reports, rejected: {rejected}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    cfg = load_or_report(args)
+    if cfg is None:
+        return 2
+    if getattr(args, "watch", False):  # live view: gputuned.daemon.commands.watch (closed-loop issue)
+        from gputuned.daemon.commands.watch import watch
+
+        return watch(args, cfg)
+    path = _socket_path(args, cfg)
+    try:
+        reply = admin_request(path, "status", timeout=args.timeout)
+    except AdminError as e:
+        from gputuned.daemon.actuation.statefile import StateFile, StateFileError
+
+        try:
+            pending = sorted(StateFile(cfg.daemon.state_file).load().gpus)
+        except StateFileError as se:
+            pending = [f"unreadable state file: {se}"]
+        if args.json:
+            print(json.dumps({"running": False, "error": str(e), "pending_restore": pending}))
+        else:
+            print(f"gputuned: daemon not running: {e}", file=sys.stderr)
+            if pending:
+                print(f"state file {cfg.daemon.state_file} lists GPUs to restore: {', '.join(pending)} "
+                      "(run `gputuned restore`)", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    status = dict(reply.get("status", {}))
+    if args.json:
+        print(json.dumps({"running": True, **status}, indent=1))
+    else:
+        render_status(status)
+    return 0
+
+
+def restore_offline(cfg: Config) -> tuple[int, list[str]]:
+    """Restore from the state file without a daemon; returns (exit code, lines to print)."""
+    from gputuned.daemon.actuation.actuator import restore_from_state
+    from gputuned.daemon.actuation.statefile import StateFile
+    from gputuned.daemon.app.daemon import setup_gpus
+
+    state_file = StateFile(cfg.daemon.state_file)
+    if not state_file.exists():
+        state_file.clean_temp_files()
+        return 0, [f"nothing to restore ({state_file.path} absent)"]
+    gpus = setup_gpus(cfg)
+    try:
+        report = restore_from_state(gpus.devices, state_file)
+    finally:
+        if gpus.nvml is not None:
+            try:
+                gpus.nvml.nvmlShutdown()
+            except Exception:  # noqa: BLE001 - nothing left to do about it
+                pass
+    lines = [f"restored {', '.join(k) or 'nothing'} on {u}" for u, k in report.restored.items()]
+    lines += [f"FAILED: {f}" for f in report.failures]
+    return (0 if report.ok else 1), lines
+
+
+def _restore(args: argparse.Namespace) -> int:
+    cfg = load_or_report(args)
+    if cfg is None:
+        return 2
+    path = _socket_path(args, cfg)
+    if path.exists() and not args.offline:
+        try:
+            reply = admin_request(path, "restore", timeout=args.timeout, **({"gpu": args.gpu} if args.gpu is not None else {}))
+        except AdminError as e:
+            if e.reached:  # a running daemon said no: do not restore behind its back
+                print(f"gputuned: {e}", file=sys.stderr)
+                return 1
+            # no daemon (the ExecStopPost case): restore directly
+        else:
+            for uuid, knobs in reply.get("restored", {}).items():
+                print(f"restored {', '.join(knobs) or 'nothing'} on {uuid}")
+            for f in reply.get("failures", []):
+                print(f"FAILED: {f}", file=sys.stderr)
+            return 0 if reply.get("ok") else 1
+    code, lines = restore_offline(cfg)
+    for line in lines:
+        print(line, file=sys.stderr if line.startswith("FAILED") else sys.stdout)
+    return code
+
+
+def _pair(text: str) -> list[int]:
+    try:
+        a, b = text.split(":")
+        return [int(a), int(b)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX in MHz, got {text!r}") from None
+
+
+def _set(args: argparse.Namespace) -> int:
+    cfg = load_or_report(args)
+    if cfg is None:
+        return 2
+    wanted: list[tuple[str, Any]] = []
+    if args.power_limit_w is not None:
+        wanted.append(("power_limit", int(round(args.power_limit_w * 1000))))
+    if args.sm_clocks is not None:
+        wanted.append(("locked_sm_clocks", args.sm_clocks))
+    if args.memory_clocks is not None:
+        wanted.append(("locked_memory_clocks", args.memory_clocks))
+    if args.app_clocks is not None:
+        wanted.append(("applications_clocks", args.app_clocks))
+    if not wanted:
+        print("gputuned set: give at least one of --power-limit-w, --sm-clocks, --memory-clocks, --app-clocks", file=sys.stderr)
+        return 2
+    code = 0
+    for knob, value in wanted:
+        try:
+            reply = admin_request(_socket_path(args, cfg), "set", timeout=args.timeout, gpu=args.gpu, knob=knob, value=value)
+        except AdminError as e:
+            print(f"gputuned: {e}", file=sys.stderr)
+            return EXIT_NOT_RUNNING
+        if reply.get("ok"):
+            print(f"gpu {args.gpu} {knob} = {value} ({reply.get('code')}{': ' + reply['reason'] if reply.get('reason') else ''})")
+        else:
+            print(f"gpu {args.gpu} {knob} refused ({reply.get('code')}): {reply.get('reason')}", file=sys.stderr)
+            code = 1
+    return code
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show the running daemon: GPUs, knobs vs originals, collectors, jobs")
+    add_config_flags(p)
+    p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    # --watch: the live view in gputuned.daemon.commands.watch
+    p.add_argument("--watch", action="store_true", help="live view: GPUs, knobs, job, alerts, tuner (Ctrl-C ends)")
+    p.add_argument("--watch-interval", type=float, default=2.0, metavar="S", help="seconds between refreshes")
+    p.add_argument("--metrics-url", help="/metrics to read for --watch (default from the config)")
+    p.add_argument("--watch-count", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("restore", help="put every GPU back to the originals in the state file")
+    add_config_flags(p)
+    p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
+    p.add_argument("--gpu", type=int, help="only this GPU (through a running daemon)")
+    p.add_argument("--offline", action="store_true", help="do not ask a running daemon; restore directly")
+    p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=_restore)
+
+    p = sub.add_parser("set", help="change a GPU setting by hand through the daemon (recorded, bounded, restored)")
+    add_config_flags(p)
+    p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
+    p.add_argument("--gpu", type=int, required=True, help="GPU index")
+    p.add_argument("--power-limit-w", type=float, metavar="W")
+    p.add_argument("--sm-clocks", type=_pair, metavar="MIN:MAX", help="lock SM clocks (MHz)")
+    p.add_argument("--memory-clocks", type=_pair, metavar="MIN:MAX", help="lock memory clocks (MHz)")
+    p.add_argument("--app-clocks", type=_pair, metavar="MEM:GFX", help="application clocks (MHz)")
+    p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=_set)

@@ -1,0 +1,411 @@
+"""The control socket: trainer reports in, batch-size decisions out, on one selector thread.
+
+A Unix stream socket (docs/protocol.md). Each connection's peer credentials
+(SO_PEERCRED) are checked against the config when it is accepted. Input is read
+non-blocking into a frame decoder with a size limit, so one slow, malformed, oversized
+or flooding client costs the others nothing: it is answered with an error, rate-limited
+or disconnected, and counted in ``gputuned_control_rejected_total{reason}``. Reports
+update the job table, published under source ``trainer`` each collection tick.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from typing import Any
+
+from gputuned.collectors.families import Sample
+from gputuned.daemon.control import frames as P
+from gputuned.daemon.control.conn import Connection, bind_socket, peer_credentials, refuse_peer
+from gputuned.daemon.control.decisions import AckCallback, AdminHandler, DecisionBook, NoLeaderError
+from gputuned.daemon.control.reports import (
+    CONNECTIONS,
+    DECISIONS,
+    JOBS,
+    REJECTED,
+    REPORTS,
+    JobTable,
+    series_keys,
+)
+from gputuned.daemon.core.config import ControlConfig
+from gputuned.daemon.core.store import Store
+
+logger = logging.getLogger(__name__)
+
+MAX_ERRORS = 10
+
+
+class ControlServer:
+    """Control-socket server; a daemon component (start/tick/stop) and the tuner's decision API."""
+
+    name = "control"
+
+    def __init__(self, cfg: ControlConfig, store: Store | None = None, admin: AdminHandler | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.admin = admin
+        self.jobs = JobTable(cfg.job_ttl_s)
+        self.reports_total = 0
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.book = DecisionBook()
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._conns: dict[int, Connection] = {}
+        self._next_cid = 0
+        self._lock = threading.Lock()
+        self._outbox: list[tuple[int, dict[str, Any]]] = []
+        self.profile_results = self.book.profile_results
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_sweep = 0.0
+
+    # -- component ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the socket (refusing to steal a live daemon's) and start serving."""
+        sock = bind_socket(self.cfg)
+        sock.listen(128)
+        sock.setblocking(False)
+        self._listener = sock
+        self._sel.register(sock, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._serve, name="gputuned-control", daemon=True)
+        self._thread.start()
+        logger.info("control socket listening on %s", self.cfg.socket_path)
+
+    def tick(self, now: float) -> None:
+        if self._listener is None:  # not started (or could not bind): nothing to publish
+            return
+        gone = self.jobs.expire(now)
+        if self.store is not None:
+            self.store.publish("trainer", now, self.samples())
+            if gone:  # their ring buffers would otherwise stay for the daemon's lifetime
+                self.store.forget(k for job, rank in gone for k in series_keys(job, rank))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for conn in list(self._conns.values()):
+            self._close(conn, None)
+        if self._listener is not None:
+            self._listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.cfg.socket_path)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def reload(self, cfg: ControlConfig) -> None:
+        """Take new limits and allowed peers; the socket path, mode and group need a restart."""
+        if (cfg.socket_path, cfg.socket_mode, cfg.socket_group) != (self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group):
+            logger.warning("control socket path, mode or group changed: takes effect at the next restart")
+        self.cfg = cfg
+        self.jobs.ttl_s = cfg.job_ttl_s
+
+    @property
+    def url(self) -> str:
+        return str(self.cfg.socket_path)
+
+    # -- the tuner's API -----------------------------------------------------------------
+    def send_decision(self, job: str, payload: dict[str, Any]) -> str:
+        """Queue a decision for ``job``'s leader; returns its id. Raises NoLeaderError, ValueError."""
+        kinds = [k for k in ("batch_size", "profile_steps") if k in payload]
+        if len(kinds) != 1:
+            raise ValueError("decision: needs exactly one of batch_size, profile_steps")
+        value = payload[kinds[0]]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"decision.{kinds[0]}: not a positive integer ({value!r})")
+        with self._lock:
+            leaders = [c for c in self._conns.values() if c.kind == "client" and c.job == job and c.leader]
+            if not leaders:
+                raise NoLeaderError(f"no leader of job {job!r} is connected")
+            conn = max(leaders, key=lambda c: c.accepted)
+            ident = self.book.new(job, conn.cid)
+            self._outbox.append((conn.cid, {"type": "decision", "id": ident, kinds[0]: value}))
+        self._wake()
+        return ident
+
+    def on_ack(self, callback: AckCallback) -> None:
+        """Call ``callback(job, ack)`` on the control thread for every ack received."""
+        self.book.on_ack(callback)
+
+    def wait_ack(self, ident: str, timeout: float) -> dict[str, Any] | None:
+        """The ack of decision ``ident``, waiting up to ``timeout`` seconds; None if none came."""
+        return self.book.wait(ident, timeout)
+
+    @property
+    def decisions(self) -> dict[str, int]:
+        """Decisions by result: sent, acked, refused, undelivered."""
+        return self.book.snapshot()
+
+    def connected_jobs(self) -> dict[str, list[int]]:
+        """Connected ranks per job."""
+        return self.jobs.jobs()
+
+    def samples(self) -> list[Sample]:
+        out = self.jobs.samples()
+        out.append((REPORTS, (), float(self.reports_total)))
+        out.append((CONNECTIONS, (), float(len(self._conns))))
+        out.append((JOBS, (), float(len(self.jobs.jobs()))))
+        decisions = self.book.snapshot()
+        for reason, n in sorted(dict(self.rejected).items()):  # dict(): one atomic copy
+            out.append((REJECTED, (("reason", reason),), float(n)))
+        for result, n in sorted(decisions.items()):
+            out.append((DECISIONS, (("result", result),), float(n)))
+        return out
+
+    # -- the selector thread --------------------------------------------------------------
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                events = self._sel.select(timeout=0.25)
+            except OSError:
+                if self._stop.is_set():
+                    return
+                raise
+            now = time.monotonic()
+            for key, mask in events:
+                fobj = key.fileobj
+                if fobj is self._listener:
+                    self._accept(now)
+                elif fobj is self._wake_r:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                else:
+                    conn = key.data
+                    try:
+                        if mask & selectors.EVENT_READ and conn.cid in self._conns:
+                            self._read(conn, now)
+                        if mask & selectors.EVENT_WRITE and conn.cid in self._conns:
+                            self._flush(conn)
+                    except Exception:  # noqa: BLE001 - drop the connection, keep serving the others
+                        logger.exception("control: connection of pid %d failed", conn.pid)
+                        self._close(conn, "internal error")
+            self._deliver()
+            if now - self._last_sweep >= 0.1:
+                self._sweep(now)
+                self._last_sweep = now
+
+    def _accept(self, now: float) -> None:
+        assert self._listener is not None
+        for _ in range(64):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                logger.warning("control accept failed: %s", e)
+                return
+            sock.setblocking(False)
+            cred = peer_credentials(sock)
+            why = self._refuse(cred)
+            if why is not None:
+                self.rejected[why[0]] += 1
+                logger.warning("control: refused pid %d uid %d gid %d: %s", cred[0], cred[1], cred[2], why[1])
+                self._send_now(sock, {"v": 1, "type": "error", "seq": 0, "error": why[1]})
+                sock.close()
+                continue
+            self._next_cid += 1
+            burst = 2.0 * self.cfg.max_messages_per_second
+            conn = Connection(sock, self._next_cid, cred, now, self.cfg.max_message_bytes, burst)
+            with self._lock:
+                self._conns[conn.cid] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _refuse(self, cred: tuple[int, int, int]) -> tuple[str, str] | None:
+        cfg = self.cfg
+        if len(self._conns) >= cfg.max_connections:
+            return "too_many_connections", f"too many connections (max {cfg.max_connections})"
+        return refuse_peer(cred, cfg)
+
+    def _send_now(self, sock: socket.socket, msg: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            sock.send(P.encode(msg))
+
+    def _read(self, conn: Connection, now: float) -> None:
+        try:
+            data = conn.sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn, None)
+            return
+        if not data:
+            self._close(conn, None)
+            return
+        conn.last_seen = now
+        try:
+            for body in conn.decoder.feed(data, now):
+                if not self._admit(conn, now):
+                    if conn.cid not in self._conns:
+                        return
+                    continue
+                self._handle(conn, body)
+                if conn.cid not in self._conns or conn.kind == "closing":
+                    return
+        except P.FrameTooLarge as e:
+            self._reject(conn, "oversized", str(e), close=True)
+
+    def _admit(self, conn: Connection, now: float) -> bool:
+        verdict = conn.admit(now, float(self.cfg.max_messages_per_second))
+        if verdict is None:
+            return True
+        self.rejected["rate_limited"] += 1
+        if verdict == "flooding":
+            self._reject(conn, "flooding", f"more than {self.cfg.max_messages_per_second} messages/s over the limit", close=True)
+        return False
+
+    def _handle(self, conn: Connection, body: bytes) -> None:
+        try:
+            msg = P.decode(body)
+            kind = msg["type"]
+            if conn.kind == "new":
+                if kind == "hello":
+                    self._hello(conn, msg)
+                elif kind == "admin":
+                    self._admin(conn, msg)
+                else:
+                    raise P.MessageError(f"{kind}: expected hello first")
+            elif kind == "report":
+                if conn.kind != "client":
+                    raise P.MessageError("report: only after hello")
+                stats = P.check_report(msg)
+                t = msg.get("time")
+                self.jobs.update(conn.job, conn.rank, int(msg["step"]), float(t) if t else time.time(), stats)
+                self.reports_total += 1
+            elif kind == "ack":
+                self._ack(conn, msg)
+            elif kind == "profile_result":
+                self.book.profile_result(*P.check_profile_result(msg))
+            elif kind == "admin" and conn.kind == "admin":
+                self._admin(conn, msg)
+            elif kind == "error":
+                logger.info("control: job %s rank %d reported an error: %.200s", conn.job, conn.rank, msg.get("error"))
+            else:
+                raise P.MessageError(f"{kind}: not expected now")
+        except P.MessageError as e:
+            self._reject(conn, "malformed", str(e), close=conn.kind == "new")
+        except Exception as e:  # noqa: BLE001 - a bug reached by one message must not stop the socket
+            logger.exception("control: internal error handling a %s message", conn.kind)
+            self._reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
+
+    def _hello(self, conn: Connection, msg: dict[str, Any]) -> None:
+        P.check_hello(msg)
+        if msg["pid"] != conn.pid and conn.pid:
+            logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
+        if not self.jobs.connect(msg["job"], msg["rank"]):
+            self._reject(conn, "too_many_ranks", f"more than {self.jobs.max_ranks} ranks known", close=True)
+            return
+        conn.kind = "client"
+        conn.job = msg["job"]
+        conn.rank = msg["rank"]
+        conn.leader = bool(msg["leader"])
+        self._queue(conn, {"type": "welcome", "session": f"c{conn.cid}",
+                           "report_interval_s": self.cfg.report_interval_s, "decisions": conn.leader})
+        logger.info("control: job %s rank %d/%d connected (pid %d uid %d%s)", conn.job, conn.rank,
+                    msg["world_size"], conn.pid, conn.uid, ", leader" if conn.leader else "")
+
+    def _ack(self, conn: Connection, msg: dict[str, Any]) -> None:
+        ident, _ = P.check_ack(msg)
+        if not self.book.acked(ident, conn.cid, msg):
+            raise P.MessageError(f"ack.id: {ident} is not a decision sent on this connection")
+
+    def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
+        op = P.check_admin(msg)
+        # status is read-only: any allowed peer may ask; changes need an admin uid.
+        if op != "status" and conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
+            self.rejected["not_admin"] += 1
+            self._queue(conn, {"type": "error", "error": f"uid {conn.uid} is not in control.admin_uids"})
+            conn.kind = "closing"
+            return
+        conn.kind = "admin"
+        if self.admin is None:
+            reply: dict[str, Any] = {"ok": False, "error": "no admin handler"}
+        elif op == "status":
+            reply = {"ok": True, "status": self.admin.status()}
+        elif op == "set":
+            reply = self.admin.set(int(msg["gpu"]), str(msg["knob"]), msg["value"])
+        else:
+            reply = self.admin.restore(msg.get("gpu"))
+        self._queue(conn, {"type": "admin_reply", "op": op, **reply})
+
+    def _reject(self, conn: Connection, reason: str, text: str, *, close: bool) -> None:
+        self.rejected[reason] += 1
+        conn.errors += 1
+        if conn.errors <= 3 or close:
+            logger.warning("control: %s from pid %d uid %d: %s", reason, conn.pid, conn.uid, text)
+        self._queue(conn, {"type": "error", "error": text[:500]})
+        if close or conn.errors > MAX_ERRORS:
+            self._flush(conn)
+            self._close(conn, None)
+
+    def _queue(self, conn: Connection, msg: dict[str, Any]) -> None:
+        if not conn.queue(msg):
+            self.rejected["slow_reader"] += 1
+            self._close(conn, "slow_reader")
+            return
+        self._flush(conn)
+
+    def _flush(self, conn: Connection) -> None:
+        if conn.cid not in self._conns:
+            return
+        while conn.out:
+            try:
+                n = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._close(conn, None)
+                return
+            del conn.out[:n]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.modify(conn.sock, events, conn)
+        if not conn.out and conn.kind == "closing":
+            self._close(conn, None)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            outbox, self._outbox = self._outbox, []
+        for cid, msg in outbox:
+            conn = self._conns.get(cid)
+            if conn is None:
+                self.book.undelivered(str(msg.get("id")))
+                continue
+            self._queue(conn, msg)
+
+    def _sweep(self, now: float) -> None:
+        for conn in list(self._conns.values()):
+            expired = conn.expired(now, self.cfg)
+            if expired is not None:
+                self._reject(conn, expired[0], expired[1], close=True)
+
+    def _close(self, conn: Connection, reason: str | None) -> None:
+        with self._lock:
+            if self._conns.pop(conn.cid, None) is None:
+                return
+        self.book.forget_connection(conn.cid)  # never acked: the leader went away
+        if reason:
+            logger.warning("control: closing connection of pid %d: %s", conn.pid, reason)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.sock)
+        conn.sock.close()
+        if conn.kind == "client":
+            self.jobs.disconnect(conn.job, conn.rank, time.time())

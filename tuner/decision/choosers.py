@@ -1,0 +1,366 @@
+"""Choosers for the live tuner: the learned numpy policy, or an explicit climber, on one observation.
+
+The observation is built by :class:`LiveObserver` from one measured decision interval, the same
+way in the daemon (:class:`gputuned.daemon.app.tuning.TuningComponent`) and in training
+(:class:`gputuned.tuner.sim_env.SimNodeEnv`); a move is one of 9 actions,
+``action = 3 * (power move + 1) + (batch move + 1)``, moves in {-1, 0, +1} (power limit one
+step of 5% of the range on every GPU; global batch size halve/keep/double).
+
+:class:`ClimbChooser` is a small state machine. Energy objectives: the power limit steps down
+while goodput stays above the slowdown budget and energy per sample keeps falling, and steps up
+when goodput falls under it; once the limit has settled, a doubled batch size is tried (kept if
+energy per sample falls and goodput stays within budget, undone otherwise), then a halved one,
+going on in a direction while it pays; a probe that is neither better nor clearly worse looks
+one step further (4x or 1/4) before it is undone; a probe that costs energy but gains more
+goodput than that buys back on the power limit (at the exchange rate measured on the last step
+down) is kept, and undone once the limit has settled again if energy per sample did not end
+lower. Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
+
+:class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
+climber's proposal (2 features, a residual design: the policy learns when to follow the rule
+and when to overrule it) and picks the move; the guard keeps its bounds, rate limits and rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+STAY = 4
+N_ACTIONS = 9
+#: Where ``bench/tuner_sim_eval.py train`` puts the simulated-node policy in the package.
+PACKAGED_SIM_POLICY = Path(str(files("gputuned.tuner") / "data" / "policy_sim.npz"))
+#: Observation features measured from one interval (see :class:`LiveObserver`).
+BASE_OBS_DIM = 19
+#: The learned policy's input: the base observation and the climber's proposed (power, batch) move.
+SIM_OBS_DIM = BASE_OBS_DIM + 2
+#: Share of the measured energy-for-goodput exchange rate a batch probe must beat to be kept
+#: for the goodput it gains (the rate falls as the limit comes down, so only half is counted).
+TRADE_SHARE = 0.5
+#: Intervals after which the observation's "early phase" feature saturates.
+EARLY_INTERVALS = 20
+#: Whether ``auto`` picks the packaged learned policy (true only while it is at least as good as
+#: the climber on the closed-loop headline, docs/benchmarks.md).
+LEARNED_BY_DEFAULT = True
+
+
+def move(dp: int, db: int) -> int:
+    """The action index of a (power move, batch move)."""
+    return 3 * (dp + 1) + (db + 1)
+
+
+def split(action: int) -> tuple[int, int]:
+    """The (power move, batch move) of an action index."""
+    return action // 3 - 1, action % 3 - 1
+
+
+def power_target(limit_w: float, dp: int, busy_w: float, capped: bool, lo_w: float, hi_w: float) -> float:
+    """The power limit after a power move ``dp`` from ``limit_w``: one step of 5% of the range.
+
+    ``busy_w`` bounds what the GPUs draw while their kernels run (a power reading over the
+    utilisation it was taken at: the cap acts on kernels, not on the average with the gaps
+    between them). A step down from a limit they do not reach (not capped, ``busy_w`` more than
+    two steps under it) lands on the lowest limit of the step grid (``hi_w`` minus whole steps)
+    at least one step above ``busy_w``: the steps in between change nothing but cost a decision
+    interval each.
+    """
+    step = 0.05 * (hi_w - lo_w)
+    target = limit_w + dp * step
+    if dp < 0 and not capped and step > 0 and busy_w + step < limit_w - step:
+        target = min(target, hi_w - math.floor((hi_w - busy_w - step) / step) * step)
+    return float(min(max(target, lo_w), hi_w))
+
+
+def busy_power(readings: list[tuple[float, float]]) -> float:
+    """The most any GPU draws while busy, from (watts, utilisation 0-1) readings; infinite when a
+    GPU shows no kernel time to scale by (no step down may then skip ahead)."""
+    return max((w / u if u > 0.05 else math.inf for w, u in readings), default=math.inf)
+
+
+class LiveObserver:
+    """The observation of one decision interval, and the memory of the move that led to it.
+
+    Features (all relative to the reference interval at the job's own settings): 0 limit / max
+    limit, 1 power / limit, 2 power / max limit, 3 SM clock / max, 4 power-cap throttle bit,
+    5 log2(batch / b0) / 4, 6 throughput ratio - 1, 7 goodput ratio - 1, 8 energy per effective
+    sample ratio - 1, 9 statistical efficiency - 1, 10 early phase (intervals / 20, capped at 1),
+    11 out-of-memory on the last batch move, 12 energy objective, 13 slowdown budget x 10, 14-15
+    the last (power, batch) move made, 16-17 change of energy per sample and goodput ratios since
+    the previous interval (x 10), 18 the guard rolled the last move back.
+    """
+
+    def __init__(self, energy_objective: bool, max_slowdown: float) -> None:
+        self.energy = energy_objective
+        self.max_slowdown = max_slowdown
+        self.t = 0
+        self.last = (0, 0)
+        self.rolled = False
+        self.prev: tuple[float, float] | None = None
+
+    def observe(
+        self, *, limit_share: float, power_w: float, limit_w: float, max_w: float, sm_ratio: float, capped: bool,
+        batch: int, b0: int, throughput_ratio: float, goodput_ratio: float, eps_ratio: float, eff: float, oom: bool,
+    ) -> np.ndarray:
+        """The base observation (``BASE_OBS_DIM`` floats in [-5, 5])."""
+        eps_ratio = eps_ratio if math.isfinite(eps_ratio) else 5.0
+        d_eps, d_good = (0.0, 0.0) if self.prev is None else (eps_ratio - self.prev[0], goodput_ratio - self.prev[1])
+        obs = [
+            limit_share, power_w / max(limit_w, 1e-9), power_w / max(max_w, 1e-9), sm_ratio, float(capped),
+            math.log2(max(batch, 1) / max(b0, 1)) / 4.0, throughput_ratio - 1.0, goodput_ratio - 1.0, eps_ratio - 1.0,
+            eff - 1.0, min(self.t, EARLY_INTERVALS) / EARLY_INTERVALS, float(oom), 1.0 if self.energy else 0.0,
+            self.max_slowdown * 10.0, float(self.last[0]), float(self.last[1]), 10.0 * d_eps, 10.0 * d_good,
+            float(self.rolled),
+        ]
+        self.prev = (eps_ratio, goodput_ratio)
+        self.t += 1
+        self.last, self.rolled = (0, 0), False
+        return np.clip(np.asarray(obs, dtype=np.float32), -5.0, 5.0)
+
+    def moved(self, dp: int, db: int) -> None:
+        """The move made after the last observation (what the guard let through)."""
+        self.last = (dp, db)
+
+    def rolled_back(self) -> None:
+        """The guard undid the last move: the next observation says so."""
+        self.last, self.rolled = (0, 0), True
+
+
+class Chooser:
+    """Maps a base observation to an action index."""
+
+    name = "chooser"
+
+    def __call__(self, obs: np.ndarray) -> int:
+        raise NotImplementedError
+
+
+class ClimbChooser(Chooser):
+    """Explicit hill climber over the power limit and the batch size (see module doc)."""
+
+    name = "climber"
+
+    def __init__(self, objective: str, max_slowdown: float, margin: float = 0.004, max_probes: int = 2) -> None:
+        self.energy = objective != "throughput"
+        self.budget = 1.0 - max_slowdown
+        self.margin = margin
+        self.max_probes = max_probes
+        self.state = "power"
+        self.settled = 0
+        self.prev_eps: float | None = None
+        self.floor: float | None = None  # limit share under which energy per sample rose
+        self.probe_from: tuple[float, float] | None = None  # (eps, goodput) before a batch probe
+        self.probes = {+1: 0, -1: 0}
+        self.direction = +1
+        self.last_dp = 0
+        self.prev_limit: float | None = None
+        self.step = 0.0
+        self.depth = 0  # 1 while a probe looks one more batch step ahead
+        self.undo = 0  # the batch move still owed to undo a two-step probe
+        self.prev_good: float | None = None
+        self.rate: float | None = None  # energy saved per goodput given up, on the last step down
+        self.traded: tuple[float, int] | None = None  # (eps before, batch steps) of a probe kept on trade
+        self.spread = 0.0  # mean absolute change of goodput between intervals with no move (noise)
+
+    def __call__(self, obs: np.ndarray) -> int:
+        limit, goodput, eps, oom = float(obs[0]), float(obs[7]) + 1.0, float(obs[8]) + 1.0, obs[11] > 0.5
+        if obs[14] == 0 and obs[15] == 0 and obs[18] == 0 and obs[10] > 0:
+            self.spread = 0.8 * self.spread + 0.2 * abs(float(obs[17])) / 10.0
+        if self.state == "probe" and (oom or obs[15] == 0):
+            # the batch move asked for was not made (out of memory, refused, at the job's bound):
+            # that direction is spent; a look-ahead step not made leaves the first one to undo
+            self.probes[self.direction] = self.max_probes
+            if self.depth:
+                self.state, self.undo = "undo", -self.direction
+            else:
+                self.state = "power"
+            self.probe_from, self.depth = None, 0
+            self.direction = -self.direction
+        if self.state == "undo":  # the second half of undoing a two-step probe
+            self.state = "power"
+            return move(0, self.undo)
+        if self.state == "probe":
+            return self._judge_probe(eps, goodput)
+        dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps, obs[4] > 0.5)
+        self.prev_eps, self.prev_good, self.last_dp = eps, goodput, dp
+        self.settled = self.settled + 1 if dp == 0 else 0
+        if dp == 0 and self.settled >= 2 and self.traded is not None:
+            eps0, steps = self.traded
+            self.traded = None
+            if eps > eps0 * 0.995:  # the lower limit did not buy back the batch's energy: undo the batch move
+                d = self.direction
+                self.probes[d], self.direction, self.settled = self.max_probes, -d, 0
+                if steps > 1:
+                    self.state, self.undo = "undo", -d
+                return move(0, -d)
+        if dp == 0 and self.settled >= 2:
+            db = self._next_probe()
+            if db:
+                self.state, self.probe_from, self.settled = "probe", (eps, goodput), 0
+                return move(0, db)
+        return move(dp, 0)
+
+    def rolled_back(self, knob: str) -> None:
+        """The guard undid the last move of ``knob``: a batch probe ends there, its direction spent."""
+        if knob == "power_limit" and self.last_dp < 0 and self.prev_limit is not None:
+            # the limit it came down to cost too much: not again (with no step seen yet, the move
+            # may have skipped several: no lower limit at all from here)
+            self.floor = self.prev_limit - self.step if self.step > 0 else self.prev_limit
+        if knob == "batch_size" and self.state == "probe":
+            self.probes[self.direction] = self.max_probes
+            # the guard undid the look-ahead step only: the first step is still to undo
+            self.state, self.undo = ("undo", -self.direction) if self.depth else ("power", 0)
+            self.direction = -self.direction
+            self.probe_from, self.depth = None, 0
+        self.last_dp = 0
+
+    def taken(self, action: int, suggested: int) -> None:
+        """The move actually made was ``action`` (a learned policy overruled ``suggested``): resync the state."""
+        if action == suggested:
+            return
+        if self.state == "probe":  # the probe it asked for did not happen
+            self.probes[self.direction] = max(0, self.probes[self.direction] - 1)
+            self.state, self.probe_from, self.depth = "power", None, 0
+        elif self.state == "undo":
+            self.state = "power"
+        self.last_dp = action // 3 - 1
+        self.settled = 0
+
+    def _energy_power(self, limit: float, goodput: float, eps: float, capped: bool) -> int:
+        if self.prev_limit is not None and abs(limit - self.prev_limit) > 1e-6:
+            self.step = abs(limit - self.prev_limit)
+        elif self.last_dp < 0 and self.prev_limit is not None:
+            self.floor = limit  # a step down did not move the limit: its minimum is reached
+        if (self.last_dp < 0 and self.prev_eps is not None and self.prev_good is not None
+                and self.prev_good - goodput > 0.003 * self.prev_good and eps < self.prev_eps):
+            self.rate = ((self.prev_eps - eps) / self.prev_eps) / ((self.prev_good - goodput) / self.prev_good)
+        self.prev_limit = limit
+        noise = 0.886 * self.spread  # one reading's standard deviation, from the mean absolute change
+        if goodput < self.budget - max(0.002, 1.0 * noise):
+            self.floor = limit  # over the slowdown budget here: never step down to this limit again
+            return +1 if limit < 0.999 else 0
+        if (capped and self.last_dp < 0 and self.prev_eps is not None and eps > self.prev_eps * 1.01
+                and goodput >= self.budget):  # (uncapped, the limit changed nothing: a rise is noise)
+            self.floor = limit  # the last step down cost energy: stop there
+            return +1
+        if goodput > self.budget + max(self.margin, 1.5 * noise) and limit > 0.0 and (
+                self.floor is None or limit - self.step > self.floor + 1e-6):
+            return -1
+        return 0
+
+    def _throughput_power(self, limit: float) -> int:
+        return +1 if limit < 0.999 else 0
+
+    def _next_probe(self) -> int:
+        for d in (self.direction, -self.direction):
+            if self.probes[d] < self.max_probes:
+                self.direction = d
+                self.probes[d] += 1
+                return d
+        return 0
+
+    def _judge_probe(self, eps: float, goodput: float) -> int:
+        assert self.probe_from is not None
+        eps0, g0 = self.probe_from
+        traded = False
+        if self.energy:
+            # less energy, or more goodput (headroom the power limit then trades for energy)
+            better = goodput >= self.budget and (eps < eps0 * 0.995 or (goodput > g0 * 1.02 and eps < eps0 * 1.01))
+            if not better and self.rate and goodput >= self.budget and goodput > g0 * 1.02:
+                # more energy now, but the goodput gained buys more than that back on the power
+                # limit at half the exchange rate measured on the last step down
+                traded = better = eps / eps0 - 1.0 < TRADE_SHARE * self.rate * (goodput / g0 - 1.0)
+            close = goodput >= self.budget and eps <= eps0 * 1.02
+        else:
+            better = goodput > g0 * 1.01
+            close = goodput >= g0 * 0.985
+        d = self.direction
+        if not better and close and not self.depth:  # flat here: one more step may pay (e.g. 4x, not 2x)
+            self.depth = 1
+            return move(0, d)
+        two, self.depth = self.depth, 0
+        self.state, self.probe_from = "power", None
+        self.prev_eps, self.last_dp = (eps if better else eps0), 0
+        if better:
+            self.floor = None  # a new batch size: the limits left to explore change
+            # keep going while it pays; the size it came from is known to be worse
+            self.probes[d], self.probes[-d] = 0, self.max_probes
+            self.traded = (eps0, 1 + two) if traded else None  # judged again once the limit settles
+            return STAY
+        self.probes[d] = self.max_probes  # this direction does not pay: undo it, try the other
+        self.direction = -d
+        if two:
+            self.state, self.undo = "undo", -d
+        return move(0, -d)
+
+
+class LearnedChooser(Chooser):
+    """The learned policy (numpy weights exported from stable-baselines3), the climber as its adviser."""
+
+    name = "learned"
+
+    def __init__(self, policy: Callable[[np.ndarray], int], objective: str, max_slowdown: float) -> None:
+        self.policy = policy
+        self.adviser = ClimbChooser(objective, max_slowdown)
+        self.overruled_reversals = 0
+
+    def __call__(self, obs: np.ndarray) -> int:
+        full, suggested = advise(self.adviser, obs)
+        action = int(self.policy(full))
+        if not 0 <= action < N_ACTIONS:
+            action = STAY
+        dp, last_dp = split(action)[0], int(obs[14])
+        if action != suggested and dp and dp == -last_dp:
+            # overruling the adviser only to undo the last power step is how a policy oscillates
+            # (seen outside its training range, e.g. 32x the batch): follow the adviser there
+            action = suggested
+            self.overruled_reversals += 1
+        self.adviser.taken(action, suggested)
+        return action
+
+    def rolled_back(self, knob: str) -> None:
+        """Forward the guard's rollback to the adviser."""
+        self.adviser.rolled_back(knob)
+
+
+def advise(climber: ClimbChooser, obs: np.ndarray) -> tuple[np.ndarray, int]:
+    """The policy input: ``obs`` (base features) and the climber's proposed move; returns it and the proposal."""
+    suggested = int(climber(obs))
+    dp, db = split(suggested)
+    return np.concatenate([obs[:BASE_OBS_DIM], np.asarray([dp, db], dtype=np.float32)]).astype(np.float32), suggested
+
+
+def load_learned(path: Path | None = None) -> Callable[[np.ndarray], int]:
+    """The numpy policy at ``path`` (default: the packaged one); raises ValueError on a wrong input size."""
+    from gputuned.tuner.decision.policy_numpy import NumpyPolicy
+
+    path = path or PACKAGED_SIM_POLICY
+    pol = NumpyPolicy.load(path)
+    if pol.obs_dim != SIM_OBS_DIM:
+        raise ValueError(f"{path}: policy expects {pol.obs_dim} observations, the live tuner gives {SIM_OBS_DIM}")
+    return pol
+
+
+def make_chooser(kind: str, policy: Path | None, objective: str, max_slowdown: float) -> Chooser:
+    """``learned``: the numpy policy (``policy`` or the packaged one); ``climber``; ``auto``: learned if it loads."""
+    if kind not in ("auto", "learned", "climber"):
+        raise ValueError(f"tuner.policy: unknown {kind!r} (learned, climber)")
+    if kind == "learned" or (kind == "auto" and LEARNED_BY_DEFAULT):
+        try:
+            pol = load_learned(policy)
+        except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+            if kind == "learned":
+                raise
+            logger.warning("tuner: learned policy not used (%s); climbing chooser instead", e)
+        else:
+            logger.info("tuner: learned policy %s", policy or PACKAGED_SIM_POLICY)
+            return LearnedChooser(pol, objective, max_slowdown)
+    logger.info("tuner: climbing chooser (objective %s)", objective)
+    return ClimbChooser(objective, max_slowdown)
+
