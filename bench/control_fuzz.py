@@ -27,7 +27,7 @@ from runtime_kit import (  # noqa: E402
     send_fuzz_case,
 )
 
-from gputuned.daemon.control import frames as P  # noqa: E402
+from gputuned import protocol as P  # noqa: E402
 
 
 def scrape(url: str, name: str) -> dict[str, float]:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from runtime_kit import DaemonProcess, read_frame, runtime_config  # noqa: E402
 
-from gputuned.daemon.control import frames as P  # noqa: E402
+from gputuned import protocol as P  # noqa: E402
 
 
 def ranks_main(path: str, ranks: int, rate: float, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gputuned.daemon.control import frames as P
+from gputuned import protocol as P
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,12 +11,11 @@ import collections
 import logging
 import os
 import select
-import socket
 import threading
 import time
 from typing import Any
 
-from gputuned.trainer_plugin import protocol
+from gputuned import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +39,17 @@ class DaemonClient:
         pending_limit: int = 64,
         start: bool = True,
     ) -> None:
-        if not protocol.JOB_RE.match(job):
-            raise ValueError(f"job: must match {protocol.JOB_RE.pattern} ({job!r})")
-        if batch_mode not in ("global", "micro"):
-            raise ValueError(f"batch_mode: expected global or micro ({batch_mode!r})")
+        self.leader = rank == 0 if leader is None else leader
+        # checked now, so a hello the daemon would refuse fails here (ProtocolError, a ValueError)
+        self._hello = protocol.message(
+            "hello", job=job, rank=rank, local_rank=rank if local_rank is None else local_rank,
+            world_size=world_size, pid=os.getpid(), leader=self.leader, batch_size=int(batch_size),
+            batch_mode=batch_mode)
         self.path = path
         self.job = job
         self.rank = rank
         self.world_size = world_size
-        self.leader = rank == 0 if leader is None else leader
-        self.local_rank = rank if local_rank is None else local_rank
+        self.local_rank = self._hello["local_rank"]
         self.batch_size = batch_size
         self.batch_mode = batch_mode
         self.backoff_s = backoff_s
@@ -67,7 +67,6 @@ class DaemonClient:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self._seq = 0
         self._thread = threading.Thread(target=self._run, name=f"gputuned-client-{rank}", daemon=True)
         if start:
             self._thread.start()
@@ -87,7 +86,7 @@ class DaemonClient:
             self.dropped_total += 1
             return
         msg = {"type": "report", "step": int(step), "steps": int(steps), "time": time.time(),
-               "stats": protocol.clean_stats(stats)}
+               "stats": protocol.clean_stats(stats)}  # checked when sent
         with self._lock:
             if self._report is not None:
                 self.dropped_total += 1
@@ -153,56 +152,56 @@ class DaemonClient:
     def _run(self) -> None:
         delay = self.backoff_s[0]
         while not self._stop.is_set():
-            sock = self._connect()
-            if sock is None:
+            chan = self._connect()
+            if chan is None:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff_s[1])
                 continue
             delay = self.backoff_s[0]
             try:
-                self._serve(sock)
-            except (OSError, ConnectionError, protocol.ProtocolError) as e:
+                self._serve(chan)
+            except (OSError, protocol.FrameTooLarge) as e:
                 if not self._stop.is_set():
                     logger.info("daemon connection lost (%s); reconnecting", e)
             finally:
                 self._connected.clear()
-                sock.close()
+                chan.close()
             if not self._stop.is_set():
                 self._stop.wait(delay)
 
-    def _connect(self) -> socket.socket | None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(5.0)
+    def _connect(self) -> protocol.Channel | None:
         try:
-            sock.connect(self.path)
-            self._seq = 0
-            self._send(sock, {"type": "hello", "job": self.job, "rank": self.rank,
-                              "local_rank": self.local_rank, "world_size": self.world_size,
-                              "pid": os.getpid(), "leader": self.leader,
-                              "batch_size": int(self.batch_size), "batch_mode": self.batch_mode})
-            welcome = protocol.read_frame(sock)
-            if welcome.get("type") != "welcome":
-                raise protocol.ProtocolError(f"expected welcome, got {welcome.get('type')!r}: {welcome.get('error', '')}")
-        except (OSError, ConnectionError, protocol.ProtocolError) as e:
+            chan = protocol.Channel.connect(self.path, protocol.TO_TRAINER, timeout=5.0)
+        except OSError as e:
             logger.debug("daemon not reachable at %s: %s", self.path, e)
-            sock.close()
             return None
-        interval = welcome.get("report_interval_s")
-        if isinstance(interval, int | float) and not isinstance(interval, bool) and 0 < interval < 3600:
-            self.report_interval_s = float(interval)
-        self.session = str(welcome.get("session", ""))
+        try:
+            welcome = chan.request({**self._hello, "pid": os.getpid()})
+            if welcome["type"] != "welcome":
+                raise protocol.ProtocolError(f"expected welcome, got {welcome['type']}: {welcome.get('error', '')}")
+        except (OSError, protocol.ProtocolError) as e:
+            logger.debug("daemon at %s refused the connection: %s", self.path, e)
+            chan.close()
+            return None
+        self.sent_total += 1
+        self.report_interval_s = float(welcome["report_interval_s"])
+        self.session = welcome["session"]
         self.connects_total += 1
         self._connected.set()
         logger.info("connected to daemon at %s (session %s)", self.path, self.session)
-        return sock
+        return chan
 
-    def _send(self, sock: socket.socket, msg: dict[str, Any]) -> None:
-        frame = protocol.encode({"v": protocol.VERSION, "seq": self._seq, **msg})
-        sock.sendall(frame)
-        self._seq += 1
+    def _send(self, chan: protocol.Channel, msg: dict[str, Any]) -> None:
+        try:
+            chan.send(msg)
+        except protocol.ProtocolError as e:  # nothing was sent; the connection goes on
+            self.dropped_total += 1
+            logger.warning("not sending a %s message that breaks the protocol: %s", msg.get("type"), e)
+            return
         self.sent_total += 1
 
-    def _serve(self, sock: socket.socket) -> None:
+    def _serve(self, chan: protocol.Channel) -> None:
+        fd = chan.sock.fileno()
         while not self._stop.is_set():
             with self._lock:
                 batch = list(self._out)
@@ -211,37 +210,31 @@ class DaemonClient:
                     batch.append(self._report)
                     self._report = None
             for msg in batch:
-                self._send(sock, msg)
-            readable, _, _ = select.select([sock.fileno(), self._wake_r], [], [], 0.5)
+                self._send(chan, msg)
+            readable, _, _ = select.select([fd, self._wake_r], [], [], 0.5)
             if self._wake_r in readable:
                 try:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
-            if sock.fileno() in readable:
-                self._receive(sock, protocol.read_body(sock))
+            if fd in readable:
+                self._receive(chan)
 
-    def _receive(self, sock: socket.socket, body: bytes) -> None:
+    def _receive(self, chan: protocol.Channel) -> None:
         try:
-            msg = protocol.decode(body)
+            msg = chan.receive()
+            if msg["type"] == "decision" and not self.leader:
+                raise protocol.ProtocolError("decision: sent to a non-leader rank")
+        except protocol.FrameTooLarge:
+            raise
         except protocol.ProtocolError as e:
             self.malformed_total += 1
             logger.warning("ignoring malformed message from daemon: %s", e)
-            self._send(sock, {"type": "error", "error": str(e)})
+            self._send(chan, protocol.error(str(e)))
             return
-        kind = msg.get("type")
-        if kind == "decision":
-            try:
-                decision = protocol.check_decision(msg)
-                if not self.leader:
-                    raise protocol.ProtocolError("decision: sent to a non-leader rank")
-            except protocol.ProtocolError as e:
-                self.malformed_total += 1
-                logger.warning("ignoring malformed decision from daemon: %s", e)
-                self._send(sock, {"type": "error", "error": str(e)})
-                return
-            self._decisions.append(decision)
-        elif kind == "error":
-            logger.warning("daemon reported an error: %s", msg.get("error"))
+        if msg["type"] == "decision":
+            self._decisions.append({"id": msg["id"], **protocol.decision_change(msg)})
+        elif msg["type"] == "error":
+            logger.warning("daemon reported an error: %s", msg["error"])
         else:
-            logger.debug("ignoring %s message from daemon", kind)
+            logger.debug("ignoring %s message from daemon", msg["type"])

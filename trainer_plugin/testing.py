@@ -1,4 +1,4 @@
-"""A small in-process daemon speaking control protocol v1, with scripted decisions (for tests)."""
+"""A small in-process daemon serving control protocol v1 through gputuned.protocol, with scripted decisions (for tests)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gputuned.trainer_plugin import protocol
+from gputuned import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +21,12 @@ Script = list[tuple[int, dict[str, Any] | bytes]]
 class FakeDaemon:
     """Unix-socket server answering hello with welcome, recording messages, sending scripted decisions.
 
-    ``script`` holds ``(after_reports, decision)`` pairs; a decision is a dict (envelope keys
-    v and seq are added) or raw frame-body bytes (for malformed-input tests).
+    Input is checked as the daemon checks it (``gputuned.protocol.decode``): a bad first
+    message or an oversized frame is answered with ``error`` and the connection closed; a bad
+    later message is answered with ``error`` and the connection goes on. The reasons are kept
+    in ``refused``. ``script`` holds ``(after_reports, decision)`` pairs; a decision is a dict
+    (envelope keys v and seq are added, fields are not checked) or raw frame-body bytes, so
+    tests can send the plugin malformed decisions.
     """
 
     def __init__(self, path: str, script: Script | None = None, report_interval_s: float = 0.05,
@@ -33,13 +37,14 @@ class FakeDaemon:
         self.decisions = decisions
         self.messages: list[dict[str, Any]] = []
         self.hellos: list[dict[str, Any]] = []
+        self.refused: list[str] = []
         self.connections = 0
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._conns: list[tuple[socket.socket, dict[str, Any]]] = []
         self._server: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self._decision_n = 0
+        self._seq_out = 0
 
     def start(self) -> FakeDaemon:
         """Bind and start accepting connections."""
@@ -99,12 +104,9 @@ class FakeDaemon:
 
     def _send(self, conn: socket.socket, decision: dict[str, Any] | bytes) -> None:
         if isinstance(decision, bytes):
-            frame = protocol.HEADER.pack(len(decision)) + decision
+            frame = protocol.frame(decision)
         else:
-            with self._lock:
-                self._decision_n += 1
-                seq = self._decision_n
-            frame = protocol.encode({"v": 1, "seq": seq, "type": "decision", **decision})
+            frame = protocol.encode({"v": protocol.VERSION, "seq": self._next_seq(), "type": "decision", **decision})
         try:
             conn.sendall(frame)
         except OSError as e:
@@ -118,13 +120,32 @@ class FakeDaemon:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
+    def _next_seq(self) -> int:
+        with self._lock:  # one counter for every connection: increasing on each, with gaps
+            self._seq_out += 1
+            return self._seq_out
+
+    def _refuse(self, conn: socket.socket, why: protocol.ProtocolError, seq: int = 0) -> None:
+        logger.debug("fake daemon: refused: %s", why)
+        with self._changed:
+            self.refused.append(str(why))
+            self._changed.notify_all()
+        try:
+            conn.sendall(protocol.encode({"v": protocol.VERSION, "seq": seq, **protocol.error(str(why))}))
+        except OSError:
+            pass
+
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(5.0)
         try:
-            hello = protocol.read_frame(conn)
-            protocol.check_hello(hello)
-        except (OSError, ConnectionError, protocol.ProtocolError) as e:
-            logger.debug("fake daemon: bad hello: %s", e)
+            hello = protocol.read_message(conn, protocol.TO_DAEMON)
+            if hello["type"] != "hello":
+                raise protocol.ProtocolError(f"{hello['type']}: expected hello first")
+        except protocol.ProtocolError as e:
+            self._refuse(conn, e)
+            conn.close()
+            return
+        except OSError:
             conn.close()
             return
         with self._changed:
@@ -134,21 +155,30 @@ class FakeDaemon:
             self._changed.notify_all()
             session = f"s{self.connections}"
         # recorded before the welcome, so a client that is connected has its hello on record
+        welcome = protocol.message("welcome", session=session, report_interval_s=self.report_interval_s,
+                                   decisions=self.decisions)
         try:
-            conn.sendall(protocol.encode({"v": 1, "type": "welcome", "seq": 0, "session": session,
-                                          "report_interval_s": self.report_interval_s,
-                                          "decisions": self.decisions}))
+            conn.sendall(protocol.encode({"v": protocol.VERSION, "seq": 0, **welcome}))
             conn.settimeout(None)
         except OSError:
             conn.close()
             return
+        self._receive(conn, list(self.script) if hello["leader"] else [])
+        conn.close()
+
+    def _receive(self, conn: socket.socket, script: Script) -> None:
         reports = 0
-        script = list(self.script) if hello.get("leader") else []
         while True:
             try:
-                msg = protocol.read_frame(conn)
-            except (OSError, ConnectionError, protocol.ProtocolError):
-                break
+                msg = protocol.read_message(conn, protocol.TO_DAEMON)
+            except protocol.FrameTooLarge as e:
+                self._refuse(conn, e, self._next_seq())
+                return
+            except protocol.ProtocolError as e:
+                self._refuse(conn, e, self._next_seq())
+                continue
+            except OSError:
+                return
             with self._changed:
                 self.messages.append(msg)
                 self._changed.notify_all()
@@ -156,4 +186,3 @@ class FakeDaemon:
                 reports += 1
                 while script and script[0][0] <= reports:
                     self._send(conn, script.pop(0)[1])
-        conn.close()

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import struct
 import sys
 from pathlib import Path
 from typing import Any
 
+from gputuned import protocol
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
 from gputuned.daemon.core.config import Config
 
@@ -31,37 +30,20 @@ class AdminError(RuntimeError):
 
 
 def admin_request(path: str | Path, op: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
-    """Send one admin message and return the daemon's ``admin_reply``. Raises AdminError."""
-    from gputuned.daemon.control import frames as P
+    """Send one admin message and return the daemon's ``admin_reply``. Raises AdminError.
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    ``reached`` is True also for a request refused before it is sent, or a reply that breaks
+    the protocol: either way a fallback that skips the daemon would be wrong.
+    """
     try:
-        sock.connect(str(path))
-        sock.sendall(P.encode({"v": P.VERSION, "type": "admin", "seq": 0, "op": op, **fields}))
-        header = _recv(sock, 4)
-        (n,) = struct.unpack(">I", header)
-        if n > 16 << 20:
-            raise AdminError(f"reply of {n} bytes is too large")
-        reply = json.loads(_recv(sock, n))
+        reply = protocol.request(path, protocol.message("admin", op=op, **fields), timeout)
     except OSError as e:
         raise AdminError(f"cannot reach the daemon at {path}: {e.strerror or e}") from None
-    finally:
-        sock.close()
-    if reply.get("type") == "error":
-        raise AdminError(f"daemon refused: {reply.get('error')}", reached=True)
-    return dict(reply)
-
-
-def _recv(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise AdminError("daemon closed the connection")
-        buf += chunk
-    return buf
-
+    except protocol.ProtocolError as e:
+        raise AdminError(f"protocol error: {e}", reached=True) from None
+    if reply["type"] == "error":
+        raise AdminError(f"daemon refused: {reply['error']}", reached=True)
+    return reply
 
 
 def _socket_path(args: argparse.Namespace, cfg: Config) -> Path:

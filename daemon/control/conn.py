@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from gputuned.daemon.control import frames as P
+from gputuned import protocol as P
 from gputuned.daemon.core.config import ControlConfig
 
 _CRED = struct.Struct("3i")
@@ -61,7 +61,10 @@ class Connection:
         return "flooding" if self.drops > rate else "rate_limited"
 
     def queue(self, msg: dict[str, Any]) -> bool:
-        """Append a frame for ``msg`` to the output; False when the peer stopped reading."""
+        """Append a frame for ``msg`` to the output; False when the peer stopped reading.
+
+        Raises ProtocolError when ``msg`` cannot be encoded within its size limit.
+        """
         frame = P.encode({"v": P.VERSION, "seq": self.seq_out, **msg})
         self.seq_out += 1
         if len(self.out) + len(frame) > MAX_OUTPUT_BYTES:

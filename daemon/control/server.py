@@ -20,8 +20,8 @@ import threading
 import time
 from typing import Any
 
+from gputuned import protocol as P
 from gputuned.collectors.families import Sample
-from gputuned.daemon.control import frames as P
 from gputuned.daemon.control.conn import Connection, bind_socket, peer_credentials, refuse_peer
 from gputuned.daemon.control.decisions import AckCallback, AdminHandler, DecisionBook, NoLeaderError
 from gputuned.daemon.control.reports import (
@@ -119,19 +119,14 @@ class ControlServer:
     # -- the tuner's API -----------------------------------------------------------------
     def send_decision(self, job: str, payload: dict[str, Any]) -> str:
         """Queue a decision for ``job``'s leader; returns its id. Raises NoLeaderError, ValueError."""
-        kinds = [k for k in ("batch_size", "profile_steps") if k in payload]
-        if len(kinds) != 1:
-            raise ValueError("decision: needs exactly one of batch_size, profile_steps")
-        value = payload[kinds[0]]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"decision.{kinds[0]}: not a positive integer ({value!r})")
+        change = P.decision_change(payload)  # ProtocolError is a ValueError
         with self._lock:
             leaders = [c for c in self._conns.values() if c.kind == "client" and c.job == job and c.leader]
             if not leaders:
                 raise NoLeaderError(f"no leader of job {job!r} is connected")
             conn = max(leaders, key=lambda c: c.accepted)
             ident = self.book.new(job, conn.cid)
-            self._outbox.append((conn.cid, {"type": "decision", "id": ident, kinds[0]: value}))
+            self._outbox.append((conn.cid, P.message("decision", id=ident, **change)))
         self._wake()
         return ident
 
@@ -219,7 +214,7 @@ class ControlServer:
             if why is not None:
                 self.rejected[why[0]] += 1
                 logger.warning("control: refused pid %d uid %d gid %d: %s", cred[0], cred[1], cred[2], why[1])
-                self._send_now(sock, {"v": 1, "type": "error", "seq": 0, "error": why[1]})
+                self._send_now(sock, {"v": P.VERSION, "seq": 0, **P.error(why[1])})
                 sock.close()
                 continue
             self._next_cid += 1
@@ -274,7 +269,7 @@ class ControlServer:
 
     def _handle(self, conn: Connection, body: bytes) -> None:
         try:
-            msg = P.decode(body)
+            msg = P.decode(body, P.TO_DAEMON)
             kind = msg["type"]
             if conn.kind == "new":
                 if kind == "hello":
@@ -282,32 +277,30 @@ class ControlServer:
                 elif kind == "admin":
                     self._admin(conn, msg)
                 else:
-                    raise P.MessageError(f"{kind}: expected hello first")
+                    raise P.ProtocolError(f"{kind}: expected hello first")
             elif kind == "report":
                 if conn.kind != "client":
-                    raise P.MessageError("report: only after hello")
-                stats = P.check_report(msg)
+                    raise P.ProtocolError("report: only after hello")
                 t = msg.get("time")
-                self.jobs.update(conn.job, conn.rank, int(msg["step"]), float(t) if t else time.time(), stats)
+                self.jobs.update(conn.job, conn.rank, msg["step"], float(t) if t else time.time(), P.report_stats(msg))
                 self.reports_total += 1
             elif kind == "ack":
                 self._ack(conn, msg)
             elif kind == "profile_result":
-                self.book.profile_result(*P.check_profile_result(msg))
+                self.book.profile_result(msg["id"], msg["summary"])
             elif kind == "admin" and conn.kind == "admin":
                 self._admin(conn, msg)
             elif kind == "error":
                 logger.info("control: job %s rank %d reported an error: %.200s", conn.job, conn.rank, msg.get("error"))
             else:
-                raise P.MessageError(f"{kind}: not expected now")
-        except P.MessageError as e:
+                raise P.ProtocolError(f"{kind}: not expected now")
+        except P.ProtocolError as e:
             self._reject(conn, "malformed", str(e), close=conn.kind == "new")
         except Exception as e:  # noqa: BLE001 - a bug reached by one message must not stop the socket
             logger.exception("control: internal error handling a %s message", conn.kind)
             self._reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
 
     def _hello(self, conn: Connection, msg: dict[str, Any]) -> None:
-        P.check_hello(msg)
         if msg["pid"] != conn.pid and conn.pid:
             logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
         if not self.jobs.connect(msg["job"], msg["rank"]):
@@ -317,22 +310,21 @@ class ControlServer:
         conn.job = msg["job"]
         conn.rank = msg["rank"]
         conn.leader = bool(msg["leader"])
-        self._queue(conn, {"type": "welcome", "session": f"c{conn.cid}",
-                           "report_interval_s": self.cfg.report_interval_s, "decisions": conn.leader})
+        self._queue(conn, P.message("welcome", session=f"c{conn.cid}",
+                                    report_interval_s=self.cfg.report_interval_s, decisions=conn.leader))
         logger.info("control: job %s rank %d/%d connected (pid %d uid %d%s)", conn.job, conn.rank,
                     msg["world_size"], conn.pid, conn.uid, ", leader" if conn.leader else "")
 
     def _ack(self, conn: Connection, msg: dict[str, Any]) -> None:
-        ident, _ = P.check_ack(msg)
-        if not self.book.acked(ident, conn.cid, msg):
-            raise P.MessageError(f"ack.id: {ident} is not a decision sent on this connection")
+        if not self.book.acked(msg["id"], conn.cid, msg):
+            raise P.ProtocolError(f"ack.id: {msg['id']} is not a decision sent on this connection")
 
     def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
-        op = P.check_admin(msg)
+        op = msg["op"]
         # status is read-only: any allowed peer may ask; changes need an admin uid.
         if op != "status" and conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
             self.rejected["not_admin"] += 1
-            self._queue(conn, {"type": "error", "error": f"uid {conn.uid} is not in control.admin_uids"})
+            self._queue(conn, P.error(f"uid {conn.uid} is not in control.admin_uids"))
             conn.kind = "closing"
             return
         conn.kind = "admin"
@@ -351,13 +343,19 @@ class ControlServer:
         conn.errors += 1
         if conn.errors <= 3 or close:
             logger.warning("control: %s from pid %d uid %d: %s", reason, conn.pid, conn.uid, text)
-        self._queue(conn, {"type": "error", "error": text[:500]})
+        self._queue(conn, P.error(text))
         if close or conn.errors > MAX_ERRORS:
             self._flush(conn)
             self._close(conn, None)
 
     def _queue(self, conn: Connection, msg: dict[str, Any]) -> None:
-        if not conn.queue(msg):
+        try:
+            queued = conn.queue(msg)
+        except P.ProtocolError as e:  # an answer of ours that cannot be sent: a daemon bug
+            logger.error("control: cannot send a %s message: %s", msg.get("type"), e)
+            self._reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
+            return
+        if not queued:
             self.rejected["slow_reader"] += 1
             self._close(conn, "slow_reader")
             return

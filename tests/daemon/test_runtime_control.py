@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from runtime_kit import connect_client, read_frame, wait_for
 
-from gputuned.daemon.control import frames as P
+from gputuned import protocol as P
 from gputuned.daemon.control.server import ControlServer, NoLeaderError
 from gputuned.daemon.core.config import ControlConfig
 from gputuned.daemon.core.store import Store

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from gputuned.trainer_plugin import protocol
 from gputuned.trainer_plugin.client import DaemonClient
 from gputuned.trainer_plugin.testing import FakeDaemon
 
@@ -101,12 +100,3 @@ def test_absent_daemon_never_blocks_and_reconnects(sock_path):
     assert client.connects_total == 2
     client.close()
     daemon2.stop()
-
-
-def test_encode_refuses_oversized_and_decode_names_field():
-    with pytest.raises(protocol.ProtocolError, match="exceeds"):
-        protocol.encode({"v": 1, "type": "report", "seq": 0, "x": "a" * 70000})
-    with pytest.raises(protocol.ProtocolError, match="seq"):
-        protocol.decode(b'{"v":1,"type":"report","seq":-1}')
-    with pytest.raises(protocol.ProtocolError, match="decision.batch_size"):
-        protocol.check_decision({"type": "decision", "id": "a", "batch_size": 1.5})

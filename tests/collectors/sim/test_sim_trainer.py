@@ -9,7 +9,7 @@ from pathlib import Path
 from gputuned.collectors.sim.node import build_sim_node
 from gputuned.collectors.sim.state import VirtualClock
 from gputuned.collectors.sim.trainer import connect
-from gputuned.trainer_plugin.protocol import STAT_KEYS
+from gputuned.protocol import STAT_KEYS
 from gputuned.trainer_plugin.testing import FakeDaemon
 
 
