@@ -120,7 +120,7 @@ def run_scenario(name: str, workload: str, seed: int, gpus: int = 8, tick_s: flo
     backend = build_sim_node("a100", gpus, workload, scen, clock, seed=seed, nodes=2,
                              calibration=_calibration(), labels_path=f"/tmp/gputuned-eval-{name}-{seed}.json")
     sim_nvml.attach(backend)
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     collector = GPUCollector(open_gpus(nvml))
     end = start + (ev.duration_s if ev.duration_s is not None else ev.ramp_s + after_s)
     horizon = end + 1800.0

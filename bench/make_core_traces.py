@@ -25,7 +25,7 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 def record(spec_path: Path, out: Path, seconds: int) -> None:
     clock = VirtualClock()
     sim_nvml.attach(scripted_from_spec(tomllib.loads(spec_path.read_text()), clock=clock))
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     store = Store(0)
     loop = CollectionLoop([GPUCollector(open_gpus(nvml), "550.54.15", "sim"), HostCollector()], store, 1.0,
                           wallclock=lambda: T0 + clock.now())

@@ -26,7 +26,7 @@ def run(profile: str, gpus: int, seconds: int, scrape: bool) -> float:
     collector = None
     if scrape:
         sim_nvml.attach(backend)
-        nvml, _ = open_nvml("sim")
+        nvml, _ = open_nvml("sim", sim_nvml)
         collector = GPUCollector(open_gpus(nvml), backend="sim")
     t0 = time.process_time()
     for _ in range(seconds):

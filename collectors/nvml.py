@@ -1,6 +1,7 @@
 """The one module that imports pynvml: NVML loading and the NVML-backed GPUDevice.
 
-:func:`open_nvml` returns an NVML API module, the real ``pynvml`` or the simulated one,
+:func:`open_nvml` returns an NVML API module, the real ``pynvml`` or a stand-in module with
+the same API that its caller passes in (the composition root passes the simulated node's),
 and :class:`NvmlGPU` implements :class:`GPUDevice` on whichever it is given, so the real
 and the simulated node run the same code. NVML error codes become the device layer's
 own exceptions, raised ``from`` the NVML error.
@@ -9,7 +10,6 @@ own exceptions, raised ``from`` the NVML error.
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from collections.abc import Callable
 from types import ModuleType
@@ -79,8 +79,9 @@ def _import_pynvml() -> ModuleType:
 def open_nvml(backend: Backend = "auto", sim_module: ModuleType | None = None) -> tuple[ModuleType, str]:
     """Initialise NVML and return ``(module, kind)`` where kind is "nvml" or "sim".
 
-    ``auto`` tries the real library and falls back to the simulated module when the
-    library or driver is missing. The simulated module must have a backend attached.
+    ``sim_module`` is a module with NVML's API (the caller's choice, typically the simulated
+    node with a backend attached): ``sim`` opens it, ``auto`` opens it when the real library
+    or driver is missing. Without one, those cases raise :class:`DriverMissingError`.
     """
     if backend in ("auto", "nvml"):
         nvml = _import_pynvml()
@@ -89,18 +90,16 @@ def open_nvml(backend: Backend = "auto", sim_module: ModuleType | None = None) -
             return nvml, "nvml"
         except nvml.NVMLError as e:
             err = map_nvml_error(e, "nvmlInit")
-            if backend == "nvml" or not isinstance(err, DriverMissingError):
+            if backend == "nvml" or not isinstance(err, DriverMissingError) or sim_module is None:
                 raise err from e
             logger.info("no NVIDIA driver found (%s); using the simulated GPU node", e)
     if sim_module is None:
-        sim: ModuleType = importlib.import_module("gputuned.collectors.sim.nvml")
-    else:
-        sim = sim_module
+        raise DriverMissingError("no NVML stand-in module given for the simulated backend")
     try:
-        sim.nvmlInit()
-    except sim.NVMLError as e:
+        sim_module.nvmlInit()
+    except sim_module.NVMLError as e:
         raise map_nvml_error(e, "simulated nvmlInit") from e
-    return sim, "sim"
+    return sim_module, "sim"
 
 
 def _nvml_call(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:

@@ -15,11 +15,9 @@ import logging
 import random
 import threading
 from pathlib import Path
-from typing import Any
 
 from gputuned.collectors.device import ClockEventReason as R
 from gputuned.collectors.sim.gpu_model import (
-    PCIE_BANDWIDTH,
     PowerParams,
     cap_clock_ratio,
     dvfs_factor,
@@ -301,15 +299,3 @@ class PhysicsBackend:
             dev.remapped_uncorrectable += dbe - dev.ecc_uncorrected
             dev.ecc_uncorrected = dbe
             dev.pending_xids.append(XID_DBE)
-
-
-def pcie_bandwidth(gen: int) -> float:
-    """Effective x16 PCIe bandwidth per direction for a generation (bytes/s)."""
-    return PCIE_BANDWIDTH.get(gen, 12.0e9)
-
-
-def build_sim_node(*args: Any, **kwargs: Any) -> PhysicsBackend:
-    """Same as :func:`gputuned.collectors.sim.node.build_sim_node` (kept here for callers)."""
-    from gputuned.collectors.sim.node import build_sim_node as build
-
-    return build(*args, **kwargs)

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gputuned.collectors.base import Collector, UnavailableCollector
 from gputuned.collectors.device import DriverMissingError, GPUDevice
@@ -23,7 +23,6 @@ from gputuned.collectors.gpu import GPUCollector
 from gputuned.collectors.host import HostCollector
 from gputuned.collectors.network import InfinibandCollector, PeerRTTCollector
 from gputuned.collectors.nvml import open_gpus, open_nvml
-from gputuned.collectors.sim.state import RealClock, SimBackend, scripted_from_spec
 from gputuned.daemon.actuation.actuator import Actuator
 from gputuned.daemon.actuation.statefile import StateFile
 from gputuned.daemon.app.runtime import RuntimeAdmin
@@ -33,6 +32,9 @@ from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
 from gputuned.daemon.core.loop import CollectionLoop
 from gputuned.daemon.core.notify import Notifier
 from gputuned.daemon.core.store import Store
+
+if TYPE_CHECKING:  # the simulator is imported only when the config chooses it
+    from gputuned.collectors.sim.state import SimBackend
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +63,13 @@ class GPUSetup:
 
 def build_sim_backend(cfg: Config) -> SimBackend:
     """The simulated node the config asks for: scripted values, or the physics model."""
+    from gputuned.collectors.sim.node import build_sim_node
+    from gputuned.collectors.sim.state import RealClock, scripted_from_spec
+
     sim = cfg.sim
     if sim.script is not None:
         spec = tomllib.loads(sim.script.read_text())
         return scripted_from_spec(spec, privileged=sim.privileged)
-    try:
-        from gputuned.collectors.sim.physics import build_sim_node
-    except ImportError:  # physics model not installed: an idle scripted node
-        return scripted_from_spec({"profile": sim.profile, "gpus": sim.gpus}, privileged=sim.privileged)
     return build_sim_node(
         profile=sim.profile,
         gpus=sim.gpus,
@@ -79,30 +80,46 @@ def build_sim_backend(cfg: Config) -> SimBackend:
     )
 
 
-def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
-    """Open NVML (real or simulated per config) and every GPU it reports."""
+def _open_sim(cfg: Config, sim_backend: SimBackend | None) -> tuple[ModuleType, SimBackend]:
+    """Attach the simulated node (given, or built from the config) and open its NVML module."""
     from gputuned.collectors.sim import nvml as sim_nvml
 
-    backend = cfg.gpu.backend
-    sim_be = sim_backend
-    if backend == "sim" or backend == "auto":
-        if sim_be is None:
-            sim_be = build_sim_backend(cfg)
-            if cfg.sim.settings_file is not None:
-                from gputuned.daemon.app.simnode import persist_settings
+    if sim_backend is None:
+        sim_backend = build_sim_backend(cfg)
+        if cfg.sim.settings_file is not None:
+            from gputuned.daemon.app.simnode import persist_settings
 
-                persist_settings(sim_be, cfg.sim.settings_file)
-        sim_nvml.attach(sim_be)
+            persist_settings(sim_backend, cfg.sim.settings_file)
+    sim_nvml.attach(sim_backend)
+    nvml, _ = open_nvml("sim", sim_module=sim_nvml)
+    return nvml, sim_backend
+
+
+def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
+    """Open NVML (real or simulated per config) and every GPU it reports.
+
+    ``auto`` tries the real library first and falls back to the simulated node when the
+    library or driver is missing; only then is the simulator imported.
+    """
+    backend = cfg.gpu.backend
+    sim_be: SimBackend | None = None
     try:
-        nvml, kind = open_nvml(backend, sim_module=sim_nvml)
+        if backend == "sim":
+            nvml, sim_be = _open_sim(cfg, sim_backend)
+        else:
+            try:
+                nvml, _ = open_nvml("nvml")
+            except DriverMissingError as e:
+                if backend != "auto":
+                    raise
+                logger.info("no NVIDIA driver found (%s); using the simulated GPU node", e)
+                nvml, sim_be = _open_sim(cfg, sim_backend)
     except DriverMissingError as e:
         logger.error("no GPUs: %s", e)
         return GPUSetup(None, "none", error=e)
-    if kind == "nvml":
-        sim_nvml.attach(None)
-        sim_be = None
     version = nvml.nvmlSystemGetDriverVersion()
     version = version.decode() if isinstance(version, bytes) else str(version)
+    kind = "nvml" if sim_be is None else "sim"
     return GPUSetup(nvml, kind, list(open_gpus(nvml)), sim_be, version)
 
 

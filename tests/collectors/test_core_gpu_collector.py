@@ -26,7 +26,7 @@ def _families(samples: list[F.Sample]) -> dict[str, set[str]]:
 
 def test_eight_h100s_give_twenty_plus_families_with_eight_label_sets(sim_node) -> None:
     sim_node({"profile": "h100", "gpus": 8})
-    nvml, kind = open_nvml("sim")
+    nvml, kind = open_nvml("sim", sim_nvml)
     assert kind == "sim"
     collector = GPUCollector(open_gpus(nvml), "550.54.15", "sim")
     fams = _families(collector.collect())
@@ -46,7 +46,7 @@ def test_readings_are_converted_to_base_units(sim_node) -> None:
         {"gpu": 0, "field": "nvlink_tx_kib", "points": [[0, 3]]},
         {"gpu": 0, "field": "clock_event_reasons", "points": [[0, 0x4]]},
     ]}, clock=clock)
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     values = {(n, dict(lab).get("reason")): v for n, lab, v in GPUCollector(open_gpus(nvml)).collect()}
     assert values[(F.GPU_POWER, None)] == 250.0
     assert values[(F.GPU_SM_CLOCK, None)] == 1410e6
@@ -61,7 +61,7 @@ def test_readings_are_converted_to_base_units(sim_node) -> None:
 def test_energy_counter_integrates_power(sim_node) -> None:
     clock = VirtualClock()
     sim_node({"profile": "h100", "gpus": 1, "series": [{"gpu": 0, "field": "power_mw", "points": [[0, 300000]]}]}, clock=clock)
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     (gpu,) = open_gpus(nvml)
     e0 = gpu.energy_j()
     clock.advance(10.0)
@@ -71,7 +71,7 @@ def test_energy_counter_integrates_power(sim_node) -> None:
 def test_lost_gpu_mid_run_is_reported_down_and_others_go_on(sim_node) -> None:
     clock = VirtualClock()
     sim_node({"profile": "h100", "gpus": 4, "lost": {"2": 5.0}}, clock=clock)
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     collector = GPUCollector(open_gpus(nvml))
     before = _families(collector.collect())
     assert before[F.GPU_POWER] == {"0", "1", "2", "3"}
@@ -86,7 +86,7 @@ def test_lost_gpu_mid_run_is_reported_down_and_others_go_on(sim_node) -> None:
 
 def test_unsupported_reading_is_skipped_for_that_gpu_only(sim_node) -> None:
     sim_node({"profile": "h100", "gpus": 2, "unsupported": {"1": ["nvmlDeviceGetFanSpeed", "field:82"]}})
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     fams = _families(GPUCollector(open_gpus(nvml)).collect())
     assert fams[F.GPU_FAN] == {"0"}
     assert fams[F.GPU_MEM_TEMP] == {"0"}
@@ -96,7 +96,7 @@ def test_unsupported_reading_is_skipped_for_that_gpu_only(sim_node) -> None:
 def test_xid_events_are_counted_per_code(sim_node) -> None:
     clock = VirtualClock()
     sim_node({"profile": "h100", "gpus": 2, "xids": {"1": [[1.0, 79], [2.0, 79], [2.5, 48]]}}, clock=clock)
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     collector = GPUCollector(open_gpus(nvml))
     collector.collect()
     clock.advance(3.0)
@@ -109,7 +109,7 @@ def test_xid_events_are_counted_per_code(sim_node) -> None:
 
 def test_set_calls_need_privileges(sim_node) -> None:
     sim_node({"profile": "h100", "gpus": 1}, privileged=False)
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     (gpu,) = open_gpus(nvml)
     with pytest.raises(NoPermissionError):
         gpu.set_power_limit_mw(300_000)
@@ -118,7 +118,7 @@ def test_set_calls_need_privileges(sim_node) -> None:
 
 def test_set_calls_land_and_read_back(sim_node) -> None:
     backend = sim_node({"profile": "h100", "gpus": 1})
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     (gpu,) = open_gpus(nvml)
     gpu.set_power_limit_mw(450_000)
     gpu.set_locked_sm_clocks_mhz(1200, 1500)
@@ -132,7 +132,7 @@ def test_set_calls_land_and_read_back(sim_node) -> None:
 
 def test_gpm_absent_is_not_supported(sim_node) -> None:
     sim_node({"profile": "h100", "gpus": 1})
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     (gpu,) = open_gpus(nvml)
     with pytest.raises(NotSupportedError):
         gpu.dram_bandwidth_ratio()
@@ -157,4 +157,11 @@ def test_no_library_raises_driver_missing() -> None:
 
     sim_nvml.attach(None)
     with pytest.raises(DriverMissingError):
+        open_nvml("sim", sim_nvml)
+
+
+def test_sim_backend_needs_its_module_from_the_caller() -> None:
+    from gputuned.collectors.device import DriverMissingError
+
+    with pytest.raises(DriverMissingError, match="stand-in"):
         open_nvml("sim")

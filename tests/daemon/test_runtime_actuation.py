@@ -12,6 +12,7 @@ import pytest
 
 from gputuned.collectors.device import GPUDevice
 from gputuned.collectors.nvml import NvmlGPU, open_gpus, open_nvml
+from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import ScriptedBackend
 from gputuned.daemon.actuation.actuator import Actuator, restore_from_state
 from gputuned.daemon.actuation.statefile import State, StateFile, parse_state
@@ -23,7 +24,7 @@ SimNode = Callable[..., ScriptedBackend]
 
 def _gpus(sim_node: SimNode, n: int = 2, privileged: bool = True) -> tuple[ScriptedBackend, list[NvmlGPU]]:
     backend = sim_node({"profile": "h100", "gpus": n}, privileged=privileged)
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     return backend, open_gpus(nvml)
 
 
@@ -118,7 +119,7 @@ class StuckPowerGPU(NvmlGPU):
 
 def test_a_change_that_does_not_read_back_is_reported(sim_node: SimNode, tmp_path: Path) -> None:
     _gpus(sim_node)
-    nvml, _ = open_nvml("sim")
+    nvml, _ = open_nvml("sim", sim_nvml)
     stuck: list[GPUDevice] = [StuckPowerGPU(nvml, 0)]
     act = Actuator(stuck, ActuationConfig(), StateFile(tmp_path / "s.json"))
     r = act.set_power_limit(0, 300)

@@ -71,7 +71,7 @@ def test_scenario_moves_its_series_and_writes_labels(name: str, tmp_path: Path) 
     ev = scen.events[0]
     sim_nvml.attach(backend)
     try:
-        nvml, kind = open_nvml("sim")
+        nvml, kind = open_nvml("sim", sim_nvml)
         assert kind == "sim"
         collector = GPUCollector(open_gpus(nvml), backend="sim")
         clock.set(ev.start_s - 90)
