@@ -24,13 +24,24 @@ medians and goal counts are over every (case, seed).
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from gputuned.tuner.decision.choosers import STAY
+from _common import (
+    BenchParser,
+    existing_file,
+    fraction,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    workload,
+)
+
+from gputuned.tuner.decision.moves import STAY
 from gputuned.tuner.decision.policy_numpy import NumpyPolicy
 from gputuned.tuner.sim_env import HELD_OUT_WORKLOADS, TRAINING_WORKLOADS, SimNodeEnv
 
@@ -206,7 +217,8 @@ def inference(path: Path | None, n: int) -> int:
     import numpy as np
     import psutil
 
-    from gputuned.tuner.decision.choosers import BASE_OBS_DIM, make_chooser
+    from gputuned.tuner.decision.choosers import make_chooser
+    from gputuned.tuner.decision.observe import BASE_OBS_DIM
 
     logging.disable(logging.WARNING)
     proc = psutil.Process()
@@ -231,75 +243,97 @@ def inference(path: Path | None, n: int) -> int:
     return 0
 
 
-def _option(args: list[str], name: str, kind: type, default: Any) -> Any:
-    """The value after ``name`` in ``args`` as ``kind``, or ``default``; exits naming a bad one."""
-    if name not in args:
-        return default
-    i = args.index(name) + 1
-    try:
-        return kind(args[i])
-    except (IndexError, ValueError):
-        what = "an integer" if kind is int else "a number"
-        raise SystemExit(f"eval: {name} needs {what}, got {args[i] if i < len(args) else 'nothing'}") from None
+def _train(args: argparse.Namespace) -> int:
+    import logging
+
+    from gputuned.tuner.train import train_sim
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("gputuned.tuner.train").setLevel(logging.INFO)
+    logging.getLogger("gputuned.tuner.decision.guard").setLevel(logging.ERROR)
+    train_sim(args.timesteps, args.out_dir, progress_bar=False, clone_steps=args.clone_steps)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from gputuned.tuner.train import resume_sim
+
+    over: dict[str, float | int] = {}
+    if args.learning_rate is not None:
+        over["learning_rate"] = args.learning_rate
+    if args.n_epochs is not None:
+        over["n_epochs"] = args.n_epochs
+    resume_sim(args.checkpoint, args.timesteps, args.out_dir, **over)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from stable_baselines3 import PPO
+
+    from gputuned.tuner.decision.policy_numpy import from_sb3
+
+    from_sb3(PPO.load(str(args.checkpoint), device="cpu")).save(args.out)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    doc = evaluate(args.policies, args.horizon, args.noise, args.seeds)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        for k, v in doc["summary"].items():
+            print(f"{k:45s} energy {v['energy']:.3f} time {v['time']:.3f} goal {v['goal_met']}, "
+                  f"median share of the best fixed setting's saving {v['share_of_best_fixed']}")
+    return 0
+
+
+def parser() -> BenchParser:
+    """The command line: one subcommand per study, every argument with its help."""
+    ap = BenchParser(description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="clone the climber, then train PPO on SimNodeEnv")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for checkpoints and the exported policy")
+    p.add_argument("timesteps", type=positive_int, metavar="TIMESTEPS", help="PPO timesteps")
+    p.add_argument("clone_steps", nargs="?", type=nonnegative_int, default=12_000, metavar="CLONE_STEPS",
+                   help="climber decisions to clone before PPO")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("eval", help="default, climber and each policy on every case (see above)")
+    p.add_argument("policies", nargs="+", type=existing_file, metavar="POLICY.npz", help="numpy policy files")
+    p.add_argument("--horizon", type=positive_int, default=90, help="decisions per episode")
+    p.add_argument("--noise", type=fraction, default=0.0, help="relative measurement noise per interval")
+    p.add_argument("--seeds", type=positive_int, default=1, help="node seeds per case (11, 12, ...)")
+    p.add_argument("--json", action="store_true", help="print every case as JSON instead of the summary")
+    p.set_defaults(func=_eval)
+    p = sub.add_parser("export", help="a stable-baselines3 checkpoint to a numpy policy file")
+    p.add_argument("checkpoint", type=existing_file, metavar="CHECKPOINT.zip", help="PPO checkpoint")
+    p.add_argument("out", type=Path, metavar="OUT.npz", help="numpy policy file to write")
+    p.set_defaults(func=_export)
+    p = sub.add_parser("inference", help="time one live decision (climber adviser + numpy MLP)")
+    p.add_argument("policy", nargs="?", type=existing_file, metavar="POLICY.npz", help="numpy policy (default: the shipped one)")
+    p.add_argument("n", nargs="?", type=positive_int, default=20_000, metavar="N", help="decisions to time")
+    p.set_defaults(func=lambda a: inference(a.policy, a.n))
+    p = sub.add_parser("agreement", help="how often the policy's move differs from the climber's")
+    p.add_argument("policy", type=existing_file, metavar="POLICY.npz", help="numpy policy file")
+    p.add_argument("--episodes", type=positive_int, default=20, help="episodes of 60 decisions (seeds 1000 on)")
+    p.set_defaults(func=lambda a: agreement(a.policy, a.episodes))
+    for name, func, what in (("clocks", clocks, "best energy to target: power limits alone vs locked SM clocks"),
+                             ("batches", batches, "time to target of batch x1/4..x4 at the maximum power limit")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("workloads", nargs="+", type=workload, metavar="WORKLOAD", help="simulated workloads")
+        p.set_defaults(func=lambda a, f=func: f(a.workloads))
+    p = sub.add_parser("resume", help="continue PPO training from a checkpoint")
+    p.add_argument("checkpoint", type=existing_file, metavar="CHECKPOINT.zip", help="PPO checkpoint")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for checkpoints and the exported policy")
+    p.add_argument("timesteps", type=positive_int, metavar="TIMESTEPS", help="further PPO timesteps")
+    p.add_argument("learning_rate", nargs="?", type=positive_float, metavar="LEARNING_RATE", help="new learning rate")
+    p.add_argument("n_epochs", nargs="?", type=positive_int, metavar="N_EPOCHS", help="new epochs per PPO update")
+    p.set_defaults(func=_resume)
+    return ap
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    if len(args) >= 3 and args[0] == "train":
-        import logging
-
-        from gputuned.tuner.train import train_sim
-
-        logging.basicConfig(level=logging.WARNING)
-        logging.getLogger("gputuned.tuner.train").setLevel(logging.INFO)
-        logging.getLogger("gputuned.tuner.decision.guard").setLevel(logging.ERROR)
-        train_sim(int(args[2]), Path(args[1]), progress_bar=False, clone_steps=int(args[3]) if len(args) > 3 else 12_000)
-        return 0
-    if len(args) >= 4 and args[0] == "resume":
-        from gputuned.tuner.train import resume_sim
-
-        over: dict[str, float | int] = {}
-        if len(args) > 4:
-            over["learning_rate"] = float(args[4])
-        if len(args) > 5:
-            over["n_epochs"] = int(args[5])
-        resume_sim(Path(args[1]), int(args[3]), Path(args[2]), **over)
-        return 0
-    if len(args) >= 2 and args[0] == "batches":
-        return batches(args[1:])
-    if len(args) >= 2 and args[0] == "clocks":
-        return clocks(args[1:])
-    if len(args) >= 2 and args[0] == "agreement":
-        return agreement(Path(args[1]), _option(args, "--episodes", int, 20))
-    if args and args[0] == "inference":
-        return inference(Path(args[1]) if len(args) > 1 else None, int(args[2]) if len(args) > 2 else 20000)
-    if len(args) == 3 and args[0] == "export":
-        from stable_baselines3 import PPO
-
-        from gputuned.tuner.decision.policy_numpy import from_sb3
-
-        from_sb3(PPO.load(args[1], device="cpu")).save(Path(args[2]))
-        return 0
-    if len(args) >= 2 and args[0] == "eval":
-        horizon = _option(args, "--horizon", int, 90)
-        noise = _option(args, "--noise", float, 0.0)
-        seeds = _option(args, "--seeds", int, 1)
-        if horizon < 1 or seeds < 1 or not 0.0 <= noise < 1.0:
-            raise SystemExit("eval: --horizon and --seeds must be >= 1, --noise in [0, 1)")
-        paths = [Path(a) for a in args[1:] if a.endswith(".npz")]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise SystemExit(f"eval: no policy file {', '.join(missing)}")
-        doc = evaluate(paths, horizon, noise, seeds)
-        if "--json" in args:
-            print(json.dumps(doc, indent=1))
-        else:
-            for k, v in doc["summary"].items():
-                print(f"{k:45s} energy {v['energy']:.3f} time {v['time']:.3f} goal {v['goal_met']}, "
-                      f"median share of the best fixed setting's saving {v['share_of_best_fixed']}")
-        return 0
-    print(__doc__, file=sys.stderr)
-    return 2
+    args = parser().parse_args()
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

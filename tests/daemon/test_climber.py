@@ -7,15 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from gputuned.tuner.decision.choosers import (
-    BASE_OBS_DIM,
-    STAY,
-    ClimbChooser,
-    busy_power,
-    move,
-    power_target,
-    split,
-)
+from gputuned.tuner.decision.choosers import ClimbChooser
+from gputuned.tuner.decision.moves import STAY, busy_power, move, power_target, split
+from gputuned.tuner.decision.observe import BASE_OBS_DIM
 from gputuned.tuner.sim_env import SimNodeEnv
 
 
@@ -82,7 +76,8 @@ def test_a_step_down_from_a_limit_the_gpus_do_not_reach_lands_a_step_above_their
     # step down skips the steps that would change nothing, and costs no goodput
     env = SimNodeEnv(profiles=("v100",), workloads=("dlrm-criteo",), gpus=(1,), horizon=4, noise=0.0)
     env.reset(seed=0, options={"objective": "energy_slowdown", "max_slowdown": 0.03})
-    busy = env._last["busy_w"]
+    assert env.kernel.last is not None
+    busy = env.kernel.last.busy_w
     _, _, _, _, info = env.step(move(-1, 0))
     assert busy + 7.5 <= env.limit_w <= busy + 15.0 and env.limit_w <= 240.0
     assert info["goodput_ratio"] > 0.999 and not info["rolled_back"]

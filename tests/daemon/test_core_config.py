@@ -2,45 +2,55 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from testkit import REPO
 
-from gputuned.daemon.core.config import Config, ConfigError, load_config
+from gputuned.daemon.app.config import Config, load_config
+from gputuned.daemon.core.config import ConfigError
+from gputuned.tuner.decision.config import TuningConfig
 
 GPUTUNED = [sys.executable, "-m", "gputuned"]
 
 
-def test_shipped_example_lists_every_key_with_its_default() -> None:
-    from gputuned.daemon.app.tuning import TuningConfig
-    from gputuned.tuner.forecast.config import ForecastConfig
+def _fields(model: BaseModel) -> dict[str, object]:
+    return {name: getattr(model, name) for name in type(model).model_fields} | dict(model.model_extra or {})
 
-    example = load_config(REPO / "systemd" / "gputuned.toml")
-    assert example.model_copy(update={"forecast": {}, "tuner": {}}) == Config()
-    assert ForecastConfig.from_mapping(example.forecast) == ForecastConfig()
-    tuner = {k: v for k, v in example.tuner.items() if k != "enabled"}
-    tuner["pause_file"] = Path(tuner["pause_file"])
-    assert TuningConfig(**tuner) == TuningConfig()
-    text = (REPO / "systemd" / "gputuned.toml").read_text()
 
-    def keys(model: object, prefix: str = "") -> list[str]:
-        out = []
-        for name in type(model).model_fields:
-            value = getattr(model, name)
-            if hasattr(type(value), "model_fields"):
-                out += keys(value, f"{prefix}{name}.")
-            else:
-                out.append(name)
-        return out
-
-    for key in keys(Config()):
-        if isinstance(getattr(Config(), key, None), dict):  # tables validated by their owners
-            assert f"[{key}]" in text, key
+def _keys(model: BaseModel, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(tables, leaf keys) of a config model, walking sections, collectors' tables and nested tables."""
+    tables: list[str] = []
+    leaves: list[str] = []
+    for name, value in _fields(model).items():
+        if isinstance(value, BaseModel):
+            more = _keys(value, f"{prefix}{name}.")
+            if not all(isinstance(v, BaseModel) for v in _fields(value).values()):  # [collectors] holds tables only
+                tables.append(prefix + name)
+            tables += more[0]
+            leaves += more[1]
+        elif dataclasses.is_dataclass(value):  # the forecaster's nested tables
+            tables.append(prefix + name)
         else:
-            assert f"{key} =" in text or f"# {key} =" in text, key
+            leaves.append(name)
+    return tables, leaves
+
+
+def test_shipped_example_lists_every_key_with_its_default() -> None:
+    example = load_config(REPO / "systemd" / "gputuned.toml")
+    assert example == Config()
+    assert example.tuner.tuning() == TuningConfig()
+    text = (REPO / "systemd" / "gputuned.toml").read_text()
+    tables, leaves = _keys(Config())
+    assert {"collectors.gpu", "collectors.peers", "forecast.detector", "tuner"} <= set(tables)
+    for table in tables:
+        assert f"[{table}]" in text, table
+    for key in leaves:
+        assert f"{key} =" in text or f"# {key} =" in text, key
 
 
 @pytest.mark.parametrize(
@@ -53,6 +63,19 @@ def test_shipped_example_lists_every_key_with_its_default() -> None:
         ("[daemon]\ninterval_seconds = 0\n", "daemon.interval_seconds"),
         ("[collectors.peers]\npeers = [\"nohost\"]\n", "peer 'nohost'"),
         ("[bogus]\nx = 1\n", "bogus: unknown key"),
+        ("[collectors.bogus]\nx = 1\n", "collectors.bogus: unknown key"),
+        ("[collectors.host]\nproc_path = 3\n", "collectors.host.proc_path"),
+        ("[collectors.peers]\ntimeout_seconds = 0\n", "collectors.peers.timeout_seconds"),
+        ("[control]\nmax_connections = 0\n", "control.max_connections"),
+        ("[forecast]\nrefit_every = 5\n", "forecast.refit_every: unknown key"),
+        ("[forecast]\ndownsample_s = -1\n", "forecast.downsample_s must be positive"),
+        ("[forecast.detector]\nwarmup = true\n", "forecast.detector.warmup"),
+        ("[[forecast.series]]\nfamily = \"x\"\ndirection = \"sideways\"\n", "forecast.series.0.direction"),
+        ("[tuner]\nobjective = \"speed\"\n", "tuner.objective: unknown 'speed'"),
+        ("[tuner]\nenabled = \"yes\"\n", "tuner.enabled: expected true, false or \"auto\", got 'yes'"),
+        ("[tuner]\ninterval_s = \"5\"\n", "tuner.interval_s"),
+        ("[tuner]\npolicy = \"greedy\"\n", "tuner.policy"),
+        ("[tuner]\nspeed = 1\n", "tuner.speed: unknown key"),
         ("[daemon\n", "not valid TOML"),
     ],
 )

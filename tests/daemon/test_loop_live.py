@@ -13,8 +13,10 @@ from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.node import build_sim_node
 from gputuned.collectors.sim.trainer import connect
 from gputuned.daemon.app.daemon import Daemon, setup_gpus
-from gputuned.daemon.app.tuning import TuningComponent, TuningConfig
+from gputuned.daemon.app.tuning import TuningComponent
 from gputuned.daemon.commands.cli import main
+from gputuned.trainer_plugin.client import DaemonClient
+from gputuned.tuner.decision.config import TuningConfig
 
 
 class FastClock:
@@ -43,7 +45,7 @@ def test_daemon_tunes_a_live_job_and_watch_shows_it(tmp_path: Path, capsys: pyte
     stop = threading.Event()
     try:
         daemon.start()
-        reporter = connect(backend, str(sock), job_name="live-job")
+        reporter = connect(backend, str(sock), job_name="live-job", make_client=DaemonClient)
         pump = threading.Thread(target=reporter.run, args=(stop, 0.05), daemon=True)
         pump.start()
         deadline = time.monotonic() + 20

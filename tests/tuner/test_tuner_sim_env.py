@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from stable_baselines3.common.env_checker import check_env
 
-from gputuned.tuner.decision.choosers import BASE_OBS_DIM, SIM_OBS_DIM, STAY, ClimbChooser, move
+from gputuned.tuner.decision.choosers import ClimbChooser
+from gputuned.tuner.decision.moves import STAY, move
+from gputuned.tuner.decision.observe import BASE_OBS_DIM, SIM_OBS_DIM
 from gputuned.tuner.sim_env import SimNodeEnv
 
 
@@ -76,7 +78,7 @@ def test_adviser_features_are_the_climbers_move() -> None:
         obs, _, _, _, info = env.step(env.suggested)
         if info["rolled_back"]:
             twin.rolled_back("power_limit" if env.suggested // 3 != 1 else "batch_size")
-    assert env.limit_w < env.profile.power_limit_default_w
+    assert env.limit_w < env.node.default_limit_w()
 
 
 def test_sim_env_rejects_unknown_objective() -> None:

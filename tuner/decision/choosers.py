@@ -24,112 +24,35 @@ and when to overrule it) and picks the move; the guard keeps its bounds, rate li
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
+from enum import Enum
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
+from gputuned.tuner.decision.moves import N_ACTIONS, STAY, move, split
+from gputuned.tuner.decision.observe import BASE_OBS_DIM, SIM_OBS_DIM
+from gputuned.tuner.decision.observe import Feature as F
+
 logger = logging.getLogger(__name__)
 
-STAY = 4
-N_ACTIONS = 9
 #: Where ``bench/tuner_sim_eval.py train`` puts the simulated-node policy in the package.
 PACKAGED_SIM_POLICY = Path(str(files("gputuned.tuner") / "data" / "policy_sim.npz"))
-#: Observation features measured from one interval (see :class:`LiveObserver`).
-BASE_OBS_DIM = 19
-#: The learned policy's input: the base observation and the climber's proposed (power, batch) move.
-SIM_OBS_DIM = BASE_OBS_DIM + 2
 #: Share of the measured energy-for-goodput exchange rate a batch probe must beat to be kept
 #: for the goodput it gains (the rate falls as the limit comes down, so only half is counted).
 TRADE_SHARE = 0.5
-#: Intervals after which the observation's "early phase" feature saturates.
-EARLY_INTERVALS = 20
 #: Whether ``auto`` picks the packaged learned policy (true only while it is at least as good as
 #: the climber on the closed-loop headline, docs/benchmarks.md).
 LEARNED_BY_DEFAULT = True
 
 
-def move(dp: int, db: int) -> int:
-    """The action index of a (power move, batch move)."""
-    return 3 * (dp + 1) + (db + 1)
+class Phase(Enum):
+    """What the climber is doing: moving the power limit, judging a batch probe, or undoing one."""
 
-
-def split(action: int) -> tuple[int, int]:
-    """The (power move, batch move) of an action index."""
-    return action // 3 - 1, action % 3 - 1
-
-
-def power_target(limit_w: float, dp: int, busy_w: float, capped: bool, lo_w: float, hi_w: float) -> float:
-    """The power limit after a power move ``dp`` from ``limit_w``: one step of 5% of the range.
-
-    ``busy_w`` bounds what the GPUs draw while their kernels run (a power reading over the
-    utilisation it was taken at: the cap acts on kernels, not on the average with the gaps
-    between them). A step down from a limit they do not reach (not capped, ``busy_w`` more than
-    two steps under it) lands on the lowest limit of the step grid (``hi_w`` minus whole steps)
-    at least one step above ``busy_w``: the steps in between change nothing but cost a decision
-    interval each.
-    """
-    step = 0.05 * (hi_w - lo_w)
-    target = limit_w + dp * step
-    if dp < 0 and not capped and step > 0 and busy_w + step < limit_w - step:
-        target = min(target, hi_w - math.floor((hi_w - busy_w - step) / step) * step)
-    return float(min(max(target, lo_w), hi_w))
-
-
-def busy_power(readings: list[tuple[float, float]]) -> float:
-    """The most any GPU draws while busy, from (watts, utilisation 0-1) readings; infinite when a
-    GPU shows no kernel time to scale by (no step down may then skip ahead)."""
-    return max((w / u if u > 0.05 else math.inf for w, u in readings), default=math.inf)
-
-
-class LiveObserver:
-    """The observation of one decision interval, and the memory of the move that led to it.
-
-    Features (all relative to the reference interval at the job's own settings): 0 limit / max
-    limit, 1 power / limit, 2 power / max limit, 3 SM clock / max, 4 power-cap throttle bit,
-    5 log2(batch / b0) / 4, 6 throughput ratio - 1, 7 goodput ratio - 1, 8 energy per effective
-    sample ratio - 1, 9 statistical efficiency - 1, 10 early phase (intervals / 20, capped at 1),
-    11 out-of-memory on the last batch move, 12 energy objective, 13 slowdown budget x 10, 14-15
-    the last (power, batch) move made, 16-17 change of energy per sample and goodput ratios since
-    the previous interval (x 10), 18 the guard rolled the last move back.
-    """
-
-    def __init__(self, energy_objective: bool, max_slowdown: float) -> None:
-        self.energy = energy_objective
-        self.max_slowdown = max_slowdown
-        self.t = 0
-        self.last = (0, 0)
-        self.rolled = False
-        self.prev: tuple[float, float] | None = None
-
-    def observe(
-        self, *, limit_share: float, power_w: float, limit_w: float, max_w: float, sm_ratio: float, capped: bool,
-        batch: int, b0: int, throughput_ratio: float, goodput_ratio: float, eps_ratio: float, eff: float, oom: bool,
-    ) -> np.ndarray:
-        """The base observation (``BASE_OBS_DIM`` floats in [-5, 5])."""
-        eps_ratio = eps_ratio if math.isfinite(eps_ratio) else 5.0
-        d_eps, d_good = (0.0, 0.0) if self.prev is None else (eps_ratio - self.prev[0], goodput_ratio - self.prev[1])
-        obs = [
-            limit_share, power_w / max(limit_w, 1e-9), power_w / max(max_w, 1e-9), sm_ratio, float(capped),
-            math.log2(max(batch, 1) / max(b0, 1)) / 4.0, throughput_ratio - 1.0, goodput_ratio - 1.0, eps_ratio - 1.0,
-            eff - 1.0, min(self.t, EARLY_INTERVALS) / EARLY_INTERVALS, float(oom), 1.0 if self.energy else 0.0,
-            self.max_slowdown * 10.0, float(self.last[0]), float(self.last[1]), 10.0 * d_eps, 10.0 * d_good,
-            float(self.rolled),
-        ]
-        self.prev = (eps_ratio, goodput_ratio)
-        self.t += 1
-        self.last, self.rolled = (0, 0), False
-        return np.clip(np.asarray(obs, dtype=np.float32), -5.0, 5.0)
-
-    def moved(self, dp: int, db: int) -> None:
-        """The move made after the last observation (what the guard let through)."""
-        self.last = (dp, db)
-
-    def rolled_back(self) -> None:
-        """The guard undid the last move: the next observation says so."""
-        self.last, self.rolled = (0, 0), True
+    POWER = "power"
+    PROBE = "probe"
+    UNDO = "undo"
 
 
 class Chooser:
@@ -151,7 +74,7 @@ class ClimbChooser(Chooser):
         self.budget = 1.0 - max_slowdown
         self.margin = margin
         self.max_probes = max_probes
-        self.state = "power"
+        self.state = Phase.POWER
         self.settled = 0
         self.prev_eps: float | None = None
         self.floor: float | None = None  # limit share under which energy per sample rose
@@ -169,25 +92,25 @@ class ClimbChooser(Chooser):
         self.spread = 0.0  # mean absolute change of goodput between intervals with no move (noise)
 
     def __call__(self, obs: np.ndarray) -> int:
-        limit, goodput, eps, oom = float(obs[0]), float(obs[7]) + 1.0, float(obs[8]) + 1.0, obs[11] > 0.5
-        if obs[14] == 0 and obs[15] == 0 and obs[18] == 0 and obs[10] > 0:
-            self.spread = 0.8 * self.spread + 0.2 * abs(float(obs[17])) / 10.0
-        if self.state == "probe" and (oom or obs[15] == 0):
+        limit, goodput, eps, oom = float(obs[F.LIMIT_SHARE]), float(obs[F.GOODPUT]) + 1.0, float(obs[F.EPS]) + 1.0, obs[F.OOM] > 0.5
+        if obs[F.LAST_DP] == 0 and obs[F.LAST_DB] == 0 and obs[F.ROLLED_BACK] == 0 and obs[F.EARLY] > 0:
+            self.spread = 0.8 * self.spread + 0.2 * abs(float(obs[F.D_GOODPUT])) / 10.0
+        if self.state == Phase.PROBE and (oom or obs[F.LAST_DB] == 0):
             # the batch move asked for was not made (out of memory, refused, at the job's bound):
             # that direction is spent; a look-ahead step not made leaves the first one to undo
             self.probes[self.direction] = self.max_probes
             if self.depth:
-                self.state, self.undo = "undo", -self.direction
+                self.state, self.undo = Phase.UNDO, -self.direction
             else:
-                self.state = "power"
+                self.state = Phase.POWER
             self.probe_from, self.depth = None, 0
             self.direction = -self.direction
-        if self.state == "undo":  # the second half of undoing a two-step probe
-            self.state = "power"
+        if self.state == Phase.UNDO:  # the second half of undoing a two-step probe
+            self.state = Phase.POWER
             return move(0, self.undo)
-        if self.state == "probe":
+        if self.state == Phase.PROBE:
             return self._judge_probe(eps, goodput)
-        dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps, obs[4] > 0.5)
+        dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps, obs[F.CAPPED] > 0.5)
         self.prev_eps, self.prev_good, self.last_dp = eps, goodput, dp
         self.settled = self.settled + 1 if dp == 0 else 0
         if dp == 0 and self.settled >= 2 and self.traded is not None:
@@ -197,12 +120,12 @@ class ClimbChooser(Chooser):
                 d = self.direction
                 self.probes[d], self.direction, self.settled = self.max_probes, -d, 0
                 if steps > 1:
-                    self.state, self.undo = "undo", -d
+                    self.state, self.undo = Phase.UNDO, -d
                 return move(0, -d)
         if dp == 0 and self.settled >= 2:
             db = self._next_probe()
             if db:
-                self.state, self.probe_from, self.settled = "probe", (eps, goodput), 0
+                self.state, self.probe_from, self.settled = Phase.PROBE, (eps, goodput), 0
                 return move(0, db)
         return move(dp, 0)
 
@@ -212,10 +135,10 @@ class ClimbChooser(Chooser):
             # the limit it came down to cost too much: not again (with no step seen yet, the move
             # may have skipped several: no lower limit at all from here)
             self.floor = self.prev_limit - self.step if self.step > 0 else self.prev_limit
-        if knob == "batch_size" and self.state == "probe":
+        if knob == "batch_size" and self.state == Phase.PROBE:
             self.probes[self.direction] = self.max_probes
             # the guard undid the look-ahead step only: the first step is still to undo
-            self.state, self.undo = ("undo", -self.direction) if self.depth else ("power", 0)
+            self.state, self.undo = (Phase.UNDO, -self.direction) if self.depth else (Phase.POWER, 0)
             self.direction = -self.direction
             self.probe_from, self.depth = None, 0
         self.last_dp = 0
@@ -224,11 +147,11 @@ class ClimbChooser(Chooser):
         """The move actually made was ``action`` (a learned policy overruled ``suggested``): resync the state."""
         if action == suggested:
             return
-        if self.state == "probe":  # the probe it asked for did not happen
+        if self.state == Phase.PROBE:  # the probe it asked for did not happen
             self.probes[self.direction] = max(0, self.probes[self.direction] - 1)
-            self.state, self.probe_from, self.depth = "power", None, 0
-        elif self.state == "undo":
-            self.state = "power"
+            self.state, self.probe_from, self.depth = Phase.POWER, None, 0
+        elif self.state == Phase.UNDO:
+            self.state = Phase.POWER
         self.last_dp = action // 3 - 1
         self.settled = 0
 
@@ -285,7 +208,7 @@ class ClimbChooser(Chooser):
             self.depth = 1
             return move(0, d)
         two, self.depth = self.depth, 0
-        self.state, self.probe_from = "power", None
+        self.state, self.probe_from = Phase.POWER, None
         self.prev_eps, self.last_dp = (eps if better else eps0), 0
         if better:
             self.floor = None  # a new batch size: the limits left to explore change
@@ -296,7 +219,7 @@ class ClimbChooser(Chooser):
         self.probes[d] = self.max_probes  # this direction does not pay: undo it, try the other
         self.direction = -d
         if two:
-            self.state, self.undo = "undo", -d
+            self.state, self.undo = Phase.UNDO, -d
         return move(0, -d)
 
 
@@ -315,7 +238,7 @@ class LearnedChooser(Chooser):
         action = int(self.policy(full))
         if not 0 <= action < N_ACTIONS:
             action = STAY
-        dp, last_dp = split(action)[0], int(obs[14])
+        dp, last_dp = split(action)[0], int(obs[F.LAST_DP])
         if action != suggested and dp and dp == -last_dp:
             # overruling the adviser only to undo the last power step is how a policy oscillates
             # (seen outside its training range, e.g. 32x the batch): follow the adviser there

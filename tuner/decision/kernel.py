@@ -1,0 +1,328 @@
+"""The decision kernel: one tuner step over a node, the same in the daemon and in training.
+
+Every decision interval the kernel reads the interval a :class:`Node` measured, records the
+first one as the reference (the job's own settings), asks the :class:`SafetyGuard` to judge the
+last move against the cost rate before it (a worse move is rolled back, every knob it changed),
+builds the observation and, given a move, applies it through the guard: the batch size as a
+request the job acknowledges (at once on a simulated job, a tick or so later over the control
+socket), the power limit on every GPU. With several ranks reporting compute times, the Perseus
+controller lowers the GPUs with slack below the job-wide limit. The daemon's tuning component
+(:mod:`gputuned.daemon.app.tuning`) and the training environment
+(:mod:`gputuned.tuner.sim_env`) are adapters that give it a node and a clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from gputuned.tuner.decision.config import TuningConfig
+from gputuned.tuner.decision.guard import SafetyGuard
+from gputuned.tuner.decision.moves import power_step, power_target, split
+from gputuned.tuner.decision.observe import Interval, LiveObserver
+from gputuned.tuner.decision.perseus import RankTiming, SlackConfig, plan_power_limits
+
+logger = logging.getLogger(__name__)
+
+#: The relative measurement noise the guard assumes when judging a move.
+GUARD_NOISE = 0.02
+#: Intervals a batch-size request may wait for the job's answer before it counts as failed.
+ACK_TIMEOUT_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class GPULimits:
+    """One tuned GPU: its key in events and the guard, and its power-limit range (W)."""
+
+    key: str
+    lo_w: float
+    hi_w: float
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The job's answer to a batch-size request."""
+
+    ok: bool
+    error: str = ""
+
+
+class Node(Protocol):
+    """What the kernel needs of a node: measurements, the power limit, the job's batch size."""
+
+    def gpus(self) -> list[GPULimits]:
+        """The tuned GPUs, in a fixed order."""
+        ...
+
+    def measure(self, now: float) -> Interval | None:
+        """The interval since the last call (None when it cannot be measured)."""
+        ...
+
+    def set_power_limit(self, gpu: str, watts: float) -> bool:
+        """Set one GPU's power limit; True when applied."""
+        ...
+
+    def request_batch(self, size: int) -> str:
+        """Ask the job for a global batch size; returns a request id (LookupError/ValueError: not sent)."""
+        ...
+
+    def batch_ack(self, ident: str) -> Ack | None:
+        """The job's answer to request ``ident``, None while it has not answered."""
+        ...
+
+    def rank_timings(self) -> list[RankTiming]:
+        """Per-rank compute times with each rank's GPU key (empty: no Perseus)."""
+        ...
+
+
+@dataclass
+class _Pending:
+    ident: str
+    batch: int
+    previous: int
+    sent_at: float
+    rate_before: float | None  # None for a rollback: nothing to judge
+
+
+@dataclass
+class Outcome:
+    """What one step did: ``skip``, ``reference``, ``rollback`` or ``choose`` (with its observation)."""
+
+    kind: str
+    interval: Interval | None = None
+    obs: np.ndarray | None = None
+    action: int | None = None
+    made: tuple[int, int] = (0, 0)
+    rolled: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+class DecisionKernel:
+    """One job's tuning: reference, judgement, observation and moves over a :class:`Node`."""
+
+    def __init__(
+        self, node: Node, config: TuningConfig, guard: SafetyGuard, *, b0: int, limit_w: float,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_rollback: Callable[[str], None] | None = None,
+    ) -> None:
+        self.node = node
+        self.cfg = config
+        self.guard = guard
+        self.b0 = b0
+        self.limit_w = limit_w
+        self.on_event = on_event or (lambda e: None)
+        self.on_rollback = on_rollback or (lambda knob: None)
+        self.observer = LiveObserver(config.objective != "throughput", config.max_slowdown)
+        self.ref: Interval | None = None
+        self.last: Interval | None = None
+        self.t = 0
+        self.oom = False
+        self.slack_w: dict[str, float] = {}  # Perseus: watts below the job-wide limit, per GPU
+        self.batch_max: int | None = None  # largest batch the job accepted before refusing a larger one
+        self.pending: _Pending | None = None
+        self.last_action_t = 0.0
+        self._gpus = node.gpus()
+
+    # -- one step -----------------------------------------------------------------------
+    def step(self, now: float, choose: Callable[[np.ndarray], int]) -> Outcome:
+        """Judge the last interval and, when a choice is due, make the move ``choose`` picks."""
+        out = self.observe(now)
+        if out.obs is not None:
+            out.action = int(choose(out.obs))
+            out.made = self.act(out.action, now)
+        return out
+
+    def observe(self, now: float) -> Outcome:
+        """Read the interval just ended: reference, rollback, or the observation to choose from."""
+        self.poll(now)
+        m = self.node.measure(now)
+        if m is None or m.samples <= 0 or m.energy_j <= 0:
+            return Outcome("skip", m)
+        self.last = m
+        if self.ref is None:
+            self.ref = m
+            self._emit(now, "reference", "batch_size", "job", m.batch, eps_j=m.eps, goodput=m.goodput)
+            return Outcome("reference", m)
+        back = self.guard.evaluate(self.cost_rate(m), now, noise=GUARD_NOISE)
+        if back:
+            self._rollback(now, back)
+            return Outcome("rollback", m, rolled=back)
+        self.t += 1
+        return Outcome("choose", m, obs=self.observation(m))
+
+    def act(self, action: int, now: float) -> tuple[int, int]:
+        """Apply a move through the guard; returns the (power, batch) move made."""
+        m = self.last
+        assert m is not None, "act() before an observation"
+        rate = self.cost_rate(m)
+        dp, db = split(action)
+        self.oom = False
+        done_b = self._batch_move(now, m, db, rate) if db else 0
+        if dp and db and not done_b:
+            dp = 0  # a two-knob move is made whole or not at all (half of one is how a policy oscillates)
+        done_p = 0
+        if dp and self.cfg.tune_power:
+            g0 = self._gpus[0]
+            target = power_target(self.limit_w, dp, m.busy_w, m.capped, g0.lo_w, g0.hi_w)
+            if target != self.limit_w and self._set_power(now, target, rate):
+                done_p = dp
+        self.observer.moved(done_p, done_b)
+        if self.cfg.perseus and self.cfg.tune_power and not done_p:
+            self._perseus(now)
+        return done_p, done_b
+
+    # -- what is measured ---------------------------------------------------------------
+    def observation(self, m: Interval) -> np.ndarray:
+        """The observation of one measured interval (advances the observer's memory)."""
+        ref = self.ref or m
+        g0 = self._gpus[0]
+        ref_eps = ref.eps if math.isfinite(ref.eps) and ref.eps > 0 else 1.0
+        eps = m.eps if math.isfinite(m.eps) else 5.0 * ref_eps
+        return self.observer.observe(
+            limit_share=self.limit_w / g0.hi_w, power_w=m.power_w, limit_w=self.limit_w, max_w=g0.hi_w,
+            sm_ratio=m.sm_ratio, capped=m.capped, batch=m.batch, b0=self.b0,
+            throughput_ratio=m.throughput / max(ref.throughput, 1e-9), goodput_ratio=m.goodput / max(ref.goodput, 1e-9),
+            eps_ratio=eps / ref_eps, eff=m.eff, oom=self.oom,
+        )
+
+    def cost_rate(self, m: Interval) -> float:
+        """What the objective minimises, per effective sample (lower is better)."""
+        ref = self.ref or m
+        if self.cfg.objective == "throughput":
+            return 1.0 / max(m.goodput, 1e-9)
+        if self.cfg.objective == "cost":
+            pmax = sum(g.hi_w for g in self._gpus)
+            return self.cfg.eta * m.eps + (1.0 - self.cfg.eta) * pmax / max(m.goodput, 1e-9)
+        short = max(0.0, (1.0 - self.cfg.max_slowdown) - m.goodput / max(ref.goodput, 1e-9))
+        return m.eps * (1.0 + 10.0 * short)
+
+    # -- the batch size -------------------------------------------------------------------
+    def poll(self, now: float) -> Ack | None:
+        """Take the job's answer to the batch-size request in flight, if it came; returns it."""
+        p = self.pending
+        if p is None:
+            return None
+        ack = self.node.batch_ack(p.ident)
+        if ack is None:
+            if now - p.sent_at > ACK_TIMEOUT_INTERVALS * self.cfg.interval_s:
+                self.pending = None
+                self._emit(now, "failed", "batch_size", "job", p.batch, reason="no ack")
+            return None
+        self.pending = None
+        if ack.ok:
+            if p.rate_before is not None:
+                self.guard.commit("batch_size", "job", p.batch, now, baseline=p.rate_before, previous=p.previous)
+            self.last_action_t = now
+            self._emit(now, "applied", "batch_size", "job", p.batch, previous=p.previous)
+            return ack
+        self.observer.moved(self.observer.last[0], 0)  # the next observation: no batch move made
+        if "memory" in ack.error.lower():
+            self.guard.record_oom(p.batch)
+            self.oom = True
+        elif p.batch > p.previous:  # the job refuses sizes this large (its max_batch_size)
+            self.batch_max = p.previous if self.batch_max is None else min(self.batch_max, p.previous)
+        self._emit(now, "nack", "batch_size", "job", p.batch, reason=ack.error)
+        return ack
+
+    def _batch_move(self, now: float, m: Interval, db: int, rate: float) -> int:
+        """Ask for the batch move ``db``; returns it when asked (and not refused at once), else 0."""
+        if not self.cfg.tune_batch or self.pending is not None:
+            return 0
+        size = int(m.batch * (2.0 if db > 0 else 0.5))
+        if db > 0 and self.batch_max is not None and size > self.batch_max:
+            self._emit(now, "refused", "batch_size", "job", size, reason="batch_max")
+            return 0
+        d = self.guard.propose("batch_size", "job", size, now)
+        if not d.allowed:
+            self._emit(now, "refused", "batch_size", "job", size, reason=d.reason)
+            return 0
+        if not self._request_batch(now, size, m.batch, rate):
+            return 0
+        ack = self.poll(now)  # a simulated job answers at once; over the control socket it comes later
+        return 0 if ack is not None and not ack.ok else db
+
+    def _request_batch(self, now: float, size: int, previous: int, rate: float | None) -> bool:
+        try:
+            ident = self.node.request_batch(size)
+        except (LookupError, ValueError) as e:
+            self._emit(now, "failed", "batch_size", "job", size, reason=str(e))
+            return False
+        self.pending = _Pending(ident, size, previous, now, rate)
+        self._emit(now, "rollback" if rate is None else "decision", "batch_size", "job", size, previous=previous,
+                   ident=ident)
+        return True
+
+    def restore_batch(self, now: float) -> None:
+        """Give the job its own batch size back (on stop)."""
+        if not self.b0 or self.last is None or self.last.batch == self.b0:
+            return
+        try:
+            ident = self.node.request_batch(self.b0)
+        except (LookupError, ValueError) as e:
+            logger.info("tuner: batch size not restored: %s", e)
+            return
+        self._emit(now, "restore", "batch_size", "job", self.b0, ident=ident)
+
+    # -- the power limit --------------------------------------------------------------------
+    def _set_power(self, now: float, watts: float, rate: float, rollback: bool = False) -> bool:
+        if not rollback:
+            d = self.guard.propose("power_limit", "all", watts, now)
+            if not d.allowed:
+                self._emit(now, "refused", "power_limit", "all", watts, reason=d.reason)
+                return False
+        done = [g.key for g in self._gpus
+                if self.node.set_power_limit(g.key, max(g.lo_w, watts - self.slack_w.get(g.key, 0.0)))]
+        if not done:
+            self._emit(now, "failed", "power_limit", "all", watts)
+            return False
+        previous, self.limit_w = self.limit_w, watts
+        if not rollback:
+            self.guard.commit("power_limit", "all", watts, now, baseline=rate, previous=previous)
+        self.last_action_t = now
+        self._emit(now, "rollback" if rollback else "action", "power_limit", "all", watts, previous=previous,
+                   gpus=[int(k) if k.isdigit() else k for k in done])
+        return True
+
+    def _perseus(self, now: float) -> None:
+        """Lower the GPUs off the critical path (Perseus) below the job-wide limit."""
+        timings = self.node.rank_timings()
+        if not timings:
+            return
+        g0 = self._gpus[0]
+        by = {g.key: g for g in self._gpus}
+        current = {k: self.limit_w - self.slack_w.get(k, 0.0) for k in by}
+        bounds = {k: (g.lo_w, self.limit_w) for k, g in by.items()}
+        new = plan_power_limits(timings, current, bounds, SlackConfig(step_w=power_step(g0.lo_w, g0.hi_w)))
+        for k, watts in new.items():
+            if abs(watts - current[k]) < 1e-6:
+                continue
+            d = self.guard.propose("power_limit", k, watts, now)
+            if not d.allowed:
+                self._emit(now, "refused", "power_limit", k, watts, reason=d.reason)
+                continue
+            if self.node.set_power_limit(k, watts):
+                self.guard.commit("power_limit", k, watts, now)
+                self.slack_w[k] = self.limit_w - watts
+                self.last_action_t = now
+                self._emit(now, "action", "power_limit", k, watts, previous=current[k], reason="perseus_slack")
+
+    # -- rollback and output ------------------------------------------------------------------
+    def _rollback(self, now: float, back: list[tuple[str, str, float]]) -> None:
+        """Restore every knob the judged action changed."""
+        for knob, gpu, value in back:
+            self.on_rollback(knob)
+            if knob == "power_limit" and gpu == "all":
+                self._set_power(now, value, 0.0, rollback=True)
+            elif (knob == "batch_size" and self.last is not None
+                  and self._request_batch(now, int(value), self.last.batch, None)):
+                self.poll(now)
+        self.observer.rolled_back()
+
+    def _emit(self, t: float, kind: str, knob: str, target: str, value: float, **extra: Any) -> None:
+        event = {"t": t, "kind": kind, "knob": knob, "target": target, "value": value, **extra}
+        logger.info("tuner %s %s=%s on %s %s", kind, knob, value, target, extra or "")
+        self.on_event(event)
