@@ -3,9 +3,9 @@
 :class:`SimTrainerReporter` does what the trainer plugin does inside a real PyTorch loop,
 for the simulated job: it sends ``report`` messages with the job's step statistics and
 applies ``decision`` messages (batch size, profile) to the job, acknowledging each. It
-talks through any client with the :class:`ReportClient` methods; :func:`connect` builds the
-torch-free :class:`gputuned.trainer_plugin.client.DaemonClient`, so the daemon sees a
-simulated job exactly as it sees a real one.
+talks through any client with the :class:`ReportClient` methods; :func:`connect` builds one
+with the factory its caller injects (the composition root passes the trainer plugin's
+torch-free client class), so the daemon sees a simulated job exactly as it sees a real one.
 """
 
 from __future__ import annotations
@@ -29,6 +29,13 @@ class ReportClient(Protocol):
     def ack(self, id: str, ok: bool, applied_step: int | None = None, error: str | None = None) -> None: ...  # noqa: A002
 
     def profile_result(self, id: str, summary: dict[str, Any]) -> None: ...  # noqa: A002
+
+
+class ClientFactory(Protocol):
+    """Builds a connected client for one rank of a job (the plugin's DaemonClient class is one)."""
+
+    def __call__(self, path: str, *, job: str, rank: int, world_size: int, batch_size: int,
+                 batch_mode: str) -> ReportClient: ...
 
 
 def report_message_stats(backend: PhysicsBackend) -> dict[str, Any]:
@@ -102,13 +109,12 @@ class SimTrainerReporter:
                 logger.exception("simulated trainer report failed")
 
 
-def connect(backend: PhysicsBackend, socket_path: str, job_name: str = "sim-job") -> SimTrainerReporter:
-    """A reporter speaking to the daemon at ``socket_path`` through the real client (rank 0)."""
-    from gputuned.trainer_plugin.client import DaemonClient
-
+def connect(backend: PhysicsBackend, socket_path: str, job_name: str = "sim-job", *,
+            make_client: ClientFactory) -> SimTrainerReporter:
+    """A reporter speaking to the daemon at ``socket_path`` as rank 0, through ``make_client``."""
     job = backend.job
     if job is None:
         raise ValueError("the simulated node runs no job")
-    client = DaemonClient(socket_path, job=job_name, rank=0, world_size=job.world_size,
-                          batch_size=job.batch_size, batch_mode="global")
+    client = make_client(socket_path, job=job_name, rank=0, world_size=job.world_size,
+                         batch_size=job.batch_size, batch_mode="global")
     return SimTrainerReporter(backend, client)

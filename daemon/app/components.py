@@ -119,7 +119,9 @@ class SimJobComponent:
     def start(self) -> None:
         from gputuned.collectors.sim.trainer import connect
 
-        reporter = connect(self.backend, self.socket_path, self.job_name)
+        from gputuned.trainer_plugin.client import DaemonClient
+
+        reporter = connect(self.backend, self.socket_path, self.job_name, make_client=DaemonClient)
         self._thread = threading.Thread(target=reporter.run, args=(self._stop,), name="gputuned-sim-job", daemon=True)
         self._thread.start()
 

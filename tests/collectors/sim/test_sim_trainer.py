@@ -10,6 +10,7 @@ from gputuned.collectors.sim.node import build_sim_node
 from gputuned.collectors.sim.state import VirtualClock
 from gputuned.collectors.sim.trainer import connect
 from gputuned.protocol import STAT_KEYS
+from gputuned.trainer_plugin.client import DaemonClient
 from gputuned.trainer_plugin.testing import FakeDaemon
 
 
@@ -21,7 +22,7 @@ def test_reports_reach_daemon_and_batch_decisions_apply() -> None:
         with FakeDaemon(path, script=script) as daemon:
             clock = VirtualClock()
             backend = build_sim_node("a40", 2, "imagenet-resnet50", None, clock, seed=0)
-            reporter = connect(backend, path, job_name="sim-resnet")
+            reporter = connect(backend, path, job_name="sim-resnet", make_client=DaemonClient)
             try:
                 assert reporter.client.wait_connected(5.0)
                 def done(fd: FakeDaemon) -> bool:
