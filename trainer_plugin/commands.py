@@ -11,9 +11,9 @@ import sys
 import tomllib
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from gputuned import EXIT_USAGE
 
-EXIT_USAGE = 2
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:

@@ -11,9 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from gputuned import EXIT_USAGE
 
-EXIT_USAGE = 2
+logger = logging.getLogger(__name__)
 
 
 def _fail(message: str) -> int:

@@ -8,9 +8,9 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from gputuned import EXIT_USAGE
 
-EXIT_USAGE = 2
+logger = logging.getLogger(__name__)
 
 
 def _default_data() -> Path | None:

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gputuned import __version__
+from gputuned import EXIT_USAGE, __version__
 
 COMMAND_MODULES: tuple[str, ...] = (
     "gputuned.daemon.commands.run",
@@ -27,9 +27,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gputuned.daemon.commands.experiment",
     "gputuned.trainer_plugin.commands",
 )
-
-#: Exit code for bad input (config, flags, files), as argparse uses.
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
+from gputuned import EXIT_USAGE
 
 
 def _positive(text: str) -> float:

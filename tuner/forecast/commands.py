@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gputuned import EXIT_USAGE
+
 if TYPE_CHECKING:
     from gputuned.tuner.forecast.detector import DetectorConfig
 
 logger = logging.getLogger(__name__)
-
-EXIT_USAGE = 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
