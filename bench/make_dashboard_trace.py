@@ -170,7 +170,7 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
     its control socket is never bound, so no trainer could report).
     """
     from gputuned.daemon.app.daemon import Daemon
-    from gputuned.daemon.core.config import load_config
+    from gputuned.daemon.app.config import load_config
     from gputuned.daemon.record.trace import Recorder, TraceWriter
 
     listener = socket.socket()

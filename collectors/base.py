@@ -1,9 +1,8 @@
-"""The collector protocol and the registry of collectors by name."""
+"""The collector protocol, and the stand-in for a collector that could not start."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from gputuned.collectors.families import Sample
 
@@ -22,38 +21,8 @@ class Collector(Protocol):
     def close(self) -> None: ...
 
 
-Factory = Callable[..., Collector]
-
-_REGISTRY: dict[str, Factory] = {}
-
-
-def register(name: str) -> Callable[[Factory], Factory]:
-    """Class or function decorator registering a collector factory under ``name``."""
-
-    def deco(factory: Factory) -> Factory:
-        if name in _REGISTRY:
-            raise ValueError(f"collector {name!r} registered twice")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def registered() -> dict[str, Factory]:
-    """Name to factory, for every collector module imported so far."""
-    return dict(_REGISTRY)
-
-
-def create(name: str, **kwargs: Any) -> Collector:
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown collector {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-    return factory(**kwargs)
-
-
 class UnavailableCollector:
-    """Stands in for a collector whose source could not be opened (no NVML library).
+    """Stands in for a collector whose source could not be opened (no NVML library, a failing factory).
 
     Every run raises the original error, so the loop serves the collector as down and
     logs why once, while the other collectors go on.

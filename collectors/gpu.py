@@ -12,7 +12,6 @@ import socket
 from collections.abc import Callable, Sequence
 
 from gputuned.collectors import families as F
-from gputuned.collectors.base import register
 from gputuned.collectors.device import (
     CLOCK_EVENT_LABELS,
     GPUDevice,
@@ -21,6 +20,7 @@ from gputuned.collectors.device import (
     NotSupportedError,
 )
 from gputuned.collectors.families import Labels, Sample
+from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,6 @@ class _GPUState:
         self.errors = 0
 
 
-@register("gpu")
 class GPUCollector:
     """Reads every GPU through the :class:`GPUDevice` interface."""
 
@@ -207,3 +206,11 @@ class GPUCollector:
 
     def close(self) -> None:
         """Nothing to release; NVML is shut down by its owner."""
+
+
+@register("gpu", families=tuple(v for k, v in vars(F).items() if k.startswith("GPU_")))
+def build_gpu_collector(cfg: CollectorConfig, ctx: CollectorContext) -> GPUCollector | None:
+    """``[collectors.gpu]``: every opened GPU; down when NVML could not be opened."""
+    if ctx.gpu_error is not None:
+        raise ctx.gpu_error
+    return GPUCollector(ctx.devices, ctx.driver_version, ctx.backend) if ctx.devices else None

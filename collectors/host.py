@@ -8,8 +8,8 @@ from pathlib import Path
 
 import psutil
 
-from gputuned.collectors.base import register
 from gputuned.collectors.families import C, G, Sample, declare
+from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
 CPU_SECONDS = declare("gputuned_host_cpu_seconds_total", C, "CPU time spent in each mode, all CPUs together.")
 CPU_COUNT = declare("gputuned_host_cpus", G, "Logical CPUs.")
@@ -49,7 +49,6 @@ def read_tcp_counters(proc: Path) -> dict[str, int]:
     raise ValueError(f"no Tcp counters in {proc / 'net' / 'snmp'}")
 
 
-@register("host")
 class HostCollector:
     """Host readings through psutil (and /proc/net/snmp, which psutil does not expose)."""
 
@@ -112,3 +111,18 @@ class HostCollector:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class HostCollectorConfig(CollectorConfig):
+    proc_path: Path = Path("/proc")
+    skip_interfaces: list[str] = ["lo"]
+
+
+@register("host", config=HostCollectorConfig, families=(
+    CPU_SECONDS, CPU_COUNT, LOAD1, LOAD5, LOAD15, MEM_TOTAL, MEM_AVAILABLE, MEM_USED, SWAP_TOTAL, SWAP_USED,
+    DISK_READ, DISK_WRITTEN, DISK_READS, DISK_WRITES, DISK_BUSY, NET_RX_BYTES, NET_TX_BYTES, NET_RX_PACKETS,
+    NET_TX_PACKETS, NET_RX_ERRS, NET_TX_ERRS, NET_RX_DROP, NET_TX_DROP, TCP_RETRANS, TCP_OUT,
+))
+def build_host_collector(cfg: HostCollectorConfig, ctx: CollectorContext) -> HostCollector:
+    """``[collectors.host]``: psutil and /proc readings of this host."""
+    return HostCollector(proc=cfg.proc_path, skip_interfaces=tuple(cfg.skip_interfaces))

@@ -11,8 +11,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gputuned.collectors.base import register
+from pydantic import Field, field_validator
+
+from gputuned.collectors.base import Collector
 from gputuned.collectors.families import C, G, Sample, declare
+from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,6 @@ def _read(path: Path) -> str | None:
         return None
 
 
-@register("infiniband")
 class InfinibandCollector:
     """Port counters of every InfiniBand or RoCE device under ``sysfs``/class/infiniband."""
 
@@ -90,7 +92,6 @@ def parse_peer(peer: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-@register("peers")
 class PeerRTTCollector:
     """Measures TCP connect time to each peer on a background thread.
 
@@ -146,3 +147,35 @@ class PeerRTTCollector:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self._timeout + 1)
+
+
+class InfinibandCollectorConfig(CollectorConfig):
+    sysfs_path: Path = Path("/sys")
+
+
+@register("infiniband", config=InfinibandCollectorConfig, families=(*(f for f, _ in _IB_COUNTERS.values()), IB_STATE, IB_RATE))
+def build_infiniband_collector(cfg: InfinibandCollectorConfig, ctx: CollectorContext) -> InfinibandCollector:
+    """``[collectors.infiniband]``: port counters of the InfiniBand and RoCE devices under sysfs."""
+    return InfinibandCollector(sysfs=cfg.sysfs_path)
+
+
+class PeersCollectorConfig(CollectorConfig):
+    peers: list[str] = []
+    interval_seconds: float = Field(5.0, gt=0, le=3600)
+    timeout_seconds: float = Field(1.0, gt=0, le=60)
+
+    @field_validator("peers")
+    @classmethod
+    def _peers_are_host_port(cls, v: list[str]) -> list[str]:
+        for p in v:
+            parse_peer(p)
+        return v
+
+
+@register("peers", config=PeersCollectorConfig, families=(PEER_RTT, PEER_UP))
+def build_peers_collector(cfg: PeersCollectorConfig, ctx: CollectorContext) -> Collector | None:
+    """``[collectors.peers]``: RTT to the configured peers, else the simulated node's model of its network."""
+    if cfg.peers:
+        return PeerRTTCollector(cfg.peers, cfg.interval_seconds, cfg.timeout_seconds)
+    simulated = ctx.simulated.get("peers")
+    return simulated() if simulated is not None else None

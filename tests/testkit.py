@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gputuned.daemon.core.config import Config, parse_config
+from gputuned.daemon.app.config import Config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from gputuned.collectors.base import register
 from gputuned.collectors.families import Sample
 from gputuned.collectors.network import PEER_RTT, PEER_UP
 from gputuned.collectors.sim.physics import PhysicsBackend
@@ -12,12 +11,12 @@ from gputuned.collectors.sim.physics import PhysicsBackend
 logger = logging.getLogger(__name__)
 
 
-@register("sim_peers")
 class SimPeerRTTCollector:
     """What :class:`gputuned.collectors.network.PeerRTTCollector` reports, from the simulation.
 
     On a simulated node there are no peer hosts to connect to; the backend's model of the
-    network (base RTT, NIC degradation scenarios) gives the RTT to each simulated peer.
+    network (base RTT, NIC degradation scenarios) gives the RTT to each simulated peer. The
+    daemon offers it to the ``peers`` collector as the simulated source of its readings.
     """
 
     name = "peers"

@@ -178,12 +178,11 @@ def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: P
     """Attach the forecaster, the simulated job and the tuner as the daemon's config asks."""
     cfg = daemon.cfg
     forecast: ForecastComponent | None = None
-    if cfg.forecast.get("enabled", True):
-        from gputuned.tuner.forecast.config import ForecastConfig
+    if cfg.forecast.enabled:
         from gputuned.tuner.forecast.offload import open_service
 
         profiler = ProfileOnAlert(daemon.control) if daemon.control is not None else None
-        forecast = ForecastComponent(daemon.store, open_service(ForecastConfig.from_mapping(cfg.forecast)), profiler)
+        forecast = ForecastComponent(daemon.store, open_service(cfg.forecast), profiler)
         daemon.attach(forecast)
     backend = daemon.gpus.sim_backend
     if trainer == "real" and daemon.control is not None:
@@ -191,15 +190,10 @@ def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: P
     elif trainer == "sim" and cfg.sim.job and daemon.control is not None and getattr(backend, "job", None) is not None:
         daemon.attach(SimJobComponent(backend, str(cfg.control.socket_path), cfg.sim.job_name))
     if tuner_enabled(daemon):
-        from gputuned.daemon.app.tuning import TuningComponent, TuningConfig
+        from gputuned.daemon.app.tuning import TuningComponent
 
-        table = {k: v for k, v in cfg.tuner.items() if k != "enabled"}
-        for key in ("policy", "pause_file"):
-            if table.get(key):
-                table[key] = Path(table[key])
-        if trainer == "real":  # the CPU trainer draws nothing from the simulated GPUs: tune its batch only
-            table.setdefault("tune_power", False)
-        tcfg = TuningConfig(**table)
+        # the CPU trainer draws nothing from the simulated GPUs: tune its batch only, unless the file says
+        tcfg = cfg.tuner.tuning(tune_power=False) if trainer == "real" else cfg.tuner.tuning()
         daemon.attach(TuningComponent(
             daemon.store, daemon.actuator, daemon.control, [d.identity.index for d in daemon.gpus.devices], tcfg,
             alerts=forecast.alert_kinds if forecast is not None else None,
@@ -208,7 +202,7 @@ def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: P
 
 def tuner_enabled(daemon: Daemon) -> bool:
     """``tuner.enabled``: true, false, or "auto" (on for a simulated node only)."""
-    enabled = daemon.cfg.tuner.get("enabled", "auto")
+    enabled = daemon.cfg.tuner.enabled
     if enabled == "auto":
         return daemon.gpus.kind == "sim"
     return bool(enabled)

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
-from gputuned.collectors.base import Collector, UnavailableCollector
+from gputuned.collectors import registry
+from gputuned.collectors.base import Collector
 from gputuned.collectors.device import DriverMissingError, GPUDevice
-from gputuned.collectors.gpu import GPUCollector
-from gputuned.collectors.host import HostCollector
-from gputuned.collectors.network import InfinibandCollector, PeerRTTCollector
 from gputuned.collectors.nvml import open_gpus, open_nvml
+from gputuned.collectors.registry import CollectorContext
 from gputuned.daemon.actuation.actuator import Actuator
 from gputuned.daemon.actuation.statefile import StateFile
+from gputuned.daemon.app.config import Config
 from gputuned.daemon.app.runtime import RuntimeAdmin
 from gputuned.daemon.control.server import ControlServer
-from gputuned.daemon.core.config import Config, ConfigError
+from gputuned.daemon.core.config import ConfigError
 from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
 from gputuned.daemon.core.loop import CollectionLoop
 from gputuned.daemon.core.notify import Notifier
@@ -123,26 +123,20 @@ def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
     return GPUSetup(nvml, kind, list(open_gpus(nvml)), sim_be, version)
 
 
-def build_collectors(cfg: Config, gpus: GPUSetup) -> list[Collector]:
-    """The enabled collectors, in tick order."""
-    c = cfg.collectors
-    out: list[Collector] = []
-    if c.gpu.enabled and gpus.devices:
-        out.append(GPUCollector(gpus.devices, gpus.driver_version, gpus.kind))
-    elif c.gpu.enabled and gpus.error is not None:
-        out.append(UnavailableCollector("gpu", gpus.error))
-    if c.host.enabled:
-        out.append(HostCollector(proc=c.host.proc_path, skip_interfaces=tuple(c.host.skip_interfaces)))
-    if c.infiniband.enabled:
-        out.append(InfinibandCollector(sysfs=c.infiniband.sysfs_path))
-    if c.peers.enabled and c.peers.peers:
-        out.append(PeerRTTCollector(c.peers.peers, c.peers.interval_seconds, c.peers.timeout_seconds))
-    elif c.peers.enabled and hasattr(gpus.sim_backend, "peer_rtt_s"):
-        # the simulated node models its network: no peer hosts to connect to
+def collector_context(gpus: GPUSetup) -> CollectorContext:
+    """What the collector factories get: the opened GPUs, and the simulated node's own sources."""
+    simulated: dict[str, Callable[[], Collector]] = {}
+    backend = gpus.sim_backend
+    if hasattr(backend, "peer_rtt_s"):  # the simulated node models its network: no peer hosts to connect to
         from gputuned.collectors.sim.peers import SimPeerRTTCollector
 
-        out.append(SimPeerRTTCollector(gpus.sim_backend))
-    return out
+        simulated["peers"] = lambda: SimPeerRTTCollector(backend)  # type: ignore[arg-type]
+    return CollectorContext(gpus.devices, gpus.driver_version, gpus.kind, gpus.error, simulated)
+
+
+def build_collectors(cfg: Config, gpus: GPUSetup) -> list[Collector]:
+    """The enabled collectors of the registry, in tick order."""
+    return registry.build_collectors(cfg.collectors.tables(), collector_context(gpus))
 
 
 class Daemon:

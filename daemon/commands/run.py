@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from gputuned import __version__
-from gputuned.daemon.core.config import Config, ConfigError, load_config, resolve_config_path
+from gputuned.daemon.app.config import Config, load_config
+from gputuned.daemon.core.config import ConfigError, resolve_config_path
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             data[section][key] = value
-    from gputuned.daemon.core.config import parse_config
+    from gputuned.daemon.app.config import parse_config
 
     return parse_config(data, "command line")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gputuned import protocol
+from gputuned.daemon.app.config import Config
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
-from gputuned.daemon.core.config import Config
 
 EXIT_NOT_RUNNING = 3
 

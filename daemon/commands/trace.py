@@ -59,7 +59,7 @@ def _record(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     import threading
 
-    from gputuned.daemon.core.config import Config, parse_config
+    from gputuned.daemon.app.config import Config, parse_config
     from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
     from gputuned.daemon.core.store import Store
     from gputuned.daemon.record.replay import Replayer

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gputuned import protocol as P
-from gputuned.daemon.core.config import ControlConfig
+from gputuned.daemon.control.config import ControlConfig
 
 _CRED = struct.Struct("3i")
 MAX_OUTPUT_BYTES = 1 << 20

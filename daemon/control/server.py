@@ -22,6 +22,7 @@ from typing import Any
 
 from gputuned import protocol as P
 from gputuned.collectors.families import Sample
+from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.control.conn import Connection, bind_socket, peer_credentials, refuse_peer
 from gputuned.daemon.control.decisions import AckCallback, AdminHandler, DecisionBook, NoLeaderError
 from gputuned.daemon.control.reports import (
@@ -33,7 +34,6 @@ from gputuned.daemon.control.reports import (
     JobTable,
     series_keys,
 )
-from gputuned.daemon.core.config import ControlConfig
 from gputuned.daemon.core.store import Store
 
 logger = logging.getLogger(__name__)

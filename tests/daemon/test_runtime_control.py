@@ -16,8 +16,8 @@ import pytest
 from runtime_kit import connect_client, read_frame, wait_for
 
 from gputuned import protocol as P
+from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.control.server import ControlServer, NoLeaderError
-from gputuned.daemon.core.config import ControlConfig
 from gputuned.daemon.core.store import Store
 from gputuned.trainer_plugin.client import DaemonClient
 

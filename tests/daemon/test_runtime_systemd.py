@@ -112,7 +112,7 @@ def test_unit_has_what_the_daemon_relies_on() -> None:
                  "DeviceAllow=char-nvidia-frontend rw", "Conflicts=", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert line in text, line
     # paths the unit grants are the config's defaults
-    from gputuned.daemon.core.config import Config
+    from gputuned.daemon.app.config import Config
 
     cfg = Config()
     assert str(cfg.control.socket_path).startswith("/run/gputuned/")

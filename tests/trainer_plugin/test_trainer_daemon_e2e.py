@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
+from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.control.server import ControlServer, NoLeaderError
-from gputuned.daemon.core.config import ControlConfig
 from gputuned.daemon.core.store import Store
 from gputuned.trainer_plugin.plugin import TrainingPlugin
 

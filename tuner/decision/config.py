@@ -1,44 +1,79 @@
-"""What the live tuner optimises and how often it acts (the ``[tuner]`` table)."""
+"""The live tuner's settings: the ``[tuner]`` table of the daemon's config, less ``enabled``.
+
+What the tuner optimises, how often it acts, which chooser decides and which knobs it
+moves. Bad values raise a validation error (a ``ValueError``) whose message names the key.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Strict, StrictBool, StrictStr, field_validator
 
 from gputuned.tuner.decision.guard import DEFAULT_PAUSE_FILE
 
+#: What the tuner can optimise: energy per sample under a slowdown budget, energy alone,
+#: throughput, or Zeus's cost (``eta`` weighs energy against time).
 OBJECTIVES = ("energy_slowdown", "energy", "throughput", "cost")
+#: The choosers a config can name: the packaged learned policy, or the hill climber.
 CHOOSERS = ("learned", "climber")
 
+Seconds = Annotated[float, Strict()]
 
-@dataclass
-class TuningConfig:
+
+class TuningConfig(BaseModel):
     """What the live tuner optimises and how often it acts."""
 
-    objective: str = "energy_slowdown"
-    interval_s: float = 20.0
-    max_slowdown: float = 0.03
-    job: str | None = None  # None: the first job with a connected leader
-    # "learned" (the packaged numpy policy), "climber", or a policy file (.npz); None: ``chooser`` decides
-    policy: str | Path | None = None
-    chooser: str = "auto"  # auto (learned if the packaged policy loads and is the default), learned, climber
-    perseus: bool = True  # lower GPUs with slack when several ranks report compute times
-    tune_power: bool = True
-    tune_batch: bool = True
-    pause_file: Path | None = DEFAULT_PAUSE_FILE  # the kill switch `gputuned tuner pause` sets
-    eta: float = 0.5  # weight of energy in the ``cost`` objective (Zeus)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"tuner.objective: unknown {self.objective!r} ({', '.join(OBJECTIVES)})")
-        if not self.interval_s > 0:
-            raise ValueError(f"tuner.interval_s: must be positive, got {self.interval_s}")
-        if not 0.0 <= self.max_slowdown < 1.0:
-            raise ValueError(f"tuner.max_slowdown: must be in [0, 1), got {self.max_slowdown}")
-        if self.chooser not in ("auto", *CHOOSERS):
-            raise ValueError(f"tuner.chooser: unknown {self.chooser!r} (auto, {', '.join(CHOOSERS)})")
-        if isinstance(self.policy, str) and not self.policy.endswith(".npz") and self.policy not in CHOOSERS:
-            raise ValueError(f"tuner.policy: expected \"learned\", \"climber\" or a .npz file, got {self.policy!r}")
+    objective: StrictStr = "energy_slowdown"
+    interval_s: Seconds = 20.0
+    max_slowdown: Annotated[float, Strict()] = 0.03
+    job: StrictStr | None = None  # None: the first job with a connected leader
+    # "learned" (the packaged numpy policy), "climber", or a policy file (.npz); None: ``chooser`` decides
+    policy: StrictStr | Path | None = None
+    chooser: StrictStr = "auto"  # auto (learned if the packaged policy loads and is the default), learned, climber
+    perseus: StrictBool = True  # lower GPUs with slack when several ranks report compute times
+    tune_power: StrictBool = True
+    tune_batch: StrictBool = True
+    pause_file: Path | None = DEFAULT_PAUSE_FILE  # the kill switch `gputuned tuner pause` sets
+    eta: Annotated[float, Strict()] = 0.5  # weight of energy in the ``cost`` objective (Zeus)
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v: str) -> str:
+        if v not in OBJECTIVES:
+            raise ValueError(f"tuner.objective: unknown {v!r} ({', '.join(OBJECTIVES)})")
+        return v
+
+    @field_validator("interval_s")
+    @classmethod
+    def _positive_interval(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"tuner.interval_s: must be positive, got {v}")
+        return v
+
+    @field_validator("max_slowdown")
+    @classmethod
+    def _slowdown_fraction(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"tuner.max_slowdown: must be in [0, 1), got {v}")
+        return v
+
+    @field_validator("chooser")
+    @classmethod
+    def _known_chooser(cls, v: str) -> str:
+        if v not in ("auto", *CHOOSERS):
+            raise ValueError(f"tuner.chooser: unknown {v!r} (auto, {', '.join(CHOOSERS)})")
+        return v
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_name_or_file(cls, v: str | Path | None) -> str | Path | None:
+        if isinstance(v, str) and not v.endswith(".npz") and v not in CHOOSERS:
+            raise ValueError(f"tuner.policy: expected \"learned\", \"climber\" or a .npz file, got {v!r}")
+        return v
 
     def chooser_kind(self) -> tuple[str, Path | None]:
         """(auto | learned | climber, policy file or None) from ``policy`` and ``chooser``."""

@@ -1,16 +1,34 @@
 """Configuration of the forecaster: which series, how often to refit, limits and alerting.
 
-:meth:`ForecastConfig.from_mapping` reads the ``[forecast]`` table of the daemon's TOML
-config; unknown keys and bad values raise ``ValueError`` naming the key.
+:class:`ForecastConfig` is the pydantic model of the ``[forecast]`` table of the daemon's TOML
+config; :meth:`ForecastConfig.from_mapping` reads such a table on its own, raising
+``ValueError`` with one line naming the bad key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    InstanceOf,
+    Strict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from gputuned.tuner.forecast.detector import DetectorConfig, Direction
 from gputuned.tuner.forecast.eta import EtaConfig, Limit
@@ -48,31 +66,81 @@ DEFAULT_SERIES: tuple[SeriesSpec, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class ForecastConfig:
-    """Everything the forecast service needs; defaults suit a 1 s collection tick."""
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True
-    prophet: bool = True
-    series: tuple[SeriesSpec, ...] = DEFAULT_SERIES
-    downsample_s: float = 60.0
-    history_s: float = 3 * 86400.0
-    min_history_points: int = 30
-    refit_period_s: float = 3600.0
-    first_fit_after_s: float = 1800.0
-    horizons_s: tuple[float, ...] = (300.0, 1800.0, 3600.0)
-    interval_width: float = 0.8
-    worker_nice: int = 10
-    hardware_hold_s: float = 600.0
-    thermal_clear_s: float = 60.0
-    ecc_corrected_burst: float = 10.0
-    ecc_burst_window_s: float = 60.0
-    forget_after_s: float = 3600.0
-    detect_in_child: bool = True
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
-    eta: EtaConfig = field(default_factory=EtaConfig)
 
-    def __post_init__(self) -> None:
+def _strict_model(kind: type, name: str) -> type[BaseModel]:
+    """A pydantic model of config dataclass ``kind``: its fields and defaults, strictly typed."""
+    hints = typing.get_type_hints(kind)
+    fields: dict[str, Any] = {
+        f.name: (Annotated[hints[f.name], Strict()] if hints[f.name] in (bool, int, float, str) else hints[f.name], f.default)
+        for f in dataclasses.fields(kind)
+    }
+    return create_model(name, __base__=_Table, **fields)
+
+
+_DetectorTable = _strict_model(DetectorConfig, "DetectorTable")
+_EtaTable = _strict_model(EtaConfig, "EtaTable")
+_LimitTable = _strict_model(Limit, "LimitTable")
+
+
+class _SeriesTable(_Table):
+    family: StrictStr
+    direction: Direction = "both"
+    prophet: StrictBool = True
+    limit: _LimitTable | None = None  # type: ignore[valid-type]
+
+
+_SERIES_TABLES = TypeAdapter(list[_SeriesTable])
+
+
+class ForecastConfig(_Table):
+    """Everything the forecast service needs; defaults suit a 1 s collection tick.
+
+    The ``[forecast]`` table of the daemon's config; nested ``detector`` and ``eta`` tables
+    and a ``series`` list of tables build the forecaster's own dataclasses.
+    """
+
+    enabled: StrictBool = True
+    prophet: StrictBool = True
+    series: tuple[InstanceOf[SeriesSpec], ...] = DEFAULT_SERIES
+    downsample_s: StrictFloat = 60.0
+    history_s: StrictFloat = 3 * 86400.0
+    min_history_points: StrictInt = 30
+    refit_period_s: StrictFloat = 3600.0
+    first_fit_after_s: StrictFloat = 1800.0
+    horizons_s: tuple[StrictFloat, ...] = (300.0, 1800.0, 3600.0)
+    interval_width: StrictFloat = 0.8
+    worker_nice: StrictInt = 10
+    hardware_hold_s: StrictFloat = 600.0
+    thermal_clear_s: StrictFloat = 60.0
+    ecc_corrected_burst: StrictFloat = 10.0
+    ecc_burst_window_s: StrictFloat = 60.0
+    forget_after_s: StrictFloat = 3600.0
+    detect_in_child: StrictBool = True
+    detector: InstanceOf[DetectorConfig] = DetectorConfig()
+    eta: InstanceOf[EtaConfig] = EtaConfig()
+
+    @field_validator("detector", mode="before")
+    @classmethod
+    def _detector_table(cls, v: Any) -> Any:
+        return DetectorConfig(**_DetectorTable.model_validate(v).model_dump()) if isinstance(v, Mapping) else v
+
+    @field_validator("eta", mode="before")
+    @classmethod
+    def _eta_table(cls, v: Any) -> Any:
+        return EtaConfig(**_EtaTable.model_validate(v).model_dump()) if isinstance(v, Mapping) else v
+
+    @field_validator("series", mode="before")
+    @classmethod
+    def _series_tables(cls, v: Any) -> Any:
+        if not isinstance(v, list | tuple) or not all(isinstance(s, Mapping) for s in v):
+            return v
+        return tuple(_series(s) for s in _SERIES_TABLES.validate_python(list(v)))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ForecastConfig:
         for name in ("downsample_s", "history_s", "refit_period_s", "hardware_hold_s", "thermal_clear_s", "forget_after_s",
                      "ecc_corrected_burst", "ecc_burst_window_s"):
             if getattr(self, name) <= 0:
@@ -85,6 +153,7 @@ class ForecastConfig:
             raise ValueError("forecast.min_history_points must be at least 10")
         if self.history_s / self.downsample_s < self.min_history_points:
             raise ValueError("forecast.history_s holds fewer points than min_history_points")
+        return self
 
     @property
     def history_points(self) -> int:
@@ -93,72 +162,31 @@ class ForecastConfig:
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> ForecastConfig:
-        """Build from a TOML table; nested ``detector``, ``eta`` tables and a ``series`` list."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in table.items():
-            if key not in known:
-                raise ValueError(f"forecast: unknown key {key!r}")
-            if key == "detector":
-                kwargs[key] = _sub(DetectorConfig, value, "forecast.detector")
-            elif key == "eta":
-                kwargs[key] = _sub(EtaConfig, value, "forecast.eta")
-            elif key == "series":
-                kwargs[key] = tuple(_series(v, i) for i, v in enumerate(value))
-            elif key == "horizons_s":
-                kwargs[key] = tuple(float(h) for h in value)
-            else:
-                kwargs[key] = _typed(cls, key, value, "forecast")
+        """Build from a TOML table; raises ValueError with one line naming the bad key."""
         try:
-            return cls(**kwargs)
-        except TypeError as e:
-            raise ValueError(f"forecast: {e}") from None
+            return cls.model_validate(dict(table))
+        except ValidationError as e:
+            raise ValueError(_one_line(e)) from None
 
 
-def _typed(kind: type, key: str, value: Any, where: str) -> Any:
-    """``value`` if it has the type of the field's scalar default (an int is a float too), else ValueError."""
-    default = next(f.default for f in dataclasses.fields(kind) if f.name == key)
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int | float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and (isinstance(default, float) or isinstance(value, int))
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    else:  # tables and lists are checked where they are built
-        return value
-    if not ok:
-        raise ValueError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
-    return value
+def _series(table: BaseModel) -> SeriesSpec:
+    limit = table.limit  # type: ignore[attr-defined]
+    return SeriesSpec(table.family, table.direction, Limit(**limit.model_dump()) if limit else None,  # type: ignore[attr-defined]
+                      table.prophet)  # type: ignore[attr-defined]
 
 
-def _sub(kind: type, value: Any, where: str) -> Any:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where} must be a table")
-    known = {f.name for f in dataclasses.fields(kind)}
-    for key in value:
-        if key not in known:
-            raise ValueError(f"{where}: unknown key {key!r}")
-    try:
-        return kind(**{key: _typed(kind, key, v, where) for key, v in value.items()})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
+_EXPECTED = {"bool_type": "bool", "int_type": "int", "float_type": "float", "string_type": "str"}
 
 
-def _series(value: Any, index: int) -> SeriesSpec:
-    where = f"forecast.series[{index}]"
-    if not isinstance(value, Mapping) or "family" not in value:
-        raise ValueError(f"{where} must be a table with a family")
-    unknown = set(value) - {"family", "direction", "prophet", "limit"}
-    if unknown:
-        raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-    limit = None
-    if "limit" in value:
-        lim = value["limit"]
-        try:
-            limit = Limit(lim["direction"], lim["kind"], float(lim["value"]), lim.get("reference", ""))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}.limit: {e}") from None
-    direction = value.get("direction", "both")
-    if direction not in ("both", "up", "down"):
-        raise ValueError(f"{where}.direction must be both, up or down")
-    return SeriesSpec(str(value["family"]), direction, limit, bool(value.get("prophet", True)))
+def _one_line(err: ValidationError) -> str:
+    """The first error of ``err``, worded as ``forecast.<key>: <what>``."""
+    first = err.errors()[0]
+    path = "forecast" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        parent, _, key = path.rpartition(".")
+        return f"{parent}: unknown key {key!r}"
+    if kind in _EXPECTED:
+        return f"{path}: expected {_EXPECTED[kind]}, got {first['input']!r}"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return msg if msg.startswith("forecast.") else f"{path}: {msg}"
