@@ -203,16 +203,6 @@ def run_noise(_reading: object) -> float:
     return 0.02
 
 
-def greedy_chooser(obs: np.ndarray) -> int:
-    """Hand-written reference chooser: try the untried neighbour that is cheaper per epoch."""
-    mid = SLOTS * PER_SLOT
-    options = []
-    for move, o in ((SLOTS - 1, mid - PER_SLOT), (SLOTS + 1, mid + PER_SLOT)):
-        if obs[o] and not obs[o + 1] and obs[o + 4] < 0.5:
-            options.append((obs[o + 4], move))
-    return min(options)[1] if options else SLOTS
-
-
 class GuardedKnobs:
     """Applies (batch size, power limit) to a run, through a guard when one is given."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +25,6 @@ logger = logging.getLogger(__name__)
 POLICIES = ("default", "oracle", "zeus", "gputuned")
 #: How many times each job recurs in one bench trial (Zeus's setting is a recurring job).
 DEFAULT_RECURRENCES = 50
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """Mean per-recurrence energy, time and cost of one policy on one job."""
-
-    job: str
-    policy: str
-    energy_j: float
-    time_s: float
-    cost: float
 
 
 def run_job(
