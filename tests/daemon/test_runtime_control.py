@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_kit import connect_client, read_frame, wait_for
+from runtime_kit import wait_for
 
 from gputuned import protocol as P
 from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.control.server import ControlServer, NoLeaderError
 from gputuned.daemon.core.store import Store
+from gputuned.daemon.record.child import connect_client, read_frame
 from gputuned.trainer_plugin.client import DaemonClient
 
 Make = Callable[..., ControlServer]
@@ -249,7 +250,8 @@ def test_an_allowed_uid_reports_and_reads_status_but_may_not_set(server: Make, o
 def test_fuzzed_malformed_input_never_stops_the_server(server: Make) -> None:
     """A few hundred hypothesis cases here; bench/control_fuzz.py sends 10,000+ to a real daemon."""
     from hypothesis import HealthCheck, given, settings
-    from runtime_kit import fuzz_strategies, send_fuzz_case
+
+    from gputuned.daemon.record.trials import fuzz_strategies, send_fuzz_case
 
     srv = server()
     sent = [0]

@@ -9,7 +9,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from runtime_kit import DaemonProcess, crash_trial, gputuned, toml_dump, wait_for, writer_kill_trial
+from runtime_kit import wait_for
+
+from gputuned.daemon.record.child import DaemonProcess, run_gputuned, toml_dump
+from gputuned.daemon.record.trials import crash_trial, writer_kill_trial
 
 
 def _lower_everything(d: DaemonProcess, gpus: int) -> None:
@@ -37,11 +40,11 @@ def test_sigkill_after_lowering_then_restore_brings_every_gpu_back(tmp_path: Pat
         assert {u: g["originals"]["power_limit"] for u, g in recorded["gpus"].items()} == {
             u: s["power_limit_mw"] for u, s in originals.items()
         }
-        res = gputuned("restore", "--config", str(d.config_path))
+        res = run_gputuned("restore", "--config", str(d.config_path))
         assert res.returncode == 0, res.stderr
         assert d.sim_settings() == originals
         assert not d.state_path.exists()
-        again = gputuned("restore", "--config", str(d.config_path))
+        again = run_gputuned("restore", "--config", str(d.config_path))
         assert again.returncode == 0 and "nothing to restore" in again.stdout
     finally:
         d.close()
@@ -120,7 +123,7 @@ def test_kill_during_state_file_writes_never_truncates_and_restores(tmp_path: Pa
 def test_restore_with_bad_config_exits_2(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[actuation]\ndry_run = 3\n")
-    res = gputuned("restore", "--config", str(cfg))
+    res = run_gputuned("restore", "--config", str(cfg))
     assert res.returncode == 2
     assert "actuation.dry_run" in res.stderr
 

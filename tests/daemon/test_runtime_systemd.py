@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from runtime_kit import REPO_ROOT, DaemonProcess
+from runtime_kit import REPO_ROOT
 
 from gputuned.daemon.core.notify import Notifier
+from gputuned.daemon.record.child import DaemonProcess
 
 UNIT = REPO_ROOT / "systemd" / "gputuned.service"
 
