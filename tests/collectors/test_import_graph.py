@@ -88,10 +88,16 @@ def package_dirs(repo: Path = REPO) -> dict[str, Path]:
 
 def modules(repo: Path = REPO) -> dict[str, Path]:
     """Every module of the package: dotted name -> source file."""
+    dirs = package_dirs(repo)
+    mapped = set(dirs.values())
     out: dict[str, Path] = {}
-    for pkg, folder in package_dirs(repo).items():
-        for path in sorted(folder.glob("*.py")):
-            out[pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"] = path
+    for pkg, folder in dirs.items():
+        for path in sorted(folder.rglob("*.py")):
+            rel = path.relative_to(folder)
+            if any(folder / parent in mapped for parent in list(rel.parents)[:-1]):
+                continue  # inside a folder mapped on its own
+            parts = [pkg, *rel.parent.parts] + ([] if path.stem == "__init__" else [path.stem])
+            out[".".join(p for p in parts if p)] = path
     return out
 
 
@@ -242,6 +248,9 @@ def test_every_kind_of_import_is_found(tmp_path: Path) -> None:
         (tmp_path / folder / "__init__.py").write_text("")
     (tmp_path / "low" / "base.py").write_text("X = 1\n")
     (tmp_path / "low" / "other.py").write_text("from .base import X\n")
+    (tmp_path / "low" / "sub").mkdir()  # a folder inside a package, not mapped on its own
+    (tmp_path / "low" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "low" / "sub" / "deep.py").write_text("from ..base import X\n")
     (tmp_path / "high" / "app.py").write_text(
         "from typing import TYPE_CHECKING\n"
         "import importlib\n"
@@ -252,6 +261,7 @@ def test_every_kind_of_import_is_found(tmp_path: Path) -> None:
     found = {(e.importer, e.imported) for e in edges(tmp_path)}
     assert found == {
         ("gputuned.low.other", "gputuned.low.base"),  # relative, the name X resolved to its module
+        ("gputuned.low.sub.deep", "gputuned.low.base"),  # two levels up, from a nested folder
         ("gputuned.high.app", "gputuned.low.base"),  # module level
         ("gputuned.high.app", "gputuned.low.other"),  # TYPE_CHECKING
         ("gputuned.high.app", "gputuned.high.app"),  # inside a function
