@@ -2,14 +2,19 @@
 
 A sample is a plain tuple ``(family, labels, value)`` where labels is a tuple of
 ``(name, value)`` pairs; plain tuples keep the per-tick cost of 8 GPUs small. Each
-family is declared once here (or by the module that produces it, through
-:func:`declare`) with its Prometheus type and, where dcgm-exporter has an equivalent,
-the DCGM name, unit scale and the labels that select it.
+family is declared once, here or in the module that produces it, with :func:`declare`:
+its Prometheus type and, where dcgm-exporter has an equivalent, the DCGM name, unit scale
+and the labels that select it. :func:`declare` returns the family's name (a :class:`str`
+that also carries its :class:`Family`), which the module keeps as a constant; there is no
+registry filled on import. :func:`catalog` builds the catalog of what a process serves from
+an explicit list of declaring modules, and the exporter is given that catalog.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Literal
 
 Labels = tuple[tuple[str, str], ...]
@@ -29,26 +34,60 @@ class DcgmName:
 
 @dataclass(frozen=True)
 class Family:
+    """A metric family: sample name (counters with ``_total``), type, help and DCGM equivalents."""
+
     name: str
     kind: Kind
     help: str
     dcgm: tuple[DcgmName, ...] = field(default_factory=tuple)
 
 
-FAMILIES: dict[str, Family] = {}
+#: Family by sample name: what an exporter serves types and help texts from.
+Catalog = Mapping[str, Family]
 
 
-def declare(name: str, kind: Kind, help: str, *dcgm: DcgmName) -> str:  # noqa: A002
-    """Declare a family; returns its name so modules can keep it as a constant."""
+class FamilyName(str):
+    """A family's sample name that carries its declaration; compares, hashes and pickles as the name."""
+
+    family: Family
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        # samples cross to the forecast worker by pickle: send the plain name
+        return (str, (str(self),))
+
+
+def declare(name: str, kind: Kind, help: str, *dcgm: DcgmName) -> FamilyName:  # noqa: A002
+    """Declare a family; returns its name, carrying the family, for the module to keep as a constant."""
     if kind == "counter" and not name.endswith("_total"):
         raise ValueError(f"counter {name} must end in _total")
     if kind == "gauge" and name.endswith("_total"):
         raise ValueError(f"gauge {name} must not end in _total")
-    existing = FAMILIES.get(name)
-    if existing is not None and (existing.kind != kind):
-        raise ValueError(f"family {name} declared twice with different types")
-    FAMILIES[name] = Family(name, kind, help, tuple(dcgm))
-    return name
+    out = FamilyName(name)
+    out.family = Family(name, kind, help, tuple(dcgm))
+    return out
+
+
+def declared_in(module: ModuleType) -> Iterator[FamilyName]:
+    """The family names a module keeps: its constants, and the names in its tables (dicts, tuples, sets)."""
+    for value in vars(module).values():
+        if isinstance(value, FamilyName):
+            yield value
+        elif isinstance(value, Mapping | tuple | list | set | frozenset):
+            items = value.values() if isinstance(value, Mapping) else value
+            yield from (v for v in items if isinstance(v, FamilyName))
+
+
+def catalog(*sources: ModuleType | Iterable[str]) -> dict[str, Family]:
+    """The catalog of the families that declaring modules (or sequences of family names) hold, by sample name."""
+    out: dict[str, Family] = {}
+    for source in sources:
+        names: Iterable[str] = declared_in(source) if isinstance(source, ModuleType) else source
+        for name in names:
+            if not isinstance(name, FamilyName):
+                raise ValueError(f"{name!r} is not a declared family")
+            if out.setdefault(name, name.family) != name.family:
+                raise ValueError(f"family {name} declared twice, differently")
+    return out
 
 
 G: Kind = "gauge"

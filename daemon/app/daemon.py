@@ -24,6 +24,7 @@ from gputuned.collectors.nvml import open_gpus, open_nvml
 from gputuned.collectors.registry import CollectorContext
 from gputuned.daemon.actuation.actuator import Actuator
 from gputuned.daemon.actuation.statefile import StateFile
+from gputuned.daemon.app.catalog import served_catalog
 from gputuned.daemon.app.config import Config
 from gputuned.daemon.app.runtime import RuntimeAdmin
 from gputuned.daemon.control.server import ControlServer
@@ -156,7 +157,7 @@ class Daemon:
         self.store = Store(cfg.store.history_samples)
         self.collectors = collectors if collectors is not None else build_collectors(cfg, self.gpus)
         self.loop = CollectionLoop(self.collectors, self.store, cfg.daemon.interval_seconds)
-        self.renderer = MetricsRenderer(self.store, dcgm=cfg.exporter.metric_names == "dcgm")
+        self.renderer = MetricsRenderer(self.store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm")
         self.server: MetricsServer | None = None
         if serve:
             self.server = MetricsServer((cfg.exporter.listen_address, cfg.exporter.listen_port), self.renderer)

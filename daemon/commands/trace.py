@@ -59,6 +59,7 @@ def _record(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     import threading
 
+    from gputuned.daemon.app.catalog import served_catalog
     from gputuned.daemon.app.config import Config, parse_config
     from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
     from gputuned.daemon.core.store import Store
@@ -82,7 +83,7 @@ def _replay(args: argparse.Namespace) -> int:
     assert isinstance(cfg, Config)
     store = Store(cfg.store.history_samples)
     server = MetricsServer((cfg.exporter.listen_address, cfg.exporter.listen_port),
-                           MetricsRenderer(store, dcgm=cfg.exporter.metric_names == "dcgm"))
+                           MetricsRenderer(store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm"))
     server.start()
     print(f"gputuned {__version__}: replaying {args.file} ({trace.sample_count} samples) at {args.speed}x; "
           f"serving {server.url}", flush=True)

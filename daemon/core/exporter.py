@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
-from gputuned.collectors.families import FAMILIES, Family, Labels
+from gputuned.collectors.families import Catalog, Family, Labels
 from gputuned.daemon.core.store import Store
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,11 @@ def _dcgm_labels(labels: Labels, hostname: str) -> dict[str, str]:
 
 
 class StoreCollector:
-    """prometheus_client collector yielding fresh metric families from the store."""
+    """prometheus_client collector yielding fresh metric families from the store, typed by the catalog."""
 
-    def __init__(self, store: Store, *, dcgm: bool = False, hostname: str | None = None) -> None:
+    def __init__(self, store: Store, catalog: Catalog, *, dcgm: bool = False, hostname: str | None = None) -> None:
         self._store = store
+        self._catalog = catalog
         self._dcgm = dcgm
         self._hostname = hostname or socket.gethostname()
 
@@ -55,7 +56,7 @@ class StoreCollector:
                 by_family.setdefault(name, []).append((labels, value))
         dcgm: dict[str, Metric] = {}
         for name in sorted(by_family):
-            fam = FAMILIES.get(name, _GENERIC)
+            fam = self._catalog.get(name, _GENERIC)
             items = by_family[name]
             if fam.kind == "counter":
                 # Metric family names of counters drop the _total their samples carry.
@@ -83,12 +84,16 @@ class StoreCollector:
 
 
 class MetricsRenderer:
-    """Renders the exposition text, once per store generation."""
+    """Renders the exposition text, once per store generation.
 
-    def __init__(self, store: Store, *, dcgm: bool = False, hostname: str | None = None) -> None:
+    ``catalog`` gives each served family its type and help text (a series whose family it
+    lacks is served untyped); the composition root passes the catalog of every declaring module.
+    """
+
+    def __init__(self, store: Store, catalog: Catalog, *, dcgm: bool = False, hostname: str | None = None) -> None:
         self._store = store
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(store, dcgm=dcgm, hostname=hostname))
+        self.registry.register(StoreCollector(store, catalog, dcgm=dcgm, hostname=hostname))
         self._lock = threading.Lock()
         self._generation = -1
         self._body = b""

@@ -31,7 +31,8 @@ from typing import IO, Any
 import numpy as np
 
 from gputuned import __version__
-from gputuned.collectors.families import FAMILIES, Labels, Sample
+from gputuned.collectors.families import Labels, Sample
+from gputuned.daemon.app.catalog import served_catalog
 
 MAGIC = b"GPUTRACE"
 VERSION = 1
@@ -265,9 +266,9 @@ def to_openmetrics(trace: Trace, out: IO[str]) -> int:
     by_family: dict[str, list[int]] = {}
     for sid in sorted(per_series):
         by_family.setdefault(trace.series[sid][0], []).append(sid)
-    written = 0
+    written, catalog = 0, served_catalog()
     for name in sorted(by_family):
-        fam = FAMILIES.get(name)
+        fam = catalog.get(name)
         kind = fam.kind if fam else "unknown"
         base = name[:-6] if kind == "counter" else name
         out.write(f"# TYPE {base} {kind}\n")

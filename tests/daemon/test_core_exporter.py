@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import subprocess
+import types
 from collections import defaultdict
 
 import pytest
 from testkit import config, http_get
 
 from gputuned.collectors import families as F
+from gputuned.daemon.app.catalog import served_catalog
 from gputuned.daemon.app.daemon import Daemon, build_collectors, setup_gpus
+from gputuned.daemon.core.exporter import MetricsRenderer
+from gputuned.daemon.core.store import Store
 
 
 def _parse(text: str) -> dict[str, list[str]]:
@@ -147,3 +152,54 @@ def test_scrapes_do_not_touch_nvml(daemon8: Daemon) -> None:
     for _ in range(20):
         _scrape(daemon8)
     assert calls == 0
+
+
+def _render(catalog: dict[str, F.Family], samples: list[F.Sample]) -> str:
+    store = Store(16)
+    store.publish("test", 1.0, samples)
+    return MetricsRenderer(store, catalog).render().decode()
+
+
+def test_the_renderer_types_families_from_the_catalog_it_is_given() -> None:
+    jobs = F.declare("gputuned_test_jobs_total", "counter", "Jobs seen.")
+    depth = F.declare("gputuned_test_depth", "gauge", "Queue depth.")
+    samples: list[F.Sample] = [(jobs, (), 3.0), (depth, (("q", "a"),), 2.0)]
+    text = _render(F.catalog([jobs, depth]), samples)
+    assert "# TYPE gputuned_test_jobs_total counter\n" in text and "# HELP gputuned_test_jobs_total Jobs seen.\n" in text
+    assert "# TYPE gputuned_test_depth gauge\n" in text
+    # a family the catalog lacks is still served, untyped
+    bare = _render(F.catalog([depth]), samples)
+    assert "# TYPE gputuned_test_jobs_total untyped\n" in bare and "gputuned_test_jobs_total 3.0\n" in bare
+
+
+def test_the_served_catalog_holds_every_declaring_module_and_registered_plugin() -> None:
+    served = served_catalog()
+    assert served[F.GPU_ENERGY].kind == "counter" and served[F.GPU_ENERGY].dcgm
+    for name in ("gputuned_host_cpu_seconds_total", "gputuned_peer_rtt_seconds", "gputuned_trainer_step_time_seconds",
+                 "gputuned_actuation_changes_total", "gputuned_tuner_goodput_ratio", "gputuned_anomaly_score",
+                 "gputuned_actuation_power_limit_watts"):
+        assert name in served, name
+    extra = F.declare("gputuned_test_plugin_up", "gauge", "A plugin's own family.")
+    assert extra in served_catalog([extra]) and extra not in served
+
+
+def test_catalog_reads_constants_and_tables_and_refuses_conflicts() -> None:
+    module = types.ModuleType("fake_declaring_module")
+    module.ONE = F.declare("gputuned_test_one", "gauge", "One.")  # type: ignore[attr-defined]
+    module.TABLE = {"two": F.declare("gputuned_test_two_total", "counter", "Two.")}  # type: ignore[attr-defined]
+    module.PLAIN = "gputuned_test_not_declared"  # type: ignore[attr-defined]
+    assert sorted(F.catalog(module)) == ["gputuned_test_one", "gputuned_test_two_total"]
+    clash = F.declare("gputuned_test_one", "gauge", "Another help.")
+    with pytest.raises(ValueError, match="declared twice"):
+        F.catalog(module, [clash])
+    with pytest.raises(ValueError, match="not a declared family"):
+        F.catalog(["gputuned_test_plain"])
+    with pytest.raises(ValueError, match="must end in _total"):
+        F.declare("gputuned_test_bad", "counter", "No suffix.")
+
+
+def test_family_names_are_plain_names_to_compare_hash_and_pickle() -> None:
+    name = F.declare("gputuned_test_pickled", "gauge", "Pickled.")
+    assert name == "gputuned_test_pickled" and {name: 1}["gputuned_test_pickled"] == 1
+    back = pickle.loads(pickle.dumps((name, (), 1.0)))
+    assert type(back[0]) is str and back[0] == name

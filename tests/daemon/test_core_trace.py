@@ -11,6 +11,7 @@ import pytest
 from testkit import REPO
 
 from gputuned.collectors import families as F
+from gputuned.daemon.app.catalog import served_catalog
 from gputuned.daemon.core.exporter import MetricsRenderer
 from gputuned.daemon.core.store import Store
 from gputuned.daemon.record.replay import Replayer
@@ -101,7 +102,7 @@ def test_not_a_trace(tmp_path: Path) -> None:
 def _final_render(trace) -> bytes:
     store = Store(0)
     Replayer(trace, store, float("inf")).run()
-    return MetricsRenderer(store).render()
+    return MetricsRenderer(store, served_catalog()).render()
 
 
 def test_replay_is_deterministic_and_equals_the_live_state(tmp_path: Path) -> None:
@@ -116,7 +117,7 @@ def test_replay_is_deterministic_and_equals_the_live_state(tmp_path: Path) -> No
             live.publish(source, t, samples)
     w.close()
     trace = read_trace(tmp_path / "t.gttrace")
-    assert _final_render(trace) == _final_render(trace) == MetricsRenderer(live).render()
+    assert _final_render(trace) == _final_render(trace) == MetricsRenderer(live, served_catalog()).render()
 
 
 def test_replay_paces_events_by_speed() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from testkit import REPO, Prometheus, free_port
 
+from gputuned.daemon.app.catalog import served_catalog
 from gputuned.daemon.commands.cli import main
 from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
 from gputuned.daemon.core.store import Store
@@ -53,7 +54,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
         pytest.skip("prometheus not installed (make test installs Debian's package as root)")
     trace = read_trace(TRACE)
     store = Store(0)
-    server = MetricsServer(("127.0.0.1", 0), MetricsRenderer(store))
+    server = MetricsServer(("127.0.0.1", 0), MetricsRenderer(store, served_catalog()))
     server.start()
     target = f"127.0.0.1:{server.server_address[1]}"
     dead = f"127.0.0.1:{free_port()}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from testkit import REPO
 
+from gputuned.daemon.app.catalog import served_catalog
 from gputuned.dashboards.build import all_dashboards
 from gputuned.dashboards.check import (
     Expression,
@@ -25,7 +26,6 @@ from gputuned.dashboards.promql import (
     variables,
 )
 from gputuned.dashboards.rules import all_rules, read_rules
-from gputuned.dashboards.served import SUBPACKAGES, gputuned_modules, served_families
 
 
 @pytest.mark.parametrize(
@@ -59,9 +59,15 @@ def test_variables_substitution_and_label_values() -> None:
     assert regex_of(["a.b"]) == "a\\\\.b"
 
 
+def _source_files() -> list[Path]:
+    """Every module of the package, found through pyproject's package-dir table."""
+    folders = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    return sorted({path for folder in folders.values() for path in (REPO / folder).glob("*.py")})
+
+
 def _declared_literal_names() -> set[str]:
     names = set()
-    for _mod, path in gputuned_modules():
+    for path in _source_files():
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Call)
@@ -74,30 +80,24 @@ def _declared_literal_names() -> set[str]:
     return names
 
 
-def test_served_families_hold_every_declare_call_in_the_package() -> None:
-    served = served_families()
+def test_the_served_catalog_holds_every_declare_call_in_the_package() -> None:
+    served = served_catalog()
     declared = _declared_literal_names()
-    assert declared, "found no declare() calls"
-    assert declared <= set(served), f"declared but not imported: {sorted(declared - set(served))}"
+    assert len(declared) > 100, "found too few declare() calls"
+    assert declared <= set(served), f"declared outside the catalog's modules: {sorted(declared - set(served))}"
     assert {"gputuned_gpu_up", "gputuned_host_cpu_seconds_total", "gputuned_peer_rtt_seconds"} <= set(served)
-
-
-def test_served_subpackages_cover_every_package_in_pyproject() -> None:
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    for pkg in packages:
-        assert pkg == "gputuned" or any(pkg == s or pkg.startswith(s + ".") for s in SUBPACKAGES), pkg
 
 
 def test_dashboards_and_rules_use_only_served_metric_names() -> None:
     dashboards = all_dashboards()
     exprs = dashboard_expressions(dashboards) + variable_expressions(dashboards) + rule_expressions(all_rules())
     assert len(exprs) > 80
-    assert unknown_names(exprs, served_families()) == {}
+    assert unknown_names(exprs, served_catalog()) == {}
 
 
 def test_name_check_reports_a_name_nobody_serves() -> None:
     exprs = [Expression("x", "rate(gputuned_gpu_nope_total[5m]) / gputuned_gpu_up"), Expression("y", "up == 0")]
-    assert unknown_names(exprs, served_families()) == {"x": {"gputuned_gpu_nope_total"}}
+    assert unknown_names(exprs, served_catalog()) == {"x": {"gputuned_gpu_nope_total"}}
 
 
 def test_rule_reader_handles_plain_quoted_and_block_expressions(tmp_path: Path) -> None:

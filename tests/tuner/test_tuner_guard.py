@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gputuned.collectors.families import FAMILIES
+from gputuned.daemon.app.catalog import served_catalog
 from gputuned.tuner.decision.guard import GuardConfig, SafetyGuard, set_paused
 from gputuned.tuner.zeus.agent import SLOTS, GputunedPolicy
 from gputuned.tuner.zeus.objectives import ZeusCost
@@ -96,7 +96,7 @@ def test_guard_samples_use_declared_families(tmp_path: Path) -> None:
     guard.commit("power_limit", "0", 200.0, now=0.0)
     samples = guard.samples()
     names = {s[0] for s in samples}
-    assert names <= set(FAMILIES)
+    assert names <= set(served_catalog())
     assert ("gputuned_tuner_guard_interventions_total", (("reason", "out_of_bounds"),), 1.0) in samples
     assert ("gputuned_tuner_knob_value", (("knob", "power_limit"), ("gpu", "0")), 200.0) in samples
 

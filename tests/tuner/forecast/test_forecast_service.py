@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gputuned.collectors.families import FAMILIES
+from gputuned.daemon.app.catalog import served_catalog
 from gputuned.tuner.forecast.alerts import Alert
 from gputuned.tuner.forecast.config import ForecastConfig
 from gputuned.tuner.forecast.service import ForecastService
@@ -82,7 +82,7 @@ def test_step_raises_one_anomaly_alert_calls_hooks_and_shows_in_samples() -> Non
     assert by[("gputuned_alert_active", "anomaly")] == 0.0
     assert by[("gputuned_alerts_raised_total", "anomaly")] == 1.0
     assert by[("gputuned_forecast_worker_up", None)] == 0.0
-    assert all(s[0] in FAMILIES for s in svc.samples())
+    assert all(s[0] in served_catalog() for s in svc.samples())
 
 
 def test_hardware_alerts_raise_and_clear() -> None:
