@@ -79,6 +79,8 @@ def register(name: str, *, config: type[CollectorConfig] = CollectorConfig, fami
         raise ValueError(f"collector name {name!r} is not a valid config key")
     if not issubclass(config, CollectorConfig):
         raise TypeError(f"collector {name!r}: config must derive from CollectorConfig")
+    if isinstance(families, str):
+        raise TypeError(f"collector {name!r}: families must be a sequence of family names, not one string")
     undeclared = [f for f in families if not isinstance(f, FamilyName)]
     if undeclared:
         raise ValueError(f"collector {name!r}: families {undeclared} are not declared")

@@ -24,9 +24,9 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gputuned.collectors.registry import CollectorConfig, plugins
+from gputuned.daemon.actuation.config import ActuationConfig
 from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.core.config import (
-    ActuationConfig,
     ConfigError,
     DaemonConfig,
     ExporterConfig,

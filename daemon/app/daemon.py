@@ -131,7 +131,7 @@ def collector_context(gpus: GPUSetup) -> CollectorContext:
     if hasattr(backend, "peer_rtt_s"):  # the simulated node models its network: no peer hosts to connect to
         from gputuned.collectors.sim.peers import SimPeerRTTCollector
 
-        simulated["peers"] = lambda: SimPeerRTTCollector(backend)  # type: ignore[arg-type]
+        simulated["peers"] = lambda: SimPeerRTTCollector(backend)
     return CollectorContext(gpus.devices, gpus.driver_version, gpus.kind, gpus.error, simulated)
 
 
@@ -156,7 +156,7 @@ class Daemon:
         self.gpus = gpus if gpus is not None else setup_gpus(cfg)
         self.store = Store(cfg.store.history_samples)
         self.collectors = collectors if collectors is not None else build_collectors(cfg, self.gpus)
-        self.loop = CollectionLoop(self.collectors, self.store, cfg.daemon.interval_seconds)
+        self.loop = CollectionLoop(self.collectors, self.store, cfg.daemon.interval_seconds, wallclock=clock)
         self.renderer = MetricsRenderer(self.store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm")
         self.server: MetricsServer | None = None
         if serve:
@@ -164,12 +164,11 @@ class Daemon:
         self.components: list[Component] = []
         self._thread: threading.Thread | None = None
         self.started_at = 0.0
-        # Runtime parts: actuation (the only way GPU settings change), the control socket,
-        # sd_notify. Attached first, so they stop last: the actuator restores after the
-        # tuner (attached later) has stopped.
+        # Runtime parts: the control socket, actuation (the only way GPU settings and a job's
+        # knobs change), sd_notify. Attached first, so they stop last: the actuator restores
+        # after the tuner (attached later) has stopped, and before the control socket closes,
+        # so a connected job gets its batch size back.
         self.notifier = notifier if notifier is not None else Notifier()
-        self.actuator = Actuator(self.gpus.devices, cfg.actuation, StateFile(cfg.daemon.state_file), self.store)
-        self.attach(self.actuator)
         self.control: ControlServer | None = None
         if cfg.control.enabled:
             self.control = ControlServer(cfg.control, self.store, admin=RuntimeAdmin(self))

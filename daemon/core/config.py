@@ -61,22 +61,6 @@ class StoreConfig(Section):
     history_samples: int = Field(600, ge=0, le=1_000_000, description="ring-buffer length per series")
 
 
-Knob = Literal["power_limit", "locked_sm_clocks", "locked_memory_clocks", "applications_clocks"]
-
-
-class ActuationConfig(Section):
-    enabled: bool = True
-    dry_run: bool = Field(False, description="log what would change, change nothing")
-    knobs: list[Knob] = ["power_limit", "locked_sm_clocks", "locked_memory_clocks", "applications_clocks"]
-    power_limit_min_w: float = Field(0.0, ge=0, description="0: NVML's minimum")
-    power_limit_max_w: float = Field(0.0, ge=0, description="0: NVML's maximum")
-    sm_clock_min_mhz: int = Field(0, ge=0)
-    sm_clock_max_mhz: int = Field(0, ge=0)
-    memory_clock_min_mhz: int = Field(0, ge=0)
-    memory_clock_max_mhz: int = Field(0, ge=0)
-    restore_on_stop: bool = True
-
-
 def describe_error(err: ValidationError, where: str) -> str:
     """One line naming the first bad key of ``err`` (``where: section.key: what``)."""
     first = err.errors()[0]

@@ -47,6 +47,7 @@ def test_imported_plugin_is_built_by_the_daemon_and_served(demo: ModuleType, sim
     finally:
         d.stop()
     assert 'gputuned_demo_value{gpus="2"} 2.5' in body
+    assert "# TYPE gputuned_demo_value gauge" in body and "# HELP gputuned_demo_value The configured value" in body
     assert 'gputuned_collector_up{collector="demo"} 1.0' in body
 
 
@@ -88,4 +89,6 @@ def test_a_collector_registers_once_with_declared_families() -> None:
         registry.register("host")(lambda cfg, ctx: None)
     with pytest.raises(TypeError, match="families"):
         registry.register("spare", families="gputuned_spare")(lambda cfg, ctx: None)
+    with pytest.raises(ValueError, match="not declared"):
+        registry.register("spare", families=("gputuned_spare",))(lambda cfg, ctx: None)
     assert "spare" not in [p.name for p in registry.plugins()]
