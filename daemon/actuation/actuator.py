@@ -1,10 +1,12 @@
-"""Reversible actuation: bounded, verified GPU setting changes with originals saved first.
+"""Reversible actuation: bounded, verified changes of registered knobs with originals saved first.
 
-Every change goes: check the knob is enabled and the value within NVML's constraints
-intersected with the config; record the GPU's originals (first change only) and the knob
-in the state file, atomically; apply; read back. Restore puts the originals back: on
+Every change goes: check the knob is registered, enabled and the value of its shape and
+within bounds (the target's constraints intersected with the config); record the target's
+originals (first change only) and the knob in the state file, atomically; apply; verify.
+A target is a GPU (by index) or a training job (by name, through the injected job channel:
+the change is a decision, verified by the job's ack). Restore puts the originals back: on
 stop, at the next start when the state file shows a previous run died, and from
-``gputuned restore`` (the unit's ExecStopPost). Dry-run mode logs and changes nothing.
+``gputuned restore``. Dry-run mode logs and changes nothing.
 """
 
 from __future__ import annotations
@@ -12,155 +14,72 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from gputuned.collectors import families as F
 from gputuned.collectors.device import GPUDevice, GPUError
 from gputuned.collectors.families import Sample
-from gputuned.daemon.actuation.knobs import KNOBS, RESTORE_ORDER, Value, read_originals
-from gputuned.daemon.actuation.statefile import GPURecord, State, StateFile, StateFileError
-from gputuned.daemon.core.config import ActuationConfig
+from gputuned.daemon.actuation import knobs as registry
+from gputuned.daemon.actuation import view
+from gputuned.daemon.actuation.config import ActuationConfig
+from gputuned.daemon.actuation.jobs import JobChannel, JobTarget
+from gputuned.daemon.actuation.knobs import Knob, KnobError, Value
+from gputuned.daemon.actuation.restore import (
+    RestoreReport,
+    read_originals,
+    restore_from_state,
+    restore_knobs,
+)
+from gputuned.daemon.actuation.statefile import (
+    GPURecord,
+    JobRecord,
+    State,
+    StateFile,
+    StateFileError,
+)
+from gputuned.daemon.actuation.view import CHANGES, DRY_RUN, GPU_CHANGED, REFUSALS, RESTORES
+from gputuned.daemon.control.reports import STAT_FAMILIES
 from gputuned.daemon.core.store import Store
 
 logger = logging.getLogger(__name__)
 
-CHANGES = F.declare("gputuned_actuation_changes_total", "counter", "GPU setting changes applied and verified, by knob.")
-REFUSALS = F.declare("gputuned_actuation_refusals_total", "counter", "GPU setting changes refused or failed, by knob and reason.")
-RESTORES = F.declare("gputuned_actuation_restores_total", "counter", "Knobs put back to their recorded originals.")
-GPU_CHANGED = F.declare("gputuned_actuation_gpu_changed", "gauge", "1 while a GPU may differ from its recorded originals.")
-DRY_RUN = F.declare("gputuned_actuation_dry_run", "gauge", "1 when actuation runs in dry-run mode (logs, changes nothing).")
+__all__ = ["CHANGES", "DRY_RUN", "GPU_CHANGED", "REFUSALS", "RESTORES", "Actuator", "RestoreReport", "Result", "restore_from_state"]
+
+LEADER_RANK = "0"  # the rank whose reports carry a job's global values
 
 
 @dataclass(frozen=True)
 class Result:
-    """Outcome of one requested change: ``ok``, a reason code and text, the value."""
+    """Outcome of one requested change: ``ok``, a reason code and text, the value, a job decision's id."""
 
     ok: bool
-    code: str = "ok"  # ok, dry_run, disabled, no_gpu, out_of_bounds, state_file, nvml, verify
+    # ok, pending, dry_run, disabled, no_gpu, no_job, out_of_bounds, state_file, nvml, verify, refused
+    code: str = "ok"
     reason: str = ""
     value: Value = None
+    ident: str = ""
 
     def __bool__(self) -> bool:
         return self.ok
 
 
-@dataclass
-class RestoreReport:
-    """What a restore did: knobs restored per GPU uuid, and failures as text."""
-
-    restored: dict[str, list[str]] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-
-def _find(devices: Sequence[GPUDevice], rec: GPURecord) -> GPUDevice | None:
-    for d in devices:
-        if d.identity.uuid == rec.uuid:
-            return d
-    return None
-
-
-def restore_record(dev: GPUDevice, rec: GPURecord) -> tuple[list[str], list[str]]:
-    """Restore every changed knob of one GPU; returns (restored knobs, failure texts)."""
-    done: list[str] = []
-    failed: list[str] = []
-    for name in RESTORE_ORDER:
-        if name not in rec.changed:
-            continue
-        knob = KNOBS[name]
-        original = rec.originals.get(name)
-        try:
-            knob.restore(dev, original)
-            if original is not None and knob.verify(dev, original) is False:
-                failed.append(f"gpu {rec.index} {name}: read back {knob.read(dev)!r}, expected {original!r}")
-                continue
-        except GPUError as e:
-            failed.append(f"gpu {rec.index} {name}: {e}")
-            continue
-        done.append(name)
-    return done, failed
-
-
-def restore_defaults(dev: GPUDevice) -> list[str]:
-    """Put every knob of a GPU back to the driver's defaults (when no originals survive)."""
-    failed = []
-    for name in RESTORE_ORDER:
-        try:
-            KNOBS[name].restore(dev, None)
-        except GPUError as e:
-            failed.append(f"gpu {dev.identity.index} {name}: {e}")
-    return failed
-
-
-def restore_from_state(devices: Sequence[GPUDevice], state_file: StateFile) -> RestoreReport:
-    """Restore every GPU the state file lists; remove the file once all are back.
-
-    A state file that cannot be parsed (it never is truncated, but may be edited by hand)
-    falls back to driver defaults for every GPU.
-    """
-    report = RestoreReport()
-    try:
-        state = state_file.load()
-    except StateFileError as e:
-        logger.error("%s; restoring every GPU to driver defaults", e)
-        for dev in devices:
-            report.failures.extend(restore_defaults(dev))
-            report.restored[dev.identity.uuid] = list(RESTORE_ORDER)
-        if report.ok:
-            state_file.remove()
-        return report
-    remaining: dict[str, GPURecord] = {}
-    for uuid, rec in state.gpus.items():
-        dev = _find(devices, rec)
-        if dev is None:
-            report.failures.append(f"gpu {rec.index} ({uuid}): not present, cannot restore")
-            remaining[uuid] = rec
-            continue
-        done, failed = restore_record(dev, rec)
-        report.restored[uuid] = done
-        if failed:
-            report.failures.extend(failed)
-            rec.changed = [k for k in rec.changed if k not in done]
-            remaining[uuid] = rec
-    if remaining:
-        state_file.save(State(gpus=remaining))
-    elif state_file.exists():
-        state_file.remove()
-    else:
-        state_file.clean_temp_files()
-    return report
-
-
-def _shape_error(knob_name: str, value: Value) -> str | None:
-    """Why ``value`` has the wrong shape for the knob (mW int, or a pair of MHz ints)."""
-    def is_int(x: Any) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    if knob_name == "power_limit":
-        return None if is_int(value) else f"power_limit: expected an integer in mW, got {value!r}"
-    if isinstance(value, list | tuple) and len(value) == 2 and all(is_int(x) for x in value):
-        return None
-    return f"{knob_name}: expected a pair of integers in MHz, got {value!r}"
-
-
 class Actuator:
-    """The only way the daemon changes GPU settings; a daemon component (start/tick/stop)."""
+    """The only way the daemon changes GPU settings or a job's knobs; a component (start/tick/stop)."""
 
     name = "actuation"
 
-    def __init__(self, devices: Sequence[GPUDevice], cfg: ActuationConfig, state_file: StateFile, store: Store | None = None) -> None:
+    def __init__(self, devices: Sequence[GPUDevice], cfg: ActuationConfig, state_file: StateFile,
+                 store: Store | None = None, jobs: JobChannel | None = None) -> None:
         self.devices = list(devices)
         self.cfg = cfg
         self.state_file = state_file
         self.store = store
+        self.jobs = jobs
         self._lock = threading.RLock()
-        self._state = State()
+        self._state = self._load()  # a dead run's records count until start() restores them
         self._changes: dict[str, int] = {}
         self._refusals: dict[tuple[str, str], int] = {}
+        self._awaiting: dict[str, tuple[str, str, Value]] = {}  # decision id -> (job, knob, value)
         self.restores = 0
 
     # -- component -------------------------------------------------------------------
@@ -180,7 +99,7 @@ class Actuator:
 
     def stop(self) -> None:
         if self.cfg.restore_on_stop:
-            report = self.restore_all()
+            report = self.restore_all(drop_absent_jobs=True)
             for f in report.failures:
                 logger.error("restore on stop: %s", f)
 
@@ -206,132 +125,225 @@ class Actuator:
         """Set GPU ``gpu``'s application clocks."""
         return self.change(gpu, "applications_clocks", [int(memory_mhz), int(graphics_mhz)])
 
+    def set_batch_size(self, job: str, size: int, wait_s: float = 0.0) -> Result:
+        """Ask job ``job`` for global batch size ``size`` (``pending`` until its ack; see :meth:`acknowledged`)."""
+        return self.change(job, "batch_size", int(size), wait_s=wait_s)
+
     def bounds(self, gpu: int) -> dict[str, tuple[int, int]]:
-        """Allowed range per knob for GPU ``gpu`` (mW or MHz)."""
+        """Allowed range per GPU knob for GPU ``gpu`` (in each knob's unit)."""
         dev = self._device(gpu)
         if dev is None:
             return {}
         out = {}
-        for name, knob in KNOBS.items():
+        for knob in registry.knobs("gpu"):
             try:
-                out[name] = knob.bounds(dev, self.cfg)
+                out[knob.name] = knob.bounds(dev, self.cfg)
             except GPUError:
                 continue
         return out
 
-    def change(self, gpu: int, knob_name: str, value: Value) -> Result:
-        """Check, record, apply and verify one knob change; never raises for GPU errors."""
+    def change(self, target: int | str, knob_name: str, value: Value, *, wait_s: float = 0.0) -> Result:
+        """Check, record, apply and verify one knob change; never raises for target errors.
+
+        ``target`` is a GPU index for a GPU knob, a job name for a job knob. A job knob's
+        change is verified by the job's ack, waited for up to ``wait_s``; without it the
+        result is ``pending`` with the decision id in ``ident`` (see :meth:`acknowledged`).
+        """
         with self._lock:
-            res = self._change(gpu, knob_name, value)
+            res = self._change(target, knob_name, value, wait_s)
+        self._count(target, knob_name, res)
+        return res
+
+    def acknowledged(self, ident: str, wait_s: float = 0.0) -> Result | None:
+        """The outcome of a ``pending`` job change once its ack came (None while it has not)."""
+        pending = self._awaiting.get(ident)
+        if pending is None or self.jobs is None:
+            return None
+        ack = self.jobs.wait_ack(ident, wait_s)
+        if ack is None:
+            return None
+        job, knob_name, value = self._awaiting.pop(ident)
+        if ack.get("ok"):
+            res = Result(True, "ok", "", value, ident)
+        else:
+            res = Result(False, "refused", f"job {job} refused {knob_name} {value}: {ack.get('error') or ''}", value, ident)
+        self._count(job, knob_name, res)
+        return res
+
+    def _count(self, target: int | str, knob_name: str, res: Result) -> None:
         if res.ok and res.code == "ok":
             self._changes[knob_name] = self._changes.get(knob_name, 0) + 1
         elif not res.ok:
             key = (knob_name, res.code)
             self._refusals[key] = self._refusals.get(key, 0) + 1
-            logger.warning("refused %s=%r on gpu %s: %s", knob_name, value, gpu, res.reason)
-        return res
+            logger.warning("refused %s=%r on %s: %s", knob_name, res.value, _where(target), res.reason)
 
-    def _change(self, gpu: int, knob_name: str, value: Value) -> Result:
+    def _change(self, target: int | str, knob_name: str, value: Value, wait_s: float) -> Result:
         cfg = self.cfg
-        knob = KNOBS.get(knob_name)
+        knob = registry.get(knob_name)
         if knob is None:
             return Result(False, "disabled", f"unknown knob {knob_name!r}")
-        why = _shape_error(knob_name, value)
+        why = knob.shape_error(value)
         if why is not None:
             return Result(False, "out_of_bounds", why, value)
         if not cfg.enabled:
             return Result(False, "disabled", "actuation disabled in config")
         if knob_name not in cfg.knobs:
             return Result(False, "disabled", f"knob {knob_name} not enabled in actuation.knobs")
-        dev = self._device(gpu)
-        if dev is None:
-            return Result(False, "no_gpu", f"no gpu {gpu}")
+        found = self._resolve(knob, target, wait_s)
+        if isinstance(found, Result):
+            return found
+        key, obj = found
         try:
-            why = knob.check(dev, value, cfg)
-        except GPUError as e:
+            why = knob.check(obj, value, cfg)
+        except (GPUError, KnobError) as e:
             return Result(False, "nvml", f"cannot read bounds: {e}")
         if why is not None:
             return Result(False, "out_of_bounds", why, value)
         if cfg.dry_run:
-            logger.info("dry-run: would set gpu %d %s to %r", gpu, knob_name, value)
+            logger.info("dry-run: would set %s %s to %r", _where(target), knob_name, value)
             return Result(True, "dry_run", "dry-run: nothing changed", value)
-        uuid = dev.identity.uuid
-        rec = self._state.gpus.get(uuid)
-        pending = State(gpus={u: GPURecord(r.index, r.uuid, dict(r.originals), list(r.changed), dict(r.targets))
-                              for u, r in self._state.gpus.items()})
-        if rec is None:
-            pending.gpus[uuid] = GPURecord(gpu, uuid, read_originals(dev))
-        prec = pending.gpus[uuid]
-        if knob_name not in prec.changed:
-            prec.changed.append(knob_name)
-        prec.targets[knob_name] = value
+        refused = self._record(knob, key, obj, value)
+        if refused is not None:
+            return refused
+        return self._apply(knob, target, obj, value)
+
+    def _resolve(self, knob: Knob, target: int | str, wait_s: float) -> tuple[str, Any] | Result:
+        """The state-file key and the object a knob acts on, or why there is none."""
+        if knob.target == "gpu":
+            if not isinstance(target, int) or isinstance(target, bool):
+                return Result(False, "no_gpu", f"{knob.name} is set on a GPU index, not {target!r}")
+            dev = self._device(target)
+            if dev is None:
+                return Result(False, "no_gpu", f"no gpu {target}")
+            return dev.identity.uuid, dev
+        job = self.job_target(str(target), wait_s)
+        if job is None:
+            return Result(False, "no_job", f"job {target!r} is not connected")
+        return job.name, job
+
+    def _record(self, knob: Knob, key: str, obj: Any, value: Value) -> Result | None:
+        """Write the originals and the knob to the state file before any change (None: written)."""
+        pending = self._state.copy()
+        rec: GPURecord | JobRecord
+        if knob.target == "gpu":
+            rec = pending.gpus.setdefault(key, GPURecord(obj.identity.index, key, read_originals(obj, "gpu")))
+        else:
+            rec = pending.jobs.setdefault(key, JobRecord(key))
+            if knob.name not in rec.changed:  # a job's original is its own value before our first change
+                original = read_originals(obj, "job").get(knob.name)
+                if original is None:
+                    return Result(False, "no_job", f"job {key} has not reported its {knob.name}: no original to record", value)
+                rec.originals[knob.name] = original
+        if knob.name not in rec.changed:
+            rec.changed.append(knob.name)
+        rec.targets[knob.name] = value
         try:
             self.state_file.save(pending)  # the record comes first: never a change without it
         except OSError as e:
             return Result(False, "state_file", f"cannot write state file {self.state_file.path}: {e.strerror}")
         self._state = pending
+        return None
+
+    def _apply(self, knob: Knob, target: int | str, obj: Any, value: Value) -> Result:
+        name = knob.name
         try:
-            knob.apply(dev, value)
+            knob.apply(obj, value)
         except GPUError as e:
-            return Result(False, "nvml", f"{knob_name}: {e}", value)
+            return Result(False, "nvml", f"{name}: {e}", value)
+        except KnobError as e:
+            return Result(False, "refused", f"{name}: {e}", value)
         try:
-            verified = knob.verify(dev, value)
-        except GPUError as e:
-            return Result(False, "verify", f"{knob_name}: read back failed: {e}", value)
+            verified = knob.verify(obj, value)
+        except (GPUError, KnobError) as e:
+            return Result(False, "verify", f"{name}: read back failed: {e}", value)
+        if isinstance(obj, JobTarget):
+            return self._job_outcome(obj, name, value, verified)
         if verified is False:
-            got = knob.read(dev)
-            return Result(False, "verify", f"{knob_name}: read back {got!r} after setting {value!r}", value)
-        logger.info("gpu %d %s set to %r%s", gpu, knob_name, value, "" if verified else " (no read-back in NVML)")
+            return Result(False, "verify", f"{name}: read back {knob.read(obj)!r} after setting {value!r}", value)
+        logger.info("%s %s set to %r%s", _where(target), name, value, "" if verified else " (no read-back in NVML)")
         return Result(True, "ok", "" if verified else "applied; NVML cannot read this knob back", value)
 
+    def _job_outcome(self, job: JobTarget, name: str, value: Value, acked: bool | None) -> Result:
+        if acked is None:
+            self._awaiting[job.ident] = (job.name, name, value)
+            return Result(True, "pending", f"decision {job.ident} sent to job {job.name}; waiting for its ack", value, job.ident)
+        if not acked:
+            return Result(False, "refused", f"job {job.name} refused {name} {value}: {job.refusal()}", value, job.ident)
+        logger.info("job %s %s set to %r", job.name, name, value)
+        return Result(True, "ok", "", value, job.ident)
+
+    # -- restore -------------------------------------------------------------------------
     def restore_gpu(self, gpu: int) -> RestoreReport:
         """Put one GPU's changed knobs back to its recorded originals."""
         with self._lock:
             dev = self._device(gpu)
+            rec = self._state.gpus.get(dev.identity.uuid) if dev is not None else None
             report = RestoreReport()
-            if dev is None:
+            if dev is None or rec is None:
                 return report
-            rec = self._state.gpus.get(dev.identity.uuid)
-            if rec is None:
-                return report
-            done, failed = restore_record(dev, rec)
-            self.restores += len(done)
-            report.restored[rec.uuid] = done
-            report.failures.extend(failed)
-            state = State(gpus=dict(self._state.gpus))
-            if failed:
-                rec.changed = [k for k in rec.changed if k not in done]
-            else:
-                del state.gpus[rec.uuid]
-            self._persist(state)
+            done, failed = restore_knobs(dev, "gpu", rec, f"gpu {rec.index}")
+            self._restored(report, rec.uuid, done, failed, rec)
             return report
 
-    def restore_all(self) -> RestoreReport:
-        """Put every changed GPU back to its recorded originals."""
+    def restore_job(self, job: str) -> RestoreReport:
+        """Put one connected job's changed knobs back to its own originals."""
         with self._lock:
-            if not self._state.gpus:
-                return RestoreReport()
-            return self.restore_state_file()
+            rec = self._state.jobs.get(job)
+            target = self.job_target(job, self.cfg.job_ack_timeout_s)
+            report = RestoreReport()
+            if rec is None or target is None:
+                return report
+            done, failed = restore_knobs(target, "job", rec, f"job {job}")
+            self._restored(report, f"job {job}", done, failed, rec)
+            return report
 
-    def restore_state_file(self) -> RestoreReport:
+    def _restored(self, report: RestoreReport, key: str, done: list[str], failed: list[str],
+                  rec: GPURecord | JobRecord) -> None:
+        self.restores += len(done)
+        report.restored[key] = done
+        report.failures.extend(failed)
+        state = self._state.copy()
+        table: dict[str, Any] = state.jobs if isinstance(rec, JobRecord) else state.gpus
+        name = rec.job if isinstance(rec, JobRecord) else rec.uuid
+        if failed:
+            table[name].changed = [k for k in rec.changed if k not in done]
+        else:
+            del table[name]
+        self._persist(state)
+
+    def restore_all(self, drop_absent_jobs: bool = False) -> RestoreReport:
+        """Put every changed GPU and connected job back to its recorded originals."""
+        with self._lock:
+            if self._state.empty():
+                return RestoreReport()
+            return self.restore_state_file(drop_absent_jobs)
+
+    def restore_state_file(self, drop_absent_jobs: bool = False) -> RestoreReport:
         """Restore whatever the state file lists (this run's changes or a dead run's)."""
         with self._lock:
-            report = restore_from_state(self.devices, self.state_file)
+            lookup = lambda job: self.job_target(job, self.cfg.job_ack_timeout_s)  # noqa: E731
+            report = restore_from_state(self.devices, self.state_file, lookup, drop_absent_jobs)
             self.restores += sum(len(v) for v in report.restored.values())
-            try:
-                self._state = self.state_file.load()
-            except StateFileError:
-                self._state = State()
-            for uuid, knobs in report.restored.items():
-                logger.info("restored %s on %s", ", ".join(knobs) or "nothing", uuid)
+            self._state = self._load()
+            for key, knobs in report.restored.items():
+                logger.info("restored %s on %s", ", ".join(knobs) or "nothing", key)
+            for note in report.kept:
+                logger.warning("%s", note)
             return report
 
     def _persist(self, state: State) -> None:
-        if state.gpus:
+        if not state.empty():
             self.state_file.save(state)
         else:
             self.state_file.remove()
         self._state = state
+
+    def _load(self) -> State:
+        try:
+            return self.state_file.load()
+        except StateFileError:
+            return State()
 
     # -- reads ------------------------------------------------------------------------
     def _device(self, gpu: int) -> GPUDevice | None:
@@ -340,41 +352,45 @@ class Actuator:
                 return d
         return None
 
+    def job_target(self, name: str, wait_s: float = 0.0) -> JobTarget | None:
+        """A connected job as a knob target; None without a channel or when it is not connected."""
+        if self.jobs is None or name not in self.jobs.connected_jobs():
+            return None
+        return JobTarget(name, self.jobs, self._reported, wait_s)
+
+    def _reported(self, job: str, key: str) -> float | None:
+        family = STAT_FAMILIES.get(key)
+        if self.store is None or family is None:
+            return None
+        return self.store.value(family, (("job", job), ("rank", LEADER_RANK)))
+
     def changed_gpus(self) -> int:
         """How many GPUs may differ from their recorded originals (no NVML call)."""
         with self._lock:
             return len(self._state.gpus)
 
+    def snapshot(self) -> State:
+        """A copy of the records: what may differ from its originals now."""
+        with self._lock:
+            return self._state.copy()
+
+    def counts(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """Changes applied by knob, and refusals by (knob, reason code)."""
+        with self._lock:
+            return dict(self._changes), dict(self._refusals)
+
     def describe(self) -> list[dict[str, Any]]:
         """Per GPU: current knob values, recorded originals and changed knobs (for status)."""
-        with self._lock:
-            records = dict(self._state.gpus)
-        out = []
-        for dev in self.devices:
-            ident = dev.identity
-            rec = records.get(ident.uuid)
-            current = read_originals(dev)
-            if rec is not None:  # locked clocks cannot be read; show what was set
-                for name in ("locked_sm_clocks", "locked_memory_clocks"):
-                    if name in rec.changed:
-                        current[name] = rec.targets.get(name)
-            out.append({
-                "index": ident.index, "uuid": ident.uuid, "model": ident.model,
-                "current": current,
-                "originals": rec.originals if rec else None,
-                "changed": list(rec.changed) if rec else [],
-            })
-        return out
+        return view.describe_gpus(self.devices, self.snapshot())
+
+    def status(self) -> dict[str, Any]:
+        """Actuation as ``gputuned status`` shows it: switches, knob catalog, jobs' knobs."""
+        return view.status(self)
 
     def samples(self) -> list[Sample]:
-        with self._lock:
-            changed = {r.uuid for r in self._state.gpus.values()}
-            out: list[Sample] = [(DRY_RUN, (), 1.0 if self.cfg.dry_run else 0.0), (RESTORES, (), float(self.restores))]
-            for dev in self.devices:
-                ident = dev.identity
-                out.append((GPU_CHANGED, (("gpu", str(ident.index)), ("uuid", ident.uuid)), 1.0 if ident.uuid in changed else 0.0))
-            for knob, n in sorted(self._changes.items()):
-                out.append((CHANGES, (("knob", knob),), float(n)))
-            for (knob, code), n in sorted(self._refusals.items()):
-                out.append((REFUSALS, (("knob", knob), ("reason", code)), float(n)))
-            return out
+        """Counters, dry-run, changed GPUs, and every changed knob's own family."""
+        return view.samples(self)
+
+
+def _where(target: int | str) -> str:
+    return f"gpu {target}" if isinstance(target, int) else f"job {target}"

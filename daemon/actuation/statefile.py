@@ -3,8 +3,10 @@
 The file is the only thing that survives a crash, so it is written as a whole new file
 (temp file in the same directory, fsync, rename, fsync the directory): a reader finds
 either the previous complete file or the new complete file, never a truncated one. A
-file with GPU entries means "these GPUs may differ from their originals"; after a full
-restore the file is removed.
+file with GPU (or job) entries means "these targets may differ from their originals"; after
+a full restore the file is removed. Job entries (knobs whose target is the training job,
+such as batch size) sit under ``jobs``, written only when there are some, so a file of
+GPU entries alone reads as it always did (version 1).
 """
 
 from __future__ import annotations
@@ -53,14 +55,43 @@ class GPURecord:
         index = raw.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
             raise StateFileError(f"gpus.{uuid}.index: not an integer")
-        originals = raw.get("originals", {})
-        changed = raw.get("changed", [])
-        targets = raw.get("targets", {})
-        if not isinstance(originals, dict) or not isinstance(targets, dict):
-            raise StateFileError(f"gpus.{uuid}: originals/targets not objects")
-        if not isinstance(changed, list) or not all(isinstance(k, str) for k in changed):
-            raise StateFileError(f"gpus.{uuid}.changed: not a list of knob names")
-        return cls(index, uuid, dict(originals), list(changed), dict(targets))
+        return cls(index, uuid, *_knob_fields(f"gpus.{uuid}", raw))
+
+    def copy(self) -> GPURecord:
+        return GPURecord(self.index, self.uuid, dict(self.originals), list(self.changed), dict(self.targets))
+
+
+@dataclass
+class JobRecord:
+    """One job's recorded originals (its own values before the first change) and changed knobs."""
+
+    job: str
+    originals: dict[str, Any] = field(default_factory=dict)
+    changed: list[str] = field(default_factory=list)
+    targets: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job, "originals": self.originals, "changed": self.changed, "targets": self.targets}
+
+    @classmethod
+    def from_json(cls, job: str, raw: Any) -> JobRecord:
+        if not isinstance(raw, dict):
+            raise StateFileError(f"jobs.{job}: not an object")
+        return cls(job, *_knob_fields(f"jobs.{job}", raw))
+
+    def copy(self) -> JobRecord:
+        return JobRecord(self.job, dict(self.originals), list(self.changed), dict(self.targets))
+
+
+def _knob_fields(where: str, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    originals = raw.get("originals", {})
+    changed = raw.get("changed", [])
+    targets = raw.get("targets", {})
+    if not isinstance(originals, dict) or not isinstance(targets, dict):
+        raise StateFileError(f"{where}: originals/targets not objects")
+    if not isinstance(changed, list) or not all(isinstance(k, str) for k in changed):
+        raise StateFileError(f"{where}.changed: not a list of knob names")
+    return dict(originals), list(changed), dict(targets)
 
 
 @dataclass
@@ -70,14 +101,26 @@ class State:
     gpus: dict[str, GPURecord] = field(default_factory=dict)
     pid: int = 0
     updated: float = 0.0
+    jobs: dict[str, JobRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "version": FORMAT_VERSION,
             "pid": self.pid,
             "updated": self.updated,
             "gpus": {u: r.to_json() for u, r in sorted(self.gpus.items())},
         }
+        if self.jobs:
+            out["jobs"] = {j: r.to_json() for j, r in sorted(self.jobs.items())}
+        return out
+
+    def copy(self) -> State:
+        """A deep copy of the records (to change and save before adopting)."""
+        return State({u: r.copy() for u, r in self.gpus.items()}, self.pid, self.updated,
+                     {j: r.copy() for j, r in self.jobs.items()})
+
+    def empty(self) -> bool:
+        return not self.gpus and not self.jobs
 
 
 def parse_state(text: str, where: str = "state file") -> State:
@@ -93,9 +136,14 @@ def parse_state(text: str, where: str = "state file") -> State:
     gpus = raw.get("gpus", {})
     if not isinstance(gpus, dict):
         raise StateFileError(f"{where}: gpus: not an object")
+    jobs = raw.get("jobs", {})
+    if not isinstance(jobs, dict):
+        raise StateFileError(f"{where}: jobs: not an object")
     state = State(pid=int(raw.get("pid", 0) or 0), updated=float(raw.get("updated", 0.0) or 0.0))
     for uuid, rec in gpus.items():
         state.gpus[uuid] = GPURecord.from_json(uuid, rec)
+    for job, rec in jobs.items():
+        state.jobs[job] = JobRecord.from_json(job, rec)
     return state
 
 

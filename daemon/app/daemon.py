@@ -175,6 +175,9 @@ class Daemon:
             self.attach(self.control)
         self.loop.add_hook(self._notify_tick)
 
+        self.actuator = Actuator(self.gpus.devices, cfg.actuation, StateFile(cfg.daemon.state_file), self.store,
+                                 jobs=self.control)
+        self.attach(self.actuator)
     def attach(self, component: Component) -> None:
         self.components.append(component)
         self.loop.add_hook(component.tick)

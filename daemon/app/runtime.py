@@ -36,12 +36,7 @@ def node_status(daemon: Daemon) -> dict[str, Any]:
             {"name": r.name, "up": r.up, "errors": r.errors, "duration_s": round(r.duration, 6)} for r in loop.runners
         ],
         "gpus": act.describe(),
-        "actuation": {
-            "enabled": act.cfg.enabled,
-            "dry_run": act.cfg.dry_run,
-            "knobs": list(act.cfg.knobs),
-            "state_file": str(act.state_file.path),
-        },
+        "actuation": act.status(),
         "jobs": control.connected_jobs() if control else {},
         "control": {
             "socket": str(control.cfg.socket_path) if control else None,
@@ -68,4 +63,4 @@ class RuntimeAdmin:
     def restore(self, gpu: int | None) -> dict[str, Any]:
         act = self.daemon.actuator
         report = act.restore_all() if gpu is None else act.restore_gpu(int(gpu))
-        return {"ok": report.ok, "restored": report.restored, "failures": report.failures}
+        return {"ok": report.ok, "restored": report.restored, "failures": report.failures, "kept": report.kept}

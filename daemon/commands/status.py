@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gputuned import protocol
+from gputuned.daemon.actuation import knobs as knob_registry
+from gputuned.daemon.actuation.knobs import entry_format
 from gputuned.daemon.app.config import Config
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
 
@@ -50,12 +52,44 @@ def _socket_path(args: argparse.Namespace, cfg: Config) -> Path:
     return Path(args.socket) if args.socket else Path(cfg.control.socket_path)
 
 
-def _fmt(value: Any, knob: str) -> str:
-    if value is None:
-        return "-"
-    if knob == "power_limit":
-        return f"{value / 1000:g} W"
-    return f"{value[0]}-{value[1]} MHz" if knob != "applications_clocks" else f"mem {value[0]} / gfx {value[1]} MHz"
+def _catalog(st: dict[str, Any]) -> list[dict[str, Any]]:
+    """The knobs to show: the daemon's registry as it reports it, else this process's."""
+    catalog = st.get("actuation", {}).get("catalog")
+    if catalog is None:
+        catalog = [k.catalog_entry() for k in knob_registry.knobs()]
+    return list(catalog)
+
+
+def _knob_cells(entries: list[dict[str, Any]], row: dict[str, Any]) -> list[str]:
+    """One cell per knob: current value, and `/ original` where the knob is changed."""
+    orig = row.get("originals") or {}
+    cells = []
+    for e in entries:
+        name = e["name"]
+        cur = entry_format(e, row["current"].get(name))
+        cells.append(f"{cur} / {entry_format(e, orig.get(name))}" if name in row["changed"] else cur)
+    return cells
+
+
+def _knob_tables(st: dict[str, Any]) -> list[Any]:
+    """The GPUs' and the jobs' knob tables (current / original), columns from the knob catalog."""
+    from rich.table import Table
+
+    catalog = _catalog(st)
+    out = []
+    for kind, title, rows, first in (("gpu", "GPUs (current / original)", st["gpus"], ("gpu", "model")),
+                                     ("job", "Jobs' knobs (current / original)", st.get("actuation", {}).get("jobs", []), ("job",))):
+        entries = [e for e in catalog if e.get("target", "gpu") == kind]
+        if kind == "job" and not rows:
+            continue
+        table = Table(title=title)
+        for col in (*first, *(e["label"] for e in entries), "changed"):
+            table.add_column(col, no_wrap=col != "model")
+        for row in rows:
+            head = [str(row["index"]), row["model"]] if kind == "gpu" else [row["job"]]
+            table.add_row(*head, *_knob_cells(entries, row), ", ".join(row["changed"]) or "no")
+        out.append(table)
+    return out
 
 
 def render_status(st: dict[str, Any]) -> None:
@@ -69,17 +103,8 @@ def render_status(st: dict[str, Any]) -> None:
     con.print(f"[bold]gputuned {st['version']}[/] pid {st['pid']}, up {st['uptime_s']:.0f} s: {st['node']}")
     con.print(f"ticks {st['ticks']} every {st['interval_s']:g} s, {st['tick_overruns']} overruns; "
               f"actuation {'dry-run' if st['actuation']['dry_run'] else ('on' if st['actuation']['enabled'] else 'off')}")
-    gpus = Table(title="GPUs (current / original)")
-    for col in ("gpu", "model", "power limit", "locked SM clocks", "locked mem clocks", "app clocks", "changed"):
-        gpus.add_column(col, no_wrap=col != "model")
-    for g in st["gpus"]:
-        orig = g["originals"] or {}
-        cells = []
-        for knob in ("power_limit", "locked_sm_clocks", "locked_memory_clocks", "applications_clocks"):
-            cur = _fmt(g["current"].get(knob), knob)
-            cells.append(f"{cur} / {_fmt(orig.get(knob), knob)}" if knob in g["changed"] else cur)
-        gpus.add_row(str(g["index"]), g["model"], *cells, ", ".join(g["changed"]) or "no")
-    con.print(gpus)
+    for table in _knob_tables(st):
+        con.print(table)
     cols = Table(title="Collectors")
     for col in ("collector", "up", "errors", "last duration"):
         cols.add_column(col)
@@ -151,6 +176,7 @@ def restore_offline(cfg: Config) -> tuple[int, list[str]]:
             except Exception:  # noqa: BLE001 - nothing left to do about it
                 pass
     lines = [f"restored {', '.join(k) or 'nothing'} on {u}" for u, k in report.restored.items()]
+    lines += [f"kept: {k}" for k in report.kept]
     lines += [f"FAILED: {f}" for f in report.failures]
     return (0 if report.ok else 1), lines
 
@@ -180,29 +206,41 @@ def _restore(args: argparse.Namespace) -> int:
     return code
 
 
-def _pair(text: str) -> list[int]:
+def _cli_type(knob: Any) -> Any:
+    """argparse type for a knob's flag: its parser, with a usage error naming the flag."""
+    def parse(text: str) -> Any:
+        try:
+            return knob.cli.parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {knob.cli.metavar}, got {text!r}") from None
+    return parse
+
+
+def _knob_value(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE as JSON in the knob's stored unit (an integer or a pair)."""
+    name, sep, raw = text.partition("=")
     try:
-        a, b = text.split(":")
-        return [int(a), int(b)]
+        if not sep:
+            raise ValueError(text)
+        return name, json.loads(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN:MAX in MHz, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (VALUE as JSON), got {text!r}") from None
+
+
+def _wanted(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    out = [(k.name, getattr(args, f"knob_{k.name}")) for k in knob_registry.knobs("gpu")
+           if k.cli is not None and getattr(args, f"knob_{k.name}", None) is not None]
+    return out + list(args.knob or [])
 
 
 def _set(args: argparse.Namespace) -> int:
     cfg = load_or_report(args)
     if cfg is None:
         return 2
-    wanted: list[tuple[str, Any]] = []
-    if args.power_limit_w is not None:
-        wanted.append(("power_limit", int(round(args.power_limit_w * 1000))))
-    if args.sm_clocks is not None:
-        wanted.append(("locked_sm_clocks", args.sm_clocks))
-    if args.memory_clocks is not None:
-        wanted.append(("locked_memory_clocks", args.memory_clocks))
-    if args.app_clocks is not None:
-        wanted.append(("applications_clocks", args.app_clocks))
+    wanted = _wanted(args)
     if not wanted:
-        print("gputuned set: give at least one of --power-limit-w, --sm-clocks, --memory-clocks, --app-clocks", file=sys.stderr)
+        flags = [k.cli.flag for k in knob_registry.knobs("gpu") if k.cli is not None]
+        print(f"gputuned set: give at least one of {', '.join(flags)}, --knob NAME=VALUE", file=sys.stderr)
         return 2
     code = 0
     for knob, value in wanted:
@@ -244,9 +282,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_flags(p)
     p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
     p.add_argument("--gpu", type=int, required=True, help="GPU index")
-    p.add_argument("--power-limit-w", type=float, metavar="W")
-    p.add_argument("--sm-clocks", type=_pair, metavar="MIN:MAX", help="lock SM clocks (MHz)")
-    p.add_argument("--memory-clocks", type=_pair, metavar="MIN:MAX", help="lock memory clocks (MHz)")
-    p.add_argument("--app-clocks", type=_pair, metavar="MEM:GFX", help="application clocks (MHz)")
+    for knob in knob_registry.knobs("gpu"):  # one flag per registered GPU knob that declares one
+        if knob.cli is not None:
+            p.add_argument(knob.cli.flag, dest=f"knob_{knob.name}", type=_cli_type(knob), metavar=knob.cli.metavar,
+                           help=knob.cli.help)
+    p.add_argument("--knob", type=_knob_value, action="append", metavar="NAME=VALUE",
+                   help="any registered GPU knob, VALUE as JSON in its stored unit (e.g. power_limit=300000)")
     p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_set)

@@ -1,0 +1,76 @@
+"""``[actuation]``: switches common to every knob, plus the keys each registered knob's model adds.
+
+The table is composed from the knob registry: each knob's ``config_model`` checks its own
+keys (``power_limit_min_w``, ``batch_size_max``, ...), which read as attributes of the
+config (``cfg.power_limit_min_w``); a key no registered knob declares is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
+
+from gputuned.daemon.actuation import knobs as plugins
+
+
+class ActuationConfig(BaseModel):
+    """The ``[actuation]`` table: enabled knobs, dry-run, restore, and every knob's own keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    enabled: bool = True
+    dry_run: bool = Field(False, description="log what would change, change nothing")
+    knobs: list[str] = Field(default_factory=plugins.default_enabled, description="knobs that may change")
+    restore_on_stop: bool = True
+    job_ack_timeout_s: float = Field(5.0, gt=0, le=300, description="how long a job's restore waits for its ack")
+
+    @field_validator("knobs")
+    @classmethod
+    def _registered(cls, v: list[str]) -> list[str]:
+        known = plugins.names()
+        for name in v:
+            if name not in known:
+                raise ValueError(f"actuation.knobs: unknown knob {name!r} (known: {', '.join(known)})")
+        return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _knob_keys(cls, data: Any, handler: ModelWrapValidatorHandler[ActuationConfig]) -> ActuationConfig:
+        if isinstance(data, ActuationConfig):
+            return data
+        if not isinstance(data, Mapping):
+            raise ValueError("actuation must be a table")
+        own = set(cls.model_fields)
+        owned = plugins.registry.config_fields()
+        errors = [InitErrorDetails(type="extra_forbidden", loc=(key,), input=value)
+                  for key, value in data.items() if key not in own and key not in owned]
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in own}
+        for knob in plugins.knobs():
+            model = knob.config_model
+            if model is None:
+                continue
+            try:
+                checked = model.model_validate({k: data[k] for k in model.model_fields if k in data})
+            except ValidationError as e:
+                errors += [InitErrorDetails(type=d["type"], loc=d["loc"], input=d["input"],
+                                            ctx=d.get("ctx", {})) for d in e.errors()]
+                continue
+            values.update(checked.model_dump())
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return handler(values)
+
+    def knob_keys(self) -> dict[str, Any]:
+        """The registered knobs' keys and their values."""
+        return dict(self.model_extra or {})
