@@ -15,6 +15,12 @@ import urllib.request
 from collections import defaultdict
 from typing import Any
 
+from gputuned.collectors import families as F
+from gputuned.daemon.app import tuning
+from gputuned.daemon.control.reports import STAT_FAMILIES as TRAINER
+from gputuned.tuner.decision import guard
+from gputuned.tuner.forecast.service import ALERT_ACTIVE
+
 Metric = tuple[str, dict[str, str], float]
 
 
@@ -37,37 +43,34 @@ def snapshot(metrics: list[Metric], status: dict[str, Any] | None = None) -> dic
         return {lab.get("gpu", "?"): v for lab, v in by.get(name, [])}
 
     originals = {str(g["index"]): (g.get("originals") or {}).get("power_limit") for g in (status or {}).get("gpus", [])}
-    power, limit, default = per_gpu("gputuned_gpu_power_watts"), per_gpu("gputuned_gpu_power_limit_watts"), per_gpu(
-        "gputuned_gpu_power_limit_default_watts")
-    clock, temp, util = per_gpu("gputuned_gpu_sm_clock_hertz"), per_gpu("gputuned_gpu_temperature_celsius"), per_gpu(
-        "gputuned_gpu_utilization_ratio")
+    power, limit, default = per_gpu(F.GPU_POWER), per_gpu(F.GPU_POWER_LIMIT), per_gpu(F.GPU_POWER_LIMIT_DEFAULT)
+    clock, temp, util = per_gpu(F.GPU_SM_CLOCK), per_gpu(F.GPU_TEMP), per_gpu(F.GPU_UTIL)
     gpus = []
     for g in sorted(power, key=lambda k: int(k) if k.isdigit() else 0):
         orig = originals.get(g)
         gpus.append({"gpu": g, "power_w": power[g], "limit_w": limit.get(g), "original_limit_w": (orig / 1000.0) if orig else
                      default.get(g), "sm_mhz": clock.get(g, 0.0) / 1e6, "temp_c": temp.get(g), "util": util.get(g)})
     jobs: dict[str, dict[str, float]] = defaultdict(dict)
-    for key, name in (("samples_per_s", "gputuned_trainer_samples_per_second"), ("goodput", "gputuned_trainer_goodput_samples_per_second"),
-                      ("batch_size", "gputuned_trainer_batch_size"), ("step_time_s", "gputuned_trainer_step_time_seconds")):
-        for lab, v in by.get(name, []):
+    for key in ("samples_per_s", "goodput", "batch_size", "step_time_s"):
+        for lab, v in by.get(TRAINER[key], []):
             if lab.get("rank") == "0":
                 jobs[lab.get("job", "?")][key] = v
-    for lab, v in by.get("gputuned_tuner_energy_per_sample_joules", []):
+    for lab, v in by.get(tuning.EPS, []):
         jobs[lab.get("job", "?")]["energy_per_sample_j"] = v
-    for lab, v in by.get("gputuned_tuner_reference_energy_per_sample_joules", []):
+    for lab, v in by.get(tuning.EPS_REF, []):
         jobs[lab.get("job", "?")]["reference_energy_per_sample_j"] = v
     total_power = sum(power.values())
     for j in jobs.values():  # no tuner figure: board power over throughput, right now
         if "energy_per_sample_j" not in j and j.get("samples_per_s"):
             j["energy_per_sample_j"] = total_power / j["samples_per_s"]
-    alerts = [lab for lab, v in by.get("gputuned_alert_active", []) if v > 0.5]
+    alerts = [lab for lab, v in by.get(ALERT_ACTIVE, []) if v > 0.5]
     tuner = {
-        "actions": {lab.get("knob", "?"): v for lab, v in by.get("gputuned_tuner_actions_total", [])},
-        "interventions": {lab.get("reason", "?"): v for lab, v in by.get("gputuned_tuner_guard_interventions_total", [])},
-        "rollbacks": sum(v for _, v in by.get("gputuned_tuner_rollbacks_total", [])),
-        "last_action": max((v for _, v in by.get("gputuned_tuner_last_action_timestamp_seconds", [])), default=0.0),
-        "paused": any(v > 0.5 for _, v in by.get("gputuned_tuner_paused", [])),
-        "knobs": {f"{lab.get('knob')}@{lab.get('gpu')}": v for lab, v in by.get("gputuned_tuner_knob_value", [])},
+        "actions": {lab.get("knob", "?"): v for lab, v in by.get(guard.ACTIONS, [])},
+        "interventions": {lab.get("reason", "?"): v for lab, v in by.get(guard.INTERVENTIONS, [])},
+        "rollbacks": sum(v for _, v in by.get(guard.ROLLBACKS, [])),
+        "last_action": max((v for _, v in by.get(tuning.LAST_ACTION, [])), default=0.0),
+        "paused": any(v > 0.5 for _, v in by.get(guard.PAUSED, [])),
+        "knobs": {f"{lab.get('knob')}@{lab.get('gpu')}": v for lab, v in by.get(guard.KNOB_VALUE, [])},
     }
     return {"gpus": gpus, "jobs": dict(jobs), "alerts": alerts, "tuner": tuner}
 

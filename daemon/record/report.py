@@ -22,19 +22,22 @@ from typing import Any
 
 import numpy as np
 
+from gputuned.collectors import families as F
+from gputuned.daemon.control.reports import STAT_FAMILIES as TRAINER
+from gputuned.tuner.forecast.service import ALERT_ACTIVE, FORECAST_VALUE
+
 logger = logging.getLogger(__name__)
 
+SAMPLES_PER_S, GOODPUT = TRAINER["samples_per_s"], TRAINER["goodput"]
+BATCH_SIZE, SAMPLES = TRAINER["batch_size"], TRAINER["samples_total"]
 #: (family, how to combine label sets): the series the figures need.
 WANTED = (
-    "gputuned_trainer_samples_per_second", "gputuned_trainer_goodput_samples_per_second", "gputuned_trainer_batch_size",
-    "gputuned_trainer_samples_total", "gputuned_gpu_power_watts", "gputuned_gpu_power_limit_watts",
-    "gputuned_gpu_sm_clock_hertz", "gputuned_gpu_energy_joules_total", "gputuned_forecast_value", "gputuned_alert_active",
-    "gputuned_gpu_temperature_celsius",
+    SAMPLES_PER_S, GOODPUT, BATCH_SIZE, SAMPLES, F.GPU_POWER, F.GPU_POWER_LIMIT, F.GPU_SM_CLOCK, F.GPU_ENERGY,
+    FORECAST_VALUE, ALERT_ACTIVE, F.GPU_TEMP,
 )
 HARDWARE_ALERTS = ("thermal", "ecc", "xid")
 #: Forecast series shown first, when the trace has bands for them.
-FORECAST_PREFERENCE = ("gputuned_gpu_temperature_celsius", "gputuned_gpu_power_watts", "gputuned_trainer_samples_per_second",
-                       "gputuned_gpu_sm_clock_hertz")
+FORECAST_PREFERENCE = (F.GPU_TEMP, F.GPU_POWER, SAMPLES_PER_S, F.GPU_SM_CLOCK)
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], tuple[np.ndarray, np.ndarray]]
 
 
@@ -113,8 +116,8 @@ def load_runs(run_dir: Path) -> list[RunData]:
 
 def energy_per_sample(run: RunData, window_s: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
     """GPU energy per trained sample over a sliding window (minutes, J/sample)."""
-    energy = run.get("gputuned_gpu_energy_joules_total")
-    samples = run.get("gputuned_trainer_samples_total", rank="0")
+    energy = run.get(F.GPU_ENERGY)
+    samples = run.get(SAMPLES, rank="0")
     if not energy or not samples:
         return np.array([]), np.array([])
     t, s = samples[0][1], samples[0][2]
@@ -142,7 +145,7 @@ def _mark(ax: Any, run: RunData) -> None:
             ax.axvline(x, color="#ff7f0e", alpha=0.9, lw=1.2, ls=":")
     # spans: any hardware alert (orange, full height); any anomaly/degradation alert (thin band on top)
     for kinds, lo, alpha in ((HARDWARE_ALERTS, 0.0, 0.15), (("anomaly", "degradation"), 0.94, 0.5)):
-        found = [(t, v) for lab, t, v in run.get("gputuned_alert_active") if lab.get("alert") in kinds]
+        found = [(t, v) for lab, t, v in run.get(ALERT_ACTIVE) if lab.get("alert") in kinds]
         if not found:
             continue
         t = np.unique(np.concatenate([f[0] for f in found]))
@@ -216,18 +219,18 @@ def figures(runs: list[RunData], out: Path, step: Callable[[str], None] | None =
             ax.plot(t, v, color=color, lw=1.2, label=f"energy per sample, 60 s window (tuner {run.name})")
 
     specs = [
-        ("Throughput", both(line("gputuned_trainer_samples_per_second", "samples/s", rank="0"),
-                            line("gputuned_trainer_goodput_samples_per_second", "goodput", ls=":", rank="0")), "samples/s"),
-        ("Power", both(line("gputuned_gpu_power_watts", "mean board power", mean=True),
-                       line("gputuned_gpu_power_limit_watts", "mean power limit", mean=True, ls="--")), "W"),
-        ("SM clock", line("gputuned_gpu_sm_clock_hertz", "mean SM clock", 1e-6, mean=True), "MHz"),
-        ("Batch size", line("gputuned_trainer_batch_size", "global batch size", rank="0"), "samples"),
+        ("Throughput", both(line(SAMPLES_PER_S, "samples/s", rank="0"),
+                            line(GOODPUT, "goodput", ls=":", rank="0")), "samples/s"),
+        ("Power", both(line(F.GPU_POWER, "mean board power", mean=True),
+                       line(F.GPU_POWER_LIMIT, "mean power limit", mean=True, ls="--")), "W"),
+        ("SM clock", line(F.GPU_SM_CLOCK, "mean SM clock", 1e-6, mean=True), "MHz"),
+        ("Batch size", line(BATCH_SIZE, "global batch size", rank="0"), "samples"),
         ("Energy per sample", eps, "J / sample"),
     ]
     for name, draw, ylabel in specs:
         paths.append(_plot(name, runs, draw, ylabel, out))
         done(name)
-    fc = [r for r in runs if r.name in ("on", "run") and r.get("gputuned_forecast_value")]
+    fc = [r for r in runs if r.name in ("on", "run") and r.get(FORECAST_VALUE)]
     if fc:
         paths.append(_plot("Forecast bands", fc, _forecast_draw, "value", out))
         done("Forecast bands")
@@ -235,7 +238,7 @@ def figures(runs: list[RunData], out: Path, step: Callable[[str], None] | None =
 
 
 def _forecast_draw(ax: Any, run: RunData, color: str) -> None:
-    found = run.get("gputuned_forecast_value")
+    found = run.get(FORECAST_VALUE)
     by: dict[tuple[str, str, float], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for lab, t, v in found:
         key = (lab.get("series", ""), lab.get("gpu", ""), float(lab.get("horizon", "0")))
