@@ -89,6 +89,7 @@ def test_a_knob_plugin_file_appears_in_metrics_state_file_and_status(
 
         assert wait_for(lambda: b"gputuned_actuation_fan_speed_ratio" in daemon.renderer.render(), timeout=5)
         text = daemon.renderer.render().decode()
+        assert "# TYPE gputuned_actuation_fan_speed_ratio gauge" in text  # its family is in the catalog
         lines = [ln for ln in text.splitlines() if ln.startswith("gputuned_actuation_fan_speed_ratio{")]
         assert any('setting="target"' in ln and ln.endswith(" 0.75") for ln in lines), lines
         assert any('setting="original"' in ln and ln.endswith(" 0.3") for ln in lines), lines
