@@ -20,6 +20,7 @@ import numpy as np
 from gputuned.collectors import families as F
 from gputuned.collectors.device import ClockEventReason
 from gputuned.collectors.families import Labels, Sample, declare
+from gputuned.daemon.control.reports import STAT_FAMILIES
 from gputuned.daemon.core.store import Store
 from gputuned.tuner.decision.choosers import Chooser, make_chooser
 from gputuned.tuner.decision.config import TuningConfig
@@ -40,11 +41,11 @@ LAST_ACTION = declare("gputuned_tuner_last_action_timestamp_seconds", "gauge", "
 DECISIONS = declare("gputuned_tuner_decisions_total", "counter", "Tuner decision intervals run, by chosen move.")
 TRAINER_LABEL_RANK = "0"
 POWER_CAP = int(ClockEventReason.SW_POWER_CAP)
-SAMPLES_TOTAL = "gputuned_trainer_samples_total"
-SAMPLES_RATE = "gputuned_trainer_samples_per_second"
-GOODPUT_RATE = "gputuned_trainer_goodput_samples_per_second"
-BATCH_SIZE = "gputuned_trainer_batch_size"
-COMPUTE_SECONDS = "gputuned_trainer_compute_seconds"
+SAMPLES_TOTAL = STAT_FAMILIES["samples_total"]
+SAMPLES_RATE = STAT_FAMILIES["samples_per_s"]
+GOODPUT_RATE = STAT_FAMILIES["goodput"]
+BATCH_SIZE = STAT_FAMILIES["batch_size"]
+COMPUTE_SECONDS = STAT_FAMILIES["compute_time_s"]
 
 
 class BatchDecider(Protocol):
