@@ -10,8 +10,10 @@ torch-free client class), so the daemon sees a simulated job exactly as it sees 
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+import time
 from typing import Any, Protocol
 
 from gputuned.collectors.sim.physics import PhysicsBackend
@@ -29,6 +31,10 @@ class ReportClient(Protocol):
     def ack(self, id: str, ok: bool, applied_step: int | None = None, error: str | None = None) -> None: ...  # noqa: A002
 
     def profile_result(self, id: str, summary: dict[str, Any]) -> None: ...  # noqa: A002
+
+    def wait_connected(self, timeout: float) -> bool: ...
+
+    def close(self, timeout: float = 1.0) -> None: ...
 
 
 class ClientFactory(Protocol):
@@ -67,34 +73,61 @@ def profile_summary(backend: PhysicsBackend) -> dict[str, Any]:
 
 
 class SimTrainerReporter:
-    """Pumps the simulated job's reports into a client and its decisions into the job."""
+    """Pumps one rank's reports into a client and, for the leader (rank 0), its decisions into the job."""
 
-    def __init__(self, backend: PhysicsBackend, client: ReportClient) -> None:
+    def __init__(self, backend: PhysicsBackend, client: ReportClient, rank: int = 0) -> None:
         if backend.job is None:
             raise ValueError("the simulated node runs no job")
         self.backend = backend
         self.client = client
+        self.rank = rank
+        self.decisions: collections.Counter[str] = collections.Counter()  # answered, by kind
         self._last_steps = 0.0
 
     def pump(self) -> None:
         """Send one report for the steps since the last pump and apply pending decisions."""
+        self.report()
+        self.apply_decisions()
+
+    def report(self) -> None:
+        """Send this rank's report for the steps since the last one (the leader's full stats)."""
         job = self.backend.job
         assert job is not None
-        stats = report_message_stats(self.backend)
+        if self.rank == 0:
+            stats = report_message_stats(self.backend)
+        else:  # other ranks report their own compute and data-wait times
+            self.backend.sync()
+            r = job.rank_stats()[self.rank]
+            stats = {"step_time_s": job.step_s, "compute_time_s": r["compute_time_s"], "data_wait_s": r["data_wait_s"],
+                     "batch_size": float(job.batch_size)}
         steps = max(1, int(job.steps_total - self._last_steps))
         self._last_steps = job.steps_total
         self.client.report(int(job.steps_total), steps, stats)
-        while (d := self.client.poll_decision()) is not None:
+
+    def apply_decisions(self, wait_s: float = 0.0) -> int:
+        """Apply the decisions received, waiting up to ``wait_s`` s for the first; returns how many."""
+        deadline = time.monotonic() + wait_s
+        n = 0
+        while True:
+            d = self.client.poll_decision()
+            if d is None:
+                if n or time.monotonic() > deadline:
+                    return n
+                time.sleep(0.0005)
+                continue
             self._apply(d)
+            n += 1
 
     def _apply(self, decision: dict[str, Any]) -> None:
         job = self.backend.job
         assert job is not None
         did = str(decision.get("id", ""))
-        if "batch_size" in decision:
+        kind = next((k for k in ("batch_size", "profile_steps") if k in decision), "unknown")
+        self.decisions[kind] += 1
+        if kind == "batch_size":
             ok, err = job.set_batch_size(int(decision["batch_size"]))
             self.client.ack(did, ok, applied_step=int(job.steps_total) + 1 if ok else None, error=err or None)
-        elif "profile_steps" in decision:
+        elif kind == "profile_steps":
             self.client.ack(did, True, applied_step=int(job.steps_total) + 1)
             self.client.profile_result(did, profile_summary(self.backend))
         else:
@@ -110,11 +143,11 @@ class SimTrainerReporter:
 
 
 def connect(backend: PhysicsBackend, socket_path: str, job_name: str = "sim-job", *,
-            make_client: ClientFactory) -> SimTrainerReporter:
-    """A reporter speaking to the daemon at ``socket_path`` as rank 0, through ``make_client``."""
+            make_client: ClientFactory, rank: int = 0) -> SimTrainerReporter:
+    """A reporter speaking to the daemon at ``socket_path`` as ``rank``, through ``make_client``."""
     job = backend.job
     if job is None:
         raise ValueError("the simulated node runs no job")
-    client = make_client(socket_path, job=job_name, rank=0, world_size=job.world_size,
+    client = make_client(socket_path, job=job_name, rank=rank, world_size=job.world_size,
                          batch_size=job.batch_size, batch_mode="global")
-    return SimTrainerReporter(backend, client)
+    return SimTrainerReporter(backend, client, rank)

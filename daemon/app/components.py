@@ -14,13 +14,17 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gputuned.daemon.core.store import Store
 
 if TYPE_CHECKING:
+    from gputuned.collectors.sim.trainer import SimTrainerReporter
     from gputuned.daemon.app.daemon import Daemon
+    from gputuned.daemon.control.server import ControlServer
     from gputuned.tuner.forecast.offload import OffloadedForecastService
     from gputuned.tuner.forecast.service import ForecastService
 
@@ -104,34 +108,81 @@ class SimJobComponent:
     """Runs the simulated node's training job as a client of the daemon's control socket.
 
     The job reports and takes decisions through the same protocol and client as the
-    trainer plugin, so the daemon cannot tell it from a real job.
+    trainer plugin, so the daemon cannot tell it from a real job. It reports every second
+    on its own thread; given the daemon's control ``server`` it is stepped instead: on a
+    virtual clock the caller runs :meth:`step` before each tick and :meth:`settle` after
+    it, and each waits for the server, so runs repeat exactly.
     """
 
     name = "sim-job"
 
-    def __init__(self, backend: Any, socket_path: str, job_name: str) -> None:
+    def __init__(self, backend: Any, socket_path: str, job_name: str, *, server: ControlServer | None = None) -> None:
         self.backend = backend
         self.socket_path = socket_path
         self.job_name = job_name
+        self.server = server
+        self.reporters: list[SimTrainerReporter] = []  # the leader (rank 0) first
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        from gputuned.collectors.sim.trainer import connect
+        self.reporters = [self.connect(0)]
+        if self.server is None:
+            self._thread = threading.Thread(target=self.reporters[0].run, args=(self._stop,), name="gputuned-sim-job",
+                                            daemon=True)
+            self._thread.start()
 
+    def connect(self, rank: int) -> SimTrainerReporter:
+        """A reporter for ``rank`` of the job, connected through the trainer plugin's client."""
+        from gputuned.collectors.sim.trainer import connect
         from gputuned.trainer_plugin.client import DaemonClient
 
-        reporter = connect(self.backend, self.socket_path, self.job_name, make_client=DaemonClient)
-        self._thread = threading.Thread(target=reporter.run, args=(self._stop,), name="gputuned-sim-job", daemon=True)
-        self._thread.start()
+        return connect(self.backend, self.socket_path, self.job_name, make_client=DaemonClient, rank=rank)
 
     def tick(self, now: float) -> None:
-        """The job paces itself on its own thread."""
+        """The job paces itself (its thread, or the caller's :meth:`step`)."""
+
+    def step(self, timeout_s: float = 2.0) -> None:
+        """Stepped: every rank reports, then wait until the server has taken the reports."""
+        server = self.server
+        assert server is not None
+        want = server.reports_total + len(self.reporters)
+        for r in self.reporters:
+            r.report()
+        _wait(lambda: server.reports_total >= want, timeout_s)
+
+    def settle(self, wait_s: float = 2.0) -> int:
+        """Stepped: apply the decisions the server sent (waiting up to ``wait_s`` s) and wait for their answers."""
+        server = self.server
+        if server is None or not _unanswered(server):
+            return 0
+        n = self.reporters[0].apply_decisions(wait_s)
+        if n:
+            _wait(lambda: not _unanswered(server), wait_s)
+        return n
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.settle(1.0)  # stepped: the tuner's last decision (its batch size restored) still reaches the job
+        for r in self.reporters:
+            r.client.close()
+
+
+def _unanswered(server: ControlServer) -> bool:
+    """Whether a decision the server sent has no ack yet."""
+    n = server.decisions
+    return n.get("sent", 0) > n.get("acked", 0) + n.get("refused", 0) + n.get("undelivered", 0)
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0002)
+    return True
 
 
 class RealTrainerComponent:
@@ -174,8 +225,12 @@ class RealTrainerComponent:
             self.proc.wait()
 
 
-def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: Path | None = None) -> None:
-    """Attach the forecaster, the simulated job and the tuner as the daemon's config asks."""
+def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: Path | None = None,
+                      stepped_job: bool = False) -> None:
+    """Attach the forecaster, the simulated job and the tuner as the daemon's config asks.
+
+    ``stepped_job``: the simulated job is stepped by the caller (:class:`SimJobComponent`).
+    """
     cfg = daemon.cfg
     forecast: ForecastComponent | None = None
     if cfg.forecast.enabled:
@@ -188,7 +243,8 @@ def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: P
     if trainer == "real" and daemon.control is not None:
         daemon.attach(RealTrainerComponent(trainer_config or Path("examples/digits.toml"), str(cfg.control.socket_path)))
     elif trainer == "sim" and cfg.sim.job and daemon.control is not None and getattr(backend, "job", None) is not None:
-        daemon.attach(SimJobComponent(backend, str(cfg.control.socket_path), cfg.sim.job_name))
+        daemon.attach(SimJobComponent(backend, str(cfg.control.socket_path), cfg.sim.job_name,
+                                      server=daemon.control if stepped_job else None))
     if tuner_enabled(daemon):
         from gputuned.daemon.app.tuning import TuningComponent
 

@@ -151,7 +151,9 @@ class Daemon:
         collectors: list[Collector] | None = None,
         serve: bool = True,
         notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` gives each tick's wall time: a virtual clock runs the daemon faster than real time."""
         self.cfg = cfg
         self.gpus = gpus if gpus is not None else setup_gpus(cfg)
         self.store = Store(cfg.store.history_samples)
@@ -196,8 +198,11 @@ class Daemon:
         where = self.server.url if self.server else "(not serving)"
         return f"{what}: {gpus}; serving {where}"
 
-    def start(self) -> None:
-        """Start components, the HTTP server and the loop thread (first tick runs here)."""
+    def start(self, *, background: bool = True) -> None:
+        """Start components, then the HTTP server and the loop thread (first tick runs here).
+
+        Without ``background`` only the components start: the caller runs each :meth:`tick`.
+        """
         self.started_at = time.monotonic()
         for comp in self.components:
             try:
@@ -207,6 +212,8 @@ class Daemon:
                 if comp is self.control:
                     self.components.remove(comp)
                     self.control = None
+        if not background:
+            return
         self.loop.tick()  # one full collection before serving: no empty first scrape
         if self.server:
             self.server.start()
@@ -216,6 +223,10 @@ class Daemon:
         if wd is not None and self.cfg.daemon.interval_seconds > wd / 2:
             logger.warning("collection interval %.3g s is more than half of WatchdogSec (%.3g s)", self.cfg.daemon.interval_seconds, wd)
         self.notifier.ready(self.status_line())
+
+    def tick(self) -> None:
+        """Run one collection tick on the caller's thread, at the clock's time (no loop thread)."""
+        self.loop.tick()
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=: what is collected, jobs, changed GPUs."""

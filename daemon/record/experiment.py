@@ -1,27 +1,33 @@
-"""Tuner off versus on: the same simulated job run twice on a virtual clock, through the real path.
+"""Tuner off versus on: the same simulated job run twice on a virtual clock, through the real daemon.
 
-Each run builds a physics-backed simulated node (same profile, workload, scenario and seed),
-attaches it to the simulated NVML module and opens it with ``open_nvml("sim")`` like a real
-host; the GPU collector, the store, the actuator (state file, verify, restore), the control
-socket server and, in the tuned run, the :class:`TuningComponent` run as in the daemon. The
-simulated job reports through the torch-free plugin client over a real Unix socket and applies
-the batch-size decisions it receives. Each tick advances the clock, pumps one report, waits
-until the server has it (so runs are repeatable), then ticks the collection loop. Every
-published sample goes to ``trace.gtrace``, tuner actions and restores to ``events.jsonl``,
-figures to ``summary.json``; :func:`run_experiment` writes both runs and ``comparison.json``.
+Each run builds a physics-backed simulated node (same profile, workload, scenario and seed)
+and a :class:`~gputuned.daemon.app.daemon.Daemon` on it from the config a user would write
+(:func:`daemon_config`), with the components the daemon attaches from its config: actuation
+(state file, verify, restore), the control socket server, the forecaster, the simulated job
+(reporting through the torch-free plugin client over a real Unix socket and applying the
+batch-size decisions it receives) and, in the tuned run, the tuner. No loop thread and no HTTP
+server: each tick advances the virtual clock, steps the job (its reports reach the server),
+runs one daemon tick, and lets the job answer the decisions that tick sent, so runs repeat.
+Every published sample goes to ``trace.gtrace``, tuner actions, alerts and restores to
+``events.jsonl``, figures to ``summary.json``; :func:`run_experiment` writes both runs and
+``comparison.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gputuned.daemon.app.config import Config
+    from gputuned.daemon.app.daemon import Daemon
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +36,7 @@ ORIGIN = 1_767_225_600.0
 JOB = "sim-job"
 DEFAULT_SLOWDOWN = {"energy_slowdown": 0.03, "energy": 0.10, "cost": 0.10, "throughput": 0.03}
 Progress = Callable[[str, float], None]
+Emit = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -55,84 +62,53 @@ class ExperimentSpec:
         return DEFAULT_SLOWDOWN[self.objective] if self.max_slowdown is None else self.max_slowdown
 
 
-class _JobEndpoint:
-    """The simulated job's side of the control socket: reports out, batch decisions in."""
+def daemon_config(spec: ExperimentSpec, tuned: bool, out_dir: Path, sockdir: Path) -> Config:
+    """The daemon's configuration for one run, as a user would write it in gputuned.toml."""
+    from gputuned.daemon.app.config import parse_config
 
-    def __init__(self, backend: Any, client: Any, others: list[Any] | None = None) -> None:
-        self.backend, self.client = backend, client
-        self.others = others or []  # clients of ranks 1.. (their own compute times)
-        self.last_steps = 0.0
-        self.decisions = 0
-
-    def report(self) -> int:
-        """Send every rank's report; returns how many were sent."""
-        from gputuned.collectors.sim.trainer import report_message_stats
-
-        job = self.backend.job
-        stats = report_message_stats(self.backend)
-        steps = max(1, int(job.steps_total - self.last_steps))
-        self.last_steps = job.steps_total
-        self.client.report(int(job.steps_total), steps, stats)
-        for rank, client in enumerate(self.others, start=1):
-            r = job.rank_stats()[rank]
-            client.report(int(job.steps_total), steps, {
-                "step_time_s": job.step_s, "compute_time_s": r["compute_time_s"], "data_wait_s": r["data_wait_s"],
-                "batch_size": float(job.batch_size)})
-        return 1 + len(self.others)
-
-    def apply(self, wait_s: float) -> int:
-        """Apply decisions, waiting up to ``wait_s`` for the first; returns how many."""
-        deadline = time.monotonic() + wait_s
-        n = 0
-        while True:
-            d = self.client.poll_decision()
-            if d is None:
-                if n or time.monotonic() > deadline:
-                    return n
-                time.sleep(0.0005)
-                continue
-            job = self.backend.job
-            ok, err = job.set_batch_size(int(d["batch_size"])) if "batch_size" in d else (False, "unsupported")
-            self.client.ack(str(d["id"]), ok, applied_step=int(job.steps_total) + 1 if ok else None, error=err or None)
-            self.decisions += 1
-            n += 1
+    tuner: dict[str, Any] = {"enabled": tuned, "objective": spec.objective, "interval_s": float(spec.interval_s),
+                             "max_slowdown": float(spec.slowdown()), "chooser": spec.chooser,
+                             "pause_file": str(sockdir / "tuner.pause")}  # no pause switch shared with a live daemon
+    if spec.policy:
+        tuner["policy"] = spec.policy
+    return parse_config({
+        "daemon": {"interval_seconds": float(spec.tick_s), "state_file": str(out_dir / "state.json")},
+        "gpu": {"backend": "sim"},
+        "sim": {"profile": spec.profile, "gpus": spec.gpus, "workload": spec.workload, "seed": spec.seed,
+                "job_name": JOB, **({"scenario": spec.scenario} if spec.scenario else {})},
+        # the simulated node only: the host's own /proc, /sys and network would make runs differ
+        "collectors": {"host": {"enabled": False}, "infiniband": {"enabled": False}, "peers": {"enabled": False}},
+        "store": {"history_samples": max(64, int(4 * spec.interval_s / spec.tick_s) + 8)},
+        "control": {"socket_path": str(sockdir / "control.sock")},
+        "actuation": {"knobs": ["power_limit", "locked_sm_clocks"]},
+        # detection inline (not in a child process), so alerts come on the tick that causes them
+        "forecast": {"enabled": spec.forecast is not None, "prophet": spec.forecast == "prophet",
+                     "detect_in_child": False},
+        "tuner": tuner,
+    }, "experiment")
 
 
-class _Forecasting:
-    """The forecast service as a loop component: observes each tick, publishes bands and alerts."""
+def build_daemon(cfg: Config, backend: Any, clock: Callable[[], float], emit: Emit) -> Daemon:
+    """The daemon on the simulated node, its components attached as ``gputuned run`` attaches them."""
+    from gputuned.daemon.app.components import attach_configured
+    from gputuned.daemon.app.daemon import Daemon, setup_gpus
+    from gputuned.daemon.core.notify import Notifier
 
-    name = "forecast"
-
-    def __init__(self, store: Any, fitter: str, emit: Callable[[dict[str, Any]], None]) -> None:
-        from gputuned.tuner.forecast.config import ForecastConfig
-        from gputuned.tuner.forecast.service import ForecastService
-
-        self.store = store
-        self.service = ForecastService(ForecastConfig(prophet=fitter == "prophet"), fitter=fitter)
-        self.service.add_alert_hook(lambda a: emit({"t": a.since, "kind": "alert", "knob": a.kind, "target": a.series,
-                                                    "value": round(a.score, 3), "reason": a.message}))
-
-    def start(self) -> None:
-        self.service.start()
-
-    def tick(self, now: float) -> None:
-        self.service.observe(now, self.store.latest())
-        self.store.publish(self.name, now, self.service.samples())
-
-    def stop(self) -> None:
-        self.service.close()
-
-    def alert_kinds(self) -> list[str]:
-        return [a.kind for a in self.service.active_alerts()]
+    daemon = Daemon(cfg, gpus=setup_gpus(cfg, backend), serve=False, notifier=Notifier({}), clock=clock)
+    attach_configured(daemon, trainer="sim", stepped_job=True)
+    forecast = component(daemon, "forecast")
+    if forecast is not None:
+        forecast.service.add_alert_hook(lambda a: emit({"t": a.since, "kind": "alert", "knob": a.kind, "target": a.series,
+                                                        "value": round(a.score, 3), "reason": a.message}))
+    tuner = component(daemon, "tuner")
+    if tuner is not None:
+        tuner.on_event = emit
+    return daemon
 
 
-def _wait(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.0002)
-    return True
+def component(daemon: Daemon, name: str) -> Any:
+    """The daemon's attached component called ``name``, or None."""
+    return next((c for c in daemon.components if c.name == name), None)
 
 
 def run_once(
@@ -143,85 +119,60 @@ def run_once(
 
     ``backend_hook(backend)`` sees the simulated node before NVML opens it (tests watch its devices).
     """
-    from gputuned.collectors.gpu import GPUCollector
-    from gputuned.collectors.nvml import open_gpus, open_nvml
-    from gputuned.collectors.sim import nvml as sim_nvml
     from gputuned.collectors.sim.node import build_sim_node
     from gputuned.collectors.sim.state import VirtualClock
-    from gputuned.daemon.actuation.actuator import Actuator
-    from gputuned.daemon.actuation.statefile import StateFile
-    from gputuned.daemon.app.tuning import TuningComponent, TuningConfig
-    from gputuned.daemon.control.server import ControlServer
-    from gputuned.daemon.core.config import ActuationConfig, ControlConfig
-    from gputuned.daemon.core.loop import CollectionLoop
-    from gputuned.daemon.core.store import Store
     from gputuned.daemon.record.trace import Recorder, TraceWriter
-    from gputuned.trainer_plugin.client import DaemonClient
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    events_f = (out_dir / "events.jsonl").open("w")
+    with contextlib.ExitStack() as stack:
+        sockdir = Path(tempfile.mkdtemp(prefix="gputuned-exp-"))
+        stack.callback(shutil.rmtree, sockdir, ignore_errors=True)
+        cfg = daemon_config(spec, tuned, out_dir, sockdir)  # before the node: a bad setting is named first
+        clock = VirtualClock()
+        backend = build_sim_node(spec.profile, spec.gpus, spec.workload, spec.scenario, clock, seed=spec.seed,
+                                 labels_path=out_dir / "labels.json")
+        if backend.job is None:
+            raise ValueError(f"workload {spec.workload!r} gives no job")
+        if backend_hook is not None:
+            backend_hook(backend)
+        events_f = stack.enter_context((out_dir / "events.jsonl").open("w"))
 
-    def emit(event: dict[str, Any]) -> None:
-        events_f.write(json.dumps(event, default=float) + "\n")
+        def emit(event: dict[str, Any]) -> None:
+            events_f.write(json.dumps(event, default=float) + "\n")
 
-    clock = VirtualClock()
-    backend = build_sim_node(spec.profile, spec.gpus, spec.workload, spec.scenario, clock, seed=spec.seed,
-                             labels_path=out_dir / "labels.json")
+        writer = TraceWriter(out_dir / "trace.gtrace", meta={"experiment": asdict(spec), "tuned": tuned})
+        stack.callback(writer.close)
+        daemon = build_daemon(cfg, backend, lambda: ORIGIN + clock.now(), emit)
+        daemon.store.subscribe(Recorder(writer))
+        emit({"t": ORIGIN, "kind": "start", "tuned": tuned, "spec": asdict(spec)})
+        summary = _drive(spec, tuned, daemon, backend, clock, emit, progress)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _drive(spec: ExperimentSpec, tuned: bool, daemon: Daemon, backend: Any, clock: Any, emit: Emit,
+           progress: Progress | None) -> dict[str, Any]:
+    """Start the daemon, tick it over the run on the virtual clock, stop it; the run's figures."""
     job = backend.job
-    if job is None:
-        raise ValueError(f"workload {spec.workload!r} gives no job")
-    if backend_hook is not None:
-        backend_hook(backend)
-    sim_nvml.attach(backend)
-    nvml, _ = open_nvml("sim", sim_module=sim_nvml)
-    devices = open_gpus(nvml)
     default_limits = [d.power_limit_mw for d in backend.devices]
-    store = Store(max(64, int(4 * spec.interval_s / spec.tick_s) + 8))
-    writer = TraceWriter(out_dir / "trace.gtrace", meta={"experiment": asdict(spec), "tuned": tuned})
-    store.subscribe(Recorder(writer))
-    loop = CollectionLoop([GPUCollector(devices, "sim", "sim")], store, spec.tick_s,
-                          wallclock=lambda: ORIGIN + clock.now())
-    sockdir = Path(tempfile.mkdtemp(prefix="gputuned-exp-"))
-    actuator = Actuator(devices, ActuationConfig(knobs=["power_limit", "locked_sm_clocks"]),
-                        StateFile(out_dir / "state.json"), store)
-    control = ControlServer(ControlConfig(socket_path=sockdir / "control.sock"), store)
-    components: list[Any] = [actuator, control]
-    forecasting = _Forecasting(store, spec.forecast, emit) if spec.forecast else None
-    if forecasting is not None:
-        components.append(forecasting)
-    tuner = None
-    if tuned:
-        cfg = TuningConfig(objective=spec.objective, interval_s=spec.interval_s, max_slowdown=spec.slowdown(),
-                           chooser=spec.chooser, policy=Path(spec.policy) if spec.policy else None, pause_file=None)
-        tuner = TuningComponent(store, actuator, control, [d.identity.index for d in devices], cfg, on_event=emit,
-                                alerts=forecasting.alert_kinds if forecasting else None)
-        components.append(tuner)
-    for c in components:
-        c.start()
-        loop.add_hook(c.tick)
-    client = DaemonClient(str(sockdir / "control.sock"), job=JOB, rank=0, world_size=job.world_size,
-                          batch_size=job.batch_size, batch_mode="global", backoff_s=(0.01, 0.1))
-    others = [DaemonClient(str(sockdir / "control.sock"), job=JOB, rank=r, world_size=job.world_size,
-                           batch_size=job.batch_size, batch_mode="global", backoff_s=(0.01, 0.1))
-              for r in range(1, job.world_size)] if spec.all_ranks else []
-    endpoint = _JobEndpoint(backend, client, others)
+    sim_job = component(daemon, "sim-job")
     reached_at: float | None = None
     energy0 = sum(backend.energy_j)
-    emit({"t": ORIGIN, "kind": "start", "tuned": tuned, "spec": asdict(spec)})
     try:
-        if not all(c.wait_connected(10.0) for c in [client, *others]):
+        daemon.start(background=False)
+        if sim_job is None or daemon.control is None:
+            raise RuntimeError("the daemon runs no simulated job on a control socket")
+        if spec.all_ranks:  # the job's other ranks report their own compute times
+            sim_job.reporters += [sim_job.connect(r) for r in range(1, job.world_size)]
+        if not all(r.client.wait_connected(10.0) for r in sim_job.reporters):
             raise RuntimeError("the simulated job could not connect to the control socket")
         n_ticks = int(round(spec.duration_s / spec.tick_s))
         for k in range(n_ticks):
             clock.advance(spec.tick_s)
             backend.sync()
-            before = control.reports_total
-            sent = endpoint.report()
-            _wait(lambda b=before + sent - 1: control.reports_total > b, 2.0)  # type: ignore[misc]
-            loop.tick()
-            pending = getattr(tuner, "_pending", None) if tuner else None
-            if pending is not None and endpoint.apply(2.0):
-                control.wait_ack(pending.ident, 2.0)
+            sim_job.step()
+            daemon.tick()
+            sim_job.settle()
             if reached_at is None and job.progress >= 1.0:
                 reached_at = clock.now()
             if progress and k % 50 == 0:
@@ -230,27 +181,28 @@ def run_once(
         energy = sum(backend.energy_j) - energy0
         final = {"power_limit_w": [d.power_limit_mw / 1000.0 for d in backend.devices], "batch_size": job.batch_size,
                  "sm_clock_mhz": [d.sm_clock_mhz for d in backend.devices]}
-        if tuner is not None:
-            tuner.stop()
-            endpoint.apply(1.0)
-            time.sleep(0.01)
-        actuator.stop()
-        restored = [d.power_limit_mw for d in backend.devices] == default_limits and all(
-            d.locked_sm_clocks_mhz is None for d in backend.devices)
-        emit({"t": ORIGIN + duration, "kind": "restored" if restored else "restore_failed", "knob": "power_limit",
-              "target": "all", "value": backend.devices[0].power_limit_mw / 1000.0})
     finally:
-        for c in [client, *others]:
-            c.close()
-        control.stop()
-        if forecasting is not None:
-            forecasting.stop()
-        writer.close()
-        events_f.close()
-        shutil.rmtree(sockdir, ignore_errors=True)
-    need = job.workload.target_epochs * job.workload.dataset_samples
-    summary = {
+        daemon.stop()  # the tuner gives the batch size back, the actuator restores the GPUs
+    restored = [d.power_limit_mw for d in backend.devices] == default_limits and all(
+        d.locked_sm_clocks_mhz is None for d in backend.devices)
+    emit({"t": ORIGIN + duration, "kind": "restored" if restored else "restore_failed", "knob": "power_limit",
+          "target": "all", "value": backend.devices[0].power_limit_mw / 1000.0})
+    tuner = component(daemon, "tuner")
+    return {
         "tuned": tuned, "spec": asdict(spec), "duration_s": duration, "energy_j": energy,
+        **_figures(job, duration, energy),
+        "first_target_s": reached_at,
+        "final": final, "restored": restored, "decisions_applied": sim_job.reporters[0].decisions["batch_size"],
+        "tuner": ({"actions": dict(tuner.guard.actions), "rollbacks": tuner.guard.rollbacks,
+                   "interventions": dict(tuner.guard.interventions), "chooser": tuner.chooser.name}
+                  if tuner else None),
+    }
+
+
+def _figures(job: Any, duration: float, energy: float) -> dict[str, Any]:
+    """Throughput, goodput and energy per sample and to target of one run."""
+    need = job.workload.target_epochs * job.workload.dataset_samples
+    return {
         "samples": job.samples_total, "progress": job.progress,
         "throughput_samples_per_s": job.samples_total / duration,
         "goodput_samples_per_s": job.progress * need / duration,
@@ -258,14 +210,7 @@ def run_once(
         "energy_to_target_j": energy / max(job.progress, 1e-12),
         # the run's pace (seconds per target): a short job may reach its target before the tuner acts
         "time_to_target_s": duration / max(job.progress, 1e-12),
-        "first_target_s": reached_at,
-        "final": final, "restored": restored, "decisions_applied": endpoint.decisions,
-        "tuner": ({"actions": dict(tuner.guard.actions), "rollbacks": tuner.guard.rollbacks,
-                   "interventions": dict(tuner.guard.interventions), "chooser": tuner.chooser.name}
-                  if tuner else None),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
 
 
 def compare(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The whole loop on the simulated node: NVML writes, plugin decisions, restore, report."""
+"""The whole loop on the simulated node: NVML writes, plugin decisions, restore, report.
+
+``gputuned experiment`` runs the daemon users run (built from its config, its components
+attached as ``gputuned run`` attaches them), ticked on the simulator's virtual clock.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,16 @@ from typing import Any
 import pytest
 
 from gputuned.collectors.sim import nvml as sim_nvml
-from gputuned.daemon.record.experiment import ExperimentSpec, run_experiment
+from gputuned.collectors.sim.node import build_sim_node
+from gputuned.collectors.sim.state import VirtualClock
+from gputuned.daemon.record.experiment import (
+    ORIGIN,
+    ExperimentSpec,
+    build_daemon,
+    daemon_config,
+    run_experiment,
+    run_once,
+)
 from gputuned.daemon.record.report import build_report, energy_per_sample, load_runs
 
 
@@ -26,7 +39,7 @@ class _Watched:
         for dev in backend.devices:
             base = type(dev)
 
-            def __setattr__(self: Any, name: str, value: Any, _base: type = base) -> None:  # noqa: N807
+            def __setattr__(self: Any, name: str, value: Any, _base: Any = base) -> None:  # noqa: N807
                 if name in ("power_limit_mw", "locked_sm_clocks_mhz"):
                     log.append((name, self.index, value))
                 _base.__setattr__(self, name, value)
@@ -34,15 +47,16 @@ class _Watched:
             dev.__class__ = type(f"Watched{base.__name__}", (base,), {"__setattr__": __setattr__})
 
 
+LOOP_SPEC = ExperimentSpec(workload="imagenet-resnet50", objective="energy_slowdown", duration_s=600.0, gpus=2,
+                           profile="a100", tick_s=2.0, interval_s=10.0, chooser="climber", seed=3, forecast=None)
+
+
 @pytest.fixture(scope="module")
 def loop_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], _Watched]:
     out = tmp_path_factory.mktemp("exp")
     watched = _Watched()
-    spec = ExperimentSpec(workload="imagenet-resnet50", objective="energy_slowdown", duration_s=600.0, gpus=2,
-                          profile="a100", tick_s=2.0, interval_s=10.0, chooser="climber", seed=3,
-                          forecast=None)
     try:
-        doc = run_experiment(spec, out, backend_hook=watched)
+        doc = run_experiment(LOOP_SPEC, out, backend_hook=watched)
     finally:
         sim_nvml.attach(None)
     return out, doc, watched
@@ -124,3 +138,43 @@ def test_perseus_slows_only_the_gpus_waiting_for_a_straggler(tmp_path: Path) -> 
     assert {e["target"] for e in events if e.get("reason") == "perseus_slack"} == {"0", "1", "3"}
     assert doc["ratio"]["energy_j"] < 0.97 and doc["slowdown"] < 0.01  # less energy, the step no slower
     assert doc["restored"] is True
+
+
+def test_the_experiment_ticks_the_daemon_users_run_on_the_virtual_clock(tmp_path: Path) -> None:
+    spec = ExperimentSpec(duration_s=60.0, gpus=2, tick_s=2.0, interval_s=10.0, chooser="climber", forecast="linear")
+    clock = VirtualClock()
+    backend = build_sim_node(spec.profile, spec.gpus, spec.workload, None, clock, seed=0)
+    events: list[dict[str, Any]] = []
+    daemon = build_daemon(daemon_config(spec, True, tmp_path, tmp_path), backend, lambda: ORIGIN + clock.now(),
+                          events.append)
+    try:
+        names = [c.name for c in daemon.components]  # the daemon's own parts first, then what its config attaches
+        assert sorted(names[:2]) == ["actuation", "control"] and names[2:] == ["forecast", "sim-job", "tuner"]
+        assert daemon.server is None  # no HTTP server
+        daemon.start(background=False)
+        assert daemon.loop.ticks == 0  # no first tick and no loop thread: the caller ticks
+        job = next(c for c in daemon.components if c.name == "sim-job")
+        assert job.reporters[0].client.wait_connected(10.0)
+        for _ in range(3):
+            clock.advance(spec.tick_s)
+            job.step()
+            daemon.tick()
+            job.settle()
+        _, sources = daemon.store.snapshot()
+        assert {s for s, t, _ in sources if t == ORIGIN + 6.0} >= {"gpu", "trainer", "tuner", "daemon"}
+        assert daemon.loop.ticks == 3
+        assert any(e["kind"] == "job" for e in events)  # the tuner found the job that reported over the socket
+    finally:
+        daemon.stop()
+        sim_nvml.attach(None)
+
+
+def test_a_tuned_run_repeats_exactly(loop_run: tuple[Path, dict[str, Any], _Watched], tmp_path: Path) -> None:
+    out, _doc, _ = loop_run
+    try:
+        again = run_once(LOOP_SPEC, True, tmp_path / "on")
+    finally:
+        sim_nvml.attach(None)
+    first = json.loads((out / "on" / "summary.json").read_text())
+    assert again == first
+    assert first["tuner"]["actions"] and first["decisions_applied"] >= 1
