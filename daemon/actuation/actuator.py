@@ -312,17 +312,22 @@ class Actuator:
             del table[name]
         self._persist(state)
 
-    def restore_all(self, drop_absent_jobs: bool = False) -> RestoreReport:
-        """Put every changed GPU and connected job back to its recorded originals."""
+    def restore_all(self, drop_absent_jobs: bool = False, job_wait_s: float | None = None) -> RestoreReport:
+        """Put every changed GPU and connected job back to its recorded originals.
+
+        A job's restore waits ``job_wait_s`` for its ack (default ``job_ack_timeout_s``); 0
+        sends the decision without waiting, for callers on the job channel's own thread.
+        """
         with self._lock:
             if self._state.empty():
                 return RestoreReport()
-            return self.restore_state_file(drop_absent_jobs)
+            return self.restore_state_file(drop_absent_jobs, job_wait_s)
 
-    def restore_state_file(self, drop_absent_jobs: bool = False) -> RestoreReport:
+    def restore_state_file(self, drop_absent_jobs: bool = False, job_wait_s: float | None = None) -> RestoreReport:
         """Restore whatever the state file lists (this run's changes or a dead run's)."""
         with self._lock:
-            lookup = lambda job: self.job_target(job, self.cfg.job_ack_timeout_s)  # noqa: E731
+            wait_s = self.cfg.job_ack_timeout_s if job_wait_s is None else job_wait_s
+            lookup = lambda job: self.job_target(job, wait_s)  # noqa: E731
             report = restore_from_state(self.devices, self.state_file, lookup, drop_absent_jobs)
             self.restores += sum(len(v) for v in report.restored.values())
             self._state = self._load()

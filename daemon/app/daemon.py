@@ -175,11 +175,11 @@ class Daemon:
         if cfg.control.enabled:
             self.control = ControlServer(cfg.control, self.store, admin=RuntimeAdmin(self))
             self.attach(self.control)
-        self.loop.add_hook(self._notify_tick)
-
         self.actuator = Actuator(self.gpus.devices, cfg.actuation, StateFile(cfg.daemon.state_file), self.store,
                                  jobs=self.control)
         self.attach(self.actuator)
+        self.loop.add_hook(self._notify_tick)
+
     def attach(self, component: Component) -> None:
         self.components.append(component)
         self.loop.add_hook(component.tick)

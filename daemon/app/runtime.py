@@ -62,5 +62,6 @@ class RuntimeAdmin:
 
     def restore(self, gpu: int | None) -> dict[str, Any]:
         act = self.daemon.actuator
-        report = act.restore_all() if gpu is None else act.restore_gpu(int(gpu))
+        # this runs on the control socket's thread: a job's restore is sent, not waited for there
+        report = act.restore_all(job_wait_s=0.0) if gpu is None else act.restore_gpu(int(gpu))
         return {"ok": report.ok, "restored": report.restored, "failures": report.failures, "kept": report.kept}

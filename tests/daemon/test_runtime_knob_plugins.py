@@ -168,7 +168,9 @@ class FakeJob:
         self.client.close()
 
 
-def test_batch_size_is_a_job_knob_recorded_first_and_restored_on_daemon_stop(tmp_path: Path) -> None:
+def test_batch_size_is_a_job_knob_recorded_first_and_restored_by_restore_and_on_daemon_stop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     daemon = _daemon(tmp_path)
     daemon.start()
     job = FakeJob(str(daemon.cfg.control.socket_path), "job-a", 64)
@@ -184,11 +186,15 @@ def test_batch_size_is_a_job_knob_recorded_first_and_restored_on_daemon_stop(tmp
         assert job.batch == 128
         rec = parse_state(daemon.cfg.daemon.state_file.read_text()).jobs["job-a"]
         assert rec.originals == {"batch_size": 64} and rec.changed == ["batch_size"] and rec.targets == {"batch_size": 128}
+        assert main(["restore", "--socket", str(daemon.cfg.control.socket_path)]) == 0  # through the daemon
+        assert "restored batch_size on job job-a" in capsys.readouterr().out
+        assert wait_for(lambda: job.batch == 64, timeout=10) and not daemon.cfg.daemon.state_file.exists()
         pending = act.set_batch_size("job-a", 256)  # the tuner's way: no wait, then poll the ack
         assert pending.ok and pending.code == "pending" and pending.ident
         assert wait_for(lambda: (res := act.acknowledged(pending.ident)) is not None and res.ok, timeout=10)
         st = act.status()
         assert st["jobs"][0]["job"] == "job-a" and st["jobs"][0]["originals"] == {"batch_size": 64}
+        assert rec.originals == {"batch_size": 64}  # the original survives a restore and a new change
         daemon.stop()  # the actuator restores before the control socket closes
         assert job.batch == 64 and job.applied[-1] == 64
         assert not daemon.cfg.daemon.state_file.exists()

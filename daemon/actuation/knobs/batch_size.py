@@ -65,7 +65,7 @@ class BatchSizeKnob(Knob):
             return
         job.decide({"batch_size": int(original)})
         ok = job.acknowledged()
-        if ok is None:
+        if ok is None and job.wait_s > 0:  # wait_s 0: sent from a thread that cannot wait (the socket's own)
             raise KnobError(f"job {job.name}: no ack for batch size {original} within {job.wait_s:g} s")
-        if not ok:
+        if ok is False:
             raise KnobError(f"job {job.name} refused batch size {original}: {job.refusal()}")
