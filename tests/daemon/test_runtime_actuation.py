@@ -15,8 +15,8 @@ from gputuned.collectors.nvml import NvmlGPU, open_gpus, open_nvml
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import ScriptedBackend
 from gputuned.daemon.actuation.actuator import Actuator, restore_from_state
-from gputuned.daemon.actuation.statefile import State, StateFile, parse_state
 from gputuned.daemon.actuation.config import ActuationConfig
+from gputuned.daemon.actuation.statefile import State, StateFile, parse_state
 from gputuned.daemon.core.store import Store
 
 SimNode = Callable[..., ScriptedBackend]
