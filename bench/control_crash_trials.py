@@ -8,7 +8,6 @@ file, at random moments (many land inside a write): the file must parse complete
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -18,16 +17,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _common import BenchParser, nonnegative_int, positive_int
 
-from runtime_kit import crash_trial, writer_kill_trial  # noqa: E402
+from gputuned.daemon.record.trials import crash_trial, writer_kill_trial
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=50)
-    ap.add_argument("--gpus", type=int, default=4)
-    ap.add_argument("--writer-trials", type=int, default=300)
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--trials", type=nonnegative_int, default=50,
+                    help="daemons to SIGKILL while they rewrite their state file (seeds 0..N-1)")
+    ap.add_argument("--gpus", type=positive_int, default=4, help="simulated GPUs of each daemon")
+    ap.add_argument("--writer-trials", type=nonnegative_int, default=300,
+                    help="bare 64-GPU state-file writers to SIGKILL at random moments")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gputuned-crash-"))
     results = []

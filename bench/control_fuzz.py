@@ -7,7 +7,6 @@ answers a well-formed client (hello, report counted, admin status).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -16,18 +15,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _common import BenchParser, metrics_url, nonnegative_int
+from hypothesis import HealthCheck, given, settings
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from runtime_kit import (  # noqa: E402
-    DaemonProcess,
-    connect_client,
-    fuzz_strategies,
-    runtime_config,
-    send_fuzz_case,
-)
-
-from gputuned import protocol as P  # noqa: E402
+from gputuned import protocol as P
+from gputuned.daemon.record.child import DaemonProcess, connect_client, runtime_config
+from gputuned.daemon.record.trials import fuzz_strategies, send_fuzz_case
 
 
 def scrape(url: str, name: str) -> dict[str, float]:
@@ -40,9 +33,9 @@ def scrape(url: str, name: str) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=10_000, help="malformed chunks to send, at least")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--messages", type=nonnegative_int, default=10_000, help="malformed chunks to send, at least")
+    ap.add_argument("--seed", type=int, default=0, help="unused (hypothesis draws its own cases); accepted so older command lines still run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gputuned-fuzz-"))
     d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=2, interval=0.5))
@@ -51,7 +44,7 @@ def main() -> int:
     t0 = time.monotonic()
     try:
         status = d.wait_ready()
-        url = re.search(r"(http://\S+/metrics)", status["node"]).group(1)  # type: ignore[union-attr]
+        url = metrics_url(status)
 
         @settings(max_examples=500, deadline=None, database=None, derandomize=False,
                   suppress_health_check=list(HealthCheck))

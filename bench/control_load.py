@@ -10,11 +10,9 @@ percentiles and the daemon's CPU and RSS. Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
-import re
 import socket
 import sys
 import tempfile
@@ -22,11 +20,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _common import BenchParser, cpu_seconds, metrics_url, positive_float, positive_int, rss_bytes
 
-from runtime_kit import DaemonProcess, read_frame, runtime_config  # noqa: E402
-
-from gputuned import protocol as P  # noqa: E402
+from gputuned import protocol as P
+from gputuned.daemon.record.child import DaemonProcess, read_frame, runtime_config
 
 
 def ranks_main(path: str, ranks: int, rate: float, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -101,37 +98,25 @@ def metric(text: str, name: str) -> float:
     return total if found else float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] if s else float("nan")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ranks", type=int, default=64)
-    ap.add_argument("--rate", type=float, default=100.0, help="reports per second per rank")
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--scrape-hz", type=float, default=10.0)
-    ap.add_argument("--gpus", type=int, default=8)
-    ap.add_argument("--json", action="store_true")
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--ranks", type=positive_int, default=64, help="simulated ranks, one connection each (8 per job)")
+    ap.add_argument("--rate", type=positive_float, default=100.0, help="reports per second per rank")
+    ap.add_argument("--seconds", type=positive_float, default=60.0, help="how long the ranks report")
+    ap.add_argument("--scrape-hz", type=positive_float, default=10.0, help="GETs of /metrics per second")
+    ap.add_argument("--gpus", type=positive_int, default=8, help="simulated GPUs of the daemon")
+    ap.add_argument("--json", action="store_true", help="unused (the summary is always JSON); accepted so older command lines still run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gputuned-load-"))
     d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=args.gpus, interval=1.0))
     try:
         status = d.wait_ready()
-        url = re.search(r"(http://\S+/metrics)", status["node"]).group(1)  # type: ignore[union-attr]
+        url = metrics_url(status)
         q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
         cpu0, w0 = cpu_seconds(d.proc.pid), time.monotonic()
         overruns0 = metric(urllib.request.urlopen(url).read().decode(), "gputuned_tick_overruns_total")  # noqa: S310

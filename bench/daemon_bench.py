@@ -6,15 +6,13 @@ Runs `gputuned run --sim --gpus 8 --interval 1` as a real subprocess and measure
   2. /metrics latency p50/p99 over sequential scrapes from one client,
   3. trace bytes per sample and load rate for an hour of an 8-GPU node.
 
-Usage: .venv/bin/python bench/daemon_bench.py [--seconds 60] [--scrapes 2000]
+Usage: .venv/bin/python bench/daemon_bench.py [--seconds 60] [--scrapes 2000] [--trace-ticks 3600]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,25 +21,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND  # utime + stime
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+from _common import (
+    BenchParser,
+    cpu_seconds,
+    free_port,
+    positive_float,
+    positive_int,
+    rss_bytes,
+    sim_nvml_on_clock,
+)
 
 
 def scrape(url: str) -> float:
@@ -104,22 +92,12 @@ def daemon_figures(seconds: float, scrapes: int, full: bool) -> dict[str, float]
 def trace_figures(ticks: int) -> dict[str, float]:
     from gputuned.collectors.gpu import GPUCollector
     from gputuned.collectors.host import HostCollector
-    from gputuned.collectors.nvml import open_gpus, open_nvml
-    from gputuned.collectors.sim import nvml as sim_nvml
-    from gputuned.collectors.sim.state import VirtualClock
-    from gputuned.daemon.app.daemon import build_sim_backend
-    from gputuned.daemon.core.config import parse_config
+    from gputuned.collectors.nvml import open_gpus
     from gputuned.daemon.core.loop import CollectionLoop
     from gputuned.daemon.core.store import Store
     from gputuned.daemon.record.trace import Recorder, TraceWriter, read_trace
 
-    clock = VirtualClock()
-    cfg = parse_config({"sim": {"gpus": 8}})
-    backend = build_sim_backend(cfg)
-    if hasattr(backend, "clock"):
-        backend.clock = clock  # type: ignore[attr-defined]
-    sim_nvml.attach(backend)
-    nvml, _ = open_nvml("sim")
+    nvml, clock = sim_nvml_on_clock(8)
     store = Store(0)
     loop = CollectionLoop([GPUCollector(open_gpus(nvml)), HostCollector()], store, 1.0, wallclock=lambda: 1.7e9 + clock.now())
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,10 +127,11 @@ def trace_figures(ticks: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--scrapes", type=int, default=2000)
-    ap.add_argument("--trace-ticks", type=int, default=3600)
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--seconds", type=positive_float, default=60.0,
+                    help="measurement window of each daemon run, after a 5 s warm-up")
+    ap.add_argument("--scrapes", type=positive_int, default=2000, help="sequential /metrics GETs for the latency figures")
+    ap.add_argument("--trace-ticks", type=positive_int, default=3600, help="1 s ticks of the recorded trace")
     args = ap.parse_args()
     print(f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}; date {time.strftime('%Y-%m-%d', time.gmtime())}")
     for full in (False, True):

@@ -1,6 +1,6 @@
 """Cost of forecasting: Prophet refit of an 8-GPU node on one core, detector and per-tick cost.
 
-    .venv/bin/python bench/forecast_bench.py [--ticks 600] [--history-days 3]
+    .venv/bin/python bench/forecast_bench.py [--ticks 600] [--history-days 3] [--rounds 3] [--no-refit]
 
 1. Prophet refit of every default series of an 8-GPU node (5 per GPU, 2 trainer node series,
    3 peers' RTT = 45 series) with ``history_days`` of 60 s points, pinned to one core
@@ -14,13 +14,14 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
 import statistics
 import time
 from typing import Any
+
+from _common import BenchParser, positive_float, positive_int, sim_nvml_on_clock
 
 from gputuned.collectors.families import Sample
 from gputuned.tuner.forecast.config import ForecastConfig
@@ -107,21 +108,12 @@ def tick_cost(ticks: int, rounds: int = 3, pause_s: float = 0.05, settle_s: floa
     """
     from gputuned.collectors.gpu import GPUCollector
     from gputuned.collectors.host import HostCollector
-    from gputuned.collectors.nvml import open_gpus, open_nvml
-    from gputuned.collectors.sim import nvml as sim_nvml
-    from gputuned.collectors.sim.state import VirtualClock
-    from gputuned.daemon.app.daemon import build_sim_backend
-    from gputuned.daemon.core.config import parse_config
+    from gputuned.collectors.nvml import open_gpus
     from gputuned.daemon.core.loop import CollectionLoop
     from gputuned.daemon.core.store import Store
     from gputuned.tuner.forecast.offload import OffloadedForecastService
 
-    clock = VirtualClock()
-    backend = build_sim_backend(parse_config({"sim": {"gpus": 8}}))
-    if hasattr(backend, "clock"):
-        backend.clock = clock  # type: ignore[attr-defined]
-    sim_nvml.attach(backend)
-    nvml, _ = open_nvml("sim")
+    nvml, clock = sim_nvml_on_clock(8)
     cfg = ForecastConfig(prophet=False)
     services = {"inline": ForecastService(cfg), "child": OffloadedForecastService(cfg)}
     services["child"].start()
@@ -175,10 +167,10 @@ def tick_cost(ticks: int, rounds: int = 3, pause_s: float = 0.05, settle_s: floa
 
 def main() -> int:
     """Run all three measurements and print them."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--ticks", type=int, default=600)
-    ap.add_argument("--history-days", type=float, default=3.0)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three tick modes")
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--ticks", type=positive_int, default=600, help="daemon ticks per mode and round")
+    ap.add_argument("--history-days", type=positive_float, default=3.0, help="days of 60 s history each Prophet refit fits")
+    ap.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds of the three tick modes")
     ap.add_argument("--no-refit", action="store_true", help="skip the Prophet refit measurement")
     args = ap.parse_args()
     tick = tick_cost(args.ticks, args.rounds)

@@ -17,22 +17,15 @@ one series each, scored with ``gputuned detect``'s function.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
+from _common import BenchParser, detector_config, positive_int
+from forecast_synth import BACKGROUNDS, DAY_S, KINDS, make_series
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from forecast_nab import parse_sets  # noqa: E402
-from forecast_synth import BACKGROUNDS, DAY_S, KINDS, make_series  # noqa: E402
-
-from gputuned.tuner.forecast.commands import detect_series  # noqa: E402
-from gputuned.tuner.forecast.detector import DetectorConfig  # noqa: E402
+from gputuned.tuner.forecast.commands import detect_series
+from gputuned.tuner.forecast.detector import DetectorConfig
 
 GRACE_S = 900.0
 
@@ -84,17 +77,19 @@ def evaluate(seeds: int, config: DetectorConfig | None = None) -> tuple[dict[str
 
 def main() -> int:
     """Run the evaluation and print markdown tables."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", choices=["sim", "synthetic"], default="sim")
-    ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DetectorConfig override (synthetic)")
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--source", choices=["sim", "synthetic"], default="sim", help="labelled data to score")
+    ap.add_argument("--seeds", type=positive_int, default=None, help="seeds per case (default: 3 for sim, 12 for synthetic)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="DetectorConfig override (synthetic; repeatable)")
     args = ap.parse_args()
+    config = detector_config(ap, args.set)
     if args.source == "sim":
         from forecast_simeval import print_sim_eval
 
         print_sim_eval(args.seeds or 3)
         return 0
-    table, cost = evaluate(args.seeds or 12, replace(DetectorConfig(), **parse_sets(args.set)))
+    table, cost = evaluate(args.seeds or 12, config)
     print("| kind | series | recall | false alerts / series-day | median lead time (s) |")
     print("|---|---|---|---|---|")
     for kind, m in table.items():

@@ -33,14 +33,15 @@ detector changes were chosen on), odd positions half B (held out, looked at only
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from _common import BenchParser, csv_choices, detector_config
 
 from gputuned.tuner.forecast.csvio import parse_timestamp, read_series
 from gputuned.tuner.forecast.detector import DetectorConfig, OnlineDetector
@@ -193,21 +194,6 @@ def summarise(rows: list[FileScore]) -> dict[str, float]:
     }
 
 
-def parse_sets(items: list[str]) -> dict[str, object]:
-    """``key=value`` overrides of DetectorConfig (numbers or strings)."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, _, text = item.partition("=")
-        try:
-            out[key] = int(text)
-        except ValueError:
-            try:
-                out[key] = float(text)
-            except ValueError:
-                out[key] = text
-    return out
-
-
 def run(nab: str, corpora: tuple[str, ...], config: DetectorConfig) -> tuple[list[FileScore], float, int]:
     """Export, detect and score every file; return scores, detector seconds and rows."""
     with tempfile.TemporaryDirectory(prefix="nab-") as tmp:
@@ -230,16 +216,17 @@ def run(nab: str, corpora: tuple[str, ...], config: DetectorConfig) -> tuple[lis
 
 def main() -> int:
     """Run and print markdown tables per corpus and half."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(description=__doc__)
     ap.add_argument("--nab", default=DEFAULT_NAB,
                     help="a git clone of https://github.com/numenta/NAB (bare or with a work tree)")
-    ap.add_argument("--corpora", default=",".join(CORPORA))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DetectorConfig override")
+    ap.add_argument("--corpora", type=csv_choices(CORPORA), default=",".join(CORPORA),
+                    help="comma-separated NAB corpora to score")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DetectorConfig override (repeatable)")
     ap.add_argument("--files", action="store_true", help="also print one row per file")
     args = ap.parse_args()
     if not Path(args.nab).is_dir():
         ap.error(f"--nab: {args.nab} is not a directory (clone https://github.com/numenta/NAB and pass its path)")
-    config = replace(DetectorConfig(), **parse_sets(args.set))
+    config = detector_config(ap, args.set)
     corpora = tuple(c for c in args.corpora.split(",") if c)
     scores, elapsed, rows = run(args.nab, corpora, config)
     half = {s.name: "AB"[i % 2] for i, s in enumerate(sorted(scores, key=lambda s: s.name))}

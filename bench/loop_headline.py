@@ -18,7 +18,6 @@ run) and adds a table of both choosers side by side.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,6 +28,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from _common import (
+    BenchParser,
+    csv_choices,
+    gpu_profile,
+    positive_float,
+    positive_int,
+    workload_list,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINED = ("cifar100-shufflenetv2", "imagenet-resnet50", "librispeech-deepspeech2", "movielens-ncf",
@@ -185,22 +193,33 @@ def write_docs(text: str) -> None:
                     else doc[:start] + SECTION + "\n\n" + text.strip() + "\n")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=3600.0)
-    ap.add_argument("--gpus", type=int, default=4)
-    ap.add_argument("--profile", default="a100")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--workloads", default=",".join(TRAINED + HELD_OUT))
-    ap.add_argument("--objectives", default=",".join(OBJECTIVES))
-    ap.add_argument("--chooser", default="auto", choices=["auto", "learned", "climber"])
+def parser() -> BenchParser:
+    """The command line, every flag with its help."""
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--duration", type=positive_float, default=3600.0, help="simulated seconds of each run (off and on)")
+    ap.add_argument("--gpus", type=positive_int, default=4, help="simulated GPUs of the node")
+    ap.add_argument("--profile", type=gpu_profile, default="a100", help="simulated GPU model")
+    ap.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    ap.add_argument("--workloads", type=workload_list, default=",".join(TRAINED + HELD_OUT),
+                    help="comma-separated workloads (shipped names or .toml files)")
+    ap.add_argument("--objectives", type=csv_choices(OBJECTIVES), default=",".join(OBJECTIVES),
+                    help="comma-separated tuner objectives")
+    ap.add_argument("--chooser", default="auto", choices=["auto", "learned", "climber"], help="the tuner's chooser")
     ap.add_argument("--compare", choices=["learned", "climber"], help="also run this chooser (energy_slowdown, throughput)")
-    ap.add_argument("--policy", help="numpy policy file for --chooser policy (SimNodeEnv observation)")
+    ap.add_argument("--policy", help="numpy policy file for the learned chooser (SimNodeEnv observation; default: the shipped one)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the hindsight sweep")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="/tmp/gputuned-headline")
-    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the simulated node and job")
+    ap.add_argument("--out", default="/tmp/gputuned-headline", help="folder for headline.json and each experiment's files")
+    ap.add_argument("--write-docs", action="store_true",
+                    help='put the table in docs/benchmarks.md, section "Closed loop (headline)"')
+    return ap
+
+
+def main() -> int:
+    ap = parser()
     a = ap.parse_args()
+    if a.policy and not Path(a.policy).is_file():
+        ap.error(f"--policy: no file {a.policy}")
     opts = {"duration_s": a.duration, "gpus": a.gpus, "profile": a.profile, "chooser": a.chooser, "seed": a.seed,
             "policy": a.policy}
     work = [(w, o, opts, a.out, not a.no_sweep) for o in a.objectives.split(",") for w in a.workloads.split(",")]

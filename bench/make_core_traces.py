@@ -1,13 +1,15 @@
 """Record the small traces shipped under tests/data/ from scripted simulated nodes.
 
 Deterministic GPU values (scripted, virtual clock); host values are whatever this machine
-reads. Run: .venv/bin/python bench/make_core_traces.py
+reads. Run: .venv/bin/python bench/make_core_traces.py [--seconds 60]
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+
+from _common import BenchParser, positive_int
 
 from gputuned.collectors.gpu import GPUCollector
 from gputuned.collectors.host import HostCollector
@@ -39,5 +41,14 @@ def record(spec_path: Path, out: Path, seconds: int) -> None:
           f"{writer.bytes_written / writer.samples_written:.2f} bytes/sample")
 
 
+def main() -> int:
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--seconds", type=positive_int, default=60, help="1 s ticks to record")
+    ap.add_argument("-o", "--output", type=Path, default=DATA / "scripted_node_8xh100.gttrace", help="trace file to write")
+    args = ap.parse_args()
+    record(DATA / "scripted_node.toml", args.output, args.seconds)
+    return 0
+
+
 if __name__ == "__main__":
-    record(DATA / "scripted_node.toml", DATA / "scripted_node_8xh100.gttrace", 60)
+    raise SystemExit(main())

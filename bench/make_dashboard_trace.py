@@ -31,7 +31,6 @@ The output is checked to stay small (under 1 MB; about 110 kB).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -44,6 +43,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _common import BenchParser, positive_float
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "tests" / "data" / "dashboard_node.gttrace"
@@ -169,8 +170,8 @@ def record(out: Path, work: Path, duration_s: float = DURATION_S) -> None:
     does, so the components start too (``gputuned record`` only runs the collection loop, and
     its control socket is never bound, so no trainer could report).
     """
-    from gputuned.daemon.app.daemon import Daemon
     from gputuned.daemon.app.config import load_config
+    from gputuned.daemon.app.daemon import Daemon
     from gputuned.daemon.record.trace import Recorder, TraceWriter
 
     listener = socket.socket()
@@ -467,10 +468,10 @@ def synthesize(raw: Path, out: Path) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT)
+    p = BenchParser(description=__doc__)
+    p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT, help="trace file to write")
     p.add_argument("--raw", type=Path, help="keep the recorded trace here; if it exists, only re-synthesize from it")
-    p.add_argument("--duration", type=float, default=DURATION_S, help="seconds to record (the scenario spans 120)")
+    p.add_argument("--duration", type=positive_float, default=DURATION_S, help="seconds to record (the scenario spans 120)")
     args = p.parse_args()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gputuned-dash-") as tmp:

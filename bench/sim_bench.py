@@ -1,6 +1,6 @@
 """Benchmark: CPU seconds to simulate one hour of an 8-GPU node at 1 s resolution.
 
-Usage: .venv/bin/python bench/sim_bench.py [--profile a100] [--gpus 8] [--seconds 3600]
+Usage: .venv/bin/python bench/sim_bench.py [--profile a100] [--gpus 8] [--seconds 3600] [--repeats 3]
 
 Prints CPU seconds for (a) the physics backend alone (one sync per simulated second) and
 (b) the same plus a full GPU-collector scrape of every GPU through the simulated NVML each
@@ -9,9 +9,10 @@ second (the daemon's real read path), and the median of 3 runs of each.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+
+from _common import BenchParser, gpu_profile, positive_int
 
 from gputuned.collectors.gpu import GPUCollector
 from gputuned.collectors.nvml import open_gpus, open_nvml
@@ -40,11 +41,11 @@ def run(profile: str, gpus: int, seconds: int, scrape: bool) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="a100")
-    ap.add_argument("--gpus", type=int, default=8)
-    ap.add_argument("--seconds", type=int, default=3600)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--profile", type=gpu_profile, default="a100", help="simulated GPU model")
+    ap.add_argument("--gpus", type=positive_int, default=8, help="simulated GPUs of the node")
+    ap.add_argument("--seconds", type=positive_int, default=3600, help="simulated seconds per run")
+    ap.add_argument("--repeats", type=positive_int, default=3, help="runs of each mode (the median is printed)")
     args = ap.parse_args()
     for scrape in (False, True):
         runs = [run(args.profile, args.gpus, args.seconds, scrape) for _ in range(args.repeats)]

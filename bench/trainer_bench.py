@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,16 +24,11 @@ import time
 from pathlib import Path
 
 import torch
+from _common import BenchParser, csv_choices, free_port, positive_int
 
 from gputuned.trainer_plugin.data import load_digits
 from gputuned.trainer_plugin.plugin import TrainingPlugin
 from gputuned.trainer_plugin.testing import FakeDaemon
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plugin_overhead(hidden: int, blocks: int = 7, per_block: int = 300) -> dict:
@@ -96,33 +90,36 @@ def torchrun(name: str, toml: str, tmp: Path, env: dict[str, str] | None = None)
     cfg.write_text(toml)
     out = tmp / f"{name}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(_free_port()), "-m", "gputuned.trainer_plugin.scenarios", name, str(out), str(cfg)]
+           str(free_port()), "-m", "gputuned.trainer_plugin.scenarios", name, str(out), str(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--rounds", type=int, default=6, help="rounds of one plain and one trainer run")
-    ap.add_argument("--blocks", type=int, default=40, help="interleaved blocks of each loop")
-    ap.add_argument("--block-steps", type=int, default=500, help="steps per interleaved block")
+def parser() -> BenchParser:
+    """The command line, every flag with its help."""
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--steps", type=positive_int, default=300, help="training steps of each throughput run")
+    ap.add_argument("--hidden", type=positive_int, default=512, help="hidden width of the benchmark model")
+    ap.add_argument("--rounds", type=positive_int, default=6, help="rounds of one plain and one trainer run")
+    ap.add_argument("--blocks", type=positive_int, default=40, help="interleaved blocks of each loop")
+    ap.add_argument("--block-steps", type=positive_int, default=500, help="steps per interleaved block")
     ap.add_argument("--aa", action="store_true",
                     help="also alternate the plain loop with an identical copy (the measurement's own spread)")
-    ap.add_argument("--norm-every", type=int, default=None,
+    ap.add_argument("--norm-every", type=positive_int, default=None,
                     help="[plugin] norm_every for the trainer (default: the trainer's default)")
-    ap.add_argument("--sync-interval", type=int, default=None,
+    ap.add_argument("--sync-interval", type=positive_int, default=None,
                     help="[plugin] sync_interval for the trainer (default: the trainer's default)")
-    ap.add_argument("--parts", default="overhead,compression,throughput",
+    ap.add_argument("--parts", type=csv_choices(("overhead", "compression", "throughput")),
+                    default="overhead,compression,throughput",
                     help="comma-separated subset of overhead,compression,throughput")
-    ap.add_argument("--out", default="runs/trainer_bench.json")
-    args = ap.parse_args()
-    parts = set(args.parts.split(","))
-    if not parts <= {"overhead", "compression", "throughput"}:
-        ap.error(f"--parts: unknown part(s) {', '.join(sorted(parts - {'overhead', 'compression', 'throughput'}))}")
+    ap.add_argument("--out", default="runs/trainer_bench.json", help="where to write the raw JSON")
+    return ap
+
+
+def run(args: argparse.Namespace, parts: set[str]) -> dict:
+    """Run the chosen parts; their raw results with the load average at start and end."""
     res: dict = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "torch": torch.__version__,
                  "loadavg_start": os.getloadavg()}
     if "overhead" in parts:
@@ -146,11 +143,14 @@ def main() -> int:
                                                                       **({"GPUTUNED_BENCH_AA": "1"} if args.aa else {})})[0]
                 res["throughput"]["reports_received"] = len(daemon.of_type("report"))
     res["loadavg_end"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1))
+    return res
+
+
+def print_overhead_and_compression(res: dict, hidden: int) -> None:
+    """Markdown tables of the plugin overhead and of the compression hooks, where they ran."""
     if "overhead" in res:
         o = res["overhead"]
-        print(f"plugin overhead, hidden={args.hidden} MLP step on 1 thread, daemon connected:")
+        print(f"plugin overhead, hidden={hidden} MLP step on 1 thread, daemon connected:")
         print(f"| step without plugin | with plugin | overhead | plugin alone (median, p99) |\n|---|---|---|---|\n"
               f"| {o['step_plain_s'] * 1e6:.0f} us | {o['step_with_plugin_s'] * 1e6:.0f} us | "
               f"{o['overhead_fraction']:.2%} | {o['plugin_only_us']:.1f} us, {o['plugin_only_p99_us']:.1f} us |")
@@ -160,44 +160,57 @@ def main() -> int:
             r = res["compression"][hook]
             print(f"| {hook} | {r['bytes_sent'] / r['steps']:.0f} | {r['bytes_uncompressed'] / r['steps']:.0f} | "
                   f"{r['bytes_uncompressed'] / r['bytes_sent']:.2f}x | {r['accuracy']:.4f} |")
+
+
+def print_throughput(t: dict, args: argparse.Namespace, load: str) -> None:
+    """The throughput tables and the RESULT line against the 0.98x goal."""
+    plain, ours = t["plain_samples_per_s"], t["trainer_samples_per_s"]
+    pairs = [o / p for o, p in zip(ours, plain, strict=True)]
+    paired = statistics.median(pairs)
+    print(f"\nthroughput, 2 gloo ranks, hidden={args.hidden}, {t['steps']} steps per run, {args.rounds} rounds "
+          f"(daemon connected: {t['connected']}, reports {t['reports_received']}; {load}):")
+    print("| round | plain DDP samples/s | trainer samples/s | ratio |\n|---|---|---|---|")
+    for i, (p, o) in enumerate(zip(plain, ours, strict=True)):
+        print(f"| {i + 1} | {p:.0f} | {o:.0f} | {o / p:.3f} |")
+    print(f"| median | {statistics.median(plain):.0f} | {statistics.median(ours):.0f} | "
+          f"{statistics.median(ours) / statistics.median(plain):.3f} (of medians) |")
+    bp, bt = t["plain_block_samples_per_s"], t["trainer_block_samples_per_s"]
+    block_pairs = [o / p for o, p in zip(bt, bp, strict=True)]
+    block_ratio = statistics.median(block_pairs)
+    q = statistics.quantiles(block_pairs, n=4)
+    print(f"\ninterleaved: {len(bt)} blocks of {t['block_steps']} trainer steps, each followed by "
+          f"{t['block_steps']} plain-loop steps in the same processes: plain median {statistics.median(bp):.0f} "
+          f"samples/s, trainer median {statistics.median(bt):.0f} samples/s, median paired ratio "
+          f"{block_ratio:.3f} (quartiles {q[0]:.3f}-{q[2]:.3f})")
+    # blocks have (nearly) equal sample counts, so the harmonic mean is the pooled samples/s
+    pooled = statistics.harmonic_mean(bt) / statistics.harmonic_mean(bp)
+    print(f"pooled over all blocks (total samples / total time of each loop): ratio {pooled:.3f}")
+    if "aa_block_ratios" in t:
+        aa = t["aa_block_ratios"]
+        qa = statistics.quantiles(aa, n=4)
+        print(f"A/A (plain loop against an identical copy, same alternation): median paired ratio "
+              f"{statistics.median(aa):.3f} (quartiles {qa[0]:.3f}-{qa[2]:.3f})")
+    cpu = [p / o for o, p in zip(t["trainer_block_cpu_s"], t["plain_block_cpu_s"], strict=True)]
+    print(f"CPU time per block (this rank's process, all threads): plain/trainer median ratio "
+          f"{statistics.median(cpu):.3f} (above 1: the trainer does less CPU work per step)")
+    # The verdict uses the interleaved blocks: both loops see the same load within about a
+    # second there, where whole runs alternate every few seconds and swing with the machine.
+    verdict = "met" if block_ratio >= 0.98 else "NOT met"
+    print(f"\nRESULT trainer/plain-DDP throughput: {block_ratio:.3f} (median paired ratio over {len(bt)} "
+          f"interleaved blocks; goal >= 0.98x {verdict}); pooled {pooled:.3f}; whole runs {paired:.3f} (median paired ratio over "
+          f"{len(pairs)} rounds, range {min(pairs):.3f}-{max(pairs):.3f}); {load}")
+
+
+def main() -> int:
+    args = parser().parse_args()
+    parts = set(args.parts.split(","))
+    res = run(args, parts)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    print_overhead_and_compression(res, args.hidden)
     load = f"load average {res['loadavg_start'][0]:.1f} at start, {res['loadavg_end'][0]:.1f} at end"
     if "throughput" in res:
-        t = res["throughput"]
-        plain, ours = t["plain_samples_per_s"], t["trainer_samples_per_s"]
-        pairs = [o / p for o, p in zip(ours, plain, strict=True)]
-        paired = statistics.median(pairs)
-        print(f"\nthroughput, 2 gloo ranks, hidden={args.hidden}, {t['steps']} steps per run, {args.rounds} rounds "
-              f"(daemon connected: {t['connected']}, reports {t['reports_received']}; {load}):")
-        print("| round | plain DDP samples/s | trainer samples/s | ratio |\n|---|---|---|---|")
-        for i, (p, o) in enumerate(zip(plain, ours, strict=True)):
-            print(f"| {i + 1} | {p:.0f} | {o:.0f} | {o / p:.3f} |")
-        print(f"| median | {statistics.median(plain):.0f} | {statistics.median(ours):.0f} | "
-              f"{statistics.median(ours) / statistics.median(plain):.3f} (of medians) |")
-        bp, bt = t["plain_block_samples_per_s"], t["trainer_block_samples_per_s"]
-        block_pairs = [o / p for o, p in zip(bt, bp, strict=True)]
-        block_ratio = statistics.median(block_pairs)
-        q = statistics.quantiles(block_pairs, n=4)
-        print(f"\ninterleaved: {len(bt)} blocks of {t['block_steps']} trainer steps, each followed by "
-              f"{t['block_steps']} plain-loop steps in the same processes: plain median {statistics.median(bp):.0f} "
-              f"samples/s, trainer median {statistics.median(bt):.0f} samples/s, median paired ratio "
-              f"{block_ratio:.3f} (quartiles {q[0]:.3f}-{q[2]:.3f})")
-        # blocks have (nearly) equal sample counts, so the harmonic mean is the pooled samples/s
-        pooled = statistics.harmonic_mean(bt) / statistics.harmonic_mean(bp)
-        print(f"pooled over all blocks (total samples / total time of each loop): ratio {pooled:.3f}")
-        if "aa_block_ratios" in t:
-            aa = t["aa_block_ratios"]
-            qa = statistics.quantiles(aa, n=4)
-            print(f"A/A (plain loop against an identical copy, same alternation): median paired ratio "
-                  f"{statistics.median(aa):.3f} (quartiles {qa[0]:.3f}-{qa[2]:.3f})")
-        cpu = [p / o for o, p in zip(t["trainer_block_cpu_s"], t["plain_block_cpu_s"], strict=True)]
-        print(f"CPU time per block (this rank's process, all threads): plain/trainer median ratio "
-              f"{statistics.median(cpu):.3f} (above 1: the trainer does less CPU work per step)")
-        # The verdict uses the interleaved blocks: both loops see the same load within about a
-        # second there, where whole runs alternate every few seconds and swing with the machine.
-        verdict = "met" if block_ratio >= 0.98 else "NOT met"
-        print(f"\nRESULT trainer/plain-DDP throughput: {block_ratio:.3f} (median paired ratio over {len(bt)} "
-              f"interleaved blocks; goal >= 0.98x {verdict}); pooled {pooled:.3f}; whole runs {paired:.3f} (median paired ratio over "
-              f"{len(pairs)} rounds, range {min(pairs):.3f}-{max(pairs):.3f}); {load}")
+        print_throughput(res["throughput"], args, load)
     return 0
 
 

@@ -12,25 +12,19 @@ its SHA-256 check), and its final test loss is within 1e-3 (relative) of an unin
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import BenchParser, free_port, nonnegative_int
+
 STEPS = 92  # 4 epochs of the digits example at batch 64
 EVERY = 10
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(tmp: Path, tag: str, env: dict[str, str], restarts: int) -> tuple[dict, str]:
@@ -39,7 +33,7 @@ def run(tmp: Path, tag: str, env: dict[str, str], restarts: int) -> tuple[dict, 
     cfg.write_text(f'[train]\nepochs = 4\n[checkpoint]\ndir = "{tmp / tag}"\nevery_steps = {EVERY}\n')
     out = tmp / f"{tag}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(_free_port()), "--max-restarts", str(restarts), "-m", "gputuned.trainer_plugin.scenarios",
+           str(free_port()), "--max-restarts", str(restarts), "-m", "gputuned.trainer_plugin.scenarios",
            "resume", str(out), str(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "GPUTUNED_LOG": "INFO", **env})
@@ -49,10 +43,10 @@ def run(tmp: Path, tag: str, env: dict[str, str], restarts: int) -> tuple[dict, 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/kill_trials.json")
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--trials", type=nonnegative_int, default=20, help="runs with one rank killed (SIGKILL)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the kill points and victims")
+    ap.add_argument("--out", default="runs/kill_trials.json", help="where to write the results as JSON")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     t0 = time.time()

@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+from _common import BenchParser, positive_int
 
 
 def rss_kib() -> int:
@@ -22,7 +23,10 @@ def rss_kib() -> int:
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("decisions", nargs="?", type=positive_int, default=20_000, metavar="N_DECISIONS",
+                    help="decisions to time")
+    n = ap.parse_args().decisions
     from gputuned.tuner.zeus.agent import ArmMemory, apply_move, observe
 
     before = rss_kib()

@@ -13,8 +13,9 @@ a size with a seed that never reached the target is left out. Prints a markdown 
 
 from __future__ import annotations
 
-import argparse
 import math
+
+from _common import BenchParser, fraction
 
 from gputuned.tuner.zeus.traces import PACKAGED_TRACES, JobTrace, available_gpus, load_gpu
 
@@ -56,8 +57,9 @@ def per_sample_bound(trace: JobTrace, max_slowdown: float) -> tuple[float, int, 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--max-slowdown", type=float, default=0.03)
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--max-slowdown", type=fraction, default=0.03,
+                    help="allowed slowdown of time to target over the default's, as a fraction")
     args = ap.parse_args()
     print(f"| GPU | job | b0 | any (b, p) within {args.max_slowdown:.0%}: saving (b, p W, slowdown) "
           "| power limit only at b0: saving (p W, slowdown) "

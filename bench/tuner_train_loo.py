@@ -9,9 +9,10 @@ seeds 500 and up, distinct from the dev-check seeds), never from the held-out GP
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
+
+from _common import BenchParser, positive_int
 
 from gputuned.tuner.train import train
 from gputuned.tuner.zeus.synth import synthetic_gpu
@@ -21,15 +22,16 @@ SYNTH = 3
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    seed = 0
-    if "--seed" in args:
-        i = args.index("--seed")
-        seed = int(args[i + 1])
-        del args[i : i + 2]
-    out, steps, which = Path(args[0]), int(args[1]), args[2:] or ["all"]
-    logging.basicConfig(level=logging.INFO)
     gpus = available_gpus(PACKAGED_TRACES)
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("out", type=Path, metavar="OUT_DIR", help="writes OUT_DIR/heldout-<name>/ for each run")
+    ap.add_argument("steps", type=positive_int, metavar="TIMESTEPS", help="PPO timesteps of each run")
+    ap.add_argument("which", nargs="*", choices=["all", *gpus], metavar="GPU",
+                    help=f"all (every GPU: the shipped policy) or a GPU to hold out ({', '.join(gpus)}); default all")
+    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    args = ap.parse_args()
+    out, steps, seed, which = args.out, args.steps, args.seed, args.which or ["all"]
+    logging.basicConfig(level=logging.INFO)
     for held in which:
         train_gpus = [g for g in gpus if g != held]
         traces = []

@@ -1,13 +1,14 @@
 """Markdown tables of the Zeus-trace bench for docs/benchmarks.md (shipped and leave-one-GPU-out policies).
 
-Usage: python bench/tuner_zeus_table.py [--seeds N] [--loo DIR]
+Usage: python bench/tuner_zeus_table.py [--seeds N] [--eta 0.5] [--loo DIR]
 DIR holds heldout-<gpu>/policy_zeus.npz from bench/tuner_train_loo.py.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from _common import BenchParser, positive_int, unit_interval
 
 from gputuned.tuner.decision.policy_numpy import NumpyPolicy
 from gputuned.tuner.zeus.bench import bench_gpu, savings
@@ -17,11 +18,16 @@ GPUS = ("a40", "rtx6000", "p100")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--eta", type=float, default=0.5)
-    ap.add_argument("--loo", type=Path, default=None)
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--seeds", type=positive_int, default=5, help="bench seeds per GPU")
+    ap.add_argument("--eta", type=unit_interval, default=0.5, help="cost weight of energy against time (Zeus's eta knob)")
+    ap.add_argument("--loo", type=Path, default=None,
+                    help="folder of heldout-<gpu>/policy_zeus.npz (bench/tuner_train_loo.py) for the held-out columns")
     args = ap.parse_args()
+    missing = [str(args.loo / f"heldout-{g}" / "policy_zeus.npz") for g in GPUS
+               if args.loo is not None and not (args.loo / f"heldout-{g}" / "policy_zeus.npz").is_file()]
+    if missing:
+        ap.error(f"--loo: no policy file {', '.join(missing)}")
     shipped = NumpyPolicy.load()
     print("| GPU | job | policy | energy_j | time_s | cost |")
     print("|---|---|---|---:|---:|---:|")
