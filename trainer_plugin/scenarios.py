@@ -80,7 +80,7 @@ def _grad_check(cfg_path: str | None) -> dict[str, float]:
         F.cross_entropy(model(trainer.x_train[idx]), trainer.y_train[idx]).backward()
         expected[name] = float(sum((p.grad.double() ** 2).sum() for p in model.parameters()))
     trainer.fit()
-    local, glob, _, _ = plugin._norms[0]
+    local, glob, _, _ = plugin._interval.norms[0]
     measured = {"local": float(torch.stack(local).sum()),
                 "global": float(torch.stack(glob).sum())}
     trainer.close()

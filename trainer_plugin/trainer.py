@@ -127,28 +127,36 @@ class Trainer:
             tensors = (*tensors, torch.arange(len(self.y_train)))
         self.prefetcher = Prefetcher(self.sampler, tensors, self.device, depth=d.prefetch,
                                      threaded=self.device.type == "cuda")
-        p = config.plugin
-        job = p.job or f"gputuned-train-{os.environ.get('TORCHELASTIC_RUN_ID', os.getpid())}"[:128]
-        self.plugin = TrainingPlugin(
-            job=job, batch_size=d.batch_size, socket_path=p.socket, batch_mode=d.batch_mode,
-            accumulation_steps=accum, on_batch_size=self._on_batch_size, lr_scaling=o.lr_scaling,
-            min_batch_size=d.min_batch_size, max_batch_size=d.max_batch_size, sync_interval=p.sync_interval,
-            norm_every=p.norm_every, sync_period_s=p.sync_period_s, norm_period_s=p.norm_period_s,
-            connect=p.enabled,
-            context={"precision": self.precision, "device": self.device.type})
+        self.plugin = self._make_plugin()
         self._set_lr()
         if self.ddp is not None:
-            c = config.compression
-            kw: dict[str, Any] = {"topk_ratio": c.topk_ratio} if c.hook == "topk" else {}
-            if c.hook == "powersgd":
-                kw = {"powersgd_rank": c.powersgd_rank, "powersgd_start_iter": c.powersgd_start_iter}
-            self.plugin.instrument(self.ddp, c.hook, **kw)
+            self._instrument(self.ddp)
         ck = config.checkpoint
         self.ckpt = (CheckpointManager(ck.dir, keep=ck.keep, asynchronous=ck.asynchronous,
                                        on_partial_write=self.cb.on_partial_checkpoint) if ck.dir else None)
         self._sigterm = False
         self.resumed_from: int | None = None
         self.batch_log: list[tuple[int, int, list[int]]] = []
+
+    def _make_plugin(self) -> TrainingPlugin:
+        """The tuning plugin for this run, set up from the config's data, optim and plugin sections."""
+        d, o, p = self.cfg.data, self.cfg.optim, self.cfg.plugin
+        job = p.job or f"gputuned-train-{os.environ.get('TORCHELASTIC_RUN_ID', os.getpid())}"[:128]
+        return TrainingPlugin(
+            job=job, batch_size=d.batch_size, socket_path=p.socket, batch_mode=d.batch_mode,
+            accumulation_steps=self.cfg.train.accumulation_steps, on_batch_size=self._on_batch_size,
+            lr_scaling=o.lr_scaling, min_batch_size=d.min_batch_size, max_batch_size=d.max_batch_size,
+            sync_interval=p.sync_interval, norm_every=p.norm_every, sync_period_s=p.sync_period_s,
+            norm_period_s=p.norm_period_s, connect=p.enabled,
+            context={"precision": self.precision, "device": self.device.type})
+
+    def _instrument(self, ddp: DDP) -> None:
+        """Have the plugin measure the DDP model, with the config's gradient compression hook."""
+        c = self.cfg.compression
+        kw: dict[str, Any] = {"topk_ratio": c.topk_ratio} if c.hook == "topk" else {}
+        if c.hook == "powersgd":
+            kw = {"powersgd_rank": c.powersgd_rank, "powersgd_start_iter": c.powersgd_start_iter}
+        self.plugin.instrument(ddp, c.hook, **kw)
 
     # -- schedule and decisions ------------------------------------------------------------
 
@@ -329,22 +337,26 @@ class Trainer:
                     self.save_checkpoint()
             if stopped:
                 break
-            if tc.eval_every_epoch:
-                acc, tloss = self.evaluate()
-                history.append({"epoch": self.epoch, "step": self.step, "test_accuracy": acc, "test_loss": tloss})
-                if self.rank == 0:
-                    logger.info("epoch %d step %d test accuracy %.4f loss %.4f", self.epoch, self.step, acc, tloss)
-            self.epoch += 1
-            self.prefetcher.stop()
-            self.sampler.new_epoch()
-            self.prefetcher.consumed_state = self.sampler.state_dict()
-            self.prefetcher.start()
+            self._next_epoch(history)
         self.prefetcher.stop()
         if self.ckpt is not None:
             self.ckpt.wait()
         acc, tloss = self.evaluate()
         return Result(self.step, self.epoch, acc, tloss, self.plugin.overflow_count(), stopped and self._sigterm,
                       history, self.batch_log)
+
+    def _next_epoch(self, history: list[dict[str, float]]) -> None:
+        """End an epoch (evaluated when the config says so) and start the sampler's next one."""
+        if self.cfg.train.eval_every_epoch:
+            acc, tloss = self.evaluate()
+            history.append({"epoch": self.epoch, "step": self.step, "test_accuracy": acc, "test_loss": tloss})
+            if self.rank == 0:
+                logger.info("epoch %d step %d test accuracy %.4f loss %.4f", self.epoch, self.step, acc, tloss)
+        self.epoch += 1
+        self.prefetcher.stop()
+        self.sampler.new_epoch()
+        self.prefetcher.consumed_state = self.sampler.state_dict()
+        self.prefetcher.start()
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self._sigterm = True
