@@ -2,8 +2,9 @@
 
 :class:`StoreNode` is the kernel's node in the daemon: an interval is measured from the store
 (GPU energy counters, power, clocks, limits; the job leader's reports: samples, goodput, batch
-size), power limits go through the :class:`Actuator`, batch sizes as control-socket decisions
-the job acknowledges. :class:`TuningComponent` finds the job to tune, runs one
+size); the GPUs' power limits and the job's batch size (a decision the job acknowledges) are
+changed through the :class:`Actuator`, which records each knob's original first and restores
+it on stop. :class:`TuningComponent` finds the job to tune, runs one
 :class:`gputuned.tuner.decision.kernel.DecisionKernel` per job every ``interval_s``, and
 publishes the guard's counters and the tuner's own measurements.
 """
@@ -58,18 +59,23 @@ class BatchDecider(Protocol):
     def connected_jobs(self) -> dict[str, list[int]]: ...
 
 
-class PowerActuator(Protocol):
-    """What the tuner needs of :class:`gputuned.daemon.actuation.actuator.Actuator`."""
+class KnobActuator(Protocol):
+    """What the tuner needs of :class:`gputuned.daemon.actuation.actuator.Actuator`: every knob it
+    moves (the GPUs' power limits, the job's batch size) is changed, recorded and restored there."""
 
     def set_power_limit(self, gpu: int, watts: float) -> Any: ...
 
     def bounds(self, gpu: int) -> dict[str, tuple[int, int]]: ...
 
+    def change(self, target: int | str, knob_name: str, value: Any) -> Any: ...
+
+    def acknowledged(self, ident: str) -> Any: ...
+
 
 class StoreNode:
     """The kernel's node in the daemon: the store's readings, the actuator, the job's decisions."""
 
-    def __init__(self, store: Store, actuator: PowerActuator, decider: BatchDecider | None, job: str,
+    def __init__(self, store: Store, actuator: KnobActuator, decider: BatchDecider | None, job: str,
                  gpus: list[tuple[GPULimits, Labels, float]], now: float) -> None:
         self.store = store
         self.actuator = actuator
@@ -134,15 +140,15 @@ class StoreNode:
         return bool(getattr(self.actuator.set_power_limit(int(gpu), watts), "ok", False))
 
     def request_batch(self, size: int) -> str:
-        if self.decider is None:
-            raise LookupError("no control socket to send batch sizes through")
-        return self.decider.send_decision(self.job, {"batch_size": size})
+        """Ask the job for ``size`` through the actuator (the original recorded first, restored on stop)."""
+        res = self.actuator.change(self.job, "batch_size", size)
+        if getattr(res, "code", "") != "pending":
+            raise ValueError(getattr(res, "reason", "") or f"batch size {size} not sent")
+        return str(res.ident)
 
     def batch_ack(self, ident: str) -> Ack | None:
-        if self.decider is None:
-            return None
-        ack = self.decider.wait_ack(ident, 0.0)
-        return None if ack is None else Ack(bool(ack.get("ok")), str(ack.get("error") or ""))
+        res = self.actuator.acknowledged(ident)
+        return None if res is None else Ack(bool(res.ok), str(res.reason))
 
     def rank_timings(self) -> list[RankTiming]:
         """Per-rank compute time from the job's reports; the k-th rank reporting here runs on the k-th GPU."""
@@ -165,7 +171,7 @@ class TuningComponent:
     name = "tuner"
 
     def __init__(
-        self, store: Store, actuator: PowerActuator, decider: BatchDecider | None, gpus: list[int],
+        self, store: Store, actuator: KnobActuator, decider: BatchDecider | None, gpus: list[int],
         config: TuningConfig | None = None, *, chooser: Chooser | Callable[[np.ndarray], int] | None = None,
         guard: SafetyGuard | None = None, alerts: Callable[[], list[str]] | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -199,9 +205,7 @@ class TuningComponent:
         logger.info("tuner: objective %s every %g s, chooser %s", self.cfg.objective, self.cfg.interval_s, name)
 
     def stop(self) -> None:
-        """Give the job its own batch size back (the actuator restores the GPUs)."""
-        if self.kernel is not None:
-            self.kernel.restore_batch(self._last_t)
+        """Nothing to put back here: the actuator restores every knob the tuner moved."""
 
     def tick(self, now: float) -> None:
         self._last_t = now

@@ -80,7 +80,7 @@ def daemon_config(spec: ExperimentSpec, tuned: bool, out_dir: Path, sockdir: Pat
         "collectors": {"host": {"enabled": False}, "infiniband": {"enabled": False}, "peers": {"enabled": False}},
         "store": {"history_samples": max(64, int(4 * spec.interval_s / spec.tick_s) + 8)},
         "control": {"socket_path": str(sockdir / "control.sock")},
-        "actuation": {"knobs": ["power_limit", "locked_sm_clocks"]},
+        "actuation": {"knobs": ["power_limit", "locked_sm_clocks", "batch_size"]},
         # detection inline (not in a child process), so alerts come on the tick that causes them
         "forecast": {"enabled": spec.forecast is not None, "prophet": spec.forecast == "prophet",
                      "detect_in_child": False},

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from job_knobs import JobKnobs
 
 from gputuned.collectors import families as F
 from gputuned.daemon.app.tuning import TuningComponent
@@ -62,7 +63,7 @@ class ScriptedJob:
         return ident
 
 
-class DaemonSide:
+class DaemonSide(JobKnobs):
     """The job seen by the daemon: readings in the store, the actuator and the control socket."""
 
     def __init__(self, job: ScriptedJob) -> None:

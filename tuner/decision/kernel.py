@@ -256,17 +256,6 @@ class DecisionKernel:
                    ident=ident)
         return True
 
-    def restore_batch(self, now: float) -> None:
-        """Give the job its own batch size back (on stop)."""
-        if not self.b0 or self.last is None or self.last.batch == self.b0:
-            return
-        try:
-            ident = self.node.request_batch(self.b0)
-        except (LookupError, ValueError) as e:
-            logger.info("tuner: batch size not restored: %s", e)
-            return
-        self._emit(now, "restore", "batch_size", "job", self.b0, ident=ident)
-
     # -- the power limit --------------------------------------------------------------------
     def _set_power(self, now: float, watts: float, rate: float, rollback: bool = False) -> bool:
         if not rollback:
