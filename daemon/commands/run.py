@@ -98,8 +98,8 @@ def describe_parts(daemon: Any) -> list[str]:
         workload = getattr(getattr(job, "workload", None), "name", cfg.sim.workload)
         lines.append(f"simulated job: {workload} as job {cfg.sim.job_name!r}, reporting over the control socket")
     if "forecast" in names:
-        fits = "Prophet fits" if cfg.forecast.get("prophet", True) else "trend fits"
-        where = "a child process" if cfg.forecast.get("detect_in_child", True) else "the daemon"
+        fits = "Prophet fits" if cfg.forecast.prophet else "trend fits"
+        where = "a child process" if cfg.forecast.detect_in_child else "the daemon"
         lines.append(f"forecaster: on (detection in {where}, {fits} in a worker process)")
     if "tuner" in names:
         tuner = names["tuner"]
