@@ -14,8 +14,8 @@ import pytest
 
 from gputuned import protocol as P
 from gputuned.daemon.commands.status import AdminError, admin_request
+from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.control.server import ControlServer
-from gputuned.daemon.core.config import ControlConfig
 from gputuned.daemon.core.store import Store
 from gputuned.trainer_plugin.client import DaemonClient
 from gputuned.trainer_plugin.testing import FakeDaemon
