@@ -13,6 +13,8 @@ leader's: it sends the steps to the next exchange with each one (see
 
 from __future__ import annotations
 
+from typing import Any
+
 #: Spacing, in steps, of the first exchange or norm sample, while the step time is not known yet.
 FIRST_SPACING = 10
 #: Longest spacing of exchanges and norm samples, in steps.
@@ -72,43 +74,26 @@ class Cadence:
         return max(1, min(MAX_SPACING, round(period_s / self.step_ema)))
 
 
+def _setting(name: str, doc: str) -> Any:
+    """A read-write attribute forwarded to the cadence kept in ``_cadence``."""
+
+    def get(self: CadenceSettings) -> Any:
+        return getattr(self._cadence, name)
+
+    def put(self: CadenceSettings, value: Any) -> None:
+        setattr(self._cadence, name, value)
+
+    return property(get, put, doc=doc)
+
+
 class CadenceSettings:
     """A cadence's settings as read-write attributes of the object that keeps it in ``_cadence``."""
 
     _cadence: Cadence
 
-    @property
-    def sync_interval(self) -> int | None:
-        """Fixed steps between decision exchanges; None spaces them ``sync_period_s`` apart."""
-        return self._cadence.sync_interval
-
-    @sync_interval.setter
-    def sync_interval(self, steps: int | None) -> None:
-        self._cadence.sync_interval = steps
-
-    @property
-    def sync_period_s(self) -> float:
-        """Seconds between decision exchanges, unless ``sync_interval`` is set."""
-        return self._cadence.sync_period_s
-
-    @sync_period_s.setter
-    def sync_period_s(self, seconds: float) -> None:
-        self._cadence.sync_period_s = seconds
-
-    @property
-    def norm_every(self) -> int | None:
-        """Fixed steps between gradient-norm samples; None spaces them ``norm_period_s`` apart."""
-        return self._cadence.norm_every
-
-    @norm_every.setter
-    def norm_every(self, steps: int | None) -> None:
-        self._cadence.norm_every = steps
-
-    @property
-    def norm_period_s(self) -> float:
-        """Seconds between gradient-norm samples, unless ``norm_every`` is set."""
-        return self._cadence.norm_period_s
-
-    @norm_period_s.setter
-    def norm_period_s(self, seconds: float) -> None:
-        self._cadence.norm_period_s = seconds
+    sync_interval = _setting("sync_interval", "Fixed steps between decision exchanges; None spaces them "
+                                              "``sync_period_s`` apart.")
+    sync_period_s = _setting("sync_period_s", "Seconds between decision exchanges, unless ``sync_interval`` is set.")
+    norm_every = _setting("norm_every", "Fixed steps between gradient-norm samples; None spaces them "
+                                        "``norm_period_s`` apart.")
+    norm_period_s = _setting("norm_period_s", "Seconds between gradient-norm samples, unless ``norm_every`` is set.")
