@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-#: Exit status for bad command-line input, as argparse uses.
-EXIT_USAGE = 2
+from gputuned import EXIT_USAGE
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
