@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -92,3 +93,21 @@ def test_a_collector_registers_once_with_declared_families() -> None:
     with pytest.raises(ValueError, match="not declared"):
         registry.register("spare", families=("gputuned_spare",))(lambda cfg, ctx: None)
     assert "spare" not in [p.name for p in registry.plugins()]
+
+
+def test_imported_plugin_is_listed_by_status(demo: ModuleType, sim_node, tmp_path, capsys) -> None:
+    from gputuned.daemon.commands.cli import main
+
+    sock = tmp_path / "control.sock"
+    cfg = config(collectors={"demo": {"enabled": True}}, control={"socket_path": str(sock)},
+                 daemon={"state_file": str(tmp_path / "state.json")})
+    d = Daemon(cfg, gpus=setup_gpus(cfg, sim_node({"profile": "h100", "gpus": 1})), serve=False)
+    d.start()
+    try:
+        assert main(["status", "--socket", str(sock), "--json"]) == 0
+        listed = {c["name"]: c for c in json.loads(capsys.readouterr().out)["collectors"]}
+        assert main(["status", "--socket", str(sock)]) == 0
+        table = capsys.readouterr().out
+    finally:
+        d.stop()
+    assert listed["demo"]["up"] and "demo" in table
