@@ -14,8 +14,10 @@ from gputuned.collectors.device import GPUDevice
 from gputuned.collectors.nvml import NvmlGPU, open_gpus, open_nvml
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import ScriptedBackend
+from gputuned.daemon.actuation import knobs as registry
 from gputuned.daemon.actuation.actuator import Actuator, restore_from_state
 from gputuned.daemon.actuation.config import ActuationConfig
+from gputuned.daemon.actuation.knobs.clock_range import ClockKnob
 from gputuned.daemon.actuation.statefile import State, StateFile, parse_state
 from gputuned.daemon.core.store import Store
 
@@ -160,3 +162,17 @@ def test_state_file_write_is_atomic_and_complete(tmp_path: Path) -> None:
     assert oct(sf.path.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(ValueError, match="version"):
         parse_state('{"version": 7}')
+
+
+def test_clock_knobs_name_device_methods_and_reset_an_unknown_original(sim_node: SimNode) -> None:
+    backend, gpus = _gpus(sim_node, n=1)
+    clock_knobs = [k for k in registry.knobs("gpu") if isinstance(k, ClockKnob)]
+    assert {k.name for k in clock_knobs} == {"locked_sm_clocks", "locked_memory_clocks", "applications_clocks"}
+    for knob in clock_knobs:
+        assert all(callable(getattr(GPUDevice, name, None)) for name in vars(knob.calls).values()), knob.name
+    sm = registry.get("locked_sm_clocks")
+    assert sm is not None
+    sm.restore(gpus[0], [900, 1000])  # a recorded original is applied ...
+    assert backend.devices[0].locked_sm_clocks_mhz == (900, 1000)
+    sm.restore(gpus[0], None)  # ... an unknown one resets the driver's default
+    assert backend.devices[0].locked_sm_clocks_mhz is None

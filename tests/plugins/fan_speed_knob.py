@@ -69,8 +69,5 @@ class FanSpeedKnob(Knob):
     def apply(self, dev: GPUDevice, value: Value) -> None:
         _fan(dev).set_fan_percent(int(value))
 
-    def restore(self, dev: GPUDevice, original: Value) -> None:
-        if original is None:
-            _fan(dev).reset_fan()
-        else:
-            _fan(dev).set_fan_percent(int(original))
+    def reset(self, dev: GPUDevice) -> None:
+        _fan(dev).reset_fan()

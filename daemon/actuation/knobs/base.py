@@ -2,9 +2,10 @@
 
 A knob module subclasses :class:`Knob`, declares what it is (name, target kind, config
 model, unit and shape of its values, display, metric family, command-line flag) and
-implements read / bounds / check / apply / verify / restore; :func:`register` adds it to the
-registry. The actuator, the state file, ``gputuned set`` and ``gputuned status`` take every
-knob from the registry, so a new knob is one module.
+implements read / bounds / check / apply / verify / reset (restore applies the recorded
+original, or resets when there is none); :func:`register` adds it to the registry. The
+actuator, the state file, ``gputuned set`` and ``gputuned status`` take every knob from the
+registry, so a new knob is one module.
 
 Values are JSON-friendly so they go into the state file as they are: an integer in the
 knob's ``raw_unit`` (mW, MHz, samples), or a ``[a, b]`` pair of them where ``parts`` names
@@ -123,9 +124,16 @@ class Knob(abc.ABC):
             return None
         return bool(current == value)
 
-    @abc.abstractmethod
     def restore(self, target: Any, original: Value) -> None:
-        """Put the recorded original back (``None``: the driver's or job's default)."""
+        """Put the recorded original back; an original never read (``None``) resets the default."""
+        if original is None:
+            self.reset(target)
+        else:
+            self.apply(target, original)
+
+    def reset(self, target: Any) -> None:
+        """Put the target's default back (the driver's): the restore of an unknown original."""
+        raise KnobError(f"{self.name}: no default to reset to")
 
     # -- declared shape, display and metrics ---------------------------------------------
     def shape_error(self, value: Value) -> str | None:

@@ -1,9 +1,15 @@
-"""What the clock knobs share: a [min, max] lock in MHz within supported clocks and config bounds."""
+"""What the clock knobs share: a pair of clocks in MHz, set by one device call and reset by another.
+
+A clock knob declares data, not methods: the :class:`DeviceCalls` it makes on the GPU, the
+config keys that bound it (``<cfg_prefix>_min_mhz``, ``<cfg_prefix>_max_mhz``), and its
+display. :class:`ClockRangeKnob` is a locked [min, max] range; the application clocks knob
+adds its own reading and checks.
+"""
 
 from __future__ import annotations
 
-import abc
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,28 +35,50 @@ class MemoryClockConfig(BaseModel):
     memory_clock_max_mhz: int = Field(0, ge=0)
 
 
-class ClockRangeKnob(Knob):
-    """A locked clock range [min, max] in MHz; NVML cannot read it, so the original is "unlocked"."""
+@dataclass(frozen=True)
+class DeviceCalls:
+    """The :class:`GPUDevice` methods a clock knob calls, by name."""
 
-    cfg_prefix = ""
+    supported: str  # () -> the supported clocks in MHz, the range its bounds start from
+    set: str  # (a_mhz, b_mhz) -> None
+    reset: str  # () -> None: back to the driver's default
+
+
+class ClockKnob(Knob):
+    """A pair of clocks in MHz that :attr:`calls` set and reset, bounded by the ``cfg_prefix`` keys."""
+
+    calls: ClassVar[DeviceCalls]
+    cfg_prefix: ClassVar[str] = ""
     raw_unit = "MHz"
-    parts = ("min", "max")
-    part_label = "bound"
-    display = "{0}-{1} MHz"
     base_scale = 1e6
-    restore_rank = 10
 
-    @abc.abstractmethod
-    def _supported(self, dev: GPUDevice) -> list[int]: ...
-
-    def read(self, dev: GPUDevice) -> Value:
-        return None
+    def supported(self, dev: GPUDevice) -> list[int]:
+        """The clocks the device supports for this knob's bounds, in MHz."""
+        return list(getattr(dev, self.calls.supported)())
 
     def bounds(self, dev: GPUDevice, cfg: Any) -> Bounds:
-        clocks = self._supported(dev)
+        clocks = self.supported(dev)
         lo = getattr(cfg, f"{self.cfg_prefix}_min_mhz")
         hi = getattr(cfg, f"{self.cfg_prefix}_max_mhz")
         return intersect((min(clocks), max(clocks)), lo, hi)
+
+    def apply(self, dev: GPUDevice, value: Value) -> None:
+        getattr(dev, self.calls.set)(int(value[0]), int(value[1]))
+
+    def reset(self, dev: GPUDevice) -> None:
+        getattr(dev, self.calls.reset)()
+
+
+class ClockRangeKnob(ClockKnob):
+    """A locked clock range [min, max] in MHz; NVML cannot read it, so the original is "unlocked"."""
+
+    parts = ("min", "max")
+    part_label = "bound"
+    display = "{0}-{1} MHz"
+    restore_rank = 10
+
+    def read(self, dev: GPUDevice) -> Value:
+        return None
 
     def check(self, dev: GPUDevice, value: Value, cfg: Any) -> str | None:
         lo_v, hi_v = int(value[0]), int(value[1])

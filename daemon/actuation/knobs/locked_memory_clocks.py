@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from gputuned.collectors.device import GPUDevice
 from gputuned.collectors.families import declare
-from gputuned.daemon.actuation.knobs.base import CliOption, Value, parse_pair
-from gputuned.daemon.actuation.knobs.clock_range import ClockRangeKnob, MemoryClockConfig
+from gputuned.daemon.actuation.knobs.base import CliOption, parse_pair
+from gputuned.daemon.actuation.knobs.clock_range import (
+    ClockRangeKnob,
+    DeviceCalls,
+    MemoryClockConfig,
+)
 from gputuned.daemon.actuation.knobs.registry import register
 
 FAMILY = declare("gputuned_actuation_locked_memory_clocks_hertz", "gauge",
@@ -15,21 +18,10 @@ FAMILY = declare("gputuned_actuation_locked_memory_clocks_hertz", "gauge",
 @register
 class LockedMemoryClocksKnob(ClockRangeKnob):
     name = "locked_memory_clocks"
+    calls = DeviceCalls("supported_memory_clocks_mhz", "set_locked_memory_clocks_mhz", "reset_locked_memory_clocks")
     cfg_prefix = "memory_clock"
     config_model = MemoryClockConfig
     restore_rank = 20
     label = "locked mem clocks"
     family = FAMILY
     cli = CliOption("--memory-clocks", "MIN:MAX", "lock memory clocks (MHz)", parse_pair)
-
-    def _supported(self, dev: GPUDevice) -> list[int]:
-        return dev.supported_memory_clocks_mhz()
-
-    def apply(self, dev: GPUDevice, value: Value) -> None:
-        dev.set_locked_memory_clocks_mhz(int(value[0]), int(value[1]))
-
-    def restore(self, dev: GPUDevice, original: Value) -> None:
-        if original is None:
-            dev.reset_locked_memory_clocks()
-        else:
-            dev.set_locked_memory_clocks_mhz(int(original[0]), int(original[1]))

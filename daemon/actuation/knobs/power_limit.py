@@ -63,7 +63,5 @@ class PowerLimitKnob(Knob):
         # NVML may round the limit to whole watts.
         return abs(self.read(dev) - int(value)) < 1000
 
-    def restore(self, dev: GPUDevice, original: Value) -> None:
-        if original is None:
-            original = dev.power_limit_constraints().default_mw
-        dev.set_power_limit_mw(int(original))
+    def reset(self, dev: GPUDevice) -> None:
+        dev.set_power_limit_mw(int(dev.power_limit_constraints().default_mw))
