@@ -21,7 +21,6 @@ import atexit
 import contextlib
 import logging
 import logging.handlers
-import multiprocessing as mp
 import os
 import queue
 import signal
@@ -32,6 +31,7 @@ from typing import Any
 
 from gputuned.collectors.families import Sample
 from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
+from gputuned.tuner.forecast.child import close_queues, spawn_child, stop_child
 from gputuned.tuner.forecast.config import ForecastConfig
 from gputuned.tuner.forecast.hardware import FAMILIES as HW_FAMILIES
 from gputuned.tuner.forecast.service import ForecastService
@@ -119,13 +119,10 @@ class OffloadedForecastService:
         """Start the child (spawned) and the thread that reads what it sends back."""
         if not self.config.enabled or self._proc is not None:
             return
-        ctx = mp.get_context("spawn")
-        self._ticks, self._out = ctx.Queue(max(1, self.backlog // self.batch_ticks)), ctx.Queue()
-        self._proc = ctx.Process(
-            target=detect_main, args=(self._ticks, self._out, self.config, self._fitter, os.getpid()),
-            name="gputuned-detect",
+        self._proc, self._ticks, self._out = spawn_child(
+            detect_main, "gputuned-detect", self.config, self._fitter, os.getpid(),
+            inbox_size=max(1, self.backlog // self.batch_ticks),
         )
-        self._proc.start()
         self._reader = threading.Thread(target=self._read, args=(self._out,), name="forecast-reader", daemon=True)
         self._reader.start()
         atexit.register(self.close)
@@ -137,21 +134,12 @@ class OffloadedForecastService:
         if proc is None:
             return
         batch, self._batch = self._batch, []
-        with contextlib.suppress(ValueError, OSError, queue.Full):
-            if batch:
-                self._ticks.put_nowait(batch)
-            self._ticks.put_nowait(None)
-        proc.join(timeout_s)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout_s)
+        stop_child(proc, self._ticks, timeout_s, *([batch] if batch else []))
         with contextlib.suppress(ValueError, OSError):
             self._out.put(None)
         if self._reader is not None:
             self._reader.join(timeout_s)
-        for q in (self._ticks, self._out):
-            q.cancel_join_thread()
-            q.close()
+        close_queues(self._ticks, self._out)
         with contextlib.suppress(ValueError):
             atexit.unregister(self.close)
         logger.info("forecast detection process stopped")

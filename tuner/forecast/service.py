@@ -15,10 +15,8 @@ profile capture when a trainer series alerts).
 from __future__ import annotations
 
 import bisect
-import contextlib
 import logging
 import math
-import multiprocessing as mp
 import queue
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from typing import Any
 
 from gputuned.collectors.families import Labels, Sample, declare
 from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
+from gputuned.tuner.forecast.child import close_queues, spawn_child, stop_child
 from gputuned.tuner.forecast.config import ForecastConfig, SeriesSpec
 from gputuned.tuner.forecast.detector import OnlineDetector
 from gputuned.tuner.forecast.eta import DegradationEta
@@ -100,13 +99,9 @@ class ForecastService:
         """Start the worker process (spawned, so the core's threads and sockets stay its own)."""
         if not self.config.enabled or self._proc is not None:
             return
-        ctx = mp.get_context("spawn")
-        self._jobs, self._results = ctx.Queue(), ctx.Queue()
-        self._proc = ctx.Process(
-            target=worker_main, args=(self._jobs, self._results, self.config.worker_nice),
-            name="gputuned-forecast", daemon=True,
+        self._proc, self._jobs, self._results = spawn_child(
+            worker_main, "gputuned-forecast", self.config.worker_nice, daemon=True,
         )
-        self._proc.start()
         self._in_flight = False
         logger.info("forecast worker started (pid %s, fitter %s)", self._proc.pid, self._fitter)
 
@@ -115,15 +110,8 @@ class ForecastService:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        with contextlib.suppress(ValueError, OSError):
-            self._jobs.put_nowait(None)
-        proc.join(timeout_s)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout_s)
-        for q in (self._jobs, self._results):
-            q.cancel_join_thread()
-            q.close()
+        stop_child(proc, self._jobs, timeout_s)
+        close_queues(self._jobs, self._results)
         logger.info("forecast worker stopped")
 
     def add_alert_hook(self, hook: AlertHook) -> None:
