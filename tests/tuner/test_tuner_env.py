@@ -92,6 +92,7 @@ def test_progress_carries_across_batch_size_changes(a40: dict) -> None:
 def test_objectives_pick_the_right_power_limit() -> None:
     profile = {300: (10.0, 300.0), 200: (12.0, 200.0), 100: (30.0, 100.0)}
     assert MinEnergy().pick_power_limit(profile, 300) == 200
+    assert MinEnergy().cost(100.0, 1e9, 300, ref_time_s=1.0) == 100.0  # no slowdown is penalised
     assert MaxThroughput().pick_power_limit(profile, 300) == 300
     assert EnergyWithSlowdown(0.25).pick_power_limit(profile, 300) == 200
     assert EnergyWithSlowdown(0.1).pick_power_limit(profile, 300) == 300

@@ -50,21 +50,6 @@ class ZeusCost:
 
 
 @dataclass(frozen=True)
-class MinEnergy:
-    """Minimum energy to target, whatever the time."""
-
-    name: str = "energy"
-
-    def cost(self, energy_j: float, time_s: float, max_power_w: float, ref_time_s: float | None = None) -> float:
-        """Energy in joules."""
-        return energy_j
-
-    def pick_power_limit(self, profile: Profile, max_power_w: float) -> int:
-        """Power limit with the lowest energy per unit of work."""
-        return min(profile, key=lambda p: profile[p][0] * profile[p][1])
-
-
-@dataclass(frozen=True)
 class MaxThroughput:
     """Maximum goodput: minimum time to target."""
 
@@ -100,6 +85,14 @@ class EnergyWithSlowdown:
         fastest = min(v[0] for v in profile.values())
         ok = {p: v for p, v in profile.items() if v[0] <= fastest * (1.0 + self.max_slowdown)}
         return min(ok, key=lambda p: ok[p][0] * ok[p][1])
+
+
+@dataclass(frozen=True)
+class MinEnergy(EnergyWithSlowdown):
+    """Minimum energy to target, whatever the time: energy with no bound on the slowdown."""
+
+    max_slowdown: float = math.inf
+    name: str = "energy"
 
 
 def _isotonic(values: list[float], weights: list[float]) -> list[float]:
