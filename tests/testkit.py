@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: config for a test daemon, HTTP, a real Prometheus server."""
+"""Helpers shared by the tests: config for a test daemon, bad input files, HTTP, a real Prometheus server."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gputuned.daemon.app.config import Config, parse_config
 
@@ -38,6 +41,14 @@ def config(**sections: dict[str, Any]) -> Config:
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return parse_config(data, "test config")
+
+
+def load_error(load: Callable[[Path], object], path: Path, text: str, error: type[Exception] = ValueError) -> str:
+    """Write ``text`` to ``path`` and load it: the message of the ``error`` that loading must raise."""
+    path.write_text(text)
+    with pytest.raises(error) as info:
+        load(path)
+    return str(info.value)
 
 
 class Prometheus:

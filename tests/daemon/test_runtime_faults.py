@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runtime_kit import wait_for
@@ -25,12 +28,28 @@ def _lower_everything(d: DaemonProcess, gpus: int) -> None:
     assert r["ok"], r
 
 
-def test_sigkill_after_lowering_then_restore_brings_every_gpu_back(tmp_path: Path) -> None:
-    d = DaemonProcess(tmp_path, gpus=4)
+@contextmanager
+def _daemon(tmp_path: Path, **kwargs: Any) -> Iterator[DaemonProcess]:
+    """A ``gputuned run`` child process, closed (killed if need be) when the block ends."""
+    d = DaemonProcess(tmp_path, **kwargs)
     try:
+        yield d
+    finally:
+        d.close()
+
+
+@contextmanager
+def _lowered_daemon(tmp_path: Path, gpus: int) -> Iterator[tuple[DaemonProcess, dict[str, dict[str, Any]]]]:
+    """A ready daemon on ``gpus`` simulated GPUs with every setting lowered, and the settings from before."""
+    with _daemon(tmp_path, gpus=gpus) as d:
         d.wait_ready()
         originals = d.sim_settings()
-        _lower_everything(d, 4)
+        _lower_everything(d, gpus)
+        yield d, originals
+
+
+def test_sigkill_after_lowering_then_restore_brings_every_gpu_back(tmp_path: Path) -> None:
+    with _lowered_daemon(tmp_path, 4) as (d, originals):
         changed = d.sim_settings()
         assert all(changed[u]["power_limit_mw"] < originals[u]["power_limit_mw"] for u in originals)
         assert all(changed[u]["locked_sm_clocks_mhz"] is not None for u in originals)
@@ -46,50 +65,32 @@ def test_sigkill_after_lowering_then_restore_brings_every_gpu_back(tmp_path: Pat
         assert not d.state_path.exists()
         again = run_gputuned("restore", "--config", str(d.config_path))
         assert again.returncode == 0 and "nothing to restore" in again.stdout
-    finally:
-        d.close()
 
 
 def test_start_after_crash_restores_before_serving(tmp_path: Path) -> None:
-    d = DaemonProcess(tmp_path, gpus=2)
-    try:
-        d.wait_ready()
-        originals = d.sim_settings()
-        _lower_everything(d, 2)
+    with _lowered_daemon(tmp_path, 2) as (d, originals):
         d.kill()
         assert d.sim_settings() != originals
-    finally:
-        d.close()
-    d2 = DaemonProcess(tmp_path, config=d.data)
-    try:
+    with _daemon(tmp_path, config=d.data) as d2:
         status = d2.wait_ready()
         assert d2.sim_settings() == originals
         assert not d2.state_path.exists()
         assert all(g["changed"] == [] for g in status["gpus"])
         assert "previous run did not restore" in d2.log()
         assert d2.stop() == 0
-    finally:
-        d2.close()
 
 
 def test_sigterm_stops_and_restores(tmp_path: Path) -> None:
-    d = DaemonProcess(tmp_path, gpus=2)
-    try:
-        d.wait_ready()
-        originals = d.sim_settings()
-        _lower_everything(d, 2)
+    with _lowered_daemon(tmp_path, 2) as (d, originals):
         assert d.sim_settings() != originals
         assert d.stop() == 0
         assert d.sim_settings() == originals
         assert not d.state_path.exists()
         assert not d.socket_path.exists()
-    finally:
-        d.close()
 
 
 def test_sighup_reloads_and_keeps_old_config_when_invalid(tmp_path: Path) -> None:
-    d = DaemonProcess(tmp_path, gpus=1)
-    try:
+    with _daemon(tmp_path, gpus=1) as d:
         d.wait_ready()
         good = d.config_path.read_text()
         d.config_path.write_text(good + "\n[actuation]\nbogus_key = 1\n")
@@ -108,8 +109,6 @@ def test_sighup_reloads_and_keeps_old_config_when_invalid(tmp_path: Path) -> Non
         assert d.sim_settings() == before
         assert not d.state_path.exists()
         assert d.stop() == 0
-    finally:
-        d.close()
 
 
 @pytest.mark.parametrize("seed", range(4))

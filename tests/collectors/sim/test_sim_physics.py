@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -18,6 +21,17 @@ def _run(backend, clock: VirtualClock, seconds: int) -> None:
     for _ in range(seconds):
         clock.advance(1.0)
         backend.sync()
+
+
+@contextmanager
+def _through_nvml(backend: sim_nvml.SimBackend) -> Iterator[None]:
+    """The simulated NVML module reads and drives ``backend`` (initialised) inside the block."""
+    sim_nvml.attach(backend)
+    try:
+        sim_nvml.nvmlInit()
+        yield
+    finally:
+        sim_nvml.attach(None)
 
 
 def _steady(workload: str, limit_w: float, profile: str = "a40") -> tuple[float, float, int]:
@@ -42,10 +56,7 @@ def test_lower_power_limit_slows_compute_bound_more_than_memory_bound() -> None:
 
 def test_locked_clocks_hold_through_nvml() -> None:
     clock = VirtualClock()
-    b = build_sim_node("a100", 2, "movielens-ncf", None, clock, seed=0)
-    sim_nvml.attach(b)
-    try:
-        sim_nvml.nvmlInit()
+    with _through_nvml(build_sim_node("a100", 2, "movielens-ncf", None, clock, seed=0)):
         h = sim_nvml.nvmlDeviceGetHandleByIndex(1)
         sim_nvml.nvmlDeviceSetGpuLockedClocks(h, 1005, 1005)
         for _ in range(30):
@@ -56,8 +67,6 @@ def test_locked_clocks_hold_through_nvml() -> None:
         sim_nvml.nvmlDeviceResetGpuLockedClocks(h)
         clock.advance(1.0)
         assert sim_nvml.nvmlDeviceGetClockInfo(h, sim_nvml.NVML_CLOCK_SM) == 1410
-    finally:
-        sim_nvml.attach(None)
 
 
 def test_power_cap_bit_iff_limit_binds() -> None:
@@ -103,10 +112,7 @@ def test_thermal_bits_iff_hot() -> None:
 
 def test_energy_counter_is_integral_of_power() -> None:
     clock = VirtualClock()
-    b = build_sim_node("h100", 2, "gpt2-small-openwebtext", None, clock, seed=0)
-    sim_nvml.attach(b)
-    try:
-        sim_nvml.nvmlInit()
+    with _through_nvml(build_sim_node("h100", 2, "gpt2-small-openwebtext", None, clock, seed=0)):
         h = sim_nvml.nvmlDeviceGetHandleByIndex(0)
         e0 = sim_nvml.nvmlDeviceGetTotalEnergyConsumption(h)
         integral_mj = 0.0
@@ -116,8 +122,6 @@ def test_energy_counter_is_integral_of_power() -> None:
             clock.advance(1.0)
             integral_mj += sim_nvml.nvmlDeviceGetPowerUsage(h) * 1.0
         e1 = sim_nvml.nvmlDeviceGetTotalEnergyConsumption(h)
-    finally:
-        sim_nvml.attach(None)
     assert abs((e1 - e0) - integral_mj) <= 0.01 * integral_mj
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from testkit import load_error
 
 from gputuned.collectors.gpu import GPUCollector
 from gputuned.collectors.nvml import open_gpus, open_nvml
@@ -135,10 +136,8 @@ def test_scenario_moves_its_series_and_writes_labels(name: str, tmp_path: Path) 
 )
 def test_malformed_scenario_names_file_and_field(text: str, field: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=field) as info:
-        load_scenario(path)
-    assert str(path) in str(info.value)
+    message = load_error(load_scenario, path, text)
+    assert field in message and str(path) in message
 
 
 @pytest.mark.parametrize(
@@ -161,10 +160,8 @@ def test_malformed_workload_names_file_and_field(edit: tuple[str, str], field: s
     text = (resources.files("gputuned.collectors.sim") / "workloads" / "cifar100-shufflenetv2.toml").read_text()
     assert edit[0] in text
     path = tmp_path / "bad.toml"
-    path.write_text(text.replace(edit[0], edit[1]))
-    with pytest.raises(ValueError, match=field) as info:
-        load_workload(path)
-    assert str(path) in str(info.value)
+    message = load_error(load_workload, path, text.replace(edit[0], edit[1]))
+    assert field in message and str(path) in message
 
 
 def test_label_series_are_declared_families() -> None:
