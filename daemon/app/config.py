@@ -9,22 +9,15 @@ table per registered collector. Only this composition root imports them all.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    ConfigDict,
-    Field,
-    ModelWrapValidatorHandler,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gputuned.collectors.registry import CollectorConfig, plugins
-from gputuned.daemon.actuation.config import ActuationConfig
+from gputuned.daemon.actuation.config import ActuationConfig, PluginTables
 from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.core.config import (
     ConfigError,
@@ -40,35 +33,29 @@ from gputuned.tuner.decision.config import TuningConfig
 from gputuned.tuner.forecast.config import ForecastConfig
 
 
-class CollectorsConfig(Section):
+class CollectorsConfig(PluginTables):
     """``[collectors]``: one table per registered collector, each checked by that collector's model.
 
     Every registered collector has its table, given or defaulted; read one with :meth:`table`
     (or as an attribute: ``cfg.collectors.host``).
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    table_name = "collectors"
 
-    @model_validator(mode="wrap")
     @classmethod
-    def _by_collector(cls, data: Any, handler: ModelWrapValidatorHandler[CollectorsConfig]) -> CollectorsConfig:
-        if isinstance(data, CollectorsConfig):
-            return data
-        if not isinstance(data, Mapping):
-            raise ValueError("collectors must be a table")
-        known = {p.name: p.config for p in plugins()}
-        errors = [InitErrorDetails(type="extra_forbidden", loc=(name,), input=value)
-                  for name, value in data.items() if name not in known]
-        tables: dict[str, CollectorConfig] = {}
-        for name, model in known.items():
+    def _known_keys(cls) -> Collection[str]:
+        return {p.name for p in plugins()}
+
+    @classmethod
+    def _compose(cls, data: Mapping[str, Any], errors: list[InitErrorDetails]) -> dict[str, Any]:
+        tables: dict[str, Any] = {}
+        for p in plugins():
             try:
-                tables[name] = model.model_validate(data.get(name, {}))
+                tables[p.name] = p.config.model_validate(data.get(p.name, {}))
             except ValidationError as e:
-                errors += [InitErrorDetails(type=PydanticCustomError(d["type"], d["msg"]), loc=(name, *d["loc"]),
+                errors += [InitErrorDetails(type=PydanticCustomError(d["type"], d["msg"]), loc=(p.name, *d["loc"]),
                                             input=d["input"]) for d in e.errors()]
-        if errors:
-            raise ValidationError.from_exception_data(cls.__name__, errors)
-        return handler(tables)
+        return tables
 
     def table(self, name: str) -> CollectorConfig:
         """The validated ``[collectors.<name>]`` table of a registered collector."""

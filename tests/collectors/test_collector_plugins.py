@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
+from plugins import installed
 from testkit import config, http_get
 
 from gputuned.collectors import registry
@@ -25,10 +24,8 @@ from gputuned.daemon.core.store import Store
 @pytest.fixture
 def demo() -> Iterator[ModuleType]:
     """The test-only demo collector, installed by importing its one file, and removed after."""
-    module = importlib.import_module("plugins.demo_collector")
-    yield module
-    registry.unregister("demo")
-    sys.modules.pop("plugins.demo_collector", None)
+    with installed("demo_collector", lambda: registry.unregister("demo")) as module:
+        yield module
 
 
 def test_builtin_collectors_register_in_tick_order() -> None:

@@ -3,9 +3,7 @@ batch size is a knob of the job, recorded first and restored on stop."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from plugins import installed
 from runtime_kit import wait_for
 from testkit import REPO, config
 
@@ -46,10 +45,8 @@ class FanGPU(NvmlGPU):
 @pytest.fixture
 def fan_plugin() -> Iterator[ModuleType]:
     """The test plugin, imported (so registered) for one test, then taken out of the registry."""
-    module = importlib.import_module("plugins.fan_speed_knob")
-    yield module
-    registry.unregister("fan_speed")
-    sys.modules.pop("plugins.fan_speed_knob", None)
+    with installed("fan_speed_knob", lambda: registry.unregister("fan_speed")) as module:
+        yield module
 
 
 def _daemon(tmp_path: Path, gpus: int = 2, fans: bool = False, **actuation: Any) -> Daemon:
