@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from gputuned.collectors.sim.state import read_toml, shipped_names
 
 _T = "gputuned_trainer_"
 #: kind -> (meaning of magnitude, default magnitude, affected metric families)
@@ -174,22 +174,10 @@ def parse_scenario(raw: dict[str, Any], where: str) -> Scenario:
 
 def available_scenarios() -> list[str]:
     """Scenario names shipped with the package."""
-    root = resources.files("gputuned.collectors.sim") / "scenarios"
-    return sorted(p.name.removesuffix(".toml") for p in root.iterdir() if p.name.endswith(".toml"))
+    return shipped_names("scenarios")
 
 
 def load_scenario(name: str | Path) -> Scenario:
     """Load a scenario TOML by path, or a shipped one by name."""
-    path = Path(name)
-    if path.suffix == ".toml" and path.exists():
-        text, where = path.read_text(), str(path)
-    else:
-        res = resources.files("gputuned.collectors.sim") / "scenarios" / f"{name}.toml"
-        if not res.is_file():
-            raise ValueError(f"unknown scenario {str(name)!r}; known: {', '.join(available_scenarios())}")
-        text, where = res.read_text(), f"scenarios/{name}.toml"
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{where}: not valid TOML: {e}") from e
+    raw, where = read_toml(name, "scenarios", "scenario")
     return parse_scenario(raw, where)

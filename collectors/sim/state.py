@@ -107,28 +107,45 @@ PROFILE_ALIASES = {
 }
 
 
+_PKG = "gputuned.collectors.sim"
+
+
+def shipped_names(folder: str) -> list[str]:
+    """Names of the TOML files shipped in a folder of the simulator package (profiles, workloads ...)."""
+    root = resources.files(_PKG) / folder
+    return sorted(p.name.removesuffix(".toml") for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def read_toml(name: str | Path, folder: str, what: str, key: str | None = None) -> tuple[dict[str, Any], str]:
+    """A TOML file by path, or the shipped ``folder/key.toml``, parsed; and where it came from.
+
+    ``key`` is the shipped file's stem (default: ``name``). An unknown name raises ValueError
+    naming ``what`` and the shipped names; invalid TOML raises ValueError naming the file.
+    """
+    path = Path(name)
+    if path.suffix == ".toml" and path.exists():
+        text, where = path.read_text(), str(path)
+    else:
+        key = str(name) if key is None else key
+        res = resources.files(_PKG) / folder / f"{key}.toml"
+        if not res.is_file():
+            raise ValueError(f"unknown {what} {str(name)!r}; known: {', '.join(shipped_names(folder))}")
+        text, where = res.read_text(), f"{folder}/{key}.toml"
+    try:
+        return tomllib.loads(text), where
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{where}: not valid TOML: {e}") from e
+
+
 def available_profiles() -> list[str]:
     """Profile names shipped with the package."""
-    root = resources.files("gputuned.collectors.sim") / "profiles"
-    return sorted(p.name.removesuffix(".toml") for p in root.iterdir() if p.name.endswith(".toml"))
+    return shipped_names("profiles")
 
 
 def load_profile(name: str) -> GPUProfile:
     """Load a shipped profile by name or alias (``h100``), or a profile TOML by path."""
     key = PROFILE_ALIASES.get(name.lower(), name.lower())
-    path = Path(name)
-    if path.suffix == ".toml" and path.exists():
-        text = path.read_text()
-        where = str(path)
-    else:
-        res = resources.files("gputuned.collectors.sim") / "profiles" / f"{key}.toml"
-        if not res.is_file():
-            raise ValueError(
-                f"unknown GPU profile {name!r}; known: {', '.join(available_profiles())}"
-            )
-        text = res.read_text()
-        where = f"profile {key}"
-    raw = tomllib.loads(text)
+    raw, where = read_toml(name, "profiles", "GPU profile", key)
     known = {f.name for f in fields(GPUProfile)}
     required = {f.name for f in fields(GPUProfile) if f.default is MISSING}
     unknown = sorted(set(raw) - known)

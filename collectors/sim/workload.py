@@ -16,14 +16,19 @@ import bisect
 import json
 import logging
 import math
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from gputuned.collectors.sim.gpu_model import PowerParams, default_power_params
-from gputuned.collectors.sim.state import PROFILE_ALIASES, GPUProfile, load_profile
+from gputuned.collectors.sim.state import (
+    PROFILE_ALIASES,
+    GPUProfile,
+    load_profile,
+    read_toml,
+    shipped_names,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -250,25 +255,12 @@ def parse_workload(raw: dict[str, Any], where: str) -> Workload:
 
 def available_workloads() -> list[str]:
     """Workload names shipped with the package."""
-    root = resources.files(_PKG) / "workloads"
-    return sorted(p.name.removesuffix(".toml") for p in root.iterdir() if p.name.endswith(".toml"))
+    return shipped_names("workloads")
 
 
 def load_workload(name: str | Path) -> Workload:
     """Load a shipped workload by name, or a workload TOML by path."""
-    path = Path(name)
-    if path.suffix == ".toml" and path.exists():
-        text, where = path.read_text(), str(path)
-    else:
-        name = WORKLOAD_ALIASES.get(str(name), str(name))
-        res = resources.files(_PKG) / "workloads" / f"{name}.toml"
-        if not res.is_file():
-            raise ValueError(f"unknown workload {str(name)!r}; known: {', '.join(available_workloads())}")
-        text, where = res.read_text(), f"workloads/{name}.toml"
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{where}: not valid TOML: {e}") from e
+    raw, where = read_toml(WORKLOAD_ALIASES.get(str(name), str(name)), "workloads", "workload")
     return parse_workload(raw, where)
 
 
