@@ -16,15 +16,28 @@ from gputuned import EXIT_USAGE
 logger = logging.getLogger(__name__)
 
 
+def _count(minimum: int) -> Any:
+    """argparse type: an integer >= ``minimum``, refused while parsing otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text!r}")
+        return value
+    return parse
+
+
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
     p = subparsers.add_parser("train", help="train a model with the gputuned trainer (DDP, AMP, checkpoints)")
     p.add_argument("config", help="trainer config (TOML), e.g. examples/digits.toml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set compression.hook=\"topk\" (TOML value)")
-    p.add_argument("--nproc", type=int, default=1,
+    p.add_argument("--nproc", type=_count(1), default=1,
                    help="processes to launch with torchrun when not already under torchrun (default 1)")
-    p.add_argument("--max-restarts", type=int, default=3, help="torchrun elastic restarts (with --nproc)")
+    p.add_argument("--max-restarts", type=_count(0), default=3, help="torchrun elastic restarts (with --nproc)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_train)
 

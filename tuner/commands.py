@@ -107,6 +107,23 @@ def cmd_pause(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pause_file(text: str) -> str:
+    """argparse type: a flag file path, refused while parsing when it cannot be the flag file.
+
+    A folder, or a path under a missing folder (other than the default's, which the daemon's
+    runtime directory provides), is refused: pausing would write a file no daemon reads.
+    """
+    from gputuned.tuner.decision.guard import DEFAULT_PAUSE_FILE
+
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not the flag file (default {DEFAULT_PAUSE_FILE})")
+    if path != DEFAULT_PAUSE_FILE and not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"directory {path.parent} does not exist; the daemon reads [tuner] pause_file (default {DEFAULT_PAUSE_FILE})")
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gputuned tuner ...``."""
     from gputuned.tuner.decision.guard import DEFAULT_PAUSE_FILE
@@ -137,5 +154,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     for name, text in (("pause", "stop all tuner actions (kill switch)"), ("resume", "allow tuner actions again")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--pause-file", default=str(DEFAULT_PAUSE_FILE), help="kill-switch flag file")
+        p.add_argument("--pause-file", type=_pause_file, default=str(DEFAULT_PAUSE_FILE),
+                       help=f"kill-switch flag file, the daemon's [tuner] pause_file (default {DEFAULT_PAUSE_FILE})")
         p.set_defaults(func=cmd_pause, command_name=name)

@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from gputuned import EXIT_USAGE, __version__
 
@@ -29,8 +30,19 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (no usage block), exit 2.
+
+    Subcommand parsers inherit the class, so every ``gputuned`` command errs the same way.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``gputuned`` parser with every command module's subcommands."""
+    parser = OneLineParser(
         prog="gputuned",
         description="GPU monitoring and autotuning daemon for training hosts.",
     )

@@ -10,7 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from gputuned import __version__
+from gputuned import EXIT_USAGE, __version__
+from gputuned.daemon.commands.argtypes import output_file, port, positive_float
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
 from gputuned.daemon.core.config import ConfigError
 
@@ -32,8 +33,16 @@ def _record(args: argparse.Namespace) -> int:
     from gputuned.daemon.app.daemon import Daemon
     from gputuned.daemon.record.trace import Recorder, TraceWriter
 
-    daemon = Daemon(cfg, serve=False)
-    writer = TraceWriter(args.output, {"interval_seconds": cfg.daemon.interval_seconds, "source": daemon.describe()})
+    try:
+        daemon = Daemon(cfg, serve=False)
+    except ValueError as e:  # a config value only the parts can check, e.g. sim.profile from the file
+        print(f"gputuned: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        writer = TraceWriter(args.output, {"interval_seconds": cfg.daemon.interval_seconds, "source": daemon.describe()})
+    except OSError as e:  # checked while parsing; this is the folder changing since
+        print(f"gputuned record: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     daemon.store.subscribe(Recorder(writer))
     print(f"gputuned {__version__}: recording {args.duration:g} s of {daemon.describe()} to {args.output}", file=sys.stderr)
     # The whole daemon runs (control socket included), so trainer reports are recorded too.
@@ -82,8 +91,12 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     assert isinstance(cfg, Config)
     store = Store(cfg.store.history_samples)
-    server = MetricsServer((cfg.exporter.listen_address, cfg.exporter.listen_port),
-                           MetricsRenderer(store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm"))
+    address = (cfg.exporter.listen_address, cfg.exporter.listen_port)
+    try:
+        server = MetricsServer(address, MetricsRenderer(store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm"))
+    except OSError as e:
+        print(f"gputuned replay: cannot serve /metrics on {address[0]}:{address[1]}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     server.start()
     print(f"gputuned {__version__}: replaying {args.file} ({trace.sample_count} samples) at {args.speed}x; "
           f"serving {server.url}", flush=True)
@@ -143,14 +156,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="run the collectors and write every sample to a trace file")
     add_config_flags(p)
     p.add_argument("--duration", type=parse_duration, default=60.0, help="how long, e.g. 30s, 10m (default 60s)")
-    p.add_argument("-o", "--output", required=True, help="trace file to write")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="trace file to write")
     p.set_defaults(func=_record)
 
     p = sub.add_parser("replay", help="serve a recorded trace through the exporter")
     p.add_argument("file", help="trace file")
-    p.add_argument("--speed", type=float, default=1.0, help="replay speed factor (default 1; inf: as fast as possible)")
+    p.add_argument("--speed", type=positive_float, default=1.0,
+                   help="replay speed factor, > 0 (default 1; inf: as fast as possible)")
     p.add_argument("--listen", help="address for /metrics")
-    p.add_argument("--port", type=int, help="port for /metrics")
+    p.add_argument("--port", type=port, help="port for /metrics")
     p.add_argument("--metric-names", choices=["gputuned", "dcgm"])
     p.add_argument("--exit", action="store_true", help="exit when the trace ends instead of serving its last state")
     p.set_defaults(func=_replay)
