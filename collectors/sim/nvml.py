@@ -22,16 +22,15 @@ from gputuned.collectors.sim.nvml_api import (  # noqa: F401 - served as nvidia-
     NVML_PCIE_UTIL_RX_BYTES, NVML_PCIE_UTIL_TX_BYTES, NVML_PERF_POLICY_POWER,
     NVML_PERF_POLICY_THERMAL, NVML_SUCCESS, NVML_TEMPERATURE_GPU, NVML_VALUE_TYPE_DOUBLE,
     NVML_VALUE_TYPE_UNSIGNED_INT, NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, NVML_VOLATILE_ECC,
-    NVMLError, NVMLError_AlreadyInitialized, NVMLError_DriverNotLoaded,
-    NVMLError_FunctionNotFound, NVMLError_GpuIsLost, NVMLError_InvalidArgument,
-    NVMLError_LibraryNotFound, NVMLError_NoPermission, NVMLError_NotFound,
-    NVMLError_NotSupported, NVMLError_Timeout, NVMLError_Uninitialized, NVMLError_Unknown,
+    ERROR_CLASSES, NVMLError,
     _EventSet, _Handle, c_nvmlEventData_t, c_nvmlFieldValue_t, c_nvmlGpmSupport_t,
     c_nvmlMemory_t, c_nvmlPciInfo_t, c_nvmlUtilization_t, c_nvmlValue_t, c_nvmlViolationTime_t,
     nvmlEventTypeXidCriticalError,
 )
 # isort: on
 from gputuned.collectors.sim.state import SimBackend, SimDevice
+
+globals().update(ERROR_CLASSES)  # NVMLError_NotSupported, NVMLError_GpuIsLost ... as nvidia-ml-py makes them
 
 # --- module state --------------------------------------------------------------------
 _backend: SimBackend | None = None

@@ -80,24 +80,26 @@ class NVMLError(Exception):
         return _ERROR_NAMES.get(self.value, f"Unknown Error ({self.value})")
 
 
-def _error_class(name: str, code: int) -> type[NVMLError]:
-    cls = type(f"NVMLError_{name}", (NVMLError,), {})
-    NVMLError._value_class[code] = cls
-    return cls
+def _error_class_name(constant: str) -> str:
+    """nvidia-ml-py's class name for an error code's constant: NVML_ERROR_GPU_IS_LOST -> NVMLError_GpuIsLost."""
+    words = constant.removeprefix("NVML_ERROR_").split("_")
+    return "NVMLError_" + "".join(w.capitalize() for w in words)
 
 
-NVMLError_Uninitialized = _error_class("Uninitialized", NVML_ERROR_UNINITIALIZED)
-NVMLError_InvalidArgument = _error_class("InvalidArgument", NVML_ERROR_INVALID_ARGUMENT)
-NVMLError_NotSupported = _error_class("NotSupported", NVML_ERROR_NOT_SUPPORTED)
-NVMLError_NoPermission = _error_class("NoPermission", NVML_ERROR_NO_PERMISSION)
-NVMLError_AlreadyInitialized = _error_class("AlreadyInitialized", NVML_ERROR_ALREADY_INITIALIZED)
-NVMLError_NotFound = _error_class("NotFound", NVML_ERROR_NOT_FOUND)
-NVMLError_DriverNotLoaded = _error_class("DriverNotLoaded", NVML_ERROR_DRIVER_NOT_LOADED)
-NVMLError_Timeout = _error_class("Timeout", NVML_ERROR_TIMEOUT)
-NVMLError_LibraryNotFound = _error_class("LibraryNotFound", NVML_ERROR_LIBRARY_NOT_FOUND)
-NVMLError_FunctionNotFound = _error_class("FunctionNotFound", NVML_ERROR_FUNCTION_NOT_FOUND)
-NVMLError_GpuIsLost = _error_class("GpuIsLost", NVML_ERROR_GPU_IS_LOST)
-NVMLError_Unknown = _error_class("Unknown", NVML_ERROR_UNKNOWN)
+def _make_error_classes() -> dict[str, type[NVMLError]]:
+    """One NVMLError subclass per NVML_ERROR_* code, registered so ``NVMLError(code)`` builds it."""
+    classes: dict[str, type[NVMLError]] = {}
+    for constant, code in list(globals().items()):
+        if constant.startswith("NVML_ERROR_"):
+            cls = type(_error_class_name(constant), (NVMLError,), {})
+            NVMLError._value_class[code] = cls
+            classes[cls.__name__] = cls
+    return classes
+
+
+#: The error classes by the names nvidia-ml-py gives them (NVMLError_NotSupported ...), module attributes too.
+ERROR_CLASSES = _make_error_classes()
+globals().update(ERROR_CLASSES)
 
 
 # --- return structures ---------------------------------------------------------------

@@ -87,3 +87,13 @@ def test_error_codes_match_nvidia_ml_py() -> None:
     err = sim_nvml.NVMLError(sim_nvml.NVML_ERROR_NOT_SUPPORTED)
     assert isinstance(err, sim_nvml.NVMLError_NotSupported)
     assert str(err) == str(pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED))
+
+
+def test_error_classes_match_nvidia_ml_py() -> None:
+    codes = [getattr(sim_nvml, n) for n in dir(sim_nvml) if n.startswith("NVML_ERROR_")]
+    assert len(codes) >= 12
+    for code in codes:
+        sim_cls, real_cls = type(sim_nvml.NVMLError(code)), type(pynvml.NVMLError(code))
+        assert sim_cls.__name__ == real_cls.__name__, code
+        assert getattr(sim_nvml, sim_cls.__name__) is sim_cls
+        assert issubclass(sim_cls, sim_nvml.NVMLError) and sim_cls is not sim_nvml.NVMLError
