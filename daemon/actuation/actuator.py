@@ -2,7 +2,8 @@
 
 Every change goes: check the knob is registered, enabled and the value of its shape and
 within bounds (the target's constraints intersected with the config); record the target's
-originals (first change only) and the knob in the state file, atomically; apply; verify.
+originals (first change only) and the knob in the state file, atomically (the
+:class:`~gputuned.daemon.actuation.ledger.Ledger`); apply; verify.
 A target is a GPU (by index) or a training job (by name, through the injected job channel:
 the change is a decision, verified by the job's ack). Restore puts the originals back: on
 stop, at the next start when the state file shows a previous run died, and from
@@ -24,19 +25,9 @@ from gputuned.daemon.actuation import view
 from gputuned.daemon.actuation.config import ActuationConfig
 from gputuned.daemon.actuation.jobs import JobChannel, JobTarget
 from gputuned.daemon.actuation.knobs import Knob, KnobError, Value
-from gputuned.daemon.actuation.restore import (
-    RestoreReport,
-    read_originals,
-    restore_from_state,
-    restore_knobs,
-)
-from gputuned.daemon.actuation.statefile import (
-    GPURecord,
-    JobRecord,
-    State,
-    StateFile,
-    StateFileError,
-)
+from gputuned.daemon.actuation.ledger import Ledger, NotRecorded, restore_from_state
+from gputuned.daemon.actuation.restore import RestoreReport
+from gputuned.daemon.actuation.statefile import State, StateFile
 from gputuned.daemon.actuation.view import CHANGES, DRY_RUN, GPU_CHANGED, REFUSALS, RESTORES
 from gputuned.daemon.control.reports import STAT_FAMILIES
 from gputuned.daemon.core.store import Store
@@ -76,7 +67,7 @@ class Actuator:
         self.store = store
         self.jobs = jobs
         self._lock = threading.RLock()
-        self._state = self._load()  # a dead run's records count until start() restores them
+        self.ledger = Ledger(state_file)  # a dead run's records count until start() restores them
         self._changes: dict[str, int] = {}
         self._refusals: dict[tuple[str, str], int] = {}
         self._awaiting: dict[str, tuple[str, str, Value]] = {}  # decision id -> (job, knob, value)
@@ -203,9 +194,10 @@ class Actuator:
         if cfg.dry_run:
             logger.info("dry-run: would set %s %s to %r", _where(target), knob_name, value)
             return Result(True, "dry_run", "dry-run: nothing changed", value)
-        refused = self._record(knob, key, obj, value)
-        if refused is not None:
-            return refused
+        try:
+            self.ledger.record(knob, key, obj, value)  # the record comes first: never a change without it
+        except NotRecorded as e:
+            return Result(False, e.code, e.reason, e.value)
         return self._apply(knob, target, obj, value)
 
     def _resolve(self, knob: Knob, target: int | str, wait_s: float) -> tuple[str, Any] | Result:
@@ -221,29 +213,6 @@ class Actuator:
         if job is None:
             return Result(False, "no_job", f"job {target!r} is not connected")
         return job.name, job
-
-    def _record(self, knob: Knob, key: str, obj: Any, value: Value) -> Result | None:
-        """Write the originals and the knob to the state file before any change (None: written)."""
-        pending = self._state.copy()
-        rec: GPURecord | JobRecord
-        if knob.target == "gpu":
-            rec = pending.gpus.setdefault(key, GPURecord(obj.identity.index, key, read_originals(obj, "gpu")))
-        else:
-            rec = pending.jobs.setdefault(key, JobRecord(key))
-            if knob.name not in rec.changed:  # a job's original is its own value before our first change
-                original = read_originals(obj, "job").get(knob.name)
-                if original is None:
-                    return Result(False, "no_job", f"job {key} has not reported its {knob.name}: no original to record", value)
-                rec.originals[knob.name] = original
-        if knob.name not in rec.changed:
-            rec.changed.append(knob.name)
-        rec.targets[knob.name] = value
-        try:
-            self.state_file.save(pending)  # the record comes first: never a change without it
-        except OSError as e:
-            return Result(False, "state_file", f"cannot write state file {self.state_file.path}: {e.strerror}")
-        self._state = pending
-        return None
 
     def _apply(self, knob: Knob, target: int | str, obj: Any, value: Value) -> Result:
         name = knob.name
@@ -278,39 +247,19 @@ class Actuator:
         """Put one GPU's changed knobs back to its recorded originals."""
         with self._lock:
             dev = self._device(gpu)
-            rec = self._state.gpus.get(dev.identity.uuid) if dev is not None else None
-            report = RestoreReport()
+            rec = self.ledger.state.gpus.get(dev.identity.uuid) if dev is not None else None
             if dev is None or rec is None:
-                return report
-            done, failed = restore_knobs(dev, "gpu", rec, f"gpu {rec.index}")
-            self._restored(report, rec.uuid, done, failed, rec)
-            return report
+                return RestoreReport()
+            return self._counted(self.ledger.restore(dev, rec))
 
     def restore_job(self, job: str) -> RestoreReport:
         """Put one connected job's changed knobs back to its own originals."""
         with self._lock:
-            rec = self._state.jobs.get(job)
+            rec = self.ledger.state.jobs.get(job)
             target = self.job_target(job, self.cfg.job_ack_timeout_s)
-            report = RestoreReport()
             if rec is None or target is None:
-                return report
-            done, failed = restore_knobs(target, "job", rec, f"job {job}")
-            self._restored(report, f"job {job}", done, failed, rec)
-            return report
-
-    def _restored(self, report: RestoreReport, key: str, done: list[str], failed: list[str],
-                  rec: GPURecord | JobRecord) -> None:
-        self.restores += len(done)
-        report.restored[key] = done
-        report.failures.extend(failed)
-        state = self._state.copy()
-        table: dict[str, Any] = state.jobs if isinstance(rec, JobRecord) else state.gpus
-        name = rec.job if isinstance(rec, JobRecord) else rec.uuid
-        if failed:
-            table[name].changed = [k for k in rec.changed if k not in done]
-        else:
-            del table[name]
-        self._persist(state)
+                return RestoreReport()
+            return self._counted(self.ledger.restore(target, rec))
 
     def restore_all(self, drop_absent_jobs: bool = False, job_wait_s: float | None = None) -> RestoreReport:
         """Put every changed GPU and connected job back to its recorded originals.
@@ -319,7 +268,7 @@ class Actuator:
         sends the decision without waiting, for callers on the job channel's own thread.
         """
         with self._lock:
-            if self._state.empty():
+            if self.ledger.state.empty():
                 return RestoreReport()
             return self.restore_state_file(drop_absent_jobs, job_wait_s)
 
@@ -328,27 +277,16 @@ class Actuator:
         with self._lock:
             wait_s = self.cfg.job_ack_timeout_s if job_wait_s is None else job_wait_s
             lookup = lambda job: self.job_target(job, wait_s)  # noqa: E731
-            report = restore_from_state(self.devices, self.state_file, lookup, drop_absent_jobs)
-            self.restores += sum(len(v) for v in report.restored.values())
-            self._state = self._load()
+            report = self._counted(self.ledger.restore_file(self.devices, lookup, drop_absent_jobs))
             for key, knobs in report.restored.items():
                 logger.info("restored %s on %s", ", ".join(knobs) or "nothing", key)
             for note in report.kept:
                 logger.warning("%s", note)
             return report
 
-    def _persist(self, state: State) -> None:
-        if not state.empty():
-            self.state_file.save(state)
-        else:
-            self.state_file.remove()
-        self._state = state
-
-    def _load(self) -> State:
-        try:
-            return self.state_file.load()
-        except StateFileError:
-            return State()
+    def _counted(self, report: RestoreReport) -> RestoreReport:
+        self.restores += sum(len(v) for v in report.restored.values())
+        return report
 
     # -- reads ------------------------------------------------------------------------
     def _device(self, gpu: int) -> GPUDevice | None:
@@ -372,12 +310,12 @@ class Actuator:
     def changed_gpus(self) -> int:
         """How many GPUs may differ from their recorded originals (no NVML call)."""
         with self._lock:
-            return len(self._state.gpus)
+            return len(self.ledger.state.gpus)
 
     def snapshot(self) -> State:
         """A copy of the records: what may differ from its originals now."""
         with self._lock:
-            return self._state.copy()
+            return self.ledger.state.copy()
 
     def counts(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
         """Changes applied by knob, and refusals by (knob, reason code)."""
