@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from gputuned import EXIT_USAGE
+from gputuned.daemon.commands import units
+from gputuned.daemon.commands.argtypes import gpu_profile, positive_float
 
-
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return v
+#: The comparison's rows: key, label, how a value is shown.
+_ROWS = (("energy_to_target_j", "energy to target", units.energy),
+         ("energy_per_sample_j", "energy per sample", units.energy),
+         ("time_to_target_s", "time to target", units.duration),
+         ("throughput_samples_per_s", "throughput (samples/s)", lambda v: f"{v:.4g}"),
+         ("goodput_samples_per_s", "goodput (samples/s)", lambda v: f"{v:.4g}"))
 
 
 def print_comparison(doc: dict[str, Any]) -> None:
@@ -38,10 +37,8 @@ def print_comparison(doc: dict[str, Any]) -> None:
                         + (f", scenario {spec['scenario']}" if spec.get("scenario") else ""))
     for col in ("metric", "tuner off", "tuner on", "on / off"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for key, label in (("energy_to_target_j", "energy to target (J)"), ("energy_per_sample_j", "energy per sample (J)"),
-                       ("time_to_target_s", "time to target (s)"), ("throughput_samples_per_s", "throughput (samples/s)"),
-                       ("goodput_samples_per_s", "goodput (samples/s)")):
-        table.add_row(label, f"{doc['off'][key]:.4g}", f"{doc['on'][key]:.4g}", f"{doc['ratio'][key]:.3f}")
+    for key, label, show in _ROWS:
+        table.add_row(label, show(doc["off"][key]), show(doc["on"][key]), f"{doc['ratio'][key]:.3f}")
     con.print(table)
     t = doc.get("tuner") or {}
     print(f"energy saved {100 * doc['energy_saving']:.1f}% at {100 * doc['slowdown']:+.1f}% time to target; "
@@ -102,11 +99,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", default="energy_slowdown", choices=["energy", "throughput", "cost", "energy_slowdown"])
     p.add_argument("--scenario", help="shipped scenario name or TOML file (same in both runs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--duration", type=_positive, default=3600.0, metavar="S", help="simulated seconds per run")
+    p.add_argument("--duration", type=positive_float, default=3600.0, metavar="S", help="simulated seconds per run")
     p.add_argument("--gpus", type=int, default=4, choices=range(1, 17), metavar="N")
-    p.add_argument("--profile", default="a100", metavar="P", help="GPU profile (a100, h100, v100, a40, rtx6000, p100)")
-    p.add_argument("--tick", type=_positive, default=2.0, metavar="S", help="collection period (simulated seconds)")
-    p.add_argument("--interval", type=_positive, default=20.0, metavar="S", help="tuner decision interval")
+    p.add_argument("--profile", type=gpu_profile, default="a100", metavar="P",
+                   help="GPU profile: a100, h100, v100, a40, rtx6000, p100, a full name or a .toml file")
+    p.add_argument("--tick", type=positive_float, default=2.0, metavar="S", help="collection period (simulated seconds)")
+    p.add_argument("--interval", type=positive_float, default=20.0, metavar="S", help="tuner decision interval")
     p.add_argument("--max-slowdown", type=float, default=None, help="slowdown budget (default 0.03; 0.10 for energy, cost)")
     p.add_argument("--chooser", default="auto", choices=["auto", "learned", "climber"],
                    help="learned: the shipped numpy RL policy; climber: the rule-based climber; "

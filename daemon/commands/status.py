@@ -4,12 +4,17 @@ All three speak the control socket's ``admin`` message (root, or a uid in
 ``control.admin_uids``). ``restore`` also works with no daemon running: it reads the
 state file and restores the GPUs itself, which is what the unit's ExecStopPost does
 after a crash.
+
+Exit codes: 0 done, 1 the daemon refused or failed, 2 bad input, 3 no daemon answers at the
+socket (not running), 4 the socket refuses this user (permission denied).
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,14 +26,43 @@ from gputuned.daemon.app.config import Config
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
 
 EXIT_NOT_RUNNING = 3
+EXIT_DENIED = 4
 
 
 class AdminError(RuntimeError):
-    """The daemon could not be reached (``reached`` False) or answered with an error."""
+    """The daemon could not be reached (``reached`` False) or answered with an error.
 
-    def __init__(self, text: str, reached: bool = False) -> None:
+    ``denied``: the socket's permissions refused this user (a daemon is likely listening).
+    """
+
+    def __init__(self, text: str, reached: bool = False, denied: bool = False) -> None:
         super().__init__(text)
         self.reached = reached
+        self.denied = denied
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def permission_hint(path: str | Path) -> str:
+    """Why this user may not connect to the socket at ``path``, and what would let it."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except PermissionError:
+        return f"permission denied: cannot enter {path.parent} to reach {path} (run as root or ask an admin)"
+    except OSError:
+        return f"permission denied: {path}"
+    group = _group_name(st.st_gid)
+    mode = f"{st.st_mode & 0o777:04o}"
+    if st.st_mode & 0o060 == 0o060 and st.st_gid != 0 and st.st_gid not in os.getgroups():
+        return f"permission denied: join group {group} (socket {path} is mode {mode}, group {group})"
+    return (f"permission denied: socket {path} is mode {mode}, owner {st.st_uid}, group {group}; "
+            "run as root or set control.socket_group to a group of yours")
 
 
 def admin_request(path: str | Path, op: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
@@ -39,6 +73,8 @@ def admin_request(path: str | Path, op: str, timeout: float = 5.0, **fields: Any
     """
     try:
         reply = protocol.request(path, protocol.message("admin", op=op, **fields), timeout)
+    except PermissionError:
+        raise AdminError(permission_hint(path), reached=True, denied=True) from None
     except OSError as e:
         raise AdminError(f"cannot reach the daemon at {path}: {e.strerror or e}") from None
     except protocol.ProtocolError as e:
@@ -134,6 +170,10 @@ def _status(args: argparse.Namespace) -> int:
     try:
         reply = admin_request(path, "status", timeout=args.timeout)
     except AdminError as e:
+        if e.denied:
+            print(json.dumps({"running": None, "error": str(e)}) if args.json else f"gputuned: {e}",
+                  file=sys.stdout if args.json else sys.stderr)
+            return EXIT_DENIED
         from gputuned.daemon.actuation.statefile import StateFile, StateFileError
 
         try:
@@ -233,6 +273,14 @@ def _wanted(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return out + list(args.knob or [])
 
 
+def knob_text(name: str, value: Any) -> tuple[str, str]:
+    """A knob's label and a value in its display unit (``power limit``, ``400 W``)."""
+    knob = knob_registry.get(name)
+    if knob is None:  # a plugin knob this process has not imported: the stored value as given
+        return name, json.dumps(value)
+    return knob.label or knob.name, knob.format(value)
+
+
 def _set(args: argparse.Namespace) -> int:
     cfg = load_or_report(args)
     if cfg is None:
@@ -248,11 +296,12 @@ def _set(args: argparse.Namespace) -> int:
             reply = admin_request(_socket_path(args, cfg), "set", timeout=args.timeout, gpu=args.gpu, knob=knob, value=value)
         except AdminError as e:
             print(f"gputuned: {e}", file=sys.stderr)
-            return EXIT_NOT_RUNNING
+            return EXIT_DENIED if e.denied else EXIT_NOT_RUNNING if not e.reached else 1
+        label, shown = knob_text(knob, value)
         if reply.get("ok"):
-            print(f"gpu {args.gpu} {knob} = {value} ({reply.get('code')}{': ' + reply['reason'] if reply.get('reason') else ''})")
+            print(f"gpu {args.gpu}: {label} = {shown} ({reply.get('code')}{': ' + reply['reason'] if reply.get('reason') else ''})")
         else:
-            print(f"gpu {args.gpu} {knob} refused ({reply.get('code')}): {reply.get('reason')}", file=sys.stderr)
+            print(f"gpu {args.gpu}: {label} {shown} refused ({reply.get('code')}): {reply.get('reason')}", file=sys.stderr)
             code = 1
     return code
 

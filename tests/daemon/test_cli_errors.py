@@ -1,0 +1,175 @@
+"""Bad input to `gputuned` ends in one line on stderr naming what is wrong, no traceback.
+
+Each case runs ``python -m gputuned`` as a person would and checks the exit code, that stderr
+is exactly one non-empty line naming the culprit, and that nothing was started or written.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from testkit import config
+
+from gputuned.daemon.app.daemon import Daemon
+from gputuned.daemon.commands import units
+from gputuned.daemon.commands.argtypes import gpu_profile
+from gputuned.daemon.commands.cli import main
+from gputuned.daemon.record.trace import TraceWriter
+
+REPO = Path(__file__).resolve().parents[2]
+EXIT_DENIED = 4
+
+
+def gputuned(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """Run the command line in a child process, as a person at a terminal would."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([*prefix, sys.executable, "-m", "gputuned", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
+    """Assert the exit code and a single stderr line, free of tracebacks, holding ``words``."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def trace_file(tmp_path: Path) -> Path:
+    path = tmp_path / "node.gttrace"
+    TraceWriter(path, {"interval_seconds": 1.0}).close()
+    return path
+
+
+@pytest.mark.parametrize("name", ["h100", "H100", "h100-sxm5-80gb", "rtx6000", "quadro-rtx-6000"])
+def test_profiles_are_taken_by_short_and_full_name(name: str) -> None:
+    assert gpu_profile(name) == name
+
+
+def test_unknown_profile_names_the_short_names() -> None:
+    line = one_line_error(gputuned("run", "--profile", "h200"), 2, "--profile", "'h200'", "h100", "a100")
+    assert "full names" in line
+
+
+def test_record_to_a_missing_directory_is_refused_before_recording(tmp_path: Path) -> None:
+    one_line_error(gputuned("record", "-o", "/nonexistent/dir/x.gttrace", "--duration", "1s"),
+                   2, "-o/--output", "/nonexistent/dir")
+    one_line_error(gputuned("record", "-o", str(tmp_path), "--duration", "1s"), 2, "is a directory")
+
+
+def test_replay_at_speed_zero_is_refused_before_serving(trace_file: Path) -> None:
+    result = gputuned("replay", str(trace_file), "--speed", "0", "--port", "0", "--exit")
+    one_line_error(result, 2, "--speed", "'0'")
+    assert "serving" not in result.stdout
+
+
+def test_replay_on_a_port_in_use_says_so(trace_file: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = gputuned("replay", str(trace_file), "--listen", "127.0.0.1", "--port", str(port), "--exit")
+    one_line_error(result, 2, f"127.0.0.1:{port}", "in use")
+    assert "serving" not in result.stdout
+
+
+def test_train_with_no_processes_is_refused() -> None:
+    one_line_error(gputuned("train", "--nproc", "0", "examples/digits.toml"), 2, "--nproc", "'0'")
+
+
+def test_pause_file_that_is_a_directory_or_under_a_missing_one(tmp_path: Path) -> None:
+    folder = tmp_path / "p"
+    folder.mkdir()
+    one_line_error(gputuned("tuner", "pause", "--pause-file", str(folder)), 2, "--pause-file", "is a directory")
+    assert list(folder.iterdir()) == []
+    missing = tmp_path / "some" / "dir" / "p"
+    one_line_error(gputuned("tuner", "pause", "--pause-file", str(missing)), 2, "does not exist")
+    assert not (tmp_path / "some").exists()
+
+
+@pytest.fixture
+def refused_socket() -> Iterator[tuple[Path, tuple[str, ...], str]]:
+    """A bound control socket this test's child may not connect to: (path, command prefix, hint).
+
+    As root (who passes every permission check) the child runs as nobody through setpriv and
+    the socket is mode 0660 in a group nobody is not in; otherwise the socket is mode 0000.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="gputuned-cli-"))
+    folder.chmod(0o755)
+    path = folder / "control.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen()
+    try:
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.skip("root without setpriv: cannot test a refused socket")
+            group = grp.getgrgid(1)  # a system group (daemon) that nobody is not in
+            os.chown(path, 0, group.gr_gid)
+            path.chmod(0o660)
+            yield path, ("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"), f"join group {group.gr_name}"
+        else:
+            path.chmod(0)
+            yield path, (), "mode 0000"
+    finally:
+        sock.close()
+        shutil.rmtree(folder)
+
+
+def test_status_refused_by_socket_permissions_says_permission_denied(
+        refused_socket: tuple[Path, tuple[str, ...], str]) -> None:
+    path, prefix, hint = refused_socket
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    result = gputuned("status", "--socket", str(path), prefix=prefix)
+    line = one_line_error(result, EXIT_DENIED, "permission denied", hint, str(path))
+    assert "not running" not in line
+    result = gputuned("status", "--socket", str(path), "--json", prefix=prefix)
+    assert result.returncode == EXIT_DENIED and "Traceback" not in result.stderr
+    assert json.loads(result.stdout)["error"].startswith("permission denied")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    cfg = config(
+        daemon={"state_file": str(tmp_path / "state.json"), "interval_seconds": 0.2},
+        control={"socket_path": str(tmp_path / "control.sock")},
+        sim={"gpus": 2, "profile": "h100"},
+        collectors={"infiniband": {"enabled": False}},
+    )
+    d = Daemon(cfg, serve=False)
+    d.start()
+    yield d
+    d.stop()
+
+
+def test_set_echoes_the_value_in_the_knobs_display_unit(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = str(daemon.cfg.control.socket_path)
+    assert main(["set", "--socket", sock, "--gpu", "1", "--power-limit-w", "400", "--sm-clocks", "900:1300"]) == 0
+    out = capsys.readouterr().out
+    assert "gpu 1: power limit = 400 W" in out and "400000" not in out
+    assert "900-1300 MHz" in out
+
+
+@pytest.mark.parametrize(("joules", "text"), [(1.778e7, "17.8 MJ"), (2.5e4, "25 kJ"), (950.0, "950 J"), (3.2e9, "3.2 GJ")])
+def test_energies_are_shown_with_a_prefix(joules: float, text: str) -> None:
+    assert units.energy(joules) == text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(45.0, "45 s"), (750.0, "12.5 min"), (7980.0, "2 h 13 min"), (7200.0, "2 h")])
+def test_durations_are_shown_in_h_and_min(seconds: float, text: str) -> None:
+    assert units.duration(seconds) == text
