@@ -307,7 +307,9 @@ def _set(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="show the running daemon: GPUs, knobs vs originals, collectors, jobs")
+    p = sub.add_parser("status", help="show the running daemon: GPUs, knobs vs originals, collectors, jobs",
+                       epilog=f"exit status: 0 running, {EXIT_NOT_RUNNING} not running, "
+                              f"{EXIT_DENIED} the socket refuses this user (permission denied)")
     add_config_flags(p)
     p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")

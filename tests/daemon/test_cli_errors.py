@@ -25,6 +25,7 @@ from gputuned.daemon.app.daemon import Daemon
 from gputuned.daemon.commands import units
 from gputuned.daemon.commands.argtypes import gpu_profile
 from gputuned.daemon.commands.cli import main
+from gputuned.daemon.commands.experiment import print_comparison
 from gputuned.daemon.record.trace import TraceWriter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,3 +174,15 @@ def test_energies_are_shown_with_a_prefix(joules: float, text: str) -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(45.0, "45 s"), (750.0, "12.5 min"), (7980.0, "2 h 13 min"), (7200.0, "2 h")])
 def test_durations_are_shown_in_h_and_min(seconds: float, text: str) -> None:
     assert units.duration(seconds) == text
+
+
+def test_experiment_comparison_prints_energies_in_mj_and_times_in_h_min(capsys: pytest.CaptureFixture[str]) -> None:
+    side = {"energy_to_target_j": 1.778e7, "energy_per_sample_j": 950.0, "time_to_target_s": 7980.0,
+            "throughput_samples_per_s": 1200.0, "goodput_samples_per_s": 1100.0}
+    doc = {"spec": {"workload": "w", "gpus": 4, "profile": "a100", "objective": "energy", "duration_s": 3600.0, "seed": 0},
+           "off": side, "on": side, "ratio": dict.fromkeys(side, 1.0), "energy_saving": 0.0, "slowdown": 0.0,
+           "restored": True}
+    print_comparison(doc)
+    out = capsys.readouterr().out
+    assert "17.8 MJ" in out and "950 J" in out and "2 h 13 min" in out
+    assert "e+07" not in out
