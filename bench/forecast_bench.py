@@ -98,6 +98,42 @@ class NodeExtras:
         pass
 
 
+def _tick_loop(mode: str, nvml: Any, clock: Any, services: dict[str, Any], hook_ms: dict[str, list[float]]) -> Any:
+    """A fresh daemon core loop on the simulated node; unless ``mode`` is off, a tick hook has
+    ``services[mode]`` observe the store and times that call into ``hook_ms[mode]``."""
+    from gputuned.collectors.gpu import GPUCollector
+    from gputuned.collectors.host import HostCollector
+    from gputuned.collectors.nvml import open_gpus
+    from gputuned.daemon.core.loop import CollectionLoop
+    from gputuned.daemon.core.store import Store
+
+    store = Store(0)
+    loop = CollectionLoop([GPUCollector(open_gpus(nvml)), HostCollector(), NodeExtras()], store, 1.0,
+                          wallclock=lambda: 1.7e9 + clock.now())
+    if mode != "off":
+        svc = services[mode]
+
+        def hook(now: float, svc: Any = svc, store: Store = store, mode: str = mode) -> None:
+            t0 = time.perf_counter()
+            svc.observe(now, store.latest())
+            hook_ms[mode].append(1e3 * (time.perf_counter() - t0))
+
+        loop.add_hook(hook)
+    return loop
+
+
+def _timed_ticks(loop: Any, clock: Any, ticks: int, pause_s: float) -> tuple[list[float], float]:
+    """Run ``ticks`` ticks ``pause_s`` apart: each tick's duration and the process CPU per tick (ms)."""
+    cpu0 = time.process_time()
+    durations = []
+    for _ in range(ticks):
+        loop.tick()
+        durations.append(1e3 * loop.last_tick_duration)
+        clock.advance(1.0)
+        time.sleep(pause_s)
+    return durations, 1e3 * (time.process_time() - cpu0) / ticks
+
+
 def tick_cost(ticks: int, rounds: int = 3, pause_s: float = 0.05, settle_s: float = 5.0) -> dict[str, float]:
     """Median daemon tick and core-process CPU per tick, without forecasting, with it inline
     and with detection in its child process, interleaved in ``rounds`` on one simulated node.
@@ -106,11 +142,6 @@ def tick_cost(ticks: int, rounds: int = 3, pause_s: float = 0.05, settle_s: floa
     work after a tick (the child queue's feeder, the reader) run inside the measured CPU time;
     after each child round it waits ``settle_s`` so the child's backlog does not load the next.
     """
-    from gputuned.collectors.gpu import GPUCollector
-    from gputuned.collectors.host import HostCollector
-    from gputuned.collectors.nvml import open_gpus
-    from gputuned.daemon.core.loop import CollectionLoop
-    from gputuned.daemon.core.store import Store
     from gputuned.tuner.forecast.offload import OffloadedForecastService
 
     nvml, clock = sim_nvml_on_clock(8)
@@ -125,26 +156,9 @@ def tick_cost(ticks: int, rounds: int = 3, pause_s: float = 0.05, settle_s: floa
     try:
         for _ in range(rounds):
             for mode in ("off", "inline", "child"):
-                store = Store(0)
-                loop = CollectionLoop([GPUCollector(open_gpus(nvml)), HostCollector(), NodeExtras()], store, 1.0,
-                                      wallclock=lambda: 1.7e9 + clock.now())
-                if mode != "off":
-                    svc = services[mode]
-
-                    def hook(now: float, svc: Any = svc, store: Store = store, mode: str = mode) -> None:
-                        t0 = time.perf_counter()
-                        svc.observe(now, store.latest())
-                        hook_ms[mode].append(1e3 * (time.perf_counter() - t0))
-
-                    loop.add_hook(hook)
-                cpu0 = time.process_time()
-                this_round = []
-                for _ in range(ticks):
-                    loop.tick()
-                    this_round.append(1e3 * loop.last_tick_duration)
-                    clock.advance(1.0)
-                    time.sleep(pause_s)
-                cpu_ms[mode].append(1e3 * (time.process_time() - cpu0) / ticks)
+                loop = _tick_loop(mode, nvml, clock, services, hook_ms)
+                this_round, cpu = _timed_ticks(loop, clock, ticks, pause_s)
+                cpu_ms[mode].append(cpu)
                 if mode == "child":
                     time.sleep(settle_s)  # let the child finish the round's ticks before the next mode
                 ticks_ms[mode] += this_round
