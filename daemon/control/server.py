@@ -4,7 +4,8 @@ A Unix stream socket (docs/protocol.md). Each connection's peer credentials
 (SO_PEERCRED) are checked against the config when it is accepted. Input is read
 non-blocking into a frame decoder with a size limit, so one slow, malformed, oversized
 or flooding client costs the others nothing: it is answered with an error, rate-limited
-or disconnected, and counted in ``gputuned_control_rejected_total{reason}``. Reports
+or disconnected, and counted in ``gputuned_control_rejected_total{reason}``. What each
+message does is the message handler's (:mod:`gputuned.daemon.control.messages`); reports
 update the job table, published under source ``trainer`` each collection tick.
 """
 
@@ -25,6 +26,7 @@ from gputuned.collectors.families import Sample
 from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.control.conn import Connection, bind_socket, peer_credentials, refuse_peer
 from gputuned.daemon.control.decisions import AckCallback, AdminHandler, DecisionBook, NoLeaderError
+from gputuned.daemon.control.messages import MessageHandler
 from gputuned.daemon.control.reports import (
     CONNECTIONS,
     DECISIONS,
@@ -49,11 +51,10 @@ class ControlServer:
     def __init__(self, cfg: ControlConfig, store: Store | None = None, admin: AdminHandler | None = None) -> None:
         self.cfg = cfg
         self.store = store
-        self.admin = admin
         self.jobs = JobTable(cfg.job_ttl_s)
-        self.reports_total = 0
         self.rejected: collections.Counter[str] = collections.Counter()
         self.book = DecisionBook()
+        self.messages = MessageHandler(cfg, self.jobs, self.book, admin, self.rejected, self._queue, self._reject)
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._conns: dict[int, Connection] = {}
@@ -109,12 +110,17 @@ class ControlServer:
         """Take new limits and allowed peers; the socket path, mode and group need a restart."""
         if (cfg.socket_path, cfg.socket_mode, cfg.socket_group) != (self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group):
             logger.warning("control socket path, mode or group changed: takes effect at the next restart")
-        self.cfg = cfg
+        self.cfg = self.messages.cfg = cfg
         self.jobs.ttl_s = cfg.job_ttl_s
 
     @property
     def url(self) -> str:
         return str(self.cfg.socket_path)
+
+    @property
+    def reports_total(self) -> int:
+        """Trainer reports accepted since start."""
+        return self.messages.reports_total
 
     # -- the tuner's API -----------------------------------------------------------------
     def send_decision(self, job: str, payload: dict[str, Any]) -> str:
@@ -252,7 +258,7 @@ class ControlServer:
                     if conn.cid not in self._conns:
                         return
                     continue
-                self._handle(conn, body)
+                self.messages.handle(conn, body)
                 if conn.cid not in self._conns or conn.kind == "closing":
                     return
         except P.FrameTooLarge as e:
@@ -266,77 +272,6 @@ class ControlServer:
         if verdict == "flooding":
             self._reject(conn, "flooding", f"more than {self.cfg.max_messages_per_second} messages/s over the limit", close=True)
         return False
-
-    def _handle(self, conn: Connection, body: bytes) -> None:
-        try:
-            msg = P.decode(body, P.TO_DAEMON)
-            kind = msg["type"]
-            if conn.kind == "new":
-                if kind == "hello":
-                    self._hello(conn, msg)
-                elif kind == "admin":
-                    self._admin(conn, msg)
-                else:
-                    raise P.ProtocolError(f"{kind}: expected hello first")
-            elif kind == "report":
-                if conn.kind != "client":
-                    raise P.ProtocolError("report: only after hello")
-                t = msg.get("time")
-                self.jobs.update(conn.job, conn.rank, msg["step"], float(t) if t else time.time(), P.report_stats(msg))
-                self.reports_total += 1
-            elif kind == "ack":
-                self._ack(conn, msg)
-            elif kind == "profile_result":
-                self.book.profile_result(msg["id"], msg["summary"])
-            elif kind == "admin" and conn.kind == "admin":
-                self._admin(conn, msg)
-            elif kind == "error":
-                logger.info("control: job %s rank %d reported an error: %.200s", conn.job, conn.rank, msg.get("error"))
-            else:
-                raise P.ProtocolError(f"{kind}: not expected now")
-        except P.ProtocolError as e:
-            self._reject(conn, "malformed", str(e), close=conn.kind == "new")
-        except Exception as e:  # noqa: BLE001 - a bug reached by one message must not stop the socket
-            logger.exception("control: internal error handling a %s message", conn.kind)
-            self._reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
-
-    def _hello(self, conn: Connection, msg: dict[str, Any]) -> None:
-        if msg["pid"] != conn.pid and conn.pid:
-            logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
-        if not self.jobs.connect(msg["job"], msg["rank"]):
-            self._reject(conn, "too_many_ranks", f"more than {self.jobs.max_ranks} ranks known", close=True)
-            return
-        conn.kind = "client"
-        conn.job = msg["job"]
-        conn.rank = msg["rank"]
-        conn.leader = bool(msg["leader"])
-        self._queue(conn, P.message("welcome", session=f"c{conn.cid}",
-                                    report_interval_s=self.cfg.report_interval_s, decisions=conn.leader))
-        logger.info("control: job %s rank %d/%d connected (pid %d uid %d%s)", conn.job, conn.rank,
-                    msg["world_size"], conn.pid, conn.uid, ", leader" if conn.leader else "")
-
-    def _ack(self, conn: Connection, msg: dict[str, Any]) -> None:
-        if not self.book.acked(msg["id"], conn.cid, msg):
-            raise P.ProtocolError(f"ack.id: {msg['id']} is not a decision sent on this connection")
-
-    def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
-        op = msg["op"]
-        # status is read-only: any allowed peer may ask; changes need an admin uid.
-        if op != "status" and conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
-            self.rejected["not_admin"] += 1
-            self._queue(conn, P.error(f"uid {conn.uid} is not in control.admin_uids"))
-            conn.kind = "closing"
-            return
-        conn.kind = "admin"
-        if self.admin is None:
-            reply: dict[str, Any] = {"ok": False, "error": "no admin handler"}
-        elif op == "status":
-            reply = {"ok": True, "status": self.admin.status()}
-        elif op == "set":
-            reply = self.admin.set(int(msg["gpu"]), str(msg["knob"]), msg["value"])
-        else:
-            reply = self.admin.restore(msg.get("gpu"))
-        self._queue(conn, {"type": "admin_reply", "op": op, **reply})
 
     def _reject(self, conn: Connection, reason: str, text: str, *, close: bool) -> None:
         self.rejected[reason] += 1

@@ -1,0 +1,126 @@
+"""What each message from a peer does: hello, report, ack, profile result, admin request, error.
+
+The server owns the sockets and reads frames; every complete frame comes here, is decoded
+against the protocol (docs/protocol.md) and acted on by its type and the connection's state:
+a new connection must say hello (a trainer rank: ``client``) or make an admin request first;
+reports and acks come only from clients; admin requests that change something need an admin
+uid. A message that breaks these rules is answered with an error and counted as
+``malformed`` (a new connection is then closed); a bug reached by one message closes that
+connection only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gputuned import protocol as P
+from gputuned.daemon.control.config import ControlConfig
+from gputuned.daemon.control.conn import Connection
+from gputuned.daemon.control.decisions import AdminHandler, DecisionBook
+from gputuned.daemon.control.reports import JobTable
+
+logger = logging.getLogger(__name__)
+
+
+#: Send a message on a connection (the server closes one whose peer stopped reading).
+Queue = Callable[[Connection, dict[str, Any]], None]
+
+
+class Reject(Protocol):
+    """Answer a connection with an error counted under ``reason``; close it when asked (or after too many)."""
+
+    def __call__(self, conn: Connection, reason: str, text: str, *, close: bool) -> None: ...
+
+
+class MessageHandler:
+    """Acts on each decoded message of a connection; reports go to the job table, acks to the book."""
+
+    def __init__(self, cfg: ControlConfig, jobs: JobTable, book: DecisionBook, admin: AdminHandler | None,
+                 rejected: collections.Counter[str], queue: Queue, reject: Reject) -> None:
+        self.cfg = cfg
+        self.jobs = jobs
+        self.book = book
+        self.admin = admin
+        self.rejected = rejected
+        self.queue = queue
+        self.reject = reject
+        self.reports_total = 0
+
+    def handle(self, conn: Connection, body: bytes) -> None:
+        """Decode one frame from ``conn`` and act on it; a bad one is answered with an error."""
+        try:
+            self._dispatch(conn, P.decode(body, P.TO_DAEMON))
+        except P.ProtocolError as e:
+            self.reject(conn, "malformed", str(e), close=conn.kind == "new")
+        except Exception as e:  # noqa: BLE001 - a bug reached by one message must not stop the socket
+            logger.exception("control: internal error handling a %s message", conn.kind)
+            self.reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
+
+    def _dispatch(self, conn: Connection, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if conn.kind == "new":
+            if kind == "hello":
+                self._hello(conn, msg)
+            elif kind == "admin":
+                self._admin(conn, msg)
+            else:
+                raise P.ProtocolError(f"{kind}: expected hello first")
+        elif kind == "report":
+            self._report(conn, msg)
+        elif kind == "ack":
+            if not self.book.acked(msg["id"], conn.cid, msg):
+                raise P.ProtocolError(f"ack.id: {msg['id']} is not a decision sent on this connection")
+        elif kind == "profile_result":
+            self.book.profile_result(msg["id"], msg["summary"])
+        elif kind == "admin" and conn.kind == "admin":
+            self._admin(conn, msg)
+        elif kind == "error":
+            logger.info("control: job %s rank %d reported an error: %.200s", conn.job, conn.rank, msg.get("error"))
+        else:
+            raise P.ProtocolError(f"{kind}: not expected now")
+
+    def _hello(self, conn: Connection, msg: dict[str, Any]) -> None:
+        if msg["pid"] != conn.pid and conn.pid:
+            logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
+        if not self.jobs.connect(msg["job"], msg["rank"]):
+            self.reject(conn, "too_many_ranks", f"more than {self.jobs.max_ranks} ranks known", close=True)
+            return
+        conn.kind = "client"
+        conn.job = msg["job"]
+        conn.rank = msg["rank"]
+        conn.leader = bool(msg["leader"])
+        self.queue(conn, P.message("welcome", session=f"c{conn.cid}",
+                                   report_interval_s=self.cfg.report_interval_s, decisions=conn.leader))
+        logger.info("control: job %s rank %d/%d connected (pid %d uid %d%s)", conn.job, conn.rank,
+                    msg["world_size"], conn.pid, conn.uid, ", leader" if conn.leader else "")
+
+    def _report(self, conn: Connection, msg: dict[str, Any]) -> None:
+        if conn.kind != "client":
+            raise P.ProtocolError("report: only after hello")
+        t = msg.get("time")
+        self.jobs.update(conn.job, conn.rank, msg["step"], float(t) if t else time.time(), P.report_stats(msg))
+        self.reports_total += 1
+
+    def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        # status is read-only: any allowed peer may ask; changes need an admin uid.
+        if op != "status" and conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
+            self.rejected["not_admin"] += 1
+            self.queue(conn, P.error(f"uid {conn.uid} is not in control.admin_uids"))
+            conn.kind = "closing"
+            return
+        conn.kind = "admin"
+        if self.admin is None:
+            reply: dict[str, Any] = {"ok": False, "error": "no admin handler"}
+        elif op == "status":
+            reply = {"ok": True, "status": self.admin.status()}
+        elif op == "set":
+            reply = self.admin.set(int(msg["gpu"]), str(msg["knob"]), msg["value"])
+        else:
+            reply = self.admin.restore(msg.get("gpu"))
+        self.queue(conn, {"type": "admin_reply", "op": op, **reply})
