@@ -35,6 +35,17 @@ def _one(family: str, read: Callable[[GPUDevice], float]) -> Reading:
     return reading
 
 
+def _pair(first: str, second: str, read: Callable[[GPUDevice], tuple[float, float]]) -> Reading:
+    """Two families from one device call that returns a pair (transmit/receive, power/thermal ...)."""
+
+    def reading(dev: GPUDevice, labels: Labels) -> list[Sample]:
+        a, b = read(dev)
+        return [(first, labels, a), (second, labels, b)]
+
+    reading.__name__ = first
+    return reading
+
+
 def _memory(dev: GPUDevice, labels: Labels) -> list[Sample]:
     m = dev.memory()
     return [
@@ -56,16 +67,6 @@ def _power_limits(dev: GPUDevice, labels: Labels) -> list[Sample]:
         (F.GPU_POWER_LIMIT_MAX, labels, c.max_mw / 1000.0),
         (F.GPU_POWER_LIMIT_DEFAULT, labels, c.default_mw / 1000.0),
     ]
-
-
-def _pcie(dev: GPUDevice, labels: Labels) -> list[Sample]:
-    tx, rx = dev.pcie_throughput_bps()
-    return [(F.GPU_PCIE_TX, labels, tx), (F.GPU_PCIE_RX, labels, rx)]
-
-
-def _nvlink(dev: GPUDevice, labels: Labels) -> list[Sample]:
-    tx, rx = dev.nvlink_bytes()
-    return [(F.GPU_NVLINK_TX, labels, tx), (F.GPU_NVLINK_RX, labels, rx)]
 
 
 def _ecc(dev: GPUDevice, labels: Labels) -> list[Sample]:
@@ -94,16 +95,6 @@ def _clock_events(dev: GPUDevice, labels: Labels) -> list[Sample]:
     return out
 
 
-def _codec(dev: GPUDevice, labels: Labels) -> list[Sample]:
-    enc, dec = dev.encoder_decoder_utilization()
-    return [(F.GPU_ENC, labels, enc), (F.GPU_DEC, labels, dec)]
-
-
-def _violations(dev: GPUDevice, labels: Labels) -> list[Sample]:
-    p, t = dev.violation_seconds()
-    return [(F.GPU_POWER_VIOLATION, labels, p), (F.GPU_THERMAL_VIOLATION, labels, t)]
-
-
 READINGS: tuple[Reading, ...] = (
     _utilization,
     _memory,
@@ -118,14 +109,14 @@ READINGS: tuple[Reading, ...] = (
     _one(F.GPU_TEMP, lambda d: d.temperature_c()),
     _one(F.GPU_MEM_TEMP, lambda d: d.memory_temperature_c()),
     _one(F.GPU_FAN, lambda d: d.fan_ratio()),
-    _pcie,
-    _nvlink,
+    _pair(F.GPU_PCIE_TX, F.GPU_PCIE_RX, lambda d: d.pcie_throughput_bps()),
+    _pair(F.GPU_NVLINK_TX, F.GPU_NVLINK_RX, lambda d: d.nvlink_bytes()),
     _ecc,
     _remapped,
     _clock_events,
     _one(F.GPU_PSTATE, lambda d: d.pstate()),
-    _codec,
-    _violations,
+    _pair(F.GPU_ENC, F.GPU_DEC, lambda d: d.encoder_decoder_utilization()),
+    _pair(F.GPU_POWER_VIOLATION, F.GPU_THERMAL_VIOLATION, lambda d: d.violation_seconds()),
     _one(F.GPU_DRAM_BW, lambda d: d.dram_bandwidth_ratio()),
 )
 

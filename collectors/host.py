@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from gputuned.collectors.families import C, G, Sample, declare
+from gputuned.collectors.families import C, G, Labels, Sample, declare
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
 CPU_SECONDS = declare("gputuned_host_cpu_seconds_total", C, "CPU time spent in each mode, all CPUs together.")
@@ -37,6 +37,17 @@ NET_TX_DROP = declare("gputuned_host_network_transmit_drop_total", C, "Outgoing 
 TCP_RETRANS = declare("gputuned_host_tcp_retransmitted_segments_total", C, "TCP segments retransmitted.")
 TCP_OUT = declare("gputuned_host_tcp_sent_segments_total", C, "TCP segments sent.")
 
+#: (family, psutil attribute) of the per-device counters: disk_io_counters, net_io_counters
+_DISK_COUNTERS = (
+    (DISK_READ, "read_bytes"), (DISK_WRITTEN, "write_bytes"), (DISK_READS, "read_count"), (DISK_WRITES, "write_count"),
+)
+_NET_COUNTERS = (
+    (NET_RX_BYTES, "bytes_recv"), (NET_TX_BYTES, "bytes_sent"),
+    (NET_RX_PACKETS, "packets_recv"), (NET_TX_PACKETS, "packets_sent"),
+    (NET_RX_ERRS, "errin"), (NET_TX_ERRS, "errout"),
+    (NET_RX_DROP, "dropin"), (NET_TX_DROP, "dropout"),
+)
+
 _PARTITION = re.compile(r"^(loop|ram|dm-|sr)\d|^(sd[a-z]+|vd[a-z]+|xvd[a-z]+)\d+$|^nvme\d+n\d+p\d+$")
 
 
@@ -47,6 +58,11 @@ def read_tcp_counters(proc: Path) -> dict[str, int]:
         if head.startswith("Tcp:") and vals.startswith("Tcp:"):
             return {k: int(v) for k, v in zip(head.split()[1:], vals.split()[1:], strict=True)}
     raise ValueError(f"no Tcp counters in {proc / 'net' / 'snmp'}")
+
+
+def _counters(table: tuple[tuple[str, str], ...], labels: Labels, stats: object) -> list[Sample]:
+    """One sample per (family, attribute) of a psutil counters record."""
+    return [(family, labels, float(getattr(stats, attr))) for family, attr in table]
 
 
 class HostCollector:
@@ -81,29 +97,14 @@ class HostCollector:
             if _PARTITION.match(dev):
                 continue
             lab = (("device", dev),)
-            out += [
-                (DISK_READ, lab, float(io.read_bytes)),
-                (DISK_WRITTEN, lab, float(io.write_bytes)),
-                (DISK_READS, lab, float(io.read_count)),
-                (DISK_WRITES, lab, float(io.write_count)),
-            ]
+            out += _counters(_DISK_COUNTERS, lab, io)
             busy = getattr(io, "busy_time", None)
             if busy is not None:
                 out.append((DISK_BUSY, lab, busy / 1000.0))
         for nic, n in psutil.net_io_counters(pernic=True, nowrap=True).items():
             if nic in self._skip_if:
                 continue
-            lab = (("interface", nic),)
-            out += [
-                (NET_RX_BYTES, lab, float(n.bytes_recv)),
-                (NET_TX_BYTES, lab, float(n.bytes_sent)),
-                (NET_RX_PACKETS, lab, float(n.packets_recv)),
-                (NET_TX_PACKETS, lab, float(n.packets_sent)),
-                (NET_RX_ERRS, lab, float(n.errin)),
-                (NET_TX_ERRS, lab, float(n.errout)),
-                (NET_RX_DROP, lab, float(n.dropin)),
-                (NET_TX_DROP, lab, float(n.dropout)),
-            ]
+            out += _counters(_NET_COUNTERS, (("interface", nic),), n)
         tcp = read_tcp_counters(self._proc)
         out.append((TCP_RETRANS, (), float(tcp.get("RetransSegs", 0))))
         out.append((TCP_OUT, (), float(tcp.get("OutSegs", 0))))

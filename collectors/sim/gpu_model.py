@@ -13,7 +13,7 @@ step: ``P = P0 + A * g(x) * u`` where ``u`` is the share of the step the GPU is 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -34,13 +34,8 @@ class PowerParams:
     cap_floor_w: float = 0.0  # lowest busy power the capping loop regulates to (overshoot below it)
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            "active_idle_w": self.active_idle_w,
-            "voltage_floor": self.voltage_floor,
-            "voltage_knee": self.voltage_knee,
-            "cap_floor_ratio": self.cap_floor_ratio,
-            "cap_floor_w": self.cap_floor_w,
-        }
+        """The constants by field name (calibration.json's form)."""
+        return asdict(self)
 
 
 def default_power_params(profile: GPUProfile) -> PowerParams:

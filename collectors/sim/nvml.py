@@ -9,6 +9,9 @@ Values come from an attached backend (:mod:`gputuned.collectors.sim.state`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
 # nvidia-ml-py's API surface: every constant, error class and return structure by its name.
 # isort: off
 from gputuned.collectors.sim.nvml_api import (  # noqa: F401 - served as nvidia-ml-py serves them
@@ -31,6 +34,8 @@ from gputuned.collectors.sim.nvml_api import (  # noqa: F401 - served as nvidia-
 from gputuned.collectors.sim.state import SimBackend, SimDevice
 
 globals().update(ERROR_CLASSES)  # NVMLError_NotSupported, NVMLError_GpuIsLost ... as nvidia-ml-py makes them
+
+T = TypeVar("T")
 
 # --- module state --------------------------------------------------------------------
 _backend: SimBackend | None = None
@@ -70,9 +75,19 @@ def _dev(handle: _Handle, func: str) -> SimDevice:
     return dev
 
 
-def _privileged(be: SimBackend) -> None:
-    if not be.is_privileged():
+def _settable(handle: _Handle, func: str) -> SimDevice:
+    """The device a set call changes: as :func:`_dev`, and NO_PERMISSION unless privileged."""
+    dev = _dev(handle, func)
+    if not _require_init().is_privileged():
         raise NVMLError(NVML_ERROR_NO_PERMISSION)
+    return dev
+
+
+def _select(choice: int, values: Mapping[int, T]) -> T:
+    """The value an NVML selector argument (clock type, sensor, counter) picks; INVALID_ARGUMENT otherwise."""
+    if choice not in values:
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return values[choice]
 
 
 # --- init and system -----------------------------------------------------------------
@@ -140,32 +155,22 @@ def nvmlDeviceGetUtilizationRates(handle: _Handle) -> c_nvmlUtilization_t:
 
 def nvmlDeviceGetClockInfo(handle: _Handle, type: int) -> int:  # noqa: A002 - NVML's name
     dev = _dev(handle, "nvmlDeviceGetClockInfo")
-    if type == NVML_CLOCK_SM:
-        return dev.sm_clock_mhz
-    if type == NVML_CLOCK_GRAPHICS:
-        return dev.graphics_clock_mhz
-    if type == NVML_CLOCK_MEM:
-        return dev.memory_clock_mhz
-    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return _select(type, {
+        NVML_CLOCK_SM: dev.sm_clock_mhz, NVML_CLOCK_GRAPHICS: dev.graphics_clock_mhz, NVML_CLOCK_MEM: dev.memory_clock_mhz,
+    })
 
 
 def nvmlDeviceGetMaxClockInfo(handle: _Handle, type: int) -> int:  # noqa: A002
-    dev = _dev(handle, "nvmlDeviceGetMaxClockInfo")
-    if type in (NVML_CLOCK_SM, NVML_CLOCK_GRAPHICS):
-        return dev.profile.sm_clock_max_mhz
-    if type == NVML_CLOCK_MEM:
-        return max(dev.profile.memory_clocks_mhz)
-    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    p = _dev(handle, "nvmlDeviceGetMaxClockInfo").profile
+    return _select(type, {
+        NVML_CLOCK_SM: p.sm_clock_max_mhz, NVML_CLOCK_GRAPHICS: p.sm_clock_max_mhz, NVML_CLOCK_MEM: max(p.memory_clocks_mhz),
+    })
 
 
 def nvmlDeviceGetApplicationsClock(handle: _Handle, type: int) -> int:  # noqa: A002
     dev = _dev(handle, "nvmlDeviceGetApplicationsClock")
     mem, gfx = dev.applications_clocks_mhz or dev.default_applications_clocks_mhz
-    if type in (NVML_CLOCK_SM, NVML_CLOCK_GRAPHICS):
-        return gfx
-    if type == NVML_CLOCK_MEM:
-        return mem
-    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return _select(type, {NVML_CLOCK_SM: gfx, NVML_CLOCK_GRAPHICS: gfx, NVML_CLOCK_MEM: mem})
 
 
 def nvmlDeviceGetSupportedMemoryClocks(handle: _Handle) -> list[int]:
@@ -206,10 +211,7 @@ def nvmlDeviceGetTotalEnergyConsumption(handle: _Handle) -> int:
 
 
 def nvmlDeviceGetTemperature(handle: _Handle, sensor: int) -> int:
-    dev = _dev(handle, "nvmlDeviceGetTemperature")
-    if sensor != NVML_TEMPERATURE_GPU:
-        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
-    return dev.temperature_c
+    return _select(sensor, {NVML_TEMPERATURE_GPU: _dev(handle, "nvmlDeviceGetTemperature").temperature_c})
 
 
 def nvmlDeviceGetFanSpeed(handle: _Handle) -> int:
@@ -218,11 +220,7 @@ def nvmlDeviceGetFanSpeed(handle: _Handle) -> int:
 
 def nvmlDeviceGetPcieThroughput(device: _Handle, counter: int) -> int:
     dev = _dev(device, "nvmlDeviceGetPcieThroughput")
-    if counter == NVML_PCIE_UTIL_TX_BYTES:
-        return dev.pcie_tx_kbps
-    if counter == NVML_PCIE_UTIL_RX_BYTES:
-        return dev.pcie_rx_kbps
-    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return _select(counter, {NVML_PCIE_UTIL_TX_BYTES: dev.pcie_tx_kbps, NVML_PCIE_UTIL_RX_BYTES: dev.pcie_rx_kbps})
 
 
 def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int]) -> list[c_nvmlFieldValue_t]:  # noqa: N803
@@ -246,11 +244,9 @@ def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int]) -> list[c_nvm
 
 def nvmlDeviceGetTotalEccErrors(handle: _Handle, errorType: int, counterType: int) -> int:  # noqa: N803
     dev = _dev(handle, "nvmlDeviceGetTotalEccErrors")
-    if errorType == NVML_MEMORY_ERROR_TYPE_CORRECTED:
-        return dev.ecc_corrected
-    if errorType == NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
-        return dev.ecc_uncorrected
-    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return _select(errorType, {
+        NVML_MEMORY_ERROR_TYPE_CORRECTED: dev.ecc_corrected, NVML_MEMORY_ERROR_TYPE_UNCORRECTED: dev.ecc_uncorrected,
+    })
 
 
 def nvmlDeviceGetRemappedRows(device: _Handle) -> tuple[int, int, int, int]:
@@ -276,11 +272,10 @@ def nvmlDeviceGetDecoderUtilization(handle: _Handle) -> list[int]:
 
 def nvmlDeviceGetViolationStatus(device: _Handle, perfPolicyType: int) -> c_nvmlViolationTime_t:  # noqa: N803
     dev = _dev(device, "nvmlDeviceGetViolationStatus")
-    if perfPolicyType == NVML_PERF_POLICY_POWER:
-        return c_nvmlViolationTime_t(0, dev.power_violation_ns)
-    if perfPolicyType == NVML_PERF_POLICY_THERMAL:
-        return c_nvmlViolationTime_t(0, dev.thermal_violation_ns)
-    raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    ns = _select(perfPolicyType, {
+        NVML_PERF_POLICY_POWER: dev.power_violation_ns, NVML_PERF_POLICY_THERMAL: dev.thermal_violation_ns,
+    })
+    return c_nvmlViolationTime_t(0, ns)
 
 
 def nvmlGpmQueryDeviceSupport(device: _Handle) -> c_nvmlGpmSupport_t:
@@ -317,8 +312,7 @@ def nvmlEventSetFree(eventSet: _EventSet) -> None:  # noqa: N803
 
 # --- settings ------------------------------------------------------------------------
 def nvmlDeviceSetPowerManagementLimit(handle: _Handle, limit: int) -> None:
-    dev = _dev(handle, "nvmlDeviceSetPowerManagementLimit")
-    _privileged(_require_init())
+    dev = _settable(handle, "nvmlDeviceSetPowerManagementLimit")
     p = dev.profile
     if not p.power_limit_min_w * 1000 <= limit <= p.power_limit_max_w * 1000:
         raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
@@ -326,8 +320,7 @@ def nvmlDeviceSetPowerManagementLimit(handle: _Handle, limit: int) -> None:
 
 
 def nvmlDeviceSetGpuLockedClocks(handle: _Handle, minGpuClockMHz: int, maxGpuClockMHz: int) -> None:  # noqa: N803
-    dev = _dev(handle, "nvmlDeviceSetGpuLockedClocks")
-    _privileged(_require_init())
+    dev = _settable(handle, "nvmlDeviceSetGpuLockedClocks")
     p = dev.profile
     if not (p.sm_clock_min_mhz <= minGpuClockMHz <= maxGpuClockMHz <= p.sm_clock_max_mhz):
         raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
@@ -335,14 +328,12 @@ def nvmlDeviceSetGpuLockedClocks(handle: _Handle, minGpuClockMHz: int, maxGpuClo
 
 
 def nvmlDeviceResetGpuLockedClocks(handle: _Handle) -> None:
-    dev = _dev(handle, "nvmlDeviceResetGpuLockedClocks")
-    _privileged(_require_init())
+    dev = _settable(handle, "nvmlDeviceResetGpuLockedClocks")
     dev.locked_sm_clocks_mhz = None
 
 
 def nvmlDeviceSetMemoryLockedClocks(handle: _Handle, minMemClockMHz: int, maxMemClockMHz: int) -> None:  # noqa: N803
-    dev = _dev(handle, "nvmlDeviceSetMemoryLockedClocks")
-    _privileged(_require_init())
+    dev = _settable(handle, "nvmlDeviceSetMemoryLockedClocks")
     clocks = dev.profile.memory_clocks_mhz
     if not (min(clocks) <= minMemClockMHz <= maxMemClockMHz <= max(clocks)):
         raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
@@ -350,20 +341,17 @@ def nvmlDeviceSetMemoryLockedClocks(handle: _Handle, minMemClockMHz: int, maxMem
 
 
 def nvmlDeviceResetMemoryLockedClocks(handle: _Handle) -> None:
-    dev = _dev(handle, "nvmlDeviceResetMemoryLockedClocks")
-    _privileged(_require_init())
+    dev = _settable(handle, "nvmlDeviceResetMemoryLockedClocks")
     dev.locked_memory_clocks_mhz = None
 
 
 def nvmlDeviceSetApplicationsClocks(handle: _Handle, maxMemClockMHz: int, maxGraphicsClockMHz: int) -> None:  # noqa: N803
-    dev = _dev(handle, "nvmlDeviceSetApplicationsClocks")
-    _privileged(_require_init())
+    dev = _settable(handle, "nvmlDeviceSetApplicationsClocks")
     if maxMemClockMHz not in dev.profile.memory_clocks_mhz or maxGraphicsClockMHz not in dev.profile.sm_clocks_mhz:
         raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
     dev.applications_clocks_mhz = (int(maxMemClockMHz), int(maxGraphicsClockMHz))
 
 
 def nvmlDeviceResetApplicationsClocks(handle: _Handle) -> None:
-    dev = _dev(handle, "nvmlDeviceResetApplicationsClocks")
-    _privileged(_require_init())
+    dev = _settable(handle, "nvmlDeviceResetApplicationsClocks")
     dev.applications_clocks_mhz = None
