@@ -15,7 +15,6 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from gputuned import protocol as P
@@ -27,39 +26,38 @@ from gputuned.daemon.control.reports import JobTable
 logger = logging.getLogger(__name__)
 
 
-#: Send a message on a connection (the server closes one whose peer stopped reading).
-Queue = Callable[[Connection, dict[str, Any]], None]
+class Replies(Protocol):
+    """How the handler answers a connection: the server's output side, on its selector thread."""
 
+    rejected: collections.Counter[str]  # messages and peers refused, by reason
 
-class Reject(Protocol):
-    """Answer a connection with an error counted under ``reason``; close it when asked (or after too many)."""
+    def queue(self, conn: Connection, msg: dict[str, Any]) -> None:
+        """Send ``msg`` on ``conn`` (a connection whose peer stopped reading is closed)."""
 
-    def __call__(self, conn: Connection, reason: str, text: str, *, close: bool) -> None: ...
+    def reject(self, conn: Connection, reason: str, text: str, *, close: bool) -> None:
+        """Answer with an error counted under ``reason``; close when asked (or after too many)."""
 
 
 class MessageHandler:
     """Acts on each decoded message of a connection; reports go to the job table, acks to the book."""
 
     def __init__(self, cfg: ControlConfig, jobs: JobTable, book: DecisionBook, admin: AdminHandler | None,
-                 rejected: collections.Counter[str], queue: Queue, reject: Reject) -> None:
+                 replies: Replies) -> None:
         self.cfg = cfg
         self.jobs = jobs
         self.book = book
         self.admin = admin
-        self.rejected = rejected
-        self.queue = queue
-        self.reject = reject
-        self.reports_total = 0
+        self.replies = replies
 
     def handle(self, conn: Connection, body: bytes) -> None:
         """Decode one frame from ``conn`` and act on it; a bad one is answered with an error."""
         try:
             self._dispatch(conn, P.decode(body, P.TO_DAEMON))
         except P.ProtocolError as e:
-            self.reject(conn, "malformed", str(e), close=conn.kind == "new")
+            self.replies.reject(conn, "malformed", str(e), close=conn.kind == "new")
         except Exception as e:  # noqa: BLE001 - a bug reached by one message must not stop the socket
             logger.exception("control: internal error handling a %s message", conn.kind)
-            self.reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
+            self.replies.reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
 
     def _dispatch(self, conn: Connection, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -88,14 +86,14 @@ class MessageHandler:
         if msg["pid"] != conn.pid and conn.pid:
             logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
         if not self.jobs.connect(msg["job"], msg["rank"]):
-            self.reject(conn, "too_many_ranks", f"more than {self.jobs.max_ranks} ranks known", close=True)
+            self.replies.reject(conn, "too_many_ranks", f"more than {self.jobs.max_ranks} ranks known", close=True)
             return
         conn.kind = "client"
         conn.job = msg["job"]
         conn.rank = msg["rank"]
         conn.leader = bool(msg["leader"])
-        self.queue(conn, P.message("welcome", session=f"c{conn.cid}",
-                                   report_interval_s=self.cfg.report_interval_s, decisions=conn.leader))
+        self.replies.queue(conn, P.message("welcome", session=f"c{conn.cid}",
+                                           report_interval_s=self.cfg.report_interval_s, decisions=conn.leader))
         logger.info("control: job %s rank %d/%d connected (pid %d uid %d%s)", conn.job, conn.rank,
                     msg["world_size"], conn.pid, conn.uid, ", leader" if conn.leader else "")
 
@@ -104,14 +102,13 @@ class MessageHandler:
             raise P.ProtocolError("report: only after hello")
         t = msg.get("time")
         self.jobs.update(conn.job, conn.rank, msg["step"], float(t) if t else time.time(), P.report_stats(msg))
-        self.reports_total += 1
 
     def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
         op = msg["op"]
         # status is read-only: any allowed peer may ask; changes need an admin uid.
         if op != "status" and conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
-            self.rejected["not_admin"] += 1
-            self.queue(conn, P.error(f"uid {conn.uid} is not in control.admin_uids"))
+            self.replies.rejected["not_admin"] += 1
+            self.replies.queue(conn, P.error(f"uid {conn.uid} is not in control.admin_uids"))
             conn.kind = "closing"
             return
         conn.kind = "admin"
@@ -123,4 +120,4 @@ class MessageHandler:
             reply = self.admin.set(int(msg["gpu"]), str(msg["knob"]), msg["value"])
         else:
             reply = self.admin.restore(msg.get("gpu"))
-        self.queue(conn, {"type": "admin_reply", "op": op, **reply})
+        self.replies.queue(conn, {"type": "admin_reply", "op": op, **reply})

@@ -72,6 +72,7 @@ class JobTable:
         self.max_ranks = max_ranks
         self._lock = threading.Lock()
         self._ranks: dict[tuple[str, int], RankState] = {}
+        self.reports = 0  # reports taken since start
 
     def connect(self, job: str, rank: int) -> bool:
         """Mark a rank connected; False when the table is full (too many distinct ranks)."""
@@ -90,7 +91,9 @@ class JobTable:
                 st.gone_at = now
 
     def update(self, job: str, rank: int, step: int, t: float, stats: dict[str, float]) -> None:
+        """Take one report of a rank: its step, the report's time and its statistics."""
         with self._lock:
+            self.reports += 1
             st = self._ranks.setdefault((job, rank), RankState())
             st.step = step
             st.t = t

@@ -54,7 +54,7 @@ class ControlServer:
         self.jobs = JobTable(cfg.job_ttl_s)
         self.rejected: collections.Counter[str] = collections.Counter()
         self.book = DecisionBook()
-        self.messages = MessageHandler(cfg, self.jobs, self.book, admin, self.rejected, self._queue, self._reject)
+        self.messages = MessageHandler(cfg, self.jobs, self.book, admin, self)
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._conns: dict[int, Connection] = {}
@@ -120,7 +120,7 @@ class ControlServer:
     @property
     def reports_total(self) -> int:
         """Trainer reports accepted since start."""
-        return self.messages.reports_total
+        return self.jobs.reports
 
     # -- the tuner's API -----------------------------------------------------------------
     def send_decision(self, job: str, payload: dict[str, Any]) -> str:
@@ -262,7 +262,7 @@ class ControlServer:
                 if conn.cid not in self._conns or conn.kind == "closing":
                     return
         except P.FrameTooLarge as e:
-            self._reject(conn, "oversized", str(e), close=True)
+            self.reject(conn, "oversized", str(e), close=True)
 
     def _admit(self, conn: Connection, now: float) -> bool:
         verdict = conn.admit(now, float(self.cfg.max_messages_per_second))
@@ -270,25 +270,27 @@ class ControlServer:
             return True
         self.rejected["rate_limited"] += 1
         if verdict == "flooding":
-            self._reject(conn, "flooding", f"more than {self.cfg.max_messages_per_second} messages/s over the limit", close=True)
+            self.reject(conn, "flooding", f"more than {self.cfg.max_messages_per_second} messages/s over the limit", close=True)
         return False
 
-    def _reject(self, conn: Connection, reason: str, text: str, *, close: bool) -> None:
+    def reject(self, conn: Connection, reason: str, text: str, *, close: bool) -> None:
+        """Answer ``conn`` with an error counted under ``reason``; close it when asked or after too many."""
         self.rejected[reason] += 1
         conn.errors += 1
         if conn.errors <= 3 or close:
             logger.warning("control: %s from pid %d uid %d: %s", reason, conn.pid, conn.uid, text)
-        self._queue(conn, P.error(text))
+        self.queue(conn, P.error(text))
         if close or conn.errors > MAX_ERRORS:
             self._flush(conn)
             self._close(conn, None)
 
-    def _queue(self, conn: Connection, msg: dict[str, Any]) -> None:
+    def queue(self, conn: Connection, msg: dict[str, Any]) -> None:
+        """Send ``msg`` on ``conn`` (on the selector thread); a peer that stopped reading is cut off."""
         try:
             queued = conn.queue(msg)
         except P.ProtocolError as e:  # an answer of ours that cannot be sent: a daemon bug
             logger.error("control: cannot send a %s message: %s", msg.get("type"), e)
-            self._reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
+            self.reject(conn, "internal_error", f"internal error: {type(e).__name__}", close=True)
             return
         if not queued:
             self.rejected["slow_reader"] += 1
@@ -322,13 +324,13 @@ class ControlServer:
             if conn is None:
                 self.book.undelivered(str(msg.get("id")))
                 continue
-            self._queue(conn, msg)
+            self.queue(conn, msg)
 
     def _sweep(self, now: float) -> None:
         for conn in list(self._conns.values()):
             expired = conn.expired(now, self.cfg)
             if expired is not None:
-                self._reject(conn, expired[0], expired[1], close=True)
+                self.reject(conn, expired[0], expired[1], close=True)
 
     def _close(self, conn: Connection, reason: str | None) -> None:
         with self._lock:
