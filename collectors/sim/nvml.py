@@ -311,6 +311,13 @@ def nvmlEventSetFree(eventSet: _EventSet) -> None:  # noqa: N803
 
 
 # --- settings ------------------------------------------------------------------------
+def _locked_range(lo_mhz: int, hi_mhz: int, floor_mhz: int, ceiling_mhz: int) -> tuple[int, int]:
+    """A clock range to lock, INVALID_ARGUMENT unless floor <= lo <= hi <= ceiling."""
+    if not floor_mhz <= lo_mhz <= hi_mhz <= ceiling_mhz:
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return int(lo_mhz), int(hi_mhz)
+
+
 def nvmlDeviceSetPowerManagementLimit(handle: _Handle, limit: int) -> None:
     dev = _settable(handle, "nvmlDeviceSetPowerManagementLimit")
     p = dev.profile
@@ -321,28 +328,23 @@ def nvmlDeviceSetPowerManagementLimit(handle: _Handle, limit: int) -> None:
 
 def nvmlDeviceSetGpuLockedClocks(handle: _Handle, minGpuClockMHz: int, maxGpuClockMHz: int) -> None:  # noqa: N803
     dev = _settable(handle, "nvmlDeviceSetGpuLockedClocks")
-    p = dev.profile
-    if not (p.sm_clock_min_mhz <= minGpuClockMHz <= maxGpuClockMHz <= p.sm_clock_max_mhz):
-        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
-    dev.locked_sm_clocks_mhz = (int(minGpuClockMHz), int(maxGpuClockMHz))
+    dev.locked_sm_clocks_mhz = _locked_range(
+        minGpuClockMHz, maxGpuClockMHz, dev.profile.sm_clock_min_mhz, dev.profile.sm_clock_max_mhz
+    )
 
 
 def nvmlDeviceResetGpuLockedClocks(handle: _Handle) -> None:
-    dev = _settable(handle, "nvmlDeviceResetGpuLockedClocks")
-    dev.locked_sm_clocks_mhz = None
+    _settable(handle, "nvmlDeviceResetGpuLockedClocks").locked_sm_clocks_mhz = None
 
 
 def nvmlDeviceSetMemoryLockedClocks(handle: _Handle, minMemClockMHz: int, maxMemClockMHz: int) -> None:  # noqa: N803
     dev = _settable(handle, "nvmlDeviceSetMemoryLockedClocks")
     clocks = dev.profile.memory_clocks_mhz
-    if not (min(clocks) <= minMemClockMHz <= maxMemClockMHz <= max(clocks)):
-        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
-    dev.locked_memory_clocks_mhz = (int(minMemClockMHz), int(maxMemClockMHz))
+    dev.locked_memory_clocks_mhz = _locked_range(minMemClockMHz, maxMemClockMHz, min(clocks), max(clocks))
 
 
 def nvmlDeviceResetMemoryLockedClocks(handle: _Handle) -> None:
-    dev = _settable(handle, "nvmlDeviceResetMemoryLockedClocks")
-    dev.locked_memory_clocks_mhz = None
+    _settable(handle, "nvmlDeviceResetMemoryLockedClocks").locked_memory_clocks_mhz = None
 
 
 def nvmlDeviceSetApplicationsClocks(handle: _Handle, maxMemClockMHz: int, maxGraphicsClockMHz: int) -> None:  # noqa: N803
@@ -353,5 +355,4 @@ def nvmlDeviceSetApplicationsClocks(handle: _Handle, maxMemClockMHz: int, maxGra
 
 
 def nvmlDeviceResetApplicationsClocks(handle: _Handle) -> None:
-    dev = _settable(handle, "nvmlDeviceResetApplicationsClocks")
-    dev.applications_clocks_mhz = None
+    _settable(handle, "nvmlDeviceResetApplicationsClocks").applications_clocks_mhz = None
