@@ -26,9 +26,6 @@ class ApplicationsClocksConfig(SMClockConfig, MemoryClockConfig):
 @register
 class ApplicationsClocksKnob(ClockKnob):
     name = "applications_clocks"
-    # bounds() is the graphics clock's: the supported SM clocks within the SM clock keys
-    calls = DeviceCalls("supported_sm_clocks_mhz", "set_applications_clocks_mhz", "reset_applications_clocks")
-    cfg_prefix = "sm_clock"
     config_model = ApplicationsClocksConfig
     restore_rank = 30
     parts = ("memory", "graphics")
@@ -37,6 +34,8 @@ class ApplicationsClocksKnob(ClockKnob):
     display = "mem {0} / gfx {1} MHz"
     family = FAMILY
     cli = CliOption("--app-clocks", "MEM:GFX", "application clocks (MHz)", parse_pair)
+    calls = DeviceCalls("supported_sm_clocks_mhz", "set_applications_clocks_mhz", "reset_applications_clocks")
+    cfg_prefix = "sm_clock"  # bounds() are the graphics clock's: supported SM clocks within the SM keys
 
     def read(self, dev: GPUDevice) -> Value:
         try:
