@@ -108,19 +108,11 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def _pause_file(text: str) -> str:
-    """argparse type: a flag file path, refused while parsing when it cannot be the flag file.
-
-    A folder, or a path under a missing folder (other than the default's, which the daemon's
-    runtime directory provides), is refused: pausing would write a file no daemon reads.
-    """
+    """argparse type: a flag file path, refused while parsing when it names a folder."""
     from gputuned.tuner.decision.guard import DEFAULT_PAUSE_FILE
 
-    path = Path(text)
-    if path.is_dir():
+    if Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory, not the flag file (default {DEFAULT_PAUSE_FILE})")
-    if path != DEFAULT_PAUSE_FILE and not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"directory {path.parent} does not exist; the daemon reads [tuner] pause_file (default {DEFAULT_PAUSE_FILE})")
     return text
 
 

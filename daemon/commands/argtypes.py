@@ -1,7 +1,8 @@
 """argparse types for the daemon's commands: bad values are refused while parsing, in one line.
 
 Each type returns the parsed value or raises :class:`argparse.ArgumentTypeError`, whose text
-argparse prefixes with the flag (``argument --speed: must be positive, got '0'``).
+argparse prefixes with the flag (``argument --speed: must be positive, got '0'``). Values the
+config model also checks (ports, intervals, GPU counts) are left to it: its error names the key.
 """
 
 from __future__ import annotations
@@ -20,28 +21,6 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if math.isnan(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
-
-
-def port(text: str) -> int:
-    """A TCP port, 0 (any free port) to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0-65535, got {text!r}")
     return value
 
 

@@ -51,6 +51,11 @@ def _experiment(args: argparse.Namespace) -> int:
 
     from gputuned.daemon.record.experiment import ExperimentSpec, run_experiment
 
+    try:
+        gpu_profile(args.profile)
+    except argparse.ArgumentTypeError as e:
+        print(f"gputuned experiment: --profile: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if args.scenario and not (Path(args.scenario).is_file() or "/" not in args.scenario):
         print(f"gputuned experiment: --scenario: no such file {args.scenario}", file=sys.stderr)
         return EXIT_USAGE
@@ -101,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=positive_float, default=3600.0, metavar="S", help="simulated seconds per run")
     p.add_argument("--gpus", type=int, default=4, choices=range(1, 17), metavar="N")
-    p.add_argument("--profile", type=gpu_profile, default="a100", metavar="P",
+    p.add_argument("--profile", default="a100", metavar="P",
                    help="GPU profile: a100, h100, v100, a40, rtx6000, p100, a full name or a .toml file")
     p.add_argument("--tick", type=positive_float, default=2.0, metavar="S", help="collection period (simulated seconds)")
     p.add_argument("--interval", type=positive_float, default=20.0, metavar="S", help="tuner decision interval")

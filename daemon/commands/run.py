@@ -10,7 +10,7 @@ from typing import Any
 
 from gputuned import EXIT_USAGE, __version__
 from gputuned.daemon.app.config import Config, load_config
-from gputuned.daemon.commands.argtypes import gpu_profile, port, positive_float, positive_int
+from gputuned.daemon.commands.argtypes import gpu_profile
 from gputuned.daemon.core.config import ConfigError, resolve_config_path
 
 logger = logging.getLogger(__name__)
@@ -20,13 +20,13 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by commands that build a daemon: config file and common overrides."""
     p.add_argument("--config", metavar="PATH", help="TOML config (default /etc/gputuned/gputuned.toml if present)")
     p.add_argument("--sim", action="store_true", help="use the simulated GPU node even if a driver is present")
-    p.add_argument("--gpus", type=positive_int, metavar="N", help="number of simulated GPUs")
+    p.add_argument("--gpus", type=int, metavar="N", help="number of simulated GPUs")
     p.add_argument("--profile", type=gpu_profile, metavar="NAME",
                    help="simulated GPU profile: h100, a100, v100, a40, rtx6000, p100, a full name such as "
                         "h100-sxm5-80gb, or a profile .toml file")
     p.add_argument("--listen", metavar="ADDR", help="address for /metrics")
-    p.add_argument("--port", type=port, metavar="PORT", help="port for /metrics (0: any free port)")
-    p.add_argument("--interval", type=positive_float, metavar="SECONDS", help="collection period")
+    p.add_argument("--port", type=int, metavar="PORT", help="port for /metrics (0: any free port)")
+    p.add_argument("--interval", type=float, metavar="SECONDS", help="collection period")
     p.add_argument("--metric-names", choices=["gputuned", "dcgm"], help="also serve dcgm-exporter names")
 
 

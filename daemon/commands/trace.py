@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from gputuned import EXIT_USAGE, __version__
-from gputuned.daemon.commands.argtypes import output_file, port, positive_float
+from gputuned.daemon.commands.argtypes import output_file, positive_float
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
 from gputuned.daemon.core.config import ConfigError
 
@@ -164,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=positive_float, default=1.0,
                    help="replay speed factor, > 0 (default 1; inf: as fast as possible)")
     p.add_argument("--listen", help="address for /metrics")
-    p.add_argument("--port", type=port, help="port for /metrics")
+    p.add_argument("--port", type=int, help="port for /metrics")
     p.add_argument("--metric-names", choices=["gputuned", "dcgm"])
     p.add_argument("--exit", action="store_true", help="exit when the trace ends instead of serving its last state")
     p.set_defaults(func=_replay)
