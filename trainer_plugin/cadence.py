@@ -3,7 +3,10 @@
 Each exchange (a small all-reduce) and each gradient-norm sample (two dot products over every
 gradient) costs about the same whatever the step, so a fixed step count made them several
 percent of a 2 ms CPU step and rare on a 1 s GPU step. They are therefore spaced by a period in
-seconds, turned into steps at the recent step time (an exponential moving average). An explicit
+seconds, turned into steps at the recent step time: the wall time from one step's end to the
+next, data wait and the loop's own work included (an exponential moving average that takes a
+slowdown at once). A stop request rides on the next exchange, so it is honoured within about
+``sync_period_s`` plus one step whatever the loop spends outside ``plugin.step()``. An explicit
 step count (tests, reproducible runs) overrides the period.
 
 Every rank keeps its own :class:`Cadence` for norm samples, but the spacing of exchanges is the
@@ -21,6 +24,8 @@ FIRST_SPACING = 10
 MAX_SPACING = 10_000
 #: Weight of the newest step time in the moving average of step times, ``Cadence.step_ema``.
 STEP_EMA_WEIGHT = 0.1
+#: A step this many times longer than the average replaces it (a slowdown shortens the spacing at once).
+SLOWDOWN_JUMP = 2.0
 
 
 class Cadence:
@@ -41,7 +46,7 @@ class Cadence:
         self.sync_period_s = sync_period_s
         self.norm_every = max(1, norm_every) if norm_every else None
         self.norm_period_s = norm_period_s
-        self.step_ema: float | None = None  # the recent step time, seconds (None before a step)
+        self.step_ema: float | None = None  # the recent step-to-step time, seconds (None before a step)
         # the first step at which the next exchange starts, and the next norm sample is taken
         self.next_sync = self.sync_interval or FIRST_SPACING
         self.next_norm = 0

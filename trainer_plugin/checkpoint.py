@@ -2,13 +2,16 @@
 
 File layout: 8-byte magic, 32-byte SHA-256 of the payload, 8-byte big-endian payload length,
 then the payload (``torch.save`` of the state). A file whose magic, length or checksum does not
-match is skipped on load with a warning and the previous checkpoint is used.
+match is skipped on load with a warning and the previous checkpoint is used. A run that
+finished writes a last checkpoint and then a done marker (``DONE``, JSON naming that step);
+any later checkpoint removes the marker, since the run went on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 MAGIC = b"GPTUCK01"
 _HEAD = struct.Struct(">8s32sQ")
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+DONE_NAME = "DONE"
 
 #: Called with (step, temp path, bytes written so far) half-way through a write; a fault-injection seam.
 PartialWriteHook = Callable[[int, Path, int], None]
@@ -74,6 +78,7 @@ class CheckpointManager:
     def save(self, step: int, state: dict[str, Any]) -> None:
         """Snapshot ``state`` now and write it (in a background thread when asynchronous)."""
         self.wait()
+        (self.dir / DONE_NAME).unlink(missing_ok=True)  # the run goes on past a finish marked before
         snap = snapshot(state)
         if self.asynchronous:
             self._thread = threading.Thread(target=self._write, args=(step, snap), name="gputuned-ckpt", daemon=True)
@@ -86,6 +91,25 @@ class CheckpointManager:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def mark_done(self, step: int) -> bool:
+        """After the write of checkpoint ``step`` finishes, mark the run done at it; False if it was not written."""
+        self.wait()
+        final = self.path_for(step)
+        if not final.exists():
+            return False
+        tmp = self.dir / f".{DONE_NAME}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"step": step, "checkpoint": final.name}))
+        os.replace(tmp, self.dir / DONE_NAME)
+        _fsync_dir(self.dir)
+        return True
+
+    def done_step(self) -> int | None:
+        """The step a finished run was marked done at, or None (no marker, or one that does not parse)."""
+        try:
+            return int(json.loads((self.dir / DONE_NAME).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _write(self, step: int, state: dict[str, Any]) -> None:
         final = self.path_for(step)

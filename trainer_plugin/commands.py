@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tomllib
@@ -72,15 +73,36 @@ def run_train(args: argparse.Namespace) -> int:
                "-m", "gputuned.daemon.commands.cli", "train", args.config, *sum((["--set", o] for o in args.overrides), [])]
         if args.json:
             cmd.append("--json")
-        return subprocess.call(cmd)
+        return _launch(cmd)
     return _train_here(config, args.json)
+
+
+def _launch(cmd: list[str]) -> int:
+    """Run torchrun in its own session and pass SIGTERM and SIGINT (Ctrl-C) on to it; its exit code.
+
+    torchrun hands a signal to the workers, which checkpoint and stop together. In a session of
+    its own it gets each signal once, from here, not a second copy from the terminal's Ctrl-C.
+    """
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def forward(signum: int, frame: object) -> None:
+        logger.info("passing signal %d on to torchrun", signum)
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _train_here(config: Any, as_json: bool) -> int:
     import torch.distributed as dist
 
     from gputuned.trainer_plugin.config import ConfigError
-    from gputuned.trainer_plugin.trainer import Trainer, exit_distributed
+    from gputuned.trainer_plugin.process_group import exit_distributed
+    from gputuned.trainer_plugin.trainer import Trainer
 
     try:
         trainer = Trainer(config)

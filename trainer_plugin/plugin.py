@@ -10,13 +10,14 @@ Usable from any loop::
             plugin.record(loss=loss, scaler=scaler)
 
 Rank 0 polls decisions and broadcasts them at agreed steps (about every ``sync_period_s``
-seconds, or every ``sync_interval`` steps when that is set) so all ranks switch batch size at
-the same step. Nothing here blocks on the daemon.
+seconds of wall time, or every ``sync_interval`` steps when that is set) so all ranks switch
+batch size, and stop, at the same step. Nothing here blocks on the daemon.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -25,11 +26,12 @@ import torch
 import torch.distributed as dist
 
 from gputuned.trainer_plugin import compression
-from gputuned.trainer_plugin.cadence import STEP_EMA_WEIGHT, Cadence, CadenceSettings
+from gputuned.trainer_plugin.cadence import SLOWDOWN_JUMP, STEP_EMA_WEIGHT, Cadence, CadenceSettings
 from gputuned.trainer_plugin.client import DEFAULT_SOCKET, DaemonClient
 from gputuned.trainer_plugin.ddp_probe import DDPProbe, HookProbe
 from gputuned.trainer_plugin.exchange import DecisionExchange, batch_size_problem
 from gputuned.trainer_plugin.interval import IntervalStats, LossScaleWatch
+from gputuned.trainer_plugin.lr_factor import OptimizerLrFactor
 from gputuned.trainer_plugin.noise_scale import LR_RULES, NoiseScaleEstimator, scaled_lr
 from gputuned.trainer_plugin.profiling import ProfileCapture
 
@@ -71,7 +73,8 @@ class TrainingPlugin(CadenceSettings):
         # the loop's own veto: a reason why it cannot take a batch size now (refused, logged)
         self.vet_batch_size = vet_batch_size
         self.optimizer = optimizer
-        self.base_lrs = [g["lr"] for g in optimizer.param_groups] if optimizer else []
+        # the batch-size rule's factor, applied on top of the loop's own LR at each optimizer step
+        self._lr = OptimizerLrFactor(optimizer) if optimizer is not None else None
         self.lr_scaling = lr_scaling
         self.lr_factor = 1.0
         self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
@@ -99,6 +102,7 @@ class TrainingPlugin(CadenceSettings):
         self._pending_profile: dict[str, Any] | None = None
         # the step in progress: its start, whether it samples gradient norms, its data wait and samples
         self._t0 = 0.0
+        self._last_end: float | None = None  # when the previous step ended: step-to-step wall time
         self._armed = False
         self._measure = False
         self._data_wait = 0.0
@@ -175,9 +179,16 @@ class TrainingPlugin(CadenceSettings):
         now = time.perf_counter()
         self._armed = False
         step_time = now - self._t0
-        cadence = self._cadence  # the recent step time spaces exchanges and norm samples
+        # exchanges and norm samples are spaced by the wall time from one step's end to the next
+        # (data wait and the loop's own work included); the average takes a slowdown at once
+        last, self._last_end = self._last_end, now
+        period = step_time if last is None else now - last
+        cadence = self._cadence
         ema = cadence.step_ema
-        cadence.step_ema = step_time if ema is None else ema + STEP_EMA_WEIGHT * (step_time - ema)
+        if ema is None or period > SLOWDOWN_JUMP * ema:
+            cadence.step_ema = period
+        else:
+            cadence.step_ema = ema + STEP_EMA_WEIGHT * (period - ema)
         comm = 0.0
         probe = self._probe
         if probe is not None:
@@ -239,16 +250,22 @@ class TrainingPlugin(CadenceSettings):
             decision = self.client.poll_decision()
             if decision is not None:
                 kind, value = self._vet(decision)
-        if self.lr_scaling == "adascale" and self.batch_mode == "global":
-            self.lr_factor = self.noise.adascale_gain(self.batch_size, self.base_batch_size)
         interval = self._cadence.start_sync(self.step_count)
-        self._exchange.start(kind, value, self.lr_factor, interval, self.stop_requested, decision)
+        factor = self._next_lr_factor(value if kind == _BATCH else self.batch_size, kind == _BATCH)
+        self._exchange.start(kind, value, factor, interval, self.stop_requested, decision)
         if not self._exchange.distributed:
             self._finish_sync()
 
+    def _next_lr_factor(self, size: int, resized: bool) -> float:
+        """The LR factor for the batch in effect after this exchange (the leader's is the one agreed)."""
+        if self.batch_mode != "global" or not (resized or self.lr_scaling == "adascale"):
+            return self.lr_factor
+        return scaled_lr(self.lr_scaling, 1.0, size, self.base_batch_size, self.noise)
+
     def _finish_sync(self) -> None:
         agreed = self._exchange.finish()
-        self.lr_factor, self.stop_agreed = agreed.lr_factor, agreed.stop
+        self._set_lr_factor(agreed.lr_factor)
+        self.stop_agreed = agreed.stop
         self._cadence.agree_sync(agreed.interval)
         decision = agreed.decision
         if agreed.kind == _BATCH:
@@ -257,16 +274,36 @@ class TrainingPlugin(CadenceSettings):
                 self.client.ack(decision["id"], True, applied_step=self.step_count)
         elif agreed.kind == _PROFILE and decision is not None:
             self._pending_profile = decision
-        self._set_lr()
 
-    def settle(self) -> None:
-        """Finish a decision exchange in flight now (all ranks together, e.g. before a checkpoint)."""
+    @property
+    def syncing(self) -> bool:
+        """True while a decision exchange is in flight (started at one step's end, finished at the next)."""
+        return self._exchange.pending
+
+    def settle(self) -> bool:
+        """Finish a decision exchange in flight now (all ranks together, e.g. before a checkpoint); True if one was."""
         if self._exchange.pending:
             self._finish_sync()
+            return True
+        return False
 
     def request_stop(self) -> None:
         """Ask all ranks to stop together at the next sync point (e.g. on SIGTERM)."""
         self.stop_requested = True
+
+    def stop_on_signals(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> Callable[[], None]:
+        """Make these signals call :meth:`request_stop` (main thread only); returns a function restoring the old handlers.
+
+        All ranks then stop at the same step, at most about ``sync_period_s`` plus one step
+        later; the loop checks ``stop_agreed`` after each step and checkpoints.
+        """
+        previous = {sig: signal.signal(sig, lambda signum, frame: self.request_stop()) for sig in signals}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
 
     def overflow_count(self) -> int:
         """Overflows (loss-scale backoffs) so far, including those not yet reported."""
@@ -296,8 +333,6 @@ class TrainingPlugin(CadenceSettings):
         if self.batch_mode == "global":
             self.batch_size = size
             self.micro_batch_size = size // (self.world_size * self.accumulation_steps)
-            if self.lr_scaling != "adascale":
-                self.lr_factor = scaled_lr(self.lr_scaling, 1.0, size, self.base_batch_size, self.noise)
         else:
             self.micro_batch_size = size
             self.accumulation_steps = self.batch_size // (size * self.world_size)
@@ -307,10 +342,10 @@ class TrainingPlugin(CadenceSettings):
         if self.on_batch_size is not None:
             self.on_batch_size(self.batch_size, self.micro_batch_size, self.accumulation_steps)
 
-    def _set_lr(self) -> None:
-        if self.optimizer is not None:
-            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-                group["lr"] = base * self.lr_factor
+    def _set_lr_factor(self, factor: float) -> None:
+        self.lr_factor = factor
+        if self._lr is not None:
+            self._lr.factor = factor
 
     def _finish_profile(self) -> None:
         capture, self._profile = self._profile, None
@@ -337,14 +372,13 @@ class TrainingPlugin(CadenceSettings):
         self.batch_size = int(state["batch_size"])
         self.micro_batch_size = int(state["micro_batch_size"])
         self.accumulation_steps = int(state["accumulation_steps"])
-        self.lr_factor = float(state["lr_factor"])
+        self._set_lr_factor(float(state["lr_factor"]))
         self.step_count = int(state["step_count"])
         self.samples_total = int(state["samples_total"])
         self.overflows_total = int(state["overflows_total"])
         self.noise.g2, self.noise.s = state["noise"]
         # every rank resumes at the same step, so they agree on the first exchange again
         self._cadence.restart(self.step_count)
-        self._set_lr()
 
     def close(self) -> None:
         """Send a last report and close the daemon connection."""

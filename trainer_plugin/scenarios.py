@@ -22,7 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from gputuned.trainer_plugin.config import Config, parse_config
-from gputuned.trainer_plugin.trainer import Callbacks, Trainer, exit_distributed, init_distributed
+from gputuned.trainer_plugin.process_group import exit_distributed, init_distributed
+from gputuned.trainer_plugin.trainer import Callbacks, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -111,17 +112,52 @@ def overflow(cfg_path: str | None) -> dict[str, Any]:
 
 def batch_switch(cfg_path: str | None) -> dict[str, Any]:
     """A daemon's batch-size decision mid-epoch; the log of indices each rank trained on."""
+    lrs: dict[int, float] = {}  # the LR each step ran with, read while its loss is formed
+
     def slow(tr: Trainer) -> None:
         if tr.epoch == 0:
             time.sleep(0.02)  # leave time for reports and the decision to travel within epoch 0
 
+    def note_lr(tr: Trainer, loss: torch.Tensor) -> torch.Tensor:
+        lrs[tr.step] = tr.optimizer.param_groups[0]["lr"]
+        return loss
+
     trainer = Trainer(_config(cfg_path, {"train.epochs": 2, "plugin.sync_interval": 4}),
-                      Callbacks(on_step_end=slow), record_batches=True)
+                      Callbacks(on_step_end=slow, on_loss=note_lr), record_batches=True)
     result = trainer.fit()
     trainer.close()
     return {"batch_log": result.batch_log, "applied": trainer.plugin.decisions_applied,
             "refused": trainer.plugin.decisions_refused, "lr_factor": trainer.plugin.lr_factor,
-            "num_samples": len(trainer.y_train), "accuracy": result.test_accuracy}
+            "num_samples": len(trainer.y_train), "accuracy": result.test_accuracy,
+            "lrs": [lrs[s] for s in sorted(lrs)]}
+
+
+def data_bound(cfg_path: str | None) -> dict[str, Any]:
+    """A loop spending 30 ms per step outside ``plugin.step()``, sent a stop signal mid-run.
+
+    GPUTUNED_SIGNAL (TERM or INT) is sent by each rank in GPUTUNED_SIGNAL_RANKS (comma-separated)
+    to itself at the first step from GPUTUNED_SIGNAL_AT_STEP on where a decision exchange has
+    just started: the worst moment, as the stop vote then waits for the next exchange. The
+    result says how long until the run had stopped with its checkpoint written (``fit`` returned).
+    """
+    sig = signal.Signals[f"SIG{os.environ.get('GPUTUNED_SIGNAL', 'TERM')}"]
+    at = int(os.environ.get("GPUTUNED_SIGNAL_AT_STEP", "40"))
+    ranks = {int(r) for r in os.environ.get("GPUTUNED_SIGNAL_RANKS", "0").split(",")}
+    sent: list[float] = []
+
+    def loop_work(tr: Trainer) -> None:
+        time.sleep(0.03)
+        if tr.step >= at and tr.plugin.syncing and not sent and tr.rank in ranks:
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), sig)
+
+    trainer = Trainer(_config(cfg_path, {}), Callbacks(on_step_end=loop_work))
+    result = trainer.fit()
+    finished = time.monotonic()
+    trainer.close()
+    saved = [step for step, _ in trainer.ckpt.list()] if trainer.ckpt is not None else []
+    return {"steps": result.steps, "stopped_by_signal": result.stopped_early, "signalled": bool(sent),
+            "latency_s": finished - sent[0] if sent else None, "checkpoints": saved}
 
 
 def resume(cfg_path: str | None) -> dict[str, Any]:
@@ -287,7 +323,7 @@ class _PlainLoop:
 
 
 SCENARIOS = {"compression": compression, "overflow": overflow, "batch_switch": batch_switch, "resume": resume,
-             "throughput": throughput}
+             "throughput": throughput, "data_bound": data_bound}
 
 
 def main(argv: list[str] | None = None) -> int:

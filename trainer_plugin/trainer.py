@@ -6,8 +6,6 @@ import logging
 import math
 import os
 import random
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from gputuned.trainer_plugin.config import Config, ConfigError
 from gputuned.trainer_plugin.data import Prefetcher, ResizableBatchSampler, load_digits
 from gputuned.trainer_plugin.models import build_model
 from gputuned.trainer_plugin.plugin import TrainingPlugin
+from gputuned.trainer_plugin.process_group import init_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -50,24 +49,6 @@ class Result:
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)
     batch_log: list[tuple[int, int, list[int]]] = field(default_factory=list)
-
-
-def init_distributed() -> bool:
-    """Initialise the process group from torchrun's environment (once); True if distributed."""
-    if dist.is_initialized():
-        return True
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    # torchrun keeps one TCP store across elastic restarts; a per-attempt prefix stops a restarted
-    # worker from reading the dead attempt's gloo/NCCL addresses (seen as connectFullMesh failures).
-    store, rank, world = next(dist.rendezvous("env://"))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(backend, store=dist.PrefixStore(f"gputuned/attempt{attempt}/", store),
-                            rank=rank, world_size=world)
-    return True
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -134,8 +115,8 @@ class Trainer:
         ck = config.checkpoint
         self.ckpt = (CheckpointManager(ck.dir, keep=ck.keep, asynchronous=ck.asynchronous,
                                        on_partial_write=self.cb.on_partial_checkpoint) if ck.dir else None)
-        self._sigterm = False
         self.resumed_from: int | None = None
+        self.stopped_by_signal = False
         self.batch_log: list[tuple[int, int, list[int]]] = []
 
     def _make_plugin(self) -> TrainingPlugin:
@@ -163,13 +144,15 @@ class Trainer:
     def _set_lr(self) -> None:
         """Set the next step's learning rate: warm-up, cosine decay over the samples, the plugin's factor.
 
-        A function of (step, samples seen, plugin factor), all checkpointed, set directly: an LR
-        scheduler object around it cost about 10 us per step of Python for nothing more.
+        A function of (steps done, samples seen, plugin factor), all checkpointed, set directly: an
+        LR scheduler object around it cost about 10 us per step of Python for nothing more. It is
+        set after the plugin's step end, where a batch-size decision takes effect, so the factor
+        of a new batch size applies from the first step that runs with it.
         """
         o = self.cfg.optim
         factor = self.plugin.lr_factor
         if o.warmup_steps and self.step < o.warmup_steps:
-            factor *= (self.step + 1) / o.warmup_steps
+            factor *= max(self.step, 1) / o.warmup_steps
         if o.schedule == "cosine":
             factor *= 0.5 * (1 + math.cos(math.pi * min(1.0, self.samples_seen / self.total_samples)))
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
@@ -202,7 +185,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Collective: gather RNG states, then rank 0 writes (asynchronously by config)."""
-        self.plugin.settle()  # a decision in flight is applied before the snapshot, not lost
+        if self.plugin.settle():  # a decision in flight is applied before the snapshot, not lost
+            self._set_lr()
         state = self.state_dict()
         if self.ckpt is not None and self.rank == 0:
             self.ckpt.save(self.step, state)
@@ -235,6 +219,7 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.resumed_from = self.step
+        self._set_lr()  # the same function of the restored state the interrupted run used
         logger.info("rank %d resumed from %s at step %d", self.rank, chosen[0], self.step)
         return True
 
@@ -253,7 +238,6 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.samples_seen += global_n
-        self._set_lr()
         return total
 
     def _backward(self, x: torch.Tensor, y: torch.Tensor, global_n: int, whole: bool, sync: bool = True) -> torch.Tensor:
@@ -294,56 +278,82 @@ class Trainer:
         return acc, loss
 
     def fit(self) -> Result:
-        """Train to the configured epochs or steps; checkpoint; stop cleanly on SIGTERM."""
+        """Train to the configured epochs or steps; checkpoint; stop cleanly on SIGTERM or SIGINT.
+
+        A run that finishes writes a last checkpoint and a done marker, so running it again
+        resumes there and trains nothing more (raise ``epochs`` or ``max_steps`` to go on).
+        """
         resumed = self._resume()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+        start_step = self.step
+        on_main = threading.current_thread() is threading.main_thread()
+        restore_signals = self.plugin.stop_on_signals() if on_main else None
         history: list[dict[str, float]] = []
-        tc = self.cfg.train
-        stopped = False
+        self.stopped_by_signal = stopped = False
         self.prefetcher.start()
         logger.info("rank %d/%d training on %s in %s (resumed: %s)", self.rank, self.world, self.device,
                     self.precision, resumed)
-        while self.epoch < tc.epochs and not stopped:
-            while True:
-                if tc.max_steps is not None and self.step >= tc.max_steps:
-                    stopped = True
-                    break
-                t = _now()
-                item = self.prefetcher.next()
-                self.plugin.add_data_wait(_now() - t)
-                if item is None:
-                    break
-                parts, global_n = item
-                if self.record_batches:
-                    self.batch_log.append((self.step, global_n, parts[2].tolist()))
-                with self.plugin.step(samples=global_n):
-                    loss = self._train_step(parts, global_n)
-                    self.plugin.record(loss=loss, scaler=self.scaler)
-                self.step += 1
-                if self.rank == 0 and self.step % tc.log_every == 0:
-                    logger.info("step %d loss %.4f lr %.4g batch %d", self.step, float(loss),
-                                self.optimizer.param_groups[0]["lr"], self.plugin.batch_size)
-                if self.cb.on_step_end is not None:
-                    self.cb.on_step_end(self)
-                if self._sigterm:
-                    self.plugin.request_stop()
-                if self.plugin.stop_agreed or (self._sigterm and self.world == 1):
-                    logger.info("rank %d: stop requested (SIGTERM); checkpointing at step %d", self.rank, self.step)
-                    self.save_checkpoint()
-                    stopped = True
-                    break
-                if self.ckpt is not None and self.step % self.cfg.checkpoint.every_steps == 0:
-                    self.save_checkpoint()
-            if stopped:
-                break
-            self._next_epoch(history)
+        try:
+            while self.epoch < self.cfg.train.epochs and not stopped:
+                stopped = self._run_epoch()
+                if not stopped:
+                    self._next_epoch(history)
+        finally:
+            if restore_signals is not None:
+                restore_signals()
         self.prefetcher.stop()
+        if not self.stopped_by_signal:
+            self._finish(trained=self.step > start_step or not resumed)
         if self.ckpt is not None:
             self.ckpt.wait()
         acc, tloss = self.evaluate()
-        return Result(self.step, self.epoch, acc, tloss, self.plugin.overflow_count(), stopped and self._sigterm,
+        return Result(self.step, self.epoch, acc, tloss, self.plugin.overflow_count(), self.stopped_by_signal,
                       history, self.batch_log)
+
+    def _run_epoch(self) -> bool:
+        """Train the rest of this epoch; True when the run stops inside it (max_steps or a stop signal)."""
+        tc = self.cfg.train
+        plugin = self.plugin
+        while True:
+            if tc.max_steps is not None and self.step >= tc.max_steps:
+                return True
+            t = _now()
+            item = self.prefetcher.next()
+            plugin.add_data_wait(_now() - t)
+            if item is None:
+                return False
+            parts, global_n = item
+            if self.record_batches:
+                self.batch_log.append((self.step, global_n, parts[2].tolist()))
+            with plugin.step(samples=global_n):
+                loss = self._train_step(parts, global_n)
+                plugin.record(loss=loss, scaler=self.scaler)
+            self.step += 1
+            self._set_lr()  # after the step's end, where a new batch size (and its LR factor) takes effect
+            if self.rank == 0 and self.step % tc.log_every == 0:
+                logger.info("step %d loss %.4f lr %.4g batch %d", self.step, float(loss),
+                            self.optimizer.param_groups[0]["lr"], plugin.batch_size)
+            if self.cb.on_step_end is not None:
+                self.cb.on_step_end(self)
+            if plugin.stop_agreed or (plugin.stop_requested and self.world == 1):
+                logger.info("rank %d: stop requested (SIGTERM or SIGINT); checkpointing at step %d",
+                            self.rank, self.step)
+                self.save_checkpoint()
+                self.stopped_by_signal = True
+                return True
+            if self.ckpt is not None and self.step % self.cfg.checkpoint.every_steps == 0:
+                self.save_checkpoint()
+
+    def _finish(self, trained: bool) -> None:
+        """A finished run: a last checkpoint and the done marker (collective; nothing when nothing was trained)."""
+        if self.ckpt is None:
+            return
+        if not trained:
+            logger.info("rank %d: run already finished at step %d (checkpoint %s); nothing to train",
+                        self.rank, self.step, self.ckpt.dir)
+            return
+        self.save_checkpoint()
+        if self.rank == 0 and self.ckpt.mark_done(self.step):
+            logger.info("run finished at step %d; marked done in %s", self.step, self.ckpt.dir)
 
     def _next_epoch(self, history: list[dict[str, float]]) -> None:
         """End an epoch (evaluated when the config says so) and start the sampler's next one."""
@@ -358,27 +368,9 @@ class Trainer:
         self.prefetcher.consumed_state = self.sampler.state_dict()
         self.prefetcher.start()
 
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._sigterm = True
-
     def close(self) -> None:
         """Close the plugin's connection (the process group is left to the caller)."""
         self.plugin.close()
 
 
 _now = time.perf_counter
-
-
-def exit_distributed(code: int = 0) -> None:
-    """End a torchrun worker whose work and output are complete, skipping teardown.
-
-    Destroying a gloo process group (or the interpreter's teardown after it) now and then
-    aborts a finished rank ("terminate called without an active exception", exit -6), which
-    torchrun reports as a failed run. After a barrier every rank is done, so exit directly.
-    """
-    if dist.is_initialized():
-        dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)

@@ -1,9 +1,10 @@
-"""Two gloo processes on the CPU under torchrun: compression, fp16 overflow, decisions, kill -9."""
+"""Two gloo processes on the CPU under torchrun: compression, fp16 overflow, decisions, stop signals, kill -9."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -97,11 +98,34 @@ def test_batch_size_decision_switches_all_ranks_at_one_step_losing_no_sample(tmp
         sizes = {step: n for step, n, _ in r["batch_log"]}
         assert all(sizes[s] == 64 for s in range(applied))
         assert sizes[applied] == 128
+        # the linear rule's factor 2 applies from the first step with the new batch, on the cosine
+        lrs = r["lrs"]
+        assert 0.97 < lrs[applied - 1] / lrs[applied - 2] <= 1.0
+        assert 1.94 < lrs[applied] / lrs[applied - 1] <= 2.0
     assert [e[:2] for e in r0["batch_log"]] == [e[:2] for e in r1["batch_log"]]
     n = r0["num_samples"]
     epoch0 = [i for r in (r0, r1) for step, _, idx in r["batch_log"] for i in idx
               if step < _epoch_end(r0["batch_log"], n)]
     assert sorted(epoch0) == list(range(n))  # every sample exactly once across both ranks
+
+
+@pytest.mark.parametrize("sig, ranks", [(signal.SIGTERM, "1"), (signal.SIGINT, "0,1")], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_is_honoured_within_two_seconds_on_a_data_bound_loop(tmp_path, sig, ranks):
+    """30 ms per step outside plugin.step() (a few ms inside): SIGTERM on one rank, or SIGINT on
+    both as torchrun passes on a Ctrl-C, sent just after an exchange started (the worst moment),
+    stops both ranks at one step with a checkpoint within 2 s: exchanges come about every second
+    of wall time (spaced by the time inside plugin.step() they were 4 to 6 s apart here)."""
+    ck = tmp_path / "ck"
+    toml = (f'[train]\nepochs = 100\nmax_steps = 600\neval_every_epoch = false\n'
+            f'[checkpoint]\ndir = "{ck}"\nevery_steps = 100000\n')
+    env = {"GPUTUNED_SIGNAL": sig.name[3:], "GPUTUNED_SIGNAL_AT_STEP": "100", "GPUTUNED_SIGNAL_RANKS": ranks}
+    r0, r1 = run_scenario("data_bound", tmp_path, toml, env=env)
+    signalled = [r for r, rank in ((r0, "0"), (r1, "1")) if rank in ranks.split(",")]
+    assert all(r["signalled"] for r in signalled)
+    assert r0["stopped_by_signal"] and r1["stopped_by_signal"], (r0, r1)
+    assert r0["steps"] == r1["steps"] and 100 < r0["steps"] < 600
+    assert max(r["latency_s"] for r in signalled) < 2.0, (r0, r1)
+    assert r0["checkpoints"] == [r0["steps"]]
 
 
 def _epoch_end(log: list, n: int) -> int:
