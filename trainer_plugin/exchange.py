@@ -74,3 +74,10 @@ def batch_size_problem(size: int, mode: str, batch_size: int, min_batch: int, ma
     elif size < 1 or batch_size % (size * world):
         return f"micro batch_size {size} does not divide the global batch {batch_size} over {world} ranks"
     return None
+
+
+def sync_device(distributed: bool) -> torch.device:
+    """Where the decision exchange's all-reduce runs: the current GPU under NCCL, else the CPU."""
+    if distributed and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

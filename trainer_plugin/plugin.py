@@ -29,7 +29,7 @@ from gputuned.trainer_plugin import compression
 from gputuned.trainer_plugin.cadence import SLOWDOWN_JUMP, STEP_EMA_WEIGHT, Cadence, CadenceSettings
 from gputuned.trainer_plugin.client import DEFAULT_SOCKET, DaemonClient
 from gputuned.trainer_plugin.ddp_probe import DDPProbe, HookProbe
-from gputuned.trainer_plugin.exchange import DecisionExchange, batch_size_problem
+from gputuned.trainer_plugin.exchange import DecisionExchange, batch_size_problem, sync_device
 from gputuned.trainer_plugin.interval import IntervalStats, LossScaleWatch
 from gputuned.trainer_plugin.lr_factor import OptimizerLrFactor
 from gputuned.trainer_plugin.noise_scale import LR_RULES, NoiseScaleEstimator, scaled_lr
@@ -93,7 +93,7 @@ class TrainingPlugin(CadenceSettings):
             self.client = DaemonClient(socket_path, job=job, rank=self.rank, world_size=self.world_size,
                                        leader=self.leader, batch_size=batch_size, batch_mode=batch_mode)
         self._exchange = DecisionExchange(self.distributed and self.world_size > 1, self.leader,
-                                          _sync_device(self.distributed))
+                                          sync_device(self.distributed))
         self._interval = IntervalStats()
         self._scales = LossScaleWatch()
         self._last_report = time.monotonic()
@@ -180,7 +180,6 @@ class TrainingPlugin(CadenceSettings):
         self._armed = False
         step_time = now - self._t0
         # exchanges and norm samples are spaced by the wall time from one step's end to the next
-        # (data wait and the loop's own work included); the average takes a slowdown at once
         last, self._last_end = self._last_end, now
         period = step_time if last is None else now - last
         cadence = self._cadence
@@ -265,7 +264,7 @@ class TrainingPlugin(CadenceSettings):
     def _finish_sync(self) -> None:
         agreed = self._exchange.finish()
         self._set_lr_factor(agreed.lr_factor)
-        self.stop_agreed = agreed.stop
+        self.stop_agreed = agreed.stop  # every rank sees it at the same step
         self._cadence.agree_sync(agreed.interval)
         decision = agreed.decision
         if agreed.kind == _BATCH:
@@ -282,10 +281,10 @@ class TrainingPlugin(CadenceSettings):
 
     def settle(self) -> bool:
         """Finish a decision exchange in flight now (all ranks together, e.g. before a checkpoint); True if one was."""
-        if self._exchange.pending:
+        pending = self._exchange.pending
+        if pending:
             self._finish_sync()
-            return True
-        return False
+        return pending
 
     def request_stop(self) -> None:
         """Ask all ranks to stop together at the next sync point (e.g. on SIGTERM)."""
@@ -344,7 +343,7 @@ class TrainingPlugin(CadenceSettings):
 
     def _set_lr_factor(self, factor: float) -> None:
         self.lr_factor = factor
-        if self._lr is not None:
+        if self._lr is not None:  # the optimizer's hooks read it at each step
             self._lr.factor = factor
 
     def _finish_profile(self) -> None:
@@ -393,10 +392,3 @@ def _topology() -> tuple[bool, int, int]:
     if dist.is_available() and dist.is_initialized():
         return True, dist.get_rank(), dist.get_world_size()
     return False, 0, 1
-
-
-def _sync_device(distributed: bool) -> torch.device:
-    """Where the decision exchange's all-reduce runs: the current GPU under NCCL, else the CPU."""
-    if distributed and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
