@@ -7,11 +7,14 @@ import argparse
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from gputuned import EXIT_USAGE
+from gputuned.progress import track
+
+T = TypeVar("T")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -33,6 +36,11 @@ class BenchParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print ``PROG: error: MESSAGE`` on one line and exit 2."""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Yield ``items`` while a progress line on stderr counts them (on a terminal, or with GPUTUNED_PROGRESS=1)."""
+    return track(items, description, total)
 
 
 def _bounded(kind: Callable[[str], Any], name: str, ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import BenchParser, csv_choices, detector_config
+from _common import BenchParser, csv_choices, detector_config, progress
 
 from gputuned.tuner.forecast.csvio import parse_timestamp, read_series
 from gputuned.tuner.forecast.detector import DetectorConfig, OnlineDetector
@@ -203,7 +203,7 @@ def run(nab: str, corpora: tuple[str, ...], config: DetectorConfig) -> tuple[lis
         labels = json.loads((root / "labels/combined_labels.json").read_text())
         scores = []
         elapsed, rows = 0.0, 0
-        for name in names:
+        for name in progress(names, "NAB files"):
             t0 = time.perf_counter()
             times, flags = alerts_of(root / "data" / name, config)
             elapsed += time.perf_counter() - t0

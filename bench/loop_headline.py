@@ -35,6 +35,7 @@ from _common import (
     gpu_profile,
     positive_float,
     positive_int,
+    progress,
     workload_list,
 )
 
@@ -227,7 +228,7 @@ def main() -> int:
              if o in ("energy_slowdown", "throughput") for w in a.workloads.split(",")] if a.compare else []
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
-        got = list(pool.map(one, work + extra))
+        got = list(progress(pool.map(one, work + extra), "experiments", total=len(work + extra)))
     docs, other = got[:len(work)], got[len(work):]
     wall = time.time() - t0
     Path(a.out).mkdir(parents=True, exist_ok=True)

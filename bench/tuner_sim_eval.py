@@ -38,6 +38,7 @@ from _common import (
     nonnegative_int,
     positive_float,
     positive_int,
+    progress,
     workload,
 )
 
@@ -111,7 +112,7 @@ def evaluate(paths: list[Path], horizon: int, noise: float = 0.0, seeds: int = 1
                                                            for p in paths}
     env = SimNodeEnv(horizon=horizon, workloads=TRAINING_WORKLOADS + HELD_OUT_WORKLOADS)
     rows = []
-    for c in cases():
+    for c in progress(cases(), "eval cases"):
         opts = c | {"noise": noise} | ({"max_slowdown": 0.03} if c["objective"] != "throughput" else {})
         for seed in range(11, 11 + seeds):
             base = episode(env, opts, None, seed=seed)

@@ -13,6 +13,7 @@ import tomllib
 from typing import Any
 
 from gputuned import EXIT_USAGE
+from gputuned.progress import ProgressLine, add_progress_flag
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def register(subparsers: Any) -> None:
                    help="processes to launch with torchrun when not already under torchrun (default 1)")
     p.add_argument("--max-restarts", type=_count(0), default=3, help="torchrun elastic restarts (with --nproc)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_progress_flag(p)
     p.set_defaults(func=run_train)
 
 
@@ -73,8 +75,10 @@ def run_train(args: argparse.Namespace) -> int:
                "-m", "gputuned.daemon.commands.cli", "train", args.config, *sum((["--set", o] for o in args.overrides), [])]
         if args.json:
             cmd.append("--json")
+        if args.progress is not None:
+            cmd.append("--progress" if args.progress else "--no-progress")
         return _launch(cmd)
-    return _train_here(config, args.json)
+    return _train_here(config, args.json, args.progress)
 
 
 def _launch(cmd: list[str]) -> int:
@@ -97,7 +101,15 @@ def _launch(cmd: list[str]) -> int:
             signal.signal(sig, handler)
 
 
-def _train_here(config: Any, as_json: bool) -> int:
+def _progress_hook(line: ProgressLine, max_steps: int | None) -> Any:
+    """A step-end callback that moves ``line``: steps of ``max_steps`` when set, else samples of the run."""
+    def hook(trainer: Any) -> None:
+        done = trainer.step if max_steps is not None else trainer.samples_seen
+        line.update(done, description=f"training, epoch {trainer.epoch + 1}, step {trainer.step}")
+    return hook
+
+
+def _train_here(config: Any, as_json: bool, progress: bool | None = None) -> int:
     import torch.distributed as dist
 
     from gputuned.trainer_plugin.config import ConfigError
@@ -109,7 +121,12 @@ def _train_here(config: Any, as_json: bool) -> int:
     except ConfigError as e:
         print(f"gputuned train: {e}", file=sys.stderr)
         return EXIT_USAGE
-    result = trainer.fit()
+    max_steps = config.train.max_steps
+    total = max_steps if max_steps is not None else trainer.total_samples
+    with ProgressLine("training", total=total, flag=progress if trainer.rank == 0 else False) as line:
+        if line.shown:
+            trainer.cb.on_step_end = _progress_hook(line, max_steps)
+        result = trainer.fit()
     trainer.close()
     if trainer.rank == 0:
         summary = {"steps": result.steps, "epochs": result.epochs, "test_accuracy": round(result.test_accuracy, 4),

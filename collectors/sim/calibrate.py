@@ -16,6 +16,7 @@ import csv
 import itertools
 import logging
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,9 +261,13 @@ def holdout_mask(rows: Rows, mode: str, fraction: float, rng: np.random.Generato
 
 
 def calibrate(
-    data_dir: Path, holdout: float = 0.2, seed: int = 0, mode: str = "random", gpus: list[str] | None = None
+    data_dir: Path, holdout: float = 0.2, seed: int = 0, mode: str = "random", gpus: list[str] | None = None,
+    on_gpu: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Fit every Zeus workload on every traced GPU (or the Zeus GPU names given); return the document."""
+    """Fit every Zeus workload on every traced GPU (or the Zeus GPU names given); return the document.
+
+    ``on_gpu`` is called with each GPU's profile key once that GPU is fitted (a progress hook).
+    """
     wls = zeus_workloads()
     unknown = sorted(set(gpus or []) - set(ZEUS_GPUS))
     if unknown:
@@ -304,6 +309,8 @@ def calibrate(
             "power_median": float(np.median(p_err)), "power_worst": float(np.max(p_err)),
         }
         logger.info("calibrated %s: %s", key, doc["errors"][key])
+        if on_gpu is not None:
+            on_gpu(key)
     for wl in wls.values():
         fit = fit_noise_scale(data_dir, wl)
         if fit is not None:

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from gputuned import EXIT_USAGE
+from gputuned.progress import ProgressLine, add_progress_flag
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal.add_argument("--holdout-mode", choices=["random", "power_limit"], default="random",
                      help="random: a seeded --holdout fraction of rows; power_limit: every 5th power limit "
                           "of each GPU's grid (default random)")
+    add_progress_flag(cal)
     cal.set_defaults(func=calibrate_command)
     sim.set_defaults(func=lambda args: (sim.print_help(), EXIT_USAGE)[1])
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
     """Run the calibration, write the JSON, print median and worst held-out errors per GPU."""
-    from gputuned.collectors.sim.calibrate import calibrate
+    from gputuned.collectors.sim.calibrate import ZEUS_GPUS, calibrate
 
     data = args.data or _default_data()
     if data is None:
@@ -61,7 +63,9 @@ def calibrate_command(args: argparse.Namespace) -> int:
         print(f"gputuned sim calibrate: --holdout {args.holdout}: must be in (0, 0.9)")
         return EXIT_USAGE
     try:
-        doc = calibrate(data, holdout=args.holdout, seed=args.seed, mode=args.holdout_mode, gpus=args.gpu)
+        with ProgressLine("calibrating", total=len(set(args.gpu or ZEUS_GPUS)), flag=args.progress) as line:
+            doc = calibrate(data, holdout=args.holdout, seed=args.seed, mode=args.holdout_mode, gpus=args.gpu,
+                            on_gpu=lambda key: line.advance(1.0))
     except ValueError as e:
         print(f"gputuned sim calibrate: {e}")
         return EXIT_USAGE

@@ -16,6 +16,7 @@ from typing import Any
 from gputuned import EXIT_USAGE
 from gputuned.daemon.commands import units
 from gputuned.daemon.commands.argtypes import gpu_profile, positive_float
+from gputuned.progress import add_progress_flag, progress_bar
 
 #: The comparison's rows: key, label, how a value is shown.
 _ROWS = (("energy_to_target_j", "energy to target", units.energy),
@@ -47,8 +48,6 @@ def print_comparison(doc: dict[str, Any]) -> None:
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
     from gputuned.daemon.record.experiment import ExperimentSpec, run_experiment
 
     try:
@@ -67,7 +66,7 @@ def _experiment(args: argparse.Namespace) -> int:
     )
     out = Path(args.output)
     try:
-        with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+        with progress_bar(args.progress) as bar:
             tasks = {name: bar.add_task(f"tuner {name}", total=1.0) for name in ("off", "on")}
             doc = run_experiment(spec, out, lambda name, frac: bar.update(tasks[name], completed=frac))
     except (ValueError, FileNotFoundError) as e:  # unknown workload/profile/scenario, bad policy file
@@ -119,6 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
     p.add_argument("--forecast", default="linear", choices=["linear", "prophet", "none"],
                    help="forecaster fitter in the worker (prophet is slower); none: no forecasts, no alerts")
+    add_progress_flag(p)
     p.set_defaults(func=_experiment, default_log_level="warning")
 
     p = sub.add_parser("report", help="figures and an HTML report of an experiment or a recorded run")

@@ -9,11 +9,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gputuned import EXIT_USAGE, __version__
 from gputuned.daemon.commands.argtypes import output_file, positive_float
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
 from gputuned.daemon.core.config import ConfigError
+from gputuned.progress import ProgressLine, add_progress_flag
+
+if TYPE_CHECKING:
+    from gputuned.daemon.record.trace import TraceWriter
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -50,7 +55,7 @@ def _record(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         daemon.start()
-        done.wait(args.duration)
+        _wait(done, args.duration, writer, args.progress)
     except KeyboardInterrupt:
         pass
     finally:
@@ -63,6 +68,16 @@ def _record(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _wait(done: threading.Event, duration: float, writer: TraceWriter, flag: bool | None) -> None:
+    """Wait ``duration`` seconds or until ``done``, drawing the recording's progress on stderr."""
+    deadline = time.monotonic() + duration
+    with ProgressLine("recording", total=duration, flag=flag) as line:
+        while not done.is_set() and (left := deadline - time.monotonic()) > 0:
+            done.wait(min(left, 0.5) if line.shown else left)
+            line.update(duration - max(deadline - time.monotonic(), 0.0),
+                        description=f"recording, {writer.samples_written} samples")
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -157,6 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_flags(p)
     p.add_argument("--duration", type=parse_duration, default=60.0, help="how long, e.g. 30s, 10m (default 60s)")
     p.add_argument("-o", "--output", type=output_file, required=True, help="trace file to write")
+    add_progress_flag(p)
     p.set_defaults(func=_record)
 
     p = sub.add_parser("replay", help="serve a recorded trace through the exporter")
