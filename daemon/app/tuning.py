@@ -193,6 +193,7 @@ class TuningComponent:
         self.node: StoreNode | None = None
         self.decisions: dict[str, int] = {}
         self._last_t = 0.0
+        self._last_action_t = 0.0  # kept across jobs: when the tuner last changed a knob
 
     @property
     def batch_in_flight(self) -> bool:
@@ -261,12 +262,12 @@ class TuningComponent:
         return 0 not in self.decider.connected_jobs().get(job, [])
 
     def _job_gone_restore(self, now: float, kernel: DecisionKernel, job: str) -> None:
-        kernel._emit(now, "job_gone", "batch_size", "job", 0, job=job)
+        kernel.emit(now, "job_gone", "batch_size", "job", 0, job=job)
         restore = getattr(self.actuator, "restore_gpu", None)
         if restore is not None and kernel.limit_w and self.cfg.tune_power:  # no job left to tune for
             for g, _, _ in self._gpus:
                 restore(int(g.key))
-            kernel._emit(now, "restore", "power_limit", "all", 0)
+            kernel.emit(now, "restore", "power_limit", "all", 0)
 
     def _new_chooser(self) -> Chooser:
         kind, path = self.cfg.chooser_kind()
@@ -289,7 +290,7 @@ class TuningComponent:
                                      on_event=self.on_event, on_rollback=hook)
         self.kernel.last_action_t = self._last_action_t
         self.node = node
-        self.kernel._emit(now, "job", "batch_size", "job", self.kernel.b0, job=job, power_limit_w=limit)
+        self.kernel.emit(now, "job", "batch_size", "job", self.kernel.b0, job=job, power_limit_w=limit)
 
     # -- output -----------------------------------------------------------------------
     def samples(self) -> list[Sample]:
@@ -305,5 +306,3 @@ class TuningComponent:
         if k is not None:
             self._last_action_t = k.last_action_t
         return out
-
-    _last_action_t = 0.0

@@ -145,7 +145,7 @@ class DecisionKernel:
         self.last = m
         if self.ref is None:
             self.ref = m
-            self._emit(now, "reference", "batch_size", "job", m.batch, eps_j=m.eps, goodput=m.goodput)
+            self.emit(now, "reference", "batch_size", "job", m.batch, eps_j=m.eps, goodput=m.goodput)
             return Outcome("reference", m)
         back = self.guard.evaluate(self.cost_rate(m), now, noise=GUARD_NOISE)
         if back:
@@ -210,14 +210,14 @@ class DecisionKernel:
         if ack is None:
             if now - p.sent_at > ACK_TIMEOUT_INTERVALS * self.cfg.interval_s:
                 self.pending = None
-                self._emit(now, "failed", "batch_size", "job", p.batch, reason="no ack")
+                self.emit(now, "failed", "batch_size", "job", p.batch, reason="no ack")
             return None
         self.pending = None
         if ack.ok:
             if p.rate_before is not None:
                 self.guard.commit("batch_size", "job", p.batch, now, baseline=p.rate_before, previous=p.previous)
             self.last_action_t = now
-            self._emit(now, "applied", "batch_size", "job", p.batch, previous=p.previous)
+            self.emit(now, "applied", "batch_size", "job", p.batch, previous=p.previous)
             return ack
         self.observer.moved(self.observer.last[0], 0)  # the next observation: no batch move made
         if "memory" in ack.error.lower():
@@ -225,7 +225,7 @@ class DecisionKernel:
             self.oom = True
         elif p.batch > p.previous:  # the job refuses sizes this large (its max_batch_size)
             self.batch_max = p.previous if self.batch_max is None else min(self.batch_max, p.previous)
-        self._emit(now, "nack", "batch_size", "job", p.batch, reason=ack.error)
+        self.emit(now, "nack", "batch_size", "job", p.batch, reason=ack.error)
         return ack
 
     def _batch_move(self, now: float, m: Interval, db: int, rate: float) -> int:
@@ -234,11 +234,11 @@ class DecisionKernel:
             return 0
         size = int(m.batch * (2.0 if db > 0 else 0.5))
         if db > 0 and self.batch_max is not None and size > self.batch_max:
-            self._emit(now, "refused", "batch_size", "job", size, reason="batch_max")
+            self.emit(now, "refused", "batch_size", "job", size, reason="batch_max")
             return 0
         d = self.guard.propose("batch_size", "job", size, now)
         if not d.allowed:
-            self._emit(now, "refused", "batch_size", "job", size, reason=d.reason)
+            self.emit(now, "refused", "batch_size", "job", size, reason=d.reason)
             return 0
         if not self._request_batch(now, size, m.batch, rate):
             return 0
@@ -249,10 +249,10 @@ class DecisionKernel:
         try:
             ident = self.node.request_batch(size)
         except (LookupError, ValueError) as e:
-            self._emit(now, "failed", "batch_size", "job", size, reason=str(e))
+            self.emit(now, "failed", "batch_size", "job", size, reason=str(e))
             return False
         self.pending = _Pending(ident, size, previous, now, rate)
-        self._emit(now, "rollback" if rate is None else "decision", "batch_size", "job", size, previous=previous,
+        self.emit(now, "rollback" if rate is None else "decision", "batch_size", "job", size, previous=previous,
                    ident=ident)
         return True
 
@@ -261,18 +261,18 @@ class DecisionKernel:
         if not rollback:
             d = self.guard.propose("power_limit", "all", watts, now)
             if not d.allowed:
-                self._emit(now, "refused", "power_limit", "all", watts, reason=d.reason)
+                self.emit(now, "refused", "power_limit", "all", watts, reason=d.reason)
                 return False
         done = [g.key for g in self._gpus
                 if self.node.set_power_limit(g.key, max(g.lo_w, watts - self.slack_w.get(g.key, 0.0)))]
         if not done:
-            self._emit(now, "failed", "power_limit", "all", watts)
+            self.emit(now, "failed", "power_limit", "all", watts)
             return False
         previous, self.limit_w = self.limit_w, watts
         if not rollback:
             self.guard.commit("power_limit", "all", watts, now, baseline=rate, previous=previous)
         self.last_action_t = now
-        self._emit(now, "rollback" if rollback else "action", "power_limit", "all", watts, previous=previous,
+        self.emit(now, "rollback" if rollback else "action", "power_limit", "all", watts, previous=previous,
                    gpus=[int(k) if k.isdigit() else k for k in done])
         return True
 
@@ -291,13 +291,13 @@ class DecisionKernel:
                 continue
             d = self.guard.propose("power_limit", k, watts, now)
             if not d.allowed:
-                self._emit(now, "refused", "power_limit", k, watts, reason=d.reason)
+                self.emit(now, "refused", "power_limit", k, watts, reason=d.reason)
                 continue
             if self.node.set_power_limit(k, watts):
                 self.guard.commit("power_limit", k, watts, now)
                 self.slack_w[k] = self.limit_w - watts
                 self.last_action_t = now
-                self._emit(now, "action", "power_limit", k, watts, previous=current[k], reason="perseus_slack")
+                self.emit(now, "action", "power_limit", k, watts, previous=current[k], reason="perseus_slack")
 
     # -- rollback and output ------------------------------------------------------------------
     def _rollback(self, now: float, back: list[tuple[str, str, float]]) -> None:
@@ -311,7 +311,8 @@ class DecisionKernel:
                 self.poll(now)
         self.observer.rolled_back()
 
-    def _emit(self, t: float, kind: str, knob: str, target: str, value: float, **extra: Any) -> None:
+    def emit(self, t: float, kind: str, knob: str, target: str, value: float, **extra: Any) -> None:
+        """Log one tuner event and hand it to ``on_event``."""
         event = {"t": t, "kind": kind, "knob": knob, "target": target, "value": value, **extra}
         logger.info("tuner %s %s=%s on %s %s", kind, knob, value, target, extra or "")
         self.on_event(event)
