@@ -49,6 +49,8 @@ TRAINING_WORKLOADS = (
 #: Held out of training, to judge generalisation to workloads never seen.
 HELD_OUT_WORKLOADS = ("vit-b16-imagenet", "gpt2-small-openwebtext", "dlrm-criteo")
 POWER_CAP = int(ClockEventReason.SW_POWER_CAP)
+#: Intervals the environment runs waiting for a choice before it gives up on the episode's job.
+MAX_INTERVALS_PER_CHOICE = 30
 
 
 class SimNode:
@@ -198,7 +200,7 @@ class SimNodeEnv(gym.Env):
         it, the intervals run and whether the guard rolled a move back on the way."""
         spent: list[Interval] = []
         rolled = False
-        while True:
+        for _ in range(MAX_INTERVALS_PER_CHOICE):
             self.node.advance(self.interval_s)
             out = self.kernel.observe(self.node.now())
             rolled = rolled or out.kind == "rollback"
@@ -206,6 +208,8 @@ class SimNodeEnv(gym.Env):
                 spent.append(out.interval)
             if out.obs is not None:
                 return out, spent, rolled
+        raise RuntimeError(f"{self.workload} on {self.profile_name}: no measurable interval in "
+                           f"{MAX_INTERVALS_PER_CHOICE} (the job reports no samples)")
 
     def _full_obs(self, out: Outcome) -> np.ndarray:
         assert out.obs is not None
