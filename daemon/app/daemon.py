@@ -195,7 +195,7 @@ class Daemon:
             what = "no GPUs"
         models = sorted({d.identity.model for d in g.devices})
         gpus = f"{len(g.devices)} x {', '.join(models)}" if g.devices else "0 GPUs"
-        where = self.server.url if self.server else "(not serving)"
+        where = self.server.where if self.server else "(not serving)"
         return f"{what}: {gpus}; serving {where}"
 
     def start(self, *, background: bool = True) -> None:

@@ -114,7 +114,7 @@ def _replay(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     server.start()
     print(f"gputuned {__version__}: replaying {args.file} ({trace.sample_count} samples) at {args.speed}x; "
-          f"serving {server.url}", flush=True)
+          f"serving {server.where}", flush=True)
     replayer = Replayer(trace, store, args.speed)
     thread = threading.Thread(target=replayer.run, daemon=True)
     thread.start()

@@ -153,6 +153,15 @@ class MetricsServer(ThreadingHTTPServer):
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else str(host))
         return f"http://{shown}:{port}/metrics"
 
+    @property
+    def where(self) -> str:
+        """Where /metrics is served, as bound: a wildcard address is named, with the URL to use on this host."""
+        host, port = self.server_address[:2]
+        if host in ("0.0.0.0", "", "::"):
+            bound = f"[::]:{port}" if host == "::" else f"0.0.0.0:{port}"
+            return f"/metrics on {bound} (all interfaces; on this host {self.url})"
+        return self.url
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="gputuned-http", daemon=True)
         self._thread.start()
