@@ -121,6 +121,53 @@ READINGS: tuple[Reading, ...] = (
 )
 
 
+#: Readings that some GPU generations or boards lack by design, and why: their absence is logged
+#: at info level; any other unsupported reading is a warning (a driver or permission surprise).
+EXPECTED_ABSENT: dict[str, str] = {
+    F.GPU_DRAM_BW: "no GPM",
+    F.GPU_MEM_TEMP: "no memory temperature sensor",
+    F.GPU_FAN: "no fan; passively cooled",
+    F.GPU_NVLINK_TX: "no NVLink",
+    F.GPU_ENC: "no video engines",
+    F.GPU_POWER_VIOLATION: "no violation counters",
+    F.GPU_ECC: "ECC off or absent",
+    F.GPU_REMAPPED: "no row remapping; Ampere and later have it",
+    F.GPU_PSTATE: "no performance states",
+}
+
+
+def reading_name(reading: Reading) -> str:
+    """The family a reading is known by in logs (its first family)."""
+    composite = {"_memory": F.GPU_MEM_USED, "_utilization": F.GPU_UTIL, "_power_limits": F.GPU_POWER_LIMIT_MIN,
+                 "_ecc": F.GPU_ECC, "_remapped": F.GPU_REMAPPED, "_clock_events": F.GPU_CLOCK_EVENT_MASK}
+    return composite.get(reading.__name__, reading.__name__)
+
+
+def gpu_list(indices: Sequence[int]) -> str:
+    """``gpu 2``, ``gpus 0-3``, ``gpus 0, 2, 5-7``: GPU indices with runs folded."""
+    idx = sorted(set(indices))
+    runs: list[str] = []
+    start = prev = idx[0]
+    for i in [*idx[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        runs.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return f"{'gpus' if len(idx) > 1 else 'gpu'} {', '.join(runs)}"
+
+
+def log_unsupported(dropped: dict[str, tuple[list[int], str]]) -> None:
+    """One line per reading that some GPUs lack: which GPUs, why, at info level where it is expected."""
+    for name, (indices, why) in dropped.items():
+        verb = "do not support" if len(indices) > 1 else "does not support"
+        if name in EXPECTED_ABSENT:
+            logger.info("%s %s %s (%s); not read again", gpu_list(indices), verb, name, EXPECTED_ABSENT[name])
+        else:
+            logger.warning("%s %s %s (%s); not read again", gpu_list(indices), verb, name, why)
+
+
 class _GPUState:
     def __init__(self, dev: GPUDevice) -> None:
         ident = dev.identity
@@ -156,11 +203,14 @@ class GPUCollector:
 
     def collect(self) -> list[Sample]:
         out: list[Sample] = []
+        dropped: dict[str, tuple[list[int], str]] = {}
         for g in self._gpus:
-            out.extend(self._collect_one(g))
+            out.extend(self._collect_one(g, dropped))
+        if dropped:
+            log_unsupported(dropped)
         return out
 
-    def _collect_one(self, g: _GPUState) -> list[Sample]:
+    def _collect_one(self, g: _GPUState, unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
         labels = g.labels
         if g.lost:
             return [(F.GPU_UP, labels, 0.0)]
@@ -169,8 +219,11 @@ class GPUCollector:
         for reading in g.readings:
             try:
                 out.extend(reading(g.dev, labels))
-            except NotSupportedError:
+            except NotSupportedError as e:
                 dropped.append(reading)
+                why = str(e).split(": ", 1)[-1] if str(e).startswith("gpu ") else str(e)
+                unsupported.setdefault(reading_name(reading), ([], why or "not supported"))[0].append(
+                    g.dev.identity.index)
             except GPULostError as e:
                 logger.error("gpu %s lost: %s; its series stop until restart", labels[0][1], e)
                 g.lost = True
@@ -179,7 +232,6 @@ class GPUCollector:
                 g.errors += 1
                 logger.warning("gpu %s reading %s failed: %s", labels[0][1], reading.__name__, e)
         for reading in dropped:
-            logger.info("gpu %s does not support %s; not read again", labels[0][1], reading.__name__)
             g.readings.remove(reading)
         try:
             for xid in g.dev.poll_xid_events():
