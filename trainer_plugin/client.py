@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_SOCKET = "/run/gputuned/control.sock"
 
 
+class RefusedError(Exception):
+    """The daemon answered the hello with a refusal; the message says why."""
+
+
 class DaemonClient:
     """One connection of one rank to its node's daemon (reconnecting, thread-backed)."""
 
@@ -59,6 +63,7 @@ class DaemonClient:
         self.malformed_total = 0
         self.sent_total = 0
         self.dropped_total = 0
+        self._refusal_warned = False
         self._lock = threading.Lock()
         self._out: collections.deque[dict[str, Any]] = collections.deque(maxlen=pending_limit)
         self._report: dict[str, Any] | None = None
@@ -169,20 +174,55 @@ class DaemonClient:
             if not self._stop.is_set():
                 self._stop.wait(delay)
 
+    def _refused(self, why: str) -> None:
+        """Say once, in the job's log, that the daemon refused this process and why (later refusals: debug)."""
+        if self._refusal_warned:
+            logger.debug("daemon at %s refused the connection again: %s", self.path, why)
+            return
+        self._refusal_warned = True
+        logger.warning("gputuned daemon at %s refused this process (%s); this job is not monitored or tuned "
+                       "until it is accepted", self.path, why)
+
+    def _greet(self, chan: protocol.Channel) -> dict[str, Any]:
+        """Send the hello and return the welcome; RefusedError with the reason when the daemon refuses."""
+        try:
+            chan.send({**self._hello, "pid": os.getpid()})
+        except OSError:  # a daemon refusing a peer answers and closes without reading: its reason may wait
+            pass
+        try:
+            answer = chan.receive()
+        except protocol.ProtocolError as e:
+            if str(e).startswith("v: "):
+                raise RefusedError(f"protocol version mismatch, {e}") from e
+            raise RefusedError(f"bad hello exchange: {e}") from e
+        if answer["type"] == "error":
+            text = answer["error"]
+            kind = "permission" if "not allowed" in text else "hello refused"
+            raise RefusedError(f"{kind}: {text}")
+        if answer["type"] != "welcome":
+            raise RefusedError(f"bad hello exchange: expected welcome, got {answer['type']}")
+        return answer
+
     def _connect(self) -> protocol.Channel | None:
         try:
             chan = protocol.Channel.connect(self.path, protocol.TO_TRAINER, timeout=5.0)
+        except PermissionError as e:
+            self._refused(f"permission: {e.strerror} on the socket; join its group (control.allowed_gids)")
+            return None
         except OSError as e:
             logger.debug("daemon not reachable at %s: %s", self.path, e)
             return None
         try:
-            welcome = chan.request({**self._hello, "pid": os.getpid()})
-            if welcome["type"] != "welcome":
-                raise protocol.ProtocolError(f"expected welcome, got {welcome['type']}: {welcome.get('error', '')}")
-        except (OSError, protocol.ProtocolError) as e:
-            logger.debug("daemon at %s refused the connection: %s", self.path, e)
+            welcome = self._greet(chan)
+        except RefusedError as e:
+            self._refused(str(e))
             chan.close()
             return None
+        except OSError as e:
+            logger.debug("daemon at %s closed the connection during hello: %s", self.path, e)
+            chan.close()
+            return None
+        self._refusal_warned = False  # a later refusal (a restarted daemon, a new config) is news again
         self.sent_total += 1
         self.report_interval_s = float(welcome["report_interval_s"])
         self.session = welcome["session"]
