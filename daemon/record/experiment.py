@@ -8,7 +8,7 @@ and a :class:`~gputuned.daemon.app.daemon.Daemon` on it from the config a user w
 batch-size decisions it receives) and, in the tuned run, the tuner. No loop thread and no HTTP
 server: each tick advances the virtual clock, steps the job (its reports reach the server),
 runs one daemon tick, and lets the job answer the decisions that tick sent, so runs repeat.
-Every published sample goes to ``trace.gtrace``, tuner actions, alerts and restores to
+Every published sample goes to ``trace.gttrace``, tuner actions, alerts and restores to
 ``events.jsonl``, figures to ``summary.json``; :func:`run_experiment` writes both runs and
 ``comparison.json``.
 """
@@ -121,7 +121,7 @@ def run_once(
     """
     from gputuned.collectors.sim.node import build_sim_node
     from gputuned.collectors.sim.state import VirtualClock
-    from gputuned.daemon.record.trace import Recorder, TraceWriter
+    from gputuned.daemon.record.trace import RUN_TRACE, Recorder, TraceWriter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -140,7 +140,7 @@ def run_once(
         def emit(event: dict[str, Any]) -> None:
             events_f.write(json.dumps(event, default=float) + "\n")
 
-        writer = TraceWriter(out_dir / "trace.gtrace", meta={"experiment": asdict(spec), "tuned": tuned})
+        writer = TraceWriter(out_dir / RUN_TRACE, meta={"experiment": asdict(spec), "tuned": tuned})
         stack.callback(writer.close)
         daemon = build_daemon(cfg, backend, lambda: ORIGIN + clock.now(), emit)
         daemon.store.subscribe(Recorder(writer))

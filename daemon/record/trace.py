@@ -43,6 +43,20 @@ _DROP = struct.Struct("<Hd")
 DEFINE, PUBLISH, DROP = 1, 2, 3
 _SAME_IDS = 1
 MAX_PAYLOAD = 64 << 20
+#: The trace file extension; a run folder's trace is ``trace.gttrace``.
+SUFFIX = ".gttrace"
+#: The extension run folders had before the one above; still read.
+LEGACY_SUFFIX = ".gtrace"
+RUN_TRACE = "trace" + SUFFIX
+
+
+def find_run_trace(folder: Path) -> Path | None:
+    """The trace file of a run folder (``trace.gttrace``, or ``trace.gtrace`` in older ones)."""
+    for suffix in (SUFFIX, LEGACY_SUFFIX):
+        path = folder / ("trace" + suffix)
+        if path.is_file():
+            return path
+    return None
 
 
 class TraceError(ValueError):

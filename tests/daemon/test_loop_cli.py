@@ -27,13 +27,13 @@ def test_experiment_with_forecasting_writes_both_runs_and_the_comparison(tmp_pat
     doc = json.loads((out / "comparison.json").read_text())
     assert doc["spec"]["objective"] == "throughput" and doc["spec"]["profile"] == "v100"
     for run in ("off", "on"):
-        assert (out / run / "trace.gtrace").stat().st_size > 1000
+        assert (out / run / "trace.gttrace").stat().st_size > 1000
         summary = json.loads((out / run / "summary.json").read_text())
         assert summary["restored"] and summary["samples"] > 0
     # the forecast service ran beside the loop: its series are in the trace
     from gputuned.daemon.record.trace import read_trace
 
-    names = {name for name, _ in read_trace(out / "on" / "trace.gtrace").series}
+    names = {name for name, _ in read_trace(out / "on" / "trace.gttrace").series}
     assert "gputuned_anomaly_score" in names and "gputuned_tuner_knob_value" in names
     assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r_figures" / "throughput.png").is_file()
