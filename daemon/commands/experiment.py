@@ -121,7 +121,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_progress_flag(p)
     p.set_defaults(func=_experiment, default_log_level="warning")
 
-    p = sub.add_parser("report", help="figures and an HTML report of an experiment or a recorded run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser("report", help="figures and an HTML report of an experiment or a recorded trace")
+    p.add_argument("run_dir", metavar="PATH", help="a trace file (.gttrace, from `gputuned record`), "
+                   "an experiment folder (off/ and on/) or one run folder")
     p.add_argument("-o", "--output", default="report.html", metavar="HTML")
     p.set_defaults(func=_report, default_log_level="warning")

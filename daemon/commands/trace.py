@@ -171,7 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="run the collectors and write every sample to a trace file")
     add_config_flags(p)
     p.add_argument("--duration", type=parse_duration, default=60.0, help="how long, e.g. 30s, 10m (default 60s)")
-    p.add_argument("-o", "--output", type=output_file, required=True, help="trace file to write")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="trace file to write, e.g. node.gttrace")
     add_progress_flag(p)
     p.set_defaults(func=_record)
 
