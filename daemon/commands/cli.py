@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gputuned.daemon.commands.run",
     "gputuned.daemon.commands.trace",
     "gputuned.daemon.commands.status",
+    "gputuned.daemon.commands.top",
     "gputuned.tuner.forecast.commands",
     "gputuned.dashboards.commands",
     "gputuned.tuner.commands",

@@ -21,7 +21,6 @@ from typing import Any
 
 from gputuned import protocol
 from gputuned.daemon.actuation import knobs as knob_registry
-from gputuned.daemon.actuation.knobs import entry_format
 from gputuned.daemon.app.config import Config
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
 
@@ -88,84 +87,15 @@ def _socket_path(args: argparse.Namespace, cfg: Config) -> Path:
     return Path(args.socket) if args.socket else Path(cfg.control.socket_path)
 
 
-def _catalog(st: dict[str, Any]) -> list[dict[str, Any]]:
-    """The knobs to show: the daemon's registry as it reports it, else this process's."""
-    catalog = st.get("actuation", {}).get("catalog")
-    if catalog is None:
-        catalog = [k.catalog_entry() for k in knob_registry.knobs()]
-    return list(catalog)
-
-
-def _knob_cells(entries: list[dict[str, Any]], row: dict[str, Any]) -> list[str]:
-    """One cell per knob: current value, and `/ original` where the knob is changed."""
-    orig = row.get("originals") or {}
-    cells = []
-    for e in entries:
-        name = e["name"]
-        cur = entry_format(e, row["current"].get(name))
-        cells.append(f"{cur} / {entry_format(e, orig.get(name))}" if name in row["changed"] else cur)
-    return cells
-
-
-def _knob_tables(st: dict[str, Any]) -> list[Any]:
-    """The GPUs' and the jobs' knob tables (current / original), columns from the knob catalog."""
-    from rich.table import Table
-
-    catalog = _catalog(st)
-    out = []
-    for kind, title, rows, first in (("gpu", "GPUs (current / original)", st["gpus"], ("gpu", "model")),
-                                     ("job", "Jobs' knobs (current / original)", st.get("actuation", {}).get("jobs", []), ("job",))):
-        entries = [e for e in catalog if e.get("target", "gpu") == kind]
-        if kind == "job" and not rows:
-            continue
-        table = Table(title=title)
-        for col in (*first, *(e["label"] for e in entries), "changed"):
-            table.add_column(col, no_wrap=col != "model")
-        for row in rows:
-            head = [str(row["index"]), row["model"]] if kind == "gpu" else [row["job"]]
-            table.add_row(*head, *_knob_cells(entries, row), ", ".join(row["changed"]) or "no")
-        out.append(table)
-    return out
-
-
-def render_status(st: dict[str, Any]) -> None:
-    """Print the node status as tables (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console()
-    if not con.is_terminal:  # piped: do not wrap cells at 80 columns
-        con = Console(width=160)
-    con.print(f"[bold]gputuned {st['version']}[/] pid {st['pid']}, up {st['uptime_s']:.0f} s: {st['node']}")
-    con.print(f"ticks {st['ticks']} every {st['interval_s']:g} s, {st['tick_overruns']} overruns; "
-              f"actuation {'dry-run' if st['actuation']['dry_run'] else ('on' if st['actuation']['enabled'] else 'off')}")
-    for table in _knob_tables(st):
-        con.print(table)
-    cols = Table(title="Collectors")
-    for col in ("collector", "up", "errors", "last duration"):
-        cols.add_column(col)
-    for c in st["collectors"]:
-        cols.add_row(c["name"], "up" if c["up"] else "[red]down[/]", str(c["errors"]), f"{c['duration_s'] * 1000:.1f} ms")
-    con.print(cols)
-    jobs = Table(title="Connected jobs")
-    jobs.add_column("job")
-    jobs.add_column("ranks")
-    for job, ranks in st["jobs"].items():
-        jobs.add_row(job, ", ".join(map(str, ranks)))
-    con.print(jobs if st["jobs"] else "no training jobs connected")
-    ctl = st["control"]
-    rejected = ", ".join(f"{k} {v}" for k, v in sorted(ctl["rejected"].items())) or "none"
-    con.print(f"control socket {ctl['socket']}: {ctl['reports_total']} reports, rejected: {rejected}")
-
-
 def _status(args: argparse.Namespace) -> int:
     cfg = load_or_report(args)
     if cfg is None:
         return 2
-    if getattr(args, "watch", False):  # live view: gputuned.daemon.commands.watch (closed-loop issue)
-        from gputuned.daemon.commands.watch import watch
+    if getattr(args, "watch", False):  # the live view: `gputuned top` under its older name
+        from gputuned.daemon.commands.top import run_top
 
-        return watch(args, cfg)
+        return run_top(argparse.Namespace(socket=args.socket, metrics_url=args.metrics_url,
+                                          interval=args.watch_interval, count=args.watch_count), cfg)
     path = _socket_path(args, cfg)
     try:
         reply = admin_request(path, "status", timeout=args.timeout)
@@ -192,7 +122,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"running": True, **status}, indent=1))
     else:
-        render_status(status)
+        from gputuned.daemon.commands.top_tables import render_status
+
+        render_status(status, pause_file=cfg.tuner.pause_file)
     return 0
 
 
@@ -313,10 +245,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_flags(p)
     p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    # --watch: the live view in gputuned.daemon.commands.watch
-    p.add_argument("--watch", action="store_true", help="live view: GPUs, knobs, job, alerts, tuner (Ctrl-C ends)")
+    p.add_argument("--watch", action="store_true", help="the live view, same as `gputuned top`")
     p.add_argument("--watch-interval", type=float, default=2.0, metavar="S", help="seconds between refreshes")
-    p.add_argument("--metrics-url", help="/metrics to read for --watch (default from the config)")
+    p.add_argument("--metrics-url", help="/metrics to read for --watch (default from the config; read-only)")
     p.add_argument("--watch-count", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_status)
