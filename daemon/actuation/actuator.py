@@ -85,6 +85,9 @@ class Actuator:
             self.state_file.clean_temp_files()
 
     def tick(self, now: float) -> None:
+        """Check the state file against the records in memory (written again if lost), publish samples."""
+        with self._lock:
+            self.ledger.sync()
         if self.store is not None:
             self.store.publish(self.name, now, self.samples())
 
@@ -250,7 +253,7 @@ class Actuator:
             rec = self.ledger.state.gpus.get(dev.identity.uuid) if dev is not None else None
             if dev is None or rec is None:
                 return RestoreReport()
-            return self._counted(self.ledger.restore(dev, rec))
+            return self._counted(self.ledger.restore(dev, rec, self.cfg))
 
     def restore_job(self, job: str) -> RestoreReport:
         """Put one connected job's changed knobs back to its own originals."""
@@ -259,7 +262,7 @@ class Actuator:
             target = self.job_target(job, self.cfg.job_ack_timeout_s)
             if rec is None or target is None:
                 return RestoreReport()
-            return self._counted(self.ledger.restore(target, rec))
+            return self._counted(self.ledger.restore(target, rec, self.cfg))
 
     def restore_all(self, drop_absent_jobs: bool = False, job_wait_s: float | None = None) -> RestoreReport:
         """Put every changed GPU and connected job back to its recorded originals.
@@ -273,11 +276,11 @@ class Actuator:
             return self.restore_state_file(drop_absent_jobs, job_wait_s)
 
     def restore_state_file(self, drop_absent_jobs: bool = False, job_wait_s: float | None = None) -> RestoreReport:
-        """Restore whatever the state file lists (this run's changes or a dead run's)."""
+        """Restore every record (this run's changes, a dead run's not yet restored); the file follows."""
         with self._lock:
             wait_s = self.cfg.job_ack_timeout_s if job_wait_s is None else job_wait_s
             lookup = lambda job: self.job_target(job, wait_s)  # noqa: E731
-            report = self._counted(self.ledger.restore_file(self.devices, lookup, drop_absent_jobs))
+            report = self._counted(self.ledger.restore_all(self.devices, lookup, drop_absent_jobs, self.cfg))
             for key, knobs in report.restored.items():
                 logger.info("restored %s on %s", ", ".join(knobs) or "nothing", key)
             for note in report.kept:

@@ -10,7 +10,7 @@ registry in the same way.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -73,6 +73,9 @@ class ActuationConfig(PluginTables):
     knobs: list[str] = Field(default_factory=plugins.default_enabled, description="knobs that may change")
     restore_on_stop: bool = True
     job_ack_timeout_s: float = Field(5.0, gt=0, le=300, description="how long a job's restore waits for its ack")
+    restore_out_of_bounds: Literal["leave", "default"] = Field(
+        "leave", description="a recorded GPU original outside the hardware's or the config's bounds: "
+                             "leave the knob as it is and report it, or reset it to the driver's default")
 
     @field_validator("knobs")
     @classmethod

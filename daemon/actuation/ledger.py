@@ -3,10 +3,14 @@
 While the daemon runs, its actuator keeps a :class:`Ledger`: before the first change of a
 knob on a target, the target's originals and the knob go into the state file (the record
 comes first: never a change without it); after a restore, what came back leaves it, and the
-file is removed once nothing is left. Without a daemon, :func:`restore_from_state` puts back
-whatever the file lists (``gputuned restore``, the unit's ExecStopPost). GPUs are found by
-UUID; a job only through a connected channel: with none, its record stays in the state file
-for the next daemon, or is dropped on a daemon's stop (the job has gone).
+file is removed once nothing is left. The records in memory are the truth while the daemon
+runs: the file is checked on each tick and before any restore, and written again from memory
+when it was deleted, damaged or replaced behind the daemon's back; restores work from memory.
+Without a daemon, :func:`restore_from_state` puts back whatever the file lists (``gputuned
+restore``, the unit's ExecStopPost), falling back to the copy of a damaged file
+(``state.json.1``); when neither can be read it restores nothing: a GPU nobody recorded is left alone.
+GPUs are found by UUID; a job only through a connected channel: with none, its record stays
+in the state file for the next daemon, or is dropped on a daemon's stop (the job has gone).
 """
 
 from __future__ import annotations
@@ -16,14 +20,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gputuned.collectors.device import GPUDevice
+from gputuned.daemon.actuation.config import ActuationConfig
 from gputuned.daemon.actuation.jobs import JobTarget
-from gputuned.daemon.actuation.knobs import Knob, Value, restore_order
-from gputuned.daemon.actuation.restore import (
-    RestoreReport,
-    read_originals,
-    restore_defaults,
-    restore_into,
-)
+from gputuned.daemon.actuation.knobs import Knob, Value
+from gputuned.daemon.actuation.restore import RestoreReport, read_originals, restore_into
 from gputuned.daemon.actuation.statefile import (
     GPURecord,
     JobRecord,
@@ -74,35 +74,78 @@ class Ledger:
         try:
             self.file.save(pending)
         except OSError as e:
-            raise NotRecorded("state_file", f"cannot write state file {self.file.path}: {e.strerror}") from None
+            raise NotRecorded("state_file", f"cannot write state file {self.file.path}: {e.strerror or e}") from None
         self.state = pending
 
-    def restore(self, target: Any, rec: GPURecord | JobRecord) -> RestoreReport:
+    def sync(self) -> bool:
+        """Write the file again from memory when it is not what was written last; True when it is now."""
+        if self.state.empty():
+            if self.file.exists() and not self.file.matches():
+                logger.warning("state file %s appeared while nothing is changed; removing it (this daemon is "
+                               "its only writer while it runs)", self.file.path)
+                self.file.remove()
+            return True
+        if self.file.matches():
+            return True
+        what = "missing" if not self.file.path.exists() else "not what the daemon wrote"
+        logger.warning("state file %s is %s; writing it again from the records in memory", self.file.path, what)
+        try:
+            self.file.save(self.state.copy())
+        except OSError as e:
+            logger.error("cannot write state file %s again: %s", self.file.path, e.strerror or e)
+            return False
+        return True
+
+    def restore(self, target: Any, rec: GPURecord | JobRecord, cfg: ActuationConfig | None = None) -> RestoreReport:
         """Put one record's changed knobs back on ``target``; what came back leaves the records."""
+        self.sync()
         state = self.state.copy()
         table: dict[str, Any] = state.jobs if isinstance(rec, JobRecord) else state.gpus
         key = rec.job if isinstance(rec, JobRecord) else rec.uuid
         report = RestoreReport()
-        if restore_into(report, target, table[key]):
+        if restore_into(report, target, table[key], cfg):
             del table[key]
-        if not state.empty():
-            self.file.save(state)
-        else:
-            self.file.remove()
-        self.state = state
+        self._adopt(state)
         return report
 
-    def restore_file(self, devices: Sequence[GPUDevice], jobs: JobLookup, drop_absent_jobs: bool) -> RestoreReport:
-        """Restore whatever the state file lists (this run's changes or a dead run's), then read it again."""
-        report = restore_from_state(devices, self.file, jobs, drop_absent_jobs)
-        self.state = self._read()
+    def restore_all(self, devices: Sequence[GPUDevice], jobs: JobLookup, drop_absent_jobs: bool,
+                    cfg: ActuationConfig | None = None) -> RestoreReport:
+        """Restore every record in memory (this run's changes and a dead run's not yet restored)."""
+        self.sync()
+        report = RestoreReport()
+        remaining = State()
+        state = self.state.copy()
+        _restore_gpus(devices, state, report, remaining, cfg)
+        _restore_jobs(state, jobs, drop_absent_jobs, report, remaining, cfg)
+        self._adopt(remaining)
         return report
+
+    def _adopt(self, state: State) -> None:
+        """Take ``state`` as the records, in memory and in the file (removed when empty)."""
+        try:
+            if not state.empty():
+                self.file.save(state)
+            else:
+                self.file.remove()
+        except OSError as e:
+            logger.error("cannot write state file %s: %s", self.file.path, e.strerror or e)
+        self.state = state
 
     def _read(self) -> State:
         try:
             return self.file.load()
-        except StateFileError:
+        except StateFileError as e:
+            _unreadable(self.file, e)
             return State()
+
+
+def _unreadable(state_file: StateFile, e: StateFileError) -> str:
+    """Log (one line) and set aside a state file that cannot be read; returns the line."""
+    kept = state_file.set_aside()
+    line = (f"{e}: no GPU is reset, GPUs nobody recorded are left alone"
+            + (f" (the damaged file is kept as {kept})" if kept else ""))
+    logger.error("%s", line)
+    return line
 
 
 def _find(devices: Sequence[GPUDevice], rec: GPURecord) -> GPUDevice | None:
@@ -112,18 +155,19 @@ def _find(devices: Sequence[GPUDevice], rec: GPURecord) -> GPUDevice | None:
     return None
 
 
-def _restore_gpus(devices: Sequence[GPUDevice], state: State, report: RestoreReport, remaining: State) -> None:
+def _restore_gpus(devices: Sequence[GPUDevice], state: State, report: RestoreReport, remaining: State,
+                  cfg: ActuationConfig | None) -> None:
     for uuid, rec in state.gpus.items():
         dev = _find(devices, rec)
         if dev is None:
             report.failures.append(f"gpu {rec.index} ({uuid}): not present, cannot restore")
             remaining.gpus[uuid] = rec
-        elif not restore_into(report, dev, rec):
+        elif not restore_into(report, dev, rec, cfg):
             remaining.gpus[uuid] = rec
 
 
 def _restore_jobs(state: State, jobs: JobLookup | None, drop_absent: bool, report: RestoreReport,
-                  remaining: State) -> None:
+                  remaining: State, cfg: ActuationConfig | None) -> None:
     for name, rec in state.jobs.items():
         target = jobs(name) if jobs is not None else None
         if target is None:
@@ -133,31 +177,27 @@ def _restore_jobs(state: State, jobs: JobLookup | None, drop_absent: bool, repor
             else:
                 report.kept.append(f"job {name}: not connected, {what} stays recorded until a daemon reaches it")
                 remaining.jobs[name] = rec
-        elif not restore_into(report, target, rec):
+        elif not restore_into(report, target, rec, cfg):
             remaining.jobs[name] = rec
 
 
 def restore_from_state(devices: Sequence[GPUDevice], state_file: StateFile, jobs: JobLookup | None = None,
-                       drop_absent_jobs: bool = False) -> RestoreReport:
+                       drop_absent_jobs: bool = False, cfg: ActuationConfig | None = None) -> RestoreReport:
     """Restore every GPU and job the state file lists; remove the file once all are back.
 
-    A state file that cannot be parsed (it never is truncated, but may be edited by hand)
-    falls back to driver defaults for every GPU.
+    A damaged or missing file falls back to its copy (``state.json.1``); when neither can be read nothing
+    is restored (a GPU the file does not list as changed is never touched), the file is set
+    aside and the report says so. ``cfg`` bounds the originals (None: the GPUs' constraints).
     """
     report = RestoreReport()
     try:
         state = state_file.load()
     except StateFileError as e:
-        logger.error("%s; restoring every GPU to driver defaults", e)
-        for dev in devices:
-            report.failures.extend(restore_defaults(dev))
-            report.restored[dev.identity.uuid] = [k.name for k in restore_order("gpu")]
-        if report.ok:
-            state_file.remove()
+        report.failures.append(_unreadable(state_file, e))
         return report
     remaining = State()
-    _restore_gpus(devices, state, report, remaining)
-    _restore_jobs(state, jobs, drop_absent_jobs, report, remaining)
+    _restore_gpus(devices, state, report, remaining, cfg)
+    _restore_jobs(state, jobs, drop_absent_jobs, report, remaining, cfg)
     if not remaining.empty():
         state_file.save(remaining)
     elif state_file.exists():

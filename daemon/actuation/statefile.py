@@ -1,10 +1,12 @@
 """The state file: each changed GPU's original settings, written atomically before a change.
 
 The file is the only thing that survives a crash, so it is written as a whole new file
-(temp file in the same directory, fsync, rename, fsync the directory): a reader finds
-either the previous complete file or the new complete file, never a truncated one. A
-file with GPU (or job) entries means "these targets may differ from their originals"; after
-a full restore the file is removed. Job entries (knobs whose target is the training job,
+(:mod:`~gputuned.daemon.actuation.atomic`: an exclusive temp file with a random name in a
+private directory, fsync, rename, fsync the directory): a reader finds either the previous
+complete file or the new complete file, never a truncated one. A copy is kept beside it (``state.json.1``, written before each
+replace) for a file damaged or deleted behind the daemon's back. A file with GPU (or job)
+entries means "these targets may differ from their originals"; after a full restore the
+file and its copy are removed. Job entries (knobs whose target is the training job,
 such as batch size) sit under ``jobs``, written only when there are some, so a file of
 GPU entries alone reads as it always did (version 1).
 """
@@ -19,6 +21,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gputuned.daemon.actuation.atomic import (
+    fsync_dir,
+    private_directory,
+    read_private,
+    replace_file,
+    temp_glob,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +48,9 @@ class GPURecord:
     originals: dict[str, Any] = field(default_factory=dict)
     changed: list[str] = field(default_factory=list)
     targets: dict[str, Any] = field(default_factory=dict)
+    # originals this process read from the GPU itself; False for those loaded from a file,
+    # which are held to the config's bounds as well before they are applied
+    read_here: bool = field(default=True, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,10 +68,11 @@ class GPURecord:
         index = raw.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
             raise StateFileError(f"gpus.{uuid}.index: not an integer")
-        return cls(index, uuid, *_knob_fields(f"gpus.{uuid}", raw))
+        return cls(index, uuid, *_knob_fields(f"gpus.{uuid}", raw), read_here=False)
 
     def copy(self) -> GPURecord:
-        return GPURecord(self.index, self.uuid, dict(self.originals), list(self.changed), dict(self.targets))
+        return GPURecord(self.index, self.uuid, dict(self.originals), list(self.changed), dict(self.targets),
+                         self.read_here)
 
 
 @dataclass
@@ -148,57 +162,102 @@ def parse_state(text: str, where: str = "state file") -> State:
 
 
 class StateFile:
-    """Reads and atomically replaces the state file at ``path``."""
+    """Reads and atomically replaces the state file at ``path``, with a second copy at ``<path>.1``.
+
+    Each generation goes to ``<path>.1`` first, then replaces ``<path>``: a crash between the
+    two leaves ``<path>`` at the generation before, which a reader takes; a file damaged or
+    deleted behind the daemon's back falls back to the copy.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.previous = self.path.with_name(self.path.name + ".1")
         self.writes = 0
+        self.last: bytes | None = None  # what this object last wrote or loaded from the file
 
     def exists(self) -> bool:
-        return self.path.exists()
+        """Whether the file or its copy is on disk (something may await restore)."""
+        return os.path.lexists(self.path) or os.path.lexists(self.previous)
 
     def load(self) -> State:
-        """The recorded state; an absent file is an empty state. Raises StateFileError."""
+        """The recorded state; the copy (``<path>.1``) when the file is absent or damaged.
+
+        Absent both, an empty state. Raises StateFileError when neither can be read.
+        """
         try:
-            text = self.path.read_text()
+            return self._load(self.path)
         except FileNotFoundError:
-            return State()
+            if not os.path.lexists(self.previous):
+                return State()
+            why = f"{self.path} is missing"
+        except StateFileError as e:
+            why = str(e)
+        try:
+            state = self._load(self.previous)
+        except (FileNotFoundError, StateFileError) as e2:
+            prev = "absent" if isinstance(e2, FileNotFoundError) else str(e2)
+            raise StateFileError(f"{why}; its copy {self.previous}: {prev}") from None
+        logger.warning("%s; using its copy %s", why, self.previous)
+        return state
+
+    def _load(self, path: Path) -> State:
+        try:
+            data = read_private(path)
+        except FileNotFoundError:
+            raise
         except OSError as e:
-            raise StateFileError(f"{self.path}: cannot read: {e.strerror}") from None
-        return parse_state(text, str(self.path))
+            raise StateFileError(f"{path}: cannot read: {e.strerror or e}") from None
+        state = parse_state(data.decode("utf-8", errors="replace"), str(path))
+        self.last = data
+        return state
+
+    def matches(self) -> bool:
+        """Whether the file on disk holds exactly what this object last wrote."""
+        try:
+            return self.last is not None and read_private(self.path) == self.last
+        except OSError:
+            return False
 
     def save(self, state: State) -> None:
-        """Replace the file with ``state``: temp file, fsync, rename, fsync directory."""
+        """Replace the file with ``state`` (its copy first); raises OSError (UnsafeDirectory)."""
         state.pid = os.getpid()
         state.updated = time.time()
         body = (json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n").encode()
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = directory / f".{self.path.name}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(body)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        _fsync_dir(directory)
+        private_directory(self.path.parent)
+        replace_file(self.previous, body)
+        replace_file(self.path, body)
+        self.last = body
         self.writes += 1
 
     def remove(self) -> None:
-        """Delete the file (everything restored) and any temp files a crash left behind."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        """Delete the file (everything restored), its copy, and leftover temp files."""
+        for p in (self.previous, self.path):  # the copy first: a crash between leaves the file
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self.last = None
         self.clean_temp_files()
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
+
+    def set_aside(self) -> Path | None:
+        """Rename a damaged file (and its copy) to ``*.damaged`` for the operator; returns the new name."""
+        kept = None
+        for p in (self.path, self.previous):
+            if os.path.lexists(p):
+                dest = p.with_name(p.name + ".damaged")
+                try:
+                    os.replace(p, dest)
+                except OSError as e:
+                    logger.error("cannot set %s aside: %s", p, e.strerror)
+                    continue
+                kept = kept or dest
+        self.last = None
+        fsync_dir(self.path.parent)
+        return kept
 
     def clean_temp_files(self) -> None:
         """Remove temp files of writes a crash interrupted (they never hold the truth)."""
         try:
-            leftovers = list(self.path.parent.glob(f".{self.path.name}.*.tmp"))
+            leftovers = [*self.path.parent.glob(temp_glob(self.path)), *self.path.parent.glob(temp_glob(self.previous))]
         except OSError:
             return
         for p in leftovers:
@@ -206,16 +265,3 @@ class StateFile:
                 p.unlink()
             except OSError:
                 logger.debug("cannot remove %s", p)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -143,7 +143,7 @@ def test_next_start_restores_what_a_dead_run_left(sim_node: SimNode, tmp_path: P
     assert not sf.path.exists() and not (tmp_path / ".s.json.999.tmp").exists()
 
 
-def test_unreadable_state_file_falls_back_to_driver_defaults(sim_node: SimNode, tmp_path: Path) -> None:
+def test_unreadable_state_file_falls_back_to_its_copy(sim_node: SimNode, tmp_path: Path) -> None:
     backend, gpus = _gpus(sim_node)
     act = Actuator(gpus, ActuationConfig(), StateFile(tmp_path / "s.json"))
     assert act.set_power_limit(0, 300).ok and act.set_locked_sm_clocks(0, 900, 900).ok
@@ -158,7 +158,7 @@ def test_state_file_write_is_atomic_and_complete(tmp_path: Path) -> None:
     sf.save(State())
     text = sf.path.read_text()
     assert json.loads(text)["version"] == 1 and text.endswith("\n")
-    assert [p.name for p in sf.path.parent.iterdir()] == ["state.json"]
+    assert sorted(p.name for p in sf.path.parent.iterdir()) == ["state.json", "state.json.1"]
     assert oct(sf.path.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(ValueError, match="version"):
         parse_state('{"version": 7}')

@@ -131,6 +131,10 @@ class Knob(abc.ABC):
         else:
             self.apply(target, original)
 
+    def default(self, target: Any) -> Value:
+        """The driver's default value where the target reports it, else None (an original equal to it is always restorable)."""
+        return None
+
     def reset(self, target: Any) -> None:
         """Put the target's default back (the driver's): the restore of an unknown original."""
         raise KnobError(f"{self.name}: no default to reset to")

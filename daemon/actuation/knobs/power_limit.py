@@ -63,5 +63,8 @@ class PowerLimitKnob(Knob):
         # NVML may round the limit to whole watts.
         return abs(self.read(dev) - int(value)) < 1000
 
+    def default(self, dev: GPUDevice) -> Value:
+        return int(dev.power_limit_constraints().default_mw)
+
     def reset(self, dev: GPUDevice) -> None:
         dev.set_power_limit_mw(int(dev.power_limit_constraints().default_mw))
