@@ -60,10 +60,11 @@ def progress_bar(flag: bool | None = None, transient: bool = True) -> Progress:
     )
 
     show = wanted(flag)
-    console = Console(file=sys.stderr, force_terminal=True if show and not sys.stderr.isatty() else None)
+    piped = not sys.stderr.isatty()
+    console = Console(file=sys.stderr, force_terminal=True if show and piped else None)
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TaskProgressColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=transient,
-                    disable=not show, redirect_stdout=False)
+                    disable=not show, redirect_stdout=False, refresh_per_second=1 if piped else 10)
 
 
 class ProgressLine:
