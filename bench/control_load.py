@@ -113,7 +113,10 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="unused (the summary is always JSON); accepted so older command lines still run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gputuned-load-"))
-    d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=args.gpus, interval=1.0))
+    jobs = -(-args.ranks // 8)  # one uid sends every rank: raise the per-uid bounds to fit (they are not measured here)
+    bounds = {"max_jobs_per_uid": max(8, jobs), "max_jobs": max(64, jobs), "max_ranks_per_uid": max(256, args.ranks),
+              "max_ranks": max(1024, args.ranks), "max_connections": max(256, args.ranks)}
+    d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=args.gpus, interval=1.0, control=bounds))
     try:
         status = d.wait_ready()
         url = metrics_url(status)

@@ -154,3 +154,30 @@ def refuse_peer(cred: tuple[int, int, int], cfg: ControlConfig) -> tuple[str, st
     if gid in gids or (gids and supplementary_groups(pid) & gids):
         return None
     return "not_allowed", f"uid {uid} gid {gid} is not allowed (control.allowed_uids, control.allowed_gids)"
+
+
+def is_admin(uid: int, cfg: ControlConfig) -> bool:
+    """True for a uid that may set knobs and restore: one of ``admin_uids``, or the daemon's own."""
+    return uid in cfg.admin_uids or uid == os.getuid()
+
+
+class LogLimiter:
+    """One log line per key (a peer's uid and a reason) per interval, however many peers or messages."""
+
+    def __init__(self, interval_s: float = 10.0, max_keys: int = 1024) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._last: dict[tuple[int, str], tuple[float, int]] = {}  # key -> (logged at, held back since)
+
+    def allow(self, key: tuple[int, str], now: float) -> int | None:
+        """None: hold this line back; else log it, with the number of lines held back before it."""
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval_s:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if last is None and len(self._last) >= self.max_keys:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval_s}
+            if len(self._last) >= self.max_keys:
+                return None
+        self._last[key] = (now, 0)
+        return 0 if last is None else last[1]

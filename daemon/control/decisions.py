@@ -47,13 +47,18 @@ class DecisionBook:
         self._callbacks: list[AckCallback] = []
         self.counts: collections.Counter[str] = collections.Counter()
         self.profile_results: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._profiles: collections.OrderedDict[str, str] = collections.OrderedDict()  # id -> job, awaiting a result
 
-    def new(self, job: str, cid: int) -> str:
-        """A fresh decision id, recorded as sent on connection ``cid``."""
+    def new(self, job: str, cid: int, profile: bool = False) -> str:
+        """A fresh decision id, recorded as sent on connection ``cid`` (``profile``: a profile request)."""
         with self._lock:
             self._next += 1
             ident = f"d-{self._next}"
             self._pending[ident] = (job, cid)
+            if profile:
+                self._profiles[ident] = job
+                while len(self._profiles) > KEEP_PROFILES:
+                    self._profiles.popitem(last=False)
             self.counts["sent"] += 1
             return ident
 
@@ -76,11 +81,16 @@ class DecisionBook:
                 logger.exception("ack callback failed")
         return True
 
-    def profile_result(self, ident: str, summary: dict[str, Any]) -> None:
+    def profile_result(self, ident: str, job: str, summary: dict[str, Any]) -> bool:
+        """Keep the result of profile request ``ident``; False when no such request went to ``job``."""
         with self._lock:
+            if self._profiles.get(ident) != job:
+                return False
+            del self._profiles[ident]
             self.profile_results[ident] = summary
             while len(self.profile_results) > KEEP_PROFILES:
                 self.profile_results.popitem(last=False)
+            return True
 
     def undelivered(self, ident: str) -> None:
         """The decision's connection closed before it could be sent."""

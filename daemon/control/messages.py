@@ -3,8 +3,10 @@
 The server owns the sockets and reads frames; every complete frame comes here, is decoded
 against the protocol (docs/protocol.md) and acted on by its type and the connection's state:
 a new connection must say hello (a trainer rank: ``client``) or make an admin request first;
-reports and acks come only from clients; admin requests that change something need an admin
-uid. A message that breaks these rules is answered with an error and counted as
+reports come only from clients, acks and profile results only from a job's leader connection
+and only for what was sent to it; a hello joins a job only from the uid that opened it (see
+:class:`~gputuned.daemon.control.reports.JobTable`); admin requests that change something
+need an admin uid. A message that breaks these rules is answered with an error and counted as
 ``malformed`` (a new connection is then closed); a bug reached by one message closes that
 connection only.
 """
@@ -13,13 +15,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import time
 from typing import Any, Protocol
 
 from gputuned import protocol as P
 from gputuned.daemon.control.config import ControlConfig
-from gputuned.daemon.control.conn import Connection
+from gputuned.daemon.control.conn import Connection, is_admin
 from gputuned.daemon.control.decisions import AdminHandler, DecisionBook
 from gputuned.daemon.control.reports import JobTable
 
@@ -70,11 +71,8 @@ class MessageHandler:
                 raise P.ProtocolError(f"{kind}: expected hello first")
         elif kind == "report":
             self._report(conn, msg)
-        elif kind == "ack":
-            if not self.book.acked(msg["id"], conn.cid, msg):
-                raise P.ProtocolError(f"ack.id: {msg['id']} is not a decision sent on this connection")
-        elif kind == "profile_result":
-            self.book.profile_result(msg["id"], msg["summary"])
+        elif kind in ("ack", "profile_result"):
+            self._answer(conn, msg)
         elif kind == "admin" and conn.kind == "admin":
             self._admin(conn, msg)
         elif kind == "error":
@@ -85,17 +83,32 @@ class MessageHandler:
     def _hello(self, conn: Connection, msg: dict[str, Any]) -> None:
         if msg["pid"] != conn.pid and conn.pid:
             logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
-        if not self.jobs.connect(msg["job"], msg["rank"]):
-            self.replies.reject(conn, "too_many_ranks", f"more than {self.jobs.max_ranks} ranks known", close=True)
+        # identity is the peer's credentials (SO_PEERCRED), never what the hello claims
+        leader = bool(msg["leader"]) and msg["rank"] == 0
+        why = self.jobs.connect(msg["job"], msg["rank"], uid=conn.uid, pid=conn.pid, cid=conn.cid, leader=leader)
+        if why is not None:
+            self.replies.reject(conn, why[0], why[1], close=True)
             return
         conn.kind = "client"
         conn.job = msg["job"]
         conn.rank = msg["rank"]
-        conn.leader = bool(msg["leader"])
+        conn.leader = leader
         self.replies.queue(conn, P.message("welcome", session=f"c{conn.cid}",
                                            report_interval_s=self.cfg.report_interval_s, decisions=conn.leader))
         logger.info("control: job %s rank %d/%d connected (pid %d uid %d%s)", conn.job, conn.rank,
                     msg["world_size"], conn.pid, conn.uid, ", leader" if conn.leader else "")
+
+    def _answer(self, conn: Connection, msg: dict[str, Any]) -> None:
+        """An ack or a profile result: only from the job's leader, only for what was sent to it."""
+        kind, ident = msg["type"], msg["id"]
+        if conn.kind != "client" or not conn.leader or self.jobs.leader(conn.job) != conn.cid:
+            self.replies.reject(conn, "not_leader", f"{kind}: only the leader connection of a job may send it", close=False)
+        elif kind == "ack" and not self.book.acked(ident, conn.cid, msg):
+            self.replies.reject(conn, "unknown_decision", f"ack.id: {ident} is not a decision sent on this connection",
+                                close=False)
+        elif kind == "profile_result" and not self.book.profile_result(ident, conn.job, msg["summary"]):
+            self.replies.reject(conn, "unknown_decision", f"profile_result.id: {ident} is not a profile request "
+                                f"sent to job {conn.job}", close=False)
 
     def _report(self, conn: Connection, msg: dict[str, Any]) -> None:
         if conn.kind != "client":
@@ -106,7 +119,7 @@ class MessageHandler:
     def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
         op = msg["op"]
         # status is read-only: any allowed peer may ask; changes need an admin uid.
-        if op != "status" and conn.uid not in self.cfg.admin_uids and conn.uid != os.getuid():
+        if op != "status" and not is_admin(conn.uid, self.cfg):
             self.replies.rejected["not_admin"] += 1
             self.replies.queue(conn, P.error(f"uid {conn.uid} is not in control.admin_uids"))
             conn.kind = "closing"

@@ -3,7 +3,8 @@
 Reports arrive far more often than the collection tick (a rank may report many times a
 second); each one only replaces that rank's latest values here, and the control server
 publishes the whole table under source ``trainer`` once per tick, so the store's ring
-buffers hold one point per tick and a scrape costs nothing extra.
+buffers hold one point per tick and a scrape costs nothing extra. The table also knows who
+owns each job and which connection holds each rank, and bounds both per uid and in all.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from gputuned.collectors import families as F
 from gputuned.collectors.families import Labels, Sample
+from gputuned.daemon.control.config import ControlConfig
 
 G, C = "gauge", "counter"
 
@@ -55,7 +57,23 @@ class RankState:
     t: float = 0.0
     connected: bool = True
     gone_at: float = 0.0
+    cid: int = 0  # the connection holding the rank (0: none)
+    pid: int = 0  # its peer's pid
+    leader: bool = False  # rank 0 that said it leads: decisions go to its connection
     stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class JobOwner:
+    """Who opened a job: every later hello for it must come from the same uid."""
+
+    uid: int
+    pid: int  # the process of the first hello
+    ranks: int = 0  # ranks of the job in the table, connected or not yet expired
+
+
+Refusal = tuple[str, str]  # (reason counted in gputuned_control_rejected_total, text for the peer)
+SERIES_PER_RANK = len(STAT_FAMILIES) + 3  # the most series one rank can make in the store
 
 
 def series_keys(job: str, rank: int) -> list[tuple[str, Labels]]:
@@ -65,39 +83,95 @@ def series_keys(job: str, rank: int) -> list[tuple[str, Labels]]:
 
 
 class JobTable:
-    """Latest statistics per (job, rank); thread-safe."""
+    """Latest statistics per (job, rank), each job's owner, and the bounds on both; thread-safe.
+
+    A job belongs to the uid whose hello opened it until its last rank expires. A rank is
+    held by one connection at a time, and a disconnect clears only that connection's rank.
+    Ranks stay in the table (and their series in the store) for ``ttl_s`` after they
+    disconnect, so the bounds count them until then: ``max_ranks`` ranks in all and
+    ``max_ranks_per_uid`` per uid, ``max_jobs`` jobs and ``max_jobs_per_uid`` per uid, hence
+    at most ``SERIES_PER_RANK * max_ranks`` trainer series.
+    """
 
     def __init__(self, ttl_s: float = 60.0, max_ranks: int = 4096) -> None:
         self.ttl_s = ttl_s
-        self.max_ranks = max_ranks
+        self.max_ranks = self.max_ranks_per_uid = self.max_jobs = self.max_jobs_per_uid = max_ranks
         self._lock = threading.Lock()
         self._ranks: dict[tuple[str, int], RankState] = {}
+        self._owners: dict[str, JobOwner] = {}
         self.reports = 0  # reports taken since start
 
-    def connect(self, job: str, rank: int) -> bool:
-        """Mark a rank connected; False when the table is full (too many distinct ranks)."""
-        with self._lock:
-            if (job, rank) not in self._ranks and len(self._ranks) >= self.max_ranks:
-                return False
-            st = self._ranks.setdefault((job, rank), RankState())
-            st.connected = True
-            return True
+    def configure(self, cfg: ControlConfig) -> None:
+        """Take the TTL and the bounds from the ``[control]`` table."""
+        self.ttl_s = cfg.job_ttl_s
+        self.max_ranks, self.max_ranks_per_uid = cfg.max_ranks, cfg.max_ranks_per_uid
+        self.max_jobs, self.max_jobs_per_uid = cfg.max_jobs, cfg.max_jobs_per_uid
 
-    def disconnect(self, job: str, rank: int, now: float) -> None:
+    def connect(self, job: str, rank: int, *, uid: int, pid: int, cid: int, leader: bool = False) -> Refusal | None:
+        """Give (job, rank) to connection ``cid`` of peer (uid, pid); a Refusal when it may not have it."""
+        with self._lock:
+            owner = self._owners.get(job)
+            if owner is not None and owner.uid != uid:
+                return "not_owner", f"job {job} belongs to uid {owner.uid}; uid {uid} may not join it"
+            st = self._ranks.get((job, rank))
+            if st is not None and st.connected:
+                return "rank_taken", f"job {job} rank {rank} is already connected (pid {st.pid})"
+            if st is None:
+                why = self._over_bounds(uid, new_job=owner is None)
+                if why is not None:
+                    return why
+                if owner is None:
+                    owner = self._owners[job] = JobOwner(uid, pid)
+                owner.ranks += 1
+                st = self._ranks[(job, rank)] = RankState()
+            st.connected, st.cid, st.pid, st.leader = True, cid, pid, leader
+            return None
+
+    def _over_bounds(self, uid: int, *, new_job: bool) -> Refusal | None:
+        mine = [o for o in self._owners.values() if o.uid == uid]
+        if new_job and len(self._owners) >= self.max_jobs:
+            return "too_many_jobs", f"more than {self.max_jobs} jobs known (control.max_jobs)"
+        if new_job and len(mine) >= self.max_jobs_per_uid:
+            return "too_many_jobs", f"uid {uid} has {len(mine)} jobs, the most allowed (control.max_jobs_per_uid)"
+        if len(self._ranks) >= self.max_ranks:
+            return "too_many_ranks", f"more than {self.max_ranks} ranks known (control.max_ranks)"
+        ranks = sum(o.ranks for o in mine)
+        if ranks >= self.max_ranks_per_uid:
+            return "too_many_ranks", f"uid {uid} has {ranks} ranks, the most allowed (control.max_ranks_per_uid)"
+        return None
+
+    def disconnect(self, job: str, rank: int, cid: int, now: float) -> None:
+        """Connection ``cid`` closed: its rank, if it still holds it, is no longer connected."""
         with self._lock:
             st = self._ranks.get((job, rank))
-            if st is not None:
-                st.connected = False
-                st.gone_at = now
+            if st is not None and st.connected and st.cid == cid:
+                st.connected, st.cid, st.leader, st.gone_at = False, 0, False, now
+
+    def leader(self, job: str) -> int | None:
+        """The connection id of ``job``'s leader (its rank 0, which said it leads), or None."""
+        with self._lock:
+            st = self._ranks.get((job, 0))
+            return st.cid if st is not None and st.connected and st.leader else None
+
+    def owner(self, job: str) -> JobOwner | None:
+        """Who opened ``job`` (None when it is not in the table)."""
+        with self._lock:
+            owner = self._owners.get(job)
+            return None if owner is None else JobOwner(owner.uid, owner.pid, owner.ranks)
+
+    def pids(self, job: str) -> dict[int, int]:
+        """The peer pid of each connected rank of ``job``."""
+        with self._lock:
+            return {r: st.pid for (j, r), st in self._ranks.items() if j == job and st.connected}
 
     def update(self, job: str, rank: int, step: int, t: float, stats: dict[str, float]) -> None:
-        """Take one report of a rank: its step, the report's time and its statistics."""
+        """Take one report of a connected rank: its step, the report's time and its statistics."""
         with self._lock:
             self.reports += 1
-            st = self._ranks.setdefault((job, rank), RankState())
-            st.step = step
-            st.t = t
-            st.stats.update(stats)
+            st = self._ranks.get((job, rank))
+            if st is not None:
+                st.step, st.t = step, t
+                st.stats.update(stats)
 
     def jobs(self) -> dict[str, list[int]]:
         """Connected ranks per job."""
@@ -109,11 +183,15 @@ class JobTable:
         return {j: sorted(r) for j, r in sorted(out.items())}
 
     def expire(self, now: float) -> list[tuple[str, int]]:
-        """Forget ranks disconnected for longer than the TTL; returns them."""
+        """Forget ranks disconnected for longer than the TTL, and jobs left with none; returns the ranks."""
         with self._lock:
             gone = [k for k, st in self._ranks.items() if not st.connected and now - st.gone_at > self.ttl_s]
-            for key in gone:
-                del self._ranks[key]
+            for job, rank in gone:
+                del self._ranks[(job, rank)]
+                owner = self._owners[job]
+                owner.ranks -= 1
+                if owner.ranks <= 0:
+                    del self._owners[job]
         return gone
 
     def samples(self) -> list[Sample]:

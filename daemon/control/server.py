@@ -24,7 +24,14 @@ from typing import Any
 from gputuned import protocol as P
 from gputuned.collectors.families import Sample
 from gputuned.daemon.control.config import ControlConfig
-from gputuned.daemon.control.conn import Connection, bind_socket, peer_credentials, refuse_peer
+from gputuned.daemon.control.conn import (
+    Connection,
+    LogLimiter,
+    bind_socket,
+    is_admin,
+    peer_credentials,
+    refuse_peer,
+)
 from gputuned.daemon.control.decisions import AckCallback, AdminHandler, DecisionBook, NoLeaderError
 from gputuned.daemon.control.messages import MessageHandler
 from gputuned.daemon.control.reports import (
@@ -51,7 +58,8 @@ class ControlServer:
     def __init__(self, cfg: ControlConfig, store: Store | None = None, admin: AdminHandler | None = None) -> None:
         self.cfg = cfg
         self.store = store
-        self.jobs = JobTable(cfg.job_ttl_s)
+        self.jobs = JobTable()
+        self.jobs.configure(cfg)
         self.rejected: collections.Counter[str] = collections.Counter()
         self.book = DecisionBook()
         self.messages = MessageHandler(cfg, self.jobs, self.book, admin, self)
@@ -68,6 +76,7 @@ class ControlServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_sweep = 0.0
+        self._log = LogLimiter()
 
     # -- component ---------------------------------------------------------------------
     def start(self) -> None:
@@ -111,7 +120,7 @@ class ControlServer:
         if (cfg.socket_path, cfg.socket_mode, cfg.socket_group) != (self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group):
             logger.warning("control socket path, mode or group changed: takes effect at the next restart")
         self.cfg = self.messages.cfg = cfg
-        self.jobs.ttl_s = cfg.job_ttl_s
+        self.jobs.configure(cfg)
 
     @property
     def url(self) -> str:
@@ -127,11 +136,11 @@ class ControlServer:
         """Queue a decision for ``job``'s leader; returns its id. Raises NoLeaderError, ValueError."""
         change = P.decision_change(payload)  # ProtocolError is a ValueError
         with self._lock:
-            leaders = [c for c in self._conns.values() if c.kind == "client" and c.job == job and c.leader]
-            if not leaders:
+            cid = self.jobs.leader(job)  # the rank-0 connection of the job's owner, and no other
+            conn = self._conns.get(cid) if cid is not None else None
+            if conn is None or conn.kind != "client":
                 raise NoLeaderError(f"no leader of job {job!r} is connected")
-            conn = max(leaders, key=lambda c: c.accepted)
-            ident = self.book.new(job, conn.cid)
+            ident = self.book.new(job, conn.cid, profile="profile_steps" in change)
             self._outbox.append((conn.cid, P.message("decision", id=ident, **change)))
         self._wake()
         return ident
@@ -219,7 +228,10 @@ class ControlServer:
             why = self._refuse(cred)
             if why is not None:
                 self.rejected[why[0]] += 1
-                logger.warning("control: refused pid %d uid %d gid %d: %s", cred[0], cred[1], cred[2], why[1])
+                held = self._log.allow((cred[1], why[0]), now)
+                if held is not None:
+                    logger.warning("control: refused pid %d uid %d gid %d: %s%s", cred[0], cred[1], cred[2], why[1],
+                                   _held_text(held))
                 self._send_now(sock, {"v": P.VERSION, "seq": 0, **P.error(why[1])})
                 sock.close()
                 continue
@@ -232,7 +244,9 @@ class ControlServer:
 
     def _refuse(self, cred: tuple[int, int, int]) -> tuple[str, str] | None:
         cfg = self.cfg
-        if len(self._conns) >= cfg.max_connections:
+        # admin uids get admin_connections slots more, so idle clients can never lock them out
+        limit = cfg.max_connections + (cfg.admin_connections if is_admin(cred[1], cfg) else 0)
+        if len(self._conns) >= limit:
             return "too_many_connections", f"too many connections (max {cfg.max_connections})"
         return refuse_peer(cred, cfg)
 
@@ -277,8 +291,9 @@ class ControlServer:
         """Answer ``conn`` with an error counted under ``reason``; close it when asked or after too many."""
         self.rejected[reason] += 1
         conn.errors += 1
-        if conn.errors <= 3 or close:
-            logger.warning("control: %s from pid %d uid %d: %s", reason, conn.pid, conn.uid, text)
+        held = self._log.allow((conn.uid, reason), time.monotonic())  # one line per peer, not per message
+        if held is not None:
+            logger.warning("control: %s from pid %d uid %d: %s%s", reason, conn.pid, conn.uid, text, _held_text(held))
         self.queue(conn, P.error(text))
         if close or conn.errors > MAX_ERRORS:
             self._flush(conn)
@@ -343,4 +358,8 @@ class ControlServer:
             self._sel.unregister(conn.sock)
         conn.sock.close()
         if conn.kind == "client":
-            self.jobs.disconnect(conn.job, conn.rank, time.time())
+            self.jobs.disconnect(conn.job, conn.rank, conn.cid, time.time())
+
+
+def _held_text(held: int) -> str:
+    return f" ({held} more like it since the last line)" if held else ""
