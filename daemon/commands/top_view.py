@@ -58,7 +58,7 @@ def _num(v: float | None, fmt: str, unit: str = "") -> str:
 
 
 def _gb(v: float | None) -> str:
-    return "-" if v is None else f"{v / 1e9:.0f}"
+    return "-" if v is None else f"{v / 2**30:.0f}"
 
 
 def _sort_key(sort: str) -> Any:
@@ -90,7 +90,7 @@ def _gpu_cells(g: GpuView, wide: bool, history: dict[str, list[float]]) -> list[
     ]
     if wide:
         cells[3:3] = [Text(sparkline(history.get("util", []), 16, 1.0), style="cyan")]
-        cells[5:5] = [_num(g.original_w, ".0f", " W"), Text(sparkline(history.get("power_w", []), 16), style="magenta")]
+        cells[5:5] = [_num(g.original_w, ".0f", " W"), Text(sparkline(history.get("power_w", []), 16, g.limit_w), style="magenta")]
         cells += [_num(None if g.pcie_bps is None else g.pcie_bps / 1e9, ".1f", " GB/s"),
                   _num(None if g.nvlink_bytes is None else g.nvlink_bytes / 1e12, ".1f", " TB"), g.locks or "-"]
     return cells
@@ -133,7 +133,7 @@ def gpu_detail(state: TopState, view: View) -> Any:
         f"NVLink {_num(None if g.nvlink_bytes is None else g.nvlink_bytes / 1e12, '.2f', ' TB')} moved; "
         f"ECC {g.ecc_corrected:.0f} corrected, {g.ecc_uncorrected:.0f} uncorrected; XID {g.xid:.0f}; "
         f"jobs on the node: {', '.join(j.name for j in state.jobs) or 'none'}; ",
-        ("temp " + sparkline(hist.get("temp_c", []), 12), "yellow"),
+        ("temp " + sparkline(hist.get("temp_c", []), 12, 100.0), "yellow"),
     )
 
 
@@ -195,7 +195,7 @@ def header(state: TopState, view: View) -> Any:
 
     h = state.host
     host = (f"; host load {h.get('load1', 0):.1f}/{h.get('cpus', 0):.0f} CPUs, memory "
-            f"{_gb(h.get('mem_used'))}/{_gb(h.get('mem_total'))} GB") if h else ""
+            f"{_gb(h.get('mem_used'))}/{_gb(h.get('mem_total'))} GiB") if h else ""
     text = Text.assemble(("gputuned top", "bold"), f": {len(state.gpus)} GPUs{host}; "
                          f"{time.strftime('%H:%M:%S', time.localtime(state.time))} from {state.source}")
     if state.error:
