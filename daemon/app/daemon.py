@@ -162,7 +162,7 @@ class Daemon:
         self.renderer = MetricsRenderer(self.store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm")
         self.server: MetricsServer | None = None
         if serve:
-            self.server = MetricsServer((cfg.exporter.listen_address, cfg.exporter.listen_port), self.renderer)
+            self.server = MetricsServer.from_config(cfg.exporter, self.renderer)
         self.components: list[Component] = []
         self._thread: threading.Thread | None = None
         self.started_at = 0.0

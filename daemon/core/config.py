@@ -36,6 +36,16 @@ class ExporterConfig(Section):
     listen_address: str = "0.0.0.0"
     listen_port: int = Field(9735, ge=0, le=65535)
     metric_names: Literal["gputuned", "dcgm"] = "gputuned"
+    max_connections: int = Field(64, ge=1, le=65536, description="HTTP connections held at once; past it the one idle longest is closed")
+    workers: int = Field(4, ge=1, le=64, description="threads answering HTTP requests (idle connections hold none)")
+    read_timeout_seconds: float = Field(
+        5.0, gt=0, le=3600, description="a request head must arrive within this of connecting or of the previous response"
+    )
+    write_timeout_seconds: float = Field(10.0, gt=0, le=3600, description="a response must be sent within this")
+    reserved_fds: int = Field(
+        256, ge=0, le=1 << 20, description="no HTTP connection is kept while fewer file descriptors are free (at most half the limit)"
+    )
+    web_config_file: Path | None = Field(None, description="TLS and basic auth, in Prometheus exporter-toolkit's format")
 
 
 class GPUConfig(Section):

@@ -2,7 +2,9 @@
 
 Scrapes never touch hardware: they render what the collection loop last published.
 The rendered text is cached per store generation, so a scrape between two ticks costs a
-dictionary lookup and a socket write. With ``dcgm=True`` every GPU family that has a
+dictionary lookup and a socket write. The endpoint sits behind a bounded front (a connection
+cap, timeouts, a worker pool and a reserve of file descriptors); the web config file adds TLS and
+basic auth. With ``dcgm=True`` every GPU family that has a
 dcgm-exporter equivalent is served a second time under DCGM's name, labels and units.
 """
 
@@ -12,14 +14,16 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
 from gputuned.collectors.families import Catalog, Family, Labels
+from gputuned.daemon.core.config import ExporterConfig
+from gputuned.daemon.core.http_front import FrontLimits, HttpFront, Request, Response
 from gputuned.daemon.core.store import Store
+from gputuned.daemon.core.web_config import WebConfig, load_web_config
 
 logger = logging.getLogger(__name__)
 
@@ -109,63 +113,71 @@ class MetricsRenderer:
             return self._body
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: MetricsServer
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, self.server.renderer.render(), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            self._send(200, b"ok\n", "text/plain; charset=utf-8")
-        elif path == "/":
-            self._send(200, b'<html><body><a href="/metrics">/metrics</a></body></html>\n', "text/html")
-        else:
-            self._send(404, b"not found\n", "text/plain; charset=utf-8")
-
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        logger.debug("http %s - %s", self.address_string(), format % args)
+_INDEX = b'<html><body><a href="/metrics">/metrics</a></body></html>\n'
+_UNAUTHORIZED = Response(401, b"unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="gputuned"'),))
 
 
-class MetricsServer(ThreadingHTTPServer):
-    """HTTP server for /metrics on its own threads."""
+def front_limits(cfg: ExporterConfig) -> FrontLimits:
+    """The HTTP front's bounds from the exporter section."""
+    return FrontLimits(max_connections=cfg.max_connections, workers=cfg.workers,
+                       read_timeout=cfg.read_timeout_seconds, write_timeout=cfg.write_timeout_seconds,
+                       reserved_fds=cfg.reserved_fds)
 
-    daemon_threads = True
-    allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], renderer: MetricsRenderer) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, _Handler)
+class MetricsServer:
+    """/metrics, /healthz and an index page behind a bounded HTTP front (see :mod:`.http_front`)."""
+
+    def __init__(self, address: tuple[str, int], renderer: MetricsRenderer, *, limits: FrontLimits | None = None,
+                 web: WebConfig | None = None) -> None:
         self.renderer = renderer
-        self._thread: threading.Thread | None = None
+        self.web = web or WebConfig()
+        self.front = HttpFront(address, self._answer, limits, self.web.ssl_context)
+        self.server_address = self.front.server_address
+
+    @classmethod
+    def from_config(cls, cfg: ExporterConfig, renderer: MetricsRenderer) -> MetricsServer:
+        """The server the exporter section asks for; raises ConfigError for a bad web config file, OSError if it cannot bind."""
+        web = load_web_config(cfg.web_config_file) if cfg.web_config_file else None
+        return cls((cfg.listen_address, cfg.listen_port), renderer, limits=front_limits(cfg), web=web)
+
+    def _answer(self, req: Request) -> Response:
+        if not self.web.authorized(req.headers.get("authorization")):
+            return _UNAUTHORIZED
+        if req.method not in ("GET", "HEAD"):
+            return Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
+        path = req.path.split("?", 1)[0]
+        if path == "/metrics":
+            return Response(200, self.renderer.render(), CONTENT_TYPE_LATEST)
+        if path == "/healthz":
+            return Response(200, b"ok\n")
+        if path == "/":
+            return Response(200, _INDEX, "text/html")
+        return Response(404, b"not found\n")
 
     @property
     def url(self) -> str:
+        """The URL to scrape on this host (a wildcard address named by its loopback)."""
         host, port = self.server_address[:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else str(host))
-        return f"http://{shown}:{port}/metrics"
+        if ":" in shown and not shown.startswith("["):
+            shown = f"[{shown}]"
+        scheme = "https" if self.web.ssl_context else "http"
+        return f"{scheme}://{shown}:{port}/metrics"
 
     @property
     def where(self) -> str:
         """Where /metrics is served, as bound: a wildcard address is named, with the URL to use on this host."""
         host, port = self.server_address[:2]
+        extra = f" with {self.web.describe()}" if self.web.ssl_context or self.web.users else ""
         if host in ("0.0.0.0", "", "::"):
             bound = f"[::]:{port}" if host == "::" else f"0.0.0.0:{port}"
-            return f"/metrics on {bound} (all interfaces; on this host {self.url})"
-        return self.url
+            return f"/metrics on {bound} (all interfaces; on this host {self.url}){extra}"
+        return self.url + extra
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, name="gputuned-http", daemon=True)
-        self._thread.start()
+        """Start serving on the front's own threads."""
+        self.front.start()
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        """Stop serving and close every connection."""
+        self.front.stop()

@@ -1,0 +1,403 @@
+"""A bounded HTTP/1.1 front: one selector thread holds every connection and a fixed pool of
+workers answers complete requests, so an idle or half-open client costs a descriptor, never a thread.
+
+The bounds: at most ``max_connections`` connections (past it the one idle longest is closed to
+make room, so a flood of idle clients cannot lock a scrape out); a request head must arrive
+within ``read_timeout`` of the connection or of the previous response; a response must be
+written within ``write_timeout``; and no connection is kept while fewer than ``reserved_fds``
+descriptors of the process are free, so the control socket and the collectors always find one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import logging
+import os
+import queue
+import resource
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+_REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_LISTENER = object()
+_WAKE = object()
+
+
+@dataclass(frozen=True)
+class FrontLimits:
+    """How much of the process the HTTP front may take."""
+
+    max_connections: int = 64
+    workers: int = 4
+    read_timeout: float = 5.0
+    write_timeout: float = 10.0
+    reserved_fds: int = 256
+    max_head_bytes: int = 16384
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed request head (the front serves no request bodies)."""
+
+    method: str
+    path: str
+    version: str
+    headers: dict[str, str]
+    peer: str
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the client wants the connection kept after the response."""
+        tokens = self.headers.get("connection", "").lower()
+        return "keep-alive" in tokens if self.version == "HTTP/1.0" else "close" not in tokens
+
+
+@dataclass(frozen=True)
+class Response:
+    """What a handler answers."""
+
+    code: int
+    body: bytes
+    ctype: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Handler = Callable[[Request], Response]
+
+
+def parse_head(head: bytes, peer: str) -> Request | None:
+    """The request in ``head`` (up to the blank line), or None when it is malformed or carries a body."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            return None
+        headers[name.strip().lower()] = value.strip()
+    if "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0"):
+        return None
+    return Request(parts[0], parts[1], parts[2], headers, peer)
+
+
+def format_response(resp: Response, *, head_only: bool, keep_alive: bool) -> bytes:
+    """The bytes of ``resp`` on the wire."""
+    lines = [f"HTTP/1.1 {resp.code} {http.HTTPStatus(resp.code).phrase}", f"Content-Type: {resp.ctype}", f"Content-Length: {len(resp.body)}",
+             f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+    lines += [f"{k}: {v}" for k, v in resp.headers]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + resp.body
+
+
+class FdBudget:
+    """Free file descriptors of this process: RLIMIT_NOFILE less those open (re-counted from
+    ``fd_dir`` at most every ``every`` seconds, adjusted in between by what the front opened)."""
+
+    def __init__(self, reserved: int, fd_dir: str = "/proc/self/fd", every: float = 0.2) -> None:
+        self.reserved = reserved
+        self._dir = fd_dir
+        self._every = every
+        self._counted_at = -1e9
+        self._open = 0
+
+    def note(self, delta: int) -> None:
+        """The front opened (+1) or closed (-1) a descriptor."""
+        self._open += delta
+
+    def free(self, now: float) -> int:
+        """Descriptors the process may still open."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return 1 << 30
+        if now - self._counted_at >= self._every:
+            self._counted_at = now
+            try:
+                self._open = len(os.listdir(self._dir)) - 1  # less the one listdir itself held
+            except OSError:
+                return 0  # cannot even open a directory: as good as none free
+        return soft - self._open
+
+    def low(self, now: float) -> bool:
+        """Whether the reserve (at most half the limit) is reached."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        reserve = self.reserved if soft == resource.RLIM_INFINITY else min(self.reserved, soft // 2)
+        return self.free(now) <= reserve
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    peer: str
+    since: float
+    deadline: float
+    handshaking: bool = False
+    busy: bool = False
+    buf: bytearray = field(default_factory=bytearray)
+
+
+class HttpFront:
+    """Listens on ``address`` and answers each complete request with ``handler`` on a worker."""
+
+    def __init__(self, address: tuple[str, int], handler: Handler, limits: FrontLimits | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.limits = limits or FrontLimits()
+        self._handler = handler
+        self._ssl = ssl_context
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind(address)
+            self._listener.listen(128)
+        except OSError:
+            self._listener.close()
+            raise
+        self._listener.setblocking(False)
+        self.server_address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._budget = FdBudget(self.limits.reserved_fds)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        self._jobs: queue.SimpleQueue[tuple[_Conn, Request] | None] = queue.SimpleQueue()
+        self._back: list[tuple[_Conn, bool]] = []
+        self._lock = threading.Lock()
+        self._conns: dict[_Conn, None] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._paused_until = 0.0
+        self._warned_at = -1e9
+        self.stats: Counter[str] = Counter()
+
+    @property
+    def connections(self) -> int:
+        """Connections held now."""
+        return len(self._conns)
+
+    def start(self) -> None:
+        """Start the selector thread and the workers."""
+        self._sel.register(self._listener, selectors.EVENT_READ, _LISTENER)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._threads = [threading.Thread(target=self._loop, name="gputuned-http", daemon=True)]
+        self._threads += [threading.Thread(target=self._work, name=f"gputuned-http-{i}", daemon=True)
+                          for i in range(self.limits.workers)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Stop serving and close every connection."""
+        self._stop.set()
+        for _ in range(self.limits.workers):
+            self._jobs.put(None)
+        self._wake()
+        for t in self._threads[:1]:
+            t.join(5)
+        for conn in list(self._conns):
+            self._close(conn)
+        for s in (self._listener, self._wake_r, self._wake_w):
+            s.close()
+        self._sel.close()
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.stats[what] += 1
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # a wake-up is already pending, or the front is closing
+            self._wake_w.send(b"x")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(0.25):
+                if key.data is _LISTENER:
+                    self._accept(time.monotonic())
+                elif key.data is _WAKE:
+                    self._take_back()
+                else:
+                    self._on_readable(key.data)
+            self._sweep(time.monotonic())
+
+    def _accept(self, now: float) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and kin: stop watching the listener a moment rather than spin
+                self._pause(now, e)
+                return
+            self._budget.note(+1)
+            if self._budget.low(now):
+                self._refuse(sock, "refused_fds")
+            elif len(self._conns) >= self.limits.max_connections and not self._evict():
+                self._refuse(sock, "refused_full")
+            else:
+                self._admit(sock, addr, now)
+
+    def _pause(self, now: float, err: OSError) -> None:
+        self._count("accept_errors")
+        if self._paused_until <= now:
+            self._sel.unregister(self._listener)
+        self._paused_until = now + 0.1
+        if now - self._warned_at >= 60:
+            self._warned_at = now
+            logger.warning("http: cannot accept connections (%s); retrying every 0.1 s", err.strerror or err)
+
+    def _refuse(self, sock: socket.socket, why: str) -> None:
+        self._count(why)
+        if self._ssl is None:
+            with contextlib.suppress(OSError):
+                sock.send(_REFUSED, socket.MSG_DONTWAIT)
+        sock.close()
+        self._budget.note(-1)
+
+    def _evict(self) -> bool:
+        idle = [c for c in self._conns if not c.busy]
+        if not idle:
+            return False
+        self._count("evicted")
+        self._close(min(idle, key=lambda c: c.since))
+        return True
+
+    def _admit(self, sock: socket.socket, addr: tuple[str, int], now: float) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ssl is not None:
+            sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        conn = _Conn(sock, f"{addr[0]}:{addr[1]}", now, now + self.limits.read_timeout, handshaking=self._ssl is not None)
+        self._conns[conn] = None
+        self._sel.register(sock, selectors.EVENT_READ, conn)
+        self._count("accepted")
+
+    def _on_readable(self, conn: _Conn) -> None:
+        if conn.handshaking and not self._handshake(conn):
+            return
+        try:
+            while True:
+                chunk = conn.sock.recv(65536)
+                if not chunk:
+                    self._close(conn)
+                    return
+                conn.buf += chunk
+                if not isinstance(conn.sock, ssl.SSLSocket) or not conn.sock.pending():
+                    break
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except OSError as e:
+            logger.debug("http: %s: read failed: %s", conn.peer, e)
+            self._close(conn)
+            return
+        self._dispatch(conn)
+
+    def _handshake(self, conn: _Conn) -> bool:
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        try:
+            conn.sock.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False  # the handshake's next bytes are small; a fresh socket's buffer takes them
+        except OSError as e:
+            self._count("tls_failed")
+            logger.debug("http: %s: TLS handshake failed: %s", conn.peer, e)
+            self._close(conn)
+            return False
+        conn.handshaking = False
+        return True
+
+    def _dispatch(self, conn: _Conn) -> None:
+        end = conn.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(conn.buf) > self.limits.max_head_bytes:
+                self._reject(conn, 431)
+            return
+        req = parse_head(bytes(conn.buf[:end]), conn.peer)
+        del conn.buf[:end + 4]
+        if req is None:
+            self._reject(conn, 400)
+            return
+        conn.busy = True
+        self._sel.unregister(conn.sock)
+        self._jobs.put((conn, req))
+
+    def _reject(self, conn: _Conn, code: int) -> None:
+        self._count(f"http_{code}")
+        with contextlib.suppress(OSError):
+            conn.sock.send(format_response(Response(code, b""), head_only=False, keep_alive=False))
+        self._close(conn)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            conn, req = job
+            keep = self._serve(conn, req)
+            with self._lock:
+                self._back.append((conn, keep))
+            self._wake()
+
+    def _serve(self, conn: _Conn, req: Request) -> bool:
+        try:
+            resp = self._handler(req)
+        except Exception:  # noqa: BLE001 - one failing request must not end the worker
+            logger.exception("http: %s %s failed", req.method, req.path)
+            resp = Response(500, b"internal error\n")
+        keep = req.keep_alive and resp.code < 500
+        data = format_response(resp, head_only=req.method == "HEAD", keep_alive=keep)
+        try:
+            conn.sock.settimeout(self.limits.write_timeout)
+            conn.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self._count("aborted")
+            logger.debug("http: %s went away during the response to %s (%s)", conn.peer, req.path, type(e).__name__)
+            return False
+        except OSError as e:
+            self._count("write_failed")
+            logger.debug("http: response to %s for %s not sent: %s", conn.peer, req.path, e)
+            return False
+        self._count("requests")
+        return keep
+
+    def _take_back(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        with self._lock:
+            back, self._back = self._back, []
+        now = time.monotonic()
+        for conn, keep in back:
+            if not keep or self._stop.is_set():
+                self._close(conn)
+                continue
+            conn.busy = False
+            conn.since = now
+            conn.deadline = now + self.limits.read_timeout
+            conn.sock.setblocking(False)
+            self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+            self._dispatch(conn)
+
+    def _sweep(self, now: float) -> None:
+        if self._paused_until and now >= self._paused_until:
+            self._paused_until = 0.0
+            self._sel.register(self._listener, selectors.EVENT_READ, _LISTENER)
+        for conn in [c for c in self._conns if not c.busy and now >= c.deadline]:
+            self._count("timed_out")
+            logger.debug("http: %s: no complete request in %.1f s; closed", conn.peer, self.limits.read_timeout)
+            self._close(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        if conn not in self._conns:
+            return
+        del self._conns[conn]
+        if not conn.busy:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.sock)
+        conn.sock.close()
+        self._budget.note(-1)
