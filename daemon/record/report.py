@@ -28,15 +28,14 @@ __all__ = ["ReportError", "RunData", "build_figures", "build_report", "energy_pe
 
 def build_figures(runs: list[RunData], step: Callable[[str], None] | None = None) -> list[tuple[str, Any]]:
     """The summary page, then one figure per quantity: (file stem, matplotlib figure)."""
-    from gputuned.daemon.record.report_figures import quantities, time_figure, window_of
-    from gputuned.daemon.record.report_summary import headline, summary_figure
+    from gputuned.daemon.record import report_figures as figs
 
     done = step or (lambda _name: None)
-    window = window_of(runs)
-    out = [("summary", summary_figure(runs, window, headline(runs)))]
+    window = figs.window_of(runs)
+    out = [("summary", figs.summary_figure(runs, window, figs.headline(runs)))]
     done("summary")
-    for q in quantities(runs):
-        out.append((q.stem, time_figure(q, runs, window)))
+    for q in figs.quantities(runs):
+        out.append((q.stem, figs.time_figure(q, runs, window)))
         done(q.title)
     return out
 

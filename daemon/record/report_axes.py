@@ -140,14 +140,20 @@ def time_panel(ax: Any, runs: list[RunData], draw: Draw, ylabel: str, window: tu
     if not drew:
         no_data(ax)
         return set()
-    window = window or _whole(runs)
+    window = window or _whole(runs, ax)
     ax.set_xlim(*window)
     fit_y(ax, window)
     return kinds
 
 
-def _whole(runs: list[RunData]) -> tuple[float, float]:
-    return min(r.span()[0] for r in runs), max(r.span()[1] for r in runs)
+def _whole(runs: list[RunData], ax: Any = None) -> tuple[float, float]:
+    """The runs' span, widened to the data drawn on ``ax`` (forecasts reach past the run's end)."""
+    lo, hi = min(r.span()[0] for r in runs), max(r.span()[1] for r in runs)
+    for line in ax.get_lines() if ax is not None else []:
+        x = np.asarray(line.get_xdata(), dtype=float)
+        if line.get_gid() != MARK_GID and len(x):
+            lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    return lo, hi
 
 
 def full_run_panel(ax: Any, runs: list[RunData], draw: Draw, ylabel: str, window: tuple[float, float]) -> None:
