@@ -95,7 +95,7 @@ def _status(args: argparse.Namespace) -> int:
         from gputuned.daemon.commands.top import run_top
 
         return run_top(argparse.Namespace(socket=args.socket, metrics_url=args.metrics_url,
-                                          interval=args.watch_interval, count=args.watch_count), cfg)
+                                          refresh=args.watch_interval, count=args.watch_count), cfg)
     path = _socket_path(args, cfg)
     try:
         reply = admin_request(path, "status", timeout=args.timeout)
@@ -153,6 +153,16 @@ def restore_offline(cfg: Config) -> tuple[int, list[str]]:
     return (0 if report.ok else 1), lines
 
 
+def _unanswered(e: AdminError, timeout: float) -> str | None:
+    """Why a daemon that is listening did not serve a request (too slow or too busy); None otherwise."""
+    text = str(e)
+    if e.reached and "too many connections" in text:
+        return "refused the connection (too many connections)"
+    if not e.reached and "timed out" in text:
+        return f"did not answer within {timeout:g} s"
+    return None
+
+
 def _restore(args: argparse.Namespace) -> int:
     cfg = load_or_report(args)
     if cfg is None:
@@ -162,10 +172,13 @@ def _restore(args: argparse.Namespace) -> int:
         try:
             reply = admin_request(path, "restore", timeout=args.timeout, **({"gpu": args.gpu} if args.gpu is not None else {}))
         except AdminError as e:
-            if e.reached:  # a running daemon said no: do not restore behind its back
+            unanswered = _unanswered(e, args.timeout)
+            if e.reached and unanswered is None:  # a running daemon said no: do not restore behind its back
                 print(f"gputuned: {e}", file=sys.stderr)
                 return 1
-            # no daemon (the ExecStopPost case): restore directly
+            if unanswered is not None:  # there but not serving: the originals must still come back
+                print(f"gputuned: the daemon at {path} {unanswered}; restoring offline from the state file", file=sys.stderr)
+            # otherwise no daemon (the ExecStopPost case): restore directly
         else:
             for uuid, knobs in reply.get("restored", {}).items():
                 print(f"restored {', '.join(knobs) or 'nothing'} on {uuid}")
