@@ -133,8 +133,10 @@ def run_top(args: argparse.Namespace, cfg: Any) -> int:
     remote = bool(getattr(args, "metrics_url", None))
     url = args.metrics_url if remote else metrics_url(cfg)
     pause_file = Path(cfg.tuner.pause_file)
-    source = Source(url, args.socket or str(cfg.control.socket_path), None if remote else pause_file)
-    interval = max(0.2, float(args.interval))
+    # another node's /metrics is not paired with this node's socket unless --socket names one
+    socket = args.socket or (None if remote else str(cfg.control.socket_path))
+    source = Source(url, socket, None if remote else pause_file)
+    interval = max(0.2, float(args.refresh))
     count = int(getattr(args, "count", 0) or 0)
     if count or not (sys.stdin.isatty() and sys.stdout.isatty()):
         return _frames(source, interval, count)
@@ -158,7 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_flags(p)
     p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
     p.add_argument("--metrics-url", metavar="URL", help="read this /metrics instead (another node; read-only)")
-    p.add_argument("--refresh", dest="interval", type=float, default=2.0, metavar="S",
+    p.add_argument("--refresh", type=float, default=2.0, metavar="S",
                    help="seconds between refreshes (default 2)")
     p.add_argument("--count", type=int, default=0, metavar="N", help="print N frames and exit (no full screen)")
     p.set_defaults(func=_top)

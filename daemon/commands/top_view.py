@@ -217,6 +217,8 @@ def render_top(state: TopState, view: View, width: int) -> Any:
     """One frame of ``gputuned top`` for a terminal ``width`` columns wide."""
     from rich.console import Group
 
+    if state.error and not state.gpus:
+        return Group(header(state, view), footer(state, view))
     parts = [header(state, view), gpu_table(state, view, width), gpu_detail(state, view), jobs_table(state),
              tuner_text(state.tuner, state.time), alerts_text(state.alerts), footer(state, view)]
     return Group(*parts)

@@ -137,3 +137,9 @@ def test_keys_sort_pick_and_pause_through_the_kill_switch(node: tuple[Daemon, To
     handle_key("p", view, state, pauser(flag))
     assert flag.exists() and "tuner paused" in view.message
     assert not handle_key("q", view, state, None)
+
+
+def test_top_without_a_daemon_says_why_in_a_frame(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["top", "--metrics-url", "http://127.0.0.1:9/metrics", "--count", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot read http://127.0.0.1:9/metrics" in out and "is the daemon running?" in out
