@@ -39,21 +39,21 @@ def open_dir() -> Iterator[Path]:
     d.rmdir()
 
 
-def test_a_full_daemon_refusing_again_and_again_is_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    srv = ControlServer(ControlConfig(socket_path=tmp_path / "c.sock", max_connections=1), Store(60))
+def test_a_daemon_refusing_again_and_again_is_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    srv = ControlServer(ControlConfig(socket_path=tmp_path / "c.sock"), Store(60))
     srv.start()
     caplog.set_level(logging.DEBUG, logger="gputuned.trainer_plugin.client")
     try:
-        with DaemonClient(str(tmp_path / "c.sock"), job="first", backoff_s=FAST) as first:
+        with DaemonClient(str(tmp_path / "c.sock"), job="j", backoff_s=FAST) as first:
             assert first.wait_connected(5)
-            with DaemonClient(str(tmp_path / "c.sock"), job="second", backoff_s=FAST) as second:
-                assert wait_for(lambda: srv.rejected["too_many_connections"] >= 5, 10)
+            with DaemonClient(str(tmp_path / "c.sock"), job="j", backoff_s=FAST) as second:  # the same rank 0
+                assert wait_for(lambda: srv.rejected["rank_taken"] >= 5, 10)
                 assert not second.connected
     finally:
         srv.stop()
     warned = _warnings(caplog)
     assert len(warned) == 1, warned
-    assert "refused this process (hello refused: too many connections (max 1))" in warned[0]
+    assert f"refused this process (hello refused: job j rank 0 is already connected (pid {os.getpid()}))" in warned[0]
     assert "not monitored" in warned[0]
 
 
