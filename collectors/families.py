@@ -56,6 +56,20 @@ class FamilyName(str):
         return (str, (str(self),))
 
 
+#: Labels that identify a GPU; a person reads them as ``gpu 3 (H100)``.
+_GPU_IDENTITY = ("gpu", "model", "uuid", "pci_bus_id")
+
+
+def describe_labels(labels: Labels) -> str:
+    """Labels as a person reads them: ``gpu 3 (H100)``, ``job j rank 0``; ``node`` when empty."""
+    d = dict(labels)
+    parts = []
+    if "gpu" in d:
+        parts.append(f"gpu {d['gpu']}" + (f" ({d['model']})" if d.get("model") else ""))
+    parts += [f"{k} {v}" for k, v in d.items() if k not in _GPU_IDENTITY]
+    return " ".join(parts) or "node"
+
+
 def declare(name: str, kind: Kind, help: str, *dcgm: DcgmName) -> FamilyName:  # noqa: A002
     """Declare a family; returns its name, carrying the family, for the module to keep as a constant."""
     if kind == "counter" and not name.endswith("_total"):

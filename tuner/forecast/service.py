@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-from gputuned.collectors.families import Labels, Sample, declare
+from gputuned.collectors.families import Labels, Sample, declare, describe_labels
 from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
 from gputuned.tuner.forecast.child import close_queues, spawn_child, stop_child
 from gputuned.tuner.forecast.config import ForecastConfig, SeriesSpec
@@ -260,10 +260,10 @@ class ForecastService:
     # --- alerts --------------------------------------------------------------------------
     def _series_alert(self, kind: str, key: SeriesKey, since: float, score: float) -> Alert:
         what = "deviates from its baseline" if kind == "anomaly" else "heads for its limit"
-        return Alert(kind, key[0], key[1], since, score, f"{key[0]}{dict(key[1])} {what}")
+        return Alert(kind, key[0], key[1], since, score, f"{key[0]} on {describe_labels(key[1])} {what}")
 
     def _hw_alert(self, hw: HardwareAlert) -> Alert:
-        return Alert(hw.kind, "", hw.labels, hw.since, 1.0, f"{hw.kind} on GPU {dict(hw.labels)}: {hw.message}")
+        return Alert(hw.kind, "", hw.labels, hw.since, 1.0, f"{hw.kind} on {describe_labels(hw.labels)}: {hw.message}")
 
     def _on_transition(self, transition: str, alert: Alert) -> None:
         if transition == "raised":

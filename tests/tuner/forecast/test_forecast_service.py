@@ -175,4 +175,5 @@ def test_corrected_ecc_storm_raises_ecc_but_a_trickle_does_not() -> None:
         tick(t, base + 10 * k)
     alerts = svc.active_alerts()
     assert [a.kind for a in alerts] == ["ecc"] and "corrected ECC errors" in alerts[0].message
+    assert alerts[0].message.startswith("ecc on gpu ") and "{" not in alerts[0].message  # read as a person would
     assert alerts[0].since <= 3610
