@@ -115,24 +115,18 @@ class FdBudget:
         """The front opened (+1) or closed (-1) a descriptor."""
         self._open += delta
 
-    def free(self, now: float) -> int:
-        """Descriptors the process may still open."""
+    def low(self, now: float) -> bool:
+        """Whether no more than the reserve (at most half the limit) is free."""
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft == resource.RLIM_INFINITY:
-            return 1 << 30
+            return False
         if now - self._counted_at >= self._every:
             self._counted_at = now
             try:
                 self._open = len(os.listdir(self._dir)) - 1  # less the one listdir itself held
             except OSError:
-                return 0  # cannot even open a directory: as good as none free
-        return soft - self._open
-
-    def low(self, now: float) -> bool:
-        """Whether the reserve (at most half the limit) is reached."""
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        reserve = self.reserved if soft == resource.RLIM_INFINITY else min(self.reserved, soft // 2)
-        return self.free(now) <= reserve
+                return True  # cannot even open a directory: as good as none free
+        return soft - self._open <= min(self.reserved, soft // 2)
 
 
 @dataclass(eq=False)
@@ -159,7 +153,7 @@ class HttpFront:
         try:
             self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._listener.bind(address)
-            self._listener.listen(128)
+            self._listener.listen(4096)  # queued connections cost the kernel, not this process, a descriptor
         except OSError:
             self._listener.close()
             raise
@@ -229,7 +223,9 @@ class HttpFront:
             self._sweep(time.monotonic())
 
     def _accept(self, now: float) -> None:
-        for _ in range(64):
+        # A few at a time, so connections accepted earlier get their requests read before
+        # newcomers evict them.
+        for _ in range(min(8, self.limits.max_connections)):
             try:
                 sock, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -238,10 +234,11 @@ class HttpFront:
                 self._pause(now, e)
                 return
             self._budget.note(+1)
-            if self._budget.low(now):
-                self._refuse(sock, "refused_fds")
-            elif len(self._conns) >= self.limits.max_connections and not self._evict():
-                self._refuse(sock, "refused_full")
+            # Full, or short of descriptors: the newcomer takes the place of the connection idle
+            # longest, so the front never grows past either bound and a scrape still gets in.
+            low = self._budget.low(now)
+            if (low or len(self._conns) >= self.limits.max_connections) and not self._evict():
+                self._refuse(sock, "refused_fds" if low else "refused_full")
             else:
                 self._admit(sock, addr, now)
 

@@ -19,7 +19,7 @@ import pytest
 
 from gputuned.daemon.core.config import ConfigError
 from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
-from gputuned.daemon.core.http_front import FrontLimits, Request, parse_head
+from gputuned.daemon.core.http_front import FdBudget, FrontLimits, Request, parse_head
 from gputuned.daemon.core.store import Store
 from gputuned.daemon.core.web_config import load_web_config
 
@@ -197,3 +197,24 @@ def test_a_bad_web_config_is_a_config_error_naming_the_key(tmp_path: Path, text:
     web.write_text(text)
     with pytest.raises(ConfigError, match=words):
         load_web_config(web)
+
+
+def test_the_fd_budget_is_low_when_the_process_cannot_count_its_descriptors(tmp_path: Path) -> None:
+    assert not FdBudget(reserved=16, fd_dir=str(tmp_path)).low(time.monotonic())
+    assert FdBudget(reserved=16, fd_dir=str(tmp_path / "absent")).low(time.monotonic())
+
+
+def test_short_of_descriptors_a_newcomer_only_replaces_an_idle_connection(server: MetricsServer,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    socks = _half_open(server.server_address[1], 3)
+    time.sleep(0.3)
+    monkeypatch.setattr(server.front._budget, "low", lambda now: True)
+    with urllib.request.urlopen(server.url, timeout=5) as r:  # noqa: S310 - loopback
+        assert r.status == 200
+    assert server.front.connections <= 3
+    for s in socks:
+        s.close()
+    time.sleep(0.3)
+    with pytest.raises(urllib.error.HTTPError) as e:  # nothing idle left to replace: refused, not queued
+        urllib.request.urlopen(server.url, timeout=5)  # noqa: S310
+    assert e.value.code == 503 and server.front.stats["refused_fds"] >= 1
