@@ -4,7 +4,9 @@ The server owns the sockets and the selector; this binds the listening socket (n
 stealing a live daemon's), decides which peers may connect from their credentials
 (SO_PEERCRED), and holds what the server knows of each connection and its limits: a token
 bucket (``max_messages_per_second``, burst of twice that) and the hello, frame (slowloris)
-and idle timeouts.
+and idle timeouts. Admin uids (:func:`is_admin`) get ``admin_connections`` slots beyond
+``max_connections``; refusals are logged through a :class:`LogLimiter`, one line per peer uid
+and reason per interval, so a flood of refused hellos is one line, not one per message.
 """
 
 from __future__ import annotations
