@@ -47,6 +47,9 @@ from gputuned.daemon.core.store import Store
 
 logger = logging.getLogger(__name__)
 
+#: How long accepting stops after an accept error such as EMFILE (seconds).
+ACCEPT_PAUSE_S = 0.1
+
 MAX_ERRORS = 10
 
 
@@ -65,6 +68,8 @@ class ControlServer:
         self.messages = MessageHandler(cfg, self.jobs, self.book, admin, self)
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
+        self._accept_paused_until = 0.0  # monotonic time the listener is watched again (0: watched)
+        self._accept_warned = float("-inf")
         self._conns: dict[int, Connection] = {}
         self._next_cid = 0
         self._lock = threading.Lock()
@@ -221,7 +226,7 @@ class ControlServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                logger.warning("control accept failed: %s", e)
+                self._pause_accepting(now, e)
                 return
             sock.setblocking(False)
             cred = peer_credentials(sock)
@@ -341,7 +346,23 @@ class ControlServer:
                 continue
             self.queue(conn, msg)
 
+    def _pause_accepting(self, now: float, error: OSError) -> None:
+        """Out of descriptors (or another accept error): stop watching the listener for a moment.
+
+        The listener stays readable while the error lasts, so watching it would spin; pending
+        clients wait in the kernel's queue and are accepted once the pause ends.
+        """
+        if self._listener is not None:
+            self._sel.unregister(self._listener)
+        self._accept_paused_until = now + ACCEPT_PAUSE_S
+        if now - self._accept_warned >= 60.0:
+            self._accept_warned = now
+            logger.warning("control: accepting paused for %.1f s: %s", ACCEPT_PAUSE_S, error)
+
     def _sweep(self, now: float) -> None:
+        if self._accept_paused_until and now >= self._accept_paused_until and self._listener is not None:
+            self._accept_paused_until = 0.0
+            self._sel.register(self._listener, selectors.EVENT_READ, None)
         for conn in list(self._conns.values()):
             expired = conn.expired(now, self.cfg)
             if expired is not None:
