@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -30,33 +29,19 @@ from typing import Any
 import psutil
 from _common import BenchParser, metrics_url, positive_int
 
+from gputuned import protocol as P
 from gputuned.daemon.record.child import DaemonProcess, connect_client, runtime_config
 
-HEADER = struct.Struct(">I")
 FLOOD_UID = 65534
 TARGET_RSS_GROWTH_MB = 50.0
 
 
-def _frame(msg: dict[str, Any]) -> bytes:
-    body = json.dumps(msg).encode()
-    return HEADER.pack(len(body)) + body
-
-
 def _read(sock: socket.socket) -> dict[str, Any]:
-    buf = b""
-    while len(buf) < HEADER.size:
-        chunk = sock.recv(HEADER.size - len(buf))
-        if not chunk:
-            return {"type": "closed"}
-        buf += chunk
-    (n,) = HEADER.unpack(buf)
-    body = b""
-    while len(body) < n:
-        chunk = sock.recv(n - len(body))
-        if not chunk:
-            return {"type": "closed"}
-        body += chunk
-    return dict(json.loads(body))
+    """The daemon's answer, or ``{"type": "closed"}`` when it closed the connection instead."""
+    try:
+        return P.read_message(sock)
+    except ConnectionError:
+        return {"type": "closed"}
 
 
 def flood(path: str, ranks: int, jobs: int, cycle: int) -> dict[str, Any]:
@@ -70,12 +55,12 @@ def flood(path: str, ranks: int, jobs: int, cycle: int) -> dict[str, Any]:
         s.settimeout(5)
         try:
             s.connect(path)
-            s.sendall(_frame({"v": 1, "seq": 0, "type": "hello", "job": job, "rank": rank, "local_rank": rank,
+            s.sendall(P.encode({"v": 1, "seq": 0, "type": "hello", "job": job, "rank": rank, "local_rank": rank,
                               "world_size": world, "pid": os.getpid(), "leader": rank == 0, "batch_size": 64,
                               "batch_mode": "global"}))
             reply = _read(s)
             if reply["type"] == "welcome":
-                s.sendall(_frame({"v": 1, "seq": 1, "type": "report", "step": 1, "steps": 1, "time": time.time(),
+                s.sendall(P.encode({"v": 1, "seq": 1, "type": "report", "step": 1, "steps": 1, "time": time.time(),
                                   "stats": {"step_time_s": 0.1, "loss": 1.0, "samples_per_s": 100.0}}))
                 answers["welcome"] += 1
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,15 @@ def sim_node() -> Iterator[Callable[..., ScriptedBackend]]:
 
     yield make
     sim_nvml.attach(None)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder another uid may enter (0755; pytest's own tmp_path is not), removed after."""
+    d = Path(tempfile.mkdtemp(prefix="gputuned-test-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +37,14 @@ class Admin:
         return {"ok": True, "restored": {"GPU-0": ["power_limit"]}, "failures": []}
 
 
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="gputuned-slots-"))
-    d.chmod(0o755)
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
-
-
 def _hello(job: str, rank: int) -> dict[str, Any]:
     return {k: v for k, v in hello(job=job, rank=rank, world=64).items() if k not in ("v", "seq")}
 
 
 @pytest.mark.skipif(not uid_peer.can_switch_uid(), reason="needs root and setpriv to run a peer as another uid")
 def test_root_status_set_and_restore_answer_while_another_uid_holds_every_connection(
-        sock_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = ControlConfig(socket_path=sock_dir / "control.sock", socket_mode=0o666, allowed_uids=[uid_peer.OTHER_UID])
+        open_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = ControlConfig(socket_path=open_dir / "control.sock", socket_mode=0o666, allowed_uids=[uid_peer.OTHER_UID])
     admin = Admin()
     srv = ControlServer(cfg, Store(10), admin=admin)
     srv.start()

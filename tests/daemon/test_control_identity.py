@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,18 +31,13 @@ OTHER = uid_peer.OTHER_UID
 
 
 @pytest.fixture
-def srv() -> Iterator[ControlServer]:
+def srv(open_dir: Path) -> Iterator[ControlServer]:
     """A control server on a socket the other uid may reach (directory 0755, socket 0666, uid allowed)."""
-    d = Path(tempfile.mkdtemp(prefix="gputuned-identity-"))
-    d.chmod(0o755)
-    server = ControlServer(ControlConfig(socket_path=d / "control.sock", socket_mode=0o666, allowed_uids=[OTHER]),
-                           Store(60))
+    server = ControlServer(ControlConfig(socket_path=open_dir / "control.sock", socket_mode=0o666,
+                                         allowed_uids=[OTHER]), Store(60))
     server.start()
     yield server
     server.stop()
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,8 +28,8 @@ Make = Callable[..., ControlServer]
 def server(tmp_path: Path) -> Iterator[Make]:
     started: list[ControlServer] = []
 
-    def make(sock_dir: Path | None = None, **cfg: Any) -> ControlServer:
-        path = (sock_dir or tmp_path) / "control.sock"
+    def make(open_dir: Path | None = None, **cfg: Any) -> ControlServer:
+        path = (open_dir or tmp_path) / "control.sock"
         srv = ControlServer(ControlConfig(socket_path=path, **cfg), Store(60))
         srv.start()
         started.append(srv)
@@ -210,16 +209,6 @@ def _as_uid(uid: int, path: Path, msg: dict[str, Any]) -> dict[str, Any]:
     import json
 
     return dict(json.loads(data))
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="gputuned-uid-"))
-    d.chmod(0o755)
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")

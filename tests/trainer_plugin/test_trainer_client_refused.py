@@ -7,10 +7,8 @@ import logging
 import os
 import socket
 import struct
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,16 +25,6 @@ FAST = (0.01, 0.02)  # reconnect backoff: many retries within a test
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.name == "gputuned.trainer_plugin.client" and r.levelno >= logging.WARNING]
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="gputuned-refused-"))
-    d.chmod(0o755)
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
 
 
 def test_a_daemon_refusing_again_and_again_is_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
