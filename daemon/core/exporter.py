@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import Metric
 
 from gputuned.collectors.families import Catalog, Family, Labels
 from gputuned.daemon.core.config import ExporterConfig
-from gputuned.daemon.core.http_front import FrontLimits, HttpFront, Request, Response
+from gputuned.daemon.core.http_front import HttpFront, Request, Response
 from gputuned.daemon.core.store import Store
 from gputuned.daemon.core.web_config import WebConfig, load_web_config
 
@@ -117,17 +117,10 @@ _INDEX = b'<html><body><a href="/metrics">/metrics</a></body></html>\n'
 _UNAUTHORIZED = Response(401, b"unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="gputuned"'),))
 
 
-def front_limits(cfg: ExporterConfig) -> FrontLimits:
-    """The HTTP front's bounds from the exporter section."""
-    return FrontLimits(max_connections=cfg.max_connections, workers=cfg.workers,
-                       read_timeout=cfg.read_timeout_seconds, write_timeout=cfg.write_timeout_seconds,
-                       reserved_fds=cfg.reserved_fds)
-
-
 class MetricsServer:
     """/metrics, /healthz and an index page behind a bounded HTTP front (see :mod:`.http_front`)."""
 
-    def __init__(self, address: tuple[str, int], renderer: MetricsRenderer, *, limits: FrontLimits | None = None,
+    def __init__(self, address: tuple[str, int], renderer: MetricsRenderer, *, limits: ExporterConfig | None = None,
                  web: WebConfig | None = None) -> None:
         self.renderer = renderer
         self.web = web or WebConfig()
@@ -138,7 +131,7 @@ class MetricsServer:
     def from_config(cls, cfg: ExporterConfig, renderer: MetricsRenderer) -> MetricsServer:
         """The server the exporter section asks for; raises ConfigError for a bad web config file, OSError if it cannot bind."""
         web = load_web_config(cfg.web_config_file) if cfg.web_config_file else None
-        return cls((cfg.listen_address, cfg.listen_port), renderer, limits=front_limits(cfg), web=web)
+        return cls((cfg.listen_address, cfg.listen_port), renderer, limits=cfg, web=web)
 
     def _answer(self, req: Request) -> Response:
         if not self.web.authorized(req.headers.get("authorization")):

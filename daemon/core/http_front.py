@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gputuned.daemon.core.config import ExporterConfig
+
 logger = logging.getLogger(__name__)
 
 _REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -32,16 +34,8 @@ _LISTENER = object()
 _WAKE = object()
 
 
-@dataclass(frozen=True)
-class FrontLimits:
-    """How much of the process the HTTP front may take."""
-
-    max_connections: int = 64
-    workers: int = 4
-    read_timeout: float = 5.0
-    write_timeout: float = 10.0
-    reserved_fds: int = 256
-    max_head_bytes: int = 16384
+#: Longest request head read (bytes); the front serves no request bodies.
+MAX_HEAD_BYTES = 16384
 
 
 @dataclass(frozen=True)
@@ -143,9 +137,9 @@ class _Conn:
 class HttpFront:
     """Listens on ``address`` and answers each complete request with ``handler`` on a worker."""
 
-    def __init__(self, address: tuple[str, int], handler: Handler, limits: FrontLimits | None = None,
+    def __init__(self, address: tuple[str, int], handler: Handler, limits: ExporterConfig | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        self.limits = limits or FrontLimits()
+        self.limits = limits or ExporterConfig()
         self._handler = handler
         self._ssl = ssl_context
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -272,7 +266,7 @@ class HttpFront:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._ssl is not None:
             sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        conn = _Conn(sock, f"{addr[0]}:{addr[1]}", now, now + self.limits.read_timeout, handshaking=self._ssl is not None)
+        conn = _Conn(sock, f"{addr[0]}:{addr[1]}", now, now + self.limits.read_timeout_seconds, handshaking=self._ssl is not None)
         self._conns[conn] = None
         self._sel.register(sock, selectors.EVENT_READ, conn)
         self._count("accepted")
@@ -314,7 +308,7 @@ class HttpFront:
     def _dispatch(self, conn: _Conn) -> None:
         end = conn.buf.find(b"\r\n\r\n")
         if end < 0:
-            if len(conn.buf) > self.limits.max_head_bytes:
+            if len(conn.buf) > MAX_HEAD_BYTES:
                 self._reject(conn, 431)
             return
         req = parse_head(bytes(conn.buf[:end]), conn.peer)
@@ -349,7 +343,7 @@ class HttpFront:
         keep = req.keep_alive and resp.code < 500
         data = format_response(resp, head_only=req.method == "HEAD", keep_alive=keep)
         try:
-            conn.sock.settimeout(self.limits.write_timeout)
+            conn.sock.settimeout(self.limits.write_timeout_seconds)
             conn.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError) as e:
             self._count("aborted")
@@ -375,7 +369,7 @@ class HttpFront:
                 continue
             conn.busy = False
             conn.since = now
-            conn.deadline = now + self.limits.read_timeout
+            conn.deadline = now + self.limits.read_timeout_seconds
             conn.sock.setblocking(False)
             self._sel.register(conn.sock, selectors.EVENT_READ, conn)
             self._dispatch(conn)
@@ -386,7 +380,7 @@ class HttpFront:
             self._sel.register(self._listener, selectors.EVENT_READ, _LISTENER)
         for conn in [c for c in self._conns if not c.busy and now >= c.deadline]:
             self._count("timed_out")
-            logger.debug("http: %s: no complete request in %.1f s; closed", conn.peer, self.limits.read_timeout)
+            logger.debug("http: %s: no complete request in %.1f s; closed", conn.peer, self.limits.read_timeout_seconds)
             self._close(conn)
 
     def _close(self, conn: _Conn) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from gputuned.daemon.core.config import ConfigError
+from gputuned.daemon.core.config import ConfigError, ExporterConfig
 from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
-from gputuned.daemon.core.http_front import FdBudget, FrontLimits, Request, parse_head
+from gputuned.daemon.core.http_front import FdBudget, Request, parse_head
 from gputuned.daemon.core.store import Store
 from gputuned.daemon.core.web_config import load_web_config
 
@@ -33,8 +33,8 @@ class BigRenderer(MetricsRenderer):
 
 def _server(renderer_cls: type[MetricsRenderer] = MetricsRenderer, **limits: float) -> MetricsServer:
     store = Store(10)
-    kw = {"max_connections": 8, "workers": 2, "read_timeout": 5.0, **limits}
-    return MetricsServer(("127.0.0.1", 0), renderer_cls(store, {}), limits=FrontLimits(**kw))  # type: ignore[arg-type]
+    kw = {"max_connections": 8, "workers": 2, "read_timeout_seconds": 5.0, **limits}
+    return MetricsServer(("127.0.0.1", 0), renderer_cls(store, {}), limits=ExporterConfig(**kw))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_fifty_idle_connections_do_not_stop_a_scrape_and_threads_stay_bounded(se
 
 
 def test_an_idle_connection_is_closed_after_the_read_timeout() -> None:
-    server = _server(read_timeout=0.5)
+    server = _server(read_timeout_seconds=0.5)
     server.start()
     try:
         s = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
