@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import Prometheus
+from testkit import Prometheus, config
 
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import ScriptedBackend, VirtualClock, scripted_from_spec
+from gputuned.daemon.app.daemon import Daemon
 
 
 @pytest.fixture
@@ -26,6 +27,23 @@ def sim_node() -> Iterator[Callable[..., ScriptedBackend]]:
 
     yield make
     sim_nvml.attach(None)
+
+
+@pytest.fixture
+def small_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A started daemon in this process: 2 scripted H100s, its control socket and state file in tmp_path."""
+    script = tmp_path / "node.toml"
+    script.write_text('profile = "h100"\ngpus = 2\n')
+    cfg = config(
+        daemon={"state_file": str(tmp_path / "state.json"), "interval_seconds": 0.2},
+        control={"socket_path": str(tmp_path / "control.sock")},
+        sim={"gpus": 2, "script": str(script)},
+        collectors={"infiniband": {"enabled": False}},
+    )
+    d = Daemon(cfg, serve=False)
+    d.start()
+    yield d
+    d.stop()
 
 
 @pytest.fixture

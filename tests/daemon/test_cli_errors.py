@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testkit import config
 
 from gputuned.daemon.app.daemon import Daemon
 from gputuned.daemon.commands import units
@@ -141,22 +140,8 @@ def test_status_refused_by_socket_permissions_says_permission_denied(
     assert json.loads(result.stdout)["error"].startswith("permission denied")
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    cfg = config(
-        daemon={"state_file": str(tmp_path / "state.json"), "interval_seconds": 0.2},
-        control={"socket_path": str(tmp_path / "control.sock")},
-        sim={"gpus": 2, "profile": "h100"},
-        collectors={"infiniband": {"enabled": False}},
-    )
-    d = Daemon(cfg, serve=False)
-    d.start()
-    yield d
-    d.stop()
-
-
-def test_set_echoes_the_value_in_the_knobs_display_unit(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    sock = str(daemon.cfg.control.socket_path)
+def test_set_echoes_the_value_in_the_knobs_display_unit(small_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = str(small_daemon.cfg.control.socket_path)
     assert main(["set", "--socket", sock, "--gpu", "1", "--power-limit-w", "400", "--sm-clocks", "900:1300"]) == 0
     out = capsys.readouterr().out
     assert "gpu 1: power limit = 400 W" in out and "400000" not in out

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testkit import config
 
 from gputuned.daemon.app.daemon import Daemon
 from gputuned.daemon.commands.cli import main
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    script = tmp_path / "node.toml"
-    script.write_text('profile = "h100"\ngpus = 2\n')
-    cfg = config(
-        daemon={"state_file": str(tmp_path / "state.json"), "interval_seconds": 0.2},
-        control={"socket_path": str(tmp_path / "control.sock")},
-        sim={"gpus": 2, "script": str(script)},
-        collectors={"infiniband": {"enabled": False}},
-    )
-    d = Daemon(cfg, serve=False)
-    d.start()
-    yield d
-    d.stop()
-
-
-def test_status_json_shows_gpus_knobs_collectors_and_jobs(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    sock = str(daemon.cfg.control.socket_path)
+def test_status_json_shows_gpus_knobs_collectors_and_jobs(small_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = str(small_daemon.cfg.control.socket_path)
     assert main(["set", "--socket", sock, "--gpu", "1", "--power-limit-w", "400", "--sm-clocks", "900:1300"]) == 0
     capsys.readouterr()
     assert main(["status", "--socket", sock, "--json"]) == 0
@@ -48,21 +30,21 @@ def test_status_json_shows_gpus_knobs_collectors_and_jobs(daemon: Daemon, capsys
     assert "GPUs (current / original)" in table and "400 W / 700 W" in table
 
 
-def test_set_out_of_bounds_is_refused_with_reason(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    sock = str(daemon.cfg.control.socket_path)
+def test_set_out_of_bounds_is_refused_with_reason(small_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = str(small_daemon.cfg.control.socket_path)
     assert main(["set", "--socket", sock, "--gpu", "0", "--power-limit-w", "5000"]) == 1
     assert "outside 200-700 W" in capsys.readouterr().err
     assert main(["set", "--socket", sock, "--gpu", "0"]) == 2
 
 
-def test_restore_through_the_running_daemon(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    sock = str(daemon.cfg.control.socket_path)
+def test_restore_through_the_running_daemon(small_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = str(small_daemon.cfg.control.socket_path)
     assert main(["set", "--socket", sock, "--gpu", "0", "--power-limit-w", "300"]) == 0
-    assert daemon.cfg.daemon.state_file.exists()
+    assert small_daemon.cfg.daemon.state_file.exists()
     assert main(["restore", "--socket", sock]) == 0
     assert "restored power_limit" in capsys.readouterr().out
-    assert not daemon.cfg.daemon.state_file.exists()
-    assert daemon.actuator.describe()[0]["current"]["power_limit"] == 700_000
+    assert not small_daemon.cfg.daemon.state_file.exists()
+    assert small_daemon.actuator.describe()[0]["current"]["power_limit"] == 700_000
 
 
 def test_status_without_a_daemon_exits_3_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
