@@ -178,7 +178,10 @@ def _restore_jobs(state: State, jobs: JobLookup | None, drop_absent: bool, repor
                 report.kept.append(f"job {name}: not connected, {what} stays recorded until a daemon reaches it")
                 remaining.jobs[name] = rec
         elif not restore_into(report, target, rec, cfg):
-            remaining.jobs[name] = rec
+            if drop_absent:  # stopping: a job whose leader does not take it back has gone or is going
+                logger.warning("job %s: its %s could not be restored on stop; dropped", name, ", ".join(rec.changed))
+            else:
+                remaining.jobs[name] = rec
 
 
 def restore_from_state(devices: Sequence[GPUDevice], state_file: StateFile, jobs: JobLookup | None = None,

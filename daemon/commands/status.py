@@ -140,7 +140,7 @@ def restore_offline(cfg: Config) -> tuple[int, list[str]]:
         return 0, [f"nothing to restore ({state_file.path} absent)"]
     gpus = setup_gpus(cfg)
     try:
-        report = restore_from_state(gpus.devices, state_file)
+        report = restore_from_state(gpus.devices, state_file, cfg=cfg.actuation)
     finally:
         if gpus.nvml is not None:
             try:

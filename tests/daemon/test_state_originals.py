@@ -180,3 +180,22 @@ def test_real_daemon_damaged_file_sigterm_and_restore_bring_back_exact_originals
                                 ("crafted", "restore"))]
     assert all(r["ok"] for r in results), results
     assert all(r["stop_post"].startswith("nothing to restore") for r in results), results
+
+
+def test_the_restore_command_offline_bounds_crafted_originals_by_the_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gputuned.daemon.app.config import load_config
+    from gputuned.daemon.app.daemon import setup_gpus
+    from gputuned.daemon.commands.cli import main
+
+    script, state = tmp_path / "node.toml", tmp_path / "state" / "state.json"
+    script.write_text('profile = "h100"\ngpus = 2\n')
+    conf = tmp_path / "gputuned.toml"
+    conf.write_text(f'[daemon]\nstate_file = "{state}"\n[gpu]\nbackend = "sim"\n[sim]\nscript = "{script}"\n'
+                    '[actuation]\npower_limit_min_w = 300\nsm_clock_min_mhz = 600\n')
+    devices = setup_gpus(load_config(conf)).devices
+    state.parent.mkdir(mode=0o700)
+    state.write_text(_crafted(devices[1:2]))  # a dead daemon's file, replaced by someone else
+    main(["restore", "--offline", "--config", str(conf)])
+    out, err = capsys.readouterr()
+    assert "recorded original 200000 refused (power limit 200 W outside 300-" in out + err
