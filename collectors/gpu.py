@@ -2,16 +2,21 @@
 
 A reading the GPU does not support is dropped for that GPU after its first failure; a
 lost GPU stops being polled and is reported by ``gputuned_gpu_up 0`` alone; any other
-error skips that reading for one tick and is counted. One GPU never hides another.
+error skips that reading for one tick and is counted. GPUs opened with a call timeout are
+read in parallel, each on its own worker; one whose calls hang is ``gputuned_gpu_up 0``
+and skipped until its call returns. One GPU never hides another.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 
 from gputuned.collectors import families as F
+from gputuned.collectors.calls import CallGate, GPUHungError
 from gputuned.collectors.device import (
     CLOCK_EVENT_LABELS,
     GPUDevice,
@@ -25,6 +30,7 @@ from gputuned.collectors.registry import CollectorConfig, CollectorContext, regi
 logger = logging.getLogger(__name__)
 
 Reading = Callable[[GPUDevice, Labels], list[Sample]]
+_Read = tuple[list[Sample], dict[str, tuple[list[int], str]]]  # samples, readings found unsupported
 
 
 def _one(family: str, read: Callable[[GPUDevice], float]) -> Reading:
@@ -202,13 +208,47 @@ class GPUCollector:
         return [g.dev.identity.index for g in self._gpus if g.lost]
 
     def collect(self) -> list[Sample]:
+        """Every GPU's samples; GPUs with a call timeout are read in parallel, each on its own worker."""
         out: list[Sample] = []
         dropped: dict[str, tuple[list[int], str]] = {}
-        for g in self._gpus:
-            out.extend(self._collect_one(g, dropped))
+        t0 = time.monotonic()
+        started = [(g, self._start(g)) for g in self._gpus]
+        for g, job in started:
+            out.extend(self._finish(g, job, dropped, t0))
         if dropped:
             log_unsupported(dropped)
         return out
+
+    def _start(self, g: _GPUState) -> Future[_Read] | GPUHungError | None:
+        """Queue a GPU's readings on its worker (None: read here, on the caller's thread)."""
+        gate: CallGate | None = getattr(g.dev, "gate", None)
+        if gate is None or g.lost:
+            return None
+        try:
+            return gate.submit("readings", lambda: self._read_gpu(g))
+        except GPUHungError as e:
+            return e
+
+    def _read_gpu(self, g: _GPUState) -> _Read:
+        unsupported: dict[str, tuple[list[int], str]] = {}
+        return self._collect_one(g, unsupported), unsupported
+
+    def _finish(self, g: _GPUState, job: Future[_Read] | GPUHungError | None,
+                dropped: dict[str, tuple[list[int], str]], t0: float) -> list[Sample]:
+        """A GPU's samples, or only ``gpu_up 0`` when its worker did not answer by ``t0`` + the timeout."""
+        if job is None:
+            return self._collect_one(g, dropped)
+        gate: CallGate = getattr(g.dev, "gate")  # noqa: B009 - set when a job was queued
+        try:
+            if isinstance(job, GPUHungError):
+                raise job
+            samples, unsupported = gate.wait(job, t0 + gate.timeout_s - time.monotonic())
+        except GPUHungError as e:
+            logger.debug("gpu %s skipped: %s", g.labels[0][1], e)
+            return [(F.GPU_UP, g.labels, 0.0)]
+        for name, (indices, why) in unsupported.items():
+            dropped.setdefault(name, ([], why))[0].extend(indices)
+        return samples
 
     def _collect_one(self, g: _GPUState, unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
         labels = g.labels
@@ -248,7 +288,11 @@ class GPUCollector:
         return out
 
     def close(self) -> None:
-        """Nothing to release; NVML is shut down by its owner."""
+        """Let idle GPU workers end; NVML is shut down by its owner."""
+        for g in self._gpus:
+            gate: CallGate | None = getattr(g.dev, "gate", None)
+            if gate is not None:
+                gate.close()
 
 
 @register("gpu", families=tuple(v for k, v in vars(F).items() if k.startswith("GPU_")))

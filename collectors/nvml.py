@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
+from gputuned.collectors.calls import CallGate
 from gputuned.collectors.device import (
     ClockEventReason,
     DriverMissingError,
@@ -108,6 +109,9 @@ def _nvml_call(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     def deco(fn: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(fn)
         def wrapper(self: NvmlGPU, *args: Any) -> T:
+            gate = self._gate
+            if gate is not None and not gate.in_worker():
+                return gate.call(what, lambda: wrapper(self, *args))
             try:
                 return fn(self, *args)
             except self._nvml.NVMLError as e:
@@ -123,11 +127,16 @@ def _text(value: str | bytes) -> str:
 
 
 class NvmlGPU(GPUDevice):
-    """A GPU read and set through an NVML API module."""
+    """A GPU read and set through an NVML API module.
 
-    def __init__(self, nvml: ModuleType, index: int) -> None:
+    With ``call_timeout_s``, every call after opening runs on the GPU's own worker thread
+    (:class:`CallGate`) and fails with :class:`GPUHungError` once it takes longer.
+    """
+
+    def __init__(self, nvml: ModuleType, index: int, call_timeout_s: float | None = None) -> None:
         self._nvml = nvml
         self._index = index
+        self._gate = CallGate(f"gpu {index}", call_timeout_s) if call_timeout_s else None
         try:
             self._h = nvml.nvmlDeviceGetHandleByIndex(index)
             mem = nvml.nvmlDeviceGetMemoryInfo(self._h)
@@ -146,6 +155,11 @@ class NvmlGPU(GPUDevice):
     @property
     def identity(self) -> GPUIdentity:
         return self._identity
+
+    @property
+    def gate(self) -> CallGate | None:
+        """The worker this GPU's calls run on, when calls have a timeout."""
+        return self._gate
 
     @_nvml_call("utilization")
     def utilization(self) -> Utilization:
@@ -298,6 +312,8 @@ class NvmlGPU(GPUDevice):
         return float(req.metrics[0].value) / 100.0
 
     def poll_xid_events(self) -> list[int]:
+        if self._gate is not None and not self._gate.in_worker():
+            return self._gate.call("xid events", self.poll_xid_events)
         n = self._nvml
         try:
             if self._events is None:
@@ -360,8 +376,11 @@ class NvmlGPU(GPUDevice):
         self._nvml.nvmlDeviceResetApplicationsClocks(self._h)
 
 
-def open_gpus(nvml: ModuleType) -> list[NvmlGPU]:
-    """Open every GPU NVML reports; a GPU that fails to open is logged and skipped."""
+def open_gpus(nvml: ModuleType, call_timeout_s: float | None = None) -> list[NvmlGPU]:
+    """Open every GPU NVML reports; a GPU that fails to open is logged and skipped.
+
+    ``call_timeout_s`` bounds each later call per GPU (see :class:`NvmlGPU`).
+    """
     try:
         count = nvml.nvmlDeviceGetCount()
     except nvml.NVMLError as e:
@@ -369,7 +388,7 @@ def open_gpus(nvml: ModuleType) -> list[NvmlGPU]:
     gpus = []
     for i in range(count):
         try:
-            gpus.append(NvmlGPU(nvml, i))
+            gpus.append(NvmlGPU(nvml, i, call_timeout_s))
         except GPUError as e:
             logger.error("gpu %d not opened: %s", i, e)
     return gpus

@@ -9,6 +9,8 @@ Values come from an attached backend (:mod:`gputuned.collectors.sim.state`).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from typing import TypeVar
 
@@ -40,6 +42,7 @@ T = TypeVar("T")
 # --- module state --------------------------------------------------------------------
 _backend: SimBackend | None = None
 _init_count = 0
+_sync_lock = threading.Lock()
 
 
 def attach(backend: SimBackend | None) -> None:
@@ -63,16 +66,24 @@ def _require_init() -> SimBackend:
 
 def _dev(handle: _Handle, func: str) -> SimDevice:
     be = _require_init()
-    be.sync()
+    with _sync_lock:  # GPUs' calls run on their own threads: one brings the node up to date at a time
+        be.sync()
     try:
         dev = be.devices[handle.index]
     except (IndexError, AttributeError):
         raise NVMLError(NVML_ERROR_INVALID_ARGUMENT) from None
+    _hang(dev, func)
     if dev.lost:
         raise NVMLError(NVML_ERROR_GPU_IS_LOST)
     if func in dev.unsupported:
         raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
     return dev
+
+
+def _hang(dev: SimDevice, func: str) -> None:
+    """A scripted hang: block the call while the device's ``hang_until`` lies ahead (polled, so it can be ended)."""
+    while dev.hang_until > time.monotonic() and (not dev.hang_calls or func in dev.hang_calls):
+        time.sleep(min(0.05, max(0.0, dev.hang_until - time.monotonic())))
 
 
 def _settable(handle: _Handle, func: str) -> SimDevice:

@@ -201,6 +201,8 @@ class SimDevice:
     # faults
     lost: bool = False
     unsupported: set[str] = field(default_factory=set)
+    hang_until: float = 0.0  # time.monotonic() before which the calls in hang_calls block, as a stuck driver does
+    hang_calls: frozenset[str] = frozenset()  # NVML function names that hang; empty: every call on the device
 
     def __post_init__(self) -> None:
         p = self.profile

@@ -61,6 +61,9 @@ def describe_gpus(devices: Sequence[GPUDevice], state: State) -> list[dict[str, 
             "originals": rec.originals if rec else None,
             "changed": list(rec.changed) if rec else [],
         })
+        down = getattr(getattr(dev, "gate", None), "down_reason", None)  # a hung NVML call (collectors.calls)
+        if down is not None:
+            out[-1]["down"] = down
     return out
 
 

@@ -121,7 +121,7 @@ def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
     version = nvml.nvmlSystemGetDriverVersion()
     version = version.decode() if isinstance(version, bytes) else str(version)
     kind = "nvml" if sim_be is None else "sim"
-    return GPUSetup(nvml, kind, list(open_gpus(nvml)), sim_be, version)
+    return GPUSetup(nvml, kind, list(open_gpus(nvml, cfg.gpu.call_timeout_seconds)), sim_be, version)
 
 
 def collector_context(gpus: GPUSetup) -> CollectorContext:

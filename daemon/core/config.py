@@ -50,6 +50,9 @@ class ExporterConfig(Section):
 
 class GPUConfig(Section):
     backend: Literal["auto", "nvml", "sim"] = "auto"
+    call_timeout_seconds: float = Field(
+        2.0, gt=0, le=600, description="an NVML call on one GPU that takes longer marks that GPU down until it returns"
+    )
 
 
 class SimConfig(Section):
