@@ -14,12 +14,14 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 from gputuned.collectors import registry
 from gputuned.collectors.base import Collector
-from gputuned.collectors.device import DriverMissingError, GPUDevice
+from gputuned.collectors.device import DriverMissingError, GPUDevice, GPUError
+from gputuned.collectors.hardware import nvidia_hardware
 from gputuned.collectors.nvml import open_gpus, open_nvml
 from gputuned.collectors.registry import CollectorContext
 from gputuned.daemon.actuation.actuator import Actuator
@@ -96,11 +98,12 @@ def _open_sim(cfg: Config, sim_backend: SimBackend | None) -> tuple[ModuleType, 
     return nvml, sim_backend
 
 
-def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
+def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None, *, root: Path | str = "/") -> GPUSetup:
     """Open NVML (real or simulated per config) and every GPU it reports.
 
-    ``auto`` tries the real library first and falls back to the simulated node when the
-    library or driver is missing; only then is the simulator imported.
+    ``auto`` tries the real library first. When it cannot be opened, the simulated node stands
+    in only on a host with no NVIDIA hardware under ``root``; on a GPU host the GPUs are served
+    down with NVML's error and nothing is simulated. Only then is the simulator imported.
     """
     backend = cfg.gpu.backend
     sim_be: SimBackend | None = None
@@ -113,9 +116,13 @@ def setup_gpus(cfg: Config, sim_backend: SimBackend | None = None) -> GPUSetup:
             except DriverMissingError as e:
                 if backend != "auto":
                     raise
-                logger.info("no NVIDIA driver found (%s); using the simulated GPU node", e)
+                if found := nvidia_hardware(root):
+                    signs = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+                    raise DriverMissingError(f"{e}; NVIDIA hardware is present ({signs}): "
+                                             "serving no simulated GPUs") from e
+                logger.warning("no NVIDIA driver and no NVIDIA device on this host (%s): serving the SIMULATED GPU node", e)
                 nvml, sim_be = _open_sim(cfg, sim_backend)
-    except DriverMissingError as e:
+    except GPUError as e:
         logger.error("no GPUs: %s", e)
         return GPUSetup(None, "none", error=e)
     version = nvml.nvmlSystemGetDriverVersion()
@@ -188,11 +195,12 @@ class Daemon:
         """One line saying what runs and where."""
         g = self.gpus
         if g.kind == "sim":
-            what = "simulated GPU node (no NVIDIA driver found)" if self.cfg.gpu.backend == "auto" else "simulated GPU node"
+            why = "no NVIDIA driver or device on this host" if self.cfg.gpu.backend == "auto" else "backend sim"
+            what = f"SIMULATED GPU node ({why}; no real GPU is monitored or tuned)"
         elif g.kind == "nvml":
             what = f"NVIDIA driver {g.driver_version}"
         else:
-            what = "no GPUs"
+            what = f"no GPUs ({g.error})" if g.error is not None else "no GPUs"
         models = sorted({d.identity.model for d in g.devices})
         gpus = f"{len(g.devices)} x {', '.join(models)}" if g.devices else "0 GPUs"
         where = self.server.where if self.server else "(not serving)"

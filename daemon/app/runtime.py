@@ -29,6 +29,8 @@ def node_status(daemon: Daemon) -> dict[str, Any]:
         "uptime_s": round(time.monotonic() - daemon.started_at, 3) if daemon.started_at else 0.0,
         "node": daemon.describe(),
         "backend": daemon.gpus.kind,
+        "simulated": daemon.gpus.kind == "sim",  # the GPUs served are the simulated node's, not real ones
+        "gpu_error": str(daemon.gpus.error) if daemon.gpus.error is not None else None,
         "interval_s": loop.interval,
         "ticks": loop.ticks,
         "tick_overruns": loop.overruns,

@@ -140,6 +140,7 @@ EXPECTED_HARDWARE_ALERTS: dict[str, tuple[str, set[str]]] = {
     "InfinibandPortDown": ("device", {"mlx5_2"}),
     "InfinibandSymbolErrors": ("device", {"mlx5_1"}),
     "GputunedCollectorDown": ("collector", {"host"}),
+    "GputunedSimulatedGPUs": ("backend", {"sim"}),  # the trace is a recording of the simulated node
 }
 
 
