@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import errno
 import grp
+import logging
 import os
+import pwd
 import socket
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from typing import Any
 from gputuned import protocol as P
 from gputuned.daemon.control.config import ControlConfig
 
+logger = logging.getLogger(__name__)
 _CRED = struct.Struct("3i")
 MAX_OUTPUT_BYTES = 1 << 20
 
@@ -138,9 +142,49 @@ def bind_socket(cfg: ControlConfig) -> socket.socket:
         os.umask(old)
     os.chmod(path, cfg.socket_mode)
     gid = socket_gid(cfg)
-    if gid is not None:
-        os.chown(path, -1, gid)
+    if gid is not None and os.stat(path).st_gid != gid:  # the daemon's own group needs no chown
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError as e:
+            sock.close()
+            path.unlink()
+            raise OSError(e.errno, f"cannot give {path} group {cfg.socket_group} ({e.strerror}); under the "
+                          f"systemd unit leave control.socket_group empty and set Group={cfg.socket_group} "
+                          "in a drop-in (systemctl edit gputuned)") from e
+    warn_unreachable(cfg, path)
     return sock
+
+
+def _may(uid: int, st: os.stat_result, bit: int) -> bool:
+    """Whether ``uid`` has permission ``bit`` (4 r, 2 w, 1 x) on a file with status ``st``."""
+    try:
+        pw = pwd.getpwuid(uid)
+        member = pw.pw_gid == st.st_gid or pw.pw_name in grp.getgrgid(st.st_gid).gr_mem
+    except KeyError:
+        member = False
+    shift = 6 if st.st_uid == uid else 3 if member else 0
+    return bool(stat.S_IMODE(st.st_mode) >> shift & bit)
+
+
+def warn_unreachable(cfg: ControlConfig, path: Path) -> list[int]:
+    """Log one warning naming the ``allowed_uids`` that the socket's mode and group (or its
+    directory's) keep from connecting at all; returns them."""
+    try:
+        sock_st, dir_st = os.stat(path), os.stat(path.parent)
+    except OSError:
+        return []
+    shut = [u for u in cfg.allowed_uids if u not in (0, os.getuid())
+            and not (_may(u, dir_st, 1) and _may(u, sock_st, 2))]
+    if shut:
+        try:
+            group = grp.getgrgid(sock_st.st_gid).gr_name
+        except KeyError:
+            group = str(sock_st.st_gid)
+        logger.warning("control.allowed_uids %s cannot open %s (mode %04o, group %s; directory mode %04o): "
+                       "add them to group %s (usermod -aG %s USER); each peer is still checked",
+                       ",".join(map(str, shut)), path, stat.S_IMODE(sock_st.st_mode), group,
+                       stat.S_IMODE(dir_st.st_mode), group, group)
+    return shut
 
 
 def refuse_peer(cred: tuple[int, int, int], cfg: ControlConfig) -> tuple[str, str] | None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runtime_kit import REPO_ROOT
@@ -127,3 +128,66 @@ def test_daemonset_needs_no_host_pid_and_adds_only_sys_admin() -> None:
     assert re.search(r"drop: \[ALL\]\s+add: \[SYS_ADMIN\]", text)
     assert "gputuned restore --offline" in text.replace('", "', " ").replace('["', "")
     assert "/var/lib/gputuned" in text and "/run/gputuned" in text
+
+
+def _unit_values(key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith(key + "=")]
+
+
+def test_unit_grants_what_documented_options_need() -> None:
+    from gputuned.daemon.app.config import Config
+
+    cfg = Config()
+    # descriptors: every control and HTTP connection plus the HTTP reserve (at most half the limit)
+    (nofile,) = _unit_values("LimitNOFILE")
+    need = cfg.control.max_connections + cfg.control.admin_connections + cfg.exporter.max_connections
+    assert int(nofile) >= 2 * cfg.exporter.reserved_fds and int(nofile) >= need + cfg.exporter.reserved_fds + 256
+    # forecast.worker_nice and the detector child call setpriority, which @resources denies
+    filters = _unit_values("SystemCallFilter")
+    assert any("@resources" in f and f.startswith("~") for f in filters)
+    assert filters.index("setpriority") > next(i for i, f in enumerate(filters) if "@resources" in f)
+    # noroot-locked only locks the noroot bit off; the bounding set is what limits root
+    assert _unit_values("SecureBits") == []
+    # socket_group would need chown: denied with @privileged and without CAP_CHOWN; Group= sets it
+    assert _unit_values("CapabilityBoundingSet") == ["CAP_SYS_ADMIN"] and _unit_values("Group") == ["gputuned"]
+    assert not any("@chown" in f and not f.startswith("~") for f in filters)
+
+
+def _bind(tmp_path: Path, **kw: Any) -> tuple[Path, socket.socket]:
+    from gputuned.daemon.control.config import ControlConfig
+    from gputuned.daemon.control.conn import bind_socket
+
+    cfg = ControlConfig(socket_path=tmp_path / "run" / "control.sock", **kw)
+    return cfg.socket_path, bind_socket(cfg)
+
+
+def test_socket_group_of_the_daemon_needs_no_chown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(*a: object) -> None:
+        raise PermissionError(1, "Operation not permitted")  # as under the unit's SystemCallFilter
+
+    monkeypatch.setattr(os, "chown", denied)
+    path, sock = _bind(tmp_path, socket_group=str(os.getgid()))
+    sock.close()
+    other = next(g for g in range(1, 70000) if g != os.getgid())
+    with pytest.raises(OSError, match=rf"Group={other} in a drop-in"):
+        _bind(tmp_path, socket_group=str(other))
+    assert not path.exists()  # nothing half-made left behind
+
+
+def test_allowed_uid_the_socket_mode_shuts_out_is_named_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody").pw_uid
+    (tmp_path / "run").mkdir(mode=0o750)
+    (tmp_path / "run").chmod(0o750)
+    with caplog.at_level("WARNING", logger="gputuned.daemon.control.conn"):
+        _, sock = _bind(tmp_path, allowed_uids=[nobody, os.getuid()])
+    sock.close()
+    lines = [r.getMessage() for r in caplog.records if "allowed_uids" in r.getMessage()]
+    assert len(lines) == 1 and f"allowed_uids {nobody} cannot open" in lines[0] and "usermod -aG" in lines[0]
+    caplog.clear()
+    (tmp_path / "run").chmod(0o755)
+    with caplog.at_level("WARNING", logger="gputuned.daemon.control.conn"):
+        _, sock = _bind(tmp_path, allowed_uids=[nobody], socket_mode=0o666)
+    sock.close()
+    assert not [r for r in caplog.records if "allowed_uids" in r.getMessage()]
