@@ -7,7 +7,10 @@ originals (first change only) and the knob in the state file, atomically (the
 A target is a GPU (by index) or a training job (by name, through the injected job channel:
 the change is a decision, verified by the job's ack). Restore puts the originals back: on
 stop, at the next start when the state file shows a previous run died, and from
-``gputuned restore``. Dry-run mode logs and changes nothing.
+``gputuned restore``. Dry-run mode logs and changes nothing. Next to another live daemon
+(:func:`~gputuned.daemon.actuation.owner.live_owner`: the state file's writer still runs) the
+actuator is attached read-only: it neither reads nor restores that daemon's records, never
+writes or removes its state file, and refuses every change.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from gputuned.daemon.actuation.config import ActuationConfig
 from gputuned.daemon.actuation.jobs import JobChannel, JobTarget
 from gputuned.daemon.actuation.knobs import Knob, KnobError, Value
 from gputuned.daemon.actuation.ledger import Ledger, NotRecorded, restore_from_state
+from gputuned.daemon.actuation.owner import Owner, live_owner
 from gputuned.daemon.actuation.restore import RestoreReport
 from gputuned.daemon.actuation.statefile import State, StateFile
 from gputuned.daemon.actuation.view import CHANGES, DRY_RUN, GPU_CHANGED, REFUSALS, RESTORES
@@ -67,7 +71,9 @@ class Actuator:
         self.store = store
         self.jobs = jobs
         self._lock = threading.RLock()
-        self.ledger = Ledger(state_file)  # a dead run's records count until start() restores them
+        self.owner: Owner | None = live_owner(state_file)  # another live daemon: hands off its records
+        # a dead run's records count until start() restores them; a live daemon's are not ours
+        self.ledger = Ledger(state_file, State() if self.owner is not None else None)
         self._changes: dict[str, int] = {}
         self._refusals: dict[tuple[str, str], int] = {}
         self._awaiting: dict[str, tuple[str, str, Value]] = {}  # decision id -> (job, knob, value)
@@ -75,8 +81,11 @@ class Actuator:
 
     # -- component -------------------------------------------------------------------
     def start(self) -> None:
-        """Restore what a previous run left changed (it died without restoring)."""
-        if self.state_file.exists():
+        """Restore what a previous run left changed (it died without restoring), unless it still runs."""
+        if self.owner is not None:
+            logger.warning("%s: actuation is off in this process; its state file and GPUs are left alone",
+                           self.owner.line())
+        elif self.state_file.exists():
             logger.warning("state file %s shows a previous run did not restore; restoring now", self.state_file.path)
             report = self.restore_state_file()
             for f in report.failures:
@@ -84,15 +93,23 @@ class Actuator:
         else:
             self.state_file.clean_temp_files()
 
+    def defer_to(self, owner: Owner) -> None:
+        """Leave the GPUs and the state file to ``owner``, a live daemon found by its caller: read-only from now."""
+        with self._lock:
+            self.owner = owner
+            self.ledger = Ledger(self.state_file, State())
+
     def tick(self, now: float) -> None:
         """Check the state file against the records in memory (written again if lost), publish samples."""
-        with self._lock:
-            self.ledger.sync()
+        if self.owner is None:
+            with self._lock:
+                self.ledger.sync()
         if self.store is not None:
             self.store.publish(self.name, now, self.samples())
 
     def stop(self) -> None:
-        if self.cfg.restore_on_stop:
+        """Restore this run's changes (when configured); nothing when another daemon owns the GPUs."""
+        if self.cfg.restore_on_stop and self.owner is None:
             report = self.restore_all(drop_absent_jobs=True)
             for f in report.failures:
                 logger.error("restore on stop: %s", f)
@@ -174,6 +191,8 @@ class Actuator:
 
     def _change(self, target: int | str, knob_name: str, value: Value, wait_s: float) -> Result:
         cfg = self.cfg
+        if self.owner is not None:
+            return Result(False, "disabled", f"{self.owner.line()}; this process does not actuate")
         knob = registry.get(knob_name)
         if knob is None:
             return Result(False, "disabled", f"unknown knob {knob_name!r}")
@@ -277,6 +296,8 @@ class Actuator:
 
     def restore_state_file(self, drop_absent_jobs: bool = False, job_wait_s: float | None = None) -> RestoreReport:
         """Restore every record (this run's changes, a dead run's not yet restored); the file follows."""
+        if self.owner is not None:
+            return RestoreReport()  # another live daemon's records: its own to restore
         with self._lock:
             wait_s = self.cfg.job_ack_timeout_s if job_wait_s is None else job_wait_s
             lookup = lambda job: self.job_target(job, wait_s)  # noqa: E731

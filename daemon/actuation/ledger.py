@@ -51,9 +51,10 @@ class NotRecorded(Exception):
 class Ledger:
     """One actuator's records, in memory and in its state file; the actuator's lock guards every call."""
 
-    def __init__(self, state_file: StateFile) -> None:
+    def __init__(self, state_file: StateFile, state: State | None = None) -> None:
+        """``state`` given, the file is not read (another live daemon's records are not ours)."""
         self.file = state_file
-        self.state = self._read()  # a dead run's records count until they are restored
+        self.state = self._read() if state is None else state  # a dead run's records count until restored
 
     def record(self, knob: Knob, key: str, target: Any, value: Value) -> None:
         """Save the target's originals and the knob's new value before it changes; raises NotRecorded."""

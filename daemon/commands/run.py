@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from gputuned import EXIT_USAGE, __version__
+from gputuned.daemon.actuation.owner import EXIT_OWNED, Owner, live_owner
+from gputuned.daemon.actuation.statefile import StateFile
 from gputuned.daemon.app.config import Config, load_config
 from gputuned.daemon.commands.argtypes import gpu_profile
 from gputuned.daemon.core.config import ConfigError, resolve_config_path
@@ -66,6 +68,10 @@ def _run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     logging.getLogger().setLevel(args.log_level.upper() if args.log_level else cfg.daemon.log_level.upper())
+    owner = live_owner_of(cfg)
+    if owner is not None:  # one owner of the GPUs per host: its state and GPUs are left alone
+        print(f"gputuned: {owner.line()}; not starting", file=sys.stderr)
+        return EXIT_OWNED
     from gputuned.daemon.app.daemon import Daemon
 
     try:
@@ -89,6 +95,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  {line}", flush=True)
     daemon.run_until_signal(reload=lambda: config_from_args(args))
     return 0
+
+
+def live_owner_of(cfg: Config) -> Owner | None:
+    """The live daemon that owns this config's GPUs (its state file's writer or its socket's listener)."""
+    return live_owner(StateFile(cfg.daemon.state_file), cfg.control.socket_path if cfg.control.enabled else None)
 
 
 def describe_parts(daemon: Any) -> list[str]:
@@ -119,7 +130,9 @@ def describe_parts(daemon: Any) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the daemon in the foreground")
+    p = sub.add_parser("run", help="run the daemon in the foreground",
+                       epilog=f"exit status: 0 stopped, 1 cannot serve /metrics, 2 bad config, {EXIT_OWNED} another "
+                              "live daemon owns the GPUs (its pid in the state file, or listening on the socket)")
     add_config_flags(p)
     p.add_argument("--trainer", choices=["sim", "real", "none"], default="sim",
                    help="the job on a simulated node: the simulated job (sim), the shipped trainer with "

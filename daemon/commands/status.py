@@ -3,10 +3,13 @@
 All three speak the control socket's ``admin`` message (root, or a uid in
 ``control.admin_uids``). ``restore`` also works with no daemon running: it reads the
 state file and restores the GPUs itself, which is what the unit's ExecStopPost does
-after a crash.
+after a crash. It never restores offline behind a live daemon's back: when the state file's
+writer still runs (:mod:`~gputuned.daemon.actuation.owner`) but does not answer, it says so and
+restores nothing.
 
 Exit codes: 0 done, 1 the daemon refused or failed, 2 bad input, 3 no daemon answers at the
-socket (not running), 4 the socket refuses this user (permission denied).
+socket (not running), 4 the socket refuses this user (permission denied), 5 (``restore``)
+another live daemon owns the GPUs and did not answer: nothing restored.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 from gputuned import protocol
 from gputuned.daemon.actuation import knobs as knob_registry
+from gputuned.daemon.actuation.owner import EXIT_OWNED, live_owner
+from gputuned.daemon.actuation.statefile import StateFile
 from gputuned.daemon.app.config import Config
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
 
@@ -104,7 +109,7 @@ def _status(args: argparse.Namespace) -> int:
             print(json.dumps({"running": None, "error": str(e)}) if args.json else f"gputuned: {e}",
                   file=sys.stdout if args.json else sys.stderr)
             return EXIT_DENIED
-        from gputuned.daemon.actuation.statefile import StateFile, StateFileError
+        from gputuned.daemon.actuation.statefile import StateFileError
 
         try:
             pending = sorted(StateFile(cfg.daemon.state_file).load().gpus)
@@ -131,10 +136,13 @@ def _status(args: argparse.Namespace) -> int:
 def restore_offline(cfg: Config) -> tuple[int, list[str]]:
     """Restore from the state file without a daemon; returns (exit code, lines to print)."""
     from gputuned.daemon.actuation.actuator import restore_from_state
-    from gputuned.daemon.actuation.statefile import StateFile
     from gputuned.daemon.app.daemon import setup_gpus
 
     state_file = StateFile(cfg.daemon.state_file)
+    owner = live_owner(state_file)
+    if owner is not None:  # its records, its GPUs: restored by it (on stop, or through its socket)
+        return EXIT_OWNED, [f"FAILED: {owner.line()}; nothing is restored offline behind its back "
+                            "(`gputuned restore` through its socket, or stop it: its stop restores)"]
     if not state_file.exists():
         state_file.clean_temp_files()
         return 0, [f"nothing to restore ({state_file.path} absent)"]
@@ -176,8 +184,11 @@ def _restore(args: argparse.Namespace) -> int:
             if e.reached and unanswered is None:  # a running daemon said no: do not restore behind its back
                 print(f"gputuned: {e}", file=sys.stderr)
                 return 1
-            if unanswered is not None:  # there but not serving: the originals must still come back
+            if unanswered is not None and live_owner(StateFile(cfg.daemon.state_file)) is None:
+                # there but not serving, and not the state file's writer: the originals must still come back
                 print(f"gputuned: the daemon at {path} {unanswered}; restoring offline from the state file", file=sys.stderr)
+            elif unanswered is not None:
+                print(f"gputuned: the daemon at {path} {unanswered}", file=sys.stderr)
             # otherwise no daemon (the ExecStopPost case): restore directly
         else:
             for uuid, knobs in reply.get("restored", {}).items():
@@ -265,7 +276,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_status)
 
-    p = sub.add_parser("restore", help="put every GPU back to the originals in the state file")
+    p = sub.add_parser("restore", help="put every GPU back to the originals in the state file",
+                       epilog=f"exit status: 0 restored (or nothing to restore), 1 a GPU not restored or the daemon "
+                              f"refused, {EXIT_OWNED} another live daemon owns the GPUs and did not answer (nothing "
+                              "restored offline behind its back)")
     add_config_flags(p)
     p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
     p.add_argument("--gpu", type=int, help="only this GPU (through a running daemon)")

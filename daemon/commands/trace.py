@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from gputuned import EXIT_USAGE, __version__
 from gputuned.daemon.commands.argtypes import output_file, positive_float
-from gputuned.daemon.commands.run import add_config_flags, load_or_report
+from gputuned.daemon.commands.run import add_config_flags, live_owner_of, load_or_report
 from gputuned.daemon.core.config import ConfigError
 from gputuned.progress import ProgressLine, add_progress_flag
 
@@ -35,6 +35,11 @@ def _record(args: argparse.Namespace) -> int:
     cfg = load_or_report(args)
     if cfg is None:
         return 2
+    owner = live_owner_of(cfg)
+    if owner is not None:  # attach read-only: the daemon's socket, state file and GPU settings stay its own
+        print(f"gputuned record: {owner.line()}; recording without actuation or control socket", file=sys.stderr)
+        cfg = cfg.model_copy(update={"control": cfg.control.model_copy(update={"enabled": False}),
+                                     "actuation": cfg.actuation.model_copy(update={"enabled": False})})
     from gputuned.daemon.app.daemon import Daemon
     from gputuned.daemon.record.trace import Recorder, TraceWriter
 
@@ -48,9 +53,12 @@ def _record(args: argparse.Namespace) -> int:
     except OSError as e:  # checked while parsing; this is the folder changing since
         print(f"gputuned record: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
+    if owner is not None:
+        daemon.actuator.defer_to(owner)  # also when it has changed nothing yet (found by its socket)
     daemon.store.subscribe(Recorder(writer))
     print(f"gputuned {__version__}: recording {args.duration:g} s of {daemon.describe()} to {args.output}", file=sys.stderr)
-    # The whole daemon runs (control socket included), so trainer reports are recorded too.
+    # The whole daemon runs (control socket included), so trainer reports are recorded too; next to
+    # a live daemon its actuator is attached read-only (it finds the state file's writer alive).
     done = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
