@@ -1,6 +1,7 @@
 """Bad input to `gputuned` ends in one line on stderr naming what is wrong, no traceback.
 
-Each case runs ``python -m gputuned`` as a person would and checks the exit code, that stderr
+Each case runs ``python -m gputuned`` as a person would (the refused-socket case a forked child
+running as nobody) and checks the exit code, that stderr
 is exactly one non-empty line naming the culprit, and that nothing was started or written.
 """
 
@@ -31,11 +32,41 @@ REPO = Path(__file__).resolve().parents[2]
 EXIT_DENIED = 4
 
 
-def gputuned(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """Run the command line in a child process, as a person at a terminal would."""
+def gputuned(*args: str, uid: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command line in a child process, as a person at a terminal would; with ``uid``, as
+    that user (a forked child that drops to it: it needs no access to the checkout)."""
+    if uid is not None:
+        return _forked_as(uid, list(args))
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([*prefix, sys.executable, "-m", "gputuned", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "gputuned", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
+
+
+def _forked_as(uid: int, args: list[str]) -> subprocess.CompletedProcess[str]:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: stdout and stderr to the pipes, drop to ``uid``, run the command
+        code = 1
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            sys.stdout = os.fdopen(1, "w")
+            sys.stderr = os.fdopen(2, "w")
+            code = main(args)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r) as out, os.fdopen(err_r) as err:
+        stdout, stderr = out.read(), err.read()
+    _, status = os.waitpid(pid, 0)
+    return subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(status), stdout, stderr)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
@@ -100,11 +131,11 @@ def test_pause_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def refused_socket() -> Iterator[tuple[Path, tuple[str, ...], str]]:
-    """A bound control socket this test's child may not connect to: (path, command prefix, hint).
+def refused_socket() -> Iterator[tuple[Path, int | None, str]]:
+    """A bound control socket this test's child may not connect to: (path, uid to run as, hint).
 
-    As root (who passes every permission check) the child runs as nobody through setpriv and
-    the socket is mode 0660 in a group nobody is not in; otherwise the socket is mode 0000.
+    As root (who passes every permission check) the child runs as nobody and the socket is
+    mode 0660 in a group nobody is not in; otherwise the socket is mode 0000.
     """
     folder = Path(tempfile.mkdtemp(prefix="gputuned-cli-"))
     folder.chmod(0o755)
@@ -114,28 +145,26 @@ def refused_socket() -> Iterator[tuple[Path, tuple[str, ...], str]]:
     sock.listen()
     try:
         if os.geteuid() == 0:
-            if shutil.which("setpriv") is None:
-                pytest.skip("root without setpriv: cannot test a refused socket")
             group = grp.getgrgid(1)  # a system group (daemon) that nobody is not in
             os.chown(path, 0, group.gr_gid)
             path.chmod(0o660)
-            yield path, ("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"), f"join group {group.gr_name}"
+            yield path, 65534, f"join group {group.gr_name}"
         else:
             path.chmod(0)
-            yield path, (), "mode 0000"
+            yield path, None, "mode 0000"
     finally:
         sock.close()
         shutil.rmtree(folder)
 
 
 def test_status_refused_by_socket_permissions_says_permission_denied(
-        refused_socket: tuple[Path, tuple[str, ...], str]) -> None:
-    path, prefix, hint = refused_socket
+        refused_socket: tuple[Path, int | None, str]) -> None:
+    path, uid, hint = refused_socket
     assert stat.S_ISSOCK(path.stat().st_mode)
-    result = gputuned("status", "--socket", str(path), prefix=prefix)
+    result = gputuned("status", "--socket", str(path), uid=uid)
     line = one_line_error(result, EXIT_DENIED, "permission denied", hint, str(path))
     assert "not running" not in line
-    result = gputuned("status", "--socket", str(path), "--json", prefix=prefix)
+    result = gputuned("status", "--socket", str(path), "--json", uid=uid)
     assert result.returncode == EXIT_DENIED and "Traceback" not in result.stderr
     assert json.loads(result.stdout)["error"].startswith("permission denied")
 

@@ -41,7 +41,7 @@ def _hello(job: str, rank: int) -> dict[str, Any]:
     return {k: v for k, v in hello(job=job, rank=rank, world=64).items() if k not in ("v", "seq")}
 
 
-@pytest.mark.skipif(not uid_peer.can_switch_uid(), reason="needs root and setpriv to run a peer as another uid")
+@pytest.mark.skipif(not uid_peer.can_switch_uid(), reason="needs root to run a peer as another uid")
 def test_root_status_set_and_restore_answer_while_another_uid_holds_every_connection(
         open_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = ControlConfig(socket_path=open_dir / "control.sock", socket_mode=0o666, allowed_uids=[uid_peer.OTHER_UID])

@@ -1,10 +1,10 @@
 """A job belongs to the uid that opened it: a second uid cannot pose as its ranks, its leader, or
 disconnect them; one connection per (job, rank); acks and profile results only from the leader.
 
-The second uid is real: the peer runs as uid 65534 under ``setpriv --reuid 65534 --regid 65534
---clear-groups`` (tests/uid_peer.py), so the daemon sees its credentials through
-SO_PEERCRED exactly as it would see another user's trainer. The real job runs as this process
-(root). These tests need root and setpriv, and are skipped without them.
+The second uid is real: the peer is a child of the test that drops to uid 65534 with no groups
+(tests/uid_peer.py), so the daemon sees its credentials through SO_PEERCRED exactly as it would
+see another user's trainer. The real job runs as this process (root). These tests need root,
+and are skipped without it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from gputuned.daemon.control.server import ControlServer
 from gputuned.daemon.core.store import Store
 from gputuned.daemon.record.child import connect_client, hello, read_frame
 
-pytestmark = pytest.mark.skipif(not uid_peer.can_switch_uid(), reason="needs root and setpriv to run a peer as another uid")
+pytestmark = pytest.mark.skipif(not uid_peer.can_switch_uid(), reason="needs root to run a peer as another uid")
 OTHER = uid_peer.OTHER_UID
 
 
