@@ -7,6 +7,7 @@ is exactly one non-empty line naming the culprit, and that nothing was started o
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
@@ -49,6 +50,10 @@ def _forked_as(uid: int, args: list[str]) -> subprocess.CompletedProcess[str]:
     if pid == 0:  # the child: stdout and stderr to the pipes, drop to ``uid``, run the command
         code = 1
         try:
+            # first, still as root, the same command against no socket: the modules it loads lazily
+            # are loaded before dropping to a uid that may not read the checkout
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+                main([args[0], "--socket", "/nonexistent/gputuned.sock"])
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             os.setgroups([])
