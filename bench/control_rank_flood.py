@@ -83,9 +83,11 @@ def run_flood(path: Path, ranks: int, jobs: int, cycle: int, as_other: bool) -> 
 
 
 def measure(d: DaemonProcess, url: str) -> dict[str, float]:
-    """The daemon's RSS in MB and its /metrics size in KB."""
+    """The daemon's RSS in MB, its children's (the forecaster's processes), and its /metrics size in KB."""
     body = urllib.request.urlopen(url, timeout=10).read()  # noqa: S310 - loopback
-    return {"rss_mb": round(psutil.Process(d.proc.pid).memory_info().rss / 2**20, 1),
+    proc = psutil.Process(d.proc.pid)
+    children = sum(c.memory_info().rss for c in proc.children(recursive=True))
+    return {"rss_mb": round(proc.memory_info().rss / 2**20, 1), "children_rss_mb": round(children / 2**20, 1),
             "metrics_kb": round(len(body) / 1024, 1)}
 
 
@@ -93,7 +95,10 @@ def main() -> int:
     ap = BenchParser(description=__doc__)
     ap.add_argument("--ranks", type=positive_int, default=4095, help="fake ranks per cycle")
     ap.add_argument("--jobs", type=positive_int, default=16, help="jobs the ranks are spread over")
-    ap.add_argument("--cycles", type=positive_int, default=3, help="floods in a row (each with new job names)")
+    ap.add_argument("--cycles", type=positive_int, default=5, help="floods in a row (each with new job names)")
+    ap.add_argument("--pause", type=float, default=2.5,
+                    help="seconds between floods; past --job-ttl the last flood's ranks have expired")
+    ap.add_argument("--job-ttl", type=float, default=60.0, help="the daemon's control.job_ttl_s")
     ap.add_argument("--worker", metavar="SOCKET", help="internal: run one flood against SOCKET and print its counts")
     ap.add_argument("--cycle", type=int, default=0, help="internal: the worker's cycle number")
     args = ap.parse_args()
@@ -102,7 +107,7 @@ def main() -> int:
         return 0
     as_other = os.geteuid() == 0 and shutil.which("setpriv") is not None
     tmp = Path(tempfile.mkdtemp(prefix="gputuned-flood-"))
-    control = {"socket_mode": 0o666, "allowed_uids": [FLOOD_UID]}
+    control = {"socket_mode": 0o666, "allowed_uids": [FLOOD_UID], "job_ttl_s": args.job_ttl}
     d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=4, interval=1.0, control=control))
     for folder in (tmp, d.socket_path.parent):
         folder.mkdir(parents=True, exist_ok=True)
@@ -114,16 +119,18 @@ def main() -> int:
         cycles = []
         for cycle in range(args.cycles):
             result = run_flood(d.socket_path, args.ranks, args.jobs, cycle, as_other)
-            time.sleep(2.5)  # two ticks: the accepted ranks are published
+            time.sleep(args.pause)  # at least two ticks: the accepted ranks are published
             cycles.append({**result, **measure(d, url)})
         s, answer = connect_client(d.socket_path, job="real-job", rank=0)
         s.close()
         rss_growth = max(c["rss_mb"] for c in cycles) - before["rss_mb"]
+        children_growth = max(c["children_rss_mb"] for c in cycles) - before["children_rss_mb"]
         log = d.log().splitlines()
         log_lines = {"refused": sum("too_many_" in line for line in log), "connected": sum(" connected (pid" in line for line in log)}
         summary = {"flood_uid": FLOOD_UID if as_other else os.geteuid(), "ranks_per_cycle": args.ranks,
                    "jobs_per_cycle": args.jobs, "before": before, "cycles": cycles,
-                   "rss_growth_mb": round(rss_growth, 1), "target_rss_growth_mb": TARGET_RSS_GROWTH_MB,
+                   "rss_growth_mb": round(rss_growth, 1), "children_rss_growth_mb": round(children_growth, 1),
+                   "target_rss_growth_mb": TARGET_RSS_GROWTH_MB,
                    "daemon_log_lines": log_lines, "real_job_after_flood": answer["type"], "daemon_alive": d.proc.poll() is None}
     finally:
         d.stop()

@@ -3,11 +3,13 @@
 A real daemon on a scripted 4-GPU simulated node, 1 s ticks, a 0.5 s call timeout. The
 simulated NVML blocks a device's calls while its ``hang_until`` lies ahead, as a stuck
 driver call does: first every read on GPU 1, then a power-limit set on GPU 2 through the
-actuator. Each hang lasts 5 s.
+actuator. Each hang lasts 5 s (``GPUTUNED_HANG_S`` sets another length, e.g. the 40 s of the
+figure in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from gputuned.daemon.app.daemon import Daemon
 from gputuned.daemon.commands.status import admin_request
 from gputuned.daemon.core.notify import Notifier
 
-HANG_S = 5.0
+HANG_S = float(os.environ.get("GPUTUNED_HANG_S", "5"))
 TICK_S = 1.0
 LATE_S = 0.6  # slack on a 1 s tick for a loaded 2-core test machine
 
