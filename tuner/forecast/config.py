@@ -118,6 +118,7 @@ class ForecastConfig(_Table):
     ecc_corrected_burst: StrictFloat = 10.0
     ecc_burst_window_s: StrictFloat = 60.0
     forget_after_s: StrictFloat = 3600.0
+    max_series: StrictInt = 1024
     detect_in_child: StrictBool = True
     detector: InstanceOf[DetectorConfig] = DetectorConfig()
     eta: InstanceOf[EtaConfig] = EtaConfig()
@@ -142,7 +143,7 @@ class ForecastConfig(_Table):
     @model_validator(mode="after")
     def _consistent(self) -> ForecastConfig:
         for name in ("downsample_s", "history_s", "refit_period_s", "hardware_hold_s", "thermal_clear_s", "forget_after_s",
-                     "ecc_corrected_burst", "ecc_burst_window_s"):
+                     "ecc_corrected_burst", "ecc_burst_window_s", "max_series"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"forecast.{name} must be positive")
         if not 0.0 < self.interval_width < 1.0:

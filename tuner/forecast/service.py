@@ -71,6 +71,8 @@ class ForecastService:
         self._refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
         self._wanted = frozenset(self._specs) | self._refs | HW_FAMILIES
         self._tracks: dict[SeriesKey, _Track] = {}
+        self._untracked = 0  # new series refused past max_series
+        self._untracked_logged = float("-inf")
         cfg = self.config
         self._hw = HardwareWatch(cfg.hardware_hold_s, cfg.thermal_clear_s, cfg.ecc_corrected_burst, cfg.ecc_burst_window_s)
         self._hooks: list[AlertHook] = []
@@ -140,6 +142,13 @@ class ForecastService:
     def _observe_one(self, now: float, spec: SeriesSpec, key: SeriesKey, value: float, refs: dict) -> None:
         tr = self._tracks.get(key)
         if tr is None:
+            if len(self._tracks) >= self.config.max_series:  # bounded whatever peers report
+                self._untracked += 1
+                if now - self._untracked_logged >= 60.0:
+                    self._untracked_logged = now
+                    logger.warning("tracking %d series, the most allowed (forecast.max_series): %d new ones "
+                                   "not tracked so far", len(self._tracks), self._untracked)
+                return
             tr = self._tracks[key] = self._new_track(spec)
         tr.last_t = now
         j = tr.detector.update(now, value, self._forecast_at(tr, now))

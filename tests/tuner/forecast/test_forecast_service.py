@@ -160,6 +160,16 @@ def test_series_silent_for_long_are_forgotten() -> None:
     assert series == {POWER}
 
 
+def test_the_series_tracked_are_bounded_whatever_peers_report(caplog: pytest.LogCaptureFixture) -> None:
+    svc = ForecastService(small_config(max_series=20))
+    for i in range(30):  # a rank flood: 300 new trainer series over 30 ticks
+        ranks = [(("job", f"flood-{i}"), ("rank", str(r))) for r in range(10)]
+        svc.observe(float(i), [("gputuned_trainer_samples_per_second", lab, 10.0) for lab in ranks])
+    tracked = {s[1] for s in svc.samples() if s[0] == "gputuned_anomaly_score"}
+    assert len(tracked) == 20
+    assert len([r for r in caplog.records if "forecast.max_series" in r.getMessage()]) == 1  # once a minute
+
+
 def test_corrected_ecc_storm_raises_ecc_but_a_trickle_does_not() -> None:
     svc = ForecastService(small_config(hardware_hold_s=100.0))
     ecc = "gputuned_gpu_ecc_errors_total"
