@@ -314,5 +314,6 @@ class DecisionKernel:
     def emit(self, t: float, kind: str, knob: str, target: str, value: float, **extra: Any) -> None:
         """Log one tuner event and hand it to ``on_event``."""
         event = {"t": t, "kind": kind, "knob": knob, "target": target, "value": value, **extra}
-        logger.info("tuner %s %s=%s on %s %s", kind, knob, value, target, extra or "")
+        logger.info("tuner %s %s=%s on %s%s", kind, knob, value, target,
+                    "".join(f" {k}={v}" for k, v in extra.items()))
         self.on_event(event)
