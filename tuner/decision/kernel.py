@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -97,8 +97,6 @@ class Outcome:
     interval: Interval | None = None
     obs: np.ndarray | None = None
     action: int | None = None
-    made: tuple[int, int] = (0, 0)
-    rolled: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 class DecisionKernel:
@@ -133,7 +131,7 @@ class DecisionKernel:
         out = self.observe(now)
         if out.obs is not None:
             out.action = int(choose(out.obs))
-            out.made = self.act(out.action, now)
+            self.act(out.action, now)
         return out
 
     def observe(self, now: float) -> Outcome:
@@ -150,7 +148,7 @@ class DecisionKernel:
         back = self.guard.evaluate(self.cost_rate(m), now, noise=GUARD_NOISE)
         if back:
             self._rollback(now, back)
-            return Outcome("rollback", m, rolled=back)
+            return Outcome("rollback", m)
         self.t += 1
         return Outcome("choose", m, obs=self.observation(m))
 
