@@ -17,7 +17,7 @@ class JobKnobs:
     def wait_ack(self, ident: str, timeout: float) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    def change(self, target: int | str, knob_name: str, value: Any) -> Result:
+    def change(self, target: int | str, knob_name: str, value: Any, origin: str = "operator") -> Result:
         ident = self.send_decision(str(target), {knob_name: int(value)})
         return Result(True, "pending", f"decision {ident} sent", value, ident)
 

@@ -35,6 +35,7 @@ from gputuned.daemon.actuation.statefile import State, StateFile
 from gputuned.daemon.actuation.view import CHANGES, DRY_RUN, GPU_CHANGED, REFUSALS, RESTORES
 from gputuned.daemon.control.reports import STAT_FAMILIES
 from gputuned.daemon.core.store import Store
+from gputuned.intent import Change, ChangeHook
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Actuator:
         self._refusals: dict[tuple[str, str], int] = {}
         self._awaiting: dict[str, tuple[str, str, Value]] = {}  # decision id -> (job, knob, value)
         self.restores = 0
+        self._now = 0.0  # the loop's clock at the last tick: the time of a change
+        self._change_hooks: list[ChangeHook] = []
 
     # -- component -------------------------------------------------------------------
     def start(self) -> None:
@@ -99,8 +102,20 @@ class Actuator:
             self.owner = owner
             self.ledger = Ledger(self.state_file, State())
 
+    def add_change_hook(self, hook: ChangeHook) -> None:
+        """Call ``hook`` with a :class:`~gputuned.intent.Change` for every applied change."""
+        self._change_hooks.append(hook)
+
+    def _emit(self, change: Change) -> None:
+        for hook in self._change_hooks:
+            try:
+                hook(change)
+            except Exception:  # a listener's fault must not undo or block a change
+                logger.exception("change hook %r failed", hook)
+
     def tick(self, now: float) -> None:
         """Check the state file against the records in memory (written again if lost), publish samples."""
+        self._now = now
         if self.owner is None:
             with self._lock:
                 self.ledger.sync()
@@ -120,9 +135,9 @@ class Actuator:
             self.cfg = cfg
 
     # -- the tuner's API ---------------------------------------------------------------
-    def set_power_limit(self, gpu: int, watts: float) -> Result:
+    def set_power_limit(self, gpu: int, watts: float, origin: str = "operator") -> Result:
         """Set GPU ``gpu``'s power limit to ``watts``."""
-        return self.change(gpu, "power_limit", int(round(watts * 1000)))
+        return self.change(gpu, "power_limit", int(round(watts * 1000)), origin=origin)
 
     def set_locked_sm_clocks(self, gpu: int, min_mhz: int, max_mhz: int) -> Result:
         """Lock GPU ``gpu``'s SM clocks to [min_mhz, max_mhz]."""
@@ -153,17 +168,36 @@ class Actuator:
                 continue
         return out
 
-    def change(self, target: int | str, knob_name: str, value: Value, *, wait_s: float = 0.0) -> Result:
+    def change(self, target: int | str, knob_name: str, value: Value, *, wait_s: float = 0.0,
+               origin: str = "operator") -> Result:
         """Check, record, apply and verify one knob change; never raises for target errors.
 
         ``target`` is a GPU index for a GPU knob, a job name for a job knob. A job knob's
         change is verified by the job's ack, waited for up to ``wait_s``; without it the
         result is ``pending`` with the decision id in ``ident`` (see :meth:`acknowledged`).
+        ``origin`` names who asks (see :data:`~gputuned.intent.ORIGINS`); an applied change is
+        emitted to the change hooks with it.
         """
         with self._lock:
+            previous = self._read(target, knob_name)
             res = self._change(target, knob_name, value, wait_s)
         self._count(target, knob_name, res)
+        if res.ok and res.code in ("ok", "pending"):
+            gpu = target if isinstance(target, int) and not isinstance(target, bool) else None
+            self._emit(Change(self._now, origin, knob_name, gpu, None if gpu is not None else str(target),
+                              previous, value))
         return res
+
+    def _read(self, target: int | str, knob_name: str) -> Value:
+        """A GPU knob's current value before a change (None for a job knob, or where it cannot be read)."""
+        knob = registry.get(knob_name)
+        dev = self._device(target) if isinstance(target, int) and not isinstance(target, bool) else None
+        if knob is None or dev is None or knob.target != "gpu":
+            return None
+        try:
+            return knob.read(dev)
+        except (GPUError, KnobError):
+            return None
 
     def acknowledged(self, ident: str, wait_s: float = 0.0) -> Result | None:
         """The outcome of a ``pending`` job change once its ack came (None while it has not)."""

@@ -137,11 +137,11 @@ class StoreNode:
                         busy_power(list(zip(power, util, strict=True))))
 
     def set_power_limit(self, gpu: str, watts: float) -> bool:
-        return bool(getattr(self.actuator.set_power_limit(int(gpu), watts), "ok", False))
+        return bool(getattr(self.actuator.set_power_limit(int(gpu), watts, origin="tuner"), "ok", False))
 
     def request_batch(self, size: int) -> str:
         """Ask the job for ``size`` through the actuator (the original recorded first, restored on stop)."""
-        res = self.actuator.change(self.job, "batch_size", size)
+        res = self.actuator.change(self.job, "batch_size", size, origin="tuner")
         if getattr(res, "code", "") != "pending":
             raise ValueError(getattr(res, "reason", "") or f"batch size {size} not sent")
         return str(res.ident)

@@ -40,7 +40,7 @@ class Node(JobKnobs):
     acks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # -- the actuator the tuner sees
-    def set_power_limit(self, gpu: int, watts: float) -> Any:
+    def set_power_limit(self, gpu: int, watts: float, origin: str = "operator") -> Any:
         self.set_calls.append(watts)
         self.limit_w = watts
         return type("R", (), {"ok": True})()

@@ -69,7 +69,7 @@ class DaemonSide(JobKnobs):
     def __init__(self, job: ScriptedJob) -> None:
         self.job = job
 
-    def set_power_limit(self, gpu: int, watts: float) -> Any:
+    def set_power_limit(self, gpu: int, watts: float, origin: str = "operator") -> Any:
         self.job.limit_w = watts
         return type("R", (), {"ok": True})()
 
