@@ -211,6 +211,10 @@ class GPUDevice(abc.ABC):
         """SM clocks supported at the highest memory clock, descending."""
 
     @abc.abstractmethod
+    def supported_graphics_clocks_mhz(self, memory_mhz: int) -> list[int]:
+        """Graphics clocks valid with one memory clock (application-clock pairs), descending."""
+
+    @abc.abstractmethod
     def supported_memory_clocks_mhz(self) -> list[int]: ...
 
     @abc.abstractmethod

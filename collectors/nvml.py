@@ -336,6 +336,10 @@ class NvmlGPU(GPUDevice):
         mem = max(self._nvml.nvmlDeviceGetSupportedMemoryClocks(self._h))
         return sorted(self._nvml.nvmlDeviceGetSupportedGraphicsClocks(self._h, mem), reverse=True)
 
+    @_nvml_call("supported graphics clocks")
+    def supported_graphics_clocks_mhz(self, memory_mhz: int) -> list[int]:
+        return sorted(self._nvml.nvmlDeviceGetSupportedGraphicsClocks(self._h, int(memory_mhz)), reverse=True)
+
     @_nvml_call("supported memory clocks")
     def supported_memory_clocks_mhz(self) -> list[int]:
         return sorted(self._nvml.nvmlDeviceGetSupportedMemoryClocks(self._h), reverse=True)

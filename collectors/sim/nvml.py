@@ -33,7 +33,7 @@ from gputuned.collectors.sim.nvml_api import (  # noqa: F401 - served as nvidia-
     nvmlEventTypeXidCriticalError,
 )
 # isort: on
-from gputuned.collectors.sim.state import SimBackend, SimDevice
+from gputuned.collectors.sim.state import LOCKED_MEMORY_CLOCKS_FROM, LOCKED_SM_CLOCKS_FROM, SimBackend, SimDevice
 
 globals().update(ERROR_CLASSES)  # NVMLError_NotSupported, NVMLError_GpuIsLost ... as nvidia-ml-py makes them
 
@@ -86,9 +86,11 @@ def _hang(dev: SimDevice, func: str) -> None:
         time.sleep(min(0.05, max(0.0, dev.hang_until - time.monotonic())))
 
 
-def _settable(handle: _Handle, func: str) -> SimDevice:
-    """The device a set call changes: as :func:`_dev`, and NO_PERMISSION unless privileged."""
+def _settable(handle: _Handle, func: str, since: str = "") -> SimDevice:
+    """The device a set call changes: as :func:`_dev`, NOT_SUPPORTED before architecture ``since``, NO_PERMISSION unless privileged."""
     dev = _dev(handle, func)
+    if since and not dev.profile.at_least(since):
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
     if not _require_init().is_privileged():
         raise NVMLError(NVML_ERROR_NO_PERMISSION)
     return dev
@@ -192,7 +194,7 @@ def nvmlDeviceGetSupportedGraphicsClocks(handle: _Handle, memoryClockMHz: int) -
     dev = _dev(handle, "nvmlDeviceGetSupportedGraphicsClocks")
     if memoryClockMHz not in dev.profile.memory_clocks_mhz:
         raise NVMLError(NVML_ERROR_NOT_FOUND)
-    return dev.profile.sm_clocks_mhz
+    return dev.profile.graphics_clocks_mhz(memoryClockMHz)
 
 
 def nvmlDeviceGetPowerUsage(handle: _Handle) -> int:
@@ -338,29 +340,30 @@ def nvmlDeviceSetPowerManagementLimit(handle: _Handle, limit: int) -> None:
 
 
 def nvmlDeviceSetGpuLockedClocks(handle: _Handle, minGpuClockMHz: int, maxGpuClockMHz: int) -> None:  # noqa: N803
-    dev = _settable(handle, "nvmlDeviceSetGpuLockedClocks")
+    dev = _settable(handle, "nvmlDeviceSetGpuLockedClocks", LOCKED_SM_CLOCKS_FROM)
     dev.locked_sm_clocks_mhz = _locked_range(
         minGpuClockMHz, maxGpuClockMHz, dev.profile.sm_clock_min_mhz, dev.profile.sm_clock_max_mhz
     )
 
 
 def nvmlDeviceResetGpuLockedClocks(handle: _Handle) -> None:
-    _settable(handle, "nvmlDeviceResetGpuLockedClocks").locked_sm_clocks_mhz = None
+    _settable(handle, "nvmlDeviceResetGpuLockedClocks", LOCKED_SM_CLOCKS_FROM).locked_sm_clocks_mhz = None
 
 
 def nvmlDeviceSetMemoryLockedClocks(handle: _Handle, minMemClockMHz: int, maxMemClockMHz: int) -> None:  # noqa: N803
-    dev = _settable(handle, "nvmlDeviceSetMemoryLockedClocks")
+    dev = _settable(handle, "nvmlDeviceSetMemoryLockedClocks", LOCKED_MEMORY_CLOCKS_FROM)
     clocks = dev.profile.memory_clocks_mhz
     dev.locked_memory_clocks_mhz = _locked_range(minMemClockMHz, maxMemClockMHz, min(clocks), max(clocks))
 
 
 def nvmlDeviceResetMemoryLockedClocks(handle: _Handle) -> None:
-    _settable(handle, "nvmlDeviceResetMemoryLockedClocks").locked_memory_clocks_mhz = None
+    _settable(handle, "nvmlDeviceResetMemoryLockedClocks", LOCKED_MEMORY_CLOCKS_FROM).locked_memory_clocks_mhz = None
 
 
 def nvmlDeviceSetApplicationsClocks(handle: _Handle, maxMemClockMHz: int, maxGraphicsClockMHz: int) -> None:  # noqa: N803
     dev = _settable(handle, "nvmlDeviceSetApplicationsClocks")
-    if maxMemClockMHz not in dev.profile.memory_clocks_mhz or maxGraphicsClockMHz not in dev.profile.sm_clocks_mhz:
+    p = dev.profile  # a valid (memory, graphics) pair: the graphics clock listed for that memory clock
+    if maxMemClockMHz not in p.memory_clocks_mhz or maxGraphicsClockMHz not in p.graphics_clocks_mhz(maxMemClockMHz):
         raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
     dev.applications_clocks_mhz = (int(maxMemClockMHz), int(maxGraphicsClockMHz))
 

@@ -87,6 +87,8 @@ class GPUProfile:
     thermal_resistance_c_per_w: float = 0.12  # steady-state rise per watt at full fan
     thermal_time_constant_s: float = 40.0  # first-order time constant of the die temperature
     nvlink_bandwidth_bytes_per_s: float = 0.0  # per direction, all links together
+    memory_kind: str = "gddr"  # "hbm": one memory clock, nothing to choose
+    sm_clock_max_at_low_memory_mhz: int = 0  # highest graphics clock paired with a lower memory clock; 0: 40% of max
 
     @property
     def sm_clocks_mhz(self) -> list[int]:
@@ -95,6 +97,25 @@ class GPUProfile:
         if clocks[-1] != self.sm_clock_min_mhz:
             clocks.append(self.sm_clock_min_mhz)
         return clocks
+
+    def graphics_clocks_mhz(self, memory_mhz: int) -> list[int]:
+        """Graphics clocks valid with ``memory_mhz`` (application-clock pairs), descending; a lower memory clock caps them."""
+        if memory_mhz not in self.memory_clocks_mhz:
+            raise ValueError(f"{memory_mhz} MHz is not a memory clock of {self.name}")
+        if memory_mhz == max(self.memory_clocks_mhz):
+            return self.sm_clocks_mhz
+        top = self.sm_clock_max_at_low_memory_mhz or int(0.4 * self.sm_clock_max_mhz)
+        return [c for c in self.sm_clocks_mhz if c <= max(top, self.sm_clock_min_mhz)]
+
+    def at_least(self, architecture: str) -> bool:
+        """Whether the part is of ``architecture`` or a later one (NVML gates its clock calls so)."""
+        return ARCHITECTURES.index(self.architecture) >= ARCHITECTURES.index(architecture)
+
+
+#: GPU architectures in release order: NVML gates its clock calls by generation.
+ARCHITECTURES = ("kepler", "maxwell", "pascal", "volta", "turing", "ampere", "ada", "hopper", "blackwell")
+LOCKED_SM_CLOCKS_FROM = "volta"  # nvmlDeviceSetGpuLockedClocks: "Volta or newer fully supported devices"
+LOCKED_MEMORY_CLOCKS_FROM = "ampere"  # nvmlDeviceSetMemoryLockedClocks: "Ampere or newer fully supported devices"
 
 
 PROFILE_ALIASES = {
@@ -153,6 +174,10 @@ def load_profile(name: str) -> GPUProfile:
     if unknown or missing:
         raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}")
     raw["memory_clocks_mhz"] = tuple(int(x) for x in raw["memory_clocks_mhz"])
+    if raw["architecture"] not in ARCHITECTURES:
+        raise ValueError(f"{where}: unknown architecture {raw['architecture']!r}; known: {', '.join(ARCHITECTURES)}")
+    if raw.get("memory_kind") == "hbm" and len(raw["memory_clocks_mhz"]) != 1:
+        raise ValueError(f"{where}: an HBM part has one memory clock, not {list(raw['memory_clocks_mhz'])}")
     return GPUProfile(**raw)
 
 
