@@ -119,7 +119,7 @@ def measure_fixed(
     for d in be.devices:
         d.power_limit_mw = int((power_limit_w or prof.power_limit_default_w) * 1000)
         if sm_clock_mhz:
-            d.locked_sm_clocks_mhz = (prof.sm_clock_min_mhz, sm_clock_mhz)
+            d.locked_sm_clocks_mhz = (sm_clock_mhz, sm_clock_mhz)  # [f, f] as Zeus and Perseus lock, not [min, f]
     clock.advance(warmup_s)
     be.sync()
     e0, p0 = sum(be.energy_j), job.progress

@@ -33,7 +33,12 @@ from gputuned.collectors.sim.nvml_api import (  # noqa: F401 - served as nvidia-
     nvmlEventTypeXidCriticalError,
 )
 # isort: on
-from gputuned.collectors.sim.state import LOCKED_MEMORY_CLOCKS_FROM, LOCKED_SM_CLOCKS_FROM, SimBackend, SimDevice
+from gputuned.collectors.sim.state import (
+    LOCKED_MEMORY_CLOCKS_FROM,
+    LOCKED_SM_CLOCKS_FROM,
+    SimBackend,
+    SimDevice,
+)
 
 globals().update(ERROR_CLASSES)  # NVMLError_NotSupported, NVMLError_GpuIsLost ... as nvidia-ml-py makes them
 

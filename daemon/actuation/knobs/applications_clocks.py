@@ -52,8 +52,10 @@ class ApplicationsClocksKnob(ClockKnob):
         mlo, mhi = intersect((min(mems), max(mems)), cfg.memory_clock_min_mhz, cfg.memory_clock_max_mhz)
         if not mlo <= mem <= mhi:
             return f"applications_clocks: memory {mem} MHz outside {mlo}-{mhi} MHz"
-        if gfx not in self.supported(dev):
-            return f"applications_clocks: graphics {gfx} MHz not a supported clock"
+        valid = dev.supported_graphics_clocks_mhz(mem)  # the pair: graphics clocks listed for this memory clock
+        if gfx not in valid:
+            span = f"{min(valid)}-{max(valid)} MHz" if valid else "none"
+            return f"applications_clocks: graphics {gfx} MHz is not a supported clock with memory {mem} MHz ({span})"
         lo, hi = self.bounds(dev, cfg)
         if not lo <= gfx <= hi:
             return f"applications_clocks: graphics {gfx} MHz outside {lo}-{hi} MHz"

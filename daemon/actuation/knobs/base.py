@@ -124,6 +124,10 @@ class Knob(abc.ABC):
             return None
         return bool(current == value)
 
+    def verify_detail(self, target: Any, value: Value) -> tuple[bool | None, str]:
+        """Read back as :meth:`verify`, with a note of what the reading found ("" when nothing to add)."""
+        return self.verify(target, value), ""
+
     def restore(self, target: Any, original: Value) -> None:
         """Put the recorded original back; an original never read (``None``) resets the default."""
         if original is None:

@@ -2,19 +2,24 @@
 
 A clock knob declares data, not methods: the :class:`DeviceCalls` it makes on the GPU, the
 config keys that bound it (``<cfg_prefix>_min_mhz``, ``<cfg_prefix>_max_mhz``), and its
-display. :class:`ClockRangeKnob` is a locked [min, max] range; the application clocks knob
-adds its own reading and checks.
+display. :class:`ClockRangeKnob` is a locked [min, max] range, verified from the clock it
+bounds (:mod:`.lock_check`); the application clocks knob adds its own reading and checks. A GPU
+whose NVML cannot set a knob (NOT_SUPPORTED) cannot hold it either: its reset is a no-op.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gputuned.collectors.device import GPUDevice
+from gputuned.collectors.device import GPUDevice, NotSupportedError
 from gputuned.daemon.actuation.knobs.base import Bounds, Knob, Value, intersect
+from gputuned.daemon.actuation.knobs.lock_check import LockReading, LockState, read_lock
+
+logger = logging.getLogger(__name__)
 
 
 class SMClockConfig(BaseModel):
@@ -66,19 +71,50 @@ class ClockKnob(Knob):
         getattr(dev, self.calls.set)(int(value[0]), int(value[1]))
 
     def reset(self, dev: GPUDevice) -> None:
-        getattr(dev, self.calls.reset)()
+        try:
+            getattr(dev, self.calls.reset)()
+        except NotSupportedError as e:  # never settable here, so never changed: the default is in place
+            logger.debug("%s: nothing to reset on a GPU that does not support it (%s)", self.name, e)
 
 
 class ClockRangeKnob(ClockKnob):
-    """A locked clock range [min, max] in MHz; NVML cannot read it, so the original is "unlocked"."""
+    """A locked clock range [min, max] in MHz; NVML cannot read it, so the original is "unlocked".
+
+    Verification reads the clock the lock bounds (:attr:`clock`) and the clock-event reasons.
+    """
 
     parts = ("min", "max")
     part_label = "bound"
     display = "{0}-{1} MHz"
     restore_rank = 10
+    clock: ClassVar[str] = "sm_clock_hz"  # the GPUDevice reading (Hz) the lock bounds
 
     def read(self, dev: GPUDevice) -> Value:
         return None
+
+    def reading(self, dev: GPUDevice, value: Value) -> LockReading:
+        """The lock ``value`` judged now from the clock and its reasons (call it under load, after settling)."""
+        return read_lock(dev, self.clock, int(value[0]), int(value[1]))
+
+    def verify(self, dev: GPUDevice, value: Value) -> bool | None:
+        return self.verify_detail(dev, value)[0]
+
+    def verify_detail(self, dev: GPUDevice, value: Value) -> tuple[bool | None, str]:
+        """Right after setting: held (True); or unconfirmed (None) with why: idle, not settled, or masked.
+
+        A clock below the lock under ``sw_power_cap`` already shows that the power limit cannot
+        sustain the lock at this load (a higher ceiling does not lift a binding cap): the lock is
+        set, and reported "masked by the power limit" with a warning.
+        """
+        r = self.reading(dev, value)
+        if r.state is LockState.HELD:
+            return True, ""
+        if r.state is LockState.IDLE:
+            return None, "applied; not confirmed: the GPU is idle, and a lock shows only under load"
+        if r.state in (LockState.MASKED_BY_POWER_LIMIT, LockState.MASKED_BY_SLOWDOWN):
+            logger.warning("gpu %d %s: %s", dev.identity.index, self.name, r.text())
+            return None, f"applied, but {r.text()}"
+        return None, f"applied; not confirmed yet: {r.text()}"
 
     def check(self, dev: GPUDevice, value: Value, cfg: Any) -> str | None:
         lo_v, hi_v = int(value[0]), int(value[1])

@@ -22,6 +22,7 @@ class LockedMemoryClocksKnob(ClockRangeKnob):
     cfg_prefix = "memory_clock"
     config_model = MemoryClockConfig
     restore_rank = 20
+    clock = "memory_clock_hz"
     label = "locked mem clocks"
     family = FAMILY
     cli = CliOption("--memory-clocks", "MIN:MAX", "lock memory clocks (MHz)", parse_pair)

@@ -7,6 +7,16 @@ from gputuned.daemon.actuation.knobs.base import CliOption, parse_pair
 from gputuned.daemon.actuation.knobs.clock_range import ClockRangeKnob, DeviceCalls, SMClockConfig
 from gputuned.daemon.actuation.knobs.registry import register
 
+
+def lock_at(mhz: int) -> list[int]:
+    """The lock for one SM clock the tuner asks for: [f, f], as Zeus and Perseus lock.
+
+    [min, f] would let the driver drop the clock in light phases, so the clock a measurement
+    or a decision names would not be the clock the GPU ran.
+    """
+    return [int(mhz), int(mhz)]
+
+
 FAMILY = declare("gputuned_actuation_locked_sm_clocks_hertz", "gauge",
                  "SM clock lock gputuned set on a GPU, by bound (min, max), while changed.")
 
