@@ -221,6 +221,10 @@ class GPUDevice(abc.ABC):
     def applications_clocks_mhz(self) -> tuple[int, int]:
         """(memory, graphics) application clocks."""
 
+    @abc.abstractmethod
+    def default_applications_clocks_mhz(self) -> tuple[int, int]:
+        """(memory, graphics) application clocks the driver resets to."""
+
     # -- writes ------------------------------------------------------------
     @abc.abstractmethod
     def set_power_limit_mw(self, limit_mw: int) -> None: ...

@@ -351,6 +351,13 @@ class NvmlGPU(GPUDevice):
         gfx = n.nvmlDeviceGetApplicationsClock(self._h, n.NVML_CLOCK_GRAPHICS)
         return int(mem), int(gfx)
 
+    @_nvml_call("default applications clocks")
+    def default_applications_clocks_mhz(self) -> tuple[int, int]:
+        n = self._nvml
+        mem = n.nvmlDeviceGetDefaultApplicationsClock(self._h, n.NVML_CLOCK_MEM)
+        gfx = n.nvmlDeviceGetDefaultApplicationsClock(self._h, n.NVML_CLOCK_GRAPHICS)
+        return int(mem), int(gfx)
+
     @_nvml_call("set power limit")
     def set_power_limit_mw(self, limit_mw: int) -> None:
         self._nvml.nvmlDeviceSetPowerManagementLimit(self._h, int(limit_mw))

@@ -191,6 +191,11 @@ def nvmlDeviceGetApplicationsClock(handle: _Handle, type: int) -> int:  # noqa: 
     return _select(type, {NVML_CLOCK_SM: gfx, NVML_CLOCK_GRAPHICS: gfx, NVML_CLOCK_MEM: mem})
 
 
+def nvmlDeviceGetDefaultApplicationsClock(handle: _Handle, type: int) -> int:  # noqa: A002
+    mem, gfx = _dev(handle, "nvmlDeviceGetDefaultApplicationsClock").default_applications_clocks_mhz
+    return _select(type, {NVML_CLOCK_SM: gfx, NVML_CLOCK_GRAPHICS: gfx, NVML_CLOCK_MEM: mem})
+
+
 def nvmlDeviceGetSupportedMemoryClocks(handle: _Handle) -> list[int]:
     return sorted(_dev(handle, "nvmlDeviceGetSupportedMemoryClocks").profile.memory_clocks_mhz, reverse=True)
 

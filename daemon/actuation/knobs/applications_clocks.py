@@ -44,6 +44,20 @@ class ApplicationsClocksKnob(ClockKnob):
             return None
         return [int(mem), int(gfx)]
 
+    def default(self, dev: GPUDevice) -> Value:
+        try:
+            mem, gfx = dev.default_applications_clocks_mhz()
+        except NotSupportedError:
+            return None
+        return [int(mem), int(gfx)]
+
+    def restore(self, dev: GPUDevice, original: Value) -> None:
+        """An original equal to the driver's default is restored by a reset (the unset state), others applied."""
+        if original is None or list(original) == self.default(dev):
+            self.reset(dev)
+        else:
+            self.apply(dev, original)
+
     def check(self, dev: GPUDevice, value: Value, cfg: Any) -> str | None:
         mem, gfx = int(value[0]), int(value[1])
         mems = dev.supported_memory_clocks_mhz()
