@@ -279,15 +279,15 @@ class Actuator:
         except KnobError as e:
             return Result(False, "refused", f"{name}: {e}", value)
         try:
-            verified = knob.verify(obj, value)
+            verified, note = knob.verify_detail(obj, value)  # note: what the reading found (a lock masked by the power limit)
         except (GPUError, KnobError) as e:
             return Result(False, "verify", f"{name}: read back failed: {e}", value)
         if isinstance(obj, JobTarget):
             return self._job_outcome(obj, name, value, verified)
         if verified is False:
             return Result(False, "verify", f"{name}: read back {knob.read(obj)!r} after setting {value!r}", value)
-        logger.info("%s %s set to %r%s", _where(target), name, value, "" if verified else " (no read-back in NVML)")
-        return Result(True, "ok", "" if verified else "applied; NVML cannot read this knob back", value)
+        logger.info("%s %s set to %r%s", _where(target), name, value, f": {note}" if note else "" if verified else " (no read-back in NVML)")
+        return Result(True, "ok", note or ("" if verified else "applied; NVML cannot read this knob back"), value)
 
     def _job_outcome(self, job: JobTarget, name: str, value: Value, acked: bool | None) -> Result:
         if acked is None:
