@@ -33,7 +33,7 @@ from gputuned.tuner.decision.choosers import ClimbChooser, advise
 from gputuned.tuner.decision.config import TuningConfig
 from gputuned.tuner.decision.guard import GuardConfig, SafetyGuard
 from gputuned.tuner.decision.kernel import Ack, DecisionKernel, GPULimits, Node, Outcome
-from gputuned.tuner.decision.moves import N_ACTIONS, busy_power
+from gputuned.tuner.decision.moves import N_ACTIONS, STAY, busy_power
 from gputuned.tuner.decision.observe import SIM_OBS_DIM, Interval
 from gputuned.tuner.decision.perseus import RankTiming
 
@@ -63,7 +63,10 @@ class SimNode:
         self.noise = noise
         self.job = backend.job
         p = backend.devices[0].profile
-        self._gpus = [GPULimits(str(i), p.power_limit_min_w, p.power_limit_max_w) for i in range(len(backend.devices))]
+        at_least = getattr(p, "at_least", None)  # NVML locks SM clocks from Volta on
+        clocks = tuple(p.sm_clocks_mhz) if at_least is None or at_least("volta") else ()
+        self._gpus = [GPULimits(str(i), p.power_limit_min_w, p.power_limit_max_w, clocks)
+                      for i in range(len(backend.devices))]
         self._t0 = clock.now()
         self._e0 = sum(backend.energy_j)
         self._acks: dict[str, Ack] = {}
@@ -105,8 +108,12 @@ class SimNode:
             busy_w=busy_power([(d.power_mw / 1000.0, d.util_gpu_pct / 100.0) for d in devs]),
         )
 
-    def set_power_limit(self, gpu: str, watts: float) -> bool:
+    def set_power_limit(self, gpu: str, watts: float, origin: str = "tuner") -> bool:
         self.backend.devices[int(gpu)].power_limit_mw = int(watts * 1000)
+        return True
+
+    def set_sm_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
+        self.backend.devices[int(gpu)].locked_sm_clocks_mhz = None if mhz is None else (int(mhz), int(mhz))
         return True
 
     def request_batch(self, size: int) -> str:
@@ -161,8 +168,8 @@ class SimNodeEnv(gym.Env):
         self.fixed_slowdown, self.noise_max = max_slowdown, noise
         self.max_slowdown, self.noise = max_slowdown or 0.03, noise
         self.observation_space = spaces.Box(-5.0, 5.0, shape=(SIM_OBS_DIM,), dtype=np.float32)
-        self.action_space = spaces.Discrete(N_ACTIONS)  # (power move, batch move) in {-1, 0, +1}^2
-        self.suggested = 4
+        self.action_space = spaces.Discrete(N_ACTIONS)  # (power or clock move, batch move), moves.py
+        self.suggested = STAY
         #: Where the kernel's events go (the daemon logs and publishes them; training drops them).
         self.on_event: Callable[[dict[str, Any]], None] | None = None
 

@@ -15,15 +15,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gputuned.daemon.core.store import Store
+from gputuned.intent import Change
 
 if TYPE_CHECKING:
     from gputuned.collectors.sim.trainer import SimTrainerReporter
     from gputuned.daemon.app.daemon import Daemon
+    from gputuned.daemon.app.rootcause import RootCause
     from gputuned.daemon.control.server import ControlServer
     from gputuned.tuner.forecast.offload import OffloadedForecastService
     from gputuned.tuner.forecast.service import ForecastService
@@ -32,27 +35,37 @@ logger = logging.getLogger(__name__)
 
 
 class ForecastComponent:
-    """Feeds every tick's samples to the forecaster and publishes what it serves."""
+    """Feeds every tick's samples and the knob changes applied since to the forecaster; publishes what it serves.
+
+    :meth:`note_change` is the actuator's change hook: it may run on any thread (the tuner's
+    tick, an operator's ``set`` on the control socket), so changes wait in a queue and reach
+    the service on the tick thread, before the tick's samples.
+    """
 
     name = "forecast"
 
     def __init__(
-        self, store: Store, service: ForecastService | OffloadedForecastService, profiler: ProfileOnAlert | None = None
+        self, store: Store, service: ForecastService | OffloadedForecastService, profiler: RootCause | None = None
     ) -> None:
         self.store = store
         self.service = service
         self.profiler = profiler
+        self._changes: deque[Change] = deque()
         if profiler is not None:
             service.add_alert_hook(profiler)
+
+    def note_change(self, change: Change) -> None:
+        """Queue an applied knob change for the forecaster (thread-safe)."""
+        self._changes.append(change)
 
     def start(self) -> None:
         self.service.start()
 
     def tick(self, now: float) -> None:
+        while self._changes:
+            self.service.note_change(self._changes.popleft())
         self.service.observe(now, self.store.latest())
         self.store.publish(self.name, now, self.service.samples())
-        if self.profiler is not None:
-            self.profiler.collect()
 
     def alert_kinds(self) -> list[str]:
         """Kinds of the active alerts (thermal, ecc, xid, series anomalies), for the guard."""
@@ -60,48 +73,6 @@ class ForecastComponent:
 
     def stop(self) -> None:
         self.service.close()
-
-
-class ProfileOnAlert:
-    """The root-cause hint: an alert on a trainer series asks that job for a profile capture.
-
-    The job's leader runs a short torch.profiler capture (the plugin does it) and answers
-    with a summary; it is logged with the alert that asked for it. At most one capture per
-    job is in flight, and a job is asked again only after ``cooldown_s``.
-    """
-
-    def __init__(self, control: Any, steps: int = 20, cooldown_s: float = 600.0) -> None:
-        self.control = control
-        self.steps = steps
-        self.cooldown_s = cooldown_s
-        self._asked: dict[str, float] = {}  # job -> when
-        self._pending: dict[str, str] = {}  # decision id -> alert message
-        self.summaries: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, alert: Any) -> None:
-        if not str(alert.series).startswith("gputuned_trainer_"):
-            return
-        job = dict(alert.labels).get("job")
-        if not job or alert.since - self._asked.get(job, float("-inf")) < self.cooldown_s:
-            return
-        self._asked[job] = alert.since
-        try:
-            ident = self.control.send_decision(job, {"profile_steps": self.steps})
-        except (LookupError, ValueError) as e:
-            logger.info("alert on %s: no profile capture from job %s: %s", alert.series, job, e)
-            return
-        self._pending[ident] = f"{alert.kind} on {alert.series} ({alert.message})"
-
-    def collect(self) -> None:
-        """Log the summaries that arrived since the last call."""
-        for ident in [i for i in self._pending if i in self.control.profile_results]:
-            summary = self.control.profile_results[ident]
-            why = self._pending.pop(ident)
-            self.summaries.append((why, summary))
-            logger.warning("root-cause hint for %s: data loader %.0f%%, communication %.0f%% of step time; "
-                           "top operators %s; suggestions: %s", why, 100 * float(summary.get("data_loader_share", 0)),
-                           100 * float(summary.get("comm_share", 0)), summary.get("top_ops", [])[:3],
-                           "; ".join(summary.get("suggestions", [])) or "none")
 
 
 class SimJobComponent:
@@ -234,11 +205,18 @@ def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: P
     cfg = daemon.cfg
     forecast: ForecastComponent | None = None
     if cfg.forecast.enabled:
+        from gputuned.daemon.app.rootcause import RootCause
         from gputuned.tuner.forecast.offload import open_service
 
-        profiler = ProfileOnAlert(daemon.control) if daemon.control is not None else None
-        forecast = ForecastComponent(daemon.store, open_service(cfg.forecast), profiler)
+        profiler = RootCause(daemon.control, daemon.store) if daemon.control is not None else None
+        # a GPU knob's intended change may cost the throughput the tuner's guard allows
+        fcfg = cfg.forecast.model_copy(update={"intent_slowdown": float(cfg.tuner.max_slowdown)})
+        forecast = ForecastComponent(daemon.store, open_service(fcfg), profiler)
+        daemon.actuator.add_change_hook(forecast.note_change)
         daemon.attach(forecast)
+        if profiler is not None:  # asks for captures on trainer alerts; a tuner-caused one spares the cooldown
+            daemon.actuator.add_change_hook(profiler.on_change)
+            daemon.attach(profiler)
     backend = daemon.gpus.sim_backend
     if trainer == "real" and daemon.control is not None:
         daemon.attach(RealTrainerComponent(trainer_config or Path("examples/digits.toml"), str(cfg.control.socket_path)))
@@ -249,7 +227,7 @@ def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: P
         from gputuned.daemon.app.tuning import TuningComponent
 
         # the CPU trainer draws nothing from the simulated GPUs: tune its batch only, unless the file says
-        tcfg = cfg.tuner.tuning(tune_power=False) if trainer == "real" else cfg.tuner.tuning()
+        tcfg = cfg.tuner.tuning(tune_power=False, tune_clocks=False) if trainer == "real" else cfg.tuner.tuning()
         daemon.attach(TuningComponent(
             daemon.store, daemon.actuator, daemon.control, [d.identity.index for d in daemon.gpus.devices], tcfg,
             alerts=forecast.alert_kinds if forecast is not None else None,

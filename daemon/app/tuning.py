@@ -2,9 +2,10 @@
 
 :class:`StoreNode` is the kernel's node in the daemon: an interval is measured from the store
 (GPU energy counters, power, clocks, limits; the job leader's reports: samples, goodput, batch
-size); the GPUs' power limits and the job's batch size (a decision the job acknowledges) are
-changed through the :class:`Actuator`, which records each knob's original first and restores
-it on stop. :class:`TuningComponent` finds the job to tune, runs one
+size); the GPUs' power limits, their SM-clock locks ([f, f], knob ``locked_sm_clocks``) and the
+job's batch size (a decision the job acknowledges) are changed through the :class:`Actuator`,
+which records each knob's original first, emits each change with its origin (tuner, perseus)
+and restores it on stop. :class:`TuningComponent` finds the job to tune, runs one
 :class:`gputuned.tuner.decision.kernel.DecisionKernel` per job every ``interval_s``, and
 publishes the guard's counters and the tuner's own measurements.
 """
@@ -21,13 +22,14 @@ import numpy as np
 from gputuned.collectors import families as F
 from gputuned.collectors.device import ClockEventReason
 from gputuned.collectors.families import Labels, Sample, declare
+from gputuned.daemon.actuation.pause import pause_path
 from gputuned.daemon.control.reports import STAT_FAMILIES
 from gputuned.daemon.core.store import Store
 from gputuned.tuner.decision.choosers import Chooser, make_chooser
 from gputuned.tuner.decision.config import TuningConfig
 from gputuned.tuner.decision.guard import GuardConfig, SafetyGuard
 from gputuned.tuner.decision.kernel import Ack, DecisionKernel, GPULimits
-from gputuned.tuner.decision.moves import busy_power, split
+from gputuned.tuner.decision.moves import busy_power, decode
 from gputuned.tuner.decision.observe import Interval
 from gputuned.tuner.decision.perseus import RankTiming
 
@@ -47,6 +49,11 @@ SAMPLES_RATE = STAT_FAMILIES["samples_per_s"]
 GOODPUT_RATE = STAT_FAMILIES["goodput"]
 BATCH_SIZE = STAT_FAMILIES["batch_size"]
 COMPUTE_SECONDS = STAT_FAMILIES["compute_time_s"]
+#: The grid of lock clocks in the actuator's ``locked_sm_clocks`` range (NVIDIA's clock granularity
+#: from Volta on; NVML takes any clock in the range and runs the nearest supported one).
+CLOCK_GRID_MHZ = 15
+#: The actuator's knob for each of the kernel's knob names.
+KNOB_NAMES = {"sm_clock": "locked_sm_clocks"}
 
 
 class BatchDecider(Protocol):
@@ -63,11 +70,11 @@ class KnobActuator(Protocol):
     """What the tuner needs of :class:`gputuned.daemon.actuation.actuator.Actuator`: every knob it
     moves (the GPUs' power limits, the job's batch size) is changed, recorded and restored there."""
 
-    def set_power_limit(self, gpu: int, watts: float) -> Any: ...
+    def set_power_limit(self, gpu: int, watts: float, origin: str = "operator") -> Any: ...
 
     def bounds(self, gpu: int) -> dict[str, tuple[int, int]]: ...
 
-    def change(self, target: int | str, knob_name: str, value: Any) -> Any: ...
+    def change(self, target: int | str, knob_name: str, value: Any, *, origin: str = "operator") -> Any: ...
 
     def acknowledged(self, ident: str) -> Any: ...
 
@@ -82,6 +89,7 @@ class StoreNode:
         self.decider = decider
         self.job = job
         self._gpus = gpus  # (limits, labels, max SM clock in Hz)
+        self._pins_said: set[tuple[str, str]] = set()  # (knob, target) pins the tuner has logged
         self.mark_t, self.mark_energy, self.mark_samples = now, 0.0, 0.0
         self.mark(now)
 
@@ -136,8 +144,26 @@ class StoreNode:
                         float(np.mean(sm)), any(m & POWER_CAP for m in masks), batch,
                         busy_power(list(zip(power, util, strict=True))))
 
-    def set_power_limit(self, gpu: str, watts: float) -> bool:
-        return bool(getattr(self.actuator.set_power_limit(int(gpu), watts, origin="tuner"), "ok", False))
+    def set_power_limit(self, gpu: str, watts: float, origin: str = "tuner") -> bool:
+        return bool(getattr(self.actuator.set_power_limit(int(gpu), watts, origin=origin), "ok", False))
+
+    def pinned(self, knob: str, target: str) -> bool:
+        """Whether the operator pinned ``knob`` (kernel name) on GPU ``target`` or the job (``job``); logged once."""
+        pins = getattr(self.actuator, "pins", None)
+        pin = pins.holding(self.job if target == "job" else int(target), KNOB_NAMES.get(knob, knob)) if pins else None
+        if pin is not None and (knob, target) not in self._pins_said:
+            logger.info("tuner pinned %s on %s: set to %s by %s, left alone until `gputuned set --release`",
+                        knob, target, pin.value, pin.by or "the operator")
+        (self._pins_said.add if pin is not None else self._pins_said.discard)((knob, target))
+        return pin is not None
+
+    def set_sm_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
+        """Lock [mhz, mhz]; unlocking locks the whole supported range (what the driver runs unlocked)."""
+        clocks = next((g.sm_clocks for g, _, _ in self._gpus if g.key == gpu), ())
+        if not clocks:
+            return False
+        pair = [int(mhz), int(mhz)] if mhz is not None else [min(clocks), max(clocks)]
+        return bool(getattr(self.actuator.change(int(gpu), "locked_sm_clocks", pair, origin=origin), "ok", False))
 
     def request_batch(self, size: int) -> str:
         """Ask the job for ``size`` through the actuator (the original recorded first, restored on stop)."""
@@ -185,7 +211,9 @@ class TuningComponent:
         self.chooser = chooser or self._new_chooser()
         # a batch size counts as changed when the job acks it, a tick or so after the decision
         half = self.cfg.interval_s * 0.5
-        self.guard = guard or SafetyGuard(GuardConfig(pause_file=self.cfg.pause_file, min_interval_s={
+        state_file = getattr(actuator, "state_file", None)  # the daemon's pause flag lives beside it
+        pause_file = pause_path(state_file.path) if state_file is not None else self.cfg.pause_file
+        self.guard = guard or SafetyGuard(GuardConfig(pause_file=pause_file, min_interval_s={
             "power_limit": half, "sm_clock": half, "batch_size": half}, settle_s=half), alerts=alerts)
         self.on_event = on_event or (lambda e: None)
         self._gpus: list[tuple[GPULimits, Labels, float]] = []
@@ -223,8 +251,8 @@ class TuningComponent:
         elif now - node.mark_t >= self.cfg.interval_s - 1e-6:
             out = kernel.step(now, self._choose)
             if out.action is not None:
-                dp, db = split(out.action)
-                key = f"p{dp:+d}b{db:+d}"
+                dp, db, dc = decode(out.action)
+                key = f"p{dp:+d}b{db:+d}" + (f"c{dc:+d}" if dc else "")
                 self.decisions[key] = self.decisions.get(key, 0) + 1
         self.store.publish(self.name, now, self.samples())
 
@@ -240,10 +268,13 @@ class TuningComponent:
             lo = self.store.value(F.GPU_POWER_LIMIT_MIN, labels) or 0.0
             hi = self.store.value(F.GPU_POWER_LIMIT_MAX, labels) or 0.0
             sm = self.store.value(F.GPU_SM_CLOCK_MAX, labels) or 1.0
-            b = self.actuator.bounds(idx).get("power_limit")
+            bounds = self.actuator.bounds(idx)
+            b = bounds.get("power_limit")
             if b is not None:  # config bounds intersected with NVML's
                 lo, hi = max(lo, b[0] / 1000.0), min(hi, b[1] / 1000.0)
-            self._gpus.append((GPULimits(str(idx), lo, hi), labels, sm))
+            c = bounds.get("locked_sm_clocks") if self.cfg.tune_clocks else None
+            clocks = tuple(range(int(c[1]), int(c[0]) - 1, -CLOCK_GRID_MHZ)) if c is not None and c[1] > c[0] else ()
+            self._gpus.append((GPULimits(str(idx), lo, hi, clocks), labels, sm))
         self._gpus.sort(key=lambda g: int(g[0].key))
 
     def _job(self) -> str | None:
@@ -264,7 +295,7 @@ class TuningComponent:
     def _job_gone_restore(self, now: float, kernel: DecisionKernel, job: str) -> None:
         kernel.emit(now, "job_gone", "batch_size", "job", 0, job=job)
         restore = getattr(self.actuator, "restore_gpu", None)
-        if restore is not None and kernel.limit_w and self.cfg.tune_power:  # no job left to tune for
+        if restore is not None and (kernel.limit_w and self.cfg.tune_power or kernel.clocks):  # no job left
             for g, _, _ in self._gpus:
                 restore(int(g.key))
             kernel.emit(now, "restore", "power_limit", "all", 0)

@@ -15,7 +15,7 @@ from gputuned.daemon.app.tuning import TuningComponent
 from gputuned.daemon.core.store import Store
 from gputuned.tuner.decision.choosers import ClimbChooser, LearnedChooser, make_chooser
 from gputuned.tuner.decision.config import TuningConfig
-from gputuned.tuner.decision.moves import move
+from gputuned.tuner.decision.moves import N_ACTIONS, decode, move
 from gputuned.tuner.decision.observe import BASE_OBS_DIM, SIM_OBS_DIM
 
 GPU = (("gpu", "0"), ("uuid", "GPU-0"))
@@ -211,8 +211,8 @@ def test_climber_probes_a_batch_size_and_undoes_a_bad_one() -> None:
 def test_make_chooser_reads_a_numpy_policy(tmp_path: Path) -> None:
     from gputuned.tuner.decision.policy_numpy import NumpyPolicy
 
-    w = [np.zeros((9, SIM_OBS_DIM))]
-    b = [np.eye(9)[7] * 5.0]
+    w = [np.zeros((N_ACTIONS, SIM_OBS_DIM))]
+    b = [np.eye(N_ACTIONS)[7] * 5.0]
     path = tmp_path / "p.npz"
     NumpyPolicy(w, b).save(path)
     chooser = make_chooser("learned", path, "energy_slowdown", 0.03)
@@ -221,6 +221,10 @@ def test_make_chooser_reads_a_numpy_policy(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="expects 56 observations"):
         make_chooser("learned", tmp_path / "zeus.npz", "energy", 0.1)
     assert isinstance(make_chooser("auto", tmp_path / "zeus.npz", "energy", 0.1), ClimbChooser)
+    NumpyPolicy([np.zeros((9, SIM_OBS_DIM))], [np.zeros(9)]).save(tmp_path / "no_clocks.npz")  # moves without clocks
+    with pytest.raises(ValueError, match="among 9 moves"):
+        make_chooser("learned", tmp_path / "no_clocks.npz", "energy", 0.1)
+    assert isinstance(make_chooser("auto", tmp_path / "no_clocks.npz", "energy", 0.1), ClimbChooser)
     assert isinstance(make_chooser("climber", path, "energy", 0.1), ClimbChooser)
     with pytest.raises(ValueError, match="tuner.objective"):
         TuningConfig(objective="speed")
@@ -234,8 +238,8 @@ def test_the_learned_policy_reads_the_climbers_proposal_and_its_move_is_applied(
     from gputuned.tuner.decision.policy_numpy import NumpyPolicy
 
     # a linear policy doing what the adviser proposes: the logit of move g is -|proposal - g|^2 (+ a constant)
-    grid = np.array([[i // 3 - 1, i % 3 - 1] for i in range(9)], dtype=float)
-    w = np.zeros((9, SIM_OBS_DIM))
+    grid = np.array([decode(i) for i in range(N_ACTIONS)], dtype=float)
+    w = np.zeros((N_ACTIONS, SIM_OBS_DIM))
     w[:, BASE_OBS_DIM:] = 2.0 * grid
     path = tmp_path / "follow.npz"
     NumpyPolicy([w], [-(grid ** 2).sum(axis=1)]).save(path)
@@ -265,13 +269,19 @@ def test_the_learned_policy_reads_the_climbers_proposal_and_its_move_is_applied(
 
 def test_default_config_loads_the_packaged_learned_policy() -> None:
     from gputuned.tuner.decision import choosers as tp
+    from gputuned.tuner.decision.policy_numpy import NumpyPolicy
 
     chooser = make_chooser("auto", None, "energy_slowdown", 0.03)
-    if tp.LEARNED_BY_DEFAULT:
-        assert isinstance(chooser, LearnedChooser) and tp.PACKAGED_SIM_POLICY.is_file()
+    shipped = NumpyPolicy.load(tp.PACKAGED_SIM_POLICY)
+    fits = shipped.obs_dim == SIM_OBS_DIM and shipped.n_actions == N_ACTIONS
+    if tp.LEARNED_BY_DEFAULT and fits:
+        assert isinstance(chooser, LearnedChooser)
         assert make_chooser("learned", None, "throughput", 0.03).name == "learned"
-    else:
+    else:  # a shipped policy trained for other observations or moves is never used: auto climbs
         assert isinstance(chooser, ClimbChooser)
+    if not fits:
+        with pytest.raises(ValueError, match="policy"):
+            make_chooser("learned", None, "throughput", 0.03)
 
 
 def test_climber_at_the_lowest_limit_goes_on_to_batch_probes() -> None:

@@ -12,6 +12,7 @@ import pytest
 from job_knobs import JobKnobs
 
 from gputuned.collectors import families as F
+from gputuned.daemon.actuation.actuator import Result
 from gputuned.daemon.app.tuning import TuningComponent
 from gputuned.daemon.core.store import Store
 from gputuned.tuner.decision.config import TuningConfig
@@ -23,6 +24,9 @@ from gputuned.tuner.sim_env import SimNodeEnv
 GPU = (("gpu", "0"), ("uuid", "GPU-0"))
 RANK0 = (("job", "j"), ("rank", "0"))
 INTERVAL_S = 5.0
+#: The scripted GPU's lockable SM clocks: the daemon's grid over the actuator's range.
+TOP_MHZ, BOTTOM_MHZ = 1410, 210
+CLOCK_GRID = tuple(range(TOP_MHZ, BOTTOM_MHZ - 1, -15))
 MOVE_KINDS = ("reference", "decision", "applied", "nack", "action", "rollback", "refused", "failed")
 
 
@@ -32,21 +36,33 @@ class ScriptedJob:
 
     Throughput peaks at batch 256 and falls beyond it, a batch of 1024 runs out of memory, and
     power is capped by the limit: the climber has limits to walk down, probes that pay and
-    probes that must be undone.
+    probes that must be undone. With ``clocks``, an SM-clock lock under the clock the limit gives
+    sets the clock and draws less power than the cap at the same clock (it slows the phases the
+    cap leaves alone): a lock the climber keeps.
     """
 
     limit_w: float = 400.0
     batch: int = 64
+    lock: int | None = None
     energy: float = 0.0
     samples: float = 0.0
     t: float = 1000.0
     acks: dict[str, Ack] = field(default_factory=dict)
 
+    def clock(self) -> float:
+        """The SM clock over its maximum: the limit's, or the lock's under it."""
+        return min((self.limit_w / 400.0) ** 0.5, (self.lock or TOP_MHZ) / TOP_MHZ)
+
+    def locked(self) -> bool:
+        return self.lock is not None and self.lock / TOP_MHZ < (self.limit_w / 400.0) ** 0.5
+
     def throughput(self) -> float:
-        return 1000.0 * (self.limit_w / 400.0) ** 0.3 * math.exp(-((math.log2(self.batch / 256.0)) ** 2) / 8.0)
+        return 1000.0 * self.clock() ** 0.6 * math.exp(-((math.log2(self.batch / 256.0)) ** 2) / 8.0)
 
     def power(self) -> float:
-        return min(self.limit_w, 300.0 * (self.limit_w / 400.0) ** 0.5 + 60.0)
+        if self.locked():
+            return 250.0 * self.clock() + 60.0
+        return min(self.limit_w, 300.0 * self.clock() + 60.0)
 
     def run(self, seconds: float) -> None:
         self.energy += self.power() * seconds
@@ -66,15 +82,27 @@ class ScriptedJob:
 class DaemonSide(JobKnobs):
     """The job seen by the daemon: readings in the store, the actuator and the control socket."""
 
-    def __init__(self, job: ScriptedJob) -> None:
+    def __init__(self, job: ScriptedJob, clocks: bool = False) -> None:
         self.job = job
+        self.clocks = clocks
+        self.origins: list[tuple[str, str]] = []  # (knob, origin) of each GPU change
 
     def set_power_limit(self, gpu: int, watts: float, origin: str = "operator") -> Any:
         self.job.limit_w = watts
+        self.origins.append(("power_limit", origin))
         return type("R", (), {"ok": True})()
 
+    def change(self, target: int | str, knob_name: str, value: Any, origin: str = "operator") -> Result:
+        if knob_name != "locked_sm_clocks":
+            return super().change(target, knob_name, value, origin)
+        lo, hi = value
+        self.job.lock = None if (lo, hi) == (BOTTOM_MHZ, TOP_MHZ) else int(hi)  # the whole range: unlocked
+        self.origins.append((knob_name, origin))
+        return Result(True, "ok", "", value)
+
     def bounds(self, gpu: int) -> dict[str, tuple[int, int]]:
-        return {"power_limit": (100_000, 400_000)}
+        clocks = {"locked_sm_clocks": (BOTTOM_MHZ, TOP_MHZ)} if self.clocks else {}
+        return {"power_limit": (100_000, 400_000), **clocks}
 
     def send_decision(self, job: str, payload: dict[str, Any]) -> str:
         return self.job.ask_batch(int(payload["batch_size"]))
@@ -91,7 +119,7 @@ class DaemonSide(JobKnobs):
         store.publish("gpu", j.t, [
             (F.GPU_POWER_LIMIT, GPU, j.limit_w), (F.GPU_POWER_LIMIT_MIN, GPU, 100.0),
             (F.GPU_POWER_LIMIT_MAX, GPU, 400.0), (F.GPU_SM_CLOCK_MAX, GPU, 1.4e9),
-            (F.GPU_SM_CLOCK, GPU, 1.4e9 * (j.limit_w / 400.0) ** 0.5), (F.GPU_POWER, GPU, j.power()),
+            (F.GPU_SM_CLOCK, GPU, 1.4e9 * j.clock()), (F.GPU_POWER, GPU, j.power()),
             (F.GPU_ENERGY, GPU, j.energy), (F.GPU_CLOCK_EVENT_MASK, GPU, 4.0),
         ])
         store.publish("trainer", j.t, [
@@ -105,13 +133,14 @@ class DaemonSide(JobKnobs):
 class EnvSide:
     """The same job as the training environment's node."""
 
-    def __init__(self, job: ScriptedJob) -> None:
+    def __init__(self, job: ScriptedJob, clocks: bool = False) -> None:
         self.job = job
+        self.clocks = CLOCK_GRID if clocks else ()
         self._t0, self._e0 = job.t, job.energy
         self._rates = [(job.t, job.throughput())]  # the job's reported rates, one a tick
 
     def gpus(self) -> list[GPULimits]:
-        return [GPULimits("0", 100.0, 400.0)]
+        return [GPULimits("0", 100.0, 400.0, self.clocks)]
 
     def now(self) -> float:
         return self.job.t
@@ -136,11 +165,15 @@ class EnvSide:
         tput = sum(rates) / len(rates)
         energy = j.energy - self._e0
         self._t0, self._e0 = now, j.energy
-        return Interval(energy, tput * seconds, seconds, tput, j.power(), (j.limit_w / 400.0) ** 0.5, True,
+        return Interval(energy, tput * seconds, seconds, tput, j.power(), j.clock(), True,
                         j.batch, math.inf)
 
-    def set_power_limit(self, gpu: str, watts: float) -> bool:
+    def set_power_limit(self, gpu: str, watts: float, origin: str = "tuner") -> bool:
         self.job.limit_w = watts
+        return True
+
+    def set_sm_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
+        self.job.lock = mhz
         return True
 
     def request_batch(self, size: int) -> str:
@@ -156,17 +189,19 @@ class EnvSide:
 class ScriptedEnv(SimNodeEnv):
     """The training environment over the scripted job instead of the physics model."""
 
+    clocks = False
+
     def _build_node(self, n_gpus: int) -> EnvSide:
-        return EnvSide(ScriptedJob())
+        return EnvSide(ScriptedJob(), self.clocks)
 
 
 def moves(events: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
     return [(e["kind"], e["knob"], float(e["value"])) for e in events if e["kind"] in MOVE_KINDS]
 
 
-def daemon_moves(tmp_path: Path, objective: str, intervals: int) -> list[tuple[str, str, float]]:
+def daemon_moves(tmp_path: Path, objective: str, intervals: int, clocks: bool = False) -> list[tuple[str, str, float]]:
     job = ScriptedJob()
-    side = DaemonSide(job)
+    side = DaemonSide(job, clocks)
     store = Store(100)
     events: list[dict[str, Any]] = []
     conf = TuningConfig(objective=objective, interval_s=INTERVAL_S, max_slowdown=0.03, chooser="climber",
@@ -181,8 +216,9 @@ def daemon_moves(tmp_path: Path, objective: str, intervals: int) -> list[tuple[s
     return moves(events)
 
 
-def env_moves(objective: str, intervals: int) -> list[tuple[str, str, float]]:
+def env_moves(objective: str, intervals: int, clocks: bool = False) -> list[tuple[str, str, float]]:
     env = ScriptedEnv(objectives=(objective,), interval_s=INTERVAL_S, max_slowdown=0.03, horizon=intervals, noise=0.0)
+    env.clocks = clocks
     events: list[dict[str, Any]] = []
     env.on_event = events.append
     env.reset(seed=0, options={"objective": objective, "max_slowdown": 0.03})
@@ -207,3 +243,16 @@ def test_the_daemon_and_the_training_environment_make_the_same_moves(tmp_path: P
     n = min(len(daemon), len(env))
     assert n >= len(daemon) - 2  # the env stops at a whole step; the daemon may be one move ahead
     assert daemon[:n] == env[:n]
+
+
+def test_the_daemon_and_the_training_environment_make_the_same_clock_moves(tmp_path: Path) -> None:
+    daemon = daemon_moves(tmp_path, "energy_slowdown", 40, clocks=True)
+    env = env_moves("energy_slowdown", 40, clocks=True)
+    clock = [(k, v) for k, knob, v in daemon if knob == "sm_clock"]
+    # the lock took over from the limit (which went back to its maximum), was kept and walked down
+    assert clock and clock[0][0] == "action" and 0 < clock[0][1] < TOP_MHZ
+    i = daemon.index(("action", "sm_clock", clock[0][1]))
+    assert daemon[i + 1] == ("action", "power_limit", 400.0)
+    assert len({v for k, v in clock if k == "action"}) >= 2
+    n = min(len(daemon), len(env))
+    assert n >= len(daemon) - 2 and daemon[:n] == env[:n]

@@ -7,7 +7,7 @@ import pytest
 from stable_baselines3.common.env_checker import check_env
 
 from gputuned.tuner.decision.choosers import ClimbChooser
-from gputuned.tuner.decision.moves import STAY, move
+from gputuned.tuner.decision.moves import STAY, decode, move
 from gputuned.tuner.decision.observe import BASE_OBS_DIM, SIM_OBS_DIM
 from gputuned.tuner.sim_env import SimNodeEnv
 
@@ -73,12 +73,14 @@ def test_adviser_features_are_the_climbers_move() -> None:
     twin = ClimbChooser("energy_slowdown", 0.03)
     for _ in range(15):  # following the adviser: its proposal is what a climber on the same readings says
         assert env.suggested == twin(obs[:BASE_OBS_DIM])
-        dp, db = obs[BASE_OBS_DIM:]
-        assert move(int(dp), int(db)) == env.suggested
+        dp, db, dc = obs[BASE_OBS_DIM:]
+        assert move(int(dp), int(db), int(dc)) == env.suggested
         obs, _, _, _, info = env.step(env.suggested)
         if info["rolled_back"]:
-            twin.rolled_back("power_limit" if env.suggested // 3 != 1 else "batch_size")
-    assert env.limit_w < env.node.default_limit_w()
+            m = decode(env.suggested)
+            twin.rolled_back("sm_clock" if m.dc else "power_limit" if m.dp else "batch_size")
+    # the limit came down, or a lock took over from it
+    assert env.limit_w < env.node.default_limit_w() or env.kernel.lock_mhz is not None
 
 
 def test_sim_env_rejects_unknown_objective() -> None:

@@ -16,6 +16,13 @@ goodput than that buys back on the power limit (at the exchange rate measured on
 down) is kept, and undone once the limit has settled again if energy per sample did not end
 lower. Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
 
+Where the GPUs' SM clocks can be locked, the objective decides between the limit and a lock from
+what it measures: once the limit has settled the first time, a lock takes over at the clock the
+limit gave (the kernel lifts the limit out of its way); the lock is kept if the cost the guard
+judges by (energy per sample, with the shortfall beyond the slowdown budget) is lower than under
+the limit, and the climber then walks the clock as it walked the limit; otherwise it unlocks and
+the limit comes back. Moves: 15 actions (:mod:`gputuned.tuner.decision.moves`).
+
 :class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
 climber's proposal (2 features, a residual design: the policy learns when to follow the rule
 and when to overrule it) and picks the move; the guard keeps its bounds, rate limits and rollback.
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gputuned.tuner.decision.moves import N_ACTIONS, STAY, move, split
+from gputuned.tuner.decision.moves import N_ACTIONS, STAY, decode, move
 from gputuned.tuner.decision.observe import BASE_OBS_DIM, SIM_OBS_DIM
 from gputuned.tuner.decision.observe import Feature as F
 
@@ -43,8 +50,11 @@ PACKAGED_SIM_POLICY = Path(str(files("gputuned.tuner") / "data" / "policy_sim.np
 #: for the goodput it gains (the rate falls as the limit comes down, so only half is counted).
 TRADE_SHARE = 0.5
 #: Whether ``auto`` picks the packaged learned policy (true only while it is at least as good as
-#: the climber on the closed-loop headline, docs/benchmarks.md).
+#: the climber on the closed-loop headline, docs/benchmarks.md); a packaged policy whose input or
+#: action count is not the live tuner's is never used: ``auto`` climbs instead.
 LEARNED_BY_DEFAULT = True
+#: The lock is kept when it lowers the judged cost by more than this share (a tie keeps the limit).
+LOCK_MARGIN = 0.003
 
 
 class Phase(Enum):
@@ -53,6 +63,7 @@ class Phase(Enum):
     POWER = "power"
     PROBE = "probe"
     UNDO = "undo"
+    CLOCK = "clock"  # judging a lock that took over from the limit
 
 
 class Chooser:
@@ -90,6 +101,13 @@ class ClimbChooser(Chooser):
         self.rate: float | None = None  # energy saved per goodput given up, on the last step down
         self.traded: tuple[float, int] | None = None  # (eps before, batch steps) of a probe kept on trade
         self.spread = 0.0  # mean absolute change of goodput between intervals with no move (noise)
+        self.ceiling: float | None = None  # share a step up from was undone by the guard: not up from there again
+        # the ladder walked (the power limit or the clock lock): floor, ceiling, prev_limit, step and
+        # last_dp are the walked knob's; ``other`` keeps the other's
+        self.knob = "power"
+        self.other: tuple[float | None, float | None, float | None, float, int] = (None, None, None, 0.0, 0)
+        self.clock_tried = False
+        self.clock_from = 0.0  # the judged cost under the limit, before the lock took over
 
     def __call__(self, obs: np.ndarray) -> int:
         limit, goodput, eps, oom = float(obs[F.LIMIT_SHARE]), float(obs[F.GOODPUT]) + 1.0, float(obs[F.EPS]) + 1.0, obs[F.OOM] > 0.5
@@ -110,7 +128,14 @@ class ClimbChooser(Chooser):
             return move(0, self.undo)
         if self.state == Phase.PROBE:
             return self._judge_probe(eps, goodput)
-        dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps, obs[F.CAPPED] > 0.5)
+        if self.state == Phase.CLOCK and self._judge_lock(obs, eps, goodput):
+            return move(0, 0, +1)  # unlock: the limit comes back
+        if self.knob == "clock" and obs[F.LOCK_SHARE] > 0.999:
+            self._switch("power")  # unlocked (climbed back past the clock it took over at)
+        if self.knob == "clock":
+            limit = float(obs[F.LOCK_SHARE])
+        capped = obs[F.CAPPED] > 0.5 or self.knob == "clock"
+        dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps, capped)
         self.prev_eps, self.prev_good, self.last_dp = eps, goodput, dp
         self.settled = self.settled + 1 if dp == 0 else 0
         if dp == 0 and self.settled >= 2 and self.traded is not None:
@@ -122,16 +147,49 @@ class ClimbChooser(Chooser):
                 if steps > 1:
                     self.state, self.undo = Phase.UNDO, -d
                 return move(0, -d)
+        if dp == 0 and self.settled >= 2 and self.energy and obs[F.CLOCKS] > 0.5 and not self.clock_tried:
+            self.clock_tried, self.state, self.settled = True, Phase.CLOCK, 0
+            self.clock_from = self._cost(eps, goodput)
+            return move(0, 0, -1)
         if dp == 0 and self.settled >= 2:
             db = self._next_probe()
             if db:
                 self.state, self.probe_from, self.settled = Phase.PROBE, (eps, goodput), 0
                 return move(0, db)
-        return move(dp, 0)
+        return move(0, 0, dp) if self.knob == "clock" else move(dp, 0)
+
+    def _cost(self, eps: float, goodput: float) -> float:
+        """What the guard judges by: energy per sample, with the goodput shortfall beyond the budget."""
+        return eps * (1.0 + 10.0 * max(0.0, self.budget - goodput))
+
+    def _switch(self, knob: str) -> None:
+        """Walk ``knob``'s ladder from here (its floor, last step and last move kept from before)."""
+        if knob != self.knob:
+            mine = (self.floor, self.ceiling, self.prev_limit, self.step, self.last_dp)
+            self.floor, self.ceiling, self.prev_limit, self.step, self.last_dp = self.other
+            self.other, self.knob = mine, knob
+
+    def _judge_lock(self, obs: np.ndarray, eps: float, goodput: float) -> bool:
+        """Judge the lock that took over from the limit; True when it must be undone (unlocked)."""
+        self.state = Phase.POWER
+        if obs[F.LAST_DC] >= 0:  # the lock was not made (not supported, refused): the limit stays
+            return False
+        if self._cost(eps, goodput) < self.clock_from * (1.0 - LOCK_MARGIN):
+            self._switch("clock")
+            self.prev_limit, self.last_dp = None, 0  # the takeover's jump is not a step of the ladder
+            self.prev_eps, self.prev_good = eps, goodput
+            return False
+        self.last_dp, self.settled = 0, 0
+        return True
 
     def rolled_back(self, knob: str) -> None:
         """The guard undid the last move of ``knob``: a batch probe ends there, its direction spent."""
-        if knob == "power_limit" and self.last_dp < 0 and self.prev_limit is not None:
+        if knob == "sm_clock" and self.state == Phase.CLOCK:
+            self.state = Phase.POWER  # the guard undid the lock's takeover: the limit stays
+        walked = "power_limit" if self.knob == "power" else "sm_clock"
+        if knob == walked and self.last_dp > 0 and self.prev_limit is not None:
+            self.ceiling = self.prev_limit  # stepping up from there cost more than staying
+        if knob == walked and self.last_dp < 0 and self.prev_limit is not None:
             # the limit it came down to cost too much: not again (with no step seen yet, the move
             # may have skipped several: no lower limit at all from here)
             self.floor = self.prev_limit - self.step if self.step > 0 else self.prev_limit
@@ -150,9 +208,11 @@ class ClimbChooser(Chooser):
         if self.state == Phase.PROBE:  # the probe it asked for did not happen
             self.probes[self.direction] = max(0, self.probes[self.direction] - 1)
             self.state, self.probe_from, self.depth = Phase.POWER, None, 0
-        elif self.state == Phase.UNDO:
+        elif self.state in (Phase.UNDO, Phase.CLOCK):
+            self.clock_tried = self.clock_tried and self.state != Phase.CLOCK  # the lock it asked for was not tried
             self.state = Phase.POWER
-        self.last_dp = action // 3 - 1
+        m = decode(action)
+        self.last_dp = m.dc if self.knob == "clock" else m.dp
         self.settled = 0
 
     def _energy_power(self, limit: float, goodput: float, eps: float, capped: bool) -> int:
@@ -167,7 +227,7 @@ class ClimbChooser(Chooser):
         noise = 0.886 * self.spread  # one reading's standard deviation, from the mean absolute change
         if goodput < self.budget - max(0.002, 1.0 * noise):
             self.floor = limit  # over the slowdown budget here: never step down to this limit again
-            return +1 if limit < 0.999 else 0
+            return +1 if limit < 0.999 and (self.ceiling is None or limit < self.ceiling - 1e-6) else 0
         if (capped and self.last_dp < 0 and self.prev_eps is not None and eps > self.prev_eps * 1.01
                 and goodput >= self.budget):  # (uncapped, the limit changed nothing: a rise is noise)
             self.floor = limit  # the last step down cost energy: stop there
@@ -211,7 +271,7 @@ class ClimbChooser(Chooser):
         self.state, self.probe_from = Phase.POWER, None
         self.prev_eps, self.last_dp = (eps if better else eps0), 0
         if better:
-            self.floor = None  # a new batch size: the limits left to explore change
+            self.floor = self.ceiling = None  # a new batch size: the limits left to explore change
             # keep going while it pays; the size it came from is known to be worse
             self.probes[d], self.probes[-d] = 0, self.max_probes
             self.traded = (eps0, 1 + two) if traded else None  # judged again once the limit settles
@@ -238,7 +298,7 @@ class LearnedChooser(Chooser):
         action = int(self.policy(full))
         if not 0 <= action < N_ACTIONS:
             action = STAY
-        dp, last_dp = split(action)[0], int(obs[F.LAST_DP])
+        dp, last_dp = decode(action).dp, int(obs[F.LAST_DP])
         if action != suggested and dp and dp == -last_dp:
             # overruling the adviser only to undo the last power step is how a policy oscillates
             # (seen outside its training range, e.g. 32x the batch): follow the adviser there
@@ -255,8 +315,8 @@ class LearnedChooser(Chooser):
 def advise(climber: ClimbChooser, obs: np.ndarray) -> tuple[np.ndarray, int]:
     """The policy input: ``obs`` (base features) and the climber's proposed move; returns it and the proposal."""
     suggested = int(climber(obs))
-    dp, db = split(suggested)
-    return np.concatenate([obs[:BASE_OBS_DIM], np.asarray([dp, db], dtype=np.float32)]).astype(np.float32), suggested
+    proposal = np.asarray(decode(suggested), dtype=np.float32)
+    return np.concatenate([obs[:BASE_OBS_DIM], proposal]).astype(np.float32), suggested
 
 
 def load_learned(path: Path | None = None) -> Callable[[np.ndarray], int]:
@@ -267,6 +327,8 @@ def load_learned(path: Path | None = None) -> Callable[[np.ndarray], int]:
     pol = NumpyPolicy.load(path)
     if pol.obs_dim != SIM_OBS_DIM:
         raise ValueError(f"{path}: policy expects {pol.obs_dim} observations, the live tuner gives {SIM_OBS_DIM}")
+    if pol.n_actions != N_ACTIONS:
+        raise ValueError(f"{path}: policy chooses among {pol.n_actions} moves, the live tuner makes {N_ACTIONS}")
     return pol
 
 
@@ -280,7 +342,9 @@ def make_chooser(kind: str, policy: Path | None, objective: str, max_slowdown: f
         except (FileNotFoundError, ValueError, KeyError, OSError) as e:
             if kind == "learned":
                 raise
-            logger.warning("tuner: learned policy not used (%s); climbing chooser instead", e)
+            # the packaged policy not matching today's moves is expected until it is retrained: no warning
+            (logger.info if policy is None else logger.warning)(
+                "tuner: learned policy not used (%s); climbing chooser instead", e)
         else:
             logger.info("tuner: learned policy %s", policy or PACKAGED_SIM_POLICY)
             return LearnedChooser(pol, objective, max_slowdown)

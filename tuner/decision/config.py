@@ -36,6 +36,7 @@ class TuningConfig(BaseModel):
     chooser: StrictStr = "auto"  # auto (learned if the packaged policy loads and is the default), learned, climber
     perseus: StrictBool = True  # lower GPUs with slack when several ranks report compute times
     tune_power: StrictBool = True
+    tune_clocks: StrictBool = True  # lock SM clocks [f, f] where the GPUs support it (beside the power limit)
     tune_batch: StrictBool = True
     pause_file: Path | None = DEFAULT_PAUSE_FILE  # the kill switch `gputuned tuner pause` sets
     eta: Annotated[float, Strict()] = 0.5  # weight of energy in the ``cost`` objective (Zeus)

@@ -5,8 +5,11 @@ first one as the reference (the job's own settings), asks the :class:`SafetyGuar
 last move against the cost rate before it (a worse move is rolled back, every knob it changed),
 builds the observation and, given a move, applies it through the guard: the batch size as a
 request the job acknowledges (at once on a simulated job, a tick or so later over the control
-socket), the power limit on every GPU. With several ranks reporting compute times, the Perseus
-controller lowers the GPUs with slack below the job-wide limit. The daemon's tuning component
+socket), the power limit or the SM-clock lock ([f, f]) on every GPU. A lock taking over from
+unlocked lifts the power limit to its maximum (one move, judged and rolled back whole); unlocking
+gives the GPUs back to the limit the lock took over from. With several ranks reporting compute
+times, the Perseus controller lowers the GPUs with slack below the job-wide clock (or, where
+clocks cannot be locked, below the job-wide power limit). The daemon's tuning component
 (:mod:`gputuned.daemon.app.tuning`) and the training environment
 (:mod:`gputuned.tuner.sim_env`) are adapters that give it a node and a clock.
 """
@@ -21,11 +24,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gputuned.tuner.decision import moves
 from gputuned.tuner.decision.config import TuningConfig
 from gputuned.tuner.decision.guard import SafetyGuard
-from gputuned.tuner.decision.moves import power_step, power_target, split
+from gputuned.tuner.decision.moves import Move, decode, power_step, power_target
 from gputuned.tuner.decision.observe import Interval, LiveObserver
-from gputuned.tuner.decision.perseus import RankTiming, SlackConfig, plan_power_limits
+from gputuned.tuner.decision.perseus import RankTiming, plan_steps
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +41,12 @@ ACK_TIMEOUT_INTERVALS = 3
 
 @dataclass(frozen=True)
 class GPULimits:
-    """One tuned GPU: its key in events and the guard, and its power-limit range (W)."""
+    """One tuned GPU: its key in events and the guard, its power-limit range (W), its lockable SM clocks (MHz)."""
 
     key: str
     lo_w: float
     hi_w: float
+    sm_clocks: tuple[int, ...] = ()  # descending; empty: the SM clocks cannot be locked
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,12 @@ class Node(Protocol):
         """The interval since the last call (None when it cannot be measured)."""
         ...
 
-    def set_power_limit(self, gpu: str, watts: float) -> bool:
-        """Set one GPU's power limit; True when applied."""
+    def set_power_limit(self, gpu: str, watts: float, origin: str = "tuner") -> bool:
+        """Set one GPU's power limit (``origin``: tuner or perseus); True when applied."""
+        ...
+
+    def set_sm_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
+        """Lock one GPU's SM clock at [mhz, mhz] (None: unlock); True when applied."""
         ...
 
     def request_batch(self, size: int) -> str:
@@ -120,10 +129,14 @@ class DecisionKernel:
         self.t = 0
         self.oom = False
         self.slack_w: dict[str, float] = {}  # Perseus: watts below the job-wide limit, per GPU
+        self.lock_mhz: int | None = None  # the job-wide SM-clock lock (None: unlocked)
+        self.takeover: tuple[float, int] | None = None  # (the limit, the clock) when the lock took over
+        self.slack_mhz: dict[str, float] = {}  # Perseus: MHz below the job-wide clock, per GPU
         self.batch_max: int | None = None  # largest batch the job accepted before refusing a larger one
         self.pending: _Pending | None = None
         self.last_action_t = 0.0
         self._gpus = node.gpus()
+        self.clocks = self._gpus[0].sm_clocks if config.tune_clocks and self._gpus else ()
 
     # -- one step -----------------------------------------------------------------------
     def step(self, now: float, choose: Callable[[np.ndarray], int]) -> Outcome:
@@ -152,26 +165,28 @@ class DecisionKernel:
         self.t += 1
         return Outcome("choose", m, obs=self.observation(m))
 
-    def act(self, action: int, now: float) -> tuple[int, int]:
-        """Apply a move through the guard; returns the (power, batch) move made."""
+    def act(self, action: int, now: float) -> Move:
+        """Apply a move through the guard; returns the (power, batch, clock) move made."""
         m = self.last
         assert m is not None, "act() before an observation"
         rate = self.cost_rate(m)
-        dp, db = split(action)
+        dp, db, dc = decode(action)
         self.oom = False
         done_b = self._batch_move(now, m, db, rate) if db else 0
-        if dp and db and not done_b:
-            dp = 0  # a two-knob move is made whole or not at all (half of one is how a policy oscillates)
-        done_p = 0
+        if (dp or dc) and db and not done_b:
+            dp = dc = 0  # a two-knob move is made whole or not at all (half of one is how a policy oscillates)
+        done_p = done_c = 0
         if dp and self.cfg.tune_power:
             g0 = self._gpus[0]
             target = power_target(self.limit_w, dp, m.busy_w, m.capped, g0.lo_w, g0.hi_w)
             if target != self.limit_w and self._set_power(now, target, rate):
                 done_p = dp
-        self.observer.moved(done_p, done_b)
-        if self.cfg.perseus and self.cfg.tune_power and not done_p:
+        if dc and self.clocks and self._clock_move(now, m, dc, rate):
+            done_c = dc
+        self.observer.moved(done_p, done_b, done_c)
+        if self.cfg.perseus and (self.clocks or self.cfg.tune_power) and not (done_p or done_c):
             self._perseus(now)
-        return done_p, done_b
+        return Move(done_p, done_b, done_c)
 
     # -- what is measured ---------------------------------------------------------------
     def observation(self, m: Interval) -> np.ndarray:
@@ -184,7 +199,8 @@ class DecisionKernel:
             limit_share=self.limit_w / g0.hi_w, power_w=m.power_w, limit_w=self.limit_w, max_w=g0.hi_w,
             sm_ratio=m.sm_ratio, capped=m.capped, batch=m.batch, b0=self.b0,
             throughput_ratio=m.throughput / max(ref.throughput, 1e-9), goodput_ratio=m.goodput / max(ref.goodput, 1e-9),
-            eps_ratio=eps / ref_eps, eff=m.eff, oom=self.oom,
+            eps_ratio=eps / ref_eps, eff=m.eff, oom=self.oom, clocks=bool(self.clocks),
+            lock_share=(self.lock_mhz or max(self.clocks, default=1)) / max(self.clocks, default=1),
         )
 
     def cost_rate(self, m: Interval) -> float:
@@ -217,7 +233,8 @@ class DecisionKernel:
             self.last_action_t = now
             self.emit(now, "applied", "batch_size", "job", p.batch, previous=p.previous)
             return ack
-        self.observer.moved(self.observer.last[0], 0)  # the next observation: no batch move made
+        last = self.observer.last
+        self.observer.moved(last[0], 0, last[2])  # the next observation: no batch move made
         if "memory" in ack.error.lower():
             self.guard.record_oom(p.batch)
             self.oom = True
@@ -228,7 +245,7 @@ class DecisionKernel:
 
     def _batch_move(self, now: float, m: Interval, db: int, rate: float) -> int:
         """Ask for the batch move ``db``; returns it when asked (and not refused at once), else 0."""
-        if not self.cfg.tune_batch or self.pending is not None:
+        if not self.cfg.tune_batch or self.pending is not None or self._pinned("batch_size", "job"):
             return 0
         size = int(m.batch * (2.0 if db > 0 else 0.5))
         if db > 0 and self.batch_max is not None and size > self.batch_max:
@@ -254,48 +271,112 @@ class DecisionKernel:
                    ident=ident)
         return True
 
-    # -- the power limit --------------------------------------------------------------------
-    def _set_power(self, now: float, watts: float, rate: float, rollback: bool = False) -> bool:
+    # -- the power limit and the SM-clock lock -----------------------------------------------
+    def _set_all(self, now: float, knob: str, value: float, previous: float, apply: Callable[[GPULimits], bool],
+                 rate: float, rollback: bool) -> bool:
+        """Set a job-wide knob on every GPU the operator did not pin, through the guard (not on a rollback)."""
+        if all(self._pinned(knob, g.key) for g in self._gpus):
+            return False  # the operator holds it on every GPU: not a failure
         if not rollback:
-            d = self.guard.propose("power_limit", "all", watts, now)
+            d = self.guard.propose(knob, "all", value, now)
             if not d.allowed:
-                self.emit(now, "refused", "power_limit", "all", watts, reason=d.reason)
+                self.emit(now, "refused", knob, "all", value, reason=d.reason)
                 return False
-        done = [g.key for g in self._gpus
-                if self.node.set_power_limit(g.key, max(g.lo_w, watts - self.slack_w.get(g.key, 0.0)))]
+        done = [g.key for g in self._gpus if not self._pinned(knob, g.key) and apply(g)]
         if not done:
-            self.emit(now, "failed", "power_limit", "all", watts)
+            self.emit(now, "failed", knob, "all", value)
             return False
-        previous, self.limit_w = self.limit_w, watts
         if not rollback:
-            self.guard.commit("power_limit", "all", watts, now, baseline=rate, previous=previous)
+            self.guard.commit(knob, "all", value, now, baseline=rate, previous=previous)
         self.last_action_t = now
-        self.emit(now, "rollback" if rollback else "action", "power_limit", "all", watts, previous=previous,
-                   gpus=[int(k) if k.isdigit() else k for k in done])
+        self.emit(now, "rollback" if rollback else "action", knob, "all", value, previous=previous,
+                  gpus=[int(k) if k.isdigit() else k for k in done])
+        return True
+
+    def _set_power(self, now: float, watts: float, rate: float, rollback: bool = False) -> bool:
+        def apply(g: GPULimits) -> bool:
+            return self.node.set_power_limit(g.key, max(g.lo_w, watts - self.slack_w.get(g.key, 0.0)))
+
+        if not self._set_all(now, "power_limit", watts, self.limit_w, apply, rate, rollback):
+            return False
+        self.limit_w = watts
+        return True
+
+    def _set_clock(self, now: float, mhz: int | None, rate: float, rollback: bool = False) -> bool:
+        """Lock every GPU at ``mhz`` less its Perseus slack (None: unlock); 0 stands for unlocked in events."""
+        def apply(g: GPULimits) -> bool:
+            return self.node.set_sm_clock(g.key, self._gpu_clock(g.key, mhz))
+
+        if not self._set_all(now, "sm_clock", float(mhz or 0), float(self.lock_mhz or 0), apply, rate, rollback):
+            return False
+        self.lock_mhz = mhz
+        return True
+
+    def _gpu_clock(self, key: str, mhz: int | None) -> int | None:
+        s = self.slack_mhz.get(key, 0.0)
+        return moves.snap_clock((mhz or max(self.clocks)) - s, self.clocks) if s > 0 else mhz
+
+    def _clock_move(self, now: float, m: Interval, dc: int, rate: float) -> bool:
+        """One clock move (:func:`~gputuned.tuner.decision.moves.clock_target`); True when made.
+
+        A lock taking over from unlocked lifts the power limit to its maximum: the lock, not the
+        limit, then sets the clock. Unlocking puts back the limit the lock took over from.
+        """
+        top = max(self.clocks)
+        target = moves.clock_target(self.lock_mhz, dc, m.sm_ratio * top, self.clocks,
+                              self.takeover[1] if self.takeover else None)
+        if target == self.lock_mhz:
+            return False
+        previous, limit, hi = self.lock_mhz, self.limit_w, self._gpus[0].hi_w
+        if not self._set_clock(now, target, rate):
+            return False
+        if previous is None and target is not None:  # the lock takes over from the limit
+            self.takeover = (limit, target)
+            if self.cfg.tune_power and limit < hi:
+                self._set_power(now, hi, rate)
+        elif target is None and self.takeover is not None and self.cfg.tune_power and self.takeover[0] < limit:
+            self._set_power(now, self.takeover[0], rate)
         return True
 
     def _perseus(self, now: float) -> None:
-        """Lower the GPUs off the critical path (Perseus) below the job-wide limit."""
+        """Lower the GPUs off the critical path (Perseus): their SM clock below the job-wide one
+        where clocks can be locked, else their power limit below the job-wide limit."""
         timings = self.node.rank_timings()
         if not timings:
             return
-        g0 = self._gpus[0]
         by = {g.key: g for g in self._gpus}
-        current = {k: self.limit_w - self.slack_w.get(k, 0.0) for k in by}
-        bounds = {k: (g.lo_w, self.limit_w) for k, g in by.items()}
-        new = plan_power_limits(timings, current, bounds, SlackConfig(step_w=power_step(g0.lo_w, g0.hi_w)))
-        for k, watts in new.items():
-            if abs(watts - current[k]) < 1e-6:
+        if self.clocks:
+            top = float(max(self.clocks))
+            base, slack, knob, step = float(self.lock_mhz or top), self.slack_mhz, "sm_clock", moves.clock_step(self.clocks)
+            bounds = {k: (float(min(self.clocks)), base) for k in by}
+
+            def apply(k: str, v: float) -> bool:
+                unlock = self.lock_mhz is None and v >= top - 1e-6
+                return self.node.set_sm_clock(k, None if unlock else moves.snap_clock(v, self.clocks), "perseus")
+        else:
+            base, slack, knob = self.limit_w, self.slack_w, "power_limit"
+            step = power_step(self._gpus[0].lo_w, self._gpus[0].hi_w)
+            bounds = {k: (g.lo_w, base) for k, g in by.items()}
+
+            def apply(k: str, v: float) -> bool:
+                return self.node.set_power_limit(k, v, "perseus")
+        current = {k: base - slack.get(k, 0.0) for k in by}
+        for k, value in plan_steps(timings, current, bounds, step).items():
+            if abs(value - current[k]) < 1e-6 or self._pinned(knob, k):
                 continue
-            d = self.guard.propose("power_limit", k, watts, now)
+            d = self.guard.propose(knob, k, value, now)
             if not d.allowed:
-                self.emit(now, "refused", "power_limit", k, watts, reason=d.reason)
+                self.emit(now, "refused", knob, k, value, reason=d.reason)
                 continue
-            if self.node.set_power_limit(k, watts):
-                self.guard.commit("power_limit", k, watts, now)
-                self.slack_w[k] = self.limit_w - watts
+            if apply(k, value):
+                self.guard.commit(knob, k, value, now)
+                slack[k] = base - value
                 self.last_action_t = now
-                self.emit(now, "action", "power_limit", k, watts, previous=current[k], reason="perseus_slack")
+                self.emit(now, "action", knob, k, value, previous=current[k], reason="perseus_slack")
+
+    def _pinned(self, knob: str, target: str) -> bool:
+        held = getattr(self.node, "pinned", None)  # the daemon's node says (and logs once); training has no pins
+        return bool(held is not None and held(knob, target))
 
     # -- rollback and output ------------------------------------------------------------------
     def _rollback(self, now: float, back: list[tuple[str, str, float]]) -> None:
@@ -304,6 +385,8 @@ class DecisionKernel:
             self.on_rollback(knob)
             if knob == "power_limit" and gpu == "all":
                 self._set_power(now, value, 0.0, rollback=True)
+            elif knob == "sm_clock" and gpu == "all":
+                self._set_clock(now, int(value) or None, 0.0, rollback=True)
             elif (knob == "batch_size" and self.last is not None
                   and self._request_batch(now, int(value), self.last.batch, None)):
                 self.poll(now)

@@ -1,29 +1,58 @@
-"""The tuner's moves: 9 actions over (power limit, batch size), and where a power move lands.
+"""The tuner's moves: 15 actions over (power limit, batch size, SM-clock lock), and where a move lands.
 
-A move is one of 9 actions, ``action = 3 * (power move + 1) + (batch move + 1)``, moves in
-{-1, 0, +1}: the power limit one step of 5% of the range on every GPU, the global batch size
-halved, kept or doubled.
+Actions 0-8 are ``3 * (power move + 1) + (batch move + 1)``, moves in {-1, 0, +1}: the power
+limit one step of 5% of its range on every GPU, the global batch size halved, kept or doubled.
+Actions 9-14 move the SM-clock lock instead of the power limit, ``9 + 3 * (clock move > 0) +
+(batch move + 1)``: one step of 5% of the supported clock range, the GPUs locked at [f, f].
+A move changes the power limit or the clock lock, never both (the two set one clock).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
-N_ACTIONS = 9
-#: Keep both knobs.
+N_ACTIONS = 15
+#: Keep every knob.
 STAY = 4
 #: A power move is this share of the GPU's power-limit range.
 POWER_STEP_SHARE = 0.05
+#: A clock move is this share of the GPU's supported SM-clock range.
+CLOCK_STEP_SHARE = 0.05
+#: The first clock action (a clock move down with a batch move of -1).
+CLOCK_ACTIONS = 9
 
 
-def move(dp: int, db: int) -> int:
-    """The action index of a (power move, batch move)."""
+class Move(NamedTuple):
+    """One action as its knob moves, each in {-1, 0, +1}: power limit, batch size, SM-clock lock."""
+
+    dp: int
+    db: int
+    dc: int = 0
+
+
+def move(dp: int, db: int, dc: int = 0) -> int:
+    """The action index of a (power move, batch move, clock move); a power and a clock move never go together."""
+    if dc:
+        if dp:
+            raise ValueError("a move changes the power limit or the clock lock, not both")
+        return CLOCK_ACTIONS + 3 * (dc > 0) + (db + 1)
     return 3 * (dp + 1) + (db + 1)
+
+
+def decode(action: int) -> Move:
+    """The knob moves of an action index."""
+    if action >= CLOCK_ACTIONS:
+        k = action - CLOCK_ACTIONS
+        return Move(0, k % 3 - 1, 1 if k >= 3 else -1)
+    return Move(action // 3 - 1, action % 3 - 1, 0)
 
 
 def split(action: int) -> tuple[int, int]:
     """The (power move, batch move) of an action index."""
-    return action // 3 - 1, action % 3 - 1
+    m = decode(action)
+    return m.dp, m.db
 
 
 def power_step(lo_w: float, hi_w: float) -> float:
@@ -52,3 +81,35 @@ def busy_power(readings: list[tuple[float, float]]) -> float:
     """The most any GPU draws while busy, from (watts, utilisation 0-1) readings; infinite when a
     GPU shows no kernel time to scale by (no step down may then skip ahead)."""
     return max((w / u if u > 0.05 else math.inf for w, u in readings), default=math.inf)
+
+
+def clock_step(clocks: Sequence[int]) -> float:
+    """One clock move, in MHz, over the supported clocks ``clocks``."""
+    return CLOCK_STEP_SHARE * (max(clocks) - min(clocks)) if clocks else 0.0
+
+
+def snap_clock(mhz: float, clocks: Sequence[int]) -> int:
+    """The highest supported clock at or under ``mhz`` (the lowest one when none is)."""
+    under = [c for c in clocks if c <= mhz + 1e-6]
+    return int(max(under)) if under else int(min(clocks))
+
+
+def clock_target(lock: int | None, dc: int, sm_mhz: float, clocks: Sequence[int], takeover: int | None) -> int | None:
+    """The SM-clock lock after a clock move ``dc`` from ``lock`` (None: unlocked, and the result None: unlock).
+
+    From unlocked, a step down locks at the clock the GPUs run at now (``sm_mhz``, under the
+    power limit), at most one step under the top clock: the lock takes over from the limit at an
+    equal clock, so what the two cost is compared at the same speed. A step up from the clock
+    the lock took over at (``takeover``), or to the top clock, unlocks.
+    """
+    if not clocks or not dc or (lock is None and dc > 0):
+        return lock
+    step, top = clock_step(clocks), max(clocks)
+    if lock is None:
+        return snap_clock(min(sm_mhz, top - step), clocks)
+    if dc < 0:
+        return snap_clock(lock - step, clocks)
+    if lock + step >= top - 1e-6 or (takeover is not None and lock >= takeover):
+        return None
+    up = [c for c in clocks if c > lock]
+    return max(snap_clock(lock + step, clocks), min(up)) if up else None

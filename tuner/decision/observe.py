@@ -40,14 +40,18 @@ class Feature(IntEnum):
     D_EPS = 16  # change of the energy-per-sample ratio since the previous interval, x 10
     D_GOODPUT = 17  # change of the goodput ratio since the previous interval, x 10
     ROLLED_BACK = 18  # the guard rolled the last move back
-    SUGGESTED_DP = 19  # the climber's proposed power move (learned policy input only)
-    SUGGESTED_DB = 20  # the climber's proposed batch move (learned policy input only)
+    CLOCKS = 19  # 1 where the tuner may lock SM clocks
+    LOCK_SHARE = 20  # SM-clock lock / top supported clock (1 when unlocked)
+    LAST_DC = 21  # the last clock move made
+    SUGGESTED_DP = 22  # the climber's proposed power move (learned policy input only)
+    SUGGESTED_DB = 23  # the climber's proposed batch move (learned policy input only)
+    SUGGESTED_DC = 24  # the climber's proposed clock move (learned policy input only)
 
 
 #: Observation features measured from one interval.
-BASE_OBS_DIM = int(Feature.ROLLED_BACK) + 1
-#: The learned policy's input: the base observation and the climber's proposed (power, batch) move.
-SIM_OBS_DIM = BASE_OBS_DIM + 2
+BASE_OBS_DIM = int(Feature.LAST_DC) + 1
+#: The learned policy's input: the base observation and the climber's proposed (power, batch, clock) move.
+SIM_OBS_DIM = BASE_OBS_DIM + 3
 
 
 @dataclass
@@ -88,13 +92,14 @@ class LiveObserver:
         self.energy = energy_objective
         self.max_slowdown = max_slowdown
         self.t = 0
-        self.last = (0, 0)
+        self.last = (0, 0, 0)
         self.rolled = False
         self.prev: tuple[float, float] | None = None
 
     def observe(
         self, *, limit_share: float, power_w: float, limit_w: float, max_w: float, sm_ratio: float, capped: bool,
         batch: int, b0: int, throughput_ratio: float, goodput_ratio: float, eps_ratio: float, eff: float, oom: bool,
+        clocks: bool = False, lock_share: float = 1.0,
     ) -> np.ndarray:
         """The base observation (``BASE_OBS_DIM`` floats in [-5, 5], indexed by :class:`Feature`)."""
         eps_ratio = eps_ratio if math.isfinite(eps_ratio) else 5.0
@@ -104,17 +109,17 @@ class LiveObserver:
             math.log2(max(batch, 1) / max(b0, 1)) / 4.0, throughput_ratio - 1.0, goodput_ratio - 1.0, eps_ratio - 1.0,
             eff - 1.0, min(self.t, EARLY_INTERVALS) / EARLY_INTERVALS, float(oom), 1.0 if self.energy else 0.0,
             self.max_slowdown * 10.0, float(self.last[0]), float(self.last[1]), 10.0 * d_eps, 10.0 * d_good,
-            float(self.rolled),
+            float(self.rolled), float(clocks), lock_share, float(self.last[2]),
         ]
         self.prev = (eps_ratio, goodput_ratio)
         self.t += 1
-        self.last, self.rolled = (0, 0), False
+        self.last, self.rolled = (0, 0, 0), False
         return np.clip(np.asarray(obs, dtype=np.float32), -5.0, 5.0)
 
-    def moved(self, dp: int, db: int) -> None:
+    def moved(self, dp: int, db: int, dc: int = 0) -> None:
         """The move made after the last observation (what the guard let through)."""
-        self.last = (dp, db)
+        self.last = (dp, db, dc)
 
     def rolled_back(self) -> None:
         """The guard undid the last move: the next observation says so."""
-        self.last, self.rolled = (0, 0), True
+        self.last, self.rolled = (0, 0, 0), True

@@ -2,11 +2,13 @@
 
 In synchronous data parallelism every step waits for the slowest rank. A rank that computes
 faster than the slowest one waits (its "wait time" from the trainer plugin); its GPU can run
-at a lower power limit without lengthening the step (Perseus, SOSP'24). This controller, run
-once per decision interval, lowers the limit of a rank by one step while its slack stays above
-``min_slack`` and raises it back when its slack falls under ``min_slack / 2``; the critical rank
-(least slack) is never lowered and is raised towards its maximum if it was lowered before.
-Batch size is decided for the whole job elsewhere, never per rank.
+at a lower SM clock without lengthening the step (Perseus, SOSP'24, locks the clocks of the
+stages off the critical path), or, where clocks cannot be locked, at a lower power limit. This
+controller, run once per decision interval, lowers the clock (or limit) of a rank by one step
+while its slack stays above ``min_slack`` and raises it back when its slack falls under
+``min_slack / 2``; the critical rank (least slack) is never lowered and is raised towards its
+maximum if it was lowered before. Batch size is decided for the whole job elsewhere, never per
+rank.
 """
 
 from __future__ import annotations
@@ -59,23 +61,32 @@ def plan_power_limits(
 ) -> dict[str, float]:
     """New power limit per GPU; only GPUs with slack are lowered, never the critical one."""
     cfg = config or SlackConfig()
+    return plan_steps(timings, limits_w, bounds_w, cfg.step_w, cfg.min_slack)
+
+
+def plan_steps(
+    timings: Sequence[RankTiming], values: Mapping[str, float], bounds: Mapping[str, tuple[float, float]],
+    step: float, min_slack: float = 0.05,
+) -> dict[str, float]:
+    """New value per GPU of a knob that speeds it up as it rises (an SM clock in MHz, a power
+    limit in W), one ``step`` at a time: only GPUs with slack are lowered, never the critical one."""
     if not timings:
-        return dict(limits_w)
+        return dict(values)
     s = slack(timings)
     crit = critical_gpu(timings)
     out: dict[str, float] = {}
     for t in timings:
-        lo, hi = bounds_w[t.gpu]
-        cur = limits_w[t.gpu]
+        lo, hi = bounds[t.gpu]
+        cur = values[t.gpu]
         if t.gpu == crit:
-            new = min(hi, cur + cfg.step_w) if cur < hi else cur
-        elif s[t.gpu] > cfg.min_slack:
-            new = max(lo, cur - cfg.step_w)
-        elif s[t.gpu] < cfg.min_slack / 2:
-            new = min(hi, cur + cfg.step_w)
+            new = min(hi, cur + step) if cur < hi else cur
+        elif s[t.gpu] > min_slack:
+            new = max(lo, cur - step)
+        elif s[t.gpu] < min_slack / 2:
+            new = min(hi, cur + step)
         else:
             new = cur
         if new != cur:
-            logger.debug("gpu %s: slack %.3f, power limit %.0f -> %.0f W", t.gpu, s[t.gpu], cur, new)
+            logger.debug("gpu %s: slack %.3f, %.0f -> %.0f", t.gpu, s[t.gpu], cur, new)
         out[t.gpu] = new
     return out

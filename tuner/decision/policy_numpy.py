@@ -43,6 +43,11 @@ class NumpyPolicy:
         """Length of the observation vector."""
         return self.weights[0].shape[1]
 
+    @property
+    def n_actions(self) -> int:
+        """Number of actions (logits)."""
+        return self.weights[-1].shape[0]
+
     def logits(self, obs: np.ndarray) -> np.ndarray:
         """Action logits for one observation."""
         x = np.asarray(obs, dtype=np.float64).reshape(-1)
