@@ -62,7 +62,7 @@ def _experiment(args: argparse.Namespace) -> int:
         workload=args.workload, objective=args.objective, scenario=args.scenario, seed=args.seed,
         duration_s=args.duration, gpus=args.gpus, profile=args.profile, tick_s=args.tick, interval_s=args.interval,
         max_slowdown=args.max_slowdown, chooser=args.chooser, policy=args.policy,
-        forecast=None if args.forecast == "none" else args.forecast,
+        forecast=None if args.forecast == "off" else args.forecast,
     )
     out = Path(args.output)
     try:
@@ -116,8 +116,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", metavar="NPZ", help="numpy policy file for the simulated-node observation")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
-    p.add_argument("--forecast", default="linear", choices=["linear", "prophet", "none"],
-                   help="forecaster fitter in the worker (prophet is slower); none: no forecasts, no alerts")
+    p.add_argument("--forecast", default="linear", choices=["linear", "prophet", "none", "off"],
+                   help="forecaster fitter in the worker (prophet is slower); none: the online detector alone, "
+                        "no fits; off: no detection, no alerts")
     add_progress_flag(p)
     p.set_defaults(func=_experiment, default_log_level="warning")
 

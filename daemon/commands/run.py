@@ -116,9 +116,10 @@ def describe_parts(daemon: Any) -> list[str]:
         workload = getattr(getattr(job, "workload", None), "name", cfg.sim.workload)
         lines.append(f"simulated job: {workload} as job {cfg.sim.job_name!r}, reporting over the control socket")
     if "forecast" in names:
-        fits = "Prophet fits" if cfg.forecast.prophet else "trend fits"
+        fits = {"prophet": "Prophet fits in a worker process", "linear": "trend fits in a worker process",
+                "none": "no forecast fits"}[cfg.forecast.fitter_name]
         where = "a child process" if cfg.forecast.detect_in_child else "the daemon"
-        lines.append(f"forecaster: on (detection in {where}, {fits} in a worker process)")
+        lines.append(f"forecaster: on (detection in {where}, {fits})")
     if "tuner" in names:
         tuner = names["tuner"]
         lines.append(f"tuner: on, objective {tuner.cfg.objective}, acting every {tuner.cfg.interval_s:g} s; "

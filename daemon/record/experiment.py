@@ -55,7 +55,7 @@ class ExperimentSpec:
     max_slowdown: float | None = None
     chooser: str = "auto"
     policy: str | None = None
-    forecast: str | None = "linear"  # forecast fitter (linear, prophet); None: no forecasting, no alerts
+    forecast: str | None = "linear"  # forecast fitter (linear, prophet, none: detector only); None: no detection, no alerts
     all_ranks: bool = False  # every rank reports (per-rank compute times: the tuner's Perseus controller acts)
 
     def slowdown(self) -> float:
@@ -82,7 +82,7 @@ def daemon_config(spec: ExperimentSpec, tuned: bool, out_dir: Path, sockdir: Pat
         "control": {"socket_path": str(sockdir / "control.sock")},
         "actuation": {"knobs": ["power_limit", "locked_sm_clocks", "batch_size"]},
         # detection inline (not in a child process), so alerts come on the tick that causes them
-        "forecast": {"enabled": spec.forecast is not None, "prophet": spec.forecast == "prophet",
+        "forecast": {"enabled": spec.forecast is not None, "fitter": spec.forecast or "none",
                      "detect_in_child": False},
         "tuner": tuner,
     }, "experiment")

@@ -12,7 +12,7 @@ import logging
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 TRAINER_THROUGHPUT = "gputuned_trainer_samples_per_second"
 TRAINER_COMM = "gputuned_trainer_communication_seconds"
 TRAINER_DATA_WAIT = "gputuned_trainer_dataloader_wait_seconds"
+
+#: What fits the forecasts: Prophet, a least-squares trend, or nothing (the online detector alone).
+Fitter = Literal["prophet", "linear", "none"]
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,14 @@ class ForecastConfig(_Table):
 
     enabled: StrictBool = True
     prophet: StrictBool = True
+    fitter: Fitter | None = None
     series: tuple[InstanceOf[SeriesSpec], ...] = DEFAULT_SERIES
     downsample_s: StrictFloat = 60.0
     history_s: StrictFloat = 3 * 86400.0
     min_history_points: StrictInt = 30
     refit_period_s: StrictFloat = 3600.0
     first_fit_after_s: StrictFloat = 1800.0
+    band_samples: StrictInt = 0
     horizons_s: tuple[StrictFloat, ...] = (300.0, 1800.0, 3600.0)
     interval_width: StrictFloat = 0.8
     worker_nice: StrictInt = 10
@@ -156,8 +161,23 @@ class ForecastConfig(_Table):
             raise ValueError("forecast.history_s holds fewer points than min_history_points")
         return self
 
+        if self.first_fit_after_s < 0 or self.band_samples < 0:
+            raise ValueError("forecast.first_fit_after_s and forecast.band_samples must not be negative")
     @property
     def history_points(self) -> int:
+    @property
+    def fitter_name(self) -> Fitter:
+        """The fitter in use: ``fitter`` when set, else prophet or linear as ``prophet`` says."""
+        if self.fitter is not None:
+            return self.fitter
+        return "prophet" if self.prophet else "linear"
+
+    @property
+    def first_fit_s(self) -> float:
+        """Seconds after the first sample when the first fit can happen: the configured delay,
+        or the time to gather ``min_history_points`` downsampled points if that is longer."""
+        return max(self.first_fit_after_s, self.min_history_points * self.downsample_s)
+
         """Bound on the downsampled points kept per series."""
         return int(self.history_s // self.downsample_s)
 

@@ -9,7 +9,13 @@ after a load change); otherwise the time is +inf. A series already past its limi
 Limits are absolute (temperature to its slowdown point), relative to another series of the
 same device (memory used to memory total) or a fraction of the series' own baseline
 (throughput down to 90 % of what it usually is; the baseline is a quantile of the bucket
-means of the last hours). Pure numpy and standard library: runs in the daemon core.
+means of the last hours).
+
+Where a forecast exists (:meth:`DegradationEta.set_forecast`) and the last bucket mean lies
+inside its 2-sigma band, the time is read off the forecast's path instead: the first time its
+yhat reaches the limit (a daily peak that stays short of the limit gives +inf, however steep
+the morning rise). A bucket outside the band means the forecast no longer describes the
+series (a new fault): the local trend decides. Pure numpy and standard library.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Literal
 import numpy as np
 
 from gputuned.tuner.forecast.alerts import Transition
+from gputuned.tuner.forecast.band import Grid, crossing_eta, forecast_at, outside
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,13 @@ class DegradationEta:
         self._history: deque[float] = deque(maxlen=self.config.baseline_buckets)
         self._near = 0
         self._far = 0
+        self._grid: Grid = {}
+        self._z_iw = 1.0
+        self.from_forecast = False
+
+    def set_forecast(self, grid: Grid, z_iw: float) -> None:
+        """Use this forecast grid (times, yhat, lo, hi; ``z_iw`` turns lo..hi into sigmas) from now on."""
+        self._grid, self._z_iw = grid, z_iw
 
     def update(self, t: float, x: float, reference: float | None = None) -> Transition | None:
         """Fold in one sample; when a bucket closes, re-estimate and step the alert."""
@@ -139,6 +153,10 @@ class DegradationEta:
         up = self.limit.direction == "up"
         if (up and y[-1] >= lim) or (not up and y[-1] <= lim):
             return 0.0
+        fc = forecast_at(self._grid, float(t[-1]), self._z_iw, c.bucket_s)
+        self.from_forecast = fc is not None and not outside(float(y[-1]), fc, "both")
+        if self.from_forecast:
+            return crossing_eta(self._grid, float(t[-1]), lim, up)
         resid = y - (ym + slope * (t0 - tm))
         dof = max(len(y) - 2, 1)
         se = math.sqrt(float((resid**2).sum()) / dof / sxx)

@@ -20,18 +20,18 @@ import math
 import queue
 from collections import deque
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 from gputuned.collectors.families import Labels, Sample, declare, describe_labels
 from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
+from gputuned.tuner.forecast.band import BandRule, forecast_at, z_of
 from gputuned.tuner.forecast.child import close_queues, spawn_child, stop_child
 from gputuned.tuner.forecast.config import ForecastConfig, SeriesSpec
 from gputuned.tuner.forecast.detector import OnlineDetector
 from gputuned.tuner.forecast.eta import DegradationEta
 from gputuned.tuner.forecast.hardware import FAMILIES as HW_FAMILIES
 from gputuned.tuner.forecast.hardware import HardwareAlert, HardwareWatch, gpu_labels
-from gputuned.tuner.forecast.worker import worker_main
+from gputuned.tuner.forecast.worker import InlineWorker, worker_main
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ FITS = declare("gputuned_forecast_fits_total", "counter", "Forecast refits compl
 WORKER_UP = declare("gputuned_forecast_worker_up", "gauge", "1 while the forecast worker process is alive.")
 
 SeriesKey = tuple[str, Labels]
+_WHAT = {"anomaly": "deviates from its baseline", "degradation": "heads for its limit",
+         "forecast": "stays outside its forecast's 2-sigma band"}
 
 
 @dataclass
@@ -59,6 +61,7 @@ class _Track:
     score: float = 0.0
     last_t: float = 0.0
     forecast: dict[str, list[float]] = field(default_factory=dict)
+    band: BandRule | None = None
 
 
 class ForecastService:
@@ -66,7 +69,7 @@ class ForecastService:
 
     def __init__(self, config: ForecastConfig | None = None, fitter: str | None = None) -> None:
         self.config = config or ForecastConfig()
-        self._fitter = fitter or ("prophet" if self.config.prophet else "linear")
+        self._fitter = fitter or self.config.fitter_name
         self._specs = {s.family: s for s in self.config.series}
         self._refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
         self._wanted = frozenset(self._specs) | self._refs | HW_FAMILIES
@@ -77,7 +80,7 @@ class ForecastService:
         self._hw = HardwareWatch(cfg.hardware_hold_s, cfg.thermal_clear_s, cfg.ecc_corrected_burst, cfg.ecc_burst_window_s)
         self._hooks: list[AlertHook] = []
         self._raised: dict[str, int] = {}
-        self._z_iw = NormalDist().inv_cdf(0.5 + self.config.interval_width / 2)
+        self._z_iw = z_of(self.config.interval_width)
         self._proc: Any = None
         self._jobs: Any = None
         self._results: Any = None
@@ -93,18 +96,23 @@ class ForecastService:
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         """Start the worker process (spawned, so the core's threads and sockets stay its own)."""
-        if not self.config.enabled or self._proc is not None:
-            return
+        if not self.config.enabled or self._proc is not None or self._fitter == "none":
+            return  # fitter none: the online detector alone, no worker
         self._proc, self._jobs, self._results = spawn_child(
             worker_main, "gputuned-forecast", self.config.worker_nice, daemon=True,
         )
         self._in_flight = False
         logger.info("forecast worker started (pid %s, fitter %s)", self._proc.pid, self._fitter)
 
+    def start_inline(self, worker: InlineWorker) -> None:
+        """Fit in this process with ``worker`` (a :class:`~.worker.InlineWorker`), for virtual-time runs."""
+        if self.config.enabled and self._fitter != "none":
+            self._proc = self._jobs = self._results = worker
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the worker: ask politely, then terminate."""
         proc, self._proc = self._proc, None
-        if proc is None:
+        if proc is None or isinstance(proc, InlineWorker):
             return
         stop_child(proc, self._jobs, timeout_s)
         close_queues(self._jobs, self._results)
@@ -122,7 +130,7 @@ class ForecastService:
         self._now = now
         if math.isnan(self._first_seen):
             self._first_seen = now
-            self._next_fit = now + self.config.first_fit_after_s
+            self._next_fit = now + self.config.first_fit_s
         wanted = self._wanted
         mine = [s for s in samples if s[0] in wanted]
         for transition, hw in self._hw.observe(now, [s for s in mine if s[0] in HW_FAMILIES]):
@@ -151,10 +159,12 @@ class ForecastService:
                 return
             tr = self._tracks[key] = self._new_track(spec)
         tr.last_t = now
-        j = tr.detector.update(now, value, self._forecast_at(tr, now))
+        fc = self._forecast_at(tr, now)
+        j = tr.detector.update(now, value, fc)
         tr.score = j.score
         if j.transition:
             self._on_transition(j.transition, self._series_alert("anomaly", key, tr.detector.alert.since, j.score))
+        self._band_step(tr, key, now, value, fc)
         if tr.eta is not None:
             ref = refs.get((spec.limit.reference, gpu_labels(key[1]))) if spec.limit else None
             t = tr.eta.update(now, value, ref)
@@ -194,22 +204,23 @@ class ForecastService:
             tr.bucket_n += 1
 
     def _forecast_at(self, tr: _Track, t: float) -> tuple[float, float] | None:
-        f = tr.forecast
-        if not f:
-            return None
-        ts = f["t"]
-        i = bisect.bisect_left(ts, t)
-        if i >= len(ts) or (i == 0 and t < ts[0] - self.config.downsample_s):
-            return None
-        i = max(i, 1) if len(ts) > 1 else 0
-        a = 0.0 if i == 0 else min(max((t - ts[i - 1]) / (ts[i] - ts[i - 1]), 0.0), 1.0)
-        lo, hi = (0 if i == 0 else i - 1), i
+        return forecast_at(tr.forecast, t, self._z_iw, self.config.downsample_s)
 
-        def at(name: str) -> float:
-            return f[name][lo] + a * (f[name][hi] - f[name][lo])
+    def _band_step(self, tr: _Track, key: SeriesKey, now: float, value: float, fc: tuple[float, float] | None) -> None:
+        """The band rule: outside the forecast's 2-sigma band for ``band_samples`` samples alerts."""
+        if tr.band is None:
+            if fc is None or not self.config.band_samples:
+                return
+            tr.band = BandRule(self.config.band_samples, tr.spec.direction)
+        t = tr.band.step(now, value, fc)
+        if t:
+            self._on_transition(t, self._series_alert("forecast", key, tr.band.since, tr.score))
 
-        sigma = (at("hi") - at("lo")) / (2.0 * self._z_iw)
-        return (at("yhat"), sigma) if sigma > 0 else None
+    def _take_forecast(self, tr: _Track, grid: dict[str, list[float]]) -> None:
+        """A new forecast: the detector, the band rule and the degradation ETA use it from now on."""
+        tr.forecast = grid
+        if tr.eta is not None:
+            tr.eta.set_forecast(grid, self._z_iw)
 
     # --- worker traffic ------------------------------------------------------------------
     def _submit(self, now: float) -> None:
@@ -219,7 +230,8 @@ class ForecastService:
             for key, tr in self._tracks.items()
             if tr.spec.prophet and len(tr.history) >= cfg.min_history_points
         }
-        self._next_fit = now + cfg.refit_period_s
+        # before any series has enough history, look again at the next downsampled point
+        self._next_fit = now + (cfg.refit_period_s if series else cfg.downsample_s)
         if not series:
             return
         self._job_id += 1
@@ -246,7 +258,7 @@ class ForecastService:
             if kind == "forecast":
                 tr = self._tracks.get(msg[1])
                 if tr is not None:
-                    tr.forecast = msg[2]
+                    self._take_forecast(tr, msg[2])
             elif kind == "error":
                 logger.warning("forecast of %s failed: %s", msg[1][0], msg[2])
             elif kind == "done":
@@ -268,7 +280,7 @@ class ForecastService:
 
     # --- alerts --------------------------------------------------------------------------
     def _series_alert(self, kind: str, key: SeriesKey, since: float, score: float) -> Alert:
-        what = "deviates from its baseline" if kind == "anomaly" else "heads for its limit"
+        what = _WHAT[kind]
         return Alert(kind, key[0], key[1], since, score, f"{key[0]} on {describe_labels(key[1])} {what}")
 
     def _hw_alert(self, hw: HardwareAlert) -> Alert:
@@ -290,6 +302,8 @@ class ForecastService:
                 out.append(self._series_alert("anomaly", key, tr.detector.alert.since, tr.score))
             if tr.eta is not None and tr.eta.active:
                 out.append(self._series_alert("degradation", key, tr.eta.since, tr.score))
+            if tr.band is not None and tr.band.active:
+                out.append(self._series_alert("forecast", key, tr.band.since, tr.score))
         return out
 
     # --- exporter ------------------------------------------------------------------------
@@ -304,6 +318,8 @@ class ForecastService:
             if tr.eta is not None:
                 out.append((ETA, sl, float(tr.eta.eta_s)))
                 out.append((ALERT_ACTIVE, (("alert", "degradation"), *sl), 1.0 if tr.eta.active else 0.0))
+            if tr.band is not None:
+                out.append((ALERT_ACTIVE, (("alert", "forecast"), *sl), 1.0 if tr.band.active else 0.0))
             if tr.forecast and math.isfinite(now):
                 for h in self.config.horizons_s:
                     f = tr.forecast
@@ -313,7 +329,7 @@ class ForecastService:
                             out.append((FORECAST_VALUE, (*sl, ("horizon", f"{h:g}"), ("bound", bound)), f[name][i]))
         for a in self._hw.alerts.values():
             out.append((ALERT_ACTIVE, (("alert", a.kind), ("series", ""), *a.labels), 1.0 if a.active else 0.0))
-        for kind in ("anomaly", "degradation", "thermal", "ecc", "xid"):
+        for kind in ("anomaly", "degradation", "forecast", "thermal", "ecc", "xid"):
             out.append((ALERTS_RAISED, (("alert", kind),), float(self._raised.get(kind, 0))))
         alive = self._proc is not None and self._proc.is_alive()
         out.append((WORKER_UP, (), 1.0 if alive else 0.0))
