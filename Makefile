@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q '$(TORCH_SPEC)'
-	$(PY) -m pip install -q -e '.[dev,adapters,web]' "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
+	$(PY) -m pip install -q -e '.[dev,adapters,web,kubernetes]' "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
 	touch $(STAMP)
 
 run: $(STAMP)

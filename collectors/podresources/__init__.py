@@ -1,0 +1,1 @@
+"""The kubelet pod-resources v1 API: generated protobuf and gRPC stubs (see README.md)."""
