@@ -34,7 +34,7 @@ STAT_KEYS = (
     "micro_batch_size", "accumulation_steps", "goodput", "samples_total", "comm_bytes_total",
     "comm_bytes_uncompressed_total", "oom_total",
 )
-ADMIN_OPS = ("status", "set", "restore")
+ADMIN_OPS = ("status", "set", "restore", "release", "pause", "resume")
 BATCH_MODES = ("global", "micro")
 DECISION_KINDS = ("batch_size", "profile_steps")
 #: the message types each receiver accepts
@@ -235,6 +235,12 @@ def _hello(m: dict[str, Any]) -> None:
         _int(m, key)
     _of_type(m, "leader", bool, "a boolean")
     _choice(m, "batch_mode", BATCH_MODES)
+    if "cuda_uuid" in m and not (isinstance(m["cuda_uuid"], str) and CUDA_UUID_RE.fullmatch(m["cuda_uuid"])):
+        raise ProtocolError(f"hello.cuda_uuid: must match {CUDA_UUID_RE.pattern} ({_short(m['cuda_uuid'])})")
+
+
+#: A CUDA device's UUID as NVML and torch spell it (GPU-... or MIG-...); empty: not known.
+CUDA_UUID_RE = re.compile(r"((GPU|MIG)-[0-9A-Za-z-]{1,90})?")
 
 
 def _welcome(m: dict[str, Any]) -> None:
@@ -285,16 +291,19 @@ def _profile_result(m: dict[str, Any]) -> None:
 
 def _admin(m: dict[str, Any]) -> None:
     op = _choice(m, "op", ADMIN_OPS)
-    if op in ("set", "restore") and "gpu" in m:
+    if "gpu" in m:
         _int(m, "gpu", 0, 1 << 16)
-    if op == "set":
+    if "job" in m:
+        _name(m, "job")
+    if op in ("set", "release") and "knob" in m:
         _of_type(m, "knob", str, "a string")
+    if op == "set":
         value = m.get("value")
         pair = isinstance(value, list) and len(value) == 2 and all(is_number(x) and isinstance(x, int) for x in value)
         if not pair and not (is_number(value) and isinstance(value, int)):
             raise ProtocolError("admin.value: not an integer or a pair of integers")
-        if "gpu" not in m:
-            raise ProtocolError("admin.gpu: missing")
+        if ("gpu" in m) == ("job" in m) or "knob" not in m:
+            raise ProtocolError("admin: set needs a knob and one of gpu, job")
 
 
 def _admin_reply(m: dict[str, Any]) -> None:

@@ -13,6 +13,12 @@ from pathlib import Path
 
 from gputuned import EXIT_USAGE
 
+#: Where ``tuner pause|resume`` reach the daemon, and where the flag lives when none runs (the
+#: daemon keeps it beside its state file: ``<state dir>/tuner.pause``).
+DEFAULT_SOCKET = "/run/gputuned/control.sock"
+DEFAULT_STATE_DIR = Path("/var/lib/gputuned")
+PAUSE_NAME = "tuner.pause"
+
 logger = logging.getLogger(__name__)
 
 
@@ -96,29 +102,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    """Set (pause) or clear (resume) the tuner kill switch."""
-    from gputuned.tuner.decision.guard import set_paused
+    """Pause or resume the tuner: through the daemon (admin), else the flag file in the state directory."""
+    import time
 
+    from gputuned import protocol
+
+    op = args.command_name
     try:
-        set_paused(Path(args.pause_file), args.command_name == "pause")
-    except OSError as exc:
-        return _fail(f"--pause-file {args.pause_file}: {exc.strerror or exc}")
-    print(f"tuner {'paused' if args.command_name == 'pause' else 'resumed'} ({args.pause_file})")
+        reply = protocol.request(args.socket, protocol.message("admin", op=op), timeout=5.0)
+    except OSError as exc:  # no daemon: the flag file the next daemon's tuner reads
+        if not DEFAULT_STATE_DIR.is_dir():
+            return _fail(f"no daemon at {args.socket} ({exc.strerror or exc}) and no state directory {DEFAULT_STATE_DIR}")
+        flag = DEFAULT_STATE_DIR / PAUSE_NAME
+        try:
+            if op == "pause":
+                flag.write_text(json.dumps({"since": time.time(), "by": "gputuned tuner pause (no daemon)"}) + "\n")
+            else:
+                flag.unlink(missing_ok=True)
+        except OSError as e:
+            return _fail(f"{flag}: {e.strerror or e}")
+        print(f"tuner {'paused' if op == 'pause' else 'resumed'} ({flag}; no daemon running)")
+        return 0
+    except protocol.ProtocolError as exc:
+        return _fail(f"protocol error: {exc}")
+    if reply.get("type") == "error" or not reply.get("ok"):
+        return _fail(f"daemon refused: {reply.get('error')}")
+    state = reply.get("paused")
+    print(f"tuner {'paused' if state else 'resumed'}" + (f" (by {state['by']})" if state else ""))
     return 0
-
-
-def _pause_file(text: str) -> str:
-    """argparse type: a flag file path, refused while parsing when it names a folder."""
-    from gputuned.tuner.decision.guard import DEFAULT_PAUSE_FILE
-
-    if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory, not the flag file (default {DEFAULT_PAUSE_FILE})")
-    return text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gputuned tuner ...``."""
-    from gputuned.tuner.decision.guard import DEFAULT_PAUSE_FILE
     from gputuned.tuner.zeus.traces import PACKAGED_TRACES
 
     tuner = subparsers.add_parser("tuner", help="RL tuner: bench, train, pause/resume")
@@ -144,8 +159,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
-    for name, text in (("pause", "stop all tuner actions (kill switch)"), ("resume", "allow tuner actions again")):
+    for name, text in (("pause", "stop all tuner actions (kept in the state directory: survives restarts)"),
+                       ("resume", "allow tuner actions again")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--pause-file", type=_pause_file, default=str(DEFAULT_PAUSE_FILE),
-                       help=f"kill-switch flag file, the daemon's [tuner] pause_file (default {DEFAULT_PAUSE_FILE})")
+        p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"the daemon's control socket (default {DEFAULT_SOCKET})")
         p.set_defaults(func=cmd_pause, command_name=name)

@@ -7,7 +7,9 @@ originals (first change only) and the knob in the state file, atomically (the
 A target is a GPU (by index) or a training job (by name, through the injected job channel:
 the change is a decision, verified by the job's ack). Restore puts the originals back: on
 stop, at the next start when the state file shows a previous run died, and from
-``gputuned restore``. Dry-run mode logs and changes nothing. Next to another live daemon
+``gputuned restore``. Every applied change, a restore's included, goes to
+:class:`~gputuned.daemon.actuation.intents.Intents` (hooks, last change, metrics); a knob the
+operator pinned refuses the tuner's and Perseus's changes (``pinned``). Dry-run mode logs and changes nothing. Next to another live daemon
 (:func:`~gputuned.daemon.actuation.owner.live_owner`: the state file's writer still runs) the
 actuator is attached read-only: it neither reads nor restores that daemon's records, never
 writes or removes its state file, and refuses every change.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from gputuned.collectors.device import GPUDevice, GPUError
@@ -26,37 +27,35 @@ from gputuned.collectors.families import Sample
 from gputuned.daemon.actuation import knobs as registry
 from gputuned.daemon.actuation import view
 from gputuned.daemon.actuation.config import ActuationConfig
+from gputuned.daemon.actuation.intents import Intents, restore_changes
 from gputuned.daemon.actuation.jobs import JobChannel, JobTarget
 from gputuned.daemon.actuation.knobs import Knob, KnobError, Value
 from gputuned.daemon.actuation.ledger import Ledger, NotRecorded, restore_from_state
+from gputuned.daemon.actuation.outcome import Result, apply_knob, where
 from gputuned.daemon.actuation.owner import Owner, live_owner
+from gputuned.daemon.actuation.pins import HELD_OFF, PinBook
 from gputuned.daemon.actuation.restore import RestoreReport
 from gputuned.daemon.actuation.statefile import State, StateFile
-from gputuned.daemon.actuation.view import CHANGES, DRY_RUN, GPU_CHANGED, REFUSALS, RESTORES
+from gputuned.daemon.actuation.view import (
+    CHANGES,
+    DRY_RUN,
+    GPU_CHANGED,
+    KNOB_CHANGES,
+    KNOB_LAST_CHANGE,
+    KNOB_PINNED,
+    REFUSALS,
+    RESTORES,
+)
 from gputuned.daemon.control.reports import STAT_FAMILIES
 from gputuned.daemon.core.store import Store
 from gputuned.intent import Change, ChangeHook
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHANGES", "DRY_RUN", "GPU_CHANGED", "REFUSALS", "RESTORES", "Actuator", "RestoreReport", "Result", "restore_from_state"]
+__all__ = ["CHANGES", "DRY_RUN", "GPU_CHANGED", "KNOB_CHANGES", "KNOB_LAST_CHANGE", "KNOB_PINNED", "REFUSALS", "RESTORES",
+           "Actuator", "RestoreReport", "Result", "restore_from_state"]
 
 LEADER_RANK = "0"  # the rank whose reports carry a job's global values
-
-
-@dataclass(frozen=True)
-class Result:
-    """Outcome of one requested change: ``ok``, a reason code and text, the value, a job decision's id."""
-
-    ok: bool
-    # ok, pending, dry_run, disabled, no_gpu, no_job, out_of_bounds, state_file, nvml, verify, refused
-    code: str = "ok"
-    reason: str = ""
-    value: Value = None
-    ident: str = ""
-
-    def __bool__(self) -> bool:
-        return self.ok
 
 
 class Actuator:
@@ -77,10 +76,11 @@ class Actuator:
         self.ledger = Ledger(state_file, State() if self.owner is not None else None)
         self._changes: dict[str, int] = {}
         self._refusals: dict[tuple[str, str], int] = {}
-        self._awaiting: dict[str, tuple[str, str, Value]] = {}  # decision id -> (job, knob, value)
+        self._awaiting: dict[str, tuple[str, str, Value, Value, str]] = {}  # id -> (job, knob, value, previous, origin)
         self.restores = 0
         self._now = 0.0  # the loop's clock at the last tick: the time of a change
-        self._change_hooks: list[ChangeHook] = []
+        self.intents = Intents()
+        self.pins = PinBook(lambda: self.ledger, self.devices, self._lock)
 
     # -- component -------------------------------------------------------------------
     def start(self) -> None:
@@ -88,13 +88,19 @@ class Actuator:
         if self.owner is not None:
             logger.warning("%s: actuation is off in this process; its state file and GPUs are left alone",
                            self.owner.line())
-        elif self.state_file.exists():
+        elif self.state_file.exists() and (self.ledger.state.changed() or not self.ledger.state.pins):
             logger.warning("state file %s shows a previous run did not restore; restoring now", self.state_file.path)
             report = self.restore_state_file()
             for f in report.failures:
                 logger.error("restore after crash: %s", f)
         else:
             self.state_file.clean_temp_files()
+        if self.owner is None:
+            self.pins.reapply(self._operator_set)
+
+    def _operator_set(self, target: int | str, knob_name: str, value: Value) -> tuple[bool, str]:
+        res = self.change(target, knob_name, value)
+        return res.ok, res.reason
 
     def defer_to(self, owner: Owner) -> None:
         """Leave the GPUs and the state file to ``owner``, a live daemon found by its caller: read-only from now."""
@@ -104,14 +110,7 @@ class Actuator:
 
     def add_change_hook(self, hook: ChangeHook) -> None:
         """Call ``hook`` with a :class:`~gputuned.intent.Change` for every applied change."""
-        self._change_hooks.append(hook)
-
-    def _emit(self, change: Change) -> None:
-        for hook in self._change_hooks:
-            try:
-                hook(change)
-            except Exception:  # a listener's fault must not undo or block a change
-                logger.exception("change hook %r failed", hook)
+        self.intents.add_hook(hook)
 
     def tick(self, now: float) -> None:
         """Check the state file against the records in memory (written again if lost), publish samples."""
@@ -179,23 +178,28 @@ class Actuator:
         emitted to the change hooks with it.
         """
         with self._lock:
+            pin = self.pins.holding(target, knob_name) if origin in HELD_OFF else None
             previous = self._read(target, knob_name)
-            res = self._change(target, knob_name, value, wait_s)
+            res = (Result(False, "pinned", f"{knob_name} is pinned by {pin.by or 'the operator'} at {pin.value!r}", value)
+                   if pin is not None else self._change(target, knob_name, value, wait_s))
+            if res.code == "pending":
+                self._awaiting[res.ident] = (str(target), knob_name, value, previous, origin)
         self._count(target, knob_name, res)
         if res.ok and res.code in ("ok", "pending"):
             gpu = target if isinstance(target, int) and not isinstance(target, bool) else None
-            self._emit(Change(self._now, origin, knob_name, gpu, None if gpu is not None else str(target),
-                              previous, value))
+            self.intents.emit(Change(self._now, origin, knob_name, gpu, None if gpu is not None else str(target),
+                                     previous, value))
         return res
 
     def _read(self, target: int | str, knob_name: str) -> Value:
-        """A GPU knob's current value before a change (None for a job knob, or where it cannot be read)."""
+        """A knob's current value before a change (a job's as it last reported; None where it cannot be read)."""
         knob = registry.get(knob_name)
-        dev = self._device(target) if isinstance(target, int) and not isinstance(target, bool) else None
-        if knob is None or dev is None or knob.target != "gpu":
+        gpu = isinstance(target, int) and not isinstance(target, bool)
+        obj = self._device(int(target)) if gpu else self.job_target(str(target)) if knob is not None else None
+        if knob is None or obj is None or (knob.target == "gpu") != gpu:
             return None
         try:
-            return knob.read(dev)
+            return knob.read(obj)
         except (GPUError, KnobError):
             return None
 
@@ -207,9 +211,10 @@ class Actuator:
         ack = self.jobs.wait_ack(ident, wait_s)
         if ack is None:
             return None
-        job, knob_name, value = self._awaiting.pop(ident)
+        job, knob_name, value, previous, origin = self._awaiting.pop(ident)
         if ack.get("ok"):
             res = Result(True, "ok", "", value, ident)
+            self.intents.emit(Change(self._now, "job", knob_name, None, job, previous, value), requested_by=origin)
         else:
             res = Result(False, "refused", f"job {job} refused {knob_name} {value}: {ack.get('error') or ''}", value, ident)
         self._count(job, knob_name, res)
@@ -221,7 +226,8 @@ class Actuator:
         elif not res.ok:
             key = (knob_name, res.code)
             self._refusals[key] = self._refusals.get(key, 0) + 1
-            logger.warning("refused %s=%r on %s: %s", knob_name, res.value, _where(target), res.reason)
+            (logger.debug if res.code == "pinned" else logger.warning)(  # the tuner says so once, not every try
+                "refused %s=%r on %s: %s", knob_name, res.value, where(target), res.reason)
 
     def _change(self, target: int | str, knob_name: str, value: Value, wait_s: float) -> Result:
         cfg = self.cfg
@@ -248,13 +254,13 @@ class Actuator:
         if why is not None:
             return Result(False, "out_of_bounds", why, value)
         if cfg.dry_run:
-            logger.info("dry-run: would set %s %s to %r", _where(target), knob_name, value)
+            logger.info("dry-run: would set %s %s to %r", where(target), knob_name, value)
             return Result(True, "dry_run", "dry-run: nothing changed", value)
         try:
             self.ledger.record(knob, key, obj, value)  # the record comes first: never a change without it
         except NotRecorded as e:
             return Result(False, e.code, e.reason, e.value)
-        return self._apply(knob, target, obj, value)
+        return apply_knob(knob, target, obj, value)
 
     def _resolve(self, knob: Knob, target: int | str, wait_s: float) -> tuple[str, Any] | Result:
         """The state-file key and the object a knob acts on, or why there is none."""
@@ -270,34 +276,6 @@ class Actuator:
             return Result(False, "no_job", f"job {target!r} is not connected")
         return job.name, job
 
-    def _apply(self, knob: Knob, target: int | str, obj: Any, value: Value) -> Result:
-        name = knob.name
-        try:
-            knob.apply(obj, value)
-        except GPUError as e:
-            return Result(False, "nvml", f"{name}: {e}", value)
-        except KnobError as e:
-            return Result(False, "refused", f"{name}: {e}", value)
-        try:
-            verified, note = knob.verify_detail(obj, value)  # note: what the reading found (a lock masked by the power limit)
-        except (GPUError, KnobError) as e:
-            return Result(False, "verify", f"{name}: read back failed: {e}", value)
-        if isinstance(obj, JobTarget):
-            return self._job_outcome(obj, name, value, verified)
-        if verified is False:
-            return Result(False, "verify", f"{name}: read back {knob.read(obj)!r} after setting {value!r}", value)
-        logger.info("%s %s set to %r%s", _where(target), name, value, f": {note}" if note else "" if verified else " (no read-back in NVML)")
-        return Result(True, "ok", note or ("" if verified else "applied; NVML cannot read this knob back"), value)
-
-    def _job_outcome(self, job: JobTarget, name: str, value: Value, acked: bool | None) -> Result:
-        if acked is None:
-            self._awaiting[job.ident] = (job.name, name, value)
-            return Result(True, "pending", f"decision {job.ident} sent to job {job.name}; waiting for its ack", value, job.ident)
-        if not acked:
-            return Result(False, "refused", f"job {job.name} refused {name} {value}: {job.refusal()}", value, job.ident)
-        logger.info("job %s %s set to %r", job.name, name, value)
-        return Result(True, "ok", "", value, job.ident)
-
     # -- restore -------------------------------------------------------------------------
     def restore_gpu(self, gpu: int) -> RestoreReport:
         """Put one GPU's changed knobs back to its recorded originals."""
@@ -306,7 +284,8 @@ class Actuator:
             rec = self.ledger.state.gpus.get(dev.identity.uuid) if dev is not None else None
             if dev is None or rec is None:
                 return RestoreReport()
-            return self._counted(self.ledger.restore(dev, rec, self.cfg))
+            before = self.ledger.state.copy()
+            return self._counted(before, self.ledger.restore(dev, rec, self.cfg))
 
     def restore_job(self, job: str) -> RestoreReport:
         """Put one connected job's changed knobs back to its own originals."""
@@ -315,7 +294,8 @@ class Actuator:
             target = self.job_target(job, self.cfg.job_ack_timeout_s)
             if rec is None or target is None:
                 return RestoreReport()
-            return self._counted(self.ledger.restore(target, rec, self.cfg))
+            before = self.ledger.state.copy()
+            return self._counted(before, self.ledger.restore(target, rec, self.cfg))
 
     def restore_all(self, drop_absent_jobs: bool = False, job_wait_s: float | None = None) -> RestoreReport:
         """Put every changed GPU and connected job back to its recorded originals.
@@ -324,7 +304,7 @@ class Actuator:
         sends the decision without waiting, for callers on the job channel's own thread.
         """
         with self._lock:
-            if self.ledger.state.empty():
+            if not self.ledger.state.changed():
                 return RestoreReport()
             return self.restore_state_file(drop_absent_jobs, job_wait_s)
 
@@ -335,15 +315,18 @@ class Actuator:
         with self._lock:
             wait_s = self.cfg.job_ack_timeout_s if job_wait_s is None else job_wait_s
             lookup = lambda job: self.job_target(job, wait_s)  # noqa: E731
-            report = self._counted(self.ledger.restore_all(self.devices, lookup, drop_absent_jobs, self.cfg))
+            before = self.ledger.state.copy()
+            report = self._counted(before, self.ledger.restore_all(self.devices, lookup, drop_absent_jobs, self.cfg))
             for key, knobs in report.restored.items():
                 logger.info("restored %s on %s", ", ".join(knobs) or "nothing", key)
             for note in report.kept:
                 logger.warning("%s", note)
             return report
 
-    def _counted(self, report: RestoreReport) -> RestoreReport:
+    def _counted(self, before: State, report: RestoreReport) -> RestoreReport:
         self.restores += sum(len(v) for v in report.restored.values())
+        for change in restore_changes(before, report, self._now):
+            self.intents.emit(change)
         return report
 
     # -- reads ------------------------------------------------------------------------
@@ -388,10 +371,11 @@ class Actuator:
         """Actuation as ``gputuned status`` shows it: switches, knob catalog, jobs' knobs."""
         return view.status(self)
 
+    def last_changes(self) -> list[dict[str, Any]]:
+        """The last change of every knob that changed: who, when, from what to what."""
+        return self.intents.last_changes()
+
     def samples(self) -> list[Sample]:
-        """Counters, dry-run, changed GPUs, and every changed knob's own family."""
-        return view.samples(self)
+        """Counters, dry-run, changed GPUs, every changed knob's own family, changes by origin and pins."""
+        return view.samples(self) + self.intents.samples(self.snapshot().pins.values())
 
-
-def _where(target: int | str) -> str:
-    return f"gpu {target}" if isinstance(target, int) else f"job {target}"

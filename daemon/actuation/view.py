@@ -7,7 +7,7 @@ Every knob comes from the registry, so a registered plugin knob shows up in stat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gputuned.collectors import families as F
 from gputuned.collectors.device import GPUDevice
@@ -17,11 +17,20 @@ from gputuned.daemon.actuation.jobs import JobChannel, JobTarget
 from gputuned.daemon.actuation.restore import read_originals
 from gputuned.daemon.actuation.statefile import GPURecord, JobRecord, State, StateFile
 
+if TYPE_CHECKING:
+    from gputuned.daemon.actuation.pins import PinBook
+
 CHANGES = F.declare("gputuned_actuation_changes_total", "counter", "GPU setting changes applied and verified, by knob.")
 REFUSALS = F.declare("gputuned_actuation_refusals_total", "counter", "GPU setting changes refused or failed, by knob and reason.")
 RESTORES = F.declare("gputuned_actuation_restores_total", "counter", "Knobs put back to their recorded originals.")
 GPU_CHANGED = F.declare("gputuned_actuation_gpu_changed", "gauge", "1 while a GPU may differ from its recorded originals.")
 DRY_RUN = F.declare("gputuned_actuation_dry_run", "gauge", "1 when actuation runs in dry-run mode (logs, changes nothing).")
+KNOB_CHANGES = F.declare("gputuned_knob_changes_total", "counter",
+                         "Knob changes applied, by knob, GPU or job, and origin (tuner, perseus, operator, restore, job).")
+KNOB_LAST_CHANGE = F.declare("gputuned_knob_last_change_timestamp_seconds", "gauge",
+                             "When a knob last changed, by knob, GPU or job, and origin (for dashboard annotations).")
+KNOB_PINNED = F.declare("gputuned_knob_pinned", "gauge",
+                        "1 while the operator pins a knob on a GPU or job: the tuner leaves it until released.")
 
 
 class Actuator(Protocol):
@@ -38,6 +47,10 @@ class Actuator(Protocol):
     def counts(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]: ...
 
     def job_target(self, name: str, wait_s: float = 0.0) -> JobTarget | None: ...
+
+    pins: PinBook
+
+    def last_changes(self) -> list[dict[str, Any]]: ...
 
 
 def _current(rec: GPURecord | JobRecord | None, current: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +107,8 @@ def status(act: Actuator) -> dict[str, Any]:
         "state_file": str(act.state_file.path),
         "catalog": [k.catalog_entry() for k in registry.knobs()],
         "jobs": describe_jobs(act),
+        "pins": act.pins.lines(),
+        "last_changes": act.last_changes(),
     }
 
 

@@ -1,9 +1,11 @@
 """The running daemon's node status, and the admin handler the control socket calls.
 
 ``gputuned status`` asks the daemon over the control socket (an ``admin`` message with
-``op: status``) and renders what :func:`node_status` returns; ``gputuned set`` and
-``gputuned restore`` use ``op: set`` / ``op: restore`` the same way. Status is open to every
-allowed peer; set and restore only to uids in ``control.admin_uids`` (root by default).
+``op: status``) and renders what :func:`node_status` returns; ``gputuned set`` (``op: set``,
+which pins the knob it sets; ``op: release``), ``gputuned restore`` (``op: restore``, which
+clears the pins of what it restores) and ``gputuned tuner pause|resume`` (``op: pause|resume``,
+the flag beside the state file) the same way. Status is open to every allowed peer; the rest
+only to uids in ``control.admin_uids`` (root by default).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gputuned import __version__
+from gputuned.daemon.actuation.ledger import NotRecorded
+from gputuned.daemon.actuation.pause import PauseFlag, pause_path
 
 if TYPE_CHECKING:
     from gputuned.daemon.app.daemon import Daemon
@@ -38,6 +42,8 @@ def node_status(daemon: Daemon) -> dict[str, Any]:
             {"name": r.name, "up": r.up, "errors": r.errors, "duration_s": round(r.duration, 6)} for r in loop.runners
         ],
         "gpus": act.describe(),
+        "tuner": {"on": "tuner" in [c.name for c in daemon.components], "paused": pause_flag(daemon).paused(),
+                  "pause_file": str(pause_flag(daemon).path)},
         "actuation": act.status(),
         "jobs": control.connected_jobs() if control else {},
         "control": {
@@ -49,8 +55,13 @@ def node_status(daemon: Daemon) -> dict[str, Any]:
     }
 
 
+def pause_flag(daemon: Daemon) -> PauseFlag:
+    """The tuner's pause flag beside the daemon's state file."""
+    return PauseFlag(pause_path(daemon.cfg.daemon.state_file))
+
+
 class RuntimeAdmin:
-    """Admin operations on a running daemon: status, set a knob by hand, restore."""
+    """Admin operations on a running daemon: status, set (and pin) a knob, release, restore, pause."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -58,12 +69,39 @@ class RuntimeAdmin:
     def status(self) -> dict[str, Any]:
         return node_status(self.daemon)
 
-    def set(self, gpu: int, knob: str, value: Any) -> dict[str, Any]:
-        res = self.daemon.actuator.change(gpu, knob, value)
-        return {"ok": res.ok, "code": res.code, "reason": res.reason, "value": res.value}
+    def request(self, op: str, msg: dict[str, Any], by: str) -> dict[str, Any]:
+        """Act on a checked admin message that changes something; ``by`` names the peer (``uid 0``)."""
+        target = msg["gpu"] if "gpu" in msg else msg.get("job")
+        if op == "set":
+            return self.set(msg["gpu"] if "gpu" in msg else str(msg["job"]), str(msg["knob"]), msg["value"], by)
+        if op == "release":
+            return {"ok": True, "released": self.daemon.actuator.pins.release(target, msg.get("knob"))}
+        if op in ("pause", "resume"):
+            try:
+                return {"ok": True, "paused": pause_flag(self.daemon).set(op == "pause", by)}
+            except OSError as e:
+                return {"ok": False, "error": f"{pause_flag(self.daemon).path}: {e.strerror or e}"}
+        return self.restore(msg.get("gpu"))
+
+    def set(self, target: int | str, knob: str, value: Any, by: str = "") -> dict[str, Any]:
+        """Change a knob as the operator and pin it there (a job's batch size: sent, pinned before its ack)."""
+        act = self.daemon.actuator
+        # this runs on the control socket's thread: a job's ack is not waited for here
+        res = act.change(target, knob, value, origin="operator")
+        reply = {"ok": res.ok, "code": res.code, "reason": res.reason, "value": res.value, "pinned": False}
+        if res.ok and res.code in ("ok", "pending"):
+            try:
+                act.pins.pin(target, knob, value, by)
+                reply["pinned"] = True
+            except NotRecorded as e:
+                reply["reason"] = f"set but not pinned: {e.reason}"
+        return reply
 
     def restore(self, gpu: int | None) -> dict[str, Any]:
+        """Put the originals back (one GPU, or everything) and release the pins of what was restored."""
         act = self.daemon.actuator
         # this runs on the control socket's thread: a job's restore is sent, not waited for there
         report = act.restore_all(job_wait_s=0.0) if gpu is None else act.restore_gpu(int(gpu))
-        return {"ok": report.ok, "restored": report.restored, "failures": report.failures, "kept": report.kept}
+        released = act.pins.release(None if gpu is None else int(gpu))
+        return {"ok": report.ok, "restored": report.restored, "failures": report.failures, "kept": report.kept,
+                "released": released}

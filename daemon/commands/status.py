@@ -133,8 +133,8 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def restore_offline(cfg: Config) -> tuple[int, list[str]]:
-    """Restore from the state file without a daemon; returns (exit code, lines to print)."""
+def restore_offline(cfg: Config, clear_pins: bool = False) -> tuple[int, list[str]]:
+    """Restore from the state file without a daemon (``clear_pins``: the operator's pins too); (exit code, lines)."""
     from gputuned.daemon.actuation.actuator import restore_from_state
     from gputuned.daemon.app.daemon import setup_gpus
 
@@ -148,7 +148,7 @@ def restore_offline(cfg: Config) -> tuple[int, list[str]]:
         return 0, [f"nothing to restore ({state_file.path} absent)"]
     gpus = setup_gpus(cfg)
     try:
-        report = restore_from_state(gpus.devices, state_file, cfg=cfg.actuation)
+        report = restore_from_state(gpus.devices, state_file, cfg=cfg.actuation, clear_pins=clear_pins)
     finally:
         if gpus.nvml is not None:
             try:
@@ -156,6 +156,9 @@ def restore_offline(cfg: Config) -> tuple[int, list[str]]:
             except Exception:  # noqa: BLE001 - nothing left to do about it
                 pass
     lines = [f"restored {', '.join(k) or 'nothing'} on {u}" for u, k in report.restored.items()]
+    if not report.restored and not report.failures and state_file.exists():  # pins alone: kept for the next daemon
+        lines.append(f"nothing to restore (the operator's pins stay in {state_file.path}; "
+                     "`gputuned restore` without --offline clears them)")
     lines += [f"kept: {k}" for k in report.kept]
     lines += [f"FAILED: {f}" for f in report.failures]
     return (0 if report.ok else 1), lines
@@ -196,7 +199,7 @@ def _restore(args: argparse.Namespace) -> int:
             for f in reply.get("failures", []):
                 print(f"FAILED: {f}", file=sys.stderr)
             return 0 if reply.get("ok") else 1
-    code, lines = restore_offline(cfg)
+    code, lines = restore_offline(cfg, clear_pins=not args.offline)  # the unit's --offline keeps the pins
     for line in lines:
         print(line, file=sys.stderr if line.startswith("FAILED") else sys.stdout)
     return code
@@ -224,8 +227,8 @@ def _knob_value(text: str) -> tuple[str, Any]:
 
 
 def _wanted(args: argparse.Namespace) -> list[tuple[str, Any]]:
-    out = [(k.name, getattr(args, f"knob_{k.name}")) for k in knob_registry.knobs("gpu")
-           if k.cli is not None and getattr(args, f"knob_{k.name}", None) is not None]
+    out = [(k.name, getattr(args, f"knob_{k.name}")) for k in knob_registry.knobs()
+           if k.cli is not None and getattr(args, f"knob_{k.name}", None) not in (None, False)]
     return out + list(args.knob or [])
 
 
@@ -242,24 +245,50 @@ def _set(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     wanted = _wanted(args)
+    where = f"job {args.job}" if args.job else f"gpu {args.gpu}"
+    target = {"job": args.job} if args.job else {"gpu": args.gpu}
+    if (args.gpu is None) == (args.job is None) and not (args.release is not None and args.gpu is None and args.job is None):
+        print("gputuned set: give one of --gpu N, --job NAME", file=sys.stderr)
+        return 2
+    if args.release is not None:
+        return _release(args, cfg, target, list(args.release))
     if not wanted:
-        flags = [k.cli.flag for k in knob_registry.knobs("gpu") if k.cli is not None]
-        print(f"gputuned set: give at least one of {', '.join(flags)}, --knob NAME=VALUE", file=sys.stderr)
+        flags = [k.cli.flag for k in knob_registry.knobs() if k.cli is not None]
+        print(f"gputuned set: give at least one of {', '.join(flags)}, --knob NAME=VALUE, --release", file=sys.stderr)
         return 2
     code = 0
     for knob, value in wanted:
         try:
-            reply = admin_request(_socket_path(args, cfg), "set", timeout=args.timeout, gpu=args.gpu, knob=knob, value=value)
+            reply = admin_request(_socket_path(args, cfg), "set", timeout=args.timeout, **target, knob=knob, value=value)
         except AdminError as e:
             print(f"gputuned: {e}", file=sys.stderr)
             return EXIT_DENIED if e.denied else EXIT_NOT_RUNNING if not e.reached else 1
         label, shown = knob_text(knob, value)
         if reply.get("ok"):
-            print(f"gpu {args.gpu}: {label} = {shown} ({reply.get('code')}{': ' + reply['reason'] if reply.get('reason') else ''})")
+            pinned = ", pinned until `gputuned set --release`" if reply.get("pinned") else ""
+            why = f": {reply['reason']}" if reply.get("reason") else ""
+            print(f"{where}: {label} = {shown} ({reply.get('code')}{why}{pinned})")
         else:
-            print(f"gpu {args.gpu}: {label} {shown} refused ({reply.get('code')}): {reply.get('reason')}", file=sys.stderr)
+            print(f"{where}: {label} {shown} refused ({reply.get('code')}): {reply.get('reason')}", file=sys.stderr)
             code = 1
     return code
+
+
+def _release(args: argparse.Namespace, cfg: Config, target: dict[str, Any], knobs: list[str]) -> int:
+    """``set --release [KNOB...]``: the pins on the knobs named (all of the target's, or every pin), through the daemon."""
+    released: list[dict[str, Any]] = []
+    try:
+        for knob in knobs or [""]:
+            fields = {**({} if args.gpu is None and args.job is None else target), **({"knob": knob} if knob else {})}
+            released += admin_request(_socket_path(args, cfg), "release", timeout=args.timeout, **fields).get("released", [])
+    except AdminError as e:
+        print(f"gputuned: {e}", file=sys.stderr)
+        return EXIT_DENIED if e.denied else EXIT_NOT_RUNNING if not e.reached else 1
+    for pin in released:
+        print(f"{pin['target']}: {pin['knob']} released (the tuner may move it again)")
+    if not released:
+        print("nothing pinned there")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -287,15 +316,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_restore)
 
-    p = sub.add_parser("set", help="change a GPU setting by hand through the daemon (recorded, bounded, restored)")
+    p = sub.add_parser("set", help="change a GPU's or a job's knob by hand through the daemon and pin it there "
+                                   "(recorded, bounded, restored; the tuner leaves it until --release)")
     add_config_flags(p)
     p.add_argument("--socket", metavar="PATH", help="control socket (default from the config)")
-    p.add_argument("--gpu", type=int, required=True, help="GPU index")
-    for knob in knob_registry.knobs("gpu"):  # one flag per registered GPU knob that declares one
+    p.add_argument("--gpu", type=int, help="GPU index (a GPU knob)")
+    p.add_argument("--job", help="job name (a job knob: --batch-size)")
+    p.add_argument("--release", nargs="*", metavar="KNOB",
+                   help="release pins instead: the knobs named (e.g. power_limit), else all of --gpu/--job's, else all")
+    for knob in knob_registry.knobs():  # one flag per registered knob that declares one
         if knob.cli is not None:
             p.add_argument(knob.cli.flag, dest=f"knob_{knob.name}", type=_cli_type(knob), metavar=knob.cli.metavar,
                            help=knob.cli.help)
     p.add_argument("--knob", type=_knob_value, action="append", metavar="NAME=VALUE",
-                   help="any registered GPU knob, VALUE as JSON in its stored unit (e.g. power_limit=300000)")
+                   help="any registered knob, VALUE as JSON in its stored unit (e.g. power_limit=300000)")
     p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_set)

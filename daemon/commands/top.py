@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from gputuned.daemon.commands.top_data import Source, TopState
@@ -46,16 +45,16 @@ def handle_key(key: str, view: View, state: TopState, toggle_pause: Callable[[bo
     return True
 
 
-def pauser(pause_file: Path) -> Callable[[bool], str]:
-    """Set or clear the tuner's kill switch, as ``gputuned tuner pause|resume`` does."""
-    from gputuned.tuner.decision.guard import set_paused
+def pauser(socket: str) -> Callable[[bool], str]:
+    """Pause or resume the tuner through the daemon, as ``gputuned tuner pause|resume`` does (admins)."""
+    from gputuned.daemon.commands.status import AdminError, admin_request
 
     def toggle(paused: bool) -> str:
         try:
-            set_paused(pause_file, paused)
-        except OSError as e:
-            return f"cannot {'pause' if paused else 'resume'}: {pause_file}: {e.strerror or e} (admins only)"
-        return f"tuner {'paused' if paused else 'resumed'} ({pause_file})"
+            admin_request(socket, "pause" if paused else "resume")
+        except AdminError as e:
+            return f"cannot {'pause' if paused else 'resume'}: {e}"
+        return f"tuner {'paused' if paused else 'resumed'}"
     return toggle
 
 
@@ -132,15 +131,14 @@ def run_top(args: argparse.Namespace, cfg: Any) -> int:
     """Show the live view until ``q`` (or ``--count`` frames when piped or asked)."""
     remote = bool(getattr(args, "metrics_url", None))
     url = args.metrics_url if remote else metrics_url(cfg)
-    pause_file = Path(cfg.tuner.pause_file)
     # another node's /metrics is not paired with this node's socket unless --socket names one
     socket = args.socket or (None if remote else str(cfg.control.socket_path))
-    source = Source(url, socket, None if remote else pause_file)
+    source = Source(url, socket, None)  # the daemon's status says whether the tuner is paused
     interval = max(0.2, float(args.refresh))
     count = int(getattr(args, "count", 0) or 0)
     if count or not (sys.stdin.isatty() and sys.stdout.isatty()):
         return _frames(source, interval, count)
-    return _live(source, interval, None if remote else pauser(pause_file))
+    return _live(source, interval, None if remote or socket is None else pauser(socket))
 
 
 def _top(args: argparse.Namespace) -> int:

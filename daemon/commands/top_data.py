@@ -169,7 +169,7 @@ def _jobs(by: dict[str, list[tuple[dict[str, str], float]]], status: dict[str, A
 
 def _tuner(by: dict[str, list[tuple[dict[str, str], float]]], status: dict[str, Any] | None,
            pause_file: Path | None) -> TunerView:
-    paused = any(v > 0.5 for _, v in by.get(guard.PAUSED, []))
+    paused = any(v > 0.5 for _, v in by.get(guard.PAUSED, [])) or bool((status or {}).get("tuner", {}).get("paused"))
     if pause_file is not None and status is not None:
         paused = paused or pause_file.exists()
     return TunerView(

@@ -7,6 +7,8 @@ boxes and no colour, and folds a long cell rather than cutting it.
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +114,28 @@ def _knob_tables(st: dict[str, Any], width: int = 80, plain: bool = False) -> li
     return out
 
 
-def tuner_line(st: dict[str, Any], pause_file: Path | None) -> str:
-    """The tuner's state in words: off, on, or paused by the kill switch."""
-    if "tuner" not in st.get("components", []):
-        return "tuner: off"
-    if pause_file is not None and Path(pause_file).exists():
-        return f"tuner: PAUSED (kill switch {pause_file}; `gputuned tuner resume` resumes)"
-    return "tuner: on"
+def tuner_line(st: dict[str, Any], pause_file: Path | None = None) -> str:
+    """The tuner's state in words: off, on, or paused (since when, by whom)."""
+    paused = st.get("tuner", {}).get("paused")
+    if paused is None and pause_file is not None and Path(pause_file).exists():  # a daemon before the flag moved
+        paused = {"since": None, "by": str(pause_file)}
+    if paused:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(paused["since"])) if paused.get("since") else "?"
+        off = "" if "tuner" in st.get("components", []) else " (and off)"
+        return f"tuner: PAUSED{off} since {since} by {paused.get('by') or '?'} (`gputuned tuner resume` resumes)"
+    return "tuner: on" if "tuner" in st.get("components", []) else "tuner: off"
+
+
+def intent_lines(st: dict[str, Any]) -> list[str]:
+    """The operator's pins and who changed each knob last (origin, when, from, to)."""
+    act = st.get("actuation", {})
+    stamp = lambda t: time.strftime("%H:%M:%S", time.localtime(t)) if t else "?"  # noqa: E731
+    out = [f"pinned: {p['target']} {p['knob']} = {json.dumps(p['value'])} by {p['by'] or '?'} since {stamp(p['since'])} "
+           "(`gputuned set --release` releases)" for p in act.get("pins", [])]
+    out += [f"last change: {c['target']} {c['knob']} {json.dumps(c['previous'])} -> {json.dumps(c['new'])} "
+            f"by {c['origin']}" + (f" (for {c['requested_by']})" if c.get("requested_by") else "") + f" at t={c['t']:.0f}"
+            for c in act.get("last_changes", [])[-8:]]
+    return out
 
 
 def status_renderables(st: dict[str, Any], width: int = 80, plain: bool = False,
@@ -134,6 +151,7 @@ def status_renderables(st: dict[str, Any], width: int = 80, plain: bool = False,
         f"actuation {'dry-run' if act['dry_run'] else ('on' if act['enabled'] else 'off')}; {tuner_line(st, pause_file)}",
     ]
     out += _knob_tables(st, width, plain)
+    out += intent_lines(st)
     cols = Table(title="Collectors", box=None if plain else box.SQUARE, title_justify="left")
     for col in ("collector", "up", "errors", "last duration"):
         cols.add_column(col, no_wrap=True, overflow="fold")

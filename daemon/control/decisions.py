@@ -26,13 +26,13 @@ class NoLeaderError(LookupError):
 
 
 class AdminHandler(Protocol):
-    """What admin messages (``gputuned status``/``set``/``restore``) act on."""
+    """What admin messages (``gputuned status``/``set``/``restore``/``tuner pause``) act on."""
 
     def status(self) -> dict[str, Any]: ...
 
-    def set(self, gpu: int, knob: str, value: Any) -> dict[str, Any]: ...
-
-    def restore(self, gpu: int | None) -> dict[str, Any]: ...
+    def request(self, op: str, msg: dict[str, Any], by: str) -> dict[str, Any]:
+        """Act on a checked admin message that changes something (``by``: the peer, ``uid N``)."""
+        ...
 
 
 class DecisionBook:

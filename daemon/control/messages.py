@@ -129,8 +129,6 @@ class MessageHandler:
             reply: dict[str, Any] = {"ok": False, "error": "no admin handler"}
         elif op == "status":
             reply = {"ok": True, "status": self.admin.status()}
-        elif op == "set":
-            reply = self.admin.set(int(msg["gpu"]), str(msg["knob"]), msg["value"])
         else:
-            reply = self.admin.restore(msg.get("gpu"))
+            reply = self.admin.request(op, msg, f"uid {conn.uid}")
         self.replies.queue(conn, {"type": "admin_reply", "op": op, **reply})

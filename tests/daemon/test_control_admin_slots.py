@@ -32,6 +32,9 @@ class Admin:
     def set(self, gpu: int, knob: str, value: Any) -> dict[str, Any]:
         return {"ok": True, "gpu": gpu, "knob": knob, "value": value}
 
+    def request(self, op: str, msg: dict[str, Any], by: str) -> dict[str, Any]:
+        return self.set(msg["gpu"], msg["knob"], msg["value"]) if op == "set" else self.restore(msg.get("gpu"))
+
     def restore(self, gpu: int | None) -> dict[str, Any]:
         self.restores.append(gpu)
         return {"ok": True, "restored": {"GPU-0": ["power_limit"]}, "failures": []}

@@ -271,6 +271,9 @@ class BrokenAdmin:
     def set(self, gpu: int, knob: str, value: Any) -> dict[str, Any]:
         return {"ok": False, "code": "disabled", "reason": "scripted"}
 
+    def request(self, op: str, msg: dict[str, Any], by: str) -> dict[str, Any]:
+        return self.set(msg["gpu"], msg["knob"], msg["value"]) if op == "set" else self.restore(msg.get("gpu"))
+
     def restore(self, gpu: int | None) -> dict[str, Any]:
         return {"ok": True, "restored": {}, "failures": []}
 

@@ -15,6 +15,7 @@ from testkit import config
 
 from gputuned.daemon.app.components import attach_configured
 from gputuned.daemon.app.daemon import Daemon
+from gputuned.daemon.app.runtime import pause_flag
 from gputuned.daemon.commands.cli import main
 from gputuned.daemon.commands.status import admin_request
 from gputuned.daemon.commands.top import handle_key, pauser
@@ -126,16 +127,16 @@ def test_piped_status_is_plain_and_cuts_nothing(node: tuple[Daemon, TopState, di
 
 def test_keys_sort_pick_and_pause_through_the_kill_switch(node: tuple[Daemon, TopState, dict[str, Any]],
                                                           tmp_path: Path) -> None:
-    _, state, _ = node
+    daemon, state, _ = node
     view = View()
     assert handle_key("s", view, state, None) and view.sort == "util"
     assert handle_key("\x1b[D", view, state, None) and view.selected == 7
     assert handle_key("3", view, state, None) and view.selected == 3
     handle_key("p", view, state, None)
     assert "read-only" in view.message
-    flag = tmp_path / "paused"
-    handle_key("p", view, state, pauser(flag))
-    assert flag.exists() and "tuner paused" in view.message
+    handle_key("p", view, state, pauser(str(daemon.cfg.control.socket_path)))  # through the daemon
+    assert "tuner paused" in view.message, view.message
+    assert pause_flag(daemon).paused() is not None and pause_flag(daemon).path.parent == daemon.cfg.daemon.state_file.parent
     assert not handle_key("q", view, state, None)
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gputuned.collectors.families import declare
-from gputuned.daemon.actuation.knobs.base import Bounds, Knob, KnobError, Value
+from gputuned.daemon.actuation.knobs.base import Bounds, CliOption, Knob, KnobError, Value
 from gputuned.daemon.actuation.knobs.registry import register
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class BatchSizeKnob(Knob):
     restore_rank = 10
     raw_unit = "samples"
     label = "batch size"
+    cli = CliOption("--batch-size", "N", "the job's global batch size (samples per step)", int)
     display = "{0} samples"
     family = FAMILY
 
