@@ -77,6 +77,8 @@ class PluginConfig(_Section):
     sync_period_s: float = Field(default=1.0, gt=0, description="time between decision exchanges (no sync_interval)")
     norm_every: int | None = Field(default=None, ge=1, description="fixed steps between gradient-norm samples")
     norm_period_s: float = Field(default=0.5, gt=0, description="time between gradient-norm samples (no norm_every)")
+    trace_dir: str | None = Field(default=None, description="where each rank keeps its capture traces, rotated "
+                                                            "(default gputuned-traces-<uid> in the temp dir)")
 
 
 class Config(_Section):

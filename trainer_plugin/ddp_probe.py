@@ -50,8 +50,14 @@ class DDPProbe:
         self._global: list[torch.Tensor] = []
         self._queued = False
         self._last_iteration = -1
+        self._sample_every = max(1, sample_every)
+        self.every_step(False)
+
+    def every_step(self, on: bool) -> None:
+        """Time every step's exposed communication (during a capture), or only sampled ones again."""
+        self._every = on
         try:
-            model._set_ddp_runtime_logging_sample_rate(max(1, sample_every))
+            self.model._set_ddp_runtime_logging_sample_rate(1 if on else self._sample_every)
         except (AttributeError, RuntimeError) as e:  # private API: timing is optional
             logger.debug("DDP runtime statistics unavailable: %s", e)
 
@@ -101,7 +107,7 @@ class DDPProbe:
         self.counters.bytes_sent += self.grad_bytes
         self.counters.bytes_uncompressed += self.grad_bytes
         self.counters.calls += 1
-        if self._refresh:  # on sampled steps only: reading DDP's statistics costs a dict build
+        if self._refresh or self._every:  # on sampled steps only: reading DDP's statistics costs a dict build
             self._refresh = False
             sampled = self._exposed_comm_s()
             if sampled is not None:

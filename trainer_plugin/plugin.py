@@ -9,9 +9,8 @@ Usable from any loop::
             loss = ...; scaler.scale(loss).backward(); ...
             plugin.record(loss=loss, scaler=scaler)
 
-Rank 0 polls decisions and broadcasts them at agreed steps (about every ``sync_period_s``
-seconds of wall time, or every ``sync_interval`` steps when that is set) so all ranks switch
-batch size, and stop, at the same step. Nothing here blocks on the daemon.
+Rank 0 polls decisions and broadcasts them at agreed steps (about every ``sync_period_s`` seconds of wall time,
+or every ``sync_interval`` steps) so all ranks switch batch size, capture, and stop at the same step, never blocking.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import torch.distributed as dist
 
 from gputuned.trainer_plugin import compression
 from gputuned.trainer_plugin.cadence import SLOWDOWN_JUMP, STEP_EMA_WEIGHT, Cadence, CadenceSettings
-from gputuned.trainer_plugin.client import DEFAULT_SOCKET, DaemonClient
+from gputuned.trainer_plugin.client import DEFAULT_SOCKET, DaemonClient, cuda_device_uuid
 from gputuned.trainer_plugin.ddp_probe import DDPProbe, HookProbe
 from gputuned.trainer_plugin.exchange import DecisionExchange, batch_size_problem, sync_device
 from gputuned.trainer_plugin.interval import IntervalStats, LossScaleWatch
@@ -48,6 +47,10 @@ _DDP_STATS_EVERY = 32
 class TrainingPlugin(CadenceSettings):
     """Step statistics, daemon reports and synchronised decisions for one rank."""
 
+    last_profile: dict[str, Any] | None = None  # the leader's last capture summary
+    _profile: ProfileCapture | None = None  # this rank's capture in progress
+    _pending_profile: dict[str, Any] | None = None  # a capture agreed on, starting at the next step
+
     def __init__(self, job: str, batch_size: int, socket_path: str = DEFAULT_SOCKET,
                  batch_mode: str = "global", accumulation_steps: int = 1,
                  on_batch_size: BatchSizeCallback | None = None, optimizer: torch.optim.Optimizer | None = None,
@@ -55,7 +58,7 @@ class TrainingPlugin(CadenceSettings):
                  sync_interval: int | None = None, connect: bool = True, client: DaemonClient | None = None,
                  context: dict[str, Any] | None = None, norm_every: int | None = None,
                  vet_batch_size: Callable[[int], str | None] | None = None,
-                 sync_period_s: float = 1.0, norm_period_s: float = 0.5) -> None:
+                 sync_period_s: float = 1.0, norm_period_s: float = 0.5, trace_dir: str | None = None) -> None:
         if lr_scaling not in LR_RULES:
             raise ValueError(f"lr_scaling: unknown rule {lr_scaling!r} (expected one of {', '.join(LR_RULES)})")
         if batch_mode not in ("global", "micro"):
@@ -79,6 +82,7 @@ class TrainingPlugin(CadenceSettings):
         self.lr_factor = 1.0
         self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
         self.context = dict(context or {})
+        self.trace_dir = trace_dir  # where each rank keeps its capture traces (None: under the temp dir)
         self.noise = NoiseScaleEstimator()
         self.counters = compression.CommCounters()
         self.step_count = 0
@@ -91,15 +95,14 @@ class TrainingPlugin(CadenceSettings):
         self.client = client
         if client is None and connect:
             self.client = DaemonClient(socket_path, job=job, rank=self.rank, world_size=self.world_size,
-                                       leader=self.leader, batch_size=batch_size, batch_mode=batch_mode)
+                                       leader=self.leader, batch_size=batch_size, batch_mode=batch_mode,
+                                       cuda_uuid=cuda_device_uuid())
         self._exchange = DecisionExchange(self.distributed and self.world_size > 1, self.leader,
                                           sync_device(self.distributed))
         self._interval = IntervalStats()
         self._scales = LossScaleWatch()
         self._last_report = time.monotonic()
         self._probe: DDPProbe | HookProbe | None = None
-        self._profile: ProfileCapture | None = None
-        self._pending_profile: dict[str, Any] | None = None
         # the step in progress: its start, whether it samples gradient norms, its data wait and samples
         self._t0 = 0.0
         self._last_end: float | None = None  # when the previous step ended: step-to-step wall time
@@ -153,10 +156,10 @@ class TrainingPlugin(CadenceSettings):
             if self._probe is not None:
                 self._probe.arm()
         self._step_samples = samples
-        if self._pending_profile is not None and self._profile is None:
-            d = self._pending_profile
-            self._pending_profile = None
-            self._profile = ProfileCapture(d["id"], d["profile_steps"])
+        if self._pending_profile is not None and self._profile is None:  # every rank starts at this step
+            req, self._pending_profile = self._pending_profile, None
+            self._profile = ProfileCapture(req["id"], int(req["profile_steps"]), self.rank, self.trace_dir,
+                                           job=self.client.job if self.client else "local", probe=self._probe)
         return self
 
     def record(self, loss: torch.Tensor | float | None = None, scaler: Any = None) -> None:
@@ -204,13 +207,18 @@ class TrainingPlugin(CadenceSettings):
         interval.comm_time_s += comm
         interval.samples += samples
         self.samples_total += samples
-        if self._profile is not None and self._profile.add_step(step_time, self._data_wait, comm):
-            self._finish_profile()
+        if (capture := self._profile) is not None:
+            capture.add_step(period, step_time, self._data_wait, comm)
         self._data_wait = 0.0
         self.step_count += 1
         if self._exchange.pending:
+            t = time.perf_counter()
             self._finish_sync()
+            if capture is not None:  # waiting here is waiting for the other ranks, as in the all-reduce
+                capture.add_wait(time.perf_counter() - t)
         if self.step_count >= cadence.next_sync and not self._exchange.pending:
+            if capture is not None and capture.ends_here():
+                self._finish_profile()
             self._start_sync()
         if time.monotonic() - self._last_report >= (self.client.report_interval_s if self.client else 1.0):
             self._report()
@@ -271,8 +279,8 @@ class TrainingPlugin(CadenceSettings):
             self._apply_batch(agreed.value)
             if decision is not None and self.client is not None:
                 self.client.ack(decision["id"], True, applied_step=self.step_count)
-        elif agreed.kind == _PROFILE and decision is not None:
-            self._pending_profile = decision
+        elif agreed.kind == _PROFILE:  # every rank captures, from the next step on
+            self._pending_profile = {"id": decision["id"] if decision is not None else "", "profile_steps": agreed.value}
 
     @property
     def syncing(self) -> bool:
@@ -349,12 +357,8 @@ class TrainingPlugin(CadenceSettings):
     def _finish_profile(self) -> None:
         capture, self._profile = self._profile, None
         assert capture is not None
-        summary = capture.finish(self.context)
-        logger.info("profile %s: %s", capture.decision_id, summary["suggestions"])
-        self.last_profile = summary
-        if self.client is not None:
-            self.client.profile_result(capture.decision_id, summary)
-            self.client.ack(capture.decision_id, True, applied_step=self.step_count)
+        summary = capture.finish(self.distributed and self.world_size > 1, self.context, self.client, self.step_count)
+        self.last_profile = summary or self.last_profile  # the leader's summary (None on other ranks)
 
     # -- state --------------------------------------------------------------------------
 
@@ -383,6 +387,8 @@ class TrainingPlugin(CadenceSettings):
         """Send a last report and close the daemon connection."""
         if self._interval.steps:
             self._report()
+        if self._profile is not None:
+            self._profile.abandon()
         if self.client is not None:
             self.client.close()
 

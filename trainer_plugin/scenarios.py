@@ -322,8 +322,61 @@ class _PlainLoop:
         return seen
 
 
+def _timed_run(cfg_path: str | None, on_loss: Any = None) -> dict[str, Any]:
+    """Train connected to the daemon (plugin.socket, plugin.job) for GPUTUNED_RUN_S s of wall time from step 1."""
+    run_s = float(os.environ.get("GPUTUNED_RUN_S", "40"))
+
+    def on_step_end(tr: Trainer) -> None:
+        if tr.step == 1:
+            tr.stop_at = time.monotonic() + run_s
+        if time.monotonic() > tr.stop_at:
+            tr.plugin.request_stop()  # every rank stops at the same step
+
+    trainer = Trainer(_config(cfg_path, {"train.epochs": 100000, "train.eval_every_epoch": False}),
+                      Callbacks(on_loss=on_loss, on_step_end=on_step_end))
+    result = trainer.fit()
+    trainer.close()
+    return {"steps": result.steps, "profile": trainer.plugin.last_profile}
+
+
+def straggler(cfg_path: str | None) -> dict[str, Any]:
+    """Rank GPUTUNED_SLOW_RANK (1) is paused 0.3 s of every 0.6 s inside its steps, GPUTUNED_SLOW_AFTER_S (20) after step 1."""
+    slow_rank = int(os.environ.get("GPUTUNED_SLOW_RANK", "1"))
+    after = float(os.environ.get("GPUTUNED_SLOW_AFTER_S", "20"))
+    state: dict[str, float] = {}
+
+    def on_loss(tr: Trainer, loss: torch.Tensor) -> torch.Tensor:
+        now = time.monotonic()
+        start = state.setdefault("start", now + after)
+        if tr.rank == slow_rank and now >= start and (now - start) % 0.6 < 0.3:
+            state.setdefault("onset", time.time())
+            time.sleep(0.3 - (now - start) % 0.6)  # a GPU that stalls half the time (clock, thermal, neighbour)
+        return loss
+
+    return {**_timed_run(cfg_path, on_loss), "onset": state.get("onset")}
+
+
+def data_stall(cfg_path: str | None) -> dict[str, Any]:
+    """Every rank's batches cost GPUTUNED_LOAD_MS (20) ms of CPU work to load: a CPU-bound data loader."""
+    cost = float(os.environ.get("GPUTUNED_LOAD_MS", "20")) / 1000
+
+    def on_loss(tr: Trainer, loss: torch.Tensor) -> torch.Tensor:
+        if not hasattr(tr.prefetcher, "slow"):
+            plain = tr.prefetcher.next
+
+            def slow() -> Any:
+                end = time.perf_counter() + cost
+                while time.perf_counter() < end:  # decoding and augmenting on the CPU
+                    pass
+                return plain()
+            tr.prefetcher.slow = tr.prefetcher.next = slow
+        return loss
+
+    return _timed_run(cfg_path, on_loss)
+
+
 SCENARIOS = {"compression": compression, "overflow": overflow, "batch_switch": batch_switch, "resume": resume,
-             "throughput": throughput, "data_bound": data_bound}
+             "throughput": throughput, "data_bound": data_bound, "straggler": straggler, "data_stall": data_stall}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,7 +128,7 @@ class Trainer:
             accumulation_steps=self.cfg.train.accumulation_steps, on_batch_size=self._on_batch_size,
             lr_scaling=o.lr_scaling, min_batch_size=d.min_batch_size, max_batch_size=d.max_batch_size,
             sync_interval=p.sync_interval, norm_every=p.norm_every, sync_period_s=p.sync_period_s,
-            norm_period_s=p.norm_period_s, connect=p.enabled,
+            norm_period_s=p.norm_period_s, connect=p.enabled, trace_dir=p.trace_dir,
             context={"precision": self.precision, "device": self.device.type})
 
     def _instrument(self, ddp: DDP) -> None:

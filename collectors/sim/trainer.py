@@ -53,22 +53,23 @@ def report_message_stats(backend: PhysicsBackend) -> dict[str, Any]:
 
 
 def profile_summary(backend: PhysicsBackend) -> dict[str, Any]:
-    """A ``profile_result.summary`` from the job's last step: where its time goes."""
+    """A ``profile_result.summary`` from the job's last step: each rank's timing and where rank 0's time goes.
+
+    Ranks wait for the slowest one (their sync wait) and then for the all-reduce; both are
+    waits in communication as a rank measures them, so the daemon's analysis tells them apart.
+    """
     job = backend.job
     if job is None or job.step_s <= 0:
-        return {"top_ops": [], "data_loader_share": 0.0, "comm_share": 0.0, "suggestions": []}
-    r = job.ranks[0]
+        return {"ranks": [], "top_ops": []}
     step = job.step_s
-    data_share, comm_share = r.data_wait_s / step, job.comm_s / step
-    suggestions = []
-    if data_share > 0.1:
-        suggestions.append("data loading stalls the GPU: add loader workers or prefetch")
-    if comm_share > 0.2:
-        suggestions.append("gradient all-reduce dominates: larger batch or gradient compression")
+    ranks = [{"rank": i, "steps": 1, "period_s": step, "step_s": step - r["data_wait_s"],
+              "data_wait_s": r["data_wait_s"], "comm_s": r["sync_wait_s"] + job.comm_s, "device": f"cuda:{i}", "gpu": i}
+             for i, r in enumerate(job.rank_stats())]
+    r0 = job.ranks[0]
     return {
-        "top_ops": [["gemm/conv (SM-bound)", r.sm_s / step], ["memory-bound kernels", (r.busy_s - r.sm_s) / step],
-                    ["host (python, launches, optimizer)", r.host_s / step]],
-        "data_loader_share": data_share, "comm_share": comm_share, "suggestions": suggestions,
+        "ranks": ranks,
+        "top_ops": [["gemm/conv (SM-bound)", r0.sm_s / step], ["memory-bound kernels", (r0.busy_s - r0.sm_s) / step],
+                    ["host (python, launches, optimizer)", r0.host_s / step]],
     }
 
 

@@ -16,13 +16,13 @@ from gputuned.collectors import families, host, network
 from gputuned.collectors.families import Family, catalog
 from gputuned.collectors.registry import plugins
 from gputuned.daemon.actuation import actuator, knobs
-from gputuned.daemon.app import tuning
+from gputuned.daemon.app import rootcause, tuning
 from gputuned.daemon.control import reports
 from gputuned.tuner.decision import guard
 from gputuned.tuner.forecast import service
 
 #: Every module that declares metric families the daemon serves.
-DECLARING_MODULES: tuple[ModuleType, ...] = (families, host, network, reports, actuator, guard, tuning, service)
+DECLARING_MODULES: tuple[ModuleType, ...] = (families, host, network, reports, actuator, guard, tuning, service, rootcause)
 
 
 def served_catalog(*extra: ModuleType | Iterable[str]) -> dict[str, Family]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gputuned import __version__
 from gputuned.daemon.actuation.ledger import NotRecorded
 from gputuned.daemon.actuation.pause import PauseFlag, pause_path
+from gputuned.daemon.app.rootcause import root_cause_status
 
 if TYPE_CHECKING:
     from gputuned.daemon.app.daemon import Daemon
@@ -52,6 +53,7 @@ def node_status(daemon: Daemon) -> dict[str, Any]:
             "rejected": dict(control.rejected) if control else {},
         },
         "components": [c.name for c in daemon.components],
+        "root_cause": root_cause_status(daemon.components),
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from gputuned.daemon.actuation import knobs as knob_registry
 from gputuned.daemon.actuation.knobs import entry_format
+from gputuned.daemon.commands.rootcause_view import root_cause_lines
 
 
 def _catalog(st: dict[str, Any]) -> list[dict[str, Any]]:
@@ -167,6 +168,7 @@ def status_renderables(st: dict[str, Any], width: int = 80, plain: bool = False,
     ctl = st["control"]
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(ctl["rejected"].items())) or "none"
     out.append(f"control socket {ctl['socket']}: {ctl['reports_total']} reports, rejected: {rejected}")
+    out += root_cause_lines(st)
     return out
 
 
