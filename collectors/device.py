@@ -95,6 +95,18 @@ class MemoryInfo:
     total_bytes: int
     used_bytes: int
     free_bytes: int
+    reserved_bytes: int = 0  # held by the driver (NVML's memory info v2); 0 where the driver does not say
+
+
+@dataclass(frozen=True)
+class GpmActivity:
+    """Activity ratios (0-1) over the interval between two GPM samples (Hopper and later)."""
+
+    graphics_engine: float
+    sm_active: float
+    sm_occupancy: float
+    tensor_active: float
+    dram_active: float
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,14 @@ class RemappedRows:
     uncorrectable: int
     pending: bool
     failed: bool
+
+
+@dataclass(frozen=True)
+class GPUProcess:
+    """A process with a compute context on a GPU, as NVML lists it (pid in the host's namespace)."""
+
+    pid: int
+    used_memory_bytes: int  # 0 where NVML cannot say (its "not available", under some vGPU/MIG setups)
 
 
 class GPUDevice(abc.ABC):
@@ -199,8 +219,16 @@ class GPUDevice(abc.ABC):
         """(power, thermal) violation time since the driver loaded."""
 
     @abc.abstractmethod
-    def dram_bandwidth_ratio(self) -> float:
-        """DRAM bandwidth utilization from GPM; NotSupportedError where GPM is absent."""
+    def gpm_activity(self) -> GpmActivity | None:
+        """Activity since the previous call from GPM (None on the first); NotSupportedError where GPM is absent."""
+
+    def pcie_replays(self) -> int:
+        """PCIe replays (link-level retries) since the driver loaded; NotSupportedError where not counted."""
+        raise NotSupportedError("this device does not count PCIe replays")
+
+    def processes(self) -> list[GPUProcess]:
+        """Processes with a compute context on this GPU; NotSupportedError where the device cannot list them."""
+        raise NotSupportedError("this device does not list its processes")
 
     @abc.abstractmethod
     def poll_xid_events(self) -> list[int]:

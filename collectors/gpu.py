@@ -54,11 +54,39 @@ def _pair(first: str, second: str, read: Callable[[GPUDevice], tuple[float, floa
 
 def _memory(dev: GPUDevice, labels: Labels) -> list[Sample]:
     m = dev.memory()
-    return [
+    out = [
         (F.GPU_MEM_USED, labels, float(m.used_bytes)),
         (F.GPU_MEM_FREE, labels, float(m.free_bytes)),
         (F.GPU_MEM_TOTAL, labels, float(m.total_bytes)),
     ]
+    if m.reserved_bytes:  # drivers without memory info v2 do not say
+        out.append((F.GPU_MEM_RESERVED, labels, float(m.reserved_bytes)))
+    return out
+
+
+def _gpm(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    a = dev.gpm_activity()
+    if a is None:  # the first sample: activity needs two
+        return []
+    return [(F.GPU_GR_ENGINE, labels, a.graphics_engine), (F.GPU_SM_ACTIVE, labels, a.sm_active),
+            (F.GPU_SM_OCCUPANCY, labels, a.sm_occupancy), (F.GPU_TENSOR_ACTIVE, labels, a.tensor_active),
+            (F.GPU_DRAM_BW, labels, a.dram_active)]
+
+
+def nvlink_reading(clock: Callable[[], float] = time.monotonic) -> Reading:
+    """One GPU's NVLink reading: the byte counters, and their rate (both directions) since its previous call."""
+    prev: list[float] = []
+
+    def _nvlink(dev: GPUDevice, labels: Labels) -> list[Sample]:
+        tx, rx = dev.nvlink_bytes()
+        now = clock()
+        out = [(F.GPU_NVLINK_TX, labels, tx), (F.GPU_NVLINK_RX, labels, rx)]
+        if prev and now > prev[0] and tx + rx >= prev[1]:
+            out.append((F.GPU_NVLINK_BW, labels, (tx + rx - prev[1]) / (now - prev[0])))
+        prev[:] = [now, tx + rx]
+        return out
+
+    return _nvlink
 
 
 def _utilization(dev: GPUDevice, labels: Labels) -> list[Sample]:
@@ -116,21 +144,21 @@ READINGS: tuple[Reading, ...] = (
     _one(F.GPU_MEM_TEMP, lambda d: d.memory_temperature_c()),
     _one(F.GPU_FAN, lambda d: d.fan_ratio()),
     _pair(F.GPU_PCIE_TX, F.GPU_PCIE_RX, lambda d: d.pcie_throughput_bps()),
-    _pair(F.GPU_NVLINK_TX, F.GPU_NVLINK_RX, lambda d: d.nvlink_bytes()),
+    _one(F.GPU_PCIE_REPLAYS, lambda d: d.pcie_replays()),
     _ecc,
     _remapped,
     _clock_events,
     _one(F.GPU_PSTATE, lambda d: d.pstate()),
     _pair(F.GPU_ENC, F.GPU_DEC, lambda d: d.encoder_decoder_utilization()),
     _pair(F.GPU_POWER_VIOLATION, F.GPU_THERMAL_VIOLATION, lambda d: d.violation_seconds()),
-    _one(F.GPU_DRAM_BW, lambda d: d.dram_bandwidth_ratio()),
+    _gpm,
 )
 
 
 #: Readings that some GPU generations or boards lack by design, and why: their absence is logged
 #: at info level; any other unsupported reading is a warning (a driver or permission surprise).
 EXPECTED_ABSENT: dict[str, str] = {
-    F.GPU_DRAM_BW: "no GPM",
+    F.GPU_GR_ENGINE: "no GPM; Hopper and later have it",
     F.GPU_MEM_TEMP: "no memory temperature sensor",
     F.GPU_FAN: "no fan; passively cooled",
     F.GPU_NVLINK_TX: "no NVLink",
@@ -145,7 +173,8 @@ EXPECTED_ABSENT: dict[str, str] = {
 def reading_name(reading: Reading) -> str:
     """The family a reading is known by in logs (its first family)."""
     composite = {"_memory": F.GPU_MEM_USED, "_utilization": F.GPU_UTIL, "_power_limits": F.GPU_POWER_LIMIT_MIN,
-                 "_ecc": F.GPU_ECC, "_remapped": F.GPU_REMAPPED, "_clock_events": F.GPU_CLOCK_EVENT_MASK}
+                 "_ecc": F.GPU_ECC, "_remapped": F.GPU_REMAPPED, "_clock_events": F.GPU_CLOCK_EVENT_MASK,
+                 "_gpm": F.GPU_GR_ENGINE, "_nvlink": F.GPU_NVLINK_TX}
     return composite.get(reading.__name__, reading.__name__)
 
 
@@ -184,7 +213,7 @@ class _GPUState:
             ("model", ident.model),
             ("pci_bus_id", ident.pci_bus_id),
         )
-        self.readings: list[Reading] = list(READINGS)
+        self.readings: list[Reading] = [*READINGS, nvlink_reading()]
         self.lost = False
         self.xid_counts: dict[int, int] = {}
         self.last_xid = 0
@@ -199,6 +228,7 @@ class GPUCollector:
     def __init__(self, devices: Sequence[GPUDevice], driver_version: str = "", backend: str = "nvml") -> None:
         self._gpus = [_GPUState(d) for d in devices]
         self._info = (("driver_version", driver_version), ("backend", backend), ("hostname", socket.gethostname()))
+        self.extra_labels: Callable[[str], Labels] | None = None  # by GPU UUID: pod labels (kubernetes collector)
 
     @property
     def devices(self) -> list[GPUDevice]:
@@ -251,7 +281,8 @@ class GPUCollector:
         return samples
 
     def _collect_one(self, g: _GPUState, unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
-        labels = g.labels
+        extra = self.extra_labels
+        labels = g.labels if extra is None else (*g.labels, *extra(g.dev.identity.uuid))
         if g.lost:
             return [(F.GPU_UP, labels, 0.0)]
         out: list[Sample] = []

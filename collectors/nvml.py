@@ -20,10 +20,12 @@ from gputuned.collectors.device import (
     ClockEventReason,
     DriverMissingError,
     EccCounts,
+    GpmActivity,
     GPUDevice,
     GPUError,
     GPUIdentity,
     GPULostError,
+    GPUProcess,
     InvalidArgumentError,
     MemoryInfo,
     NoPermissionError,
@@ -32,6 +34,7 @@ from gputuned.collectors.device import (
     RemappedRows,
     Utilization,
 )
+from gputuned.collectors.gpm import GpmSampler
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +153,7 @@ class NvmlGPU(GPUDevice):
         except nvml.NVMLError as e:
             raise map_nvml_error(e, f"gpu {index} open") from e
         self._events: Any = None
-        self._gpm: bool | None = None
+        self._gpm = GpmSampler(nvml, self._h)
 
     @property
     def identity(self) -> GPUIdentity:
@@ -168,8 +171,11 @@ class NvmlGPU(GPUDevice):
 
     @_nvml_call("memory")
     def memory(self) -> MemoryInfo:
-        m = self._nvml.nvmlDeviceGetMemoryInfo(self._h)
-        return MemoryInfo(int(m.total), int(m.used), int(m.free))
+        try:  # v2 reports the driver's reserve apart from used memory, as DCGM does
+            m = self._nvml.nvmlDeviceGetMemoryInfo(self._h, self._nvml.nvmlMemory_v2)
+        except (self._nvml.NVMLError, AttributeError):
+            m = self._nvml.nvmlDeviceGetMemoryInfo(self._h)
+        return MemoryInfo(int(m.total), int(m.used), int(m.free), int(getattr(m, "reserved", 0)))
 
     @_nvml_call("sm clock")
     def sm_clock_hz(self) -> float:
@@ -281,35 +287,24 @@ class NvmlGPU(GPUDevice):
         t = n.nvmlDeviceGetViolationStatus(self._h, n.NVML_PERF_POLICY_THERMAL).violationTime
         return p / 1e9, t / 1e9
 
-    @_nvml_call("dram bandwidth")
-    def dram_bandwidth_ratio(self) -> float:
-        if self._gpm is None:
-            try:
-                self._gpm = bool(self._nvml.nvmlGpmQueryDeviceSupport(self._h).isSupportedDevice)
-            except (self._nvml.NVMLError, AttributeError):
-                self._gpm = False
-        if not self._gpm:
-            raise NotSupportedError(f"gpu {self._index}: GPM (DRAM bandwidth) not supported")
-        return self._gpm_dram_bandwidth()
+    @_nvml_call("gpm")
+    def gpm_activity(self) -> GpmActivity | None:
+        if not self._gpm.query_support():
+            raise NotSupportedError(f"gpu {self._index}: GPM not supported")
+        return self._gpm.activity()
 
-    def _gpm_dram_bandwidth(self) -> float:
-        n = self._nvml
-        if not hasattr(self, "_gpm_prev"):
-            self._gpm_prev = n.nvmlGpmSampleAlloc()
-            n.nvmlGpmSampleGet(self._h, self._gpm_prev)
-            raise NotSupportedError(f"gpu {self._index}: first GPM sample taken, no rate yet")
-        cur = n.nvmlGpmSampleAlloc()
-        n.nvmlGpmSampleGet(self._h, cur)
-        req = n.c_nvmlGpmMetricsGet_t()
-        req.version = n.NVML_GPM_METRICS_GET_VERSION
-        req.numMetrics = 1
-        req.sample1 = self._gpm_prev
-        req.sample2 = cur
-        req.metrics[0].metricId = n.NVML_GPM_METRIC_DRAM_BW_UTIL
-        n.nvmlGpmMetricsGet(req)
-        n.nvmlGpmSampleFree(self._gpm_prev)
-        self._gpm_prev = cur
-        return float(req.metrics[0].value) / 100.0
+    @_nvml_call("pcie replays")
+    def pcie_replays(self) -> int:
+        return int(self._field(self._nvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER))
+
+    @_nvml_call("running processes")
+    def processes(self) -> list[GPUProcess]:
+        """nvmlDeviceGetComputeRunningProcesses: each pid once, its used memory (None from NVML reads 0)."""
+        out: dict[int, int] = {}
+        for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._h):
+            used = getattr(p, "usedGpuMemory", None)
+            out[int(p.pid)] = out.get(int(p.pid), 0) + (int(used) if isinstance(used, int) else 0)
+        return [GPUProcess(pid, used) for pid, used in sorted(out.items())]
 
     def poll_xid_events(self) -> list[int]:
         if self._gate is not None and not self._gate.in_worker():

@@ -24,7 +24,8 @@ from gputuned.collectors.families import FamilyName
 logger = logging.getLogger(__name__)
 
 #: The modules of the collectors that ship with gputuned, imported before the registry is read.
-BUILTIN_MODULES = ("gputuned.collectors.gpu", "gputuned.collectors.host", "gputuned.collectors.network")
+BUILTIN_MODULES = ("gputuned.collectors.gpu", "gputuned.collectors.host", "gputuned.collectors.network",
+                   "gputuned.collectors.attribution", "gputuned.collectors.kubernetes")
 
 
 class CollectorConfig(BaseModel):

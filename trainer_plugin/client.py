@@ -11,6 +11,7 @@ import collections
 import logging
 import os
 import select
+import sys
 import threading
 import time
 from typing import Any
@@ -42,13 +43,17 @@ class DaemonClient:
         backoff_s: tuple[float, float] = (0.05, 5.0),
         pending_limit: int = 64,
         start: bool = True,
+        cuda_uuid: str = "",
     ) -> None:
         self.leader = rank == 0 if leader is None else leader
+        # the daemon matches this process's pid (checked against the socket's peer) with NVML's
+        # process list; the UUID says which GPU it is where the process has contexts on several
+        device = {"cuda_uuid": cuda_uuid} if cuda_uuid else {}
         # checked now, so a hello the daemon would refuse fails here (ProtocolError, a ValueError)
         self._hello = protocol.message(
             "hello", job=job, rank=rank, local_rank=rank if local_rank is None else local_rank,
             world_size=world_size, pid=os.getpid(), leader=self.leader, batch_size=int(batch_size),
-            batch_mode=batch_mode)
+            batch_mode=batch_mode, **device)
         self.path = path
         self.job = job
         self.rank = rank
@@ -278,3 +283,19 @@ class DaemonClient:
             logger.warning("daemon reported an error: %s", msg["error"])
         else:
             logger.debug("ignoring %s message from daemon", msg["type"])
+
+
+def cuda_device_uuid(device: int | None = None) -> str:
+    """NVML's UUID (``GPU-...``) of this process's current CUDA device; "" without torch or CUDA.
+
+    torch is only looked up, never imported here: the client stays importable without it.
+    """
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return ""
+        props = torch.cuda.get_device_properties(torch.cuda.current_device() if device is None else device)
+        uuid = str(getattr(props, "uuid", "") or "")
+    except (RuntimeError, AssertionError, AttributeError):
+        return ""
+    return uuid if uuid.startswith(("GPU-", "MIG-")) or not uuid else f"GPU-{uuid}"

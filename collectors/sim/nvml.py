@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 # nvidia-ml-py's API surface: every constant, error class and return structure by its name.
@@ -22,16 +23,17 @@ from gputuned.collectors.sim.nvml_api import (  # noqa: F401 - served as nvidia-
     NVML_ERROR_GPU_IS_LOST, NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_LIBRARY_NOT_FOUND,
     NVML_ERROR_NO_PERMISSION, NVML_ERROR_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED,
     NVML_ERROR_TIMEOUT, NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN, NVML_FI_DEV_MEMORY_TEMP,
-    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, NVML_FI_DEV_PCIE_REPLAY_COUNTER,
     NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
     NVML_PCIE_UTIL_RX_BYTES, NVML_PCIE_UTIL_TX_BYTES, NVML_PERF_POLICY_POWER,
     NVML_PERF_POLICY_THERMAL, NVML_SUCCESS, NVML_TEMPERATURE_GPU, NVML_VALUE_TYPE_DOUBLE,
     NVML_VALUE_TYPE_UNSIGNED_INT, NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, NVML_VOLATILE_ECC,
     ERROR_CLASSES, NVMLError,
     _EventSet, _Handle, c_nvmlEventData_t, c_nvmlFieldValue_t, c_nvmlGpmSupport_t,
-    c_nvmlMemory_t, c_nvmlPciInfo_t, c_nvmlUtilization_t, c_nvmlValue_t, c_nvmlViolationTime_t,
-    nvmlEventTypeXidCriticalError,
+    c_nvmlMemory_t, c_nvmlMemory_v2_t, c_nvmlPciInfo_t, c_nvmlUtilization_t, c_nvmlValue_t, c_nvmlViolationTime_t,
+    nvmlEventTypeXidCriticalError, nvmlMemory_v2,
 )
+from gputuned.collectors.sim.nvml_gpm import GPM_NAMES, gpm_api
 # isort: on
 from gputuned.collectors.sim.state import (
     LOCKED_MEMORY_CLOCKS_FROM,
@@ -159,10 +161,13 @@ def nvmlDeviceGetPciInfo(handle: _Handle) -> c_nvmlPciInfo_t:
 
 
 # --- readings ------------------------------------------------------------------------
-def nvmlDeviceGetMemoryInfo(handle: _Handle, version: int | None = None) -> c_nvmlMemory_t:
+def nvmlDeviceGetMemoryInfo(handle: _Handle, version: int | None = None) -> c_nvmlMemory_t | c_nvmlMemory_v2_t:
     dev = _dev(handle, "nvmlDeviceGetMemoryInfo")
     total = dev.profile.memory_total_bytes
     used = min(dev.memory_used_bytes, total)
+    if version:  # v2 keeps the driver's reserve (1/160: 512 MiB of 80 GB) apart; used + reserved + free = total
+        used, reserved = min(used, total - total // 160), total // 160
+        return c_nvmlMemory_v2_t(version, total, reserved, free=total - reserved - used, used=used)
     return c_nvmlMemory_t(total=total, free=total - used, used=used)
 
 
@@ -248,19 +253,17 @@ def nvmlDeviceGetPcieThroughput(device: _Handle, counter: int) -> int:
 
 def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int]) -> list[c_nvmlFieldValue_t]:  # noqa: N803
     dev = _dev(handle, "nvmlDeviceGetFieldValues")
+    ull = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+    fields = {  # the simulated PCIe link never retries
+        NVML_FI_DEV_MEMORY_TEMP: (NVML_VALUE_TYPE_UNSIGNED_INT, c_nvmlValue_t(uiVal=dev.memory_temperature_c)),
+        NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: (ull, c_nvmlValue_t(ullVal=dev.nvlink_tx_kib)),
+        NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: (ull, c_nvmlValue_t(ullVal=dev.nvlink_rx_kib)),
+        NVML_FI_DEV_PCIE_REPLAY_COUNTER: (ull, c_nvmlValue_t(ullVal=0)),
+    }
     out = []
     for fid in fieldIds:
-        ret, vtype, val = NVML_SUCCESS, NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, c_nvmlValue_t()
-        if f"field:{fid}" in dev.unsupported:
-            ret = NVML_ERROR_NOT_SUPPORTED
-        elif fid == NVML_FI_DEV_MEMORY_TEMP:
-            vtype, val = NVML_VALUE_TYPE_UNSIGNED_INT, c_nvmlValue_t(uiVal=dev.memory_temperature_c)
-        elif fid == NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX:
-            val = c_nvmlValue_t(ullVal=dev.nvlink_tx_kib)
-        elif fid == NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX:
-            val = c_nvmlValue_t(ullVal=dev.nvlink_rx_kib)
-        else:
-            ret = NVML_ERROR_NOT_SUPPORTED
+        vtype, val = fields.get(fid, (ull, c_nvmlValue_t()))
+        ret = NVML_SUCCESS if fid in fields and f"field:{fid}" not in dev.unsupported else NVML_ERROR_NOT_SUPPORTED
         out.append(c_nvmlFieldValue_t(fid, 0, 0, 0, vtype, ret, val))
     return out
 
@@ -301,10 +304,25 @@ def nvmlDeviceGetViolationStatus(device: _Handle, perfPolicyType: int) -> c_nvml
     return c_nvmlViolationTime_t(0, ns)
 
 
-def nvmlGpmQueryDeviceSupport(device: _Handle) -> c_nvmlGpmSupport_t:
-    # GPM sampling is not simulated; report it unsupported so the DRAM series is skipped.
-    _dev(device, "nvmlGpmQueryDeviceSupport")
-    return c_nvmlGpmSupport_t(version=1, isSupportedDevice=0)
+# GPM (Hopper and later): nvmlGpmQueryDeviceSupport, nvmlGpmSampleAlloc/Get/Free, nvmlGpmMetricsGet
+globals().update(GPM_NAMES)
+globals().update(gpm_api(_dev))
+
+
+@dataclass
+class c_nvmlProcessInfo_t:  # noqa: N801 - NVML's name
+    pid: int
+    usedGpuMemory: int | None  # noqa: N815
+    gpuInstanceId: int = 0xFFFFFFFF  # noqa: N815 - "none" outside MIG
+    computeInstanceId: int = 0xFFFFFFFF  # noqa: N815
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle: _Handle) -> list[c_nvmlProcessInfo_t]:
+    """The device's compute processes (the simulated job's ranks), sharing its used memory evenly."""
+    dev = _dev(handle, "nvmlDeviceGetComputeRunningProcesses")
+    pids = list(dev.process_pids)
+    share = min(dev.memory_used_bytes, dev.profile.memory_total_bytes) // max(1, len(pids))
+    return [c_nvmlProcessInfo_t(pid, share) for pid in pids]
 
 
 # --- events --------------------------------------------------------------------------

@@ -218,6 +218,7 @@ class SimDevice:
     power_violation_ns: int = 0
     thermal_violation_ns: int = 0
     pending_xids: list[int] = field(default_factory=list)
+    process_pids: list[int] = field(default_factory=list)  # compute processes on the GPU (its memory split evenly)
     # settings
     power_limit_mw: int = 0
     locked_sm_clocks_mhz: tuple[int, int] | None = None

@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 from gputuned.collectors import registry
+from gputuned.collectors.attribution import link
 from gputuned.collectors.base import Collector
 from gputuned.collectors.device import DriverMissingError, GPUDevice, GPUError
 from gputuned.collectors.hardware import nvidia_hardware
@@ -182,6 +183,8 @@ class Daemon:
         if cfg.control.enabled:
             self.control = ControlServer(cfg.control, self.store, admin=RuntimeAdmin(self))
             self.attach(self.control)
+        # which rank runs on which GPU (NVML's process lists and the ranks' hellos), and pod labels
+        self.processes = link(self.collectors, self.control.jobs.claims if self.control is not None else None)
         self.actuator = Actuator(self.gpus.devices, cfg.actuation, StateFile(cfg.daemon.state_file), self.store,
                                  jobs=self.control)
         self.attach(self.actuator)

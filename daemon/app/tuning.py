@@ -7,7 +7,9 @@ job's batch size (a decision the job acknowledges) are changed through the :clas
 which records each knob's original first, emits each change with its origin (tuner, perseus)
 and restores it on stop. :class:`TuningComponent` finds the job to tune, runs one
 :class:`gputuned.tuner.decision.kernel.DecisionKernel` per job every ``interval_s``, and
-publishes the guard's counters and the tuner's own measurements.
+publishes the guard's counters and the tuner's own measurements. Given the daemon's placement
+(:mod:`gputuned.collectors.attribution`: NVML's process lists joined with the ranks' hellos),
+it tunes only the GPUs the job's own processes run on, and Perseus reads each rank's GPU from it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gputuned.collectors import families as F
+from gputuned.collectors.attribution import Attribution
 from gputuned.collectors.device import ClockEventReason
 from gputuned.collectors.families import Labels, Sample, declare
 from gputuned.daemon.actuation.pause import pause_path
@@ -83,8 +86,10 @@ class StoreNode:
     """The kernel's node in the daemon: the store's readings, the actuator, the job's decisions."""
 
     def __init__(self, store: Store, actuator: KnobActuator, decider: BatchDecider | None, job: str,
-                 gpus: list[tuple[GPULimits, Labels, float]], now: float) -> None:
+                 gpus: list[tuple[GPULimits, Labels, float]], now: float,
+                 rank_gpus: Callable[[], dict[int, int]] | None = None) -> None:
         self.store = store
+        self.rank_gpus = rank_gpus  # rank -> GPU index from NVML's process lists (None: not known)
         self.actuator = actuator
         self.decider = decider
         self.job = job
@@ -106,10 +111,21 @@ class StoreNode:
     def totals(self) -> tuple[float, float] | None:
         """(GPU energy counters summed, the job's samples) now, or None while either is missing."""
         energy = [self.store.value(F.GPU_ENERGY, labels) for _, labels, _ in self._gpus]
+        if any(e is None for e in energy) and self._follow_labels():
+            energy = [self.store.value(F.GPU_ENERGY, labels) for _, labels, _ in self._gpus]
         samples = self._trainer(SAMPLES_TOTAL)
         if samples is None or not energy or any(e is None for e in energy):
             return None
         return float(sum(e for e in energy if e is not None)), samples
+
+    def _follow_labels(self) -> bool:
+        """Follow GPUs whose labels changed (pod labels come with a pod) to their served series."""
+        served = {dict(lab).get("gpu"): lab for lab in self.store.series(F.GPU_ENERGY)
+                  if self.store.value(F.GPU_ENERGY, lab) is not None}
+        moved = [(g, served.get(g.key, lab), sm) for g, lab, sm in self._gpus]
+        changed = moved != self._gpus
+        self._gpus = moved
+        return changed
 
     def mark(self, now: float) -> None:
         """Start the next interval at ``now``."""
@@ -177,7 +193,11 @@ class StoreNode:
         return None if res is None else Ack(bool(res.ok), str(res.reason))
 
     def rank_timings(self) -> list[RankTiming]:
-        """Per-rank compute time from the job's reports; the k-th rank reporting here runs on the k-th GPU."""
+        """Per-rank compute time from the job's reports, each on the GPU NVML lists its process on.
+
+        Without a placement (no process lists) the k-th rank reporting here is taken to run on
+        the k-th GPU; with one, a rank not placed on one of the tuned GPUs leaves Perseus out.
+        """
         ranks = []
         for labels in self.store.series(COMPUTE_SECONDS):
             d = dict(labels)
@@ -188,7 +208,13 @@ class StoreNode:
         ranks.sort()
         if len(ranks) < 2 or len(ranks) != len(self._gpus):
             return []
-        return [RankTiming(r, g.key, c, 0.0) for (r, c), (g, _, _) in zip(ranks, self._gpus, strict=True)]
+        if self.rank_gpus is None:
+            return [RankTiming(r, g.key, c, 0.0) for (r, c), (g, _, _) in zip(ranks, self._gpus, strict=True)]
+        placed, keys = self.rank_gpus(), {g.key for g, _, _ in self._gpus}
+        on = {r: str(placed[r]) for r, _ in ranks if r in placed and str(placed[r]) in keys}
+        if len(on) != len(ranks) or len(set(on.values())) != len(on):
+            return []
+        return [RankTiming(r, on[r], c, 0.0) for r, c in ranks]
 
 
 class TuningComponent:
@@ -201,8 +227,12 @@ class TuningComponent:
         config: TuningConfig | None = None, *, chooser: Chooser | Callable[[np.ndarray], int] | None = None,
         guard: SafetyGuard | None = None, alerts: Callable[[], list[str]] | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        placement: Callable[[], Attribution] | None = None,
     ) -> None:
+        """``placement``: the latest rank -> GPU join; with it only the job's GPUs are tuned."""
         self.store = store
+        self.placement = placement
+        self._unplaced_said = ""  # the job last logged as placed on no GPU
         self.actuator = actuator
         self.decider = decider
         self.gpu_indices = list(gpus)
@@ -296,7 +326,7 @@ class TuningComponent:
         kernel.emit(now, "job_gone", "batch_size", "job", 0, job=job)
         restore = getattr(self.actuator, "restore_gpu", None)
         if restore is not None and (kernel.limit_w and self.cfg.tune_power or kernel.clocks):  # no job left
-            for g, _, _ in self._gpus:
+            for g in kernel.node.gpus():
                 restore(int(g.key))
             kernel.emit(now, "restore", "power_limit", "all", 0)
 
@@ -304,18 +334,36 @@ class TuningComponent:
         kind, path = self.cfg.chooser_kind()
         return make_chooser(kind, path, self.cfg.objective, self.cfg.max_slowdown)
 
+    def _job_gpus(self, job: str) -> list[tuple[GPULimits, Labels, float]] | None:
+        """The GPUs to tune for ``job``: those its processes run on; all of them without a placement,
+        or when only the batch is tuned (GPU readings, no GPU knob); None while it runs on none."""
+        if self.placement is None or not (self.cfg.tune_power or self.cfg.tune_clocks):
+            return self._gpus
+        on = self.placement().gpus_of(job)
+        gpus = [g for g in self._gpus if int(g[0].key) in on]
+        if not gpus and self._unplaced_said != job:
+            logger.info("tuner: job %s runs on none of GPUs %s by NVML's process lists; waiting",
+                        job, ", ".join(g.key for g, _, _ in self._gpus))
+        self._unplaced_said = job if not gpus else ""
+        return gpus or None
+
     def _start_run(self, now: float) -> None:
         job = self._job()
         if job is None or not self._gpus:
             return
-        node = StoreNode(self.store, self.actuator, self.decider, job, self._gpus, now)
+        gpus = self._job_gpus(job)
+        if gpus is None:
+            return
+        placement = self.placement
+        rank_gpus = None if placement is None else (lambda: placement().rank_map(job))
+        node = StoreNode(self.store, self.actuator, self.decider, job, gpus, now, rank_gpus)
         if node.totals() is None:
             return
         if self._own_chooser and self.decisions:  # a new job: a fresh chooser and OOM ceiling
             self.chooser = self._new_chooser()
             self.guard.oom_ceiling = None
-        g0_labels = self._gpus[0][1]
-        limit = float(self.store.value(F.GPU_POWER_LIMIT, g0_labels) or self._gpus[0][0].hi_w)
+        g0_labels = gpus[0][1]
+        limit = float(self.store.value(F.GPU_POWER_LIMIT, g0_labels) or gpus[0][0].hi_w)
         hook = getattr(self.chooser, "rolled_back", None)
         self.kernel = DecisionKernel(node, self.cfg, self.guard, b0=node.batch_size(), limit_w=limit,
                                      on_event=self.on_event, on_rollback=hook)

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 
 from gputuned.collectors import families as F
+from gputuned.collectors.attribution import RankClaim
 from gputuned.collectors.families import Labels, Sample
 from gputuned.daemon.control.config import ControlConfig
 
@@ -59,6 +60,7 @@ class RankState:
     gone_at: float = 0.0
     cid: int = 0  # the connection holding the rank (0: none)
     pid: int = 0  # its peer's pid
+    uuid: str = ""  # the CUDA device UUID its hello reported (placed only where NVML lists its pid)
     leader: bool = False  # rank 0 that said it leads: decisions go to its connection
     stats: dict[str, float] = field(default_factory=dict)
 
@@ -107,7 +109,8 @@ class JobTable:
         self.max_ranks, self.max_ranks_per_uid = cfg.max_ranks, cfg.max_ranks_per_uid
         self.max_jobs, self.max_jobs_per_uid = cfg.max_jobs, cfg.max_jobs_per_uid
 
-    def connect(self, job: str, rank: int, *, uid: int, pid: int, cid: int, leader: bool = False) -> Refusal | None:
+    def connect(self, job: str, rank: int, *, uid: int, pid: int, cid: int, leader: bool = False,
+                uuid: str = "") -> Refusal | None:
         """Give (job, rank) to connection ``cid`` of peer (uid, pid); a Refusal when it may not have it."""
         with self._lock:
             owner = self._owners.get(job)
@@ -124,7 +127,7 @@ class JobTable:
                     owner = self._owners[job] = JobOwner(uid, pid)
                 owner.ranks += 1
                 st = self._ranks[(job, rank)] = RankState()
-            st.connected, st.cid, st.pid, st.leader = True, cid, pid, leader
+            st.connected, st.cid, st.pid, st.leader, st.uuid = True, cid, pid, leader, uuid
             return None
 
     def _over_bounds(self, uid: int, *, new_job: bool) -> Refusal | None:
@@ -163,6 +166,11 @@ class JobTable:
         """The peer pid of each connected rank of ``job``."""
         with self._lock:
             return {r: st.pid for (j, r), st in self._ranks.items() if j == job and st.connected}
+
+    def claims(self) -> list[RankClaim]:
+        """Every connected rank with its peer pid and reported UUID, for placing ranks on GPUs."""
+        with self._lock:
+            return [RankClaim(j, r, st.pid, st.uuid) for (j, r), st in self._ranks.items() if st.connected]
 
     def update(self, job: str, rank: int, step: int, t: float, stats: dict[str, float]) -> None:
         """Take one report of a connected rank: its step, the report's time and its statistics."""
