@@ -7,6 +7,7 @@ Daemon attaches itself, so they stop first and the actuator restores last).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -97,6 +98,7 @@ class SimJobComponent:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._place(os.getpid())
         self.reporters = [self.connect(0)]
         if self.server is None:
             self._thread = threading.Thread(target=self.reporters[0].run, args=(self._stop,), name="gputuned-sim-job",
@@ -108,7 +110,16 @@ class SimJobComponent:
         from gputuned.collectors.sim.trainer import connect
         from gputuned.trainer_plugin.client import DaemonClient
 
-        return connect(self.backend, self.socket_path, self.job_name, make_client=DaemonClient, rank=rank)
+        devices = getattr(self.backend, "devices", [])
+        uuid = devices[rank % len(devices)].uuid if devices else ""
+        return connect(self.backend, self.socket_path, self.job_name,
+                       make_client=functools.partial(DaemonClient, cuda_uuid=uuid), rank=rank)
+
+    def _place(self, pid: int | None) -> None:
+        """The simulated ranks run in this process: NVML lists it on each GPU of the job (None: on none)."""
+        job = getattr(self.backend, "job", None)
+        for dev in getattr(self.backend, "devices", [])[: getattr(job, "gpus", 0)]:
+            dev.process_pids = [] if pid is None else [pid]
 
     def tick(self, now: float) -> None:
         """The job paces itself (its thread, or the caller's :meth:`step`)."""
@@ -139,6 +150,7 @@ class SimJobComponent:
         self.settle(1.0)  # stepped: the tuner's last decision (its batch size restored) still reaches the job
         for r in self.reporters:
             r.client.close()
+        self._place(None)
 
 
 def _unanswered(server: ControlServer) -> bool:
@@ -231,6 +243,7 @@ def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: P
         daemon.attach(TuningComponent(
             daemon.store, daemon.actuator, daemon.control, [d.identity.index for d in daemon.gpus.devices], tcfg,
             alerts=forecast.alert_kinds if forecast is not None else None,
+            placement=(lambda: procs.latest) if (procs := daemon.processes) is not None else None,
         ))
 
 

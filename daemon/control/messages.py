@@ -83,9 +83,11 @@ class MessageHandler:
     def _hello(self, conn: Connection, msg: dict[str, Any]) -> None:
         if msg["pid"] != conn.pid and conn.pid:
             logger.debug("control: hello pid %d differs from peer pid %d (pid namespace?)", msg["pid"], conn.pid)
-        # identity is the peer's credentials (SO_PEERCRED), never what the hello claims
+        # identity is the peer's credentials (SO_PEERCRED), never what the hello claims: the
+        # peer's pid places the rank on a GPU, its UUID only picks among the GPUs that pid is on
         leader = bool(msg["leader"]) and msg["rank"] == 0
-        why = self.jobs.connect(msg["job"], msg["rank"], uid=conn.uid, pid=conn.pid, cid=conn.cid, leader=leader)
+        why = self.jobs.connect(msg["job"], msg["rank"], uid=conn.uid, pid=conn.pid, cid=conn.cid, leader=leader,
+                                uuid=str(msg.get("cuda_uuid", "")))
         if why is not None:
             self.replies.reject(conn, why[0], why[1], close=True)
             return
