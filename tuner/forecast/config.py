@@ -125,6 +125,8 @@ class ForecastConfig(_Table):
     forget_after_s: StrictFloat = 3600.0
     max_series: StrictInt = 1024
     detect_in_child: StrictBool = True
+    # the most throughput a GPU knob's intended change may cost (the daemon sets the tuner's max_slowdown)
+    intent_slowdown: StrictFloat = 0.10
     detector: InstanceOf[DetectorConfig] = DetectorConfig()
     eta: InstanceOf[EtaConfig] = EtaConfig()
 

@@ -201,6 +201,22 @@ class OnlineDetector:
         s.n += 1
         return Judgement(score, self.alert.active, transition, z)
 
+    # --- intended changes (the forecast service's settle windows) -----------------------
+    def rebase(self, level: float) -> None:
+        """Take ``level`` as the new normal after an intended change (a tuner or operator move).
+
+        The baseline and the fast mean move to ``level``; the scales, the tail and the alert
+        stay. The seen-before ranges start again, so levels visited on the way to it are not
+        later taken as normal. No effect during warm-up.
+        """
+        s, c = self._s, self.config
+        if s.n < c.warmup or not math.isfinite(level):
+            return
+        s.level = s.short = level
+        s.anomalous_run = 0.0
+        self._values = _LaggedRange(c.window, c.window_lag, c.gate_q)
+        self._shorts = _LaggedRange(c.window, c.window_lag, c.gate_q)
+
     # --- internals ---------------------------------------------------------------------
     def _weight(self, t: float) -> float:
         """Elapsed time in typical sample spacings (1 for regular sampling), capped for gaps."""

@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any
 
 from gputuned.collectors.families import Sample
+from gputuned.intent import Change
 from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
 from gputuned.tuner.forecast.child import close_queues, spawn_child, stop_child
 from gputuned.tuner.forecast.config import ForecastConfig
@@ -82,7 +83,11 @@ def detect_main(ticks: Any, out: Any, config: ForecastConfig, fitter: str | None
                 continue
             if item is None:
                 return
-            for now, samples in item:
+            for entry in item:
+                if isinstance(entry, Change):  # an intended change, in order with the ticks around it
+                    svc.note_change(entry)
+                    continue
+                now, samples = entry
                 svc.observe(now, samples)
                 if svc.changed or now >= next_state:
                     svc.changed = False
@@ -100,7 +105,7 @@ class OffloadedForecastService:
         self.config = config or ForecastConfig()
         self.backlog = backlog
         self.batch_ticks = max(1, batch_ticks)
-        self._batch: list[tuple[float, list[Sample]]] = []
+        self._batch: list[tuple[float, list[Sample]] | Change] = []
         self._fitter = fitter
         refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
         self._wanted = frozenset(s.family for s in self.config.series) | refs | HW_FAMILIES
@@ -147,6 +152,11 @@ class OffloadedForecastService:
     def add_alert_hook(self, hook: AlertHook) -> None:
         """Call ``hook(alert)`` on every raised alert, on the tick thread."""
         self._hooks.append(hook)
+
+    def note_change(self, change: Change) -> None:
+        """An applied knob change: goes to the child with the next batch, before the ticks after it."""
+        if self._proc is not None:
+            self._batch.append(change)
 
     def observe(self, now: float, samples: list[Sample]) -> None:
         """Hand the tick's forecast samples to the child; run hooks of alerts raised since."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gputuned.collectors.families import Labels, Sample, declare, describe_labels
+from gputuned.intent import Change
 from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
 from gputuned.tuner.forecast.band import BandRule, forecast_at, z_of
 from gputuned.tuner.forecast.child import close_queues, spawn_child, stop_child
@@ -31,6 +32,7 @@ from gputuned.tuner.forecast.detector import OnlineDetector
 from gputuned.tuner.forecast.eta import DegradationEta
 from gputuned.tuner.forecast.hardware import FAMILIES as HW_FAMILIES
 from gputuned.tuner.forecast.hardware import HardwareAlert, HardwareWatch, gpu_labels
+from gputuned.tuner.forecast.settle import SettleWindows
 from gputuned.tuner.forecast.worker import InlineWorker, worker_main
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class ForecastService:
         cfg = self.config
         self._hw = HardwareWatch(cfg.hardware_hold_s, cfg.thermal_clear_s, cfg.ecc_corrected_burst, cfg.ecc_burst_window_s)
         self._hooks: list[AlertHook] = []
+        self._settle = SettleWindows(cfg.intent_slowdown)
         self._raised: dict[str, int] = {}
         self._z_iw = z_of(self.config.interval_width)
         self._proc: Any = None
@@ -122,6 +125,12 @@ class ForecastService:
         """Call ``hook(alert)`` on every raised alert (root-cause capture, notifications)."""
         self._hooks.append(hook)
 
+    def note_change(self, change: Change) -> None:
+        """An applied knob change: a settle window opens on the series it moves (see settle.py)."""
+        n = self._settle.open(change, {key: tr.detector for key, tr in self._tracks.items()})
+        logger.debug("%s change of %s (gpu %s, job %s): %d series settle for %.0f s",
+                     change.origin, change.knob, change.gpu, change.job, n, change.settle_s)
+
     # --- per tick ------------------------------------------------------------------------
     def observe(self, now: float, samples: list[Sample]) -> None:
         """Fold in one tick (``now`` in unix seconds); never waits on the worker."""
@@ -159,6 +168,11 @@ class ForecastService:
                 return
             tr = self._tracks[key] = self._new_track(spec)
         tr.last_t = now
+        phase = self._settle.step(key, now, value, tr.detector)
+        if phase == "settling":  # an intended change's transition: neither judged nor learned
+            return
+        if phase != "judge":
+            self._new_level(tr, phase == "restart")
         fc = self._forecast_at(tr, now)
         j = tr.detector.update(now, value, fc)
         tr.score = j.score
@@ -173,12 +187,23 @@ class ForecastService:
                 self._on_transition(t, alert)
         self._downsample(tr, now, value)
 
+    def _new_level(self, tr: _Track, warm_again: bool) -> None:
+        """An intended change settled: trend, history and forecast start again at the new level."""
+        if warm_again:
+            tr.detector = OnlineDetector(tr.detector.config)
+        if tr.eta is not None and tr.spec.limit is not None and not tr.eta.active:
+            tr.eta = DegradationEta(tr.spec.limit, self.config.eta)
+        tr.history.clear()  # the next fit sees the new level only, not the levels visited on the way
+        tr.forecast = {}
+        tr.bucket_start, tr.bucket_sum, tr.bucket_n = math.nan, 0.0, 0
+
     def _sweep(self, now: float) -> None:
         """Forget series gone quiet (a finished job's ranks) so state stays bounded."""
         self._next_sweep = now + 60.0
         stale = [k for k, tr in self._tracks.items() if now - tr.last_t > self.config.forget_after_s]
         for key in stale:
             del self._tracks[key]
+            self._settle.forget(key)
         if stale:
             logger.info("forgot %d series silent for over %.0f s", len(stale), self.config.forget_after_s)
 

@@ -1,0 +1,127 @@
+"""Intended changes in the forecaster: a settle window on every series a knob change moves.
+
+A :class:`~gputuned.intent.Change` (the actuator emits one per applied change: the tuner's,
+Perseus's, an operator's ``set``, a restore, a job acknowledging a batch size) opens a window
+on the tracked series the knob affects (:func:`affects`): for a GPU knob that GPU's power,
+clocks and temperature and the node's trainer series (throughput, step and communication
+time, data-loader wait); for a job knob (the batch size) every GPU's power, clocks,
+temperature and memory used and that job's trainer series.
+
+While a window is open its series is neither judged nor learned: the transition and the
+levels visited on the way are not taken as normal. When it closes, the settled level (the
+median of the window's later half) becomes the baseline (``OnlineDetector.rebase``: level
+moved there, seen-before ranges started again), unless it lies beyond what an intended
+change may cost. The throughput a GPU knob may cost is bounded: the tuner's guard keeps it
+within ``slowdown`` of its level before the tuner's first GPU move (the reference, kept until
+a batch-size change sets a new one). A settled throughput below that, or any sample below
+it while the window is open, is not the tuner's doing: the detector keeps its old baseline
+and judges the loss as a fault at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Literal
+
+from gputuned.collectors.families import Labels
+from gputuned.intent import Change
+from gputuned.tuner.forecast.config import TRAINER_COMM, TRAINER_DATA_WAIT, TRAINER_THROUGHPUT
+from gputuned.tuner.forecast.detector import OnlineDetector
+
+SeriesKey = tuple[str, Labels]
+Phase = Literal["settling", "rebased", "restart", "judge"]
+
+TRAINER_STEP = "gputuned_trainer_step_time_seconds"
+_TRAINER = frozenset({TRAINER_THROUGHPUT, TRAINER_STEP, TRAINER_COMM, TRAINER_DATA_WAIT})
+_GPU_KNOB = frozenset({"gputuned_gpu_power_watts", "gputuned_gpu_sm_clock_hertz", "gputuned_gpu_temperature_celsius"})
+#: what a job knob (the batch size) moves on every GPU: the above and the memory its batch holds
+_JOB_KNOB = _GPU_KNOB | {"gputuned_gpu_memory_used_bytes"}
+#: series whose intended loss is bounded by the tuner's slowdown (a GPU knob's change only)
+_BOUNDED = frozenset({TRAINER_THROUGHPUT})
+
+
+def affects(change: Change, key: SeriesKey) -> bool:
+    """Whether ``change`` moves the series ``key`` (family, labels)."""
+    family, labels = key
+    d = dict(labels)
+    if family in _TRAINER:
+        return change.gpu is not None or change.job is None or d.get("job") == change.job
+    if change.gpu is not None:
+        return family in _GPU_KNOB and d.get("gpu") == str(change.gpu)
+    return family in _JOB_KNOB
+
+
+@dataclass
+class _Window:
+    until: float
+    half_s: float
+    job_knob: bool
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def settled_level(self) -> float:
+        late = [x for t, x in self.samples if t >= self.until - self.half_s] or [x for _, x in self.samples[-1:]]
+        return median(late)
+
+
+class SettleWindows:
+    """Open settle windows and throughput references, per series; see the module doc."""
+
+    def __init__(self, slowdown: float) -> None:
+        self.slowdown = slowdown
+        self._open: dict[SeriesKey, _Window] = {}
+        self._ref: dict[SeriesKey, float] = {}
+        self.rejected = 0  # settled levels judged a fault rather than the change's doing
+
+    def open(self, change: Change, detectors: dict[SeriesKey, OnlineDetector]) -> int:
+        """Open (or extend) a window on every tracked series ``change`` affects; how many."""
+        until = change.t + change.settle_s
+        job_knob = change.gpu is None
+        n = 0
+        for key, det in detectors.items():
+            if not affects(change, key):
+                continue
+            n += 1
+            if key[0] in _BOUNDED and key not in self._ref and not job_knob and math.isfinite(det.level()):
+                self._ref[key] = det.level()  # the level before the tuner's GPU moves
+            w = self._open.get(key)
+            if w is None:
+                self._open[key] = _Window(until, 0.5 * change.settle_s, job_knob)
+            else:
+                w.until, w.job_knob = max(w.until, until), w.job_knob or job_knob
+        return n
+
+    def step(self, key: SeriesKey, now: float, value: float, detector: OnlineDetector) -> Phase:
+        """Where sample ``value`` of ``key`` at ``now`` goes: held in a window, judged after a rebase
+        (or, for a detector still warming up, after a restart of its warm-up), or judged."""
+        w = self._open.get(key)
+        if w is None or not math.isfinite(value):
+            return "judge"
+        if not w.job_knob and self._below_bound(key, value):
+            del self._open[key]  # below what the change may cost: a fault, judged from this sample
+            self.rejected += 1
+            return "judge"
+        w.samples.append((now, value))
+        if now < w.until:
+            return "settling"
+        del self._open[key]
+        if w.job_knob:
+            self._ref.pop(key, None)  # a new batch size: a new throughput reference at the next GPU move
+        if not math.isfinite(detector.level()):
+            return "restart"  # still warming up on the old level: warm up again on the new one
+        detector.rebase(w.settled_level())
+        return "rebased"
+
+    def settling(self, key: SeriesKey) -> bool:
+        """Whether a window is open on ``key``."""
+        return key in self._open
+
+    def forget(self, key: SeriesKey) -> None:
+        """Drop the state of a series no longer tracked."""
+        self._open.pop(key, None)
+        self._ref.pop(key, None)
+
+    def _below_bound(self, key: SeriesKey, value: float) -> bool:
+        ref = self._ref.get(key)
+        return ref is not None and value < ref * (1.0 - self.slowdown)
