@@ -24,12 +24,18 @@ Kind = Literal["gauge", "counter"]
 
 @dataclass(frozen=True)
 class DcgmName:
-    """A dcgm-exporter equivalent: ``dcgm_value = value * scale`` for samples matching ``where``."""
+    """A dcgm-exporter equivalent: ``dcgm_value = value * scale`` for samples matching ``where``.
+
+    ``counter`` types it as dcgm-exporter's CSV does (its counters carry no ``_total``); ``help`` is
+    the CSV's help text; ``xid`` adds the ``err_code``/``err_msg`` labels dcgm-exporter puts on XID errors.
+    """
 
     name: str
     scale: float = 1.0
     where: tuple[tuple[str, str], ...] = ()
     counter: bool = False
+    help: str = ""  # noqa: A003 - the CSV column's name
+    xid: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,39 +113,67 @@ def catalog(*sources: ModuleType | Iterable[str]) -> dict[str, Family]:
 G: Kind = "gauge"
 C: Kind = "counter"
 
+_PCIE_HELP = ("The rate of data {} the PCIe bus - including both protocol headers and data payloads - "
+              "in bytes per second.")
+
+#: dcgm-exporter default counters gputuned cannot serve from NVML, and why.
+DCGM_NOT_SERVED: dict[str, str] = {
+    "DCGM_FI_DEV_VGPU_LICENSE_STATUS": "a vGPU guest's license state; a bare-metal GPU has none "
+                                       "(dcgm-exporter serves nothing for it there either)",
+}
+
 # --- per GPU (labels gpu, uuid, model, pci_bus_id [+ extra]) ----------------------------
 GPU_UP = declare("gputuned_gpu_up", G, "1 when the GPU answers NVML, 0 once it is lost.")
 GPU_UTIL = declare(
     "gputuned_gpu_utilization_ratio", G, "Fraction of time a kernel ran on the GPU (nvmlDeviceGetUtilizationRates.gpu).",
-    DcgmName("DCGM_FI_DEV_GPU_UTIL", 100.0),
+    DcgmName("DCGM_FI_DEV_GPU_UTIL", 100.0, help="GPU utilization (in %)."),
 )
 GPU_MEM_ACTIVITY = declare(
     "gputuned_gpu_memory_activity_ratio", G, "Fraction of time device memory was read or written.",
-    DcgmName("DCGM_FI_DEV_MEM_COPY_UTIL", 100.0),
+    DcgmName("DCGM_FI_DEV_MEM_COPY_UTIL", 100.0, help="Memory utilization (in %)."),
 )
-GPU_DRAM_BW = declare(
-    "gputuned_gpu_dram_bandwidth_ratio", G, "DRAM bandwidth used over its peak (GPM; Hopper and later).",
-    DcgmName("DCGM_FI_PROF_DRAM_ACTIVE", 1.0),
+#: GPM activity (Hopper and later), in GpmActivity's field order: family, help, DCGM field, the CSV's help.
+GPU_GR_ENGINE, GPU_SM_ACTIVE, GPU_SM_OCCUPANCY, GPU_TENSOR_ACTIVE, GPU_DRAM_BW = (
+    declare(name, G, f"{text} (GPM; Hopper and later).", DcgmName(dcgm, 1.0, help=dcgm_help))
+    for name, text, dcgm, dcgm_help in (
+        ("gputuned_gpu_graphics_engine_active_ratio", "Fraction of time the graphics/compute engine was active",
+         "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "Ratio of time the graphics engine is active."),
+        ("gputuned_gpu_sm_active_ratio", "Fraction of SM cycles with at least one warp resident",
+         "DCGM_FI_PROF_SM_ACTIVE", "The ratio of cycles an SM has at least 1 warp assigned."),
+        ("gputuned_gpu_sm_occupancy_ratio", "Resident warps over the SMs' maximum",
+         "DCGM_FI_PROF_SM_OCCUPANCY", "The ratio of number of warps resident on an SM."),
+        ("gputuned_gpu_tensor_active_ratio", "Fraction of cycles a tensor pipe was active, any precision",
+         "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "Ratio of cycles the tensor (HMMA) pipe is active."),
+        ("gputuned_gpu_dram_bandwidth_ratio", "DRAM bandwidth used over its peak", "DCGM_FI_PROF_DRAM_ACTIVE",
+         "Ratio of cycles the device memory interface is active sending or receiving data."),
+    )
 )
 GPU_MEM_USED = declare(
     "gputuned_gpu_memory_used_bytes", G, "Device memory in use.",
-    DcgmName("DCGM_FI_DEV_FB_USED", 1.0 / 2**20),
+    DcgmName("DCGM_FI_DEV_FB_USED", 1.0 / 2**20, help="Framebuffer memory used (in MiB)."),
 )
 GPU_MEM_FREE = declare(
     "gputuned_gpu_memory_free_bytes", G, "Device memory free.",
-    DcgmName("DCGM_FI_DEV_FB_FREE", 1.0 / 2**20),
+    DcgmName("DCGM_FI_DEV_FB_FREE", 1.0 / 2**20, help="Framebuffer memory free (in MiB)."),
+)
+GPU_MEM_RESERVED = declare(
+    "gputuned_gpu_memory_reserved_bytes", G, "Device memory the driver holds back (NVML memory info v2).",
+    DcgmName("DCGM_FI_DEV_FB_RESERVED", 1.0 / 2**20, help="Framebuffer memory reserved (in MiB)."),
 )
 GPU_MEM_TOTAL = declare("gputuned_gpu_memory_total_bytes", G, "Device memory size.")
 GPU_SM_CLOCK = declare(
-    "gputuned_gpu_sm_clock_hertz", G, "Current SM clock.", DcgmName("DCGM_FI_DEV_SM_CLOCK", 1e-6)
+    "gputuned_gpu_sm_clock_hertz", G, "Current SM clock.",
+    DcgmName("DCGM_FI_DEV_SM_CLOCK", 1e-6, help="SM clock frequency (in MHz)."),
 )
 GPU_SM_CLOCK_MAX = declare("gputuned_gpu_sm_clock_max_hertz", G, "Highest SM clock the GPU supports.")
 GPU_MEM_CLOCK = declare(
-    "gputuned_gpu_memory_clock_hertz", G, "Current memory clock.", DcgmName("DCGM_FI_DEV_MEM_CLOCK", 1e-6)
+    "gputuned_gpu_memory_clock_hertz", G, "Current memory clock.",
+    DcgmName("DCGM_FI_DEV_MEM_CLOCK", 1e-6, help="Memory clock frequency (in MHz)."),
 )
 GPU_GFX_CLOCK = declare("gputuned_gpu_graphics_clock_hertz", G, "Current graphics clock.")
 GPU_POWER = declare(
-    "gputuned_gpu_power_watts", G, "Board power draw.", DcgmName("DCGM_FI_DEV_POWER_USAGE", 1.0)
+    "gputuned_gpu_power_watts", G, "Board power draw.",
+    DcgmName("DCGM_FI_DEV_POWER_USAGE", 1.0, help="Power draw (in W)."),
 )
 GPU_POWER_LIMIT = declare(
     "gputuned_gpu_power_limit_watts", G, "Enforced power limit.", DcgmName("DCGM_FI_DEV_POWER_MGMT_LIMIT", 1.0)
@@ -149,28 +183,40 @@ GPU_POWER_LIMIT_MAX = declare("gputuned_gpu_power_limit_max_watts", G, "Highest 
 GPU_POWER_LIMIT_DEFAULT = declare("gputuned_gpu_power_limit_default_watts", G, "Default power limit.")
 GPU_ENERGY = declare(
     "gputuned_gpu_energy_joules_total", C, "Energy consumed since the driver loaded.",
-    DcgmName("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 1000.0, counter=True),
+    DcgmName("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 1000.0, counter=True,
+             help="Total energy consumption since boot (in mJ)."),
 )
 GPU_TEMP = declare(
-    "gputuned_gpu_temperature_celsius", G, "GPU core temperature.", DcgmName("DCGM_FI_DEV_GPU_TEMP", 1.0)
+    "gputuned_gpu_temperature_celsius", G, "GPU core temperature.",
+    DcgmName("DCGM_FI_DEV_GPU_TEMP", 1.0, help="GPU temperature (in C)."),
 )
 GPU_MEM_TEMP = declare(
     "gputuned_gpu_memory_temperature_celsius", G, "Device memory (HBM) temperature.",
-    DcgmName("DCGM_FI_DEV_MEMORY_TEMP", 1.0),
+    DcgmName("DCGM_FI_DEV_MEMORY_TEMP", 1.0, help="Memory temperature (in C)."),
 )
 GPU_FAN = declare(
     "gputuned_gpu_fan_speed_ratio", G, "Fan speed as a fraction of its maximum.", DcgmName("DCGM_FI_DEV_FAN_SPEED", 100.0)
 )
 GPU_PCIE_TX = declare(
     "gputuned_gpu_pcie_transmit_bytes_per_second", G, "PCIe transmit throughput (NVML 20 ms window).",
-    DcgmName("DCGM_FI_PROF_PCIE_TX_BYTES", 1.0),
+    DcgmName("DCGM_FI_PROF_PCIE_TX_BYTES", 1.0, help=_PCIE_HELP.format("transmitted over")),
 )
 GPU_PCIE_RX = declare(
     "gputuned_gpu_pcie_receive_bytes_per_second", G, "PCIe receive throughput (NVML 20 ms window).",
-    DcgmName("DCGM_FI_PROF_PCIE_RX_BYTES", 1.0),
+    DcgmName("DCGM_FI_PROF_PCIE_RX_BYTES", 1.0, help=_PCIE_HELP.format("received over")),
+)
+GPU_PCIE_REPLAYS = declare(
+    "gputuned_gpu_pcie_replays_total", C, "PCIe link-level retries (replays) since the driver loaded.",
+    DcgmName("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", 1.0, counter=True, help="Total number of PCIe retries."),
 )
 GPU_NVLINK_TX = declare("gputuned_gpu_nvlink_transmit_bytes_total", C, "NVLink data bytes transmitted.")
 GPU_NVLINK_RX = declare("gputuned_gpu_nvlink_receive_bytes_total", C, "NVLink data bytes received.")
+# DCGM serves NVLINK_BANDWIDTH_TOTAL as a rate in KiB/s, though the CSV types it a counter.
+GPU_NVLINK_BW = declare(
+    "gputuned_gpu_nvlink_bytes_per_second", G, "NVLink data throughput, both directions, over the last interval.",
+    DcgmName("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", 1.0 / 1024, counter=True,
+             help="Total number of NVLink bandwidth counters for all lanes."),
+)
 GPU_ECC = declare(
     "gputuned_gpu_ecc_errors_total", C, "ECC errors since the counters were reset, by type (corrected, uncorrected).",
     DcgmName("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", 1.0, (("type", "corrected"),), counter=True),
@@ -178,12 +224,15 @@ GPU_ECC = declare(
 )
 GPU_REMAPPED = declare(
     "gputuned_gpu_remapped_rows", G, "Memory rows remapped, by cause (correctable, uncorrectable).",
-    DcgmName("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", 1.0, (("cause", "correctable"),)),
-    DcgmName("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", 1.0, (("cause", "uncorrectable"),)),
+    DcgmName("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", 1.0, (("cause", "correctable"),), counter=True,
+             help="Number of remapped rows for correctable errors"),
+    DcgmName("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", 1.0, (("cause", "uncorrectable"),), counter=True,
+             help="Number of remapped rows for uncorrectable errors"),
 )
 GPU_REMAP_PENDING = declare("gputuned_gpu_row_remap_pending", G, "1 when a row remap waits for a GPU reset.")
 GPU_REMAP_FAILED = declare(
-    "gputuned_gpu_row_remap_failed", G, "1 when a row remap failed.", DcgmName("DCGM_FI_DEV_ROW_REMAP_FAILURE", 1.0)
+    "gputuned_gpu_row_remap_failed", G, "1 when a row remap failed.",
+    DcgmName("DCGM_FI_DEV_ROW_REMAP_FAILURE", 1.0, help="Whether remapping of rows has failed"),
 )
 GPU_CLOCK_EVENT = declare(
     "gputuned_gpu_clock_event_active", G, "1 while a clock-event (throttle) reason holds, one series per reason."
@@ -196,21 +245,25 @@ GPU_PSTATE = declare("gputuned_gpu_performance_state", G, "Performance state P0 
 GPU_XID = declare("gputuned_gpu_xid_events_total", C, "XID error events, by XID code.")
 GPU_LAST_XID = declare(
     "gputuned_gpu_last_xid", G, "Code of the most recent XID error, 0 if none since start.",
-    DcgmName("DCGM_FI_DEV_XID_ERRORS", 1.0),
+    DcgmName("DCGM_FI_DEV_XID_ERRORS", 1.0, help="Value of the last XID error encountered.", xid=True),
 )
 GPU_ENC = declare(
-    "gputuned_gpu_encoder_utilization_ratio", G, "Video encoder utilization.", DcgmName("DCGM_FI_DEV_ENC_UTIL", 100.0)
+    "gputuned_gpu_encoder_utilization_ratio", G, "Video encoder utilization.",
+    DcgmName("DCGM_FI_DEV_ENC_UTIL", 100.0, help="Encoder utilization (in %)."),
 )
 GPU_DEC = declare(
-    "gputuned_gpu_decoder_utilization_ratio", G, "Video decoder utilization.", DcgmName("DCGM_FI_DEV_DEC_UTIL", 100.0)
+    "gputuned_gpu_decoder_utilization_ratio", G, "Video decoder utilization.",
+    DcgmName("DCGM_FI_DEV_DEC_UTIL", 100.0, help="Decoder utilization (in %)."),
 )
 GPU_POWER_VIOLATION = declare(
     "gputuned_gpu_power_violation_seconds_total", C, "Time clocks were held down by the power limit.",
-    DcgmName("DCGM_FI_DEV_POWER_VIOLATION", 1e6, counter=True),
+    DcgmName("DCGM_FI_DEV_POWER_VIOLATION", 1e9, counter=True,
+             help="Throttling duration due to power constraints (in ns)."),
 )
 GPU_THERMAL_VIOLATION = declare(
     "gputuned_gpu_thermal_violation_seconds_total", C, "Time clocks were held down by temperature.",
-    DcgmName("DCGM_FI_DEV_THERMAL_VIOLATION", 1e6, counter=True),
+    DcgmName("DCGM_FI_DEV_THERMAL_VIOLATION", 1e9, counter=True,
+             help="Throttling duration due to thermal constraints (in ns)."),
 )
 GPU_INFO = declare("gputuned_gpu_info", G, "Constant 1 with the GPU's driver version and backend as labels.")
 

@@ -42,6 +42,8 @@ NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
 NVML_FI_DEV_MEMORY_TEMP = 82
 NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX = 138
 NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX = 139
+NVML_FI_DEV_PCIE_REPLAY_COUNTER = 94
+nvmlMemory_v2 = 0x02000028
 nvmlEventTypeXidCriticalError = 0x0000000000000008
 
 _ERROR_NAMES = {
@@ -106,6 +108,15 @@ globals().update(ERROR_CLASSES)
 @dataclass
 class c_nvmlMemory_t:  # noqa: N801 - NVML's name
     total: int
+    free: int
+    used: int
+
+
+@dataclass
+class c_nvmlMemory_v2_t:  # noqa: N801
+    version: int
+    total: int
+    reserved: int
     free: int
     used: int
 

@@ -130,12 +130,26 @@ def test_set_calls_land_and_read_back(sim_node) -> None:
     assert (c.min_mw, c.max_mw, c.default_mw) == (200_000, 700_000, 700_000)
 
 
-def test_gpm_absent_is_not_supported(sim_node) -> None:
-    sim_node({"profile": "h100", "gpus": 1})
+def test_gpm_absent_before_hopper_is_not_supported(sim_node) -> None:
+    sim_node({"profile": "a100", "gpus": 1})
     nvml, _ = open_nvml("sim", sim_nvml)
     (gpu,) = open_gpus(nvml)
     with pytest.raises(NotSupportedError):
-        gpu.dram_bandwidth_ratio()
+        gpu.gpm_activity()
+
+
+def test_gpm_on_hopper_gives_activity_between_two_samples(sim_node) -> None:
+    sim_node({"profile": "h100", "gpus": 1, "series": [
+        {"gpu": 0, "field": "util_gpu_pct", "points": [[0, 80]]},
+        {"gpu": 0, "field": "util_mem_pct", "points": [[0, 30]]},
+    ]})
+    nvml, _ = open_nvml("sim", sim_nvml)
+    (gpu,) = open_gpus(nvml)
+    assert gpu.gpm_activity() is None  # the first call only takes a sample
+    a = gpu.gpm_activity()
+    assert a is not None
+    assert (a.graphics_engine, a.dram_active) == (pytest.approx(0.8), pytest.approx(0.3))
+    assert a.sm_active == pytest.approx(0.72) and a.tensor_active == pytest.approx(0.4)
 
 
 def test_simulated_structures_look_like_pynvml(sim_node) -> None:

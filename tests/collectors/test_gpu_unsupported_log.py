@@ -18,7 +18,7 @@ def test_gpu_lists_fold_runs_of_indices() -> None:
     assert gpu_list([0, 2, 5, 6, 7]) == "gpus 0, 2, 5-7"
 
 
-@pytest.mark.parametrize("profile", ["h100", "a100", "v100"])
+@pytest.mark.parametrize("profile", ["a100", "v100"])
 def test_four_gpus_without_gpm_log_one_info_line(sim_node, caplog: pytest.LogCaptureFixture, profile: str) -> None:
     sim_node({"profile": profile, "gpus": 4})
     nvml, _ = open_nvml("sim", sim_nvml)
@@ -26,9 +26,9 @@ def test_four_gpus_without_gpm_log_one_info_line(sim_node, caplog: pytest.LogCap
     with caplog.at_level(logging.DEBUG, logger="gputuned.collectors.gpu"):
         collector.collect()
         collector.collect()  # dropped readings are not read, nor logged, again
-    gpm = [r for r in caplog.records if F.GPU_DRAM_BW in r.getMessage()]
+    gpm = [r for r in caplog.records if F.GPU_GR_ENGINE in r.getMessage()]
     assert [r.getMessage() for r in gpm] == [
-        f"gpus 0-3 do not support {F.GPU_DRAM_BW} (no GPM); not read again"]
+        f"gpus 0-3 do not support {F.GPU_GR_ENGINE} (no GPM; Hopper and later have it); not read again"]
     assert gpm[0].levelno == logging.INFO
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert not [r for r in caplog.records if "gpu 0 does not support" in r.getMessage()]

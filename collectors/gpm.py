@@ -1,0 +1,70 @@
+"""GPM (GPU Performance Monitoring) reads through an NVML API module: NVML's stand-in for DCGM's profiling fields.
+
+From Hopper on, NVML samples the GPU's performance counters itself; two samples give the
+activity between them. :class:`GpmSampler` keeps the previous sample of one GPU and turns each
+new one into a :class:`GpmActivity`: graphics engine, SM active, SM occupancy, tensor pipes
+(any kind) and DRAM bandwidth, as ratios. It calls the module it is given (the real pynvml or
+the simulated one) and raises that module's NVMLError; the device layer maps the errors.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from gputuned.collectors.device import GpmActivity
+
+#: GPM metric constant for each GpmActivity field, in field order.
+METRICS = (
+    "NVML_GPM_METRIC_GRAPHICS_UTIL",
+    "NVML_GPM_METRIC_SM_UTIL",
+    "NVML_GPM_METRIC_SM_OCCUPANCY",
+    "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
+    "NVML_GPM_METRIC_DRAM_BW_UTIL",
+)
+
+
+class GpmSampler:
+    """One GPU's GPM samples: each :meth:`activity` call returns the activity since the previous one."""
+
+    def __init__(self, nvml: ModuleType, handle: Any) -> None:
+        self._nvml = nvml
+        self._h = handle
+        self._prev: Any = None
+        self.supported: bool | None = None
+
+    def query_support(self) -> bool:
+        """Whether the GPU has GPM (asked once); False where the driver lacks the call."""
+        if self.supported is None:
+            try:
+                self.supported = bool(self._nvml.nvmlGpmQueryDeviceSupport(self._h).isSupportedDevice)
+            except (self._nvml.NVMLError, AttributeError):
+                self.supported = False
+        return self.supported
+
+    def activity(self) -> GpmActivity | None:
+        """Activity since the previous call; None on the first call, which only takes a sample."""
+        n = self._nvml
+        cur = n.nvmlGpmSampleAlloc()
+        try:
+            n.nvmlGpmSampleGet(self._h, cur)
+        except n.NVMLError:
+            n.nvmlGpmSampleFree(cur)
+            raise
+        prev, self._prev = self._prev, cur
+        if prev is None:
+            return None
+        try:
+            req = n.c_nvmlGpmMetricsGet_t()
+            req.version = n.NVML_GPM_METRICS_GET_VERSION
+            req.numMetrics = len(METRICS)
+            req.sample1, req.sample2 = prev, cur
+            for i, name in enumerate(METRICS):
+                req.metrics[i].metricId = getattr(n, name)
+            n.nvmlGpmMetricsGet(req)
+        finally:
+            n.nvmlGpmSampleFree(prev)
+        for m in req.metrics[:len(METRICS)]:
+            if m.nvmlReturn != 0:
+                raise n.NVMLError(m.nvmlReturn)
+        return GpmActivity(*(min(1.0, max(0.0, float(m.value) / 100.0)) for m in req.metrics[:len(METRICS)]))
