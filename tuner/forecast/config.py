@@ -161,12 +161,10 @@ class ForecastConfig(_Table):
             raise ValueError("forecast.min_history_points must be at least 10")
         if self.history_s / self.downsample_s < self.min_history_points:
             raise ValueError("forecast.history_s holds fewer points than min_history_points")
-        return self
-
         if self.first_fit_after_s < 0 or self.band_samples < 0:
             raise ValueError("forecast.first_fit_after_s and forecast.band_samples must not be negative")
-    @property
-    def history_points(self) -> int:
+        return self
+
     @property
     def fitter_name(self) -> Fitter:
         """The fitter in use: ``fitter`` when set, else prophet or linear as ``prophet`` says."""
@@ -180,6 +178,8 @@ class ForecastConfig(_Table):
         or the time to gather ``min_history_points`` downsampled points if that is longer."""
         return max(self.first_fit_after_s, self.min_history_points * self.downsample_s)
 
+    @property
+    def history_points(self) -> int:
         """Bound on the downsampled points kept per series."""
         return int(self.history_s // self.downsample_s)
 
