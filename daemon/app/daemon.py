@@ -167,7 +167,8 @@ class Daemon:
         self.store = Store(cfg.store.history_samples)
         self.collectors = collectors if collectors is not None else build_collectors(cfg, self.gpus)
         self.loop = CollectionLoop(self.collectors, self.store, cfg.daemon.interval_seconds, wallclock=clock)
-        self.renderer = MetricsRenderer(self.store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm")
+        self.renderer = MetricsRenderer(self.store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm",
+                                     dcgm_version=cfg.exporter.dcgm_version)
         self.server: MetricsServer | None = None
         if serve:
             self.server = MetricsServer.from_config(cfg.exporter, self.renderer)

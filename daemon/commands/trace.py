@@ -116,7 +116,8 @@ def _replay(args: argparse.Namespace) -> int:
     store = Store(cfg.store.history_samples)
     address = (cfg.exporter.listen_address, cfg.exporter.listen_port)
     try:
-        server = MetricsServer(address, MetricsRenderer(store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm"))
+        server = MetricsServer(address, MetricsRenderer(store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm",
+                                                        dcgm_version=cfg.exporter.dcgm_version))
     except OSError as e:
         print(f"gputuned replay: cannot serve /metrics on {address[0]}:{address[1]}: {e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE

@@ -36,6 +36,9 @@ class ExporterConfig(Section):
     listen_address: str = "0.0.0.0"
     listen_port: int = Field(9735, ge=0, le=65535)
     metric_names: Literal["gputuned", "dcgm"] = "gputuned"
+    dcgm_version: str = Field(
+        "4.5.3-4.8.2", pattern=r"^\d+\.\d+\.\d+-\d+\.\d+\.\d+$",
+        description="dcgm-exporter release whose series the dcgm names copy (the host label: Hostname up to 4.5.3-4.8.2, hostname after)")
     max_connections: int = Field(64, ge=1, le=65536, description="HTTP connections held at once; past it the one idle longest is closed")
     workers: int = Field(4, ge=1, le=64, description="threads answering HTTP requests (idle connections hold none)")
     read_timeout_seconds: float = Field(

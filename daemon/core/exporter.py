@@ -1,124 +1,131 @@
-"""The Prometheus exporter: a custom collector over the store, and the HTTP endpoint.
+"""The Prometheus exporter: the store's latest samples over HTTP, rendered once per store generation.
 
-Scrapes never touch hardware: they render what the collection loop last published.
-The rendered text is cached per store generation, so a scrape between two ticks costs a
-dictionary lookup and a socket write. The endpoint sits behind a bounded front (a connection
-cap, timeouts, a worker pool and a reserve of file descriptors); the web config file adds TLS and
-basic auth. With ``dcgm=True`` every GPU family that has a
-dcgm-exporter equivalent is served a second time under DCGM's name, labels and units.
+Scrapes never touch hardware: they serve what the collection loop last published. A body is
+rendered once per store generation for each format (Prometheus text or OpenMetrics, as the
+``Accept`` header asks), encoding (gzip when ``Accept-Encoding`` allows it) and ``collect[]``
+filter, so a scrape between two ticks costs a dictionary lookup and a socket write; rendering
+formats only values, each series' name and labels being kept from the previous render
+(:mod:`.exposition`). The endpoint sits behind a bounded front (a connection cap, timeouts, a
+worker pool and a reserve of file descriptors); the web config file adds TLS and basic auth.
+With ``dcgm=True`` every GPU family that has a dcgm-exporter equivalent is served a second time
+under DCGM's name, labels and units, as the configured dcgm-exporter release serves them.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable
+from urllib.parse import parse_qs
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
-
-from gputuned.collectors.families import Catalog, Family, Labels
+from gputuned.collectors import families as F
+from gputuned.collectors.families import Catalog, Sample
 from gputuned.daemon.core.config import ExporterConfig
+from gputuned.daemon.core.dcgm import DEFAULT_VERSION, DcgmLabels
+from gputuned.daemon.core.exposition import OPENMETRICS, TEXT, Encoder
 from gputuned.daemon.core.http_front import HttpFront, Request, Response
 from gputuned.daemon.core.store import Store
 from gputuned.daemon.core.web_config import WebConfig, load_web_config
 
 logger = logging.getLogger(__name__)
 
-_GENERIC = Family("", "gauge", "")
-
-
-def _dcgm_labels(labels: Labels, hostname: str) -> dict[str, str]:
-    lab = dict(labels)
-    gpu = lab.get("gpu", "")
-    return {
-        "gpu": gpu,
-        "UUID": lab.get("uuid", ""),
-        "pci_bus_id": lab.get("pci_bus_id", ""),
-        "device": f"nvidia{gpu}",
-        "modelName": lab.get("model", ""),
-        "Hostname": hostname,
-    }
-
-
-class StoreCollector:
-    """prometheus_client collector yielding fresh metric families from the store, typed by the catalog."""
-
-    def __init__(self, store: Store, catalog: Catalog, *, dcgm: bool = False, hostname: str | None = None) -> None:
-        self._store = store
-        self._catalog = catalog
-        self._dcgm = dcgm
-        self._hostname = hostname or socket.gethostname()
-
-    def collect(self) -> Iterator[Metric]:
-        _, sources = self._store.snapshot()
-        by_family: dict[str, list[tuple[Labels, float]]] = {}
-        for _, _, samples in sources:
-            for name, labels, value in samples:
-                by_family.setdefault(name, []).append((labels, value))
-        dcgm: dict[str, Metric] = {}
-        for name in sorted(by_family):
-            fam = self._catalog.get(name, _GENERIC)
-            items = by_family[name]
-            if fam.kind == "counter":
-                # Metric family names of counters drop the _total their samples carry.
-                metric = Metric(name[:-6], fam.help, "counter")
-            else:
-                metric = Metric(name, fam.help or name, "gauge" if fam is not _GENERIC else "unknown")
-            for labels, value in items:
-                metric.add_sample(name, dict(labels), value)
-            yield metric
-            if self._dcgm and fam.dcgm:
-                self._add_dcgm(fam, items, dcgm)
-        yield from dcgm.values()
-
-    def _add_dcgm(self, fam: Family, items: list[tuple[Labels, float]], out: dict[str, Metric]) -> None:
-        for d in fam.dcgm:
-            metric = out.get(d.name)
-            if metric is None:
-                # dcgm-exporter's counters have no _total suffix; serving them untyped keeps
-                # their names exactly as existing DCGM dashboards query them.
-                metric = out[d.name] = Metric(d.name, f"{fam.help} (dcgm-exporter name)", "unknown" if d.counter else "gauge")
-            for labels, value in items:
-                if d.where and not all(pair in labels for pair in d.where):
-                    continue
-                metric.add_sample(d.name, _dcgm_labels(labels, self._hostname), value * d.scale)
+EXPORTER_SOURCE = "exporter"
+SCRAPES = F.declare("gputuned_exporter_scrapes_total", "counter", "Scrapes of /metrics answered, by format and encoding.")
+RESPONSE_BYTES = F.declare("gputuned_exporter_response_bytes_total", "counter", "Bytes of /metrics bodies sent.")
+RENDERS = F.declare("gputuned_exporter_renders_total", "counter", "Bodies rendered (at most one per store generation, format, encoding and filter).")
+RENDER_SECONDS = F.declare("gputuned_exporter_render_seconds_total", "counter", "CPU time spent rendering and compressing bodies.")
+#: The exporter's own families, served under the source name ``exporter`` (as of the render that serves them).
+SELF_FAMILIES = F.catalog([SCRAPES, RESPONSE_BYTES, RENDERS, RENDER_SECONDS])
+#: Compression level of gzip bodies: level 1 is within a few percent of level 6's size on exposition text, at a third of its CPU.
+GZIP_LEVEL = 1
 
 
 class MetricsRenderer:
-    """Renders the exposition text, once per store generation.
+    """Renders /metrics bodies, once per store generation for each format, encoding and ``collect[]`` filter.
 
     ``catalog`` gives each served family its type and help text (a series whose family it
     lacks is served untyped); the composition root passes the catalog of every declaring module.
     """
 
-    def __init__(self, store: Store, catalog: Catalog, *, dcgm: bool = False, hostname: str | None = None) -> None:
+    def __init__(self, store: Store, catalog: Catalog, *, dcgm: bool = False, hostname: str | None = None,
+                 dcgm_version: str = DEFAULT_VERSION) -> None:
         self._store = store
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(store, catalog, dcgm=dcgm, hostname=hostname))
+        full = {**catalog, **SELF_FAMILIES}
+        labels = DcgmLabels(hostname or socket.gethostname(), dcgm_version) if dcgm else None
+        self._encoders = {om: Encoder(full, openmetrics=om, dcgm=labels) for om in (False, True)}
         self._lock = threading.Lock()
         self._generation = -1
-        self._body = b""
+        self._bodies: dict[tuple[bool, bool, tuple[str, ...]], bytes] = {}
         self.renders = 0
+        self.render_seconds = 0.0
+        self.scrapes: dict[tuple[str, str], int] = {}
+        self.response_bytes = 0
 
-    def render(self) -> bytes:
+    def sources(self) -> list[str]:
+        """What ``collect[]`` may name: the store's sources and the exporter itself."""
+        return sorted({*self._store.sources(), EXPORTER_SOURCE})
+
+    def render(self, *, openmetrics: bool = False, gzipped: bool = False, collect: Iterable[str] = ()) -> bytes:
+        """The body for one format, encoding and filter (empty ``collect``: every source), rendered at most once a generation."""
+        key = (openmetrics, gzipped, tuple(sorted(set(collect))))
         with self._lock:
             gen = self._store.generation
             if gen != self._generation:
-                self._body = generate_latest(self.registry)
+                self._bodies.clear()
                 self._generation = gen
+            body = self._bodies.get(key)
+            if body is None:
+                t0 = time.process_time()
+                body = self._render(openmetrics, key[2]).encode()
+                if gzipped:
+                    body = gzip.compress(body, GZIP_LEVEL, mtime=0)
+                self._bodies[key] = body
                 self.renders += 1
-            return self._body
+                self.render_seconds += time.process_time() - t0
+            return body
+
+    def count(self, fmt: str, encoding: str, nbytes: int) -> None:
+        """Note one scrape answered (the exporter's own series)."""
+        with self._lock:
+            self.scrapes[(fmt, encoding)] = self.scrapes.get((fmt, encoding), 0) + 1
+            self.response_bytes += nbytes
+
+    def _render(self, openmetrics: bool, collect: tuple[str, ...]) -> str:
+        _, snapshot = self._store.snapshot()
+        samples: list[Sample] = []
+        for source, _, smp in snapshot:
+            if not collect or source in collect:
+                samples.extend(smp)
+        if not collect or EXPORTER_SOURCE in collect:
+            samples.extend(self._self_samples())
+        return self._encoders[openmetrics].render(samples)
+
+    def _self_samples(self) -> list[Sample]:
+        out: list[Sample] = [(SCRAPES, (("format", f), ("encoding", e)), float(n)) for (f, e), n in sorted(self.scrapes.items())]
+        return [*out, (RESPONSE_BYTES, (), float(self.response_bytes)), (RENDERS, (), float(self.renders)),
+                (RENDER_SECONDS, (), self.render_seconds)]
 
 
 _INDEX = b'<html><body><a href="/metrics">/metrics</a></body></html>\n'
 _UNAUTHORIZED = Response(401, b"unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="gputuned"'),))
+#: Health endpoints as dcgm-exporter's chart (/health), Kubernetes habit (/healthz) and Prometheus (/-/healthy) probe them.
+HEALTH_PATHS = frozenset(("/health", "/healthz", "/-/healthy", "/-/ready"))
+
+
+def accepts(header: str, media: str) -> bool:
+    """Whether an Accept or Accept-Encoding header lists ``media`` with a non-zero q."""
+    for part in header.lower().split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        if name == media:
+            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+    return False
 
 
 class MetricsServer:
-    """/metrics, /healthz and an index page behind a bounded HTTP front (see :mod:`.http_front`)."""
+    """/metrics, the health endpoints and an index page behind a bounded HTTP front (see :mod:`.http_front`)."""
 
     def __init__(self, address: tuple[str, int], renderer: MetricsRenderer, *, limits: ExporterConfig | None = None,
                  web: WebConfig | None = None) -> None:
@@ -138,14 +145,26 @@ class MetricsServer:
             return _UNAUTHORIZED
         if req.method not in ("GET", "HEAD"):
             return Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
-        path = req.path.split("?", 1)[0]
+        path, _, query = req.path.partition("?")
         if path == "/metrics":
-            return Response(200, self.renderer.render(), CONTENT_TYPE_LATEST)
-        if path == "/healthz":
+            return self._metrics(req, parse_qs(query).get("collect[]", []))
+        if path in HEALTH_PATHS:
             return Response(200, b"ok\n")
         if path == "/":
             return Response(200, _INDEX, "text/html")
         return Response(404, b"not found\n")
+
+    def _metrics(self, req: Request, collect: list[str]) -> Response:
+        unknown = sorted(set(collect) - set(self.renderer.sources()))
+        if unknown:
+            known = ", ".join(self.renderer.sources())
+            return Response(400, f"unknown collector {', '.join(unknown)}; known: {known}\n".encode())
+        om = accepts(req.headers.get("accept", ""), "application/openmetrics-text")
+        gz = accepts(req.headers.get("accept-encoding", ""), "gzip")
+        body = self.renderer.render(openmetrics=om, gzipped=gz, collect=collect)
+        self.renderer.count("openmetrics" if om else "text", "gzip" if gz else "identity", len(body))
+        headers = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")) if gz else (("Vary", "Accept-Encoding"),)
+        return Response(200, body, OPENMETRICS if om else TEXT, headers=headers)
 
     @property
     def url(self) -> str:

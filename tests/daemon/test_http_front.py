@@ -27,7 +27,7 @@ from gputuned.daemon.core.web_config import load_web_config
 class BigRenderer(MetricsRenderer):
     """A renderer whose body is large enough that a client gone away makes the write fail."""
 
-    def render(self) -> bytes:
+    def render(self, **_: object) -> bytes:
         return b"x" * (32 << 20)
 
 
