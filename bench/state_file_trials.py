@@ -1,7 +1,9 @@
 """Damage a running daemon's state file (deleted, corrupted, zeroed, crafted) after it changed
 some GPUs, then end the run with SIGTERM or `gputuned restore`: every GPU must be back at its
 exact original and no other GPU touched; then `gputuned restore --offline` (the unit's
-ExecStopPost) must find nothing to do and change nothing.
+ExecStopPost) must find nothing to do and change nothing. The changes are the operator's
+(`set` pins what it sets): their pins file outlives a SIGTERM (the next start would apply the
+pins again) and `gputuned restore` clears it; no other file may be left in the state directory.
 
 Each trial is a real `gputuned run` child process on a simulated 4-GPU node whose settings
 persist in a file (like hardware, across processes). The GPUs start at non-default power
@@ -32,6 +34,7 @@ DAMAGES = ("deleted", "corrupted", "zeroed", "crafted")
 ENDINGS = ("sigterm", "restore")
 GPUS = 4
 BOUNDS = {"power_limit_min_w": 300.0, "sm_clock_min_mhz": 600}
+PINS = "pins.json"  # the operator's pins, beside the state file
 
 
 def _uuids(tmp: Path) -> list[str]:
@@ -80,6 +83,11 @@ def damage(state_path: Path, how: str, uuids: list[str], pid: int, rng: random.R
             f.write(body)
 
 
+def _pins(path: Path) -> int:
+    """How many pins the pins file holds (0 when it is absent)."""
+    return len(json.loads(path.read_text())["pins"]) if path.exists() else 0
+
+
 def _change(d: DaemonProcess, rng: random.Random) -> list[int]:
     """Change 2 random GPUs (power limit, locked SM clocks); returns their indices."""
     chosen = sorted(rng.sample(range(GPUS), 2))
@@ -119,9 +127,12 @@ def state_trial(tmp: Path, how: str, ending: str, seed: int, uuids: list[str]) -
         out["stop_post_rc"] = post.returncode
         out["stop_post"] = post.stdout.strip()
         out["after_stop_post"] = d.sim_settings() == originals
-        out["state_left"] = sorted(p.name for p in d.state_path.parent.iterdir()) if d.state_path.parent.exists() else []
+        left = sorted(p.name for p in d.state_path.parent.iterdir()) if d.state_path.parent.exists() else []
+        out["state_left"] = [name for name in left if name != PINS]
+        out["pins_left"] = _pins(d.state_path.with_name(PINS))
         out["ok"] = (out["after_stop"] and out["after_stop_post"] and out["stop_rc"] == 0 and out["stop_post_rc"] == 0
-                     and out.get("restore_rc", 0) == 0 and out.get("after_restore", True) and not out["state_left"])
+                     and out.get("restore_rc", 0) == 0 and out.get("after_restore", True) and not out["state_left"]
+                     and out["pins_left"] == (0 if ending == "restore" else 2 * len(out["changed"])))
         if not out["ok"]:
             out["log_tail"] = d.log()[-1500:]
     finally:

@@ -7,7 +7,8 @@ originals (first change only) and the knob in the state file, atomically (the
 A target is a GPU (by index) or a training job (by name, through the injected job channel:
 the change is a decision, verified by the job's ack). Restore puts the originals back: on
 stop, at the next start when the state file shows a previous run died, and from
-``gputuned restore``. Every applied change, a restore's included, goes to
+``gputuned restore``; the operator's pins (their own file) outlive a stop and are applied again
+at the next start. Every applied change, a restore's included, goes to
 :class:`~gputuned.daemon.actuation.intents.Intents` (hooks, last change, metrics); a knob the
 operator pinned refuses the tuner's and Perseus's changes (``pinned``). Dry-run mode logs and changes nothing. Next to another live daemon
 (:func:`~gputuned.daemon.actuation.owner.live_owner`: the state file's writer still runs) the
@@ -33,7 +34,7 @@ from gputuned.daemon.actuation.knobs import Knob, KnobError, Value
 from gputuned.daemon.actuation.ledger import Ledger, NotRecorded, restore_from_state
 from gputuned.daemon.actuation.outcome import Result, apply_knob, where
 from gputuned.daemon.actuation.owner import Owner, live_owner
-from gputuned.daemon.actuation.pins import HELD_OFF, PinBook
+from gputuned.daemon.actuation.pins import HELD_OFF, PinBook, PinFile, pins_path
 from gputuned.daemon.actuation.restore import RestoreReport
 from gputuned.daemon.actuation.statefile import State, StateFile
 from gputuned.daemon.actuation.view import (
@@ -80,7 +81,8 @@ class Actuator:
         self.restores = 0
         self._now = 0.0  # the loop's clock at the last tick: the time of a change
         self.intents = Intents()
-        self.pins = PinBook(lambda: self.ledger, self.devices, self._lock)
+        # the operator's pins, in their own file beside the state file (another live daemon's are not ours)
+        self.pins = PinBook(PinFile(pins_path(state_file.path)) if self.owner is None else None, self.devices, self._lock)
 
     # -- component -------------------------------------------------------------------
     def start(self) -> None:
@@ -88,7 +90,7 @@ class Actuator:
         if self.owner is not None:
             logger.warning("%s: actuation is off in this process; its state file and GPUs are left alone",
                            self.owner.line())
-        elif self.state_file.exists() and (self.ledger.state.changed() or not self.ledger.state.pins):
+        elif self.state_file.exists():
             logger.warning("state file %s shows a previous run did not restore; restoring now", self.state_file.path)
             report = self.restore_state_file()
             for f in report.failures:
@@ -107,6 +109,7 @@ class Actuator:
         with self._lock:
             self.owner = owner
             self.ledger = Ledger(self.state_file, State())
+            self.pins = PinBook(None, self.devices, self._lock)
 
     def add_change_hook(self, hook: ChangeHook) -> None:
         """Call ``hook`` with a :class:`~gputuned.intent.Change` for every applied change."""
@@ -377,5 +380,5 @@ class Actuator:
 
     def samples(self) -> list[Sample]:
         """Counters, dry-run, changed GPUs, every changed knob's own family, changes by origin and pins."""
-        return view.samples(self) + self.intents.samples(self.snapshot().pins.values())
+        return view.samples(self) + self.intents.samples(self.pins.pins())
 

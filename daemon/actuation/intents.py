@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from gputuned.collectors.families import Labels, Sample
+from gputuned.daemon.actuation.pins import Pin
 from gputuned.daemon.actuation.restore import RestoreReport
-from gputuned.daemon.actuation.statefile import Pin, State
+from gputuned.daemon.actuation.statefile import State
 from gputuned.daemon.actuation.view import KNOB_CHANGES, KNOB_LAST_CHANGE, KNOB_PINNED
 from gputuned.intent import Change, ChangeHook
 

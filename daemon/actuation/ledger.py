@@ -11,8 +11,8 @@ restore``, the unit's ExecStopPost), falling back to the copy of a damaged file
 (``state.json.1``); when neither can be read it restores nothing: a GPU nobody recorded is left alone.
 GPUs are found by UUID; a job only through a connected channel: with none, its record stays
 in the state file for the next daemon, or is dropped on a daemon's stop (the job has gone).
-A restore leaves the operator's pins in the file unless told to clear them (``gputuned restore``
-does; a daemon's stop and the unit's ``restore --offline`` do not).
+The operator's pins are not records: they live in their own file
+(:mod:`~gputuned.daemon.actuation.pins`), which no restore here touches.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from gputuned.daemon.actuation.restore import RestoreReport, read_originals, res
 from gputuned.daemon.actuation.statefile import (
     GPURecord,
     JobRecord,
-    Pin,
     State,
     StateFile,
     StateFileError,
@@ -81,19 +80,6 @@ class Ledger:
             raise NotRecorded("state_file", f"cannot write state file {self.file.path}: {e.strerror or e}") from None
         self.state = pending
 
-    def set_pins(self, pins: dict[tuple[str, str], Pin]) -> None:
-        """Take ``pins`` as the pins, in memory and in the file; raises NotRecorded when it cannot be written."""
-        state = self.state.copy()
-        state.pins = dict(pins)
-        try:
-            if state.empty():
-                self.file.remove()
-            else:
-                self.file.save(state)
-        except OSError as e:
-            raise NotRecorded("state_file", f"cannot write state file {self.file.path}: {e.strerror or e}") from None
-        self.state = state
-
     def sync(self) -> bool:
         """Write the file again from memory when it is not what was written last; True when it is now."""
         if self.state.empty():
@@ -130,8 +116,8 @@ class Ledger:
         """Restore every record in memory (this run's changes and a dead run's not yet restored)."""
         self.sync()
         report = RestoreReport()
+        remaining = State()
         state = self.state.copy()
-        remaining = State(pins=state.pins)
         _restore_gpus(devices, state, report, remaining, cfg)
         _restore_jobs(state, jobs, drop_absent_jobs, report, remaining, cfg)
         self._adopt(remaining)
@@ -202,14 +188,12 @@ def _restore_jobs(state: State, jobs: JobLookup | None, drop_absent: bool, repor
 
 
 def restore_from_state(devices: Sequence[GPUDevice], state_file: StateFile, jobs: JobLookup | None = None,
-                       drop_absent_jobs: bool = False, cfg: ActuationConfig | None = None,
-                       clear_pins: bool = False) -> RestoreReport:
-    """Restore every GPU and job the state file lists; remove the file once all are back and no pin is left.
+                       drop_absent_jobs: bool = False, cfg: ActuationConfig | None = None) -> RestoreReport:
+    """Restore every GPU and job the state file lists; remove the file once all are back.
 
     A damaged or missing file falls back to its copy (``state.json.1``); when neither can be read nothing
     is restored (a GPU the file does not list as changed is never touched), the file is set
     aside and the report says so. ``cfg`` bounds the originals (None: the GPUs' constraints).
-    The operator's pins stay in the file unless ``clear_pins``.
     """
     report = RestoreReport()
     try:
@@ -217,7 +201,7 @@ def restore_from_state(devices: Sequence[GPUDevice], state_file: StateFile, jobs
     except StateFileError as e:
         report.failures.append(_unreadable(state_file, e))
         return report
-    remaining = State(pins={} if clear_pins else state.pins)
+    remaining = State()
     _restore_gpus(devices, state, report, remaining, cfg)
     _restore_jobs(state, jobs, drop_absent_jobs, report, remaining, cfg)
     if not remaining.empty():

@@ -7,10 +7,10 @@ complete file or the new complete file, never a truncated one. A copy is kept be
 replace) for a file damaged or deleted behind the daemon's back. A file with GPU (or job)
 entries means "these targets may differ from their originals"; after a full restore the
 file and its copy are removed. Job entries (knobs whose target is the training job,
-such as batch size) sit under ``jobs``, and the operator's pins (knobs ``gputuned set`` holds
-against the tuner) under ``pins``, each written only when there are some, so a file of GPU
-entries alone reads as it always did (version 1). A file holding pins alone stays after a
-full restore: the pins outlive the daemon until ``gputuned set --release`` or ``restore``.
+such as batch size) sit under ``jobs``, written only when there are some, so a file of GPU
+entries alone reads as it always did (version 1). The operator's pins live in their own file
+beside this one (:mod:`~gputuned.daemon.actuation.pins`): this file exists only while something
+may differ from its originals.
 """
 
 from __future__ import annotations
@@ -110,35 +110,6 @@ def _knob_fields(where: str, raw: dict[str, Any]) -> tuple[dict[str, Any], list[
     return dict(originals), list(changed), dict(targets)
 
 
-@dataclass(frozen=True)
-class Pin:
-    """A knob the operator set by hand and holds: the tuner leaves it until released.
-
-    ``key`` is the GPU's uuid (``gpu`` its index when pinned) or the job's name (``job``).
-    """
-
-    key: str
-    knob: str
-    value: Any
-    gpu: int | None = None
-    job: str | None = None
-    since: float = 0.0  # wall-clock time it was pinned
-    by: str = ""  # who pinned it (``uid 0``)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "knob": self.knob, "value": self.value, "gpu": self.gpu, "job": self.job,
-                "since": self.since, "by": self.by}
-
-    @classmethod
-    def from_json(cls, raw: Any) -> Pin:
-        if not isinstance(raw, dict) or not isinstance(raw.get("key"), str) or not isinstance(raw.get("knob"), str):
-            raise StateFileError("pins: an entry is not an object with key and knob")
-        gpu, job = raw.get("gpu"), raw.get("job")
-        if (gpu is not None and (not isinstance(gpu, int) or isinstance(gpu, bool))) or (job is not None and not isinstance(job, str)):
-            raise StateFileError(f"pins.{raw['key']}.{raw['knob']}: gpu/job of the wrong type")
-        return cls(raw["key"], raw["knob"], raw.get("value"), gpu, job, float(raw.get("since") or 0.0), str(raw.get("by") or ""))
-
-
 @dataclass
 class State:
     """Everything the state file holds."""
@@ -147,7 +118,6 @@ class State:
     pid: int = 0
     updated: float = 0.0
     jobs: dict[str, JobRecord] = field(default_factory=dict)
-    pins: dict[tuple[str, str], Pin] = field(default_factory=dict)  # (uuid or job, knob) -> pin
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -158,18 +128,16 @@ class State:
         }
         if self.jobs:
             out["jobs"] = {j: r.to_json() for j, r in sorted(self.jobs.items())}
-        if self.pins:
-            out["pins"] = [p.to_json() for _, p in sorted(self.pins.items())]
         return out
 
     def copy(self) -> State:
         """A deep copy of the records (to change and save before adopting)."""
         return State({u: r.copy() for u, r in self.gpus.items()}, self.pid, self.updated,
-                     {j: r.copy() for j, r in self.jobs.items()}, dict(self.pins))
+                     {j: r.copy() for j, r in self.jobs.items()})
 
     def empty(self) -> bool:
-        """Nothing to keep: no record to restore and no pin (the file may go)."""
-        return not self.changed() and not self.pins
+        """Nothing to keep: no record to restore (the file may go)."""
+        return not self.changed()
 
     def changed(self) -> bool:
         """Whether a GPU or job may differ from its recorded originals (something to restore)."""
@@ -192,17 +160,11 @@ def parse_state(text: str, where: str = "state file") -> State:
     jobs = raw.get("jobs", {})
     if not isinstance(jobs, dict):
         raise StateFileError(f"{where}: jobs: not an object")
-    pins = raw.get("pins", [])
-    if not isinstance(pins, list):
-        raise StateFileError(f"{where}: pins: not a list")
     state = State(pid=int(raw.get("pid", 0) or 0), updated=float(raw.get("updated", 0.0) or 0.0))
     for uuid, rec in gpus.items():
         state.gpus[uuid] = GPURecord.from_json(uuid, rec)
     for job, rec in jobs.items():
         state.jobs[job] = JobRecord.from_json(job, rec)
-    for raw_pin in pins:
-        pin = Pin.from_json(raw_pin)
-        state.pins[(pin.key, pin.knob)] = pin
     return state
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from gputuned import protocol
 from gputuned.daemon.actuation import knobs as knob_registry
 from gputuned.daemon.actuation.owner import EXIT_OWNED, live_owner
+from gputuned.daemon.actuation.pins import PinFile, pins_path
 from gputuned.daemon.actuation.statefile import StateFile
 from gputuned.daemon.app.config import Config
 from gputuned.daemon.commands.run import add_config_flags, load_or_report
@@ -143,25 +144,38 @@ def restore_offline(cfg: Config, clear_pins: bool = False) -> tuple[int, list[st
     if owner is not None:  # its records, its GPUs: restored by it (on stop, or through its socket)
         return EXIT_OWNED, [f"FAILED: {owner.line()}; nothing is restored offline behind its back "
                             "(`gputuned restore` through its socket, or stop it: its stop restores)"]
+    lines = _pins_offline(PinFile(pins_path(state_file.path)), clear_pins)
     if not state_file.exists():
         state_file.clean_temp_files()
-        return 0, [f"nothing to restore ({state_file.path} absent)"]
+        return 0, [f"nothing to restore ({state_file.path} absent)", *lines]
     gpus = setup_gpus(cfg)
     try:
-        report = restore_from_state(gpus.devices, state_file, cfg=cfg.actuation, clear_pins=clear_pins)
+        report = restore_from_state(gpus.devices, state_file, cfg=cfg.actuation)
     finally:
         if gpus.nvml is not None:
             try:
                 gpus.nvml.nvmlShutdown()
             except Exception:  # noqa: BLE001 - nothing left to do about it
                 pass
-    lines = [f"restored {', '.join(k) or 'nothing'} on {u}" for u, k in report.restored.items()]
-    if not report.restored and not report.failures and state_file.exists():  # pins alone: kept for the next daemon
-        lines.append(f"nothing to restore (the operator's pins stay in {state_file.path}; "
-                     "`gputuned restore` without --offline clears them)")
+    lines = [f"restored {', '.join(k) or 'nothing'} on {u}" for u, k in report.restored.items()] + lines
     lines += [f"kept: {k}" for k in report.kept]
     lines += [f"FAILED: {f}" for f in report.failures]
     return (0 if report.ok else 1), lines
+
+
+def _pins_offline(pins: PinFile, clear: bool) -> list[str]:
+    """Clear the operator's pins (``gputuned restore``) or say they stay (the unit's ``--offline``)."""
+    held = pins.load()
+    if not clear:
+        return [f"the operator's pins stay in {pins.path} ({len(held)}; `gputuned restore` without --offline "
+                "clears them)"] if held else []
+    if not pins.path.exists():
+        return []
+    try:
+        pins.save({})
+    except OSError as e:
+        return [f"FAILED: cannot clear the pins in {pins.path}: {e.strerror or e}"]
+    return [f"released {len(held)} pin(s) ({pins.path})"]
 
 
 def _unanswered(e: AdminError, timeout: float) -> str | None:

@@ -18,9 +18,12 @@ from testkit import config
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.node import build_sim_node
 from gputuned.collectors.sim.trainer import connect
+from gputuned.daemon.actuation.ledger import NotRecorded
+from gputuned.daemon.actuation.pins import PinBook, PinFile
 from gputuned.daemon.app.daemon import Daemon, setup_gpus
 from gputuned.daemon.app.tuning import TuningComponent
 from gputuned.daemon.commands.cli import main
+from gputuned.daemon.commands.status import restore_offline
 from gputuned.trainer_plugin.client import DaemonClient
 from gputuned.tuner.decision.config import TuningConfig
 
@@ -128,6 +131,11 @@ def test_pins_and_the_pause_show_in_status_and_outlive_a_restart_restore_clears_
         daemon.stop()
     assert backend.devices[1].power_limit_mw == default  # the stop put the original back; the pin stays
     assert (tmp_path / "state" / "tuner.pause").exists()
+    # a clean stop leaves no state file (nothing differs from its originals); the pins have their own file
+    assert not (tmp_path / "state" / "state.json").exists()
+    assert [p["knob"] for p in json.loads((tmp_path / "state" / "pins.json").read_text())["pins"]] == ["power_limit"]
+    code, lines = restore_offline(daemon.cfg, clear_pins=False)  # the unit's ExecStopPost keeps the pins
+    assert code == 0 and lines[0].startswith("nothing to restore") and "pins stay" in lines[1], lines
 
     daemon = _daemon(tmp_path, backend)  # the next start: paused still, the pinned value applied again
     try:
@@ -149,3 +157,49 @@ def test_pins_and_the_pause_show_in_status_and_outlive_a_restart_restore_clears_
         daemon.stop()
         sim_nvml.attach(None)
     assert not (tmp_path / "state" / "state.json").exists()
+    assert not (tmp_path / "state" / "pins.json").exists()
+
+
+def test_restore_without_a_daemon_clears_the_pins_and_offline_keeps_them(tmp_path: Path) -> None:
+    backend = build_sim_node("a100", 1, "imagenet-resnet50", None, FastClock(), seed=1)
+    daemon = _daemon(tmp_path, backend)
+    book = PinBook(PinFile(tmp_path / "state" / "pins.json"), daemon.gpus.devices, threading.RLock())
+    book.pin(0, "power_limit", 300_000, "uid 0")
+    try:
+        assert restore_offline(daemon.cfg, clear_pins=False)[0] == 0
+        assert (tmp_path / "state" / "pins.json").exists()
+        code, lines = restore_offline(daemon.cfg, clear_pins=True)
+        assert code == 0 and any("released 1 pin" in line for line in lines), lines
+        assert not (tmp_path / "state" / "pins.json").exists()
+    finally:
+        sim_nvml.attach(None)
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"version": 1, "pins": [{"knob": 3}]}', b'{"version": 9}'])
+def test_a_damaged_pins_file_is_one_line_and_no_pins(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, body: bytes) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "pins.json").write_bytes(body)
+    backend = build_sim_node("a100", 1, "imagenet-resnet50", None, FastClock(), seed=1)
+    daemon = _daemon(tmp_path, backend)
+    try:
+        daemon.start()
+        assert daemon.actuator.pins.lines() == []
+        said = [r for r in caplog.records if "pins file" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.ERROR, said
+        daemon.actuator.pins.pin(0, "power_limit", 320_000, "uid 0")  # a new pin replaces the damaged file
+        assert len(PinFile(state / "pins.json").load()) == 1
+    finally:
+        daemon.stop()
+        sim_nvml.attach(None)
+
+
+def test_pins_written_into_a_group_writable_directory_are_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    state.chmod(0o777)
+    book = PinBook(PinFile(state / "pins.json"), [], threading.RLock())
+    with pytest.raises(NotRecorded, match="group or world writable"):
+        book.pin("job", "batch_size", 64, "uid 0")
+    assert not (state / "pins.json").exists() and book.lines() == []

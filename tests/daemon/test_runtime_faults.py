@@ -69,8 +69,10 @@ def test_sigkill_after_lowering_then_restore_brings_every_gpu_back(tmp_path: Pat
 
 def test_start_after_crash_restores_before_serving(tmp_path: Path) -> None:
     with _lowered_daemon(tmp_path, 2) as (d, originals):
+        assert d.admin("release")["ok"]  # unpinned changes (as the tuner's): pinned ones would be applied again
         d.kill()
         assert d.sim_settings() != originals
+        assert not d.state_path.with_name("pins.json").exists()
     with _daemon(tmp_path, config=d.data) as d2:
         status = d2.wait_ready()
         assert d2.sim_settings() == originals

@@ -79,7 +79,7 @@ def test_a_knob_plugin_file_appears_in_metrics_state_file_and_status(
         assert main(["set", "--socket", sock, "--gpu", "1", "--fan-percent", "20"]) == 1  # its own config key bounds it
         assert "fan_speed 20 % outside 40-100 %" in capsys.readouterr().err
         assert main(["set", "--socket", sock, "--gpu", "1", "--fan-percent", "75"]) == 0
-        assert "gpu 1: fan = 75 % (ok)" in capsys.readouterr().out
+        assert "gpu 1: fan = 75 % (ok, pinned" in capsys.readouterr().out
         assert backend.devices[1].fan_pct == 75
         rec = parse_state(daemon.cfg.daemon.state_file.read_text()).gpus[daemon.gpus.devices[1].identity.uuid]
         assert rec.originals["fan_speed"] == 30 and rec.changed == ["fan_speed"] and rec.targets["fan_speed"] == 75
