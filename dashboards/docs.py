@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from gputuned.collectors import families as F
+from gputuned.dashboards.dcgm_docs import render_dcgm_section
 from gputuned.dashboards.rules import Rule
 
 #: Grafana unit ids to how the panel labels its axis or value.
@@ -117,4 +119,5 @@ def render_markdown(dashboards: Mapping[str, Mapping[str, Any]], rules: list[Rul
             "scrape configuration `dashboards/prometheus.yml` (`promtool check config`; tested).", ""]
     for r in rules:
         out.append(f"- **{r.name}** ({r.file}): `{' '.join(r.expr.split())}`")
+    out += ["", *render_dcgm_section(F.catalog(F))]
     return "\n".join(out) + "\n"
