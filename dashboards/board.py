@@ -2,7 +2,9 @@
 
 Panels are placed on Grafana's 24-column grid, left to right, wrapping to a new line when a
 row is full; every dashboard offers the data source and instance variables (and the GPU
-variable unless it has no per-GPU panel).
+variable unless it has no per-GPU panel). A board may mark knob changes on its time axis: one
+Prometheus annotation per origin (tuner, perseus, operator, restore, job), read from
+``gputuned_knob_last_change_timestamp_seconds`` (its value is the change's time).
 """
 
 from __future__ import annotations
@@ -18,6 +20,28 @@ SCHEMA_VERSION = 37
 GRID_WIDTH = 24
 
 Section = tuple[str, Sequence[g.Panel]]
+
+#: Who changes a knob (gputuned.intent.ORIGINS) and the colour of its marks on the time axis.
+ORIGIN_COLOURS = {"tuner": "orange", "perseus": "purple", "operator": "blue", "restore": "green", "job": "yellow"}
+ANNOTATION_STEP = "15s"  # the provisioned data source's scrape interval
+
+
+def knob_change_annotations(*, gpu: bool = True) -> list[dict[str, Any]]:
+    """One annotation per origin marking each knob change at the time it was applied (toggled per origin)."""
+    where = 'instance=~"$instance"' + (', gpu=~"$gpu|"' if gpu else "")  # a job's knobs carry no gpu
+    return [{
+        "datasource": DATASOURCE,
+        "enable": origin != "job",  # a job's own batch-size acks double the tuner's marks: off by default
+        "hide": False,
+        "iconColor": colour,
+        "name": f"Knob changes: {origin}",
+        "expr": f'gputuned_knob_last_change_timestamp_seconds{{{where}, origin="{origin}"}} * 1000',
+        "step": ANNOTATION_STEP,
+        "useValueForTime": True,  # the value (ms) is when the change was applied, not the sample's time
+        "titleFormat": "{{knob}} changed by {{origin}}",
+        "textFormat": "{{instance}} gpu {{gpu}} {{exported_job}}",
+        "tagKeys": "origin,knob",
+    } for origin, colour in ORIGIN_COLOURS.items()]
 
 
 def layout(sections: Sequence[Section]) -> list[g.Panel]:
@@ -67,8 +91,10 @@ def dashboard(
     gpu: bool = True,
     tags: Sequence[str] = (),
     variables: Sequence[g.Template] = (),
+    annotations: Sequence[dict[str, Any]] = (),
 ) -> g.Dashboard:
-    """A dashboard with the standard variables (then ``variables``), refresh, time range and laid-out sections."""
+    """A dashboard with the standard variables (then ``variables``), refresh, time range, laid-out sections
+    and ``annotations`` (queries that mark events on every time axis)."""
     return g.Dashboard(
         title=title,
         uid=uid,
@@ -76,6 +102,7 @@ def dashboard(
         tags=["gputuned", *tags],
         panels=layout(sections),
         templating=g.Templating(list=[*templating(gpu=gpu), *variables]),
+        annotations=g.Annotations(list=list(annotations)),
         schemaVersion=SCHEMA_VERSION,
         refresh="30s",
         time=g.Time("now-3h", "now"),

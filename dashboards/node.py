@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grafanalib import core as g
 
-from gputuned.dashboards.board import dashboard
+from gputuned.dashboards.board import dashboard, knob_change_annotations
 from gputuned.dashboards.node_host import daemon_panels, fabric_panels, host_panels
 from gputuned.dashboards.panels import fraction, stat, state_stat, state_timeline, timeseries
 from gputuned.dashboards.queries import GPU, NODE, RANGE, RATE, Query, gpu_ratio, on_gpus
@@ -143,4 +143,5 @@ def build() -> g.Dashboard:
             ("gputuned daemon", daemon_panels()),
         ],
         tags=["node"],
+        annotations=knob_change_annotations(),
     )

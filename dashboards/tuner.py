@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grafanalib import core as g
 
-from gputuned.dashboards.board import dashboard
+from gputuned.dashboards.board import dashboard, knob_change_annotations
 from gputuned.dashboards.panels import fraction, stat, state_stat, state_timeline, timeseries
 from gputuned.dashboards.queries import GPU, NODE, RANGE, RATE, Query, gpu_ratio, on_gpus
 from gputuned.dashboards.thresholds import high_bad, info_only, low_bad, steps
@@ -120,4 +120,5 @@ def build() -> g.Dashboard:
             ("What it bought", outcome_panels()),
         ],
         tags=["tuner"],
+        annotations=knob_change_annotations(),
     )
