@@ -115,6 +115,7 @@ class ForecastConfig(_Table):
     refit_period_s: StrictFloat = 3600.0
     first_fit_after_s: StrictFloat = 1800.0
     band_samples: StrictInt = 0
+    band_after_s: StrictFloat = 2 * 86400.0
     horizons_s: tuple[StrictFloat, ...] = (300.0, 1800.0, 3600.0)
     interval_width: StrictFloat = 0.8
     worker_nice: StrictInt = 10
@@ -161,8 +162,8 @@ class ForecastConfig(_Table):
             raise ValueError("forecast.min_history_points must be at least 10")
         if self.history_s / self.downsample_s < self.min_history_points:
             raise ValueError("forecast.history_s holds fewer points than min_history_points")
-        if self.first_fit_after_s < 0 or self.band_samples < 0:
-            raise ValueError("forecast.first_fit_after_s and forecast.band_samples must not be negative")
+        if min(self.first_fit_after_s, self.band_samples, self.band_after_s) < 0:
+            raise ValueError("forecast.first_fit_after_s, band_samples and band_after_s must not be negative")
         return self
 
     @property

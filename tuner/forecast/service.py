@@ -234,8 +234,9 @@ class ForecastService:
     def _band_step(self, tr: _Track, key: SeriesKey, now: float, value: float, fc: tuple[float, float] | None) -> None:
         """The band rule: outside the forecast's 2-sigma band for ``band_samples`` samples alerts."""
         if tr.band is None:
-            if fc is None or not self.config.band_samples:
-                return
+            if fc is None or not self.config.band_samples or not tr.history \
+                    or now - tr.history[0][0] < self.config.band_after_s:
+                return  # no forecast yet, or one fitted to too short a history to know the series' cycle
             tr.band = BandRule(self.config.band_samples, tr.spec.direction)
         t = tr.band.step(now, value, fc)
         if t:

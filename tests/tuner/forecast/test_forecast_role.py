@@ -91,17 +91,18 @@ def test_first_fit_comes_once_enough_history_is_held_not_a_refit_period_later() 
 
 
 def test_band_rule_alerts_in_the_service_only_when_configured() -> None:
-    kinds: dict[int, list[str]] = {}
-    for n in (0, 5):
-        svc = inline_service(band_samples=n)
+    kinds: dict[tuple[int, float], list[str]] = {}
+    for n, after in ((0, 50.0), (5, 50.0), (5, 1000.0)):
+        svc = inline_service(band_samples=n, band_after_s=after)
         raised: list[str] = []
         svc.add_alert_hook(lambda a, raised=raised: raised.append(a.kind))
         for i in range(200):
             svc.observe(1.7e9 + i, [(POWER, GPU, wobble(i) + (40.0 if 100 <= i < 130 else 0.0))])
-        kinds[n] = raised
-    assert "forecast" not in kinds[0]
-    assert kinds[5].count("forecast") == 1
-    assert [k for k in kinds[5] if k != "forecast"] == kinds[0]  # the detector's own alerts unchanged
+        kinds[n, after] = raised
+    assert "forecast" not in kinds[0, 50.0]
+    assert kinds[5, 50.0].count("forecast") == 1
+    assert [k for k in kinds[5, 50.0] if k != "forecast"] == kinds[0, 50.0]  # the detector's own alerts unchanged
+    assert "forecast" not in kinds[5, 1000.0]  # history shorter than band_after_s: no band rule yet
 
 
 def test_fitter_none_is_the_detector_alone() -> None:
