@@ -299,7 +299,7 @@ class NvmlGPU(GPUDevice):
 
     @_nvml_call("running processes")
     def processes(self) -> list[GPUProcess]:
-        """nvmlDeviceGetComputeRunningProcesses: each pid once, its used memory (None from NVML reads 0)."""
+        """Compute processes from NVML's running-process list: each pid once, its used memory (None reads 0)."""
         out: dict[int, int] = {}
         for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._h):
             used = getattr(p, "usedGpuMemory", None)

@@ -29,15 +29,15 @@ def demo() -> Iterator[ModuleType]:
 
 
 def test_builtin_collectors_register_in_tick_order() -> None:
-    assert [p.name for p in registry.plugins()] == ["gpu", "host", "infiniband", "peers"]
-    assert all(p.enabled_by_default and p.families for p in registry.plugins())
-    assert set(Config().collectors.tables()) == {"gpu", "host", "infiniband", "peers"}
+    assert [p.name for p in registry.plugins()] == ["gpu", "host", "infiniband", "peers", "processes", "kubernetes"]
+    assert all(p.enabled_by_default == (p.name != "kubernetes") and p.families for p in registry.plugins())
+    assert set(Config().collectors.tables()) == {"gpu", "host", "infiniband", "peers", "processes", "kubernetes"}
 
 
 def test_imported_plugin_is_built_by_the_daemon_and_served(demo: ModuleType, sim_node) -> None:
     cfg = config(collectors={"demo": {"enabled": True, "value": 2.5}})
     d = Daemon(cfg, gpus=setup_gpus(cfg, sim_node({"profile": "h100", "gpus": 2})))
-    assert [c.name for c in d.collectors] == ["gpu", "host", "infiniband", "demo"]
+    assert [c.name for c in d.collectors] == ["gpu", "host", "infiniband", "processes", "demo"]
     d.start()
     try:
         assert d.server is not None
