@@ -242,7 +242,7 @@ class TuningComponent:
         # a batch size counts as changed when the job acks it, a tick or so after the decision
         half = self.cfg.interval_s * 0.5
         state_file = getattr(actuator, "state_file", None)  # the daemon's pause flag lives beside it
-        pause_file = pause_path(state_file.path) if state_file is not None else self.cfg.pause_file
+        pause_file = pause_path(state_file.path) if state_file is not None else None
         self.guard = guard or SafetyGuard(GuardConfig(pause_file=pause_file, min_interval_s={
             "power_limit": half, "sm_clock": half, "batch_size": half}, settle_s=half), alerts=alerts)
         self.on_event = on_event or (lambda e: None)

@@ -130,7 +130,7 @@ def _status(args: argparse.Namespace) -> int:
     else:
         from gputuned.daemon.commands.top_tables import render_status
 
-        render_status(status, pause_file=cfg.tuner.pause_file)
+        render_status(status)
     return 0
 
 

@@ -67,8 +67,8 @@ def daemon_config(spec: ExperimentSpec, tuned: bool, out_dir: Path, sockdir: Pat
     from gputuned.daemon.app.config import parse_config
 
     tuner: dict[str, Any] = {"enabled": tuned, "objective": spec.objective, "interval_s": float(spec.interval_s),
-                             "max_slowdown": float(spec.slowdown()), "chooser": spec.chooser,
-                             "pause_file": str(sockdir / "tuner.pause")}  # no pause switch shared with a live daemon
+                             "max_slowdown": float(spec.slowdown()), "chooser": spec.chooser}
+    # the pause flag lives beside the run's own state file: no pause switch shared with a live daemon
     if spec.policy:
         tuner["policy"] = spec.policy
     return parse_config({

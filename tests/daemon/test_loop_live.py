@@ -39,7 +39,7 @@ def test_daemon_tunes_a_live_job_and_watch_shows_it(tmp_path: Path, capsys: pyte
     events: list[dict] = []
     assert daemon.control is not None
     tuner = TuningComponent(daemon.store, daemon.actuator, daemon.control, [0, 1],
-                            TuningConfig(interval_s=0.5, chooser="climber", pause_file=tmp_path / "paused"),
+                            TuningConfig(interval_s=0.5, chooser="climber"),
                             on_event=events.append)
     daemon.attach(tuner)
     stop = threading.Event()

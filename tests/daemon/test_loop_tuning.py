@@ -11,6 +11,7 @@ import pytest
 from job_knobs import JobKnobs
 
 from gputuned.collectors import families as F
+from gputuned.daemon.actuation.statefile import StateFile
 from gputuned.daemon.app.tuning import TuningComponent
 from gputuned.daemon.core.store import Store
 from gputuned.tuner.decision.choosers import ClimbChooser, LearnedChooser, make_chooser
@@ -98,7 +99,8 @@ def drive(node: Node, tuner: TuningComponent, store: Store, seconds: float, dt: 
 def make(tmp_path: Path, node: Node, objective: str = "energy_slowdown", **cfg: Any) -> tuple[TuningComponent, Store, list]:
     store = Store(100)
     events: list[dict[str, Any]] = []
-    conf = TuningConfig(objective=objective, interval_s=5.0, chooser="climber", pause_file=tmp_path / "paused", **cfg)
+    conf = TuningConfig(objective=objective, interval_s=5.0, chooser="climber", **cfg)
+    node.state_file = StateFile(tmp_path / "state.json")  # the pause flag lives beside it
     return TuningComponent(store, node, node, [0], conf, on_event=events.append), store, events
 
 
@@ -123,7 +125,7 @@ def test_throughput_objective_keeps_the_limit_at_its_maximum(tmp_path: Path) -> 
 
 def test_kill_switch_refuses_every_change(tmp_path: Path) -> None:
     node = Node()
-    (tmp_path / "paused").write_text("x")
+    (tmp_path / "tuner.pause").write_text("x")
     tuner, store, events = make(tmp_path, node)
     drive(node, tuner, store, 120)
     assert node.set_calls == [] and node.sent == []
@@ -160,7 +162,7 @@ def test_a_harmful_move_of_both_knobs_is_rolled_back_whole_even_as_their_first_c
     # restore for a knob's first change, and watched only the last knob of a move)
     node = Node()
     store = Store(100)
-    conf = TuningConfig(objective="energy_slowdown", interval_s=5.0, pause_file=tmp_path / "paused")
+    conf = TuningConfig(objective="energy_slowdown", interval_s=5.0)
     tuner = TuningComponent(store, node, node, [0], conf, chooser=lambda obs: move(-1, -1))  # type: ignore[arg-type]
     drive(node, tuner, store, 120)
     assert tuner.guard.rollbacks >= 2
@@ -259,7 +261,7 @@ def test_the_learned_policy_reads_the_climbers_proposal_and_its_move_is_applied(
         seen.append(o.copy())
         return follow(o)
 
-    conf = TuningConfig(objective="energy_slowdown", interval_s=5.0, pause_file=tmp_path / "paused", tune_batch=False)
+    conf = TuningConfig(objective="energy_slowdown", interval_s=5.0, tune_batch=False)
     tuner = TuningComponent(store, node, node, [0], conf, chooser=recorder)  # type: ignore[arg-type]
     drive(node, tuner, store, 200)
     assert node.limit_w < 400.0 and all(o.shape == (BASE_OBS_DIM,) for o in seen)
@@ -334,7 +336,7 @@ def test_climber_keeps_doubling_while_it_pays_and_a_refused_probe_is_not_undone(
 def test_a_two_knob_move_is_made_whole_or_not_at_all(tmp_path: Path) -> None:
     node = Node(limit_w=250.0, max_batch=128)
     store = Store(100)
-    conf = TuningConfig(objective="throughput", interval_s=5.0, pause_file=tmp_path / "paused")
+    conf = TuningConfig(objective="throughput", interval_s=5.0)
     tuner = TuningComponent(store, node, node, [0], conf, chooser=lambda obs: move(+1, +1))  # type: ignore[arg-type]
     drive(node, tuner, store, 120)
     # 64 -> 128 with +15 W; 128 -> 256 refused by the job (not memory) as it is asked (this node

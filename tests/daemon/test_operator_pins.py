@@ -203,3 +203,12 @@ def test_pins_written_into_a_group_writable_directory_are_refused(tmp_path: Path
     with pytest.raises(NotRecorded, match="group or world writable"):
         book.pin("job", "batch_size", 64, "uid 0")
     assert not (state / "pins.json").exists() and book.lines() == []
+
+
+def test_an_old_configs_pause_file_is_one_warning_and_not_read(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = TuningConfig.model_validate({"interval_s": 5.0, "pause_file": "/run/gputuned/tuner.paused"})
+    said = [r.getMessage() for r in caplog.records if "pause_file" in r.getMessage()]
+    assert len(said) == 1 and "tuner.pause" in said[0] and caplog.records[0].levelno == logging.WARNING, said
+    assert cfg.interval_s == 5.0 and not hasattr(cfg, "pause_file")
+    with pytest.raises(ValueError, match="pause_fil"):  # any other unknown key is still an error
+        TuningConfig.model_validate({"pause_fil": "x"})

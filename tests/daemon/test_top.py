@@ -41,14 +41,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Top
     tmp = tmp_path_factory.mktemp("top")
     (tmp / "ecc.toml").write_text(ECC_NOW)
     cfg = config(daemon={"state_file": str(tmp / "state.json"), "interval_seconds": 0.5},
-                 control={"socket_path": str(tmp / "control.sock")}, tuner={"pause_file": str(tmp / "paused")},
+                 control={"socket_path": str(tmp / "control.sock")},
                  sim={"gpus": 8, "scenario": str(tmp / "ecc.toml")}, collectors={"infiniband": {"enabled": False}})
     daemon = Daemon(cfg)
     attach_configured(daemon)
     daemon.start()
     try:
         assert daemon.server is not None
-        source = Source(daemon.server.url, str(cfg.control.socket_path), Path(cfg.tuner.pause_file))
+        source = Source(daemon.server.url, str(cfg.control.socket_path))
         deadline = time.monotonic() + 30
         state = source.poll()
         while time.monotonic() < deadline and not (state.alerts and state.jobs and state.jobs[0].samples_per_s):

@@ -204,8 +204,7 @@ def daemon_moves(tmp_path: Path, objective: str, intervals: int, clocks: bool = 
     side = DaemonSide(job, clocks)
     store = Store(100)
     events: list[dict[str, Any]] = []
-    conf = TuningConfig(objective=objective, interval_s=INTERVAL_S, max_slowdown=0.03, chooser="climber",
-                        pause_file=tmp_path / "paused")
+    conf = TuningConfig(objective=objective, interval_s=INTERVAL_S, max_slowdown=0.03, chooser="climber")
     tuner = TuningComponent(store, side, side, [0], conf, on_event=events.append)
     side.publish(store)
     tuner.tick(job.t)  # the job is found and the first interval starts

@@ -46,9 +46,21 @@ def test_bench_bad_input_exits_2_with_one_line(argv: list[str], message: str, ca
     assert message in err and "\n" not in err
 
 
-def test_pause_and_resume_toggle_the_flag_file(tmp_path: Path) -> None:
-    flag = tmp_path / "run" / "tuner.paused"
-    assert main(["tuner", "pause", "--pause-file", str(flag)]) == 0
-    assert flag.exists()
-    assert main(["tuner", "resume", "--pause-file", str(flag)]) == 0
-    assert not flag.exists()
+def test_pause_and_resume_without_a_daemon_set_the_flag_in_the_state_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from gputuned.daemon.actuation.pause import PauseFlag, pause_path
+    from gputuned.tuner import commands
+
+    monkeypatch.setattr(commands, "DEFAULT_STATE_DIR", tmp_path)
+    flag = PauseFlag(pause_path(tmp_path / "state.json"))  # where the next daemon's tuner reads it
+    nobody = str(tmp_path / "no-daemon.sock")
+    assert main(["tuner", "pause", "--socket", nobody]) == 0
+    assert "no daemon running" in capsys.readouterr().out
+    paused = flag.paused()
+    assert paused is not None and paused["since"] > 0 and "no daemon" in paused["by"]
+    assert main(["tuner", "resume", "--socket", nobody]) == 0
+    assert flag.paused() is None
+    monkeypatch.setattr(commands, "DEFAULT_STATE_DIR", tmp_path / "missing")
+    assert main(["tuner", "pause", "--socket", nobody]) == 2  # nowhere to keep it: one line, nothing written
+    err = capsys.readouterr().err.strip()
+    assert "no state directory" in err and "\n" not in err

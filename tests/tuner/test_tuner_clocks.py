@@ -67,7 +67,7 @@ class ClockNode:
 
 def kernel(node: ClockNode) -> DecisionKernel:
     guard = SafetyGuard(GuardConfig(pause_file=None, settle_s=5.0))
-    cfg = TuningConfig(interval_s=10.0, pause_file=None)
+    cfg = TuningConfig(interval_s=10.0)
     k = DecisionKernel(node, cfg, guard, b0=64, limit_w=300.0)
     assert k.observe(0.0).kind == "reference" and k.observe(10.0).kind == "choose"
     return k

@@ -2,16 +2,27 @@
 
 What the tuner optimises, how often it acts, which chooser decides and which knobs it
 moves. Bad values raise a validation error (a ``ValueError``) whose message names the key.
+The pause is no setting: it lives beside the daemon's state file (``tuner.pause``, set by
+``gputuned tuner pause``), so an old config's ``pause_file`` is dropped with one warning.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Strict, StrictBool, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Strict,
+    StrictBool,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
-from gputuned.tuner.decision.guard import DEFAULT_PAUSE_FILE
+logger = logging.getLogger(__name__)
 
 #: What the tuner can optimise: energy per sample under a slowdown budget, energy alone,
 #: throughput, or Zeus's cost (``eta`` weighs energy against time).
@@ -38,8 +49,16 @@ class TuningConfig(BaseModel):
     tune_power: StrictBool = True
     tune_clocks: StrictBool = True  # lock SM clocks [f, f] where the GPUs support it (beside the power limit)
     tune_batch: StrictBool = True
-    pause_file: Path | None = DEFAULT_PAUSE_FILE  # the kill switch `gputuned tuner pause` sets
     eta: Annotated[float, Strict()] = 0.5  # weight of energy in the ``cost`` objective (Zeus)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pause_file_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "pause_file" in data:
+            data = {k: v for k, v in data.items() if k != "pause_file"}
+            logger.warning("tuner.pause_file is no longer read: the pause lives beside the state file "
+                           "(<state directory>/tuner.pause, set by `gputuned tuner pause|resume`); remove the key")
+        return data
 
     @field_validator("objective")
     @classmethod
