@@ -18,11 +18,14 @@ from gputuned.collectors.registry import plugins
 from gputuned.daemon.actuation import actuator, knobs
 from gputuned.daemon.app import rootcause, tuning
 from gputuned.daemon.control import reports
+from gputuned.daemon.core import exporter
 from gputuned.tuner.decision import guard
 from gputuned.tuner.forecast import service
 
 #: Every module that declares metric families the daemon serves.
-DECLARING_MODULES: tuple[ModuleType, ...] = (families, host, network, reports, actuator, guard, tuning, service, rootcause)
+DECLARING_MODULES: tuple[ModuleType, ...] = (
+    families, host, network, reports, exporter, actuator, guard, tuning, service, rootcause
+)
 
 
 def served_catalog(*extra: ModuleType | Iterable[str]) -> dict[str, Family]:
