@@ -1,6 +1,8 @@
-"""``gputuned tuner bench|train|pause|resume``: the tuner's command-line entry points.
+"""``gputuned tuner bench|train``: the tuner's research entry points (Zeus traces, PPO training).
 
 Heavy imports (stable-baselines3, torch, gymnasium) happen inside the command functions only.
+``pause`` and ``resume`` sit beside them in the same group (gputuned.daemon.commands.tuner):
+they speak to the daemon and load its config, which this room may not import.
 """
 
 from __future__ import annotations
@@ -12,12 +14,6 @@ import sys
 from pathlib import Path
 
 from gputuned import EXIT_USAGE
-
-#: Where ``tuner pause|resume`` reach the daemon, and where the flag lives when none runs (the
-#: daemon keeps it beside its state file: ``<state dir>/tuner.pause``).
-DEFAULT_SOCKET = "/run/gputuned/control.sock"
-DEFAULT_STATE_DIR = Path("/var/lib/gputuned")
-PAUSE_NAME = "tuner.pause"
 
 logger = logging.getLogger(__name__)
 
@@ -101,43 +97,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pause(args: argparse.Namespace) -> int:
-    """Pause or resume the tuner: through the daemon (admin), else the flag file in the state directory."""
-    import time
-
-    from gputuned import protocol
-
-    op = args.command_name
-    try:
-        reply = protocol.request(args.socket, protocol.message("admin", op=op), timeout=5.0)
-    except OSError as exc:  # no daemon: the flag file the next daemon's tuner reads
-        if not DEFAULT_STATE_DIR.is_dir():
-            return _fail(f"no daemon at {args.socket} ({exc.strerror or exc}) and no state directory {DEFAULT_STATE_DIR}")
-        flag = DEFAULT_STATE_DIR / PAUSE_NAME
-        try:
-            if op == "pause":
-                flag.write_text(json.dumps({"since": time.time(), "by": "gputuned tuner pause (no daemon)"}) + "\n")
-            else:
-                flag.unlink(missing_ok=True)
-        except OSError as e:
-            return _fail(f"{flag}: {e.strerror or e}")
-        print(f"tuner {'paused' if op == 'pause' else 'resumed'} ({flag}; no daemon running)")
-        return 0
-    except protocol.ProtocolError as exc:
-        return _fail(f"protocol error: {exc}")
-    if reply.get("type") == "error" or not reply.get("ok"):
-        return _fail(f"daemon refused: {reply.get('error')}")
-    state = reply.get("paused")
-    print(f"tuner {'paused' if state else 'resumed'}" + (f" (by {state['by']})" if state else ""))
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``gputuned tuner ...``."""
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and ``train`` to the ``gputuned tuner`` group's actions ``sub``."""
     from gputuned.tuner.zeus.traces import PACKAGED_TRACES
-
-    tuner = subparsers.add_parser("tuner", help="RL tuner: bench, train, pause/resume")
-    sub = tuner.add_subparsers(dest="tuner_command", metavar="ACTION", required=True)
 
     bench = sub.add_parser("bench", help="compare default, oracle, Zeus-style and gputuned on Zeus traces")
     bench.add_argument("--zeus-traces", default=str(PACKAGED_TRACES), help="directory with summary_*.csv")
@@ -158,9 +120,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", default="runs/tuner", help="directory for checkpoints, model and policy .npz")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
-
-    for name, text in (("pause", "stop all tuner actions (kept in the state directory: survives restarts)"),
-                       ("resume", "allow tuner actions again")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"the daemon's control socket (default {DEFAULT_SOCKET})")
-        p.set_defaults(func=cmd_pause, command_name=name)

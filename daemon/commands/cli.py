@@ -24,7 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gputuned.daemon.commands.top",
     "gputuned.tuner.forecast.commands",
     "gputuned.dashboards.commands",
-    "gputuned.tuner.commands",
+    "gputuned.daemon.commands.tuner",
     "gputuned.collectors.sim.commands",
     "gputuned.daemon.commands.experiment",
     "gputuned.trainer_plugin.commands",

@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -128,11 +128,21 @@ def test_train_with_no_processes_is_refused() -> None:
     one_line_error(gputuned("train", "--nproc", "0", "examples/digits.toml"), 2, "--nproc", "'0'")
 
 
-def test_pause_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "p"
-    folder.mkdir()
-    one_line_error(gputuned("tuner", "pause", "--pause-file", str(folder)), 2, "--pause-file", "is a directory")
-    assert list(folder.iterdir()) == []
+@pytest.mark.parametrize(("make", "words"), [
+    (lambda d: d.write_text("not a folder\n"), ("is not a directory",)),
+    (lambda d: None, ("does not exist",)),
+    (lambda d: (d.mkdir(), d.chmod(0o777)), ("group or world writable",)),
+], ids=["a-file", "missing", "world-writable"])
+def test_pause_without_a_daemon_refuses_a_bad_state_directory(
+        tmp_path: Path, make: Callable[[Path], object], words: tuple[str, ...]) -> None:
+    state_dir = tmp_path / "state"
+    make(state_dir)
+    config = tmp_path / "gputuned.toml"
+    config.write_text(f'[daemon]\nstate_file = "{state_dir}/state.json"\n'
+                      f'[control]\nsocket_path = "{tmp_path}/none.sock"\n')
+    before = sorted(tmp_path.rglob("*"))
+    one_line_error(gputuned("tuner", "pause", "--config", str(config)), 2, str(state_dir), *words)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no flag, no temp file
 
 
 @pytest.fixture

@@ -47,20 +47,24 @@ def test_bench_bad_input_exits_2_with_one_line(argv: list[str], message: str, ca
 
 
 def test_pause_and_resume_without_a_daemon_set_the_flag_in_the_state_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gputuned.daemon.actuation.pause import PauseFlag, pause_path
-    from gputuned.tuner import commands
 
-    monkeypatch.setattr(commands, "DEFAULT_STATE_DIR", tmp_path)
-    flag = PauseFlag(pause_path(tmp_path / "state.json"))  # where the next daemon's tuner reads it
-    nobody = str(tmp_path / "no-daemon.sock")
-    assert main(["tuner", "pause", "--socket", nobody]) == 0
+    def config(state_dir: Path) -> str:
+        path = tmp_path / f"{state_dir.name}.toml"
+        path.write_text(f'[daemon]\nstate_file = "{state_dir}/state.json"\n'
+                        f'[control]\nsocket_path = "{tmp_path}/no-daemon.sock"\n')
+        return str(path)
+
+    (tmp_path / "state").mkdir(mode=0o700)
+    flag = PauseFlag(pause_path(tmp_path / "state" / "state.json"))  # where the next daemon's tuner reads it
+    assert main(["tuner", "pause", "--config", config(tmp_path / "state")]) == 0
     assert "no daemon running" in capsys.readouterr().out
     paused = flag.paused()
     assert paused is not None and paused["since"] > 0 and "no daemon" in paused["by"]
-    assert main(["tuner", "resume", "--socket", nobody]) == 0
+    assert main(["tuner", "resume", "--config", config(tmp_path / "state")]) == 0
     assert flag.paused() is None
-    monkeypatch.setattr(commands, "DEFAULT_STATE_DIR", tmp_path / "missing")
-    assert main(["tuner", "pause", "--socket", nobody]) == 2  # nowhere to keep it: one line, nothing written
+    assert main(["tuner", "pause", "--config", config(tmp_path / "missing")]) == 2  # nowhere to keep it
     err = capsys.readouterr().err.strip()
-    assert "no state directory" in err and "\n" not in err
+    assert "missing" in err and "does not exist" in err and "\n" not in err
+    assert not (tmp_path / "missing").exists()
