@@ -17,13 +17,22 @@ import itertools
 import logging
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gputuned.collectors.sim.gpu_model import PowerParams, cap_clock_ratio_array, dvfs_factor_array
+from gputuned.collectors.sim.gpu_model import (
+    Phase,
+    PowerParams,
+    cap_clocks,
+    dvfs_factor_array,
+    snap_clock_mhz,
+    static_power,
+    step_time_energy,
+)
+from gputuned.collectors.sim.job import MEMORY_PHASE_SM_SHARE, step_phases
 from gputuned.collectors.sim.state import GPUProfile, load_profile
 from gputuned.collectors.sim.workload import (
     StepTiming,
@@ -39,6 +48,10 @@ logger = logging.getLogger(__name__)
 TIME_WEIGHT = 2.0
 #: Largest relative change of kernel power per doubling of the batch size the fit considers.
 POWER_SLOPE_MAX = 0.3
+
+#: Averaging windows of the power-cap controller the fit chooses from (seconds; the controller
+#: reads power every few milliseconds, so no window is shorter than 10 ms).
+CAP_WINDOWS_S = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 ZEUS_GPUS = {"a40": "a40", "rtx6000": "quadro-rtx-6000", "p100": "p100-pcie-16gb"}
 
@@ -114,6 +127,19 @@ def _fit_batches(y: np.ndarray, r: np.ndarray, bidx: np.ndarray, nb: int) -> tup
     return c, s
 
 
+def _cap_clock_grid(limit_w: np.ndarray, a_grid: np.ndarray, gp: PowerParams) -> np.ndarray:
+    """Clock ratio (rows x A grid) whose compute-phase power ``static(x) + A g(x)`` meets each limit."""
+    xs = np.linspace(0.0, 1.0, 2001)
+    g = dvfs_factor_array(xs, gp.voltage_floor, gp.voltage_knee)
+    v = np.sqrt(np.where(xs > 0, g / np.maximum(xs, 1e-12), gp.voltage_floor**2))
+    static = gp.base_w + gp.leakage_w * v + gp.clock_tree_w * xs * v * v
+    limit = np.maximum(limit_w, gp.cap_floor_w)
+    out = np.empty((len(limit), len(a_grid)))
+    for j, a in enumerate(a_grid):
+        out[:, j] = np.interp(limit, static + a * g, xs, left=0.0, right=1.0)
+    return np.clip(out, gp.cap_floor_ratio, 1.0)
+
+
 def _fit_pair(
     rows: Rows, train: np.ndarray, n: int, prof: GPUProfile, gp: PowerParams
 ) -> tuple[float, dict[str, Any]]:
@@ -122,9 +148,7 @@ def _fit_pair(
     sizes = np.unique(bt)
     bidx = np.searchsorted(sizes, bt)
     a_grid = np.linspace(2.0, 1.6 * prof.power_limit_max_w, 60)
-    x = cap_clock_ratio_array(rows.limit_w[train, None], a_grid[None, :], gp.active_idle_w,
-                              gp.voltage_floor, gp.voltage_knee, gp.cap_floor_ratio, gp.cap_floor_w)
-    x = _snap(x, prof)
+    x = _snap(_cap_clock_grid(rows.limit_w[train], a_grid, gp), prof)
     r = 1.0 / x
     y = rows.epoch_s[train] * bt / n
     c, s = _fit_batches(y, r, bidx, len(sizes))
@@ -132,14 +156,17 @@ def _fit_pair(
     cr, sr = c[bidx], s[bidx]
     pred = np.maximum(cr + sr * r, 1e-12)
     gx = a_grid[None, :] * dvfs_factor_array(x, gp.voltage_floor, gp.voltage_knee)
+    v2 = gx / a_grid[None, :] / x  # V(x)^2
+    gm = a_grid[None, :] * (MEMORY_PHASE_SM_SHARE * v2 + 1.0 - MEMORY_PHASE_SM_SHARE)
+    p0 = gp.base_w + gp.leakage_w * np.sqrt(v2) + gp.clock_tree_w * x * v2  # static power at the clock
     p = rows.power_w[train, None]
-    yy = (p - gp.active_idle_w - gx * sr * r / pred) / p
-    zz = gx * cr / pred / p
+    yy = (p - p0 - gx * sr * r / pred) / p
+    zz = gm * cr / pred / p
     rho = np.zeros_like(c)
     for b in range(len(sizes)):
         m = bidx == b
         rho[b] = np.clip((yy[m] * zz[m]).sum(0) / np.maximum((zz[m] ** 2).sum(0), 1e-12), 0.0, 1.0)
-    pp = gp.active_idle_w + gx * (sr * r + rho[bidx] * cr) / pred
+    pp = p0 + (gx * sr * r + gm * rho[bidx] * cr) / pred
     se = TIME_WEIGHT * ((pred - y[:, None]) / y[:, None]) ** 2 + ((pp - p) / p) ** 2
     # kernel power linear in log2(batch): A(b) = A0 (1 + slope log2(b / b_mid)), the best line on the grid
     k = np.flatnonzero(ok)
@@ -167,22 +194,26 @@ def _fit_pair(
 
 
 def predict(rows: Rows, n: int, prof: GPUProfile, gp: PowerParams, timing: StepTiming) -> tuple[np.ndarray, np.ndarray]:
-    """Epoch time and average power of each row, as the simulator computes them."""
-    dyn = np.array([timing.power_at(b) for b in rows.batch])
-    x = cap_clock_ratio_array(rows.limit_w, dyn, gp.active_idle_w, gp.voltage_floor, gp.voltage_knee,
-                              gp.cap_floor_ratio, gp.cap_floor_w)
-    x = _snap(x, prof)
-    parts = np.array([timing.at(b) for b in rows.batch])
-    host, sm, mem = parts[:, 0], parts[:, 1] / x, parts[:, 2]
-    step = host + sm + mem
-    power = gp.active_idle_w + dyn * dvfs_factor_array(x, gp.voltage_floor, gp.voltage_knee) * (sm + mem) / step
-    return n / rows.batch * step, power
+    """Epoch time and average power of each row, through the live simulator's phase equations."""
+    t_out, p_out = np.zeros(len(rows.batch)), np.zeros(len(rows.batch))
+    for k, (b, limit) in enumerate(zip(rows.batch, rows.limit_w, strict=True)):
+        host, sm, mem = timing.at(b)
+        a = timing.power_at(b)
+        phases = (*step_phases(sm, mem, a), Phase("idle", host, 0.0, 0.0))
+        xs = [snap_clock_mhz(x, prof) / prof.sm_clock_max_mhz for x in cap_clocks(phases, float(limit), gp)]
+        busy = phases[:2]
+        step, energy = step_time_energy(busy, xs[:2], gp)
+        energy += static_power(max(xs), gp) * host
+        t_out[k], p_out[k] = n / b * (step + host), energy / (step + host)
+    return t_out, p_out
 
 
 def fit_gpu(
-    pairs: dict[str, Rows], train: dict[str, np.ndarray], sizes: dict[str, int], prof: GPUProfile
+    pairs: dict[str, Rows], train: dict[str, np.ndarray], sizes: dict[str, int], prof: GPUProfile,
+    fixed: dict[str, float] | None = None,
 ) -> tuple[PowerParams, dict[str, dict[str, Any]]]:
-    """Grid search then coordinate descent over the GPU's power constants."""
+    """Grid search then coordinate descent over the GPU's power constants (``fixed`` ones held)."""
+    fixed = fixed or {}
     floor_min = prof.sm_clock_min_mhz / prof.sm_clock_max_mhz
     p_min = min(float(r.power_w.min()) for r in pairs.values())
     grids = {
@@ -192,13 +223,15 @@ def fit_gpu(
         "cap_floor_ratio": sorted({floor_min, *[v for v in np.linspace(0.15, 0.7, 12) if v > floor_min]}),
         "cap_floor_w": [0.0, *list(prof.power_limit_min_w * np.linspace(1.0, 1.3, 7))],
     }
+    grids.update({k: [v] for k, v in fixed.items() if k in grids})
+    held = {k: v for k, v in fixed.items() if k not in grids}
 
     def loss(gp: PowerParams) -> float:
         return sum(_fit_pair(pairs[w], train[w], sizes[w], prof, gp)[0] for w in pairs)
 
     coarse = {k: [v[int(i)] for i in np.unique(np.linspace(0, len(v) - 1, 3).round())] for k, v in grids.items()}
     best = min(
-        (PowerParams(*vals) for vals in itertools.product(*coarse.values())),
+        (PowerParams(*vals, **held) for vals in itertools.product(*coarse.values())),
         key=loss,
     )
     best_loss = loss(best)
@@ -214,6 +247,26 @@ def fit_gpu(
             break
     tables = {w: _fit_pair(pairs[w], train[w], sizes[w], prof, best)[1] for w in pairs}
     return best, tables
+
+
+def _timing(table: dict[str, Any]) -> StepTiming:
+    return StepTiming(*(tuple(table[k]) for k in ("batch_sizes", "host_s", "sm_s", "mem_s", "dynamic_power_w")))
+
+
+def fit_cap_window(
+    pairs: dict[str, Rows], train: dict[str, np.ndarray], sizes: dict[str, int], prof: GPUProfile,
+    gp: PowerParams, tables: dict[str, dict[str, Any]],
+) -> PowerParams:
+    """The power-cap controller's averaging window that best predicts the training rows."""
+    def loss(cand: PowerParams) -> float:
+        total = 0.0
+        for w, rows in pairs.items():
+            t, p = predict(rows, sizes[w], prof, cand, _timing(tables[w]))
+            m = train[w]
+            total += float(np.sum(TIME_WEIGHT * (t[m] / rows.epoch_s[m] - 1) ** 2 + (p[m] / rows.power_w[m] - 1) ** 2))
+        return total
+
+    return min((replace(gp, cap_window_s=float(w)) for w in CAP_WINDOWS_S), key=loss)
 
 
 def fit_noise_scale(data_dir: Path, wl: Workload) -> tuple[float, float] | None:
@@ -262,11 +315,13 @@ def holdout_mask(rows: Rows, mode: str, fraction: float, rng: np.random.Generato
 
 def calibrate(
     data_dir: Path, holdout: float = 0.2, seed: int = 0, mode: str = "random", gpus: list[str] | None = None,
-    on_gpu: Callable[[str], None] | None = None,
+    on_gpu: Callable[[str], None] | None = None, clock_fits: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Fit every Zeus workload on every traced GPU (or the Zeus GPU names given); return the document.
 
-    ``on_gpu`` is called with each GPU's profile key once that GPU is fitted (a progress hook).
+    ``on_gpu`` is called with each GPU's profile key once that GPU is fitted (a progress hook);
+    ``clock_fits`` holds, per profile key, the voltage curve and static split fitted to measured
+    clock sweeps (:mod:`.calibrate_clocks`), kept fixed here.
     """
     wls = zeus_workloads()
     unknown = sorted(set(gpus or []) - set(ZEUS_GPUS))
@@ -291,14 +346,15 @@ def calibrate(
         else:
             train = {w: holdout_mask(r, mode, holdout, rng) for w, r in pairs.items()}
         sizes = {w.name: w.dataset_samples for w in wls.values()}
-        gp, tables = fit_gpu(pairs, train, sizes, prof)
+        fixed = {k: v for k, v in (clock_fits or {}).get(key, {}).items() if k in PowerParams.__dataclass_fields__}
+        gp, tables = fit_gpu(pairs, train, sizes, prof, fixed)
+        gp = fit_cap_window(pairs, train, sizes, prof, gp, tables)
         doc["gpus"][key] = gp.as_dict()
         t_err: list[float] = []
         p_err: list[float] = []
         for w, rows in pairs.items():
             doc["workloads"].setdefault(w, {"gpus": {}})["gpus"][key] = tables[w]
-            timing = StepTiming(*(tuple(tables[w][k]) for k in ("batch_sizes", "host_s", "sm_s", "mem_s",
-                                                                "dynamic_power_w")))
+            timing = _timing(tables[w])
             t, p = predict(rows, sizes[w], prof, gp, timing)
             held = ~train[w]
             t_err += list(np.abs(t[held] - rows.epoch_s[held]) / rows.epoch_s[held])

@@ -96,15 +96,15 @@ def build_sim_node(
     return backend
 
 
-def measure_fixed(
+def steady_state(
     profile: str, gpus: int, workload: str, seed: int = 0, *, batch_size: int | None = None,
-    power_limit_w: float | None = None, sm_clock_mhz: int | None = None, warmup_s: float = 30.0,
-    window_s: float = 300.0,
-) -> tuple[float, float] | None:
-    """Steady state of one fixed setting on a fresh simulated node: (joules, seconds) per whole
-    target of training progress, over ``window_s`` after ``warmup_s``; None when the job refuses
-    the batch size (outside its range, or out of memory). The benchmarks' "best fixed setting in
-    hindsight" sweeps this; the daemon cannot measure a setting without running it."""
+    power_limit_w: float | None = None, sm_clock_mhz: int | None = None, memory_clock_mhz: int | None = None,
+    warmup_s: float = 30.0, window_s: float = 300.0,
+) -> dict[str, float] | None:
+    """One fixed setting on a fresh simulated node, measured over ``window_s`` after ``warmup_s``:
+    joules and seconds per whole target of training progress, per step and per sample (all GPUs
+    of the node); None when the job refuses the batch size (outside its range, or out of memory).
+    A clock is locked as [f, f]."""
     clock = VirtualClock()
     try:
         be = build_sim_node(profile, gpus, workload, None, clock, seed=seed, batch_size=batch_size)
@@ -119,11 +119,30 @@ def measure_fixed(
     for d in be.devices:
         d.power_limit_mw = int((power_limit_w or prof.power_limit_default_w) * 1000)
         if sm_clock_mhz:
-            d.locked_sm_clocks_mhz = (sm_clock_mhz, sm_clock_mhz)  # [f, f] as Zeus and Perseus lock, not [min, f]
+            d.locked_sm_clocks_mhz = (sm_clock_mhz, sm_clock_mhz)
+        if memory_clock_mhz:
+            d.locked_memory_clocks_mhz = (memory_clock_mhz, memory_clock_mhz)
     clock.advance(warmup_s)
     be.sync()
-    e0, p0 = sum(be.energy_j), job.progress
+    e0, p0, s0, n0 = sum(be.energy_j), job.progress, job.steps_total, job.samples_total
     clock.advance(window_s)
     be.sync()
-    done = max(job.progress - p0, 1e-12)
-    return (sum(be.energy_j) - e0) / done, window_s / done
+    joules = sum(be.energy_j) - e0
+    done, steps, samples = max(job.progress - p0, 1e-12), max(job.steps_total - s0, 1e-12), job.samples_total - n0
+    return {"energy_per_target_j": joules / done, "time_per_target_s": window_s / done,
+            "step_s": window_s / steps, "energy_per_step_j": joules / steps,
+            "energy_per_sample_j": joules / max(samples, 1e-12), "samples_per_s": samples / window_s,
+            "power_w": joules / window_s}
+
+
+def measure_fixed(
+    profile: str, gpus: int, workload: str, seed: int = 0, *, batch_size: int | None = None,
+    power_limit_w: float | None = None, sm_clock_mhz: int | None = None, warmup_s: float = 30.0,
+    window_s: float = 300.0,
+) -> tuple[float, float] | None:
+    """Steady state of one fixed setting: (joules, seconds) per whole target of training progress
+    (:func:`steady_state`). The benchmarks' "best fixed setting in hindsight" sweeps this; the
+    daemon cannot measure a setting without running it."""
+    r = steady_state(profile, gpus, workload, seed, batch_size=batch_size, power_limit_w=power_limit_w,
+                     sm_clock_mhz=sm_clock_mhz, warmup_s=warmup_s, window_s=window_s)
+    return None if r is None else (r["energy_per_target_j"], r["time_per_target_s"])

@@ -3,9 +3,9 @@
 ``sync()`` advances the model from its last time to ``clock.now()`` in fixed steps and
 writes every :class:`SimDevice` reading in NVML units. Per step and GPU: the SM clock
 ceiling (locked or application clocks, thermal slowdown, power brake, a stuck clock),
-then power capping (highest clock whose busy power fits the limit, SW_POWER_CAP when it
-binds), then the training job's step on those clocks, then board power
-(``P0 + A g(x) u``), energy (its exact integral), temperature (first order), fan,
+then power capping per phase of the job's step (:func:`.gpu_model.cap_clocks`;
+SW_POWER_CAP when it binds), then the training job's step on those clocks, then board
+power (the step's energy over its time), energy (its exact integral), temperature (first order), fan,
 memory, PCIe/NVLink traffic, ECC and violation counters. See docs/simulator.md.
 """
 
@@ -18,11 +18,13 @@ from pathlib import Path
 
 from gputuned.collectors.device import ClockEventReason as R
 from gputuned.collectors.sim.gpu_model import (
+    Phase,
     PowerParams,
-    cap_clock_ratio,
-    dvfs_factor,
+    cap_clocks,
     fan_percent,
+    phase_power,
     snap_clock_mhz,
+    static_power,
     thermal_step,
 )
 from gputuned.collectors.sim.job import JobFaults, SimJob
@@ -152,8 +154,8 @@ class PhysicsBackend:
         self.job_faults = jf
         return gf
 
-    def _clock_ratio(self, i: int, dev: SimDevice, gf: _GPUFaults, dynamic_w: float, dt: float) -> tuple[float, int]:
-        """SM clock ratio and clock-event reason bits for one GPU this step."""
+    def _ceiling(self, i: int, dev: SimDevice, gf: _GPUFaults, busy: bool, dt: float) -> tuple[float, int]:
+        """SM clock ceiling (ratio) and its clock-event reason bits for one GPU this step."""
         p = dev.profile
         fmax, fmin = p.sm_clock_max_mhz, p.sm_clock_min_mhz
         reasons = 0
@@ -180,20 +182,21 @@ class PhysicsBackend:
         thermal_binding = cap * fmax < ceiling
         if thermal_binding:
             ceiling = cap * fmax
-        if over > 0 or (thermal_binding and dynamic_w > 0):
+        if over > 0 or (thermal_binding and busy):
             reasons |= R.SW_THERMAL_SLOWDOWN
         if temp >= p.slowdown_temp_c:  # hardware slowdown halves the clock
             ceiling = min(ceiling, max(fmin, 0.5 * ceiling))
             reasons |= R.HW_SLOWDOWN | R.HW_THERMAL_SLOWDOWN
-        x_ceiling = max(ceiling, fmin) / fmax
-        if dynamic_w <= 0:  # idle: lowest clock allowed
-            lo = dev.locked_sm_clocks_mhz[0] if dev.locked_sm_clocks_mhz else fmin
-            return min(lo, ceiling) / fmax, reasons | R.GPU_IDLE
-        x = cap_clock_ratio(dev.power_limit_mw / 1000.0, dynamic_w, self.power[i], x_ceiling)
-        if x < x_ceiling - 1e-6:
-            reasons |= R.SW_POWER_CAP
-        mhz = snap_clock_mhz(x, p)
-        return mhz / fmax, reasons
+        return max(ceiling, fmin) / fmax, reasons
+
+    def _phase_clocks(self, i: int, dev: SimDevice, phases: tuple[Phase, ...], x_ceiling: float,
+                      mem_ratio: float) -> tuple[list[float], bool]:
+        """Each phase's SM clock ratio under the power limit (snapped), and whether the cap bound."""
+        p = dev.profile
+        xs = cap_clocks(phases, dev.power_limit_mw / 1000.0, self.power[i], x_ceiling, mem_ratio,
+                        0.85 + 0.15 * mem_ratio)
+        capped = any(x < x_ceiling - 1e-6 for x, ph in zip(xs, phases, strict=True) if ph.time_s > 0)
+        return [snap_clock_mhz(x, p) / p.sm_clock_max_mhz for x in xs], capped
 
     def _memory_clock(self, dev: SimDevice) -> int:
         clocks = dev.profile.memory_clocks_mhz
@@ -209,39 +212,60 @@ class PhysicsBackend:
         gfs = self._apply_scenario(t)
         job = self.job
         active = job is not None and job.running(t)
-        n = len(self.devices)
-        dyn = job.timing.power_at(job.local_batch()) if (job is not None and active) else 0.0
-        ratios, mem_ratios, reasons = [], [], []
+        phases = job.gpu_phases(self.job_faults) if (job is not None and active) else None
+        clocks, mem_ratios, reasons = [], [], []
         for i, dev in enumerate(self.devices):
-            x, bits = self._clock_ratio(i, dev, gfs[i], dyn, dt)
+            x_ceil, bits = self._ceiling(i, dev, gfs[i], phases is not None, dt)
             mem = self._memory_clock(dev)
-            ratios.append(x)
-            mem_ratios.append(mem / max(dev.profile.memory_clocks_mhz))
-            reasons.append(bits)
             dev.memory_clock_mhz = mem
-        if job is not None and active:
-            job.plan(ratios, mem_ratios, self.job_faults)
+            mem_ratios.append(mem / max(dev.profile.memory_clocks_mhz))
+            if phases is None:  # idle: lowest clock allowed
+                lo = dev.locked_sm_clocks_mhz[0] if dev.locked_sm_clocks_mhz else dev.profile.sm_clock_min_mhz
+                clocks.append([min(lo / dev.profile.sm_clock_max_mhz, x_ceil)])
+                bits |= R.GPU_IDLE
+            else:
+                xs, capped = self._phase_clocks(i, dev, phases[i], x_ceil, mem_ratios[-1])
+                clocks.append(xs)
+                bits |= R.SW_POWER_CAP if capped else 0
+            reasons.append(bits)
+        if job is not None and phases is not None:
+            job.plan(phases, clocks, mem_ratios, self.job_faults)
             job.advance(dt)
         for i, dev in enumerate(self.devices):
-            self._finish_gpu(i, dev, gfs[i], ratios[i], reasons[i], active, dt, t)
-        if job is not None and active and any(
+            self._finish_gpu(i, dev, gfs[i], clocks[i], phases[i] if phases else None, reasons[i], dt, t)
+        n = len(self.devices)
+        if job is not None and phases is not None and any(
             self.devices[i].memory_used_bytes >= self.devices[i].profile.memory_total_bytes for i in range(n)
         ):
             job.crash_oom(t)
             self.leak_bytes = [0.0] * n
 
+    def _step_power(self, i: int, dev: SimDevice, xs: list[float], phases: tuple[Phase, ...]) -> float:
+        """Mean board power over the job's step: its phases, then idle (host, waits) at the top clock."""
+        job, pp = self.job, self.power[i]
+        assert job is not None
+        r = job.ranks[i]
+        m = dev.memory_clock_mhz / max(dev.profile.memory_clocks_mhz)
+        ms = 0.85 + 0.15 * m
+        step = max(job.step_s, 1e-9)
+        comm = job.comm_s if job.world_size > 1 else 0.0
+        energy = (phase_power(phases[0], xs[0], pp, m, ms) * r.sm_s + phase_power(phases[1], xs[1], pp, m, ms) * r.mem_s
+                  + phase_power(phases[2], xs[2], pp, m, ms) * comm)
+        idle_s = max(0.0, step - r.busy_s - comm)
+        return (energy + static_power(max(xs), pp, ms) * idle_s) / step
+
     def _finish_gpu(
-        self, i: int, dev: SimDevice, gf: _GPUFaults, x: float, bits: int, active: bool, dt: float, t: float
+        self, i: int, dev: SimDevice, gf: _GPUFaults, xs: list[float], phases: tuple[Phase, ...] | None, bits: int,
+        dt: float, t: float,
     ) -> None:
-        p, pp, job = dev.profile, self.power[i], self.job
-        mem_scale = 0.85 + 0.15 * dev.memory_clock_mhz / max(p.memory_clocks_mhz)
-        if job is not None and active:
+        p, job = dev.profile, self.job
+        if job is not None and phases is not None:
             r = job.ranks[i]
             step = max(job.step_s, 1e-9)
             u_busy = min(1.0, r.busy_s / step)
             u_comm = min(1.0 - u_busy, job.comm_s / step) if job.world_size > 1 else 0.0
-            power = pp.active_idle_w * mem_scale + job.timing.power_at(job.local_batch()) * dvfs_factor(x, pp) * (
-                u_busy + 0.15 * u_comm)
+            power = self._step_power(i, dev, xs, phases)
+            x = xs[0] if r.sm_s >= r.mem_s else xs[1]  # the clock of the phase that runs longest
             util = min(100, round(100 * (u_busy + u_comm)))
             dev.util_mem_pct = min(100, round(100 * ((r.busy_s - r.sm_s) / step + 0.5 * u_comm)))
             self.leak_bytes[i] += gf.leak_rate * dt
@@ -257,6 +281,7 @@ class PhysicsBackend:
             dev.pstate = 0
         else:
             power = p.idle_power_w
+            x = xs[0]
             util = 0
             dev.util_mem_pct = 0
             dev.memory_used_bytes = 0

@@ -284,7 +284,7 @@ def power_params(profile_name: str, calibration: dict[str, Any]) -> PowerParams:
     """Fitted power constants of a GPU, or the profile's defaults if it was never measured."""
     fitted = calibration.get("gpus", {}).get(profile_key(profile_name))
     if fitted:
-        return PowerParams(**{k: float(fitted[k]) for k in PowerParams.__dataclass_fields__})
+        return PowerParams(**{k: float(fitted[k]) for k in PowerParams.__dataclass_fields__ if k in fitted})
     return default_power_params(load_profile(profile_name))
 
 
