@@ -9,6 +9,7 @@ scripted step statistics through the real plugin client and control socket.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -100,6 +101,14 @@ class FakeSysfs(threading.Thread):
         self.t0 = t0
         self.stop = threading.Event()
         (self.proc / "net").mkdir(parents=True)
+        (self.proc / "pressure").mkdir()
+        (self.proc / "mounts").write_text(f"/dev/vda1 / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\n/dev/nvme0n1 {root} xfs rw 0 0\n")
+        for nic, state, speed in (("ens1", "up", "100000"), ("ens2", "down", None)):  # a link that went down
+            (self.sys / "class" / "net" / nic).mkdir(parents=True)
+            (self.sys / "class" / "net" / nic / "operstate").write_text(state + "\n")
+            if speed is not None:
+                (self.sys / "class" / "net" / nic / "speed").write_text(speed + "\n")
+                (self.sys / "class" / "net" / nic / "carrier").write_text("1\n")
         self.ports = {}
         for dev, port, state in (("mlx5_0", "1", "4: ACTIVE"), ("mlx5_1", "1", "4: ACTIVE"), ("mlx5_2", "1", "1: DOWN")):
             p = self.sys / "class" / "infiniband" / dev / "ports" / port
@@ -118,6 +127,10 @@ class FakeSysfs(threading.Thread):
             tmp = snmp.with_suffix(".tmp")  # replace atomically: the collector never sees half a file
             shutil.copyfile("/proc/net/snmp", tmp)
             os.replace(tmp, snmp)
+        for name in ("vmstat", "pressure/cpu", "pressure/memory", "pressure/io"):  # this machine's, where it has them
+            with contextlib.suppress(OSError):
+                shutil.copyfile(f"/proc/{name}", self.proc / f"{name}.tmp")
+                os.replace(self.proc / f"{name}.tmp", self.proc / name)
         busy = max(0.0, t - 5)
         for i, (dev, p) in enumerate(self.ports.items()):
             up = dev != "mlx5_2"
@@ -171,7 +184,7 @@ def daemon_toml(work: Path, fake: FakeSysfs, peers: LoopbackPeers) -> str:
         "sim": {"script": str(work / "scenario.toml"), "gpus": GPUS},
         "control": {"socket_path": str(work / "control.sock")},
         "collectors": {
-            "host": {"proc_path": str(fake.proc)},
+            "host": {"proc_path": str(fake.proc), "sysfs_path": str(fake.sys), "paths": [str(work)]},
             "infiniband": {"sysfs_path": str(fake.sys)},
             "peers": {"peers": peers.addresses, "interval_seconds": 2.0, "timeout_seconds": 0.5},
         },

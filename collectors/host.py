@@ -1,15 +1,33 @@
-"""Host collector: CPU, load, memory, swap, disk IO, network interfaces, TCP retransmits."""
+"""Host collector: CPU, load, memory, swap, disk IO, network interfaces, TCP retransmits, and what
+a GPU-training node needs beside them: filesystem fill of configured paths and /dev/shm, pressure
+stall information, OOM kills, network link state and speed.
+
+The readings beyond psutil's are optional: a source this kernel or host lacks (no PSI, a volume
+not mounted) is one log line and its families absent, never a failed collector.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 from gputuned.collectors.families import C, G, Labels, Sample, declare
+from gputuned.collectors.network import LINK_FAMILIES, read_links
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Seconds between two reads of /proc/mounts (a volume mounted later is found within this)
+MOUNTS_REFRESH_S = 30.0
 
 CPU_SECONDS = declare("gputuned_host_cpu_seconds_total", C, "CPU time spent in each mode, all CPUs together.")
 CPU_COUNT = declare("gputuned_host_cpus", G, "Logical CPUs.")
@@ -36,6 +54,17 @@ NET_RX_DROP = declare("gputuned_host_network_receive_drop_total", C, "Received p
 NET_TX_DROP = declare("gputuned_host_network_transmit_drop_total", C, "Outgoing packets dropped, per interface.")
 TCP_RETRANS = declare("gputuned_host_tcp_retransmitted_segments_total", C, "TCP segments retransmitted.")
 TCP_OUT = declare("gputuned_host_tcp_sent_segments_total", C, "TCP segments sent.")
+FS_SIZE = declare("gputuned_host_filesystem_size_bytes", G, "Filesystem size, per mount of a configured path.")
+FS_FREE = declare("gputuned_host_filesystem_free_bytes", G, "Free space, root's reserve included.")
+FS_AVAIL = declare("gputuned_host_filesystem_avail_bytes", G, "Space available to unprivileged users.")
+FS_FILES = declare("gputuned_host_filesystem_files", G, "Inodes of the filesystem.")
+FS_FILES_FREE = declare("gputuned_host_filesystem_files_free", G, "Free inodes.")
+FS_READONLY = declare("gputuned_host_filesystem_readonly", G, "1 when the filesystem is mounted read-only.")
+PSI_WAITING = declare("gputuned_host_pressure_waiting_seconds_total", C,
+                      "Time some tasks stalled on the resource (PSI some), per resource.")
+PSI_STALLED = declare("gputuned_host_pressure_stalled_seconds_total", C,
+                      "Time all non-idle tasks stalled on the resource at once (PSI full), per resource.")
+OOM_KILLS = declare("gputuned_host_oom_kills_total", C, "Processes killed by the kernel's OOM killer.")
 
 #: (family, psutil attribute) of the per-device counters: disk_io_counters, net_io_counters
 _DISK_COUNTERS = (
@@ -60,6 +89,72 @@ def read_tcp_counters(proc: Path) -> dict[str, int]:
     raise ValueError(f"no Tcp counters in {proc / 'net' / 'snmp'}")
 
 
+#: PSI line kind -> family; totals are in microseconds
+_PSI_LINES = {"some": PSI_WAITING, "full": PSI_STALLED}
+_PSI_RESOURCES = ("cpu", "memory", "io")
+
+Mount = tuple[str, str, str]  # device, mount point, filesystem type
+
+
+def _text(path: str) -> str:
+    with open(path) as f:  # plain open: pathlib's overhead is most of a small /proc read
+        return f.read()
+
+
+def read_pressure(proc: Path) -> list[Sample]:
+    """PSI totals of cpu, memory and io from ``proc``/pressure (kernel 4.20+, psi not disabled)."""
+    out: list[Sample] = []
+    for resource in _PSI_RESOURCES:
+        for line in _text(f"{proc}/pressure/{resource}").splitlines():
+            kind, _, fields = line.partition(" ")
+            total = fields.rpartition("total=")[2]
+            if kind in _PSI_LINES and total.isdigit():
+                out.append((_PSI_LINES[kind], (("resource", resource),), int(total) / 1e6))
+    return out
+
+
+def read_oom_kills(proc: Path) -> list[Sample]:
+    """The OOM-kill counter of ``proc``/vmstat (kernel 4.13+); ValueError when the line is absent."""
+    text = _text(f"{proc}/vmstat")
+    at = text.find("oom_kill ")
+    if at < 0 or (at > 0 and text[at - 1] != "\n"):
+        raise ValueError(f"no oom_kill in {proc}/vmstat")
+    end = text.find("\n", at)
+    return [(OOM_KILLS, (), float(text[at + 9:end if end >= 0 else len(text)]))]
+
+
+def read_mounts(proc: Path) -> list[Mount]:
+    """(device, mount point, type) of every line of ``proc``/mounts, octal escapes decoded."""
+    out = []
+    for line in (proc / "mounts").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            device, mountpoint, fstype = (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), p) for p in parts[:3])
+            out.append((device, mountpoint, fstype))
+    return out
+
+
+def mount_of(path: str, mounts: Iterable[Mount]) -> Mount:
+    """The mount holding ``path`` (already resolved): the last-mounted of the longest matching mount points."""
+    best: Mount | None = None
+    for m in mounts:
+        mp = m[1]
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and (best is None or len(mp) >= len(best[1])):
+            best = m
+    if best is None:
+        raise ValueError(f"{path} is on no mount listed")
+    return best
+
+
+def filesystem_samples(mount: Mount, st: os.statvfs_result) -> list[Sample]:
+    """node_exporter's filesystem readings of one mount from its statvfs."""
+    labels = (("device", mount[0]), ("fstype", mount[2]), ("mountpoint", mount[1]))
+    return [(family, labels, float(value)) for family, value in (
+        (FS_SIZE, st.f_blocks * st.f_frsize), (FS_FREE, st.f_bfree * st.f_frsize), (FS_AVAIL, st.f_bavail * st.f_frsize),
+        (FS_FILES, st.f_files), (FS_FILES_FREE, st.f_ffree), (FS_READONLY, 1 if st.f_flag & os.ST_RDONLY else 0),
+    )]
+
+
 def _counters(table: tuple[tuple[str, str], ...], labels: Labels, stats: object) -> list[Sample]:
     """One sample per (family, attribute) of a psutil counters record."""
     return [(family, labels, float(getattr(stats, attr))) for family, attr in table]
@@ -70,10 +165,24 @@ class HostCollector:
 
     name = "host"
 
-    def __init__(self, proc: str | os.PathLike[str] = "/proc", skip_interfaces: tuple[str, ...] = ("lo",)) -> None:
+    def __init__(
+        self,
+        proc: str | os.PathLike[str] = "/proc",
+        skip_interfaces: tuple[str, ...] = ("lo",),
+        *,
+        sysfs: str | os.PathLike[str] | None = None,
+        paths: Iterable[str | os.PathLike[str]] = (),
+        statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
+    ) -> None:
         self._proc = Path(proc)
+        self._sysfs = Path(sysfs) if sysfs is not None else None
+        self._paths = [os.fspath(p) for p in paths]
+        self._statvfs = statvfs
         self._skip_if = set(skip_interfaces)
         self._cpus = float(psutil.cpu_count() or 1)
+        self._mounts: list[Mount] = []
+        self._mounts_due = -math.inf
+        self._failing: set[str] = set()  # optional sources whose failure is logged until they read again
 
     def collect(self) -> list[Sample]:
         out: list[Sample] = []
@@ -108,7 +217,45 @@ class HostCollector:
         tcp = read_tcp_counters(self._proc)
         out.append((TCP_RETRANS, (), float(tcp.get("RetransSegs", 0))))
         out.append((TCP_OUT, (), float(tcp.get("OutSegs", 0))))
+        return out + self._optional_samples()
+
+    def _optional_samples(self) -> list[Sample]:
+        """Pressure, OOM kills, filesystems and links: each absent, and logged once, while it cannot be read."""
+        out = self._optional("pressure stall information", read_pressure, self._proc)
+        out += self._optional("OOM kills", read_oom_kills, self._proc)
+        if self._paths:
+            now = time.monotonic()
+            if now >= self._mounts_due:  # mounts change seldom; /proc/mounts is the costliest read here
+                self._mounts, self._mounts_due = self._optional("mounts", read_mounts, self._proc), now + MOUNTS_REFRESH_S
+            seen: set[str] = set()
+            for path in self._paths:
+                out += self._optional(f"filesystem of {path}", self._filesystem, path, self._mounts, seen)
+        if self._sysfs is not None:
+            out += self._optional("network links", read_links, self._sysfs, self._skip_if)
         return out
+
+    def _filesystem(self, path: str, mounts: list[Mount], seen: set[str]) -> list[Sample]:
+        """The readings of the mount holding ``path``, once per mount point."""
+        st = self._statvfs(path)  # first, so that a path gone missing is logged even beside a served mount
+        mount = mount_of(os.path.realpath(path), mounts)
+        if mount[1] in seen:
+            return []
+        seen.add(mount[1])
+        return filesystem_samples(mount, st)
+
+    def _optional(self, what: str, read: Callable[..., list[T]], *args: object) -> list[T]:
+        """``read(*args)``, or nothing (logged the first time) when its source is missing or unreadable."""
+        try:
+            got = read(*args)
+        except (OSError, ValueError) as e:
+            if what not in self._failing:
+                self._failing.add(what)
+                logger.warning("host: no %s (%s); its series are not served", what, e)
+            return []
+        if what in self._failing:
+            self._failing.discard(what)
+            logger.info("host: %s readable again", what)
+        return got
 
     def close(self) -> None:
         """Nothing to release."""
@@ -116,14 +263,20 @@ class HostCollector:
 
 class HostCollectorConfig(CollectorConfig):
     proc_path: Path = Path("/proc")
+    sysfs_path: Path = Path("/sys")
     skip_interfaces: list[str] = ["lo"]
+    #: Paths whose filesystem fill is served (checkpoint and data volumes); /dev/shm is served beside them
+    paths: list[Path] = []
+    shm_path: Path | None = Path("/dev/shm")
 
 
 @register("host", config=HostCollectorConfig, families=(
     CPU_SECONDS, CPU_COUNT, LOAD1, LOAD5, LOAD15, MEM_TOTAL, MEM_AVAILABLE, MEM_USED, SWAP_TOTAL, SWAP_USED,
     DISK_READ, DISK_WRITTEN, DISK_READS, DISK_WRITES, DISK_BUSY, NET_RX_BYTES, NET_TX_BYTES, NET_RX_PACKETS,
     NET_TX_PACKETS, NET_RX_ERRS, NET_TX_ERRS, NET_RX_DROP, NET_TX_DROP, TCP_RETRANS, TCP_OUT,
+    FS_SIZE, FS_FREE, FS_AVAIL, FS_FILES, FS_FILES_FREE, FS_READONLY, PSI_WAITING, PSI_STALLED, OOM_KILLS, *LINK_FAMILIES,
 ))
 def build_host_collector(cfg: HostCollectorConfig, ctx: CollectorContext) -> HostCollector:
-    """``[collectors.host]``: psutil and /proc readings of this host."""
-    return HostCollector(proc=cfg.proc_path, skip_interfaces=tuple(cfg.skip_interfaces))
+    """``[collectors.host]``: psutil, /proc and /sys readings of this host."""
+    paths = [*cfg.paths, *([cfg.shm_path] if cfg.shm_path is not None else [])]
+    return HostCollector(proc=cfg.proc_path, skip_interfaces=tuple(cfg.skip_interfaces), sysfs=cfg.sysfs_path, paths=paths)

@@ -1,4 +1,5 @@
-"""Network collectors: InfiniBand/RoCE port counters from sysfs, and RTT to peer nodes."""
+"""Network collectors: InfiniBand/RoCE port counters from sysfs, and RTT to peer nodes; the link
+state and speed of network interfaces (read by the host collector)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ IB_STATE = declare("gputuned_infiniband_port_active", G, "1 when the port state 
 IB_RATE = declare("gputuned_infiniband_port_rate_bytes_per_second", G, "Negotiated port rate.")
 PEER_RTT = declare("gputuned_peer_rtt_seconds", G, "TCP connect round-trip time to a peer node.")
 PEER_UP = declare("gputuned_peer_up", G, "1 when the last connect to the peer succeeded.")
+LINK_UP = declare("gputuned_host_network_up", G, "1 when the interface's operational state is up.")
+LINK_CARRIER = declare("gputuned_host_network_carrier", G, "1 when the interface has a carrier (cable and peer).")
+LINK_SPEED = declare("gputuned_host_network_speed_bytes", G, "Negotiated link speed in bytes per second, where the driver reports one.")
+LINK_FAMILIES = (LINK_UP, LINK_CARRIER, LINK_SPEED)
 
 # counter file -> (family, multiplier); port_*_data counts 4-byte words.
 _IB_COUNTERS = {
@@ -45,11 +50,37 @@ _IB_COUNTERS = {
 }
 
 
-def _read(path: Path) -> str | None:
+def _read(path: str | Path) -> str | None:
     try:
-        return path.read_text().strip()
+        with open(path) as f:
+            return f.read().strip()
     except OSError:
         return None
+
+
+def read_links(sysfs: Path, skip: set[str] | frozenset[str] = frozenset()) -> list[Sample]:
+    """Operational state, carrier and speed of every interface under ``sysfs``/class/net.
+
+    A down link's carrier and speed read as EINVAL and a virtual one's speed as -1: those
+    readings are left out, as node_exporter does. Raises OSError when there is no class/net.
+    """
+    out: list[Sample] = []
+    base = f"{sysfs}/class/net"
+    for nic in sorted(os.listdir(base)):
+        if nic in skip:
+            continue
+        labels = (("interface", nic),)
+        state = _read(f"{base}/{nic}/operstate")  # None for a file such as bonding_masters
+        if state is None:
+            continue
+        out.append((LINK_UP, labels, 1.0 if state == "up" else 0.0))
+        carrier = _read(f"{base}/{nic}/carrier")
+        if carrier is not None and carrier.isdigit():
+            out.append((LINK_CARRIER, labels, float(carrier)))
+        speed = _read(f"{base}/{nic}/speed")  # Mbit/s
+        if speed is not None and speed.isdigit():
+            out.append((LINK_SPEED, labels, int(speed) * 125_000.0))
+    return out
 
 
 class InfinibandCollector:

@@ -12,6 +12,7 @@ from typing import Any
 
 from gputuned.collectors import families as F
 from gputuned.dashboards.dcgm_docs import render_dcgm_section
+from gputuned.dashboards.node_host import node_exporter_section
 from gputuned.dashboards.rules import Rule
 
 #: Grafana unit ids to how the panel labels its axis or value.
@@ -114,6 +115,7 @@ def render_markdown(dashboards: Mapping[str, Mapping[str, Any]], rules: list[Rul
                 out += ["", f"### {row}", ""]
                 current = row
             out.append(f"- **{p['title']}**: {unit_name(panel_unit(p))}; {_steps_text(panel_thresholds(p))}")
+    out += ["", *node_exporter_section()]
     out += ["", "## Alerting rules", "",
             "Shipped in `dashboards/rules/` (`promtool check rules` accepts them; tested), with an example",
             "scrape configuration `dashboards/prometheus.yml` (`promtool check config`; tested).", ""]

@@ -1,4 +1,9 @@
-"""Node overview, host side: CPU, memory, disks, network, fabric and peers, and the daemon itself."""
+"""Node overview, host side: CPU, memory, disks, network, fabric and peers, and the daemon itself.
+
+Filesystems, pressure stall information, OOM kills and link state read node_exporter's series
+where node_exporter is scraped with the same ``instance`` label (docs/dashboards.md shows the
+relabelling) and gputuned's own otherwise: ``node_... or on (instance) gputuned_...``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,19 @@ from grafanalib import core as g
 
 from gputuned.dashboards.panels import fraction, stat, state_stat, state_timeline, timeseries
 from gputuned.dashboards.queries import NODE, RATE, Query
-from gputuned.dashboards.thresholds import high_bad, info_only
+from gputuned.dashboards.thresholds import high_bad, info_only, steps
 
 _PORT = "{{device}}/{{port}}"
+_LINK = "{{instance}} {{device}}{{interface}}"  # node_exporter labels the interface device, gputuned interface
+_NOT_MEMORY = 'fstype!~"tmpfs|ramfs"'
+_PSI = (("cpu", "waiting", "some"), ("memory", "waiting", "some"), ("memory", "stalled", "full"),
+        ("io", "waiting", "some"), ("io", "stalled", "full"))
+
+#: The node_exporter series the node dashboard prefers to gputuned's where both exist.
+NODE_EXPORTER_SERIES = frozenset({
+    "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "node_vmstat_oom_kill", "node_network_up",
+    "node_network_speed_bytes", *(f"node_pressure_{r}_{w}_seconds_total" for r, w, _ in _PSI),
+})
 
 
 def _node(metric: str) -> str:
@@ -22,6 +37,42 @@ def _rate(metric: str, fn: str = "rate") -> str:
 def _sum_of(by: str, fn: str, *metrics: str) -> str:
     """``sum by (by) (fn(a) + fn(b) + ...)`` over counters: errors of several kinds as one line."""
     return f"sum by ({by}) (" + " + ".join(_rate(m, fn) for m in metrics) + ")"
+
+
+def _either(node_exporter: str, gputuned: str) -> str:
+    """node_exporter's series of an instance where it has them, else gputuned's."""
+    return f"{node_exporter} or on (instance) {gputuned}"
+
+
+def _fill(metric: str, matchers: str) -> str:
+    """``1 - avail / size`` of the filesystems ``metric`` (node_filesystem or gputuned_host_filesystem) selects."""
+    sel = f"{{{NODE}, {matchers}}}"
+    return f"1 - {metric}_avail_bytes{sel} / {metric}_size_bytes{sel}"
+
+
+def host_extra_panels() -> list[g.Panel]:
+    """Filesystem fill, /dev/shm, pressure stalls, OOM kills and links: node_exporter's where scraped."""
+    return [
+        fraction("Filesystem fill", [Query(_either(_fill("node_filesystem", _NOT_MEMORY), _fill("gputuned_host_filesystem", _NOT_MEMORY)),
+                                           "{{instance}} {{mountpoint}}")],
+                 high_bad(0.85, 0.95), "Share of each filesystem not available to users (checkpoint and data volumes; "
+                 "gputuned serves the mounts of [collectors.host] paths)."),
+        fraction("Shared memory (/dev/shm) used", [Query(_fill("gputuned_host_filesystem", 'fstype="tmpfs"'), "{{instance}} {{mountpoint}}")],
+                 high_bad(0.7, 0.9), "NCCL buffers and data-loader workers live here; full, they fail with bus errors."),
+        fraction("Pressure stalls", [
+            Query(_either(_rate(f"node_pressure_{r}_{w}_seconds_total"),
+                          f'rate(gputuned_host_pressure_{w}_seconds_total{{{NODE}, resource="{r}"}}[{RATE}])'), f"{{{{instance}}}} {r} {kind}")
+            for r, w, kind in _PSI
+        ], high_bad(0.1, 0.3), "Share of time some (or all) tasks stalled on CPU, memory or IO (PSI)."),
+        timeseries("OOM kills", "short", [Query(_either(_rate("node_vmstat_oom_kill", "increase"), _rate("gputuned_host_oom_kills_total", "increase")),
+                                                "{{instance}}")],
+                   steps("green", ("red", 1)), "Processes the kernel's OOM killer ended (a data-loader worker, a rank).", min_value=0),
+        state_timeline("Network links up", [Query(_either(f'node_network_up{{{NODE}, device!="lo"}}', _node("gputuned_host_network_up")), _LINK)],
+                       "1 while the interface's operational state is up.", ("down", "red"), ("up", "green"), unit="none"),
+        timeseries("Link speed", "Bps", [Query(_either(f"node_network_speed_bytes{{{NODE}}} > 0", _node("gputuned_host_network_speed_bytes")), _LINK)],
+                   info_only(), "Negotiated speed of each interface; a link that renegotiated lower slows every collective.",
+                   min_value=0),
+    ]
 
 
 def host_panels() -> list[g.Panel]:
@@ -68,6 +119,7 @@ def host_panels() -> list[g.Panel]:
                    f" / clamp_min({_rate('gputuned_host_tcp_sent_segments_total')}, 1)", "{{instance}}")],
             high_bad(0.01, 0.05), "Retransmitted over sent TCP segments; a few percent slows collective communication.", min_value=0,
         ),
+        *host_extra_panels(),
     ]
 
 
@@ -121,4 +173,34 @@ def daemon_panels() -> list[g.Panel]:
             Query(_node("gputuned_control_connections"), "{{instance}} connections"),
             Query(_node("gputuned_control_jobs"), "{{instance}} jobs"),
         ], info_only(), "Open control-socket connections (one per rank) and training jobs with a connected rank."),
+    ]
+
+
+def node_exporter_section() -> list[str]:
+    """The docs page's section on running node_exporter beside gputuned."""
+    prefer = ", ".join(f"`{n}`" for n in sorted(NODE_EXPORTER_SERIES))
+    return [
+        "## Beside node_exporter",
+        "",
+        "gputuned serves what a GPU-training SRE needs of the host (CPU, load, memory, swap, disks, interfaces,",
+        "TCP retransmits, InfiniBand/RoCE ports, and from `[collectors.host]`: the fill of the filesystems holding",
+        "`paths` (checkpoint and data volumes) and of `shm_path` (/dev/shm, where NCCL and data loaders keep their",
+        "buffers), PSI totals from /proc/pressure, OOM kills from /proc/vmstat, link state, carrier and speed",
+        "from /sys/class/net). A source the kernel lacks (no PSI, a path not mounted) is one log line and its",
+        "series absent. For everything else (hundreds of families: NUMA, hwmon, conntrack, filesystems not",
+        "listed, ...) run Prometheus' node_exporter beside gputuned on port 9100: on Debian 12",
+        "`apt-get install prometheus-node-exporter` (on Kubernetes, its DaemonSet). The two do not overlap in",
+        "names, so both can be scraped at full rate.",
+        "",
+        f"The node dashboard's host row reads node_exporter's series where they exist ({prefer}) and",
+        "gputuned's otherwise: each such query is `node_... or on (instance) gputuned_host_...`. For node_exporter's",
+        "series to be chosen they must carry the gputuned target's `instance`; `dashboards/prometheus.yml` scrapes",
+        "node_exporter with a relabelling that writes `<host>:9735` into `instance` (job `node`). Without it the",
+        "panels show gputuned's series. /dev/shm is gputuned's alone: node_exporter excludes /dev by default.",
+        "gputuned's series follow node_exporter's semantics: `gputuned_host_filesystem_{size,free,avail}_bytes`,",
+        "`_files`, `_files_free`, `_readonly` with `device`, `fstype` and `mountpoint` (one per mount however",
+        "many paths it holds); `gputuned_host_pressure_waiting_seconds_total` (PSI some) and",
+        "`_stalled_seconds_total` (PSI full) with a `resource` label; `gputuned_host_oom_kills_total`;",
+        "`gputuned_host_network_up`, `_carrier` and `_speed_bytes` per `interface` (a virtual link's speed of",
+        "-1, which node_exporter serves as -125000, is left out).",
     ]

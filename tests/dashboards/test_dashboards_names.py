@@ -18,6 +18,7 @@ from gputuned.dashboards.check import (
     unknown_names,
     variable_expressions,
 )
+from gputuned.dashboards.node_host import NODE_EXPORTER_SERIES
 from gputuned.dashboards.promql import (
     label_values_query,
     metric_names,
@@ -92,7 +93,12 @@ def test_dashboards_and_rules_use_only_served_metric_names() -> None:
     dashboards = all_dashboards()
     exprs = dashboard_expressions(dashboards) + variable_expressions(dashboards) + rule_expressions(all_rules())
     assert len(exprs) > 80
-    assert unknown_names(exprs, served_catalog()) == {}
+    assert unknown_names(exprs, served_catalog(), NODE_EXPORTER_SERIES) == {}
+    reading_node_exporter = [e.expr for e in exprs if any(n.startswith("node_") for n in metric_names(e.expr))]
+    assert {n for e in reading_node_exporter for n in metric_names(e) if n.startswith("node_")} == NODE_EXPORTER_SERIES
+    for expr in reading_node_exporter:  # node_exporter's where scraped, else gputuned's own
+        fallback = expr.partition(" or on (instance) ")[2]
+        assert fallback and all(n.startswith("gputuned_host_") for n in metric_names(fallback)), expr
 
 
 def test_name_check_reports_a_name_nobody_serves() -> None:
