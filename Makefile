@@ -10,7 +10,7 @@ CONFIG      ?=
 PYTEST_ARGS ?=
 RUN_ARGS    ?=
 
-.PHONY: run test lint bench clean dashboards prometheus
+.PHONY: run test lint bench clean dashboards prometheus deb debtools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,14 @@ prometheus:
 
 PACKAGES := pkg collectors daemon tuner trainer_plugin dashboards
 
-test: $(STAMP) prometheus
+# Debian's python3-venv, with which tests/test_packaging_deb.py builds the Debian package.
+debtools:
+	@dpkg-query -W -f='$${Status}' python3.11-venv 2>/dev/null | grep -q 'ok installed' || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; \
+	  else echo "python3-venv missing and not root: the Debian package test will be skipped" >&2; fi; }
+
+test: $(STAMP) prometheus debtools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy $(PACKAGES)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -39,6 +46,12 @@ test: $(STAMP) prometheus
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy $(PACKAGES)
+
+# The Debian 12 package, build/deb/gputuned_<version>-1_<arch>.deb: a venv under /opt/gputuned,
+# the unit, sysusers, tmpfiles and the config (docs/deployment.md). Needs python3-venv; pins the
+# carried packages to .venv's versions when .venv exists.
+deb:
+	packaging/build-deb.sh build/deb
 
 bench: $(STAMP)
 	$(PY) bench/daemon_bench.py
