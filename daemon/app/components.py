@@ -66,7 +66,8 @@ class ForecastComponent:
         while self._changes:
             self.service.note_change(self._changes.popleft())
         self.service.observe(now, self.store.latest())
-        self.store.publish(self.name, now, self.service.samples())
+        # served, never asked for a window: no ring per forecast series (there is one per tracked series)
+        self.store.publish(self.name, now, self.service.samples(), history=False)
 
     def alert_kinds(self) -> list[str]:
         """Kinds of the active alerts (thermal, ecc, xid, series anomalies), for the guard."""

@@ -164,7 +164,7 @@ class Daemon:
         """``clock`` gives each tick's wall time: a virtual clock runs the daemon faster than real time."""
         self.cfg = cfg
         self.gpus = gpus if gpus is not None else setup_gpus(cfg)
-        self.store = Store(cfg.store.history_samples)
+        self.store = Store(cfg.store.history_samples, cfg.store.forget_after_s)
         self.collectors = collectors if collectors is not None else build_collectors(cfg, self.gpus)
         self.loop = CollectionLoop(self.collectors, self.store, cfg.daemon.interval_seconds, wallclock=clock)
         self.renderer = MetricsRenderer(self.store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm",

@@ -113,7 +113,7 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"gputuned: config error: {e}", file=sys.stderr)
         return 2
     assert isinstance(cfg, Config)
-    store = Store(cfg.store.history_samples)
+    store = Store(cfg.store.history_samples, cfg.store.forget_after_s)
     address = (cfg.exporter.listen_address, cfg.exporter.listen_port)
     try:
         server = MetricsServer(address, MetricsRenderer(store, served_catalog(), dcgm=cfg.exporter.metric_names == "dcgm",

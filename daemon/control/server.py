@@ -19,6 +19,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gputuned import protocol as P
@@ -82,6 +83,7 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._last_sweep = 0.0
         self._log = LogLimiter()
+        self.clock: Callable[[], float] = time.time  # the ticks' clock: when a rank left, against job_ttl_s
 
     # -- component ---------------------------------------------------------------------
     def start(self) -> None:
@@ -379,7 +381,7 @@ class ControlServer:
             self._sel.unregister(conn.sock)
         conn.sock.close()
         if conn.kind == "client":
-            self.jobs.disconnect(conn.job, conn.rank, conn.cid, time.time())
+            self.jobs.disconnect(conn.job, conn.rank, conn.cid, self.clock())
 
 
 def _held_text(held: int) -> str:

@@ -75,6 +75,10 @@ class SimConfig(Section):
 
 class StoreConfig(Section):
     history_samples: int = Field(600, ge=0, le=1_000_000, description="ring-buffer length per series")
+    forget_after_s: float = Field(
+        900.0, ge=0, le=30 * 86400,
+        description="drop the history of a series not published this long (a rank that left, a series no longer "
+                    "forecast); 0: keep it for the daemon's lifetime")
 
 
 def describe_error(err: ValidationError, where: str) -> str:

@@ -125,6 +125,8 @@ class ForecastConfig(_Table):
     ecc_burst_window_s: StrictFloat = 60.0
     forget_after_s: StrictFloat = 3600.0
     max_series: StrictInt = 1024
+    max_rank_series: StrictInt = 768  # of max_series, trainer ranks' (256 ranks x 3 families: control.max_ranks_per_uid)
+    rank_forget_after_s: StrictFloat = 120.0  # a rank's series silent this long (it left) are dropped
     detect_in_child: StrictBool = True
     # the most throughput a GPU knob's intended change may cost (the daemon sets the tuner's max_slowdown)
     intent_slowdown: StrictFloat = 0.10
@@ -151,7 +153,8 @@ class ForecastConfig(_Table):
     @model_validator(mode="after")
     def _consistent(self) -> ForecastConfig:
         for name in ("downsample_s", "history_s", "refit_period_s", "hardware_hold_s", "thermal_clear_s", "forget_after_s",
-                     "ecc_corrected_burst", "ecc_burst_window_s", "max_series"):
+                     "ecc_corrected_burst", "ecc_burst_window_s", "max_series",
+                     "max_rank_series", "rank_forget_after_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"forecast.{name} must be positive")
         if not 0.0 < self.interval_width < 1.0:

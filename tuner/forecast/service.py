@@ -64,6 +64,12 @@ class _Track:
     last_t: float = 0.0
     forecast: dict[str, list[float]] = field(default_factory=dict)
     band: BandRule | None = None
+    rank: bool = False  # a trainer rank's series: bounded by max_rank_series, forgotten after rank_forget_after_s
+
+
+def _is_rank(labels: Labels) -> bool:
+    """Whether a series belongs to a trainer rank (its labels name one)."""
+    return any(name == "rank" for name, _ in labels)
 
 
 class ForecastService:
@@ -76,7 +82,8 @@ class ForecastService:
         self._refs = {s.limit.reference for s in self.config.series if s.limit and s.limit.kind == "reference"}
         self._wanted = frozenset(self._specs) | self._refs | HW_FAMILIES
         self._tracks: dict[SeriesKey, _Track] = {}
-        self._untracked = 0  # new series refused past max_series
+        self._untracked = 0  # new series refused past max_series or max_rank_series
+        self._rank_tracks = 0  # tracks of trainer ranks' series
         self._untracked_logged = float("-inf")
         cfg = self.config
         self._hw = HardwareWatch(cfg.hardware_hold_s, cfg.thermal_clear_s, cfg.ecc_corrected_burst, cfg.ecc_burst_window_s)
@@ -159,14 +166,12 @@ class ForecastService:
     def _observe_one(self, now: float, spec: SeriesSpec, key: SeriesKey, value: float, refs: dict) -> None:
         tr = self._tracks.get(key)
         if tr is None:
-            if len(self._tracks) >= self.config.max_series:  # bounded whatever peers report
-                self._untracked += 1
-                if now - self._untracked_logged >= 60.0:
-                    self._untracked_logged = now
-                    logger.warning("tracking %d series, the most allowed (forecast.max_series): %d new ones "
-                                   "not tracked so far", len(self._tracks), self._untracked)
+            rank = _is_rank(key[1])
+            if not self._admit(now, rank):
                 return
             tr = self._tracks[key] = self._new_track(spec)
+            tr.rank = rank
+            self._rank_tracks += rank
         tr.last_t = now
         phase = self._settle.step(key, now, value, tr.detector)
         if phase == "settling":  # an intended change's transition: neither judged nor learned
@@ -197,15 +202,36 @@ class ForecastService:
         tr.forecast = {}
         tr.bucket_start, tr.bucket_sum, tr.bucket_n = math.nan, 0.0, 0
 
+    def _admit(self, now: float, rank: bool) -> bool:
+        """Whether a new series may be tracked: bounded whatever peers report, ranks apart from GPUs and host."""
+        cfg = self.config
+        if len(self._tracks) < cfg.max_series and (not rank or self._rank_tracks < cfg.max_rank_series):
+            return True
+        self._untracked += 1
+        if now - self._untracked_logged >= 60.0:
+            self._untracked_logged = now
+            logger.warning("tracking %d series (%d of trainer ranks), the most allowed (forecast.max_series, "
+                           "forecast.max_rank_series): %d new ones not tracked so far",
+                           len(self._tracks), self._rank_tracks, self._untracked)
+        return False
+
     def _sweep(self, now: float) -> None:
-        """Forget series gone quiet (a finished job's ranks) so state stays bounded."""
-        self._next_sweep = now + 60.0
-        stale = [k for k, tr in self._tracks.items() if now - tr.last_t > self.config.forget_after_s]
+        """Forget series gone quiet (a departed rank's soon, others after forget_after_s) so state stays bounded."""
+        cfg = self.config
+        self._next_sweep = now + min(60.0, cfg.rank_forget_after_s)
+        stale = [k for k, tr in self._tracks.items()
+                 if now - tr.last_t > (cfg.rank_forget_after_s if tr.rank else cfg.forget_after_s)]
         for key in stale:
-            del self._tracks[key]
+            self._rank_tracks -= self._tracks.pop(key).rank
             self._settle.forget(key)
         if stale:
-            logger.info("forgot %d series silent for over %.0f s", len(stale), self.config.forget_after_s)
+            logger.info("forgot %d series gone quiet (ranks' after %.0f s, others' after %.0f s)",
+                        len(stale), cfg.rank_forget_after_s, cfg.forget_after_s)
+
+    @property
+    def tracked(self) -> tuple[int, int]:
+        """(series tracked, of them trainer ranks' series)."""
+        return len(self._tracks), self._rank_tracks
 
     def _new_track(self, spec: SeriesSpec) -> _Track:
         det_cfg = self.config.detector
