@@ -29,7 +29,7 @@ from gputuned.daemon.actuation import knobs as registry
 from gputuned.daemon.actuation import view
 from gputuned.daemon.actuation.config import ActuationConfig
 from gputuned.daemon.actuation.intents import Intents, restore_changes
-from gputuned.daemon.actuation.jobs import JobChannel, JobTarget
+from gputuned.daemon.actuation.jobs import AckedValues, JobChannel, JobTarget
 from gputuned.daemon.actuation.knobs import Knob, KnobError, Value
 from gputuned.daemon.actuation.ledger import Ledger, NotRecorded, restore_from_state
 from gputuned.daemon.actuation.outcome import Result, apply_knob, where
@@ -47,7 +47,7 @@ from gputuned.daemon.actuation.view import (
     REFUSALS,
     RESTORES,
 )
-from gputuned.daemon.control.reports import STAT_FAMILIES
+from gputuned.daemon.control.reports import LAST_REPORT, STAT_FAMILIES
 from gputuned.daemon.core.store import Store
 from gputuned.intent import Change, ChangeHook
 
@@ -78,6 +78,9 @@ class Actuator:
         self._changes: dict[str, int] = {}
         self._refusals: dict[tuple[str, str], int] = {}
         self._awaiting: dict[str, tuple[str, str, Value, Value, str]] = {}  # id -> (job, knob, value, previous, origin)
+        self.acked = AckedValues()  # jobs' acknowledged values, newer than their reports in the store
+        if callable(getattr(jobs, "on_ack", None)):  # the control server: acks noted as they arrive
+            jobs.on_ack(self.acked.on_ack)  # type: ignore[union-attr]
         self.restores = 0
         self._now = 0.0  # the loop's clock at the last tick: the time of a change
         self.intents = Intents()
@@ -216,6 +219,7 @@ class Actuator:
             return None
         job, knob_name, value, previous, origin = self._awaiting.pop(ident)
         if ack.get("ok"):
+            self.acked.on_ack(job, ack)
             res = Result(True, "ok", "", value, ident)
             self.intents.emit(Change(self._now, "job", knob_name, None, job, previous, value), requested_by=origin)
         else:
@@ -343,13 +347,14 @@ class Actuator:
         """A connected job as a knob target; None without a channel or when it is not connected."""
         if self.jobs is None or name not in self.jobs.connected_jobs():
             return None
-        return JobTarget(name, self.jobs, self._reported, wait_s)
+        return JobTarget(name, self.jobs, self._reported, wait_s, acked=self.acked)
 
     def _reported(self, job: str, key: str) -> float | None:
         family = STAT_FAMILIES.get(key)
         if self.store is None or family is None:
             return None
-        return self.store.value(family, (("job", job), ("rank", LEADER_RANK)))
+        leader = (("job", job), ("rank", LEADER_RANK))
+        return self.acked.current(job, key, self.store.value(family, leader), self.store.value(LAST_REPORT, leader))
 
     def changed_gpus(self) -> int:
         """How many GPUs may differ from their recorded originals (no NVML call)."""
