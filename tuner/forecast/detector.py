@@ -17,7 +17,9 @@ cap). Three deviations are scored, each in its own sigmas:
 
 With a forecast (Prophet's yhat and its interval turned into a sigma) the forecast deviation
 beyond 2 sigma is scored too, and combined with the baseline by a geometric mean, so
-expected seasonality does not alarm while both views must agree. Scores map to [0, 1].
+expected seasonality does not alarm while both views must agree. Scores map to [0, 1]. Daily
+and weekly likelihoods (:mod:`.likelihood`) score a usual value at an unusual time; the alert
+takes the larger score, the baseline learns from its own.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gputuned.tuner.forecast.alerts import AlertState, Transition
+from gputuned.tuner.forecast.likelihood import DAY_S, WEEK_S, SeasonalLikelihood, score_of
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class DetectorConfig:
     direction: Direction = "both"
     accept_after: float = 200.0
     raise_at: float = 0.5
-    raise_now: float = 0.97
+    raise_now: float = 0.8
     confirm: int = 2
     clear_at: float = 0.15
     clear_after: int = 30
@@ -69,6 +72,7 @@ class DetectorConfig:
     gate_margin: float = 0.5
     gate_gain: float = 4.0
     gate_span: float = 0.05
+    seasons: tuple[tuple[float, int, int], ...] = ((DAY_S, 48, 3), (WEEK_S, 168, 2))  # (period s, slots, visits)
 
     def __post_init__(self) -> None:
         if self.warmup < 3:
@@ -82,15 +86,6 @@ class DetectorConfig:
             raise ValueError("need 0 <= window_lag < window and 0 <= gate_q < 0.5")
         if self.direction not in ("both", "up", "down"):
             raise ValueError(f"direction must be both, up or down, not {self.direction!r}")
-
-
-def score_of(z: float, z_start: float, z_half: float) -> float:
-    """Map a deviation in sigmas to [0, 1]: 0 up to z_start, 0.5 at z_half, towards 1 beyond."""
-    excess = z - z_start
-    if excess <= 0.0:
-        return 0.0
-    r = excess / (z_half - z_start)
-    return 1.0 - math.exp(-math.log(2.0) * r * r)
 
 
 @dataclass
@@ -164,6 +159,7 @@ class OnlineDetector:
         self._values = _LaggedRange(c.window, c.window_lag, c.gate_q)
         self._shorts = _LaggedRange(c.window, c.window_lag, c.gate_q)
         self._cache: dict[float, tuple[float, float, float, float, float]] = {}
+        self._seasons = [SeasonalLikelihood(p, k, v) for p, k, v in c.seasons]
         self.alert = AlertState(
             self.config.raise_at, self.config.raise_now, self.config.confirm,
             self.config.clear_at, self.config.clear_after,
@@ -191,15 +187,16 @@ class OnlineDetector:
             self._warm(x)
             s.n += 1
             return Judgement(0.0, False, None, 0.0)
+        seasonal = self._seasonal_score(t, x)
         z, base = self._baseline_score(x, w)
         score = base
         if forecast is not None and forecast[1] > 0.0 and math.isfinite(forecast[0]):
             zf = self._directed((x - forecast[0]) / forecast[1])
             score = math.sqrt(base * score_of(zf, c.z_start, c.z_half))
-        transition = self.alert.step(t, score)
-        self._learn(x, w, score)
+        transition = self.alert.step(t, max(score, seasonal))
+        self._learn(x, w, score)  # the baseline learns from its own score only
         s.n += 1
-        return Judgement(score, self.alert.active, transition, z)
+        return Judgement(max(score, seasonal), self.alert.active, transition, z)
 
     # --- intended changes (the forecast service's settle windows) -----------------------
     def rebase(self, level: float) -> None:
@@ -214,6 +211,8 @@ class OnlineDetector:
             return
         s.level = s.short = level
         s.anomalous_run = 0.0
+        for season in self._seasons:
+            season.reset_recent()
         self._values = _LaggedRange(c.window, c.window_lag, c.gate_q)
         self._shorts = _LaggedRange(c.window, c.window_lag, c.gate_q)
 
@@ -248,6 +247,13 @@ class OnlineDetector:
                 self._cache.clear()
             self._cache[w] = a
         return a
+
+    def _seasonal_score(self, t: float, x: float) -> float:
+        """The largest seasonal likelihood score of ``x`` against the baseline before it."""
+        s = self._s
+        sigma = max(_SIGMA_PER_MAD * s.mad, self._floor())
+        spacing = math.exp(s.log_dt) if math.isfinite(s.log_dt) else 1.0
+        return max((season.update(t, x, s.level, sigma, spacing) for season in self._seasons), default=0.0)
 
     def _floor(self) -> float:
         s = self._s
