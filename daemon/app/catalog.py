@@ -3,7 +3,9 @@
 Each module keeps its families as constants (see :func:`gputuned.collectors.families.declare`);
 DECLARING_MODULES names those modules, and the knob and collector registries add the families
 of every registered plugin, so the catalog is what the code says rather than what happened to
-be imported. The daemon hands the catalog to its exporter; the dashboards' tests check every
+be imported. Optional parts (the tuner, the forecaster) declare theirs in modules of their own
+(``tuner_families``, ``tuner.forecast.families``), so reading the catalog imports none of their
+numpy code. The daemon hands the catalog to its exporter; the dashboards' tests check every
 panel's metric names against it.
 """
 
@@ -16,15 +18,17 @@ from gputuned.collectors import families, host, network
 from gputuned.collectors.families import Family, catalog
 from gputuned.collectors.registry import plugins
 from gputuned.daemon.actuation import actuator, knobs
-from gputuned.daemon.app import rootcause, tuning
+from gputuned.daemon.app import rootcause, tuner_families
 from gputuned.daemon.control import reports
 from gputuned.daemon.core import exporter
 from gputuned.tuner.decision import guard
-from gputuned.tuner.forecast import service
+from gputuned.tuner.forecast import families as forecast_families
+from gputuned.tuner.forecast import hardware
 
 #: Every module that declares metric families the daemon serves.
 DECLARING_MODULES: tuple[ModuleType, ...] = (
-    families, host, network, reports, exporter, actuator, guard, tuning, service, rootcause
+    families, host, network, reports, exporter, actuator, guard, tuner_families, forecast_families, hardware,
+    rootcause,
 )
 
 

@@ -24,8 +24,9 @@ import numpy as np
 from gputuned.collectors import families as F
 from gputuned.collectors.attribution import Attribution
 from gputuned.collectors.device import ClockEventReason
-from gputuned.collectors.families import Labels, Sample, declare
+from gputuned.collectors.families import Labels, Sample
 from gputuned.daemon.actuation.pause import pause_path
+from gputuned.daemon.app.tuner_families import DECISIONS, EPS, EPS_REF, GOODPUT_RATIO, LAST_ACTION
 from gputuned.daemon.control.reports import STAT_FAMILIES
 from gputuned.daemon.core.store import Store
 from gputuned.tuner.decision.choosers import Chooser, make_chooser
@@ -38,13 +39,6 @@ from gputuned.tuner.decision.perseus import RankTiming
 
 logger = logging.getLogger(__name__)
 
-EPS = declare("gputuned_tuner_energy_per_sample_joules", "gauge",
-              "GPU energy per effective (goodput) sample over the tuner's last interval.")
-EPS_REF = declare("gputuned_tuner_reference_energy_per_sample_joules", "gauge",
-                  "Energy per effective sample at the job's own settings (the tuner's reference interval).")
-GOODPUT_RATIO = declare("gputuned_tuner_goodput_ratio", "gauge", "Goodput over the last interval / the reference interval's.")
-LAST_ACTION = declare("gputuned_tuner_last_action_timestamp_seconds", "gauge", "When the tuner last changed a knob.")
-DECISIONS = declare("gputuned_tuner_decisions_total", "counter", "Tuner decision intervals run, by chosen move.")
 TRAINER_LABEL_RANK = "0"
 POWER_CAP = int(ClockEventReason.SW_POWER_CAP)
 SAMPLES_TOTAL = STAT_FAMILIES["samples_total"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from gputuned.collectors import families as F
 from gputuned.collectors import host as H
-from gputuned.daemon.app import tuning
+from gputuned.daemon.app import tuner_families
 from gputuned.daemon.commands.status import AdminError, admin_request
 from gputuned.daemon.commands.top_tables import changed_knobs, short_model
 from gputuned.daemon.control.reports import STAT_FAMILIES as TRAINER
@@ -157,7 +157,7 @@ def _jobs(by: dict[str, list[tuple[dict[str, str], float]]], status: dict[str, A
         for lab, v in by.get(TRAINER[key], []):
             if lab.get("rank") == "0":
                 setattr(jobs.setdefault(lab.get("job", "?"), JobView(lab.get("job", "?"))), attr, v)
-    for fam, attr in ((tuning.EPS, "energy_per_sample_j"), (tuning.EPS_REF, "reference_j")):
+    for fam, attr in ((tuner_families.EPS, "energy_per_sample_j"), (tuner_families.EPS_REF, "reference_j")):
         for lab, v in by.get(fam, []):
             setattr(jobs.setdefault(lab.get("job", "?"), JobView(lab.get("job", "?"))), attr, v)
     total_power = sum(v for _, v in by.get(F.GPU_POWER, []))
@@ -176,10 +176,10 @@ def _tuner(by: dict[str, list[tuple[dict[str, str], float]]], status: dict[str, 
         on=bool(by.get(guard.PAUSED)) or "tuner" in (status or {}).get("components", []),
         paused=paused,
         actions={lab.get("knob", "?"): v for lab, v in by.get(guard.ACTIONS, [])},
-        moves={lab.get("move", lab.get("action", "?")): v for lab, v in by.get(tuning.DECISIONS, []) if v > 0},
+        moves={lab.get("move", lab.get("action", "?")): v for lab, v in by.get(tuner_families.DECISIONS, []) if v > 0},
         interventions={lab.get("reason", "?"): v for lab, v in by.get(guard.INTERVENTIONS, []) if v > 0},
         rollbacks=sum(v for _, v in by.get(guard.ROLLBACKS, [])),
-        last_action=max((v for _, v in by.get(tuning.LAST_ACTION, [])), default=0.0),
+        last_action=max((v for _, v in by.get(tuner_families.LAST_ACTION, [])), default=0.0),
         changed=changed_knobs(status) if status else [],
     )
 

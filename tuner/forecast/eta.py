@@ -24,12 +24,13 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Literal
 
 from gputuned.tuner.forecast.alerts import Transition
 from gputuned.tuner.forecast.band import Grid, crossing_eta, forecast_at, outside
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +136,16 @@ class DegradationEta:
         if len(self._history) < self.config.min_buckets:
             return math.nan
         q = 0.9 if lim.direction == "down" else 0.5
+        import numpy as np  # deferred: the daemon's config reads this module; only the forecaster fits
+
         return lim.value * float(np.quantile(np.fromiter(self._history, float), q))
 
     def _estimate(self) -> float:
         c, lim = self.config, self.limit_value
         if not math.isfinite(lim) or len(self._y) < c.min_buckets:
             return math.inf
+        import numpy as np
+
         t = np.fromiter(self._t, float)
         y = np.fromiter(self._y, float)
         t0 = t - t[-1]

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from gputuned.collectors.families import Labels, Sample, declare, describe_labels
+from gputuned.collectors.families import Labels, Sample, describe_labels
 from gputuned.intent import Change
 from gputuned.tuner.forecast.alerts import Alert, AlertHook, call_hooks
 from gputuned.tuner.forecast.band import BandRule, forecast_at, z_of
@@ -30,6 +30,16 @@ from gputuned.tuner.forecast.child import close_queues, spawn_child, stop_child
 from gputuned.tuner.forecast.config import ForecastConfig, SeriesSpec
 from gputuned.tuner.forecast.detector import OnlineDetector
 from gputuned.tuner.forecast.eta import DegradationEta
+from gputuned.tuner.forecast.families import (
+    ALERT_ACTIVE,
+    ALERTS_RAISED,
+    ANOMALY_SCORE,
+    ETA,
+    FIT_SECONDS,
+    FITS,
+    FORECAST_VALUE,
+    WORKER_UP,
+)
 from gputuned.tuner.forecast.hardware import FAMILIES as HW_FAMILIES
 from gputuned.tuner.forecast.hardware import HardwareAlert, HardwareWatch, gpu_labels
 from gputuned.tuner.forecast.settle import SettleWindows
@@ -37,14 +47,6 @@ from gputuned.tuner.forecast.worker import InlineWorker, worker_main
 
 logger = logging.getLogger(__name__)
 
-FORECAST_VALUE = declare("gputuned_forecast_value", "gauge", "Prophet forecast of a series at now + horizon seconds; bound is yhat, lower or upper.")
-ANOMALY_SCORE = declare("gputuned_anomaly_score", "gauge", "Online anomaly score of the series' last sample, 0 to 1.")
-ALERT_ACTIVE = declare("gputuned_alert_active", "gauge", "1 while the alert holds, by alert kind and series.")
-ALERTS_RAISED = declare("gputuned_alerts_raised_total", "counter", "Alerts raised, by alert kind.")
-ETA = declare("gputuned_degradation_eta_seconds", "gauge", "Predicted seconds until the series crosses its limit; +Inf when no trend heads there.")
-FIT_SECONDS = declare("gputuned_forecast_fit_duration_seconds", "gauge", "CPU seconds of the last refit of all series.")
-FITS = declare("gputuned_forecast_fits_total", "counter", "Forecast refits completed by the worker.")
-WORKER_UP = declare("gputuned_forecast_worker_up", "gauge", "1 while the forecast worker process is alive.")
 
 SeriesKey = tuple[str, Labels]
 _WHAT = {"anomaly": "deviates from its baseline", "degradation": "heads for its limit",
