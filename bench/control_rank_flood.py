@@ -3,12 +3,16 @@ report and leaves) to a real `gputuned run` (simulated node), in several cycles.
 hellos were welcomed and refused (by reason), the daemon's RSS (psutil) and /metrics size before
 and after each cycle, its log lines about refusals (one per peer and reason per 10 s, not one per
 hello), and whether a job of another uid still connects afterwards. Ranks stay known for
-``control.job_ttl_s`` (60 s) after they leave, so later cycles within it are refused whole.
+``control.job_ttl_s`` (60 s) after they leave, so later cycles within it are refused whole. The
+forecaster tracks at most ``forecast.max_rank_series`` ranks' series and drops a departed rank's
+``forecast.rank_forget_after_s`` after it expired (``--rank-forget``); the store drops its history
+at expiry.
 
 Run as root it floods as uid 65534 (setpriv), so the job that must still connect is root's;
 otherwise the flood and that job share the uid, and the job may be refused by the per-uid bounds.
 
-    .venv/bin/python bench/control_rank_flood.py [--ranks 4095] [--jobs 16] [--cycles 3]
+    .venv/bin/python bench/control_rank_flood.py [--ranks 4095] [--jobs 16] [--cycles 5]
+        [--pause 2.5] [--job-ttl 60] [--rank-forget 120]
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=2.5,
                     help="seconds between floods; past --job-ttl the last flood's ranks have expired")
     ap.add_argument("--job-ttl", type=float, default=60.0, help="the daemon's control.job_ttl_s")
+    ap.add_argument("--rank-forget", type=float, default=120.0, help="the daemon's forecast.rank_forget_after_s")
     ap.add_argument("--worker", metavar="SOCKET", help="internal: run one flood against SOCKET and print its counts")
     ap.add_argument("--cycle", type=int, default=0, help="internal: the worker's cycle number")
     args = ap.parse_args()
@@ -108,7 +113,8 @@ def main() -> int:
     as_other = os.geteuid() == 0 and shutil.which("setpriv") is not None
     tmp = Path(tempfile.mkdtemp(prefix="gputuned-flood-"))
     control = {"socket_mode": 0o666, "allowed_uids": [FLOOD_UID], "job_ttl_s": args.job_ttl}
-    d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=4, interval=1.0, control=control))
+    forecast = {"rank_forget_after_s": args.rank_forget}
+    d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=4, interval=1.0, control=control, forecast=forecast))
     for folder in (tmp, d.socket_path.parent):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
