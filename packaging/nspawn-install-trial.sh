@@ -1,0 +1,62 @@
+#!/bin/bash
+# The Debian 12 install of docs/deployment.md, run for real: a Debian 12 root booted with
+# systemd-nspawn gets the package with `apt install ./gputuned_*.deb` (apt fetches python3.11),
+# then `systemctl enable --now gputuned` (no NVIDIA device in the container: the simulated
+# node), /metrics and `gputuned status` through the installed paths, `systemctl stop` (restores),
+# and `apt purge`.
+#
+# Usage (root, Debian 12 host with debootstrap and systemd-container, network to Debian's archive):
+#   packaging/nspawn-install-trial.sh ROOT_DIR [DEB]
+# ROOT_DIR is made with debootstrap on first use (about 250 MB; keep it out of the checkout).
+# DEB defaults to build/deb/gputuned_*.deb (make deb).
+set -euo pipefail
+ROOT=${1:?usage: $0 ROOT_DIR [DEB]}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+DEB=${2:-$(ls "$REPO"/build/deb/gputuned_*.deb | tail -1)}
+
+if [ ! -x "$ROOT/usr/lib/systemd/systemd" ]; then
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates bookworm "$ROOT" \
+        http://deb.debian.org/debian
+fi
+cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+cp "$DEB" "$ROOT/root/"
+
+cat > "$ROOT/root/install-trial.sh" <<'EOF'
+#!/bin/bash
+set -euo pipefail
+deb=$(ls /root/gputuned_*.deb)
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$deb" > /root/apt.log
+echo "installed: $(dpkg-query -W -f='${Package} ${Version} ${Installed-Size} KiB' gputuned)"
+echo "group: $(getent group gputuned); $(stat -c '%n %a %U:%G' /var/lib/gputuned)"
+echo "enabled after install: $(systemctl is-enabled gputuned || true), active: $(systemctl is-active gputuned || true)"
+systemd-analyze verify gputuned.service && echo "systemd-analyze verify: clean"
+systemctl enable --now gputuned
+for _ in $(seq 1 120); do [ -S /run/gputuned/control.sock ] && break; sleep 0.5; done
+echo "active: $(systemctl is-active gputuned); main process: $(readlink /proc/$(systemctl show -p MainPID --value gputuned)/exe) $(tr '\0' ' ' < /proc/$(systemctl show -p MainPID --value gputuned)/cmdline)"
+/opt/gputuned/bin/python -c "import urllib.request as u; t = u.urlopen('http://127.0.0.1:9735/metrics').read().decode(); print('metrics:', sum(1 for l in t.splitlines() if l and not l.startswith('#')), 'series')"
+gputuned status | head -5
+systemctl stop gputuned
+journalctl -u gputuned --no-pager -o cat | tail -4
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq gputuned >> /root/apt.log
+echo "after purge: $(ls /opt/gputuned /usr/bin/gputuned /var/lib/gputuned 2>&1 | tr '\n' ' ')"
+EOF
+chmod 755 "$ROOT/root/install-trial.sh"
+
+setsid systemd-nspawn -D "$ROOT" --boot --register=no --keep-unit --machine=gputuned-install \
+    --console=passive > "$ROOT.nspawn.log" 2>&1 &
+NSPAWN=$!
+trap 'kill $NSPAWN 2>/dev/null || true' EXIT
+init=""
+for _ in $(seq 1 60); do
+    init=$(pgrep -P $NSPAWN -x systemd || true)
+    [ -n "$init" ] && nsenter -t "$init" -a systemctl is-system-running --wait > /dev/null 2>&1 && break
+    sleep 1
+done
+[ -n "$init" ] || { cat "$ROOT.nspawn.log"; exit 1; }
+rc=0
+nsenter -t "$init" -a /root/install-trial.sh || rc=$?
+nsenter -t "$init" -a systemctl poweroff || true
+wait $NSPAWN || true
+trap - EXIT
+exit $rc
