@@ -50,6 +50,8 @@ class SeasonalLikelihood:
         self.slot = -1
         self.recent = self.mean = self.var = 0.0
         self.scored = 0
+        self._spacing = math.nan
+        self._rates = (1.0, 1.0, 1.0, 1.0)
 
     def reset_recent(self) -> None:
         """Forget the running residual (after an intended change moved the baseline)."""
@@ -66,21 +68,30 @@ class SeasonalLikelihood:
         if k != self.slot:
             self.slot = k
             self.visits[k] += 1
-        per_visit = max(self.period_s / self.slots / max(spacing_s, 1e-9), 1.0)
-        score = 0.0
-        if self.visits[k] > self.min_visits:
-            score = self._judge(u - self.usual[k], per_visit, self.period_s / max(spacing_s, 1e-9))
+        if not abs(spacing_s - self._spacing) <= 0.01 * self._spacing:
+            self._set_rates(spacing_s)
+        per_visit = self._rates[0]
+        score = self._judge(u - self.usual[k]) if self.visits[k] > self.min_visits else 0.0
         a = min(1.0, 1.0 / (per_visit * min(self.visits[k], self.memory)))
         self.usual[k] += a * (u - self.usual[k])
         return score
 
-    def _judge(self, residual: float, per_visit: float, per_period: float) -> float:
+    def _set_rates(self, spacing_s: float) -> None:
+        """Samples per slot visit and per period, and the two averages' smoothing factors."""
+        per_period = self.period_s / max(spacing_s, 1e-9)
+        per_visit = max(per_period / self.slots, 1.0)
+        a_recent = 1.0 - math.exp(-1.0 / per_visit)
+        self._spacing = spacing_s
+        self._rates = (per_visit, per_period, a_recent, 1.0 - math.exp(-1.0 / (self.periods_long * per_period)))
+
+    def _judge(self, residual: float) -> float:
         """Fold ``residual`` into the recent average; score that against its long-run spread."""
-        self.recent += (1.0 - math.exp(-1.0 / per_visit)) * (residual - self.recent)
+        _, per_period, a_recent, a_long = self._rates
+        self.recent += a_recent * (residual - self.recent)
         self.scored += 1
         tail = abs(self.recent - self.mean) / max(math.sqrt(self.var), self.sd_floor)
         score = score_of(tail, self.z_start, self.z_half) if self.scored > per_period else 0.0
-        a = max(1.0 - math.exp(-1.0 / (self.periods_long * per_period)), 1.0 / self.scored)
+        a = max(a_long, 1.0 / self.scored)
         d = self.recent - self.mean
         self.mean += a * d
         self.var += a * (d * d - self.var)

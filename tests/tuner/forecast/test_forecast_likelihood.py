@@ -8,7 +8,7 @@ import random
 import pytest
 
 from gputuned.tuner.forecast.detector import DetectorConfig, OnlineDetector
-from gputuned.tuner.forecast.likelihood import DAY_S, SeasonalLikelihood
+from gputuned.tuner.forecast.likelihood import DAY_S, WEEK_S, SeasonalLikelihood
 
 STEP_S = 300.0  # 5-minute samples, 288 a day
 PER_DAY = int(DAY_S / STEP_S)
@@ -64,3 +64,16 @@ def test_a_slot_scores_only_after_its_earlier_visits() -> None:
     assert max(scores[: 4 * PER_DAY]) == 0.0  # three visits of each slot, then one period of scoring
     assert scores[-1] > 0.5 and all(0.0 <= s <= 1.0 for s in scores)
     assert not math.isnan(sum(season.usual))
+
+
+def test_a_weekday_that_looks_like_a_sunday_is_caught_by_the_weekly_stage() -> None:
+    rng = random.Random(7)
+    # days 0-4 of each week swing up to 60 in the daytime, days 5-6 stay at the night's 20
+    x = [20.0 + (20.0 if (i // PER_DAY) % 7 < 5 else 0.0) * (1.0 - math.cos(2 * math.pi * i / PER_DAY))
+         + rng.gauss(0.0, 1.0) for i in range(42 * PER_DAY)]
+    day = 37  # the third day of the sixth week
+    for i in range(day * PER_DAY, (day + 1) * PER_DAY):
+        x[i] = x[i - 4 * PER_DAY]  # the last weekend's day, value for value
+    window = range(day * PER_DAY, (day + 1) * PER_DAY)
+    assert not [i for i in raises(x, seasons=()) if i in window]
+    assert [i for i in raises(x, seasons=((WEEK_S, 168, 2),)) if i in window]
