@@ -33,6 +33,7 @@ from _common import BenchParser
 
 ORIGIN = 1_767_225_600.0
 GRACE_S = 900.0
+SHIFT_S = 130.0  # a scenario's fault starts this much later per seed
 HARDWARE_FOR = {"cooling_loss": {"thermal"}, "ecc_storm": {"ecc", "xid"}}
 PROFILES = (("a100", 4), ("h100", 8))
 SCENARIO_WORKLOADS = ("imagenet-resnet50", "gpt2-small-openwebtext")
@@ -43,8 +44,13 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     """One experiment run (tuner on or off); its alerts and summary figures."""
     from gputuned.daemon.record.experiment import ExperimentSpec, run_once
 
+    if job.get("blind"):  # as before the forecaster heard of changes: every knob change unannounced
+        from gputuned.tuner.forecast.service import ForecastService
+
+        ForecastService.note_change = lambda self, change: None  # type: ignore[method-assign]
     out = Path(tempfile.mkdtemp(prefix="gputuned-loopdet-"))
-    spec = ExperimentSpec(workload=job["workload"], scenario=job.get("scenario"), seed=job["seed"],
+    scenario = _shifted(job["scenario"], job["seed"], out) if job.get("scenario") else None
+    spec = ExperimentSpec(workload=job["workload"], scenario=scenario, seed=job["seed"],
                           duration_s=job["duration"], gpus=job["gpus"], profile=job["profile"])
     summary = run_once(spec, job["tuned"], out)
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
@@ -52,6 +58,23 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     alerts = [(e["t"] - ORIGIN, e["knob"], e["target"], e["reason"]) for e in events if e["kind"] == "alert"]
     return {**job, "alerts": alerts, "labels": labels, "throughput": summary["throughput_samples_per_s"],
             "actions": sum((summary.get("tuner") or {}).get("actions", {}).values())}
+
+
+def _shifted(name: str, seed: int, out: Path) -> str:
+    """The shipped scenario as a file whose fault starts SHIFT_S x seed later: the seed changes the
+    run (the simulated job is otherwise deterministic) and where in the tuner's moves the fault lands."""
+    from gputuned.collectors.sim.scenarios import load_scenario
+
+    scen = load_scenario(name)
+    lines = [f"name = {json.dumps(scen.name)}", f"description = {json.dumps(scen.description)}"]
+    for e in scen.events:
+        lines += ["[[event]]", f"kind = {json.dumps(e.kind)}", f"start_s = {e.start_s + SHIFT_S * seed}",
+                  f"ramp_s = {e.ramp_s}", f"magnitude = {e.magnitude}"]
+        lines += [f"duration_s = {e.duration_s}"] if e.duration_s is not None else []
+        lines += [f"gpus = {list(e.gpus)}"] if e.gpus is not None else []
+    path = out / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
 
 
 def costs_throughput(kind: str) -> bool:
@@ -87,7 +110,8 @@ def false_alerts(args: Any) -> None:
     from gputuned.collectors.sim.workload import available_workloads
 
     tuned = (True, False) if args.off else (True,)
-    jobs = [{"workload": wl, "profile": p, "gpus": n, "seed": args.seed, "duration": args.duration, "tuned": t}
+    jobs = [{"workload": wl, "profile": p, "gpus": n, "seed": args.seed, "duration": args.duration, "tuned": t,
+             "blind": args.blind}
             for p, n in PROFILES for wl in available_workloads() for t in tuned]
     began = time.perf_counter()
     rows = _pool_map(jobs, args.jobs)
@@ -114,7 +138,7 @@ def scenario_table(args: Any) -> None:
 
     names = [n for n in available_scenarios() if costs_throughput(load_scenario(n).events[0].kind)]
     jobs = [{"workload": wl, "profile": "a100", "gpus": 8, "seed": s, "duration": args.duration, "tuned": t,
-             "scenario": n} for n in names for wl in SCENARIO_WORKLOADS for s in range(args.seeds) for t in (False, True)]
+             "scenario": n, "blind": args.blind} for n in names for wl in SCENARIO_WORKLOADS for s in range(args.seeds) for t in (False, True)]
     began = time.perf_counter()
     rows = _pool_map(jobs, args.jobs)
     by = {(r["scenario"], r["workload"], r["seed"], r["tuned"]): r for r in rows}
@@ -154,6 +178,7 @@ def main() -> None:
     for flag, kind, default, what in _OPTIONS:
         p.add_argument(flag, type=kind, default=default, help=what)
     p.add_argument("--off", action="store_true", help="no-fault runs with the tuner off too")
+    p.add_argument("--blind", action="store_true", help="the forecaster is not told of knob changes (the before)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every alert")
     args = p.parse_args()
     (false_alerts if args.what == "false" else scenario_table)(args)

@@ -202,15 +202,21 @@ class OnlineDetector:
     def rebase(self, level: float) -> None:
         """Take ``level`` as the new normal after an intended change (a tuner or operator move).
 
-        The baseline and the fast mean move to ``level``; the scales, the tail and the alert
-        stay. The seen-before ranges start again, so levels visited on the way to it are not
-        later taken as normal. No effect during warm-up.
+        The baseline and the fast mean move to ``level`` (during warm-up: the samples gathered
+        so far move by the same step, keeping their count and spread); the scales, the tail and
+        the alert stay. The seen-before ranges start again, so levels visited on the way to it
+        are not later taken as normal.
         """
         s, c = self._s, self.config
-        if s.n < c.warmup or not math.isfinite(level):
+        if not math.isfinite(level):
             return
-        s.level = s.short = level
-        s.anomalous_run = 0.0
+        if s.n < c.warmup:
+            if s.warm:
+                shift = level - sorted(s.warm)[len(s.warm) // 2]
+                s.warm = [x + shift for x in s.warm]
+        else:
+            s.level = s.short = level
+            s.anomalous_run = 0.0
         for season in self._seasons:
             season.reset_recent()
         self._values = _LaggedRange(c.window, c.window_lag, c.gate_q)

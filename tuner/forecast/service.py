@@ -178,8 +178,8 @@ class ForecastService:
         phase = self._settle.step(key, now, value, tr.detector)
         if phase == "settling":  # an intended change's transition: neither judged nor learned
             return
-        if phase != "judge":
-            self._new_level(tr, phase == "restart")
+        if phase == "rebased":
+            self._new_level(tr)
         fc = self._forecast_at(tr, now)
         j = tr.detector.update(now, value, fc)
         tr.score = j.score
@@ -194,10 +194,8 @@ class ForecastService:
                 self._on_transition(t, alert)
         self._downsample(tr, now, value)
 
-    def _new_level(self, tr: _Track, warm_again: bool) -> None:
+    def _new_level(self, tr: _Track) -> None:
         """An intended change settled: trend, history and forecast start again at the new level."""
-        if warm_again:
-            tr.detector = OnlineDetector(tr.detector.config)
         if tr.eta is not None and tr.spec.limit is not None and not tr.eta.active:
             tr.eta = DegradationEta(tr.spec.limit, self.config.eta)
         tr.history.clear()  # the next fit sees the new level only, not the levels visited on the way
