@@ -1,7 +1,8 @@
 """The exposition encoder: the store's samples as Prometheus text (0.0.4) or OpenMetrics (1.0.0).
 
-Written for a scrape every second: a series' name and label text are formatted once and kept
-(keyed by its name and label tuple), so a render formats only values and joins lines. Families
+Written for a scrape every second: a family's lines are formatted once into a template, kept while
+the family serves the same label tuples in the same order, so a render fills one template per
+family with its values in a single ``%`` operation. Families
 come out sorted by name, typed and helped from the catalog (a family the catalog lacks is served
 untyped, ``unknown`` in OpenMetrics); with :class:`DcgmLabels` every GPU family that has a
 dcgm-exporter equivalent is served a second time under DCGM's name, labels and units.
@@ -23,7 +24,8 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 _GENERIC = Family("", "gauge", "")
 _SPECIAL = {math.inf: "+Inf", -math.inf: "-Inf"}
-Items = list[tuple[Labels, float]]
+#: A family's series as two parallel lists: label tuples and values.
+Items = tuple[list[Labels], list[float]]
 
 
 def format_value(v: float) -> str:
@@ -37,15 +39,29 @@ def _help_text(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def fill(template: str, values: list[float]) -> str:
+    """``template`` (one ``%s`` per series) filled with ``values`` as :func:`format_value` writes them."""
+    total = sum(values)
+    if total - total == 0:  # all finite: str of a float is its repr
+        return template % tuple(map(float, values))
+    return template % tuple(map(format_value, values))
+
+
+def _template_line(prefix: str) -> str:
+    return prefix.replace("%", "%%") + "%s\n"
+
+
 class Encoder:
-    """Renders samples in one format; keeps each series' formatted name and labels between renders."""
+    """Renders samples in one format; keeps each family's line template between renders."""
 
     def __init__(self, catalog: Catalog, *, openmetrics: bool = False, dcgm: DcgmLabels | None = None) -> None:
         self._catalog = catalog
         self.openmetrics = openmetrics
         self._dcgm = dcgm
-        self._series: dict[tuple[str, Labels], str] = {}
-        self._dcgm_series: dict[tuple[str, Labels, str, float], str] = {}
+        # by family (and DCGM name): the label tuples a template was made for, and the template
+        self._templates: dict[str, tuple[list[Labels], str]] = {}
+        self._dcgm_templates: dict[tuple[str, str], tuple[list[Labels], str, str, list[int] | None]] = {}
+        self._xid_prefixes: dict[tuple[str, Labels, str, float], str] = {}
         self._headers: dict[str, str] = {}
 
     def render(self, samples: Iterable[Sample]) -> str:
@@ -54,19 +70,22 @@ class Encoder:
         for name, labels, value in samples:
             items = by_family.get(name)
             if items is None:
-                items = by_family[name] = []
-            items.append((labels, value))
+                items = by_family[name] = ([], [])
+            items[0].append(labels)
+            items[1].append(value)
         out: list[str] = []
         for name in sorted(by_family):
+            labels, values = by_family[name]
             out.append(self._header(name))
-            self._lines(name, by_family[name], out)
+            out.append(fill(self._template(name, labels), values))
         if self._dcgm is not None:
             self._render_dcgm(by_family, out)
         if self.openmetrics:
             out.append("# EOF\n")
-        if len(self._series) > 2 * sum(map(len, by_family.values())) + 1024:
-            self._series.clear()  # series come and go (ranks, jobs): keep the cache to what is served
-            self._dcgm_series.clear()
+        if len(self._templates) + len(self._dcgm_templates) + len(self._xid_prefixes) > 4 * len(by_family) + 256:
+            self._templates.clear()  # families come and go (ranks, jobs): keep the cache to what is served
+            self._dcgm_templates.clear()
+            self._xid_prefixes.clear()
         return "".join(out)
 
     def _header(self, name: str) -> str:
@@ -81,39 +100,60 @@ class Encoder:
             head = self._headers[name] = f"# HELP {base} {_help_text(text)}\n# TYPE {base} {kind}\n"
         return head
 
-    def _lines(self, name: str, items: Items, out: list[str]) -> None:
-        cache = self._series
-        for labels, value in items:
-            prefix = cache.get((name, labels))
-            if prefix is None:
-                body = ",".join(f'{k}="{escape(v)}"' for k, v in labels)
-                prefix = cache[(name, labels)] = f"{name}{{{body}}} " if body else f"{name} "
-            out.append(f"{prefix}{format_value(value)}\n")
+    def _template(self, name: str, labels: list[Labels]) -> str:
+        kept = self._templates.get(name)
+        if kept is not None and kept[0] == labels:  # the same label tuple objects from tick to tick: cheap
+            return kept[1]
+        lines = []
+        for lab in labels:
+            body = ",".join(f'{k}="{escape(v)}"' for k, v in lab)
+            lines.append(_template_line(f"{name}{{{body}}} " if body else f"{name} "))
+        tpl = "".join(lines)
+        self._templates[name] = (labels, tpl)
+        return tpl
 
     def _render_dcgm(self, by_family: dict[str, Items], out: list[str]) -> None:
         # one driver serves every GPU of a host
-        driver = next((v for labels, _ in by_family.get(F.GPU_INFO, ()) for k, v in labels if k == "driver_version"), "")
+        driver = next((v for labels in by_family.get(F.GPU_INFO, ((),))[0] for k, v in labels if k == "driver_version"), "")
         series: dict[str, tuple[DcgmName, list[str]]] = {}
-        for name, items in by_family.items():
+        for name, (labels, values) in by_family.items():
             fam = self._catalog.get(name)
             for d in fam.dcgm if fam is not None else ():
-                lines = series.setdefault(d.name, (d, []))[1]
-                self._dcgm_lines(d, items, driver, lines)
+                chunks = series.setdefault(d.name, (d, []))[1]
+                chunks.append(self._xid_lines(d, labels, values, driver) if d.xid else
+                              self._dcgm_chunk(name, d, labels, values, driver))
         for dname in sorted(series):
-            d, lines = series[dname]
+            d, chunks = series[dname]
             kind = ("unknown" if self.openmetrics else "counter") if d.counter else "gauge"
             out.append(f"# HELP {dname} {_help_text(d.help or dname)}\n# TYPE {dname} {kind}\n")
-            out.extend(lines)
+            out.extend(chunks)
 
-    def _dcgm_lines(self, d: DcgmName, items: Items, driver: str, lines: list[str]) -> None:
+    def _dcgm_chunk(self, name: str, d: DcgmName, labels: list[Labels], values: list[float], driver: str) -> str:
+        """The lines of family ``name``'s series served under ``d`` (those its ``where`` selects), values scaled."""
         assert self._dcgm is not None
-        cache = self._dcgm_series
-        for labels, value in items:
-            if d.where and not all(pair in labels for pair in d.where):
+        kept = self._dcgm_templates.get((d.name, name))
+        if kept is not None and kept[2] == driver and kept[0] == labels:
+            tpl, chosen = kept[1], kept[3]
+        else:
+            chosen = [i for i, lab in enumerate(labels) if all(p in lab for p in d.where)] if d.where else None
+            tpl = "".join(_template_line(f"{d.name}{self._dcgm.text(d, labels[i], driver, 0.0)} ")
+                          for i in (range(len(labels)) if chosen is None else chosen))
+            self._dcgm_templates[(d.name, name)] = (labels, tpl, driver, chosen)
+        if chosen is not None:
+            values = [values[i] for i in chosen]
+        scale = d.scale
+        return fill(tpl, values if scale == 1.0 else [v * scale for v in values])
+
+    def _xid_lines(self, d: DcgmName, labels: list[Labels], values: list[float], driver: str) -> str:
+        """XID series under ``d``: the value is a label too (err_code, err_msg), so each line is kept by value."""
+        assert self._dcgm is not None
+        cache, out = self._xid_prefixes, []
+        for lab, value in zip(labels, values, strict=True):
+            if d.where and not all(p in lab for p in d.where):
                 continue
             scaled = value * d.scale
-            key = (d.name, labels, driver, scaled if d.xid else 0.0)
-            prefix = cache.get(key)
+            prefix = cache.get((d.name, lab, driver, scaled))
             if prefix is None:
-                prefix = cache[key] = f"{d.name}{self._dcgm.text(d, labels, driver, scaled)} "
-            lines.append(f"{prefix}{format_value(scaled)}\n")
+                prefix = cache[(d.name, lab, driver, scaled)] = f"{d.name}{self._dcgm.text(d, lab, driver, scaled)} "
+            out.append(f"{prefix}{format_value(scaled)}\n")
+        return "".join(out)
