@@ -117,25 +117,34 @@ def test_report_draws_the_runs_and_compares_them(loop_run: tuple[Path, dict[str,
     assert len(t) > 10 and (eps > 0).all()
 
 
-def test_perseus_slows_only_the_gpus_waiting_for_a_straggler(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("profile", "knob"), [("a100", "sm_clock"), ("p100", "power_limit")])
+def test_perseus_slows_only_the_gpus_waiting_for_a_straggler(tmp_path: Path, profile: str, knob: str) -> None:
+    """By SM-clock lock where the GPUs can be locked (A100); by power limit where NVML refuses a lock (P100)."""
     scenario = tmp_path / "straggler.toml"
     scenario.write_text('name = "slow-gpu-2"\ndescription = "GPU 2 computes 50% slower from the start"\n'
                         '[[event]]\nkind = "straggler"\nstart_s = 0\nramp_s = 1\nmagnitude = 0.5\ngpus = [2]\n')
     watched = _Watched()
     spec = ExperimentSpec(workload="imagenet-resnet50", objective="throughput", scenario=str(scenario), duration_s=400.0,
-                          gpus=4, profile="a100", tick_s=2.0, interval_s=10.0, chooser="climber", seed=1,
+                          gpus=4, profile=profile, tick_s=2.0, interval_s=10.0, chooser="climber", seed=1,
                           forecast=None, all_ranks=True)
     try:
         doc = run_experiment(spec, tmp_path / "run", backend_hook=watched)
     finally:
         sim_nvml.attach(None)
-    default = watched.devices[0].profile.power_limit_default_w * 1000
-    tuned = [e for e in watched.writes if e[0] == "power_limit_mw"]
-    lowest = {g: min([v for _, i, v in tuned if i == g], default=default) for g in range(4)}
-    assert lowest[2] == default  # the critical GPU is never slowed
-    assert all(lowest[g] < default * 0.85 for g in (0, 1, 3))  # the ones waiting for it are
+    p = watched.devices[0].profile
+    field, top = (("locked_sm_clocks_mhz", p.sm_clock_max_mhz) if knob == "sm_clock"
+                  else ("power_limit_mw", p.power_limit_default_w * 1000))
+    other = "power_limit_mw" if knob == "sm_clock" else "locked_sm_clocks_mhz"
+    written = [(i, v if field == "power_limit_mw" else v[1]) for name, i, v in watched.writes if name == field and v]
+    lowest = {g: min([v for i, v in written if i == g], default=top) for g in range(4)}
+    assert lowest[2] == top  # the critical GPU is never slowed
+    assert all(lowest[g] < top * 0.85 for g in (0, 1, 3))  # the ones waiting for it are
+    assert all(v == top for name, _, v in watched.writes if name == other)  # by the one knob (restores aside)
+    if knob == "sm_clock":
+        assert all(v[0] == v[1] for name, _, v in watched.writes if name == field and v)  # [f, f] locks
     events = [json.loads(line) for line in (tmp_path / "run" / "on" / "events.jsonl").read_text().splitlines()]
-    assert {e["target"] for e in events if e.get("reason") == "perseus_slack"} == {"0", "1", "3"}
+    slowed = [e for e in events if e.get("reason") == "perseus_slack"]
+    assert {e["target"] for e in slowed} == {"0", "1", "3"} and {e["knob"] for e in slowed} == {knob}
     assert doc["ratio"]["energy_j"] < 0.97 and doc["slowdown"] < 0.01  # less energy, the step no slower
     assert doc["restored"] is True
 
@@ -149,7 +158,7 @@ def test_the_experiment_ticks_the_daemon_users_run_on_the_virtual_clock(tmp_path
                           events.append)
     try:
         names = [c.name for c in daemon.components]  # the daemon's own parts first, then what its config attaches
-        assert sorted(names[:2]) == ["actuation", "control"] and names[2:] == ["forecast", "sim-job", "tuner"]
+        assert sorted(names[:2]) == ["actuation", "control"] and names[2:] == ["forecast", "rootcause", "sim-job", "tuner"]
         assert daemon.server is None  # no HTTP server
         daemon.start(background=False)
         assert daemon.loop.ticks == 0  # no first tick and no loop thread: the caller ticks

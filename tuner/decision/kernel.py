@@ -137,6 +137,7 @@ class DecisionKernel:
         self.last_action_t = 0.0
         self._gpus = node.gpus()
         self.clocks = self._gpus[0].sm_clocks if config.tune_clocks and self._gpus else ()
+        self.locked_once = False  # a lock was applied: the GPUs can be locked
 
     # -- one step -----------------------------------------------------------------------
     def step(self, now: float, choose: Callable[[np.ndarray], int]) -> Outcome:
@@ -308,9 +309,21 @@ class DecisionKernel:
             return self.node.set_sm_clock(g.key, self._gpu_clock(g.key, mhz))
 
         if not self._set_all(now, "sm_clock", float(mhz or 0), float(self.lock_mhz or 0), apply, rate, rollback):
+            if mhz is not None:
+                self._lock_refused()
             return False
         self.lock_mhz = mhz
+        self.locked_once = self.locked_once or mhz is not None
         return True
+
+    def _lock_refused(self) -> None:
+        """A lock the node refused before any lock was applied: these GPUs cannot be locked (NVML
+        lists their clocks but answers NOT_SUPPORTED, e.g. before Volta), so clock moves stop and
+        Perseus slows by power limit from the next interval."""
+        if self.locked_once or not self.clocks:
+            return
+        logger.info("SM clocks cannot be locked on this node (the first lock was refused): power limits only")
+        self.clocks = ()
 
     def _gpu_clock(self, key: str, mhz: int | None) -> int | None:
         s = self.slack_mhz.get(key, 0.0)
@@ -368,11 +381,16 @@ class DecisionKernel:
             if not d.allowed:
                 self.emit(now, "refused", knob, k, value, reason=d.reason)
                 continue
-            if apply(k, value):
-                self.guard.commit(knob, k, value, now)
-                slack[k] = base - value
-                self.last_action_t = now
-                self.emit(now, "action", knob, k, value, previous=current[k], reason="perseus_slack")
+            if not apply(k, value):
+                if knob == "sm_clock":
+                    self._lock_refused()
+                    return
+                continue
+            self.guard.commit(knob, k, value, now)
+            slack[k] = base - value
+            self.locked_once = self.locked_once or knob == "sm_clock"
+            self.last_action_t = now
+            self.emit(now, "action", knob, k, value, previous=current[k], reason="perseus_slack")
 
     def _pinned(self, knob: str, target: str) -> bool:
         held = getattr(self.node, "pinned", None)  # the daemon's node says (and logs once); training has no pins
