@@ -299,10 +299,8 @@ def linear_series(points: Iterable[tuple[float, float]]) -> Series:
 
     def at(t: float) -> float:
         i = bisect.bisect_right(ts, t)
-        if i == 0:
-            return vs[0]
-        if i == len(ts):
-            return vs[-1]
+        if i == 0 or i == len(ts):  # held constant outside its points
+            return vs[0] if i == 0 else vs[-1]
         t0, t1, v0, v1 = ts[i - 1], ts[i], vs[i - 1], vs[i]
         return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
 
@@ -310,6 +308,7 @@ def linear_series(points: Iterable[tuple[float, float]]) -> Series:
 
 
 _INT_FIELDS = {f.name for f in fields(SimDevice) if f.type in ("int", int)}
+REAL_CLOCK_HOLD_S = 0.05  # on wall time, scripted values are re-evaluated at most this often (once a tick)
 
 
 class ScriptedBackend:
@@ -319,7 +318,8 @@ class ScriptedBackend:
     attribute (``power_mw``, ``util_gpu_pct`` ...) and series a function of time in
     seconds. ``lost_at`` maps a GPU index to the time it falls off the bus; ``xids`` maps
     a GPU index to ``[(t, xid), ...]``. The energy counter integrates power unless the
-    script sets it. Set calls land in the device records and are read back as set.
+    script sets it. Set calls land in the device records and are read back as set. Values are
+    re-evaluated once the clock moved ``hold_s`` (default: 0 on a given clock, else REAL_CLOCK_HOLD_S).
     """
 
     def __init__(
@@ -332,28 +332,29 @@ class ScriptedBackend:
         xids: Mapping[int, list[tuple[float, int]]] | None = None,
         privileged: bool = True,
         driver_version: str = "550.54.15",
+        hold_s: float | None = None,
     ) -> None:
         self.devices = devices
         self.driver_version = driver_version
         self.clock: Clock = clock or RealClock()
         self._script = {i: dict(s) for i, s in (script or {}).items()}
         for i, series in self._script.items():
-            unknown = set(series) - _INT_FIELDS
-            if unknown:
+            if unknown := set(series) - _INT_FIELDS:
                 raise ValueError(f"gpu {i}: cannot script unknown fields {sorted(unknown)}")
         self._lost_at = dict(lost_at or {})
         self._xids = {i: sorted(v) for i, v in (xids or {}).items()}
         self._privileged = privileged
         self._last_t: float | None = None
+        self._hold_s = (0.0 if clock is not None else REAL_CLOCK_HOLD_S) if hold_s is None else hold_s
 
     def is_privileged(self) -> bool:
         return self._privileged
 
     def sync(self) -> None:
-        t = self.clock.now()
-        if t == self._last_t:
+        t, last = self.clock.now(), self._last_t
+        if last is not None and (t == last or t - last < self._hold_s):
             return
-        dt = 0.0 if self._last_t is None else t - self._last_t
+        dt = 0.0 if last is None else t - last
         self._last_t = t
         for dev in self.devices:
             lost = self._lost_at.get(dev.index)
