@@ -26,6 +26,10 @@ cat > "$ROOT/root/install-trial.sh" <<'EOF'
 set -euo pipefail
 deb=$(ls /root/gputuned_*.deb)
 apt-get update -qq
+if dpkg-query -W gputuned > /dev/null 2>&1; then   # a root reused from an earlier trial
+    systemctl disable --now gputuned 2> /dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq gputuned > /root/apt.log
+fi
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$deb" > /root/apt.log
 echo "installed: $(dpkg-query -W -f='${Package} ${Version} ${Installed-Size} KiB' gputuned)"
 echo "group: $(getent group gputuned); $(stat -c '%n %a %U:%G' /var/lib/gputuned)"
@@ -35,7 +39,7 @@ systemctl enable --now gputuned
 for _ in $(seq 1 120); do [ -S /run/gputuned/control.sock ] && break; sleep 0.5; done
 echo "active: $(systemctl is-active gputuned); main process: $(readlink /proc/$(systemctl show -p MainPID --value gputuned)/exe) $(tr '\0' ' ' < /proc/$(systemctl show -p MainPID --value gputuned)/cmdline)"
 /opt/gputuned/bin/python -c "import urllib.request as u; t = u.urlopen('http://127.0.0.1:9735/metrics').read().decode(); print('metrics:', sum(1 for l in t.splitlines() if l and not l.startswith('#')), 'series')"
-gputuned status | head -5
+gputuned status > /root/status.txt; head -5 /root/status.txt
 systemctl stop gputuned
 journalctl -u gputuned --no-pager -o cat | tail -4
 DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq gputuned >> /root/apt.log
