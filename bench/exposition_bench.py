@@ -9,7 +9,10 @@
 3. node_exporter (Debian's prometheus-node-exporter, default collectors) scraped every second:
    CPU per scrape and per series.
 
-Usage: nice -n 5 .venv/bin/python bench/exposition_bench.py [--seconds 30] [--before 4035af2]
+``--node scripted`` runs the daemons of 2. on the scripted node (tests/data/scripted_node.toml, its
+GPU loss left out, sized to --gpus): the cheaper stand-in for a real node's NVML (no physics, no numpy).
+
+Usage: nice -n 5 .venv/bin/python bench/exposition_bench.py [--seconds 30] [--before 4035af2] [--node scripted]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import types
 import urllib.request
 from pathlib import Path
@@ -115,11 +119,22 @@ def cpu_over(pid: int, url: str, seconds: float, scrape: bool) -> tuple[float, i
     return (cpu_seconds(pid) - c0) / (time.monotonic() - t0), n
 
 
-def daemon_figures(gpus: int, seconds: float) -> dict[str, float]:
+def scripted_node(tmp: Path, gpus: int) -> str:
+    """The ``[sim] script`` line of a scripted node of ``gpus`` H100s (the shipped script, no GPU lost)."""
+    text = (REPO / "tests/data/scripted_node.toml").read_text()
+    spec = tomllib.loads(text)
+    lines = [x for x in text.splitlines() if not x.startswith(("lost", "gpus"))]
+    (tmp / "node.toml").write_text(f"gpus = {gpus}\n" + "\n".join(lines) + "\n")
+    assert spec.get("lost") and "lost" not in tomllib.loads((tmp / "node.toml").read_text())
+    return f'script = "{tmp}/node.toml"\n'
+
+
+def daemon_figures(gpus: int, seconds: float, node: str = "physics") -> dict[str, float]:
     """A real gputuned run on ``gpus`` simulated H100s: % of a core idle and scraped each second."""
     port, tmp = free_port(), Path(tempfile.mkdtemp())
+    monitoring = MONITORING_ONLY.replace("[sim]\n", "[sim]\n" + scripted_node(tmp, gpus)) if node == "scripted" else MONITORING_ONLY
     (tmp / "g.toml").write_text(f'[daemon]\nstate_file = "{tmp}/s.json"\n[control]\nsocket_path = "{tmp}/c.sock"\n'
-                                + MONITORING_ONLY)
+                                + monitoring)
     exe = Path(sys.executable).with_name("gputuned")
     proc = subprocess.Popen([str(exe), "--log-level", "warning", "run", "--config", str(tmp / "g.toml"), "--sim",
                              "--gpus", str(gpus), "--interval", "1", "--listen", "127.0.0.1", "--port", str(port)],
@@ -169,18 +184,21 @@ def main() -> None:
     p.add_argument("--seconds", type=positive_float, default=30.0, help="length of each scrape window")
     p.add_argument("--before", default="4035af2", help="revision whose exporter is the 'before'")
     p.add_argument("--reps", type=int, default=30, help="renders per figure")
+    p.add_argument("--node", choices=("physics", "scripted"), default="physics", help="simulated node of the daemon runs")
+    p.add_argument("--gpus", type=int, nargs="+", default=[8, 64], help="node sizes")
+    p.add_argument("--no-render", action="store_true", help="daemon runs and node_exporter only")
     args = p.parse_args()
     assert ExporterConfig().metric_names == "gputuned"
-    for gpus in (8, 64):
+    for gpus in () if args.no_render else args.gpus:
         r = render_figures(gpus, args.before, args.reps)
         for mode in ("gputuned", "dcgm"):
             print(f"render {gpus} GPUs {mode}: {r[f'{mode}_series']:.0f} series, {r[f'{mode}_bytes'] / 1e3:.1f} kB "
                   f"({r[f'{mode}_gzip_bytes'] / 1e3:.1f} kB OM+gzip); before {r[f'{mode}_before_ms']:.2f} ms, "
                   f"text {r[f'{mode}_text_ms']:.2f} ms, OM {r[f'{mode}_om_ms']:.2f} ms, OM+gzip "
                   f"{r[f'{mode}_om_gzip_ms']:.2f} ms ({r[f'{mode}_before_ms'] / r[f'{mode}_text_ms']:.1f}x)")
-    for gpus in (8, 64):
-        d = daemon_figures(gpus, args.seconds)
-        print(f"daemon {gpus} GPUs, 1 s interval: {d['idle_pct']:.3f}% of a core unscraped, {d['scraped_pct']:.3f}% "
+    for gpus in args.gpus:
+        d = daemon_figures(gpus, args.seconds, args.node)
+        print(f"daemon {gpus} GPUs ({args.node} node), 1 s interval: {d['idle_pct']:.3f}% of a core unscraped, {d['scraped_pct']:.3f}% "
               f"scraped every second (OM+gzip), {d['per_scrape_ms']:.2f} ms CPU per scrape, RSS {d['rss_mb']:.0f} MB")
     ne = node_exporter_figures(args.seconds)
     if ne is None:

@@ -67,13 +67,14 @@ class GPUSetup:
 
 def build_sim_backend(cfg: Config) -> SimBackend:
     """The simulated node the config asks for: scripted values, or the physics model."""
-    from gputuned.collectors.sim.node import build_sim_node
     from gputuned.collectors.sim.state import RealClock, scripted_from_spec
 
     sim = cfg.sim
-    if sim.script is not None:
+    if sim.script is not None:  # scripted values: neither the physics model nor numpy
         spec = tomllib.loads(sim.script.read_text())
         return scripted_from_spec(spec, privileged=sim.privileged)
+    from gputuned.collectors.sim.node import build_sim_node
+
     return build_sim_node(
         profile=sim.profile,
         gpus=sim.gpus,
