@@ -95,6 +95,8 @@ def build_daemon(cfg: Config, backend: Any, clock: Callable[[], float], emit: Em
     from gputuned.daemon.core.notify import Notifier
 
     daemon = Daemon(cfg, gpus=setup_gpus(cfg, backend), serve=False, notifier=Notifier({}), clock=clock)
+    if daemon.control is not None:
+        daemon.control.clock = clock  # ranks' TTLs run on the virtual clock, as the ticks do
     attach_configured(daemon, trainer="sim", stepped_job=True)
     forecast = component(daemon, "forecast")
     if forecast is not None:

@@ -1,5 +1,6 @@
 """A job belongs to the uid that opened it: a second uid cannot pose as its ranks, its leader, or
-disconnect them; one connection per (job, rank); acks and profile results only from the leader.
+disconnect them; one connection per (job, rank); acks and profile results only from the leader;
+and it cannot get itself placed on (and so tuned on) a GPU another uid's process uses.
 
 The second uid is real: the peer is a child of the test that drops to uid 65534 with no groups
 (tests/uid_peer.py), so the daemon sees its credentials through SO_PEERCRED exactly as it would
@@ -21,6 +22,8 @@ import uid_peer
 from runtime_kit import wait_for
 
 from gputuned import protocol as P
+from gputuned.collectors.attribution import attribute
+from gputuned.collectors.device import GPUProcess
 from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.control.server import ControlServer
 from gputuned.daemon.core.store import Store
@@ -145,3 +148,27 @@ def test_a_profile_result_for_an_unknown_id_and_a_job_name_with_a_newline_are_re
     assert "hello.job: must match" in read_frame(s)["error"]
     s.close()
     assert srv.rejected["malformed"] == 1 and srv.connected_jobs() == {"sim-job": [0, 1]}
+
+
+def test_a_second_uid_cannot_get_placed_on_a_gpu_the_owners_process_uses(srv: ControlServer,
+                                                                         sim_job: list[socket.socket]) -> None:
+    # its own job's rank claims the owner's pid and the UUID of the owner's GPU; a rank of the owner's job the same
+    claim = {"pid": os.getpid(), "cuda_uuid": "GPU-b"}
+    plan = {"path": str(srv.cfg.socket_path), "hold": True,
+            "conns": [[{"send": {**_hello("evil", 0), **claim}}], [{"send": {**_hello("sim-job", 2), **claim}}]]}
+    peer = uid_peer.spawn(plan)
+    try:
+        own, joined = uid_peer.replies(peer)
+        assert own[0]["type"] == "welcome" and "belongs to uid 0" in joined[0]["error"]
+        assert wait_for(lambda: len(srv.jobs.claims()) == 3)
+        claims = {c.job: c.pid for c in srv.jobs.claims()}
+        # NVML: the owner's process (this one) on GPU 1, the peer's on GPU 3
+        gpus = {0: ("GPU-a", []), 1: ("GPU-b", [GPUProcess(os.getpid(), 1)]), 2: ("GPU-c", []),
+                3: ("GPU-d", [GPUProcess(peer.pid, 1)])}
+        att = attribute(srv.jobs.claims(), gpus)
+    finally:
+        peer.stdin.close()
+        peer.wait()
+    assert claims["evil"] == peer.pid  # SO_PEERCRED's pid, not the claimed one
+    assert att.gpus_of("evil") == {3} and att.rank_map("evil") == {0: 3}  # where its own process runs, only
+    assert att.gpus_of("sim-job") == {1} and att.rank_map("sim-job") == {0: 1, 1: 1}
