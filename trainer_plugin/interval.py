@@ -49,8 +49,9 @@ class IntervalStats:
     def __init__(self) -> None:
         self.reset()
 
-    def reset(self) -> None:
-        """Forget every step: the next report covers only the steps that follow."""
+    def reset(self, start: float | None = None) -> None:
+        """Forget every step: the next report covers what follows ``start`` (perf_counter s; None: the next step)."""
+        self.started = start  # the interval's wall-clock start: throughput counts every second from it
         self.steps = 0
         self.step_time_s = self.data_wait_s = self.comm_time_s = 0.0
         self.samples = 0
@@ -69,15 +70,21 @@ class IntervalStats:
         """Overflows in this interval."""
         return int(torch.stack(self.overflow_flags).sum()) if self.overflow_flags else 0
 
-    def means(self) -> dict[str, Any]:
-        """The step count; mean times, throughput, loss and the last loss scale when there are any."""
+    def means(self, end: float) -> dict[str, Any]:
+        """The step count; mean times, throughput, loss and the last loss scale when there are any.
+
+        Throughput is the samples over the wall time from the interval's start to ``end``
+        (perf_counter s): what the job delivers, pauses between steps included (a stopped or
+        straggling rank, the loop's own work); the step times say where the steps' own time went.
+        """
         n = max(self.steps, 1)
         stats: dict[str, Any] = {"steps": self.steps}
         if self.steps:
             step, data, comm = self.step_time_s, self.data_wait_s, self.comm_time_s
+            wall = end - self.started if self.started is not None else step
             stats.update(step_time_s=step / n, data_wait_s=data / n, comm_time_s=comm / n,
                          compute_time_s=max(0.0, (step - data - comm) / n),
-                         samples_per_s=self.samples / step if step > 0 else 0.0)
+                         samples_per_s=self.samples / wall if wall > 0 else 0.0)
         if self.losses:
             stats["loss"] = float(torch.stack(self.losses).mean())
         if self.scale_last is not None:

@@ -149,6 +149,8 @@ class TrainingPlugin(CadenceSettings):
         """Start timing a step (use as ``with plugin.step(): ...``); samples defaults to the global batch."""
         self._t0 = time.perf_counter()
         self._armed = True
+        if self._interval.started is None:  # the first step after a start or resume opens the interval
+            self._interval.started = self._t0
         cadence = self._cadence
         self._measure = self.step_count >= cadence.next_norm
         if self._measure:
@@ -227,15 +229,16 @@ class TrainingPlugin(CadenceSettings):
 
     def _report(self) -> None:
         self._last_report = time.monotonic()
-        stats = self.interval_stats()
+        now = time.perf_counter()
+        stats = self.interval_stats(now)
         if self.client is not None and self.client.connected:
             self.client.report(self.step_count, stats.pop("steps", 0), stats)
-        self._interval.reset()
+        self._interval.reset(now)  # the next interval starts here: the time to the next step counts
 
-    def interval_stats(self) -> dict[str, Any]:
-        """Means over the steps since the last report, in the protocol's stat names."""
+    def interval_stats(self, end: float | None = None) -> dict[str, Any]:
+        """Means over the steps since the last report (to ``end``, perf_counter s; now if None), in the protocol's stat names."""
         interval = self._interval
-        stats = interval.means()
+        stats = interval.means(time.perf_counter() if end is None else end)
         self.overflows_total += interval.overflows()
         stats.update(interval.fold_norms(self.noise, self.world_size))
         stats.update(overflows_total=self.overflows_total, batch_size=self.batch_size,

@@ -340,12 +340,18 @@ def _timed_run(cfg_path: str | None, on_loss: Any = None) -> dict[str, Any]:
 
 
 def straggler(cfg_path: str | None) -> dict[str, Any]:
-    """Rank GPUTUNED_SLOW_RANK (1) is paused 0.3 s of every 0.6 s inside its steps, GPUTUNED_SLOW_AFTER_S (20) after step 1."""
+    """Rank GPUTUNED_SLOW_RANK (1) is paused 0.3 s of every 0.6 s inside its steps, GPUTUNED_SLOW_AFTER_S (20) after step 1.
+
+    Every step of every rank also waits GPUTUNED_DEVICE_MS (0) ms, as for a GPU's kernels: with
+    it, the step rate is set by that wait rather than by a CPU other processes share.
+    """
     slow_rank = int(os.environ.get("GPUTUNED_SLOW_RANK", "1"))
     after = float(os.environ.get("GPUTUNED_SLOW_AFTER_S", "20"))
+    device_s = float(os.environ.get("GPUTUNED_DEVICE_MS", "0")) / 1000
     state: dict[str, float] = {}
 
     def on_loss(tr: Trainer, loss: torch.Tensor) -> torch.Tensor:
+        time.sleep(device_s)
         now = time.monotonic()
         start = state.setdefault("start", now + after)
         if tr.rank == slow_rank and now >= start and (now - start) % 0.6 < 0.3:

@@ -29,10 +29,11 @@ pytestmark = pytest.mark.slow
 THROUGHPUT = "gputuned_trainer_samples_per_second"
 
 
-def _daemon(tmp: Path) -> Daemon:
+def _daemon(tmp: Path, interval_s: float = 0.25) -> Daemon:
+    """A daemon ticking and asking reports every ``interval_s``, forecaster on, tuner off."""
     cfg = config(
-        daemon={"interval_seconds": 0.25, "state_file": str(tmp / "state.json")},
-        control={"socket_path": str(tmp / "control.sock"), "report_interval_s": 0.25},
+        daemon={"interval_seconds": interval_s, "state_file": str(tmp / "state.json")},
+        control={"socket_path": str(tmp / "control.sock"), "report_interval_s": interval_s},
         sim={"gpus": 2, "job": False},
         forecast={"prophet": False, "detect_in_child": False},
         tuner={"enabled": False},
@@ -43,10 +44,10 @@ def _daemon(tmp: Path) -> Daemon:
     return daemon
 
 
-def _trainer(name: str, tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], Path]:
+def _trainer(name: str, tmp: Path, env: dict[str, str], batch_size: int = 64) -> tuple[subprocess.Popen[str], Path]:
     cfg = tmp / f"{name}.toml"
     cfg.write_text(f'[plugin]\nenabled = true\nsocket = "{tmp / "control.sock"}"\njob = "{name}"\n'
-                   f'trace_dir = "{tmp / "traces"}"\n[data]\nbatch_size = 64\n')
+                   f'trace_dir = "{tmp / "traces"}"\n[data]\nbatch_size = {batch_size}\n')
     out = tmp / f"{name}.json"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,28 +79,41 @@ def _finish(proc: subprocess.Popen[str], out: Path) -> dict[str, Any]:
     return json.loads(Path(f"{out}.rank0").read_text())
 
 
-@pytest.mark.xfail(reason="on a loaded 2-core machine the in-step samples/s of the CPU trainer swings 10x between "
-                          "reports, and no throughput alert was raised within 60 s; the capture itself names rank 1",
+@pytest.mark.xfail(reason="with wall-time samples/s the halving alerted within 60 s in 1 of 2 runs on the loaded 2-core "
+                          "machine: the detector's fast mean stays near 2 sigma there; the capture names rank 1 in both",
                    strict=False)
 def test_a_straggling_rank_raises_a_throughput_alert_and_is_named_with_its_gpu(tmp_path):
-    daemon = _daemon(tmp_path)
+    """Steps of 50 ms of device time (a sleep) and a small batch, so the shared CPU barely sets the pace:
+    rank 1 pausing 0.3 s of every 0.6 s from 75 s on halves the job's samples/s, which must alert within 60 s.
+
+    The daemon ticks and the ranks report every second (the shipped defaults), so the detector's
+    60 warm-up samples take 60 s, before the fault.
+    """
+    daemon = _daemon(tmp_path, 1.0)
     raised: list[Alert] = []
     next(c for c in daemon.components if c.name == "forecast").service.add_alert_hook(raised.append)
-    proc, out = _trainer("straggler", tmp_path, {"GPUTUNED_SLOW_AFTER_S": "20", "GPUTUNED_RUN_S": "40"})
+    env = {"GPUTUNED_SLOW_AFTER_S": "75", "GPUTUNED_RUN_S": "140", "GPUTUNED_DEVICE_MS": "50"}
+    proc, out = _trainer("straggler", tmp_path, env, batch_size=16)
+    seen: list[tuple[float, float | None]] = []  # the job's samples/s as the daemon held it, for a failure's message
     try:
-        assert _wait(lambda: daemon.control.connected_jobs().get("straggler") == [0, 1], 60)
+        assert _wait(lambda: daemon.control.connected_jobs().get("straggler") == [0, 1], 90)
         rc = _root_cause(daemon)
-        summary = _wait(lambda: (s := rc.latest.get("straggler")) and s["cause"] == "straggler_wait" and s, 60)
+        rc.cooldown_s = 20.0  # a capture an earlier alert asked (the shared CPU's noise) must not hold off the fault's
+        lab = (("job", "straggler"), ("rank", "0"))
+        _wait(lambda: seen.append((time.time(), daemon.store.value(THROUGHPUT, lab))) or proc.poll() is not None, 240)
+        summary = rc.latest.get("straggler")
         status = node_status(daemon)
     finally:
         result = _finish(proc, out)
         daemon.stop()
     onset = json.loads(Path(f"{out}.rank1").read_text())["onset"]
+    trace = " ".join(f"{t - onset:.0f}s:{v:.0f}" for t, v in seen[::10] if v is not None)
     alerts = [a for a in raised if a.series == THROUGHPUT and a.since >= onset - 1]
-    assert alerts, [(a.series, a.since - onset) for a in raised]
-    assert alerts[0].since - onset <= 60, alerts[0].since - onset
-    assert not [a for a in raised if a.series == THROUGHPUT and a.since < onset - 1]  # none before the fault
+    assert alerts, ([(a.series, a.since - onset) for a in raised], trace)
+    assert alerts[0].since - onset <= 60, (alerts[0].since - onset, trace)
+    assert not [a for a in raised if a.series == THROUGHPUT and a.since < onset - 1], trace  # none before the fault
     assert summary is not None, result
+    assert summary["t"] >= onset, summary
     assert summary["cause"] == "straggler_wait", summary
     assert summary["straggler"]["rank"] == 1 and summary["straggler"]["gpu"] == 1, summary
     assert sum(summary["shares"].values()) == pytest.approx(1.0, abs=1e-3)

@@ -323,3 +323,24 @@ def test_a_period_that_is_not_positive_is_refused_naming_it(key):
         TrainingPlugin(job="bad", batch_size=32, connect=False, **{key: 0.0})
     with pytest.raises(ConfigError, match=f"plugin.{key}"):
         parse_config({}, {f"plugin.{key}": -1})
+
+
+def test_throughput_counts_the_wall_time_between_steps_and_step_time_only_the_steps(monkeypatch):
+    """Steps of 10 ms with 10 ms paused between them (a stopped rank, the loop's own work): half the samples/s."""
+    import gputuned.trainer_plugin.plugin as plugin_module
+
+    clock = [100.0]
+    monkeypatch.setattr(plugin_module.time, "perf_counter", lambda: clock[0])
+    plugin = TrainingPlugin(job="wall", batch_size=32, connect=False)
+    for _ in range(50):
+        with plugin.step():
+            clock[0] += 0.01
+        clock[0] += 0.01
+    stats = plugin.interval_stats()
+    assert stats["samples_per_s"] == pytest.approx(32 / 0.02)
+    assert stats["step_time_s"] == pytest.approx(0.01)
+    plugin._report()  # the next interval starts at the report, not at its first step
+    clock[0] += 0.5
+    with plugin.step():
+        clock[0] += 0.01
+    assert plugin.interval_stats()["samples_per_s"] == pytest.approx(32 / 0.51)
