@@ -1,4 +1,4 @@
-"""Control-socket protocol v1: frames, every message kind and its checks, a blocking client.
+"""Control-socket protocol v1: every message kind and its checks, encoding, a blocking client.
 
 The one definition of the wire format (docs/protocol.md) for every end: the daemon's control
 server, the trainer plugin's client, ``gputuned status|set|restore`` and the test fake. A
@@ -14,14 +14,21 @@ import json
 import math
 import re
 import socket
-import struct
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from gputuned.frames import (  # noqa: F401  (re-exported: the protocol is the one import of every end)
+    HEADER,
+    MAX_MESSAGE_BYTES,
+    FrameDecoder,
+    FrameTooLarge,
+    ProtocolError,
+    frame,
+    read_body,
+)
+
 VERSION = 1
-HEADER = struct.Struct(">I")
-MAX_MESSAGE_BYTES = 65536
 MAX_REPLY_BYTES = 16 << 20  # admin_reply only: the status of a large node
 MAX_INT = 2**62  # JSON integers beyond +-MAX_INT are refused anywhere in a body
 MAX_RANKS = 1 << 20
@@ -44,25 +51,12 @@ TO_ADMIN = ("admin_reply", "error")
 MESSAGE_TYPES = (*TO_DAEMON, "welcome", "decision", "admin_reply")
 
 
-class ProtocolError(ValueError):
-    """A frame or message that breaks protocol v1; the text names the offending field."""
-
-
-class FrameTooLarge(ProtocolError):
-    """A frame header announcing more than the allowed body size (the body is never read)."""
-
-
 # -- frames ----------------------------------------------------------------------------------
 
 
 def size_limit(kind: Any) -> int:
     """The largest body a message of type ``kind`` may have."""
     return MAX_REPLY_BYTES if kind == "admin_reply" else MAX_MESSAGE_BYTES
-
-
-def frame(body: bytes) -> bytes:
-    """The frame carrying ``body``: its length, then the body."""
-    return HEADER.pack(len(body)) + body
 
 
 def encode(message: dict[str, Any], max_bytes: int | None = None) -> bytes:
@@ -75,58 +69,6 @@ def encode(message: dict[str, Any], max_bytes: int | None = None) -> bytes:
     if len(body) > limit:
         raise FrameTooLarge(f"message of {len(body)} bytes exceeds {limit}")
     return frame(body)
-
-
-class FrameDecoder:
-    """Accumulates bytes from non-blocking reads and yields complete frame bodies."""
-
-    __slots__ = ("max_bytes", "_buf", "partial_since")
-
-    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._buf = bytearray()
-        self.partial_since: float | None = None  # when the first byte of an unfinished frame came
-
-    def feed(self, data: bytes, now: float) -> Iterator[bytes]:
-        """Add ``data``; yield each complete body. Raises FrameTooLarge on a long header."""
-        buf = self._buf
-        buf += data
-        pos = 0
-        n = len(buf)
-        while n - pos >= HEADER.size:
-            (length,) = HEADER.unpack_from(buf, pos)
-            if length > self.max_bytes:
-                raise FrameTooLarge(f"frame length {length} exceeds {self.max_bytes}")
-            if n - pos - HEADER.size < length:
-                break
-            yield bytes(buf[pos + HEADER.size : pos + HEADER.size + length])
-            pos += HEADER.size + length
-        if pos:
-            del buf[:pos]
-        if buf:
-            if pos or self.partial_since is None:
-                self.partial_since = now
-        else:
-            self.partial_since = None
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    chunks: list[bytes] = []
-    while n:
-        chunk = sock.recv(n)
-        if not chunk:
-            raise ConnectionError("peer closed the connection")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def read_body(sock: socket.socket, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
-    """Read one frame (blocking) and return its body; an oversized length raises unread."""
-    (length,) = HEADER.unpack(_recv_exact(sock, HEADER.size))
-    if length > max_bytes:
-        raise FrameTooLarge(f"frame length {length} exceeds {max_bytes}")
-    return _recv_exact(sock, length)
 
 
 def _short(value: Any) -> str:
