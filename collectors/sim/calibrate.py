@@ -313,6 +313,23 @@ def holdout_mask(rows: Rows, mode: str, fraction: float, rng: np.random.Generato
     raise ValueError(f"holdout mode must be random or power_limit, got {mode!r}")
 
 
+def heldout_errors(pairs: dict[str, Rows], train: dict[str, np.ndarray], sizes: dict[str, int], prof: GPUProfile,
+                   gp: PowerParams, tables: dict[str, Any]) -> dict[str, float]:
+    """Relative errors of epoch time and power on the held-out rows of one GPU: medians and worst."""
+    t_err: list[float] = []
+    p_err: list[float] = []
+    for w, rows in pairs.items():
+        t, p = predict(rows, sizes[w], prof, gp, _timing(tables[w]))
+        held = ~train[w]
+        t_err += list(np.abs(t[held] - rows.epoch_s[held]) / rows.epoch_s[held])
+        p_err += list(np.abs(p[held] - rows.power_w[held]) / rows.power_w[held])
+    return {
+        "heldout_rows": len(t_err),
+        "epoch_time_median": float(np.median(t_err)), "epoch_time_worst": float(np.max(t_err)),
+        "power_median": float(np.median(p_err)), "power_worst": float(np.max(p_err)),
+    }
+
+
 def calibrate(
     data_dir: Path, holdout: float = 0.2, seed: int = 0, mode: str = "random", gpus: list[str] | None = None,
     on_gpu: Callable[[str], None] | None = None, clock_fits: dict[str, dict[str, float]] | None = None,
@@ -350,20 +367,9 @@ def calibrate(
         gp, tables = fit_gpu(pairs, train, sizes, prof, fixed)
         gp = fit_cap_window(pairs, train, sizes, prof, gp, tables)
         doc["gpus"][key] = gp.as_dict()
-        t_err: list[float] = []
-        p_err: list[float] = []
-        for w, rows in pairs.items():
+        for w in pairs:
             doc["workloads"].setdefault(w, {"gpus": {}})["gpus"][key] = tables[w]
-            timing = _timing(tables[w])
-            t, p = predict(rows, sizes[w], prof, gp, timing)
-            held = ~train[w]
-            t_err += list(np.abs(t[held] - rows.epoch_s[held]) / rows.epoch_s[held])
-            p_err += list(np.abs(p[held] - rows.power_w[held]) / rows.power_w[held])
-        doc["errors"][key] = {
-            "heldout_rows": len(t_err),
-            "epoch_time_median": float(np.median(t_err)), "epoch_time_worst": float(np.max(t_err)),
-            "power_median": float(np.median(p_err)), "power_worst": float(np.max(p_err)),
-        }
+        doc["errors"][key] = heldout_errors(pairs, train, sizes, prof, gp, tables)
         logger.info("calibrated %s: %s", key, doc["errors"][key])
         if on_gpu is not None:
             on_gpu(key)
