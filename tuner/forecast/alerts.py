@@ -22,7 +22,7 @@ from gputuned.collectors.families import Labels
 logger = logging.getLogger(__name__)
 
 Transition = Literal["raised", "cleared"]
-AlertKind = Literal["anomaly", "degradation", "forecast", "thermal", "ecc", "xid"]
+AlertKind = Literal["anomaly", "degradation", "forecast", "throughput_drop", "thermal", "ecc", "xid"]
 HARDWARE_KINDS: tuple[str, ...] = ("thermal", "ecc", "xid")
 
 

@@ -128,6 +128,11 @@ class ForecastConfig(_Table):
     max_rank_series: StrictInt = 768  # of max_series, trainer ranks' (256 ranks x 3 families: control.max_ranks_per_uid)
     rank_forget_after_s: StrictFloat = 120.0  # a rank's series silent this long (it left) are dropped
     detect_in_child: StrictBool = True
+    # the throughput-level rule (level.py): recent median against the reference median before it
+    level_drop: StrictFloat = 0.35  # alert when the recent median is under 1 - level_drop of the reference; 0: off
+    level_window_s: StrictFloat = 30.0
+    level_reference_s: StrictFloat = 120.0
+    level_min_reference_s: StrictFloat = 30.0
     # the most throughput a GPU knob's intended change may cost (the daemon sets the tuner's max_slowdown)
     intent_slowdown: StrictFloat = 0.10
     detector: InstanceOf[DetectorConfig] = DetectorConfig()
@@ -165,6 +170,10 @@ class ForecastConfig(_Table):
             raise ValueError("forecast.min_history_points must be at least 10")
         if self.history_s / self.downsample_s < self.min_history_points:
             raise ValueError("forecast.history_s holds fewer points than min_history_points")
+        if not 0.0 <= self.level_drop < 1.0 or min(self.level_window_s, self.level_reference_s) <= 0:
+            raise ValueError("forecast.level_drop must be in [0, 1) and level_window_s, level_reference_s positive")
+        if not 0.0 < self.level_min_reference_s <= self.level_reference_s:
+            raise ValueError("forecast.level_min_reference_s must be positive and at most level_reference_s")
         if min(self.first_fit_after_s, self.band_samples, self.band_after_s) < 0:
             raise ValueError("forecast.first_fit_after_s, band_samples and band_after_s must not be negative")
         return self

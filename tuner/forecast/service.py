@@ -42,6 +42,8 @@ from gputuned.tuner.forecast.families import (
 )
 from gputuned.tuner.forecast.hardware import FAMILIES as HW_FAMILIES
 from gputuned.tuner.forecast.hardware import HardwareAlert, HardwareWatch, gpu_labels
+from gputuned.tuner.forecast.level import KIND as LEVEL_KIND
+from gputuned.tuner.forecast.level import LevelConfig, LevelWatch
 from gputuned.tuner.forecast.settle import SettleWindows
 from gputuned.tuner.forecast.worker import InlineWorker, worker_main
 
@@ -91,6 +93,7 @@ class ForecastService:
         self._hw = HardwareWatch(cfg.hardware_hold_s, cfg.thermal_clear_s, cfg.ecc_corrected_burst, cfg.ecc_burst_window_s)
         self._hooks: list[AlertHook] = []
         self._settle = SettleWindows(cfg.intent_slowdown)
+        self._level = LevelWatch(LevelConfig.of(cfg))
         self._raised: dict[str, int] = {}
         self._z_iw = z_of(self.config.interval_width)
         self._proc: Any = None
@@ -176,6 +179,9 @@ class ForecastService:
             self._rank_tracks += rank
         tr.last_t = now
         phase = self._settle.step(key, now, value, tr.detector)
+        level = self._level.step(key, now, value, phase)  # the throughput-level rule (level.py)
+        if level:
+            self._on_transition(*level)
         if phase == "settling":  # an intended change's transition: neither judged nor learned
             return
         if phase == "rebased":
@@ -224,6 +230,7 @@ class ForecastService:
         for key in stale:
             self._rank_tracks -= self._tracks.pop(key).rank
             self._settle.forget(key)
+            self._level.forget(key)
         if stale:
             logger.info("forgot %d series gone quiet (ranks' after %.0f s, others' after %.0f s)",
                         len(stale), cfg.rank_forget_after_s, cfg.forget_after_s)
@@ -348,7 +355,7 @@ class ForecastService:
 
     def active_alerts(self) -> list[Alert]:
         """Alerts now active: hardware (thermal, ecc, xid), anomaly and degradation per series."""
-        out = [self._hw_alert(a) for a in self._hw.alerts.values() if a.active]
+        out = [self._hw_alert(a) for a in self._hw.alerts.values() if a.active] + self._level.alerts()
         for key, tr in self._tracks.items():
             if tr.detector.alert.active:
                 out.append(self._series_alert("anomaly", key, tr.detector.alert.since, tr.score))
@@ -381,7 +388,8 @@ class ForecastService:
                             out.append((FORECAST_VALUE, (*sl, ("horizon", f"{h:g}"), ("bound", bound)), f[name][i]))
         for a in self._hw.alerts.values():
             out.append((ALERT_ACTIVE, (("alert", a.kind), ("series", ""), *a.labels), 1.0 if a.active else 0.0))
-        for kind in ("anomaly", "degradation", "forecast", "thermal", "ecc", "xid"):
+        out += self._level.samples()
+        for kind in ("anomaly", "degradation", "forecast", LEVEL_KIND, "thermal", "ecc", "xid"):
             out.append((ALERTS_RAISED, (("alert", kind),), float(self._raised.get(kind, 0))))
         alive = self._proc is not None and self._proc.is_alive()
         out.append((WORKER_UP, (), 1.0 if alive else 0.0))
