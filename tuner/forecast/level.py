@@ -3,16 +3,16 @@
 A trainer's samples/s swings by tens of percent between reports (a report covers a few
 steps, and the host's CPU is shared), so a mean-based z-score sees a halving as two sigma at
 most. Medians are robust to that noise: :class:`LevelRule` compares the median of the last
-``window_s`` seconds with the median of the ``reference_s`` seconds before them, and raises a
-``throughput_drop`` alert when their ratio stays under ``1 - drop`` for ``confirm`` samples in
-a row. While active, the reference is frozen at the level before the drop (so a lasting fault
-does not become the reference); the alert clears after ``clear_after`` samples back above
-``1 - drop / 2``.
+``level_window_s`` seconds with the median of the ``level_reference_s`` seconds before them
+(``[forecast]`` keys), and raises a ``throughput_drop`` alert when their ratio stays under
+``1 - level_drop`` for ``CONFIRM`` samples in a row. While active, the reference is frozen at
+the level before the drop (so a lasting fault does not become the reference); the alert clears
+after ``CLEAR_AFTER`` samples back above ``1 - level_drop / 2``.
 
 Intended changes (settle.py) are not faults: samples inside a settle window are skipped, and
 when a window closes (the series is rebased) the reference restarts at the new level, clearing
 an active alert, since a level the tuner or an operator chose is not a degradation. Judging
-starts once the reference spans ``min_reference_s``.
+starts once the reference spans ``level_min_reference_s``.
 """
 
 from __future__ import annotations
@@ -29,30 +29,16 @@ from gputuned.tuner.forecast.families import ALERT_ACTIVE
 
 SeriesKey = tuple[str, Labels]
 KIND = "throughput_drop"
-
-
-@dataclass(frozen=True)
-class LevelConfig:
-    """The rule's windows (seconds), the drop that alerts (a fraction) and its sample counts."""
-
-    window_s: float = 30.0
-    reference_s: float = 120.0
-    min_reference_s: float = 30.0
-    drop: float = 0.35
-    confirm: int = 3
-    clear_after: int = 5
-
-    @classmethod
-    def of(cls, cfg: ForecastConfig) -> LevelConfig:
-        """The rule's settings from the ``[forecast]`` table (``level_*`` keys)."""
-        return cls(cfg.level_window_s, cfg.level_reference_s, cfg.level_min_reference_s, cfg.level_drop)
+#: samples in a row under the threshold that raise, and back above half the drop that clear
+CONFIRM = 3
+CLEAR_AFTER = 5
 
 
 @dataclass
 class LevelRule:
     """One series' recent-against-reference median rule; see the module doc."""
 
-    cfg: LevelConfig
+    cfg: ForecastConfig  # its level_* keys
     samples: deque[tuple[float, float]] = field(default_factory=deque)
     active: bool = False
     since: float = math.nan
@@ -75,23 +61,23 @@ class LevelRule:
             return None
         cfg = self.cfg
         self.samples.append((now, value))
-        cut = now - cfg.window_s
-        while self.samples[0][0] < cut - cfg.reference_s:
+        cut = now - cfg.level_window_s
+        while self.samples[0][0] < cut - cfg.level_reference_s:
             self.samples.popleft()
         if not self.active:
-            if cut - self.samples[0][0] < cfg.min_reference_s:
+            if cut - self.samples[0][0] < cfg.level_min_reference_s:
                 return None  # the reference is too short to judge yet
             self.reference = median(x for t, x in self.samples if t <= cut)
         recent = median(x for t, x in self.samples if t > cut)
         self.ratio = recent / self.reference if self.reference > 0 else 1.0
         if not self.active:
-            self._run = self._run + 1 if self.ratio < 1.0 - cfg.drop else 0
-            if self._run >= cfg.confirm:
+            self._run = self._run + 1 if self.ratio < 1.0 - cfg.level_drop else 0
+            if self._run >= CONFIRM:
                 self.active, self.since, self._run = True, now, 0
                 return "raised"
             return None
-        self._run = self._run + 1 if self.ratio >= 1.0 - 0.5 * cfg.drop else 0
-        if self._run >= cfg.clear_after:
+        self._run = self._run + 1 if self.ratio >= 1.0 - 0.5 * cfg.level_drop else 0
+        if self._run >= CLEAR_AFTER:
             self.active, self._run = False, 0
             return "cleared"
         return None
@@ -102,13 +88,13 @@ class LevelWatch:
 
     families = frozenset({TRAINER_THROUGHPUT})
 
-    def __init__(self, cfg: LevelConfig) -> None:
+    def __init__(self, cfg: ForecastConfig) -> None:
         self.cfg = cfg
         self._rules: dict[SeriesKey, LevelRule] = {}
 
     def step(self, key: SeriesKey, now: float, value: float, phase: str) -> tuple[Transition, Alert] | None:
         """One sample of ``key`` in settle phase ``phase`` (settle.py); the alert transition it caused, if any."""
-        if key[0] not in self.families or self.cfg.drop <= 0:
+        if key[0] not in self.families or self.cfg.level_drop <= 0:
             return None
         rule = self._rules.get(key)
         if rule is None:

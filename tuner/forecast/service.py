@@ -43,7 +43,7 @@ from gputuned.tuner.forecast.families import (
 from gputuned.tuner.forecast.hardware import FAMILIES as HW_FAMILIES
 from gputuned.tuner.forecast.hardware import HardwareAlert, HardwareWatch, gpu_labels
 from gputuned.tuner.forecast.level import KIND as LEVEL_KIND
-from gputuned.tuner.forecast.level import LevelConfig, LevelWatch
+from gputuned.tuner.forecast.level import LevelWatch
 from gputuned.tuner.forecast.settle import SettleWindows
 from gputuned.tuner.forecast.worker import InlineWorker, worker_main
 
@@ -93,7 +93,7 @@ class ForecastService:
         self._hw = HardwareWatch(cfg.hardware_hold_s, cfg.thermal_clear_s, cfg.ecc_corrected_burst, cfg.ecc_burst_window_s)
         self._hooks: list[AlertHook] = []
         self._settle = SettleWindows(cfg.intent_slowdown)
-        self._level = LevelWatch(LevelConfig.of(cfg))
+        self._level = LevelWatch(cfg)
         self._raised: dict[str, int] = {}
         self._z_iw = z_of(self.config.interval_width)
         self._proc: Any = None

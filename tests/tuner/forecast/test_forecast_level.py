@@ -8,7 +8,7 @@ import pytest
 
 from gputuned.intent import Change
 from gputuned.tuner.forecast.config import ForecastConfig
-from gputuned.tuner.forecast.level import KIND, LevelConfig, LevelRule
+from gputuned.tuner.forecast.level import KIND, LevelRule
 from gputuned.tuner.forecast.service import ForecastService
 
 T0 = 1.7e9
@@ -63,7 +63,7 @@ def test_a_fault_after_an_intended_change_is_still_caught():
 
 
 def test_the_alert_is_served_and_clears_when_throughput_recovers():
-    rule = LevelRule(LevelConfig(window_s=10.0, reference_s=60.0, min_reference_s=30.0, drop=0.3))
+    rule = LevelRule(ForecastConfig(level_window_s=10.0, level_reference_s=60.0, level_min_reference_s=30.0, level_drop=0.3))
     seen = [rule.step(float(t), 100.0 if t < 100 or t >= 150 else 40.0) for t in range(200)]
     assert seen.index("raised") in range(100, 110)
     assert seen.index("cleared") in range(150, 160)
