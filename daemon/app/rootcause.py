@@ -11,7 +11,8 @@ recent move (the actuator's :class:`~gputuned.intent.Change` records, origin ``t
 At most one capture per job is in flight. A job is asked again only after ``cooldown_s``,
 except when the alert follows the tuner's own move: such a capture does not use up the
 cooldown (so the real fault that comes later is still captured), and is asked at most every
-``tuner_gap_s``. The last summary per job is in ``gputuned status`` and in the
+``tuner_gap_s``. Nor does a capture that found nothing notable (no wait named, no tuner move):
+it explained nothing, so the next alert, perhaps the real fault starting, is captured at once. The last summary per job is in ``gputuned status`` and in the
 ``gputuned_root_cause_*`` series.
 """
 
@@ -131,6 +132,8 @@ class RootCause:
             out.update(id=ident, alert=asked["alert"], trigger=asked["trigger"], alert_t=asked["t"],
                        reports_suspect=asked["reports_suspect"])
             self.latest[asked["job"]] = out
+            if out["cause"] == "compute" and asked["trigger"] == "alert":
+                self._asked.pop(asked["job"], None)  # nothing notable found: the cooldown is not used up
             logger.warning("root cause for %s, job %s: %s (%s); %s", asked["alert"], asked["job"], cause_text(out),
                            describe_shares(out), "; ".join(out.get("suggestions", [])) or "no suggestion")
 

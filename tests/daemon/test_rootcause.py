@@ -109,3 +109,19 @@ def test_an_unanswered_capture_is_forgotten_so_the_job_can_be_asked_again() -> N
     rc.tick(500.0)
     rc(_alert("gputuned_trainer_samples_per_second", "bert", 500.0))
     assert len(control.sent) == 2
+
+
+def test_a_capture_that_found_nothing_notable_does_not_hold_the_cooldown() -> None:
+    """An alert on the shared CPU's noise asks a capture that finds no wait; the fault that starts later is captured."""
+    control = ScriptedControl({"bert"})
+    rc = RootCause(control, cooldown_s=600)
+    rc(_alert("gputuned_trainer_communication_seconds", "bert", 0.0))
+    control.profile_results["d-1"] = {"ranks": _ranks([0.006, 0.006], period=0.007)}
+    rc.tick(10.0)
+    assert rc.latest["bert"]["cause"] == "compute"
+    rc(_alert("gputuned_trainer_samples_per_second", "bert", 30.0))  # the fault: asked at once
+    assert len(control.sent) == 2
+    control.profile_results["d-2"] = {"ranks": _ranks([0.006, 0.300], period=0.301)}
+    rc.tick(40.0)
+    rc(_alert("gputuned_trainer_samples_per_second", "bert", 60.0))  # a found cause holds the cooldown
+    assert len(control.sent) == 2 and rc.latest["bert"]["straggler"]["rank"] == 1
