@@ -65,7 +65,7 @@ class PodResourcesClient:
     def __init__(self, socket: Path, timeout_s: float) -> None:
         import grpc
 
-        from gputuned.collectors.podresources import api_pb2, api_pb2_grpc
+        from gputuned.collectors.vendor.podresources import api_pb2, api_pb2_grpc
 
         self._pb = api_pb2
         self._grpc = grpc

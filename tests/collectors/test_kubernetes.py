@@ -16,9 +16,9 @@ from gputuned.collectors.attribution import link  # noqa: E402
 from gputuned.collectors.gpu import GPUCollector  # noqa: E402
 from gputuned.collectors.kubernetes import KubernetesCollector, KubernetesConfig  # noqa: E402
 from gputuned.collectors.nvml import open_gpus  # noqa: E402
-from gputuned.collectors.podresources import api_pb2, api_pb2_grpc  # noqa: E402
 from gputuned.collectors.sim import nvml as sim_nvml  # noqa: E402
 from gputuned.collectors.sim.state import load_profile, make_devices  # noqa: E402
+from gputuned.collectors.vendor.podresources import api_pb2, api_pb2_grpc  # noqa: E402
 
 
 class Kubelet(api_pb2_grpc.PodResourcesListerServicer):

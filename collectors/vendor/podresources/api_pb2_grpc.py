@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from gputuned.collectors.podresources import api_pb2 as api__pb2
+from gputuned.collectors.vendor.podresources import api_pb2 as api__pb2
 
 GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
