@@ -3,7 +3,8 @@
 Usage:
   python bench/loop_headline.py [--duration S] [--gpus N] [--profile P] [--jobs J]
                                 [--workloads a,b] [--objectives x,y] [--chooser auto|learned|climber]
-                                [--policy NPZ] [--compare CHOOSER] [--no-sweep] [--out DIR] [--write-docs]
+                                [--policy NPZ] [--compare CHOOSER] [--clocks on|off] [--no-sweep] [--out DIR]
+                                [--write-docs]
 
 Each (workload, objective) pair runs ``gputuned experiment``'s code (the same job twice on a
 virtual clock, tuner off and on, same seed) in a worker process. The table gives, tuned over
@@ -13,7 +14,10 @@ are checked against the goal (energy: >= 30% less energy to target at <= 3% slow
 throughput: faster time to target). ``--write-docs`` puts the table in docs/benchmarks.md,
 section "Closed loop (headline)", with the command, machine and date. ``--compare climber`` runs
 the same experiments under energy_slowdown and throughput with that chooser too (same seeds, same
-run) and adds a table of both choosers side by side.
+run) and adds a table of both choosers side by side. ``--clocks off`` sets ``[tuner] tune_clocks =
+false`` (power limits and batch sizes only). The hindsight sweep (``bench/best_fixed.py``) is the
+best fixed (batch, power limit, SM-clock lock) setting within the budget; the last column is the
+tuner's saving over its saving.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from _common import (
     progress,
     workload_list,
 )
+from best_fixed import best_fixed, describe, median_or_none, share
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINED = ("cifar100-shufflenetv2", "imagenet-resnet50", "librispeech-deepspeech2", "movielens-ncf",
@@ -45,34 +50,6 @@ TRAINED = ("cifar100-shufflenetv2", "imagenet-resnet50", "librispeech-deepspeech
 HELD_OUT = ("vit-b16-imagenet", "gpt2-small-openwebtext", "dlrm-criteo")
 OBJECTIVES = ("energy_slowdown", "throughput", "energy", "cost")
 SECTION = "## Closed loop (headline)"
-
-
-def sweep(workload: str, profile: str, gpus: int, seed: int, budget: float) -> dict[str, Any]:
-    """Hindsight bound: the best fixed (batch size, power limit) within the slowdown budget.
-
-    Every batch size the tuner reaches by doubling or halving (b0/16 to 64 b0) and every power
-    limit on the tuner's grid (5% of the range) run 300 simulated seconds after a 30 s warm-up,
-    read from the simulator directly (an oracle, not something the daemon could do).
-    """
-    from gputuned.collectors.sim.node import measure_fixed
-    from gputuned.collectors.sim.state import load_profile
-    from gputuned.collectors.sim.workload import load_workload
-
-    prof, b0 = load_profile(profile), load_workload(workload).default_batch_size
-    step = 0.05 * (prof.power_limit_max_w - prof.power_limit_min_w)
-    limits = [prof.power_limit_default_w] + [prof.power_limit_max_w - k * step for k in range(1, 21)]
-    rows = []
-    for mult in (1.0, *(2.0 ** k for k in range(-4, 7) if k)):
-        for limit in limits:
-            r = measure_fixed(profile, gpus, workload, seed, batch_size=max(1, int(b0 * mult)), power_limit_w=limit)
-            if r is None:
-                break
-            rows.append((mult, limit, *r))
-    base = rows[0]
-    ok = [r for r in rows if r[3] <= base[3] * (1.0 + budget)]
-    best = min(ok, key=lambda r: r[2])
-    return {"energy_to_target": best[2] / base[2], "time_to_target": best[3] / base[3],
-            "batch_multiplier": best[0], "power_limit_w": best[1]}
 
 
 def one(args: tuple[str, str, dict[str, Any], str, bool]) -> dict[str, Any]:
@@ -89,7 +66,8 @@ def one(args: tuple[str, str, dict[str, Any], str, bool]) -> dict[str, Any]:
     doc = run_experiment(spec, Path(out) / f"{workload}-{objective}")
     doc["cpu_s"] = time.process_time() - t
     if objective == "energy_slowdown" and with_sweep:
-        doc["sweep"] = sweep(workload, spec.profile, spec.gpus, spec.seed, spec.slowdown())
+        doc["sweep"] = best_fixed(workload=workload, profile=spec.profile, gpus=spec.gpus, seed=spec.seed,
+                                  budget=spec.slowdown(), clocks=spec.tune_clocks)
     return doc
 
 
@@ -105,24 +83,43 @@ def machine() -> str:
 
 def table(docs: list[dict[str, Any]]) -> list[str]:
     lines = ["| workload | objective | energy/sample on/off | energy to target on/off | time to target on/off | "
-             "final power limit, batch | actions (rollbacks) | best fixed setting in hindsight: energy, time |",
-             "|---|---|---|---|---|---|---|---|"]
+             "final power limit, SM clock, batch | actions (rollbacks) | best fixed setting in hindsight: energy, time | "
+             "share of its saving |", "|---|---|---|---|---|---|---|---|---|"]
     for d in docs:
         s, r, t = d["spec"], d["ratio"], d.get("tuner") or {}
         wl = s["workload"] + (" (held out)" if s["workload"] in HELD_OUT else "")
         fin = d.get("final", {})
         acts = sum(t.get("actions", {}).values())
         lines.append(f"| {wl} | {s['objective']} | {r['energy_per_sample_j']:.3f} | {r['energy_to_target_j']:.3f} | "
-                     f"{r['time_to_target_s']:.3f} | {fin.get('power_limit_w', '-')} W, {fin.get('batch_size', '-')} | "
-                     f"{acts} ({t.get('rollbacks', 0)}) | {_sweep_cell(d.get('sweep'))} |")
+                     f"{r['time_to_target_s']:.3f} | {_limits(fin.get('power_limit_w'))} W, "
+                     f"{_limits(fin.get('sm_clock_mhz'))} MHz, {fin.get('batch_size', '-')} | "
+                     f"{acts} ({t.get('rollbacks', 0)}) | {describe(d['sweep']) if d.get('sweep') else '-'} | "
+                     f"{_share_cell(d)} |")
     return lines
 
 
-def _sweep_cell(sw: dict[str, Any] | None) -> str:
+def _limits(w: Any) -> str:
+    vals = sorted(set(w)) if isinstance(w, list) else [w]
+    return "/".join(f"{v:g}" if isinstance(v, float | int) else "-" for v in vals)
+
+
+def _share(d: dict[str, Any]) -> float | None:
+    sw = d.get("sweep")
     if not sw:
+        return None
+    got = share(d["ratio"]["energy_to_target_j"], sw["energy_to_target"])
+    return 0.0 if got is not None and _over(d) else got
+
+
+def _over(d: dict[str, Any]) -> bool:
+    return bool(d["slowdown"] > (d["spec"]["max_slowdown"] or 0.03) + 1e-9)
+
+
+def _share_cell(d: dict[str, Any]) -> str:
+    if not d.get("sweep"):
         return "-"
-    return (f"{sw['energy_to_target']:.3f}, {sw['time_to_target']:.3f} (batch x{sw['batch_multiplier']:g}, "
-            f"{sw['power_limit_w']:.0f} W)")
+    v = _share(d)
+    return "-" if v is None else "0 (over budget)" if _over(d) else f"{v:.2f}"
 
 
 def medians(docs: list[dict[str, Any]]) -> list[str]:
@@ -142,6 +139,18 @@ def medians(docs: list[dict[str, Any]]) -> list[str]:
         else:
             goal, ok = "less energy to target", [d for d in ds if d["energy_saving"] > 0]
         out.append(f"| {obj} | {len(ds)} | {e:.3f} | {t:.3f} | {goal} | {len(ok)} of {len(ds)} |")
+    return out
+
+
+def shares(docs: list[dict[str, Any]]) -> list[str]:
+    """Median share of the best fixed setting's saving reached by the tuner, held-out and training workloads."""
+    out = []
+    for group, names in (("held-out", HELD_OUT), ("training", TRAINED)):
+        ds = [d for d in docs if d.get("sweep") and d["spec"]["workload"] in names]
+        v = median_or_none(_share(d) for d in ds)
+        if ds:
+            out.append(f"Median share of the best fixed setting's saving reached by the tuner, {group} workloads "
+                       f"({len(ds)}; a run over the budget counts as 0; cases where the best saves under 2% left out): {'-' if v is None else f'{v:.2f}'}.")
     return out
 
 
@@ -209,6 +218,8 @@ def parser() -> BenchParser:
     ap.add_argument("--compare", choices=["learned", "climber"], help="also run this chooser (energy_slowdown, throughput)")
     ap.add_argument("--policy", help="numpy policy file for the learned chooser (SimNodeEnv observation; default: the shipped one)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the hindsight sweep")
+    ap.add_argument("--clocks", choices=["on", "off"], default="on",
+                    help="[tuner] tune_clocks: SM-clock lock moves on or off (the sweep includes locks when on)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the simulated node and job")
     ap.add_argument("--out", default="/tmp/gputuned-headline", help="folder for headline.json and each experiment's files")
     ap.add_argument("--write-docs", action="store_true",
@@ -222,7 +233,7 @@ def main() -> int:
     if a.policy and not Path(a.policy).is_file():
         ap.error(f"--policy: no file {a.policy}")
     opts = {"duration_s": a.duration, "gpus": a.gpus, "profile": a.profile, "chooser": a.chooser, "seed": a.seed,
-            "policy": a.policy}
+            "policy": a.policy, "tune_clocks": a.clocks == "on"}
     work = [(w, o, opts, a.out, not a.no_sweep) for o in a.objectives.split(",") for w in a.workloads.split(",")]
     extra = [(w, o, opts | {"chooser": a.compare}, a.out, False) for o in a.objectives.split(",")
              if o in ("energy_slowdown", "throughput") for w in a.workloads.split(",")] if a.compare else []
@@ -242,12 +253,12 @@ def main() -> int:
         f"of 2 x {a.duration:g} simulated s).",
         "",
         f"Each row: the same simulated job ({a.gpus} x {a.profile}, seed {a.seed}, {a.duration / 60:g} simulated minutes) "
-        f"run tuner off, then tuner on (chooser: {', '.join(choosers)}), through the real NVML/actuation/control-socket "
+        f"run tuner off, then tuner on (chooser: {', '.join(choosers)}; SM-clock moves {a.clocks}), through the real NVML/actuation/control-socket "
         "path. Ratios are tuned / baseline: below 1 is less energy or less time. Energy to target and time to target "
         "account for statistical efficiency (a batch size change alters the samples needed); the tuner-on run includes "
         "its reference interval and every probe.",
         "",
-        *medians(docs), "", *table(docs),
+        *medians(docs), "", *shares(docs), "", *table(docs),
         *(["", f"Same run, the same experiments with the {a.compare} chooser (energy to target and time to target, "
                "tuned / baseline):", "", *versus(docs, other, a.compare)] if other else []),
     ])

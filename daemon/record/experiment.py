@@ -57,6 +57,7 @@ class ExperimentSpec:
     policy: str | None = None
     forecast: str | None = "linear"  # forecast fitter (linear, prophet, none: detector only); None: no detection, no alerts
     all_ranks: bool = False  # every rank reports (per-rank compute times: the tuner's Perseus controller acts)
+    tune_clocks: bool = True  # [tuner] tune_clocks: SM-clock lock moves beside power and batch
 
     def slowdown(self) -> float:
         return DEFAULT_SLOWDOWN[self.objective] if self.max_slowdown is None else self.max_slowdown
@@ -67,7 +68,8 @@ def daemon_config(spec: ExperimentSpec, tuned: bool, out_dir: Path, sockdir: Pat
     from gputuned.daemon.app.config import parse_config
 
     tuner: dict[str, Any] = {"enabled": tuned, "objective": spec.objective, "interval_s": float(spec.interval_s),
-                             "max_slowdown": float(spec.slowdown()), "chooser": spec.chooser}
+                             "max_slowdown": float(spec.slowdown()), "chooser": spec.chooser,
+                             "tune_clocks": spec.tune_clocks}
     # the pause flag lives beside the run's own state file: no pause switch shared with a live daemon
     if spec.policy:
         tuner["policy"] = spec.policy
