@@ -1,4 +1,4 @@
-"""Shared fixtures: a scripted simulated node, a real Prometheus server, promtool."""
+"""Shared fixtures: a scripted or still simulated node, a control server, a real Prometheus server, promtool."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import Prometheus, config
+from testkit import Prometheus, StillNode, config
 
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import ScriptedBackend, VirtualClock, scripted_from_spec
 from gputuned.daemon.app.daemon import Daemon
+from gputuned.daemon.control.config import ControlConfig
+from gputuned.daemon.control.server import ControlServer
+from gputuned.daemon.core.store import Store
 
 
 @pytest.fixture
@@ -27,6 +30,25 @@ def sim_node() -> Iterator[Callable[..., ScriptedBackend]]:
 
     yield make
     sim_nvml.attach(None)
+
+
+@pytest.fixture
+def still_node() -> Iterator[StillNode]:
+    """Four still simulated H100s attached to the simulated NVML module, initialised."""
+    be = StillNode()
+    sim_nvml.attach(be)
+    sim_nvml.nvmlInit()
+    yield be
+    sim_nvml.attach(None)
+
+
+@pytest.fixture
+def control_server(tmp_path: Path) -> Iterator[ControlServer]:
+    """A started control server on tmp_path/control.sock with its own store."""
+    server = ControlServer(ControlConfig(socket_path=tmp_path / "control.sock"), Store(60))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@ import pytest
 
 from gputuned import protocol as P
 from gputuned.daemon.commands.status import AdminError, admin_request
-from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.control.server import ControlServer
-from gputuned.daemon.core.store import Store
 from gputuned.trainer_plugin.client import DaemonClient
 from gputuned.trainer_plugin.testing import FakeDaemon
 
@@ -112,14 +110,6 @@ def test_oversized_frames_are_refused_unread() -> None:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[ControlServer]:
-    srv = ControlServer(ControlConfig(socket_path=tmp_path / "daemon.sock"), Store(10))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
 def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
     with FakeDaemon(str(tmp_path / "fake.sock")) as fd:
         yield fd
@@ -153,32 +143,32 @@ BAD_HELLOS = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_HELLOS))
-def test_the_daemon_and_the_fake_refuse_a_bad_hello_alike(name: str, daemon: ControlServer, fake: FakeDaemon) -> None:
-    real, real_closed = first_answer(daemon.cfg.socket_path, BAD_HELLOS[name])
+def test_the_daemon_and_the_fake_refuse_a_bad_hello_alike(name: str, control_server: ControlServer, fake: FakeDaemon) -> None:
+    real, real_closed = first_answer(control_server.cfg.socket_path, BAD_HELLOS[name])
     faked, fake_closed = first_answer(fake.path, BAD_HELLOS[name])
     assert real["type"] == faked["type"] == "error"
     assert real["error"] == faked["error"] == fake.refused[0]
     assert real_closed and fake_closed
-    assert daemon.connected_jobs() == {} and fake.hellos == []
+    assert control_server.connected_jobs() == {} and fake.hellos == []
 
 
 @pytest.mark.parametrize("kwargs", [{"rank": 2, "world_size": 2}, {"job": "bert-1\n"}, {"world_size": 0}])
-def test_the_client_refuses_the_hello_the_daemon_refuses(kwargs: dict[str, Any], daemon: ControlServer) -> None:
-    answer, _ = first_answer(daemon.cfg.socket_path, P.frame(json.dumps({**HELLO, "v": 1, "seq": 0, **kwargs}).encode()))
+def test_the_client_refuses_the_hello_the_daemon_refuses(kwargs: dict[str, Any], control_server: ControlServer) -> None:
+    answer, _ = first_answer(control_server.cfg.socket_path, P.frame(json.dumps({**HELLO, "v": 1, "seq": 0, **kwargs}).encode()))
     assert answer["type"] == "error"
     with pytest.raises(P.ProtocolError) as refused:
-        DaemonClient(str(daemon.cfg.socket_path), start=False, **{"job": "bert-1", "rank": 1, "world_size": 2, **kwargs})
+        DaemonClient(str(control_server.cfg.socket_path), start=False, **{"job": "bert-1", "rank": 1, "world_size": 2, **kwargs})
     assert str(refused.value) == answer["error"]
     with pytest.raises(P.ProtocolError, match="hello.batch_size: .* above"):  # on the wire: refused as a body
-        DaemonClient(str(daemon.cfg.socket_path), start=False, batch_size=10**400)
+        DaemonClient(str(control_server.cfg.socket_path), start=False, batch_size=10**400)
 
 
-def test_admin_requests_go_through_the_same_checks(daemon: ControlServer) -> None:
-    reply = P.request(daemon.cfg.socket_path, P.message("admin", op="status"))
+def test_admin_requests_go_through_the_same_checks(control_server: ControlServer) -> None:
+    reply = P.request(control_server.cfg.socket_path, P.message("admin", op="status"))
     assert reply == {"v": 1, "seq": 0, "type": "admin_reply", "op": "status", "ok": False, "error": "no admin handler"}
     with pytest.raises(AdminError, match="protocol error: admin.gpu: -1 below 0") as e:
-        admin_request(daemon.cfg.socket_path, "restore", gpu=-1)
+        admin_request(control_server.cfg.socket_path, "restore", gpu=-1)
     assert e.value.reached  # refused here: no fallback that skips the daemon
     with pytest.raises(AdminError, match="cannot reach") as e:
-        admin_request(daemon.cfg.socket_path.parent / "absent.sock", "status")
+        admin_request(control_server.cfg.socket_path.parent / "absent.sock", "status")
     assert not e.value.reached

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: config for a test daemon, bad input files, HTTP, a real Prometheus server."""
+"""Helpers shared by the tests: config for a test daemon, bad input files, HTTP, a still simulated node,
+a real Prometheus server."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gputuned.collectors.sim.state import load_profile, make_devices
 from gputuned.daemon.app.config import Config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +51,20 @@ def load_error(load: Callable[[Path], object], path: Path, text: str, error: typ
     with pytest.raises(error) as info:
         load(path)
     return str(info.value)
+
+
+class StillNode:
+    """The simulated NVML's backend: four H100s that nothing moves; tests script their fields."""
+
+    def __init__(self) -> None:
+        self.devices = make_devices(load_profile("h100-sxm5-80gb"), 4)
+        self.driver_version = "550.54.15"
+
+    def sync(self) -> None:
+        """Scripted: nothing moves."""
+
+    def is_privileged(self) -> bool:
+        return True
 
 
 class Prometheus:

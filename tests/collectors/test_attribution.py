@@ -7,54 +7,27 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from testkit import StillNode
 
 from gputuned import protocol as P
 from gputuned.collectors.attribution import PROCESS_INFO, ProcessCollector, RankClaim, attribute
 from gputuned.collectors.device import GPUProcess
 from gputuned.collectors.nvml import open_gpus
 from gputuned.collectors.sim import nvml as sim_nvml
-from gputuned.collectors.sim.state import load_profile, make_devices
-from gputuned.daemon.control.config import ControlConfig
 from gputuned.daemon.control.server import ControlServer
-from gputuned.daemon.core.store import Store
 from gputuned.daemon.record.child import hello, read_frame
 
 
-class Devices:
-    """The simulated NVML's backend: four H100s whose process lists the test scripts."""
-
-    def __init__(self) -> None:
-        self.devices = make_devices(load_profile("h100-sxm5-80gb"), 4)
-        self.driver_version = "550.54.15"
-
-    def sync(self) -> None:
-        """Scripted: nothing moves."""
-
-    def is_privileged(self) -> bool:
-        return True
-
-
-@pytest.fixture
-def node() -> Iterator[Devices]:
-    be = Devices()
-    sim_nvml.attach(be)
-    sim_nvml.nvmlInit()
-    yield be
-    sim_nvml.attach(None)
-
-
-def uuid(be: Devices, i: int) -> str:
+def uuid(be: StillNode, i: int) -> str:
     return be.devices[i].uuid
 
 
-def test_the_simulated_nvml_lists_each_gpus_processes_with_their_memory(node: Devices) -> None:
-    node.devices[2].process_pids = [4242, 4343]
-    node.devices[2].memory_used_bytes = 8 << 30
+def test_the_simulated_nvml_lists_each_gpus_processes_with_their_memory(still_node: StillNode) -> None:
+    still_node.devices[2].process_pids = [4242, 4343]
+    still_node.devices[2].memory_used_bytes = 8 << 30
     gpus = open_gpus(sim_nvml)
     assert gpus[2].processes() == [GPUProcess(4242, 4 << 30), GPUProcess(4343, 4 << 30)]
     assert gpus[0].processes() == []
@@ -75,14 +48,6 @@ def test_a_uuid_picks_only_among_the_gpus_the_ranks_own_process_is_on() -> None:
     att = attribute([RankClaim("j", 0, 100, "GPU-d"), RankClaim("j", 1, 100, "GPU-c")], gpus)
     assert att.rank_map("j") == {0: 3}  # rank 1 claims GPU-c, which its process does not use: not placed
     assert att.gpus_of("j") == {0, 1, 3}
-
-
-@pytest.fixture
-def srv(tmp_path: Path) -> Iterator[ControlServer]:
-    server = ControlServer(ControlConfig(socket_path=tmp_path / "control.sock"), Store(60))
-    server.start()
-    yield server
-    server.stop()
 
 
 RANK_SCRIPT = """
@@ -115,14 +80,14 @@ def claims_when(srv: ControlServer, n: int) -> list[RankClaim]:
 
 
 def test_ranks_in_their_own_processes_are_matched_by_pid_through_the_control_socket(
-        node: Devices, srv: ControlServer) -> None:
-    procs = [rank_process(srv.cfg.socket_path, {**hello(job="j", rank=r, world=2), "cuda_uuid": uuid(node, 1)})
+        still_node: StillNode, control_server: ControlServer) -> None:
+    procs = [rank_process(control_server.cfg.socket_path, {**hello(job="j", rank=r, world=2), "cuda_uuid": uuid(still_node, 1)})
              for r in (0, 1)]
     try:
-        node.devices[2].process_pids = [procs[0].pid]  # rank 0 on GPU 2, rank 1 on GPU 0
-        node.devices[0].process_pids = [procs[1].pid]
-        collector = ProcessCollector(open_gpus(sim_nvml), srv.jobs.claims)
-        claims_when(srv, 2)
+        still_node.devices[2].process_pids = [procs[0].pid]  # rank 0 on GPU 2, rank 1 on GPU 0
+        still_node.devices[0].process_pids = [procs[1].pid]
+        collector = ProcessCollector(open_gpus(sim_nvml), control_server.jobs.claims)
+        claims_when(control_server, 2)
         samples = collector.collect()
     finally:
         for p in procs:
@@ -130,21 +95,21 @@ def test_ranks_in_their_own_processes_are_matched_by_pid_through_the_control_soc
             p.wait()
     assert collector.latest.rank_map("j") == {0: 2, 1: 0}  # the UUID they both claimed (GPU 1) is not used
     info = {dict(lab)["rank"]: dict(lab) for name, lab, _ in samples if name == PROCESS_INFO}
-    assert info["0"] == {"gpu": "2", "uuid": uuid(node, 2), "job": "j", "rank": "0", "pid": str(procs[0].pid)}
+    assert info["0"] == {"gpu": "2", "uuid": uuid(still_node, 2), "job": "j", "rank": "0", "pid": str(procs[0].pid)}
     assert info["1"]["gpu"] == "0"
 
 
-def test_ranks_of_one_process_on_several_gpus_are_matched_by_uuid(node: Devices, srv: ControlServer) -> None:
-    for d in node.devices:
+def test_ranks_of_one_process_on_several_gpus_are_matched_by_uuid(still_node: StillNode, control_server: ControlServer) -> None:
+    for d in still_node.devices:
         d.process_pids = [os.getpid()]
     socks = []
     for rank, gpu in ((0, 3), (1, 1)):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(str(srv.cfg.socket_path))
-        s.sendall(P.encode({**hello(job="j", rank=rank, world=2), "cuda_uuid": uuid(node, gpu)}))
+        s.connect(str(control_server.cfg.socket_path))
+        s.sendall(P.encode({**hello(job="j", rank=rank, world=2), "cuda_uuid": uuid(still_node, gpu)}))
         assert read_frame(s)["type"] == "welcome"
         socks.append(s)
-    collector = ProcessCollector(open_gpus(sim_nvml), srv.jobs.claims)
+    collector = ProcessCollector(open_gpus(sim_nvml), control_server.jobs.claims)
     collector.collect()
     for s in socks:
         s.close()
@@ -152,13 +117,13 @@ def test_ranks_of_one_process_on_several_gpus_are_matched_by_uuid(node: Devices,
     assert {r.by for r in collector.latest.ranks} == {"uuid"}
 
 
-def test_a_rank_claiming_another_processes_pid_is_not_placed_on_its_gpu(node: Devices, srv: ControlServer) -> None:
-    node.devices[1].process_pids = [os.getpid()]  # the real rank's process (this one) runs on GPU 1
-    spoof = {**hello(job="j", rank=0, world=1), "pid": os.getpid(), "cuda_uuid": uuid(node, 1)}
-    proc = rank_process(srv.cfg.socket_path, spoof)
+def test_a_rank_claiming_another_processes_pid_is_not_placed_on_its_gpu(still_node: StillNode, control_server: ControlServer) -> None:
+    still_node.devices[1].process_pids = [os.getpid()]  # the real rank's process (this one) runs on GPU 1
+    spoof = {**hello(job="j", rank=0, world=1), "pid": os.getpid(), "cuda_uuid": uuid(still_node, 1)}
+    proc = rank_process(control_server.cfg.socket_path, spoof)
     try:
-        claims = claims_when(srv, 1)
-        collector = ProcessCollector(open_gpus(sim_nvml), srv.jobs.claims)
+        claims = claims_when(control_server, 1)
+        collector = ProcessCollector(open_gpus(sim_nvml), control_server.jobs.claims)
         collector.collect()
     finally:
         proc.kill()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import StillNode
 
 grpc = pytest.importorskip("grpc")
 
@@ -17,7 +17,6 @@ from gputuned.collectors.gpu import GPUCollector  # noqa: E402
 from gputuned.collectors.kubernetes import KubernetesCollector, KubernetesConfig  # noqa: E402
 from gputuned.collectors.nvml import open_gpus  # noqa: E402
 from gputuned.collectors.sim import nvml as sim_nvml  # noqa: E402
-from gputuned.collectors.sim.state import load_profile, make_devices  # noqa: E402
 from gputuned.collectors.vendor.podresources import api_pb2, api_pb2_grpc  # noqa: E402
 
 
@@ -36,27 +35,6 @@ class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
             for pod, ns, ctr, ids in self.pods])
 
 
-class Devices:
-    def __init__(self) -> None:
-        self.devices = make_devices(load_profile("h100-sxm5-80gb"), 4)
-        self.driver_version = "550.54.15"
-
-    def sync(self) -> None:
-        """Scripted: nothing moves."""
-
-    def is_privileged(self) -> bool:
-        return True
-
-
-@pytest.fixture
-def node() -> Iterator[Devices]:
-    be = Devices()
-    sim_nvml.attach(be)
-    sim_nvml.nvmlInit()
-    yield be
-    sim_nvml.attach(None)
-
-
 def serve(sock: Path, kubelet: Kubelet) -> Any:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     api_pb2_grpc.add_PodResourcesListerServicer_to_server(kubelet, server)
@@ -65,8 +43,8 @@ def serve(sock: Path, kubelet: Kubelet) -> Any:
     return server
 
 
-def test_gpu_series_carry_the_pod_namespace_and_container_the_kubelet_assigned(node: Devices, tmp_path: Path) -> None:
-    u = [d.uuid for d in node.devices]
+def test_gpu_series_carry_the_pod_namespace_and_container_the_kubelet_assigned(still_node: StillNode, tmp_path: Path) -> None:
+    u = [d.uuid for d in still_node.devices]
     kubelet = Kubelet([("train-0", "ml", "trainer", [u[2], u[0]]), ("infer-7", "serving", "server", [f"{u[3]}::1"])])
     server = serve(tmp_path / "kubelet.sock", kubelet)
     try:
@@ -86,7 +64,7 @@ def test_gpu_series_carry_the_pod_namespace_and_container_the_kubelet_assigned(n
 
 
 def test_a_kubelet_that_does_not_answer_leaves_series_without_pod_labels_and_logs_once(
-        node: Devices, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        still_node: StillNode, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pods = KubernetesCollector(KubernetesConfig(enabled=True, socket=tmp_path / "absent.sock", timeout_s=0.2,
                                                 refresh_s=0.0))
     gpu = GPUCollector(open_gpus(sim_nvml))
@@ -99,8 +77,8 @@ def test_a_kubelet_that_does_not_answer_leaves_series_without_pod_labels_and_log
     assert len([r for r in caplog.records if "no pod labels" in r.getMessage()]) == 1
 
 
-def test_at_most_max_pods_are_kept(node: Devices, tmp_path: Path) -> None:
-    u = [d.uuid for d in node.devices]
+def test_at_most_max_pods_are_kept(still_node: StillNode, tmp_path: Path) -> None:
+    u = [d.uuid for d in still_node.devices]
     kubelet = Kubelet([(f"p{i}", "ns", "c", [u[i]]) for i in range(4)])
     server = serve(tmp_path / "kubelet.sock", kubelet)
     try:
