@@ -15,7 +15,10 @@ in the count):
 
 Runs go to ``--jobs`` worker processes (each run is one process's work). Usage:
     nice -n 5 python bench/loop_detection.py false [--jobs 2] [--off] [--duration 3600]
-    nice -n 5 python bench/loop_detection.py scenarios [--jobs 2] [--seeds 3]
+    nice -n 5 python bench/loop_detection.py scenarios [--jobs 2] [--seeds 3] [--blind] [--only NAME,...]
+
+``--blind``: the forecaster is not told of knob changes (as before the intent wiring); in
+``scenarios`` mode it adds a tuner-on run unaware of changes beside each informed one.
 """
 
 from __future__ import annotations
@@ -42,12 +45,20 @@ THROUGHPUT = "gputuned_trainer_samples_per_second"
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """One experiment run (tuner on or off); its alerts and summary figures."""
+    from gputuned.tuner.forecast.service import ForecastService
+
+    informed = ForecastService.note_change
+    if job.get("blind"):  # as before the forecaster heard of changes: every knob change unannounced
+        ForecastService.note_change = lambda self, change: None
+    try:
+        return _run(job)
+    finally:  # the worker process runs informed jobs after this one
+        ForecastService.note_change = informed
+
+
+def _run(job: dict[str, Any]) -> dict[str, Any]:
     from gputuned.daemon.record.experiment import ExperimentSpec, run_once
 
-    if job.get("blind"):  # as before the forecaster heard of changes: every knob change unannounced
-        from gputuned.tuner.forecast.service import ForecastService
-
-        ForecastService.note_change = lambda self, change: None  # type: ignore[method-assign]
     out = Path(tempfile.mkdtemp(prefix="gputuned-loopdet-"))
     scenario = _shifted(job["scenario"], job["seed"], out) if job.get("scenario") else None
     spec = ExperimentSpec(workload=job["workload"], scenario=scenario, seed=job["seed"],
@@ -132,38 +143,61 @@ def false_alerts(args: Any) -> None:
     print(f"{len(jobs)} runs in {time.perf_counter() - began:.0f} s wall, {args.jobs} workers")
 
 
+def _scenario_runs(args: Any, names: list[str]) -> list[dict[str, Any]]:
+    """Tuner off and on per scenario, workload and seed; with --blind a third, the tuner on and the forecaster unaware."""
+    modes = [(False, False), (True, False)] + ([(True, True)] if args.blind else [])
+    return [{"workload": wl, "profile": "a100", "gpus": 8, "seed": s, "duration": args.duration, "tuned": t,
+             "scenario": n, "blind": b} for n in names for wl in SCENARIO_WORKLOADS for s in range(args.seeds)
+            for t, b in modes]
+
+
 def scenario_table(args: Any) -> None:
-    """Every throughput-costing scenario, tuner off and on: seconds from start to first detection."""
+    """Every throughput-costing scenario, tuner off and on (and on, blind): seconds from start to first detection."""
     from gputuned.collectors.sim.scenarios import available_scenarios, load_scenario
 
-    names = [n for n in available_scenarios() if costs_throughput(load_scenario(n).events[0].kind)]
-    jobs = [{"workload": wl, "profile": "a100", "gpus": 8, "seed": s, "duration": args.duration, "tuned": t,
-             "scenario": n, "blind": args.blind} for n in names for wl in SCENARIO_WORKLOADS for s in range(args.seeds) for t in (False, True)]
+    names = [n for n in available_scenarios() if costs_throughput(load_scenario(n).events[0].kind)
+             and (not args.only or n in args.only.split(","))]
+    jobs = _scenario_runs(args, names)
     began = time.perf_counter()
     rows = _pool_map(jobs, args.jobs)
-    by = {(r["scenario"], r["workload"], r["seed"], r["tuned"]): r for r in rows}
-    print("| scenario | workload | seed | detected after (s), tuner off | tuner on | on - off (s) | within a tick |")
-    print("|---|---|---|---|---|---|---|")
+    by = {(r["scenario"], r["workload"], r["seed"], r["tuned"], r["blind"]): r for r in rows}
+    blind_cols = " tuner on, blind | blind within a tick |" if args.blind else ""
+    print("| scenario | workload | seed | detected after (s), tuner off | tuner on | on - off (s) | within a tick |"
+          + blind_cols)
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if args.blind else ""))
     late: list[float] = []
-    ok = 0
+    ok = ok_blind = 0
     for n in names:
         for wl in SCENARIO_WORKLOADS:
             for s in range(args.seeds):
-                off, on = (first_detection(by[(n, wl, s, t)], args.duration) for t in (False, True))
-                good = off is None or (on is not None and on <= off + args.tick)
+                off, on = (first_detection(by[(n, wl, s, t, False)], args.duration) for t in (False, True))
+                good = _within(off, on, args.tick)
                 ok += good
                 diff = "-" if off is None or on is None else f"{on - off:+.0f}"
                 if off is not None and on is not None:
                     late.append(on - off)
-                print(f"| {n} | {wl} | {s} | {_secs(off)} | {_secs(on)} | {diff} | {'yes' if good else 'NO'} |")
-    distinct = sum(len({round(r["throughput"], 6) for r in rows if (r["scenario"], r["workload"], r["tuned"]) == g})
-                   == args.seeds for g in {(r["scenario"], r["workload"], r["tuned"]) for r in rows})
-    print(f"\nseeds change the run: {distinct} of {len(jobs) // args.seeds} scenario x workload x tuner groups "
+                extra = ""
+                if args.blind:
+                    blind = first_detection(by[(n, wl, s, True, True)], args.duration)
+                    ok_blind += _within(off, blind, args.tick)
+                    extra = f" {_secs(blind)} | {'yes' if _within(off, blind, args.tick) else 'NO'} |"
+                print(f"| {n} | {wl} | {s} | {_secs(off)} | {_secs(on)} | {diff} | {'yes' if good else 'NO'} |{extra}")
+    groups = {(r["scenario"], r["workload"], r["tuned"], r["blind"]) for r in rows}
+    distinct = sum(len({round(r["throughput"], 6) for r in rows if (r["scenario"], r["workload"], r["tuned"], r["blind"]) == g})
+                   == args.seeds for g in groups)
+    print(f"\nseeds change the run: {distinct} of {len(groups)} scenario x workload x mode groups "
           f"have {args.seeds} distinct throughputs over their seeds")
-    n_pairs = len(jobs) // 2
+    n_pairs = len(names) * len(SCENARIO_WORKLOADS) * args.seeds
     med = f"{statistics.median(late):+.0f}" if late else "-"
+    blind_line = f"; forecaster unaware of changes (--blind): {ok_blind}/{n_pairs}" if args.blind else ""
     print(f"\n{ok}/{n_pairs} runs detected with the tuner on no later than one tick after the tuner-off run "
-          f"(median on - off {med} s); {len(jobs)} runs in {time.perf_counter() - began:.0f} s wall, {args.jobs} workers")
+          f"(median on - off {med} s){blind_line}; {len(jobs)} runs in {time.perf_counter() - began:.0f} s wall, "
+          f"{args.jobs} workers")
+
+
+def _within(off: float | None, on: float | None, tick: float) -> bool:
+    """Detected with the tuner on no later than one tick after the tuner-off run (or missed by both)."""
+    return off is None or (on is not None and on <= off + tick)
 
 
 _OPTIONS = (("--jobs", int, 2, "worker processes"), ("--duration", float, 3600.0, "simulated seconds per run"),
@@ -178,7 +212,9 @@ def main() -> None:
     for flag, kind, default, what in _OPTIONS:
         p.add_argument(flag, type=kind, default=default, help=what)
     p.add_argument("--off", action="store_true", help="no-fault runs with the tuner off too")
-    p.add_argument("--blind", action="store_true", help="the forecaster is not told of knob changes (the before)")
+    p.add_argument("--blind", action="store_true", help="the forecaster is not told of knob changes (the before): "
+                   "every run in false mode; in scenarios mode a third run per row, side by side")
+    p.add_argument("--only", default="", help="scenarios mode: these scenarios only (comma-separated names)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every alert")
     args = p.parse_args()
     (false_alerts if args.what == "false" else scenario_table)(args)

@@ -222,9 +222,7 @@ def attach_configured(daemon: Daemon, *, trainer: str = "sim", trainer_config: P
         from gputuned.tuner.forecast.offload import open_service
 
         profiler = RootCause(daemon.control, daemon.store) if daemon.control is not None else None
-        # a GPU knob's intended change may cost the throughput the tuner's guard allows
-        fcfg = cfg.forecast.model_copy(update={"intent_slowdown": float(cfg.tuner.max_slowdown)})
-        forecast = ForecastComponent(daemon.store, open_service(fcfg), profiler)
+        forecast = ForecastComponent(daemon.store, open_service(cfg.forecast), profiler)
         daemon.actuator.add_change_hook(forecast.note_change)
         daemon.attach(forecast)
         if profiler is not None:  # asks for captures on trainer alerts; a tuner-caused one spares the cooldown

@@ -133,8 +133,6 @@ class ForecastConfig(_Table):
     level_window_s: StrictFloat = 30.0
     level_reference_s: StrictFloat = 120.0
     level_min_reference_s: StrictFloat = 30.0
-    # the most throughput a GPU knob's intended change may cost (the daemon sets the tuner's max_slowdown)
-    intent_slowdown: StrictFloat = 0.10
     detector: InstanceOf[DetectorConfig] = DetectorConfig()
     eta: InstanceOf[EtaConfig] = EtaConfig()
 

@@ -217,6 +217,7 @@ class OnlineDetector:
         else:
             s.level = s.short = level
             s.anomalous_run = 0.0
+        s.x_last = math.nan  # the step to the new level is the change's, not the series' resolution
         for season in self._seasons:
             season.reset_recent()
         self._values = _LaggedRange(c.window, c.window_lag, c.gate_q)

@@ -92,7 +92,7 @@ class ForecastService:
         cfg = self.config
         self._hw = HardwareWatch(cfg.hardware_hold_s, cfg.thermal_clear_s, cfg.ecc_corrected_burst, cfg.ecc_burst_window_s)
         self._hooks: list[AlertHook] = []
-        self._settle = SettleWindows(cfg.intent_slowdown)
+        self._settle = SettleWindows()
         self._level = LevelWatch(cfg)
         self._raised: dict[str, int] = {}
         self._z_iw = z_of(self.config.interval_width)

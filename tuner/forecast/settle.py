@@ -10,13 +10,15 @@ temperature and memory used and that job's trainer series.
 While a window is open its series is neither judged nor learned: the transition and the
 levels visited on the way are not taken as normal. When it closes, the settled level (the
 median of the window's later half) becomes the baseline (``OnlineDetector.rebase``: level
-moved there, seen-before ranges started again), unless it lies beyond what an intended
-change may cost. The throughput one GPU knob move may cost is bounded: the tuner's guard keeps
-each move within its ``slowdown`` budget and rolls back one that costs more after one interval,
-so a throughput more than twice the budget plus 2 % below the level the move started from
-(the reference) is not the move's doing. A settled throughput below that, or any sample below
-it while the window is open, is not the tuner's doing: the detector keeps its old baseline
-and judges the loss as a fault at once.
+moved there, seen-before ranges started again).
+
+The trainer's throughput under a GPU knob's change is the exception: such a move shows on the
+first sample after it (a power limit or clock lock acts within a tick), and whatever it costs is
+the tuner's doing: its guard judges that level and keeps the move or rolls it back one interval
+later. So that first sample is the move's level (the baseline is rebased there at once) and
+every later sample is judged as usual: a fault that starts while the tuner is moving is caught
+against the level the move gave, as sensitively as with the tuner off. A batch-size change
+restarts the job's steps and keeps the whole window.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ _TRAINER = frozenset({TRAINER_THROUGHPUT, TRAINER_STEP, TRAINER_COMM, TRAINER_DA
 _GPU_KNOB = frozenset({"gputuned_gpu_power_watts", "gputuned_gpu_sm_clock_hertz", "gputuned_gpu_temperature_celsius"})
 #: what a job knob (the batch size) moves on every GPU: the above and the memory its batch holds
 _JOB_KNOB = _GPU_KNOB | {"gputuned_gpu_memory_used_bytes"}
-#: series whose intended loss is bounded by the tuner's slowdown (a GPU knob's change only)
-_BOUNDED = frozenset({TRAINER_THROUGHPUT})
+#: series a GPU knob's move sets on its first sample (judged from the next one on)
+_AT_ONCE = frozenset({TRAINER_THROUGHPUT})
 
 
 def affects(change: Change, key: SeriesKey) -> bool:
@@ -67,26 +69,21 @@ class _Window:
 
 
 class SettleWindows:
-    """Open settle windows and throughput references, per series; see the module doc."""
+    """Open settle windows, per series; see the module doc."""
 
-    def __init__(self, slowdown: float) -> None:
-        self.slowdown = slowdown
+    def __init__(self) -> None:
         self._open: dict[SeriesKey, _Window] = {}
-        self._ref: dict[SeriesKey, float] = {}
-        self.rejected = 0  # settled levels judged a fault rather than the change's doing
 
     def open(self, change: Change, detectors: dict[SeriesKey, OnlineDetector]) -> int:
         """Open (or extend) a window on every tracked series ``change`` affects; how many."""
         until = change.t + change.settle_s
         job_knob = change.gpu is None
         n = 0
-        for key, det in detectors.items():
+        for key in detectors:
             if not affects(change, key):
                 continue
             n += 1
             w = self._open.get(key)
-            if key[0] in _BOUNDED and w is None and math.isfinite(det.level()):
-                self._ref[key] = det.level()  # the level this move starts from
             if w is None:
                 self._open[key] = _Window(until, 0.5 * change.settle_s, job_knob)
             else:
@@ -98,10 +95,10 @@ class SettleWindows:
         w = self._open.get(key)
         if w is None or not math.isfinite(value):
             return "judge"
-        if not w.job_knob and self._below_bound(key, value):
-            del self._open[key]  # below what the change may cost: a fault, judged from this sample
-            self.rejected += 1
-            return "judge"
+        if not w.job_knob and key[0] in _AT_ONCE:
+            del self._open[key]  # the move's own level: the baseline from now on, later samples judged
+            detector.rebase(value)
+            return "rebased"
         w.samples.append((now, value))
         if now < w.until:
             return "settling"
@@ -116,9 +113,3 @@ class SettleWindows:
     def forget(self, key: SeriesKey) -> None:
         """Drop the state of a series no longer tracked."""
         self._open.pop(key, None)
-        self._ref.pop(key, None)
-
-    def _below_bound(self, key: SeriesKey, value: float) -> bool:
-        ref = self._ref.get(key)
-        # a move the guard rolls back may cost up to about twice its budget for one interval
-        return ref is not None and value < ref * (1.0 - 2.0 * self.slowdown - 0.02)

@@ -23,7 +23,7 @@ def gpu(i: int) -> tuple[tuple[str, str], ...]:
 
 
 def svc() -> ForecastService:
-    return ForecastService(ForecastConfig(prophet=False, intent_slowdown=0.05))
+    return ForecastService(ForecastConfig(prophet=False))
 
 
 def run(s: ForecastService, levels: list[tuple[float, float]], changes: dict[int, Change], seed: int = 0,
@@ -51,6 +51,10 @@ def test_affected_series_by_knob() -> None:
     pl = change(1)
     assert affects(pl, (POWER, gpu(0))) and affects(pl, (CLOCK, gpu(0))) and affects(pl, (TPUT, JOB))
     assert not affects(pl, (POWER, gpu(1))) and not affects(pl, (MEM, gpu(0)))
+    for knob in ("locked_sm_clocks", "locked_memory_clocks", "applications_clocks"):  # every GPU knob alike
+        other = change(1, knob)
+        assert all(affects(other, key) == affects(pl, key) for key in
+                   ((POWER, gpu(0)), (CLOCK, gpu(0)), (TPUT, JOB), (MEM, gpu(0)), (POWER, gpu(1))))
     bs = change(1, "batch_size", None, "j")
     assert affects(bs, (MEM, gpu(3))) and affects(bs, (TPUT, JOB))
     assert not affects(bs, (TPUT, (("job", "other"), ("rank", "0")))) and not affects(bs, ("gputuned_peer_rtt_seconds", ()))
@@ -76,6 +80,37 @@ def test_a_fault_inside_a_settle_window_is_caught_on_its_first_sample() -> None:
     assert tput and tput[0] <= 2.0 * 602, raised
 
 
+def test_a_costly_move_the_guard_rolls_back_raises_nothing() -> None:
+    # the tuner's power step costs 17 % (far beyond its budget) and is rolled back one interval later
+    back = Change(T0 + 1238.0, "tuner", "power_limit", 0, None, 200_000, 300_000)
+    raised = run(svc(), [(0, 100.0), (600, 83.0), (620, 100.0)], {600: change(600), 620: back})
+    assert not any(series == TPUT for _, series in raised), raised
+
+
+def test_a_small_fault_while_the_tuner_moves_is_caught_within_a_tick() -> None:
+    # 4 % lost one tick after a move that cost 3 %: judged against the move's level, not held
+    raised = run(svc(), [(0, 100.0), (600, 97.0), (602, 93.1)], {600: change(600)})
+    tput = [t for t, series in raised if series == TPUT]
+    assert tput and tput[0] <= 2.0 * 603, raised
+
+
+def test_a_change_does_not_coarsen_a_quiet_series() -> None:
+    # a noise-free throughput (the simulated job's): after moves, a 0.04 % loss is still news,
+    # as it is without any move (the step to a new level is not the series' resolution)
+    def first_alert(moves: bool) -> float | None:
+        s, raised = svc(), []
+        s.add_alert_hook(lambda a: raised.append(a.since - T0) if a.series == TPUT else None)
+        for k in range(400):
+            if moves and k in (100, 110, 200):
+                s.note_change(change(k, "locked_sm_clocks" if k == 110 else "power_limit"))
+            level = 580.0 if k < 100 else 560.0 if k < 200 else 575.0
+            s.observe(T0 + 2.0 * k, [(TPUT, JOB, level * (0.9996 if k >= 300 else 1.0))])
+        return raised[0] if raised else None
+
+    assert first_alert(False) is not None
+    assert first_alert(True) == 600.0
+
+
 def test_a_fault_after_the_change_settled_is_caught_against_the_new_level() -> None:
     raised = run(svc(), [(0, 100.0), (600, 97.0), (900, 88.0)], {600: change(600)})
     tput = [t for t, series in raised if series == TPUT]
@@ -98,7 +133,7 @@ def test_visited_levels_are_not_seen_before() -> None:
 
 
 def test_offloaded_service_takes_changes_in_order_with_ticks() -> None:
-    off = OffloadedForecastService(ForecastConfig(prophet=False, intent_slowdown=0.05), batch_ticks=1)
+    off = OffloadedForecastService(ForecastConfig(prophet=False), batch_ticks=1)
     off.start()
     try:
         for k in range(3):
