@@ -3,8 +3,10 @@
 A clock knob declares data, not methods: the :class:`DeviceCalls` it makes on the GPU, the
 config keys that bound it (``<cfg_prefix>_min_mhz``, ``<cfg_prefix>_max_mhz``), and its
 display. :class:`ClockRangeKnob` is a locked [min, max] range, verified from the clock it
-bounds (:mod:`.lock_check`); the application clocks knob adds its own reading and checks. A GPU
-whose NVML cannot set a knob (NOT_SUPPORTED) cannot hold it either: its reset is a no-op.
+bounds (:mod:`.lock_check`); :class:`LockedClocksKnob` is that of one clock domain, whose
+name gives its NVML calls, keys and option; the application clocks knob adds its own reading
+and checks. A GPU whose NVML cannot set a knob (NOT_SUPPORTED) cannot hold it either: its reset
+is a no-op.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from gputuned.collectors.device import GPUDevice, NotSupportedError
-from gputuned.daemon.actuation.knobs.base import Bounds, Knob, Value, intersect
+from gputuned.daemon.actuation.knobs.base import (
+    Bounds,
+    CliOption,
+    Knob,
+    Value,
+    intersect,
+    parse_pair,
+)
 from gputuned.daemon.actuation.knobs.lock_check import LockReading, LockState, read_lock
 
 logger = logging.getLogger(__name__)
@@ -124,3 +133,24 @@ class ClockRangeKnob(ClockKnob):
         if not (lo <= lo_v and hi_v <= hi):
             return f"{self.name} {lo_v}-{hi_v} MHz outside {lo}-{hi} MHz"
         return None
+
+
+class LockedClocksKnob(ClockRangeKnob):
+    """The locked [min, max] range of one clock domain; a subclass sets :attr:`domain` and :attr:`title`.
+
+    ``domain = "sm"`` gives the knob ``locked_sm_clocks``: NVML calls ``supported_sm_clocks_mhz``,
+    ``set_locked_sm_clocks_mhz`` and ``reset_locked_sm_clocks``, config keys
+    ``sm_clock_{min,max}_mhz``, verification from ``sm_clock_hz`` and the option ``--sm-clocks``.
+    """
+
+    domain: ClassVar[str] = ""  # "sm" or "memory": the NVML and config names of the clock
+    title: ClassVar[str] = ""  # how help text names the clock ("SM", "memory")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        d = cls.domain
+        cls.name = f"locked_{d}_clocks"
+        cls.calls = DeviceCalls(f"supported_{d}_clocks_mhz", f"set_locked_{d}_clocks_mhz", f"reset_locked_{d}_clocks")
+        cls.cfg_prefix = f"{d}_clock"
+        cls.clock = f"{d}_clock_hz"
+        cls.cli = CliOption(f"--{d}-clocks", "MIN:MAX", f"lock {cls.title} clocks (MHz)", parse_pair)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from gputuned.collectors.families import declare
-from gputuned.daemon.actuation.knobs.base import CliOption, parse_pair
-from gputuned.daemon.actuation.knobs.clock_range import ClockRangeKnob, DeviceCalls, SMClockConfig
+from gputuned.daemon.actuation.knobs.clock_range import LockedClocksKnob, SMClockConfig
 from gputuned.daemon.actuation.knobs.registry import register
 
 
@@ -22,12 +21,10 @@ FAMILY = declare("gputuned_actuation_locked_sm_clocks_hertz", "gauge",
 
 
 @register
-class LockedSMClocksKnob(ClockRangeKnob):
-    name = "locked_sm_clocks"
-    calls = DeviceCalls("supported_sm_clocks_mhz", "set_locked_sm_clocks_mhz", "reset_locked_sm_clocks")
-    cfg_prefix = "sm_clock"
+class LockedSMClocksKnob(LockedClocksKnob):
+    domain = "sm"
+    title = "SM"
     config_model = SMClockConfig
     restore_rank = 10
     label = "locked SM clocks"
     family = FAMILY
-    cli = CliOption("--sm-clocks", "MIN:MAX", "lock SM clocks (MHz)", parse_pair)
