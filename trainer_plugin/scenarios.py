@@ -22,7 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from gputuned.trainer_plugin.config import Config, parse_config
-from gputuned.trainer_plugin.process_group import exit_distributed, init_distributed
+from gputuned.trainer_plugin.plain_loop import PlainLoop
+from gputuned.trainer_plugin.process_group import exit_distributed
 from gputuned.trainer_plugin.trainer import Callbacks, Trainer
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def throughput(cfg_path: str | None) -> dict[str, Any]:
     for r in range(int(os.environ.get("GPUTUNED_BENCH_ROUNDS", "3"))):
         for which in ("plain", "trainer") if r % 2 == 0 else ("trainer", "plain"):
             if which == "plain":
-                loop = _PlainLoop(cfg)
+                loop = PlainLoop(cfg)
                 dist.barrier()
                 t0 = time.perf_counter()
                 plain.append(loop.run(steps) / (time.perf_counter() - t0))
@@ -239,7 +240,7 @@ def _plain_against_itself(cfg: Config, blocks: int, block: int) -> list[float]:
     Ratio of each block of the first loop to the block of the second right after it, as the
     trainer/plain pairs are formed; any departure from 1 is the machine, not a loop.
     """
-    a, b = _PlainLoop(cfg), _PlainLoop(cfg)
+    a, b = PlainLoop(cfg), PlainLoop(cfg)
     b.run(block)
     ratios = []
     for _ in range(blocks):
@@ -253,7 +254,7 @@ def _plain_against_itself(cfg: Config, blocks: int, block: int) -> list[float]:
 
 def _interleaved(cfg: Config, blocks: int, block: int) -> dict[str, Any]:
     """Alternate blocks of trainer and plain-loop steps in one run; samples/s of each block."""
-    plain = _PlainLoop(cfg)
+    plain = PlainLoop(cfg)
     plain.run(block)  # warm-up, as the trainer's first block is dropped
     out: dict[str, Any] = {"block_steps": block, "plain_block_samples_per_s": [], "trainer_block_samples_per_s": [],
                            "plain_block_cpu_s": [], "trainer_block_cpu_s": []}
@@ -282,49 +283,18 @@ def _interleaved(cfg: Config, blocks: int, block: int) -> dict[str, Any]:
     return out
 
 
-class _PlainLoop:
-    """The loop a practitioner would write by hand: DDP, SGD, in-memory tensors, nothing else.
+def _timed_run(cfg_path: str | None, on_loss: Any) -> dict[str, Any]:
+    """Train connected to the daemon (plugin.socket, plugin.job) for GPUTUNED_RUN_S s of wall time from step 1.
 
-    Same model, data, optimizer and fp32 as the trainer, and the same sample stream shape:
-    a fresh permutation per epoch cut into global batches, the last one partial.
+    Every step of every rank waits GPUTUNED_DEVICE_MS (0) ms, as for a GPU's kernels: with it, the
+    step rate is set by that wait rather than by a CPU other processes share.
     """
-
-    def __init__(self, cfg: Config) -> None:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        from gputuned.trainer_plugin.data import load_digits
-        from gputuned.trainer_plugin.models import build_model
-
-        init_distributed()
-        torch.manual_seed(cfg.train.seed)
-        self.x, self.y, _, _ = load_digits(cfg.data.seed)
-        self.model = DDP(build_model(cfg.model))
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.bs = cfg.data.batch_size
-        self.gen = torch.Generator().manual_seed(cfg.data.seed)
-        self.perm = torch.randperm(len(self.y), generator=self.gen)
-        self.start = 0
-
-    def run(self, steps: int) -> int:
-        """Train ``steps`` steps; return the (global) samples trained on."""
-        n, seen = len(self.y), 0
-        for _ in range(steps):
-            if self.start >= n:
-                self.perm, self.start = torch.randperm(n, generator=self.gen), 0
-            idx = self.perm[self.start:self.start + self.bs][self.rank::self.world]
-            loss = F.cross_entropy(self.model(self.x[idx]), self.y[idx])
-            loss.backward()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            seen += min(self.bs, n - self.start)
-            self.start += self.bs
-        return seen
-
-
-def _timed_run(cfg_path: str | None, on_loss: Any = None) -> dict[str, Any]:
-    """Train connected to the daemon (plugin.socket, plugin.job) for GPUTUNED_RUN_S s of wall time from step 1."""
     run_s = float(os.environ.get("GPUTUNED_RUN_S", "40"))
+    device_s = float(os.environ.get("GPUTUNED_DEVICE_MS", "0")) / 1000
+
+    def device_then(tr: Trainer, loss: torch.Tensor) -> torch.Tensor:
+        time.sleep(device_s)
+        return on_loss(tr, loss)
 
     def on_step_end(tr: Trainer) -> None:
         if tr.step == 1:
@@ -333,25 +303,19 @@ def _timed_run(cfg_path: str | None, on_loss: Any = None) -> dict[str, Any]:
             tr.plugin.request_stop()  # every rank stops at the same step
 
     trainer = Trainer(_config(cfg_path, {"train.epochs": 100000, "train.eval_every_epoch": False}),
-                      Callbacks(on_loss=on_loss, on_step_end=on_step_end))
+                      Callbacks(on_loss=device_then, on_step_end=on_step_end))
     result = trainer.fit()
     trainer.close()
     return {"steps": result.steps, "profile": trainer.plugin.last_profile}
 
 
 def straggler(cfg_path: str | None) -> dict[str, Any]:
-    """Rank GPUTUNED_SLOW_RANK (1) is paused 0.3 s of every 0.6 s inside its steps, GPUTUNED_SLOW_AFTER_S (20) after step 1.
-
-    Every step of every rank also waits GPUTUNED_DEVICE_MS (0) ms, as for a GPU's kernels: with
-    it, the step rate is set by that wait rather than by a CPU other processes share.
-    """
+    """Rank GPUTUNED_SLOW_RANK (1) is paused 0.3 s of every 0.6 s inside its steps, GPUTUNED_SLOW_AFTER_S (20) after step 1."""
     slow_rank = int(os.environ.get("GPUTUNED_SLOW_RANK", "1"))
     after = float(os.environ.get("GPUTUNED_SLOW_AFTER_S", "20"))
-    device_s = float(os.environ.get("GPUTUNED_DEVICE_MS", "0")) / 1000
     state: dict[str, float] = {}
 
     def on_loss(tr: Trainer, loss: torch.Tensor) -> torch.Tensor:
-        time.sleep(device_s)
         now = time.monotonic()
         start = state.setdefault("start", now + after)
         if tr.rank == slow_rank and now >= start and (now - start) % 0.6 < 0.3:

@@ -12,7 +12,8 @@ At most one capture per job is in flight. A job is asked again only after ``cool
 except when the alert follows the tuner's own move: such a capture does not use up the
 cooldown (so the real fault that comes later is still captured), and is asked at most every
 ``tuner_gap_s``. Nor does a capture that found nothing notable (no wait named, no tuner move):
-it explained nothing, so the next alert, perhaps the real fault starting, is captured at once. The last summary per job is in ``gputuned status`` and in the
+it explained nothing, so the next alert, perhaps the real fault starting, is captured at once
+(an alert that came while it was in flight is taken up when it is in). The last summary per job is in ``gputuned status`` and in the
 ``gputuned_root_cause_*`` series.
 """
 
@@ -57,6 +58,7 @@ class RootCause:
         self._asked: dict[str, float] = {}  # job -> when a capture that uses the cooldown was asked
         self._asked_tuner: dict[str, float] = {}  # job -> when a tuner-caused capture was asked
         self._pending: dict[str, dict[str, Any]] = {}  # decision id -> what asked for it
+        self._deferred: dict[str, Any] = {}  # job -> the latest alert that came while its capture was in flight
         self.latest: dict[str, dict[str, Any]] = {}  # job -> its last analysed summary
         self.captures: collections.Counter[str] = collections.Counter()
 
@@ -81,7 +83,10 @@ class RootCause:
         if not str(alert.series).startswith(TRAINER_PREFIX):
             return
         job = dict(alert.labels).get("job")
-        if not job or any(p["job"] == job for p in self._pending.values()):
+        if not job:
+            return
+        if any(p["job"] == job for p in self._pending.values()):
+            self._deferred[job] = alert  # judged once that capture is in: asked if it found nothing
             return
         move = self.tuner_move(job, alert.since)
         trigger = "tuner" if move is not None else "alert"
@@ -134,6 +139,8 @@ class RootCause:
             self.latest[asked["job"]] = out
             if out["cause"] == "compute" and asked["trigger"] == "alert":
                 self._asked.pop(asked["job"], None)  # nothing notable found: the cooldown is not used up
+            if (later := self._deferred.pop(asked["job"], None)) is not None:
+                self(later)
             logger.warning("root cause for %s, job %s: %s (%s); %s", asked["alert"], asked["job"], cause_text(out),
                            describe_shares(out), "; ".join(out.get("suggestions", [])) or "no suggestion")
 

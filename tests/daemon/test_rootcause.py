@@ -121,7 +121,20 @@ def test_a_capture_that_found_nothing_notable_does_not_hold_the_cooldown() -> No
     assert rc.latest["bert"]["cause"] == "compute"
     rc(_alert("gputuned_trainer_samples_per_second", "bert", 30.0))  # the fault: asked at once
     assert len(control.sent) == 2
+    rc(_alert("gputuned_trainer_step_time_seconds", "bert", 31.0))  # while that capture is in flight
+    assert len(control.sent) == 2
     control.profile_results["d-2"] = {"ranks": _ranks([0.006, 0.300], period=0.301)}
     rc.tick(40.0)
     rc(_alert("gputuned_trainer_samples_per_second", "bert", 60.0))  # a found cause holds the cooldown
     assert len(control.sent) == 2 and rc.latest["bert"]["straggler"]["rank"] == 1
+
+
+def test_an_alert_that_came_while_a_capture_was_in_flight_is_asked_when_that_one_found_nothing() -> None:
+    control = ScriptedControl({"bert"})
+    rc = RootCause(control, cooldown_s=600)
+    rc(_alert("gputuned_trainer_communication_seconds", "bert", 0.0))
+    rc(_alert("gputuned_trainer_samples_per_second", "bert", 2.0))  # the fault starts during the capture
+    assert len(control.sent) == 1
+    control.profile_results["d-1"] = {"ranks": _ranks([0.006, 0.006], period=0.007)}
+    rc.tick(5.0)
+    assert len(control.sent) == 2 and rc._pending["d-2"]["alert"].startswith("anomaly on gputuned_trainer_samples")

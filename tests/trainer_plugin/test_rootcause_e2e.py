@@ -1,7 +1,8 @@
 """Root cause end to end: the real trainer (2 gloo ranks) against a real daemon, forecaster on, tuner off.
 
 A rank paused 0.3 s of every 0.6 s must raise a throughput alert within 60 s and be named, with
-its GPU, by the capture the alert asks for; a CPU-bound data loader must be named as such.
+its GPU, by the capture the alert asks for (the default cooldown: a capture an earlier alert asked
+that found nothing does not hold it); a CPU-bound data loader must be named as such.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gputuned.daemon.app.rootcause import RootCause
 from gputuned.daemon.app.runtime import node_status
 from gputuned.daemon.commands.rootcause_view import root_cause_lines
 from gputuned.tuner.forecast.alerts import Alert
+from gputuned.tuner.forecast.level import KIND
 
 pytestmark = pytest.mark.slow
 THROUGHPUT = "gputuned_trainer_samples_per_second"
@@ -79,26 +81,22 @@ def _finish(proc: subprocess.Popen[str], out: Path) -> dict[str, Any]:
     return json.loads(Path(f"{out}.rank0").read_text())
 
 
-@pytest.mark.xfail(reason="with wall-time samples/s the halving alerted within 60 s in 1 of 2 runs on the loaded 2-core "
-                          "machine: the detector's fast mean stays near 2 sigma there; the capture names rank 1 in both",
-                   strict=False)
 def test_a_straggling_rank_raises_a_throughput_alert_and_is_named_with_its_gpu(tmp_path):
     """Steps of 50 ms of device time (a sleep) and a small batch, so the shared CPU barely sets the pace:
-    rank 1 pausing 0.3 s of every 0.6 s from 75 s on halves the job's samples/s, which must alert within 60 s.
+    rank 1 pausing 0.3 s of every 0.6 s from 50 s on halves the job's samples/s, which must alert within 60 s.
 
-    The daemon ticks and the ranks report every second (the shipped defaults), so the detector's
-    60 warm-up samples take 60 s, before the fault.
+    The daemon ticks and the ranks report every second, and the forecaster runs its shipped
+    defaults: the throughput-level rule judges once it holds 30 s of reference and a 30 s window.
     """
     daemon = _daemon(tmp_path, 1.0)
     raised: list[Alert] = []
     next(c for c in daemon.components if c.name == "forecast").service.add_alert_hook(raised.append)
-    env = {"GPUTUNED_SLOW_AFTER_S": "75", "GPUTUNED_RUN_S": "140", "GPUTUNED_DEVICE_MS": "50"}
+    env = {"GPUTUNED_SLOW_AFTER_S": "50", "GPUTUNED_RUN_S": "80", "GPUTUNED_DEVICE_MS": "50"}
     proc, out = _trainer("straggler", tmp_path, env, batch_size=16)
     seen: list[tuple[float, float | None]] = []  # the job's samples/s as the daemon held it, for a failure's message
     try:
         assert _wait(lambda: daemon.control.connected_jobs().get("straggler") == [0, 1], 90)
         rc = _root_cause(daemon)
-        rc.cooldown_s = 20.0  # a capture an earlier alert asked (the shared CPU's noise) must not hold off the fault's
         lab = (("job", "straggler"), ("rank", "0"))
         _wait(lambda: seen.append((time.time(), daemon.store.value(THROUGHPUT, lab))) or proc.poll() is not None, 240)
         summary = rc.latest.get("straggler")
@@ -111,7 +109,7 @@ def test_a_straggling_rank_raises_a_throughput_alert_and_is_named_with_its_gpu(t
     alerts = [a for a in raised if a.series == THROUGHPUT and a.since >= onset - 1]
     assert alerts, ([(a.series, a.since - onset) for a in raised], trace)
     assert alerts[0].since - onset <= 60, (alerts[0].since - onset, trace)
-    assert not [a for a in raised if a.series == THROUGHPUT and a.since < onset - 1], trace  # none before the fault
+    assert not [a for a in raised if a.kind == KIND and a.since < onset - 1], trace  # the level rule: none before the fault
     assert summary is not None, result
     assert summary["t"] >= onset, summary
     assert summary["cause"] == "straggler_wait", summary
@@ -126,8 +124,14 @@ def test_a_straggling_rank_raises_a_throughput_alert_and_is_named_with_its_gpu(t
 
 
 def test_a_cpu_bound_data_loader_is_named_as_the_data_loader(tmp_path):
+    """Steps of 20 ms of device time (a sleep) and a small batch, as on a GPU node, with 40 ms of loader CPU work per batch.
+
+    Without the device time the step was a CPU model step that the loaded host stretched and made
+    the two ranks wait for each other in turn: the loader's share fell to 34-48 %, the rest waits.
+    """
     daemon = _daemon(tmp_path)
-    proc, out = _trainer("data_stall", tmp_path, {"GPUTUNED_LOAD_MS": "20", "GPUTUNED_RUN_S": "20"})
+    env = {"GPUTUNED_LOAD_MS": "40", "GPUTUNED_DEVICE_MS": "20", "GPUTUNED_RUN_S": "20"}
+    proc, out = _trainer("data_stall", tmp_path, env, batch_size=16)
     try:
         assert _wait(lambda: daemon.control.connected_jobs().get("data_stall") == [0, 1], 60)
         rc = _root_cause(daemon)
