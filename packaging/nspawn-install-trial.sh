@@ -13,11 +13,9 @@ set -euo pipefail
 ROOT=${1:?usage: $0 ROOT_DIR [DEB]}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 DEB=${2:-$(ls "$REPO"/build/deb/gputuned_*.deb | tail -1)}
+. "$REPO/packaging/nspawn.sh"
 
-if [ ! -x "$ROOT/usr/lib/systemd/systemd" ]; then
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates bookworm "$ROOT" \
-        http://deb.debian.org/debian
-fi
+debian_root "$ROOT" ca-certificates
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 cp "$DEB" "$ROOT/root/"
 
@@ -47,20 +45,4 @@ echo "after purge: $(ls /opt/gputuned /usr/bin/gputuned /var/lib/gputuned 2>&1 |
 EOF
 chmod 755 "$ROOT/root/install-trial.sh"
 
-setsid systemd-nspawn -D "$ROOT" --boot --register=no --keep-unit --machine=gputuned-install \
-    --console=passive > "$ROOT.nspawn.log" 2>&1 &
-NSPAWN=$!
-trap 'kill $NSPAWN 2>/dev/null || true' EXIT
-init=""
-for _ in $(seq 1 60); do
-    init=$(pgrep -P $NSPAWN -x systemd || true)
-    [ -n "$init" ] && nsenter -t "$init" -a systemctl is-system-running --wait > /dev/null 2>&1 && break
-    sleep 1
-done
-[ -n "$init" ] || { cat "$ROOT.nspawn.log"; exit 1; }
-rc=0
-nsenter -t "$init" -a /root/install-trial.sh || rc=$?
-nsenter -t "$init" -a systemctl poweroff || true
-wait $NSPAWN || true
-trap - EXIT
-exit $rc
+run_booted "$ROOT" gputuned-install -- /root/install-trial.sh

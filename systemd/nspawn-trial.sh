@@ -14,11 +14,9 @@ ROOT=${1:?usage: $0 ROOT_DIR [TRIALS]}
 TRIALS=${2:-20}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SITE=$(echo "$REPO"/.venv/lib/python3.11/site-packages)
+. "$REPO/packaging/nspawn.sh"
 
-if [ ! -x "$ROOT/usr/lib/systemd/systemd" ]; then
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,python3 bookworm "$ROOT" \
-        http://deb.debian.org/debian
-fi
+debian_root "$ROOT" python3
 mkdir -p "$ROOT$REPO" "$ROOT/etc/gputuned" "$ROOT/usr/local/lib/python3.11/dist-packages"
 echo "import site; site.addsitedir('$SITE')" > "$ROOT/usr/local/lib/python3.11/dist-packages/gputuned.pth"
 printf '#!/usr/bin/python3.11\nimport sys\nfrom gputuned.daemon.commands.cli import main\nif __name__ == "__main__":\n    sys.exit(main())\n' \
@@ -59,20 +57,4 @@ systemctl stop gputuned
 EOF
 chmod 755 "$ROOT/root/kill-trials.sh"
 
-setsid systemd-nspawn -D "$ROOT" --boot --register=no --keep-unit --private-network \
-    --bind-ro="$REPO" --machine=gputuned-trial --console=passive > "$ROOT.nspawn.log" 2>&1 &
-NSPAWN=$!
-trap 'kill $NSPAWN 2>/dev/null || true' EXIT
-init=""
-for _ in $(seq 1 60); do
-    init=$(pgrep -P $NSPAWN -x systemd || true)
-    [ -n "$init" ] && nsenter -t "$init" -a systemctl is-system-running --wait > /dev/null 2>&1 && break
-    sleep 1
-done
-[ -n "$init" ] || { cat "$ROOT.nspawn.log"; exit 1; }
-rc=0
-nsenter -t "$init" -a /root/kill-trials.sh "$TRIALS" || rc=$?
-nsenter -t "$init" -a systemctl poweroff || true
-wait $NSPAWN || true
-trap - EXIT
-exit $rc
+run_booted "$ROOT" gputuned-trial --private-network --bind-ro="$REPO" -- /root/kill-trials.sh "$TRIALS"
