@@ -6,13 +6,16 @@ hello), and whether a job of another uid still connects afterwards. Ranks stay k
 ``control.job_ttl_s`` (60 s) after they leave, so later cycles within it are refused whole. The
 forecaster tracks at most ``forecast.max_rank_series`` ranks' series and drops a departed rank's
 ``forecast.rank_forget_after_s`` after it expired (``--rank-forget``); the store drops its history
-at expiry.
+at expiry. The store's rings grow with their points up to ``store.history_samples`` (600: ten minutes
+at the 1 s tick), so a run shorter than that also measures the GPUs' rings filling; ``--history 20``
+fills them before the first flood. The spread of RSS over idle samples before the first flood is the
+noise any flood's growth is read against.
 
 Run as root it floods as uid 65534 (setpriv), so the job that must still connect is root's;
 otherwise the flood and that job share the uid, and the job may be refused by the per-uid bounds.
 
     .venv/bin/python bench/control_rank_flood.py [--ranks 4095] [--jobs 16] [--cycles 5]
-        [--pause 2.5] [--job-ttl 60] [--rank-forget 120]
+        [--pause 2.5] [--job-ttl 60] [--rank-forget 120] [--history N]
 """
 
 from __future__ import annotations
@@ -95,6 +98,15 @@ def measure(d: DaemonProcess, url: str) -> dict[str, float]:
             "metrics_kb": round(len(body) / 1024, 1)}
 
 
+def idle_rss(d: DaemonProcess, url: str, samples: int = 6, every_s: float = 2.0) -> dict[str, Any]:
+    """The daemon's measure before any flood, and its RSS over ``samples`` idle samples: their spread is the noise."""
+    rss = []
+    for _ in range(samples):
+        time.sleep(every_s)
+        rss.append(measure(d, url)["rss_mb"])
+    return {**measure(d, url), "idle_rss_mb": rss, "idle_spread_mb": round(max(rss) - min(rss), 2)}
+
+
 def main() -> int:
     ap = BenchParser(description=__doc__)
     ap.add_argument("--ranks", type=positive_int, default=4095, help="fake ranks per cycle")
@@ -104,6 +116,8 @@ def main() -> int:
                     help="seconds between floods; past --job-ttl the last flood's ranks have expired")
     ap.add_argument("--job-ttl", type=float, default=60.0, help="the daemon's control.job_ttl_s")
     ap.add_argument("--rank-forget", type=float, default=120.0, help="the daemon's forecast.rank_forget_after_s")
+    ap.add_argument("--history", type=positive_int,
+                    help="the daemon's store.history_samples (default 600); the floods start once the rings are full")
     ap.add_argument("--worker", metavar="SOCKET", help="internal: run one flood against SOCKET and print its counts")
     ap.add_argument("--cycle", type=int, default=0, help="internal: the worker's cycle number")
     args = ap.parse_args()
@@ -114,14 +128,16 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gputuned-flood-"))
     control = {"socket_mode": 0o666, "allowed_uids": [FLOOD_UID], "job_ttl_s": args.job_ttl}
     forecast = {"rank_forget_after_s": args.rank_forget}
-    d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=4, interval=1.0, control=control, forecast=forecast))
+    store = {"history_samples": args.history} if args.history else {}
+    d = DaemonProcess(tmp, config=runtime_config(tmp, gpus=4, interval=1.0, control=control, forecast=forecast,
+                                                 store=store))
     for folder in (tmp, d.socket_path.parent):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
     try:
         url = metrics_url(d.wait_ready())
-        time.sleep(3.0)  # let the first ticks settle
-        before = measure(d, url)
+        time.sleep(3.0 + (args.history or 0))  # the first ticks settle (and the rings fill, one point a tick)
+        before = idle_rss(d, url)
         cycles = []
         for cycle in range(args.cycles):
             result = run_flood(d.socket_path, args.ranks, args.jobs, cycle, as_other)
@@ -136,6 +152,7 @@ def main() -> int:
         summary = {"flood_uid": FLOOD_UID if as_other else os.geteuid(), "ranks_per_cycle": args.ranks,
                    "jobs_per_cycle": args.jobs, "before": before, "cycles": cycles,
                    "rss_growth_mb": round(rss_growth, 1), "children_rss_growth_mb": round(children_growth, 1),
+                   "rss_flood_1_to_last_mb": round(cycles[-1]["rss_mb"] - cycles[0]["rss_mb"], 2),
                    "target_rss_growth_mb": TARGET_RSS_GROWTH_MB,
                    "daemon_log_lines": log_lines, "real_job_after_flood": answer["type"], "daemon_alive": d.proc.poll() is None}
     finally:
