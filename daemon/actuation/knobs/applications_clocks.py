@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gputuned.collectors.device import GPUDevice, NotSupportedError
@@ -17,6 +18,15 @@ from gputuned.daemon.actuation.knobs.registry import register
 
 FAMILY = declare("gputuned_actuation_applications_clocks_hertz", "gauge",
                  "Application clocks gputuned set on a GPU, by clock (memory, graphics), while changed.")
+
+
+def _clock_pair(read: Callable[[], tuple[int, int]]) -> Value:
+    """``[memory, graphics]`` MHz as ``read`` reports them; None where the GPU does not support them."""
+    try:
+        mem, gfx = read()
+    except NotSupportedError:
+        return None
+    return [int(mem), int(gfx)]
 
 
 class ApplicationsClocksConfig(SMClockConfig, MemoryClockConfig):
@@ -38,18 +48,10 @@ class ApplicationsClocksKnob(ClockKnob):
     cfg_prefix = "sm_clock"  # bounds() are the graphics clock's: supported SM clocks within the SM keys
 
     def read(self, dev: GPUDevice) -> Value:
-        try:
-            mem, gfx = dev.applications_clocks_mhz()
-        except NotSupportedError:
-            return None
-        return [int(mem), int(gfx)]
+        return _clock_pair(dev.applications_clocks_mhz)
 
     def default(self, dev: GPUDevice) -> Value:
-        try:
-            mem, gfx = dev.default_applications_clocks_mhz()
-        except NotSupportedError:
-            return None
-        return [int(mem), int(gfx)]
+        return _clock_pair(dev.default_applications_clocks_mhz)
 
     def restore(self, dev: GPUDevice, original: Value) -> None:
         """An original equal to the driver's default is restored by a reset (the unset state), others applied."""
