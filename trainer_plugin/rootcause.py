@@ -12,8 +12,9 @@ all-reduce. That wait is not communication: the rank that arrives last waits lea
 wait is what the transfer itself costs. So, seen from a typical rank, the step splits into
 
 * communication: its wait, less what it waits for the straggler;
-* straggler wait: the slowest rank's busy time beyond the typical rank's;
-* data loader: its data wait;
+* straggler wait: the slowest rank's busy time beyond the typical rank's, less its data wait
+  beyond the typical rank's (waiting for a rank that waits for its loader is data-loader time);
+* data loader: its data wait, plus that part of the straggler's;
 * compute: the rest of its period;
 
 and the four shares sum to 1.
@@ -57,11 +58,13 @@ def split(ranks: list[dict[str, Any]]) -> dict[str, Any]:
         view, lag = slow, 0.0
     wait = max(0.0, float(view["comm_s"]))
     straggler = min(wait, lag)
+    # waiting for a rank that was itself waiting for its data loader is data-loader time
+    data_lag = min(straggler, max(0.0, float(slow["data_wait_s"]) - float(view["data_wait_s"])))
     parts = {
         "compute": max(0.0, float(view["period_s"]) - wait - float(view["data_wait_s"])),
-        "data_loader": max(0.0, float(view["data_wait_s"])),
+        "data_loader": max(0.0, float(view["data_wait_s"])) + data_lag,
         "communication": wait - straggler,
-        "straggler_wait": straggler,
+        "straggler_wait": straggler - data_lag,
     }
     total = sum(parts.values())
     shares = {k: (v / total if total > 0 else 0.0) for k, v in parts.items()}

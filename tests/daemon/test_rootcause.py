@@ -56,6 +56,16 @@ def test_data_loader_stall_on_every_rank_is_the_data_loader_not_a_straggler() ->
     assert sum(out["shares"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_waiting_for_a_rank_whose_loader_is_slower_is_the_data_loader_not_a_straggler() -> None:
+    """Rank 1's loader threads got less CPU: it waits 300 ms for data, rank 0 200 ms and then 100 ms for rank 1."""
+    ranks = [rank_timing(0, 10, 4.0, 2.0, 2.0, 1.1, "cpu", 0), rank_timing(1, 10, 4.0, 1.0, 3.0, 0.1, "cpu", 1)]
+    out = analyse({"ranks": ranks})
+    assert out["cause"] == "data_loader" and out["straggler"] is None, out["shares"]
+    assert out["shares"]["data_loader"] == pytest.approx(0.75, abs=0.01)
+    assert out["shares"]["straggler_wait"] == pytest.approx(0.0, abs=0.01)
+    assert sum(out["shares"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_communication_names_the_trainers_compression_hooks_or_accumulation() -> None:
     ranks = _ranks([0.004, 0.004], period=0.010, comm=0.006)
     plain = analyse({"ranks": ranks, "context": {"compression": "none"}})
