@@ -136,6 +136,7 @@ def test_a_killed_daemon_has_every_clock_knob_restored_at_next_start(tmp_path: P
         for s in changed.values():
             assert s["locked_sm_clocks_mhz"] == [1200, 1200] and s["locked_memory_clocks_mhz"] == [2619, 2619]
             assert s["applications_clocks_mhz"] == [2619, 1200]
+        assert d.admin("release")["ok"]  # unpinned changes (as the tuner's): pinned ones would be applied again
         d.kill()
         assert d.sim_settings() == changed  # the GPUs keep what was set
     finally:
