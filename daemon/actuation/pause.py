@@ -17,7 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gputuned.daemon.actuation.atomic import fsync_dir, private_directory, read_private, replace_file
+from gputuned.daemon.actuation.atomic import (
+    fsync_dir,
+    private_directory,
+    read_private,
+    replace_file,
+)
 
 logger = logging.getLogger(__name__)
 
