@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from gputuned.trainer_plugin import compression
 from gputuned.trainer_plugin.cadence import SLOWDOWN_JUMP, STEP_EMA_WEIGHT, Cadence, CadenceSettings
@@ -32,6 +31,7 @@ from gputuned.trainer_plugin.exchange import DecisionExchange, batch_size_proble
 from gputuned.trainer_plugin.interval import IntervalStats, LossScaleWatch
 from gputuned.trainer_plugin.lr_factor import OptimizerLrFactor
 from gputuned.trainer_plugin.noise_scale import LR_RULES, NoiseScaleEstimator, scaled_lr
+from gputuned.trainer_plugin.process_group import topology
 from gputuned.trainer_plugin.profiling import ProfileCapture
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class TrainingPlugin(CadenceSettings):
             raise ValueError(f"batch_mode: expected global or micro ({batch_mode!r})")
         # when exchanges and norm samples come; its four settings read as this plugin's attributes
         self._cadence = Cadence(sync_interval, sync_period_s, norm_every, norm_period_s)
-        self.distributed, self.rank, self.world_size = _topology()
+        self.distributed, self.rank, self.world_size = topology()
         self.leader = self.rank == 0
         self.batch_mode = batch_mode
         self.batch_size = batch_size
@@ -394,10 +394,3 @@ class TrainingPlugin(CadenceSettings):
             self._profile.abandon()
         if self.client is not None:
             self.client.close()
-
-
-def _topology() -> tuple[bool, int, int]:
-    """Whether a process group is up, this rank and the world size (0 and 1 without a group)."""
-    if dist.is_available() and dist.is_initialized():
-        return True, dist.get_rank(), dist.get_world_size()
-    return False, 0, 1

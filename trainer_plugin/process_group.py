@@ -1,4 +1,4 @@
-"""Joining torchrun's process group, and leaving it when a worker's work is done."""
+"""Joining torchrun's process group, this rank's place in it, and leaving it when a worker's work is done."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def init_distributed() -> bool:
     dist.init_process_group(backend, store=dist.PrefixStore(f"gputuned/attempt{attempt}/", store),
                             rank=rank, world_size=world)
     return True
+
+
+def topology() -> tuple[bool, int, int]:
+    """Whether a process group is up, this rank and the world size (0 and 1 without a group)."""
+    if dist.is_available() and dist.is_initialized():
+        return True, dist.get_rank(), dist.get_world_size()
+    return False, 0, 1
 
 
 def exit_distributed(code: int = 0) -> None:
