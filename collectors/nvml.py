@@ -341,17 +341,16 @@ class NvmlGPU(GPUDevice):
 
     @_nvml_call("applications clocks")
     def applications_clocks_mhz(self) -> tuple[int, int]:
-        n = self._nvml
-        mem = n.nvmlDeviceGetApplicationsClock(self._h, n.NVML_CLOCK_MEM)
-        gfx = n.nvmlDeviceGetApplicationsClock(self._h, n.NVML_CLOCK_GRAPHICS)
-        return int(mem), int(gfx)
+        return self._clock_pair(self._nvml.nvmlDeviceGetApplicationsClock)
 
     @_nvml_call("default applications clocks")
     def default_applications_clocks_mhz(self) -> tuple[int, int]:
+        return self._clock_pair(self._nvml.nvmlDeviceGetDefaultApplicationsClock)
+
+    def _clock_pair(self, read: Callable[[Any, int], int]) -> tuple[int, int]:
+        """(memory, graphics) MHz from an NVML call taking a clock type."""
         n = self._nvml
-        mem = n.nvmlDeviceGetDefaultApplicationsClock(self._h, n.NVML_CLOCK_MEM)
-        gfx = n.nvmlDeviceGetDefaultApplicationsClock(self._h, n.NVML_CLOCK_GRAPHICS)
-        return int(mem), int(gfx)
+        return int(read(self._h, n.NVML_CLOCK_MEM)), int(read(self._h, n.NVML_CLOCK_GRAPHICS))
 
     @_nvml_call("set power limit")
     def set_power_limit_mw(self, limit_mw: int) -> None:
