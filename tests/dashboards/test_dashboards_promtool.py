@@ -87,3 +87,38 @@ def test_no_hardware_alert_fires_on_a_healthy_busy_node(promtool: str, tmp_path:
     test_file.write_text(json.dumps(spec))
     r = _promtool(promtool, "test", "rules", str(test_file))
     assert r.returncode != 0 and "GPUUncorrectableECC" in r.stdout + r.stderr
+
+
+def test_a_job_throughput_drop_pages_once_per_job(promtool: str, tmp_path: Path) -> None:
+    """The forecaster's throughput_drop alert on two ranks of one job is one warning after 1m,
+    and none while it is held for less than that."""
+    series = 'series="gputuned_trainer_samples_per_second", job="gputuned", instance="n1:9400", exported_job="bert"'
+    spec = {
+        "rule_files": [str(RULES_DIR / "forecast.yml")],
+        "evaluation_interval": "30s",
+        "tests": [{
+            "interval": "30s",
+            "input_series": [{"series": f'gputuned_alert_active{{alert="throughput_drop", {series}, rank="{r}"}}',
+                              "values": "0 0 1 1 1 1 1"} for r in ("0", "1")],
+            "alert_rule_test": [
+                {"eval_time": "90s", "alertname": "GputunedThroughputDrop", "exp_alerts": []},
+                {"eval_time": "3m", "alertname": "GputunedThroughputDrop", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "instance": "n1:9400", "exported_job": "bert",
+                                   "series": "gputuned_trainer_samples_per_second"},
+                    "exp_annotations": {"summary": "Training job bert delivers fewer samples/s than before on n1:9400",
+                                        "description": _annotation("GputunedThroughputDrop", "description")},
+                }]},
+            ],
+        }],
+    }
+    test_file = tmp_path / "throughput_test.yml"
+    test_file.write_text(json.dumps(spec))
+    r = _promtool(promtool, "test", "rules", str(test_file))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _annotation(alert: str, key: str) -> str:
+    """One annotation of a shipped forecast rule, as written (a double-quoted YAML scalar)."""
+    text = (RULES_DIR / "forecast.yml").read_text().split(f"- alert: {alert}\n", 1)[1]
+    line = next(x for x in text.splitlines() if x.strip().startswith(f"{key}:"))
+    return str(json.loads(line.split(":", 1)[1].strip()))

@@ -18,4 +18,4 @@ def test_promtool_accepts_forecast_rules() -> None:
         pytest.skip("promtool not installed")
     r = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 4 rules found" in r.stdout
+    assert "SUCCESS: 6 rules found" in r.stdout
