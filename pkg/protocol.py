@@ -33,6 +33,9 @@ MAX_REPLY_BYTES = 16 << 20  # admin_reply only: the status of a large node
 MAX_INT = 2**62  # JSON integers beyond +-MAX_INT are refused anywhere in a body
 MAX_RANKS = 1 << 20
 MAX_ERROR_CHARS = 500
+#: the most entries of a report's ``rank_times`` (the job's slowest ranks and the sender's own)
+MAX_RANK_TIMES = 256
+MAX_RANK_SECONDS = 86400.0  # a step's compute or wait time beyond a day is refused
 NAME_PATTERN = "[A-Za-z0-9._:-]{1,128}"  # job names and decision ids, matched whole
 NAME_RE = re.compile(NAME_PATTERN)
 STAT_KEYS = (
@@ -202,6 +205,22 @@ def _report(m: dict[str, Any]) -> None:
     for key in STAT_KEYS:
         if key in stats and not is_number(stats[key]):
             raise ProtocolError(f"report.stats.{key}: not a number ({_short(stats[key])})")
+    if "rank_times" in m:
+        _rank_times(m["rank_times"])
+
+
+def _rank_times(entries: Any) -> None:
+    """``rank_times``: at most MAX_RANK_TIMES [rank, compute_s, wait_s] triples, each rank once."""
+    if not isinstance(entries, list) or len(entries) > MAX_RANK_TIMES:
+        raise ProtocolError(f"report.rank_times: not a list of at most {MAX_RANK_TIMES} entries")
+    seen: set[int] = set()
+    for entry in entries:
+        ok = isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], int) and not isinstance(entry[0], bool)
+        if not ok or not 0 <= entry[0] < MAX_RANKS or entry[0] in seen:
+            raise ProtocolError(f"report.rank_times: expected [rank, compute_s, wait_s], each rank once ({_short(entry)})")
+        if not all(is_number(x) and 0 <= x <= MAX_RANK_SECONDS for x in entry[1:]):
+            raise ProtocolError(f"report.rank_times: seconds not in [0, {MAX_RANK_SECONDS:g}] ({_short(entry)})")
+        seen.add(entry[0])
 
 
 def decision_change(m: dict[str, Any]) -> dict[str, int]:
@@ -288,6 +307,11 @@ def report_stats(m: dict[str, Any]) -> dict[str, float]:
     """The known stats of a checked report, as floats."""
     stats = m["stats"]
     return {key: float(stats[key]) for key in STAT_KEYS if key in stats}
+
+
+def report_rank_times(m: dict[str, Any]) -> dict[int, tuple[float, float]]:
+    """A checked report's ``rank_times`` as rank -> (compute_s, wait_s); empty when it has none."""
+    return {int(r): (float(c), float(w)) for r, c, w in m.get("rank_times", ())}
 
 
 # -- blocking client -------------------------------------------------------------------------

@@ -49,9 +49,11 @@ class DaemonClient:
         # the daemon matches this process's pid (checked against the socket's peer) with NVML's
         # process list; the UUID says which GPU it is where the process has contexts on several
         device = {"cuda_uuid": cuda_uuid} if cuda_uuid else {}
+        if local_rank is None:  # torchrun's rank on this node; the global rank only without torchrun
+            local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
         # checked now, so a hello the daemon would refuse fails here (ProtocolError, a ValueError)
         self._hello = protocol.message(
-            "hello", job=job, rank=rank, local_rank=rank if local_rank is None else local_rank,
+            "hello", job=job, rank=rank, local_rank=local_rank,
             world_size=world_size, pid=os.getpid(), leader=self.leader, batch_size=int(batch_size),
             batch_mode=batch_mode, **device)
         self.path = path
@@ -90,13 +92,19 @@ class DaemonClient:
         """Block up to timeout seconds for a welcomed connection (tests, start-up)."""
         return self._connected.wait(timeout)
 
-    def report(self, step: int, steps: int, stats: dict[str, Any]) -> None:
-        """Queue an aggregated report; a newer report replaces an unsent one; dropped if offline."""
+    def report(self, step: int, steps: int, stats: dict[str, Any],
+               rank_times: list[list[float | int]] | None = None) -> None:
+        """Queue an aggregated report; a newer report replaces an unsent one; dropped if offline.
+
+        ``rank_times``: [rank, compute_s, wait_s] of the job's ranks (the global critical path).
+        """
         if not self._connected.is_set():
             self.dropped_total += 1
             return
-        msg = {"type": "report", "step": int(step), "steps": int(steps), "time": time.time(),
-               "stats": protocol.clean_stats(stats)}  # checked when sent
+        msg: dict[str, Any] = {"type": "report", "step": int(step), "steps": int(steps), "time": time.time(),
+                               "stats": protocol.clean_stats(stats)}  # checked when sent
+        if rank_times:
+            msg["rank_times"] = rank_times[:protocol.MAX_RANK_TIMES]
         with self._lock:
             if self._report is not None:
                 self.dropped_total += 1

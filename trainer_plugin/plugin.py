@@ -98,7 +98,7 @@ class TrainingPlugin(CadenceSettings):
                                        leader=self.leader, batch_size=batch_size, batch_mode=batch_mode,
                                        cuda_uuid=cuda_device_uuid())
         self._exchange = DecisionExchange(self.distributed and self.world_size > 1, self.leader,
-                                          sync_device(self.distributed))
+                                          sync_device(self.distributed), self.rank, self.world_size)
         self._interval = IntervalStats()
         self._scales = LossScaleWatch()
         self._last_report = time.monotonic()
@@ -211,6 +211,7 @@ class TrainingPlugin(CadenceSettings):
         self.samples_total += samples
         if (capture := self._profile) is not None:
             capture.add_step(period, step_time, self._data_wait, comm)
+        self._exchange.add_step(max(0.0, step_time - self._data_wait - comm), comm)
         self._data_wait = 0.0
         self.step_count += 1
         if self._exchange.pending:
@@ -232,7 +233,7 @@ class TrainingPlugin(CadenceSettings):
         now = time.perf_counter()
         stats = self.interval_stats(now)
         if self.client is not None and self.client.connected:
-            self.client.report(self.step_count, stats.pop("steps", 0), stats)
+            self.client.report(self.step_count, stats.pop("steps", 0), stats, self._exchange.report_times())
         self._interval.reset(now)  # the next interval starts here: the time to the next step counts
 
     def interval_stats(self, end: float | None = None) -> dict[str, Any]:
