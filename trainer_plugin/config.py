@@ -48,6 +48,8 @@ class TrainConfig(_Section):
     accumulation_steps: int = Field(default=1, ge=1)
     init_loss_scale: float = Field(default=65536.0, gt=0)
     loss_scale_growth_interval: int = Field(default=2000, ge=1)
+    max_grad_norm: float | None = Field(default=None, gt=0, description="clip the unscaled gradients' "
+                                        "total norm to this before each optimizer step (None: no clipping)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     log_every: int = Field(default=50, ge=1)

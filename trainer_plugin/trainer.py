@@ -234,6 +234,11 @@ class Trainer:
             xs, ys = torch.tensor_split(x, acc), torch.tensor_split(y, acc)
             total = torch.stack([self._backward(xs[i], ys[i], global_n, whole=False, sync=i == acc - 1)
                                  for i in range(acc)]).sum()
+        if (clip := self.cfg.train.max_grad_norm) is not None:
+            # clip what the optimizer applies: the unscaled gradient (scaler.step then skips a
+            # non-finite one as it would have); the plugin's norms were taken in backward, before
+            self.scaler.unscale_(self.optimizer)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
