@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,6 +41,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--nproc", type=_count(1), default=1,
                    help="processes to launch with torchrun when not already under torchrun (default 1)")
     p.add_argument("--max-restarts", type=_count(0), default=3, help="torchrun elastic restarts (with --nproc)")
+    p.add_argument("--nnodes", type=_count(1), default=1,
+                   help="nodes of the job, each running this command with the same --rdzv-endpoint (default 1)")
+    p.add_argument("--node-rank", type=_count(0), default=None,
+                   help="this node's rank; node 0 hosts the rendezvous at --rdzv-endpoint (torchrun's static "
+                        "rendezvous); without it nodes join in any order (c10d)")
+    p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                   help="rendezvous endpoint, the same on every node (needed with --nnodes > 1; "
+                        "default 127.0.0.1 and a free port)")
+    p.add_argument("--rdzv-id", default=None, metavar="ID",
+                   help="the run's id, the same on every node; it names the job gputuned-train-ID "
+                        "(default: a random id, or one rank 0 draws and sends to all)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_progress_flag(p)
     p.set_defaults(func=run_train)
@@ -69,9 +81,13 @@ def run_train(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as e:
         print(f"gputuned train: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.nproc > 1 and "RANK" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
-               "--max-restarts", str(args.max_restarts), "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
+    if (args.nproc > 1 or args.nnodes > 1) and "RANK" not in os.environ:
+        try:
+            launcher = torchrun_args(args)
+        except ValueError as e:
+            print(f"gputuned train: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        cmd = [sys.executable, "-m", "torch.distributed.run", *launcher,
                "-m", "gputuned.daemon.commands.cli", "train", args.config, *sum((["--set", o] for o in args.overrides), [])]
         if args.json:
             cmd.append("--json")
@@ -79,6 +95,30 @@ def run_train(args: argparse.Namespace) -> int:
             cmd.append("--progress" if args.progress else "--no-progress")
         return _launch(cmd)
     return _train_here(config, args.json, args.progress)
+
+
+def torchrun_args(args: argparse.Namespace) -> list[str]:
+    """torchrun's options for this run: processes, nodes, rendezvous and the run's id (ValueError: unusable)."""
+    from gputuned.protocol import NAME_RE
+
+    endpoint, node_rank, run_id = args.rdzv_endpoint, args.node_rank, args.rdzv_id
+    if args.nnodes > 1 and not endpoint:
+        raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT, the same on every node")
+    if node_rank is not None and node_rank >= args.nnodes:
+        raise ValueError(f"--node-rank {node_rank} must be below --nnodes {args.nnodes}")
+    port = (endpoint or "").rpartition(":")[2]
+    if (args.nnodes > 1 or node_rank is not None) and not (port.isdigit() and int(port) > 0):
+        raise ValueError(f"--rdzv-endpoint {endpoint!r}: expected HOST:PORT with a port every node can reach")
+    if run_id is not None and not (len(run_id) <= 100 and NAME_RE.fullmatch(run_id)):
+        raise ValueError(f"--rdzv-id {run_id!r}: 1-100 characters of [A-Za-z0-9._:-]")
+    if run_id is None and args.nnodes == 1:  # one node: a random id names this run's job
+        run_id = secrets.token_hex(4)
+    static = node_rank is not None
+    out = ["--nnodes", str(args.nnodes), "--nproc-per-node", str(args.nproc), "--max-restarts", str(args.max_restarts),
+           "--rdzv-backend", "static" if static else "c10d", "--rdzv-endpoint", endpoint or "127.0.0.1:0"]
+    if static:
+        out += ["--node-rank", str(node_rank)]
+    return out + (["--rdzv-id", run_id] if run_id is not None else [])
 
 
 def _launch(cmd: list[str]) -> int:

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from gputuned.trainer_plugin.checkpoint import CheckpointManager, PartialWriteHook
 from gputuned.trainer_plugin.config import Config, ConfigError
 from gputuned.trainer_plugin.data import Prefetcher, ResizableBatchSampler, load_digits
+from gputuned.trainer_plugin.exchange import agreed_run_id
 from gputuned.trainer_plugin.models import build_model
 from gputuned.trainer_plugin.plugin import TrainingPlugin
 from gputuned.trainer_plugin.process_group import init_distributed
@@ -122,7 +123,8 @@ class Trainer:
     def _make_plugin(self) -> TrainingPlugin:
         """The tuning plugin for this run, set up from the config's data, optim and plugin sections."""
         d, o, p = self.cfg.data, self.cfg.optim, self.cfg.plugin
-        job = p.job or f"gputuned-train-{os.environ.get('TORCHELASTIC_RUN_ID', os.getpid())}"[:128]
+        # every rank must call it (a broadcast where torchrun was given no run id)
+        job = p.job or f"gputuned-train-{agreed_run_id(self.distributed)}"[:128]
         return TrainingPlugin(
             job=job, batch_size=d.batch_size, socket_path=p.socket, batch_mode=d.batch_mode,
             accumulation_steps=self.cfg.train.accumulation_steps, on_batch_size=self._on_batch_size,

@@ -175,18 +175,20 @@ class RealTrainerComponent:
     For the demo's ``--trainer real``: torchrun starts ``nproc`` processes on this machine
     (gloo on the CPU); rank 0's plugin reports to the daemon's socket and applies the tuner's
     batch-size decisions, which the trainer logs as they take effect. Its output goes to the
-    daemon's stderr.
+    daemon's stderr. Its checkpoints go to a run folder of its own (``run_dir``), never the one
+    the config names, which ``gputuned train`` of the same config uses.
     """
 
     name = "trainer"
 
     def __init__(self, config_path: Path, socket_path: str, nproc: int = 2, job: str = "digits",
-                 epochs: int = 3000) -> None:
+                 epochs: int = 3000, run_dir: Path = Path("runs/daemon-trainer")) -> None:
         if not config_path.is_file():
             raise ValueError(f"--trainer real: trainer config {config_path} not found")
         self.cmd = [sys.executable, "-m", "gputuned", "train", "--nproc", str(nproc), str(config_path),
                     "--set", f"plugin.socket={json.dumps(socket_path)}", "--set", f"plugin.job={json.dumps(job)}",
-                    "--set", f"train.epochs={epochs}"]
+                    "--set", f"train.epochs={epochs}",
+                    "--set", f"checkpoint.dir={json.dumps(str(run_dir / job / 'checkpoints'))}"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

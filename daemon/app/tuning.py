@@ -10,6 +10,12 @@ and restores it on stop. :class:`TuningComponent` finds the job to tune, runs on
 publishes the guard's counters and the tuner's own measurements. Given the daemon's placement
 (:mod:`gputuned.collectors.attribution`: NVML's process lists joined with the ranks' hellos),
 it tunes only the GPUs the job's own processes run on, and Perseus reads each rank's GPU from it.
+
+In a multi-node job every node's daemon tunes its own GPUs from the ranks connected to it,
+whatever their global rank: it reads the job's series of its lowest local rank (samples and
+batch are the job's on every rank), and Perseus takes every node's ranks' times from the
+reports (the plugin's exchange carries them), so only GPUs off the job's critical path slow
+down. Only the daemon holding the job's leader (global rank 0) decides the batch size.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from gputuned.collectors.attribution import Attribution
 from gputuned.collectors.device import ClockEventReason
 from gputuned.collectors.families import Labels, Sample
 from gputuned.daemon.actuation.pause import pause_path
+from gputuned.daemon.app.rank_times import job_timings, local_ranks, place_ranks
 from gputuned.daemon.app.tuner_families import DECISIONS, EPS, EPS_REF, GOODPUT_RATIO, LAST_ACTION
 from gputuned.daemon.control.reports import STAT_FAMILIES
 from gputuned.daemon.core.store import Store
@@ -39,7 +46,7 @@ from gputuned.tuner.decision.perseus import RankTiming
 
 logger = logging.getLogger(__name__)
 
-TRAINER_LABEL_RANK = "0"
+LEADER_RANK = 0
 POWER_CAP = int(ClockEventReason.SW_POWER_CAP)
 SAMPLES_TOTAL = STAT_FAMILIES["samples_total"]
 SAMPLES_RATE = STAT_FAMILIES["samples_per_s"]
@@ -63,6 +70,10 @@ class BatchDecider(Protocol):
     def connected_jobs(self) -> dict[str, list[int]]: ...
 
 
+#: Every rank's (compute_s, wait_s) per step of the tuned job, all nodes' (the control server's).
+RankTimes = Callable[[], dict[int, tuple[float, float]]]
+
+
 class KnobActuator(Protocol):
     """What the tuner needs of :class:`gputuned.daemon.actuation.actuator.Actuator`: every knob it
     moves (the GPUs' power limits, the job's batch size) is changed, recorded and restored there."""
@@ -81,9 +92,15 @@ class StoreNode:
 
     def __init__(self, store: Store, actuator: KnobActuator, decider: BatchDecider | None, job: str,
                  gpus: list[tuple[GPULimits, Labels, float]], now: float,
-                 rank_gpus: Callable[[], dict[int, int]] | None = None) -> None:
+                 rank_gpus: Callable[[], dict[int, int]] | None = None, *, rank: int = LEADER_RANK,
+                 rank_times: RankTimes | None = None) -> None:
+        """``rank``: the local rank whose series are read; ``rank_times``: every node's ranks' times."""
         self.store = store
         self.rank_gpus = rank_gpus  # rank -> GPU index from NVML's process lists (None: not known)
+        self.rank = rank
+        self.leader = rank == LEADER_RANK  # this node holds the job's leader: it decides the batch size
+        self.rank_times = rank_times
+        self._labels: Labels = (("job", job), ("rank", str(rank)))
         self.actuator = actuator
         self.decider = decider
         self.job = job
@@ -96,10 +113,10 @@ class StoreNode:
         return [g for g, _, _ in self._gpus]
 
     def _trainer(self, family: str) -> float | None:
-        return self.store.value(family, (("job", self.job), ("rank", TRAINER_LABEL_RANK)))
+        return self.store.value(family, self._labels)
 
     def batch_size(self) -> int:
-        """The job leader's last reported batch size (0 when none)."""
+        """The job's last reported batch size (0 when none)."""
         return int(self._trainer(BATCH_SIZE) or 0)
 
     def totals(self) -> tuple[float, float] | None:
@@ -139,7 +156,7 @@ class StoreNode:
         seconds = now - self.mark_t
         rates: dict[str, list[float]] = {}
         for name in (SAMPLES_RATE, GOODPUT_RATE):
-            _, rates[name] = self.store.window(name, (("job", self.job), ("rank", TRAINER_LABEL_RANK)), seconds, now)
+            _, rates[name] = self.store.window(name, self._labels, seconds, now)
         tps, gps = rates[SAMPLES_RATE], rates[GOODPUT_RATE]
         samples = tot[1] - self.mark_samples
         # the job's own rates: a counter delta between ticks jitters with report timing
@@ -177,6 +194,8 @@ class StoreNode:
 
     def request_batch(self, size: int) -> str:
         """Ask the job for ``size`` through the actuator (the original recorded first, restored on stop)."""
+        if not self.leader:
+            raise ValueError("the job's leader is on another node: its daemon decides the batch size")
         res = self.actuator.change(self.job, "batch_size", size, origin="tuner")
         if getattr(res, "code", "") != "pending":
             raise ValueError(getattr(res, "reason", "") or f"batch size {size} not sent")
@@ -187,28 +206,13 @@ class StoreNode:
         return None if res is None else Ack(bool(res.ok), str(res.reason))
 
     def rank_timings(self) -> list[RankTiming]:
-        """Per-rank compute time from the job's reports, each on the GPU NVML lists its process on.
-
-        Without a placement (no process lists) the k-th rank reporting here is taken to run on
-        the k-th GPU; with one, a rank not placed on one of the tuned GPUs leaves Perseus out.
-        """
-        ranks = []
-        for labels in self.store.series(COMPUTE_SECONDS):
-            d = dict(labels)
-            if d.get("job") == self.job and "rank" in d:
-                v = self.store.value(COMPUTE_SECONDS, labels)
-                if v is not None and v > 0:
-                    ranks.append((int(d["rank"]), float(v)))
-        ranks.sort()
-        if len(ranks) < 2 or len(ranks) != len(self._gpus):
-            return []
-        if self.rank_gpus is None:
-            return [RankTiming(r, g.key, c, 0.0) for (r, c), (g, _, _) in zip(ranks, self._gpus, strict=True)]
-        placed, keys = self.rank_gpus(), {g.key for g, _, _ in self._gpus}
-        on = {r: str(placed[r]) for r, _ in ranks if r in placed and str(placed[r]) in keys}
-        if len(on) != len(ranks) or len(set(on.values())) != len(on):
-            return []
-        return [RankTiming(r, on[r], c, 0.0) for r, c in ranks]
+        """Per-rank compute time, each local rank on the GPU NVML lists its process on (the k-th GPU
+        without process lists), and every other node's ranks, from the job's exchanged times, as
+        remote; a local rank not placed on one of the tuned GPUs leaves Perseus out."""
+        ranks = local_ranks(self.store, self.job)
+        on = place_ranks([r for r, _ in ranks], [g.key for g, _, _ in self._gpus], self.rank_gpus)
+        times = self.rank_times() if self.rank_times is not None and on else {}
+        return job_timings(ranks, on, times)
 
 
 class TuningComponent:
@@ -267,7 +271,7 @@ class TuningComponent:
         kernel, node = self.kernel, self.node
         if kernel is not None:
             kernel.poll(now)
-        if kernel is not None and node is not None and self._job_gone(node.job):
+        if kernel is not None and node is not None and self._job_gone(node):
             self._job_gone_restore(now, kernel, node.job)
             self.kernel = self.node = kernel = node = None
         if kernel is None or node is None:
@@ -301,20 +305,22 @@ class TuningComponent:
             self._gpus.append((GPULimits(str(idx), lo, hi, clocks), labels, sm))
         self._gpus.sort(key=lambda g: int(g[0].key))
 
-    def _job(self) -> str | None:
-        if self.cfg.job is not None:
-            return self.cfg.job
+    def _job(self) -> tuple[str, int] | None:
+        """The job to tune and the local rank whose series are read: a job whose leader (global rank 0)
+        is connected here first, else one with only other ranks here (a node of a multi-node job)."""
         jobs = self.decider.connected_jobs() if self.decider is not None else {}
-        for job, ranks in jobs.items():
-            if 0 in ranks:
-                return job
+        if self.cfg.job is not None:
+            return self.cfg.job, min(jobs.get(self.cfg.job) or [LEADER_RANK])
+        for job, ranks in sorted(jobs.items(), key=lambda jr: (LEADER_RANK not in jr[1], jr[0])):
+            if ranks:
+                return job, min(ranks)
         return None
 
-    def _job_gone(self, job: str) -> bool:
-        """The tuned job's leader disconnected (a job named in the config is waited for instead)."""
+    def _job_gone(self, node: StoreNode) -> bool:
+        """The rank the tuner reads disconnected (a job named in the config is waited for instead)."""
         if self.cfg.job is not None or self.decider is None:
             return False
-        return 0 not in self.decider.connected_jobs().get(job, [])
+        return node.rank not in self.decider.connected_jobs().get(node.job, [])
 
     def _job_gone_restore(self, now: float, kernel: DecisionKernel, job: str) -> None:
         kernel.emit(now, "job_gone", "batch_size", "job", 0, job=job)
@@ -342,15 +348,18 @@ class TuningComponent:
         return gpus or None
 
     def _start_run(self, now: float) -> None:
-        job = self._job()
-        if job is None or not self._gpus:
+        found = self._job()
+        if found is None or not self._gpus:
             return
+        job, rank = found
         gpus = self._job_gpus(job)
         if gpus is None:
             return
         placement = self.placement
         rank_gpus = None if placement is None else (lambda: placement().rank_map(job))
-        node = StoreNode(self.store, self.actuator, self.decider, job, gpus, now, rank_gpus)
+        times = getattr(self.decider, "rank_times", None)
+        node = StoreNode(self.store, self.actuator, self.decider, job, gpus, now, rank_gpus, rank=rank,
+                         rank_times=None if times is None else (lambda: times(job)))
         if node.totals() is None:
             return
         if self._own_chooser and self.decisions:  # a new job: a fresh chooser and OOM ceiling
@@ -359,7 +368,12 @@ class TuningComponent:
         g0_labels = gpus[0][1]
         limit = float(self.store.value(F.GPU_POWER_LIMIT, g0_labels) or gpus[0][0].hi_w)
         hook = getattr(self.chooser, "rolled_back", None)
-        self.kernel = DecisionKernel(node, self.cfg, self.guard, b0=node.batch_size(), limit_w=limit,
+        # a node without the job's leader tunes its GPUs; the leader's daemon decides the batch size
+        cfg = self.cfg if node.leader else self.cfg.model_copy(update={"tune_batch": False})
+        if not node.leader:
+            logger.info("tuner: job %s has its leader on another node; tuning GPUs %s from its rank %d here",
+                        job, ", ".join(g.key for g, _, _ in gpus), rank)
+        self.kernel = DecisionKernel(node, cfg, self.guard, b0=node.batch_size(), limit_w=limit,
                                      on_event=self.on_event, on_rollback=hook)
         self.kernel.last_action_t = self._last_action_t
         self.node = node

@@ -116,7 +116,8 @@ class MessageHandler:
         if conn.kind != "client":
             raise P.ProtocolError("report: only after hello")
         t = msg.get("time")
-        self.jobs.update(conn.job, conn.rank, msg["step"], float(t) if t else time.time(), P.report_stats(msg))
+        self.jobs.update(conn.job, conn.rank, msg["step"], float(t) if t else time.time(), P.report_stats(msg),
+                         P.report_rank_times(msg))
 
     def _admin(self, conn: Connection, msg: dict[str, Any]) -> None:
         op = msg["op"]

@@ -63,6 +63,7 @@ class RankState:
     uuid: str = ""  # the CUDA device UUID its hello reported (placed only where NVML lists its pid)
     leader: bool = False  # rank 0 that said it leads: decisions go to its connection
     stats: dict[str, float] = field(default_factory=dict)
+    rank_times: dict[int, tuple[float, float]] = field(default_factory=dict)  # the job's ranks, as it last heard
 
 
 @dataclass
@@ -172,14 +173,24 @@ class JobTable:
         with self._lock:
             return [RankClaim(j, r, st.pid, st.uuid) for (j, r), st in self._ranks.items() if st.connected]
 
-    def update(self, job: str, rank: int, step: int, t: float, stats: dict[str, float]) -> None:
-        """Take one report of a connected rank: its step, the report's time and its statistics."""
+    def update(self, job: str, rank: int, step: int, t: float, stats: dict[str, float],
+               rank_times: dict[int, tuple[float, float]] | None = None) -> None:
+        """Take one report of a connected rank: its step, the report's time, its statistics and
+        the (compute, wait) seconds per step of the job's ranks that it carried, if any."""
         with self._lock:
             self.reports += 1
             st = self._ranks.get((job, rank))
             if st is not None:
                 st.step, st.t = step, t
                 st.stats.update(stats)
+                st.rank_times = rank_times or st.rank_times
+
+    def rank_times(self, job: str) -> dict[int, tuple[float, float]]:
+        """The job's ranks' (compute_s, wait_s) per step from its newest report that carried them,
+        so also the ranks on other nodes; empty when no connected rank sent them."""
+        with self._lock:
+            held = [st for (j, _), st in self._ranks.items() if j == job and st.connected and st.rank_times]
+            return dict(max(held, key=lambda st: st.t).rank_times) if held else {}
 
     def jobs(self) -> dict[str, list[int]]:
         """Connected ranks per job."""

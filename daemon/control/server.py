@@ -169,6 +169,10 @@ class ControlServer:
         """Connected ranks per job."""
         return self.jobs.jobs()
 
+    def rank_times(self, job: str) -> dict[int, tuple[float, float]]:
+        """Each rank's (compute_s, wait_s) per step of ``job``, all nodes', as its ranks here last reported."""
+        return self.jobs.rank_times(job)
+
     def samples(self) -> list[Sample]:
         out = self.jobs.samples()
         out.append((REPORTS, (), float(self.reports_total)))

@@ -9,6 +9,10 @@ while its slack stays above ``min_slack`` and raises it back when its slack fall
 ``min_slack / 2``; the critical rank (least slack) is never lowered and is raised towards its
 maximum if it was lowered before. Batch size is decided for the whole job elsewhere, never per
 rank.
+
+The critical path is the job's, not a node's: in a multi-node job each node's daemon is given
+every rank's timing, those of other nodes with the GPU key :data:`REMOTE`, and plans only its
+own GPUs, so a node none of whose ranks is critical lowers all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
+
+#: The GPU key of a rank on another node: counted for the critical path, never planned here.
+REMOTE = ""
 
 
 @dataclass(frozen=True)
@@ -39,17 +46,17 @@ class SlackConfig:
 
 
 def slack(timings: Sequence[RankTiming]) -> dict[str, float]:
-    """Each GPU's slack: the fraction of the slowest rank's compute time it spends idle."""
+    """Each local GPU's slack: the fraction of the slowest rank's compute time (any node's) it spends idle."""
     if not timings:
         return {}
     critical = max(t.compute_s for t in timings)
     if critical <= 0:
-        return {t.gpu: 0.0 for t in timings}
-    return {t.gpu: max(0.0, (critical - t.compute_s) / critical) for t in timings}
+        return {t.gpu: 0.0 for t in timings if t.gpu != REMOTE}
+    return {t.gpu: max(0.0, (critical - t.compute_s) / critical) for t in timings if t.gpu != REMOTE}
 
 
 def critical_gpu(timings: Sequence[RankTiming]) -> str:
-    """The GPU on the critical path (longest compute)."""
+    """The GPU on the critical path (longest compute); :data:`REMOTE` when it is on another node."""
     return max(timings, key=lambda t: t.compute_s).gpu
 
 
@@ -69,13 +76,16 @@ def plan_steps(
     step: float, min_slack: float = 0.05,
 ) -> dict[str, float]:
     """New value per GPU of a knob that speeds it up as it rises (an SM clock in MHz, a power
-    limit in W), one ``step`` at a time: only GPUs with slack are lowered, never the critical one."""
+    limit in W), one ``step`` at a time: only GPUs with slack are lowered, never the critical one.
+    Ranks of other nodes (:data:`REMOTE`) count for the critical path only."""
     if not timings:
         return dict(values)
     s = slack(timings)
     crit = critical_gpu(timings)
     out: dict[str, float] = {}
     for t in timings:
+        if t.gpu == REMOTE:
+            continue
         lo, hi = bounds[t.gpu]
         cur = values[t.gpu]
         if t.gpu == crit:
