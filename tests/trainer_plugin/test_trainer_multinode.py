@@ -167,6 +167,38 @@ def test_gputuned_train_launches_each_node_with_its_rendezvous(tmp_path: Path) -
     assert not any("runs/digits" in part for part in trainer.cmd) and any("checkpoint.dir=" in p for p in trainer.cmd)
 
 
+def test_reports_carry_the_job_wide_rank_times_bounded_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from gputuned import protocol as P
+    from gputuned.daemon.control.reports import JobTable
+    from gputuned.trainer_plugin.exchange import DecisionExchange, agreed_run_id
+
+    ex = DecisionExchange(False, True, torch.device("cpu"), rank=1, world=3)
+    ex.add_step(0.04, 0.01)
+    ex.add_step(0.02, 0.03)
+    ex.start(0, 0, 1.0, 10, False, None)
+    assert ex.finish().rank_times == {1: (pytest.approx(0.03), pytest.approx(0.02))}
+    ex.rank_times = {r: (0.01 * r, 0.0) for r in range(400)}
+    sent = ex.report_times()
+    assert len(sent) == P.MAX_RANK_TIMES and [1, 0.01, 0.0] in sent and [399, 3.99, 0.0] in sent
+    P.message("report", step=1, steps=1, stats={}, rank_times=sent)
+    P.message("report", step=1, steps=1, stats={})  # an older plugin sends none
+    for bad in ([[0, 0.1]], [[0, 0.1, 0.0], [0, 0.2, 0.0]], [[0, -1.0, 0.0]], [[1 << 20, 0.1, 0.0]], sent + [[999, 1, 1]]):
+        with pytest.raises(P.ProtocolError):
+            P.message("report", step=1, steps=1, stats={}, rank_times=bad)
+    table = JobTable()
+    for rank in (2, 3):
+        table.connect("j", rank, uid=1, pid=10 + rank, cid=rank)
+    table.update("j", 2, 5, 100.0, {}, {0: (0.02, 0.0), 2: (0.06, 0.0)})
+    table.update("j", 3, 5, 101.0, {}, {})  # a report without times keeps the rank's last ones
+    assert table.rank_times("j") == {0: (0.02, 0.0), 2: (0.06, 0.0)}
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert agreed_run_id(False) != agreed_run_id(False)  # torchrun's default id names no job
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "exp7")
+    assert agreed_run_id(False) == "exp7"
+
+
 # -- two nodes x two ranks under torchrun, a daemon each ----------------------------------------
 
 
