@@ -26,11 +26,11 @@ import torch
 from gputuned.trainer_plugin import compression
 from gputuned.trainer_plugin.cadence import SLOWDOWN_JUMP, STEP_EMA_WEIGHT, Cadence, CadenceSettings
 from gputuned.trainer_plugin.client import DEFAULT_SOCKET, DaemonClient, cuda_device_uuid
-from gputuned.trainer_plugin.ddp_probe import DDPProbe, HookProbe
 from gputuned.trainer_plugin.exchange import DecisionExchange, batch_size_problem, sync_device
 from gputuned.trainer_plugin.interval import IntervalStats, LossScaleWatch
 from gputuned.trainer_plugin.lr_factor import OptimizerLrFactor
 from gputuned.trainer_plugin.noise_scale import LR_RULES, NoiseScaleEstimator, scaled_lr
+from gputuned.trainer_plugin.probes import Probe, make_probe
 from gputuned.trainer_plugin.process_group import topology
 from gputuned.trainer_plugin.profiling import ProfileCapture
 
@@ -102,7 +102,7 @@ class TrainingPlugin(CadenceSettings):
         self._interval = IntervalStats()
         self._scales = LossScaleWatch()
         self._last_report = time.monotonic()
-        self._probe: DDPProbe | HookProbe | None = None
+        self._probe: Probe | None = None
         # the step in progress: its start, whether it samples gradient norms, its data wait and samples
         self._t0 = 0.0
         self._last_end: float | None = None  # when the previous step ended: step-to-step wall time
@@ -113,18 +113,18 @@ class TrainingPlugin(CadenceSettings):
 
     # -- measurement --------------------------------------------------------------------
 
-    def instrument(self, model: torch.nn.parallel.DistributedDataParallel, hook: str = "none",
-                   **hook_kwargs: Any) -> None:
-        """Measure a DDP model: comm time, bytes and gradient norms; ``hook`` picks a compression hook.
+    def instrument(self, model: torch.nn.Module, hook: str = "none", **hook_kwargs: Any) -> None:
+        """Measure a DDP, FSDP2 (``fully_shard``) or compiled model: comm time, bytes, gradient norms.
 
-        With ``none`` DDP keeps its built-in all-reduce and :class:`DDPProbe` measures around
-        it; a compression hook is wrapped in a timed, counted Python hook (:class:`HookProbe`).
+        ``hook`` picks a DDP compression hook; with ``none`` DDP keeps its built-in all-reduce and
+        the probe measures around it (see :mod:`gputuned.trainer_plugin.probes`). An FSDP model's
+        norm samples come every ``norm_every`` steps (default 32) on every rank at once.
         """
         self.context["compression"] = hook
-        if hook == "none":
-            self._probe = DDPProbe(model, self.norm_every or _DDP_STATS_EVERY, self.counters)
-        else:
-            self._probe = HookProbe(model, hook, self.counters, **hook_kwargs)
+        cadence = self._cadence
+        self._probe = make_probe(model, hook, self.counters, cadence.norm_every or _DDP_STATS_EVERY, **hook_kwargs)
+        if getattr(self._probe, "agreed_sampling", False) and not cadence.norm_every:
+            cadence.norm_every = _DDP_STATS_EVERY
 
     def wrap_loader(self, loader: Iterable[Any]) -> Iterator[Any]:
         """Yield from a loader, counting the time spent waiting for each batch."""
