@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,15 @@ def snapshot(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(snapshot(v) for v in obj)
     return obj
+
+
+def gather_per_rank(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order, on every rank (collective; ``[obj]`` outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 class CheckpointCorrupt(Exception):

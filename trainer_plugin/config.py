@@ -57,7 +57,7 @@ class TrainConfig(_Section):
 
 
 class CompressionConfig(_Section):
-    hook: Literal["none", "topk", "int8", "powersgd"] = "none"
+    hook: Literal["none", "topk", "int8", "powersgd", "bf16"] = "none"
     topk_ratio: float = Field(default=0.05, gt=0, le=1)
     powersgd_rank: int = Field(default=2, ge=1)
     powersgd_start_iter: int = Field(default=10, ge=2)

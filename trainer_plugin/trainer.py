@@ -18,7 +18,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gputuned.trainer_plugin.checkpoint import CheckpointManager, PartialWriteHook
+from gputuned.trainer_plugin.checkpoint import CheckpointManager, PartialWriteHook, gather_per_rank
+from gputuned.trainer_plugin.compression import CompressionState
 from gputuned.trainer_plugin.config import Config, ConfigError
 from gputuned.trainer_plugin.data import Prefetcher, ResizableBatchSampler, load_digits
 from gputuned.trainer_plugin.exchange import agreed_run_id
@@ -101,6 +102,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=config.train.init_loss_scale,
                                            growth_interval=config.train.loss_scale_growth_interval,
                                            enabled=self.precision == "fp16")
+        # the compression hook's state (checkpointed), and the loss scale its residuals are unscaled by
+        self.comm = CompressionState(self.scaler.get_scale, self.model.parameters())
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         self.accumulation = accum
         self.sampler = ResizableBatchSampler(len(self.y_train), d.batch_size, self.rank, self.world, seed=d.seed)
@@ -139,7 +142,7 @@ class Trainer:
         kw: dict[str, Any] = {"topk_ratio": c.topk_ratio} if c.hook == "topk" else {}
         if c.hook == "powersgd":
             kw = {"powersgd_rank": c.powersgd_rank, "powersgd_start_iter": c.powersgd_start_iter}
-        self.plugin.instrument(ddp, c.hook, **kw)
+        self.plugin.instrument(ddp, c.hook, comm=self.comm, **kw)
 
     # -- schedule and decisions ------------------------------------------------------------
 
@@ -183,7 +186,8 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "sampler": self.prefetcher.consumed_state, "accumulation": self.accumulation,
-                "plugin": self.plugin.state_dict(), "rng": rngs, "world_size": self.world}
+                "plugin": self.plugin.state_dict(), "rng": rngs, "world_size": self.world,
+                "compression": gather_per_rank(self.comm.state_dict())}
 
     def save_checkpoint(self) -> None:
         """Collective: gather RNG states, then rank 0 writes (asynchronously by config)."""
@@ -210,6 +214,7 @@ class Trainer:
         self.optimizer.load_state_dict(st["optimizer"])
         self.scaler.load_state_dict(st["scaler"])
         self.plugin.load_state_dict(st["plugin"])
+        self.comm.load_from(st.get("compression"), self.rank, self.world)
         self.step, self.epoch, self.samples_seen = st["step"], st["epoch"], st["samples_seen"]
         self.accumulation = st["accumulation"]
         self.sampler.load_state_dict(st["sampler"])
