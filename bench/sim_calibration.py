@@ -67,7 +67,7 @@ def energy_shape(sweeps: list[Sweep], gp: PowerParams, old: PowerParams, prof: G
     x, tm, em = measured_curve(sweeps)
     fm = x * prof.sm_clock_max_mhz
     locks = [c for c in prof.sm_clocks_mhz if c >= 500]
-    phases = fit_phases(sweeps, gp)
+    phases = fit_phases(sweeps, gp, limit)
     ts, es = curve(phases, gp, prof, limit, locks)
     busy_w = float(em[-1] / tm[-1])  # the former model: one compute-bound phase, P0 + A g(x)
     old_ph = [Phase("compute", float(tm[-1]), 1.0, 0.0, busy_w - old.active_idle_w)]
@@ -82,7 +82,7 @@ def energy_shape(sweeps: list[Sweep], gp: PowerParams, old: PowerParams, prof: G
 def lock_vs_limit(sweeps: list[Sweep], gp: PowerParams, prof: GPUProfile, limit: float) -> None:
     """Best lock's saving at each slowdown bound and the equal-time power limit's energy."""
     x, tm, em = measured_curve(sweeps)
-    phases = fit_phases(sweeps, gp)
+    phases = fit_phases(sweeps, gp, limit)
     locks = [int(round(v * prof.sm_clock_max_mhz)) for v in x]
     ts, es = curve(phases, gp, prof, limit, locks)
     lims, tl, el = limit_curve(phases, gp, prof, limit)

@@ -9,10 +9,13 @@ clock-dependent static power into leakage (``V``) and clock tree (``x V^2``), wi
 clock-independent part fixed at the profile's idle power and the total at max clock at the
 profile's P0. A sweep's time stops falling above a plateau clock. Where the power on the
 plateaus sits at the profile's maximum limit (A40) the rig's power cap holds the clock there:
-plateau points are left out of the energy fit and simulated through the cap at the mean
-plateau power. Elsewhere (A100, whose rig drew up to 480 W against a 400 W profile) the stage
-is bound elsewhere above the plateau while its power still rises: the phase's ``sat_ratio``,
-simulated under a limit that never binds.
+the plateau starts at the lowest locked clock from which the measured power stays within 2 %
+of the rig's mean plateau power, every plateau point is fitted as the phase at that clock, and
+the sweeps are simulated through the cap at the mean plateau power (the controller holds the
+average at that share of the nominal limit, which the power-limit predictions keep). Elsewhere
+(A100, whose rig drew up to 480 W against a 400 W profile) the stage is bound elsewhere above
+the plateau while its power still rises: the phase's ``sat_ratio``, simulated under a limit
+that never binds.
 
 Hold-out: the GPU constants are fitted on one model's stages and checked on the other model's
 (whose phases get their time, SM and DRAM power from its own sweep, with the GPU constants
@@ -39,6 +42,7 @@ from gputuned.collectors.sim.gpu_model import (
     phase_time,
     snap_clock_mhz,
 )
+from gputuned.collectors.sim.job import COMM_POWER_SHARE
 from gputuned.collectors.sim.state import GPUProfile, load_profile
 
 #: Perseus GPU name -> simulator profile key.
@@ -51,6 +55,9 @@ PROXY_MODEL = {"gpt3-2.7b": "gpt3-175b", "gpt3-6.7b": "gpt3-175b", "bloom-3b": "
 #: one around the coarse optimum.
 _COARSE = (np.arange(0.5, 1.0, 0.05), np.arange(0.3, 0.96, 0.06), np.linspace(0.0, 1.0, 3))
 _FINE_STEP = (0.01, 0.02, 0.25)
+#: Under a binding cap, the plateau starts where the measured power reaches this share of the
+#: rig's mean plateau power and stays there.
+PLATEAU_POWER_SHARE = 0.98
 
 
 @dataclass
@@ -85,10 +92,12 @@ def load_sweeps(path: Path | None = None) -> list[Sweep]:
     return out
 
 
-def fit_time(x: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
-    """(t0, s, plateau clock ratio) minimising the relative error of ``t0 (1 - s + s / min(x, xc))``."""
+def fit_time(x: np.ndarray, t: np.ndarray, plateau: float | None = None) -> tuple[float, float, float]:
+    """(t0, s, plateau clock ratio) minimising the relative error of ``t0 (1 - s + s / min(x, xc))``
+    (``xc`` chosen by the fit, or the given plateau)."""
     best: tuple[float, float, float, float] | None = None
-    for xc in np.unique(np.r_[x[x > 0.8 * x.max()], 1.0]):
+    candidates = [plateau] if plateau is not None else np.unique(np.r_[x[x > 0.8 * x.max()], 1.0])
+    for xc in candidates:
         xe = np.minimum(x, xc)
         a = np.c_[np.ones_like(xe), 1.0 / xe] / t[:, None]
         c = np.linalg.lstsq(a, np.ones_like(t), rcond=None)[0]
@@ -116,15 +125,29 @@ def _plateau_power(sweeps: list[Sweep]) -> float:
     return float(np.mean(powers))
 
 
+def plateau_clock(sw: Sweep, limit_w: float) -> float:
+    """Lowest locked clock ratio from which the sweep's power stays at the capped plateau."""
+    high = sw.e / sw.t >= PLATEAU_POWER_SHARE * limit_w
+    k = len(high)
+    while k > 0 and high[k - 1]:
+        k -= 1
+    return float(sw.x[k]) if k < len(high) else 1.0
+
+
+def sweep_time(sw: Sweep, cap_w: float | None) -> tuple[float, float, float]:
+    """The sweep's (t0, s, plateau): under a binding cap (``cap_w``) the plateau is where power meets it."""
+    return fit_time(sw.x, sw.t, None if cap_w is None else plateau_clock(sw, cap_w))
+
+
 def _energy_columns(sw: Sweep, t0: float, s: float, xc: float, vmin: float, knee: float,
                     base: float, leak: float, tree: float, cap: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Static energy, SM column (t0 V^2) and DRAM column (t0) on the points the fit uses."""
-    m = sw.x <= xc + 1e-9 if cap else np.ones(len(sw.x), dtype=bool)
-    x = sw.x[m]
+    """Static energy, SM column (t0 V^2) and DRAM column (t0) at every point; under a binding cap
+    a plateau point is the phase at the plateau clock."""
+    x = np.minimum(sw.x, xc) if cap else sw.x
     v = _volt(x, vmin, knee)
     tt = t0 * (1.0 - s + s / np.minimum(x, xc))
     static = tt * (base + leak * v + tree * x * v * v)
-    return static, np.c_[t0 * v * v, np.full_like(x, t0)], sw.e[m]
+    return static, np.c_[t0 * v * v, np.full_like(x, t0)], sw.e
 
 
 def _fit_powers(static: np.ndarray, cols: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, float]:
@@ -138,12 +161,21 @@ def _fit_powers(static: np.ndarray, cols: np.ndarray, e: np.ndarray) -> tuple[np
     return c, float(np.sum((a @ c - y) ** 2))
 
 
-def fit_phases(sweeps: list[Sweep], gp: PowerParams) -> list[Phase]:
-    """Each sweep's phase with the GPU constants held (time from its clocks, powers from its energy)."""
+def _cap_w(sweeps: list[Sweep], prof: GPUProfile, limit_w: float | None) -> float | None:
+    """The rig's capped plateau power where a cap holds the sweeps' plateaus, else None."""
+    if not plateau_is_cap(sweeps, prof):
+        return None
+    return rig_limit_w(sweeps, prof) if limit_w is None else limit_w
+
+
+def fit_phases(sweeps: list[Sweep], gp: PowerParams, limit_w: float | None = None) -> list[Phase]:
+    """Each sweep's phase with the GPU constants held (time from its clocks, powers from its energy);
+    ``limit_w`` the rig's capped plateau power (default: these sweeps' own)."""
     out = []
-    cap = plateau_is_cap(sweeps, load_profile(PERSEUS_GPUS[sweeps[0].gpu]))
+    cap_w = _cap_w(sweeps, load_profile(PERSEUS_GPUS[sweeps[0].gpu]), limit_w)
+    cap = cap_w is not None
     for sw in sweeps:
-        t0, s, xc = fit_time(sw.x, sw.t)
+        t0, s, xc = sweep_time(sw, cap_w)
         static, cols, e = _energy_columns(sw, t0, s, xc, gp.voltage_floor, gp.voltage_knee, gp.base_w,
                                           gp.leakage_w, gp.clock_tree_w, cap)
         (a, d), _ = _fit_powers(static, cols, e)
@@ -152,9 +184,8 @@ def fit_phases(sweeps: list[Sweep], gp: PowerParams) -> list[Phase]:
 
 
 def _grid_best(sweeps: list[Sweep], times: list[tuple[float, float, float]], prof: GPUProfile, spare: float,
-               grid: tuple[np.ndarray, ...]) -> tuple[float, float, float, float]:
+               grid: tuple[np.ndarray, ...], cap: bool) -> tuple[float, float, float, float]:
     best: tuple[float, float, float, float] | None = None
-    cap = plateau_is_cap(sweeps, prof)
     for vmin, knee, alpha in itertools.product(*grid):
         leak, tree = spare * (1.0 - alpha), spare * alpha
         err = sum(_fit_powers(*_energy_columns(sw, *tm, vmin, knee, prof.idle_power_w, leak, tree, cap))[1]
@@ -169,11 +200,12 @@ def fit_gpu(sweeps: list[Sweep], prof: GPUProfile) -> PowerParams:
     """Voltage curve and leakage/clock-tree split (coarse then fine grid search) on the given sweeps."""
     base = default_power_params(prof)
     spare = base.active_idle_w - prof.idle_power_w
-    times = [fit_time(sw.x, sw.t) for sw in sweeps]
-    _, *centre = _grid_best(sweeps, times, prof, spare, _COARSE)
+    cap_w = _cap_w(sweeps, prof, None)
+    times = [sweep_time(sw, cap_w) for sw in sweeps]
+    _, *centre = _grid_best(sweeps, times, prof, spare, _COARSE, cap_w is not None)
     fine = tuple(np.clip(c + d * np.arange(-3, 4), lo, hi) for c, d, lo, hi
                  in zip(centre, _FINE_STEP, (0.4, 0.2, 0.0), (0.99, 0.96, 1.0), strict=True))
-    _, vmin, knee, alpha = _grid_best(sweeps, times, prof, spare, tuple(np.unique(f) for f in fine))
+    _, vmin, knee, alpha = _grid_best(sweeps, times, prof, spare, tuple(np.unique(f) for f in fine), cap_w is not None)
     return replace(base, voltage_floor=round(vmin, 3), voltage_knee=round(knee, 3),
                    leakage_w=round(spare * (1.0 - alpha), 3), clock_tree_w=round(spare * alpha, 3))
 
@@ -213,8 +245,8 @@ def holdout(sweeps: list[Sweep], gpu: str, train: str, test: str) -> dict[str, A
     te = [s for s in sweeps if s.gpu == gpu and s.model == test]
     gp = fit_gpu(tr, prof)
     limit = rig_limit_w(tr, prof)
-    t_tr, e_tr = sweep_rms(tr, fit_phases(tr, gp), gp, prof, limit)
-    t_te, e_te = sweep_rms(te, fit_phases(te, gp), gp, prof, limit)
+    t_tr, e_tr = sweep_rms(tr, fit_phases(tr, gp, limit), gp, prof, limit)
+    t_te, e_te = sweep_rms(te, fit_phases(te, gp, limit), gp, prof, limit)
     return {"gpu": PERSEUS_GPUS[gpu], "fitted_on": train, "checked_on": test, "voltage_floor": gp.voltage_floor,
             "voltage_knee": gp.voltage_knee, "leakage_w": gp.leakage_w, "clock_tree_w": gp.clock_tree_w,
             "rig_limit_w": round(limit, 1), "train_time_rms": t_tr, "train_energy_rms": e_tr,
@@ -241,31 +273,42 @@ def iteration(phases: list[Phase], gp: PowerParams, prof: GPUProfile, limit_w: f
 
 
 def job_phases(stand_in: list[Phase], gp: PowerParams, prof: GPUProfile, limit_w: float, mean_w: float) -> list[Phase]:
-    """The stand-in stage's phases plus the idle share (bubbles, transfers) that gives the job's
-    measured mean power per GPU at the reference limit."""
+    """The stand-in stage's phases plus the pipeline's waits (bubbles, transfers: a communication
+    phase, its kernels at the live simulator's share of the stand-in's dynamic power) that give
+    the job's measured mean power per GPU at the reference limit."""
     t, e = iteration(stand_in, gp, prof, limit_w)
-    idle_w = phase_power(Phase("idle", 1.0, 0.0), 1.0, gp)
-    tau = max(0.0, (e - mean_w * t) / max(mean_w - idle_w, 1.0))
-    return [*stand_in, Phase("idle", tau, 0.0)]
+    dynamic_w = sum((ph.sm_w + ph.dram_w) * ph.time_s for ph in stand_in) / sum(ph.time_s for ph in stand_in)
+    wait = Phase("communication", 1.0, 0.0, 0.0, COMM_POWER_SHARE * dynamic_w)
+    wait_w = phase_power(wait, 1.0, gp)
+    tau = max(0.0, (e - mean_w * t) / max(mean_w - wait_w, 1.0))
+    return [*stand_in, replace(wait, time_s=tau)]
+
+
+def controller_ratio(sweeps: list[Sweep], prof: GPUProfile) -> float:
+    """Share of the nominal limit at which the rig's cap held average power (1 where it never bound)."""
+    return rig_limit_w(sweeps, prof) / prof.power_limit_max_w if plateau_is_cap(sweeps, prof) else 1.0
 
 
 def predict_power_limits(sweeps: list[Sweep], gp: PowerParams, lo_w: float = 200.0) -> list[dict[str, Any]]:
     """Each A40 pipeline job's time and energy relative to its top limit, measured against predicted
-    from the clock fit (the stand-in model's stage phases, idle share set by the top limit's power)."""
+    from the clock fit (the stand-in model's stage phases, wait share set by the top limit's power;
+    every limit acts at the share of it the clock sweeps' capped plateaus held)."""
     prof = load_profile("a40")
+    a40 = [s for s in sweeps if s.gpu == "a40"]
+    ratio, rig_w = controller_ratio(a40, prof), rig_limit_w(a40, prof)
     rows = []
     for model, (gpus, meas) in load_power_limit_sweeps().items():
         proxy = PROXY_MODEL.get(model)
         if proxy is None:
             continue
         top, t_top, e_top = meas[0]
-        stand_in = fit_phases([s for s in sweeps if s.gpu == "a40" and s.model == proxy], gp)
-        phases = job_phases(stand_in, gp, prof, top, e_top / t_top / gpus)
-        t_ref, e_ref = iteration(phases, gp, prof, top)
+        stand_in = fit_phases([s for s in a40 if s.model == proxy], gp, rig_w)
+        phases = job_phases(stand_in, gp, prof, ratio * top, e_top / t_top / gpus)
+        t_ref, e_ref = iteration(phases, gp, prof, ratio * top)
         for limit, t, e in meas:
             if limit < lo_w:
                 continue
-            tp, ep = iteration(phases, gp, prof, limit)
+            tp, ep = iteration(phases, gp, prof, ratio * limit)
             rows.append({"model": model, "stand_in": proxy, "limit_w": limit, "time": t / t_top,
                          "time_pred": tp / t_ref, "energy": e / e_top, "energy_pred": float(ep / e_ref)})
     return rows
@@ -285,6 +328,7 @@ def calibrate_clocks(sweeps: list[Sweep] | None = None) -> dict[str, Any]:
         gps[gpu] = fit_gpu(mine, load_profile(key))
         fits[key] = {k: getattr(gps[gpu], k) for k in CLOCK_FIELDS}
         fits[key]["rig_limit_w"] = round(rig_limit_w(mine, load_profile(key)), 1)
+        fits[key]["controller_ratio"] = round(controller_ratio(mine, load_profile(key)), 4)
     hold = [holdout(sweeps, gpu, a, b) for gpu in PERSEUS_GPUS for a, b in (MODELS, MODELS[::-1])]
     return {"source": "Perseus SOSP'24 artifact (ml-energy/zeus, sosp24_data), Apache-2.0",
             "fits": fits, "holdout": hold, "power_limits": predict_power_limits(sweeps, gps["a40"])}
