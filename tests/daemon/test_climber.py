@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gputuned.tuner.decision.choosers import ClimbChooser
-from gputuned.tuner.decision.moves import STAY, busy_power, move, power_target, split
+from gputuned.tuner.decision.moves import STAY, busy_power, fine, move, power_target, split
 from gputuned.tuner.decision.observe import BASE_OBS_DIM
 from gputuned.tuner.sim_env import SimNodeEnv
 
@@ -22,11 +22,14 @@ def reading(limit: float, goodput: float, eps: float, batch_moved: int = 0) -> n
 
 
 def climb_to_first_probe(c: ClimbChooser) -> None:
-    """Three steps down (the third over the 3% budget), one back up, settle, probe a doubled batch."""
+    """Three steps down (the third over the 3% budget), one back up, a quarter step down (over the
+    budget too, at the same exchange rate) and back, settle, probe a doubled batch."""
     assert c(reading(1.0, 1.0, 1.0)) == move(-1, 0)
     assert c(reading(0.9625, 0.995, 0.987)) == move(-1, 0)
     assert c(reading(0.925, 0.978, 0.955)) == move(-1, 0)
     assert c(reading(0.8875, 0.966, 0.930)) == move(+1, 0)  # under 0.97 of the reference goodput
+    assert c(reading(0.925, 0.978, 0.955)) == fine(dp=-1)  # one step was too far: a quarter step
+    assert c(reading(0.915625, 0.969, 0.9366)) == fine(dp=+1)  # a fine step must stay within the budget
     assert c(reading(0.925, 0.978, 0.955)) == STAY
     assert c(reading(0.925, 0.978, 0.955)) == move(0, +1)
 
@@ -41,8 +44,8 @@ def test_a_probe_that_costs_energy_but_buys_more_goodput_than_that_is_kept() -> 
     for limit, good, eps in ((0.8875, 1.04, 0.95), (0.85, 1.015, 0.91), (0.8125, 0.99, 0.875)):
         assert c(reading(limit, good, eps)) == move(-1, 0)
     assert c(reading(0.775, 0.966, 0.85)) == move(+1, 0)  # over budget: back up one and stay
-    assert c(reading(0.8125, 0.99, 0.875)) == STAY
-    assert c(reading(0.8125, 0.99, 0.875)) == move(0, +1)  # the trade paid (0.875 < 0.955): probe on
+    assert c(reading(0.8125, 0.973, 0.875)) == STAY  # within the margin of the budget: no quarter step
+    assert c(reading(0.8125, 0.973, 0.875)) == move(0, +1)  # the trade paid (0.875 < 0.955): probe on
 
 
 def test_a_kept_trade_that_the_power_limit_does_not_pay_back_is_undone() -> None:

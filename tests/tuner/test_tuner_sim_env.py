@@ -7,7 +7,7 @@ import pytest
 from stable_baselines3.common.env_checker import check_env
 
 from gputuned.tuner.decision.choosers import ClimbChooser
-from gputuned.tuner.decision.moves import STAY, decode, move
+from gputuned.tuner.decision.moves import STAY, decode, move, share
 from gputuned.tuner.decision.observe import BASE_OBS_DIM, SIM_OBS_DIM
 from gputuned.tuner.sim_env import SimNodeEnv
 
@@ -73,8 +73,8 @@ def test_adviser_features_are_the_climbers_move() -> None:
     twin = ClimbChooser("energy_slowdown", 0.03)
     for _ in range(15):  # following the adviser: its proposal is what a climber on the same readings says
         assert env.suggested == twin(obs[:BASE_OBS_DIM])
-        dp, db, dc = obs[BASE_OBS_DIM:]
-        assert move(int(dp), int(db), int(dc)) == env.suggested
+        proposed = decode(env.suggested)
+        assert list(obs[BASE_OBS_DIM:]) == [x * share(env.suggested) for x in proposed]
         obs, _, _, _, info = env.step(env.suggested)
         if info["rolled_back"]:
             m = decode(env.suggested)

@@ -19,9 +19,14 @@ lower. Throughput: the limit goes to its maximum, then batch size climbs while g
 Where the GPUs' SM clocks can be locked, the objective decides between the limit and a lock from
 what it measures: once the limit has settled the first time, a lock takes over at the clock the
 limit gave (the kernel lifts the limit out of its way); the lock is kept if the cost the guard
-judges by (energy per sample, with the shortfall beyond the slowdown budget) is lower than under
-the limit, and the climber then walks the clock as it walked the limit; otherwise it unlocks and
-the limit comes back. Moves: 15 actions (:mod:`gputuned.tuner.decision.moves`).
+judges by (energy per sample, with the shortfall beyond the slowdown budget) is not higher than
+under the limit (on measured GPUs a lock costs no more than the limit of the same speed, and it
+keeps a batch probe's clock where a limit would move it), and the climber then walks the clock
+as it walked the limit. A lock that runs faster than the limit did is not judged at once: it is
+walked down like a kept one and judged once its walk settles, at the limit's speed; dearer
+there, it is released (the limit comes back). Next to a setting one step over the budget, the
+walked knob goes on by quarter steps, each kept only while it stays within the budget and
+lowers energy per sample. Moves: 20 actions (:mod:`gputuned.tuner.decision.moves`).
 
 :class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
 climber's proposal (2 features, a residual design: the policy learns when to follow the rule
@@ -38,7 +43,16 @@ from pathlib import Path
 
 import numpy as np
 
-from gputuned.tuner.decision.moves import N_ACTIONS, STAY, decode, move
+from gputuned.tuner.decision.moves import (
+    FINE_SHARE,
+    N_ACTIONS,
+    RELEASE,
+    STAY,
+    decode,
+    fine,
+    move,
+    share,
+)
 from gputuned.tuner.decision.observe import BASE_OBS_DIM, SIM_OBS_DIM
 from gputuned.tuner.decision.observe import Feature as F
 
@@ -107,11 +121,13 @@ class ClimbChooser(Chooser):
         self.knob = "power"
         self.other: tuple[float | None, float | None, float | None, float, int] = (None, None, None, 0.0, 0)
         self.clock_tried = False
-        self.clock_from = 0.0  # the judged cost under the limit, before the lock took over
+        self.clock_from = (0.0, 0.0)  # the judged cost and the goodput under the limit, before the lock took over
+        self.lock_pending = False  # a lock faster than the limit it took over from, judged once its walk settles
+        self.fine = False  # the last move of the walked knob was a fine one (a quarter step)
 
     def __call__(self, obs: np.ndarray) -> int:
         limit, goodput, eps, oom = float(obs[F.LIMIT_SHARE]), float(obs[F.GOODPUT]) + 1.0, float(obs[F.EPS]) + 1.0, obs[F.OOM] > 0.5
-        if obs[F.LAST_DP] == 0 and obs[F.LAST_DB] == 0 and obs[F.ROLLED_BACK] == 0 and obs[F.EARLY] > 0:
+        if obs[F.LAST_DP] == 0 and obs[F.LAST_DB] == 0 and obs[F.LAST_DC] == 0 and obs[F.ROLLED_BACK] == 0 and obs[F.EARLY] > 0:
             self.spread = 0.8 * self.spread + 0.2 * abs(float(obs[F.D_GOODPUT])) / 10.0
         if self.state == Phase.PROBE and (oom or obs[F.LAST_DB] == 0):
             # the batch move asked for was not made (out of memory, refused, at the job's bound):
@@ -123,6 +139,7 @@ class ClimbChooser(Chooser):
                 self.state = Phase.POWER
             self.probe_from, self.depth = None, 0
             self.direction = -self.direction
+        fine_last, self.fine = self.fine, False
         if self.state == Phase.UNDO:  # the second half of undoing a two-step probe
             self.state = Phase.POWER
             return move(0, self.undo)
@@ -135,7 +152,8 @@ class ClimbChooser(Chooser):
         if self.knob == "clock":
             limit = float(obs[F.LOCK_SHARE])
         capped = obs[F.CAPPED] > 0.5 or self.knob == "clock"
-        dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps, capped)
+        dp = self._throughput_power(limit) if not self.energy else self._energy_power(limit, goodput, eps, capped,
+                                                                                       fine_last)
         self.prev_eps, self.prev_good, self.last_dp = eps, goodput, dp
         self.settled = self.settled + 1 if dp == 0 else 0
         if dp == 0 and self.settled >= 2 and self.traded is not None:
@@ -147,15 +165,23 @@ class ClimbChooser(Chooser):
                 if steps > 1:
                     self.state, self.undo = Phase.UNDO, -d
                 return move(0, -d)
+        if dp == 0 and self.settled >= 2 and self.lock_pending:
+            self.lock_pending = False
+            if self._cost(eps, goodput) >= self.clock_from[0] * (1.0 - LOCK_MARGIN):
+                self._switch("power")  # at the limit's speed the lock costs more: the limit comes back
+                self.last_dp, self.settled = 0, 0
+                return RELEASE
         if dp == 0 and self.settled >= 2 and self.energy and obs[F.CLOCKS] > 0.5 and not self.clock_tried:
             self.clock_tried, self.state, self.settled = True, Phase.CLOCK, 0
-            self.clock_from = self._cost(eps, goodput)
+            self.clock_from = (self._cost(eps, goodput), goodput)
             return move(0, 0, -1)
         if dp == 0 and self.settled >= 2:
             db = self._next_probe()
             if db:
                 self.state, self.probe_from, self.settled = Phase.PROBE, (eps, goodput), 0
                 return move(0, db)
+        if self.fine and dp:
+            return fine(dc=dp) if self.knob == "clock" else fine(dp=dp)
         return move(0, 0, dp) if self.knob == "clock" else move(dp, 0)
 
     def _cost(self, eps: float, goodput: float) -> float:
@@ -174,7 +200,11 @@ class ClimbChooser(Chooser):
         self.state = Phase.POWER
         if obs[F.LAST_DC] >= 0:  # the lock was not made (not supported, refused): the limit stays
             return False
-        if self._cost(eps, goodput) < self.clock_from * (1.0 - LOCK_MARGIN):
+        noise = max(0.005, 1.5 * self.spread)
+        cheaper = self._cost(eps, goodput) < self.clock_from[0] * (1.0 + LOCK_MARGIN)
+        # a lock that runs faster than the limit did is walked down and judged at the limit's speed
+        self.lock_pending = not cheaper and goodput > self.clock_from[1] * (1.0 + noise)
+        if cheaper or self.lock_pending:
             self._switch("clock")
             self.prev_limit, self.last_dp = None, 0  # the takeover's jump is not a step of the ladder
             self.prev_eps, self.prev_good = eps, goodput
@@ -192,7 +222,7 @@ class ClimbChooser(Chooser):
         if knob == walked and self.last_dp < 0 and self.prev_limit is not None:
             # the limit it came down to cost too much: not again (with no step seen yet, the move
             # may have skipped several: no lower limit at all from here)
-            self.floor = self.prev_limit - self.step if self.step > 0 else self.prev_limit
+            self.floor = self.prev_limit - (FINE_SHARE if self.fine else 1.0) * self.step if self.step > 0 else self.prev_limit
         if knob == "batch_size" and self.state == Phase.PROBE:
             self.probes[self.direction] = self.max_probes
             # the guard undid the look-ahead step only: the first step is still to undo
@@ -213,11 +243,14 @@ class ClimbChooser(Chooser):
             self.state = Phase.POWER
         m = decode(action)
         self.last_dp = m.dc if self.knob == "clock" else m.dp
-        self.settled = 0
+        self.fine, self.settled = share(action) < 1.0, 0
 
-    def _energy_power(self, limit: float, goodput: float, eps: float, capped: bool) -> int:
+    def _energy_power(self, limit: float, goodput: float, eps: float, capped: bool, fine_last: bool = False) -> int:
+        """The walked knob's move: down while the budget allows, up when over it; next to a setting
+        over the budget a quarter step (``self.fine``) looks for the rest of the budget."""
         if self.prev_limit is not None and abs(limit - self.prev_limit) > 1e-6:
-            self.step = abs(limit - self.prev_limit)
+            if not fine_last:
+                self.step = abs(limit - self.prev_limit)
         elif self.last_dp < 0 and self.prev_limit is not None:
             self.floor = limit  # a step down did not move the limit: its minimum is reached
         if (self.last_dp < 0 and self.prev_eps is not None and self.prev_good is not None
@@ -225,16 +258,20 @@ class ClimbChooser(Chooser):
             self.rate = ((self.prev_eps - eps) / self.prev_eps) / ((self.prev_good - goodput) / self.prev_good)
         self.prev_limit = limit
         noise = 0.886 * self.spread  # one reading's standard deviation, from the mean absolute change
-        if goodput < self.budget - max(0.002, 1.0 * noise):
+        fine_down = fine_last and self.last_dp < 0  # a fine step buys little: it must stay within the budget, and pay
+        if goodput < self.budget - (0.0 if fine_down else max(0.002, 1.0 * noise)):
             self.floor = limit  # over the slowdown budget here: never step down to this limit again
+            self.fine = fine_down  # a fine step down is undone by a fine step up
             return +1 if limit < 0.999 and (self.ceiling is None or limit < self.ceiling - 1e-6) else 0
-        if (capped and self.last_dp < 0 and self.prev_eps is not None and eps > self.prev_eps * 1.01
+        if (capped and self.last_dp < 0 and self.prev_eps is not None and eps > self.prev_eps * (1.0 + min(0.01, noise))
                 and goodput >= self.budget):  # (uncapped, the limit changed nothing: a rise is noise)
-            self.floor = limit  # the last step down cost energy: stop there
+            self.floor, self.fine = limit, fine_last  # the last step down bought nothing: back, and stop there
             return +1
-        if goodput > self.budget + max(self.margin, 1.5 * noise) and limit > 0.0 and (
-                self.floor is None or limit - self.step > self.floor + 1e-6):
-            return -1
+        if goodput > self.budget + max(self.margin, 1.5 * noise) and limit > 0.0:
+            if self.floor is None or limit - self.step > self.floor + 1e-6:
+                return -1
+            self.fine = self.step > 0 and limit - FINE_SHARE * self.step > self.floor + 1e-6
+            return -1 if self.fine else 0
         return 0
 
     def _throughput_power(self, limit: float) -> int:
@@ -315,7 +352,7 @@ class LearnedChooser(Chooser):
 def advise(climber: ClimbChooser, obs: np.ndarray) -> tuple[np.ndarray, int]:
     """The policy input: ``obs`` (base features) and the climber's proposed move; returns it and the proposal."""
     suggested = int(climber(obs))
-    proposal = np.asarray(decode(suggested), dtype=np.float32)
+    proposal = np.asarray(decode(suggested), dtype=np.float32) * share(suggested)  # a fine move as its quarter step
     return np.concatenate([obs[:BASE_OBS_DIM], proposal]).astype(np.float32), suggested
 
 

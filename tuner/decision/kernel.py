@@ -125,6 +125,7 @@ class DecisionKernel:
         assert m is not None, "act() before an observation"
         rate = self.cost_rate(m)
         dp, db, dc = decode(action)
+        size = moves.share(action)
         self.oom = False
         done_b = self._batch_move(now, m, db, rate) if db else 0
         if (dp or dc) and db and not done_b:
@@ -132,10 +133,10 @@ class DecisionKernel:
         done_p = done_c = 0
         if dp and self.cfg.tune_power:
             g0 = self._gpus[0]
-            target = power_target(self.limit_w, dp, m.busy_w, m.capped, g0.lo_w, g0.hi_w)
+            target = power_target(self.limit_w, dp, m.busy_w, m.capped, g0.lo_w, g0.hi_w, size)
             if target != self.limit_w and self._set_power(now, target, rate):
                 done_p = dp
-        if dc and self.clocks and self._clock_move(now, m, dc, rate):
+        if dc and self.clocks and self._clock_move(now, m, dc, rate, size, action == moves.RELEASE):
             done_c = dc
         self.observer.moved(done_p, done_b, done_c)
         if self.cfg.perseus and (self.clocks or self.cfg.tune_power) and not (done_p or done_c):
@@ -282,15 +283,17 @@ class DecisionKernel:
         s = self.slack_mhz.get(key, 0.0)
         return moves.snap_clock((mhz or max(self.clocks)) - s, self.clocks) if s > 0 else mhz
 
-    def _clock_move(self, now: float, m: Interval, dc: int, rate: float) -> bool:
-        """One clock move (:func:`~gputuned.tuner.decision.moves.clock_target`); True when made.
+    def _clock_move(self, now: float, m: Interval, dc: int, rate: float, size: float = 1.0,
+                    release: bool = False) -> bool:
+        """One clock move (:func:`~gputuned.tuner.decision.moves.clock_target`; ``release``: unlock from
+        any lock); True when made.
 
         A lock taking over from unlocked lifts the power limit to its maximum: the lock, not the
         limit, then sets the clock. Unlocking puts back the limit the lock took over from.
         """
         top = max(self.clocks)
-        target = moves.clock_target(self.lock_mhz, dc, m.sm_ratio * top, self.clocks,
-                              self.takeover[1] if self.takeover else None)
+        target = None if release else moves.clock_target(
+            self.lock_mhz, dc, m.sm_ratio * top, self.clocks, self.takeover[1] if self.takeover else None, size)
         if target == self.lock_mhz:
             return False
         previous, limit, hi = self.lock_mhz, self.limit_w, self._gpus[0].hi_w

@@ -1,10 +1,14 @@
-"""The tuner's moves: 15 actions over (power limit, batch size, SM-clock lock), and where a move lands.
+"""The tuner's moves: 20 actions over (power limit, batch size, SM-clock lock), and where a move lands.
 
 Actions 0-8 are ``3 * (power move + 1) + (batch move + 1)``, moves in {-1, 0, +1}: the power
 limit one step of 5% of its range on every GPU, the global batch size halved, kept or doubled.
 Actions 9-14 move the SM-clock lock instead of the power limit, ``9 + 3 * (clock move > 0) +
 (batch move + 1)``: one step of 5% of the supported clock range, the GPUs locked at [f, f].
-A move changes the power limit or the clock lock, never both (the two set one clock).
+Actions 15-18 are fine moves, a quarter of a step (at least one supported clock), with no batch
+move: power down, power up, clock down, clock up; the climber refines with them next to a setting
+one step over the slowdown budget. Action 19 releases the lock wherever it stands (the limit it
+took over from comes back). A move changes the power limit or the clock lock, never both (the two
+set one clock).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-N_ACTIONS = 15
+N_ACTIONS = 20
 #: Keep every knob.
 STAY = 4
 #: A power move is this share of the GPU's power-limit range.
@@ -22,6 +26,12 @@ POWER_STEP_SHARE = 0.05
 CLOCK_STEP_SHARE = 0.05
 #: The first clock action (a clock move down with a batch move of -1).
 CLOCK_ACTIONS = 9
+#: The first fine action (power down, power up, clock down, clock up).
+FINE_ACTIONS = 15
+#: A fine move is this share of a step.
+FINE_SHARE = 0.25
+#: Unlock the SM clocks from any lock (the limit the lock took over from comes back).
+RELEASE = 19
 
 
 class Move(NamedTuple):
@@ -41,8 +51,26 @@ def move(dp: int, db: int, dc: int = 0) -> int:
     return 3 * (dp + 1) + (db + 1)
 
 
+def fine(dp: int = 0, dc: int = 0) -> int:
+    """The action index of a fine move: a quarter step of the power limit (``dp``) or the clock lock (``dc``)."""
+    if bool(dp) == bool(dc):
+        raise ValueError("a fine move changes exactly one of the power limit and the clock lock")
+    return FINE_ACTIONS + (2 if dc else 0) + ((dp or dc) > 0)
+
+
+def share(action: int) -> float:
+    """The size of an action's power or clock move, in steps (1, or ``FINE_SHARE`` for a fine move)."""
+    return FINE_SHARE if FINE_ACTIONS <= action < RELEASE else 1.0
+
+
 def decode(action: int) -> Move:
-    """The knob moves of an action index."""
+    """The knob moves of an action index (a fine move as its direction, the release as a clock move up)."""
+    if action == RELEASE:
+        return Move(0, 0, 1)
+    if action >= FINE_ACTIONS:
+        k = action - FINE_ACTIONS
+        d = 1 if k % 2 else -1
+        return Move(0, 0, d) if k >= 2 else Move(d, 0, 0)
     if action >= CLOCK_ACTIONS:
         k = action - CLOCK_ACTIONS
         return Move(0, k % 3 - 1, 1 if k >= 3 else -1)
@@ -60,8 +88,9 @@ def power_step(lo_w: float, hi_w: float) -> float:
     return POWER_STEP_SHARE * (hi_w - lo_w)
 
 
-def power_target(limit_w: float, dp: int, busy_w: float, capped: bool, lo_w: float, hi_w: float) -> float:
-    """The power limit after a power move ``dp`` from ``limit_w``: one step of 5% of the range.
+def power_target(limit_w: float, dp: int, busy_w: float, capped: bool, lo_w: float, hi_w: float,
+                 size: float = 1.0) -> float:
+    """The power limit after a power move ``dp`` of ``size`` steps from ``limit_w`` (a step is 5% of the range).
 
     ``busy_w`` bounds what the GPUs draw while their kernels run (a power reading over the
     utilisation it was taken at: the cap acts on kernels, not on the average with the gaps
@@ -71,7 +100,9 @@ def power_target(limit_w: float, dp: int, busy_w: float, capped: bool, lo_w: flo
     interval each.
     """
     step = power_step(lo_w, hi_w)
-    target = limit_w + dp * step
+    target = limit_w + dp * step * size
+    if size < 1.0:
+        return float(min(max(target, lo_w), hi_w))
     if dp < 0 and not capped and step > 0 and busy_w + step < limit_w - step:
         target = min(target, hi_w - math.floor((hi_w - busy_w - step) / step) * step)
     return float(min(max(target, lo_w), hi_w))
@@ -94,17 +125,22 @@ def snap_clock(mhz: float, clocks: Sequence[int]) -> int:
     return int(max(under)) if under else int(min(clocks))
 
 
-def clock_target(lock: int | None, dc: int, sm_mhz: float, clocks: Sequence[int], takeover: int | None) -> int | None:
-    """The SM-clock lock after a clock move ``dc`` from ``lock`` (None: unlocked, and the result None: unlock).
+def clock_target(lock: int | None, dc: int, sm_mhz: float, clocks: Sequence[int], takeover: int | None,
+                 size: float = 1.0) -> int | None:
+    """The SM-clock lock after a clock move ``dc`` of ``size`` steps from ``lock`` (None: unlocked, and the
+    result None: unlock).
 
     From unlocked, a step down locks at the clock the GPUs run at now (``sm_mhz``, under the
     power limit), at most one step under the top clock: the lock takes over from the limit at an
     equal clock, so what the two cost is compared at the same speed. A step up from the clock
-    the lock took over at (``takeover``), or to the top clock, unlocks.
+    the lock took over at (``takeover``), or to the top clock, unlocks. A fine move (``size``
+    under 1) moves a lock by at least one supported clock and never unlocks.
     """
     if not clocks or not dc or (lock is None and dc > 0):
         return lock
     step, top = clock_step(clocks), max(clocks)
+    if size < 1.0 and lock is not None:
+        return _fine_clock(lock, dc, step * size, clocks)
     if lock is None:
         return snap_clock(min(sm_mhz, top - step), clocks)
     if dc < 0:
@@ -113,3 +149,12 @@ def clock_target(lock: int | None, dc: int, sm_mhz: float, clocks: Sequence[int]
         return None
     up = [c for c in clocks if c > lock]
     return max(snap_clock(lock + step, clocks), min(up)) if up else None
+
+
+def _fine_clock(lock: int, dc: int, step: float, clocks: Sequence[int]) -> int:
+    """A fine move of a lock: ``step`` MHz, at least to the next supported clock, never past the ends."""
+    if dc < 0:
+        under = [c for c in clocks if c < lock]
+        return min(snap_clock(lock - step, clocks), max(under)) if under else lock
+    over = [c for c in clocks if c > lock]
+    return max(snap_clock(lock + step, clocks), min(over)) if over else lock
