@@ -8,8 +8,8 @@ and takes, on sampled steps:
 
 - the local squared gradient norm (this rank's whole gradient, before the reduction) from the
   reduce-scatter's input: the group's unsharded gradients end to end (its zero padding adds
-  nothing). With an fp16 reduce dtype FSDP divides that input before the reduction by a factor
-  it does not publish, so such samples are left out;
+  nothing). Where FSDP reduces with a plain sum (an fp16 reduce dtype, or sum reduction forced)
+  it may divide that input first by a factor it does not publish, so such samples are left out;
 - the global one (the averaged gradient) from the sharded gradients FSDP hands to each
   parameter's post-accumulate-grad hooks (a DTensor; its local shard), summed on this rank
   during backward and across ranks by one scalar all-reduce when the step ends.
