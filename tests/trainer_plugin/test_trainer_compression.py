@@ -103,30 +103,46 @@ def run_worker(mode: str, tmp: Path, restarts: int = 0, env: dict[str, str] | No
     out = tmp / f"{mode}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
            str(_free_port()), "--max-restarts", str(restarts), __file__, mode, str(out), str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]
 
 
-def test_one_overflow_under_fp16_costs_one_skipped_step_with_each_hook(tmp_path):
+def both(out: str, tmp: str) -> dict[str, Any]:
+    """``overflow`` (its result kept on disk, so a restart skips it), then ``resume``: one torchrun for both tests."""
+    kept = Path(tmp) / f"overflow.rank{os.environ['RANK']}.json"
+    if not kept.exists():
+        kept.write_text(json.dumps(overflow(out, tmp)))
+        dist.barrier()
+    return {"overflow": json.loads(kept.read_text()), "resume": resume(out, tmp)}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """Both modes in one torchrun (starting torch on two ranks costs more than the training here)."""
+    tmp = tmp_path_factory.mktemp("compression")
+    return tmp, run_worker("both", tmp, restarts=2, env={"GPUTUNED_STEPS": "1000", "GPUTUNED_EPOCHS": "5"})
+
+
+def test_one_overflow_under_fp16_costs_one_skipped_step_with_each_hook(results):
     """An inf in rank 1's loss at step 5: one backoff, not one per step; accuracy as without it."""
-    res = run_worker("overflow", tmp_path, env={"GPUTUNED_STEPS": "1000", "GPUTUNED_EPOCHS": "5"})
+    r0, r1 = (r["overflow"] for r in results[1])
     for hook in HOOKS:
-        clean, inf = res[0][hook]["clean"], res[0][hook]["inf"]
+        clean, inf = r0[hook]["clean"], r0[hook]["inf"]
         assert clean["overflows"] == 0 and 1 <= inf["overflows"] <= 3, (hook, clean, inf)
         assert inf["scale"] >= clean["scale"] / 4, (hook, inf)  # backed off once, no collapse
         assert abs(inf["accuracy"] - clean["accuracy"]) <= 0.01, (hook, inf["accuracy"], clean["accuracy"])
-        assert res[1][hook]["inf"]["accuracy"] == inf["accuracy"]  # the replicas stayed identical
+        assert r1[hook]["inf"]["accuracy"] == inf["accuracy"]  # the replicas stayed identical
 
 
-def test_kill_and_resume_with_topk_and_powersgd_is_bit_identical(tmp_path):
+def test_kill_and_resume_with_topk_and_powersgd_is_bit_identical(results):
     """SIGKILL on both ranks after step 15, torchrun restarts, the step-10 checkpoint resumes."""
-    run_worker("resume", tmp_path, restarts=2)
+    tmp = results[0]
     for hook in ("topk", "powersgd"):
         for rank in (0, 1):
-            whole = torch.load(tmp_path / f"{hook}-whole.rank{rank}.pt")
-            killed = torch.load(tmp_path / f"{hook}-killed.rank{rank}.pt")
+            whole = torch.load(tmp / f"{hook}-whole.rank{rank}.pt")
+            killed = torch.load(tmp / f"{hook}-killed.rank{rank}.pt")
             assert whole["resumed_from"] is None and killed["resumed_from"] == CKPT_EVERY
             for a, b in zip(whole["params"], killed["params"], strict=True):
                 assert torch.equal(a, b), hook
@@ -137,7 +153,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     mode, out = argv[0], argv[1]
     tmp = argv[2] if len(argv) > 2 else str(Path(out).parent)
-    result = {"overflow": overflow, "resume": resume}[mode](out, tmp)
+    result = {"overflow": overflow, "resume": resume, "both": both}[mode](out, tmp)
     Path(f"{out}.rank{dist.get_rank()}").write_text(json.dumps(result))
     exit_distributed(0)
     return 0
