@@ -80,7 +80,7 @@ def test_a_lock_that_is_cheaper_at_the_limits_speed_is_kept() -> None:
     settle_on_the_limit(c)
     assert c(reading(0.90, 1.02, 0.954, lock=True, dc=-1)) == move(0, 0, -1)
     assert c(reading(0.857, 0.973, 0.88, lock=True, dc=-1)) == STAY
-    assert c(reading(0.857, 0.973, 0.88, lock=True)) == move(0, +1)  # kept: the batch is probed under it
+    assert c(reading(0.857, 0.973, 0.88, lock=True)) == move(0, +1, -1)  # kept: the batch is probed under it
     assert c.knob == "clock" and not c.lock_pending
 
 
@@ -99,3 +99,13 @@ def test_goodput_moved_by_a_clock_step_is_not_counted_as_noise() -> None:
     assert c.spread == 0.0
     c(reading(0.90, 0.99, 0.88, lock=True, d_goodput=0.3))
     assert c.spread > 0.0
+
+
+def test_under_a_lock_a_doubled_batch_goes_with_a_clock_step_and_back_with_it() -> None:
+    c = ClimbChooser("energy_slowdown", 0.03)
+    settle_on_the_limit(c)
+    assert c(reading(0.90, 0.973, 0.88, lock=True, dc=-1)) == STAY  # cheaper: kept, settling
+    assert c(reading(0.90, 0.973, 0.88, lock=True)) == move(0, +1, -1)  # the probe spends its speed at once
+    obs = reading(0.857, 0.96, 0.93, lock=True, dc=-1)
+    obs[F.LAST_DB] = 1
+    assert c(obs) == move(0, -1, +1)  # over the budget and dearer: batch and clock undone together

@@ -19,14 +19,13 @@ lower. Throughput: the limit goes to its maximum, then batch size climbs while g
 Where the GPUs' SM clocks can be locked, the objective decides between the limit and a lock from
 what it measures: once the limit has settled the first time, a lock takes over at the clock the
 limit gave (the kernel lifts the limit out of its way); the lock is kept if the cost the guard
-judges by (energy per sample, with the shortfall beyond the slowdown budget) is not higher than
-under the limit (on measured GPUs a lock costs no more than the limit of the same speed, and it
-keeps a batch probe's clock where a limit would move it), and the climber then walks the clock
-as it walked the limit. A lock that runs faster than the limit did is not judged at once: it is
-walked down like a kept one and judged once its walk settles, at the limit's speed; dearer
-there, it is released (the limit comes back). Next to a setting one step over the budget, the
-walked knob goes on by quarter steps, each kept only while it stays within the budget and
-lowers energy per sample. Moves: 20 actions (:mod:`gputuned.tuner.decision.moves`).
+judges by (energy per sample, with the shortfall beyond the budget) is not higher than under the
+limit (measured GPUs: a lock costs no more than the limit of equal speed), and the clock is then
+walked as the limit was; a lock faster than the limit is walked down first and judged once its
+walk settles, at the limit's speed (dearer there: released, the limit comes back). Under a lock
+a doubled batch goes with a clock step down. Next to a setting one step over the budget, the
+walked knob goes on by quarter steps while they stay within it and lower energy per sample.
+Moves: 20 actions (:mod:`gputuned.tuner.decision.moves`).
 
 :class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
 climber's proposal (2 features, a residual design: the policy learns when to follow the rule
@@ -122,8 +121,9 @@ class ClimbChooser(Chooser):
         self.other: tuple[float | None, float | None, float | None, float, int] = (None, None, None, 0.0, 0)
         self.clock_tried = False
         self.clock_from = (0.0, 0.0)  # the judged cost and the goodput under the limit, before the lock took over
-        self.lock_pending = False  # a lock faster than the limit it took over from, judged once its walk settles
-        self.fine = False  # the last move of the walked knob was a fine one (a quarter step)
+        # a lock faster than the limit, judged once its walk settles; the last walked move was a quarter step
+        self.lock_pending, self.fine = False, False
+        self.probe_dc = 0  # the clock move made with a batch probe under a lock (undone with it)
 
     def __call__(self, obs: np.ndarray) -> int:
         limit, goodput, eps, oom = float(obs[F.LIMIT_SHARE]), float(obs[F.GOODPUT]) + 1.0, float(obs[F.EPS]) + 1.0, obs[F.OOM] > 0.5
@@ -137,13 +137,14 @@ class ClimbChooser(Chooser):
                 self.state, self.undo = Phase.UNDO, -self.direction
             else:
                 self.state = Phase.POWER
-            self.probe_from, self.depth = None, 0
+            self.probe_from, self.depth, self.probe_dc = None, 0, 0  # (a two-knob move is made whole or not at all)
             self.direction = -self.direction
         fine_last, self.fine = self.fine, False
         if self.state == Phase.UNDO:  # the second half of undoing a two-step probe
             self.state = Phase.POWER
             return move(0, self.undo)
         if self.state == Phase.PROBE:
+            self.probe_dc = self.probe_dc if obs[F.LAST_DC] else 0  # the clock was already at its lowest
             return self._judge_probe(eps, goodput)
         if self.state == Phase.CLOCK and self._judge_lock(obs, eps, goodput):
             return move(0, 0, +1)  # unlock: the limit comes back
@@ -156,7 +157,16 @@ class ClimbChooser(Chooser):
                                                                                        fine_last)
         self.prev_eps, self.prev_good, self.last_dp = eps, goodput, dp
         self.settled = self.settled + 1 if dp == 0 else 0
-        if dp == 0 and self.settled >= 2 and self.traded is not None:
+        settled = self._settled(obs, eps, goodput) if dp == 0 and self.settled >= 2 else None
+        if settled is not None:
+            return settled
+        if self.fine and dp:
+            return fine(dc=dp) if self.knob == "clock" else fine(dp=dp)
+        return move(0, 0, dp) if self.knob == "clock" else move(dp, 0)
+
+    def _settled(self, obs: np.ndarray, eps: float, goodput: float) -> int | None:
+        """The move once the walked knob has settled: judge a trade or a lock, try a lock, or probe the batch."""
+        if self.traded is not None:
             eps0, steps = self.traded
             self.traded = None
             if eps > eps0 * 0.995:  # the lower limit did not buy back the batch's energy: undo the batch move
@@ -165,24 +175,24 @@ class ClimbChooser(Chooser):
                 if steps > 1:
                     self.state, self.undo = Phase.UNDO, -d
                 return move(0, -d)
-        if dp == 0 and self.settled >= 2 and self.lock_pending:
+        if self.lock_pending:
             self.lock_pending = False
             if self._cost(eps, goodput) >= self.clock_from[0] * (1.0 - LOCK_MARGIN):
                 self._switch("power")  # at the limit's speed the lock costs more: the limit comes back
                 self.last_dp, self.settled = 0, 0
                 return RELEASE
-        if dp == 0 and self.settled >= 2 and self.energy and obs[F.CLOCKS] > 0.5 and not self.clock_tried:
+        if self.energy and obs[F.CLOCKS] > 0.5 and not self.clock_tried:
             self.clock_tried, self.state, self.settled = True, Phase.CLOCK, 0
             self.clock_from = (self._cost(eps, goodput), goodput)
             return move(0, 0, -1)
-        if dp == 0 and self.settled >= 2:
-            db = self._next_probe()
-            if db:
-                self.state, self.probe_from, self.settled = Phase.PROBE, (eps, goodput), 0
-                return move(0, db)
-        if self.fine and dp:
-            return fine(dc=dp) if self.knob == "clock" else fine(dp=dp)
-        return move(0, 0, dp) if self.knob == "clock" else move(dp, 0)
+        db = self._next_probe()
+        if not db:
+            return None
+        self.state, self.probe_from, self.settled = Phase.PROBE, (eps, goodput), 0
+        # under a lock a doubled batch goes with a clock step down (past the floor, the old size's):
+        # it spends at once the speed the batch buys, as a limit would by lowering the clock itself
+        self.probe_dc = -1 if self.knob == "clock" and db > 0 else 0
+        return move(0, db, self.probe_dc)
 
     def _cost(self, eps: float, goodput: float) -> float:
         """What the guard judges by: energy per sample, with the goodput shortfall beyond the budget."""
@@ -228,7 +238,7 @@ class ClimbChooser(Chooser):
             # the guard undid the look-ahead step only: the first step is still to undo
             self.state, self.undo = (Phase.UNDO, -self.direction) if self.depth else (Phase.POWER, 0)
             self.direction = -self.direction
-            self.probe_from, self.depth = None, 0
+            self.probe_from, self.depth, self.probe_dc = None, 0, 0
         self.last_dp = 0
 
     def taken(self, action: int, suggested: int) -> None:
@@ -237,7 +247,7 @@ class ClimbChooser(Chooser):
             return
         if self.state == Phase.PROBE:  # the probe it asked for did not happen
             self.probes[self.direction] = max(0, self.probes[self.direction] - 1)
-            self.state, self.probe_from, self.depth = Phase.POWER, None, 0
+            self.state, self.probe_from, self.depth, self.probe_dc = Phase.POWER, None, 0, 0
         elif self.state in (Phase.UNDO, Phase.CLOCK):
             self.clock_tried = self.clock_tried and self.state != Phase.CLOCK  # the lock it asked for was not tried
             self.state = Phase.POWER
@@ -246,8 +256,7 @@ class ClimbChooser(Chooser):
         self.fine, self.settled = share(action) < 1.0, 0
 
     def _energy_power(self, limit: float, goodput: float, eps: float, capped: bool, fine_last: bool = False) -> int:
-        """The walked knob's move: down while the budget allows, up when over it; next to a setting
-        over the budget a quarter step (``self.fine``) looks for the rest of the budget."""
+        """The walked knob's move: down while the budget allows, up over it, a quarter step (``fine``) near it."""
         if self.prev_limit is not None and abs(limit - self.prev_limit) > 1e-6:
             if not fine_last:
                 self.step = abs(limit - self.prev_limit)
@@ -306,6 +315,7 @@ class ClimbChooser(Chooser):
             return move(0, d)
         two, self.depth = self.depth, 0
         self.state, self.probe_from = Phase.POWER, None
+        dc, self.probe_dc = self.probe_dc, 0
         self.prev_eps, self.last_dp = (eps if better else eps0), 0
         if better:
             self.floor = self.ceiling = None  # a new batch size: the limits left to explore change
@@ -317,7 +327,7 @@ class ClimbChooser(Chooser):
         self.direction = -d
         if two:
             self.state, self.undo = Phase.UNDO, -d
-        return move(0, -d)
+        return move(0, -d, -dc)  # the clock step made with the probe goes back with it
 
 
 class LearnedChooser(Chooser):
