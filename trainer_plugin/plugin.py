@@ -371,7 +371,7 @@ class TrainingPlugin(CadenceSettings):
         return {"batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size,
                 "accumulation_steps": self.accumulation_steps, "lr_factor": self.lr_factor,
                 "step_count": self.step_count, "samples_total": self.samples_total,
-                "overflows_total": self.overflows_total,
+                "overflows_total": self.overflow_count(),  # unreported overflows too
                 "noise": (self.noise.g2, self.noise.s)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
