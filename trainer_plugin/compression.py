@@ -75,6 +75,7 @@ class _Layout:
         self.index: dict[int, int] = {}  # id(parameter) -> its index in the model
         self.seen: dict[int, list[torch.Tensor]] = {}  # bucket -> the parameter order its state is in
         self.pending: dict[str, dict[int, torch.Tensor]] = {}
+        self.loaded: list[str] = []
 
     def arrange(self, bucket: dist.GradBucket) -> None:
         """Lay the bucket's state out in its current parameter order (a no-op without a parameter index)."""
@@ -83,17 +84,19 @@ class _Layout:
         b, params = bucket.index(), bucket.parameters()
         before = self.seen.get(b)
         if before is not None and [id(p) for p in before] != [id(p) for p in params]:
-            self.pending = self.pieces()
-            for store, _ in self.stores.values():
-                store.clear()
-            self.seen.clear()
+            self.load(self.pieces())  # buckets were rebuilt: each claims its parameters' pieces again
+        first = b not in self.seen
         self.seen[b] = params
-        for key, (store, sizes) in self.stores.items():
-            pend = self.pending.get(key)
+        if not first:
+            return
+        for key in self.loaded:
+            store, sizes = self.stores[key]
+            pend = self.pending[key]
             owners = [self.index[id(p)] for p, _ in sizes(params)]
-            if pend is not None and b not in store and all(i in pend for i in owners):
+            if all(i in pend for i in owners):  # none (PowerSGD: no matrix here) gives an empty one, as PowerSGD has
                 parts = [pend.pop(i).reshape(-1) for i in owners]
-                store[b] = torch.cat(parts).to(bucket.buffer().device) if parts else bucket.buffer().new_empty(0)
+                buf = bucket.buffer()
+                store[b] = torch.cat(parts).to(buf.device) if parts else buf.new_empty(0)
 
     def pieces(self) -> dict[str, dict[int, torch.Tensor]]:
         """Every store cut into per-parameter pieces (CPU copies), with pieces not yet claimed."""
@@ -113,6 +116,8 @@ class _Layout:
             store.clear()
         self.seen.clear()
         self.pending = {key: {int(i): t for i, t in pieces.get(key, {}).items()} for key in self.stores}
+        # only stores that held something are put back (PowerSGD before its start holds no P and Q)
+        self.loaded = [key for key, found in self.pending.items() if found]
 
 
 @dataclass
