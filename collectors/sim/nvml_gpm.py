@@ -14,6 +14,7 @@ that (:data:`GPM_SHARE_OF_GPU_UTIL`), DRAM as busy as the memory interface
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,11 +54,15 @@ class c_nvmlGpmSample_t:  # noqa: N801
     util_mem_pct: float = 0.0
 
 
-@dataclass
-class c_nvmlGpmMetric_t:  # noqa: N801
-    metricId: int = 0  # noqa: N815
-    nvmlReturn: int = 0  # noqa: N815
-    value: float = 0.0
+class c_metricInfo_t(ctypes.Structure):  # noqa: N801
+    _fields_ = [("shortName", ctypes.c_char_p), ("longName", ctypes.c_char_p), ("unit", ctypes.c_char_p)]
+
+
+class c_nvmlGpmMetric_t(ctypes.Structure):  # noqa: N801
+    """One metric of a request, laid out as nvidia-ml-py's: a request's 210 of them are one array, not 210 objects."""
+
+    _fields_ = [("metricId", ctypes.c_uint), ("nvmlReturn", ctypes.c_uint), ("value", ctypes.c_double),
+                ("metricInfo", c_metricInfo_t)]
 
 
 @dataclass
@@ -66,8 +71,7 @@ class c_nvmlGpmMetricsGet_t:  # noqa: N801
     numMetrics: int = 0  # noqa: N815
     sample1: c_nvmlGpmSample_t | None = None
     sample2: c_nvmlGpmSample_t | None = None
-    metrics: list[c_nvmlGpmMetric_t] = field(
-        default_factory=lambda: [c_nvmlGpmMetric_t() for _ in range(NVML_GPM_METRIC_MAX)])
+    metrics: ctypes.Array[c_nvmlGpmMetric_t] = field(default_factory=lambda: (c_nvmlGpmMetric_t * NVML_GPM_METRIC_MAX)())
 
 
 def _percent(metric: int, s: c_nvmlGpmSample_t) -> float | None:
@@ -118,4 +122,4 @@ def gpm_api(resolve: Callable[[_Handle, str], SimDevice]) -> dict[str, Any]:
 
 
 #: Constants and structures by nvidia-ml-py's names, for the simulated module to serve.
-GPM_NAMES: dict[str, Any] = {k: v for k, v in dict(globals()).items() if k.startswith(("NVML_GPM_", "c_nvmlGpm")) and k != "c_nvmlGpmSupport_t"}
+GPM_NAMES: dict[str, Any] = {k: v for k, v in dict(globals()).items() if k.startswith(("NVML_GPM_", "c_nvmlGpm", "c_metricInfo")) and k != "c_nvmlGpmSupport_t"}
