@@ -2,7 +2,8 @@
 
 Written for a scrape every second: a family's lines are formatted once into a template, kept while
 the family serves the same label tuples in the same order, so a render fills one template per
-family with its values in a single ``%`` operation. Families
+family with its values in a single ``%`` operation, and a family whose values are those of the
+last render (limits, totals, info series, idle counters) keeps the text of that fill. Families
 come out sorted by name, typed and helped from the catalog (a family the catalog lacks is served
 untyped, ``unknown`` in OpenMetrics); with :class:`DcgmLabels` every GPU family that has a
 dcgm-exporter equivalent is served a second time under DCGM's name, labels and units.
@@ -47,6 +48,11 @@ def fill(template: str, values: list[float]) -> str:
     return template % tuple(map(format_value, values))
 
 
+def _same_zeros(a: list[float], b: list[float]) -> bool:
+    """Whether equal value lists also write their zeros alike (``-0.0`` equals ``0.0`` but reads otherwise)."""
+    return all(math.copysign(1.0, x) == math.copysign(1.0, y) for x, y in zip(a, b, strict=True) if x == 0)
+
+
 def _template_line(prefix: str) -> str:
     return prefix.replace("%", "%%") + "%s\n"
 
@@ -63,6 +69,8 @@ class Encoder:
         self._dcgm_templates: dict[tuple[str, str], tuple[list[Labels], str, str, list[int] | None]] = {}
         self._xid_prefixes: dict[tuple[str, Labels, str, float], str] = {}
         self._headers: dict[str, str] = {}
+        # by family (and DCGM name): the template, values and text of the last fill, reused while both are the same
+        self._filled: dict[object, tuple[str, list[float], str]] = {}
 
     def render(self, samples: Iterable[Sample]) -> str:
         """The exposition text of ``samples`` (one family may come from several sources)."""
@@ -77,7 +85,7 @@ class Encoder:
         for name in sorted(by_family):
             labels, values = by_family[name]
             out.append(self._header(name))
-            out.append(fill(self._template(name, labels), values))
+            out.append(self._fill(name, self._template(name, labels), values))
         if self._dcgm is not None:
             self._render_dcgm(by_family, out)
         if self.openmetrics:
@@ -86,7 +94,17 @@ class Encoder:
             self._templates.clear()  # families come and go (ranks, jobs): keep the cache to what is served
             self._dcgm_templates.clear()
             self._xid_prefixes.clear()
+            self._filled.clear()
         return "".join(out)
+
+    def _fill(self, key: object, template: str, values: list[float]) -> str:
+        """:func:`fill`, or the text of the last fill of ``key`` when its template and values are the same."""
+        last = self._filled.get(key)
+        if last is not None and last[0] is template and last[1] == values and (0.0 not in values or _same_zeros(last[1], values)):
+            return last[2]
+        text = fill(template, values)
+        self._filled[key] = (template, values, text)
+        return text
 
     def _header(self, name: str) -> str:
         head = self._headers.get(name)
@@ -142,7 +160,7 @@ class Encoder:
         if chosen is not None:
             values = [values[i] for i in chosen]
         scale = d.scale
-        return fill(tpl, values if scale == 1.0 else [v * scale for v in values])
+        return self._fill((d.name, name), tpl, values if scale == 1.0 else [v * scale for v in values])
 
     def _xid_lines(self, d: DcgmName, labels: list[Labels], values: list[float], driver: str) -> str:
         """XID series under ``d``: the value is a label too (err_code, err_msg), so each line is kept by value."""
