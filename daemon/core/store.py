@@ -3,7 +3,9 @@
 Collectors publish their complete sample set once per tick under their source name; a
 source's previous set is replaced, so a series a collector stops returning stops being
 served (no stale values). Every published value is also appended to its series' ring
-buffer for window queries by the forecaster and tuner; a series no source has published for
+buffer for window queries by the forecaster and tuner; the series a source publishes on each of
+its publishes share one ring of timestamps (the source's clock) and keep only their values, and a
+series that misses one of its source's publishes gets timestamps of its own from then on; a series no source has published for
 ``forget_after_s`` loses its history (ranks that left, series the forecaster stopped
 tracking), so the rings stay as many as the series that are live. Readers (the exporter, on other
 threads) take a consistent snapshot under a lock; the generation counter tells them
@@ -74,6 +76,89 @@ class RingBuffer:
         return ts[lo:], vs[lo:]
 
 
+class FloatRing:
+    """A bounded ring of floats, oldest overwritten first; its array grows with the points up to ``capacity``."""
+
+    __slots__ = ("_a", "_cap", "_next")
+
+    def __init__(self, capacity: int) -> None:
+        self._a = array("d")
+        self._cap = capacity
+        self._next = 0  # where the next point goes once the ring is full
+
+    def push(self, x: float) -> None:
+        if len(self._a) < self._cap:
+            self._a.append(x)
+        else:
+            self._a[self._next] = x
+            self._next = 0 if self._next + 1 == self._cap else self._next + 1
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def tolist(self) -> list[float]:
+        """The points, oldest first."""
+        i = self._next
+        return self._a.tolist() if not i else (self._a[i:] + self._a[:i]).tolist()
+
+
+class SourceClock(FloatRing):
+    """The timestamps of one source's publishes (with history), newest ``capacity`` kept, shared by its series."""
+
+    __slots__ = ("seq", "rings")
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.seq = 0  # publishes so far: the newest timestamp is publish ``seq``'s
+        self.rings: dict[SeriesKey, SharedRing] = {}  # the rings on this clock
+
+    def append(self, t: float) -> None:
+        self.push(t)
+        self.seq += 1
+
+    def upto(self, seq: int, n: int) -> list[float]:
+        """The timestamps of publishes ``seq - n + 1`` .. ``seq``, oldest first (all still held)."""
+        held = len(self._a)
+        end = (self._next if held == self._cap else held) - (self.seq - seq)  # index after publish ``seq``'s
+        return [self._a[(end - n + k) % held] for k in range(n)] if held else []
+
+
+class SharedRing(FloatRing):
+    """A series' values, published on every one of its source's publishes since its first: its
+    timestamps are the source clock's. A series that misses a publish gets its own timestamps
+    (:meth:`own`) while the clock still holds them."""
+
+    __slots__ = ("clock", "seq")
+
+    def __init__(self, capacity: int, clock: SourceClock) -> None:
+        super().__init__(capacity)
+        self.clock = clock
+        self.seq = clock.seq  # the publish of the newest value (the store sets it with each push)
+
+    @property
+    def last_t(self) -> float:
+        return self.clock.upto(self.seq, 1)[0]
+
+    def items(self) -> tuple[list[float], list[float]]:
+        vs = self.tolist()
+        return self.clock.upto(self.seq, len(vs)), vs
+
+    def since(self, t0: float) -> tuple[list[float], list[float]]:
+        ts, vs = self.items()
+        lo = bisect.bisect_left(ts, t0)
+        return ts[lo:], vs[lo:]
+
+    def own(self) -> RingBuffer:
+        """The same points in a ring with timestamps of its own."""
+        ring = RingBuffer(self._cap)
+        for t, v in zip(*self.items(), strict=True):
+            ring.append(t, v)
+        return ring
+
+
+Ring = RingBuffer | SharedRing
+
+
 class Store:
     """Latest samples per source plus per-series history."""
 
@@ -83,7 +168,8 @@ class Store:
         self._next_sweep = float("-inf")
         self._lock = threading.Lock()
         self._latest: dict[str, tuple[float, list[Sample]]] = {}
-        self._rings: dict[SeriesKey, RingBuffer] = {}
+        self._rings: dict[SeriesKey, Ring] = {}
+        self._clocks: dict[str, SourceClock] = {}
         self._listeners: list[Listener] = []
         self._index: dict[SeriesKey, float] | None = None  # latest value per series, built on demand
         self.generation = 0
@@ -97,16 +183,10 @@ class Store:
 
         ``history=False``: served only, no ring buffers (series no window query asks for).
         """
-        rings = self._rings
         with self._lock:
             self._latest[source] = (t, samples)
             if self._history and history:
-                for name, labels, value in samples:
-                    key = (name, labels)
-                    ring = rings.get(key)
-                    if ring is None:
-                        ring = rings[key] = RingBuffer(self._history)
-                    ring.append(t, value)
+                self._record(source, t, samples)
                 if self._forget_after_s and t >= self._next_sweep:
                     self._sweep(t)
             self.generation += 1
@@ -114,13 +194,47 @@ class Store:
         for listener in self._listeners:
             listener(source, t, samples)
 
+    def _record(self, source: str, t: float, samples: list[Sample]) -> None:
+        """Append ``samples`` to their rings (lock held): one timestamp for the source, a value per series."""
+        rings, cap = self._rings, self._history
+        clock = self._clocks.get(source)
+        if clock is None:
+            clock = self._clocks[source] = SourceClock(cap + 1)  # + 1: a series that just missed one still finds its times
+        clock.append(t)
+        seq, shared, on_clock = clock.seq, 0, clock.rings
+        for name, labels, value in samples:
+            key = (name, labels)
+            ring = rings.get(key)
+            if ring is None:
+                ring = rings[key] = on_clock[key] = SharedRing(cap, clock)
+            elif isinstance(ring, SharedRing) and (ring.clock is not clock or ring.seq != seq - 1):
+                ring = rings[key] = self._unshare(key, ring)  # published twice, elsewhere or after a gap
+            if isinstance(ring, SharedRing):
+                ring.push(value)
+                ring.seq = seq
+                shared += 1
+            else:
+                ring.append(t, value)
+        if shared != len(on_clock):  # a series of this source was not published: it keeps its times
+            for key in [k for k, r in on_clock.items() if r.seq != seq]:
+                rings[key] = self._unshare(key, on_clock[key])
+
+    def _unshare(self, key: SeriesKey, ring: SharedRing) -> RingBuffer:
+        del ring.clock.rings[key]
+        return ring.own()
+
     def _sweep(self, t: float) -> None:
         """Drop the rings of series published last over ``forget_after_s`` before ``t`` (lock held)."""
         self._next_sweep = t + min(60.0, self._forget_after_s / 2)
         horizon = t - self._forget_after_s
         idle = [k for k, ring in self._rings.items() if ring.last_t < horizon]
         for k in idle:
-            del self._rings[k]
+            self._drop_ring(k)
+
+    def _drop_ring(self, key: SeriesKey) -> None:
+        ring = self._rings.pop(key, None)
+        if isinstance(ring, SharedRing):
+            del ring.clock.rings[key]
 
     def drop(self, source: str, t: float | None = None) -> None:
         """Stop serving ``source``'s samples (its collector is down)."""
@@ -177,4 +291,4 @@ class Store:
         """Drop the history of series that will not come back (a lost GPU, an expired rank)."""
         with self._lock:
             for k in keys:
-                self._rings.pop(k, None)
+                self._drop_ring(k)

@@ -43,3 +43,47 @@ def test_drop_stops_serving_and_tells_listeners() -> None:
     assert store.value("load", ()) is None and store.latest() == []
     assert store.generation == gen + 1
     assert seen == [("host", 1.0, [("load", (), 0.5)]), ("host", 2.0, None)]
+
+
+def test_shared_timestamps_give_each_series_the_history_of_its_own_ring() -> None:
+    """Series sharing their source's clock, coming and going, published twice or by two sources,
+    answer every window as rings with their own timestamps do."""
+    import random
+
+    from gputuned.daemon.core.store import SharedRing
+
+    rnd = random.Random(7)
+    store, ref = Store(5), {}
+    keys = [("p", (("gpu", str(i)),)) for i in range(6)]
+    for step in range(200):
+        source = "other" if rnd.random() < 0.02 else "gpu"
+        t = float(step)
+        samples = [(n, lab, float(step * 10 + i)) for i, (n, lab) in enumerate(keys) if rnd.random() < (0.97 if i < 3 else 0.6)]
+        if rnd.random() < 0.05 and samples:
+            samples.append(samples[0])  # the same series twice in one publish
+        store.publish(source, t, samples)
+        for n, lab, v in samples:
+            ref.setdefault((n, lab), RingBuffer(5)).append(t, v)
+        if rnd.random() < 0.08:
+            gone = rnd.choice(keys)
+            store.forget([gone])
+            ref.pop(gone, None)
+        for n, lab in keys:
+            want = ref[(n, lab)].since(t - 3.5) if (n, lab) in ref else ([], [])
+            assert store.window(n, lab, 3.5, t) == want, (step, lab)
+        assert sorted(store.series("p")) == sorted(lab for _, lab in ref)
+    steady = Store(600)
+    for t in range(700):
+        steady.publish("gpu", float(t), [("p", lab, 1.0) for _, lab in keys])
+    assert all(isinstance(steady._rings[k], SharedRing) for k in keys)  # one timestamp ring for all four
+    assert steady.window("p", keys[0][1], 10.0, 699.0) == ([float(t) for t in range(689, 700)], [1.0] * 11)
+
+
+def test_a_series_that_stops_keeps_its_timestamps_while_its_source_goes_on() -> None:
+    store = Store(5)
+    for t in range(10):
+        store.publish("gpu", float(t), [("p", A, float(t)), ("p", B, 10.0 * t)])
+    for t in range(10, 13):
+        store.publish("gpu", float(t), [("p", A, float(t))])  # B stopped; the source's clock moves on
+    assert store.window("p", B, 100.0, 12.0) == ([5.0, 6.0, 7.0, 8.0, 9.0], [50.0, 60.0, 70.0, 80.0, 90.0])
+    assert store.window("p", A, 100.0, 12.0) == ([8.0, 9.0, 10.0, 11.0, 12.0], [8.0, 9.0, 10.0, 11.0, 12.0])
