@@ -37,6 +37,15 @@ def test_calibrate_command_reproduces_shipped_fit(tmp_path: Path, capsys: pytest
     assert "time median" in capsys.readouterr().out
 
 
+def test_shipped_zeus_holdout_medians_within_3_percent() -> None:
+    """The shipped fit's held-out medians (seed 0) stay within 3 % on every traced GPU."""
+    errors = load_calibration()["errors"]
+    assert set(errors) == {"a40", "quadro-rtx-6000", "p100-pcie-16gb"}
+    for gpu, err in errors.items():
+        assert err["heldout_rows"] > 50, gpu
+        assert err["epoch_time_median"] <= 0.03 and err["power_median"] <= 0.03, (gpu, err)
+
+
 def test_calibrate_rejects_bad_data_dir(tmp_path: Path) -> None:
     assert main(["sim", "calibrate", "--data", str(tmp_path / "nope")]) == 2
     assert main(["sim", "calibrate", "--data", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
