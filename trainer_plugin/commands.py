@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train a model with the gputuned trainer (DDP, AMP, checkpoints)")
     p.add_argument("config", help="trainer config (TOML), e.g. examples/digits.toml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set compression.hook=\"topk\" (TOML value)")
+                   help="override a config key, e.g. --set compression.hook=\"bf16\" (TOML value)")
     p.add_argument("--nproc", type=_count(1), default=1,
                    help="processes to launch with torchrun when not already under torchrun (default 1)")
     p.add_argument("--max-restarts", type=_count(0), default=3, help="torchrun elastic restarts (with --nproc)")

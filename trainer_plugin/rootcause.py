@@ -28,8 +28,8 @@ from typing import Any
 PARTS = ("compute", "data_loader", "communication", "straggler_wait")
 #: a part is named as the cause from this share of the step on
 CAUSE_AT = {"straggler_wait": 0.15, "data_loader": 0.15, "communication": 0.25}
-#: compression hooks the shipped trainer has (compression.hook)
-HOOKS = ("topk", "int8", "powersgd")
+#: compression hooks the shipped trainer has (compression.hook); those that pay at any world size first
+HOOKS = ("bf16", "powersgd", "int8", "topk")
 
 
 def rank_timing(rank: int, steps: int, period_s: float, step_s: float, data_wait_s: float, comm_s: float,
