@@ -152,13 +152,16 @@ class _LaggedRange:
 class OnlineDetector:
     """Streaming anomaly score and stateful alert for one series."""
 
+    #: smoothing factors by weight per set of time constants, shared: bounded for all series, not each
+    _ALPHAS: dict[tuple[float, ...], dict[float, tuple[float, float, float, float, float]]] = {}
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._s = _State()
         c = self.config
         self._values = _LaggedRange(c.window, c.window_lag, c.gate_q)
         self._shorts = _LaggedRange(c.window, c.window_lag, c.gate_q)
-        self._cache: dict[float, tuple[float, float, float, float, float]] = {}
+        self._cache = self._ALPHAS.setdefault((c.tau_long, c.tau_short, c.tau_spread, c.tau_scale, c.tail_tau), {})
         self._seasons = [SeasonalLikelihood(p, k, v) for p, k, v in c.seasons]
         self.alert = AlertState(
             self.config.raise_at, self.config.raise_now, self.config.confirm,
@@ -245,14 +248,11 @@ class OnlineDetector:
         a = self._cache.get(w)
         if a is None:
             c = self.config
-            a = (
-                1.0 - math.exp(-w / c.tau_long), 1.0 - math.exp(-w / c.tau_short),
-                1.0 - math.exp(-w / c.tau_spread), 1.0 - math.exp(-w / c.tau_scale),
-                math.exp(-w / c.tail_tau),
-            )
             if len(self._cache) > 4096:
                 self._cache.clear()
-            self._cache[w] = a
+            a = self._cache[w] = (1.0 - math.exp(-w / c.tau_long), 1.0 - math.exp(-w / c.tau_short),
+                                  1.0 - math.exp(-w / c.tau_spread), 1.0 - math.exp(-w / c.tau_scale),
+                                  math.exp(-w / c.tail_tau))
         return a
 
     def _seasonal_score(self, t: float, x: float) -> float:

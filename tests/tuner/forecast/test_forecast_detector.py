@@ -161,3 +161,16 @@ def test_constant_series_with_a_step_alerts_once() -> None:
     x = [42.0] * 1000 + [43.0] * 1000
     _, alerts, raised = run([float(i) for i in range(2000)], x)
     assert raised == 1 and 1000 <= alerts.index(True) <= 1002
+
+
+def test_detectors_share_one_bounded_cache_of_smoothing_factors_whatever_their_sampling_jitter() -> None:
+    rng = random.Random(7)
+    detectors = [OnlineDetector(DetectorConfig(direction=d)) for d in ("up", "down", "both") for _ in range(100)]
+    for i in range(200):
+        for det in detectors:
+            det.update(i + rng.uniform(-0.3, 0.3), rng.gauss(10.0, 1.0))  # a loaded host's tick jitter
+    caches = {id(det._cache) for det in detectors}
+    assert len(caches) == 1  # the direction does not change the time constants
+    assert len(detectors[0]._cache) <= 4097
+    other = OnlineDetector(DetectorConfig(tau_long=DetectorConfig().tau_long * 2))
+    assert other._cache is not detectors[0]._cache  # other time constants, other factors
