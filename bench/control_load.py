@@ -6,6 +6,10 @@ lost reports), reads gputuned_tick_overruns_total (no overruns) and records scra
 percentiles and the daemon's CPU and RSS. Usage:
 
     .venv/bin/python bench/control_load.py [--ranks 64] [--rate 100] [--seconds 60] [--scrape-hz 10]
+        [--client-nice N]
+
+The summary also gives the tick durations the scrapes served and the host's 1-minute load average
+(about once a second), and the daemon's log lines for each overrun tick.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from gputuned import protocol as P
 from gputuned.daemon.record.child import DaemonProcess, read_frame, runtime_config
 
 
-def ranks_main(path: str, ranks: int, rate: float, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def ranks_main(path: str, ranks: int, rate: float, seconds: float, out: mp.Queue, nice: int = 0) -> None:  # type: ignore[type-arg]
     """Open one connection per rank, say hello, then send reports on a fixed schedule."""
+    os.nice(nice)
     socks = []
     for r in range(ranks):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -68,8 +73,12 @@ def ranks_main(path: str, ranks: int, rate: float, seconds: float, out: mp.Queue
     out.put({"sent": sent, "late_rounds": late, "rounds": k, "elapsed_s": elapsed})
 
 
-def scraper_main(url: str, hz: float, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def scraper_main(url: str, hz: float, seconds: float, out: mp.Queue, nice: int = 0) -> None:  # type: ignore[type-arg]
+    """GET /metrics ``hz`` times a second; keep the latencies, the tick durations served and the host's load."""
+    os.nice(nice)
     lat = []
+    ticks: list[float] = []
+    load: list[float] = []
     errors = 0
     t0 = time.monotonic()
     k = 0
@@ -78,14 +87,17 @@ def scraper_main(url: str, hz: float, seconds: float, out: mp.Queue) -> None:  #
         a = time.perf_counter()
         try:
             with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
-                r.read()
+                body = r.read()
             lat.append(time.perf_counter() - a)
+            if k % max(1, round(hz)) == 0:  # about once a second: the last tick's duration, the load average
+                ticks.append(metric(body.decode(), "gputuned_tick_duration_seconds"))
+                load.append(os.getloadavg()[0])
         except OSError:
             errors += 1
         wait = t0 + k / hz - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-    out.put({"latencies": lat, "errors": errors})
+    out.put({"latencies": lat, "errors": errors, "tick_durations": ticks, "load": load})
 
 
 def metric(text: str, name: str) -> float:
@@ -103,6 +115,11 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] if s else float("nan")
 
 
+def spread(xs: list[float]) -> dict[str, float]:
+    """Median, 99th percentile and maximum of ``xs``, rounded."""
+    return {"p50": round(pct(xs, 0.5), 2), "p99": round(pct(xs, 0.99), 2), "max": round(max(xs), 2) if xs else float("nan")}
+
+
 def main() -> int:
     ap = BenchParser(description=__doc__)
     ap.add_argument("--ranks", type=positive_int, default=64, help="simulated ranks, one connection each (8 per job)")
@@ -110,6 +127,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=positive_float, default=60.0, help="how long the ranks report")
     ap.add_argument("--scrape-hz", type=positive_float, default=10.0, help="GETs of /metrics per second")
     ap.add_argument("--gpus", type=positive_int, default=8, help="simulated GPUs of the daemon")
+    ap.add_argument("--client-nice", type=int, default=0,
+                    help="niceness of the rank sender and the scraper (the daemon under test keeps its own)")
     ap.add_argument("--json", action="store_true", help="unused (the summary is always JSON); accepted so older command lines still run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gputuned-load-"))
@@ -121,10 +140,11 @@ def main() -> int:
         status = d.wait_ready()
         url = metrics_url(status)
         q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-        cpu0, w0 = cpu_seconds(d.proc.pid), time.monotonic()
+        cpu0, w0, load0 = cpu_seconds(d.proc.pid), time.monotonic(), os.getloadavg()[0]
         overruns0 = metric(urllib.request.urlopen(url).read().decode(), "gputuned_tick_overruns_total")  # noqa: S310
-        ranks = mp.Process(target=ranks_main, args=(str(d.socket_path), args.ranks, args.rate, args.seconds, q))
-        scraper = mp.Process(target=scraper_main, args=(url, args.scrape_hz, args.seconds, q))
+        ranks = mp.Process(target=ranks_main, args=(str(d.socket_path), args.ranks, args.rate, args.seconds, q,
+                                                      args.client_nice))
+        scraper = mp.Process(target=scraper_main, args=(url, args.scrape_hz, args.seconds, q, args.client_nice))
         ranks.start()
         scraper.start()
         results = [q.get(timeout=args.seconds + 120) for _ in range(2)]
@@ -152,7 +172,9 @@ def main() -> int:
             "metrics_bytes": len(final),
             "daemon_cpu_ratio": round((cpu1 - cpu0) / (w1 - w0), 3),
             "daemon_rss_mib": round(rss_bytes(d.proc.pid) / 2**20, 1),
-            "host_load_average_1m_at_end": round(os.getloadavg()[0], 2),
+            "tick_duration_ms": spread([t * 1e3 for t in scr["tick_durations"]]),
+            "overrun_lines": [line[line.find("tick "):] for line in d.log().splitlines() if "overran its deadline" in line],
+            "host_load_1m": {"at_start": round(load0, 2), **spread(scr["load"]), "at_end": round(os.getloadavg()[0], 2)},
         }
         if summary["rejected_total"] != summary["rejected_total"]:  # NaN: nothing rejected, family absent
             summary["rejected_total"] = 0.0

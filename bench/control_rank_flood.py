@@ -15,7 +15,8 @@ Run as root it floods as uid 65534 (setpriv), so the job that must still connect
 otherwise the flood and that job share the uid, and the job may be refused by the per-uid bounds.
 
     .venv/bin/python bench/control_rank_flood.py [--ranks 4095] [--jobs 16] [--cycles 5]
-        [--pause 2.5] [--job-ttl 60] [--rank-forget 120] [--history N]
+        [--pause 2.5] [--job-ttl 60] [--rank-forget 120] [--history N] [--dump DIR]
+        [--until-forgotten]
 """
 
 from __future__ import annotations
@@ -89,13 +90,51 @@ def run_flood(path: Path, ranks: int, jobs: int, cycle: int, as_other: bool) -> 
     return dict(json.loads(out.stdout))
 
 
-def measure(d: DaemonProcess, url: str) -> dict[str, float]:
-    """The daemon's RSS in MB, its children's (the forecaster's processes), and its /metrics size in KB."""
+def measure(d: DaemonProcess, url: str, dump: Path | None = None) -> dict[str, Any]:
+    """The daemon's RSS in MB, its children's (the forecaster's processes), and its /metrics size in KB.
+
+    With ``dump``, the /metrics body is written there too (to diff the series between cycles)."""
     body = urllib.request.urlopen(url, timeout=10).read()  # noqa: S310 - loopback
+    if dump is not None:
+        dump.write_bytes(body)
     proc = psutil.Process(d.proc.pid)
-    children = sum(c.memory_info().rss for c in proc.children(recursive=True))
-    return {"rss_mb": round(proc.memory_info().rss / 2**20, 1), "children_rss_mb": round(children / 2**20, 1),
-            "metrics_kb": round(len(body) / 1024, 1)}
+    each: dict[str, float] = collections.Counter()
+    for child in proc.children(recursive=True):
+        each[_child_role(proc, child)] += round(child.memory_info().rss / 2**20, 1)
+    return {"rss_mb": round(proc.memory_info().rss / 2**20, 1), **_rss_parts(proc),
+            "children_rss_mb": round(sum(each.values()), 1), "child_rss_mb": dict(sorted(each.items())),
+            "metrics_kb": round(len(body) / 1024, 1), "flood_series": body.count(b'job="flood-')}
+
+
+def _rss_parts(proc: psutil.Process) -> dict[str, float]:
+    """Where the daemon's resident memory is: the brk heap, anonymous maps (allocator arenas, stacks), threads."""
+    heap = anon = 0
+    for m in proc.memory_maps(grouped=True):
+        if m.path == "[heap]":
+            heap += m.rss
+        elif not m.path or m.path.startswith("[anon"):
+            anon += m.rss
+    return {"heap_mb": round(heap / 2**20, 2), "anon_maps_mb": round(anon / 2**20, 2), "threads": proc.num_threads()}
+
+
+def wait_forgotten(d: DaemonProcess, url: str, at_least_s: float, timeout_s: float) -> float:
+    """Seconds until /metrics names no flood rank any more (the daemon and the forecaster forgot the flood).
+
+    Polled from ``at_least_s`` on: the forecaster's series of a flood appear some seconds after it."""
+    t0 = time.monotonic()
+    time.sleep(at_least_s)
+    while time.monotonic() - t0 < timeout_s:
+        if measure(d, url)["flood_series"] == 0:
+            break
+        time.sleep(1.0)
+    return round(time.monotonic() - t0, 1)
+
+
+def _child_role(daemon: psutil.Process, child: psutil.Process) -> str:
+    """What a process under the daemon is: the detection child, its fit worker, or multiprocessing's tracker."""
+    if "resource_tracker" in " ".join(child.cmdline()):
+        return "resource_tracker"
+    return "detect" if child.ppid() == daemon.pid else "fit_worker"
 
 
 def idle_rss(d: DaemonProcess, url: str, samples: int = 6, every_s: float = 2.0) -> dict[str, Any]:
@@ -114,10 +153,13 @@ def main() -> int:
     ap.add_argument("--cycles", type=positive_int, default=5, help="floods in a row (each with new job names)")
     ap.add_argument("--pause", type=float, default=2.5,
                     help="seconds between floods; past --job-ttl the last flood's ranks have expired")
+    ap.add_argument("--until-forgotten", action="store_true",
+                    help="after --pause, wait until /metrics names no flood rank before measuring (and the next flood)")
     ap.add_argument("--job-ttl", type=float, default=60.0, help="the daemon's control.job_ttl_s")
     ap.add_argument("--rank-forget", type=float, default=120.0, help="the daemon's forecast.rank_forget_after_s")
     ap.add_argument("--history", type=positive_int,
                     help="the daemon's store.history_samples (default 600); the floods start once the rings are full")
+    ap.add_argument("--dump", type=Path, metavar="DIR", help="write the /metrics body before and after each flood here")
     ap.add_argument("--worker", metavar="SOCKET", help="internal: run one flood against SOCKET and print its counts")
     ap.add_argument("--cycle", type=int, default=0, help="internal: the worker's cycle number")
     args = ap.parse_args()
@@ -138,11 +180,18 @@ def main() -> int:
         url = metrics_url(d.wait_ready())
         time.sleep(3.0 + (args.history or 0))  # the first ticks settle (and the rings fill, one point a tick)
         before = idle_rss(d, url)
+        if args.dump:
+            args.dump.mkdir(parents=True, exist_ok=True)
+            measure(d, url, args.dump / "metrics-before.txt")
         cycles = []
         for cycle in range(args.cycles):
             result = run_flood(d.socket_path, args.ranks, args.jobs, cycle, as_other)
             time.sleep(args.pause)  # at least two ticks: the accepted ranks are published
-            cycles.append({**result, **measure(d, url)})
+            if args.until_forgotten:  # every cycle measured in the same state: the flood's ranks all forgotten
+                # no rank is forgotten before its TTL and the forecaster's forget time have passed
+                result["forgotten_after_s"] = wait_forgotten(d, url, args.job_ttl + args.rank_forget,
+                                                             args.job_ttl + 2 * args.rank_forget + 60)
+            cycles.append({**result, **measure(d, url, args.dump / f"metrics-{cycle + 1}.txt" if args.dump else None)})
         s, answer = connect_client(d.socket_path, job="real-job", rank=0)
         s.close()
         rss_growth = max(c["rss_mb"] for c in cycles) - before["rss_mb"]

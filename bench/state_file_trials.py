@@ -17,6 +17,7 @@ either right before the end (the daemon's check before a restore) or after some 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -144,8 +145,13 @@ def run_trials(root: Path, trials: int, damages: tuple[str, ...] = DAMAGES,
                endings: tuple[str, ...] = ENDINGS) -> list[dict[str, Any]]:
     """``trials`` trials of each damage and ending under ``root``."""
     uuids = _uuids(root / "probe")
-    return [state_trial(root / f"{how}-{ending}-{seed}", how, ending, seed, uuids)
-            for how in damages for ending in endings for seed in range(trials)]
+    results = []
+    for how, ending, seed in itertools.product(damages, endings, range(trials)):
+        results.append(state_trial(root / f"{how}-{ending}-{seed}", how, ending, seed, uuids))
+        brief = {k: results[-1].get(k) for k in ("damage", "ending", "seed", "late", "ok")}
+        # one line a trial on stderr, so a run stopped early still says what it found
+        print(json.dumps({**brief, "load_1m": round(os.getloadavg()[0], 2)}), file=sys.stderr, flush=True)
+    return results
 
 
 def main() -> int:
@@ -162,7 +168,7 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     by = Counter((r["damage"], r["ending"]) for r in results if r["ok"])
     summary = {
-        "trials": len(results), "seconds": round(time.monotonic() - t0, 1),
+        "trials": len(results), "seconds": round(time.monotonic() - t0, 1), "load_1m_at_end": round(os.getloadavg()[0], 2),
         "exact_restores": {f"{how}/{end}": f"{by[(how, end)]}/{args.trials}" for how in DAMAGES for end in ENDINGS},
         "damaged_late": sum(r["late"] for r in results),
         "failures": [r for r in results if not r["ok"]],
