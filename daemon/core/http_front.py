@@ -207,7 +207,9 @@ class HttpFront:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            for key, _ in self._sel.select(0.25):
+            # deadlines to sweep only while a connection is held or accepting is paused; else sleep
+            # longer (a connection, a worker's answer or stop() wakes the selector at once)
+            for key, _ in self._sel.select(0.25 if self._conns or self._paused_until else 2.0):
                 if key.data is _LISTENER:
                     self._accept(time.monotonic())
                 elif key.data is _WAKE:
