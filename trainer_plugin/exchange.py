@@ -88,7 +88,8 @@ class DecisionExchange:
         if work is not None:
             work.wait()
         kind, value, factor, interval, stop, *times = msg.tolist()
-        ranks = {r: (times[2 * r], times[2 * r + 1]) for r in range(len(times) // 2) if times[2 * r] > 0}
+        # a rank with steps: compute or wait (a fast rank's compute may read 0, all of its step waited)
+        ranks = {r: (times[2 * r], times[2 * r + 1]) for r in range(len(times) // 2) if times[2 * r] + times[2 * r + 1] > 0}
         self.rank_times = ranks or self.rank_times
         return Agreed(int(kind), int(value), float(factor), int(interval), stop > 0, decision, ranks)
 

@@ -26,7 +26,7 @@ def local_ranks(store: Store, job: str) -> list[tuple[int, float]]:
         d = dict(labels)
         if d.get("job") == job and "rank" in d:
             v = store.value(COMPUTE_SECONDS, labels)
-            if v is not None and v > 0:
+            if v is not None and v >= 0:  # 0: its steps only waited (the least critical rank)
                 ranks.append((int(d["rank"]), float(v)))
     return sorted(ranks)
 
@@ -55,4 +55,4 @@ def job_timings(local: list[tuple[int, float]], on: dict[int, str],
         return []
     if not set(on) <= set(times) or len(times) < 2:
         return [RankTiming(r, on[r], c, 0.0) for r, c in local] if len(local) > 1 else []
-    return [RankTiming(r, on.get(r, REMOTE), c, w) for r, (c, w) in sorted(times.items()) if c > 0]
+    return [RankTiming(r, on.get(r, REMOTE), c, w) for r, (c, w) in sorted(times.items())]
