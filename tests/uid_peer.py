@@ -117,8 +117,8 @@ def play(path: str, steps: list[dict[str, Any]]) -> tuple[socket.socket | None, 
         body = json.dumps({"v": 1, "seq": seq, **step["send"]}).encode()
         try:
             sock.sendall(HEADER.pack(len(body)) + body)
-        except OSError:
-            replies.append({"closed": True})
+        except OSError:  # refused and closed before this was sent: what it said before closing is still here
+            replies.append(read_frame(sock))
             break
         if step.get("reply", True):
             replies.append(read_frame(sock))
