@@ -72,6 +72,11 @@ class LoaderBatchSampler(Sampler[list[int]]):
         self._resizes = sorted([*(r for r in self._resizes if r[0] != at), (at, batch_size)])
         return at
 
+    def on_batch_size(self, global_batch: int, micro: int = 0, accumulation: int = 1) -> int:
+        """A plugin's ``on_batch_size``: resize at the first batch not yet sampled; the optimizer
+        steps the loop still runs on batches of the old size (the plugin defers its LR factor by them)."""
+        return math.ceil((self.resize(global_batch) - self.consumed_batches) / max(accumulation, 1))
+
     def __iter__(self) -> Iterator[list[int]]:
         self._restart(self.state_dict())  # from what the loop received: undelivered batches are sampled again
         order = self.order

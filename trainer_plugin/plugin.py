@@ -36,8 +36,9 @@ from gputuned.trainer_plugin.profiling import ProfileCapture
 
 logger = logging.getLogger(__name__)
 
-#: Called on every rank with (global_batch, micro_batch, accumulation_steps) before the next step.
-BatchSizeCallback = Callable[[int, int, int], None]
+#: Called on every rank with (global_batch, micro_batch, accumulation_steps) before the next step;
+#: may return how many optimizer steps still run on batches of the old size (a loader's prefetch)
+BatchSizeCallback = Callable[[int, int, int], "int | None"]
 _NONE, _BATCH, _PROFILE = 0, 1, 2
 #: DDP records its runtime statistics (read for the exposed comm time) every this many iterations
 #: unless ``norm_every`` fixes the sampling; a sampled iteration costs it a few timer records.
@@ -85,13 +86,9 @@ class TrainingPlugin(CadenceSettings):
         self.trace_dir = trace_dir  # where each rank keeps its capture traces (None: under the temp dir)
         self.noise = NoiseScaleEstimator()
         self.counters = compression.CommCounters()
-        self.step_count = 0
-        self.samples_total = 0
-        self.overflows_total = 0
-        self.decisions_applied = 0
-        self.decisions_refused = 0
-        self.stop_requested = False
-        self.stop_agreed = False
+        self.step_count = self.samples_total = self.overflows_total = 0
+        self.decisions_applied = self.decisions_refused = 0
+        self.stop_requested = self.stop_agreed = False
         self.client = client
         if client is None and connect:
             self.client = DaemonClient(socket_path, job=job, rank=self.rank, world_size=self.world_size,
@@ -275,12 +272,12 @@ class TrainingPlugin(CadenceSettings):
 
     def _finish_sync(self) -> None:
         agreed = self._exchange.finish()
-        self._set_lr_factor(agreed.lr_factor)
+        resized = agreed.kind == _BATCH  # the factor waits for the batches of the old size still queued
+        self._set_lr_factor(agreed.lr_factor, self._apply_batch(agreed.value) if resized else 0)
         self.stop_agreed = agreed.stop  # every rank sees it at the same step
         self._cadence.agree_sync(agreed.interval)
         decision = agreed.decision
-        if agreed.kind == _BATCH:
-            self._apply_batch(agreed.value)
+        if resized:
             if decision is not None and self.client is not None:
                 self.client.ack(decision["id"], True, applied_step=self.step_count)
         elif agreed.kind == _PROFILE:  # every rank captures, from the next step on
@@ -340,7 +337,7 @@ class TrainingPlugin(CadenceSettings):
             self.client.ack(decision["id"], False, error=why)
         return _NONE, 0
 
-    def _apply_batch(self, size: int) -> None:
+    def _apply_batch(self, size: int) -> int:
         if self.batch_mode == "global":
             self.batch_size = size
             self.micro_batch_size = size // (self.world_size * self.accumulation_steps)
@@ -350,13 +347,14 @@ class TrainingPlugin(CadenceSettings):
         self.decisions_applied += 1
         logger.info("batch size now %d (micro %d x %d accumulation) from step %d", self.batch_size,
                     self.micro_batch_size, self.accumulation_steps, self.step_count)
-        if self.on_batch_size is not None:
-            self.on_batch_size(self.batch_size, self.micro_batch_size, self.accumulation_steps)
+        queued = None if self.on_batch_size is None else self.on_batch_size(
+            self.batch_size, self.micro_batch_size, self.accumulation_steps)
+        return queued if isinstance(queued, int) and queued > 0 else 0
 
-    def _set_lr_factor(self, factor: float) -> None:
+    def _set_lr_factor(self, factor: float, after_steps: int = 0) -> None:
+        if self._lr is not None and (after_steps or factor != self.lr_factor):  # a deferred one stays so
+            self._lr.set(factor, after_steps)  # the optimizer's hooks read it at each step
         self.lr_factor = factor
-        if self._lr is not None:  # the optimizer's hooks read it at each step
-            self._lr.factor = factor
 
     def _finish_profile(self) -> None:
         capture, self._profile = self._profile, None
@@ -370,6 +368,9 @@ class TrainingPlugin(CadenceSettings):
         """What a checkpoint must keep to resume with the same batch size and LR factor."""
         return {"batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size,
                 "accumulation_steps": self.accumulation_steps, "lr_factor": self.lr_factor,
+                # a factor agreed while batches of the old size were still queued: the one they run with
+                "lr_factor_now": self._lr.factor if self._lr is not None else self.lr_factor,
+                "lr_factor_after_steps": self._lr.pending[1] if self._lr and self._lr.pending else 0,
                 "step_count": self.step_count, "samples_total": self.samples_total,
                 "overflows_total": self.overflow_count(),  # unreported overflows too
                 "noise": (self.noise.g2, self.noise.s)}
@@ -379,7 +380,8 @@ class TrainingPlugin(CadenceSettings):
         self.batch_size = int(state["batch_size"])
         self.micro_batch_size = int(state["micro_batch_size"])
         self.accumulation_steps = int(state["accumulation_steps"])
-        self._set_lr_factor(float(state["lr_factor"]))
+        self._set_lr_factor(float(state.get("lr_factor_now", state["lr_factor"])))
+        self._set_lr_factor(float(state["lr_factor"]), int(state.get("lr_factor_after_steps", 0)))
         self.step_count = int(state["step_count"])
         self.samples_total = int(state["samples_total"])
         self.overflows_total = int(state["overflows_total"])

@@ -87,3 +87,61 @@ def test_a_resize_cannot_reach_back_into_batches_already_sampled():
         sampler.resize(4, at_batch=2)
     assert sampler.resize(4, at_batch=5) == 5
     assert sampler.resize(16) == 3  # default: the first batch not yet sampled
+
+
+def test_the_plugins_lr_factor_changes_with_the_first_batch_of_the_new_size_and_resumes_deferred(tmp_path):
+    """A decision reaches the plugin while 8 batches of the old size are queued: the LR factor
+    waits for them, step for step, and a checkpoint taken meanwhile resumes still deferred."""
+    import time
+
+    from gputuned.trainer_plugin.plugin import TrainingPlugin
+    from gputuned.trainer_plugin.testing import FakeDaemon
+
+    def plugin_for(sampler: LoaderBatchSampler, opt: torch.optim.Optimizer, **kw) -> TrainingPlugin:
+        return TrainingPlugin(job="loader", batch_size=8, optimizer=opt, lr_scaling="linear", max_batch_size=64,
+                              sync_interval=1, on_batch_size=sampler.on_batch_size, **kw)
+
+    def train(sampler, plugin, opt, sizes, after=None) -> None:
+        for x, in sampler.track(_loader(sampler)):
+            with plugin.step(samples=len(x)):
+                opt.step()  # the pre-hook below records the LR this step ran with
+            sizes.append(len(x))
+            if after is not None:  # between steps: where a checkpoint is taken
+                after(len(sizes))
+            time.sleep(0.004)  # lets the decision travel from the fake daemon
+
+    def record_lrs(opt: torch.optim.Optimizer) -> list[float]:
+        """The LR each step ran with (a pre-hook registered after the plugin's runs after it)."""
+        lrs: list[float] = []
+        opt.register_step_pre_hook(lambda o, a, k: lrs.append(o.param_groups[0]["lr"]))
+        return lrs
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sampler, sizes, saved = LoaderBatchSampler(N, 8, seed=2), [], {}
+    with FakeDaemon(str(tmp_path / "l.sock"), report_interval_s=0.02) as daemon:
+        plugin = plugin_for(sampler, opt, socket_path=str(tmp_path / "l.sock"))
+        lrs = record_lrs(opt)
+        assert plugin.client.wait_connected(5)
+
+        def script(step: int) -> None:
+            if step == 2:
+                daemon.send({"id": "up", "batch_size": 16})
+            if plugin.decisions_applied and not saved and sizes[-1] == 8:  # deferred right now
+                saved.update(plugin=plugin.state_dict(), sampler=sampler.state_dict(), step=len(sizes))
+
+        train(sampler, plugin, opt, sizes, after=script)
+        plugin.close()
+    assert plugin.decisions_applied == 1 and saved, daemon.of_type("ack")
+    assert 16 in sizes and sizes.index(16) > sizes.index(8) + LOOKAHEAD - 1
+    first = sizes.index(16)  # the first batch of the new size (the epoch's last one is short)
+    assert len(lrs) == len(sizes) and lrs == [0.1] * first + [0.1 * 16 / 8] * (len(sizes) - first)
+    # resume from the checkpoint taken while the factor was deferred
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sampler2 = LoaderBatchSampler(N, 8, seed=2)
+    sampler2.load_state_dict(saved["sampler"])
+    plugin2 = plugin_for(sampler2, opt2, connect=False)
+    lrs2 = record_lrs(opt2)
+    plugin2.load_state_dict(saved["plugin"])
+    sizes2: list[int] = []
+    train(sampler2, plugin2, opt2, sizes2)
+    assert sizes2 == sizes[saved["step"]:] and lrs2 == lrs[saved["step"]:]
