@@ -120,7 +120,7 @@ def spread(xs: list[float]) -> dict[str, float]:
     return {"p50": round(pct(xs, 0.5), 2), "p99": round(pct(xs, 0.99), 2), "max": round(max(xs), 2) if xs else float("nan")}
 
 
-def main() -> int:
+def _parser() -> BenchParser:
     ap = BenchParser(description=__doc__)
     ap.add_argument("--ranks", type=positive_int, default=64, help="simulated ranks, one connection each (8 per job)")
     ap.add_argument("--rate", type=positive_float, default=100.0, help="reports per second per rank")
@@ -130,7 +130,11 @@ def main() -> int:
     ap.add_argument("--client-nice", type=int, default=0,
                     help="niceness of the rank sender and the scraper (the daemon under test keeps its own)")
     ap.add_argument("--json", action="store_true", help="unused (the summary is always JSON); accepted so older command lines still run")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = _parser().parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gputuned-load-"))
     jobs = -(-args.ranks // 8)  # one uid sends every rank: raise the per-uid bounds to fit (they are not measured here)
     bounds = {"max_jobs_per_uid": max(8, jobs), "max_jobs": max(64, jobs), "max_ranks_per_uid": max(256, args.ranks),

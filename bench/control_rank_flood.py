@@ -146,7 +146,7 @@ def idle_rss(d: DaemonProcess, url: str, samples: int = 6, every_s: float = 2.0)
     return {**measure(d, url), "idle_rss_mb": rss, "idle_spread_mb": round(max(rss) - min(rss), 2)}
 
 
-def main() -> int:
+def _parser() -> BenchParser:
     ap = BenchParser(description=__doc__)
     ap.add_argument("--ranks", type=positive_int, default=4095, help="fake ranks per cycle")
     ap.add_argument("--jobs", type=positive_int, default=16, help="jobs the ranks are spread over")
@@ -162,7 +162,11 @@ def main() -> int:
     ap.add_argument("--dump", type=Path, metavar="DIR", help="write the /metrics body before and after each flood here")
     ap.add_argument("--worker", metavar="SOCKET", help="internal: run one flood against SOCKET and print its counts")
     ap.add_argument("--cycle", type=int, default=0, help="internal: the worker's cycle number")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = _parser().parse_args()
     if args.worker:
         print(json.dumps(flood(args.worker, args.ranks, args.jobs, args.cycle)))
         return 0
