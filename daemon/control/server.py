@@ -50,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 #: How long accepting stops after an accept error such as EMFILE (seconds).
 ACCEPT_PAUSE_S = 0.1
+#: How long the selector sleeps while it holds connections or accepting is paused (their deadlines are
+#: swept), and while it holds none: a new connection, a queued decision or stop() wakes it at once.
+SWEEP_S = 0.25
+IDLE_S = 2.0
 
 MAX_ERRORS = 10
 
@@ -193,7 +197,7 @@ class ControlServer:
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
-                events = self._sel.select(timeout=0.25)
+                events = self._sel.select(timeout=SWEEP_S if self._conns or self._accept_paused_until else IDLE_S)
             except OSError:
                 if self._stop.is_set():
                     return
