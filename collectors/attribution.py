@@ -20,6 +20,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pydantic import Field
+
 from gputuned.collectors.device import GPUDevice, GPUError, GPUProcess, NotSupportedError
 from gputuned.collectors.families import Labels, Sample, declare
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
@@ -96,11 +98,17 @@ class ProcessCollector:
     name = "processes"
 
     def __init__(self, devices: Sequence[GPUDevice], claims: Callable[[], list[RankClaim]] | None = None,
-                 max_processes_per_gpu: int = 64) -> None:
+                 max_processes_per_gpu: int = 64, refresh_ticks: int = 1) -> None:
+        if refresh_ticks < 1:
+            raise ValueError("refresh_ticks must be at least 1")
         self._devices = list(devices)
         self.claims = claims  # set by the composition root once the control socket exists
         self.max_processes = max_processes_per_gpu
+        self.refresh_ticks = refresh_ticks
         self._unlisted: set[int] = set()  # GPUs that cannot list their processes
+        self._listed: dict[int, tuple[str, list[GPUProcess]]] = {}
+        self._read_claims: frozenset[RankClaim] | None = None  # the ranks when the lists were last read
+        self._reads_due_in = 0  # ticks until the lists are read again
         self.latest = Attribution()
 
     def read(self) -> dict[int, tuple[str, list[GPUProcess]]]:
@@ -120,9 +128,17 @@ class ProcessCollector:
         return out
 
     def collect(self) -> list[Sample]:
-        """Per-GPU process counts and memory, and one info sample per resolved rank."""
-        listed = self.read()
+        """Per-GPU process counts and memory, and one info sample per resolved rank.
+
+        The process lists are read every ``refresh_ticks`` calls, and at once when a rank came or
+        went since the last read (its process is then looked for); between reads the last lists are
+        joined with the ranks and served again.
+        """
         claims = self.claims() if self.claims is not None else []
+        if self._reads_due_in <= 0 or frozenset(claims) != self._read_claims:
+            self._listed, self._read_claims, self._reads_due_in = self.read(), frozenset(claims), self.refresh_ticks
+        self._reads_due_in -= 1
+        listed = self._listed
         self.latest = att = attribute(claims, listed)
         out: list[Sample] = []
         for idx, (uuid, procs) in sorted(listed.items()):
@@ -143,13 +159,16 @@ class ProcessesConfig(CollectorConfig):
     """``[collectors.processes]``: NVML's running-process list per GPU, joined with the ranks."""
 
     max_processes_per_gpu: int = 64
+    #: Collection ticks between two reads of the process lists (1: every tick); a rank coming or going reads them at once
+    refresh_ticks: int = Field(default=5, ge=1)
 
 
 @register("processes", config=ProcessesConfig, families=(PROCESS_INFO, PROCESS_MEMORY, PROCESSES))
 def build_process_collector(cfg: CollectorConfig, ctx: CollectorContext) -> ProcessCollector | None:
     """Every opened GPU's processes; nothing without GPUs."""
-    limit = cfg.max_processes_per_gpu if isinstance(cfg, ProcessesConfig) else 64
-    return ProcessCollector(ctx.devices, max_processes_per_gpu=limit) if ctx.devices else None
+    own = cfg if isinstance(cfg, ProcessesConfig) else ProcessesConfig()
+    return ProcessCollector(ctx.devices, max_processes_per_gpu=own.max_processes_per_gpu,
+                            refresh_ticks=own.refresh_ticks) if ctx.devices else None
 
 
 def link(collectors: Iterable[object], claims: Callable[[], list[RankClaim]] | None) -> ProcessCollector | None:

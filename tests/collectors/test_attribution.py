@@ -130,3 +130,48 @@ def test_a_rank_claiming_another_processes_pid_is_not_placed_on_its_gpu(still_no
         proc.wait()
     assert [c.pid for c in claims] == [proc.pid]  # the peer's pid (SO_PEERCRED), not the claimed one
     assert collector.latest.rank_map("j") == {} and collector.latest.gpus_of("j") == set()
+
+
+class CountingGPU:
+    """A GPU whose process list is scripted and whose reads are counted."""
+
+    def __init__(self, index: int) -> None:
+        from gputuned.collectors.device import GPUIdentity
+
+        self.identity = GPUIdentity(index, f"GPU-{index}", "H100", f"0000:0{index}:00.0", 80 << 30)
+        self.pids: list[int] = []
+        self.reads = 0
+
+    def processes(self) -> list[GPUProcess]:
+        self.reads += 1
+        return [GPUProcess(pid, 1 << 30) for pid in self.pids]
+
+
+def test_process_lists_are_read_every_refresh_ticks_and_at_once_when_a_rank_comes_or_goes() -> None:
+    gpus = [CountingGPU(0), CountingGPU(1)]
+    claims: list[RankClaim] = []
+    collector = ProcessCollector(gpus, lambda: list(claims), refresh_ticks=3)  # type: ignore[arg-type]
+    first = collector.collect()
+    gpus[1].pids = [100]  # the rank's process starts; the lists are not read again yet
+    assert collector.collect() == first and gpus[0].reads == 1
+    claims.append(RankClaim("j", 0, 100))  # its hello: read at once, so the rank is placed this tick
+    placed = collector.collect()
+    assert gpus[0].reads == 2 and collector.latest.rank_map("j") == {0: 1}
+    assert [s for s in placed if s[0] == PROCESS_INFO] == [
+        (PROCESS_INFO, (("gpu", "1"), ("uuid", "GPU-1"), ("job", "j"), ("rank", "0"), ("pid", "100")), 1.0)]
+    gpus[0].pids = [7]
+    collector.collect()
+    collector.collect()
+    assert gpus[0].reads == 2  # 3 ticks since the last read: due now
+    assert any(s[1][:1] == (("gpu", "0"),) and s[1][-1:] == (("pid", "7"),) for s in collector.collect())
+    assert gpus[0].reads == 3
+    claims.clear()  # the rank left: read at once, and its info series goes
+    assert not [s for s in collector.collect() if s[0] == PROCESS_INFO] and gpus[0].reads == 4
+
+
+def test_every_tick_reads_with_refresh_ticks_1() -> None:
+    gpus = [CountingGPU(0)]
+    collector = ProcessCollector(gpus, refresh_ticks=1)  # type: ignore[list-item]
+    for _ in range(4):
+        collector.collect()
+    assert gpus[0].reads == 4
