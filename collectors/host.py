@@ -82,7 +82,7 @@ _PARTITION = re.compile(r"^(loop|ram|dm-|sr)\d|^(sd[a-z]+|vd[a-z]+|xvd[a-z]+)\d+
 
 def read_tcp_counters(proc: Path) -> dict[str, int]:
     """``Tcp:`` counters from /proc/net/snmp (header line, then value line)."""
-    lines = (proc / "net" / "snmp").read_text().splitlines()
+    lines = _text(f"{proc}/net/snmp").splitlines()
     for head, vals in zip(lines, lines[1:], strict=False):
         if head.startswith("Tcp:") and vals.startswith("Tcp:"):
             return {k: int(v) for k, v in zip(head.split()[1:], vals.split()[1:], strict=True)}
@@ -97,8 +97,32 @@ Mount = tuple[str, str, str]  # device, mount point, filesystem type
 
 
 def _text(path: str) -> str:
-    with open(path) as f:  # plain open: pathlib's overhead is most of a small /proc read
-        return f.read()
+    """A small /proc file's text, read with os.read: open()'s file objects are most of such a read's cost."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):  # a seq file may come in several reads
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
+#: The /proc/meminfo lines the host collector serves (kB), in psutil's names for them
+_MEMINFO = {"MemTotal:": "total", "MemAvailable:": "available", "SwapTotal:": "swap_total", "SwapFree:": "swap_free"}
+
+
+def read_memory(proc: str) -> dict[str, int] | None:
+    """Memory and swap (bytes) from ``proc``/meminfo, as psutil's virtual_memory and swap_memory take them;
+    None where psutil would estimate instead (a line missing, MemAvailable 0 or above MemTotal)."""
+    got: dict[str, int] = {}
+    for line in _text(f"{proc}/meminfo").splitlines():
+        key, _, rest = line.partition(" ")
+        if key in _MEMINFO:
+            got[_MEMINFO[key]] = int(rest.split()[0]) * 1024
+    if len(got) < len(_MEMINFO) or not 0 < got["available"] <= got["total"]:
+        return None
+    return got
 
 
 def read_pressure(proc: Path) -> list[Sample]:
@@ -194,14 +218,7 @@ class HostCollector:
         out.append((CPU_COUNT, (), self._cpus))
         l1, l5, l15 = os.getloadavg()
         out += [(LOAD1, (), l1), (LOAD5, (), l5), (LOAD15, (), l15)]
-        vm = psutil.virtual_memory()
-        out += [
-            (MEM_TOTAL, (), float(vm.total)),
-            (MEM_AVAILABLE, (), float(vm.available)),
-            (MEM_USED, (), float(vm.total - vm.available)),
-        ]
-        sw = psutil.swap_memory()
-        out += [(SWAP_TOTAL, (), float(sw.total)), (SWAP_USED, (), float(sw.used))]
+        out += self._memory_samples()
         for dev, io in (psutil.disk_io_counters(perdisk=True, nowrap=True) or {}).items():
             if _PARTITION.match(dev):
                 continue
@@ -218,6 +235,20 @@ class HostCollector:
         out.append((TCP_RETRANS, (), float(tcp.get("RetransSegs", 0))))
         out.append((TCP_OUT, (), float(tcp.get("OutSegs", 0))))
         return out + self._optional_samples()
+
+    def _memory_samples(self) -> list[Sample]:
+        """Memory and swap from one read of psutil's meminfo (psutil reads it twice, and /proc/vmstat)."""
+        m = read_memory(psutil.PROCFS_PATH)
+        if m is None:  # psutil's estimates
+            vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+            m = {"total": vm.total, "available": vm.available, "swap_total": sw.total, "swap_free": sw.total - sw.used}
+        return [
+            (MEM_TOTAL, (), float(m["total"])),
+            (MEM_AVAILABLE, (), float(m["available"])),
+            (MEM_USED, (), float(m["total"] - m["available"])),
+            (SWAP_TOTAL, (), float(m["swap_total"])),
+            (SWAP_USED, (), float(m["swap_total"] - m["swap_free"])),
+        ]
 
     def _optional_samples(self) -> list[Sample]:
         """Pressure, OOM kills, filesystems and links: each absent, and logged once, while it cannot be read."""
