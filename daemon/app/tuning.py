@@ -25,8 +25,6 @@ import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import numpy as np
-
 from gputuned.collectors import families as F
 from gputuned.collectors.attribution import Attribution
 from gputuned.collectors.device import ClockEventReason
@@ -41,7 +39,7 @@ from gputuned.tuner.decision.config import TuningConfig
 from gputuned.tuner.decision.guard import GuardConfig, SafetyGuard
 from gputuned.tuner.decision.kernel import Ack, DecisionKernel, GPULimits
 from gputuned.tuner.decision.moves import busy_power, decode
-from gputuned.tuner.decision.observe import Interval
+from gputuned.tuner.decision.observe import Interval, Observation, mean
 from gputuned.tuner.decision.perseus import RankTiming
 
 logger = logging.getLogger(__name__)
@@ -160,15 +158,15 @@ class StoreNode:
         tps, gps = rates[SAMPLES_RATE], rates[GOODPUT_RATE]
         samples = tot[1] - self.mark_samples
         # the job's own rates: a counter delta between ticks jitters with report timing
-        tput = float(np.mean(tps)) if tps else (samples / seconds if seconds > 0 else 0.0)
-        eff = float(np.mean(gps)) / tput if gps and tput > 0 else 1.0
+        tput = float(mean(tps)) if tps else (samples / seconds if seconds > 0 else 0.0)
+        eff = float(mean(gps)) / tput if gps and tput > 0 else 1.0
         power = [self.store.value(F.GPU_POWER, labels) or 0.0 for _, labels, _ in self._gpus]
         sm = [(self.store.value(F.GPU_SM_CLOCK, labels) or 0.0) / sm_max for _, labels, sm_max in self._gpus]
         masks = [int(self.store.value(F.GPU_CLOCK_EVENT_MASK, labels) or 0) for _, labels, _ in self._gpus]
         util = [self.store.value(F.GPU_UTIL, labels) or 0.0 for _, labels, _ in self._gpus]
         batch = self.batch_size()
-        return Interval(tot[0] - self.mark_energy, tput * seconds, seconds, tput * eff, float(np.mean(power)),
-                        float(np.mean(sm)), any(m & POWER_CAP for m in masks), batch,
+        return Interval(tot[0] - self.mark_energy, tput * seconds, seconds, tput * eff, float(mean(power)),
+                        float(mean(sm)), any(m & POWER_CAP for m in masks), batch,
                         busy_power(list(zip(power, util, strict=True))))
 
     def set_power_limit(self, gpu: str, watts: float, origin: str = "tuner") -> bool:
@@ -222,7 +220,7 @@ class TuningComponent:
 
     def __init__(
         self, store: Store, actuator: KnobActuator, decider: BatchDecider | None, gpus: list[int],
-        config: TuningConfig | None = None, *, chooser: Chooser | Callable[[np.ndarray], int] | None = None,
+        config: TuningConfig | None = None, *, chooser: Chooser | Callable[[Observation], int] | None = None,
         guard: SafetyGuard | None = None, alerts: Callable[[], list[str]] | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         placement: Callable[[], Attribution] | None = None,
@@ -284,7 +282,7 @@ class TuningComponent:
                 self.decisions[key] = self.decisions.get(key, 0) + 1
         self.store.publish(self.name, now, self.samples())
 
-    def _choose(self, obs: np.ndarray) -> int:
+    def _choose(self, obs: Observation) -> int:
         return int(self.chooser(obs))
 
     # -- the job --------------------------------------------------------------------

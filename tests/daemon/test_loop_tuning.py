@@ -258,7 +258,7 @@ def test_the_learned_policy_reads_the_climbers_proposal_and_its_move_is_applied(
     store = Store(100)
 
     def recorder(o: np.ndarray) -> int:
-        seen.append(o.copy())
+        seen.append(np.array(o))  # the observation is a float32 array.array
         return follow(o)
 
     conf = TuningConfig(objective="energy_slowdown", interval_s=5.0, tune_batch=False)

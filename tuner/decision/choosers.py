@@ -40,8 +40,6 @@ from enum import Enum
 from importlib.resources import files
 from pathlib import Path
 
-import numpy as np
-
 from gputuned.tuner.decision.moves import (
     FINE_SHARE,
     N_ACTIONS,
@@ -52,7 +50,7 @@ from gputuned.tuner.decision.moves import (
     move,
     share,
 )
-from gputuned.tuner.decision.observe import BASE_OBS_DIM, SIM_OBS_DIM
+from gputuned.tuner.decision.observe import BASE_OBS_DIM, SIM_OBS_DIM, Observation, PolicyInput
 from gputuned.tuner.decision.observe import Feature as F
 
 logger = logging.getLogger(__name__)
@@ -84,7 +82,7 @@ class Chooser:
 
     name = "chooser"
 
-    def __call__(self, obs: np.ndarray) -> int:
+    def __call__(self, obs: Observation) -> int:
         raise NotImplementedError
 
 
@@ -125,7 +123,7 @@ class ClimbChooser(Chooser):
         self.lock_pending, self.fine = False, False
         self.probe_dc = 0  # the clock move made with a batch probe under a lock (undone with it)
 
-    def __call__(self, obs: np.ndarray) -> int:
+    def __call__(self, obs: Observation) -> int:
         limit, goodput, eps, oom = float(obs[F.LIMIT_SHARE]), float(obs[F.GOODPUT]) + 1.0, float(obs[F.EPS]) + 1.0, obs[F.OOM] > 0.5
         if obs[F.LAST_DP] == 0 and obs[F.LAST_DB] == 0 and obs[F.LAST_DC] == 0 and obs[F.ROLLED_BACK] == 0 and obs[F.EARLY] > 0:
             self.spread = 0.8 * self.spread + 0.2 * abs(float(obs[F.D_GOODPUT])) / 10.0
@@ -164,7 +162,7 @@ class ClimbChooser(Chooser):
             return fine(dc=dp) if self.knob == "clock" else fine(dp=dp)
         return move(0, 0, dp) if self.knob == "clock" else move(dp, 0)
 
-    def _settled(self, obs: np.ndarray, eps: float, goodput: float) -> int | None:
+    def _settled(self, obs: Observation, eps: float, goodput: float) -> int | None:
         """The move once the walked knob has settled: judge a trade or a lock, try a lock, or probe the batch."""
         if self.traded is not None:
             eps0, steps = self.traded
@@ -205,7 +203,7 @@ class ClimbChooser(Chooser):
             self.floor, self.ceiling, self.prev_limit, self.step, self.last_dp = self.other
             self.other, self.knob = mine, knob
 
-    def _judge_lock(self, obs: np.ndarray, eps: float, goodput: float) -> bool:
+    def _judge_lock(self, obs: Observation, eps: float, goodput: float) -> bool:
         """Judge the lock that took over from the limit; True when it must be undone (unlocked)."""
         self.state = Phase.POWER
         if obs[F.LAST_DC] >= 0:  # the lock was not made (not supported, refused): the limit stays
@@ -335,12 +333,12 @@ class LearnedChooser(Chooser):
 
     name = "learned"
 
-    def __init__(self, policy: Callable[[np.ndarray], int], objective: str, max_slowdown: float) -> None:
+    def __init__(self, policy: Callable[[PolicyInput], int], objective: str, max_slowdown: float) -> None:
         self.policy = policy
         self.adviser = ClimbChooser(objective, max_slowdown)
         self.overruled_reversals = 0
 
-    def __call__(self, obs: np.ndarray) -> int:
+    def __call__(self, obs: Observation) -> int:
         full, suggested = advise(self.adviser, obs)
         action = int(self.policy(full))
         if not 0 <= action < N_ACTIONS:
@@ -359,24 +357,26 @@ class LearnedChooser(Chooser):
         self.adviser.rolled_back(knob)
 
 
-def advise(climber: ClimbChooser, obs: np.ndarray) -> tuple[np.ndarray, int]:
+def advise(climber: ClimbChooser, obs: Observation) -> tuple[PolicyInput, int]:
     """The policy input: ``obs`` (base features) and the climber's proposed move; returns it and the proposal."""
+    import numpy as np  # the learned policy's path only: the climber runs without numpy
     suggested = int(climber(obs))
     proposal = np.asarray(decode(suggested), dtype=np.float32) * share(suggested)  # a fine move as its quarter step
     return np.concatenate([obs[:BASE_OBS_DIM], proposal]).astype(np.float32), suggested
 
 
-def load_learned(path: Path | None = None) -> Callable[[np.ndarray], int]:
+def load_learned(path: Path | None = None) -> Callable[[PolicyInput], int]:
     """The numpy policy at ``path`` (default: the packaged one); raises ValueError on a wrong input size."""
-    from gputuned.tuner.decision.policy_numpy import NumpyPolicy
+    from gputuned.tuner.decision.policy_file import policy_shape
 
     path = path or PACKAGED_SIM_POLICY
-    pol = NumpyPolicy.load(path)
-    if pol.obs_dim != SIM_OBS_DIM:
-        raise ValueError(f"{path}: policy expects {pol.obs_dim} observations, the live tuner gives {SIM_OBS_DIM}")
-    if pol.n_actions != N_ACTIONS:
-        raise ValueError(f"{path}: policy chooses among {pol.n_actions} moves, the live tuner makes {N_ACTIONS}")
-    return pol
+    obs_dim, n_actions = policy_shape(path)  # from the headers: a policy not used imports no numpy
+    if obs_dim != SIM_OBS_DIM:
+        raise ValueError(f"{path}: policy expects {obs_dim} observations, the live tuner gives {SIM_OBS_DIM}")
+    if n_actions != N_ACTIONS:
+        raise ValueError(f"{path}: policy chooses among {n_actions} moves, the live tuner makes {N_ACTIONS}")
+    from gputuned.tuner.decision.policy_numpy import NumpyPolicy
+    return NumpyPolicy.load(path)
 
 
 def make_chooser(kind: str, policy: Path | None, objective: str, max_slowdown: float) -> Chooser:

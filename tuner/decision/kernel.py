@@ -22,14 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from gputuned.tuner.decision import moves
 from gputuned.tuner.decision.config import TuningConfig
 from gputuned.tuner.decision.guard import SafetyGuard
 from gputuned.tuner.decision.moves import Move, decode, power_step, power_target
 from gputuned.tuner.decision.node import Ack, GPULimits, Node
-from gputuned.tuner.decision.observe import Interval, LiveObserver
+from gputuned.tuner.decision.observe import Interval, LiveObserver, Observation
 from gputuned.tuner.decision.perseus import plan_steps
 
 __all__ = ["Ack", "DecisionKernel", "GPULimits", "Node", "Outcome"]  # the node's types, as adapters import them
@@ -57,7 +55,7 @@ class Outcome:
 
     kind: str
     interval: Interval | None = None
-    obs: np.ndarray | None = None
+    obs: Observation | None = None
     action: int | None = None
 
 
@@ -93,7 +91,7 @@ class DecisionKernel:
         self.locked_once = False  # a lock was applied: the GPUs can be locked
 
     # -- one step -----------------------------------------------------------------------
-    def step(self, now: float, choose: Callable[[np.ndarray], int]) -> Outcome:
+    def step(self, now: float, choose: Callable[[Observation], int]) -> Outcome:
         """Judge the last interval and, when a choice is due, make the move ``choose`` picks."""
         out = self.observe(now)
         if out.obs is not None:
@@ -144,7 +142,7 @@ class DecisionKernel:
         return Move(done_p, done_b, done_c)
 
     # -- what is measured ---------------------------------------------------------------
-    def observation(self, m: Interval) -> np.ndarray:
+    def observation(self, m: Interval) -> Observation:
         """The observation of one measured interval (advances the observer's memory)."""
         ref = self.ref or m
         g0 = self._gpus[0]

@@ -4,15 +4,27 @@ An :class:`Interval` is what a node measured over one decision interval (energy,
 goodput, power, clocks, the job's batch size). :class:`LiveObserver` turns it into the
 observation every chooser reads, relative to the reference interval measured at the job's own
 settings, with the memory of the move that led to it. Features are named by :class:`Feature`.
+
+The observation is a float32 ``array.array`` (the values numpy's float32 array held), so the
+climbing chooser runs without numpy; the learned policy's input converts it without copying.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-import numpy as np
+#: The observation: float32 values, indexed by :class:`Feature`.
+Observation = array
+#: The learned policy's input (base features and the climber's proposal): a numpy array
+if TYPE_CHECKING:
+    from numpy import ndarray as PolicyInput
+else:
+    PolicyInput = object  # annotations only: numpy is imported where the learned policy runs
 
 #: Intervals after which the observation's "early phase" feature saturates.
 EARLY_INTERVALS = 20
@@ -52,6 +64,33 @@ class Feature(IntEnum):
 BASE_OBS_DIM = int(Feature.LAST_DC) + 1
 #: The learned policy's input: the base observation and the climber's proposed (power, batch, clock) move.
 SIM_OBS_DIM = BASE_OBS_DIM + 3
+
+
+def _pairwise_sum(v: Sequence[float], lo: int, n: int) -> float:
+    """numpy's pairwise summation of ``v[lo:lo + n]`` (8 partial sums per block of 128, halves above), term for term."""
+    if n < 8:
+        res = 0.0
+        for x in v[lo:lo + n]:
+            res += x
+        return res
+    if n > 128:
+        half = n // 2 - (n // 2) % 8
+        return _pairwise_sum(v, lo, half) + _pairwise_sum(v, lo + half, n - half)
+    r = list(v[lo:lo + 8])
+    end = lo + n - n % 8
+    for i in range(lo + 8, end, 8):
+        for j in range(8):
+            r[j] += v[i + j]
+    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for x in v[end:lo + n]:
+        res += x
+    return res
+
+
+def mean(values: Sequence[float]) -> float:
+    """The mean of ``values`` to the bit ``numpy.mean`` gives (its pairwise summation; NaN when empty), without numpy."""
+    v = [float(x) for x in values]
+    return (0.0 + _pairwise_sum(v, 0, len(v))) / len(v) if v else math.nan
 
 
 @dataclass
@@ -100,7 +139,7 @@ class LiveObserver:
         self, *, limit_share: float, power_w: float, limit_w: float, max_w: float, sm_ratio: float, capped: bool,
         batch: int, b0: int, throughput_ratio: float, goodput_ratio: float, eps_ratio: float, eff: float, oom: bool,
         clocks: bool = False, lock_share: float = 1.0,
-    ) -> np.ndarray:
+    ) -> Observation:
         """The base observation (``BASE_OBS_DIM`` floats in [-5, 5], indexed by :class:`Feature`)."""
         eps_ratio = eps_ratio if math.isfinite(eps_ratio) else 5.0
         d_eps, d_good = (0.0, 0.0) if self.prev is None else (eps_ratio - self.prev[0], goodput_ratio - self.prev[1])
@@ -114,7 +153,7 @@ class LiveObserver:
         self.prev = (eps_ratio, goodput_ratio)
         self.t += 1
         self.last, self.rolled = (0, 0, 0), False
-        return np.clip(np.asarray(obs, dtype=np.float32), -5.0, 5.0)
+        return array("f", [x if math.isnan(x) else min(5.0, max(-5.0, x)) for x in obs])  # float32 of the clipped value
 
     def moved(self, dp: int, db: int, dc: int = 0) -> None:
         """The move made after the last observation (what the guard let through)."""
