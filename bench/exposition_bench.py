@@ -9,6 +9,11 @@
 3. node_exporter (Debian's prometheus-node-exporter, default collectors) scraped every second:
    CPU per scrape and per series.
 
+``--only PART ...`` runs just those parts (render, daemon, rss, split, node_exporter), so that two trees
+can take turns: ``PYTHONPATH=<exported tree> .venv/bin/python bench/exposition_bench.py --only split rss``
+measures that tree's code with this script. The scraper runs under ``nice -n 5``, the measured daemon
+does not.
+
 ``--node scripted`` runs the daemons of 2. on the scripted node (tests/data/scripted_node.toml, its
 GPU loss left out, sized to --gpus): the cheaper stand-in for a real node's NVML (no physics, no numpy).
 ``--full`` runs each daemon of 2. a second time as shipped (forecaster and tuner on) and reports the
@@ -18,8 +23,8 @@ daemon in this process, scraped every second by another process, and splits its 
 the thread CPU spent inside the scripted NVML's functions counted apart: a real host pays NVML
 instead, so the figure without it is the daemon's own work.
 
-Usage: nice -n 5 .venv/bin/python bench/exposition_bench.py [--seconds 30] [--before 3283919] [--node scripted]
-       [--full] [--split]
+Usage: .venv/bin/python bench/exposition_bench.py [--seconds 30] [--before 3283919] [--node scripted]
+       [--full] [--split] [--only PART ...]
 """
 
 from __future__ import annotations
@@ -30,9 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import tomllib
 import types
 import urllib.request
 from functools import partial
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import BenchParser, cpu_seconds, free_port, positive_float, rss_bytes
+from exposition_daemon import PROMETHEUS_ACCEPT, split_figures, steady_rss, write_config
 
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import VirtualClock, scripted_from_spec
@@ -51,11 +55,6 @@ from gputuned.daemon.core.exporter import MetricsRenderer
 from gputuned.daemon.core.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-PROMETHEUS_ACCEPT = {"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
-                     "Accept-Encoding": "gzip"}
-MONITORING_ONLY = "[sim]\njob = false\n[forecast]\nenabled = false\n[tuner]\nenabled = false\n"
-
-
 def filled_store(gpus: int) -> Store:
     """The store of a real daemon on ``gpus`` scripted H100s after a few ticks."""
     backend = scripted_from_spec({"profile": "h100", "gpus": gpus}, clock=VirtualClock(), privileged=True)
@@ -162,25 +161,6 @@ def cpu_over(pid: int, url: str, seconds: float, scrape: bool) -> tuple[float, i
     return (cpu_seconds(pid) - c0) / (time.monotonic() - t0), n
 
 
-def scripted_node(tmp: Path, gpus: int) -> str:
-    """The ``[sim] script`` line of a scripted node of ``gpus`` H100s (the shipped script, no GPU lost)."""
-    text = (REPO / "tests/data/scripted_node.toml").read_text()
-    spec = tomllib.loads(text)
-    lines = [x for x in text.splitlines() if not x.startswith(("lost", "gpus"))]
-    (tmp / "node.toml").write_text(f"gpus = {gpus}\n" + "\n".join(lines) + "\n")
-    assert spec.get("lost") and "lost" not in tomllib.loads((tmp / "node.toml").read_text())
-    return f'script = "{tmp}/node.toml"\n'
-
-
-def write_config(tmp: Path, gpus: int, node: str, full: bool) -> Path:
-    """``tmp``/g.toml for a bench daemon: monitoring only, or as shipped with ``full`` (the simulated job off)."""
-    parts = "[sim]\njob = false\n" if full else MONITORING_ONLY
-    body = parts.replace("[sim]\n", "[sim]\n" + scripted_node(tmp, gpus)) if node == "scripted" else parts
-    path = tmp / "g.toml"
-    path.write_text(f'[daemon]\nstate_file = "{tmp}/s.json"\n[control]\nsocket_path = "{tmp}/c.sock"\n' + body)
-    return path
-
-
 def daemon_figures(gpus: int, seconds: float, node: str = "physics", full: bool = False) -> dict[str, float]:
     """A real gputuned run on ``gpus`` simulated H100s: % of a core idle and scraped each second.
 
@@ -205,121 +185,6 @@ def daemon_figures(gpus: int, seconds: float, node: str = "physics", full: bool 
         proc.wait(10)
     return {"idle_pct": idle * 100, "scraped_pct": busy * 100, "per_scrape_ms": (busy - idle) * seconds / max(n, 1) * 1e3,
             "rss_mb": rss / 2**20}
-
-
-class SimCallTimer:
-    """Thread CPU spent inside the simulated NVML module's functions (outermost calls only): what a real host does not pay."""
-
-    def __init__(self, module: types.ModuleType) -> None:
-        self._module = module
-        self._saved = {n: f for n, f in vars(module).items() if n.startswith("nvml") and callable(f)}
-        self._depth = threading.local()
-        self._lock = threading.Lock()
-        self.seconds = 0.0
-        self.calls = 0
-        for name, fn in self._saved.items():
-            setattr(module, name, self._timed(fn))
-
-    def _timed(self, fn: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            depth = getattr(self._depth, "n", 0)
-            self._depth.n = depth + 1
-            t0 = time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._depth.n = depth
-                if not depth:
-                    spent = time.thread_time() - t0
-                    with self._lock:
-                        self.seconds += spent
-                        self.calls += 1
-        return call
-
-    def close(self) -> None:
-        """Put the module's functions back."""
-        for name, fn in self._saved.items():
-            setattr(self._module, name, fn)
-
-
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds of this process's live threads, by part (loop, nvml, http, control, other)."""
-    out: dict[str, float] = {}
-    for t in threading.enumerate():
-        part = next((p for p in ("loop", "nvml", "http", "control") if t.name.startswith(f"gputuned-{p}")), "other")
-        try:
-            spent = time.clock_gettime(time.pthread_getcpuclockid(t.ident or 0))
-        except OSError:  # ended meanwhile
-            continue
-        out[part] = out.get(part, 0.0) + spent
-    return out
-
-
-SCRAPER = ("import sys, time, urllib.request as u\n"
-           "url, n, h = sys.argv[1], int(sys.argv[2]), {'Accept': sys.argv[3], 'Accept-Encoding': 'gzip'}\n"
-           "t0 = time.monotonic()\n"
-           "for k in range(n):\n"
-           "    u.urlopen(u.Request(url, headers=h), timeout=5).read()\n"
-           "    time.sleep(max(0.0, t0 + k + 1 - time.monotonic()))\n")
-
-
-STEADY = ("import argparse, sys\n"
-          "from gputuned.collectors.sim.state import VirtualClock\n"
-          "from gputuned.daemon.app.components import attach_configured\n"
-          "from gputuned.daemon.app.daemon import Daemon\n"
-          "from gputuned.daemon.commands.run import config_from_args\n"
-          "def rss():\n"
-          "    return next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmRSS:')) / 1024\n"
-          "gpus, ticks = int(sys.argv[2]), int(sys.argv[3])\n"
-          "clock = VirtualClock(1.7e9)\n"
-          "args = argparse.Namespace(config=sys.argv[1], sim=True, gpus=gpus, profile=None, listen='127.0.0.1', port=0,\n"
-          "                          interval=1.0, metric_names=None)\n"
-          "d = Daemon(config_from_args(args), clock=clock.now)\n"
-          "attach_configured(d)\n"
-          "d.start(background=False)\n"
-          "for k in range(ticks):\n"
-          "    d.tick(); d.renderer.render(openmetrics=True, gzipped=True); clock.advance(1.0)\n"
-          "    if k == 29: early = rss()\n"
-          "print(early, rss(), d.store.ring_count(), d.cfg.store.history_samples)\n"
-          "d.stop()\n")
-
-
-def steady_rss(gpus: int, full: bool, ticks: int = 700) -> dict[str, float]:
-    """RSS (MB) of a scripted-node daemon after 30 ticks and after ``ticks`` (rings full), on a virtual clock."""
-    path = write_config(Path(tempfile.mkdtemp()), gpus, "scripted", full)
-    out = subprocess.run([sys.executable, "-c", STEADY, str(path), str(gpus), str(ticks)], capture_output=True, text=True,
-                         check=True).stdout.split()
-    early, late, rings, history = (float(x) for x in out[-4:])
-    return {"rss_30_mb": early, "rss_full_mb": late, "rings": rings, "own_times_mb": rings * history * 8 / 2**20}
-
-
-def split_figures(gpus: int, seconds: float, full: bool) -> dict[str, float]:
-    """A scripted-node daemon in this process, scraped every second by another: % of a core by part, sim NVML apart."""
-    from gputuned.daemon.app.components import attach_configured
-    from gputuned.daemon.commands.run import config_from_args
-
-    port = free_port()
-    args = argparse.Namespace(config=str(write_config(Path(tempfile.mkdtemp()), gpus, "scripted", full)), sim=True, gpus=gpus, profile=None, listen="127.0.0.1", port=port,
-                              interval=1.0, metric_names=None)
-    d = Daemon(config_from_args(args))
-    attach_configured(d)
-    timer = SimCallTimer(sim_nvml)
-    d.start()
-    try:
-        time.sleep(5)
-        c0, p0, s0, r0, t0 = thread_cpu(), time.process_time(), timer.seconds, d.renderer.render_seconds, time.monotonic()
-        subprocess.run([sys.executable, "-c", SCRAPER, f"http://127.0.0.1:{port}/metrics", str(int(seconds)),
-                        PROMETHEUS_ACCEPT["Accept"]], check=True)
-        wall = time.monotonic() - t0
-        c1, p1 = thread_cpu(), time.process_time()
-        out = {part: (c1[part] - c0.get(part, 0.0)) / wall * 100 for part in c1}
-        out["sim_nvml"] = (timer.seconds - s0) / wall * 100
-        out["render"] = (d.renderer.render_seconds - r0) / wall * 100
-        out["process"] = (p1 - p0) / wall * 100
-    finally:
-        d.stop()
-        timer.close()
-    return out
 
 
 def node_exporter_figures(seconds: float) -> dict[str, float] | None:
@@ -347,6 +212,39 @@ def node_exporter_figures(seconds: float) -> dict[str, float] | None:
             "us_per_series": per_scrape * 1e3 / series, "rss_mb": rss / 2**20}
 
 
+PARTS = ("render", "daemon", "rss", "split", "node_exporter")
+
+
+def chosen_parts(args: argparse.Namespace) -> set[str]:
+    """The parts to run: ``--only``'s, else what the other flags ask for."""
+    if args.only:
+        return set(args.only)
+    return ({"daemon", "node_exporter"} | ({"render"} if not args.no_render else set())
+            | ({"rss"} if args.full else set()) | ({"split"} if args.split else set()))
+
+
+def print_renders(gpus: int, rev: str, reps: int) -> None:
+    """The render rows of ``gpus`` GPUs, both modes."""
+    r = render_figures(gpus, rev, reps)
+    for mode in ("gputuned", "dcgm"):
+        print(f"render {gpus} GPUs {mode}: {r[f'{mode}_series']:.0f} series, {r[f'{mode}_bytes'] / 1e3:.1f} kB "
+              f"({r[f'{mode}_gzip_bytes'] / 1e3:.1f} kB OM+gzip); before: text {r[f'{mode}_before_ms']:.2f} ms, "
+              f"OM+gzip {r[f'{mode}_before_om_gzip_ms']:.2f} ms; now: text {r[f'{mode}_text_ms']:.2f} ms, "
+              f"OM {r[f'{mode}_om_ms']:.2f} ms, OM+gzip {r[f'{mode}_om_gzip_ms']:.2f} ms; no value moved, OM+gzip: "
+              f"before {r[f'{mode}_before_om_gzip_same_ms']:.2f} ms, now {r[f'{mode}_om_gzip_same_ms']:.2f} ms")
+
+
+def print_node_exporter(seconds: float) -> None:
+    """node_exporter's row (or why there is none)."""
+    ne = node_exporter_figures(seconds)
+    if ne is None:
+        print("node_exporter: not installed (apt-get install prometheus-node-exporter)")
+    else:
+        print(f"node_exporter, default collectors, scraped every second: {ne['pct']:.3f}% of a core, "
+              f"{ne['per_scrape_ms']:.2f} ms per scrape for {ne['series']:.0f} series "
+              f"({ne['us_per_series']:.2f} us per series), RSS {ne['rss_mb']:.0f} MB")
+
+
 def main() -> None:
     p = BenchParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=positive_float, default=30.0, help="length of each scrape window")
@@ -357,39 +255,31 @@ def main() -> None:
     p.add_argument("--no-render", action="store_true", help="daemon runs and node_exporter only")
     p.add_argument("--full", action="store_true", help="also run each daemon as shipped (forecaster and tuner on)")
     p.add_argument("--split", action="store_true", help="also split the scraped daemon's CPU by thread, sim NVML apart (scripted node)")
+    p.add_argument("--only", nargs="+", choices=PARTS, help="run just these parts (the flags above still size them)")
     args = p.parse_args()
     assert ExporterConfig().metric_names == "gputuned"
-    for gpus in () if args.no_render else args.gpus:
-        r = render_figures(gpus, args.before, args.reps)
-        for mode in ("gputuned", "dcgm"):
-            print(f"render {gpus} GPUs {mode}: {r[f'{mode}_series']:.0f} series, {r[f'{mode}_bytes'] / 1e3:.1f} kB "
-                  f"({r[f'{mode}_gzip_bytes'] / 1e3:.1f} kB OM+gzip); before: text {r[f'{mode}_before_ms']:.2f} ms, "
-                  f"OM+gzip {r[f'{mode}_before_om_gzip_ms']:.2f} ms; now: text {r[f'{mode}_text_ms']:.2f} ms, "
-                  f"OM {r[f'{mode}_om_ms']:.2f} ms, OM+gzip {r[f'{mode}_om_gzip_ms']:.2f} ms; no value moved, OM+gzip: "
-                  f"before {r[f'{mode}_before_om_gzip_same_ms']:.2f} ms, now {r[f'{mode}_om_gzip_same_ms']:.2f} ms")
-    for gpus, full in ((g, f) for g in args.gpus for f in ((False, True) if args.full else (False,))):
+    parts = chosen_parts(args)
+    print(f"gputuned from {Path(sys.modules['gputuned'].__file__ or '').parent}")
+    for gpus in args.gpus if "render" in parts else ():
+        print_renders(gpus, args.before, args.reps)
+    for gpus, full in ((g, f) for g in args.gpus for f in ((False, True) if args.full else (False,))) if "daemon" in parts else ():
         d = daemon_figures(gpus, args.seconds, args.node, full)
         print(f"daemon {gpus} GPUs ({args.node} node, {'as shipped' if full else 'monitoring only'}), 1 s interval: "
               f"{d['idle_pct']:.3f}% of a core unscraped, {d['scraped_pct']:.3f}% scraped every second (OM+gzip), "
               f"{d['per_scrape_ms']:.2f} ms CPU per scrape, RSS {d['rss_mb']:.0f} MB")
-    for gpus, full in ((g, f) for g in args.gpus for f in (False, True)) if args.full else ():
+    for gpus, full in ((g, f) for g in args.gpus for f in (False, True)) if "rss" in parts else ():
         r = steady_rss(gpus, full)
         print(f"RSS {gpus} GPUs scripted, {'as shipped' if full else 'monitoring only'}: {r['rss_30_mb']:.1f} MB after 30 ticks, "
               f"{r['rss_full_mb']:.1f} MB with full rings ({r['rings']:.0f} series; a timestamp per point of each is "
-              f"{r['own_times_mb']:.2f} MB)")
-    for gpus in args.gpus if args.split else ():
+              f"{r['own_times_mb']:.2f} MB); numpy {'imported' if r['numpy'] else 'not imported'}")
+    for gpus in args.gpus if "split" in parts else ():
         s = split_figures(gpus, args.seconds, False)
-        parts = ", ".join(f"{k} {s.get(k, 0.0):.3f}%" for k in ("loop", "nvml", "http", "render", "control", "other"))
-        print(f"split, {gpus} GPUs scripted, scraped every second: process {s['process']:.3f}% of a core ({parts}; "
+        cut = ", ".join(f"{k} {s.get(k, 0.0):.3f}%" for k in ("loop", "nvml", "http", "render", "control", "other"))
+        print(f"split, {gpus} GPUs scripted, scraped every second: process {s['process']:.3f}% of a core ({cut}; "
               f"render+gzip inside http); scripted NVML {s['sim_nvml']:.3f}% (inside loop and nvml); "
               f"without it {s['process'] - s['sim_nvml']:.3f}%")
-    ne = node_exporter_figures(args.seconds)
-    if ne is None:
-        print("node_exporter: not installed (apt-get install prometheus-node-exporter)")
-    else:
-        print(f"node_exporter, default collectors, scraped every second: {ne['pct']:.3f}% of a core, "
-              f"{ne['per_scrape_ms']:.2f} ms per scrape for {ne['series']:.0f} series "
-              f"({ne['us_per_series']:.2f} us per series), RSS {ne['rss_mb']:.0f} MB")
+    if "node_exporter" in parts:
+        print_node_exporter(args.seconds)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,167 @@
+"""The exposition bench's daemons: their configs, a scraped daemon's CPU split by thread, and RSS on a virtual clock.
+
+:func:`split_figures` runs a scripted-node daemon in this process, scraped every second by another
+process (under ``nice -n 5``), and splits its CPU by thread with the thread CPU spent inside the
+scripted NVML's functions counted apart; :func:`steady_rss` ticks a daemon built as ``gputuned run``
+builds it on a virtual clock until its rings are full. Used by bench/exposition_bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import types
+from pathlib import Path
+from typing import Any
+
+from _common import free_port
+
+from gputuned.collectors.sim import nvml as sim_nvml
+from gputuned.daemon.app.daemon import Daemon
+
+REPO = Path(__file__).resolve().parents[1]
+PROMETHEUS_ACCEPT = {"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+                     "Accept-Encoding": "gzip"}
+MONITORING_ONLY = "[sim]\njob = false\n[forecast]\nenabled = false\n[tuner]\nenabled = false\n"
+
+
+def scripted_node(tmp: Path, gpus: int) -> str:
+    """The ``[sim] script`` line of a scripted node of ``gpus`` H100s (the shipped script, no GPU lost)."""
+    text = (REPO / "tests/data/scripted_node.toml").read_text()
+    spec = tomllib.loads(text)
+    lines = [x for x in text.splitlines() if not x.startswith(("lost", "gpus"))]
+    (tmp / "node.toml").write_text(f"gpus = {gpus}\n" + "\n".join(lines) + "\n")
+    assert spec.get("lost") and "lost" not in tomllib.loads((tmp / "node.toml").read_text())
+    return f'script = "{tmp}/node.toml"\n'
+
+
+def write_config(tmp: Path, gpus: int, node: str, full: bool) -> Path:
+    """``tmp``/g.toml for a bench daemon: monitoring only, or as shipped with ``full`` (the simulated job off)."""
+    parts = "[sim]\njob = false\n" if full else MONITORING_ONLY
+    body = parts.replace("[sim]\n", "[sim]\n" + scripted_node(tmp, gpus)) if node == "scripted" else parts
+    path = tmp / "g.toml"
+    path.write_text(f'[daemon]\nstate_file = "{tmp}/s.json"\n[control]\nsocket_path = "{tmp}/c.sock"\n' + body)
+    return path
+
+
+class SimCallTimer:
+    """Thread CPU spent inside the simulated NVML module's functions (outermost calls only): what a real host does not pay."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        self._module = module
+        self._saved = {n: f for n, f in vars(module).items() if n.startswith("nvml") and callable(f)}
+        self._depth = threading.local()
+        self._lock = threading.Lock()
+        self.seconds = 0.0
+        self.calls = 0
+        for name, fn in self._saved.items():
+            setattr(module, name, self._timed(fn))
+
+    def _timed(self, fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            depth = getattr(self._depth, "n", 0)
+            self._depth.n = depth + 1
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth.n = depth
+                if not depth:
+                    spent = time.thread_time() - t0
+                    with self._lock:
+                        self.seconds += spent
+                        self.calls += 1
+        return call
+
+    def close(self) -> None:
+        """Put the module's functions back."""
+        for name, fn in self._saved.items():
+            setattr(self._module, name, fn)
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's live threads, by part (loop, nvml, http, control, other)."""
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        part = next((p for p in ("loop", "nvml", "http", "control") if t.name.startswith(f"gputuned-{p}")), "other")
+        try:
+            spent = time.clock_gettime(time.pthread_getcpuclockid(t.ident or 0))
+        except OSError:  # ended meanwhile
+            continue
+        out[part] = out.get(part, 0.0) + spent
+    return out
+
+
+SCRAPER = ("import sys, time, urllib.request as u\n"
+           "url, n, h = sys.argv[1], int(sys.argv[2]), {'Accept': sys.argv[3], 'Accept-Encoding': 'gzip'}\n"
+           "t0 = time.monotonic()\n"
+           "for k in range(n):\n"
+           "    u.urlopen(u.Request(url, headers=h), timeout=5).read()\n"
+           "    time.sleep(max(0.0, t0 + k + 1 - time.monotonic()))\n")
+
+
+STEADY = ("import argparse, sys\n"
+          "from gputuned.collectors.sim.state import VirtualClock\n"
+          "from gputuned.daemon.app.components import attach_configured\n"
+          "from gputuned.daemon.app.daemon import Daemon\n"
+          "from gputuned.daemon.commands.run import config_from_args\n"
+          "def rss():\n"
+          "    return next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmRSS:')) / 1024\n"
+          "gpus, ticks = int(sys.argv[2]), int(sys.argv[3])\n"
+          "clock = VirtualClock(1.7e9)\n"
+          "args = argparse.Namespace(config=sys.argv[1], sim=True, gpus=gpus, profile=None, listen='127.0.0.1', port=0,\n"
+          "                          interval=1.0, metric_names=None)\n"
+          "d = Daemon(config_from_args(args), clock=clock.now)\n"
+          "attach_configured(d)\n"
+          "d.start(background=False)\n"
+          "for k in range(ticks):\n"
+          "    d.tick(); d.renderer.render(openmetrics=True, gzipped=True); clock.advance(1.0)\n"
+          "    if k == 29: early = rss()\n"
+          "print(int('numpy' in sys.modules), early, rss(), d.store.ring_count(), d.cfg.store.history_samples)\n"
+          "d.stop()\n")
+
+
+def steady_rss(gpus: int, full: bool, ticks: int = 700) -> dict[str, float]:
+    """RSS (MB) of a scripted-node daemon after 30 ticks and after ``ticks`` (rings full), on a virtual clock."""
+    path = write_config(Path(tempfile.mkdtemp()), gpus, "scripted", full)
+    out = subprocess.run([sys.executable, "-c", STEADY, str(path), str(gpus), str(ticks)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    numpy, early, late, rings, history = (float(x) for x in out[-5:])
+    return {"rss_30_mb": early, "rss_full_mb": late, "rings": rings, "own_times_mb": rings * history * 8 / 2**20,
+            "numpy": numpy}
+
+
+def split_figures(gpus: int, seconds: float, full: bool) -> dict[str, float]:
+    """A scripted-node daemon in this process, scraped every second by another: % of a core by part, sim NVML apart."""
+    from gputuned.daemon.app.components import attach_configured
+    from gputuned.daemon.commands.run import config_from_args
+
+    port = free_port()
+    args = argparse.Namespace(config=str(write_config(Path(tempfile.mkdtemp()), gpus, "scripted", full)), sim=True, gpus=gpus, profile=None, listen="127.0.0.1", port=port,
+                              interval=1.0, metric_names=None)
+    d = Daemon(config_from_args(args))
+    attach_configured(d)
+    timer = SimCallTimer(sim_nvml)
+    d.start()
+    try:
+        time.sleep(5)
+        c0, p0, s0, r0, t0 = thread_cpu(), time.process_time(), timer.seconds, d.renderer.render_seconds, time.monotonic()
+        subprocess.run(["nice", "-n", "5", sys.executable, "-c", SCRAPER, f"http://127.0.0.1:{port}/metrics",
+                        str(int(seconds)), PROMETHEUS_ACCEPT["Accept"]], check=True)
+        wall = time.monotonic() - t0
+        c1, p1 = thread_cpu(), time.process_time()
+        out = {part: (c1[part] - c0.get(part, 0.0)) / wall * 100 for part in c1}
+        out["sim_nvml"] = (timer.seconds - s0) / wall * 100
+        out["render"] = (d.renderer.render_seconds - r0) / wall * 100
+        out["process"] = (p1 - p0) / wall * 100
+    finally:
+        d.stop()
+        timer.close()
+    return out
+
+
