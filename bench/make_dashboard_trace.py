@@ -147,7 +147,8 @@ class Synth:
         out: list[tuple[str, Lab, float]] = []
         fits = sum(rel >= f for f in (20, 50, 80, 110))
         raised = {"anomaly": float(rel >= 52), "degradation": float(rel >= 45), "thermal": float(rel >= 57),
-                  "ecc": float(rel >= 76), "xid": float(rel >= 61)}
+                  "ecc": float(rel >= 76), "xid": float(rel >= 61), "forecast": float(rel >= 60),
+                  "throughput_drop": float(rel >= 66)}
         tracked: list[tuple[str, Lab, list[tuple[float, float]]]] = []
         for g, lab in self.gpu_labels.items():
             v = latest.get(("gputuned_gpu_temperature_celsius", lab))
@@ -164,6 +165,10 @@ class Synth:
             score = ramp(rel, [(0, 0.05), (48, 0.1), (56, 0.92), (70, 0.75), (120, 0.7)]) if hot else 0.08 + 0.04 * math.sin(rel / 7)
             out.append(("gputuned_anomaly_score", sl, score))
             out.append(("gputuned_alert_active", (("alert", "anomaly"), *sl), float(hot and rel >= 52)))
+            if family.endswith("celsius"):  # the hot GPU leaves its forecast band; the job slows once GPU 3 is lost
+                out.append(("gputuned_alert_active", (("alert", "forecast"), *sl), float(hot and rel >= 60)))
+            else:
+                out.append(("gputuned_alert_active", (("alert", "throughput_drop"), *sl), float(rel >= 66)))
             if family.endswith("celsius"):
                 eta = ramp(rel, [(40, 1200), (55, 60), (120, 45)]) if hot and rel >= 40 else math.inf
                 out.append(("gputuned_degradation_eta_seconds", sl, eta))
