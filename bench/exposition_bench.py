@@ -9,10 +9,11 @@
 3. node_exporter (Debian's prometheus-node-exporter, default collectors) scraped every second:
    CPU per scrape and per series.
 
-``--only PART ...`` runs just those parts (render, daemon, rss, split, node_exporter), so that two trees
+``--only PART ...`` runs just those parts (render, daemon, rss, split, ticks, node_exporter), so that two trees
 can take turns: ``PYTHONPATH=<exported tree> .venv/bin/python bench/exposition_bench.py --only split rss``
 measures that tree's code with this script. The scraper runs under ``nice -n 5``, the measured daemon
-does not.
+does not. ``ticks`` ticks a monitoring daemon 300 times on a virtual clock (no scrapes) and splits the CPU
+of each tick, all threads, by collector (its NVML workers included), the store's publishes and the rest.
 
 ``--node scripted`` runs the daemons of 2. on the scripted node (tests/data/scripted_node.toml, its
 GPU loss left out, sized to --gpus): the cheaper stand-in for a real node's NVML (no physics, no numpy).
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import BenchParser, cpu_seconds, free_port, positive_float, rss_bytes
-from exposition_daemon import PROMETHEUS_ACCEPT, split_figures, steady_rss, write_config
+from exposition_daemon import PROMETHEUS_ACCEPT, split_figures, steady_rss, tick_parts, write_config
 
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import VirtualClock, scripted_from_spec
@@ -212,7 +213,7 @@ def node_exporter_figures(seconds: float) -> dict[str, float] | None:
             "us_per_series": per_scrape * 1e3 / series, "rss_mb": rss / 2**20}
 
 
-PARTS = ("render", "daemon", "rss", "split", "node_exporter")
+PARTS = ("render", "daemon", "rss", "split", "ticks", "node_exporter")
 
 
 def chosen_parts(args: argparse.Namespace) -> set[str]:
@@ -278,6 +279,11 @@ def main() -> None:
         print(f"split, {gpus} GPUs scripted, scraped every second: process {s['process']:.3f}% of a core ({cut}; "
               f"render+gzip inside http); scripted NVML {s['sim_nvml']:.3f}% (inside loop and nvml); "
               f"without it {s['process'] - s['sim_nvml']:.3f}%")
+    for gpus in args.gpus if "ticks" in parts else ():
+        t = tick_parts(gpus)
+        print(f"ticks, {gpus} GPUs scripted, monitoring only, virtual clock: {t['total']:.0f} us CPU per tick (" +
+              ", ".join(f"{k} {v:.0f}" for k, v in t.items() if k not in ("total", "sim_nvml")) +
+              f"); scripted NVML {t['sim_nvml']:.0f} us; without it {t['total'] - t['sim_nvml']:.0f} us")
     if "node_exporter" in parts:
         print_node_exporter(args.seconds)
 

@@ -165,3 +165,48 @@ def split_figures(gpus: int, seconds: float, full: bool) -> dict[str, float]:
     return out
 
 
+
+
+def tick_parts(gpus: int, ticks: int = 300) -> dict[str, float]:
+    """CPU per tick (us, all threads) of a monitoring daemon ticked on a virtual clock: by collector (its NVML
+    workers included: the loop waits for them), the store's publishes, the rest; the scripted NVML's own apart."""
+    from gputuned.collectors.sim.state import VirtualClock
+    from gputuned.daemon.app.components import attach_configured
+    from gputuned.daemon.commands.run import config_from_args
+
+    args = argparse.Namespace(config=str(write_config(Path(tempfile.mkdtemp()), gpus, "scripted", False)), sim=True,
+                              gpus=gpus, profile=None, listen="127.0.0.1", port=0, interval=1.0, metric_names=None)
+    clock = VirtualClock(1.7e9)
+    d = Daemon(config_from_args(args), clock=clock.now)
+    attach_configured(d)
+    d.start(background=False)
+    spent: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        def call(*a: Any, **k: Any) -> Any:
+            t0 = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - t0
+        return call
+
+    for r in d.loop.runners:
+        r.collector.collect = timed(r.name, r.collector.collect)
+    d.store.publish = timed("store", d.store.publish)
+    for _ in range(30):
+        d.tick()
+        clock.advance(1.0)
+    spent.clear()
+    timer, p0 = SimCallTimer(sim_nvml), time.process_time()
+    try:
+        for _ in range(ticks):
+            d.tick()
+            clock.advance(1.0)
+        total = time.process_time() - p0
+    finally:
+        timer.close()
+        d.stop()
+    out = {name: s / ticks * 1e6 for name, s in spent.items()}
+    return {**out, "total": total / ticks * 1e6, "rest": (total - sum(spent.values())) / ticks * 1e6,
+            "sim_nvml": timer.seconds / ticks * 1e6}
