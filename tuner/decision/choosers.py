@@ -17,14 +17,16 @@ down) is kept, and undone once the limit has settled again if energy per sample 
 lower. Throughput: the limit goes to its maximum, then batch size climbs while goodput rises.
 
 Where the GPUs' SM clocks can be locked, the objective decides between the limit and a lock from
-what it measures: once the limit has settled the first time, a lock takes over at the clock the
-limit gave (the kernel lifts the limit out of its way); the lock is kept if the cost the guard
-judges by (energy per sample, with the shortfall beyond the budget) is not higher than under the
-limit (measured GPUs: a lock costs no more than the limit of equal speed), and the clock is then
-walked as the limit was; a lock faster than the limit is walked down first and judged once its
-walk settles, at the limit's speed (dearer there: released, the limit comes back). Under a lock
-a doubled batch goes with a clock step down. Next to a setting one step over the budget, the
-walked knob goes on by quarter steps while they stay within it and lower energy per sample.
+what it measures: once the limit has settled the first time (or sooner, below), a lock takes over
+at the clock the limit gave (the kernel lifts the limit out of its way); the lock is kept if the
+cost the guard judges by (energy per sample, with the shortfall beyond the budget) is not higher
+than under the limit (measured GPUs: a lock costs no more than the limit of equal speed), and the
+clock is then walked as the limit was; a lock faster than the limit is walked down first and judged
+once its walk settles, at the limit's speed (dearer there: released, the limit comes back). Which
+knob is walked first is measured at the job's start: one lock step and the limit's first steps, the
+one that saves more per slowdown first (:mod:`gputuned.tuner.decision.climb_probe`). Under a lock a
+doubled batch goes with a clock step down. Next to a setting one step over the budget, the walked
+knob goes on by quarter steps while they stay within it and lower energy per sample.
 Moves: 20 actions (:mod:`gputuned.tuner.decision.moves`).
 
 :class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
@@ -36,10 +38,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from enum import Enum
 from importlib.resources import files
 from pathlib import Path
 
+from gputuned.tuner.decision.climb_probe import (
+    LOCK_MARGIN,
+    TAKE_OVER,
+    KnobProbe,
+    LimitOrLock,
+    Phase,
+)
 from gputuned.tuner.decision.moves import (
     FINE_SHARE,
     N_ACTIONS,
@@ -64,17 +72,6 @@ TRADE_SHARE = 0.5
 #: the climber on the closed-loop headline, docs/benchmarks.md); a packaged policy whose input or
 #: action count is not the live tuner's is never used: ``auto`` climbs instead.
 LEARNED_BY_DEFAULT = True
-#: The lock is kept when it lowers the judged cost by more than this share (a tie keeps the limit).
-LOCK_MARGIN = 0.003
-
-
-class Phase(Enum):
-    """What the climber is doing: moving the power limit, judging a batch probe, or undoing one."""
-
-    POWER = "power"
-    PROBE = "probe"
-    UNDO = "undo"
-    CLOCK = "clock"  # judging a lock that took over from the limit
 
 
 class Chooser:
@@ -86,7 +83,7 @@ class Chooser:
         raise NotImplementedError
 
 
-class ClimbChooser(Chooser):
+class ClimbChooser(LimitOrLock, Chooser):
     """Explicit hill climber over the power limit and the batch size (see module doc)."""
 
     name = "climber"
@@ -122,11 +119,17 @@ class ClimbChooser(Chooser):
         # a lock faster than the limit, judged once its walk settles; the last walked move was a quarter step
         self.lock_pending, self.fine = False, False
         self.probe_dc = 0  # the clock move made with a batch probe under a lock (undone with it)
+        self.knobs = KnobProbe()  # which knob is walked first, from one measured step of each
 
     def __call__(self, obs: Observation) -> int:
         limit, goodput, eps, oom = float(obs[F.LIMIT_SHARE]), float(obs[F.GOODPUT]) + 1.0, float(obs[F.EPS]) + 1.0, obs[F.OOM] > 0.5
         if obs[F.LAST_DP] == 0 and obs[F.LAST_DB] == 0 and obs[F.LAST_DC] == 0 and obs[F.ROLLED_BACK] == 0 and obs[F.EARLY] > 0:
             self.spread = 0.8 * self.spread + 0.2 * abs(float(obs[F.D_GOODPUT])) / 10.0
+        if self.energy and obs[F.CLOCKS] > 0.5:  # the start probe: which knob is walked first
+            probed = self.knobs.step(bool(obs[F.LIMIT_SHARE] > 0.999 and obs[F.LOCK_SHARE] > 0.999), self.clock_tried,
+                                     int(obs[F.LAST_DP]), int(obs[F.LAST_DC]), eps, goodput, 0.886 * self.spread)
+            if probed is not None:
+                return self._take_over(eps, goodput) if probed == TAKE_OVER else probed
         if self.state == Phase.PROBE and (oom or obs[F.LAST_DB] == 0):
             # the batch move asked for was not made (out of memory, refused, at the job's bound):
             # that direction is spent; a look-ahead step not made leaves the first one to undo
@@ -180,9 +183,7 @@ class ClimbChooser(Chooser):
                 self.last_dp, self.settled = 0, 0
                 return RELEASE
         if self.energy and obs[F.CLOCKS] > 0.5 and not self.clock_tried:
-            self.clock_tried, self.state, self.settled = True, Phase.CLOCK, 0
-            self.clock_from = (self._cost(eps, goodput), goodput)
-            return move(0, 0, -1)
+            return self._take_over(eps, goodput)
         db = self._next_probe()
         if not db:
             return None
@@ -192,38 +193,13 @@ class ClimbChooser(Chooser):
         self.probe_dc = -1 if self.knob == "clock" and db > 0 else 0
         return move(0, db, self.probe_dc)
 
-    def _cost(self, eps: float, goodput: float) -> float:
-        """What the guard judges by: energy per sample, with the goodput shortfall beyond the budget."""
-        return eps * (1.0 + 10.0 * max(0.0, self.budget - goodput))
-
-    def _switch(self, knob: str) -> None:
-        """Walk ``knob``'s ladder from here (its floor, last step and last move kept from before)."""
-        if knob != self.knob:
-            mine = (self.floor, self.ceiling, self.prev_limit, self.step, self.last_dp)
-            self.floor, self.ceiling, self.prev_limit, self.step, self.last_dp = self.other
-            self.other, self.knob = mine, knob
-
-    def _judge_lock(self, obs: Observation, eps: float, goodput: float) -> bool:
-        """Judge the lock that took over from the limit; True when it must be undone (unlocked)."""
-        self.state = Phase.POWER
-        if obs[F.LAST_DC] >= 0:  # the lock was not made (not supported, refused): the limit stays
-            return False
-        noise = max(0.005, 1.5 * self.spread)
-        cheaper = self._cost(eps, goodput) < self.clock_from[0] * (1.0 + LOCK_MARGIN)
-        # a lock that runs faster than the limit did is walked down and judged at the limit's speed
-        self.lock_pending = not cheaper and goodput > self.clock_from[1] * (1.0 + noise)
-        if cheaper or self.lock_pending:
-            self._switch("clock")
-            self.prev_limit, self.last_dp = None, 0  # the takeover's jump is not a step of the ladder
-            self.prev_eps, self.prev_good = eps, goodput
-            return False
-        self.last_dp, self.settled = 0, 0
-        return True
-
     def rolled_back(self, knob: str) -> None:
         """The guard undid the last move of ``knob``: a batch probe ends there, its direction spent."""
         if knob == "sm_clock" and self.state == Phase.CLOCK:
             self.state = Phase.POWER  # the guard undid the lock's takeover: the limit stays
+        if self.knobs.rolled_back(knob):  # going back from the probe's lock cost more: the lock is walked
+            self._switch("clock")
+            self.clock_tried, self.prev_limit = True, None
         walked = "power_limit" if self.knob == "power" else "sm_clock"
         if knob == walked and self.last_dp > 0 and self.prev_limit is not None:
             self.ceiling = self.prev_limit  # stepping up from there cost more than staying
