@@ -67,7 +67,7 @@ def test_a_pinned_power_limit_outlasts_ten_tuner_intervals_until_released(
     daemon = _daemon(tmp_path, backend)
     assert daemon.control is not None
     events: list[dict[str, Any]] = []
-    tuning = TuningConfig(interval_s=INTERVAL_S, chooser="climber", tune_batch=False)  # power moves only
+    tuning = TuningConfig(interval_s=INTERVAL_S, chooser="climber", tune_batch=False, tune_clocks=False)  # power moves only
     daemon.attach(tuner := TuningComponent(daemon.store, daemon.actuator, daemon.control, [0, 1], tuning,
                                            on_event=events.append))
     stop = threading.Event()
