@@ -17,8 +17,11 @@ first sample after it (a power limit or clock lock acts within a tick), and what
 the tuner's doing: its guard judges that level and keeps the move or rolls it back one interval
 later. So that first sample is the move's level (the baseline is rebased there at once) and
 every later sample is judged as usual: a fault that starts while the tuner is moving is caught
-against the level the move gave, as sensitively as with the tuner off. A batch-size change
-restarts the job's steps and keeps the whole window.
+against the level the move gave, as sensitively as with the tuner off. One allowance: a job's
+report taken across the move's tick mixes both levels, so the first sample may show only part of
+the move; the next sample, if it goes on in the move's direction and stays within twice the
+first sample's step (or ``FOLLOW_FLOOR`` of the old level), is the move's level instead. A
+batch-size change restarts the job's steps and keeps the whole window.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ _GPU_KNOB = frozenset({"gputuned_gpu_power_watts", "gputuned_gpu_sm_clock_hertz"
 _JOB_KNOB = _GPU_KNOB | {"gputuned_gpu_memory_used_bytes"}
 #: series a GPU knob's move sets on its first sample (judged from the next one on)
 _AT_ONCE = frozenset({TRAINER_THROUGHPUT})
+#: a sample after the first that goes on in the move's direction by up to this share of the old
+#: level (or twice the first sample's step) completes the move rather than being judged
+FOLLOW_FLOOR = 0.02
 
 
 def affects(change: Change, key: SeriesKey) -> bool:
@@ -73,6 +79,7 @@ class SettleWindows:
 
     def __init__(self) -> None:
         self._open: dict[SeriesKey, _Window] = {}
+        self._moved: dict[SeriesKey, tuple[float, float]] = {}  # (old level, first sample) of a GPU move
 
     def open(self, change: Change, detectors: dict[SeriesKey, OnlineDetector]) -> int:
         """Open (or extend) a window on every tracked series ``change`` affects; how many."""
@@ -94,9 +101,10 @@ class SettleWindows:
         """Where sample ``value`` of ``key`` at ``now`` goes: held in a window, judged after a rebase, or judged."""
         w = self._open.get(key)
         if w is None or not math.isfinite(value):
-            return "judge"
+            return self._follow(key, value, detector) if key in self._moved else "judge"
         if not w.job_knob and key[0] in _AT_ONCE:
             del self._open[key]  # the move's own level: the baseline from now on, later samples judged
+            self._moved[key] = (detector.baseline, value)
             detector.rebase(value)
             return "rebased"
         w.samples.append((now, value))
@@ -106,6 +114,17 @@ class SettleWindows:
         detector.rebase(w.settled_level())
         return "rebased"
 
+    def _follow(self, key: SeriesKey, value: float, detector: OnlineDetector) -> Phase:
+        """The sample after a GPU move's first: the rest of a move its first sample showed in part, or judged."""
+        old, first = self._moved.pop(key)
+        step, total = first - old, value - old
+        if not (math.isfinite(old) and math.isfinite(value)) or step * total < 0 or abs(value - first) < 1e-12:
+            return "judge"
+        if abs(total) <= max(2.0 * abs(step), FOLLOW_FLOOR * abs(old)) and abs(total) >= abs(step):
+            detector.rebase(value)
+            return "rebased"
+        return "judge"
+
     def settling(self, key: SeriesKey) -> bool:
         """Whether a window is open on ``key``."""
         return key in self._open
@@ -113,3 +132,4 @@ class SettleWindows:
     def forget(self, key: SeriesKey) -> None:
         """Drop the state of a series no longer tracked."""
         self._open.pop(key, None)
+        self._moved.pop(key, None)

@@ -142,3 +142,22 @@ def test_offloaded_service_takes_changes_in_order_with_ticks() -> None:
         assert off.alive
     finally:
         off.close()
+
+
+def test_a_report_straddling_the_move_does_not_leave_a_false_level() -> None:
+    """A noise-free job's first report after a power step holds half of it (the report spans the
+    move's tick): the next sample completes the move rather than reading as a 1.5 % loss; a
+    fault on that sample (8 % more) is still judged."""
+    def alerts(after: list[float]) -> list[float]:
+        s, raised = svc(), []
+        s.add_alert_hook(lambda a: raised.append(a.since - T0) if a.series == TPUT else None)
+        for k in range(400):
+            if k == 200:
+                s.note_change(change(k))
+            level = 580.0 if k < 200 else after[min(k - 200, len(after) - 1)]
+            s.observe(T0 + 2.0 * k, [(TPUT, JOB, level)])
+        return raised
+
+    assert alerts([571.3, 562.6]) == []  # 1.5 % of the 3 % move on the straddled sample, then the rest
+    assert alerts([580.0, 571.3]) == []  # a first report wholly before the move, then a 1.5 % move
+    assert alerts([571.3, 520.0]) != []  # beyond what the move showed: judged, caught
