@@ -173,11 +173,6 @@ class OnlineDetector:
         """Samples folded into the baseline so far."""
         return self._s.n
 
-    @property
-    def baseline(self) -> float:
-        """The level the next sample is judged against (nan during warm-up)."""
-        return self._s.level if self._s.n >= self.config.warmup else math.nan
-
     def level(self) -> float:
         """Current baseline level (NaN during warm-up)."""
         return self._s.level if self._s.n >= self.config.warmup else math.nan

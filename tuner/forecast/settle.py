@@ -104,7 +104,7 @@ class SettleWindows:
             return self._follow(key, value, detector) if key in self._moved else "judge"
         if not w.job_knob and key[0] in _AT_ONCE:
             del self._open[key]  # the move's own level: the baseline from now on, later samples judged
-            self._moved[key] = (detector.baseline, value)
+            self._moved[key] = (detector.level(), value)
             detector.rebase(value)
             return "rebased"
         w.samples.append((now, value))
