@@ -76,7 +76,19 @@ def is_live_gputuned(pid: int, proc: Path = _PROC) -> bool:
         return True  # it runs, but /proc is absent or hides it (hidepid): it may be the daemon
     if stat[stat.rfind(")") + 1:].split()[:1] == ["Z"]:
         return False  # exited, not yet reaped: it changes nothing any more
-    return b"gputuned" in cmdline
+    return runs_gputuned(cmdline)
+
+
+def runs_gputuned(cmdline: bytes) -> bool:
+    """Whether a /proc cmdline is gputuned's: its program (``gputuned``, or an interpreter running
+    the ``gputuned`` script) or ``python -m gputuned...``; a path that merely contains the name is not."""
+    args = [a for a in cmdline.split(b"\0") if a][:3]  # the program, or an interpreter, a flag and its program
+    for i, arg in enumerate(args):
+        if os.path.basename(arg) == b"gputuned":
+            return True
+        if arg == b"-m" and i + 1 < len(args) and args[i + 1].split(b".")[0] == b"gputuned":
+            return True
+    return False
 
 
 def socket_owner(path: Path | str) -> int | None:

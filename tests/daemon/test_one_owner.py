@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import ScriptedBackend
 from gputuned.daemon.actuation.actuator import Actuator
 from gputuned.daemon.actuation.config import ActuationConfig
-from gputuned.daemon.actuation.owner import EXIT_OWNED, live_owner
+from gputuned.daemon.actuation.owner import EXIT_OWNED, live_owner, runs_gputuned
 from gputuned.daemon.actuation.statefile import StateFile
 from gputuned.daemon.record.child import DaemonProcess, run_gputuned, runtime_config, toml_dump
 from gputuned.daemon.record.trace import read_trace
@@ -134,8 +135,19 @@ SimNode = Callable[..., ScriptedBackend]
 
 
 def _fake_daemon() -> subprocess.Popen[bytes]:
-    """A live process whose command line names gputuned (what a daemon's pid shows in /proc)."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gputuned", "run"])
+    """A live process running a script named gputuned (what an installed daemon's pid shows in /proc)."""
+    script = Path(tempfile.mkdtemp(prefix="gputuned-owner-")) / "gputuned"
+    script.write_text("import time\ntime.sleep(60)\n")
+    return subprocess.Popen([sys.executable, str(script), "run"])
+
+
+def test_a_gputuned_command_line_is_told_from_a_path_that_names_it() -> None:
+    for line in (b"/usr/bin/gputuned\0run\0", b"/opt/gputuned/bin/python3\0/usr/bin/gputuned\0run\0",
+                 b"python\0-m\0gputuned\0run\0", b"python\0-m\0gputuned.daemon.commands.cli\0restore\0"):
+        assert runs_gputuned(line), line
+    for line in (b"/srv/gputuned/.venv/bin/python\0-m\0pytest\0", b"python\0-c\0pass\0gputuned\0",
+                 b"/usr/bin/vim\0/etc/gputuned/gputuned.toml\0", b""):
+        assert not runs_gputuned(line), line
 
 
 def test_start_up_restore_waits_for_the_previous_run_to_be_dead(sim_node: SimNode, tmp_path: Path) -> None:
