@@ -1,6 +1,9 @@
 """GPU collector: 30-odd NVML readings per GPU, each read isolated from the others.
 
-A reading the GPU does not support is dropped for that GPU after its first failure; a
+Readings that change only on an operator's action or are counters read for alerting over
+minutes (:data:`SLOW_READINGS`: power-limit range, maximum SM clock, PCIe replays, ECC and
+remapped rows) are read every ``slow_every_ticks`` ticks and their last samples served in
+between; the rest are read every tick. A reading the GPU does not support is dropped for that GPU after its first failure; a
 lost GPU stops being polled and is reported by ``gputuned_gpu_up 0`` alone; any other
 error skips that reading for one tick and is counted. GPUs opened with a call timeout are
 read in parallel, each on its own worker; one whose calls hang is ``gputuned_gpu_up 0``
@@ -14,6 +17,8 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+
+from pydantic import Field
 
 from gputuned.collectors import families as F
 from gputuned.collectors.calls import CallGate, GPUHungError
@@ -129,11 +134,17 @@ def _clock_events(dev: GPUDevice, labels: Labels) -> list[Sample]:
     return out
 
 
+_SM_CLOCK_MAX = _one(F.GPU_SM_CLOCK_MAX, lambda d: d.max_sm_clock_hz())
+_PCIE_REPLAYS = _one(F.GPU_PCIE_REPLAYS, lambda d: d.pcie_replays())
+
+#: Readings taken every ``slow_every_ticks`` ticks: set by an operator or counted for alerts over minutes.
+SLOW_READINGS: frozenset[Reading] = frozenset({_SM_CLOCK_MAX, _power_limits, _PCIE_REPLAYS, _ecc, _remapped})
+
 READINGS: tuple[Reading, ...] = (
     _utilization,
     _memory,
     _one(F.GPU_SM_CLOCK, lambda d: d.sm_clock_hz()),
-    _one(F.GPU_SM_CLOCK_MAX, lambda d: d.max_sm_clock_hz()),
+    _SM_CLOCK_MAX,
     _one(F.GPU_MEM_CLOCK, lambda d: d.memory_clock_hz()),
     _one(F.GPU_GFX_CLOCK, lambda d: d.graphics_clock_hz()),
     _one(F.GPU_POWER, lambda d: d.power_w()),
@@ -144,7 +155,7 @@ READINGS: tuple[Reading, ...] = (
     _one(F.GPU_MEM_TEMP, lambda d: d.memory_temperature_c()),
     _one(F.GPU_FAN, lambda d: d.fan_ratio()),
     _pair(F.GPU_PCIE_TX, F.GPU_PCIE_RX, lambda d: d.pcie_throughput_bps()),
-    _one(F.GPU_PCIE_REPLAYS, lambda d: d.pcie_replays()),
+    _PCIE_REPLAYS,
     _ecc,
     _remapped,
     _clock_events,
@@ -214,6 +225,9 @@ class _GPUState:
             ("pci_bus_id", ident.pci_bus_id),
         )
         self.readings: list[Reading] = [*READINGS, nvlink_reading()]
+        self.kept: dict[Reading, list[Sample]] = {}  # the slow readings' last samples, served between their reads
+        self.kept_labels: Labels = ()
+        self.ticks = 0
         self.lost = False
         self.xid_counts: dict[int, int] = {}
         self.last_xid = 0
@@ -225,8 +239,12 @@ class GPUCollector:
 
     name = "gpu"
 
-    def __init__(self, devices: Sequence[GPUDevice], driver_version: str = "", backend: str = "nvml") -> None:
+    def __init__(self, devices: Sequence[GPUDevice], driver_version: str = "", backend: str = "nvml",
+                 slow_every_ticks: int = 1) -> None:
+        if slow_every_ticks < 1:
+            raise ValueError("slow_every_ticks must be at least 1")
         self._gpus = [_GPUState(d) for d in devices]
+        self.slow_every_ticks = slow_every_ticks
         self._info = (("driver_version", driver_version), ("backend", backend), ("hostname", socket.gethostname()))
         self.extra_labels: Callable[[str], Labels] | None = None  # by GPU UUID: pod labels (kubernetes collector)
 
@@ -285,25 +303,12 @@ class GPUCollector:
         labels = g.labels if extra is None else (*g.labels, *extra(g.dev.identity.uuid))
         if g.lost:
             return [(F.GPU_UP, labels, 0.0)]
-        out: list[Sample] = []
-        dropped: list[Reading] = []
-        for reading in g.readings:
-            try:
-                out.extend(reading(g.dev, labels))
-            except NotSupportedError as e:
-                dropped.append(reading)
-                why = str(e).split(": ", 1)[-1] if str(e).startswith("gpu ") else str(e)
-                unsupported.setdefault(reading_name(reading), ([], why or "not supported"))[0].append(
-                    g.dev.identity.index)
-            except GPULostError as e:
-                logger.error("gpu %s lost: %s; its series stop until restart", labels[0][1], e)
-                g.lost = True
-                return [(F.GPU_UP, labels, 0.0)]
-            except GPUError as e:
-                g.errors += 1
-                logger.warning("gpu %s reading %s failed: %s", labels[0][1], reading.__name__, e)
-        for reading in dropped:
-            g.readings.remove(reading)
+        try:
+            out = self._readings(g, labels, unsupported)
+        except GPULostError as e:
+            logger.error("gpu %s lost: %s; its series stop until restart", labels[0][1], e)
+            g.lost = True
+            return [(F.GPU_UP, labels, 0.0)]
         try:
             for xid in g.dev.poll_xid_events():
                 g.xid_counts[xid] = g.xid_counts.get(xid, 0) + 1
@@ -318,6 +323,42 @@ class GPUCollector:
         out.append((F.GPU_UP, labels, 1.0))
         return out
 
+    def _readings(self, g: _GPUState, labels: Labels, unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
+        """A GPU's readings this tick: the slow ones' kept samples unless due (a failed one is due again next tick)."""
+        due = g.ticks % self.slow_every_ticks == 0 or labels != g.kept_labels
+        g.ticks += 1
+        kept = g.kept
+        if due:
+            kept.clear()
+            g.kept_labels = labels
+        out: list[Sample] = []
+        dropped: list[Reading] = []
+        for reading in g.readings:
+            samples = kept.get(reading)
+            if samples is not None:
+                out.extend(samples)
+                continue
+            try:
+                samples = reading(g.dev, labels)
+            except NotSupportedError as e:
+                dropped.append(reading)
+                why = str(e).split(": ", 1)[-1] if str(e).startswith("gpu ") else str(e)
+                unsupported.setdefault(reading_name(reading), ([], why or "not supported"))[0].append(
+                    g.dev.identity.index)
+                continue
+            except GPULostError:
+                raise
+            except GPUError as e:
+                g.errors += 1
+                logger.warning("gpu %s reading %s failed: %s", labels[0][1], reading.__name__, e)
+                continue
+            if reading in SLOW_READINGS:
+                kept[reading] = samples
+            out.extend(samples)
+        for reading in dropped:
+            g.readings.remove(reading)
+        return out
+
     def close(self) -> None:
         """Let idle GPU workers end; NVML is shut down by its owner."""
         for g in self._gpus:
@@ -326,9 +367,18 @@ class GPUCollector:
                 gate.close()
 
 
-@register("gpu", families=tuple(v for k, v in vars(F).items() if k.startswith("GPU_")))
+class GPUConfig(CollectorConfig):
+    """``[collectors.gpu]``: every opened GPU's readings."""
+
+    #: Ticks between two reads of the slow readings (1: every tick); their last samples are served in between
+    slow_every_ticks: int = Field(default=10, ge=1)
+
+
+@register("gpu", config=GPUConfig, families=tuple(v for k, v in vars(F).items() if k.startswith("GPU_")))
 def build_gpu_collector(cfg: CollectorConfig, ctx: CollectorContext) -> GPUCollector | None:
     """``[collectors.gpu]``: every opened GPU; down when NVML could not be opened."""
     if ctx.gpu_error is not None:
         raise ctx.gpu_error
-    return GPUCollector(ctx.devices, ctx.driver_version, ctx.backend) if ctx.devices else None
+    own = cfg if isinstance(cfg, GPUConfig) else GPUConfig()
+    return GPUCollector(ctx.devices, ctx.driver_version, ctx.backend,
+                        slow_every_ticks=own.slow_every_ticks) if ctx.devices else None
