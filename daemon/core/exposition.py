@@ -14,7 +14,10 @@ OpenMetrics wants ``_total`` on counter samples, which DCGM's counters lack: the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
+from typing import TypeAlias
 
 from gputuned.collectors import families as F
 from gputuned.collectors.families import Catalog, DcgmName, Family, Labels, Sample
@@ -25,8 +28,11 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 _GENERIC = Family("", "gauge", "")
 _SPECIAL = {math.inf: "+Inf", -math.inf: "-Inf"}
-#: A family's series as two parallel lists: label tuples and values.
-Items = tuple[list[Labels], list[float]]
+#: A family's series as two parallel sequences: label tuples and values.
+Items = tuple[list[Labels], Sequence[float]]
+_NAME, _LABELS, _VALUE = itemgetter(0), itemgetter(1), itemgetter(2)
+#: Where a family's values sit in a render's flat value list: a slice when they are contiguous
+Picker: TypeAlias = "slice | itemgetter[tuple[float, ...]]"
 
 
 def format_value(v: float) -> str:
@@ -40,7 +46,7 @@ def _help_text(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def fill(template: str, values: list[float]) -> str:
+def fill(template: str, values: Sequence[float]) -> str:
     """``template`` (one ``%s`` per series) filled with ``values`` as :func:`format_value` writes them."""
     total = sum(values)
     if total - total == 0:  # all finite: str of a float is its repr
@@ -48,9 +54,22 @@ def fill(template: str, values: list[float]) -> str:
     return template % tuple(map(format_value, values))
 
 
-def _same_zeros(a: list[float], b: list[float]) -> bool:
-    """Whether equal value lists also write their zeros alike (``-0.0`` equals ``0.0`` but reads otherwise)."""
-    return all(math.copysign(1.0, x) == math.copysign(1.0, y) for x, y in zip(a, b, strict=True) if x == 0)
+def _bits(values: Sequence[float]) -> bytes:
+    """The values' IEEE bits: equal bits write the same text (``-0.0`` and ``0.0`` differ, a NaN equals itself)."""
+    return array("d", values).tobytes()
+
+
+def _plan(names: list[str], labels: list[Labels]) -> list[tuple[str, list[Labels], Picker]]:
+    """Each family of a flat sample list, sorted by name: its label tuples and where its values sit."""
+    at: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        at.setdefault(name, []).append(i)
+    plan: list[tuple[str, list[Labels], Picker]] = []
+    for name in sorted(at):
+        idx = at[name]
+        contiguous = idx[-1] - idx[0] == len(idx) - 1
+        plan.append((name, [labels[i] for i in idx], slice(idx[0], idx[-1] + 1) if contiguous else itemgetter(*idx)))
+    return plan
 
 
 def _template_line(prefix: str) -> str:
@@ -70,22 +89,25 @@ class Encoder:
         self._xid_prefixes: dict[tuple[str, Labels, str, float], str] = {}
         self._headers: dict[str, str] = {}
         # by family (and DCGM name): the template, values and text of the last fill, reused while both are the same
-        self._filled: dict[object, tuple[str, list[float], str]] = {}
+        self._filled: dict[object, tuple[str, bytes, str]] = {}
+        # the last render's series (names, label tuples) and its plan: each family's labels and value picker
+        self._plan_keys: tuple[list[str], list[Labels]] = ([], [])
+        self._plan: list[tuple[str, list[Labels], Picker]] = []
 
     def render(self, samples: Iterable[Sample]) -> str:
         """The exposition text of ``samples`` (one family may come from several sources)."""
+        flat = samples if isinstance(samples, list) else list(samples)
+        names, labels = list(map(_NAME, flat)), list(map(_LABELS, flat))
+        if names != self._plan_keys[0] or labels != self._plan_keys[1]:  # the same series as last render: kept
+            self._plan_keys, self._plan = (names, labels), _plan(names, labels)
+        values = list(map(_VALUE, flat))
         by_family: dict[str, Items] = {}
-        for name, labels, value in samples:
-            items = by_family.get(name)
-            if items is None:
-                items = by_family[name] = ([], [])
-            items[0].append(labels)
-            items[1].append(value)
         out: list[str] = []
-        for name in sorted(by_family):
-            labels, values = by_family[name]
+        for name, labs, pick in self._plan:
+            vals = values[pick] if type(pick) is slice else pick(values)
+            by_family[name] = (labs, vals)
             out.append(self._header(name))
-            out.append(self._fill(name, self._template(name, labels), values))
+            out.append(self._fill(name, self._template(name, labs), vals))
         if self._dcgm is not None:
             self._render_dcgm(by_family, out)
         if self.openmetrics:
@@ -97,13 +119,14 @@ class Encoder:
             self._filled.clear()
         return "".join(out)
 
-    def _fill(self, key: object, template: str, values: list[float]) -> str:
-        """:func:`fill`, or the text of the last fill of ``key`` when its template and values are the same."""
+    def _fill(self, key: object, template: str, values: Sequence[float]) -> str:
+        """:func:`fill`, or the text of the last fill of ``key`` when its template and values' bits are the same."""
         last = self._filled.get(key)
-        if last is not None and last[0] is template and last[1] == values and (0.0 not in values or _same_zeros(last[1], values)):
+        bits = _bits(values)
+        if last is not None and last[0] is template and last[1] == bits:
             return last[2]
         text = fill(template, values)
-        self._filled[key] = (template, values, text)
+        self._filled[key] = (template, bits, text)
         return text
 
     def _header(self, name: str) -> str:
@@ -146,7 +169,7 @@ class Encoder:
             out.append(f"# HELP {dname} {_help_text(d.help or dname)}\n# TYPE {dname} {kind}\n")
             out.extend(chunks)
 
-    def _dcgm_chunk(self, name: str, d: DcgmName, labels: list[Labels], values: list[float], driver: str) -> str:
+    def _dcgm_chunk(self, name: str, d: DcgmName, labels: list[Labels], values: Sequence[float], driver: str) -> str:
         """The lines of family ``name``'s series served under ``d`` (those its ``where`` selects), values scaled."""
         assert self._dcgm is not None
         kept = self._dcgm_templates.get((d.name, name))
@@ -162,7 +185,7 @@ class Encoder:
         scale = d.scale
         return self._fill((d.name, name), tpl, values if scale == 1.0 else [v * scale for v in values])
 
-    def _xid_lines(self, d: DcgmName, labels: list[Labels], values: list[float], driver: str) -> str:
+    def _xid_lines(self, d: DcgmName, labels: list[Labels], values: Sequence[float], driver: str) -> str:
         """XID series under ``d``: the value is a label too (err_code, err_msg), so each line is kept by value."""
         assert self._dcgm is not None
         cache, out = self._xid_prefixes, []

@@ -60,3 +60,15 @@ def test_dcgm_series_follow_their_values_too() -> None:
     assert first == again and moved != first
     assert f" {2.0 * d.scale!r}\n" in first and f" {4.0 * d.scale!r}\n" in moved
     assert moved == Encoder(cat, dcgm=DcgmLabels("node-1")).render([(fam.name, GPU0, 4.0)])
+
+
+def test_a_change_of_series_between_renders_is_served_as_a_fresh_encoder_serves_it() -> None:
+    enc = Encoder(CATALOG, openmetrics=True)
+    gpu2 = (("gpu", "2"), ("uuid", "GPU-2"), ("model", "H100"), ("pci_bus_id", "00:38"))
+    interleaved = [(POWER, GPU0, 1.0), (LIMIT, GPU0, 700.0), (POWER, GPU1, 2.0), (LIMIT, GPU1, 700.0)]
+    steps = [_samples(100.0), interleaved, interleaved[::-1], interleaved[1:], [*interleaved, (POWER, gpu2, 3.0)],
+             [(POWER, GPU0, 5.0)], [], _samples(100.0)]
+    for samples in steps:
+        assert enc.render(samples) == Encoder(CATALOG, openmetrics=True).render(samples)
+    body = enc.render(iter(interleaved))  # any iterable, not only a list
+    assert body.index("} 700.0\n") < body.index("} 1.0\n") < body.index("} 2.0\n")  # families by name, series in order
