@@ -109,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {h['gpu']:16} {h['fitted_on']:10} {h['checked_on']:10} {h['voltage_floor']:5.2f} "
               f"{h['voltage_knee']:5.2f} {h['leakage_w']:6.1f} {h['clock_tree_w']:6.1f} {h['train_time_rms']:7.1%} "
               f"{h['train_energy_rms']:7.1%} {h['heldout_time_rms']:7.1%} {h['heldout_energy_rms']:7.1%}")
-    print("A40 power-limit sweeps predicted from the clock fit (ratios to the 300 W point; energy error in points)")
+    print("A40 power-limit sweeps predicted from the clock fit (1F1B pipeline on the stand-in's stages; ratios to "
+          "the 300 W point; energy error in points; slowest stage: its own slowdown, the most waits give)")
     for r in doc["power_limits"]:
         print(f"  {r['model']:10} ({r['stand_in']:9} stages) {r['limit_w']:4.0f} W: time {r['time']:.3f} vs "
               f"{r['time_pred']:.3f} ({r['time_pred'] / r['time'] - 1:+.1%}), energy {r['energy']:.3f} vs "
-              f"{r['energy_pred']:.3f} ({(r['energy_pred'] - r['energy']) * 100:+.1f} pts)")
+              f"{r['energy_pred']:.3f} ({(r['energy_pred'] - r['energy']) * 100:+.1f} pts); slowest stage "
+              f"{r['slot']:.3f} ({r['slot'] / r['time'] - 1:+.1%})")
     print("Zeus NSDI'23 hold-out of the shipped calibration (median / worst)")
     for gpu, err in cal.get("errors", {}).items():
         print(f"  {gpu:16} epoch time {err['epoch_time_median']:.1%} / {err['epoch_time_worst']:.1%}, "

@@ -48,8 +48,9 @@ from gputuned.collectors.sim.state import GPUProfile, load_profile
 #: Perseus GPU name -> simulator profile key.
 PERSEUS_GPUS = {"a100_sxm": "a100-sxm4-80gb", "a40": "a40"}
 MODELS = ("gpt3-175b", "bloom")
-#: Pipeline job of the A40 power-limit sweeps -> the measured stage model standing in for it.
-PROXY_MODEL = {"gpt3-2.7b": "gpt3-175b", "gpt3-6.7b": "gpt3-175b", "bloom-3b": "bloom"}
+#: Pipeline job of the A40 power-limit sweeps -> (the measured stage model standing in for its
+#: stages, pipeline stages), from the artifact's workloads/*/models_A40.csv.
+JOBS = {"gpt3-2.7b": ("gpt3-175b", 8), "gpt3-6.7b": ("gpt3-175b", 4), "bloom-3b": ("bloom", 8)}
 
 #: Coarse grid of (v_min, knee, clock-tree share of the clock-dependent static power), then a finer
 #: one around the coarse optimum.
@@ -253,14 +254,14 @@ def holdout(sweeps: list[Sweep], gpu: str, train: str, test: str) -> dict[str, A
             "heldout_time_rms": t_te, "heldout_energy_rms": e_te}
 
 
-def load_power_limit_sweeps(path: Path | None = None) -> dict[str, tuple[int, list[tuple[float, float, float]]]]:
-    """A40 pipeline jobs under one power limit: model -> (GPUs, [(limit W, s, J)] limits descending)."""
-    out: dict[str, tuple[int, list[tuple[float, float, float]]]] = {}
+def load_power_limit_sweeps(path: Path | None = None) -> dict[str, tuple[int, int, list[tuple[float, float, float]]]]:
+    """A40 pipeline jobs under one power limit: model -> (GPUs, microbatches, [(limit W, s, J)] limits descending)."""
+    out: dict[str, tuple[int, int, list[tuple[float, float, float]]]] = {}
     with (path or _data_file("perseus_a40_power_limits.csv")).open() as f:
         for r in csv.DictReader(f):
             row = (float(r["power_limit_w"]), float(r["time_s"]), float(r["energy_j"]))
-            out.setdefault(r["model"], (int(r["gpus"]), []))[1].append(row)
-    return {k: (n, sorted(v, reverse=True)) for k, (n, v) in out.items()}
+            out.setdefault(r["model"], (int(r["gpus"]), int(r["microbatches"]), []))[2].append(row)
+    return {k: (n, m, sorted(v, reverse=True)) for k, (n, m, v) in out.items()}
 
 
 def iteration(phases: list[Phase], gp: PowerParams, prof: GPUProfile, limit_w: float) -> tuple[float, float]:
@@ -272,16 +273,41 @@ def iteration(phases: list[Phase], gp: PowerParams, prof: GPUProfile, limit_w: f
     return t, e
 
 
-def job_phases(stand_in: list[Phase], gp: PowerParams, prof: GPUProfile, limit_w: float, mean_w: float) -> list[Phase]:
-    """The stand-in stage's phases plus the pipeline's waits (bubbles, transfers: a communication
-    phase, its kernels at the live simulator's share of the stand-in's dynamic power) that give
-    the job's measured mean power per GPU at the reference limit."""
-    t, e = iteration(stand_in, gp, prof, limit_w)
+@dataclass(frozen=True)
+class PipelineJob:
+    """A 1F1B pipeline job stood in by measured stages: every GPU runs its stage's forward and
+    backward once per microbatch, a slot lasts as long as the slowest capped stage's, the warm-up
+    and cool-down add ``stages - 1`` slots, and a GPU waits (at communication power) for the rest."""
+
+    stages: tuple[tuple[Phase, ...], ...]  # each pipeline stage's forward and backward of one microbatch
+    microbatches: int
+    wait: Phase  # a GPU's waiting: its kernels at the live simulator's communication share
+    fixed_s: float = 0.0  # clock-insensitive time per iteration (transfers, optimizer, input)
+
+    def run(self, gp: PowerParams, prof: GPUProfile, limit_w: float) -> tuple[float, float, float]:
+        """Seconds per iteration, joules per GPU (mean over stages) and the slowest stage's seconds per slot."""
+        per_stage = [iteration(list(st), gp, prof, limit_w) for st in self.stages]
+        slot = max(t for t, _ in per_stage)
+        total = slot * (self.microbatches + len(self.stages) - 1) + self.fixed_s
+        wait_w = phase_power(self.wait, 1.0, gp)
+        joules = [e * self.microbatches + wait_w * (total - t * self.microbatches) for t, e in per_stage]
+        return total, float(np.mean(joules)), slot
+
+
+def pipeline_job(stand_in: list[Phase], pp: int, microbatches: int, gp: PowerParams, prof: GPUProfile,
+                 limit_w: float, mean_w: float) -> PipelineJob:
+    """The job on ``pp`` stages of the stand-in model (its first, middle and last stages), with the
+    clock-insensitive time that gives the job's measured mean power per GPU at the reference limit."""
+    by_stage: dict[str, list[Phase]] = {}
+    for ph in stand_in:
+        by_stage.setdefault(ph.name.split("/")[1], []).append(ph)
+    measured = list(by_stage.values())
+    stages = tuple(tuple(measured[-1] if j == pp - 1 else measured[min(j, len(measured) - 2)]) for j in range(pp))
     dynamic_w = sum((ph.sm_w + ph.dram_w) * ph.time_s for ph in stand_in) / sum(ph.time_s for ph in stand_in)
-    wait = Phase("communication", 1.0, 0.0, 0.0, COMM_POWER_SHARE * dynamic_w)
-    wait_w = phase_power(wait, 1.0, gp)
-    tau = max(0.0, (e - mean_w * t) / max(mean_w - wait_w, 1.0))
-    return [*stand_in, replace(wait, time_s=tau)]
+    job = PipelineJob(stages, microbatches, Phase("communication", 1.0, 0.0, 0.0, COMM_POWER_SHARE * dynamic_w))
+    t, e, _ = job.run(gp, prof, limit_w)  # no fixed time: compute, bubbles and the lighter stages' waits
+    wait_w = phase_power(job.wait, 1.0, gp)
+    return replace(job, fixed_s=max(0.0, (e - mean_w * t) / max(mean_w - wait_w, 1.0)))
 
 
 def controller_ratio(sweeps: list[Sweep], prof: GPUProfile) -> float:
@@ -291,26 +317,28 @@ def controller_ratio(sweeps: list[Sweep], prof: GPUProfile) -> float:
 
 def predict_power_limits(sweeps: list[Sweep], gp: PowerParams, lo_w: float = 200.0) -> list[dict[str, Any]]:
     """Each A40 pipeline job's time and energy relative to its top limit, measured against predicted
-    from the clock fit (the stand-in model's stage phases, wait share set by the top limit's power;
-    every limit acts at the share of it the clock sweeps' capped plateaus held)."""
+    from the clock fit (:class:`PipelineJob` on the stand-in model's stages, its clock-insensitive
+    time set by the top limit's power; every limit acts at the share of it the clock sweeps' capped
+    plateaus held). ``slot``: the slowest stage's own slowdown, the most waits that follow it give."""
     prof = load_profile("a40")
     a40 = [s for s in sweeps if s.gpu == "a40"]
     ratio, rig_w = controller_ratio(a40, prof), rig_limit_w(a40, prof)
     rows = []
-    for model, (gpus, meas) in load_power_limit_sweeps().items():
-        proxy = PROXY_MODEL.get(model)
-        if proxy is None:
+    for model, (gpus, microbatches, meas) in load_power_limit_sweeps().items():
+        if model not in JOBS:
             continue
+        proxy, pp = JOBS[model]
         top, t_top, e_top = meas[0]
         stand_in = fit_phases([s for s in a40 if s.model == proxy], gp, rig_w)
-        phases = job_phases(stand_in, gp, prof, ratio * top, e_top / t_top / gpus)
-        t_ref, e_ref = iteration(phases, gp, prof, ratio * top)
+        job = pipeline_job(stand_in, pp, microbatches, gp, prof, ratio * top, e_top / t_top / gpus)
+        t_ref, e_ref, slot_ref = job.run(gp, prof, ratio * top)
         for limit, t, e in meas:
             if limit < lo_w:
                 continue
-            tp, ep = iteration(phases, gp, prof, ratio * limit)
+            tp, ep, slot = job.run(gp, prof, ratio * limit)
             rows.append({"model": model, "stand_in": proxy, "limit_w": limit, "time": t / t_top,
-                         "time_pred": tp / t_ref, "energy": e / e_top, "energy_pred": float(ep / e_ref)})
+                         "time_pred": tp / t_ref, "energy": e / e_top, "energy_pred": ep / e_ref,
+                         "slot": slot / slot_ref})
     return rows
 
 

@@ -64,6 +64,17 @@ def test_a40_power_limits_predicted_from_clock_fit(sweeps) -> None:
         assert abs(r["energy_pred"] - r["energy"]) < 0.03, r
 
 
+def test_a40_pipeline_job_slows_at_most_as_its_slowest_stage(sweeps) -> None:
+    """Bubbles and the lighter stages' waits follow the slowest capped stage; the fixed time does not slow."""
+    gp = fit_gpu([s for s in sweeps if s.gpu == "a40"], load_profile("a40"))
+    rows = predict_power_limits(sweeps, gp, lo_w=200.0)
+    assert len(rows) == 3 * 5
+    for r in rows:
+        assert 1.0 <= r["time_pred"] <= r["slot"] + 1e-9, r
+    low = {r["model"]: r for r in rows if r["limit_w"] == 200.0}
+    assert all(r["time_pred"] > 1.1 for r in low.values()), low  # below the voltage knee the cap slows every job
+
+
 def test_a40_plateau_is_where_power_meets_the_rig_cap(sweeps) -> None:
     """Under the rig's binding cap a sweep's plateau starts where its power reaches the capped level."""
     prof = load_profile("a40")
