@@ -51,6 +51,16 @@ MODELS = ("gpt3-175b", "bloom")
 #: Pipeline job of the A40 power-limit sweeps -> (the measured stage model standing in for its
 #: stages, pipeline stages), from the artifact's workloads/*/models_A40.csv.
 JOBS = {"gpt3-2.7b": ("gpt3-175b", 8), "gpt3-6.7b": ("gpt3-175b", 4), "bloom-3b": ("bloom", 8)}
+#: Uniformly partitioned GPT-3 jobs: (layers, model width, vocabulary, context) from the GPT-3 paper
+#: (Brown et al. 2020, Table 2.1; GPT-2's 50257-token BPE). Their last stage also runs the LM head.
+GPT3_SHAPES = {"gpt3-2.7b": (32, 2560, 50257, 2048), "gpt3-6.7b": (32, 4096, 50257, 2048)}
+
+
+def last_stage_cost(layers: int, width: int, vocab: int, context: int, pp: int) -> float:
+    """A uniform partition's last stage over a middle one: its layers plus the LM head, in matmul
+    FLOPs per token (a layer 24 w^2 + 4 n w, the head 2 w V; tensor parallelism splits both alike)."""
+    layer = 24 * width * width + 4 * context * width
+    return 1.0 + 2 * width * vocab / (layers / pp * layer)
 
 #: Coarse grid of (v_min, knee, clock-tree share of the clock-dependent static power), then a finer
 #: one around the coarse optimum.
@@ -295,14 +305,20 @@ class PipelineJob:
 
 
 def pipeline_job(stand_in: list[Phase], pp: int, microbatches: int, gp: PowerParams, prof: GPUProfile,
-                 limit_w: float, mean_w: float) -> PipelineJob:
-    """The job on ``pp`` stages of the stand-in model (its first, middle and last stages), with the
+                 limit_w: float, mean_w: float, last_cost: float | None = None) -> PipelineJob:
+    """The job on ``pp`` stages of the stand-in model (its first, middle and last stages; with
+    ``last_cost``, its middle stage everywhere and the last one that much longer), with the
     clock-insensitive time that gives the job's measured mean power per GPU at the reference limit."""
     by_stage: dict[str, list[Phase]] = {}
     for ph in stand_in:
         by_stage.setdefault(ph.name.split("/")[1], []).append(ph)
     measured = list(by_stage.values())
-    stages = tuple(tuple(measured[-1] if j == pp - 1 else measured[min(j, len(measured) - 2)]) for j in range(pp))
+    if last_cost is None:
+        stages = tuple(tuple(measured[-1] if j == pp - 1 else measured[min(j, len(measured) - 2)]) for j in range(pp))
+    else:
+        mid = measured[len(measured) // 2]
+        stages = tuple(tuple(replace(ph, time_s=ph.time_s * (last_cost if j == pp - 1 else 1.0)) for ph in mid)
+                       for j in range(pp))
     dynamic_w = sum((ph.sm_w + ph.dram_w) * ph.time_s for ph in stand_in) / sum(ph.time_s for ph in stand_in)
     job = PipelineJob(stages, microbatches, Phase("communication", 1.0, 0.0, 0.0, COMM_POWER_SHARE * dynamic_w))
     t, e, _ = job.run(gp, prof, limit_w)  # no fixed time: compute, bubbles and the lighter stages' waits
@@ -330,7 +346,9 @@ def predict_power_limits(sweeps: list[Sweep], gp: PowerParams, lo_w: float = 200
         proxy, pp = JOBS[model]
         top, t_top, e_top = meas[0]
         stand_in = fit_phases([s for s in a40 if s.model == proxy], gp, rig_w)
-        job = pipeline_job(stand_in, pp, microbatches, gp, prof, ratio * top, e_top / t_top / gpus)
+        shape = GPT3_SHAPES.get(model)
+        last = None if shape is None else last_stage_cost(*shape, pp)
+        job = pipeline_job(stand_in, pp, microbatches, gp, prof, ratio * top, e_top / t_top / gpus, last)
         t_ref, e_ref, slot_ref = job.run(gp, prof, ratio * top)
         for limit, t, e in meas:
             if limit < lo_w:
