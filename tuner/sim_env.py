@@ -31,9 +31,9 @@ from gymnasium import spaces
 from gputuned.collectors.device import ClockEventReason
 from gputuned.tuner.decision.choosers import ClimbChooser, advise
 from gputuned.tuner.decision.config import TuningConfig
-from gputuned.tuner.decision.guard import GuardConfig, SafetyGuard
+from gputuned.tuner.decision.guard import KNOBS, GuardConfig, SafetyGuard
 from gputuned.tuner.decision.kernel import Ack, DecisionKernel, GPULimits, Node, Outcome
-from gputuned.tuner.decision.moves import N_ACTIONS, STAY, busy_power
+from gputuned.tuner.decision.moves import N_ACTIONS, STAY, busy_power, memory_candidates
 from gputuned.tuner.decision.observe import SIM_OBS_DIM, Interval
 from gputuned.tuner.decision.perseus import RankTiming
 
@@ -65,7 +65,8 @@ class SimNode:
         p = backend.devices[0].profile
         at_least = getattr(p, "at_least", None)  # NVML locks SM clocks from Volta on
         clocks = tuple(p.sm_clocks_mhz) if at_least is None or at_least("volta") else ()
-        self._gpus = [GPULimits(str(i), p.power_limit_min_w, p.power_limit_max_w, clocks)
+        memory = memory_candidates(p.memory_clocks_mhz) if at_least is not None and at_least("ampere") else ()
+        self._gpus = [GPULimits(str(i), p.power_limit_min_w, p.power_limit_max_w, clocks, memory)
                       for i in range(len(backend.devices))]
         self._t0 = clock.now()
         self._e0 = sum(backend.energy_j)
@@ -114,6 +115,10 @@ class SimNode:
 
     def set_sm_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
         self.backend.devices[int(gpu)].locked_sm_clocks_mhz = None if mhz is None else (int(mhz), int(mhz))
+        return True
+
+    def set_memory_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
+        self.backend.devices[int(gpu)].locked_memory_clocks_mhz = None if mhz is None else (int(mhz), int(mhz))
         return True
 
     def request_batch(self, size: int) -> str:
@@ -241,8 +246,7 @@ class SimNodeEnv(gym.Env):
         self.node_seed = int(rng.integers(1 << 30))
         self.node = self._build_node(n_gpus)
         half = self.interval_s * 0.5
-        guard = SafetyGuard(GuardConfig(pause_file=None, settle_s=half, min_interval_s={
-            "power_limit": half, "sm_clock": half, "batch_size": half}))
+        guard = SafetyGuard(GuardConfig(pause_file=None, settle_s=half, min_interval_s=dict.fromkeys(KNOBS, half)))
         cfg = TuningConfig(objective=self.objective, interval_s=self.interval_s, max_slowdown=self.max_slowdown,
                            pause_file=None)
         self.adviser = ClimbChooser(self.objective, self.max_slowdown)

@@ -31,6 +31,7 @@ from gputuned.daemon.actuation.config import ActuationConfig
 from gputuned.daemon.actuation.intents import Intents, restore_changes
 from gputuned.daemon.actuation.jobs import AckedValues, JobChannel, JobTarget
 from gputuned.daemon.actuation.knobs import Knob, KnobError, Value
+from gputuned.daemon.actuation.knobs.clock_range import ClockKnob
 from gputuned.daemon.actuation.ledger import Ledger, NotRecorded, restore_from_state
 from gputuned.daemon.actuation.outcome import Result, apply_knob, where
 from gputuned.daemon.actuation.owner import Owner, live_owner
@@ -172,6 +173,15 @@ class Actuator:
             except GPUError:
                 continue
         return out
+
+    def memory_clocks(self, gpu: int) -> list[int]:
+        """GPU ``gpu``'s supported memory clocks (MHz) within the memory lock's bounds (empty: none to lock)."""
+        dev, knob = self._device(gpu), registry.get("locked_memory_clocks")
+        try:
+            lo, hi = knob.bounds(dev, self.cfg) if dev is not None and isinstance(knob, ClockKnob) else (1, 0)
+            return [c for c in knob.supported(dev) if lo <= c <= hi] if lo <= hi else []
+        except GPUError:
+            return []
 
     def change(self, target: int | str, knob_name: str, value: Value, *, wait_s: float = 0.0,
                origin: str = "operator") -> Result:

@@ -2,10 +2,10 @@
 
 :class:`StoreNode` is the kernel's node in the daemon: an interval is measured from the store
 (GPU energy counters, power, clocks, limits; the job leader's reports: samples, goodput, batch
-size); the GPUs' power limits, their SM-clock locks ([f, f], knob ``locked_sm_clocks``) and the
-job's batch size (a decision the job acknowledges) are changed through the :class:`Actuator`,
-which records each knob's original first, emits each change with its origin (tuner, perseus)
-and restores it on stop. :class:`TuningComponent` finds the job to tune, runs one
+size); the GPUs' power limits, SM- and memory-clock locks ([f, f], knobs ``locked_sm_clocks``,
+``locked_memory_clocks``) and the job's batch size (a decision the job acknowledges) go through
+the :class:`Actuator`, which records each knob's original first, emits each change with its
+origin (tuner, perseus) and restores it on stop. :class:`TuningComponent` finds the job to tune, runs one
 :class:`gputuned.tuner.decision.kernel.DecisionKernel` per job every ``interval_s``, and
 publishes the guard's counters and the tuner's own measurements. Given the daemon's placement
 (:mod:`gputuned.collectors.attribution`: NVML's process lists joined with the ranks' hellos),
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gputuned.collectors import families as F
@@ -36,9 +36,9 @@ from gputuned.daemon.control.reports import STAT_FAMILIES
 from gputuned.daemon.core.store import Store
 from gputuned.tuner.decision.choosers import Chooser, make_chooser
 from gputuned.tuner.decision.config import TuningConfig
-from gputuned.tuner.decision.guard import GuardConfig, SafetyGuard
+from gputuned.tuner.decision.guard import KNOBS, GuardConfig, SafetyGuard
 from gputuned.tuner.decision.kernel import Ack, DecisionKernel, GPULimits
-from gputuned.tuner.decision.moves import busy_power, decode
+from gputuned.tuner.decision.moves import busy_power, decode, memory_candidates
 from gputuned.tuner.decision.observe import Interval, Observation, mean
 from gputuned.tuner.decision.perseus import RankTiming
 
@@ -55,7 +55,7 @@ COMPUTE_SECONDS = STAT_FAMILIES["compute_time_s"]
 #: from Volta on; NVML takes any clock in the range and runs the nearest supported one).
 CLOCK_GRID_MHZ = 15
 #: The actuator's knob for each of the kernel's knob names.
-KNOB_NAMES = {"sm_clock": "locked_sm_clocks"}
+KNOB_NAMES = {"sm_clock": "locked_sm_clocks", "memory_clock": "locked_memory_clocks"}
 
 
 class BatchDecider(Protocol):
@@ -81,6 +81,8 @@ class KnobActuator(Protocol):
     def bounds(self, gpu: int) -> dict[str, tuple[int, int]]: ...
 
     def change(self, target: int | str, knob_name: str, value: Any, *, origin: str = "operator") -> Any: ...
+
+    def memory_clocks(self, gpu: int) -> list[int]: ...
 
     def acknowledged(self, ident: str) -> Any: ...
 
@@ -185,10 +187,16 @@ class StoreNode:
     def set_sm_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
         """Lock [mhz, mhz]; unlocking locks the whole supported range (what the driver runs unlocked)."""
         clocks = next((g.sm_clocks for g, _, _ in self._gpus if g.key == gpu), ())
-        if not clocks:
-            return False
+        return bool(clocks) and self._lock(gpu, "locked_sm_clocks", mhz, clocks, origin)
+
+    def set_memory_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
+        """Lock the memory clock at [mhz, mhz]; unlocking locks the whole supported range."""
+        clocks = next((g.memory_clocks for g, _, _ in self._gpus if g.key == gpu), ())
+        return bool(clocks) and self._lock(gpu, "locked_memory_clocks", mhz, self.actuator.memory_clocks(int(gpu)), origin)
+
+    def _lock(self, gpu: str, knob: str, mhz: int | None, clocks: Sequence[int], origin: str) -> bool:
         pair = [int(mhz), int(mhz)] if mhz is not None else [min(clocks), max(clocks)]
-        return bool(getattr(self.actuator.change(int(gpu), "locked_sm_clocks", pair, origin=origin), "ok", False))
+        return bool(getattr(self.actuator.change(int(gpu), knob, pair, origin=origin), "ok", False))
 
     def request_batch(self, size: int) -> str:
         """Ask the job for ``size`` through the actuator (the original recorded first, restored on stop)."""
@@ -239,8 +247,8 @@ class TuningComponent:
         half = self.cfg.interval_s * 0.5
         state_file = getattr(actuator, "state_file", None)  # the daemon's pause flag lives beside it
         pause_file = pause_path(state_file.path) if state_file is not None else None
-        self.guard = guard or SafetyGuard(GuardConfig(pause_file=pause_file, min_interval_s={
-            "power_limit": half, "sm_clock": half, "batch_size": half}, settle_s=half), alerts=alerts)
+        self.guard = guard or SafetyGuard(GuardConfig(
+            pause_file=pause_file, min_interval_s=dict.fromkeys(KNOBS, half), settle_s=half), alerts=alerts)
         self.on_event = on_event or (lambda e: None)
         self._gpus: list[tuple[GPULimits, Labels, float]] = []
         self.kernel: DecisionKernel | None = None
@@ -275,15 +283,12 @@ class TuningComponent:
         if kernel is None or node is None:
             self._start_run(now)
         elif now - node.mark_t >= self.cfg.interval_s - 1e-6:
-            out = kernel.step(now, self._choose)
+            out = kernel.step(now, lambda obs: int(self.chooser(obs)))
             if out.action is not None:
-                dp, db, dc = decode(out.action)
-                key = f"p{dp:+d}b{db:+d}" + (f"c{dc:+d}" if dc else "")
+                dp, db, dc, dm = decode(out.action)
+                key = f"p{dp:+d}b{db:+d}" + (f"c{dc:+d}" if dc else "") + (f"m{dm:+d}" if dm else "")
                 self.decisions[key] = self.decisions.get(key, 0) + 1
         self.store.publish(self.name, now, self.samples())
-
-    def _choose(self, obs: Observation) -> int:
-        return int(self.chooser(obs))
 
     # -- the job --------------------------------------------------------------------
     def _discover(self) -> None:
@@ -291,8 +296,7 @@ class TuningComponent:
             idx = int(dict(labels).get("gpu", -1))
             if idx not in self.gpu_indices:
                 continue
-            lo = self.store.value(F.GPU_POWER_LIMIT_MIN, labels) or 0.0
-            hi = self.store.value(F.GPU_POWER_LIMIT_MAX, labels) or 0.0
+            lo, hi = (self.store.value(F.GPU_POWER_LIMIT_MIN, labels) or 0.0, self.store.value(F.GPU_POWER_LIMIT_MAX, labels) or 0.0)
             sm = self.store.value(F.GPU_SM_CLOCK_MAX, labels) or 1.0
             bounds = self.actuator.bounds(idx)
             b = bounds.get("power_limit")
@@ -300,7 +304,8 @@ class TuningComponent:
                 lo, hi = max(lo, b[0] / 1000.0), min(hi, b[1] / 1000.0)
             c = bounds.get("locked_sm_clocks") if self.cfg.tune_clocks else None
             clocks = tuple(range(int(c[1]), int(c[0]) - 1, -CLOCK_GRID_MHZ)) if c is not None and c[1] > c[0] else ()
-            self._gpus.append((GPULimits(str(idx), lo, hi, clocks), labels, sm))
+            mem = memory_candidates(self.actuator.memory_clocks(idx)) if clocks and hasattr(self.actuator, "memory_clocks") else ()
+            self._gpus.append((GPULimits(str(idx), lo, hi, clocks, mem), labels, sm))
         self._gpus.sort(key=lambda g: int(g[0].key))
 
     def _job(self) -> tuple[str, int] | None:
@@ -323,7 +328,7 @@ class TuningComponent:
     def _job_gone_restore(self, now: float, kernel: DecisionKernel, job: str) -> None:
         kernel.emit(now, "job_gone", "batch_size", "job", 0, job=job)
         restore = getattr(self.actuator, "restore_gpu", None)
-        if restore is not None and (kernel.limit_w and self.cfg.tune_power or kernel.clocks):  # no job left
+        if restore is not None and (kernel.limit_w and self.cfg.tune_power or kernel.clocks or kernel.mem_clocks):
             for g in kernel.node.gpus():
                 restore(int(g.key))
             kernel.emit(now, "restore", "power_limit", "all", 0)

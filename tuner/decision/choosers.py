@@ -26,8 +26,10 @@ once its walk settles, at the limit's speed (dearer there: released, the limit c
 knob is walked first is measured at the job's start: one lock step and the limit's first steps, the
 one that saves more per slowdown first (:mod:`gputuned.tuner.decision.climb_probe`). Under a lock a
 doubled batch goes with a clock step down. Next to a setting one step over the budget, the walked
-knob goes on by quarter steps while they stay within it and lower energy per sample.
-Moves: 20 actions (:mod:`gputuned.tuner.decision.moves`).
+knob goes on by quarter steps while they stay within it and lower energy per sample. Where the
+memory clock has candidates under the top one, it is then stepped down while each step lowers
+energy per sample within the budget (:mod:`gputuned.tuner.decision.memory_walk`).
+Moves: 22 actions (:mod:`gputuned.tuner.decision.moves`).
 
 :class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
 climber's proposal (2 features, a residual design: the policy learns when to follow the rule
@@ -48,8 +50,10 @@ from gputuned.tuner.decision.climb_probe import (
     LimitOrLock,
     Phase,
 )
+from gputuned.tuner.decision.memory_walk import MemoryWalk
 from gputuned.tuner.decision.moves import (
     FINE_SHARE,
+    MEMORY_DOWN,
     N_ACTIONS,
     RELEASE,
     STAY,
@@ -120,16 +124,22 @@ class ClimbChooser(LimitOrLock, Chooser):
         self.lock_pending, self.fine = False, False
         self.probe_dc = 0  # the clock move made with a batch probe under a lock (undone with it)
         self.knobs = KnobProbe()  # which knob is walked first, from one measured step of each
+        self.memory = MemoryWalk()  # the memory-clock lock's walk, once the walked knob has settled
 
     def __call__(self, obs: Observation) -> int:
         limit, goodput, eps, oom = float(obs[F.LIMIT_SHARE]), float(obs[F.GOODPUT]) + 1.0, float(obs[F.EPS]) + 1.0, obs[F.OOM] > 0.5
-        if obs[F.LAST_DP] == 0 and obs[F.LAST_DB] == 0 and obs[F.LAST_DC] == 0 and obs[F.ROLLED_BACK] == 0 and obs[F.EARLY] > 0:
+        if (obs[F.LAST_DP] == 0 and obs[F.LAST_DB] == 0 and obs[F.LAST_DC] == 0 and obs[F.LAST_DM] == 0
+                and obs[F.ROLLED_BACK] == 0 and obs[F.EARLY] > 0):
             self.spread = 0.8 * self.spread + 0.2 * abs(float(obs[F.D_GOODPUT])) / 10.0
         if self.energy and obs[F.CLOCKS] > 0.5:  # the start probe: which knob is walked first
             probed = self.knobs.step(bool(obs[F.LIMIT_SHARE] > 0.999 and obs[F.LOCK_SHARE] > 0.999), self.clock_tried,
                                      int(obs[F.LAST_DP]), int(obs[F.LAST_DC]), eps, goodput, 0.886 * self.spread)
             if probed is not None:
                 return self._take_over(eps, goodput) if probed == TAKE_OVER else probed
+        walked = self.memory.judge(obs, eps, goodput, self.budget, 0.886 * self.spread)
+        if walked is not None:
+            self.prev_eps, self.prev_good, self.last_dp, self.settled = eps, goodput, 0, 0
+            return walked
         if self.state == Phase.PROBE and (oom or obs[F.LAST_DB] == 0):
             # the batch move asked for was not made (out of memory, refused, at the job's bound):
             # that direction is spent; a look-ahead step not made leaves the first one to undo
@@ -184,6 +194,8 @@ class ClimbChooser(LimitOrLock, Chooser):
                 return RELEASE
         if self.energy and obs[F.CLOCKS] > 0.5 and not self.clock_tried:
             return self._take_over(eps, goodput)
+        if self.energy and self.memory.start(obs, eps, goodput):
+            return MEMORY_DOWN
         db = self._next_probe()
         if not db:
             return None
@@ -195,6 +207,8 @@ class ClimbChooser(LimitOrLock, Chooser):
 
     def rolled_back(self, knob: str) -> None:
         """The guard undid the last move of ``knob``: a batch probe ends there, its direction spent."""
+        if knob == "memory_clock":
+            self.memory.abandon()
         if knob == "sm_clock" and self.state == Phase.CLOCK:
             self.state = Phase.POWER  # the guard undid the lock's takeover: the limit stays
         if self.knobs.rolled_back(knob):  # going back from the probe's lock cost more: the lock is walked
@@ -219,6 +233,8 @@ class ClimbChooser(LimitOrLock, Chooser):
         """The move actually made was ``action`` (a learned policy overruled ``suggested``): resync the state."""
         if action == suggested:
             return
+        if self.memory.pending is not None:
+            self.memory.abandon()
         if self.state == Phase.PROBE:  # the probe it asked for did not happen
             self.probes[self.direction] = max(0, self.probes[self.direction] - 1)
             self.state, self.probe_from, self.depth, self.probe_dc = Phase.POWER, None, 0, 0

@@ -38,7 +38,7 @@ PAUSED = declare("gputuned_tuner_paused", "gauge", "1 while the tuner kill switc
 
 #: Default kill-switch path; ``gputuned tuner pause`` creates it, ``resume`` removes it.
 DEFAULT_PAUSE_FILE = Path("/run/gputuned/tuner.paused")
-KNOBS = ("power_limit", "sm_clock", "batch_size")
+KNOBS = ("power_limit", "sm_clock", "memory_clock", "batch_size")
 #: Alert kinds that freeze the tuner while active.
 FREEZE_ALERTS = frozenset({"thermal", "ecc", "xid"})
 
@@ -57,7 +57,7 @@ class GuardConfig:
 
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     min_interval_s: dict[str, float] = field(
-        default_factory=lambda: {"power_limit": 2.0, "sm_clock": 2.0, "batch_size": 2.0}
+        default_factory=lambda: {"power_limit": 2.0, "sm_clock": 2.0, "memory_clock": 2.0, "batch_size": 2.0}
     )
     #: Relative worsening of the cost rate, beyond noise, that triggers a rollback.
     rollback_tolerance: float = 0.05

@@ -5,7 +5,7 @@ first one as the reference (the job's own settings), asks the :class:`SafetyGuar
 last move against the cost rate before it (a worse move is rolled back, every knob it changed),
 builds the observation and, given a move, applies it through the guard: the batch size as a
 request the job acknowledges (at once on a simulated job, a tick or so later over the control
-socket), the power limit or the SM-clock lock ([f, f]) on every GPU. A lock taking over from
+socket), the power limit, the SM-clock lock ([f, f]) or the memory-clock lock on every GPU. A lock taking over from
 unlocked lifts the power limit to its maximum (one move, judged and rolled back whole); unlocking
 gives the GPUs back to the limit the lock took over from. With several ranks reporting compute
 times, the Perseus controller lowers the GPUs with slack below the job-wide clock (or, where
@@ -88,6 +88,8 @@ class DecisionKernel:
         self.last_action_t = 0.0
         self._gpus = node.gpus()
         self.clocks = self._gpus[0].sm_clocks if config.tune_clocks and self._gpus else ()
+        self.mem_clocks = self._gpus[0].memory_clocks if config.tune_clocks and self._gpus else ()
+        self.mem_lock: int | None = None  # the job-wide memory-clock lock (None: unlocked)
         self.locked_once = False  # a lock was applied: the GPUs can be locked
 
     # -- one step -----------------------------------------------------------------------
@@ -118,17 +120,17 @@ class DecisionKernel:
         return Outcome("choose", m, obs=self.observation(m))
 
     def act(self, action: int, now: float) -> Move:
-        """Apply a move through the guard; returns the (power, batch, clock) move made."""
+        """Apply a move through the guard; returns the (power, batch, clock, memory) move made."""
         m = self.last
         assert m is not None, "act() before an observation"
         rate = self.cost_rate(m)
-        dp, db, dc = decode(action)
+        dp, db, dc, dm = decode(action)
         size = moves.share(action)
         self.oom = False
         done_b = self._batch_move(now, m, db, rate) if db else 0
         if (dp or dc) and db and not done_b:
             dp = dc = 0  # a two-knob move is made whole or not at all (half of one is how a policy oscillates)
-        done_p = done_c = 0
+        done_p = done_c = done_m = 0
         if dp and self.cfg.tune_power:
             g0 = self._gpus[0]
             target = power_target(self.limit_w, dp, m.busy_w, m.capped, g0.lo_w, g0.hi_w, size)
@@ -136,10 +138,13 @@ class DecisionKernel:
                 done_p = dp
         if dc and self.clocks and self._clock_move(now, m, dc, rate, size, action == moves.RELEASE):
             done_c = dc
-        self.observer.moved(done_p, done_b, done_c)
-        if self.cfg.perseus and (self.clocks or self.cfg.tune_power) and not (done_p or done_c):
+        target = moves.memory_target(self.mem_lock, dm, self.mem_clocks)
+        if dm and target != self.mem_lock and self._set_memory(now, target, rate):
+            done_m = dm
+        self.observer.moved(done_p, done_b, done_c, done_m)
+        if self.cfg.perseus and (self.clocks or self.cfg.tune_power) and not (done_p or done_c or done_m):
             self._perseus(now)
-        return Move(done_p, done_b, done_c)
+        return Move(done_p, done_b, done_c, done_m)
 
     # -- what is measured ---------------------------------------------------------------
     def observation(self, m: Interval) -> Observation:
@@ -154,6 +159,8 @@ class DecisionKernel:
             throughput_ratio=m.throughput / max(ref.throughput, 1e-9), goodput_ratio=m.goodput / max(ref.goodput, 1e-9),
             eps_ratio=eps / ref_eps, eff=m.eff, oom=self.oom, clocks=bool(self.clocks),
             lock_share=(self.lock_mhz or max(self.clocks, default=1)) / max(self.clocks, default=1),
+            memory=bool(self.mem_clocks), memory_share=(self.mem_lock or max(self.mem_clocks, default=1))
+            / max(self.mem_clocks, default=1),
         )
 
     def cost_rate(self, m: Interval) -> float:
@@ -187,7 +194,7 @@ class DecisionKernel:
             self.emit(now, "applied", "batch_size", "job", p.batch, previous=p.previous)
             return ack
         last = self.observer.last
-        self.observer.moved(last[0], 0, last[2])  # the next observation: no batch move made
+        self.observer.moved(last[0], 0, last[2], last[3])  # the next observation: no batch move made
         if "memory" in ack.error.lower():
             self.guard.record_oom(p.batch)
             self.oom = True
@@ -266,6 +273,24 @@ class DecisionKernel:
             return False
         self.lock_mhz = mhz
         self.locked_once = self.locked_once or mhz is not None
+        return True
+
+    def _set_memory(self, now: float, mhz: int | None, rate: float, rollback: bool = False) -> bool:
+        """Lock every GPU's memory clock at ``mhz`` (None: unlock); 0 stands for unlocked in events. A
+        first lock the node refuses (NVML before Ampere) ends memory moves."""
+        refused: list[str] = []
+
+        def apply(g: GPULimits) -> bool:
+            ok = self.node.set_memory_clock(g.key, mhz)
+            refused.extend([] if ok else [g.key])
+            return ok
+
+        if not self._set_all(now, "memory_clock", float(mhz or 0), float(self.mem_lock or 0), apply, rate, rollback):
+            if refused and self.mem_lock is None:
+                logger.info("memory clocks cannot be locked on this node (the first lock was refused)")
+                self.mem_clocks = ()
+            return False
+        self.mem_lock = mhz
         return True
 
     def _lock_refused(self) -> None:
@@ -359,6 +384,8 @@ class DecisionKernel:
                 self._set_power(now, value, 0.0, rollback=True)
             elif knob == "sm_clock" and gpu == "all":
                 self._set_clock(now, int(value) or None, 0.0, rollback=True)
+            elif knob == "memory_clock" and gpu == "all":
+                self._set_memory(now, int(value) or None, 0.0, rollback=True)
             elif (knob == "batch_size" and self.last is not None
                   and self._request_batch(now, int(value), self.last.batch, None)):
                 self.poll(now)

@@ -1,4 +1,4 @@
-"""The tuner's moves: 20 actions over (power limit, batch size, SM-clock lock), and where a move lands.
+"""The tuner's moves: 22 actions over (power limit, batch size, SM-clock lock, memory-clock lock), and where a move lands.
 
 Actions 0-8 are ``3 * (power move + 1) + (batch move + 1)``, moves in {-1, 0, +1}: the power
 limit one step of 5% of its range on every GPU, the global batch size halved, kept or doubled.
@@ -8,7 +8,9 @@ Actions 15-18 are fine moves, a quarter of a step (at least one supported clock)
 move: power down, power up, clock down, clock up; the climber refines with them next to a setting
 one step over the slowdown budget. Action 19 releases the lock wherever it stands (the limit it
 took over from comes back). A move changes the power limit or the clock lock, never both (the two
-set one clock).
+set one clock). Actions 20 and 21 lock the memory clock one candidate lower / higher (the highest
+unlocks), alone; a candidate is a supported memory clock of at least ``MEMORY_CANDIDATE_SHARE`` of
+the top one (:func:`memory_candidates`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-N_ACTIONS = 20
+N_ACTIONS = 22
 #: Keep every knob.
 STAY = 4
 #: A power move is this share of the GPU's power-limit range.
@@ -32,14 +34,20 @@ FINE_ACTIONS = 15
 FINE_SHARE = 0.25
 #: Unlock the SM clocks from any lock (the limit the lock took over from comes back).
 RELEASE = 19
+#: Lock the memory clock one candidate lower; ``MEMORY_DOWN + 1`` one higher (unlocked from the highest).
+MEMORY_DOWN = 20
+#: The lowest share of the top memory clock a memory lock may go to: below it lie the idle-level
+#: clocks (405 and 810 MHz on GDDR parts), at which measured work runs 2-7x slower.
+MEMORY_CANDIDATE_SHARE = 0.5
 
 
 class Move(NamedTuple):
-    """One action as its knob moves, each in {-1, 0, +1}: power limit, batch size, SM-clock lock."""
+    """One action as its knob moves, each in {-1, 0, +1}: power limit, batch size, SM-clock lock, memory-clock lock."""
 
     dp: int
     db: int
     dc: int = 0
+    dm: int = 0
 
 
 def move(dp: int, db: int, dc: int = 0) -> int:
@@ -65,6 +73,8 @@ def share(action: int) -> float:
 
 def decode(action: int) -> Move:
     """The knob moves of an action index (a fine move as its direction, the release as a clock move up)."""
+    if action >= MEMORY_DOWN:
+        return Move(0, 0, 0, -1 if action == MEMORY_DOWN else 1)
     if action == RELEASE:
         return Move(0, 0, 1)
     if action >= FINE_ACTIONS:
@@ -158,3 +168,23 @@ def _fine_clock(lock: int, dc: int, step: float, clocks: Sequence[int]) -> int:
         return min(snap_clock(lock - step, clocks), max(under)) if under else lock
     over = [c for c in clocks if c > lock]
     return max(snap_clock(lock + step, clocks), min(over)) if over else lock
+
+
+def memory_candidates(supported: Sequence[int]) -> tuple[int, ...]:
+    """The memory clocks a lock may choose, descending from the top one; empty when none lies under it
+    at ``MEMORY_CANDIDATE_SHARE`` of the top or more (an HBM part's one clock, A40's [7251, 405])."""
+    if not supported:
+        return ()
+    top = max(supported)
+    under = sorted({int(c) for c in supported if MEMORY_CANDIDATE_SHARE * top - 1e-6 <= c < top}, reverse=True)
+    return (int(top), *under) if under else ()
+
+
+def memory_target(lock: int | None, dm: int, clocks: Sequence[int]) -> int | None:
+    """The memory-clock lock after a move ``dm`` from ``lock`` (None: unlocked, and the result None:
+    unlock) over the candidates ``clocks`` (descending, the top first): one candidate down or up."""
+    if not clocks or not dm:
+        return lock
+    i = clocks.index(lock) if lock in clocks else 0
+    j = min(max(i - dm, 0), len(clocks) - 1)
+    return None if j == 0 else int(clocks[j])

@@ -11,12 +11,13 @@ from gputuned.tuner.decision.perseus import RankTiming
 
 @dataclass(frozen=True)
 class GPULimits:
-    """One tuned GPU: its key in events and the guard, its power-limit range (W), its lockable SM clocks (MHz)."""
+    """One tuned GPU: its key in events and the guard, its power-limit range (W), its lockable SM and memory clocks (MHz)."""
 
     key: str
     lo_w: float
     hi_w: float
     sm_clocks: tuple[int, ...] = ()  # descending; empty: the SM clocks cannot be locked
+    memory_clocks: tuple[int, ...] = ()  # the top and the candidates under it (moves.memory_candidates); empty: none
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class Node(Protocol):
 
     def set_sm_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
         """Lock one GPU's SM clock at [mhz, mhz] (None: unlock); True when applied."""
+        ...
+
+    def set_memory_clock(self, gpu: str, mhz: int | None, origin: str = "tuner") -> bool:
+        """Lock one GPU's memory clock at [mhz, mhz] (None: unlock); True when applied."""
         ...
 
     def request_batch(self, size: int) -> str:

@@ -55,15 +55,19 @@ class Feature(IntEnum):
     CLOCKS = 19  # 1 where the tuner may lock SM clocks
     LOCK_SHARE = 20  # SM-clock lock / top supported clock (1 when unlocked)
     LAST_DC = 21  # the last clock move made
-    SUGGESTED_DP = 22  # the climber's proposed power move (learned policy input only)
-    SUGGESTED_DB = 23  # the climber's proposed batch move (learned policy input only)
-    SUGGESTED_DC = 24  # the climber's proposed clock move (learned policy input only)
+    MEMORY_CLOCKS = 22  # 1 where the tuner may lock memory clocks (a candidate under the top one)
+    MEMORY_SHARE = 23  # memory-clock lock / top memory clock (1 when unlocked)
+    LAST_DM = 24  # the last memory-clock move made
+    SUGGESTED_DP = 25  # the climber's proposed power move (learned policy input only)
+    SUGGESTED_DB = 26  # the climber's proposed batch move (learned policy input only)
+    SUGGESTED_DC = 27  # the climber's proposed clock move (learned policy input only)
+    SUGGESTED_DM = 28  # the climber's proposed memory-clock move (learned policy input only)
 
 
 #: Observation features measured from one interval.
-BASE_OBS_DIM = int(Feature.LAST_DC) + 1
-#: The learned policy's input: the base observation and the climber's proposed (power, batch, clock) move.
-SIM_OBS_DIM = BASE_OBS_DIM + 3
+BASE_OBS_DIM = int(Feature.LAST_DM) + 1
+#: The learned policy's input: the base observation and the climber's proposed (power, batch, clock, memory) move.
+SIM_OBS_DIM = BASE_OBS_DIM + 4
 
 
 def _pairwise_sum(v: Sequence[float], lo: int, n: int) -> float:
@@ -131,14 +135,14 @@ class LiveObserver:
         self.energy = energy_objective
         self.max_slowdown = max_slowdown
         self.t = 0
-        self.last = (0, 0, 0)
+        self.last = (0, 0, 0, 0)
         self.rolled = False
         self.prev: tuple[float, float] | None = None
 
     def observe(
         self, *, limit_share: float, power_w: float, limit_w: float, max_w: float, sm_ratio: float, capped: bool,
         batch: int, b0: int, throughput_ratio: float, goodput_ratio: float, eps_ratio: float, eff: float, oom: bool,
-        clocks: bool = False, lock_share: float = 1.0,
+        clocks: bool = False, lock_share: float = 1.0, memory: bool = False, memory_share: float = 1.0,
     ) -> Observation:
         """The base observation (``BASE_OBS_DIM`` floats in [-5, 5], indexed by :class:`Feature`)."""
         eps_ratio = eps_ratio if math.isfinite(eps_ratio) else 5.0
@@ -148,17 +152,18 @@ class LiveObserver:
             math.log2(max(batch, 1) / max(b0, 1)) / 4.0, throughput_ratio - 1.0, goodput_ratio - 1.0, eps_ratio - 1.0,
             eff - 1.0, min(self.t, EARLY_INTERVALS) / EARLY_INTERVALS, float(oom), 1.0 if self.energy else 0.0,
             self.max_slowdown * 10.0, float(self.last[0]), float(self.last[1]), 10.0 * d_eps, 10.0 * d_good,
-            float(self.rolled), float(clocks), lock_share, float(self.last[2]),
+            float(self.rolled), float(clocks), lock_share, float(self.last[2]), float(memory), memory_share,
+            float(self.last[3]),
         ]
         self.prev = (eps_ratio, goodput_ratio)
         self.t += 1
-        self.last, self.rolled = (0, 0, 0), False
+        self.last, self.rolled = (0, 0, 0, 0), False
         return array("f", [x if math.isnan(x) else min(5.0, max(-5.0, x)) for x in obs])  # float32 of the clipped value
 
-    def moved(self, dp: int, db: int, dc: int = 0) -> None:
+    def moved(self, dp: int, db: int, dc: int = 0, dm: int = 0) -> None:
         """The move made after the last observation (what the guard let through)."""
-        self.last = (dp, db, dc)
+        self.last = (dp, db, dc, dm)
 
     def rolled_back(self) -> None:
         """The guard undid the last move: the next observation says so."""
-        self.last, self.rolled = (0, 0, 0), True
+        self.last, self.rolled = (0, 0, 0, 0), True
