@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import parse_qs
 
 from gputuned.collectors import families as F
@@ -122,6 +123,7 @@ _UNAUTHORIZED = Response(401, b"unauthorized\n", headers=(("WWW-Authenticate", '
 HEALTH_PATHS = frozenset(("/health", "/healthz", "/-/healthy", "/-/ready"))
 
 
+@lru_cache(maxsize=64)  # a scraper sends the same headers every time
 def accepts(header: str, media: str) -> bool:
     """Whether an Accept or Accept-Encoding header lists ``media`` with a non-zero q."""
     for part in header.lower().split(","):
@@ -154,7 +156,7 @@ class MetricsServer:
             return Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
         path, _, query = req.path.partition("?")
         if path == "/metrics":
-            return self._metrics(req, parse_qs(query).get("collect[]", []))
+            return self._metrics(req, parse_qs(query).get("collect[]", []) if query else [])
         if path in HEALTH_PATHS:
             return Response(200, b"ok\n")
         if path == "/":
@@ -162,7 +164,7 @@ class MetricsServer:
         return Response(404, b"not found\n")
 
     def _metrics(self, req: Request, collect: list[str]) -> Response:
-        unknown = sorted(set(collect) - set(self.renderer.sources()))
+        unknown = sorted(set(collect) - set(self.renderer.sources())) if collect else []
         if unknown:
             known = ", ".join(self.renderer.sources())
             return Response(400, f"unknown collector {', '.join(unknown)}; known: {known}\n".encode())

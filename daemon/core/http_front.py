@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gputuned.daemon.core.config import ExporterConfig
 
@@ -38,8 +39,7 @@ _WAKE = object()
 MAX_HEAD_BYTES = 16384
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """A parsed request head (the front serves no request bodies)."""
 
     method: str
@@ -55,8 +55,7 @@ class Request:
         return "keep-alive" in tokens if self.version == "HTTP/1.0" else "close" not in tokens
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):
     """What a handler answers."""
 
     code: int
@@ -68,8 +67,29 @@ class Response:
 Handler = Callable[[Request], Response]
 
 
+#: Parsed heads by their bytes: a scraper sends the same head every time (bounded, small heads only)
+_HEADS: dict[bytes, tuple[str, str, str, dict[str, str]] | None] = {}
+_HEADS_KEPT, _HEAD_KEPT_BYTES = 64, 1024
+_PHRASES = {s.value: s.phrase for s in http.HTTPStatus}
+
+
 def parse_head(head: bytes, peer: str) -> Request | None:
     """The request in ``head`` (up to the blank line), or None when it is malformed or carries a body."""
+    if head in _HEADS:
+        parsed = _HEADS[head]
+    else:
+        parsed = _parse(head)
+        if len(head) <= _HEAD_KEPT_BYTES:
+            if len(_HEADS) >= _HEADS_KEPT:
+                _HEADS.clear()
+            _HEADS[head] = parsed
+    if parsed is None:
+        return None
+    method, path, version, headers = parsed
+    return Request(method, path, version, dict(headers), peer)
+
+
+def _parse(head: bytes) -> tuple[str, str, str, dict[str, str]] | None:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -82,15 +102,14 @@ def parse_head(head: bytes, peer: str) -> Request | None:
         headers[name.strip().lower()] = value.strip()
     if "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0"):
         return None
-    return Request(parts[0], parts[1], parts[2], headers, peer)
+    return parts[0], parts[1], parts[2], headers
 
 
 def format_response(resp: Response, *, head_only: bool, keep_alive: bool) -> bytes:
     """The bytes of ``resp`` on the wire."""
-    lines = [f"HTTP/1.1 {resp.code} {http.HTTPStatus(resp.code).phrase}", f"Content-Type: {resp.ctype}", f"Content-Length: {len(resp.body)}",
-             f"Connection: {'keep-alive' if keep_alive else 'close'}"]
-    lines += [f"{k}: {v}" for k, v in resp.headers]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    extra = "".join(f"{k}: {v}\r\n" for k, v in resp.headers)
+    head = (f"HTTP/1.1 {resp.code} {_PHRASES[resp.code]}\r\nContent-Type: {resp.ctype}\r\nContent-Length: {len(resp.body)}\r\n"
+            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n{extra}\r\n").encode("latin-1")
     return head if head_only else head + resp.body
 
 
@@ -345,8 +364,11 @@ class HttpFront:
         keep = req.keep_alive and resp.code < 500
         data = format_response(resp, head_only=req.method == "HEAD", keep_alive=keep)
         try:
-            conn.sock.settimeout(self.limits.write_timeout_seconds)
-            conn.sock.sendall(data)
+            sent = self._send_now(conn.sock, data)
+            if sent < len(data):  # the socket's buffer is full: the rest blocks, bounded by the write timeout
+                conn.sock.settimeout(self.limits.write_timeout_seconds)
+                conn.sock.sendall(memoryview(data)[sent:])
+                conn.sock.setblocking(False)
         except (BrokenPipeError, ConnectionResetError) as e:
             self._count("aborted")
             logger.debug("http: %s went away during the response to %s (%s)", conn.peer, req.path, type(e).__name__)
@@ -358,10 +380,17 @@ class HttpFront:
         self._count("requests")
         return keep
 
+    @staticmethod
+    def _send_now(sock: socket.socket, data: bytes) -> int:
+        """What of ``data`` the non-blocking socket takes at once (a scrape's body mostly fits its buffer)."""
+        try:
+            return sock.send(data)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+
     def _take_back(self) -> None:
-        with contextlib.suppress(OSError):
-            while self._wake_r.recv(4096):
-                pass
+        with contextlib.suppress(OSError):  # one read: wake-ups left over wake the selector once more
+            self._wake_r.recv(4096)
         with self._lock:
             back, self._back = self._back, []
         now = time.monotonic()
@@ -372,7 +401,6 @@ class HttpFront:
             conn.busy = False
             conn.since = now
             conn.deadline = now + self.limits.read_timeout_seconds
-            conn.sock.setblocking(False)
             self._sel.register(conn.sock, selectors.EVENT_READ, conn)
             self._dispatch(conn)
 

@@ -19,7 +19,7 @@ import pytest
 
 from gputuned.daemon.core.config import ConfigError, ExporterConfig
 from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
-from gputuned.daemon.core.http_front import FdBudget, Request, parse_head
+from gputuned.daemon.core.http_front import FdBudget, Request, Response, format_response, parse_head
 from gputuned.daemon.core.store import Store
 from gputuned.daemon.core.web_config import load_web_config
 
@@ -132,6 +132,46 @@ def test_a_request_with_a_body_or_a_bad_line_is_refused() -> None:
     assert parse_head(b"GET /metrics", "p") is None
     req = parse_head(b"GET /metrics HTTP/1.0\r\nHost: x", "p")
     assert isinstance(req, Request) and not req.keep_alive
+
+
+def test_a_head_parsed_again_is_the_same_request_with_headers_of_its_own() -> None:
+    head = b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip"
+    first = parse_head(head, "a:1")
+    assert first is not None
+    first.headers["accept-encoding"] = "identity"  # a handler's change stays in its own request
+    again = parse_head(head, "b:2")
+    assert again == Request("GET", "/metrics?x=1", "HTTP/1.1", {"host": "x", "accept-encoding": "gzip"}, "b:2")
+    assert parse_head(b"GET /metrics HTTP/1.1\r\nno colon", "p") is None
+    assert parse_head(b"GET /metrics HTTP/1.1\r\nno colon", "p") is None  # a refused head stays refused
+
+
+def test_a_response_on_the_wire() -> None:
+    resp = Response(200, b"ok\n", headers=(("Vary", "Accept-Encoding"),))
+    assert format_response(resp, head_only=False, keep_alive=True) == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\n"
+        b"Connection: keep-alive\r\nVary: Accept-Encoding\r\n\r\nok\n")
+    assert format_response(Response(404, b"nf"), head_only=True, keep_alive=False) == (
+        b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\n")
+
+
+def test_a_body_larger_than_the_socket_buffer_is_sent_whole_and_the_connection_kept() -> None:
+    server = _server(BigRenderer)
+    server.start()
+    try:
+        s = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10)
+        for _ in range(2):  # the second request proves the connection went back to the selector
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + (32 << 20):
+                chunk = s.recv(1 << 20)
+                assert chunk
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"x" * 1000)
+            assert len(data) == data.index(b"\r\n\r\n") + 4 + (32 << 20)
+        s.close()
+    finally:
+        server.stop()
 
 
 def _bcrypt_hash(password: str) -> str:
