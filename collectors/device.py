@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -131,6 +132,23 @@ class GPUProcess:
     used_memory_bytes: int  # 0 where NVML cannot say (its "not available", under some vGPU/MIG setups)
 
 
+#: Scalar readings a device returns several of at once (:meth:`GPUDevice.read_fields`), in base units,
+#: with the typed read each one is part of.
+FIELDS: dict[str, Callable[[GPUDevice], float]] = {
+    "energy_j": lambda d: d.energy_j(),
+    "memory_temperature_c": lambda d: d.memory_temperature_c(),
+    "nvlink_tx_bytes": lambda d: d.nvlink_bytes()[0],
+    "nvlink_rx_bytes": lambda d: d.nvlink_bytes()[1],
+    "pcie_replays": lambda d: float(d.pcie_replays()),
+    "ecc_corrected": lambda d: float(d.ecc_errors().corrected),
+    "ecc_uncorrected": lambda d: float(d.ecc_errors().uncorrected),
+    "remapped_correctable": lambda d: float(d.remapped_rows().correctable),
+    "remapped_uncorrectable": lambda d: float(d.remapped_rows().uncorrectable),
+    "remap_pending": lambda d: float(d.remapped_rows().pending),
+    "remap_failed": lambda d: float(d.remapped_rows().failed),
+}
+
+
 class GPUDevice(abc.ABC):
     """One GPU: typed reads in base units, the writes tuning needs, and their resets.
 
@@ -221,6 +239,19 @@ class GPUDevice(abc.ABC):
     @abc.abstractmethod
     def gpm_activity(self) -> GpmActivity | None:
         """Activity since the previous call from GPM (None on the first); NotSupportedError where GPM is absent."""
+
+    def read_fields(self, keys: Sequence[str]) -> dict[str, float | GPUError]:
+        """Several :data:`FIELDS` at once: each key's value, or the error reading it alone raises.
+
+        A :class:`GPULostError` of the whole device may be raised instead; this default reads them one by one.
+        """
+        out: dict[str, float | GPUError] = {}
+        for key in keys:
+            try:
+                out[key] = FIELDS[key](self)
+            except GPUError as e:
+                out[key] = e
+        return out
 
     def pcie_replays(self) -> int:
         """PCIe replays (link-level retries) since the driver loaded; NotSupportedError where not counted."""

@@ -1,9 +1,8 @@
 """GPU collector: 30-odd NVML readings per GPU, each read isolated from the others.
 
-Readings that change only on an operator's action or are counters read for alerting over
-minutes (:data:`SLOW_READINGS`: power-limit range, maximum SM clock, PCIe replays, ECC and
-remapped rows) are read every ``slow_every_ticks`` ticks and their last samples served in
-between; the rest are read every tick. A reading the GPU does not support is dropped for that GPU after its first failure; a
+:data:`SLOW_READINGS` (power-limit range, maximum SM clock, PCIe replays, ECC, remapped rows)
+are read every ``slow_every_ticks`` ticks, their last samples served in between; the counters
+made of field values are read in one call per GPU and tick. A reading the GPU does not support is dropped for that GPU after its first failure; a
 lost GPU stops being polled and is reported by ``gputuned_gpu_up 0`` alone; any other
 error skips that reading for one tick and is counted. GPUs opened with a call timeout are
 read in parallel, each on its own worker; one whose calls hang is ``gputuned_gpu_up 0``
@@ -15,7 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 
 from pydantic import Field
@@ -34,12 +33,13 @@ from gputuned.collectors.registry import CollectorConfig, CollectorContext, regi
 
 logger = logging.getLogger(__name__)
 
-Reading = Callable[[GPUDevice, Labels], list[Sample]]
+FieldValues = Mapping[str, float | GPUError]  # a GPU's field values of this tick (GPUDevice.read_fields)
+Reading = Callable[[GPUDevice, Labels, FieldValues], list[Sample]]
 _Read = tuple[list[Sample], dict[str, tuple[list[int], str]]]  # samples, readings found unsupported
 
 
 def _one(family: str, read: Callable[[GPUDevice], float]) -> Reading:
-    def reading(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    def reading(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
         return [(family, labels, float(read(dev)))]
 
     reading.__name__ = family
@@ -49,7 +49,7 @@ def _one(family: str, read: Callable[[GPUDevice], float]) -> Reading:
 def _pair(first: str, second: str, read: Callable[[GPUDevice], tuple[float, float]]) -> Reading:
     """Two families from one device call that returns a pair (transmit/receive, power/thermal ...)."""
 
-    def reading(dev: GPUDevice, labels: Labels) -> list[Sample]:
+    def reading(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
         a, b = read(dev)
         return [(first, labels, a), (second, labels, b)]
 
@@ -57,7 +57,7 @@ def _pair(first: str, second: str, read: Callable[[GPUDevice], tuple[float, floa
     return reading
 
 
-def _memory(dev: GPUDevice, labels: Labels) -> list[Sample]:
+def _memory(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
     m = dev.memory()
     out = [
         (F.GPU_MEM_USED, labels, float(m.used_bytes)),
@@ -69,7 +69,7 @@ def _memory(dev: GPUDevice, labels: Labels) -> list[Sample]:
     return out
 
 
-def _gpm(dev: GPUDevice, labels: Labels) -> list[Sample]:
+def _gpm(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
     a = dev.gpm_activity()
     if a is None:  # the first sample: activity needs two
         return []
@@ -78,12 +78,31 @@ def _gpm(dev: GPUDevice, labels: Labels) -> list[Sample]:
             (F.GPU_DRAM_BW, labels, a.dram_active)]
 
 
+class FieldReading:
+    """A reading made of field values (one read_fields call per GPU and tick serves them all)."""
+
+    def __init__(self, name: str, field_keys: tuple[str, ...], make: Callable[[list[float], Labels], list[Sample]]) -> None:
+        self.__name__, self.field_keys, self._make = name, field_keys, make
+
+    def __call__(self, dev: GPUDevice, labels: Labels, values: FieldValues) -> list[Sample]:
+        got: list[float] = []
+        for v in map(values.__getitem__, self.field_keys):
+            if isinstance(v, GPUError):
+                raise v
+            got.append(v)
+        return self._make(got, labels)
+
+
+def _field(family: str, key: str) -> FieldReading:
+    return FieldReading(family, (key,), lambda v, labels: [(family, labels, v[0])])
+
+
 def nvlink_reading(clock: Callable[[], float] = time.monotonic) -> Reading:
     """One GPU's NVLink reading: the byte counters, and their rate (both directions) since its previous call."""
     prev: list[float] = []
 
-    def _nvlink(dev: GPUDevice, labels: Labels) -> list[Sample]:
-        tx, rx = dev.nvlink_bytes()
+    def _nvlink(v: list[float], labels: Labels) -> list[Sample]:
+        tx, rx = v
         now = clock()
         out = [(F.GPU_NVLINK_TX, labels, tx), (F.GPU_NVLINK_RX, labels, rx)]
         if prev and now > prev[0] and tx + rx >= prev[1]:
@@ -91,15 +110,15 @@ def nvlink_reading(clock: Callable[[], float] = time.monotonic) -> Reading:
         prev[:] = [now, tx + rx]
         return out
 
-    return _nvlink
+    return FieldReading("_nvlink", ("nvlink_tx_bytes", "nvlink_rx_bytes"), _nvlink)
 
 
-def _utilization(dev: GPUDevice, labels: Labels) -> list[Sample]:
+def _utilization(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
     u = dev.utilization()
     return [(F.GPU_UTIL, labels, u.gpu_ratio), (F.GPU_MEM_ACTIVITY, labels, u.memory_ratio)]
 
 
-def _power_limits(dev: GPUDevice, labels: Labels) -> list[Sample]:
+def _power_limits(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
     c = dev.power_limit_constraints()
     return [
         (F.GPU_POWER_LIMIT_MIN, labels, c.min_mw / 1000.0),
@@ -108,25 +127,15 @@ def _power_limits(dev: GPUDevice, labels: Labels) -> list[Sample]:
     ]
 
 
-def _ecc(dev: GPUDevice, labels: Labels) -> list[Sample]:
-    e = dev.ecc_errors()
-    return [
-        (F.GPU_ECC, (*labels, ("type", "corrected")), float(e.corrected)),
-        (F.GPU_ECC, (*labels, ("type", "uncorrected")), float(e.uncorrected)),
-    ]
+_ecc = FieldReading("_ecc", ("ecc_corrected", "ecc_uncorrected"), lambda v, labels: [
+    (F.GPU_ECC, (*labels, ("type", "corrected")), v[0]), (F.GPU_ECC, (*labels, ("type", "uncorrected")), v[1])])
+_remapped = FieldReading("_remapped", ("remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failed"),
+                         lambda v, labels: [(F.GPU_REMAPPED, (*labels, ("cause", "correctable")), v[0]),
+                                            (F.GPU_REMAPPED, (*labels, ("cause", "uncorrectable")), v[1]),
+                                            (F.GPU_REMAP_PENDING, labels, v[2]), (F.GPU_REMAP_FAILED, labels, v[3])])
 
 
-def _remapped(dev: GPUDevice, labels: Labels) -> list[Sample]:
-    r = dev.remapped_rows()
-    return [
-        (F.GPU_REMAPPED, (*labels, ("cause", "correctable")), float(r.correctable)),
-        (F.GPU_REMAPPED, (*labels, ("cause", "uncorrectable")), float(r.uncorrectable)),
-        (F.GPU_REMAP_PENDING, labels, float(r.pending)),
-        (F.GPU_REMAP_FAILED, labels, float(r.failed)),
-    ]
-
-
-def _clock_events(dev: GPUDevice, labels: Labels) -> list[Sample]:
+def _clock_events(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
     mask = dev.clock_event_reasons()
     out: list[Sample] = [(F.GPU_CLOCK_EVENT_MASK, labels, float(int(mask)))]
     for bit, name in CLOCK_EVENT_LABELS.items():
@@ -135,7 +144,7 @@ def _clock_events(dev: GPUDevice, labels: Labels) -> list[Sample]:
 
 
 _SM_CLOCK_MAX = _one(F.GPU_SM_CLOCK_MAX, lambda d: d.max_sm_clock_hz())
-_PCIE_REPLAYS = _one(F.GPU_PCIE_REPLAYS, lambda d: d.pcie_replays())
+_PCIE_REPLAYS = _field(F.GPU_PCIE_REPLAYS, "pcie_replays")
 
 #: Readings taken every ``slow_every_ticks`` ticks: set by an operator or counted for alerts over minutes.
 SLOW_READINGS: frozenset[Reading] = frozenset({_SM_CLOCK_MAX, _power_limits, _PCIE_REPLAYS, _ecc, _remapped})
@@ -150,9 +159,9 @@ READINGS: tuple[Reading, ...] = (
     _one(F.GPU_POWER, lambda d: d.power_w()),
     _one(F.GPU_POWER_LIMIT, lambda d: d.power_limit_w()),
     _power_limits,
-    _one(F.GPU_ENERGY, lambda d: d.energy_j()),
+    _field(F.GPU_ENERGY, "energy_j"),
     _one(F.GPU_TEMP, lambda d: d.temperature_c()),
-    _one(F.GPU_MEM_TEMP, lambda d: d.memory_temperature_c()),
+    _field(F.GPU_MEM_TEMP, "memory_temperature_c"),
     _one(F.GPU_FAN, lambda d: d.fan_ratio()),
     _pair(F.GPU_PCIE_TX, F.GPU_PCIE_RX, lambda d: d.pcie_throughput_bps()),
     _PCIE_REPLAYS,
@@ -331,6 +340,13 @@ class GPUCollector:
         if due:
             kept.clear()
             g.kept_labels = labels
+        keys = [k for r in g.readings if r not in kept for k in getattr(r, "field_keys", ())]
+        try:
+            values = g.dev.read_fields(keys) if keys else {}
+        except GPULostError:
+            raise
+        except GPUError as e:  # each reading made of fields fails with it
+            values = dict.fromkeys(keys, e)
         out: list[Sample] = []
         dropped: list[Reading] = []
         for reading in g.readings:
@@ -339,7 +355,7 @@ class GPUCollector:
                 out.extend(samples)
                 continue
             try:
-                samples = reading(g.dev, labels)
+                samples = reading(g.dev, labels, values)
             except NotSupportedError as e:
                 dropped.append(reading)
                 why = str(e).split(": ", 1)[-1] if str(e).startswith("gpu ") else str(e)

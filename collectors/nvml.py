@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
@@ -35,6 +35,7 @@ from gputuned.collectors.device import (
     Utilization,
 )
 from gputuned.collectors.gpm import GpmSampler
+from gputuned.collectors.nvml_fields import FieldReader
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class NvmlGPU(GPUDevice):
             raise map_nvml_error(e, f"gpu {index} open") from e
         self._events: Any = None
         self._gpm = GpmSampler(nvml, self._h)
+        self._fields = FieldReader(nvml, self._h)
 
     @property
     def identity(self) -> GPUIdentity:
@@ -219,20 +221,22 @@ class NvmlGPU(GPUDevice):
     def temperature_c(self) -> float:
         return float(self._nvml.nvmlDeviceGetTemperature(self._h, self._nvml.NVML_TEMPERATURE_GPU))
 
-    def _field(self, field_id: int) -> float:
-        (fv,) = self._nvml.nvmlDeviceGetFieldValues(self._h, [field_id])
-        if fv.nvmlReturn != 0:
-            raise self._nvml.NVMLError(fv.nvmlReturn)
-        vt = fv.valueType
-        if vt == self._nvml.NVML_VALUE_TYPE_DOUBLE:
-            return float(fv.value.dVal)
-        if vt == self._nvml.NVML_VALUE_TYPE_UNSIGNED_INT:
-            return float(fv.value.uiVal)
-        return float(fv.value.ullVal)
+    def _field(self, key: str) -> float:
+        """One of FieldReader's keys in base units (raises its NVMLError)."""
+        got = self._fields.read([key])[key]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    @_nvml_call("field values")
+    def read_fields(self, keys: Sequence[str]) -> dict[str, float | GPUError]:
+        """Several counters in one field-values call; a field the driver lacks by its single call."""
+        got = self._fields.read(keys)
+        return {k: v if isinstance(v, float) else map_nvml_error(v, f"gpu {self._index} {k}") for k, v in got.items()}
 
     @_nvml_call("memory temperature")
     def memory_temperature_c(self) -> float:
-        return self._field(self._nvml.NVML_FI_DEV_MEMORY_TEMP)
+        return self._field("memory_temperature_c")
 
     @_nvml_call("fan")
     def fan_ratio(self) -> float:
@@ -247,10 +251,7 @@ class NvmlGPU(GPUDevice):
 
     @_nvml_call("nvlink throughput")
     def nvlink_bytes(self) -> tuple[float, float]:
-        n = self._nvml
-        tx = self._field(n.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX)
-        rx = self._field(n.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX)
-        return tx * 1024.0, rx * 1024.0  # NVML reports KiB
+        return self._field("nvlink_tx_bytes"), self._field("nvlink_rx_bytes")
 
     @_nvml_call("ecc errors")
     def ecc_errors(self) -> EccCounts:
@@ -295,7 +296,7 @@ class NvmlGPU(GPUDevice):
 
     @_nvml_call("pcie replays")
     def pcie_replays(self) -> int:
-        return int(self._field(self._nvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER))
+        return int(self._field("pcie_replays"))
 
     @_nvml_call("running processes")
     def processes(self) -> list[GPUProcess]:

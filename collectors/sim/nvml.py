@@ -22,8 +22,7 @@ from gputuned.collectors.sim.nvml_api import (  # noqa: F401 - served as nvidia-
     NVML_ERROR_ALREADY_INITIALIZED, NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_FUNCTION_NOT_FOUND,
     NVML_ERROR_GPU_IS_LOST, NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_LIBRARY_NOT_FOUND,
     NVML_ERROR_NO_PERMISSION, NVML_ERROR_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED,
-    NVML_ERROR_TIMEOUT, NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN, NVML_FI_DEV_MEMORY_TEMP,
-    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, NVML_FI_DEV_PCIE_REPLAY_COUNTER,
+    NVML_ERROR_TIMEOUT, NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN,
     NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
     NVML_PCIE_UTIL_RX_BYTES, NVML_PCIE_UTIL_TX_BYTES, NVML_PERF_POLICY_POWER,
     NVML_PERF_POLICY_THERMAL, NVML_SUCCESS, NVML_TEMPERATURE_GPU, NVML_VALUE_TYPE_DOUBLE,
@@ -33,6 +32,7 @@ from gputuned.collectors.sim.nvml_api import (  # noqa: F401 - served as nvidia-
     c_nvmlMemory_t, c_nvmlMemory_v2_t, c_nvmlPciInfo_t, c_nvmlUtilization_t, c_nvmlValue_t, c_nvmlViolationTime_t,
     nvmlEventTypeXidCriticalError, nvmlMemory_v2,
 )
+from gputuned.collectors.sim.nvml_fields import FIELD_NAMES, field_values_api
 from gputuned.collectors.sim.nvml_gpm import GPM_NAMES, gpm_api
 # isort: on
 from gputuned.collectors.sim.state import (
@@ -251,23 +251,6 @@ def nvmlDeviceGetPcieThroughput(device: _Handle, counter: int) -> int:
     return _select(counter, {NVML_PCIE_UTIL_TX_BYTES: dev.pcie_tx_kbps, NVML_PCIE_UTIL_RX_BYTES: dev.pcie_rx_kbps})
 
 
-def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int]) -> list[c_nvmlFieldValue_t]:  # noqa: N803
-    dev = _dev(handle, "nvmlDeviceGetFieldValues")
-    ull = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
-    fields = {  # the simulated PCIe link never retries
-        NVML_FI_DEV_MEMORY_TEMP: (NVML_VALUE_TYPE_UNSIGNED_INT, c_nvmlValue_t(uiVal=dev.memory_temperature_c)),
-        NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: (ull, c_nvmlValue_t(ullVal=dev.nvlink_tx_kib)),
-        NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: (ull, c_nvmlValue_t(ullVal=dev.nvlink_rx_kib)),
-        NVML_FI_DEV_PCIE_REPLAY_COUNTER: (ull, c_nvmlValue_t(ullVal=0)),
-    }
-    out = []
-    for fid in fieldIds:
-        vtype, val = fields.get(fid, (ull, c_nvmlValue_t()))
-        ret = NVML_SUCCESS if fid in fields and f"field:{fid}" not in dev.unsupported else NVML_ERROR_NOT_SUPPORTED
-        out.append(c_nvmlFieldValue_t(fid, 0, 0, 0, vtype, ret, val))
-    return out
-
-
 def nvmlDeviceGetTotalEccErrors(handle: _Handle, errorType: int, counterType: int) -> int:  # noqa: N803
     dev = _dev(handle, "nvmlDeviceGetTotalEccErrors")
     return _select(errorType, {
@@ -303,6 +286,10 @@ def nvmlDeviceGetViolationStatus(device: _Handle, perfPolicyType: int) -> c_nvml
     })
     return c_nvmlViolationTime_t(0, ns)
 
+
+# Field values (several counters of one device in one call), with a return code per field
+globals().update(FIELD_NAMES)
+globals().update(field_values_api(_dev))
 
 # GPM (Hopper and later): nvmlGpmQueryDeviceSupport, nvmlGpmSampleAlloc/Get/Free, nvmlGpmMetricsGet
 globals().update(GPM_NAMES)

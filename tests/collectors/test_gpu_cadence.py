@@ -11,6 +11,7 @@ from gputuned.collectors import families as F
 from gputuned.collectors.device import GPUDevice
 from gputuned.collectors.gpu import GPUCollector, GPUConfig, build_gpu_collector
 from gputuned.collectors.nvml import open_gpus, open_nvml
+from gputuned.collectors.nvml_fields import FIELD_IDS
 from gputuned.collectors.registry import CollectorContext
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import VirtualClock
@@ -114,3 +115,85 @@ def test_factory_passes_the_key(sim_node) -> None:
     nvml, _ = open_nvml("sim", sim_nvml)
     collector = build_gpu_collector(GPUConfig(slow_every_ticks=3), CollectorContext(devices=open_gpus(nvml)))
     assert collector is not None and collector.slow_every_ticks == 3
+
+
+# --- field values: several counters of a GPU in one call ------------------------------------------------------
+def _counting_field_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    asked: list[list[int]] = []
+    real = sim_nvml.nvmlDeviceGetFieldValues
+
+    def counted(handle: Any, fieldIds: list[int]) -> Any:  # noqa: N803
+        asked.append(list(fieldIds))
+        return real(handle, fieldIds)
+
+    monkeypatch.setattr(sim_nvml, "nvmlDeviceGetFieldValues", counted)
+    return asked
+
+
+def test_field_ids_and_the_call_match_nvidia_ml_py() -> None:
+    import inspect
+
+    import pynvml
+
+    for name, _ in FIELD_IDS.values():
+        assert getattr(sim_nvml, name) == getattr(pynvml, name), name
+    sim = [p.name for p in inspect.signature(sim_nvml.nvmlDeviceGetFieldValues).parameters.values()]
+    assert sim == [p.name for p in inspect.signature(pynvml.nvmlDeviceGetFieldValues).parameters.values()]
+
+
+def test_one_field_values_call_per_gpu_and_tick_serves_every_counter(sim_node, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = VirtualClock()
+    sim_node({"profile": "h100", "gpus": 2, "series": [
+        {"gpu": 1, "field": "energy_mj", "points": [[0, 5_000_000]]},
+        {"gpu": 1, "field": "ecc_uncorrected", "points": [[0, 2]]},
+        {"gpu": 1, "field": "remap_pending", "points": [[0, 1]]},
+        {"gpu": 1, "field": "nvlink_rx_kib", "points": [[0, 4]]},
+    ]}, clock=clock)
+    nvml, _ = open_nvml("sim", sim_nvml)
+    asked = _counting_field_calls(monkeypatch)
+    collector = GPUCollector(open_gpus(nvml), slow_every_ticks=3)
+    s = collector.collect()
+    assert len(asked) == 2 and len(asked[0]) == 11  # the slow tick: every field of a GPU in its one call
+    assert (_value(s, F.GPU_ENERGY, gpu="1"), _value(s, F.GPU_ECC, gpu="1", type="uncorrected")) == (5000.0, 2.0)
+    assert (_value(s, F.GPU_REMAP_PENDING, gpu="1"), _value(s, F.GPU_NVLINK_RX, gpu="1")) == (1.0, 4096.0)
+    assert _value(s, F.GPU_MEM_TEMP, gpu="0") is not None
+    asked.clear()
+    collector.collect()
+    assert [len(ids) for ids in asked] == [4, 4]  # between slow ticks: energy, memory temperature, NVLink
+
+
+def test_a_field_the_driver_lacks_is_read_by_its_single_call(sim_node, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = VirtualClock()
+    sim_node({"profile": "h100", "gpus": 2, "unsupported": {"1": ["field:83", "field:5"]}, "series": [
+        {"gpu": 1, "field": "power_mw", "points": [[0, 300_000]]},
+        {"gpu": 1, "field": "ecc_corrected", "points": [[0, 9]]},
+    ]}, clock=clock)
+    nvml, _ = open_nvml("sim", sim_nvml)
+    asked = _counting_field_calls(monkeypatch)
+    collector = GPUCollector(open_gpus(nvml))
+    e0 = _value(collector.collect(), F.GPU_ENERGY, gpu="1")
+    clock.advance(10.0)
+    s = collector.collect()
+    assert e0 is not None and _value(s, F.GPU_ENERGY, gpu="1") == pytest.approx(e0 + 3000.0)
+    assert _value(s, F.GPU_ECC, gpu="1", type="corrected") == 9.0
+    assert 83 not in asked[-1] and 5 not in asked[-1]  # not asked again once the driver said no
+
+
+def test_unsupported_counters_drop_their_readings_on_that_gpu_only(sim_node) -> None:
+    sim_node({"profile": "h100", "gpus": 2, "unsupported": {"1": ["nvmlDeviceGetTotalEccErrors", "field:82"]}})
+    nvml, _ = open_nvml("sim", sim_nvml)
+    collector = GPUCollector(open_gpus(nvml))
+    for _ in range(2):
+        s = collector.collect()
+    gpus = {fam: {dict(lab)["gpu"] for n, lab, _ in s if n == fam} for fam in (F.GPU_ECC, F.GPU_MEM_TEMP, F.GPU_ENERGY)}
+    assert gpus == {F.GPU_ECC: {"0"}, F.GPU_MEM_TEMP: {"0"}, F.GPU_ENERGY: {"0", "1"}}
+
+
+def test_a_driver_without_field_values_reads_the_single_calls(sim_node) -> None:
+    sim_node({"profile": "h100", "gpus": 1, "unsupported": {"0": ["nvmlDeviceGetFieldValues"]},
+              "series": [{"gpu": 0, "field": "remapped_uncorrectable", "points": [[0, 2]]}]})
+    nvml, _ = open_nvml("sim", sim_nvml)
+    s = GPUCollector(open_gpus(nvml)).collect()
+    assert _value(s, F.GPU_REMAPPED, cause="uncorrectable") == 2.0
+    assert _value(s, F.GPU_ENERGY) is not None and _value(s, F.GPU_ECC, type="corrected") == 0.0
+    assert _value(s, F.GPU_MEM_TEMP) is None and _value(s, F.GPU_NVLINK_TX) is None  # fields only
