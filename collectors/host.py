@@ -14,13 +14,15 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from operator import add
 from pathlib import Path
 from typing import TypeVar
 
 import psutil
+from pydantic import Field
 
 from gputuned.collectors.families import C, G, Labels, Sample, declare
-from gputuned.collectors.network import LINK_FAMILIES, read_links
+from gputuned.collectors.network import LINK_FAMILIES, LinkReader
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
 logger = logging.getLogger(__name__)
@@ -66,16 +68,14 @@ PSI_STALLED = declare("gputuned_host_pressure_stalled_seconds_total", C,
                       "Time all non-idle tasks stalled on the resource at once (PSI full), per resource.")
 OOM_KILLS = declare("gputuned_host_oom_kills_total", C, "Processes killed by the kernel's OOM killer.")
 
-#: (family, psutil attribute) of the per-device counters: disk_io_counters, net_io_counters
-_DISK_COUNTERS = (
-    (DISK_READ, "read_bytes"), (DISK_WRITTEN, "write_bytes"), (DISK_READS, "read_count"), (DISK_WRITES, "write_count"),
-)
-_NET_COUNTERS = (
-    (NET_RX_BYTES, "bytes_recv"), (NET_TX_BYTES, "bytes_sent"),
-    (NET_RX_PACKETS, "packets_recv"), (NET_TX_PACKETS, "packets_sent"),
-    (NET_RX_ERRS, "errin"), (NET_TX_ERRS, "errout"),
-    (NET_RX_DROP, "dropin"), (NET_TX_DROP, "dropout"),
-)
+#: The per-device counter families in the order of the rows read_diskstats and read_net_dev give
+_DISK_COUNTERS = (DISK_READ, DISK_WRITTEN, DISK_READS, DISK_WRITES)
+_NET_COUNTERS = (NET_RX_BYTES, NET_TX_BYTES, NET_RX_PACKETS, NET_TX_PACKETS, NET_RX_ERRS, NET_TX_ERRS, NET_RX_DROP, NET_TX_DROP)
+#: /proc/diskstats fields by line length, as psutil reads them: name, reads, sectors read, writes, sectors written, busy ms
+_DISKSTATS = {14: (2, 3, 5, 7, 9, 12), 15: (3, 2, 5, 7, 9, 12), 7: (2, 3, 4, 5, 6, -1)}
+#: /proc/net/dev fields after the name: bytes, packets, errors, drops, received then sent, in _NET_COUNTERS' order
+_NET_DEV = (0, 8, 1, 9, 2, 10, 3, 11)
+Row = tuple[int, ...]
 
 _PARTITION = re.compile(r"^(loop|ram|dm-|sr)\d|^(sd[a-z]+|vd[a-z]+|xvd[a-z]+)\d+$|^nvme\d+n\d+p\d+$")
 
@@ -179,13 +179,62 @@ def filesystem_samples(mount: Mount, st: os.statvfs_result) -> list[Sample]:
     )]
 
 
-def _counters(table: tuple[tuple[str, str], ...], labels: Labels, stats: object) -> list[Sample]:
-    """One sample per (family, attribute) of a psutil counters record."""
-    return [(family, labels, float(getattr(stats, attr))) for family, attr in table]
+def read_diskstats(proc: str) -> dict[str, Row]:
+    """Per block device: (bytes read, bytes written, reads, writes, busy ms) from ``proc``/diskstats, as psutil reads them."""
+    out: dict[str, Row] = {}
+    for line in _text(f"{proc}/diskstats").splitlines():
+        f = line.split()
+        at = _DISKSTATS.get(14 if len(f) >= 18 else len(f))
+        if at is None:
+            raise ValueError(f"not sure how to interpret line {line!r}")
+        name, reads, rsect, writes, wsect, busy = at
+        out[f[name]] = (int(f[rsect]) * 512, int(f[wsect]) * 512, int(f[reads]), int(f[writes]), int(f[busy]) if busy > 0 else 0)
+    return out
+
+
+def read_net_dev(proc: str) -> dict[str, Row]:
+    """Per interface: the counters of _NET_COUNTERS from ``proc``/net/dev."""
+    out: dict[str, Row] = {}
+    for line in _text(f"{proc}/net/dev").splitlines()[2:]:
+        name, _, rest = line.rpartition(":")
+        f = rest.split()
+        if len(f) != 16:
+            raise ValueError(f"not sure how to interpret line {line!r}")
+        out[name.strip()] = tuple(int(f[i]) for i in _NET_DEV)
+    return out
+
+
+class Unwrapped:
+    """Counter rows that never go back, as psutil's ``nowrap`` keeps them: a value below the last read
+    adds the last read to that counter's offset; a row's offsets go when its key is no longer read."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, Row] = {}
+        self._offsets: dict[str, Row] = {}
+
+    def __call__(self, rows: dict[str, Row]) -> dict[str, Row]:
+        """``rows`` with each key's offsets added."""
+        last, offsets = self._last, self._offsets
+        out = rows
+        for key, row in rows.items():
+            prev = last.get(key)
+            if prev is not None and any(map(int.__lt__, row, prev)):  # wrapped (or reset): the rare case
+                base = offsets.get(key, (0,) * len(row))
+                offsets[key] = tuple(o + (p if r < p else 0) for r, p, o in zip(row, prev, base, strict=True))
+        for key in [k for k in offsets if k not in rows]:
+            del offsets[key]
+        if offsets:
+            out = {k: tuple(map(add, row, offsets[k])) if k in offsets else row for k, row in rows.items()}
+        self._last = rows
+        return out
 
 
 class HostCollector:
-    """Host readings through psutil (and /proc/net/snmp, which psutil does not expose)."""
+    """Host readings from /proc (CPU times and the memory fallback through psutil) and /sys.
+
+    ``refresh_ticks``: links' carrier and speed are read again every that many collects (at once
+    for a link whose state moved); the rest is read at every collect.
+    """
 
     name = "host"
 
@@ -197,16 +246,29 @@ class HostCollector:
         sysfs: str | os.PathLike[str] | None = None,
         paths: Iterable[str | os.PathLike[str]] = (),
         statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
+        refresh_ticks: int = 1,
     ) -> None:
         self._proc = Path(proc)
-        self._sysfs = Path(sysfs) if sysfs is not None else None
         self._paths = [os.fspath(p) for p in paths]
         self._statvfs = statvfs
         self._skip_if = set(skip_interfaces)
         self._cpus = float(psutil.cpu_count() or 1)
         self._mounts: list[Mount] = []
         self._mounts_due = -math.inf
+        self._real: dict[str, str] = {}  # configured path -> its real path, resolved again with the mounts
         self._failing: set[str] = set()  # optional sources whose failure is logged until they read again
+        self._disks, self._nics = Unwrapped(), Unwrapped()
+        self._links = LinkReader(sysfs, self._skip_if, refresh_ticks) if sysfs is not None else None
+        self._label_sets: dict[tuple[str, str], Labels] = {}
+
+    def _labels(self, key: str, value: str) -> Labels:
+        """One label set, the same tuple from tick to tick (the store and the exporter compare them by identity first)."""
+        lab = self._label_sets.get((key, value))
+        if lab is None:
+            if len(self._label_sets) > 1024:  # devices that come and go (containers' veths)
+                self._label_sets.clear()
+            lab = self._label_sets[(key, value)] = ((key, value),)
+        return lab
 
     def collect(self) -> list[Sample]:
         out: list[Sample] = []
@@ -219,18 +281,15 @@ class HostCollector:
         l1, l5, l15 = os.getloadavg()
         out += [(LOAD1, (), l1), (LOAD5, (), l5), (LOAD15, (), l15)]
         out += self._memory_samples()
-        for dev, io in (psutil.disk_io_counters(perdisk=True, nowrap=True) or {}).items():
-            if _PARTITION.match(dev):
-                continue
-            lab = (("device", dev),)
-            out += _counters(_DISK_COUNTERS, lab, io)
-            busy = getattr(io, "busy_time", None)
-            if busy is not None:
-                out.append((DISK_BUSY, lab, busy / 1000.0))
-        for nic, n in psutil.net_io_counters(pernic=True, nowrap=True).items():
-            if nic in self._skip_if:
-                continue
-            out += _counters(_NET_COUNTERS, (("interface", nic),), n)
+        for dev, row in self._disks(read_diskstats(psutil.PROCFS_PATH)).items():
+            if not _PARTITION.match(dev):
+                lab = self._labels("device", dev)
+                out += [(family, lab, float(v)) for family, v in zip(_DISK_COUNTERS, row[:4], strict=True)]
+                out.append((DISK_BUSY, lab, row[4] / 1000.0))
+        for nic, row in self._nics(read_net_dev(psutil.PROCFS_PATH)).items():
+            if nic not in self._skip_if:
+                lab = self._labels("interface", nic)
+                out += [(family, lab, float(v)) for family, v in zip(_NET_COUNTERS, row, strict=True)]
         tcp = read_tcp_counters(self._proc)
         out.append((TCP_RETRANS, (), float(tcp.get("RetransSegs", 0))))
         out.append((TCP_OUT, (), float(tcp.get("OutSegs", 0))))
@@ -258,17 +317,21 @@ class HostCollector:
             now = time.monotonic()
             if now >= self._mounts_due:  # mounts change seldom; /proc/mounts is the costliest read here
                 self._mounts, self._mounts_due = self._optional("mounts", read_mounts, self._proc), now + MOUNTS_REFRESH_S
+                self._real.clear()
             seen: set[str] = set()
             for path in self._paths:
                 out += self._optional(f"filesystem of {path}", self._filesystem, path, self._mounts, seen)
-        if self._sysfs is not None:
-            out += self._optional("network links", read_links, self._sysfs, self._skip_if)
+        if self._links is not None:
+            out += self._optional("network links", self._links.read)
         return out
 
     def _filesystem(self, path: str, mounts: list[Mount], seen: set[str]) -> list[Sample]:
         """The readings of the mount holding ``path``, once per mount point."""
         st = self._statvfs(path)  # first, so that a path gone missing is logged even beside a served mount
-        mount = mount_of(os.path.realpath(path), mounts)
+        real = self._real.get(path)
+        if real is None:
+            real = self._real[path] = os.path.realpath(path)
+        mount = mount_of(real, mounts)
         if mount[1] in seen:
             return []
         seen.add(mount[1])
@@ -299,6 +362,8 @@ class HostCollectorConfig(CollectorConfig):
     #: Paths whose filesystem fill is served (checkpoint and data volumes); /dev/shm is served beside them
     paths: list[Path] = []
     shm_path: Path | None = Path("/dev/shm")
+    #: Collects between two reads of the links' carrier and speed (a link whose state moved is read at once)
+    refresh_ticks: int = Field(default=5, ge=1)
 
 
 @register("host", config=HostCollectorConfig, families=(
@@ -310,4 +375,5 @@ class HostCollectorConfig(CollectorConfig):
 def build_host_collector(cfg: HostCollectorConfig, ctx: CollectorContext) -> HostCollector:
     """``[collectors.host]``: psutil, /proc and /sys readings of this host."""
     paths = [*cfg.paths, *([cfg.shm_path] if cfg.shm_path is not None else [])]
-    return HostCollector(proc=cfg.proc_path, skip_interfaces=tuple(cfg.skip_interfaces), sysfs=cfg.sysfs_path, paths=paths)
+    return HostCollector(proc=cfg.proc_path, skip_interfaces=tuple(cfg.skip_interfaces), sysfs=cfg.sysfs_path, paths=paths,
+                         refresh_ticks=cfg.refresh_ticks)

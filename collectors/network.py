@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from gputuned.collectors.base import Collector
-from gputuned.collectors.families import C, G, Sample, declare
+from gputuned.collectors.families import C, G, Labels, Sample, declare
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
 logger = logging.getLogger(__name__)
@@ -50,37 +50,71 @@ _IB_COUNTERS = {
 }
 
 
-def _read(path: str | Path) -> str | None:
+def _read(path: str | os.PathLike[str]) -> str | None:
+    """A small sysfs file's text, stripped; None when it cannot be read (absent, EINVAL for a down link's carrier).
+
+    Read with os.read: open()'s file objects were most of such a read's cost."""
     try:
-        with open(path) as f:
-            return f.read().strip()
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
+    try:
+        return os.read(fd, 4096).decode().strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def read_links(sysfs: Path, skip: set[str] | frozenset[str] = frozenset()) -> list[Sample]:
-    """Operational state, carrier and speed of every interface under ``sysfs``/class/net.
-
-    A down link's carrier and speed read as EINVAL and a virtual one's speed as -1: those
-    readings are left out, as node_exporter does. Raises OSError when there is no class/net.
-    """
+def _carrier_and_speed(base: str, nic: str, labels: Labels) -> list[Sample]:
+    """The carrier and speed of ``nic``: a down link's read EINVAL and a virtual link's speed -1, both left out."""
     out: list[Sample] = []
-    base = f"{sysfs}/class/net"
-    for nic in sorted(os.listdir(base)):
-        if nic in skip:
-            continue
-        labels = (("interface", nic),)
-        state = _read(f"{base}/{nic}/operstate")  # None for a file such as bonding_masters
-        if state is None:
-            continue
-        out.append((LINK_UP, labels, 1.0 if state == "up" else 0.0))
-        carrier = _read(f"{base}/{nic}/carrier")
-        if carrier is not None and carrier.isdigit():
-            out.append((LINK_CARRIER, labels, float(carrier)))
-        speed = _read(f"{base}/{nic}/speed")  # Mbit/s
-        if speed is not None and speed.isdigit():
-            out.append((LINK_SPEED, labels, int(speed) * 125_000.0))
+    carrier = _read(f"{base}/{nic}/carrier")
+    if carrier is not None and carrier.isdigit():
+        out.append((LINK_CARRIER, labels, float(carrier)))
+    speed = _read(f"{base}/{nic}/speed")  # Mbit/s
+    if speed is not None and speed.isdigit():
+        out.append((LINK_SPEED, labels, int(speed) * 125_000.0))
     return out
+
+
+class LinkReader:
+    """Operational state, carrier and speed of every interface under ``sysfs``/class/net, as node_exporter serves them.
+
+    The state is read at every read; carrier and speed (the speed file asks the driver) every
+    ``refresh_reads`` reads, and at once for an interface whose state moved, since neither changes
+    while the state holds. Raises OSError when there is no class/net.
+    """
+
+    def __init__(self, sysfs: str | os.PathLike[str], skip: set[str] | frozenset[str] = frozenset(), refresh_reads: int = 1) -> None:
+        if refresh_reads < 1:
+            raise ValueError("refresh_reads must be at least 1")
+        self._base = f"{os.fspath(sysfs)}/class/net"
+        self._skip = skip
+        self._refresh = refresh_reads
+        self._reads = 0
+        self._kept: dict[str, tuple[str, Labels, list[Sample]]] = {}  # by interface: state, labels, carrier and speed
+
+    def read(self) -> list[Sample]:
+        """The link samples of this read, interfaces by name."""
+        base, fresh = self._base, self._reads % self._refresh == 0
+        self._reads += 1
+        out: list[Sample] = []
+        kept: dict[str, tuple[str, Labels, list[Sample]]] = {}
+        for nic in sorted(os.listdir(base)):
+            if nic in self._skip:
+                continue
+            state = _read(f"{base}/{nic}/operstate")  # None for a file such as bonding_masters
+            if state is None:
+                continue
+            last = self._kept.get(nic)
+            labels = last[1] if last is not None else (("interface", nic),)
+            more = last[2] if not fresh and last is not None and last[0] == state else _carrier_and_speed(base, nic, labels)
+            kept[nic] = (state, labels, more)
+            out.append((LINK_UP, labels, 1.0 if state == "up" else 0.0))
+            out += more
+        self._kept = kept
+        return out
 
 
 class InfinibandCollector:
