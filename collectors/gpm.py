@@ -31,6 +31,7 @@ class GpmSampler:
         self._nvml = nvml
         self._h = handle
         self._prev: Any = None
+        self._req: Any = None  # the metrics request, built once: each call sets its two samples and NVML refills it
         self.supported: bool | None = None
 
     def query_support(self) -> bool:
@@ -54,17 +55,23 @@ class GpmSampler:
         prev, self._prev = self._prev, cur
         if prev is None:
             return None
+        req = self._req if self._req is not None else self._request()
         try:
-            req = n.c_nvmlGpmMetricsGet_t()
-            req.version = n.NVML_GPM_METRICS_GET_VERSION
-            req.numMetrics = len(METRICS)
             req.sample1, req.sample2 = prev, cur
-            for i, name in enumerate(METRICS):
-                req.metrics[i].metricId = getattr(n, name)
             n.nvmlGpmMetricsGet(req)
         finally:
             n.nvmlGpmSampleFree(prev)
-        for m in req.metrics[:len(METRICS)]:
+        got = req.metrics[:len(METRICS)]
+        for m in got:
             if m.nvmlReturn != 0:
                 raise n.NVMLError(m.nvmlReturn)
-        return GpmActivity(*(min(1.0, max(0.0, float(m.value) / 100.0)) for m in req.metrics[:len(METRICS)]))
+        return GpmActivity(*(min(1.0, max(0.0, float(m.value) / 100.0)) for m in got))
+
+    def _request(self) -> Any:
+        n = self._nvml
+        req = self._req = n.c_nvmlGpmMetricsGet_t()
+        req.version = n.NVML_GPM_METRICS_GET_VERSION
+        req.numMetrics = len(METRICS)
+        for i, name in enumerate(METRICS):
+            req.metrics[i].metricId = getattr(n, name)
+        return req
