@@ -19,10 +19,12 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 
 from gputuned.collectors.families import Labels, Sample
 
 SeriesKey = tuple[str, Labels]
+_NAME, _LABELS, _VALUE = itemgetter(0), itemgetter(1), itemgetter(2)
 #: ``listener(source, t, samples)`` after a publish; ``samples`` is None when a source is dropped.
 Listener = Callable[[str, float, "list[Sample] | None"], None]
 
@@ -105,12 +107,17 @@ class FloatRing:
 class SourceClock(FloatRing):
     """The timestamps of one source's publishes (with history), newest ``capacity`` kept, shared by its series."""
 
-    __slots__ = ("seq", "rings")
+    __slots__ = ("seq", "rings", "names", "labels", "order")
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)
         self.seq = 0  # publishes so far: the newest timestamp is publish ``seq``'s
         self.rings: dict[SeriesKey, SharedRing] = {}  # the rings on this clock
+        # the last publish's series (names, labels) and their rings in its order, while each of them holds
+        # exactly that publish's value and every ring on the clock is among them (None: publish the long way)
+        self.names: list[str] = []
+        self.labels: list[Labels] = []
+        self.order: list[RingBuffer | SharedRing] | None = None
 
     def append(self, t: float) -> None:
         self.push(t)
@@ -201,9 +208,20 @@ class Store:
         if clock is None:
             clock = self._clocks[source] = SourceClock(cap + 1)  # + 1: a series that just missed one still finds its times
         clock.append(t)
-        seq, shared, on_clock = clock.seq, 0, clock.rings
-        for name, labels, value in samples:
-            key = (name, labels)
+        seq, on_clock = clock.seq, clock.rings
+        names, labels = list(map(_NAME, samples)), list(map(_LABELS, samples))
+        if clock.order is not None and names == clock.names and labels == clock.labels:  # the same series again
+            for kept, value in zip(clock.order, map(_VALUE, samples), strict=True):
+                if kept.__class__ is SharedRing:
+                    kept.push(value)
+                    kept.seq = seq
+                else:
+                    kept.append(t, value)  # type: ignore[union-attr]
+            return
+        order: list[Ring] = []
+        shared = 0
+        for name, labels_, value in samples:
+            key = (name, labels_)
             ring = rings.get(key)
             if ring is None:
                 ring = rings[key] = on_clock[key] = SharedRing(cap, clock)
@@ -215,12 +233,16 @@ class Store:
                 shared += 1
             else:
                 ring.append(t, value)
+            order.append(ring)
         if shared != len(on_clock):  # a series of this source was not published: it keeps its times
             for key in [k for k, r in on_clock.items() if r.seq != seq]:
                 rings[key] = self._unshare(key, on_clock[key])
+        # the short way next time while every ring on the clock was pushed once (a series twice was unshared above)
+        clock.names, clock.labels, clock.order = names, labels, order if shared == len(on_clock) else None
 
     def _unshare(self, key: SeriesKey, ring: SharedRing) -> RingBuffer:
         del ring.clock.rings[key]
+        ring.clock.order = None
         return ring.own()
 
     def _sweep(self, t: float) -> None:
@@ -235,6 +257,10 @@ class Store:
         ring = self._rings.pop(key, None)
         if isinstance(ring, SharedRing):
             del ring.clock.rings[key]
+            ring.clock.order = None
+        elif ring is not None:  # a ring of its own may be in any source's order
+            for clock in self._clocks.values():
+                clock.order = None
 
     def drop(self, source: str, t: float | None = None) -> None:
         """Stop serving ``source``'s samples (its collector is down)."""

@@ -87,3 +87,46 @@ def test_a_series_that_stops_keeps_its_timestamps_while_its_source_goes_on() -> 
         store.publish("gpu", float(t), [("p", A, float(t))])  # B stopped; the source's clock moves on
     assert store.window("p", B, 100.0, 12.0) == ([5.0, 6.0, 7.0, 8.0, 9.0], [50.0, 60.0, 70.0, 80.0, 90.0])
     assert store.window("p", A, 100.0, 12.0) == ([8.0, 9.0, 10.0, 11.0, 12.0], [8.0, 9.0, 10.0, 11.0, 12.0])
+
+
+def test_a_source_that_publishes_the_same_series_again_and_again_keeps_every_window_right() -> None:
+    """Long runs of the same series in the same order (the store's short way), broken now and then by a
+    series left out, a new order, a series twice, another source publishing one, a forget, a served-only publish."""
+    import random
+
+    rnd = random.Random(11)
+    store, ref = Store(7), {}
+    keys = [("p", (("gpu", str(i)),)) for i in range(5)]
+    current = list(keys)
+    for step in range(400):
+        t, event = float(step), rnd.random()
+        if event < 0.03:
+            current = rnd.sample(keys, len(keys))  # a new order
+        elif event < 0.05:
+            current = [k for k in keys if k != rnd.choice(keys)]  # one left out
+        elif event < 0.07:
+            current = list(keys)
+        samples = [(n, lab, float(step * 10 + i)) for i, (n, lab) in enumerate(current)]
+        if 0.07 <= event < 0.08:
+            samples.append(samples[0])  # the same series twice in one publish
+        if 0.08 <= event < 0.09:
+            n, lab = rnd.choice(keys)
+            store.publish("other", t, [(n, lab, -1.0)])
+            ref.setdefault((n, lab), RingBuffer(7)).append(t, -1.0)
+        if 0.09 <= event < 0.10:
+            store.publish("gpu", t, samples, history=False)  # served only: no history
+            continue
+        store.publish("gpu", t, samples)
+        for n, lab, v in samples:
+            ref.setdefault((n, lab), RingBuffer(7)).append(t, v)
+        if 0.10 <= event < 0.12:
+            gone = rnd.choice(keys)
+            store.forget([gone])
+            ref.pop(gone, None)
+        for n, lab in keys:
+            want = ref[(n, lab)].since(t - 5.5) if (n, lab) in ref else ([], [])
+            assert store.window(n, lab, 5.5, t) == want, (step, lab)
+    twice = Store(7)  # a source that publishes one series twice every time: both values kept, in order
+    for step in range(4):
+        twice.publish("gpu", float(step), [("p", A, float(step)), ("p", B, 1.0), ("p", A, step + 0.5)])
+    assert twice.window("p", A, 10.0, 3.0) == ([0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0], [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
