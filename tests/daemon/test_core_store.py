@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gputuned.collectors.families import Labels, Sample
 from gputuned.daemon.core.store import RingBuffer, Store
 
 A = (("gpu", "0"),)
@@ -45,6 +46,21 @@ def test_drop_stops_serving_and_tells_listeners() -> None:
     assert seen == [("host", 1.0, [("load", (), 0.5)]), ("host", 2.0, None)]
 
 
+def _publish_and_check(store: Store, ref: dict[tuple[str, Labels], RingBuffer], keys: list[tuple[str, Labels]],
+                       publish: tuple[str, float, list[Sample]], forget: tuple[str, Labels] | None, span: float) -> None:
+    """Publish into ``store`` and into the per-series reference rings, forget one series, compare every window."""
+    source, t, samples = publish
+    store.publish(source, t, samples)
+    for n, lab, v in samples:
+        ref.setdefault((n, lab), RingBuffer(store._history)).append(t, v)
+    if forget is not None:
+        store.forget([forget])
+        ref.pop(forget, None)
+    for n, lab in keys:
+        want = ref[(n, lab)].since(t - span) if (n, lab) in ref else ([], [])
+        assert store.window(n, lab, span, t) == want, (t, lab)
+
+
 def test_shared_timestamps_give_each_series_the_history_of_its_own_ring() -> None:
     """Series sharing their source's clock, coming and going, published twice or by two sources,
     answer every window as rings with their own timestamps do."""
@@ -61,16 +77,7 @@ def test_shared_timestamps_give_each_series_the_history_of_its_own_ring() -> Non
         samples = [(n, lab, float(step * 10 + i)) for i, (n, lab) in enumerate(keys) if rnd.random() < (0.97 if i < 3 else 0.6)]
         if rnd.random() < 0.05 and samples:
             samples.append(samples[0])  # the same series twice in one publish
-        store.publish(source, t, samples)
-        for n, lab, v in samples:
-            ref.setdefault((n, lab), RingBuffer(5)).append(t, v)
-        if rnd.random() < 0.08:
-            gone = rnd.choice(keys)
-            store.forget([gone])
-            ref.pop(gone, None)
-        for n, lab in keys:
-            want = ref[(n, lab)].since(t - 3.5) if (n, lab) in ref else ([], [])
-            assert store.window(n, lab, 3.5, t) == want, (step, lab)
+        _publish_and_check(store, ref, keys, (source, t, samples), rnd.choice(keys) if rnd.random() < 0.08 else None, 3.5)
         assert sorted(store.series("p")) == sorted(lab for _, lab in ref)
     steady = Store(600)
     for t in range(700):
@@ -116,16 +123,7 @@ def test_a_source_that_publishes_the_same_series_again_and_again_keeps_every_win
         if 0.09 <= event < 0.10:
             store.publish("gpu", t, samples, history=False)  # served only: no history
             continue
-        store.publish("gpu", t, samples)
-        for n, lab, v in samples:
-            ref.setdefault((n, lab), RingBuffer(7)).append(t, v)
-        if 0.10 <= event < 0.12:
-            gone = rnd.choice(keys)
-            store.forget([gone])
-            ref.pop(gone, None)
-        for n, lab in keys:
-            want = ref[(n, lab)].since(t - 5.5) if (n, lab) in ref else ([], [])
-            assert store.window(n, lab, 5.5, t) == want, (step, lab)
+        _publish_and_check(store, ref, keys, ("gpu", t, samples), rnd.choice(keys) if 0.10 <= event < 0.12 else None, 5.5)
     twice = Store(7)  # a source that publishes one series twice every time: both values kept, in order
     for step in range(4):
         twice.publish("gpu", float(step), [("p", A, float(step)), ("p", B, 1.0), ("p", A, step + 0.5)])
