@@ -26,9 +26,9 @@ once its walk settles, at the limit's speed (dearer there: released, the limit c
 knob is walked first is measured at the job's start: one lock step and the limit's first steps, the
 one that saves more per slowdown first (:mod:`gputuned.tuner.decision.climb_probe`). Under a lock a
 doubled batch goes with a clock step down. Next to a setting one step over the budget, the walked
-knob goes on by quarter steps while they stay within it and lower energy per sample. Where the
-memory clock has candidates under the top one, it is then stepped down while each step lowers
-energy per sample within the budget (:mod:`gputuned.tuner.decision.memory_walk`).
+knob goes on by quarter steps while they stay within it and lower energy per sample. Once the
+batch probes are spent, a memory clock with candidates under the top one is stepped down while
+each step lowers energy per sample within the budget (:mod:`gputuned.tuner.decision.memory_walk`).
 Moves: 22 actions (:mod:`gputuned.tuner.decision.moves`).
 
 :class:`LearnedChooser` is the PPO policy (numpy inference): it sees the observation plus the
@@ -194,11 +194,9 @@ class ClimbChooser(LimitOrLock, Chooser):
                 return RELEASE
         if self.energy and obs[F.CLOCKS] > 0.5 and not self.clock_tried:
             return self._take_over(eps, goodput)
-        if self.energy and self.memory.start(obs, eps, goodput):
-            return MEMORY_DOWN
         db = self._next_probe()
-        if not db:
-            return None
+        if not db:  # the batch probes are spent: the memory clock's walk, once
+            return MEMORY_DOWN if self.energy and self.memory.start(obs, eps, goodput) else None
         self.state, self.probe_from, self.settled = Phase.PROBE, (eps, goodput), 0
         # under a lock a doubled batch goes with a clock step down (past the floor, the old size's):
         # it spends at once the speed the batch buys, as a limit would by lowering the clock itself

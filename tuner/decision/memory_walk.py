@@ -1,7 +1,7 @@
 """The climber's walk of the memory-clock lock, on GPUs whose memory clock has candidates under the top one.
 
-Once the walked knob (power limit or SM-clock lock) has settled the first time and the lock has
-been tried, the climber locks the memory clock one candidate lower
+Once its batch probes are spent and the walked knob (power limit or SM-clock lock) has settled,
+the climber locks the memory clock one candidate lower
 (:func:`~gputuned.tuner.decision.moves.memory_candidates`) and judges the next interval against
 the one before it: the lock is kept when goodput stays within the slowdown budget and energy per
 sample fell by more than the measured noise (at least ``MIN_SAVING``), and the next candidate down
