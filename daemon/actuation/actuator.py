@@ -175,10 +175,11 @@ class Actuator:
         return out
 
     def memory_clocks(self, gpu: int) -> list[int]:
-        """GPU ``gpu``'s supported memory clocks (MHz) within the memory lock's bounds (empty: none to lock)."""
+        """GPU ``gpu``'s supported memory clocks (MHz) within the memory lock's bounds (empty: none, or the knob is off)."""
         dev, knob = self._device(gpu), registry.get("locked_memory_clocks")
         try:
-            lo, hi = knob.bounds(dev, self.cfg) if dev is not None and isinstance(knob, ClockKnob) else (1, 0)
+            ok = dev is not None and isinstance(knob, ClockKnob) and knob.name in self.cfg.knobs
+            lo, hi = knob.bounds(dev, self.cfg) if ok else (1, 0)
             return [c for c in knob.supported(dev) if lo <= c <= hi] if lo <= hi else []
         except GPUError:
             return []

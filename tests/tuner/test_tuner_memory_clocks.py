@@ -91,3 +91,5 @@ def test_the_daemon_locks_memory_through_the_actuator_and_restores_on_job_leave(
         ("tuner", "locked_memory_clocks", [5001, 5001])]
     act.restore_gpu(0)  # what the tuner does when the job leaves: the recorded original (unlocked) comes back
     assert backend.devices[0].locked_memory_clocks_mhz is None
+    off = Actuator(gpus, ActuationConfig(knobs=["power_limit", "locked_sm_clocks"]), StateFile(tmp_path / "off.json"))
+    assert off.memory_clocks(0) == []  # the knob not enabled: the tuner is offered no memory clock
