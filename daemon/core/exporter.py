@@ -29,7 +29,8 @@ from gputuned.collectors.families import Catalog, Sample
 from gputuned.daemon.core.config import ExporterConfig
 from gputuned.daemon.core.dcgm import DEFAULT_VERSION, DcgmLabels
 from gputuned.daemon.core.exposition import OPENMETRICS, TEXT, Encoder
-from gputuned.daemon.core.http_front import HttpFront, Request, Response
+from gputuned.daemon.core.http_front import HttpFront
+from gputuned.daemon.core.http_wire import Request, Response
 from gputuned.daemon.core.store import Store
 from gputuned.daemon.core.web_config import WebConfig, load_web_config
 
