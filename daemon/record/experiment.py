@@ -82,7 +82,7 @@ def daemon_config(spec: ExperimentSpec, tuned: bool, out_dir: Path, sockdir: Pat
         "collectors": {"host": {"enabled": False}, "infiniband": {"enabled": False}, "peers": {"enabled": False}},
         "store": {"history_samples": max(64, int(4 * spec.interval_s / spec.tick_s) + 8)},
         "control": {"socket_path": str(sockdir / "control.sock")},
-        "actuation": {"knobs": ["power_limit", "locked_sm_clocks", "batch_size"]},
+        "actuation": {"knobs": ["power_limit", "locked_sm_clocks", "locked_memory_clocks", "batch_size"]},
         # detection inline (not in a child process), so alerts come on the tick that causes them
         "forecast": {"enabled": spec.forecast is not None, "fitter": spec.forecast or "none",
                      "detect_in_child": False},
@@ -184,11 +184,12 @@ def _drive(spec: ExperimentSpec, tuned: bool, daemon: Daemon, backend: Any, cloc
         duration = clock.now()
         energy = sum(backend.energy_j) - energy0
         final = {"power_limit_w": [d.power_limit_mw / 1000.0 for d in backend.devices], "batch_size": job.batch_size,
-                 "sm_clock_mhz": [d.sm_clock_mhz for d in backend.devices]}
+                 "sm_clock_mhz": [d.sm_clock_mhz for d in backend.devices],
+                 "memory_clock_mhz": [d.memory_clock_mhz for d in backend.devices]}
     finally:
         daemon.stop()  # the tuner gives the batch size back, the actuator restores the GPUs
     restored = [d.power_limit_mw for d in backend.devices] == default_limits and all(
-        d.locked_sm_clocks_mhz is None for d in backend.devices)
+        d.locked_sm_clocks_mhz is None and d.locked_memory_clocks_mhz is None for d in backend.devices)
     emit({"t": ORIGIN + duration, "kind": "restored" if restored else "restore_failed", "knob": "power_limit",
           "target": "all", "value": backend.devices[0].power_limit_mw / 1000.0})
     tuner = component(daemon, "tuner")

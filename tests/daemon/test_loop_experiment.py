@@ -187,3 +187,21 @@ def test_a_tuned_run_repeats_exactly(loop_run: tuple[Path, dict[str, Any], _Watc
     first = json.loads((out / "on" / "summary.json").read_text())
     assert again == first
     assert first["tuner"]["actions"] and first["decisions_applied"] >= 1
+
+
+def test_memory_clock_locks_go_through_the_experiment_and_are_restored(tmp_path: Path) -> None:
+    """On a GDDR6 test profile with intermediate memory clocks the climber tries memory locks, [m, m], undone at stop."""
+    profile = Path(__file__).resolve().parents[1] / "data" / "rtx_a6000_memory_clocks.toml"
+    watched = _Watched()
+    spec = ExperimentSpec(workload="librispeech-deepspeech2", objective="energy_slowdown", duration_s=2400.0, gpus=1,
+                          profile=str(profile), tick_s=2.0, interval_s=20.0, chooser="climber", seed=0, forecast=None)
+    try:
+        doc = run_experiment(spec, tmp_path / "run", backend_hook=watched)
+    finally:
+        sim_nvml.attach(None)
+    assert doc["tuner"]["actions"].get("memory_clock", 0) >= 1
+    dev = watched.devices[0]
+    assert dev.locked_memory_clocks_mhz is None and doc["restored"] is True  # the original (unlocked) is back
+    events = [json.loads(line) for line in (tmp_path / "run" / "on" / "events.jsonl").read_text().splitlines()]
+    moved = [e["value"] for e in events if e.get("knob") == "memory_clock" and e["kind"] == "action"]
+    assert moved and all(v in dev.profile.memory_clocks_mhz or v == 0 for v in moved)
