@@ -10,7 +10,8 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from typing import Any
 
 
 class GPUError(Exception):
@@ -132,9 +133,30 @@ class GPUProcess:
     used_memory_bytes: int  # 0 where NVML cannot say (its "not available", under some vGPU/MIG setups)
 
 
-#: Scalar readings a device returns several of at once (:meth:`GPUDevice.read_fields`), in base units,
-#: with the typed read each one is part of.
-FIELDS: dict[str, Callable[[GPUDevice], float]] = {
+#: A value of :meth:`GPUDevice.read_values`: a float, an int (pstate, the clock-event mask), the fields of a
+#: structured read in field order as floats (memory, utilization, PCIe ...), or None (GPM's first sample).
+Value = Any
+
+
+def _call(name: str) -> Callable[[GPUDevice], Value]:
+    return lambda d: getattr(d, name)()
+
+
+def _fields(name: str) -> Callable[[GPUDevice], Value]:
+    """A structured read's fields as floats, in field order (None as None)."""
+    return lambda d: None if (got := getattr(d, name)()) is None else tuple(map(float, astuple(got)))
+
+
+#: Readings a device returns many of at once (:meth:`GPUDevice.read_values`), in base units, by the typed
+#: read each stands for: the fast ones, by the method's name, and the counters of NVML's field values.
+VALUES: dict[str, Callable[[GPUDevice], Value]] = {
+    **{name: _call(name) for name in (
+        "sm_clock_hz", "max_sm_clock_hz", "memory_clock_hz", "graphics_clock_hz", "power_w", "power_limit_w",
+        "temperature_c", "fan_ratio", "pcie_throughput_bps", "pstate", "encoder_decoder_utilization",
+        "violation_seconds")},
+    **{name: _fields(name) for name in (
+        "utilization", "memory", "power_limit_constraints", "gpm_activity")},
+    "clock_event_reasons": lambda d: int(d.clock_event_reasons()),
     "energy_j": lambda d: d.energy_j(),
     "memory_temperature_c": lambda d: d.memory_temperature_c(),
     "nvlink_tx_bytes": lambda d: d.nvlink_bytes()[0],
@@ -240,15 +262,15 @@ class GPUDevice(abc.ABC):
     def gpm_activity(self) -> GpmActivity | None:
         """Activity since the previous call from GPM (None on the first); NotSupportedError where GPM is absent."""
 
-    def read_fields(self, keys: Sequence[str]) -> dict[str, float | GPUError]:
-        """Several :data:`FIELDS` at once: each key's value, or the error reading it alone raises.
+    def read_values(self, keys: Sequence[str]) -> dict[str, Value | GPUError]:
+        """Many :data:`VALUES` in one call: each key's value, or the error reading it alone raises.
 
         A :class:`GPULostError` of the whole device may be raised instead; this default reads them one by one.
         """
-        out: dict[str, float | GPUError] = {}
+        out: dict[str, Value | GPUError] = {}
         for key in keys:
             try:
-                out[key] = FIELDS[key](self)
+                out[key] = VALUES[key](self)
             except GPUError as e:
                 out[key] = e
         return out

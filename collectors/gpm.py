@@ -2,7 +2,7 @@
 
 From Hopper on, NVML samples the GPU's performance counters itself; two samples give the
 activity between them. :class:`GpmSampler` keeps the previous sample of one GPU and turns each
-new one into a :class:`GpmActivity`: graphics engine, SM active, SM occupancy, tensor pipes
+new one into the fields of a :class:`GpmActivity`: graphics engine, SM active, SM occupancy, tensor pipes
 (any kind) and DRAM bandwidth, as ratios. It calls the module it is given (the real pynvml or
 the simulated one) and raises that module's NVMLError; the device layer maps the errors.
 """
@@ -12,9 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from gputuned.collectors.device import GpmActivity
-
-#: GPM metric constant for each GpmActivity field, in field order.
+#: GPM metric constant for each field of :class:`~gputuned.collectors.device.GpmActivity`, in field order.
 METRICS = (
     "NVML_GPM_METRIC_GRAPHICS_UTIL",
     "NVML_GPM_METRIC_SM_UTIL",
@@ -43,8 +41,8 @@ class GpmSampler:
                 self.supported = False
         return self.supported
 
-    def activity(self) -> GpmActivity | None:
-        """Activity since the previous call; None on the first call, which only takes a sample."""
+    def activity(self) -> tuple[float, ...] | None:
+        """Activity since the previous call (:class:`GpmActivity`'s fields); None on the first call, which only samples."""
         n = self._nvml
         cur = n.nvmlGpmSampleAlloc()
         try:
@@ -65,7 +63,7 @@ class GpmSampler:
         for m in got:
             if m.nvmlReturn != 0:
                 raise n.NVMLError(m.nvmlReturn)
-        return GpmActivity(*(min(1.0, max(0.0, float(m.value) / 100.0)) for m in got))
+        return tuple([min(1.0, max(0.0, float(m.value) / 100.0)) for m in got])
 
     def _request(self) -> Any:
         n = self._nvml

@@ -2,7 +2,7 @@
 
 :data:`SLOW_READINGS` (power-limit range, maximum SM clock, PCIe replays, ECC, remapped rows)
 are read every ``slow_every_ticks`` ticks, their last samples served in between; the counters
-made of field values are read in one call per GPU and tick (:mod:`gpu_readings`). A reading
+a GPU's values are read in one device call per GPU and tick (:mod:`gpu_readings`). A reading
 the GPU does not support is dropped for that GPU after its first failure; a lost GPU stops being polled and is reported by ``gputuned_gpu_up 0`` alone; any other
 error skips that reading for one tick and is counted. GPUs opened with a call timeout are
 read in parallel, each on its own worker; one whose calls hang is ``gputuned_gpu_up 0``
@@ -27,7 +27,6 @@ from gputuned.collectors.gpu_readings import (
     EXPECTED_ABSENT,
     READINGS,
     SLOW_READINGS,
-    FieldReading,
     Reading,
     nvlink_reading,
     reading_name,
@@ -74,7 +73,6 @@ class _GPUState:
             ("pci_bus_id", ident.pci_bus_id),
         )
         self.readings: list[Reading] = [*READINGS, nvlink_reading()]
-        self.field_readings = [r for r in self.readings if isinstance(r, FieldReading)]
         self.kept: dict[Reading, list[Sample]] = {}  # the slow readings' last samples, served between their reads
         self.kept_labels: Labels = ()
         self.ticks = 0
@@ -181,12 +179,12 @@ class GPUCollector:
         if due:
             kept.clear()
             g.kept_labels = labels
-        keys = [k for r in g.field_readings if r not in kept for k in r.field_keys]
+        keys = [k for r in g.readings if r not in kept for k in r.keys]
         try:
-            values = g.dev.read_fields(keys) if keys else {}
+            values = g.dev.read_values(keys)
         except GPULostError:
             raise
-        except GPUError as e:  # each reading made of fields fails with it
+        except GPUError as e:  # each reading fails with it
             values = dict.fromkeys(keys, e)
         out: list[Sample] = []
         dropped: list[Reading] = []
@@ -196,7 +194,7 @@ class GPUCollector:
                 out.extend(samples)
                 continue
             try:
-                samples = reading(g.dev, labels, values)
+                samples = reading(labels, values)
             except NotSupportedError as e:
                 dropped.append(reading)
                 why = str(e).split(": ", 1)[-1] if str(e).startswith("gpu ") else str(e)
@@ -214,8 +212,6 @@ class GPUCollector:
             out.extend(samples)
         for reading in dropped:
             g.readings.remove(reading)
-            if isinstance(reading, FieldReading):
-                g.field_readings.remove(reading)
         return out
 
     def close(self) -> None:

@@ -1,8 +1,10 @@
-"""What the GPU collector reads: each reading turns one device call (or the tick's field values) into samples.
+"""What the GPU collector reads: each reading turns some of a GPU's values of the tick into samples.
 
-:data:`READINGS` in export order; :data:`SLOW_READINGS`, those set by an operator or counted for alerts
-over minutes, are read every ``slow_every_ticks`` ticks; a :class:`FieldReading` is made of the
-GPU's field values of the tick (:meth:`GPUDevice.read_fields`, one NVML call for all of them).
+A GPU's values are read in one :meth:`~gputuned.collectors.device.GPUDevice.read_values` call a tick
+(on NVML: one hop to the GPU's worker, the counters in one field-values call, each other read by its
+own calls, each failing on its own). :data:`READINGS` in export order; :data:`SLOW_READINGS`, those set
+by an operator or counted for alerts over minutes, are read every ``slow_every_ticks`` ticks. Label
+tuples with one more label (ECC type, remapped cause, clock-event reason) are built once per label set.
 """
 
 from __future__ import annotations
@@ -10,79 +12,63 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from gputuned.collectors import families as F
-from gputuned.collectors.device import CLOCK_EVENT_LABELS, GPUDevice, GPUError
+from gputuned.collectors.device import CLOCK_EVENT_LABELS, GPUError
 from gputuned.collectors.families import Labels, Sample
 
-FieldValues = Mapping[str, float | GPUError]  # a GPU's field values of this tick (GPUDevice.read_fields)
-Reading = Callable[[GPUDevice, Labels, FieldValues], list[Sample]]
+Values = Mapping[str, Any]  # a GPU's values of this tick, or the error reading each (GPUDevice.read_values)
+Make = Callable[[list[Any], Labels], list[Sample]]
 
 
-def _one(family: str, read: Callable[[GPUDevice], float]) -> Reading:
-    def reading(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
-        return [(family, labels, float(read(dev)))]
+class Reading:
+    """Samples made of some of a GPU's values of the tick; the first error among them is raised instead."""
 
-    reading.__name__ = family
-    return reading
+    __slots__ = ("__name__", "keys", "_make")
 
+    def __init__(self, name: str, keys: tuple[str, ...], make: Make) -> None:
+        self.__name__, self.keys, self._make = name, keys, make
 
-def _pair(first: str, second: str, read: Callable[[GPUDevice], tuple[float, float]]) -> Reading:
-    """Two families from one device call that returns a pair (transmit/receive, power/thermal ...)."""
-
-    def reading(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
-        a, b = read(dev)
-        return [(first, labels, a), (second, labels, b)]
-
-    reading.__name__ = first
-    return reading
-
-
-def _memory(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
-    m = dev.memory()
-    out = [
-        (F.GPU_MEM_USED, labels, float(m.used_bytes)),
-        (F.GPU_MEM_FREE, labels, float(m.free_bytes)),
-        (F.GPU_MEM_TOTAL, labels, float(m.total_bytes)),
-    ]
-    if m.reserved_bytes:  # drivers without memory info v2 do not say
-        out.append((F.GPU_MEM_RESERVED, labels, float(m.reserved_bytes)))
-    return out
-
-
-def _gpm(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
-    a = dev.gpm_activity()
-    if a is None:  # the first sample: activity needs two
-        return []
-    return [(F.GPU_GR_ENGINE, labels, a.graphics_engine), (F.GPU_SM_ACTIVE, labels, a.sm_active),
-            (F.GPU_SM_OCCUPANCY, labels, a.sm_occupancy), (F.GPU_TENSOR_ACTIVE, labels, a.tensor_active),
-            (F.GPU_DRAM_BW, labels, a.dram_active)]
-
-
-class FieldReading:
-    """A reading made of field values (one read_fields call per GPU and tick serves them all)."""
-
-    def __init__(self, name: str, field_keys: tuple[str, ...], make: Callable[[list[float], Labels], list[Sample]]) -> None:
-        self.__name__, self.field_keys, self._make = name, field_keys, make
-
-    def __call__(self, dev: GPUDevice, labels: Labels, values: FieldValues) -> list[Sample]:
-        got: list[float] = []
-        for v in map(values.__getitem__, self.field_keys):
+    def __call__(self, labels: Labels, values: Values) -> list[Sample]:
+        got = list(map(values.__getitem__, self.keys))
+        for v in got:
             if isinstance(v, GPUError):
                 raise v
-            got.append(v)
         return self._make(got, labels)
 
 
-def _field(family: str, key: str) -> FieldReading:
-    return FieldReading(family, (key,), lambda v, labels: [(family, labels, v[0])])
+def _one(family: str, key: str) -> Reading:
+    return Reading(family, (key,), lambda v, labels: [(family, labels, float(v[0]))])
+
+
+def _pair(first: str, second: str, key: str) -> Reading:
+    """Two families from one read that returns a pair (transmit/receive, power/thermal ...)."""
+    return Reading(first, (key,), lambda v, labels: [(first, labels, v[0][0]), (second, labels, v[0][1])])
+
+
+def _memory(v: list[Any], labels: Labels) -> list[Sample]:
+    total, used, free, reserved = v[0]
+    out = [(F.GPU_MEM_USED, labels, used), (F.GPU_MEM_FREE, labels, free), (F.GPU_MEM_TOTAL, labels, total)]
+    if reserved:  # drivers without memory info v2 do not say
+        out.append((F.GPU_MEM_RESERVED, labels, reserved))
+    return out
+
+
+_GPM_FAMILIES = (F.GPU_GR_ENGINE, F.GPU_SM_ACTIVE, F.GPU_SM_OCCUPANCY, F.GPU_TENSOR_ACTIVE, F.GPU_DRAM_BW)
+
+
+def _gpm(v: list[Any], labels: Labels) -> list[Sample]:
+    if v[0] is None:  # the first sample: activity needs two
+        return []
+    return [(family, labels, a) for family, a in zip(_GPM_FAMILIES, v[0], strict=True)]
 
 
 def nvlink_reading(clock: Callable[[], float] = time.monotonic) -> Reading:
     """One GPU's NVLink reading: the byte counters, and their rate (both directions) since its previous call."""
     prev: list[float] = []
 
-    def _nvlink(v: list[float], labels: Labels) -> list[Sample]:
+    def _nvlink(v: list[Any], labels: Labels) -> list[Sample]:
         tx, rx = v
         now = clock()
         out = [(F.GPU_NVLINK_TX, labels, tx), (F.GPU_NVLINK_RX, labels, rx)]
@@ -91,73 +77,81 @@ def nvlink_reading(clock: Callable[[], float] = time.monotonic) -> Reading:
         prev[:] = [now, tx + rx]
         return out
 
-    return FieldReading("_nvlink", ("nvlink_tx_bytes", "nvlink_rx_bytes"), _nvlink)
+    return Reading("_nvlink", ("nvlink_tx_bytes", "nvlink_rx_bytes"), _nvlink)
 
 
-def _utilization(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
-    u = dev.utilization()
-    return [(F.GPU_UTIL, labels, u.gpu_ratio), (F.GPU_MEM_ACTIVITY, labels, u.memory_ratio)]
-
-
-def _power_limits(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
-    c = dev.power_limit_constraints()
-    return [
-        (F.GPU_POWER_LIMIT_MIN, labels, c.min_mw / 1000.0),
-        (F.GPU_POWER_LIMIT_MAX, labels, c.max_mw / 1000.0),
-        (F.GPU_POWER_LIMIT_DEFAULT, labels, c.default_mw / 1000.0),
-    ]
-
-
-_ecc = FieldReading("_ecc", ("ecc_corrected", "ecc_uncorrected"), lambda v, labels: [
-    (F.GPU_ECC, (*labels, ("type", "corrected")), v[0]), (F.GPU_ECC, (*labels, ("type", "uncorrected")), v[1])])
-_remapped = FieldReading("_remapped", ("remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failed"),
-                         lambda v, labels: [(F.GPU_REMAPPED, (*labels, ("cause", "correctable")), v[0]),
-                                            (F.GPU_REMAPPED, (*labels, ("cause", "uncorrectable")), v[1]),
-                                            (F.GPU_REMAP_PENDING, labels, v[2]), (F.GPU_REMAP_FAILED, labels, v[3])])
+def _power_limits(v: list[Any], labels: Labels) -> list[Sample]:
+    lo, hi, default = v[0]
+    return [(F.GPU_POWER_LIMIT_MIN, labels, lo / 1000.0), (F.GPU_POWER_LIMIT_MAX, labels, hi / 1000.0),
+            (F.GPU_POWER_LIMIT_DEFAULT, labels, default / 1000.0)]
 
 
 @functools.lru_cache(maxsize=1024)
-def _reason_labels(labels: Labels) -> tuple[tuple[int, Labels], ...]:
-    """Each clock-event bit (a plain int: IntFlag's ``&`` runs in Python) with its series' labels."""
-    return tuple((int(bit), (*labels, ("reason", name))) for bit, name in CLOCK_EVENT_LABELS.items())
+def _with(labels: Labels, name: str, values: tuple[str, ...]) -> tuple[Labels, ...]:
+    """The label tuples of a family's series that one more label tells apart, built once per label set."""
+    return tuple((*labels, (name, value)) for value in values)
 
 
-def _clock_events(dev: GPUDevice, labels: Labels, _v: FieldValues) -> list[Sample]:
-    mask = int(dev.clock_event_reasons())
+def _ecc(v: list[Any], labels: Labels) -> list[Sample]:
+    corrected, uncorrected = _with(labels, "type", ("corrected", "uncorrected"))
+    return [(F.GPU_ECC, corrected, v[0]), (F.GPU_ECC, uncorrected, v[1])]
+
+
+def _remapped(v: list[Any], labels: Labels) -> list[Sample]:
+    correctable, uncorrectable = _with(labels, "cause", ("correctable", "uncorrectable"))
+    return [(F.GPU_REMAPPED, correctable, v[0]), (F.GPU_REMAPPED, uncorrectable, v[1]),
+            (F.GPU_REMAP_PENDING, labels, v[2]), (F.GPU_REMAP_FAILED, labels, v[3])]
+
+
+_REASON_BITS = tuple(int(bit) for bit in CLOCK_EVENT_LABELS)  # plain ints: IntFlag's ``&`` runs in Python
+_REASON_NAMES = tuple(CLOCK_EVENT_LABELS.values())
+
+
+def _clock_events(v: list[Any], labels: Labels) -> list[Sample]:
+    mask = v[0]
     out: list[Sample] = [(F.GPU_CLOCK_EVENT_MASK, labels, float(mask))]
-    out += [(F.GPU_CLOCK_EVENT, reason, 1.0 if mask & bit else 0.0) for bit, reason in _reason_labels(labels)]
+    out += [(F.GPU_CLOCK_EVENT, reason, 1.0 if mask & bit else 0.0)
+            for bit, reason in zip(_REASON_BITS, _with(labels, "reason", _REASON_NAMES), strict=True)]
     return out
 
 
-_SM_CLOCK_MAX = _one(F.GPU_SM_CLOCK_MAX, lambda d: d.max_sm_clock_hz())
+def _field(family: str, key: str) -> Reading:
+    return Reading(family, (key,), lambda v, labels: [(family, labels, v[0])])
+
+
+_SM_CLOCK_MAX = _one(F.GPU_SM_CLOCK_MAX, "max_sm_clock_hz")
+_POWER_LIMITS = Reading("_power_limits", ("power_limit_constraints",), _power_limits)
 _PCIE_REPLAYS = _field(F.GPU_PCIE_REPLAYS, "pcie_replays")
+_ECC = Reading("_ecc", ("ecc_corrected", "ecc_uncorrected"), _ecc)
+_REMAPPED = Reading("_remapped", ("remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failed"),
+                    _remapped)
 
 #: Readings taken every ``slow_every_ticks`` ticks: set by an operator or counted for alerts over minutes.
-SLOW_READINGS: frozenset[Reading] = frozenset({_SM_CLOCK_MAX, _power_limits, _PCIE_REPLAYS, _ecc, _remapped})
+SLOW_READINGS: frozenset[Reading] = frozenset({_SM_CLOCK_MAX, _POWER_LIMITS, _PCIE_REPLAYS, _ECC, _REMAPPED})
 
 READINGS: tuple[Reading, ...] = (
-    _utilization,
-    _memory,
-    _one(F.GPU_SM_CLOCK, lambda d: d.sm_clock_hz()),
+    _pair(F.GPU_UTIL, F.GPU_MEM_ACTIVITY, "utilization"),
+    Reading("_memory", ("memory",), _memory),
+    _one(F.GPU_SM_CLOCK, "sm_clock_hz"),
     _SM_CLOCK_MAX,
-    _one(F.GPU_MEM_CLOCK, lambda d: d.memory_clock_hz()),
-    _one(F.GPU_GFX_CLOCK, lambda d: d.graphics_clock_hz()),
-    _one(F.GPU_POWER, lambda d: d.power_w()),
-    _one(F.GPU_POWER_LIMIT, lambda d: d.power_limit_w()),
-    _power_limits,
+    _one(F.GPU_MEM_CLOCK, "memory_clock_hz"),
+    _one(F.GPU_GFX_CLOCK, "graphics_clock_hz"),
+    _one(F.GPU_POWER, "power_w"),
+    _one(F.GPU_POWER_LIMIT, "power_limit_w"),
+    _POWER_LIMITS,
     _field(F.GPU_ENERGY, "energy_j"),
-    _one(F.GPU_TEMP, lambda d: d.temperature_c()),
+    _one(F.GPU_TEMP, "temperature_c"),
     _field(F.GPU_MEM_TEMP, "memory_temperature_c"),
-    _one(F.GPU_FAN, lambda d: d.fan_ratio()),
-    _pair(F.GPU_PCIE_TX, F.GPU_PCIE_RX, lambda d: d.pcie_throughput_bps()),
+    _one(F.GPU_FAN, "fan_ratio"),
+    _pair(F.GPU_PCIE_TX, F.GPU_PCIE_RX, "pcie_throughput_bps"),
     _PCIE_REPLAYS,
-    _ecc,
-    _remapped,
-    _clock_events,
-    _one(F.GPU_PSTATE, lambda d: d.pstate()),
-    _pair(F.GPU_ENC, F.GPU_DEC, lambda d: d.encoder_decoder_utilization()),
-    _pair(F.GPU_POWER_VIOLATION, F.GPU_THERMAL_VIOLATION, lambda d: d.violation_seconds()),
-    _gpm,
+    _ECC,
+    _REMAPPED,
+    Reading("_clock_events", ("clock_event_reasons",), _clock_events),
+    _one(F.GPU_PSTATE, "pstate"),
+    _pair(F.GPU_ENC, F.GPU_DEC, "encoder_decoder_utilization"),
+    _pair(F.GPU_POWER_VIOLATION, F.GPU_THERMAL_VIOLATION, "violation_seconds"),
+    Reading("_gpm", ("gpm_activity",), _gpm),
 )
 
 

@@ -33,9 +33,11 @@ from gputuned.collectors.device import (
     PowerLimitConstraints,
     RemappedRows,
     Utilization,
+    Value,
 )
 from gputuned.collectors.gpm import GpmSampler
 from gputuned.collectors.nvml_fields import FieldReader
+from gputuned.collectors.nvml_reads import nvml_reads
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,11 @@ def _nvml_call(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     return deco
 
 
+def _typed(what: str, read: Callable[[NvmlGPU], T]) -> Callable[[NvmlGPU], T]:
+    """A typed read of :class:`NvmlGPU` made of its NVML reads (:mod:`nvml_reads`), NVML errors mapped."""
+    return _nvml_call(what)(read)
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -156,6 +163,7 @@ class NvmlGPU(GPUDevice):
         self._events: Any = None
         self._gpm = GpmSampler(nvml, self._h)
         self._fields = FieldReader(nvml, self._h)
+        self._reads = nvml_reads(nvml, self._h, self._gpm)
 
     @property
     def identity(self) -> GPUIdentity:
@@ -166,60 +174,41 @@ class NvmlGPU(GPUDevice):
         """The worker this GPU's calls run on, when calls have a timeout."""
         return self._gate
 
-    @_nvml_call("utilization")
-    def utilization(self) -> Utilization:
-        u = self._nvml.nvmlDeviceGetUtilizationRates(self._h)
-        return Utilization(u.gpu / 100.0, u.memory / 100.0)
+    @_nvml_call("readings")
+    def read_values(self, keys: Sequence[str]) -> dict[str, Value | GPUError]:
+        """Many values in one hop to the GPU's worker: the counters in one field-values call (a field the driver
+        lacks by its single call), each other read by its own calls; a lost GPU is raised at once."""
+        reads, fields = self._reads, self._fields
+        out: dict[str, Value | GPUError] = {}
+        asked = [k for k in keys if k not in reads]
+        err = self._nvml.NVMLError
+        if asked:
+            try:
+                got = fields.read(asked)
+            except err as e:  # the field-values call as a whole: its counters fail with it, the other reads go on
+                got = dict.fromkeys(asked, e)
+            for k, v in got.items():
+                out[k] = v if isinstance(v, float) else self._error(v, k)
+        for k in keys:
+            read = reads.get(k)
+            if read is not None:
+                try:
+                    out[k] = read()
+                except err as e:
+                    out[k] = self._error(e, k)
+                except GPUError as e:
+                    out[k] = e
+        return out
 
-    @_nvml_call("memory")
-    def memory(self) -> MemoryInfo:
-        try:  # v2 reports the driver's reserve apart from used memory, as DCGM does
-            m = self._nvml.nvmlDeviceGetMemoryInfo(self._h, self._nvml.nvmlMemory_v2)
-        except (self._nvml.NVMLError, AttributeError):
-            m = self._nvml.nvmlDeviceGetMemoryInfo(self._h)
-        return MemoryInfo(int(m.total), int(m.used), int(m.free), int(getattr(m, "reserved", 0)))
+    def _error(self, e: Exception, what: str) -> GPUError:
+        """The device-layer error of one read; a lost GPU is raised (every other read would fail with it)."""
+        mapped = map_nvml_error(e, f"gpu {self._index} {what}")
+        if isinstance(mapped, GPULostError):
+            raise mapped from e
+        return mapped
 
-    @_nvml_call("sm clock")
-    def sm_clock_hz(self) -> float:
-        return self._nvml.nvmlDeviceGetClockInfo(self._h, self._nvml.NVML_CLOCK_SM) * 1e6
-
-    @_nvml_call("memory clock")
-    def memory_clock_hz(self) -> float:
-        return self._nvml.nvmlDeviceGetClockInfo(self._h, self._nvml.NVML_CLOCK_MEM) * 1e6
-
-    @_nvml_call("graphics clock")
-    def graphics_clock_hz(self) -> float:
-        return self._nvml.nvmlDeviceGetClockInfo(self._h, self._nvml.NVML_CLOCK_GRAPHICS) * 1e6
-
-    @_nvml_call("max sm clock")
-    def max_sm_clock_hz(self) -> float:
-        return self._nvml.nvmlDeviceGetMaxClockInfo(self._h, self._nvml.NVML_CLOCK_SM) * 1e6
-
-    @_nvml_call("power")
-    def power_w(self) -> float:
-        return self._nvml.nvmlDeviceGetPowerUsage(self._h) / 1000.0
-
-    @_nvml_call("power limit")
-    def power_limit_w(self) -> float:
-        return self._nvml.nvmlDeviceGetEnforcedPowerLimit(self._h) / 1000.0
-
-    @_nvml_call("power management limit")
-    def power_management_limit_w(self) -> float:
-        return self._nvml.nvmlDeviceGetPowerManagementLimit(self._h) / 1000.0
-
-    @_nvml_call("power limit constraints")
-    def power_limit_constraints(self) -> PowerLimitConstraints:
-        lo, hi = self._nvml.nvmlDeviceGetPowerManagementLimitConstraints(self._h)
-        default = self._nvml.nvmlDeviceGetPowerManagementDefaultLimit(self._h)
-        return PowerLimitConstraints(int(lo), int(hi), int(default))
-
-    @_nvml_call("energy")
-    def energy_j(self) -> float:
-        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._h) / 1000.0
-
-    @_nvml_call("temperature")
-    def temperature_c(self) -> float:
-        return float(self._nvml.nvmlDeviceGetTemperature(self._h, self._nvml.NVML_TEMPERATURE_GPU))
+    def _read(self, key: str) -> Any:
+        return self._reads[key]()
 
     def _field(self, key: str) -> float:
         """One of FieldReader's keys in base units (raises its NVMLError)."""
@@ -228,30 +217,29 @@ class NvmlGPU(GPUDevice):
             raise got
         return got
 
-    @_nvml_call("field values")
-    def read_fields(self, keys: Sequence[str]) -> dict[str, float | GPUError]:
-        """Several counters in one field-values call; a field the driver lacks by its single call."""
-        got = self._fields.read(keys)
-        return {k: v if isinstance(v, float) else map_nvml_error(v, f"gpu {self._index} {k}") for k, v in got.items()}
-
-    @_nvml_call("memory temperature")
-    def memory_temperature_c(self) -> float:
-        return self._field("memory_temperature_c")
-
-    @_nvml_call("fan")
-    def fan_ratio(self) -> float:
-        return self._nvml.nvmlDeviceGetFanSpeed(self._h) / 100.0
-
-    @_nvml_call("pcie throughput")
-    def pcie_throughput_bps(self) -> tuple[float, float]:
-        n = self._nvml
-        tx = n.nvmlDeviceGetPcieThroughput(self._h, n.NVML_PCIE_UTIL_TX_BYTES)
-        rx = n.nvmlDeviceGetPcieThroughput(self._h, n.NVML_PCIE_UTIL_RX_BYTES)
-        return tx * 1000.0, rx * 1000.0  # NVML reports KB/s
-
-    @_nvml_call("nvlink throughput")
-    def nvlink_bytes(self) -> tuple[float, float]:
-        return self._field("nvlink_tx_bytes"), self._field("nvlink_rx_bytes")
+    utilization = _typed("utilization", lambda g: Utilization(*g._read("utilization")))
+    memory = _typed("memory", lambda g: MemoryInfo(*map(int, g._read("memory"))))
+    sm_clock_hz = _typed("sm clock", lambda g: g._read("sm_clock_hz"))
+    memory_clock_hz = _typed("memory clock", lambda g: g._read("memory_clock_hz"))
+    graphics_clock_hz = _typed("graphics clock", lambda g: g._read("graphics_clock_hz"))
+    max_sm_clock_hz = _typed("max sm clock", lambda g: g._read("max_sm_clock_hz"))
+    power_w = _typed("power", lambda g: g._read("power_w"))
+    power_limit_w = _typed("power limit", lambda g: g._read("power_limit_w"))
+    power_management_limit_w = _typed("power management limit", lambda g: g._read("power_management_limit_w"))
+    power_limit_constraints = _typed("power limit constraints",
+                                     lambda g: PowerLimitConstraints(*map(int, g._read("power_limit_constraints"))))
+    temperature_c = _typed("temperature", lambda g: g._read("temperature_c"))
+    fan_ratio = _typed("fan", lambda g: g._read("fan_ratio"))
+    pcie_throughput_bps = _typed("pcie throughput", lambda g: g._read("pcie_throughput_bps"))
+    clock_event_reasons = _typed("clock event reasons", lambda g: ClockEventReason(g._read("clock_event_reasons")))
+    pstate = _typed("pstate", lambda g: g._read("pstate"))
+    encoder_decoder_utilization = _typed("encoder/decoder utilization",
+                                         lambda g: g._read("encoder_decoder_utilization"))
+    violation_seconds = _typed("violation status", lambda g: g._read("violation_seconds"))
+    energy_j = _typed("energy", lambda g: g._field("energy_j"))
+    memory_temperature_c = _typed("memory temperature", lambda g: g._field("memory_temperature_c"))
+    nvlink_bytes = _typed("nvlink throughput", lambda g: (g._field("nvlink_tx_bytes"), g._field("nvlink_rx_bytes")))
+    pcie_replays = _typed("pcie replays", lambda g: int(g._field("pcie_replays")))
 
     @_nvml_call("ecc errors")
     def ecc_errors(self) -> EccCounts:
@@ -265,38 +253,10 @@ class NvmlGPU(GPUDevice):
         corr, unc, pending, failed = self._nvml.nvmlDeviceGetRemappedRows(self._h)
         return RemappedRows(int(corr), int(unc), bool(pending), bool(failed))
 
-    @_nvml_call("clock event reasons")
-    def clock_event_reasons(self) -> ClockEventReason:
-        n = self._nvml
-        fn = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or n.nvmlDeviceGetCurrentClocksThrottleReasons
-        return ClockEventReason(int(fn(self._h)) & 0x1FF)
-
-    @_nvml_call("pstate")
-    def pstate(self) -> int:
-        return int(self._nvml.nvmlDeviceGetPerformanceState(self._h))
-
-    @_nvml_call("encoder/decoder utilization")
-    def encoder_decoder_utilization(self) -> tuple[float, float]:
-        enc = self._nvml.nvmlDeviceGetEncoderUtilization(self._h)[0]
-        dec = self._nvml.nvmlDeviceGetDecoderUtilization(self._h)[0]
-        return enc / 100.0, dec / 100.0
-
-    @_nvml_call("violation status")
-    def violation_seconds(self) -> tuple[float, float]:
-        n = self._nvml
-        p = n.nvmlDeviceGetViolationStatus(self._h, n.NVML_PERF_POLICY_POWER).violationTime
-        t = n.nvmlDeviceGetViolationStatus(self._h, n.NVML_PERF_POLICY_THERMAL).violationTime
-        return p / 1e9, t / 1e9
-
     @_nvml_call("gpm")
     def gpm_activity(self) -> GpmActivity | None:
-        if not self._gpm.query_support():
-            raise NotSupportedError(f"gpu {self._index}: GPM not supported")
-        return self._gpm.activity()
-
-    @_nvml_call("pcie replays")
-    def pcie_replays(self) -> int:
-        return int(self._field("pcie_replays"))
+        got = self._read("gpm_activity")
+        return None if got is None else GpmActivity(*got)
 
     @_nvml_call("running processes")
     def processes(self) -> list[GPUProcess]:

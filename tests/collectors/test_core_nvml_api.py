@@ -10,17 +10,21 @@ import pynvml
 import pytest
 
 from gputuned.collectors import nvml as nvml_layer
+from gputuned.collectors import nvml_reads
 from gputuned.collectors.sim import nvml as sim_nvml
 
 SOURCE = Path(nvml_layer.__file__)
+SOURCES = (SOURCE, Path(nvml_reads.__file__))  # the NvmlGPU class and the NVML calls behind its fast reads
 
 
 def _nvml_names() -> tuple[set[str], set[str]]:
-    """Functions (nvml*) and constants (NVML_*, nvmlEvent*) the device layer uses."""
+    """Functions (nvml*, called or passed on) and constants (NVML_*, nvmlEvent*) the device layer uses."""
     funcs, consts = set(), set()
-    for node in ast.walk(ast.parse(SOURCE.read_text())):
+    for node in (n for src in SOURCES for n in ast.walk(ast.parse(src.read_text()))):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("nvml"):
             funcs.add(node.func.attr)
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("nvmlDevice"):
+            funcs.add(node.attr)  # passed to the helper that calls it
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("nvmlDevice"):
             funcs.add(node.value)  # looked up with getattr
         elif isinstance(node, ast.Attribute) and (node.attr.startswith("NVML_") or node.attr.startswith("nvmlEventType")):

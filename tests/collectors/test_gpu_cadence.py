@@ -18,7 +18,8 @@ from gputuned.collectors.sim.state import VirtualClock
 
 
 class CountingGPU:
-    """A GPU whose method calls are counted by name (the collector sees the device it wraps)."""
+    """A GPU whose method calls are counted by name, and each value asked of read_values by its key (the typed
+    read's name): the collector sees the device it wraps."""
 
     def __init__(self, dev: GPUDevice) -> None:
         self._dev = dev
@@ -31,6 +32,8 @@ class CountingGPU:
 
         def counted(*args: Any) -> Any:
             self.calls[name] += 1
+            if name == "read_values":
+                self.calls.update(args[0])
             return attr(*args)
 
         return counted
@@ -53,6 +56,7 @@ def test_slow_readings_are_not_called_between_slow_ticks_and_keep_their_samples(
     assert gpu.calls["max_sm_clock_hz"] == 2
     assert gpu.calls["power_w"] == 7  # fast readings every tick
     assert gpu.calls["temperature_c"] == 7
+    assert gpu.calls["read_values"] == 7  # one device call a tick for all of them
     for samples in ticks[1:]:  # the same series every tick from the second (GPM and NVLink rates need two)
         assert [(n, lab) for n, lab, _ in samples] == [(n, lab) for n, lab, _ in ticks[1]]
         assert _value(samples, F.GPU_POWER_LIMIT_MAX) == 700.0
@@ -211,3 +215,25 @@ def test_gpm_activity_follows_each_interval_with_its_request_reused(sim_node) ->
         ratios.append(None if a is None else round(a.graphics_engine, 3))
         clock.advance(1.0)
     assert ratios == [None, 0.8, 0.5, 0.2]  # a metric is the mean of its interval's two samples
+
+
+# --- one wide read: the record equals the typed reads ----------------------------------------------------------
+def test_read_values_equals_the_typed_reads_it_stands_for(sim_node) -> None:
+    from gputuned.collectors.device import VALUES
+
+    clock = VirtualClock()
+    sim_node({"profile": "h100", "gpus": 2}, clock=clock)
+    nvml, _ = open_nvml("sim", sim_nvml)
+    gpus = open_gpus(nvml, call_timeout_s=5.0)
+    keys = [k for k in VALUES if k != "gpm_activity"]  # GPM's activity is between two samples: not read twice
+    for g in gpus:
+        wide = g.read_values(keys)
+        one_by_one = GPUDevice.read_values(g, keys)  # the default: each typed read alone
+        assert wide.keys() == one_by_one.keys() == set(keys)
+        for k in keys:
+            got, want = wide[k], one_by_one[k]
+            if isinstance(want, Exception):
+                assert type(got) is type(want), k
+            else:
+                assert got == want, k
+    assert [g.read_values(["gpm_activity"])["gpm_activity"] for g in gpus] == [None, None]  # H100: GPM's first sample
