@@ -5,7 +5,10 @@ source's previous set is replaced, so a series a collector stops returning stops
 served (no stale values). Every published value is also appended to its series' ring
 buffer for window queries by the forecaster and tuner; the series a source publishes on each of
 its publishes share one ring of timestamps (the source's clock) and keep only their values, and a
-series that misses one of its source's publishes gets timestamps of its own from then on; a series no source has published for
+series that misses one of its source's publishes gets timestamps of its own from then on. A source that publishes
+the same series in the same order as last time (every tick, for every source of a monitoring daemon) has
+its values kept as one row per publish and pushed onto the rings a column at a time, every
+``PENDING_ROWS`` publishes or before anything reads or reshapes the rings. A series no source has published for
 ``forget_after_s`` loses its history (ranks that left, series the forecaster stopped
 tracking), so the rings stay as many as the series that are live. Readers (the exporter, on other
 threads) take a consistent snapshot under a lock; the generation counter tells them
@@ -18,7 +21,7 @@ import bisect
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 
 from gputuned.collectors.families import Labels, Sample
@@ -27,6 +30,8 @@ SeriesKey = tuple[str, Labels]
 _NAME, _LABELS, _VALUE = itemgetter(0), itemgetter(1), itemgetter(2)
 #: ``listener(source, t, samples)`` after a publish; ``samples`` is None when a source is dropped.
 Listener = Callable[[str, float, "list[Sample] | None"], None]
+#: Publishes a source's clock keeps as rows before pushing them onto its rings (each row a value per series).
+PENDING_ROWS = 16
 
 
 class RingBuffer:
@@ -98,6 +103,25 @@ class FloatRing:
     def __len__(self) -> int:
         return len(self._a)
 
+    def extend(self, xs: Sequence[float]) -> None:
+        """Push ``xs`` in order (as many :meth:`push` calls would)."""
+        a, cap = self._a, self._cap
+        room = cap - len(a)
+        if room > 0:
+            a.extend(xs[:room])
+            xs = xs[room:]
+        n = len(xs)
+        if n >= cap:  # all of them overwritten: the newest ``cap`` from the start
+            a[:] = array("d", xs[n - cap:])
+            self._next = 0
+            return
+        i = self._next
+        first = min(n, cap - i)
+        a[i:i + first] = array("d", xs[:first])
+        if first < n:
+            a[:n - first] = array("d", xs[first:])
+        self._next = (i + n) % cap
+
     def tolist(self) -> list[float]:
         """The points, oldest first."""
         i = self._next
@@ -107,7 +131,7 @@ class FloatRing:
 class SourceClock(FloatRing):
     """The timestamps of one source's publishes (with history), newest ``capacity`` kept, shared by its series."""
 
-    __slots__ = ("seq", "rings", "names", "labels", "order")
+    __slots__ = ("seq", "rings", "names", "labels", "order", "rows")
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)
@@ -118,6 +142,23 @@ class SourceClock(FloatRing):
         self.names: list[str] = []
         self.labels: list[Labels] = []
         self.order: list[RingBuffer | SharedRing] | None = None
+        # publishes taken the short way while every ring of ``order`` is shared, not pushed yet (see settle)
+        self.rows: list[array[float]] | None = None
+
+    def settle(self) -> None:
+        """Push the kept rows onto the rings of ``order``, a column at a time."""
+        rows, order, seq = self.rows, self.order, self.seq
+        if not rows or order is None:
+            return
+        self.rows = []
+        if len(rows) == 1:
+            for ring, value in zip(order, rows[0], strict=True):
+                ring.push(value)  # type: ignore[union-attr]
+                ring.seq = seq  # type: ignore[union-attr]
+            return
+        for ring, column in zip(order, zip(*rows, strict=True), strict=True):
+            ring.extend(column)  # type: ignore[union-attr]
+            ring.seq = seq  # type: ignore[union-attr]
 
     def append(self, t: float) -> None:
         self.push(t)
@@ -207,11 +248,21 @@ class Store:
         clock = self._clocks.get(source)
         if clock is None:
             clock = self._clocks[source] = SourceClock(cap + 1)  # + 1: a series that just missed one still finds its times
+        names, labels = list(map(_NAME, samples)), list(map(_LABELS, samples))
+        same = clock.order is not None and names == clock.names and labels == clock.labels  # the same series again
+        if same and clock.rows is not None:  # every ring shared: a row now, the rings later
+            clock.append(t)
+            row = array("d")
+            row.fromlist(list(map(_VALUE, samples)))  # from a list: an iterator would grow the array a value at a time
+            clock.rows.append(row)
+            if len(clock.rows) >= PENDING_ROWS:
+                clock.settle()
+            return
+        self._settle()  # the rings are read or reshaped below (before this publish moves the clock)
         clock.append(t)
         seq, on_clock = clock.seq, clock.rings
-        names, labels = list(map(_NAME, samples)), list(map(_LABELS, samples))
-        if clock.order is not None and names == clock.names and labels == clock.labels:  # the same series again
-            for kept, value in zip(clock.order, map(_VALUE, samples), strict=True):
+        if same:
+            for kept, value in zip(clock.order or (), map(_VALUE, samples), strict=True):
                 if kept.__class__ is SharedRing:
                     kept.push(value)
                     kept.seq = seq
@@ -239,15 +290,23 @@ class Store:
                 rings[key] = self._unshare(key, on_clock[key])
         # the short way next time while every ring on the clock was pushed once (a series twice was unshared above)
         clock.names, clock.labels, clock.order = names, labels, order if shared == len(on_clock) else None
+        clock.rows = [] if clock.order is not None and shared == len(order) else None
+
+    def _settle(self) -> None:
+        """Push every clock's kept rows onto its rings (lock held): before the rings are read or reshaped."""
+        for clock in self._clocks.values():
+            if clock.rows:
+                clock.settle()
 
     def _unshare(self, key: SeriesKey, ring: SharedRing) -> RingBuffer:
         del ring.clock.rings[key]
-        ring.clock.order = None
+        ring.clock.order = ring.clock.rows = None
         return ring.own()
 
     def _sweep(self, t: float) -> None:
         """Drop the rings of series published last over ``forget_after_s`` before ``t`` (lock held)."""
         self._next_sweep = t + min(60.0, self._forget_after_s / 2)
+        self._settle()
         horizon = t - self._forget_after_s
         idle = [k for k, ring in self._rings.items() if ring.last_t < horizon]
         for k in idle:
@@ -257,10 +316,10 @@ class Store:
         ring = self._rings.pop(key, None)
         if isinstance(ring, SharedRing):
             del ring.clock.rings[key]
-            ring.clock.order = None
+            ring.clock.order = ring.clock.rows = None
         elif ring is not None:  # a ring of its own may be in any source's order
             for clock in self._clocks.values():
-                clock.order = None
+                clock.order = clock.rows = None
 
     def drop(self, source: str, t: float | None = None) -> None:
         """Stop serving ``source``'s samples (its collector is down)."""
@@ -301,6 +360,8 @@ class Store:
             ring = self._rings.get((name, labels))
             if ring is None:
                 return [], []
+            if isinstance(ring, SharedRing) and ring.clock.rows:
+                ring.clock.settle()
             return ring.since(now - seconds)
 
     def series(self, name: str) -> list[Labels]:
@@ -316,5 +377,6 @@ class Store:
     def forget(self, keys: Iterable[SeriesKey]) -> None:
         """Drop the history of series that will not come back (a lost GPU, an expired rank)."""
         with self._lock:
+            self._settle()
             for k in keys:
                 self._drop_ring(k)

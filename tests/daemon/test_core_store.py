@@ -128,3 +128,25 @@ def test_a_source_that_publishes_the_same_series_again_and_again_keeps_every_win
     for step in range(4):
         twice.publish("gpu", float(step), [("p", A, float(step)), ("p", B, 1.0), ("p", A, step + 0.5)])
     assert twice.window("p", A, 10.0, 3.0) == ([0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0], [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
+
+
+@pytest.mark.parametrize("capacity", [1, 3, 7, 16, 40])
+def test_rows_kept_between_reads_are_pushed_onto_the_rings_in_order(capacity: int) -> None:
+    """A source taking the short way for long runs read at random gaps (fewer, as many or more publishes
+    than the rings hold, more than a clock keeps as rows): every window as per-series rings answer it."""
+    import random
+
+    rnd = random.Random(capacity)
+    store, ref = Store(capacity), {}
+    keys = [("p", (("gpu", str(i)),)) for i in range(4)]
+    step = 0
+    for _ in range(30):
+        for _ in range(rnd.choice([1, 2, capacity, capacity + 1, 17, 50])):
+            t = float(step)
+            samples = [(n, lab, float(step * 10 + i)) for i, (n, lab) in enumerate(keys)]
+            store.publish("gpu", t, samples)
+            for n, lab, v in samples:
+                ref.setdefault((n, lab), RingBuffer(capacity)).append(t, v)
+            step += 1
+        for n, lab in keys:
+            assert store.window(n, lab, 1e9, t) == ref[(n, lab)].since(-1e9), (capacity, step)
