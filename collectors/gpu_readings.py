@@ -19,18 +19,28 @@ from gputuned.collectors.device import CLOCK_EVENT_LABELS, GPUError
 from gputuned.collectors.families import Labels, Sample
 
 Values = Mapping[str, Any]  # a GPU's values of this tick, or the error reading each (GPUDevice.read_values)
-Make = Callable[[list[Any], Labels], list[Sample]]
+Make = Callable[[Any, Labels], list[Sample]]
 
 
 class Reading:
-    """Samples made of some of a GPU's values of the tick; the first error among them is raised instead."""
+    """Samples made of some of a GPU's values of the tick; the first error among them is raised instead.
 
-    __slots__ = ("__name__", "keys", "_make")
+    ``make`` takes the value itself where the reading has one key, the list of them where it has several.
+    """
+
+    __slots__ = ("__name__", "keys", "_key", "_make")
 
     def __init__(self, name: str, keys: tuple[str, ...], make: Make) -> None:
         self.__name__, self.keys, self._make = name, keys, make
+        self._key = keys[0] if len(keys) == 1 else None
 
     def __call__(self, labels: Labels, values: Values) -> list[Sample]:
+        key = self._key
+        if key is not None:
+            got: Any = values[key]
+            if isinstance(got, GPUError):
+                raise got
+            return self._make(got, labels)
         got = list(map(values.__getitem__, self.keys))
         for v in got:
             if isinstance(v, GPUError):
@@ -39,16 +49,16 @@ class Reading:
 
 
 def _one(family: str, key: str) -> Reading:
-    return Reading(family, (key,), lambda v, labels: [(family, labels, float(v[0]))])
+    return Reading(family, (key,), lambda v, labels: [(family, labels, float(v))])
 
 
 def _pair(first: str, second: str, key: str) -> Reading:
     """Two families from one read that returns a pair (transmit/receive, power/thermal ...)."""
-    return Reading(first, (key,), lambda v, labels: [(first, labels, v[0][0]), (second, labels, v[0][1])])
+    return Reading(first, (key,), lambda v, labels: [(first, labels, v[0]), (second, labels, v[1])])
 
 
-def _memory(v: list[Any], labels: Labels) -> list[Sample]:
-    total, used, free, reserved = v[0]
+def _memory(v: Any, labels: Labels) -> list[Sample]:
+    total, used, free, reserved = v
     out = [(F.GPU_MEM_USED, labels, used), (F.GPU_MEM_FREE, labels, free), (F.GPU_MEM_TOTAL, labels, total)]
     if reserved:  # drivers without memory info v2 do not say
         out.append((F.GPU_MEM_RESERVED, labels, reserved))
@@ -58,10 +68,10 @@ def _memory(v: list[Any], labels: Labels) -> list[Sample]:
 _GPM_FAMILIES = (F.GPU_GR_ENGINE, F.GPU_SM_ACTIVE, F.GPU_SM_OCCUPANCY, F.GPU_TENSOR_ACTIVE, F.GPU_DRAM_BW)
 
 
-def _gpm(v: list[Any], labels: Labels) -> list[Sample]:
-    if v[0] is None:  # the first sample: activity needs two
+def _gpm(v: Any, labels: Labels) -> list[Sample]:
+    if v is None:  # the first sample: activity needs two
         return []
-    return [(family, labels, a) for family, a in zip(_GPM_FAMILIES, v[0], strict=True)]
+    return [(family, labels, a) for family, a in zip(_GPM_FAMILIES, v, strict=True)]
 
 
 def nvlink_reading(clock: Callable[[], float] = time.monotonic) -> Reading:
@@ -80,8 +90,8 @@ def nvlink_reading(clock: Callable[[], float] = time.monotonic) -> Reading:
     return Reading("_nvlink", ("nvlink_tx_bytes", "nvlink_rx_bytes"), _nvlink)
 
 
-def _power_limits(v: list[Any], labels: Labels) -> list[Sample]:
-    lo, hi, default = v[0]
+def _power_limits(v: Any, labels: Labels) -> list[Sample]:
+    lo, hi, default = v
     return [(F.GPU_POWER_LIMIT_MIN, labels, lo / 1000.0), (F.GPU_POWER_LIMIT_MAX, labels, hi / 1000.0),
             (F.GPU_POWER_LIMIT_DEFAULT, labels, default / 1000.0)]
 
@@ -107,8 +117,7 @@ _REASON_BITS = tuple(int(bit) for bit in CLOCK_EVENT_LABELS)  # plain ints: IntF
 _REASON_NAMES = tuple(CLOCK_EVENT_LABELS.values())
 
 
-def _clock_events(v: list[Any], labels: Labels) -> list[Sample]:
-    mask = v[0]
+def _clock_events(mask: Any, labels: Labels) -> list[Sample]:
     out: list[Sample] = [(F.GPU_CLOCK_EVENT_MASK, labels, float(mask))]
     out += [(F.GPU_CLOCK_EVENT, reason, 1.0 if mask & bit else 0.0)
             for bit, reason in zip(_REASON_BITS, _with(labels, "reason", _REASON_NAMES), strict=True)]
@@ -116,7 +125,7 @@ def _clock_events(v: list[Any], labels: Labels) -> list[Sample]:
 
 
 def _field(family: str, key: str) -> Reading:
-    return Reading(family, (key,), lambda v, labels: [(family, labels, v[0])])
+    return Reading(family, (key,), lambda v, labels: [(family, labels, v)])
 
 
 _SM_CLOCK_MAX = _one(F.GPU_SM_CLOCK_MAX, "max_sm_clock_hz")
