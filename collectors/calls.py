@@ -16,9 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gputuned.collectors.device import GPUError
 
@@ -26,11 +24,33 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_Job = tuple["Future[Any]", str, Callable[[], Any]]
 
 
 class GPUHungError(GPUError):
     """A GPU's NVML call did not return within the call timeout; the GPU is down until it does."""
+
+
+class Call(Generic[T]):
+    """A queued call and, once it ran, its result or exception: a lock held until then (a Future's condition,
+    waiter list and state machine cost about twice the hand-off itself, per GPU and tick)."""
+
+    __slots__ = ("what", "fn", "cancelled", "result", "error", "_done")
+
+    def __init__(self, what: str, fn: Callable[[], T]) -> None:
+        self.what, self.fn = what, fn
+        self.cancelled = False  # given up on before it started: it never will (set and read under the gate's lock)
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def set_done(self) -> None:
+        """Wake the waiter: the worker has set the result or the error."""
+        self._done.release()
+
+    def wait_done(self, timeout_s: float) -> bool:
+        """Whether the call ran within ``timeout_s``."""
+        return self._done.acquire(timeout=timeout_s)
 
 
 class CallGate:
@@ -43,7 +63,7 @@ class CallGate:
         self.timeout_s = timeout_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Call[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._running: tuple[str, float] | None = None  # (what, started) of the call in progress
         self._down: str | None = None
@@ -58,25 +78,27 @@ class CallGate:
         """Whether the caller is this gate's worker (a call made inside a call runs directly)."""
         return threading.current_thread() is self._thread
 
-    def submit(self, what: str, fn: Callable[[], T]) -> Future[T]:
+    def submit(self, what: str, fn: Callable[[], T]) -> Call[T]:
         """Queue ``fn`` on the worker; raises :class:`GPUHungError` at once while the GPU is down."""
-        fut: Future[T] = Future()
+        job = Call(what, fn)
         with self._lock:
             if self._down is not None:
                 raise GPUHungError(self._down)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=f"gputuned-nvml-{self.name}", daemon=True)
                 self._thread.start()
-            self._jobs.put((fut, what, fn))
-        return fut
+            self._jobs.put(job)
+        return job
 
-    def wait(self, fut: Future[T], timeout_s: float | None = None) -> T:
+    def wait(self, job: Call[T], timeout_s: float | None = None) -> T:
         """The result of a submitted call (or its exception); :class:`GPUHungError` past the timeout."""
-        try:
-            return fut.result(timeout=self.timeout_s if timeout_s is None else max(0.0, timeout_s))
-        except FutureTimeout:
-            fut.cancel()  # not yet started: it never will; started: its result is dropped
+        if not job.wait_done(self.timeout_s if timeout_s is None else max(0.0, timeout_s)):
+            with self._lock:
+                job.cancelled = True  # not yet started: it never will; started: its result is dropped
             raise GPUHungError(self._mark_down()) from None
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]  # set by the worker: T
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the worker and wait for it up to the timeout."""
@@ -110,16 +132,16 @@ class CallGate:
             job = self._jobs.get()
             if job is None:
                 return
-            fut, what, fn = job
-            if not fut.set_running_or_notify_cancel():
-                continue
             with self._lock:
-                self._running = (what, self._clock())
+                if job.cancelled:
+                    continue
+                self._running = (job.what, self._clock())
             try:
-                fut.set_result(fn())
+                job.result = job.fn()
             except BaseException as e:  # noqa: BLE001 - the caller re-raises it
-                fut.set_exception(e)
-            self._returned(what)
+                job.error = e
+            job.set_done()
+            self._returned(job.what)
 
     def _returned(self, what: str) -> None:
         with self._lock:

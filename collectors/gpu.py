@@ -15,12 +15,11 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 
 from pydantic import Field
 
 from gputuned.collectors import families as F
-from gputuned.collectors.calls import CallGate, GPUHungError
+from gputuned.collectors.calls import Call, CallGate, GPUHungError
 from gputuned.collectors.device import GPUDevice, GPUError, GPULostError, NotSupportedError
 from gputuned.collectors.families import Labels, Sample
 from gputuned.collectors.gpu_readings import (
@@ -115,7 +114,7 @@ class GPUCollector:
             log_unsupported(dropped)
         return out
 
-    def _start(self, g: _GPUState) -> Future[_Read] | GPUHungError | None:
+    def _start(self, g: _GPUState) -> Call[_Read] | GPUHungError | None:
         """Queue a GPU's readings on its worker (None: read here, on the caller's thread)."""
         gate: CallGate | None = getattr(g.dev, "gate", None)
         if gate is None or g.lost:
@@ -129,7 +128,7 @@ class GPUCollector:
         unsupported: dict[str, tuple[list[int], str]] = {}
         return self._collect_one(g, unsupported), unsupported
 
-    def _finish(self, g: _GPUState, job: Future[_Read] | GPUHungError | None,
+    def _finish(self, g: _GPUState, job: Call[_Read] | GPUHungError | None,
                 dropped: dict[str, tuple[list[int], str]], t0: float) -> list[Sample]:
         """A GPU's samples, or only ``gpu_up 0`` when its worker did not answer by ``t0`` + the timeout."""
         if job is None:
