@@ -21,7 +21,7 @@ import bisect
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from operator import itemgetter
 
 from gputuned.collectors.families import Labels, Sample
@@ -103,7 +103,7 @@ class FloatRing:
     def __len__(self) -> int:
         return len(self._a)
 
-    def extend(self, xs: Sequence[float]) -> None:
+    def extend(self, xs: array[float]) -> None:
         """Push ``xs`` in order (as many :meth:`push` calls would)."""
         a, cap = self._a, self._cap
         room = cap - len(a)
@@ -112,14 +112,14 @@ class FloatRing:
             xs = xs[room:]
         n = len(xs)
         if n >= cap:  # all of them overwritten: the newest ``cap`` from the start
-            a[:] = array("d", xs[n - cap:])
+            a[:] = xs[n - cap:]
             self._next = 0
             return
         i = self._next
         first = min(n, cap - i)
-        a[i:i + first] = array("d", xs[:first])
+        a[i:i + first] = xs[:first]
         if first < n:
-            a[:n - first] = array("d", xs[first:])
+            a[:n - first] = xs[first:]
         self._next = (i + n) % cap
 
     def tolist(self) -> list[float]:
@@ -156,8 +156,9 @@ class SourceClock(FloatRing):
                 ring.push(value)  # type: ignore[union-attr]
                 ring.seq = seq  # type: ignore[union-attr]
             return
-        for ring, column in zip(order, zip(*rows, strict=True), strict=True):
-            ring.extend(column)  # type: ignore[union-attr]
+        block, width = array("d", b"".join(rows)), len(order)  # row after row: column j is every width-th from j
+        for j, ring in enumerate(order):
+            ring.extend(block[j::width])  # type: ignore[union-attr]
             ring.seq = seq  # type: ignore[union-attr]
 
     def append(self, t: float) -> None:
