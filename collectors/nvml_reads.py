@@ -29,27 +29,24 @@ def _memory(n: ModuleType, h: Any) -> tuple[float, float, float, float]:
     return float(m.total), float(m.used), float(m.free), float(getattr(m, "reserved", 0))
 
 
-def _clock_events_call(n: ModuleType) -> Callable[[Any], int]:
-    return getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or n.nvmlDeviceGetCurrentClocksThrottleReasons
-
-
 def nvml_reads(n: ModuleType, h: Any, gpm: GpmSampler) -> dict[str, Read]:
-    """Each fast read's NVML calls for one GPU, by the name of the typed read it stands for."""
+    """Each fast read's NVML calls for one GPU, by the name of the typed read it stands for (NVML's functions
+    looked up at each call, as a module's functions are, so that a wrapped or replaced one is the one called)."""
 
     def utilization() -> tuple[float, float]:
         u = n.nvmlDeviceGetUtilizationRates(h)
         return u.gpu / 100.0, u.memory / 100.0
 
-    def clock(kind: int, call: Callable[[Any, int], float] = n.nvmlDeviceGetClockInfo) -> Read:
-        return lambda: call(h, kind) * 1e6
+    def clock(kind: int) -> Read:
+        return lambda: n.nvmlDeviceGetClockInfo(h, kind) * 1e6
 
-    def watts(call: Callable[[Any], float]) -> Read:
-        return lambda: call(h) / 1000.0
+    def pcie() -> tuple[float, float]:  # NVML reports KB/s
+        return (n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_TX_BYTES) * 1000.0,
+                n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_RX_BYTES) * 1000.0)
 
-    def pair(call: Callable[[Any, int], Any], a: int, b: int, scale: float, attr: str = "") -> Read:
-        if attr:
-            return lambda: (getattr(call(h, a), attr) * scale, getattr(call(h, b), attr) * scale)
-        return lambda: (call(h, a) * scale, call(h, b) * scale)
+    def violations() -> tuple[float, float]:
+        return (n.nvmlDeviceGetViolationStatus(h, n.NVML_PERF_POLICY_POWER).violationTime / 1e9,
+                n.nvmlDeviceGetViolationStatus(h, n.NVML_PERF_POLICY_THERMAL).violationTime / 1e9)
 
     def enc_dec() -> tuple[float, float]:
         return n.nvmlDeviceGetEncoderUtilization(h)[0] / 100.0, n.nvmlDeviceGetDecoderUtilization(h)[0] / 100.0
@@ -58,7 +55,9 @@ def nvml_reads(n: ModuleType, h: Any, gpm: GpmSampler) -> dict[str, Read]:
         lo, hi = n.nvmlDeviceGetPowerManagementLimitConstraints(h)
         return float(lo), float(hi), float(n.nvmlDeviceGetPowerManagementDefaultLimit(h))
 
-    events = _clock_events_call(n)
+    def clock_events() -> int:
+        call = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or n.nvmlDeviceGetCurrentClocksThrottleReasons
+        return int(call(h)) & 0x1FF
 
     def gpm_activity() -> tuple[float, ...] | None:
         if not gpm.query_support():
@@ -69,21 +68,19 @@ def nvml_reads(n: ModuleType, h: Any, gpm: GpmSampler) -> dict[str, Read]:
         "utilization": utilization,
         "memory": lambda: _memory(n, h),
         "sm_clock_hz": clock(n.NVML_CLOCK_SM),
-        "max_sm_clock_hz": clock(n.NVML_CLOCK_SM, n.nvmlDeviceGetMaxClockInfo),
+        "max_sm_clock_hz": lambda: n.nvmlDeviceGetMaxClockInfo(h, n.NVML_CLOCK_SM) * 1e6,
         "memory_clock_hz": clock(n.NVML_CLOCK_MEM),
         "graphics_clock_hz": clock(n.NVML_CLOCK_GRAPHICS),
-        "power_w": watts(n.nvmlDeviceGetPowerUsage),
-        "power_limit_w": watts(n.nvmlDeviceGetEnforcedPowerLimit),
-        "power_management_limit_w": watts(n.nvmlDeviceGetPowerManagementLimit),
+        "power_w": lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0,
+        "power_limit_w": lambda: n.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
+        "power_management_limit_w": lambda: n.nvmlDeviceGetPowerManagementLimit(h) / 1000.0,
         "power_limit_constraints": limits,
         "temperature_c": lambda: float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
         "fan_ratio": lambda: n.nvmlDeviceGetFanSpeed(h) / 100.0,
-        "pcie_throughput_bps": pair(n.nvmlDeviceGetPcieThroughput, n.NVML_PCIE_UTIL_TX_BYTES,
-                                    n.NVML_PCIE_UTIL_RX_BYTES, 1000.0),  # NVML reports KB/s
-        "clock_event_reasons": lambda: int(events(h)) & 0x1FF,
+        "pcie_throughput_bps": pcie,
+        "clock_event_reasons": clock_events,
         "pstate": lambda: int(n.nvmlDeviceGetPerformanceState(h)),
         "encoder_decoder_utilization": enc_dec,
-        "violation_seconds": pair(n.nvmlDeviceGetViolationStatus, n.NVML_PERF_POLICY_POWER,
-                                  n.NVML_PERF_POLICY_THERMAL, 1e-9, "violationTime"),
+        "violation_seconds": violations,
         "gpm_activity": gpm_activity,
     }
