@@ -9,11 +9,14 @@
 3. node_exporter (Debian's prometheus-node-exporter, default collectors) scraped every second:
    CPU per scrape and per series.
 
-``--only PART ...`` runs just those parts (render, daemon, rss, split, ticks, node_exporter), so that two trees
+``--only PART ...`` runs just those parts (render, daemon, rss, split, ticks, node_exporter, segments), so that two trees
 can take turns: ``PYTHONPATH=<exported tree> .venv/bin/python bench/exposition_bench.py --only split rss``
 measures that tree's code with this script. The scraper runs under ``nice -n 5``, the measured daemon
 does not. ``ticks`` ticks a monitoring daemon 300 times on a virtual clock (no scrapes) and splits the CPU
 of each tick, all threads, by collector (its NVML workers included), the store's publishes and the rest.
+``segments`` gzips the OpenMetrics body of each of 40 ticks as one level-3 stream and as raw-deflate segments
+(families joined up to 0, 4096 or 32768 characters) whose bytes are kept while their text stays ("moved":
+none kept), joined into one gzip member: the CPU and size of keeping compressed families.
 
 ``--node scripted`` runs the daemons of 2. on the scripted node (tests/data/scripted_node.toml, its
 GPU loss left out, sized to --gpus): the cheaper stand-in for a real node's NVML (no physics, no numpy).
@@ -44,7 +47,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import BenchParser, cpu_seconds, free_port, positive_float, rss_bytes
-from exposition_daemon import PROMETHEUS_ACCEPT, split_figures, steady_rss, tick_parts, write_config
+from exposition_daemon import (
+    PROMETHEUS_ACCEPT,
+    segment_figures,
+    split_figures,
+    steady_rss,
+    tick_parts,
+    write_config,
+)
 
 from gputuned.collectors.sim import nvml as sim_nvml
 from gputuned.collectors.sim.state import VirtualClock, scripted_from_spec
@@ -213,7 +223,7 @@ def node_exporter_figures(seconds: float) -> dict[str, float] | None:
             "us_per_series": per_scrape * 1e3 / series, "rss_mb": rss / 2**20}
 
 
-PARTS = ("render", "daemon", "rss", "split", "ticks", "node_exporter")
+PARTS = ("render", "daemon", "rss", "split", "ticks", "node_exporter", "segments")
 
 
 def chosen_parts(args: argparse.Namespace) -> set[str]:
@@ -284,6 +294,12 @@ def main() -> None:
         print(f"ticks, {gpus} GPUs scripted, monitoring only, virtual clock: {t['total']:.0f} us CPU per tick (" +
               ", ".join(f"{k} {v:.0f}" for k, v in t.items() if k not in ("total", "sim_nvml")) +
               f"); scripted NVML {t['sim_nvml']:.0f} us; without it {t['total'] - t['sim_nvml']:.0f} us")
+    for gpus, dcgm, group, moved in ((g, m, c, v) for g in args.gpus for m in (False, True) for c in (0, 4096, 32768)
+                                      for v in (False, True)) if "segments" in parts else ():
+        s = segment_figures(gpus, dcgm, group, moved)
+        print(f"segments, {gpus} GPUs{' dcgm' if dcgm else ''}, families joined to {group} chars, {'moved' if moved else 'kept'}: "
+              f"one stream {s['one_ms']:.2f} ms {s['one_bytes'] / 1e3:.1f} kB, segments {s['seg_ms']:.2f} ms "
+              f"{s['seg_bytes'] / 1e3:.1f} kB ({s['seg_bytes'] / s['one_bytes']:.2f}x bytes, {s['seg_ms'] / s['one_ms']:.2f}x CPU)")
     if "node_exporter" in parts:
         print_node_exporter(args.seconds)
 

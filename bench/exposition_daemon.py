@@ -9,6 +9,8 @@ builds it on a virtual clock until its rings are full. Used by bench/exposition_
 from __future__ import annotations
 
 import argparse
+import gzip
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,7 @@ import threading
 import time
 import tomllib
 import types
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +170,8 @@ def split_figures(gpus: int, seconds: float, full: bool) -> dict[str, float]:
 
 
 
-def tick_parts(gpus: int, ticks: int = 300) -> dict[str, float]:
-    """CPU per tick (us, all threads) of a monitoring daemon ticked on a virtual clock: by collector (its NVML
-    workers included: the loop waits for them), the store's publishes, the rest; the scripted NVML's own apart."""
+def ticked_daemon(gpus: int) -> tuple[Daemon, Any]:
+    """A monitoring daemon on ``gpus`` scripted H100s, started for ticking by hand, and its virtual clock."""
     from gputuned.collectors.sim.state import VirtualClock
     from gputuned.daemon.app.components import attach_configured
     from gputuned.daemon.commands.run import config_from_args
@@ -180,6 +182,75 @@ def tick_parts(gpus: int, ticks: int = 300) -> dict[str, float]:
     d = Daemon(config_from_args(args), clock=clock.now)
     attach_configured(d)
     d.start(background=False)
+    return d, clock
+
+
+def family_segments(text: str, group: int) -> list[str]:
+    """``text`` cut at its families, consecutive families joined until a segment has ``group`` characters."""
+    parts = text.split("\n# HELP ")
+    segments, cur = [], parts[0]
+    for part in parts[1:]:
+        if len(cur) >= group:
+            segments.append(cur + "\n")
+            cur = "# HELP " + part
+        else:
+            cur += "\n# HELP " + part
+    segments.append(cur)
+    return segments
+
+
+def segmented_gzip(segments: list[str], kept: list[tuple[str, bytes]]) -> bytes:
+    """``segments`` as one gzip member of raw-deflate segments, each compressed alone and ended with a full flush;
+    a segment equal to the one at its place in ``kept`` (the last call's) reuses its bytes."""
+    out, crc, size, now = [b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"], 0, 0, []
+    for i, seg in enumerate(segments):
+        raw = seg.encode()
+        if i < len(kept) and kept[i][0] == seg:
+            z = kept[i][1]
+        else:
+            c = zlib.compressobj(3, zlib.DEFLATED, -15)
+            z = c.compress(raw) + c.flush(zlib.Z_FULL_FLUSH)
+        now.append((seg, z))
+        out.append(z)
+        crc, size = zlib.crc32(raw, crc), size + len(raw)
+    kept[:] = now
+    return b"".join(out) + b"\x03\x00" + crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def segment_figures(gpus: int, dcgm: bool, group: int, moved: bool, ticks: int = 40) -> dict[str, float]:
+    """CPU (ms) and bytes of the OpenMetrics body gzipped as one level-3 stream and as kept segments, on each of
+    ``ticks`` ticks of a monitoring daemon (``moved``: no segment kept); checks both decompress to the body."""
+    from gputuned.daemon.app.catalog import served_catalog
+    from gputuned.daemon.core.exporter import MetricsRenderer
+
+    d, clock = ticked_daemon(gpus)
+    renderer = MetricsRenderer(d.store, served_catalog(), dcgm=dcgm)
+    kept: list[tuple[str, bytes]] = []
+    got: dict[str, list[float]] = {"one_ms": [], "seg_ms": [], "one_bytes": [], "seg_bytes": []}
+    try:
+        for _ in range(ticks):
+            d.tick()
+            clock.advance(1.0)
+            body = renderer.render(openmetrics=True)
+            t0 = time.thread_time()
+            one = gzip.compress(body, 3, mtime=0)
+            one_s = time.thread_time() - t0
+            segments = family_segments(body.decode(), group)  # an encoder would hand over its families' texts
+            t1 = time.thread_time()
+            seg = segmented_gzip(segments, [] if moved else kept)
+            t2 = time.thread_time()
+            assert gzip.decompress(seg) == body == gzip.decompress(one)
+            for k, v in (("one_ms", one_s * 1e3), ("seg_ms", (t2 - t1) * 1e3), ("one_bytes", len(one)), ("seg_bytes", len(seg))):
+                got[k].append(v)
+    finally:
+        d.stop()
+    return {k: statistics.median(v[5:]) for k, v in got.items()}
+
+
+def tick_parts(gpus: int, ticks: int = 300) -> dict[str, float]:
+    """CPU per tick (us, all threads) of a monitoring daemon ticked on a virtual clock: by collector (its NVML
+    workers included: the loop waits for them), the store's publishes, the rest; the scripted NVML's own apart."""
+    d, clock = ticked_daemon(gpus)
     spent: dict[str, float] = {}
 
     def timed(name: str, fn: Any) -> Any:
