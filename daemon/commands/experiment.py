@@ -62,7 +62,7 @@ def _experiment(args: argparse.Namespace) -> int:
         workload=args.workload, objective=args.objective, scenario=args.scenario, seed=args.seed,
         duration_s=args.duration, gpus=args.gpus, profile=args.profile, tick_s=args.tick, interval_s=args.interval,
         max_slowdown=args.max_slowdown, chooser=args.chooser, policy=args.policy,
-        forecast=None if args.forecast == "off" else args.forecast,
+        forecast=None if args.forecast == "off" else args.forecast, tune_clocks=args.clocks,
     )
     out = Path(args.output)
     try:
@@ -114,6 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learned: the shipped numpy RL policy; climber: the rule-based climber; "
                         "auto: learned if its file loads")
     p.add_argument("--policy", metavar="NPZ", help="numpy policy file for the simulated-node observation")
+    p.add_argument("--clocks", action=argparse.BooleanOptionalAction, default=True,
+                   help="[tuner] tune_clocks: SM- and memory-clock lock moves beside power and batch (default on)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
     p.add_argument("--forecast", default="linear", choices=["linear", "prophet", "none", "off"],

@@ -69,3 +69,16 @@ def test_report_on_a_directory_without_traces_exits_2(tmp_path: Path, capsys: py
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 2
     assert "no trace file" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing"), "-o", str(tmp_path / "r.html")]) == 2
+
+
+def test_experiment_no_clocks_runs_the_tuner_without_clock_moves(tmp_path: Path) -> None:
+    """``--no-clocks`` is ``[tuner] tune_clocks = false``: power and batch only, the same run otherwise."""
+    out = tmp_path / "run"
+    argv = ["experiment", "--duration", "600", "--gpus", "1", "--profile", "a100", "--workload", "vit-b16-imagenet",
+            "--interval", "10", "--forecast", "off", "--json", "-o", str(out)]
+    assert main([*argv, "--no-clocks"]) == 0
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["spec"]["tune_clocks"] is False and "sm_clock" not in doc["tuner"]["actions"]
+    assert main([*argv, "--clocks", "-o", str(tmp_path / "on")]) == 0
+    doc = json.loads((tmp_path / "on" / "comparison.json").read_text())
+    assert doc["spec"]["tune_clocks"] is True and doc["tuner"]["actions"].get("sm_clock", 0) >= 1
