@@ -271,7 +271,7 @@ class Store:
                     kept.append(t, value)  # type: ignore[union-attr]
             return
         order: list[Ring] = []
-        shared = 0
+        shared, replaced = 0, False
         for name, labels_, value in samples:
             key = (name, labels_)
             ring = rings.get(key)
@@ -279,6 +279,7 @@ class Store:
                 ring = rings[key] = on_clock[key] = SharedRing(cap, clock)
             elif isinstance(ring, SharedRing) and (ring.clock is not clock or ring.seq != seq - 1):
                 ring = rings[key] = self._unshare(key, ring)  # published twice, elsewhere or after a gap
+                replaced = True  # an earlier push of this publish may have counted (and kept) the ring replaced
             if isinstance(ring, SharedRing):
                 ring.push(value)
                 ring.seq = seq
@@ -286,11 +287,12 @@ class Store:
             else:
                 ring.append(t, value)
             order.append(ring)
-        if shared != len(on_clock):  # a series of this source was not published: it keeps its times
+        if replaced or shared != len(on_clock):  # a series of this source was not published: it keeps its times
             for key in [k for k, r in on_clock.items() if r.seq != seq]:
                 rings[key] = self._unshare(key, on_clock[key])
-        # the short way next time while every ring on the clock was pushed once (a series twice was unshared above)
-        clock.names, clock.labels, clock.order = names, labels, order if shared == len(on_clock) else None
+        # the short way next time while every ring on the clock was pushed once and none was replaced on the way
+        keep = not replaced and shared == len(on_clock)
+        clock.names, clock.labels, clock.order = names, labels, order if keep else None
         clock.rows = [] if clock.order is not None and shared == len(order) else None
 
     def _settle(self) -> None:

@@ -130,6 +130,17 @@ def test_a_source_that_publishes_the_same_series_again_and_again_keeps_every_win
     assert twice.window("p", A, 10.0, 3.0) == ([0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0], [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
 
 
+def test_a_series_twice_while_another_is_left_out_loses_nothing() -> None:
+    """[A, B, C, D] then [A, B, C, A] again and again: A keeps both values of each publish, D its own times."""
+    store, ref = Store(7), {}
+    keys = [("p", (("gpu", str(i)),)) for i in range(4)]
+    a, b, c, _d = keys
+    for step in range(30):
+        current = keys if step == 0 else [a, b, c, a]
+        samples = [(n, lab, float(step * 10 + i)) for i, (n, lab) in enumerate(current)]
+        _publish_and_check(store, ref, keys, ("gpu", float(step), samples), None, 100.0)
+
+
 @pytest.mark.parametrize("capacity", [1, 3, 7, 16, 40])
 def test_rows_kept_between_reads_are_pushed_onto_the_rings_in_order(capacity: int) -> None:
     """A source taking the short way for long runs read at random gaps (fewer, as many or more publishes
