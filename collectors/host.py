@@ -281,12 +281,15 @@ class HostCollector:
         l1, l5, l15 = os.getloadavg()
         out += [(LOAD1, (), l1), (LOAD5, (), l5), (LOAD15, (), l15)]
         out += self._memory_samples()
-        for dev, row in self._disks(read_diskstats(psutil.PROCFS_PATH)).items():
+        # each absent (logged once) where a sandboxed /proc lacks its file: the rest of the host is still served
+        disks = self._optional("disk counters", lambda p: list(self._disks(read_diskstats(p)).items()), psutil.PROCFS_PATH)
+        for dev, row in disks:
             if not _PARTITION.match(dev):
                 lab = self._labels("device", dev)
                 out += [(family, lab, float(v)) for family, v in zip(_DISK_COUNTERS, row[:4], strict=True)]
                 out.append((DISK_BUSY, lab, row[4] / 1000.0))
-        for nic, row in self._nics(read_net_dev(psutil.PROCFS_PATH)).items():
+        nics = self._optional("interface counters", lambda p: list(self._nics(read_net_dev(p)).items()), psutil.PROCFS_PATH)
+        for nic, row in nics:
             if nic not in self._skip_if:
                 lab = self._labels("interface", nic)
                 out += [(family, lab, float(v)) for family, v in zip(_NET_COUNTERS, row, strict=True)]

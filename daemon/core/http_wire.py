@@ -4,7 +4,7 @@ the same head every scrape) and responses formatted."""
 from __future__ import annotations
 
 import http
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Request(NamedTuple):
@@ -36,13 +36,13 @@ class Response(NamedTuple):
 _HEADS: dict[bytes, tuple[str, str, str, dict[str, str]] | None] = {}
 _HEADS_KEPT, _HEAD_KEPT_BYTES = 64, 1024
 _PHRASES = {s.value: s.phrase for s in http.HTTPStatus}
+_MISS: Any = object()
 
 
 def parse_head(head: bytes, peer: str) -> Request | None:
     """The request in ``head`` (up to the blank line), or None when it is malformed or carries a body."""
-    if head in _HEADS:
-        parsed = _HEADS[head]
-    else:
+    parsed = _HEADS.get(head, _MISS)  # one lookup: another front in this process may clear the dict between two
+    if parsed is _MISS:
         parsed = _parse(head)
         if len(head) <= _HEAD_KEPT_BYTES:
             if len(_HEADS) >= _HEADS_KEPT:

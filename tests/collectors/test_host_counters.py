@@ -102,6 +102,16 @@ def test_an_unknown_diskstats_line_is_an_error_as_in_psutil(proc: Path) -> None:
         psutil.disk_io_counters(perdisk=True)
 
 
+def test_a_proc_without_diskstats_or_net_dev_still_serves_the_rest_of_the_host(proc: Path) -> None:
+    """A sandboxed /proc may lack them: those families are absent (logged once), CPU, memory and TCP are served."""
+    c = H.HostCollector(proc=proc)
+    names = {n for n, _, _ in c.collect()}
+    assert H.TCP_RETRANS in names and H.CPU_SECONDS in names
+    assert names.isdisjoint({*H._DISK_COUNTERS, H.DISK_BUSY, *H._NET_COUNTERS})
+    _write(proc, 1, 2, 3, 4, 5, 6, 7)  # they come back
+    assert {*H._DISK_COUNTERS, *H._NET_COUNTERS} <= {n for n, _, _ in c.collect()}
+
+
 def _nic(sysfs: Path, nic: str, state: str, carrier: str, speed: str) -> None:
     d = sysfs / "class" / "net" / nic
     d.mkdir(parents=True, exist_ok=True)
