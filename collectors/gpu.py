@@ -75,6 +75,7 @@ class _GPUState:
         self.kept: dict[Reading, list[Sample]] = {}  # the slow readings' last samples, served between their reads
         self.kept_labels: Labels = ()
         self.ticks = 0
+        self.missed = False  # a tick went by without an answer: the slow readings are due at the next one
         self.lost = False
         self.xid_counts: dict[int, int] = {}
         self.last_xid = 0
@@ -140,6 +141,7 @@ class GPUCollector:
             samples, unsupported = gate.wait(job, t0 + gate.timeout_s - time.monotonic())
         except GPUHungError as e:
             logger.debug("gpu %s skipped: %s", g.labels[0][1], e)
+            g.missed = True  # set here, read by its worker: the kept counters may have moved meanwhile (an Xid)
             return [(F.GPU_UP, g.labels, 0.0)]
         for name, (indices, why) in unsupported.items():
             dropped.setdefault(name, ([], why))[0].extend(indices)
@@ -172,7 +174,8 @@ class GPUCollector:
 
     def _readings(self, g: _GPUState, labels: Labels, unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
         """A GPU's readings this tick: the slow ones' kept samples unless due (a failed one is due again next tick)."""
-        due = g.ticks % self.slow_every_ticks == 0 or labels != g.kept_labels
+        due = g.ticks % self.slow_every_ticks == 0 or labels != g.kept_labels or g.missed
+        g.missed = False
         g.ticks += 1
         kept = g.kept
         if due:

@@ -106,6 +106,28 @@ def test_lost_gpu_serves_no_kept_slow_samples(sim_node) -> None:
     assert _value(samples, F.GPU_POWER_LIMIT_MAX, gpu="0") == 700.0
 
 
+def test_slow_readings_are_read_again_after_a_tick_without_an_answer(sim_node) -> None:
+    """A GPU hung past its call timeout may come back with new ECC or remap counts (an Xid): no kept samples then."""
+    import time
+
+    backend = sim_node({"profile": "h100", "gpus": 1})
+    nvml, _ = open_nvml("sim", sim_nvml)
+    (gpu,) = [CountingGPU(g) for g in open_gpus(nvml, call_timeout_s=0.2)]
+    collector = GPUCollector([gpu], slow_every_ticks=10)  # type: ignore[list-item]
+    collector.collect()
+    backend.devices[0].hang_until = time.monotonic() + 0.5
+    assert [n for n, _, _ in collector.collect()] == [F.GPU_UP]  # no answer within 0.2 s
+    time.sleep(0.6)
+    for _ in range(50):  # the hung call returns once the hang ends
+        if gpu.calls["read_values"] == 2:
+            break
+        time.sleep(0.02)
+    samples = collector.collect()
+    assert _value(samples, F.GPU_UP) == 1.0
+    assert gpu.calls["power_limit_constraints"] == 2  # read again at the first answered tick, not at tick 10
+    collector.close()
+
+
 def test_config_default_and_bound() -> None:
     assert GPUConfig().slow_every_ticks == 10
     with pytest.raises(ValueError):
