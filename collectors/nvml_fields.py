@@ -34,6 +34,12 @@ FIELD_IDS: dict[str, tuple[str, float]] = {
 }
 
 
+#: nvml.h: the NVLink throughput fields read one link, named by the field's scopeId; UINT_MAX sums every link
+#: (nvidia-ml-py takes a (fieldId, scopeId) pair for it; a bare id is scope 0, link 0 alone).
+ALL_LINKS = 0xFFFFFFFF
+_PER_LINK = {"nvlink_tx_bytes", "nvlink_rx_bytes"}
+
+
 def single_reads(nvml: ModuleType, handle: Any) -> dict[str, Callable[[], float]]:
     """The single NVML call that reads each key where its field is not supported (keys without one: none)."""
     n, h = nvml, handle
@@ -69,7 +75,9 @@ class FieldReader:
     def __init__(self, nvml: ModuleType, handle: Any) -> None:
         self._nvml = nvml
         self._h = handle
-        self._ids = {k: (getattr(nvml, name), scale) for k, (name, scale) in FIELD_IDS.items() if hasattr(nvml, name)}
+        self._ids: dict[str, tuple[Any, float]] = {
+            k: ((getattr(nvml, name), ALL_LINKS) if k in _PER_LINK else getattr(nvml, name), scale)
+            for k, (name, scale) in FIELD_IDS.items() if hasattr(nvml, name)}
         self._single = single_reads(nvml, handle)
         self.alone: set[str] = set(FIELD_IDS) - set(self._ids)  # read by their single call from now on
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gputuned.collectors.sim.nvml_api import (
+    NVML_ERROR_INVALID_ARGUMENT,
     NVML_ERROR_NOT_SUPPORTED,
     NVML_SUCCESS,
     NVML_VALUE_TYPE_UNSIGNED_INT,
@@ -46,20 +47,30 @@ _BY_ID = {fid: (vtype, attr, single) for _, fid, vtype, attr, single in _FIELDS}
 FIELD_NAMES: dict[str, int] = {name: fid for name, fid, *_ in _FIELDS}
 
 
-def _field_value(dev: SimDevice, fid: int) -> c_nvmlFieldValue_t:
+_PER_LINK = (138, 139)  # nvml.h: the NVLink throughput fields read the link named by scopeId; UINT_MAX sums them all
+_ALL_LINKS = 0xFFFFFFFF
+
+
+def _field_value(dev: SimDevice, asked: int | tuple[int, int]) -> c_nvmlFieldValue_t:
+    fid, scope = asked if isinstance(asked, tuple) else (asked, 0)  # nvidia-ml-py: a bare id is scope 0
     known = _BY_ID.get(fid)
     if known is None or f"field:{fid}" in dev.unsupported or known[2] in dev.unsupported:
-        return c_nvmlFieldValue_t(fid, 0, 0, 0, _ULL, NVML_ERROR_NOT_SUPPORTED, c_nvmlValue_t())
+        return c_nvmlFieldValue_t(fid, scope, 0, 0, _ULL, NVML_ERROR_NOT_SUPPORTED, c_nvmlValue_t())
     vtype, attr, _ = known
     raw = int(getattr(dev, attr)) if attr else 0
+    if fid in _PER_LINK and scope != _ALL_LINKS:  # one link of the node's evenly loaded links
+        links = dev.profile.nvlink_links
+        if scope >= links:
+            return c_nvmlFieldValue_t(fid, scope, 0, 0, vtype, NVML_ERROR_INVALID_ARGUMENT, c_nvmlValue_t())
+        raw //= links
     value = c_nvmlValue_t(uiVal=raw) if vtype == _UINT else c_nvmlValue_t(ullVal=raw)
-    return c_nvmlFieldValue_t(fid, 0, 0, 0, vtype, NVML_SUCCESS, value)
+    return c_nvmlFieldValue_t(fid, scope, 0, 0, vtype, NVML_SUCCESS, value)
 
 
 def field_values_api(resolve: Callable[[_Handle, str], SimDevice]) -> dict[str, Any]:
     """``nvmlDeviceGetFieldValues`` by nvidia-ml-py's name, reading devices through ``resolve(handle, func)``."""
 
-    def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int]) -> list[c_nvmlFieldValue_t]:  # noqa: N802, N803
+    def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int | tuple[int, int]]) -> list[c_nvmlFieldValue_t]:  # noqa: N802, N803
         dev = resolve(handle, "nvmlDeviceGetFieldValues")
         return [_field_value(dev, fid) for fid in fieldIds]
 

@@ -259,3 +259,18 @@ def test_read_values_equals_the_typed_reads_it_stands_for(sim_node) -> None:
             else:
                 assert got == want, k
     assert [g.read_values(["gpm_activity"])["gpm_activity"] for g in gpus] == [None, None]  # H100: GPM's first sample
+
+
+def test_nvlink_fields_read_the_link_their_scope_names_and_all_links_at_uint_max(sim_node) -> None:
+    """nvml.h: scopeId is the link (a bare id is link 0); UINT_MAX sums every link, which the collector asks for."""
+    from gputuned.collectors.nvml_fields import ALL_LINKS
+
+    sim_node({"profile": "h100", "gpus": 1, "series": [{"gpu": 0, "field": "nvlink_tx_kib", "points": [[0, 1800]]}]})
+    sim_nvml.nvmlInit()
+    h = sim_nvml.nvmlDeviceGetHandleByIndex(0)
+    tx = sim_nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
+    bare, link3, every, past = sim_nvml.nvmlDeviceGetFieldValues(h, [tx, (tx, 3), (tx, ALL_LINKS), (tx, 18)])
+    assert (bare.value.ullVal, link3.value.ullVal, every.value.ullVal) == (100, 100, 1800)  # 18 links, evenly loaded
+    assert past.nvmlReturn == sim_nvml.NVML_ERROR_INVALID_ARGUMENT
+    nvml, _ = open_nvml("sim", sim_nvml)
+    assert _value(GPUCollector(open_gpus(nvml)).collect(), F.GPU_NVLINK_TX) == 1800 * 1024.0
