@@ -265,7 +265,9 @@ def load_workload(name: str | Path) -> Workload:
 
 
 def profile_key(name: str) -> str:
-    """Canonical profile key (file stem) for a profile name or alias."""
+    """Canonical profile key (file stem) for a profile name or alias; a profile file's path as given."""
+    if name.endswith(".toml"):  # a path: its case is the file system's
+        return name
     return PROFILE_ALIASES.get(name.lower(), name.lower())
 
 

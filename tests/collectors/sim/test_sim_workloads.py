@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from itertools import pairwise
+from pathlib import Path
 
 from gputuned.collectors.sim.node import build_sim_node
 from gputuned.collectors.sim.state import RealClock
@@ -85,3 +86,15 @@ def test_a_fixed_setting_is_measured_per_target_and_a_refused_batch_gives_none()
     wl = load_workload("imagenet-resnet50")
     assert measure_fixed("a100", 1, wl.name, 0, batch_size=wl.max_batch_size * 2) is None  # outside its range
     assert measure_fixed("p100", 1, wl.name, 0, batch_size=wl.max_batch_size) is None  # out of memory
+
+
+def test_a_profile_file_keeps_its_paths_case(tmp_path: Path) -> None:
+    """A profile given as a file is found at its path as written (a folder with capitals is not lower-cased)."""
+    from gputuned.collectors.sim.workload import load_calibration, load_workload, resolve_timing
+
+    src = Path(__file__).resolve().parents[2] / "data" / "rtx_a6000_memory_clocks.toml"
+    path = tmp_path / "Profiles" / "RTX-A6000.toml"
+    path.parent.mkdir()
+    path.write_text(src.read_text())
+    timing, where = resolve_timing(load_workload("librispeech-deepspeech2"), str(path), load_calibration())
+    assert where.startswith("transferred from") and timing.sm_s
