@@ -296,7 +296,8 @@ class TuningComponent:
             idx = int(dict(labels).get("gpu", -1))
             if idx not in self.gpu_indices:
                 continue
-            lo, hi = (self.store.value(F.GPU_POWER_LIMIT_MIN, labels) or 0.0, self.store.value(F.GPU_POWER_LIMIT_MAX, labels) or 0.0)
+            lo = self.store.value(F.GPU_POWER_LIMIT_MIN, labels) or 0.0
+            hi = self.store.value(F.GPU_POWER_LIMIT_MAX, labels) or 0.0
             sm = self.store.value(F.GPU_SM_CLOCK_MAX, labels) or 1.0
             bounds = self.actuator.bounds(idx)
             b = bounds.get("power_limit")

@@ -57,7 +57,7 @@ class ExperimentSpec:
     policy: str | None = None
     forecast: str | None = "linear"  # forecast fitter (linear, prophet, none: detector only); None: no detection, no alerts
     all_ranks: bool = False  # every rank reports (per-rank compute times: the tuner's Perseus controller acts)
-    tune_clocks: bool = True  # [tuner] tune_clocks: SM-clock lock moves beside power and batch
+    tune_clocks: bool = True  # [tuner] tune_clocks: SM- and memory-clock lock moves beside power and batch
 
     def slowdown(self) -> float:
         return DEFAULT_SLOWDOWN[self.objective] if self.max_slowdown is None else self.max_slowdown

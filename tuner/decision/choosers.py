@@ -196,7 +196,7 @@ class ClimbChooser(LimitOrLock, Chooser):
             return self._take_over(eps, goodput)
         db = self._next_probe()
         if not db:  # the batch probes are spent: the memory clock's walk, once
-            return MEMORY_DOWN if self.energy and self.memory.start(obs, eps, goodput) else None
+            return MEMORY_DOWN if self.energy and self.memory.start(obs, eps) else None
         self.state, self.probe_from, self.settled = Phase.PROBE, (eps, goodput), 0
         # under a lock a doubled batch goes with a clock step down (past the floor, the old size's):
         # it spends at once the speed the batch buys, as a limit would by lowering the clock itself

@@ -47,7 +47,7 @@ class TuningConfig(BaseModel):
     chooser: StrictStr = "auto"  # auto (learned if the packaged policy loads and is the default), learned, climber
     perseus: StrictBool = True  # lower GPUs with slack when several ranks report compute times
     tune_power: StrictBool = True
-    tune_clocks: StrictBool = True  # lock SM clocks [f, f] where the GPUs support it (beside the power limit)
+    tune_clocks: StrictBool = True  # lock SM (and memory) clocks [f, f] where the GPUs support it, beside the power limit
     tune_batch: StrictBool = True
     eta: Annotated[float, Strict()] = 0.5  # weight of energy in the ``cost`` objective (Zeus)
 

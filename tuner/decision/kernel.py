@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,9 +138,10 @@ class DecisionKernel:
                 done_p = dp
         if dc and self.clocks and self._clock_move(now, m, dc, rate, size, action == moves.RELEASE):
             done_c = dc
-        target = moves.memory_target(self.mem_lock, dm, self.mem_clocks)
-        if dm and target != self.mem_lock and self._set_memory(now, target, rate):
-            done_m = dm
+        if dm and self.mem_clocks:
+            target = moves.memory_target(self.mem_lock, dm, self.mem_clocks)
+            if target != self.mem_lock and self._set_memory(now, target, rate):
+                done_m = dm
         self.observer.moved(done_p, done_b, done_c, done_m)
         if self.cfg.perseus and (self.clocks or self.cfg.tune_power) and not (done_p or done_c or done_m):
             self._perseus(now)
@@ -158,9 +159,8 @@ class DecisionKernel:
             sm_ratio=m.sm_ratio, capped=m.capped, batch=m.batch, b0=self.b0,
             throughput_ratio=m.throughput / max(ref.throughput, 1e-9), goodput_ratio=m.goodput / max(ref.goodput, 1e-9),
             eps_ratio=eps / ref_eps, eff=m.eff, oom=self.oom, clocks=bool(self.clocks),
-            lock_share=(self.lock_mhz or max(self.clocks, default=1)) / max(self.clocks, default=1),
-            memory=bool(self.mem_clocks), memory_share=(self.mem_lock or max(self.mem_clocks, default=1))
-            / max(self.mem_clocks, default=1),
+            lock_share=_share(self.lock_mhz, self.clocks),
+            memory=bool(self.mem_clocks), memory_share=_share(self.mem_lock, self.mem_clocks),
         )
 
     def cost_rate(self, m: Interval) -> float:
@@ -397,3 +397,9 @@ class DecisionKernel:
         logger.info("tuner %s %s=%s on %s%s", kind, knob, value, target,
                     "".join(f" {k}={v}" for k, v in extra.items()))
         self.on_event(event)
+
+
+def _share(lock: int | None, clocks: Sequence[int]) -> float:
+    """A lock as a share of the top clock (1 unlocked, or where nothing can be locked)."""
+    top = max(clocks, default=1)
+    return (lock or top) / top

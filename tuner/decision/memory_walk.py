@@ -13,44 +13,39 @@ refused lock), ends it too. Energy objectives only; nothing happens where no can
 
 from __future__ import annotations
 
-from gputuned.tuner.decision.moves import MEMORY_DOWN
+from gputuned.tuner.decision.moves import MEMORY_DOWN, MEMORY_UP
 from gputuned.tuner.decision.observe import Feature as F
 from gputuned.tuner.decision.observe import Observation
 
 #: The least fall of energy per sample that keeps a memory-clock step (a lower memory clock slows
 #: the memory-bound phases for sure; a saving within reading noise does not pay for that).
 MIN_SAVING = 0.001
-#: The move that undoes a step down: one candidate up (the top one unlocks).
-MEMORY_UP = MEMORY_DOWN + 1
 
 
 class MemoryWalk:
     """Steps the memory clock down while each step saves energy within the budget (see module doc)."""
 
     def __init__(self) -> None:
-        self.pending: tuple[float, float] | None = None  # (eps, goodput) before the step being judged
+        self.pending: float | None = None  # energy per sample before the step being judged
         self.done = False
-        self.kept = 0  # steps down kept
 
-    def start(self, obs: Observation, eps: float, goodput: float) -> bool:
+    def start(self, obs: Observation, eps: float) -> bool:
         """Whether to take the first step down now (once per job, where candidates exist)."""
-        if self.done or self.pending is not None or self.kept or obs[F.MEMORY_CLOCKS] < 0.5:
+        if self.done or self.pending is not None or obs[F.MEMORY_CLOCKS] < 0.5:
             return False
-        self.pending = (eps, goodput)
+        self.pending = eps
         return True
 
     def judge(self, obs: Observation, eps: float, goodput: float, budget: float, noise: float) -> int | None:
         """The move after a step down: the next step down (kept), ``MEMORY_UP`` (undone), or None (walk over)."""
         if self.pending is None:
             return None
-        eps0, _ = self.pending
-        self.pending = None
+        eps0, self.pending = self.pending, None
         if obs[F.LAST_DM] >= 0:  # the step was not made: the lowest candidate, or a refused lock
             self.done = True
             return None
         if goodput >= budget and eps < eps0 * (1.0 - max(MIN_SAVING, noise)):
-            self.kept += 1
-            self.pending = (eps, goodput)
+            self.pending = eps
             return MEMORY_DOWN
         self.done = True
         return MEMORY_UP

@@ -34,8 +34,9 @@ FINE_ACTIONS = 15
 FINE_SHARE = 0.25
 #: Unlock the SM clocks from any lock (the limit the lock took over from comes back).
 RELEASE = 19
-#: Lock the memory clock one candidate lower; ``MEMORY_DOWN + 1`` one higher (unlocked from the highest).
+#: Lock the memory clock one candidate lower; ``MEMORY_UP`` one higher (unlocked from the highest).
 MEMORY_DOWN = 20
+MEMORY_UP = 21
 #: The lowest share of the top memory clock a memory lock may go to: below it lie the idle-level
 #: clocks (405 and 810 MHz on GDDR parts), at which measured work runs 2-7x slower.
 MEMORY_CANDIDATE_SHARE = 0.5
