@@ -28,7 +28,6 @@ from gputuned.collectors.gpu_readings import (
     SLOW_READINGS,
     Reading,
     nvlink_reading,
-    reading_name,
 )
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
@@ -74,12 +73,13 @@ class _GPUState:
         self.readings: list[Reading] = [*READINGS, nvlink_reading()]
         self.kept: dict[Reading, list[Sample]] = {}  # the slow readings' last samples, served between their reads
         self.kept_labels: Labels = ()
+        self.info_for: Labels | None = None
+        self.info_labels: Labels = ()  # its info series' labels, built again only when its labels change
         self.ticks = 0
         self.missed = False  # a tick went by without an answer: the slow readings are due at the next one
         self.lost = False
         self.xid_counts: dict[int, int] = {}
         self.last_xid = 0
-        self.errors = 0
 
 
 class GPUCollector:
@@ -99,9 +99,6 @@ class GPUCollector:
     @property
     def devices(self) -> list[GPUDevice]:
         return [g.dev for g in self._gpus]
-
-    def lost_gpus(self) -> list[int]:
-        return [g.dev.identity.index for g in self._gpus if g.lost]
 
     def collect(self) -> list[Sample]:
         """Every GPU's samples; GPUs with a call timeout are read in parallel, each on its own worker."""
@@ -168,7 +165,9 @@ class GPUCollector:
         for xid, n in g.xid_counts.items():
             out.append((F.GPU_XID, (*labels, ("xid", str(xid))), float(n)))
         out.append((F.GPU_LAST_XID, labels, float(g.last_xid)))
-        out.append((F.GPU_INFO, (*labels, *self._info), 1.0))
+        if labels != g.info_for:
+            g.info_for, g.info_labels = labels, (*labels, *self._info)
+        out.append((F.GPU_INFO, g.info_labels, 1.0))
         out.append((F.GPU_UP, labels, 1.0))
         return out
 
@@ -200,13 +199,12 @@ class GPUCollector:
             except NotSupportedError as e:
                 dropped.append(reading)
                 why = str(e).split(": ", 1)[-1] if str(e).startswith("gpu ") else str(e)
-                unsupported.setdefault(reading_name(reading), ([], why or "not supported"))[0].append(
+                unsupported.setdefault(reading.__name__, ([], why or "not supported"))[0].append(
                     g.dev.identity.index)
                 continue
             except GPULostError:
                 raise
             except GPUError as e:
-                g.errors += 1
                 logger.warning("gpu %s reading %s failed: %s", labels[0][1], reading.__name__, e)
                 continue
             if reading in SLOW_READINGS:

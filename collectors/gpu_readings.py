@@ -28,7 +28,7 @@ class Reading:
     ``make`` takes the value itself where the reading has one key, the list of them where it has several.
     """
 
-    __slots__ = ("__name__", "keys", "_key", "_make")
+    __slots__ = ("__name__", "keys", "_key", "_make")  # __name__: its first family, as logs name it
 
     def __init__(self, name: str, keys: tuple[str, ...], make: Make) -> None:
         self.__name__, self.keys, self._make = name, keys, make
@@ -87,7 +87,7 @@ def nvlink_reading(clock: Callable[[], float] = time.monotonic) -> Reading:
         prev[:] = [now, tx + rx]
         return out
 
-    return Reading("_nvlink", ("nvlink_tx_bytes", "nvlink_rx_bytes"), _nvlink)
+    return Reading(F.GPU_NVLINK_TX, ("nvlink_tx_bytes", "nvlink_rx_bytes"), _nvlink)
 
 
 def _power_limits(v: Any, labels: Labels) -> list[Sample]:
@@ -124,15 +124,11 @@ def _clock_events(mask: Any, labels: Labels) -> list[Sample]:
     return out
 
 
-def _field(family: str, key: str) -> Reading:
-    return Reading(family, (key,), lambda v, labels: [(family, labels, v)])
-
-
 _SM_CLOCK_MAX = _one(F.GPU_SM_CLOCK_MAX, "max_sm_clock_hz")
-_POWER_LIMITS = Reading("_power_limits", ("power_limit_constraints",), _power_limits)
-_PCIE_REPLAYS = _field(F.GPU_PCIE_REPLAYS, "pcie_replays")
-_ECC = Reading("_ecc", ("ecc_corrected", "ecc_uncorrected"), _ecc)
-_REMAPPED = Reading("_remapped", ("remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failed"),
+_POWER_LIMITS = Reading(F.GPU_POWER_LIMIT_MIN, ("power_limit_constraints",), _power_limits)
+_PCIE_REPLAYS = _one(F.GPU_PCIE_REPLAYS, "pcie_replays")
+_ECC = Reading(F.GPU_ECC, ("ecc_corrected", "ecc_uncorrected"), _ecc)
+_REMAPPED = Reading(F.GPU_REMAPPED, ("remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failed"),
                     _remapped)
 
 #: Readings taken every ``slow_every_ticks`` ticks: set by an operator or counted for alerts over minutes.
@@ -140,7 +136,7 @@ SLOW_READINGS: frozenset[Reading] = frozenset({_SM_CLOCK_MAX, _POWER_LIMITS, _PC
 
 READINGS: tuple[Reading, ...] = (
     _pair(F.GPU_UTIL, F.GPU_MEM_ACTIVITY, "utilization"),
-    Reading("_memory", ("memory",), _memory),
+    Reading(F.GPU_MEM_USED, ("memory",), _memory),
     _one(F.GPU_SM_CLOCK, "sm_clock_hz"),
     _SM_CLOCK_MAX,
     _one(F.GPU_MEM_CLOCK, "memory_clock_hz"),
@@ -148,19 +144,19 @@ READINGS: tuple[Reading, ...] = (
     _one(F.GPU_POWER, "power_w"),
     _one(F.GPU_POWER_LIMIT, "power_limit_w"),
     _POWER_LIMITS,
-    _field(F.GPU_ENERGY, "energy_j"),
+    _one(F.GPU_ENERGY, "energy_j"),
     _one(F.GPU_TEMP, "temperature_c"),
-    _field(F.GPU_MEM_TEMP, "memory_temperature_c"),
+    _one(F.GPU_MEM_TEMP, "memory_temperature_c"),
     _one(F.GPU_FAN, "fan_ratio"),
     _pair(F.GPU_PCIE_TX, F.GPU_PCIE_RX, "pcie_throughput_bps"),
     _PCIE_REPLAYS,
     _ECC,
     _REMAPPED,
-    Reading("_clock_events", ("clock_event_reasons",), _clock_events),
+    Reading(F.GPU_CLOCK_EVENT_MASK, ("clock_event_reasons",), _clock_events),
     _one(F.GPU_PSTATE, "pstate"),
     _pair(F.GPU_ENC, F.GPU_DEC, "encoder_decoder_utilization"),
     _pair(F.GPU_POWER_VIOLATION, F.GPU_THERMAL_VIOLATION, "violation_seconds"),
-    Reading("_gpm", ("gpm_activity",), _gpm),
+    Reading(F.GPU_GR_ENGINE, ("gpm_activity",), _gpm),
 )
 
 
@@ -179,9 +175,3 @@ EXPECTED_ABSENT: dict[str, str] = {
 }
 
 
-def reading_name(reading: Reading) -> str:
-    """The family a reading is known by in logs (its first family)."""
-    composite = {"_memory": F.GPU_MEM_USED, "_utilization": F.GPU_UTIL, "_power_limits": F.GPU_POWER_LIMIT_MIN,
-                 "_ecc": F.GPU_ECC, "_remapped": F.GPU_REMAPPED, "_clock_events": F.GPU_CLOCK_EVENT_MASK,
-                 "_gpm": F.GPU_GR_ENGINE, "_nvlink": F.GPU_NVLINK_TX}
-    return composite.get(reading.__name__, reading.__name__)
