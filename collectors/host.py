@@ -280,15 +280,15 @@ class HostCollector:
         out.append((CPU_COUNT, (), self._cpus))
         l1, l5, l15 = os.getloadavg()
         out += [(LOAD1, (), l1), (LOAD5, (), l5), (LOAD15, (), l15)]
-        out += self._memory_samples()
+        out += self._optional("memory", self._memory_samples)
         # each absent (logged once) where a sandboxed /proc lacks its file: the rest of the host is still served
-        disks = self._optional("disk counters", lambda p: list(self._disks(read_diskstats(p)).items()), psutil.PROCFS_PATH)
+        disks = self._optional("disk counters", lambda p: list(self._disks(read_diskstats(p)).items()), str(self._proc))
         for dev, row in disks:
             if not _PARTITION.match(dev):
                 lab = self._labels("device", dev)
                 out += [(family, lab, float(v)) for family, v in zip(_DISK_COUNTERS, row[:4], strict=True)]
                 out.append((DISK_BUSY, lab, row[4] / 1000.0))
-        nics = self._optional("interface counters", lambda p: list(self._nics(read_net_dev(p)).items()), psutil.PROCFS_PATH)
+        nics = self._optional("interface counters", lambda p: list(self._nics(read_net_dev(p)).items()), str(self._proc))
         for nic, row in nics:
             if nic not in self._skip_if:
                 lab = self._labels("interface", nic)
@@ -300,7 +300,7 @@ class HostCollector:
 
     def _memory_samples(self) -> list[Sample]:
         """Memory and swap from one read of psutil's meminfo (psutil reads it twice, and /proc/vmstat)."""
-        m = read_memory(psutil.PROCFS_PATH)
+        m = read_memory(str(self._proc))
         if m is None:  # psutil's estimates
             vm, sw = psutil.virtual_memory(), psutil.swap_memory()
             m = {"total": vm.total, "available": vm.available, "swap_total": sw.total, "swap_free": sw.total - sw.used}

@@ -23,6 +23,8 @@ def _proc(root: Path, *, psi: bool = True, oom: bool = True) -> Path:
     proc = root / "proc"
     (proc / "net").mkdir(parents=True)
     (proc / "net" / "snmp").write_text(SNMP)
+    for name in ("meminfo", "diskstats", "net/dev"):  # this host's, read as the collector reads them
+        (proc / name).write_text(Path("/proc", name).read_text())
     if psi:
         (proc / "pressure").mkdir()
         for resource, text in PSI.items():
