@@ -241,17 +241,10 @@ class NvmlGPU(GPUDevice):
     nvlink_bytes = _typed("nvlink throughput", lambda g: (g._field("nvlink_tx_bytes"), g._field("nvlink_rx_bytes")))
     pcie_replays = _typed("pcie replays", lambda g: int(g._field("pcie_replays")))
 
-    @_nvml_call("ecc errors")
-    def ecc_errors(self) -> EccCounts:
-        n = self._nvml
-        c = n.nvmlDeviceGetTotalEccErrors(self._h, n.NVML_MEMORY_ERROR_TYPE_CORRECTED, n.NVML_AGGREGATE_ECC)
-        u = n.nvmlDeviceGetTotalEccErrors(self._h, n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_AGGREGATE_ECC)
-        return EccCounts(int(c), int(u))
-
-    @_nvml_call("remapped rows")
-    def remapped_rows(self) -> RemappedRows:
-        corr, unc, pending, failed = self._nvml.nvmlDeviceGetRemappedRows(self._h)
-        return RemappedRows(int(corr), int(unc), bool(pending), bool(failed))
+    ecc_errors = _typed("ecc errors", lambda g: EccCounts(*(int(g._field(k)) for k in ("ecc_corrected", "ecc_uncorrected"))))
+    remapped_rows = _typed("remapped rows", lambda g: RemappedRows(
+        int(g._field("remapped_correctable")), int(g._field("remapped_uncorrectable")),
+        bool(g._field("remap_pending")), bool(g._field("remap_failed"))))
 
     @_nvml_call("gpm")
     def gpm_activity(self) -> GpmActivity | None:
