@@ -22,7 +22,7 @@ import psutil
 from pydantic import Field
 
 from gputuned.collectors.families import C, G, Labels, Sample, declare
-from gputuned.collectors.network import LINK_FAMILIES, LinkReader
+from gputuned.collectors.network import LINK_FAMILIES, LinkReader, read_text
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ _PARTITION = re.compile(r"^(loop|ram|dm-|sr)\d|^(sd[a-z]+|vd[a-z]+|xvd[a-z]+)\d+
 
 def read_tcp_counters(proc: Path) -> dict[str, int]:
     """``Tcp:`` counters from /proc/net/snmp (header line, then value line)."""
-    lines = _text(f"{proc}/net/snmp").splitlines()
+    lines = read_text(f"{proc}/net/snmp").splitlines()
     for head, vals in zip(lines, lines[1:], strict=False):
         if head.startswith("Tcp:") and vals.startswith("Tcp:"):
             return {k: int(v) for k, v in zip(head.split()[1:], vals.split()[1:], strict=True)}
@@ -96,18 +96,6 @@ _PSI_RESOURCES = ("cpu", "memory", "io")
 Mount = tuple[str, str, str]  # device, mount point, filesystem type
 
 
-def _text(path: str) -> str:
-    """A small /proc file's text, read with os.read: open()'s file objects are most of such a read's cost."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):  # a seq file may come in several reads
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode()
-
-
 #: The /proc/meminfo lines the host collector serves (kB), in psutil's names for them
 _MEMINFO = {"MemTotal:": "total", "MemAvailable:": "available", "SwapTotal:": "swap_total", "SwapFree:": "swap_free"}
 
@@ -116,7 +104,7 @@ def read_memory(proc: str) -> dict[str, int] | None:
     """Memory and swap (bytes) from ``proc``/meminfo, as psutil's virtual_memory and swap_memory take them;
     None where psutil would estimate instead (a line missing, MemAvailable 0 or above MemTotal)."""
     got: dict[str, int] = {}
-    for line in _text(f"{proc}/meminfo").splitlines():
+    for line in read_text(f"{proc}/meminfo").splitlines():
         key, _, rest = line.partition(" ")
         if key in _MEMINFO:
             got[_MEMINFO[key]] = int(rest.split()[0]) * 1024
@@ -129,7 +117,7 @@ def read_pressure(proc: Path) -> list[Sample]:
     """PSI totals of cpu, memory and io from ``proc``/pressure (kernel 4.20+, psi not disabled)."""
     out: list[Sample] = []
     for resource in _PSI_RESOURCES:
-        for line in _text(f"{proc}/pressure/{resource}").splitlines():
+        for line in read_text(f"{proc}/pressure/{resource}").splitlines():
             kind, _, fields = line.partition(" ")
             total = fields.rpartition("total=")[2]
             if kind in _PSI_LINES and total.isdigit():
@@ -139,7 +127,7 @@ def read_pressure(proc: Path) -> list[Sample]:
 
 def read_oom_kills(proc: Path) -> list[Sample]:
     """The OOM-kill counter of ``proc``/vmstat (kernel 4.13+); ValueError when the line is absent."""
-    text = _text(f"{proc}/vmstat")
+    text = read_text(f"{proc}/vmstat")
     at = text.find("oom_kill ")
     if at < 0 or (at > 0 and text[at - 1] != "\n"):
         raise ValueError(f"no oom_kill in {proc}/vmstat")
@@ -182,7 +170,7 @@ def filesystem_samples(mount: Mount, st: os.statvfs_result) -> list[Sample]:
 def read_diskstats(proc: str) -> dict[str, Row]:
     """Per block device: (bytes read, bytes written, reads, writes, busy ms) from ``proc``/diskstats, as psutil reads them."""
     out: dict[str, Row] = {}
-    for line in _text(f"{proc}/diskstats").splitlines():
+    for line in read_text(f"{proc}/diskstats").splitlines():
         f = line.split()
         at = _DISKSTATS.get(14 if len(f) >= 18 else len(f))
         if at is None:
@@ -195,7 +183,7 @@ def read_diskstats(proc: str) -> dict[str, Row]:
 def read_net_dev(proc: str) -> dict[str, Row]:
     """Per interface: the counters of _NET_COUNTERS from ``proc``/net/dev."""
     out: dict[str, Row] = {}
-    for line in _text(f"{proc}/net/dev").splitlines()[2:]:
+    for line in read_text(f"{proc}/net/dev").splitlines()[2:]:
         name, _, rest = line.rpartition(":")
         f = rest.split()
         if len(f) != 16:

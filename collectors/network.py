@@ -50,20 +50,24 @@ _IB_COUNTERS = {
 }
 
 
-def _read(path: str | os.PathLike[str]) -> str | None:
-    """A small sysfs file's text, stripped; None when it cannot be read (absent, EINVAL for a down link's carrier).
-
-    Read with os.read: open()'s file objects were most of such a read's cost."""
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A small /proc or /sys file's text, read with os.read: open()'s file objects are most of such a read's cost."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 4096).decode().strip()
-    except OSError:
-        return None
+        chunks = []
+        while chunk := os.read(fd, 65536):  # a seq file may come in several reads
+            chunks.append(chunk)
     finally:
         os.close(fd)
+    return b"".join(chunks).decode()
+
+
+def _read(path: str | os.PathLike[str]) -> str | None:
+    """A small sysfs file's text, stripped; None when it cannot be read (absent, EINVAL for a down link's carrier)."""
+    try:
+        return read_text(path).strip()
+    except OSError:
+        return None
 
 
 def _carrier_and_speed(base: str, nic: str, labels: Labels) -> list[Sample]:

@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from gputuned.collectors import host as H
+from gputuned.collectors import network as N
 
 MEMINFO = """MemTotal:       24683784 kB
 MemFree:        21335148 kB
@@ -56,4 +57,4 @@ def test_this_hosts_totals_equal_psutils(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_a_proc_file_read_in_several_reads_is_whole(tmp_path: Path) -> None:
     text = "".join(f"line {i} {'x' * 100}\n" for i in range(2000))  # 200 kB: more than one os.read
     (tmp_path / "big").write_text(text)
-    assert H._text(str(tmp_path / "big")) == text
+    assert N.read_text(str(tmp_path / "big")) == text
