@@ -86,6 +86,23 @@ def test_a_clock_step_that_costs_throughput_is_rolled_back() -> None:
     assert k.guard.rollbacks == 1
 
 
+def test_only_the_node_refusing_the_first_lock_ends_clock_moves(tmp_path: Path) -> None:
+    """A first lock the guard refuses (the kill switch here) keeps clocks in play; one the GPUs refuse ends them."""
+    paused = tmp_path / "paused"
+    paused.write_text("")
+    node = ClockNode()
+    k = DecisionKernel(node, TuningConfig(interval_s=10.0), SafetyGuard(GuardConfig(pause_file=paused, settle_s=5.0)),
+                       b0=64, limit_w=300.0)
+    assert k.observe(0.0).kind == "reference" and k.observe(10.0).kind == "choose"
+    assert k.act(move(0, 0, -1), 10.0).dc == 0 and k.clocks == CLOCKS  # refused by the guard
+    paused.unlink()
+    assert k.act(move(0, 0, -1), 20.0).dc == -1 and node.locks == {"0": 1350, "1": 1350}
+    refusing = ClockNode()
+    refusing.set_sm_clock = lambda gpu, mhz, origin="tuner": False  # type: ignore[method-assign]
+    k = kernel(refusing)
+    assert k.act(move(0, 0, -1), 10.0).dc == 0 and k.clocks == ()  # NVML answered NOT_SUPPORTED: power only
+
+
 def test_a_lock_taking_over_from_the_limit_is_undone_whole() -> None:
     node = ClockNode()
     k = kernel(node)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,7 @@ class DecisionKernel:
         self.clocks = self._gpus[0].sm_clocks if config.tune_clocks and self._gpus else ()
         self.mem_clocks = self._gpus[0].memory_clocks if config.tune_clocks and self._gpus else ()
         self.mem_lock: int | None = None  # the job-wide memory-clock lock (None: unlocked)
+        self.refused = False  # the last job-wide setting was refused by the node on some GPU
         self.locked_once = False  # a lock was applied: the GPUs can be locked
 
     # -- one step -----------------------------------------------------------------------
@@ -159,8 +160,8 @@ class DecisionKernel:
             sm_ratio=m.sm_ratio, capped=m.capped, batch=m.batch, b0=self.b0,
             throughput_ratio=m.throughput / max(ref.throughput, 1e-9), goodput_ratio=m.goodput / max(ref.goodput, 1e-9),
             eps_ratio=eps / ref_eps, eff=m.eff, oom=self.oom, clocks=bool(self.clocks),
-            lock_share=_share(self.lock_mhz, self.clocks),
-            memory=bool(self.mem_clocks), memory_share=_share(self.mem_lock, self.mem_clocks),
+            lock_share=moves.lock_share(self.lock_mhz, self.clocks),
+            memory=bool(self.mem_clocks), memory_share=moves.lock_share(self.mem_lock, self.mem_clocks),
         )
 
     def cost_rate(self, m: Interval) -> float:
@@ -235,6 +236,7 @@ class DecisionKernel:
     def _set_all(self, now: float, knob: str, value: float, previous: float, apply: Callable[[GPULimits], bool],
                  rate: float, rollback: bool) -> bool:
         """Set a job-wide knob on every GPU the operator did not pin, through the guard (not on a rollback)."""
+        self.refused = False  # whether the node refused it on a GPU (not the guard, not a pin)
         if all(self._pinned(knob, g.key) for g in self._gpus):
             return False  # the operator holds it on every GPU: not a failure
         if not rollback:
@@ -242,7 +244,9 @@ class DecisionKernel:
             if not d.allowed:
                 self.emit(now, "refused", knob, "all", value, reason=d.reason)
                 return False
-        done = [g.key for g in self._gpus if not self._pinned(knob, g.key) and apply(g)]
+        tried = [g for g in self._gpus if not self._pinned(knob, g.key)]
+        done = [g.key for g in tried if apply(g)]
+        self.refused = len(done) < len(tried)
         if not done:
             self.emit(now, "failed", knob, "all", value)
             return False
@@ -268,7 +272,7 @@ class DecisionKernel:
             return self.node.set_sm_clock(g.key, self._gpu_clock(g.key, mhz))
 
         if not self._set_all(now, "sm_clock", float(mhz or 0), float(self.lock_mhz or 0), apply, rate, rollback):
-            if mhz is not None:
+            if mhz is not None and self.refused:  # the node refused it (a guard refusal says nothing of the GPUs)
                 self._lock_refused()
             return False
         self.lock_mhz = mhz
@@ -278,15 +282,11 @@ class DecisionKernel:
     def _set_memory(self, now: float, mhz: int | None, rate: float, rollback: bool = False) -> bool:
         """Lock every GPU's memory clock at ``mhz`` (None: unlock); 0 stands for unlocked in events. A
         first lock the node refuses (NVML before Ampere) ends memory moves."""
-        refused: list[str] = []
-
         def apply(g: GPULimits) -> bool:
-            ok = self.node.set_memory_clock(g.key, mhz)
-            refused.extend([] if ok else [g.key])
-            return ok
+            return self.node.set_memory_clock(g.key, mhz)
 
         if not self._set_all(now, "memory_clock", float(mhz or 0), float(self.mem_lock or 0), apply, rate, rollback):
-            if refused and self.mem_lock is None:
+            if self.refused and self.mem_lock is None:
                 logger.info("memory clocks cannot be locked on this node (the first lock was refused)")
                 self.mem_clocks = ()
             return False
@@ -397,9 +397,3 @@ class DecisionKernel:
         logger.info("tuner %s %s=%s on %s%s", kind, knob, value, target,
                     "".join(f" {k}={v}" for k, v in extra.items()))
         self.on_event(event)
-
-
-def _share(lock: int | None, clocks: Sequence[int]) -> float:
-    """A lock as a share of the top clock (1 unlocked, or where nothing can be locked)."""
-    top = max(clocks, default=1)
-    return (lock or top) / top

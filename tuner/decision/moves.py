@@ -189,3 +189,9 @@ def memory_target(lock: int | None, dm: int, clocks: Sequence[int]) -> int | Non
     i = clocks.index(lock) if lock in clocks else 0
     j = min(max(i - dm, 0), len(clocks) - 1)
     return None if j == 0 else int(clocks[j])
+
+
+def lock_share(lock: int | None, clocks: Sequence[int]) -> float:
+    """A lock as a share of the top clock (1 unlocked, or where nothing can be locked)."""
+    top = max(clocks, default=1)
+    return (lock or top) / top
