@@ -59,6 +59,16 @@ def test_the_climber_keeps_a_lower_memory_clock_only_while_it_saves_within_the_b
     assert env.backend.devices[0].locked_memory_clocks_mhz is None
 
 
+def test_a_memory_clock_the_operator_pinned_is_never_moved() -> None:
+    """The operator's `gputuned set` pin on locked_memory_clocks holds against the walk (the kernel's pins, as for every knob)."""
+    env = SimNodeEnv(profiles=(A6000,), workloads=("librispeech-deepspeech2",), gpus=(1,), horizon=40, noise=0.0)
+    env.reset(seed=0, options={"objective": "energy_slowdown", "max_slowdown": 0.05})
+    env.kernel.node.pinned = lambda knob, target: knob == "memory_clock"  # type: ignore[attr-defined]
+    for _ in range(40):
+        env.step(env.suggested)
+    assert env.kernel.mem_lock is None and env.backend.devices[0].locked_memory_clocks_mhz is None
+
+
 @pytest.mark.parametrize("profile", ["a100", "h100", "v100", "p100", "a40", "rtx6000"])
 def test_memory_clocks_never_move_on_shipped_profiles(profile: str) -> None:
     env, made = _climb(profile, "movielens-ncf", 12)
