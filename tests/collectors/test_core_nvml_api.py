@@ -10,11 +10,12 @@ import pynvml
 import pytest
 
 from gputuned.collectors import nvml as nvml_layer
-from gputuned.collectors import nvml_reads
+from gputuned.collectors import nvml_fields, nvml_reads
 from gputuned.collectors.sim import nvml as sim_nvml
 
 SOURCE = Path(nvml_layer.__file__)
-SOURCES = (SOURCE, Path(nvml_reads.__file__))  # the NvmlGPU class and the NVML calls behind its fast reads
+# the NvmlGPU class, the NVML calls behind its fast reads, and the field reader with its single-call fallbacks
+SOURCES = (SOURCE, Path(nvml_reads.__file__), Path(nvml_fields.__file__))
 
 
 def _nvml_names() -> tuple[set[str], set[str]]:
