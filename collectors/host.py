@@ -76,8 +76,20 @@ _DISKSTATS = {14: (2, 3, 5, 7, 9, 12), 15: (3, 2, 5, 7, 9, 12), 7: (2, 3, 4, 5, 
 #: /proc/net/dev fields after the name: bytes, packets, errors, drops, received then sent, in _NET_COUNTERS' order
 _NET_DEV = (0, 8, 1, 9, 2, 10, 3, 11)
 Row = tuple[int, ...]
+#: The modes of /proc/stat's first line, in its order (psutil's cpu_times names; a kernel before 2.6.11 lacks steal)
+_CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_CPU_LABELS = tuple((("mode", mode),) for mode in _CPU_MODES)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 _PARTITION = re.compile(r"^(loop|ram|dm-|sr)\d|^(sd[a-z]+|vd[a-z]+|xvd[a-z]+)\d+$|^nvme\d+n\d+p\d+$")
+
+
+def read_cpu_times(proc: str) -> list[float]:
+    """Seconds per mode of _CPU_MODES, all CPUs together, from ``proc``/stat's first line, as psutil's cpu_times reads it."""
+    line = read_text(f"{proc}/stat", head=4096).partition("\n")[0].split()  # the first line fits a page on any host
+    if not line or line[0] != "cpu":
+        raise ValueError(f"no cpu line at the top of {proc}/stat")
+    return [float(v) / _CLOCK_TICKS for v in line[1:len(_CPU_MODES) + 1]]
 
 
 def read_tcp_counters(proc: Path) -> dict[str, int]:
@@ -218,7 +230,7 @@ class Unwrapped:
 
 
 class HostCollector:
-    """Host readings from /proc (CPU times and the memory fallback through psutil) and /sys.
+    """Host readings from /proc (psutil where it lacks a file or memory needs estimating) and /sys.
 
     ``refresh_ticks``: links' carrier and speed are read again every that many collects (at once
     for a link whose state moved); the rest is read at every collect.
@@ -260,11 +272,12 @@ class HostCollector:
 
     def collect(self) -> list[Sample]:
         out: list[Sample] = []
-        ct = psutil.cpu_times()
-        for mode in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"):
-            v = getattr(ct, mode, None)
-            if v is not None:
-                out.append((CPU_SECONDS, (("mode", mode),), float(v)))
+        try:
+            cpu = read_cpu_times(str(self._proc))
+        except OSError:  # a /proc tree without stat (a fixture, a sandbox): psutil's own /proc
+            ct = psutil.cpu_times()
+            cpu = [float(getattr(ct, mode)) for mode in _CPU_MODES if hasattr(ct, mode)]
+        out += [(CPU_SECONDS, labels, v) for labels, v in zip(_CPU_LABELS, cpu, strict=False)]
         out.append((CPU_COUNT, (), self._cpus))
         l1, l5, l15 = os.getloadavg()
         out += [(LOAD1, (), l1), (LOAD5, (), l5), (LOAD15, (), l15)]

@@ -50,10 +50,15 @@ _IB_COUNTERS = {
 }
 
 
-def read_text(path: str | os.PathLike[str]) -> str:
-    """A small /proc or /sys file's text, read with os.read: open()'s file objects are most of such a read's cost."""
+def read_text(path: str | os.PathLike[str], head: int = 0) -> str:
+    """A small /proc or /sys file's text, read with os.read: open()'s file objects are most of such a read's cost.
+
+    ``head``: when above 0, one read of at most that many bytes (a line at the top of a long file).
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
+        if head > 0:
+            return os.read(fd, head).decode()
         chunks = []
         while chunk := os.read(fd, 65536):  # a seq file may come in several reads
             chunks.append(chunk)

@@ -142,3 +142,17 @@ def test_links_state_at_every_read_carrier_and_speed_when_the_state_moves_or_eve
     assert {(n, lab): v for n, lab, v in every.read()} == {(n, lab): v for n, lab, v in N.LinkReader(sysfs).read()}
     with pytest.raises(ValueError):
         N.LinkReader(sysfs, refresh_reads=0)
+
+
+def test_cpu_times_read_from_proc_stat_equal_psutils(proc: Path) -> None:
+    """The same /proc/stat (a long first page of per-CPU and intr lines after it) gives psutil's seconds per mode."""
+    (proc / "stat").write_text("cpu  4705 356 1584 3032 217 0 98 7 0 0\n"
+                               + "".join(f"cpu{i} 1 2 3 4 5 6 7 8 0 0\n" for i in range(512)) + "intr " + "0 " * 5000 + "\n")
+    _write(proc, 1, 2, 3, 4, 5, 6, 7)
+    got = {dict(lab)["mode"]: v for n, lab, v in H.HostCollector(proc=proc).collect() if n == H.CPU_SECONDS}
+    ct = psutil.cpu_times()
+    want = {mode: getattr(ct, mode) for mode in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")}
+    assert got == want and got["user"] == 4705 / H._CLOCK_TICKS
+    (proc / "stat").unlink()  # a /proc without stat: psutil's own (the fixture's PROCFS_PATH, also without): an error
+    with pytest.raises(OSError):
+        H.HostCollector(proc=proc).collect()
