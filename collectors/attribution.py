@@ -109,6 +109,7 @@ class ProcessCollector:
         self._listed: dict[int, tuple[str, list[GPUProcess]]] = {}
         self._read_claims: frozenset[RankClaim] | None = None  # the ranks when the lists were last read
         self._reads_due_in = 0  # ticks until the lists are read again
+        self._served: list[Sample] | None = None  # the samples of the lists and ranks as last joined
         self.latest = Attribution()
 
     def read(self) -> dict[int, tuple[str, list[GPUProcess]]]:
@@ -132,14 +133,21 @@ class ProcessCollector:
 
         The process lists are read every ``refresh_ticks`` calls, and at once when a rank came or
         went since the last read (its process is then looked for); between reads the last lists are
-        joined with the ranks and served again.
+        joined with the ranks and served again (the same samples: neither moved).
         """
         claims = self.claims() if self.claims is not None else []
-        if self._reads_due_in <= 0 or frozenset(claims) != self._read_claims:
-            self._listed, self._read_claims, self._reads_due_in = self.read(), frozenset(claims), self.refresh_ticks
+        ranks = frozenset(claims)
+        if self._reads_due_in <= 0 or ranks != self._read_claims:
+            self._listed, self._read_claims, self._reads_due_in = self.read(), ranks, self.refresh_ticks
+            self._served = None
         self._reads_due_in -= 1
-        listed = self._listed
-        self.latest = att = attribute(claims, listed)
+        if self._served is None:
+            self.latest = att = attribute(claims, self._listed)
+            self._served = self._samples(self._listed, att)
+        return list(self._served)
+
+    def _samples(self, listed: dict[int, tuple[str, list[GPUProcess]]], att: Attribution) -> list[Sample]:
+        """Per-GPU process counts and memory of ``listed``, and the info samples of ``att``'s ranks."""
         out: list[Sample] = []
         for idx, (uuid, procs) in sorted(listed.items()):
             gpu: Labels = (("gpu", str(idx)), ("uuid", uuid))

@@ -175,3 +175,16 @@ def test_every_tick_reads_with_refresh_ticks_1() -> None:
     for _ in range(4):
         collector.collect()
     assert gpus[0].reads == 4
+
+
+def test_between_reads_the_joined_samples_are_served_again_label_sets_and_all() -> None:
+    """Neither the lists nor the ranks moved: the same label tuples (the store compares them by identity first)."""
+    gpus = [CountingGPU(0)]
+    gpus[0].pids = [100]
+    collector = ProcessCollector(gpus, lambda: [RankClaim("j", 0, 100)], refresh_ticks=3)  # type: ignore[list-item]
+    first, again = collector.collect(), collector.collect()
+    assert again == first and again is not first and all(a[1] is b[1] for a, b in zip(again, first, strict=True))
+    assert len(first) == 3 and collector.latest.rank_map("j") == {0: 0}
+    gpus[0].pids = [100, 200]
+    collector.collect()
+    assert len(collector.collect()) == 4 and gpus[0].reads == 2  # the read when due is joined afresh
