@@ -37,6 +37,9 @@ _WAKE = object()
 #: Longest request head read (bytes); the front serves no request bodies.
 MAX_HEAD_BYTES = 16384
 
+#: Longest the selector sleeps with no deadline due (every event and stop() wake it at once).
+MAX_SLEEP_SECONDS = 2.0
+
 
 Handler = Callable[[Request], Response]
 
@@ -154,16 +157,15 @@ class HttpFront:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            # deadlines to sweep only while a connection is held or accepting is paused; else sleep
-            # longer (a connection, a worker's answer or stop() wakes the selector at once)
-            for key, _ in self._sel.select(0.25 if self._conns or self._paused_until else 2.0):
+            # sleep until the next deadline is due (a connection, a worker's answer or stop() wakes
+            # the selector at once), so a keep-alive connection idle between scrapes costs no wake-ups
+            for key, _ in self._sel.select(self._sweep(time.monotonic())):
                 if key.data is _LISTENER:
                     self._accept(time.monotonic())
                 elif key.data is _WAKE:
                     self._take_back()
                 else:
                     self._on_readable(key.data)
-            self._sweep(time.monotonic())
 
     def _accept(self, now: float) -> None:
         # A few at a time, so connections accepted earlier get their requests read before
@@ -332,14 +334,23 @@ class HttpFront:
             self._sel.register(conn.sock, selectors.EVENT_READ, conn)
             self._dispatch(conn)
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self, now: float) -> float:
+        """Resume a paused accept and close connections past their read deadline, both when due;
+        the seconds until the next of them is due (at most :data:`MAX_SLEEP_SECONDS`)."""
+        due = now + MAX_SLEEP_SECONDS
         if self._paused_until and now >= self._paused_until:
             self._paused_until = 0.0
             self._sel.register(self._listener, selectors.EVENT_READ, _LISTENER)
-        for conn in [c for c in self._conns if not c.busy and now >= c.deadline]:
+        elif self._paused_until:
+            due = min(due, self._paused_until)
+        for conn in [c for c in self._conns if not c.busy]:
+            if now < conn.deadline:
+                due = min(due, conn.deadline)
+                continue
             self._count("timed_out")
             logger.debug("http: %s: no complete request in %.1f s; closed", conn.peer, self.limits.read_timeout_seconds)
             self._close(conn)
+        return due - now
 
     def _close(self, conn: _Conn) -> None:
         if conn not in self._conns:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import errno
 import logging
+import selectors
 import socket
 import ssl
 import struct
@@ -126,6 +128,60 @@ def test_keep_alive_serves_several_requests_on_one_connection(server: MetricsSer
         data += chunk
     assert data.count(b"HTTP/1.1 200 OK") == 2
     s.close()
+
+
+def test_an_idle_keep_alive_connection_does_not_wake_the_selector(server: MetricsServer) -> None:
+    selects: list[float | None] = []
+    select = server.front._sel.select
+
+    def counted(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        selects.append(timeout)
+        return select(timeout)
+
+    server.front._sel.select = counted
+    s = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(4096).endswith(b"ok\n")
+        time.sleep(0.2)  # the worker's answer handed back
+        n = len(selects)
+        time.sleep(1.0)
+        assert server.front.connections == 1
+        assert len(selects) - n <= 1  # held for 1 s of its 5 s read timeout: one sleep, not one per sweep
+    finally:
+        s.close()
+
+
+class _FailingListener:
+    """A listening socket whose first accept fails as when the process is out of descriptors."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.failed = sock, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if not self.failed:
+            self.failed = True
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.sock.accept()
+
+
+def test_accepting_resumes_when_its_pause_ends_while_a_connection_is_idle() -> None:
+    server = _server(read_timeout_seconds=30.0)
+    server.front._listener = _FailingListener(server.front._listener)
+    server.start()
+    idle = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
+    try:
+        t0 = time.monotonic()
+        with urllib.request.urlopen(server.url.replace("/metrics", "/healthz"), timeout=5) as r:  # noqa: S310
+            assert r.read() == b"ok\n"
+        assert time.monotonic() - t0 < 1.0  # the pause is 0.1 s; the idle connection's deadline is 30 s away
+        assert server.front.stats["accept_errors"] == 1
+    finally:
+        idle.close()
+        server.stop()
 
 
 def test_a_request_with_a_body_or_a_bad_line_is_refused() -> None:
