@@ -12,7 +12,8 @@
 ``--only PART ...`` runs just those parts (render, daemon, rss, split, ticks, node_exporter, segments), so that two trees
 can take turns: ``PYTHONPATH=<exported tree> .venv/bin/python bench/exposition_bench.py --only split rss``
 measures that tree's code with this script. The scraper runs under ``nice -n 5``, the measured daemon
-does not. ``ticks`` ticks a monitoring daemon 300 times on a virtual clock (no scrapes) and splits the CPU
+does not. Every scraper keeps one connection alive across its scrapes, as Prometheus does;
+``--new-connections`` opens one per scrape instead (as this bench did before, for earlier figures). ``ticks`` ticks a monitoring daemon 300 times on a virtual clock (no scrapes) and splits the CPU
 of each tick, all threads, by collector (its NVML workers included), the store's publishes and the rest.
 ``segments`` gzips the OpenMetrics body of each of 40 ticks as one level-3 stream and as raw-deflate segments
 (families joined up to 0, 4096 or 32768 characters) whose bytes are kept while their text stays ("moved":
@@ -28,7 +29,7 @@ the thread CPU spent inside the scripted NVML's functions counted apart: a real 
 instead, so the figure without it is the daemon's own work.
 
 Usage: .venv/bin/python bench/exposition_bench.py [--seconds 30] [--before 3283919] [--node scripted]
-       [--full] [--split] [--only PART ...]
+       [--full] [--split] [--new-connections] [--only PART ...]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import BenchParser, cpu_seconds, free_port, positive_float, rss_bytes
+from _scrape import Scraper
 from exposition_daemon import (
     PROMETHEUS_ACCEPT,
     segment_figures,
@@ -153,15 +155,17 @@ def render_figures(gpus: int, rev: str, reps: int) -> dict[str, float]:
 
 
 def scrape_loop(url: str, seconds: float, scrape: bool) -> int:
-    """Scrape ``url`` once a second (or only wait) for ``seconds``; the number of scrapes."""
+    """Scrape ``url`` once a second (or only wait) for ``seconds``; the number of scrapes.
+
+    One connection is kept alive across the scrapes as Prometheus keeps it, unless ``--new-connections``."""
     n, t0 = 0, time.monotonic()
+    scraper = Scraper(url, PROMETHEUS_ACCEPT, NEW_CONNECTIONS)
     while time.monotonic() - t0 < seconds:
         if scrape:
-            req = urllib.request.Request(url, headers=PROMETHEUS_ACCEPT)
-            with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - loopback
-                r.read()
+            scraper.get()
             n += 1
         time.sleep(max(0.0, t0 + n - time.monotonic()) if scrape else 0.2)
+    scraper.close()
     return n
 
 
@@ -223,6 +227,8 @@ def node_exporter_figures(seconds: float) -> dict[str, float] | None:
             "us_per_series": per_scrape * 1e3 / series, "rss_mb": rss / 2**20}
 
 
+#: Open a new connection per scrape (--new-connections: how this bench scraped before) rather than keep one.
+NEW_CONNECTIONS = False
 PARTS = ("render", "daemon", "rss", "split", "ticks", "node_exporter", "segments")
 
 
@@ -267,7 +273,11 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="also run each daemon as shipped (forecaster and tuner on)")
     p.add_argument("--split", action="store_true", help="also split the scraped daemon's CPU by thread, sim NVML apart (scripted node)")
     p.add_argument("--only", nargs="+", choices=PARTS, help="run just these parts (the flags above still size them)")
+    p.add_argument("--new-connections", action="store_true",
+                   help="scrape over a new connection each time (as before) instead of one kept alive as Prometheus does")
     args = p.parse_args()
+    global NEW_CONNECTIONS  # noqa: PLW0603 - how every scrape of this run connects
+    NEW_CONNECTIONS = args.new_connections
     assert ExporterConfig().metric_names == "gputuned"
     parts = chosen_parts(args)
     print(f"gputuned from {Path(sys.modules['gputuned'].__file__ or '').parent}")
@@ -284,9 +294,9 @@ def main() -> None:
               f"{r['rss_full_mb']:.1f} MB with full rings ({r['rings']:.0f} series; a timestamp per point of each is "
               f"{r['own_times_mb']:.2f} MB); numpy {'imported' if r['numpy'] else 'not imported'}")
     for gpus in args.gpus if "split" in parts else ():
-        s = split_figures(gpus, args.seconds, False)
+        s = split_figures(gpus, args.seconds, False, args.new_connections)
         cut = ", ".join(f"{k} {s.get(k, 0.0):.3f}%" for k in ("loop", "nvml", "http", "render", "control", "other"))
-        print(f"split, {gpus} GPUs scripted, scraped every second: process {s['process']:.3f}% of a core ({cut}; "
+        print(f"split, {gpus} GPUs scripted, scraped every second{' (new connections)' if args.new_connections else ''}: process {s['process']:.3f}% of a core ({cut}; "
               f"render+gzip inside http); scripted NVML {s['sim_nvml']:.3f}% (inside loop and nvml); "
               f"without it {s['process'] - s['sim_nvml']:.3f}%")
     for gpus in args.gpus if "ticks" in parts else ():

@@ -1,7 +1,8 @@
 """The exposition bench's daemons: their configs, a scraped daemon's CPU split by thread, and RSS on a virtual clock.
 
 :func:`split_figures` runs a scripted-node daemon in this process, scraped every second by another
-process (under ``nice -n 5``), and splits its CPU by thread with the thread CPU spent inside the
+process (under ``nice -n 5``; bench/_scrape.py, keeping its connection alive as Prometheus does, or
+opening one per scrape), and splits its CPU by thread with the thread CPU spent inside the
 scripted NVML's functions counted apart; :func:`steady_rss` ticks a daemon built as ``gputuned run``
 builds it on a virtual clock until its rings are full. Used by bench/exposition_bench.py.
 """
@@ -100,12 +101,8 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-SCRAPER = ("import sys, time, urllib.request as u\n"
-           "url, n, h = sys.argv[1], int(sys.argv[2]), {'Accept': sys.argv[3], 'Accept-Encoding': 'gzip'}\n"
-           "t0 = time.monotonic()\n"
-           "for k in range(n):\n"
-           "    u.urlopen(u.Request(url, headers=h), timeout=5).read()\n"
-           "    time.sleep(max(0.0, t0 + k + 1 - time.monotonic()))\n")
+#: The scraper process of :func:`split_figures` (under ``nice -n 5``): one kept connection, as Prometheus.
+SCRAPER = [sys.executable, str(Path(__file__).with_name("_scrape.py"))]
 
 
 STEADY = ("import argparse, sys\n"
@@ -139,8 +136,10 @@ def steady_rss(gpus: int, full: bool, ticks: int = 700) -> dict[str, float]:
             "numpy": numpy}
 
 
-def split_figures(gpus: int, seconds: float, full: bool) -> dict[str, float]:
-    """A scripted-node daemon in this process, scraped every second by another: % of a core by part, sim NVML apart."""
+def split_figures(gpus: int, seconds: float, full: bool, new_connections: bool = False) -> dict[str, float]:
+    """A scripted-node daemon in this process, scraped every second by another: % of a core by part, sim NVML apart.
+
+    The scraper keeps its connection alive as Prometheus does, or opens one per scrape (``new_connections``)."""
     from gputuned.daemon.app.components import attach_configured
     from gputuned.daemon.commands.run import config_from_args
 
@@ -154,8 +153,8 @@ def split_figures(gpus: int, seconds: float, full: bool) -> dict[str, float]:
     try:
         time.sleep(5)
         c0, p0, s0, r0, t0 = thread_cpu(), time.process_time(), timer.seconds, d.renderer.render_seconds, time.monotonic()
-        subprocess.run(["nice", "-n", "5", sys.executable, "-c", SCRAPER, f"http://127.0.0.1:{port}/metrics",
-                        str(int(seconds)), PROMETHEUS_ACCEPT["Accept"]], check=True)
+        subprocess.run(["nice", "-n", "5", *SCRAPER, f"http://127.0.0.1:{port}/metrics", str(int(seconds)),
+                        PROMETHEUS_ACCEPT["Accept"], *(["--new-connections"] if new_connections else [])], check=True)
         wall = time.monotonic() - t0
         c1, p1 = thread_cpu(), time.process_time()
         out = {part: (c1[part] - c0.get(part, 0.0)) / wall * 100 for part in c1}
