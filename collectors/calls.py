@@ -1,12 +1,15 @@
-"""One GPU's NVML calls on its own worker thread, each awaited for a bounded time.
+"""GPUs' NVML calls on a shared worker thread, each call bounded in time, a hung one left its own thread.
 
 NVML can hang inside one GPU's driver call (a stuck set, a GPU falling off the bus) for
-tens of seconds. A :class:`CallGate` runs every call for its GPU in order on one worker
-thread; the caller waits up to ``timeout_s``. A call that does not return in time marks
-the GPU down (:class:`GPUHungError`, one log line) and every later call fails at once,
-until the hung call returns and the GPU is up again (one log line). The worker is never
-replaced while it hangs, so a hung GPU costs one thread, and calls on different GPUs run
-in parallel.
+tens of seconds. Every call of a GPU goes through its :class:`CallGate`; the gates of a
+node share a :class:`Lane`, one worker thread that runs their calls one at a time in the
+order they came (one thread to wake a tick, not one per GPU: on a busy host each wake-up
+costs more than the call). A caller waits until its call has run; a call that runs longer
+than its gate's ``timeout_s`` marks that GPU down (:class:`GPUHungError`, one log line):
+the hung call keeps the thread it hangs in, the calls queued behind it move to a new worker
+(the hung GPU's own are given up and never run late), and every later call of that GPU fails
+at once until the hung call returns (one log line). So a hang costs one thread, and delays
+the other GPUs' calls queued behind it once, by at most the call timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_this = threading.local()  # .lane: the lane whose worker this thread is
 
 
 class GPUHungError(GPUError):
@@ -34,39 +38,123 @@ class Call(Generic[T]):
     """A queued call and, once it ran, its result or exception: a lock held until then (a Future's condition,
     waiter list and state machine cost about twice the hand-off itself, per GPU and tick)."""
 
-    __slots__ = ("what", "fn", "cancelled", "result", "error", "_done")
+    __slots__ = ("gate", "what", "fn", "worker", "started", "result", "error", "_done")
 
-    def __init__(self, what: str, fn: Callable[[], T]) -> None:
-        self.what, self.fn = what, fn
-        self.cancelled = False  # given up on before it started: it never will (set and read under the gate's lock)
+    def __init__(self, gate: CallGate, what: str, fn: Callable[[], T]) -> None:
+        self.gate, self.what, self.fn = gate, what, fn
+        self.worker: _Worker | None = None  # the worker whose queue holds it (set and read under the lane's lock)
+        self.started: float | None = None  # when the worker began it
         self.result: T | None = None
         self.error: BaseException | None = None
         self._done = threading.Lock()
         self._done.acquire()
 
     def set_done(self) -> None:
-        """Wake the waiter: the worker has set the result or the error."""
+        """Wake the waiter: the result or the error is set."""
         self._done.release()
 
     def wait_done(self, timeout_s: float) -> bool:
-        """Whether the call ran within ``timeout_s``."""
-        return self._done.acquire(timeout=timeout_s)
+        """Whether the call ran within ``timeout_s`` (asked again, still true)."""
+        if not self._done.acquire(timeout=timeout_s):
+            return False
+        self._done.release()
+        return True
+
+
+class _Worker:
+    """A thread running its queue's calls in order; once one of them hangs it runs nothing else."""
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        self.jobs: queue.SimpleQueue[Call[Any] | None] = queue.SimpleQueue()
+        self.running: Call[Any] | None = None
+        self.hung = False  # left to the hung call's GPU: ends once that call returns
+        self.thread = threading.Thread(target=self._work, name=f"gputuned-nvml-{lane.name}", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        _this.lane = self.lane
+        lock = self.lane.lock
+        while (job := self.jobs.get()) is not None:
+            with lock:
+                if job.error is not None:  # given up on before it ran (its GPU hung): never run late
+                    continue
+                job.started = self.lane.clock()
+                self.running = job
+            try:
+                job.result = job.fn()
+            except BaseException as e:  # noqa: BLE001 - the caller re-raises it
+                job.error = e
+            with lock:
+                self.running = None
+                hung = self.hung
+                back = job.gate.returned(job) if hung else None
+            job.set_done()
+            if hung:  # this thread was left to the hung call: its GPU is up again, the lane has another worker
+                if back is not None:
+                    logger.warning("%s up again: NVML call %s returned after %.1f s", job.gate.name, job.what, back)
+                return
+
+
+class Lane:
+    """The worker that several GPUs' gates share: their calls run one at a time, in the order submitted."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.clock = clock
+        self.lock = threading.Lock()
+        self._worker: _Worker | None = None
+
+    def put(self, job: Call[Any]) -> None:
+        """Queue ``job`` on the current worker, started on first use (lock held)."""
+        if self._worker is None:
+            self._worker = _Worker(self)
+        job.worker = self._worker
+        self._worker.jobs.put(job)
+
+    def leave_to(self, hung: Call[Any], reason: str) -> None:
+        """Leave ``hung``'s worker to its call; the calls queued behind it move to a new worker, its own GPU's
+        are given up (lock held)."""
+        old = hung.worker
+        assert old is not None
+        old.hung = True
+        old.thread.name = f"gputuned-nvml-{hung.gate.name} (hung)"
+        if self._worker is old:
+            self._worker = None
+        while True:
+            try:
+                job = old.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is None or job.error is not None:
+                continue
+            if job.gate is hung.gate:
+                job.error = GPUHungError(reason)
+                job.set_done()
+            else:
+                self.put(job)
+
+    def close(self) -> None:
+        """Let the worker end once it is idle (lock held); a later call starts a new one."""
+        if self._worker is not None:
+            self._worker.jobs.put(None)
+            self._worker = None
 
 
 class CallGate:
-    """Runs one GPU's calls in order on its worker thread; a call waits for its result up to a bound."""
+    """One GPU's calls, run on its lane's worker; a call waits for its result until it has run for the bound."""
 
-    def __init__(self, name: str, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, name: str, timeout_s: float, clock: Callable[[], float] = time.monotonic,
+                 lane: Lane | None = None) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.name = name
         self.timeout_s = timeout_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[Call[Any] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._running: tuple[str, float] | None = None  # (what, started) of the call in progress
+        self._lane = lane if lane is not None else Lane(name, clock)
+        self._clock = self._lane.clock
+        self._lock = self._lane.lock
         self._down: str | None = None
+        self._hung_at = 0.0
         self.hangs = 0
 
     @property
@@ -75,79 +163,73 @@ class CallGate:
         return self._down
 
     def in_worker(self) -> bool:
-        """Whether the caller is this gate's worker (a call made inside a call runs directly)."""
-        return threading.current_thread() is self._thread
+        """Whether the caller is a worker of this gate's lane (a call made inside a call runs directly)."""
+        return getattr(_this, "lane", None) is self._lane
 
     def submit(self, what: str, fn: Callable[[], T]) -> Call[T]:
-        """Queue ``fn`` on the worker; raises :class:`GPUHungError` at once while the GPU is down."""
-        job = Call(what, fn)
+        """Queue ``fn`` on the lane's worker; raises :class:`GPUHungError` at once while the GPU is down."""
+        job = Call(self, what, fn)
         with self._lock:
             if self._down is not None:
                 raise GPUHungError(self._down)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=f"gputuned-nvml-{self.name}", daemon=True)
-                self._thread.start()
-            self._jobs.put(job)
+            self._lane.put(job)
         return job
 
-    def wait(self, job: Call[T], timeout_s: float | None = None) -> T:
-        """The result of a submitted call (or its exception); :class:`GPUHungError` past the timeout."""
-        if not job.wait_done(self.timeout_s if timeout_s is None else max(0.0, timeout_s)):
-            with self._lock:
-                job.cancelled = True  # not yet started: it never will; started: its result is dropped
-            raise GPUHungError(self._mark_down()) from None
+    def wait(self, job: Call[T]) -> T:
+        """The result of a submitted call (or its exception); :class:`GPUHungError` once the call, or the
+        GPU's call ahead of it, has run past the timeout. A call of another GPU that hangs ahead of it is
+        left its thread, and the wait goes on on the new worker."""
+        while not job.wait_done(self._patience(job)):
+            self._give_up_on_hung(job)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]  # set by the worker: T
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the worker and wait for it up to the timeout."""
+        """Run ``fn`` on the worker and wait for it."""
         if self.in_worker():
             return fn()
         return self.wait(self.submit(what, fn))
 
     def close(self) -> None:
-        """Let the worker end once it is idle; a later call starts a new one unless the GPU is down."""
+        """Let the lane's worker end once it is idle; a later call starts a new one."""
         with self._lock:
-            if self._thread is not None and self._down is None:
-                self._jobs.put(None)
-                self._thread = None
+            self._lane.close()
 
-    def _mark_down(self) -> str:
+    def returned(self, job: Call[Any]) -> float | None:
+        """The hung ``job`` returned (lock held): the GPU is up again; the seconds it took, None if up already."""
+        if self._down is None:
+            return None
+        self._down = None
+        return self._clock() - (job.started or self._clock())
+
+    def _patience(self, job: Call[Any]) -> float:
+        """How long until the call running ahead of (or as) ``job`` reaches its gate's timeout."""
         with self._lock:
-            if self._down is not None:
-                return self._down
-            running = self._running
-            if running is None:  # it returned while we gave up: not hung
-                return f"{self.name}: NVML call returned just after {self.timeout_s:g} s"
-            what, started = running
-            self._down = f"{self.name}: NVML call {what} has not returned within {self.timeout_s:g} s"
-            self.hangs += 1
-        logger.error("%s down: NVML call %s has not returned after %.1f s; skipped until it does",
-                     self.name, what, self._clock() - started)
-        return self._down
+            running = job.worker.running if job.worker is not None else None
+            if running is None or running.started is None:
+                return self.timeout_s
+            return max(0.0, running.started + running.gate.timeout_s - self._clock()) + 1e-3
 
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
+    def _give_up_on_hung(self, job: Call[Any]) -> None:
+        """Mark down the GPU whose call on ``job``'s worker has run past its timeout, if one has."""
+        with self._lock:
+            worker = job.worker
+            running = worker.running if worker is not None else None
+            if worker is None or running is None or running.started is None:
                 return
-            with self._lock:
-                if job.cancelled:
-                    continue
-                self._running = (job.what, self._clock())
-            try:
-                job.result = job.fn()
-            except BaseException as e:  # noqa: BLE001 - the caller re-raises it
-                job.error = e
-            job.set_done()
-            self._returned(job.what)
-
-    def _returned(self, what: str) -> None:
-        with self._lock:
-            started = self._running[1] if self._running is not None else self._clock()
-            self._running = None
-            was_down = self._down is not None
-            self._down = None
-        if was_down:
-            logger.warning("%s up again: NVML call %s returned after %.1f s", self.name, what, self._clock() - started)
+            if worker.hung:  # marked down already, by another waiter: only the hung call's own waiter is left
+                if running is job:
+                    raise GPUHungError(self._down or f"{self.name}: NVML call {job.what} has not returned")
+                return
+            took = self._clock() - running.started
+            gate = running.gate
+            if took < gate.timeout_s:
+                return
+            gate._down = f"{gate.name}: NVML call {running.what} has not returned within {gate.timeout_s:g} s"
+            gate.hangs += 1
+            self._lane.leave_to(running, gate._down)
+        logger.error("%s down: NVML call %s has not returned after %.1f s; skipped until it does",
+                     gate.name, running.what, took)
+        if running is job:  # its result, if it comes, is dropped
+            raise GPUHungError(gate._down or "")

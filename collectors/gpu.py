@@ -5,15 +5,15 @@ are read every ``slow_every_ticks`` ticks, their last samples served in between;
 a GPU's values are read in one device call per GPU and tick (:mod:`gpu_readings`). A reading
 the GPU does not support is dropped for that GPU after its first failure; a lost GPU stops being polled and is reported by ``gputuned_gpu_up 0`` alone; any other
 error skips that reading for one tick and is counted. GPUs opened with a call timeout are
-read in parallel, each on its own worker; one whose calls hang is ``gputuned_gpu_up 0``
-and skipped until its call returns. One GPU never hides another.
+read one after another on their shared worker (:class:`~gputuned.collectors.calls.Lane`);
+one whose call hangs is ``gputuned_gpu_up 0`` and skipped until its call returns, the
+others read on a new worker. One GPU never hides another.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Callable, Sequence
 
 from pydantic import Field
@@ -101,13 +101,15 @@ class GPUCollector:
         return [g.dev for g in self._gpus]
 
     def collect(self) -> list[Sample]:
-        """Every GPU's samples; GPUs with a call timeout are read in parallel, each on its own worker."""
+        """Every GPU's samples; GPUs with a call timeout are read on their worker, in order."""
         out: list[Sample] = []
         dropped: dict[str, tuple[list[int], str]] = {}
-        t0 = time.monotonic()
         started = [(g, self._start(g)) for g in self._gpus]
+        last = next((job for _, job in reversed(started) if isinstance(job, Call)), None)
+        if last is not None:  # one wake-up: calls on a worker run in order, so the others are done by then
+            last.wait_done(last.gate.timeout_s)
         for g, job in started:
-            out.extend(self._finish(g, job, dropped, t0))
+            out.extend(self._finish(g, job, dropped))
         if dropped:
             log_unsupported(dropped)
         return out
@@ -127,15 +129,15 @@ class GPUCollector:
         return self._collect_one(g, unsupported), unsupported
 
     def _finish(self, g: _GPUState, job: Call[_Read] | GPUHungError | None,
-                dropped: dict[str, tuple[list[int], str]], t0: float) -> list[Sample]:
-        """A GPU's samples, or only ``gpu_up 0`` when its worker did not answer by ``t0`` + the timeout."""
+                dropped: dict[str, tuple[list[int], str]]) -> list[Sample]:
+        """A GPU's samples, or only ``gpu_up 0`` when its call ran past the timeout (or its GPU is down)."""
         if job is None:
             return self._collect_one(g, dropped)
         gate: CallGate = getattr(g.dev, "gate")  # noqa: B009 - set when a job was queued
         try:
             if isinstance(job, GPUHungError):
                 raise job
-            samples, unsupported = gate.wait(job, t0 + gate.timeout_s - time.monotonic())
+            samples, unsupported = gate.wait(job)
         except GPUHungError as e:
             logger.debug("gpu %s skipped: %s", g.labels[0][1], e)
             g.missed = True  # set here, read by its worker: the kept counters may have moved meanwhile (an Xid)

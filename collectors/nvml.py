@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
-from gputuned.collectors.calls import CallGate
+from gputuned.collectors.calls import CallGate, Lane
 from gputuned.collectors.device import (
     ClockEventReason,
     DriverMissingError,
@@ -140,14 +140,16 @@ def _text(value: str | bytes) -> str:
 class NvmlGPU(GPUDevice):
     """A GPU read and set through an NVML API module.
 
-    With ``call_timeout_s``, every call after opening runs on the GPU's own worker thread
-    (:class:`CallGate`) and fails with :class:`GPUHungError` once it takes longer.
+    With ``call_timeout_s``, every call after opening runs on a worker thread (:class:`CallGate`, on
+    ``lane`` where the node's GPUs share one, else on its own) and fails with :class:`GPUHungError`
+    once it takes longer.
     """
 
-    def __init__(self, nvml: ModuleType, index: int, call_timeout_s: float | None = None) -> None:
+    def __init__(self, nvml: ModuleType, index: int, call_timeout_s: float | None = None,
+                 lane: Lane | None = None) -> None:
         self._nvml = nvml
         self._index = index
-        self._gate = CallGate(f"gpu {index}", call_timeout_s) if call_timeout_s else None
+        self._gate = CallGate(f"gpu {index}", call_timeout_s, lane=lane) if call_timeout_s else None
         try:
             self._h = nvml.nvmlDeviceGetHandleByIndex(index)
             mem = nvml.nvmlDeviceGetMemoryInfo(self._h)
@@ -338,16 +340,17 @@ class NvmlGPU(GPUDevice):
 def open_gpus(nvml: ModuleType, call_timeout_s: float | None = None) -> list[NvmlGPU]:
     """Open every GPU NVML reports; a GPU that fails to open is logged and skipped.
 
-    ``call_timeout_s`` bounds each later call per GPU (see :class:`NvmlGPU`).
+    ``call_timeout_s`` bounds each later call per GPU; the GPUs' calls share one worker (see :class:`NvmlGPU`).
     """
     try:
         count = nvml.nvmlDeviceGetCount()
     except nvml.NVMLError as e:
         raise map_nvml_error(e, "device count") from e
     gpus = []
+    lane = Lane("gpus")
     for i in range(count):
         try:
-            gpus.append(NvmlGPU(nvml, i, call_timeout_s))
+            gpus.append(NvmlGPU(nvml, i, call_timeout_s, lane))
         except GPUError as e:
             logger.error("gpu %d not opened: %s", i, e)
     return gpus
