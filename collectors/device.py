@@ -168,6 +168,8 @@ VALUES: dict[str, Callable[[GPUDevice], Value]] = {
     "remapped_uncorrectable": lambda d: float(d.remapped_rows().uncorrectable),
     "remap_pending": lambda d: float(d.remapped_rows().pending),
     "remap_failed": lambda d: float(d.remapped_rows().failed),
+    "violation_power_s": lambda d: d.violation_seconds()[0],
+    "violation_thermal_s": lambda d: d.violation_seconds()[1],
 }
 
 

@@ -52,9 +52,9 @@ def _one(family: str, key: str) -> Reading:
     return Reading(family, (key,), lambda v, labels: [(family, labels, float(v))])
 
 
-def _pair(first: str, second: str, key: str) -> Reading:
-    """Two families from one read that returns a pair (transmit/receive, power/thermal ...)."""
-    return Reading(first, (key,), lambda v, labels: [(first, labels, v[0]), (second, labels, v[1])])
+def _pair(first: str, second: str, *keys: str) -> Reading:
+    """Two families from one read that returns a pair (transmit/receive ...), or from two keys (power/thermal)."""
+    return Reading(first, keys, lambda v, labels: [(first, labels, v[0]), (second, labels, v[1])])
 
 
 def _memory(v: Any, labels: Labels) -> list[Sample]:
@@ -155,7 +155,7 @@ READINGS: tuple[Reading, ...] = (
     Reading(F.GPU_CLOCK_EVENT_MASK, ("clock_event_reasons",), _clock_events),
     _one(F.GPU_PSTATE, "pstate"),
     _pair(F.GPU_ENC, F.GPU_DEC, "encoder_decoder_utilization"),
-    _pair(F.GPU_POWER_VIOLATION, F.GPU_THERMAL_VIOLATION, "violation_seconds"),
+    _pair(F.GPU_POWER_VIOLATION, F.GPU_THERMAL_VIOLATION, "violation_power_s", "violation_thermal_s"),
     Reading(F.GPU_GR_ENGINE, ("gpm_activity",), _gpm),
 )
 

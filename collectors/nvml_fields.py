@@ -31,6 +31,8 @@ FIELD_IDS: dict[str, tuple[str, float]] = {
     "remapped_uncorrectable": ("NVML_FI_DEV_REMAPPED_UNC", 1.0),
     "remap_pending": ("NVML_FI_DEV_REMAPPED_PENDING", 1.0),
     "remap_failed": ("NVML_FI_DEV_REMAPPED_FAILURE", 1.0),
+    "violation_power_s": ("NVML_FI_DEV_PERF_POLICY_POWER", 1e-9),  # ns, as nvmlDeviceGetViolationStatus's violationTime
+    "violation_thermal_s": ("NVML_FI_DEV_PERF_POLICY_THERMAL", 1e-9),
 }
 
 
@@ -38,6 +40,9 @@ FIELD_IDS: dict[str, tuple[str, float]] = {
 #: (nvidia-ml-py takes a (fieldId, scopeId) pair for it; a bare id is scope 0, link 0 alone).
 ALL_LINKS = 0xFFFFFFFF
 _PER_LINK = {"nvlink_tx_bytes", "nvlink_rx_bytes"}
+#: Keys whose field counts nanoseconds: divided by 1e9, as their single call's reading is (a product with 1e-9
+#: can differ from the quotient in the last bit), so that both give the same seconds
+_NANOSECONDS = {"violation_power_s", "violation_thermal_s"}
 
 
 def single_reads(nvml: ModuleType, handle: Any) -> dict[str, Callable[[], float]]:
@@ -50,12 +55,17 @@ def single_reads(nvml: ModuleType, handle: Any) -> dict[str, Callable[[], float]
     def remapped(i: int) -> Callable[[], float]:
         return lambda: float(n.nvmlDeviceGetRemappedRows(h)[i])
 
+    def violation(policy: int) -> Callable[[], float]:
+        return lambda: n.nvmlDeviceGetViolationStatus(h, policy).violationTime / 1e9
+
     return {
         "energy_j": lambda: n.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0,
         "ecc_corrected": ecc(n.NVML_MEMORY_ERROR_TYPE_CORRECTED),
         "ecc_uncorrected": ecc(n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
         **{key: remapped(i) for i, key in enumerate(
             ("remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failed"))},
+        "violation_power_s": violation(n.NVML_PERF_POLICY_POWER),
+        "violation_thermal_s": violation(n.NVML_PERF_POLICY_THERMAL),
     }
 
 
@@ -97,7 +107,8 @@ class FieldReader:
             for key, fv in zip(asked, values, strict=False):
                 ret = fv.nvmlReturn
                 if ret == 0:
-                    out[key] = field_number(n, fv) * self._ids[key][1]
+                    v = field_number(n, fv)
+                    out[key] = v / 1e9 if key in _NANOSECONDS else v * self._ids[key][1]
                 elif ret == _NOT_SUPPORTED and key in self._single:
                     self.alone.add(key)
                 else:

@@ -31,6 +31,8 @@ _UINT, _ULL = NVML_VALUE_TYPE_UNSIGNED_INT, NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
 _FIELDS: tuple[tuple[str, int, int, str | None, str], ...] = (
     ("NVML_FI_DEV_ECC_SBE_AGG_TOTAL", 5, _ULL, "ecc_corrected", "nvmlDeviceGetTotalEccErrors"),
     ("NVML_FI_DEV_ECC_DBE_AGG_TOTAL", 6, _ULL, "ecc_uncorrected", "nvmlDeviceGetTotalEccErrors"),
+    ("NVML_FI_DEV_PERF_POLICY_POWER", 74, _ULL, "power_violation_ns", "nvmlDeviceGetViolationStatus"),
+    ("NVML_FI_DEV_PERF_POLICY_THERMAL", 75, _ULL, "thermal_violation_ns", "nvmlDeviceGetViolationStatus"),
     ("NVML_FI_DEV_MEMORY_TEMP", 82, _UINT, "memory_temperature_c", ""),
     ("NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 83, _ULL, "energy_mj", "nvmlDeviceGetTotalEnergyConsumption"),
     ("NVML_FI_DEV_PCIE_REPLAY_COUNTER", 94, _ULL, None, ""),  # the simulated PCIe link never retries

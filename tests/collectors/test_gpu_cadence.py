@@ -179,13 +179,13 @@ def test_one_field_values_call_per_gpu_and_tick_serves_every_counter(sim_node, m
     asked = _counting_field_calls(monkeypatch)
     collector = GPUCollector(open_gpus(nvml), slow_every_ticks=3)
     s = collector.collect()
-    assert len(asked) == 2 and len(asked[0]) == 11  # the slow tick: every field of a GPU in its one call
+    assert len(asked) == 2 and len(asked[0]) == 13  # the slow tick: every field of a GPU in its one call
     assert (_value(s, F.GPU_ENERGY, gpu="1"), _value(s, F.GPU_ECC, gpu="1", type="uncorrected")) == (5000.0, 2.0)
     assert (_value(s, F.GPU_REMAP_PENDING, gpu="1"), _value(s, F.GPU_NVLINK_RX, gpu="1")) == (1.0, 4096.0)
     assert _value(s, F.GPU_MEM_TEMP, gpu="0") is not None
     asked.clear()
     collector.collect()
-    assert [len(ids) for ids in asked] == [4, 4]  # between slow ticks: energy, memory temperature, NVLink
+    assert [len(ids) for ids in asked] == [6, 6]  # between slow ticks: energy, memory temperature, NVLink, violations
 
 
 def test_a_field_the_driver_lacks_is_read_by_its_single_call(sim_node, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,6 +203,29 @@ def test_a_field_the_driver_lacks_is_read_by_its_single_call(sim_node, monkeypat
     assert e0 is not None and _value(s, F.GPU_ENERGY, gpu="1") == pytest.approx(e0 + 3000.0)
     assert _value(s, F.GPU_ECC, gpu="1", type="corrected") == 9.0
     assert 83 not in asked[-1] and 5 not in asked[-1]  # not asked again once the driver said no
+
+
+def test_violation_fields_give_the_seconds_of_their_single_calls_to_the_last_bit(
+    sim_node, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Perf-policy fields 74 and 75 count what nvmlDeviceGetViolationStatus reports; GPU 1's driver lacks them."""
+    ns = 2_500_000_003  # a count whose product with 1e-9 differs from its quotient by 1e9 (as is ns + 1's)
+    assert ns * 1e-9 != ns / 1e9 and (ns + 1) * 1e-9 != (ns + 1) / 1e9
+    sim_node({"profile": "h100", "gpus": 2, "unsupported": {"1": ["field:74", "field:75"]}, "series": [
+        {"gpu": g, "field": f, "points": [[0, ns + k]]}
+        for g in (0, 1) for k, f in enumerate(("power_violation_ns", "thermal_violation_ns"))]})
+    nvml, _ = open_nvml("sim", sim_nvml)
+    asked = _counting_field_calls(monkeypatch)
+    gpus = open_gpus(nvml)
+    s = GPUCollector(gpus).collect()
+    single = [(nvml.nvmlDeviceGetViolationStatus(g._h, nvml.NVML_PERF_POLICY_POWER).violationTime / 1e9,
+               nvml.nvmlDeviceGetViolationStatus(g._h, nvml.NVML_PERF_POLICY_THERMAL).violationTime / 1e9) for g in gpus]
+    served = [(_value(s, F.GPU_POWER_VIOLATION, gpu=i), _value(s, F.GPU_THERMAL_VIOLATION, gpu=i)) for i in ("0", "1")]
+    assert served == single == [(ns / 1e9, (ns + 1) / 1e9)] * 2 == [g.violation_seconds() for g in gpus]
+    assert {74, 75} <= set(asked[0]) and {74, 75} <= set(asked[1])  # one call each, then the fallback on GPU 1
+    asked.clear()
+    GPUCollector(gpus).collect()
+    assert {74, 75} <= set(asked[0]) and not {74, 75} & set(asked[1])
 
 
 def test_unsupported_counters_drop_their_readings_on_that_gpu_only(sim_node) -> None:
