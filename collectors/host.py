@@ -22,7 +22,7 @@ import psutil
 from pydantic import Field
 
 from gputuned.collectors.families import C, G, Labels, Sample, declare
-from gputuned.collectors.network import LINK_FAMILIES, LinkReader, read_text
+from gputuned.collectors.network import LINK_FAMILIES, KeptFiles, LinkReader, read_text
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ _DISKSTATS = {14: (2, 3, 5, 7, 9, 12), 15: (3, 2, 5, 7, 9, 12), 7: (2, 3, 4, 5, 
 #: /proc/net/dev fields after the name: bytes, packets, errors, drops, received then sent, in _NET_COUNTERS' order
 _NET_DEV = (0, 8, 1, 9, 2, 10, 3, 11)
 Row = tuple[int, ...]
+TextRead = Callable[..., str]  # read_text, or a KeptFiles' read: a file's text by its path
 #: The modes of /proc/stat's first line, in its order (psutil's cpu_times names; a kernel before 2.6.11 lacks steal)
 _CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 _CPU_LABELS = tuple((("mode", mode),) for mode in _CPU_MODES)
@@ -84,17 +85,17 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PARTITION = re.compile(r"^(loop|ram|dm-|sr)\d|^(sd[a-z]+|vd[a-z]+|xvd[a-z]+)\d+$|^nvme\d+n\d+p\d+$")
 
 
-def read_cpu_times(proc: str) -> list[float]:
+def read_cpu_times(proc: str, read: TextRead = read_text) -> list[float]:
     """Seconds per mode of _CPU_MODES, all CPUs together, from ``proc``/stat's first line, as psutil's cpu_times reads it."""
-    line = read_text(f"{proc}/stat", head=4096).partition("\n")[0].split()  # the first line fits a page on any host
+    line = read(f"{proc}/stat", head=4096).partition("\n")[0].split()  # the first line fits a page on any host
     if not line or line[0] != "cpu":
         raise ValueError(f"no cpu line at the top of {proc}/stat")
     return [float(v) / _CLOCK_TICKS for v in line[1:len(_CPU_MODES) + 1]]
 
 
-def read_tcp_counters(proc: Path) -> dict[str, int]:
+def read_tcp_counters(proc: Path, read: TextRead = read_text) -> dict[str, int]:
     """``Tcp:`` counters from /proc/net/snmp (header line, then value line)."""
-    lines = read_text(f"{proc}/net/snmp").splitlines()
+    lines = read(f"{proc}/net/snmp").splitlines()
     for head, vals in zip(lines, lines[1:], strict=False):
         if head.startswith("Tcp:") and vals.startswith("Tcp:"):
             return {k: int(v) for k, v in zip(head.split()[1:], vals.split()[1:], strict=True)}
@@ -112,11 +113,11 @@ Mount = tuple[str, str, str]  # device, mount point, filesystem type
 _MEMINFO = {"MemTotal:": "total", "MemAvailable:": "available", "SwapTotal:": "swap_total", "SwapFree:": "swap_free"}
 
 
-def read_memory(proc: str) -> dict[str, int] | None:
+def read_memory(proc: str, read: TextRead = read_text) -> dict[str, int] | None:
     """Memory and swap (bytes) from ``proc``/meminfo, as psutil's virtual_memory and swap_memory take them;
     None where psutil would estimate instead (a line missing, MemAvailable 0 or above MemTotal)."""
     got: dict[str, int] = {}
-    for line in read_text(f"{proc}/meminfo").splitlines():
+    for line in read(f"{proc}/meminfo").splitlines():
         key, _, rest = line.partition(" ")
         if key in _MEMINFO:
             got[_MEMINFO[key]] = int(rest.split()[0]) * 1024
@@ -125,11 +126,11 @@ def read_memory(proc: str) -> dict[str, int] | None:
     return got
 
 
-def read_pressure(proc: Path) -> list[Sample]:
+def read_pressure(proc: Path, read: TextRead = read_text) -> list[Sample]:
     """PSI totals of cpu, memory and io from ``proc``/pressure (kernel 4.20+, psi not disabled)."""
     out: list[Sample] = []
     for resource in _PSI_RESOURCES:
-        for line in read_text(f"{proc}/pressure/{resource}").splitlines():
+        for line in read(f"{proc}/pressure/{resource}").splitlines():
             kind, _, fields = line.partition(" ")
             total = fields.rpartition("total=")[2]
             if kind in _PSI_LINES and total.isdigit():
@@ -137,9 +138,9 @@ def read_pressure(proc: Path) -> list[Sample]:
     return out
 
 
-def read_oom_kills(proc: Path) -> list[Sample]:
+def read_oom_kills(proc: Path, read: TextRead = read_text) -> list[Sample]:
     """The OOM-kill counter of ``proc``/vmstat (kernel 4.13+); ValueError when the line is absent."""
-    text = read_text(f"{proc}/vmstat")
+    text = read(f"{proc}/vmstat")
     at = text.find("oom_kill ")
     if at < 0 or (at > 0 and text[at - 1] != "\n"):
         raise ValueError(f"no oom_kill in {proc}/vmstat")
@@ -179,10 +180,10 @@ def filesystem_samples(mount: Mount, st: os.statvfs_result) -> list[Sample]:
     )]
 
 
-def read_diskstats(proc: str) -> dict[str, Row]:
+def read_diskstats(proc: str, read: TextRead = read_text) -> dict[str, Row]:
     """Per block device: (bytes read, bytes written, reads, writes, busy ms) from ``proc``/diskstats, as psutil reads them."""
     out: dict[str, Row] = {}
-    for line in read_text(f"{proc}/diskstats").splitlines():
+    for line in read(f"{proc}/diskstats").splitlines():
         f = line.split()
         at = _DISKSTATS.get(14 if len(f) >= 18 else len(f))
         if at is None:
@@ -192,10 +193,10 @@ def read_diskstats(proc: str) -> dict[str, Row]:
     return out
 
 
-def read_net_dev(proc: str) -> dict[str, Row]:
+def read_net_dev(proc: str, read: TextRead = read_text) -> dict[str, Row]:
     """Per interface: the counters of _NET_COUNTERS from ``proc``/net/dev."""
     out: dict[str, Row] = {}
-    for line in read_text(f"{proc}/net/dev").splitlines()[2:]:
+    for line in read(f"{proc}/net/dev").splitlines()[2:]:
         name, _, rest = line.rpartition(":")
         f = rest.split()
         if len(f) != 16:
@@ -260,6 +261,7 @@ class HostCollector:
         self._disks, self._nics = Unwrapped(), Unwrapped()
         self._links = LinkReader(sysfs, self._skip_if, refresh_ticks) if sysfs is not None else None
         self._label_sets: dict[tuple[str, str], Labels] = {}
+        self._files = KeptFiles()  # the /proc files read at every collect, kept open
 
     def _labels(self, key: str, value: str) -> Labels:
         """One label set, the same tuple from tick to tick (the store and the exporter compare them by identity first)."""
@@ -273,7 +275,7 @@ class HostCollector:
     def collect(self) -> list[Sample]:
         out: list[Sample] = []
         try:
-            cpu = read_cpu_times(str(self._proc))
+            cpu = read_cpu_times(str(self._proc), self._files.read)
         except OSError:  # a /proc tree without stat (a fixture, a sandbox): psutil's own /proc
             ct = psutil.cpu_times()
             cpu = [float(getattr(ct, mode)) for mode in _CPU_MODES if hasattr(ct, mode)]
@@ -283,25 +285,25 @@ class HostCollector:
         out += [(LOAD1, (), l1), (LOAD5, (), l5), (LOAD15, (), l15)]
         out += self._optional("memory", self._memory_samples)
         # each absent (logged once) where a sandboxed /proc lacks its file: the rest of the host is still served
-        disks = self._optional("disk counters", lambda p: list(self._disks(read_diskstats(p)).items()), str(self._proc))
+        disks = self._optional("disk counters", lambda p: list(self._disks(read_diskstats(p, self._files.read)).items()), str(self._proc))
         for dev, row in disks:
             if not _PARTITION.match(dev):
                 lab = self._labels("device", dev)
                 out += [(family, lab, float(v)) for family, v in zip(_DISK_COUNTERS, row[:4], strict=True)]
                 out.append((DISK_BUSY, lab, row[4] / 1000.0))
-        nics = self._optional("interface counters", lambda p: list(self._nics(read_net_dev(p)).items()), str(self._proc))
+        nics = self._optional("interface counters", lambda p: list(self._nics(read_net_dev(p, self._files.read)).items()), str(self._proc))
         for nic, row in nics:
             if nic not in self._skip_if:
                 lab = self._labels("interface", nic)
                 out += [(family, lab, float(v)) for family, v in zip(_NET_COUNTERS, row, strict=True)]
-        tcp = read_tcp_counters(self._proc)
+        tcp = read_tcp_counters(self._proc, self._files.read)
         out.append((TCP_RETRANS, (), float(tcp.get("RetransSegs", 0))))
         out.append((TCP_OUT, (), float(tcp.get("OutSegs", 0))))
         return out + self._optional_samples()
 
     def _memory_samples(self) -> list[Sample]:
         """Memory and swap from one read of psutil's meminfo (psutil reads it twice, and /proc/vmstat)."""
-        m = read_memory(str(self._proc))
+        m = read_memory(str(self._proc), self._files.read)
         if m is None:  # psutil's estimates
             vm, sw = psutil.virtual_memory(), psutil.swap_memory()
             m = {"total": vm.total, "available": vm.available, "swap_total": sw.total, "swap_free": sw.total - sw.used}
@@ -315,8 +317,8 @@ class HostCollector:
 
     def _optional_samples(self) -> list[Sample]:
         """Pressure, OOM kills, filesystems and links: each absent, and logged once, while it cannot be read."""
-        out = self._optional("pressure stall information", read_pressure, self._proc)
-        out += self._optional("OOM kills", read_oom_kills, self._proc)
+        out = self._optional("pressure stall information", read_pressure, self._proc, self._files.read)
+        out += self._optional("OOM kills", read_oom_kills, self._proc, self._files.read)
         if self._paths:
             now = time.monotonic()
             if now >= self._mounts_due:  # mounts change seldom; /proc/mounts is the costliest read here
@@ -356,7 +358,10 @@ class HostCollector:
         return got
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Close the kept /proc and /sys files."""
+        self._files.close()
+        if self._links is not None:
+            self._links.close()
 
 
 class HostCollectorConfig(CollectorConfig):

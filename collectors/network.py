@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,21 +51,84 @@ _IB_COUNTERS = {
 }
 
 
+def _read_all(fd: int, head: int = 0) -> str:
+    """The text of an open file from its start (at most ``head`` bytes, in one read, when above 0)."""
+    if head > 0:
+        return os.pread(fd, head, 0).decode()
+    chunks, at = [], 0
+    while chunk := os.pread(fd, 65536, at):  # a seq file may come in several reads
+        chunks.append(chunk)
+        at += len(chunk)
+    return b"".join(chunks).decode()
+
+
 def read_text(path: str | os.PathLike[str], head: int = 0) -> str:
-    """A small /proc or /sys file's text, read with os.read: open()'s file objects are most of such a read's cost.
+    """A small /proc or /sys file's text, read with os.pread: open()'s file objects are most of such a read's cost.
 
     ``head``: when above 0, one read of at most that many bytes (a line at the top of a long file).
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        if head > 0:
-            return os.read(fd, head).decode()
-        chunks = []
-        while chunk := os.read(fd, 65536):  # a seq file may come in several reads
-            chunks.append(chunk)
+        return _read_all(fd, head)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode()
+
+
+def _close_all(fds: dict[str, tuple[int, bool]]) -> None:
+    for fd, _ in fds.values():
+        os.close(fd)
+    fds.clear()
+
+
+class KeptFiles:
+    """Small /proc and /sys files kept open and read again from their start, as :func:`read_text` reads them.
+
+    procfs and sysfs make a file's text afresh at each read from offset 0, so a kept descriptor reads
+    what a fresh open would, without the open and close (most of such a read's cost). A kept file that
+    fails to read (a removed interface's attribute), or a plain file since deleted or replaced (a
+    fixture tree's), is opened again; beyond ``limit`` files, the others are read by a fresh open.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._fds: dict[str, tuple[int, bool]] = {}  # path -> descriptor, whether it is a plain file (size above 0)
+        weakref.finalize(self, _close_all, self._fds)  # closed with the object where close() was never called
+
+    def read(self, path: str, head: int = 0) -> str:
+        """``path``'s text (see :func:`read_text`); OSError when it cannot be opened or read."""
+        kept = self._fds.get(path)
+        if kept is not None:
+            fd, plain = kept
+            try:
+                if not plain or os.fstat(fd).st_nlink:
+                    return _read_all(fd, head)
+            except OSError:
+                pass
+            self.forget(path)
+        if len(self._fds) >= self._limit:
+            return read_text(path, head)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            text = _read_all(fd, head)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fds[path] = (fd, os.fstat(fd).st_size > 0)
+        return text
+
+    def forget(self, path: str) -> None:
+        """Close ``path``'s descriptor, if kept."""
+        kept = self._fds.pop(path, None)
+        if kept is not None:
+            os.close(kept[0])
+
+    def paths(self) -> list[str]:
+        """The paths kept open."""
+        return list(self._fds)
+
+    def close(self) -> None:
+        """Close every kept descriptor."""
+        _close_all(self._fds)
 
 
 def _read(path: str | os.PathLike[str]) -> str | None:
@@ -103,6 +167,7 @@ class LinkReader:
         self._refresh = refresh_reads
         self._reads = 0
         self._kept: dict[str, tuple[str, Labels, list[Sample]]] = {}  # by interface: state, labels, carrier and speed
+        self._states = KeptFiles()  # the operstate files, read at every read
 
     def read(self) -> list[Sample]:
         """The link samples of this read, interfaces by name."""
@@ -113,7 +178,10 @@ class LinkReader:
         for nic in sorted(os.listdir(base)):
             if nic in self._skip:
                 continue
-            state = _read(f"{base}/{nic}/operstate")  # None for a file such as bonding_masters
+            try:
+                state: str | None = self._states.read(f"{base}/{nic}/operstate").strip()
+            except OSError:  # a file such as bonding_masters
+                state = None
             if state is None:
                 continue
             last = self._kept.get(nic)
@@ -122,8 +190,15 @@ class LinkReader:
             kept[nic] = (state, labels, more)
             out.append((LINK_UP, labels, 1.0 if state == "up" else 0.0))
             out += more
+        for path in self._states.paths():  # interfaces gone (containers' veths): their files closed
+            if path[len(base) + 1:].partition("/")[0] not in kept:
+                self._states.forget(path)
         self._kept = kept
         return out
+
+    def close(self) -> None:
+        """Close the kept state files."""
+        self._states.close()
 
 
 class InfinibandCollector:

@@ -156,3 +156,45 @@ def test_cpu_times_read_from_proc_stat_equal_psutils(proc: Path) -> None:
     (proc / "stat").unlink()  # a /proc without stat: psutil's own (the fixture's PROCFS_PATH, also without): an error
     with pytest.raises(OSError):
         H.HostCollector(proc=proc).collect()
+
+
+def test_kept_files_read_what_a_fresh_open_reads(tmp_path: Path) -> None:
+    """procfs makes the text afresh at each read from the start; a plain file rewritten, replaced or deleted is
+    opened again (or fails) as a fresh open would; beyond the limit files are read without being kept."""
+    kept = N.KeptFiles(limit=2)
+    before = kept.read("/proc/self/statm")
+    grown = bytearray(64 << 20)  # resident pages move
+    grown[::4096] = b"\1" * len(grown[::4096])
+    assert kept.read("/proc/self/statm") != before
+    f = tmp_path / "counters"
+    f.write_text("1 2 3\n")
+    assert kept.read(str(f)) == "1 2 3\n"
+    f.write_text("4 5\n")  # rewritten in place, shorter
+    assert kept.read(str(f)) == "4 5\n"
+    (tmp_path / "next").write_text("6\n")
+    (tmp_path / "next").replace(f)  # replaced: the kept descriptor's file is gone
+    assert kept.read(str(f)) == "6\n" and kept.paths() == ["/proc/self/statm", str(f)]
+    (tmp_path / "third").write_text("7\n")
+    assert kept.read(str(tmp_path / "third")) == "7\n" and len(kept.paths()) == 2  # over the limit: not kept
+    f.unlink()
+    with pytest.raises(OSError):
+        kept.read(str(f))
+    assert kept.paths() == ["/proc/self/statm"]
+    kept.close()
+    assert kept.paths() == [] and grown[0] == 1
+
+
+def test_links_of_an_interface_that_goes_are_closed(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    for nic in ("eth0", "veth1"):
+        _nic(sysfs, nic, "up", "1", "1000")
+    links = N.LinkReader(sysfs)
+    assert len(links.read()) == 6 and len(links._states.paths()) == 2
+    for name in ("operstate", "carrier", "speed"):
+        (sysfs / "class" / "net" / "veth1" / name).unlink()
+    (sysfs / "class" / "net" / "veth1").rmdir()
+    _nic(sysfs, "eth0", "down", "0", "-1")
+    assert {(n, dict(lab)["interface"]) for n, lab, _ in links.read()} == {(N.LINK_UP, "eth0"), (N.LINK_CARRIER, "eth0")}
+    assert links._states.paths() == [f"{sysfs}/class/net/eth0/operstate"]
+    links.close()
+    assert links._states.paths() == []
