@@ -117,10 +117,13 @@ def read_memory(proc: str, read: TextRead = read_text) -> dict[str, int] | None:
     """Memory and swap (bytes) from ``proc``/meminfo, as psutil's virtual_memory and swap_memory take them;
     None where psutil would estimate instead (a line missing, MemAvailable 0 or above MemTotal)."""
     got: dict[str, int] = {}
-    for line in read(f"{proc}/meminfo").splitlines():
-        key, _, rest = line.partition(" ")
-        if key in _MEMINFO:
-            got[_MEMINFO[key]] = int(rest.split()[0]) * 1024
+    text = "\n" + read(f"{proc}/meminfo")
+    for key, name in _MEMINFO.items():  # four lines of fifty: found, not split out
+        at = text.rfind(f"\n{key} ")  # the last such line, as a loop over the lines keeps
+        if at >= 0:
+            start = at + len(key) + 2
+            end = text.find("\n", start)
+            got[name] = int(text[start:end if end >= 0 else None].split()[0]) * 1024
     if len(got) < len(_MEMINFO) or not 0 < got["available"] <= got["total"]:
         return None
     return got
@@ -256,7 +259,7 @@ class HostCollector:
         self._cpus = float(psutil.cpu_count() or 1)
         self._mounts: list[Mount] = []
         self._mounts_due = -math.inf
-        self._real: dict[str, str] = {}  # configured path -> its real path, resolved again with the mounts
+        self._held: dict[str, Mount] = {}  # configured path -> the mount holding it, resolved again with the mounts
         self._failing: set[str] = set()  # optional sources whose failure is logged until they read again
         self._disks, self._nics = Unwrapped(), Unwrapped()
         self._links = LinkReader(sysfs, self._skip_if, refresh_ticks) if sysfs is not None else None
@@ -323,7 +326,7 @@ class HostCollector:
             now = time.monotonic()
             if now >= self._mounts_due:  # mounts change seldom; /proc/mounts is the costliest read here
                 self._mounts, self._mounts_due = self._optional("mounts", read_mounts, self._proc), now + MOUNTS_REFRESH_S
-                self._real.clear()
+                self._held.clear()
             seen: set[str] = set()
             for path in self._paths:
                 out += self._optional(f"filesystem of {path}", self._filesystem, path, self._mounts, seen)
@@ -334,10 +337,9 @@ class HostCollector:
     def _filesystem(self, path: str, mounts: list[Mount], seen: set[str]) -> list[Sample]:
         """The readings of the mount holding ``path``, once per mount point."""
         st = self._statvfs(path)  # first, so that a path gone missing is logged even beside a served mount
-        real = self._real.get(path)
-        if real is None:
-            real = self._real[path] = os.path.realpath(path)
-        mount = mount_of(real, mounts)
+        mount = self._held.get(path)
+        if mount is None:
+            mount = self._held[path] = mount_of(os.path.realpath(path), mounts)
         if mount[1] in seen:
             return []
         seen.add(mount[1])

@@ -121,6 +121,22 @@ def test_mount_of_picks_the_deepest_and_latest_mount() -> None:
         H.mount_of("/x", [("/dev/b", "/data", "xfs")])
 
 
+def test_a_volume_mounted_later_is_found_at_the_next_read_of_the_mounts(tmp_path: Path) -> None:
+    """A path's mount is kept between reads of /proc/mounts and looked up again at each."""
+    proc = _proc(tmp_path)
+    (tmp_path / "data").mkdir()
+    c = H.HostCollector(proc=proc, paths=[tmp_path / "data"], statvfs=_statvfs)
+
+    def device() -> str:
+        return next(dict(lab)["device"] for n, lab, _ in c.collect() if n == H.FS_SIZE)
+
+    assert device() == "/dev/vda1"
+    (proc / "mounts").write_text(f"/dev/vda1 / ext4 rw 0 0\n/dev/sdb {tmp_path}/data xfs rw 0 0\n")
+    assert device() == "/dev/vda1"  # within MOUNTS_REFRESH_S: the mount kept
+    c._mounts_due = 0.0  # the refresh is due
+    assert device() == "/dev/sdb"
+
+
 def test_this_machine_serves_dev_shm_through_the_registered_factory() -> None:
     c = H.build_host_collector(H.HostCollectorConfig(), H.CollectorContext())
     got = c.collect()
