@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from gputuned.collectors.device import GPUError
@@ -233,3 +233,25 @@ class CallGate:
                      gate.name, running.what, took)
         if running is job:  # its result, if it comes, is dropped
             raise GPUHungError(gate._down or "")
+
+
+def run_each(calls: Sequence[tuple[CallGate | None, str, Callable[[], T]]]) -> list[T | GPUError]:
+    """Each ``(gate, what, fn)``'s result, or the :class:`GPUError` it raised (:class:`GPUHungError` past its
+    timeout or while its GPU is down). Those with a gate are queued first and awaited once, on the last:
+    a lane runs them in order, so one wake-up sees them all done. Those without one run here, after."""
+    queued: list[Call[T] | GPUError | None] = []
+    for gate, what, fn in calls:
+        try:
+            queued.append(None if gate is None else gate.submit(what, fn))
+        except GPUHungError as e:
+            queued.append(e)
+    last = next((job for job in reversed(queued) if isinstance(job, Call)), None)
+    if last is not None:
+        last.wait_done(last.gate.timeout_s)
+    out: list[T | GPUError] = []
+    for (_, _, fn), job in zip(calls, queued, strict=True):
+        try:
+            out.append(fn() if job is None else job if isinstance(job, GPUError) else job.gate.wait(job))
+        except GPUError as e:
+            out.append(e)
+    return out

@@ -12,6 +12,7 @@ others read on a new worker. One GPU never hides another.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pydantic import Field
 
 from gputuned.collectors import families as F
-from gputuned.collectors.calls import Call, CallGate, GPUHungError
+from gputuned.collectors.calls import CallGate, GPUHungError, run_each
 from gputuned.collectors.device import GPUDevice, GPUError, GPULostError, NotSupportedError
 from gputuned.collectors.families import Labels, Sample
 from gputuned.collectors.gpu_readings import (
@@ -104,47 +105,27 @@ class GPUCollector:
         """Every GPU's samples; GPUs with a call timeout are read on their worker, in order."""
         out: list[Sample] = []
         dropped: dict[str, tuple[list[int], str]] = {}
-        started = [(g, self._start(g)) for g in self._gpus]
-        last = next((job for _, job in reversed(started) if isinstance(job, Call)), None)
-        if last is not None:  # one wake-up: calls on a worker run in order, so the others are done by then
-            last.wait_done(last.gate.timeout_s)
-        for g, job in started:
-            out.extend(self._finish(g, job, dropped))
+        reads = [(None if g.lost else getattr(g.dev, "gate", None), "readings", functools.partial(self._read_gpu, g))
+                 for g in self._gpus]
+        for g, got in zip(self._gpus, run_each(reads), strict=True):
+            if isinstance(got, GPUHungError):
+                logger.debug("gpu %s skipped: %s", g.labels[0][1], got)
+                g.missed = True  # set here, read by its worker: the kept counters may have moved meanwhile (an Xid)
+                out.append((F.GPU_UP, g.labels, 0.0))
+                continue
+            if isinstance(got, GPUError):
+                raise got
+            samples, unsupported = got
+            for name, (indices, why) in unsupported.items():
+                dropped.setdefault(name, ([], why))[0].extend(indices)
+            out.extend(samples)
         if dropped:
             log_unsupported(dropped)
         return out
 
-    def _start(self, g: _GPUState) -> Call[_Read] | GPUHungError | None:
-        """Queue a GPU's readings on its worker (None: read here, on the caller's thread)."""
-        gate: CallGate | None = getattr(g.dev, "gate", None)
-        if gate is None or g.lost:
-            return None
-        try:
-            return gate.submit("readings", lambda: self._read_gpu(g))
-        except GPUHungError as e:
-            return e
-
     def _read_gpu(self, g: _GPUState) -> _Read:
         unsupported: dict[str, tuple[list[int], str]] = {}
         return self._collect_one(g, unsupported), unsupported
-
-    def _finish(self, g: _GPUState, job: Call[_Read] | GPUHungError | None,
-                dropped: dict[str, tuple[list[int], str]]) -> list[Sample]:
-        """A GPU's samples, or only ``gpu_up 0`` when its call ran past the timeout (or its GPU is down)."""
-        if job is None:
-            return self._collect_one(g, dropped)
-        gate: CallGate = getattr(g.dev, "gate")  # noqa: B009 - set when a job was queued
-        try:
-            if isinstance(job, GPUHungError):
-                raise job
-            samples, unsupported = gate.wait(job)
-        except GPUHungError as e:
-            logger.debug("gpu %s skipped: %s", g.labels[0][1], e)
-            g.missed = True  # set here, read by its worker: the kept counters may have moved meanwhile (an Xid)
-            return [(F.GPU_UP, g.labels, 0.0)]
-        for name, (indices, why) in unsupported.items():
-            dropped.setdefault(name, ([], why))[0].extend(indices)
-        return samples
 
     def _collect_one(self, g: _GPUState, unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
         extra = self.extra_labels
