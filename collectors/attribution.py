@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
+from gputuned.collectors.calls import run_each
 from gputuned.collectors.device import GPUDevice, GPUError, GPUProcess, NotSupportedError
 from gputuned.collectors.families import Labels, Sample, declare
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
@@ -113,19 +114,20 @@ class ProcessCollector:
         self.latest = Attribution()
 
     def read(self) -> dict[int, tuple[str, list[GPUProcess]]]:
-        """Every listable GPU's processes; a GPU that cannot list them is logged once and skipped."""
+        """Every listable GPU's processes (one trip to the GPUs' worker for all); a GPU that cannot list
+        them is logged once and skipped."""
+        devices = [d for d in self._devices if d.identity.index not in self._unlisted]
         out: dict[int, tuple[str, list[GPUProcess]]] = {}
-        for dev in self._devices:
+        for dev, got in zip(devices, run_each([(getattr(dev, "gate", None), "running processes", dev.processes)
+                                               for dev in devices]), strict=True):
             ident = dev.identity
-            if ident.index in self._unlisted:
-                continue
-            try:
-                out[ident.index] = (ident.uuid, dev.processes())
-            except NotSupportedError as e:
+            if isinstance(got, NotSupportedError):
                 self._unlisted.add(ident.index)
-                logger.info("gpu %d cannot list its processes (%s); no rank is attributed to it", ident.index, e)
-            except GPUError as e:
-                logger.debug("gpu %d process list failed: %s", ident.index, e)
+                logger.info("gpu %d cannot list its processes (%s); no rank is attributed to it", ident.index, got)
+            elif isinstance(got, GPUError):
+                logger.debug("gpu %d process list failed: %s", ident.index, got)
+            else:
+                out[ident.index] = (ident.uuid, got)
         return out
 
     def collect(self) -> list[Sample]:
