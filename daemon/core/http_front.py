@@ -10,6 +10,7 @@ descriptors of the process are free, so the control socket and the collectors al
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -84,6 +85,9 @@ class _Conn:
     buf: bytearray = field(default_factory=bytearray)
 
 
+_Job = tuple[_Conn, Request]
+
+
 class HttpFront:
     """Listens on ``address`` and answers each complete request with ``handler`` on a worker."""
 
@@ -108,7 +112,12 @@ class HttpFront:
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
-        self._jobs: queue.SimpleQueue[tuple[_Conn, Request] | None] = queue.SimpleQueue()
+        # Each worker waits on a queue of its own and the selector hands a request to one idle worker
+        # (or leaves it pending for the next to finish): one shared queue would wake a second idle
+        # worker on every request (SimpleQueue.get releases its lock for the next waiter), for nothing.
+        self._inboxes: list[queue.SimpleQueue[_Job | None]] = [queue.SimpleQueue() for _ in range(self.limits.workers)]
+        self._idle = list(self._inboxes)  # the inboxes of the workers waiting for a request
+        self._pending: collections.deque[_Job] = collections.deque()
         self._back: list[tuple[_Conn, bool]] = []
         self._lock = threading.Lock()
         self._conns: dict[_Conn, None] = {}
@@ -128,16 +137,16 @@ class HttpFront:
         self._sel.register(self._listener, selectors.EVENT_READ, _LISTENER)
         self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._threads = [threading.Thread(target=self._loop, name="gputuned-http", daemon=True)]
-        self._threads += [threading.Thread(target=self._work, name=f"gputuned-http-{i}", daemon=True)
-                          for i in range(self.limits.workers)]
+        self._threads += [threading.Thread(target=self._work, args=(inbox,), name=f"gputuned-http-{i}", daemon=True)
+                          for i, inbox in enumerate(self._inboxes)]
         for t in self._threads:
             t.start()
 
     def stop(self) -> None:
         """Stop serving and close every connection."""
         self._stop.set()
-        for _ in range(self.limits.workers):
-            self._jobs.put(None)
+        for inbox in self._inboxes:
+            inbox.put(None)
         self._wake()
         for t in self._threads[:1]:
             t.join(5)
@@ -269,7 +278,12 @@ class HttpFront:
             return
         conn.busy = True
         self._sel.unregister(conn.sock)
-        self._jobs.put((conn, req))
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+            if inbox is None:
+                self._pending.append((conn, req))
+        if inbox is not None:
+            inbox.put((conn, req))
 
     def _reject(self, conn: _Conn, code: int) -> None:
         self._count(f"http_{code}")
@@ -277,12 +291,16 @@ class HttpFront:
             conn.sock.send(format_response(Response(code, b""), head_only=False, keep_alive=False))
         self._close(conn)
 
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
+    def _work(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
+        job: _Job | None = None
+        while job is not None or (job := inbox.get()) is not None:
             conn, req = job
             keep = self._serve(conn, req)
             with self._lock:
                 self._back.append((conn, keep))
+                job = self._pending.popleft() if self._pending else None
+                if job is None:
+                    self._idle.append(inbox)  # before the wait on the inbox: a request handed meanwhile waits in it
             self._wake()
 
     def _serve(self, conn: _Conn, req: Request) -> bool:

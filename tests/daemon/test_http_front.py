@@ -34,6 +34,14 @@ class BigRenderer(MetricsRenderer):
         return b"x" * (32 << 20)
 
 
+class SlowRenderer(MetricsRenderer):
+    """A renderer that takes 0.2 s a body, so that requests outnumber the workers."""
+
+    def render(self, **_: object) -> bytes:
+        time.sleep(0.2)
+        return b"slow\n"
+
+
 def _server(renderer_cls: type[MetricsRenderer] = MetricsRenderer, **limits: float) -> MetricsServer:
     store = Store(10)
     kw = {"max_connections": 8, "workers": 2, "read_timeout_seconds": 5.0, **limits}
@@ -150,6 +158,45 @@ def test_an_idle_keep_alive_connection_does_not_wake_the_selector(server: Metric
         assert len(selects) - n <= 1  # held for 1 s of its 5 s read timeout: one sleep, not one per sweep
     finally:
         s.close()
+
+
+def _switches(thread: threading.Thread) -> int:
+    """Context switches of ``thread`` so far: every time it slept (or was put aside) and ran again."""
+    with open(f"/proc/self/task/{thread.native_id}/status") as f:
+        return sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+
+
+def test_a_request_wakes_one_worker_and_the_other_workers_sleep_on(server: MetricsServer) -> None:
+    workers = [t for t in threading.enumerate() if t.name.startswith("gputuned-http-")]
+    s = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(4096).endswith(b"ok\n")
+        before = [_switches(t) for t in workers]
+        for _ in range(10):
+            time.sleep(0.02)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).endswith(b"ok\n")
+        woke = [_switches(t) - n for t, n in zip(workers, before, strict=True)]
+        assert len(workers) == 2 and sorted(woke)[0] == 0, woke  # one shared queue woke both on every request
+    finally:
+        s.close()
+
+
+def test_requests_beyond_the_workers_wait_and_are_all_answered() -> None:
+    server = _server(SlowRenderer)
+    server.start()
+    try:
+        socks = [socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) for _ in range(5)]
+        t0 = time.monotonic()
+        for s in socks:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert all(s.recv(4096).endswith(b"slow\n") for s in socks)
+        assert time.monotonic() - t0 >= 0.55  # 2 workers: 3 rounds of 0.2 s
+        for s in socks:
+            s.close()
+    finally:
+        server.stop()
 
 
 class _FailingListener:
