@@ -14,6 +14,7 @@ the other GPUs' calls queued behind it once, by at most the call timeout.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -62,25 +63,51 @@ class Call(Generic[T]):
 
 
 class _Worker:
-    """A thread running its queue's calls in order; once one of them hangs it runs nothing else."""
+    """A thread running its pending calls in order; once one of them hangs it runs nothing else.
+
+    Calls are queued under the lane's lock and the thread is woken once for a batch (queued while it
+    sleeps), so a tick's calls cost it one wake-up and no GIL hand-off while they are being queued.
+    """
 
     def __init__(self, lane: Lane) -> None:
         self.lane = lane
-        self.jobs: queue.SimpleQueue[Call[Any] | None] = queue.SimpleQueue()
+        self.pending: collections.deque[Call[Any]] = collections.deque()  # under the lane's lock
         self.running: Call[Any] | None = None
         self.hung = False  # left to the hung call's GPU: ends once that call returns
+        self.ending = False  # closed: ends once nothing is pending
+        self.asleep = False  # waiting for a wake-up, none sent yet
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._work, name=f"gputuned-nvml-{lane.name}", daemon=True)
         self.thread.start()
+
+    def wake(self) -> None:
+        """Wake the thread if it sleeps (lock held)."""
+        if self.asleep:
+            self.asleep = False
+            self._wake.put(None)
+
+    def _next(self) -> Call[Any] | None:
+        """The next call to run, marked running; None to sleep (lock held)."""
+        if self.pending:
+            job = self.running = self.pending.popleft()
+            job.started = self.lane.clock()
+            return job
+        self.asleep = True
+        return None
 
     def _work(self) -> None:
         _this.lane = self.lane
         lock = self.lane.lock
-        while (job := self.jobs.get()) is not None:
-            with lock:
-                if job.error is not None:  # given up on before it ran (its GPU hung): never run late
-                    continue
-                job.started = self.lane.clock()
-                self.running = job
+        with lock:
+            job = self._next()
+        while True:
+            if job is None:
+                if self.ending:
+                    return
+                self._wake.get()
+                with lock:
+                    job = self._next()
+                continue
             try:
                 job.result = job.fn()
             except BaseException as e:  # noqa: BLE001 - the caller re-raises it
@@ -89,10 +116,11 @@ class _Worker:
                 self.running = None
                 hung = self.hung
                 back = job.gate.returned(job) if hung else None
-            job.set_done()
-            if hung:  # this thread was left to the hung call: its GPU is up again, the lane has another worker
+                done, job = job, None if hung else self._next()
+            done.set_done()  # last before sleeping: the waiter it wakes finds the GIL free
+            if hung:  # left to the hung call: its GPU is up again, the lane has another worker
                 if back is not None:
-                    logger.warning("%s up again: NVML call %s returned after %.1f s", job.gate.name, job.what, back)
+                    logger.warning("%s up again: NVML call %s returned after %.1f s", done.gate.name, done.what, back)
                 return
 
 
@@ -105,12 +133,17 @@ class Lane:
         self.lock = threading.Lock()
         self._worker: _Worker | None = None
 
-    def put(self, job: Call[Any]) -> None:
-        """Queue ``job`` on the current worker, started on first use (lock held)."""
+    def put(self, jobs: Sequence[Call[Any]]) -> None:
+        """Queue ``jobs`` on the current worker (started on first use) and wake it once (lock held)."""
+        if not jobs:
+            return
         if self._worker is None:
             self._worker = _Worker(self)
-        job.worker = self._worker
-        self._worker.jobs.put(job)
+        worker = self._worker
+        for job in jobs:
+            job.worker = worker
+            worker.pending.append(job)
+        worker.wake()
 
     def leave_to(self, hung: Call[Any], reason: str) -> None:
         """Leave ``hung``'s worker to its call; the calls queued behind it move to a new worker, its own GPU's
@@ -121,23 +154,19 @@ class Lane:
         old.thread.name = f"gputuned-nvml-{hung.gate.name} (hung)"
         if self._worker is old:
             self._worker = None
-        while True:
-            try:
-                job = old.jobs.get_nowait()
-            except queue.Empty:
-                return
-            if job is None or job.error is not None:
-                continue
+        moved, old.pending = old.pending, collections.deque()
+        for job in moved:
             if job.gate is hung.gate:
                 job.error = GPUHungError(reason)
                 job.set_done()
-            else:
-                self.put(job)
+        if rest := [job for job in moved if job.gate is not hung.gate]:
+            self.put(rest)
 
     def close(self) -> None:
-        """Let the worker end once it is idle (lock held); a later call starts a new one."""
+        """Let the worker end once nothing is pending (lock held); a later call starts a new one."""
         if self._worker is not None:
-            self._worker.jobs.put(None)
+            self._worker.ending = True
+            self._worker.wake()
             self._worker = None
 
 
@@ -172,8 +201,25 @@ class CallGate:
         with self._lock:
             if self._down is not None:
                 raise GPUHungError(self._down)
-            self._lane.put(job)
+            self._lane.put((job,))
         return job
+
+    @staticmethod
+    def submit_all(calls: Sequence[tuple[CallGate | None, str, Callable[[], T]]]) -> list[Call[T] | GPUError | None]:
+        """Each ``(gate, what, fn)`` queued on its gate (None without one, :class:`GPUHungError` while its GPU is
+        down): a lane's calls under one hold of its lock, its worker woken once."""
+        queued: list[Call[T] | GPUError | None] = [None if g is None else Call(g, what, fn) for g, what, fn in calls]
+        for lane in {job.gate._lane: None for job in queued if isinstance(job, Call)}:
+            with lane.lock:
+                batch = []
+                for i, job in enumerate(queued):
+                    if isinstance(job, Call) and job.gate._lane is lane:
+                        if job.gate._down is not None:
+                            queued[i] = GPUHungError(job.gate._down)
+                        else:
+                            batch.append(job)
+                lane.put(batch)
+        return queued
 
     def wait(self, job: Call[T]) -> T:
         """The result of a submitted call (or its exception); :class:`GPUHungError` once the call, or the
@@ -239,12 +285,7 @@ def run_each(calls: Sequence[tuple[CallGate | None, str, Callable[[], T]]]) -> l
     """Each ``(gate, what, fn)``'s result, or the :class:`GPUError` it raised (:class:`GPUHungError` past its
     timeout or while its GPU is down). Those with a gate are queued first and awaited once, on the last:
     a lane runs them in order, so one wake-up sees them all done. Those without one run here, after."""
-    queued: list[Call[T] | GPUError | None] = []
-    for gate, what, fn in calls:
-        try:
-            queued.append(None if gate is None else gate.submit(what, fn))
-        except GPUHungError as e:
-            queued.append(e)
+    queued = CallGate.submit_all(calls)
     last = next((job for job in reversed(queued) if isinstance(job, Call)), None)
     if last is not None:
         last.wait_done(last.gate.timeout_s)
