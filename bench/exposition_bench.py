@@ -297,7 +297,7 @@ def main() -> None:
         s = split_figures(gpus, args.seconds, False, args.new_connections)
         cut = ", ".join(f"{k} {s.get(k, 0.0):.3f}%" for k in ("loop", "nvml", "http", "render", "control", "other"))
         print(f"split, {gpus} GPUs scripted, scraped every second{' (new connections)' if args.new_connections else ''}: process {s['process']:.3f}% of a core ({cut}; "
-              f"render+gzip inside http); scripted NVML {s['sim_nvml']:.3f}% (inside loop and nvml); "
+              f"render+gzip inside http); scripted NVML {s['sim_nvml']:.3f}% ({s['sim_calls_per_s']:.0f} calls a second, inside loop and nvml); "
               f"without it {s['process'] - s['sim_nvml']:.3f}%")
     for gpus in args.gpus if "ticks" in parts else ():
         t = tick_parts(gpus)
