@@ -173,6 +173,7 @@ class Daemon:
         self.server: MetricsServer | None = None
         if serve:
             self.server = MetricsServer.from_config(cfg.exporter, self.renderer)
+            self.loop.on_tick_end(self.renderer.tick_ended)
         self.components: list[Component] = []
         self._thread: threading.Thread | None = None
         self.started_at = 0.0

@@ -80,11 +80,16 @@ class CollectionLoop:
         self.overruns = 0
         self.last_tick_duration = 0.0
         self._hooks: list[TickHook] = []
+        self._ended: list[Callable[[], None]] = []
         self.stop_event = threading.Event()
 
     def add_hook(self, hook: TickHook) -> None:
         """Call ``hook(wall_time)`` after the collectors on every tick (tuner, watchdog)."""
         self._hooks.append(hook)
+
+    def on_tick_end(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` once a tick's samples are all published (the exporter makes the bodies scrapers poll)."""
+        self._ended.append(hook)
 
     def tick(self) -> None:
         t0 = self._mono()
@@ -99,6 +104,11 @@ class CollectionLoop:
         self.ticks += 1
         self.last_tick_duration = self._mono() - t0
         self.store.publish("daemon", now, self.self_samples())
+        for end in self._ended:
+            try:
+                end()
+            except Exception:  # noqa: BLE001 - as a hook
+                logger.exception("tick end hook %r failed", end)
 
     def self_samples(self) -> list[Sample]:
         out: list[Sample] = [

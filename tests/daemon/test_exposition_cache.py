@@ -39,6 +39,28 @@ def test_bodies_are_made_once_a_generation_and_change_with_it() -> None:
     assert gzip.decompress(gz2) == r.render()
 
 
+def test_a_body_polled_every_tick_is_made_at_the_tick_end_and_one_polled_less_often_on_demand() -> None:
+    store = Store(8)
+    r = MetricsRenderer(store, CATALOG)
+
+    def tick(t: float, scrape: bool) -> int:
+        """A tick's publish and end, then (when ``scrape``) a scrape: the renders that scrape made."""
+        store.publish("gpu", t, _samples(100.0 + t))
+        r.tick_ended()
+        before = r.renders
+        if scrape:
+            assert b"} %r\n" % (100.0 + t) in gzip.decompress(r.render(openmetrics=True, gzipped=True))
+        return r.renders - before
+
+    assert [tick(t, True) for t in range(1, 4)] == [2, 2, 2]  # asked in 1, 2, 3 ticks in a row: on demand
+    assert [tick(t, True) for t in range(4, 8)] == [0, 0, 0, 0]  # made at each tick's end, the scrape a lookup
+    assert r.render() and r.renders == 2 * 7 + 1  # a text body, never polled: on demand
+    made = r.renders
+    assert [tick(t, t % 2 == 0) for t in range(8, 16)] == [0, 0, 2, 0, 2, 0, 2, 0]  # every other tick: on demand
+    assert r.renders == made + 2 * 2 + 3 * 2  # made at the ends of ticks 8 and 9 (asked at 7 and 8), then scrapes only
+    assert [tick(t, False) for t in range(16, 19)] == [0, 0, 0] and r.renders == made + 10  # nobody asks: none made
+
+
 def test_a_family_keeps_its_text_only_while_its_values_stay() -> None:
     enc = Encoder(CATALOG)
     steps = [_samples(100.0), _samples(100.0), _samples(101.5), _samples(101.5, limit=650.0),
