@@ -67,7 +67,8 @@ class MetricsRenderer:
         full = {**catalog, **SELF_FAMILIES}
         labels = DcgmLabels(hostname or socket.gethostname(), dcgm_version) if dcgm else None
         self._encoders = {om: Encoder(full, openmetrics=om, dcgm=labels) for om in (False, True)}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the bodies and the encoders
+        self._count_lock = threading.Lock()  # the scrape counts
         self._generation = -1
         self._bodies: dict[_Key, bytes] = {}
         self._asked: set[_Key] = set()  # the bodies asked for since the last tick ended
@@ -98,6 +99,20 @@ class MetricsRenderer:
                 if ticks >= POLLED_TICKS:
                     self._current(key)
 
+    def made(self, *, openmetrics: bool, gzipped: bool) -> bytes | None:
+        """The unfiltered body of the store's generation now if it is made already (and noted as asked
+        for), else None; never waits for a render in progress."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            key: _Key = (openmetrics, gzipped, ())
+            body = self._bodies.get(key) if self._store.generation == self._generation else None
+            if body is not None:
+                self._asked.add(key)
+            return body
+        finally:
+            self._lock.release()
+
     def _current(self, key: _Key) -> bytes:
         """The body for ``key`` of the store's generation now (lock held)."""
         gen = self._store.generation
@@ -120,8 +135,8 @@ class MetricsRenderer:
         return body
 
     def count(self, fmt: str, encoding: str, nbytes: int) -> None:
-        """Note one scrape answered (the exporter's own series)."""
-        with self._lock:
+        """Note one scrape answered (the exporter's own series; never waits for a render)."""
+        with self._count_lock:
             self.scrapes[(fmt, encoding)] = self.scrapes.get((fmt, encoding), 0) + 1
             self.response_bytes += nbytes
 
@@ -136,8 +151,11 @@ class MetricsRenderer:
         return self._encoders[openmetrics].render(samples)
 
     def _self_samples(self) -> list[Sample]:
-        out: list[Sample] = [(SCRAPES, (("format", f), ("encoding", e)), float(n)) for (f, e), n in sorted(self.scrapes.items())]
-        return [*out, (RESPONSE_BYTES, (), float(self.response_bytes)), (RENDERS, (), float(self.renders)),
+        with self._count_lock:
+            out: list[Sample] = [(SCRAPES, (("format", f), ("encoding", e)), float(n))
+                                 for (f, e), n in sorted(self.scrapes.items())]
+            out.append((RESPONSE_BYTES, (), float(self.response_bytes)))
+        return [*out, (RENDERS, (), float(self.renders)),
                 (RENDER_SECONDS, (), self.render_seconds)]
 
 
@@ -164,7 +182,7 @@ class MetricsServer:
                  web: WebConfig | None = None) -> None:
         self.renderer = renderer
         self.web = web or WebConfig()
-        self.front = HttpFront(address, self._answer, limits, self.web.ssl_context)
+        self.front = HttpFront(address, self._answer, limits, self.web.ssl_context, ready=self._made)
         self.server_address = self.front.server_address
 
     @classmethod
@@ -187,17 +205,33 @@ class MetricsServer:
             return Response(200, _INDEX, "text/html")
         return Response(404, b"not found\n")
 
+    def _made(self, req: Request) -> Response | None:
+        """A scrape's answer when its body is made already (the front sends it from its selector thread);
+        None for any other request, and where a password must be checked (bcrypt takes milliseconds)."""
+        if self.web.users or req.method != "GET" or req.path != "/metrics":
+            return None
+        om, gz = self._negotiated(req)
+        body = self.renderer.made(openmetrics=om, gzipped=gz)
+        return None if body is None else self._scrape(om, gz, body)
+
+    def _negotiated(self, req: Request) -> tuple[bool, bool]:
+        """Whether ``req`` asks for OpenMetrics, and for gzip."""
+        return (accepts(req.headers.get("accept", ""), "application/openmetrics-text"),
+                accepts(req.headers.get("accept-encoding", ""), "gzip"))
+
+    def _scrape(self, om: bool, gz: bool, body: bytes) -> Response:
+        """A scrape's response with ``body``, counted."""
+        self.renderer.count("openmetrics" if om else "text", "gzip" if gz else "identity", len(body))
+        headers = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")) if gz else (("Vary", "Accept-Encoding"),)
+        return Response(200, body, OPENMETRICS if om else TEXT, headers=headers)
+
     def _metrics(self, req: Request, collect: list[str]) -> Response:
         unknown = sorted(set(collect) - set(self.renderer.sources())) if collect else []
         if unknown:
             known = ", ".join(self.renderer.sources())
             return Response(400, f"unknown collector {', '.join(unknown)}; known: {known}\n".encode())
-        om = accepts(req.headers.get("accept", ""), "application/openmetrics-text")
-        gz = accepts(req.headers.get("accept-encoding", ""), "gzip")
-        body = self.renderer.render(openmetrics=om, gzipped=gz, collect=collect)
-        self.renderer.count("openmetrics" if om else "text", "gzip" if gz else "identity", len(body))
-        headers = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")) if gz else (("Vary", "Accept-Encoding"),)
-        return Response(200, body, OPENMETRICS if om else TEXT, headers=headers)
+        om, gz = self._negotiated(req)
+        return self._scrape(om, gz, self.renderer.render(openmetrics=om, gzipped=gz, collect=collect))
 
     @property
     def url(self) -> str:

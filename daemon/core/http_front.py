@@ -13,9 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import queue
-import resource
 import selectors
 import socket
 import ssl
@@ -26,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gputuned.daemon.core.config import ExporterConfig
+from gputuned.daemon.core.fd_budget import FdBudget
 from gputuned.daemon.core.http_wire import Request, Response, format_response, parse_head
 
 logger = logging.getLogger(__name__)
@@ -45,35 +44,6 @@ MAX_SLEEP_SECONDS = 2.0
 Handler = Callable[[Request], Response]
 
 
-class FdBudget:
-    """Free file descriptors of this process: RLIMIT_NOFILE less those open (re-counted from
-    ``fd_dir`` at most every ``every`` seconds, adjusted in between by what the front opened)."""
-
-    def __init__(self, reserved: int, fd_dir: str = "/proc/self/fd", every: float = 0.2) -> None:
-        self.reserved = reserved
-        self._dir = fd_dir
-        self._every = every
-        self._counted_at = -1e9
-        self._open = 0
-
-    def note(self, delta: int) -> None:
-        """The front opened (+1) or closed (-1) a descriptor."""
-        self._open += delta
-
-    def low(self, now: float) -> bool:
-        """Whether no more than the reserve (at most half the limit) is free."""
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if soft == resource.RLIM_INFINITY:
-            return False
-        if now - self._counted_at >= self._every:
-            self._counted_at = now
-            try:
-                self._open = len(os.listdir(self._dir)) - 1  # less the one listdir itself held
-            except OSError:
-                return True  # cannot even open a directory: as good as none free
-        return soft - self._open <= min(self.reserved, soft // 2)
-
-
 @dataclass(eq=False)
 class _Conn:
     sock: socket.socket
@@ -85,16 +55,24 @@ class _Conn:
     buf: bytearray = field(default_factory=bytearray)
 
 
-_Job = tuple[_Conn, Request]
+_Job = tuple[_Conn, Request, bytes | None]  # None: the handler answers; bytes: the rest of an answer to send
+#: An answer made already, or None: given on the selector thread, so it must not block or take long.
+Ready = Callable[[Request], Response | None]
 
 
 class HttpFront:
-    """Listens on ``address`` and answers each complete request with ``handler`` on a worker."""
+    """Listens on ``address`` and answers each complete request with ``handler`` on a worker.
+
+    ``ready`` may answer a request on the selector thread instead, with an answer made already (a
+    scrape's body rendered at the end of the tick): sent there when the socket takes it whole at once
+    (plain TCP), so such a scrape wakes no worker; otherwise a worker sends it, or the rest of it.
+    """
 
     def __init__(self, address: tuple[str, int], handler: Handler, limits: ExporterConfig | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, ready: Ready | None = None) -> None:
         self.limits = limits or ExporterConfig()
         self._handler = handler
+        self._ready = ready if ssl_context is None else None
         self._ssl = ssl_context
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
@@ -266,24 +244,56 @@ class HttpFront:
         return True
 
     def _dispatch(self, conn: _Conn) -> None:
-        end = conn.buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(conn.buf) > MAX_HEAD_BYTES:
-                self._reject(conn, 431)
-            return
-        req = parse_head(bytes(conn.buf[:end]), conn.peer)
-        del conn.buf[:end + 4]
-        if req is None:
-            self._reject(conn, 400)
-            return
+        while True:  # requests the selector answers itself, then the first one for a worker
+            end = conn.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(conn.buf) > MAX_HEAD_BYTES:
+                    self._reject(conn, 431)
+                return
+            req = parse_head(bytes(conn.buf[:end]), conn.peer)
+            del conn.buf[:end + 4]
+            if req is None:
+                self._reject(conn, 400)
+                return
+            resp = self._ready(req) if self._ready is not None else None
+            if resp is None:
+                return self._hand_over((conn, req, None))
+            keep = req.keep_alive and resp.code < 500
+            data = format_response(resp, head_only=req.method == "HEAD", keep_alive=keep)
+            try:
+                sent = self._send_now(conn.sock, data)
+            except OSError as e:
+                return self._went_away(conn, req, e)
+            if sent < len(data):
+                return self._hand_over((conn, req, data[sent:]))
+            self._count("requests")
+            if not keep:
+                return self._close(conn)
+            conn.since = time.monotonic()
+            conn.deadline = conn.since + self.limits.read_timeout_seconds
+
+    def _hand_over(self, job: _Job) -> None:
+        """Give ``job`` to an idle worker, or leave it pending for the next to finish."""
+        conn = job[0]
         conn.busy = True
         self._sel.unregister(conn.sock)
         with self._lock:
             inbox = self._idle.pop() if self._idle else None
             if inbox is None:
-                self._pending.append((conn, req))
+                self._pending.append(job)
         if inbox is not None:
-            inbox.put((conn, req))
+            inbox.put(job)
+
+    def _went_away(self, conn: _Conn, req: Request, e: OSError) -> None:
+        """A response not sent: the peer went away or the write failed (counted, the connection closed)."""
+        if isinstance(e, (BrokenPipeError, ConnectionResetError)):
+            self._count("aborted")
+            logger.debug("http: %s went away during the response to %s (%s)", conn.peer, req.path, type(e).__name__)
+        else:
+            self._count("write_failed")
+            logger.debug("http: response to %s for %s not sent: %s", conn.peer, req.path, e)
+        if not conn.busy:
+            self._close(conn)
 
     def _reject(self, conn: _Conn, code: int) -> None:
         self._count(f"http_{code}")
@@ -294,8 +304,8 @@ class HttpFront:
     def _work(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
         job: _Job | None = None
         while job is not None or (job := inbox.get()) is not None:
-            conn, req = job
-            keep = self._serve(conn, req)
+            conn, req, rest = job
+            keep = self._serve(conn, req, rest)
             with self._lock:
                 self._back.append((conn, keep))
                 job = self._pending.popleft() if self._pending else None
@@ -303,27 +313,26 @@ class HttpFront:
                     self._idle.append(inbox)  # before the wait on the inbox: a request handed meanwhile waits in it
             self._wake()
 
-    def _serve(self, conn: _Conn, req: Request) -> bool:
-        try:
-            resp = self._handler(req)
-        except Exception:  # noqa: BLE001 - one failing request must not end the worker
-            logger.exception("http: %s %s failed", req.method, req.path)
-            resp = Response(500, b"internal error\n")
-        keep = req.keep_alive and resp.code < 500
-        data = format_response(resp, head_only=req.method == "HEAD", keep_alive=keep)
+    def _serve(self, conn: _Conn, req: Request, rest: bytes | None) -> bool:
+        """Answer ``req`` (or send ``rest``, what the selector could not); whether the connection is kept."""
+        if rest is None:
+            try:
+                resp = self._handler(req)
+            except Exception:  # noqa: BLE001 - one failing request must not end the worker
+                logger.exception("http: %s %s failed", req.method, req.path)
+                resp = Response(500, b"internal error\n")
+            keep = req.keep_alive and resp.code < 500
+            data = format_response(resp, head_only=req.method == "HEAD", keep_alive=keep)
+        else:
+            data, keep = rest, req.keep_alive
         try:
             sent = self._send_now(conn.sock, data)
             if sent < len(data):  # the socket's buffer is full: the rest blocks, bounded by the write timeout
                 conn.sock.settimeout(self.limits.write_timeout_seconds)
                 conn.sock.sendall(memoryview(data)[sent:])
                 conn.sock.setblocking(False)
-        except (BrokenPipeError, ConnectionResetError) as e:
-            self._count("aborted")
-            logger.debug("http: %s went away during the response to %s (%s)", conn.peer, req.path, type(e).__name__)
-            return False
         except OSError as e:
-            self._count("write_failed")
-            logger.debug("http: response to %s for %s not sent: %s", conn.peer, req.path, e)
+            self._went_away(conn, req, e)
             return False
         self._count("requests")
         return keep

@@ -21,7 +21,7 @@ import pytest
 
 from gputuned.daemon.core.config import ConfigError, ExporterConfig
 from gputuned.daemon.core.exporter import MetricsRenderer, MetricsServer
-from gputuned.daemon.core.http_front import FdBudget
+from gputuned.daemon.core.fd_budget import FdBudget
 from gputuned.daemon.core.http_wire import Request, Response, format_response, parse_head
 from gputuned.daemon.core.store import Store
 from gputuned.daemon.core.web_config import load_web_config
