@@ -84,8 +84,10 @@ def test_a_scrape_polled_every_tick_is_answered_without_a_worker() -> None:
     store = Store(8)
     renderer = MetricsRenderer(store, F.catalog([fam]))
     server = MetricsServer(("127.0.0.1", 0), renderer, limits=ExporterConfig(workers=2))
+    before = set(threading.enumerate())
     server.start()
-    workers = [t for t in threading.enumerate() if t.name.startswith("gputuned-http-")]
+    workers = [t for t in threading.enumerate() if t not in before and t.name.startswith("gputuned-http-")]
+    assert len(workers) == 2
     try:
         s = socket.create_connection(server.server_address, timeout=5)
         buf, answered_by_workers = bytearray(), []
