@@ -225,7 +225,7 @@ class CallGate:
         """The result of a submitted call (or its exception); :class:`GPUHungError` once the call, or the
         GPU's call ahead of it, has run past the timeout. A call of another GPU that hangs ahead of it is
         left its thread, and the wait goes on on the new worker."""
-        while not job.wait_done(self._patience(job)):
+        while not (job.wait_done(0.0) or job.wait_done(self._patience(job))):  # done already: no lock taken
             self._give_up_on_hung(job)
         if job.error is not None:
             raise job.error
