@@ -74,7 +74,8 @@ class _Worker:
         self.pending: collections.deque[Call[Any]] = collections.deque()  # under the lane's lock
         self.running: Call[Any] | None = None
         self.hung = False  # left to the hung call's GPU: ends once that call returns
-        self.ending = False  # closed: ends once nothing is pending
+        self.ending = False  # closed: ends once nothing is pending, unless a call comes first
+        self.gone = False  # ended (or ending): the lane starts another for its next call
         self.asleep = False  # waiting for a wake-up, none sent yet
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._work, name=f"gputuned-nvml-{lane.name}", daemon=True)
@@ -87,12 +88,15 @@ class _Worker:
             self._wake.put(None)
 
     def _next(self) -> Call[Any] | None:
-        """The next call to run, marked running; None to sleep (lock held)."""
+        """The next call to run, marked running; None to sleep, or to end when closed (lock held)."""
         if self.pending:
             job = self.running = self.pending.popleft()
             job.started = self.lane.clock()
             return job
-        self.asleep = True
+        if self.ending:
+            self.gone = True
+        else:
+            self.asleep = True
         return None
 
     def _work(self) -> None:
@@ -102,7 +106,7 @@ class _Worker:
             job = self._next()
         while True:
             if job is None:
-                if self.ending:
+                if self.gone:
                     return
                 self._wake.get()
                 with lock:
@@ -137,9 +141,10 @@ class Lane:
         """Queue ``jobs`` on the current worker (started on first use) and wake it once (lock held)."""
         if not jobs:
             return
-        if self._worker is None:
+        if self._worker is None or self._worker.gone:
             self._worker = _Worker(self)
         worker = self._worker
+        worker.ending = False  # closed but not ended yet: it goes on
         for job in jobs:
             job.worker = worker
             worker.pending.append(job)
@@ -159,15 +164,14 @@ class Lane:
             if job.gate is hung.gate:
                 job.error = GPUHungError(reason)
                 job.set_done()
-        if rest := [job for job in moved if job.gate is not hung.gate]:
-            self.put(rest)
+        # where no thread can be started, the moved calls stay on the hung worker: their waiters give up
+        self.put([job for job in moved if job.gate is not hung.gate])
 
     def close(self) -> None:
-        """Let the worker end once nothing is pending (lock held); a later call starts a new one."""
+        """Let the worker end once nothing is pending (lock held); a later call keeps it or starts a new one."""
         if self._worker is not None:
             self._worker.ending = True
             self._worker.wake()
-            self._worker = None
 
 
 class CallGate:
@@ -261,12 +265,11 @@ class CallGate:
         """Mark down the GPU whose call on ``job``'s worker has run past its timeout, if one has."""
         with self._lock:
             worker = job.worker
+            if worker is not None and worker.hung:  # marked down by another waiter: the hung call's own waiter,
+                # or one whose call stayed on the hung worker (no thread could be started for it)
+                raise GPUHungError(self._down or f"{self.name}: NVML call {job.what} was queued behind a hung call")
             running = worker.running if worker is not None else None
-            if worker is None or running is None or running.started is None:
-                return
-            if worker.hung:  # marked down already, by another waiter: only the hung call's own waiter is left
-                if running is job:
-                    raise GPUHungError(self._down or f"{self.name}: NVML call {job.what} has not returned")
+            if running is None or running.started is None:
                 return
             took = self._clock() - running.started
             gate = running.gate

@@ -100,3 +100,23 @@ def test_a_hang_on_a_shared_lane_downs_its_gpu_alone_and_the_calls_behind_it_mov
     assert hung_gpu.call("power", lambda: threading.current_thread().name) == "gputuned-nvml-lane b"
     assert ran == []
     other.close()
+
+
+def test_close_with_calls_queued_runs_them_and_later_ones_on_the_same_thread_in_order() -> None:
+    lane = Lane("lane c")
+    gate = CallGate("gpu 5", 1.0, lane=lane)
+    release, ran = threading.Event(), []
+    first = gate.submit("slow", lambda: release.wait(1))
+    queued = [gate.submit(f"read {i}", lambda i=i: ran.append(i)) for i in range(3)]
+    gate.close()  # at shutdown, or a collector closed while another thread still calls
+    later = gate.submit("read 3", lambda: ran.append(3))
+    assert _workers("lane c") == 1  # no second worker beside the one still busy
+    release.set()
+    for job in (first, *queued, later):
+        gate.wait(job)
+    assert ran == [0, 1, 2, 3]
+    gate.close()
+    deadline = time.monotonic() + 2
+    while _workers("lane c") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _workers("lane c") == 0  # closed and idle: it ends
