@@ -55,7 +55,7 @@ class _Conn:
     buf: bytearray = field(default_factory=bytearray)
 
 
-_Job = tuple[_Conn, Request, bytes | None]  # None: the handler answers; bytes: the rest of an answer to send
+_Job = tuple[_Conn, Request, tuple[bytes, bool] | None]  # None: the handler answers; else the rest of an answer, kept
 #: An answer made already, or None: given on the selector thread, so it must not block or take long.
 Ready = Callable[[Request], Response | None]
 
@@ -255,22 +255,30 @@ class HttpFront:
             if req is None:
                 self._reject(conn, 400)
                 return
-            resp = self._ready(req) if self._ready is not None else None
-            if resp is None:
+            if (made := self._made(req)) is None:
                 return self._hand_over((conn, req, None))
-            keep = req.keep_alive and resp.code < 500
-            data = format_response(resp, head_only=req.method == "HEAD", keep_alive=keep)
+            data, keep = made
             try:
                 sent = self._send_now(conn.sock, data)
             except OSError as e:
                 return self._went_away(conn, req, e)
             if sent < len(data):
-                return self._hand_over((conn, req, data[sent:]))
+                return self._hand_over((conn, req, (data[sent:], keep)))
             self._count("requests")
             if not keep:
                 return self._close(conn)
-            conn.since = time.monotonic()
-            conn.deadline = conn.since + self.limits.read_timeout_seconds
+            conn.since, conn.deadline = time.monotonic(), time.monotonic() + self.limits.read_timeout_seconds
+
+    def _made(self, req: Request) -> tuple[bytes, bool] | None:
+        """The answer to ``req`` made already (its bytes, whether the connection is kept), if ``ready`` has one."""
+        try:
+            if self._ready is None or (resp := self._ready(req)) is None:
+                return None
+            keep = req.keep_alive and resp.code < 500
+            return format_response(resp, head_only=req.method == "HEAD", keep_alive=keep), keep
+        except Exception:  # noqa: BLE001 - the selector must not die of it: a worker answers instead
+            logger.exception("http: %s %s: no made answer", req.method, req.path)
+            return None
 
     def _hand_over(self, job: _Job) -> None:
         """Give ``job`` to an idle worker, or leave it pending for the next to finish."""
@@ -313,7 +321,7 @@ class HttpFront:
                     self._idle.append(inbox)  # before the wait on the inbox: a request handed meanwhile waits in it
             self._wake()
 
-    def _serve(self, conn: _Conn, req: Request, rest: bytes | None) -> bool:
+    def _serve(self, conn: _Conn, req: Request, rest: tuple[bytes, bool] | None) -> bool:
         """Answer ``req`` (or send ``rest``, what the selector could not); whether the connection is kept."""
         if rest is None:
             try:
@@ -324,7 +332,7 @@ class HttpFront:
             keep = req.keep_alive and resp.code < 500
             data = format_response(resp, head_only=req.method == "HEAD", keep_alive=keep)
         else:
-            data, keep = rest, req.keep_alive
+            data, keep = rest
         try:
             sent = self._send_now(conn.sock, data)
             if sent < len(data):  # the socket's buffer is full: the rest blocks, bounded by the write timeout

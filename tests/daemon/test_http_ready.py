@@ -79,6 +79,28 @@ def test_a_made_answer_the_socket_takes_in_part_is_finished_by_a_worker() -> Non
         front.stop()
 
 
+def test_a_made_answer_that_fails_is_answered_by_a_worker_and_the_selector_lives_on() -> None:
+    calls: list[str] = []
+
+    def ready(req: Request) -> Response | None:
+        calls.append(req.path)
+        if len(calls) == 1:
+            raise ValueError("no body")
+        return None
+
+    front = HttpFront(("127.0.0.1", 0), lambda req: Response(200, b"worker\n"), ExporterConfig(workers=2), ready=ready)
+    front.start()
+    try:
+        for _ in range(2):
+            s = socket.create_connection(front.server_address, timeout=5)
+            s.sendall(b"GET /ready HTTP/1.1\r\n\r\n")
+            assert _read_response(s, bytearray()) == b"worker\n"
+            s.close()
+        assert calls == ["/ready", "/ready"]
+    finally:
+        front.stop()
+
+
 def test_a_scrape_polled_every_tick_is_answered_without_a_worker() -> None:
     fam = F.declare("gputuned_test_ready_watts", "gauge", "Power.")
     store = Store(8)
