@@ -47,7 +47,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from _common import BenchParser, cpu_seconds, free_port, positive_float, rss_bytes
+from _common import BenchParser, free_port, positive_float, rss_bytes, thread_cpu_seconds
 from _scrape import Scraper
 from exposition_daemon import (
     PROMETHEUS_ACCEPT,
@@ -171,9 +171,9 @@ def scrape_loop(url: str, seconds: float, scrape: bool) -> int:
 
 def cpu_over(pid: int, url: str, seconds: float, scrape: bool) -> tuple[float, int]:
     """(CPU fraction of a core, scrapes) of process ``pid`` over ``seconds``."""
-    c0, t0 = cpu_seconds(pid), time.monotonic()
+    c0, t0 = thread_cpu_seconds(pid), time.monotonic()
     n = scrape_loop(url, seconds, scrape)
-    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0), n
+    return (thread_cpu_seconds(pid) - c0) / (time.monotonic() - t0), n
 
 
 def daemon_figures(gpus: int, seconds: float, node: str = "physics", full: bool = False) -> dict[str, float]:
