@@ -187,7 +187,6 @@ class CallGate:
         self._clock = self._lane.clock
         self._lock = self._lane.lock
         self._down: str | None = None
-        self._hung_at = 0.0
         self.hangs = 0
 
     @property
