@@ -54,6 +54,10 @@ class _Conn:
     busy: bool = False
     buf: bytearray = field(default_factory=bytearray)
 
+    def answered(self, now: float, read_timeout: float) -> None:
+        """A response went out: the next request's head is due within ``read_timeout`` of ``now``."""
+        self.busy, self.since, self.deadline = False, now, now + read_timeout
+
 
 _Job = tuple[_Conn, Request, tuple[bytes, bool] | None]  # None: the handler answers; else the rest of an answer, kept
 #: An answer made already, or None: given on the selector thread, so it must not block or take long.
@@ -267,7 +271,7 @@ class HttpFront:
             self._count("requests")
             if not keep:
                 return self._close(conn)
-            conn.since, conn.deadline = time.monotonic(), time.monotonic() + self.limits.read_timeout_seconds
+            conn.answered(time.monotonic(), self.limits.read_timeout_seconds)
 
     def _made(self, req: Request) -> tuple[bytes, bool] | None:
         """The answer to ``req`` made already (its bytes, whether the connection is kept), if ``ready`` has one."""
@@ -363,9 +367,7 @@ class HttpFront:
             if not keep or self._stop.is_set():
                 self._close(conn)
                 continue
-            conn.busy = False
-            conn.since = now
-            conn.deadline = now + self.limits.read_timeout_seconds
+            conn.answered(now, self.limits.read_timeout_seconds)
             self._sel.register(conn.sock, selectors.EVENT_READ, conn)
             self._dispatch(conn)
 
