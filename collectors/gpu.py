@@ -28,13 +28,12 @@ from gputuned.collectors.gpu_readings import (
     READINGS,
     SLOW_READINGS,
     Reading,
+    Values,
     nvlink_reading,
 )
 from gputuned.collectors.registry import CollectorConfig, CollectorContext, register
 
 logger = logging.getLogger(__name__)
-
-_Read = tuple[list[Sample], dict[str, tuple[list[int], str]]]  # samples, readings found unsupported
 
 def gpu_list(indices: Sequence[int]) -> str:
     """``gpu 2``, ``gpus 0-3``, ``gpus 0, 2, 5-7``: GPU indices with runs folded."""
@@ -102,49 +101,87 @@ class GPUCollector:
         return [g.dev for g in self._gpus]
 
     def collect(self) -> list[Sample]:
-        """Every GPU's samples; GPUs with a call timeout are read on their worker, in order."""
+        """Every GPU's samples: the NVML calls of GPUs with a call timeout run on their worker, in order, the
+        samples are made here (the values cross threads, not the samples made of them)."""
         out: list[Sample] = []
         dropped: dict[str, tuple[list[int], str]] = {}
-        reads = [(None if g.lost else getattr(g.dev, "gate", None), "readings", functools.partial(self._read_gpu, g))
-                 for g in self._gpus]
-        for g, got in zip(self._gpus, run_each(reads), strict=True):
+        plans = [self._plan(g) for g in self._gpus]
+        reads = [(None if g.lost else getattr(g.dev, "gate", None), "readings", functools.partial(self._read, g, keys))
+                 for g, (_, keys) in zip(self._gpus, plans, strict=True)]
+        for g, (labels, _), got in zip(self._gpus, plans, run_each(reads), strict=True):
             if isinstance(got, GPUHungError):
-                logger.debug("gpu %s skipped: %s", g.labels[0][1], got)
-                g.missed = True  # set here, read by its worker: the kept counters may have moved meanwhile (an Xid)
-                out.append((F.GPU_UP, g.labels, 0.0))
-                continue
-            if isinstance(got, GPUError):
+                logger.debug("gpu %s skipped: %s", labels[0][1], got)
+                g.missed = True  # the kept counters may have moved meanwhile (an Xid): the slow readings are due
+                out.append((F.GPU_UP, labels, 0.0))
+            elif got is None:  # lost at an earlier tick
+                out.append((F.GPU_UP, labels, 0.0))
+            elif isinstance(got, GPULostError):
+                out.append(self._lost(g, labels, got))
+            elif isinstance(got, GPUError):
                 raise got
-            samples, unsupported = got
-            for name, (indices, why) in unsupported.items():
-                dropped.setdefault(name, ([], why))[0].extend(indices)
-            out.extend(samples)
+            else:
+                try:
+                    values, xids = got
+                    out.extend(self._samples(g, labels, values, xids, dropped))
+                except GPULostError as e:
+                    out.append(self._lost(g, labels, e))
         if dropped:
             log_unsupported(dropped)
         return out
 
-    def _read_gpu(self, g: _GPUState) -> _Read:
-        unsupported: dict[str, tuple[list[int], str]] = {}
-        return self._collect_one(g, unsupported), unsupported
+    @staticmethod
+    def _lost(g: _GPUState, labels: Labels, err: GPULostError) -> Sample:
+        """Mark ``g`` lost (one log line): from now on it is not polled and serves ``gputuned_gpu_up 0`` alone."""
+        logger.error("gpu %s lost: %s; its series stop until restart", labels[0][1], err)
+        g.lost = True
+        return (F.GPU_UP, labels, 0.0)
 
-    def _collect_one(self, g: _GPUState, unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
+    def _plan(self, g: _GPUState) -> tuple[Labels, list[str]]:
+        """A GPU's labels this tick and the keys of the values to read: the slow readings' only when due (a
+        failed one is due again next tick, as are all after a missed tick or a change of labels)."""
         extra = self.extra_labels
         labels = g.labels if extra is None else (*g.labels, *extra(g.dev.identity.uuid))
         if g.lost:
-            return [(F.GPU_UP, labels, 0.0)]
+            return labels, []
+        if g.ticks % self.slow_every_ticks == 0 or labels != g.kept_labels or g.missed:
+            g.kept.clear()
+            g.kept_labels = labels
+        g.missed = False
+        g.ticks += 1
+        kept = g.kept
+        return labels, [k for r in g.readings if r not in kept for k in r.keys]
+
+    @staticmethod
+    def _read(g: _GPUState, keys: list[str]) -> tuple[Values, list[int] | GPUError] | None:
+        """A GPU's values of ``keys`` and its new Xid events (or the error polling them), on its worker; a lost
+        GPU raises. None for a GPU lost already."""
+        if g.lost:
+            return None
         try:
-            out = self._readings(g, labels, unsupported)
-        except GPULostError as e:
-            logger.error("gpu %s lost: %s; its series stop until restart", labels[0][1], e)
-            g.lost = True
-            return [(F.GPU_UP, labels, 0.0)]
+            values: Values = g.dev.read_values(keys)
+        except GPULostError:
+            raise
+        except GPUError as e:  # each reading fails with it
+            values = dict.fromkeys(keys, e)
         try:
-            for xid in g.dev.poll_xid_events():
-                g.xid_counts[xid] = g.xid_counts.get(xid, 0) + 1
-                g.last_xid = xid
-                logger.error("gpu %s XID %d", labels[0][1], xid)
+            xids: list[int] | GPUError = g.dev.poll_xid_events()
+        except GPULostError:
+            raise
         except GPUError as e:
-            logger.debug("gpu %s xid poll failed: %s", labels[0][1], e)
+            xids = e
+        return values, xids
+
+    def _samples(self, g: _GPUState, labels: Labels, values: Values, xids: list[int] | GPUError,
+                 unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
+        """A read GPU's samples: its readings (the slow ones' kept samples unless read), Xids, info and up."""
+        out = self._readings(g, labels, values, unsupported)
+        if isinstance(xids, GPUError):
+            logger.debug("gpu %s xid poll failed: %s", labels[0][1], xids)
+            xids = []
+        for xid in xids:
+            g.xid_counts[xid] = g.xid_counts.get(xid, 0) + 1
+            g.last_xid = xid
+            logger.error("gpu %s XID %d", labels[0][1], xid)
         for xid, n in g.xid_counts.items():
             out.append((F.GPU_XID, (*labels, ("xid", str(xid))), float(n)))
         out.append((F.GPU_LAST_XID, labels, float(g.last_xid)))
@@ -154,22 +191,11 @@ class GPUCollector:
         out.append((F.GPU_UP, labels, 1.0))
         return out
 
-    def _readings(self, g: _GPUState, labels: Labels, unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
-        """A GPU's readings this tick: the slow ones' kept samples unless due (a failed one is due again next tick)."""
-        due = g.ticks % self.slow_every_ticks == 0 or labels != g.kept_labels or g.missed
-        g.missed = False
-        g.ticks += 1
+    @staticmethod
+    def _readings(g: _GPUState, labels: Labels, values: Values,
+                  unsupported: dict[str, tuple[list[int], str]]) -> list[Sample]:
+        """A GPU's readings this tick, made of its values; the slow ones' kept samples where not read."""
         kept = g.kept
-        if due:
-            kept.clear()
-            g.kept_labels = labels
-        keys = [k for r in g.readings if r not in kept for k in r.keys]
-        try:
-            values = g.dev.read_values(keys)
-        except GPULostError:
-            raise
-        except GPUError as e:  # each reading fails with it
-            values = dict.fromkeys(keys, e)
         out: list[Sample] = []
         dropped: list[Reading] = []
         for reading in g.readings:

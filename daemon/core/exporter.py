@@ -15,7 +15,6 @@ under DCGM's name, labels and units, as the configured dcgm-exporter release ser
 
 from __future__ import annotations
 
-import gzip
 import logging
 import socket
 import threading
@@ -23,6 +22,8 @@ import time
 from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import parse_qs
+
+from isal import igzip
 
 from gputuned.collectors import families as F
 from gputuned.collectors.families import Catalog, Sample
@@ -43,9 +44,10 @@ RENDERS = F.declare("gputuned_exporter_renders_total", "counter", "Bodies made (
 RENDER_SECONDS = F.declare("gputuned_exporter_render_seconds_total", "counter", "CPU time spent rendering and compressing bodies.")
 #: The exporter's own families, served under the source name ``exporter`` (as of the render that serves them).
 SELF_FAMILIES = F.catalog([SCRAPES, RESPONSE_BYTES, RENDERS, RENDER_SECONDS])
-#: Compression level of gzip bodies: on exposition text level 3 costs what level 1 does (zlib's fast
-#: strategy for both) and is up to a quarter smaller (64 GPUs: 24.7 kB against 32.2); level 6 takes 3x the CPU.
-GZIP_LEVEL = 3
+#: Compression level of gzip bodies, by ISA-L's igzip (levels 0-3; 2, its default): 5x faster than zlib's
+#: level 3 on exposition text, at its size for 8 GPUs (7.2 kB of 89 kB) and a third larger for 64 (32 kB against
+#: 24.7 kB; docs/benchmarks.md, "gzip by ISA-L").
+GZIP_LEVEL = 2
 #: Ticks in a row a body must have been asked for before it is made at the end of each tick, on the
 #: collection loop's thread, ahead of its scrape (a scraper polling every tick; slower ones render on demand).
 POLLED_TICKS = 3
@@ -128,7 +130,7 @@ class MetricsRenderer:
             openmetrics, gzipped, collect = key
             plain = self._body((openmetrics, False, collect)) if gzipped else b""
             t0 = time.thread_time()
-            body = gzip.compress(plain, GZIP_LEVEL, mtime=0) if gzipped else self._render(openmetrics, collect).encode()
+            body = igzip.compress(plain, GZIP_LEVEL, mtime=0) if gzipped else self._render(openmetrics, collect).encode()
             self.render_seconds += time.thread_time() - t0
             self.renders += 1
             self._bodies[key] = body
