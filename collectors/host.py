@@ -236,8 +236,13 @@ class Unwrapped:
 class HostCollector:
     """Host readings from /proc (psutil where it lacks a file or memory needs estimating) and /sys.
 
-    ``refresh_ticks``: links' carrier and speed are read again every that many collects (at once
-    for a link whose state moved); the rest is read at every collect.
+    CPU, load, memory, disks and interfaces' counters are read at every collect. The slow readings,
+    TCP segments, pressure, OOM kills, filesystems and links, are read every ``slow_every_ticks``
+    collects and their last samples served in between: counters that alerts rate over minutes, fill
+    that moves over minutes, and link state (a link down is seen within that many ticks); each is a
+    /proc or /sys file the kernel makes afresh, and on a busy host each read costs tens of
+    microseconds. ``refresh_ticks``: links' carrier and speed are read again every that many reads
+    of the links (at once for a link whose state moved).
     """
 
     name = "host"
@@ -251,7 +256,10 @@ class HostCollector:
         paths: Iterable[str | os.PathLike[str]] = (),
         statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
         refresh_ticks: int = 1,
+        slow_every_ticks: int = 1,
     ) -> None:
+        if slow_every_ticks < 1:
+            raise ValueError("slow_every_ticks must be at least 1")
         self._proc = Path(proc)
         self._paths = [os.fspath(p) for p in paths]
         self._statvfs = statvfs
@@ -265,6 +273,9 @@ class HostCollector:
         self._links = LinkReader(sysfs, self._skip_if, refresh_ticks) if sysfs is not None else None
         self._label_sets: dict[tuple[str, str], Labels] = {}
         self._files = KeptFiles()  # the /proc files read at every collect, kept open
+        self._slow_every = slow_every_ticks
+        self._ticks = 0
+        self._slow: list[Sample] = []  # the slow readings' last samples
 
     def _labels(self, key: str, value: str) -> Labels:
         """One label set, the same tuple from tick to tick (the store and the exporter compare them by identity first)."""
@@ -299,10 +310,10 @@ class HostCollector:
             if nic not in self._skip_if:
                 lab = self._labels("interface", nic)
                 out += [(family, lab, float(v)) for family, v in zip(_NET_COUNTERS, row, strict=True)]
-        tcp = read_tcp_counters(self._proc, self._files.read)
-        out.append((TCP_RETRANS, (), float(tcp.get("RetransSegs", 0))))
-        out.append((TCP_OUT, (), float(tcp.get("OutSegs", 0))))
-        return out + self._optional_samples()
+        if self._ticks % self._slow_every == 0:
+            self._slow = self._slow_samples()
+        self._ticks += 1
+        return out + self._slow
 
     def _memory_samples(self) -> list[Sample]:
         """Memory and swap from one read of psutil's meminfo (psutil reads it twice, and /proc/vmstat)."""
@@ -318,9 +329,12 @@ class HostCollector:
             (SWAP_USED, (), float(m["swap_total"] - m["swap_free"])),
         ]
 
-    def _optional_samples(self) -> list[Sample]:
-        """Pressure, OOM kills, filesystems and links: each absent, and logged once, while it cannot be read."""
-        out = self._optional("pressure stall information", read_pressure, self._proc, self._files.read)
+    def _slow_samples(self) -> list[Sample]:
+        """TCP segments, then pressure, OOM kills, filesystems and links: each of these absent, and logged once,
+        while it cannot be read."""
+        tcp = read_tcp_counters(self._proc, self._files.read)
+        out = [(TCP_RETRANS, (), float(tcp.get("RetransSegs", 0))), (TCP_OUT, (), float(tcp.get("OutSegs", 0)))]
+        out += self._optional("pressure stall information", read_pressure, self._proc, self._files.read)
         out += self._optional("OOM kills", read_oom_kills, self._proc, self._files.read)
         if self._paths:
             now = time.monotonic()
@@ -373,7 +387,10 @@ class HostCollectorConfig(CollectorConfig):
     #: Paths whose filesystem fill is served (checkpoint and data volumes); /dev/shm is served beside them
     paths: list[Path] = []
     shm_path: Path | None = Path("/dev/shm")
-    #: Collects between two reads of the links' carrier and speed (a link whose state moved is read at once)
+    #: Collects between two reads of TCP segments, pressure, OOM kills, filesystems and links, their last
+    #: samples served in between (1: every collect)
+    slow_every_ticks: int = Field(default=5, ge=1)
+    #: Reads of the links between two reads of their carrier and speed (a link whose state moved is read at once)
     refresh_ticks: int = Field(default=5, ge=1)
 
 
@@ -387,4 +404,4 @@ def build_host_collector(cfg: HostCollectorConfig, ctx: CollectorContext) -> Hos
     """``[collectors.host]``: psutil, /proc and /sys readings of this host."""
     paths = [*cfg.paths, *([cfg.shm_path] if cfg.shm_path is not None else [])]
     return HostCollector(proc=cfg.proc_path, skip_interfaces=tuple(cfg.skip_interfaces), sysfs=cfg.sysfs_path, paths=paths,
-                         refresh_ticks=cfg.refresh_ticks)
+                         refresh_ticks=cfg.refresh_ticks, slow_every_ticks=cfg.slow_every_ticks)

@@ -141,3 +141,31 @@ def test_this_machine_serves_dev_shm_through_the_registered_factory() -> None:
     c = H.build_host_collector(H.HostCollectorConfig(), H.CollectorContext())
     got = c.collect()
     assert any(n == H.FS_SIZE and dict(lab)["mountpoint"] == "/dev/shm" for n, lab, _ in got)
+
+
+def test_slow_readings_every_slow_every_ticks_collects_served_between(tmp_path: Path) -> None:
+    """TCP segments, PSI, OOM kills, filesystems and links are read every ``slow_every_ticks`` collects, their
+    last samples served between; memory (and the rest read at every collect) moves at every collect."""
+    proc, sysfs = _proc(tmp_path), _sysfs(tmp_path)
+    (tmp_path / "shm").mkdir()
+    meminfo = "MemTotal: {} kB\nMemFree: 1 kB\nMemAvailable: 1000 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n"
+    (proc / "meminfo").write_text(meminfo.format(4000))
+    c = H.HostCollector(proc=proc, sysfs=sysfs, paths=[tmp_path / "shm"], statvfs=_statvfs, slow_every_ticks=3)
+    first = _values(c.collect())
+    slow = {k: v for k, v in first.items() if k[0] in {H.TCP_RETRANS, H.TCP_OUT, H.PSI_WAITING, H.PSI_STALLED, H.OOM_KILLS,
+                                                       H.FS_SIZE, H.FS_AVAIL, *N.LINK_FAMILIES}}
+    assert len(slow) >= 12 and first[(H.OOM_KILLS, ())] == 3.0 and first[(H.TCP_RETRANS, ())] == 42.0
+    (proc / "vmstat").write_text("oom_kill 5\n")
+    (proc / "net" / "snmp").write_text(SNMP.replace(" 42", " 50"))
+    (proc / "pressure" / "cpu").write_text(PSI["cpu"].replace("total=2500000", "total=3500000"))
+    (sysfs / "class" / "net" / "eth0" / "operstate").write_text("down\n")
+    for total in (5000, 6000):  # the next two collects: memory read, the slow readings served as last read
+        (proc / "meminfo").write_text(meminfo.format(total))
+        got = _values(c.collect())
+        assert got[(H.MEM_TOTAL, ())] == total * 1024
+        assert {k: got[k] for k in slow} == slow
+    got = _values(c.collect())  # the third after the first: read again
+    assert got[(H.OOM_KILLS, ())] == 5.0 and got[(H.TCP_RETRANS, ())] == 50.0
+    assert got[(H.PSI_WAITING, (("resource", "cpu"),))] == 3.5 and got[(N.LINK_UP, (("interface", "eth0"),))] == 0.0
+    with pytest.raises(ValueError):
+        H.HostCollector(proc=proc, slow_every_ticks=0)
