@@ -1,8 +1,9 @@
 """GPU collector: 30-odd NVML readings per GPU, each read isolated from the others.
 
-:data:`SLOW_READINGS` (power-limit range, maximum SM clock, PCIe replays, ECC, remapped rows)
-are read every ``slow_every_ticks`` ticks, their last samples served in between; the counters
-a GPU's values are read in one device call per GPU and tick (:mod:`gpu_readings`). A reading
+:data:`SLOW_READINGS` (power-limit range, maximum SM clock, PCIe replays, ECC, remapped rows, video
+encoder and decoder utilization) are read every ``slow_every_ticks`` ticks, their last samples served
+in between. A GPU's values are read in one device call per GPU and tick, on its worker, and the samples
+are made of them on the loop's thread (:mod:`gpu_readings`). A reading
 the GPU does not support is dropped for that GPU after its first failure; a lost GPU stops being polled and is reported by ``gputuned_gpu_up 0`` alone; any other
 error skips that reading for one tick and is counted. GPUs opened with a call timeout are
 read one after another on their shared worker (:class:`~gputuned.collectors.calls.Lane`);

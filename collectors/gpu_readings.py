@@ -3,7 +3,8 @@
 A GPU's values are read in one :meth:`~gputuned.collectors.device.GPUDevice.read_values` call a tick
 (on NVML: one hop to the GPU's worker, the counters in one field-values call, each other read by its
 own calls, each failing on its own). :data:`READINGS` in export order; :data:`SLOW_READINGS`, those set
-by an operator or counted for alerts over minutes, are read every ``slow_every_ticks`` ticks. Label
+by an operator, counted for alerts over minutes, or the video engines' (idle on training nodes), are read every
+``slow_every_ticks`` ticks. Label
 tuples with one more label (ECC type, remapped cause, clock-event reason) are built once per label set.
 """
 
@@ -131,8 +132,11 @@ _ECC = Reading(F.GPU_ECC, ("ecc_corrected", "ecc_uncorrected"), _ecc)
 _REMAPPED = Reading(F.GPU_REMAPPED, ("remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failed"),
                     _remapped)
 
-#: Readings taken every ``slow_every_ticks`` ticks: set by an operator or counted for alerts over minutes.
-SLOW_READINGS: frozenset[Reading] = frozenset({_SM_CLOCK_MAX, _POWER_LIMITS, _PCIE_REPLAYS, _ECC, _REMAPPED})
+_VIDEO = _pair(F.GPU_ENC, F.GPU_DEC, "encoder_decoder_utilization")
+
+#: Readings taken every ``slow_every_ticks`` ticks: set by an operator, counted for alerts over minutes, or
+#: the video engines' utilization (idle on a training node; two calls a GPU).
+SLOW_READINGS: frozenset[Reading] = frozenset({_SM_CLOCK_MAX, _POWER_LIMITS, _PCIE_REPLAYS, _ECC, _REMAPPED, _VIDEO})
 
 READINGS: tuple[Reading, ...] = (
     _pair(F.GPU_UTIL, F.GPU_MEM_ACTIVITY, "utilization"),
@@ -154,7 +158,7 @@ READINGS: tuple[Reading, ...] = (
     _REMAPPED,
     Reading(F.GPU_CLOCK_EVENT_MASK, ("clock_event_reasons",), _clock_events),
     _one(F.GPU_PSTATE, "pstate"),
-    _pair(F.GPU_ENC, F.GPU_DEC, "encoder_decoder_utilization"),
+    _VIDEO,
     _pair(F.GPU_POWER_VIOLATION, F.GPU_THERMAL_VIOLATION, "violation_power_s", "violation_thermal_s"),
     Reading(F.GPU_GR_ENGINE, ("gpm_activity",), _gpm),
 )

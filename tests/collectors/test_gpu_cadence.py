@@ -54,6 +54,7 @@ def test_slow_readings_are_not_called_between_slow_ticks_and_keep_their_samples(
     ticks = [collector.collect() for _ in range(7)]
     assert gpu.calls["power_limit_constraints"] == 2  # ticks 0 and 5
     assert gpu.calls["max_sm_clock_hz"] == 2
+    assert gpu.calls["encoder_decoder_utilization"] == 2
     assert gpu.calls["power_w"] == 7  # fast readings every tick
     assert gpu.calls["temperature_c"] == 7
     assert gpu.calls["read_values"] == 7  # one device call a tick for all of them
