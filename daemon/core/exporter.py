@@ -48,9 +48,10 @@ SELF_FAMILIES = F.catalog([SCRAPES, RESPONSE_BYTES, RENDERS, RENDER_SECONDS])
 #: level 3 on exposition text, at its size for 8 GPUs (7.2 kB of 89 kB) and a third larger for 64 (32 kB against
 #: 24.7 kB; docs/benchmarks.md, "gzip by ISA-L").
 GZIP_LEVEL = 2
-#: Ticks in a row a body must have been asked for before it is made at the end of each tick, on the
-#: collection loop's thread, ahead of its scrape (a scraper polling every tick; slower ones render on demand).
-POLLED_TICKS = 3
+#: A body asked for in at least POLLED_TICKS of the last POLL_WINDOW ticks is made at the end of each tick, on
+#: the collection loop's thread, ahead of its scrape: a scraper polling every tick, one tick skipped now and then
+#: as its period drifts against the ticks' (a 2 s or 15 s scraper: on demand).
+POLLED_TICKS, POLL_WINDOW = 3, 4
 
 
 _Key = tuple[bool, bool, tuple[str, ...]]  # OpenMetrics, gzip, collect[] sources
@@ -74,7 +75,7 @@ class MetricsRenderer:
         self._generation = -1
         self._bodies: dict[_Key, bytes] = {}
         self._asked: set[_Key] = set()  # the bodies asked for since the last tick ended
-        self._polled: dict[_Key, int] = {}  # ticks in a row each body was asked for
+        self._polled: dict[_Key, int] = {}  # by body: a bit for each of the last POLL_WINDOW ticks, set if asked for
         self.renders = 0
         self.render_seconds = 0.0
         self.scrapes: dict[tuple[str, str], int] = {}
@@ -92,13 +93,15 @@ class MetricsRenderer:
             return self._current(key)
 
     def tick_ended(self) -> None:
-        """Make now the bodies asked for in each of the last :data:`POLLED_TICKS` ticks: their scrapes then find
-        them made (a render on the loop's thread, its data fresh in cache, and no wait for a worker)."""
+        """Make now the bodies asked for in :data:`POLLED_TICKS` of the last :data:`POLL_WINDOW` ticks: their
+        scrapes then find them made (a render on the loop's thread, its data fresh in cache, and no wait for a worker)."""
         with self._lock:
             asked, self._asked = self._asked, set()
-            self._polled = {key: self._polled.get(key, 0) + 1 for key in asked}
-            for key, ticks in self._polled.items():
-                if ticks >= POLLED_TICKS:
+            window = (1 << POLL_WINDOW) - 1
+            polled = {key: ((self._polled.get(key, 0) << 1) | (key in asked)) & window for key in {*self._polled, *asked}}
+            self._polled = {key: bits for key, bits in polled.items() if bits}
+            for key, bits in self._polled.items():
+                if bits.bit_count() >= POLLED_TICKS:
                     self._current(key)
 
     def made(self, *, openmetrics: bool, gzipped: bool) -> bytes | None:

@@ -56,9 +56,14 @@ def test_a_body_polled_every_tick_is_made_at_the_tick_end_and_one_polled_less_of
     assert [tick(t, True) for t in range(4, 8)] == [0, 0, 0, 0]  # made at each tick's end, the scrape a lookup
     assert r.render() and r.renders == 2 * 7 + 1  # a text body, never polled: on demand
     made = r.renders
-    assert [tick(t, t % 2 == 0) for t in range(8, 16)] == [0, 0, 2, 0, 2, 0, 2, 0]  # every other tick: on demand
-    assert r.renders == made + 2 * 2 + 3 * 2  # made at the ends of ticks 8 and 9 (asked at 7 and 8), then scrapes only
-    assert [tick(t, False) for t in range(16, 19)] == [0, 0, 0] and r.renders == made + 10  # nobody asks: none made
+    # every other tick: made while 3 of the last 4 ticks asked (the ends of 8 to 11), then on demand
+    assert [tick(t, t % 2 == 0) for t in range(8, 16)] == [0, 0, 0, 0, 2, 0, 2, 0]
+    assert r.renders == made + 4 * 2 + 2 * 2
+    assert [tick(t, False) for t in range(16, 19)] == [0, 0, 0] and r.renders == made + 12  # nobody asks: none made
+    made = r.renders
+    # a scraper every tick whose period drifts against the ticks' skips one now and then: still made at tick ends
+    asks = [True] * 3 + [True, True, False, True, True, True, False, True, True]
+    assert [tick(t, a) for t, a in zip(range(19, 31), asks, strict=True)] == [2, 2, 2] + [0] * 9
 
 
 def test_a_family_keeps_its_text_only_while_its_values_stay() -> None:
