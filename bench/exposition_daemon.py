@@ -126,6 +126,8 @@ def thread_cpu() -> dict[str, float]:
 
 
 #: The scraper process of :func:`split_figures` (under ``nice -n 5``): one kept connection, as Prometheus.
+#: Seconds of a scraper's first scrapes left out of :func:`split_figures`' window.
+WARMUP_S = 5
 SCRAPER = [sys.executable, str(Path(__file__).with_name("_scrape.py"))]
 
 
@@ -176,12 +178,19 @@ def split_figures(gpus: int, seconds: float, full: bool, new_connections: bool =
     d.start()
     try:
         time.sleep(5)
+        # the window leaves out the scraper's first WARMUP_S seconds: its first scrapes are rendered on demand
+        # until the exporter sees it polling every tick (a steady scraper, as Prometheus is, is measured)
+        scraper = subprocess.Popen(["nice", "-n", "5", *SCRAPER, f"http://127.0.0.1:{port}/metrics",
+                                    str(int(seconds) + WARMUP_S + 1), PROMETHEUS_ACCEPT["Accept"],
+                                    *(["--new-connections"] if new_connections else [])])
+        time.sleep(WARMUP_S)
         c0, p0, s0, r0, t0 = thread_cpu(), time.process_time(), timer.seconds, d.renderer.render_seconds, time.monotonic()
         n0 = timer.calls
-        subprocess.run(["nice", "-n", "5", *SCRAPER, f"http://127.0.0.1:{port}/metrics", str(int(seconds)),
-                        PROMETHEUS_ACCEPT["Accept"], *(["--new-connections"] if new_connections else [])], check=True)
+        time.sleep(seconds)
         wall = time.monotonic() - t0
         c1, p1 = thread_cpu(), time.process_time()
+        if scraper.wait() != 0:
+            raise RuntimeError(f"the scraper failed ({scraper.returncode})")
         out = {part: (c1[part] - c0.get(part, 0.0)) / wall * 100 for part in c1}
         out["sim_nvml"] = (timer.seconds - s0) / wall * 100
         out["sim_calls_per_s"] = (timer.calls - n0) / wall
