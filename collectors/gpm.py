@@ -23,12 +23,17 @@ METRICS = (
 
 
 class GpmSampler:
-    """One GPU's GPM samples: each :meth:`activity` call returns the activity since the previous one."""
+    """One GPU's GPM samples: each :meth:`activity` call returns the activity since the previous one.
+
+    Two sample buffers are allocated once and taken in turn (the older one is filled again at the
+    next call), so a call is NVML's sample and metrics calls alone, not an allocation and a free.
+    """
 
     def __init__(self, nvml: ModuleType, handle: Any) -> None:
         self._nvml = nvml
         self._h = handle
-        self._prev: Any = None
+        self._prev: Any = None  # the last sample taken
+        self._spare: Any = None  # the buffer the next sample goes into
         self._req: Any = None  # the metrics request, built once: each call sets its two samples and NVML refills it
         self.supported: bool | None = None
 
@@ -44,21 +49,16 @@ class GpmSampler:
     def activity(self) -> tuple[float, ...] | None:
         """Activity since the previous call (:class:`GpmActivity`'s fields); None on the first call, which only samples."""
         n = self._nvml
-        cur = n.nvmlGpmSampleAlloc()
-        try:
-            n.nvmlGpmSampleGet(self._h, cur)
-        except n.NVMLError:
-            n.nvmlGpmSampleFree(cur)
-            raise
-        prev, self._prev = self._prev, cur
+        if self._spare is None:
+            self._spare = n.nvmlGpmSampleAlloc()
+        cur = self._spare
+        n.nvmlGpmSampleGet(self._h, cur)  # on failure the buffer stays the spare, the last sample the last
+        prev, self._prev, self._spare = self._prev, cur, self._prev
         if prev is None:
             return None
         req = self._req if self._req is not None else self._request()
-        try:
-            req.sample1, req.sample2 = prev, cur
-            n.nvmlGpmMetricsGet(req)
-        finally:
-            n.nvmlGpmSampleFree(prev)
+        req.sample1, req.sample2 = prev, cur
+        n.nvmlGpmMetricsGet(req)
         got = req.metrics[:len(METRICS)]
         for m in got:
             if m.nvmlReturn != 0:

@@ -211,7 +211,7 @@ class InfinibandCollector:
 
     def collect(self) -> list[Sample]:
         out: list[Sample] = []
-        if not self._root.is_dir():
+        if not os.path.isdir(self._root):  # a host without InfiniBand: one stat a tick
             return out
         for dev in sorted(self._root.iterdir()):
             for port in sorted((dev / "ports").glob("*")):

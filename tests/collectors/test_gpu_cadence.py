@@ -249,18 +249,23 @@ def test_a_driver_without_field_values_reads_the_single_calls(sim_node) -> None:
     assert _value(s, F.GPU_MEM_TEMP) is None and _value(s, F.GPU_NVLINK_TX) is None  # fields only
 
 
-def test_gpm_activity_follows_each_interval_with_its_request_reused(sim_node) -> None:
+def test_gpm_activity_follows_each_interval_with_its_request_and_two_samples_reused(sim_node, monkeypatch) -> None:
     clock = VirtualClock()
     sim_node({"profile": "h100", "gpus": 1, "series": [
         {"gpu": 0, "field": "util_gpu_pct", "points": [[0, 80], [1.5, 20]]}]}, clock=clock)
     nvml, _ = open_nvml("sim", sim_nvml)
+    calls: Counter[str] = Counter()
+    for name in ("nvmlGpmSampleAlloc", "nvmlGpmSampleFree", "nvmlGpmSampleGet", "nvmlGpmMetricsGet"):
+        fn = getattr(sim_nvml, name)
+        monkeypatch.setattr(sim_nvml, name, lambda *a, _fn=fn, _name=name: (calls.update([_name]), _fn(*a))[1])
     (gpu,) = open_gpus(nvml)
     ratios = []
-    for _ in range(4):
+    for _ in range(5):
         a = gpu.gpm_activity()
         ratios.append(None if a is None else round(a.graphics_engine, 3))
         clock.advance(1.0)
-    assert ratios == [None, 0.8, 0.5, 0.2]  # a metric is the mean of its interval's two samples
+    assert ratios == [None, 0.8, 0.5, 0.2, 0.2]  # a metric is the mean of its interval's two samples
+    assert calls == {"nvmlGpmSampleAlloc": 2, "nvmlGpmSampleGet": 5, "nvmlGpmMetricsGet": 4}  # two buffers in turn
 
 
 # --- one wide read: the record equals the typed reads ----------------------------------------------------------
