@@ -29,11 +29,13 @@ class Reading:
     ``make`` takes the value itself where the reading has one key, the list of them where it has several.
     """
 
-    __slots__ = ("__name__", "keys", "_key", "_make")  # __name__: its first family, as logs name it
+    __slots__ = ("__name__", "keys", "_key", "_make", "one")  # __name__: its first family, as logs name it
 
-    def __init__(self, name: str, keys: tuple[str, ...], make: Make) -> None:
+    def __init__(self, name: str, keys: tuple[str, ...], make: Make, *, one: bool = False) -> None:
         self.__name__, self.keys, self._make = name, keys, make
         self._key = keys[0] if len(keys) == 1 else None
+        #: (key, family) of a reading that is one float value served as it is read (None: ``make`` it)
+        self.one = (keys[0], name) if one else None
 
     def __call__(self, labels: Labels, values: Values) -> list[Sample]:
         key = self._key
@@ -50,7 +52,7 @@ class Reading:
 
 
 def _one(family: str, key: str) -> Reading:
-    return Reading(family, (key,), lambda v, labels: [(family, labels, float(v))])
+    return Reading(family, (key,), lambda v, labels: [(family, labels, float(v))], one=True)
 
 
 def _pair(first: str, second: str, *keys: str) -> Reading:
