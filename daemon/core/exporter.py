@@ -46,7 +46,7 @@ RENDER_SECONDS = F.declare("gputuned_exporter_render_seconds_total", "counter", 
 SELF_FAMILIES = F.catalog([SCRAPES, RESPONSE_BYTES, RENDERS, RENDER_SECONDS])
 #: Compression level of gzip bodies, by ISA-L's igzip (levels 0-3; 2, its default): 5x faster than zlib's
 #: level 3 on exposition text, at its size for 8 GPUs (7.2 kB of 89 kB) and a third larger for 64 (32 kB against
-#: 24.7 kB; docs/benchmarks.md, "gzip by ISA-L").
+#: 24.7 kB; docs/benchmarks.md, "Exposition cost: gzip by ISA-L, ...").
 GZIP_LEVEL = 2
 #: A body asked for in at least POLLED_TICKS of the last POLL_WINDOW ticks is made at the end of each tick, on
 #: the collection loop's thread, ahead of its scrape: a scraper polling every tick, one tick skipped now and then
