@@ -236,13 +236,11 @@ class Unwrapped:
 class HostCollector:
     """Host readings from /proc (psutil where it lacks a file or memory needs estimating) and /sys.
 
-    CPU, load, memory, disks and interfaces' counters are read at every collect. The slow readings,
-    TCP segments, pressure, OOM kills, filesystems and links, are read every ``slow_every_ticks``
-    collects and their last samples served in between: counters that alerts rate over minutes, fill
-    that moves over minutes, and link state (a link down is seen within that many ticks); each is a
-    /proc or /sys file the kernel makes afresh, and on a busy host each read costs tens of
-    microseconds. ``refresh_ticks``: links' carrier and speed are read again every that many reads
-    of the links (at once for a link whose state moved).
+    CPU, load, memory, disk and interface counters are read at every collect; TCP segments, pressure,
+    OOM kills, filesystems and links (counters rated over minutes, fill, link state) every
+    ``slow_every_ticks`` collects, their last samples served in between: each is a file the kernel
+    makes afresh at each read. ``refresh_ticks``: links' carrier and speed every that many reads of the
+    links (at once for a link whose state moved).
     """
 
     name = "host"
@@ -273,8 +271,7 @@ class HostCollector:
         self._links = LinkReader(sysfs, self._skip_if, refresh_ticks) if sysfs is not None else None
         self._label_sets: dict[tuple[str, str], Labels] = {}
         self._files = KeptFiles()  # the /proc files read at every collect, kept open
-        self._slow_every = slow_every_ticks
-        self._ticks = 0
+        self._slow_every, self._ticks = slow_every_ticks, 0
         self._slow: list[Sample] = []  # the slow readings' last samples
 
     def _labels(self, key: str, value: str) -> Labels:
@@ -321,13 +318,9 @@ class HostCollector:
         if m is None:  # psutil's estimates
             vm, sw = psutil.virtual_memory(), psutil.swap_memory()
             m = {"total": vm.total, "available": vm.available, "swap_total": sw.total, "swap_free": sw.total - sw.used}
-        return [
-            (MEM_TOTAL, (), float(m["total"])),
-            (MEM_AVAILABLE, (), float(m["available"])),
-            (MEM_USED, (), float(m["total"] - m["available"])),
-            (SWAP_TOTAL, (), float(m["swap_total"])),
-            (SWAP_USED, (), float(m["swap_total"] - m["swap_free"])),
-        ]
+        return [(MEM_TOTAL, (), float(m["total"])), (MEM_AVAILABLE, (), float(m["available"])),
+                (MEM_USED, (), float(m["total"] - m["available"])), (SWAP_TOTAL, (), float(m["swap_total"])),
+                (SWAP_USED, (), float(m["swap_total"] - m["swap_free"]))]
 
     def _slow_samples(self) -> list[Sample]:
         """TCP segments, then pressure, OOM kills, filesystems and links: each of these absent, and logged once,
