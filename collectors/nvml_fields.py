@@ -18,12 +18,13 @@ from typing import Any
 _NOT_SUPPORTED = 3
 _FUNCTION_NOT_FOUND = 13
 
-#: The field each key reads (nvidia-ml-py's constant) and its scale to the key's base unit.
+#: The field each key reads (nvidia-ml-py's constant) and what its value is divided by for the key's base unit
+#: (a quotient, as each key's single call takes it: a product with the inverse can differ in the last bit).
 FIELD_IDS: dict[str, tuple[str, float]] = {
-    "energy_j": ("NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 1e-3),  # mJ, as nvmlDeviceGetTotalEnergyConsumption
+    "energy_j": ("NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 1e3),  # mJ, as nvmlDeviceGetTotalEnergyConsumption
     "memory_temperature_c": ("NVML_FI_DEV_MEMORY_TEMP", 1.0),
-    "nvlink_tx_bytes": ("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX", 1024.0),  # KiB
-    "nvlink_rx_bytes": ("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX", 1024.0),
+    "nvlink_tx_bytes": ("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX", 1 / 1024),  # KiB (exact)
+    "nvlink_rx_bytes": ("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX", 1 / 1024),
     "pcie_replays": ("NVML_FI_DEV_PCIE_REPLAY_COUNTER", 1.0),
     "ecc_corrected": ("NVML_FI_DEV_ECC_SBE_AGG_TOTAL", 1.0),  # aggregate, as nvmlDeviceGetTotalEccErrors(..., AGGREGATE)
     "ecc_uncorrected": ("NVML_FI_DEV_ECC_DBE_AGG_TOTAL", 1.0),
@@ -31,8 +32,8 @@ FIELD_IDS: dict[str, tuple[str, float]] = {
     "remapped_uncorrectable": ("NVML_FI_DEV_REMAPPED_UNC", 1.0),
     "remap_pending": ("NVML_FI_DEV_REMAPPED_PENDING", 1.0),
     "remap_failed": ("NVML_FI_DEV_REMAPPED_FAILURE", 1.0),
-    "violation_power_s": ("NVML_FI_DEV_PERF_POLICY_POWER", 1e-9),  # ns, as nvmlDeviceGetViolationStatus's violationTime
-    "violation_thermal_s": ("NVML_FI_DEV_PERF_POLICY_THERMAL", 1e-9),
+    "violation_power_s": ("NVML_FI_DEV_PERF_POLICY_POWER", 1e9),  # ns, as nvmlDeviceGetViolationStatus's violationTime
+    "violation_thermal_s": ("NVML_FI_DEV_PERF_POLICY_THERMAL", 1e9),
 }
 
 
@@ -40,9 +41,6 @@ FIELD_IDS: dict[str, tuple[str, float]] = {
 #: (nvidia-ml-py takes a (fieldId, scopeId) pair for it; a bare id is scope 0, link 0 alone).
 ALL_LINKS = 0xFFFFFFFF
 _PER_LINK = {"nvlink_tx_bytes", "nvlink_rx_bytes"}
-#: Keys whose field counts nanoseconds: divided by 1e9, as their single call's reading is (a product with 1e-9
-#: can differ from the quotient in the last bit), so that both give the same seconds
-_NANOSECONDS = {"violation_power_s", "violation_thermal_s"}
 
 
 def single_reads(nvml: ModuleType, handle: Any) -> dict[str, Callable[[], float]]:
@@ -86,8 +84,8 @@ class FieldReader:
         self._nvml = nvml
         self._h = handle
         self._ids: dict[str, tuple[Any, float]] = {
-            k: ((getattr(nvml, name), ALL_LINKS) if k in _PER_LINK else getattr(nvml, name), scale)
-            for k, (name, scale) in FIELD_IDS.items() if hasattr(nvml, name)}
+            k: ((getattr(nvml, name), ALL_LINKS) if k in _PER_LINK else getattr(nvml, name), divisor)
+            for k, (name, divisor) in FIELD_IDS.items() if hasattr(nvml, name)}
         self._single = single_reads(nvml, handle)
         self.alone: set[str] = set(FIELD_IDS) - set(self._ids)  # read by their single call from now on
 
@@ -107,8 +105,7 @@ class FieldReader:
             for key, fv in zip(asked, values, strict=False):
                 ret = fv.nvmlReturn
                 if ret == 0:
-                    v = field_number(n, fv)
-                    out[key] = v / 1e9 if key in _NANOSECONDS else v * self._ids[key][1]
+                    out[key] = field_number(n, fv) / self._ids[key][1]
                 elif ret == _NOT_SUPPORTED and key in self._single:
                     self.alone.add(key)
                 else:
