@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from gputuned.daemon.core.config import ExporterConfig
 from gputuned.daemon.core.fd_budget import FdBudget
-from gputuned.daemon.core.http_wire import Request, Response, format_response, parse_head
+from gputuned.daemon.core.http_wire import Request, Response, format_response, on_wire, parse_head
 
 logger = logging.getLogger(__name__)
 
@@ -278,8 +278,7 @@ class HttpFront:
         try:
             if self._ready is None or (resp := self._ready(req)) is None:
                 return None
-            keep = req.keep_alive and resp.code < 500
-            return format_response(resp, head_only=req.method == "HEAD", keep_alive=keep), keep
+            return on_wire(req, resp)
         except Exception:  # noqa: BLE001 - the selector must not die of it: a worker answers instead
             logger.exception("http: %s %s: no made answer", req.method, req.path)
             return None
@@ -333,8 +332,7 @@ class HttpFront:
             except Exception:  # noqa: BLE001 - one failing request must not end the worker
                 logger.exception("http: %s %s failed", req.method, req.path)
                 resp = Response(500, b"internal error\n")
-            keep = req.keep_alive and resp.code < 500
-            data = format_response(resp, head_only=req.method == "HEAD", keep_alive=keep)
+            data, keep = on_wire(req, resp)
         else:
             data, keep = rest
         try:

@@ -76,3 +76,9 @@ def format_response(resp: Response, *, head_only: bool, keep_alive: bool) -> byt
     head = (f"HTTP/1.1 {resp.code} {_PHRASES[resp.code]}\r\nContent-Type: {resp.ctype}\r\nContent-Length: {len(resp.body)}\r\n"
             f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n{extra}\r\n").encode("latin-1")
     return head if head_only else head + resp.body
+
+
+def on_wire(req: Request, resp: Response) -> tuple[bytes, bool]:
+    """``resp``'s bytes as the answer to ``req``, and whether the connection is kept after it."""
+    keep = req.keep_alive and resp.code < 500
+    return format_response(resp, head_only=req.method == "HEAD", keep_alive=keep), keep
