@@ -121,8 +121,8 @@ class GPUCollector:
             elif isinstance(got, GPUError):
                 raise got
             else:
+                values, xids = got
                 try:
-                    values, xids = got
                     out.extend(self._samples(g, labels, values, xids, dropped))
                 except GPULostError as e:
                     out.append(self._lost(g, labels, e))

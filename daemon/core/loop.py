@@ -24,6 +24,14 @@ logger = logging.getLogger(__name__)
 TickHook = Callable[[float], None]
 
 
+def _call(hook: Callable[..., None], *args: float) -> None:
+    """A tick hook's call: one that raises is logged and collection goes on."""
+    try:
+        hook(*args)
+    except Exception:  # noqa: BLE001 - a hook must not stop collection
+        logger.exception("tick hook %r failed", hook)
+
+
 class CollectorRunner:
     """Runs one collector isolated, keeping its health for the self-metrics."""
 
@@ -97,18 +105,12 @@ class CollectionLoop:
         for r in self.runners:
             r.run(self.store, now)
         for hook in self._hooks:
-            try:
-                hook(now)
-            except Exception:  # noqa: BLE001 - a hook must not stop collection
-                logger.exception("tick hook %r failed", hook)
+            _call(hook, now)
         self.ticks += 1
         self.last_tick_duration = self._mono() - t0
         self.store.publish("daemon", now, self.self_samples())
         for end in self._ended:
-            try:
-                end()
-            except Exception:  # noqa: BLE001 - as a hook
-                logger.exception("tick end hook %r failed", end)
+            _call(end)
 
     def self_samples(self) -> list[Sample]:
         out: list[Sample] = [
