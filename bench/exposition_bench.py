@@ -52,6 +52,7 @@ from _common import BenchParser, free_port, positive_float, rss_bytes, thread_cp
 from _scrape import Scraper
 from exposition_daemon import (
     PROMETHEUS_ACCEPT,
+    WARMUP_SCRAPES,
     segment_figures,
     split_figures,
     steady_rss,
@@ -231,9 +232,6 @@ def node_exporter_figures(seconds: float) -> dict[str, float] | None:
 
 #: Open a new connection per scrape (--new-connections: how this bench scraped before) rather than keep one.
 NEW_CONNECTIONS = False
-#: Scrapes before a scraped figure's window: a scraper's first few are rendered on demand, until the exporter
-#: sees it polling every tick (and node_exporter's first scrapes start its collectors).
-WARMUP_SCRAPES = 5
 PARTS = ("render", "daemon", "rss", "split", "ticks", "node_exporter", "segments")
 
 
@@ -302,7 +300,7 @@ def main() -> None:
         s = split_figures(gpus, args.seconds, False, args.new_connections)
         cut = ", ".join(f"{k} {s.get(k, 0.0):.3f}%" for k in ("loop", "nvml", "http", "render", "control", "other"))
         print(f"split, {gpus} GPUs scripted, scraped every second{' (new connections)' if args.new_connections else ''}: process {s['process']:.3f}% of a core ({cut}; "
-              f"render+gzip inside http); scripted NVML {s['sim_nvml']:.3f}% ({s['sim_calls_per_s']:.0f} calls a second, inside loop and nvml); "
+              f"render+gzip inside loop or http); scripted NVML {s['sim_nvml']:.3f}% ({s['sim_calls_per_s']:.0f} calls a second, inside loop and nvml); "
               f"without it {s['process'] - s['sim_nvml']:.3f}%")
     for gpus in args.gpus if "ticks" in parts else ():
         t = tick_parts(gpus)

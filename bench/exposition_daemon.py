@@ -125,9 +125,10 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
+#: Scrapes (one a second) before a scraped figure's window: a scraper's first few are rendered on demand, until
+#: the exporter sees it polling every tick (and node_exporter's first scrapes start its collectors).
+WARMUP_SCRAPES = 5
 #: The scraper process of :func:`split_figures` (under ``nice -n 5``): one kept connection, as Prometheus.
-#: Seconds of a scraper's first scrapes left out of :func:`split_figures`' window.
-WARMUP_S = 5
 SCRAPER = [sys.executable, str(Path(__file__).with_name("_scrape.py"))]
 
 
@@ -178,12 +179,11 @@ def split_figures(gpus: int, seconds: float, full: bool, new_connections: bool =
     d.start()
     try:
         time.sleep(5)
-        # the window leaves out the scraper's first WARMUP_S seconds: its first scrapes are rendered on demand
-        # until the exporter sees it polling every tick (a steady scraper, as Prometheus is, is measured)
+        # the window leaves out the scraper's first WARMUP_SCRAPES: a steady scraper, as Prometheus is, is measured
         scraper = subprocess.Popen(["nice", "-n", "5", *SCRAPER, f"http://127.0.0.1:{port}/metrics",
-                                    str(int(seconds) + WARMUP_S + 1), PROMETHEUS_ACCEPT["Accept"],
+                                    str(int(seconds) + WARMUP_SCRAPES + 1), PROMETHEUS_ACCEPT["Accept"],
                                     *(["--new-connections"] if new_connections else [])])
-        time.sleep(WARMUP_S)
+        time.sleep(WARMUP_SCRAPES)
         c0, p0, s0, r0, t0 = thread_cpu(), time.process_time(), timer.seconds, d.renderer.render_seconds, time.monotonic()
         n0 = timer.calls
         time.sleep(seconds)
